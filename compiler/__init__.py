@@ -1,0 +1,1 @@
+"""mlusim.compiler: lowers quantized conv/fc graphs to the mlusim ISA (see issue 3)."""

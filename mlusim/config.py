@@ -1,0 +1,370 @@
+"""Hardware configs: a typed schema, YAML presets, `base:` inheritance and `--set` overrides.
+
+The schema is a tree of dataclasses; every leaf carries its unit and a one-line meaning so that
+`mlusim config show` and docs/config.md are generated from the same place that validates files.
+Strictness is the point: an unknown key, a wrong type or a non-positive size is a ConfigError naming
+the file and the dotted key, because a typo that silently falls back to a default would make every
+"what if" experiment quietly wrong.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlusim.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "mlu270"
+
+
+def _preset_dir() -> Path:
+    # Installed: configs/ is the package `mlusim.configs`; from a source tree it sits beside mlusim/.
+    try:
+        import mlusim.configs as pkg
+
+        return Path(pkg.__file__).resolve().parent
+    except ImportError:  # pragma: no cover - only when the package layout is broken
+        return PRESET_DIR
+
+
+def spec(unit: str, doc: str, *, minimum: float | None = 0, positive: bool = True, **kw) -> Any:
+    """A schema leaf: its unit and meaning, and the range check the loader enforces."""
+    return field(metadata={"unit": unit, "doc": doc, "minimum": minimum, "positive": positive}, **kw)
+
+
+@dataclass
+class ChipConfig:
+    cores: int = spec("cores", "IPU cores on the chip (clusters x cores per cluster)")
+    clusters: int = spec("clusters", "clusters; each has its own SRAM and shares the cluster barrier")
+    clock_mhz: float = spec("MHz", "IPU clock; converts cycles to seconds")
+    chip_sync_cycles: int = spec("cycles", "cost of a chip-wide barrier (sync.all) once all arrive",
+                                 positive=False)
+    kernel_launch_cycles: int = spec("cycles", "fixed cost to dispatch a kernel onto the cores",
+                                     positive=False)
+
+    @property
+    def cores_per_cluster(self) -> int:
+        return self.cores // self.clusters
+
+
+@dataclass
+class StartupConfig:
+    conv: int = spec("cycles", "start-up of one conv instruction on the MAC array", positive=False)
+    matmul: int = spec("cycles", "start-up of one matmul instruction on the MAC array", positive=False)
+    vector: int = spec("cycles", "start-up of one vector (NFU) instruction", positive=False)
+    scalar: int = spec("cycles", "one scalar/control instruction at the issue stage", positive=False)
+
+
+@dataclass
+class CoreConfig:
+    nram_kib: int = spec("KiB", "NRAM (neuron RAM) per core: activations, vector operands")
+    nram_reserved_kib: int = spec("KiB", "NRAM kept back for the stack; programs may not use it",
+                                  positive=False)
+    wram_kib: int = spec("KiB", "WRAM (weight RAM) per core: conv/matmul weights")
+    mac_ci_lanes_int8: int = spec("channels", "int8 input channels the MAC array reduces per cycle")
+    mac_co_lanes: int = spec("channels", "output channels the MAC array produces per cycle")
+    mac_int8_per_cycle: int = spec("MAC/cycle", "int8 multiply-accumulates per cycle")
+    mac_int16_per_cycle: int = spec("MAC/cycle", "int16 multiply-accumulates per cycle")
+    vector_bytes_per_cycle: int = spec("B/cycle", "vector (NFU) unit throughput")
+    queue_depth: int = spec("instructions", "entries in each unit's instruction queue")
+    startup_cycles: StartupConfig = field(default_factory=StartupConfig)
+
+    @property
+    def mac_ci_lanes_int16(self) -> int:
+        return max(1, self.mac_int16_per_cycle // self.mac_co_lanes)
+
+
+@dataclass
+class ClusterConfig:
+    sram_kib: int = spec("KiB", "SRAM shared by the cores of one cluster", positive=False)
+    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "SRAM port bandwidth shared by a cluster")
+    sync_cycles: int = spec("cycles", "cost of a cluster barrier (sync.cluster) once all arrive",
+                            positive=False)
+
+
+@dataclass
+class DramConfig:
+    capacity_gib: float = spec("GiB", "GDRAM capacity")
+    bandwidth_gbps: float = spec("GB/s", "GDRAM bandwidth shared by every transfer in flight")
+    latency_cycles: int = spec("cycles", "first-byte latency of a GDRAM access by DMA", positive=False)
+    access_bytes: int = spec("bytes", "access granularity; segments are rounded out to it")
+
+
+@dataclass
+class DmaConfig:
+    core_bandwidth_bytes_per_cycle: float = spec("B/cycle", "IO-DMA peak of one core to/from GDRAM")
+    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "one core's DMA to/from its cluster's SRAM")
+    move_bandwidth_bytes_per_cycle: float = spec("B/cycle", "on-core moves NRAM<->WRAM, NRAM->NRAM")
+    startup_cycles: int = spec("cycles", "fixed cost of every DMA instruction", positive=False)
+    segment_cycles: int = spec("cycles", "extra cost of each segment after the first of a strided DMA",
+                               positive=False)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = field(default="custom", metadata={"unit": "", "doc": "config name"})
+    description: str = field(default="", metadata={"unit": "", "doc": "free text"})
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    dram: DramConfig = field(default_factory=DramConfig)
+    dma: DmaConfig = field(default_factory=DmaConfig)
+    source: str = field(default="", compare=False, metadata={"unit": "", "doc": "where it was loaded from"})
+
+    # -- derived quantities, in the simulator's units (cycles, bytes) --------------------------
+    @property
+    def clock_hz(self) -> float:
+        return self.chip.clock_mhz * 1e6
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        return self.dram.bandwidth_gbps * 1e9 / self.clock_hz
+
+    @property
+    def nram_bytes(self) -> int:
+        return (self.core.nram_kib - self.core.nram_reserved_kib) * 1024
+
+    @property
+    def wram_bytes(self) -> int:
+        return self.core.wram_kib * 1024
+
+    @property
+    def sram_bytes(self) -> int:
+        return self.cluster.sram_kib * 1024
+
+    @property
+    def dram_bytes(self) -> int:
+        return int(self.dram.capacity_gib * 1024**3)
+
+    def cycles_to_seconds(self, cycles: float) -> float:
+        return cycles / self.clock_hz
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+# ------------------------------------------------------------------------------------------------
+# Schema walking
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def iter_leaves(cls: type = HardwareConfig, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """Every leaf key of the schema as (dotted path, python type, metadata)."""
+    types = _field_types(cls)
+    for f in fields(cls):
+        if f.name == "source":
+            continue
+        tp = types[f.name]
+        path = f"{prefix}{f.name}"
+        if _is_section(tp):
+            yield from iter_leaves(tp, path + ".")
+        else:
+            yield path, tp, dict(f.metadata)
+
+
+def _check_leaf(value: Any, tp: Any, meta: dict, where: str) -> Any:
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be finite, got {value!r}")
+    if meta.get("positive") and value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ConfigError(f"{where}: must be >= {meta['minimum']}, got {value!r}")
+    if abs(value) > 1e15:
+        raise ConfigError(f"{where}: {value!r} is implausibly large")
+    return value
+
+
+def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
+    where_section = f"{origin}: {prefix.rstrip('.') or 'top level'}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where_section}: expected a mapping, got {type(data).__name__}")
+    types = _field_types(cls)
+    known = {f.name for f in fields(cls) if f.name != "source"}
+    for key in data:
+        if not isinstance(key, str) or key not in known:
+            hint = _closest(str(key), known)
+            raise ConfigError(f"{origin}: unknown key '{prefix}{key}'" + (f" (did you mean '{prefix}{hint}'?)" if hint else ""))
+    kwargs = {}
+    for f in fields(cls):
+        if f.name == "source":
+            continue
+        path = f"{prefix}{f.name}"
+        tp = types[f.name]
+        if f.name not in data:
+            if _is_section(tp):
+                raise ConfigError(f"{origin}: missing section '{path}'")
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{origin}: missing key '{path}'")
+            continue
+        if _is_section(tp):
+            kwargs[f.name] = _build(tp, data[f.name], origin, path + ".")
+        else:
+            kwargs[f.name] = _check_leaf(data[f.name], tp, dict(f.metadata), f"{origin}: {path}")
+    return cls(**kwargs)
+
+
+def _closest(key: str, names: set[str]) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def _validate(cfg: HardwareConfig, origin: str) -> None:
+    """Cross-field consistency: values each fine alone that cannot describe one machine."""
+    c = cfg.chip
+    if c.cores % c.clusters:
+        raise ConfigError(f"{origin}: chip.cores={c.cores} is not divisible by chip.clusters={c.clusters}")
+    k = cfg.core
+    if k.nram_reserved_kib >= k.nram_kib:
+        raise ConfigError(f"{origin}: core.nram_reserved_kib={k.nram_reserved_kib} leaves no usable NRAM "
+                          f"(core.nram_kib={k.nram_kib})")
+    if k.mac_ci_lanes_int8 * k.mac_co_lanes != k.mac_int8_per_cycle:
+        raise ConfigError(f"{origin}: core.mac_int8_per_cycle={k.mac_int8_per_cycle} must equal "
+                          f"core.mac_ci_lanes_int8 x core.mac_co_lanes = {k.mac_ci_lanes_int8 * k.mac_co_lanes}")
+    if k.mac_int16_per_cycle > k.mac_int8_per_cycle or k.mac_int16_per_cycle % k.mac_co_lanes:
+        raise ConfigError(f"{origin}: core.mac_int16_per_cycle={k.mac_int16_per_cycle} must be a multiple of "
+                          f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
+    if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):
+        raise ConfigError(f"{origin}: dram.access_bytes={cfg.dram.access_bytes} must be a power of two")
+    if cfg.core.nram_kib > 1 << 20 or cfg.core.wram_kib > 1 << 20 or cfg.cluster.sram_kib > 1 << 22:
+        raise ConfigError(f"{origin}: scratchpads over 1 GiB (NRAM/WRAM) or 4 GiB (SRAM) are not plausible")
+    if c.cores > 4096:
+        raise ConfigError(f"{origin}: chip.cores={c.cores} exceeds the simulator's limit of 4096")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    from mlusim.yamlsafe import load_yaml_file
+
+    return load_yaml_file(path, what="config")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
+    """The raw mapping of a preset or file with its `base:` chain merged in."""
+    if depth > 8:
+        raise ConfigError(f"{name_or_path}: 'base:' chain deeper than 8 (a cycle?)")
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text:
+        if not path.is_file():
+            raise ConfigError(f"{text}: no such config file")
+        origin = str(path)
+    else:
+        path = _preset_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown config preset '{text}' (presets: {', '.join(list_presets())})")
+        origin = text
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping of sections")
+    base = raw.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{origin}: base: must be a preset name or a file path")
+        if not Path(base).is_absolute() and (path.parent / base).is_file():
+            base = str(path.parent / base)
+        base_raw, _ = _resolve_raw(base, depth + 1)
+        raw = _deep_merge(base_raw, raw)
+        raw.setdefault("name", f"{Path(origin).stem}")
+    return raw, origin
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`core.nram_kib=256` -> ('core.nram_kib', 256); values are typed by YAML scalar rules."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected path.to.key=value")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if parsed is None:
+        raise ConfigError(f"--set {key}: missing value")
+    return key, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any], origin: str = "--set") -> dict:
+    raw = copy.deepcopy(raw)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    leaves = {p for p, _, _ in iter_leaves()}
+    for key, value in items:
+        if key not in leaves:
+            hint = _closest(key, leaves)
+            raise ConfigError(f"{origin}: unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+def load_config(name_or_path: str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> HardwareConfig:
+    """Resolve a preset name or YAML file (with its base chain) plus overrides into a checked config."""
+    raw, origin = _resolve_raw(name_or_path or DEFAULT_PRESET)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin = f"{origin} (with --set)"
+    cfg = _build(HardwareConfig, raw, origin, "")
+    _validate(cfg, origin)
+    cfg.source = origin
+    return cfg
+
+
+def config_from_dict(data: dict, origin: str = "<dict>") -> HardwareConfig:
+    """Rebuild a config stored inside a .mlu file; same checks as a file on disk."""
+    cfg = _build(HardwareConfig, data, origin, "")
+    _validate(cfg, origin)
+    cfg.source = origin
+    return cfg

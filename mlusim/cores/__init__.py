@@ -1,0 +1,1 @@
+"""The SimPy engine: cores, clusters, DRAM and the fabric between them."""

@@ -1,0 +1,205 @@
+"""The chip: clusters of cores around one DRAM, and the dispatcher that runs kernels on them.
+
+                 +---------------- DRAM (one Link, shared by every flow) ----------------+
+                 |                                                                        |
+        cluster 0: SRAM (Link) -- core0 core1 core2 core3      cluster 1: ... core4..7   ...
+Kernels run one after another; a BLOCK kernel's tasks go to whichever core frees up first, a
+UNIONn kernel's task groups go to n whole clusters at a time. Barriers, dependency tokens and
+queue slots are the only things a core ever waits on, so when the event queue runs dry with work
+left the machine is deadlocked, and we say who waits for what.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import simpy
+
+from mlusim.cores.core import Core
+from mlusim.cores.interconnect import Fabric, Link
+from mlusim.cores.memory import Memory
+from mlusim.cores.stats import CoreCounters, KernelRecord
+from mlusim.errors import SimulationError
+from mlusim.program import Kernel
+
+
+class Barrier:
+    def __init__(self, env: simpy.Environment, parties: int, cost: float, name: str):
+        self.env, self.parties, self.cost, self.name = env, parties, cost, name
+        self.arrived: list[tuple[int, int]] = []
+        self.event = env.event()
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self.arrived)}/{self.parties} arrived)"
+
+    def arrive(self, core: Core, pc: int) -> simpy.Event:
+        self.arrived.append((core.id, pc))
+        ev = self.event
+        if len(self.arrived) == self.parties:
+            self.arrived, self.event = [], self.env.event()   # reusable: next round starts fresh
+            self.env.timeout(self.cost).callbacks.append(lambda _e: ev.succeed())
+        return ev
+
+
+@dataclass
+class TaskContext:
+    """What a running task can see about itself (BANG's taskId, coreId, ...) and its barriers."""
+
+    kernel: Kernel
+    taskid: int
+    taskdim: int
+    coreid: int
+    clusterid: int
+    coredim: int
+    clusterdim: int
+    cluster_barrier: Barrier | None = None
+    all_barrier: Barrier | None = None
+
+    def barrier(self, mnemonic: str, core: Core) -> Barrier | None:
+        return self.cluster_barrier if mnemonic == "sync.cluster" else self.all_barrier
+
+
+@dataclass
+class Cluster:
+    id: int
+    sram: Memory
+    sram_link: Link
+    cores: list[Core] = field(default_factory=list)
+
+
+class Chip:
+    def __init__(self, cfg, gdram_bytes: int, numerics: bool = True, max_instructions: int = 20_000_000,
+                 trace: bool = False):
+        self.cfg = cfg
+        self.env = simpy.Environment()
+        self.numerics = numerics
+        self.fabric = Fabric(self.env)
+        self.dram = Link("dram", cfg.dram_bytes_per_cycle)
+        self.gdram = Memory("gdram", gdram_bytes, numerics)
+        self.static_cache: dict = {}
+        self.executed = 0
+        self.max_instructions = max_instructions
+        self.trace: list | None = [] if trace else None
+        self.record: KernelRecord | None = None
+        cpc = cfg.chip.cores_per_cluster
+        self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes, numerics),
+                                 Link(f"cluster{c}.sram", cfg.cluster.sram_bandwidth_bytes_per_cycle))
+                         for c in range(cfg.chip.clusters)]
+        self.cores: list[Core] = []
+        for i in range(cfg.chip.cores):
+            cl = self.clusters[i // cpc]
+            core = Core(self, i, cl)
+            cl.cores.append(core)
+            self.cores.append(core)
+
+    # ---- accounting (called by cores) ----------------------------------------------------------
+    def account_dma(self, plan) -> None:
+        r = self.record
+        r.bytes_read[plan.src] += plan.payload
+        r.bytes_written[plan.dst] += plan.payload
+        r.dram_bus_bytes += plan.gdram_read + plan.gdram_write
+
+    def account_mac(self, core: Core, a: dict, op, cycles: float) -> None:
+        from mlusim.isa.timing import useful_macs
+
+        ctr = core.counters
+        ctr.macs += useful_macs(op.mnemonic, a)
+        startup = self.cfg.core.startup_cycles.conv if op.mnemonic == "conv" else self.cfg.core.startup_cycles.matmul
+        ctr.mac_slots += int(cycles - startup)
+
+    def check_budget(self, core: Core, pc: int, ins) -> None:
+        if self.executed > self.max_instructions:
+            raise SimulationError(f"{core.where(pc, ins)}: instruction budget of {self.max_instructions:,} "
+                                  f"executed instructions exhausted (a runaway loop? raise --max-instructions)")
+
+    # ---- dispatch ------------------------------------------------------------------------------
+    def run_kernels(self, kernels: list[Kernel], ncores: int, records: list[KernelRecord]):
+        """SimPy process: every kernel in order on cores 0..ncores-1."""
+        env = self.env
+        active = self.cores[:ncores]
+        for k in kernels:
+            rec = KernelRecord(k.name, k.task_type, k.task_dim, env.now, meta=dict(k.meta))
+            records.append(rec)
+            self.record = rec
+            for core in active:
+                core.counters = CoreCounters(core.id)
+            yield env.timeout(self.cfg.chip.kernel_launch_cycles)
+            n = k.clusters_per_job
+            if n == 0:
+                procs = self._dispatch_block(k, active)
+            else:
+                procs = self._dispatch_union(k, active, n)
+            yield simpy.AllOf(env, procs)
+            rec.end = env.now
+            rec.cores = {c.id: c.counters for c in active}
+
+    def _task(self, core: Core, ctx: TaskContext):
+        t0 = self.env.now
+        yield from core.run_task(ctx)
+        core.counters.active += self.env.now - t0
+
+    def _dispatch_block(self, k: Kernel, active: list[Core]):
+        env = self.env
+        cpc = self.cfg.chip.cores_per_cluster
+        all_b = Barrier(env, k.task_dim, self.cfg.chip.chip_sync_cycles, f"sync.all of kernel '{k.name}'")
+        nxt = [0]
+
+        def worker(core: Core):
+            while nxt[0] < k.task_dim:
+                t = nxt[0]
+                nxt[0] += 1
+                ctx = TaskContext(k, t, k.task_dim, core.id % cpc, core.id // cpc, cpc, 0, None, all_b)
+                yield from self._task(core, ctx)
+
+        return [env.process(worker(c)) for c in active]
+
+    def _dispatch_union(self, k: Kernel, active: list[Core], n: int):
+        env = self.env
+        cpc = self.cfg.chip.cores_per_cluster
+        ids = {c.id for c in active}
+        full = [cl for cl in self.clusters if all(c.id in ids for c in cl.cores)]
+        groups = [full[i:i + n] for i in range(0, len(full) - n + 1, n)]
+        if not groups:
+            raise SimulationError(f"kernel '{k.name}' is {k.task_type.upper()} and needs {n} whole "
+                                  f"cluster(s) of {cpc} cores; {len(active)} core(s) give {len(full)}")
+        job_size = n * cpc
+        if k.task_dim % job_size:
+            raise SimulationError(f"kernel '{k.name}': task_dim {k.task_dim} is not a multiple of "
+                                  f"{job_size} ({k.task_type.upper()} x {cpc} cores per cluster)")
+        njobs = k.task_dim // job_size
+        nxt = [0]
+
+        def group_worker(group):
+            while nxt[0] < njobs:
+                j = nxt[0]
+                nxt[0] += 1
+                cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}")
+                        for cl in group]
+                all_b = Barrier(env, job_size, self.cfg.chip.chip_sync_cycles,
+                                f"sync.all of union job {j} of kernel '{k.name}'")
+                procs = []
+                for ci, cl in enumerate(group):
+                    for cj, core in enumerate(cl.cores):
+                        t = j * job_size + ci * cpc + cj
+                        ctx = TaskContext(k, t, k.task_dim, cj, ci, cpc, n, cl_b[ci], all_b)
+                        procs.append(env.process(self._task(core, ctx)))
+                yield simpy.AllOf(env, procs)
+
+        return [env.process(group_worker(g)) for g in groups]
+
+    def waits(self) -> list[str]:
+        """What every busy core is waiting on, for a deadlock report."""
+        out = []
+        for c in self.cores:
+            busy = {u: s for u, s in c.state.items() if s != "idle"}
+            if busy:
+                task = f"task {c.task.taskid} of '{c.task.kernel.name}'" if c.task else "no task"
+                parts = "; ".join(f"{u}: {s}" for u, s in busy.items())
+                out.append(f"core {c.id} ({task}): {parts}")
+        return out
+
+
+def host_bytes_estimate(gdram_bytes: int, cfg, numerics: bool) -> int:
+    if not numerics:
+        return 0
+    return gdram_bytes + cfg.chip.cores * (cfg.nram_bytes + cfg.wram_bytes) + cfg.chip.clusters * cfg.sram_bytes
+

@@ -1,0 +1,81 @@
+"""A core's DMA engine: what a transfer costs and which links it crosses.
+
+A DMA instruction takes   startup + (segments - 1) * segment_cycles   of descriptor processing, plus
+the DRAM first-byte latency when GDRAM is involved, then streams its bus bytes through the Fabric.
+GDRAM bus bytes are each segment rounded out to the access granularity; a write that covers only
+part of a granule costs a read of that granule too (read-modify-write).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+
+from mlusim.isa.fields import DIRECTIONS
+
+DIR_NAMES = tuple(DIRECTIONS)
+ON_CORE = ("nram", "wram")
+
+
+def queue_of_direction(d: str) -> str:
+    """Toward the core or staying on it: load queue. Away from the core or between shared memories: store."""
+    src, dst = DIRECTIONS[d]
+    return "ld" if dst in ON_CORE else "st"
+
+
+QUEUE_OF_DIR = tuple(queue_of_direction(d) for d in DIR_NAMES)
+
+
+def gdram_bus_bytes(addr: int, size: int, stride: int, count: int, stride2: int, count2: int,
+                    gran: int, write: bool) -> int:
+    """Exact bytes on the DRAM bus for a strided access, using the periodicity of offsets mod gran."""
+    p1 = gran // gcd(stride % gran or gran, gran) if count > 1 else 1
+    p2 = gran // gcd(stride2 % gran or gran, gran) if count2 > 1 else 1
+    k1 = np.arange(min(p1, count))
+    k2 = np.arange(min(p2, count2))
+    n1 = (count - k1 + p1 - 1) // p1
+    n2 = (count2 - k2 + p2 - 1) // p2
+    off = (addr + k2[:, None] * stride2 + k1[None, :] * stride) % gran
+    end = off + size
+    span = -(-end // gran) * gran
+    total = span
+    if write:
+        first_partial = off != 0
+        last_partial = (end % gran) != 0
+        single = span == gran
+        partial = np.where(single, (first_partial | last_partial).astype(np.int64),
+                           first_partial.astype(np.int64) + last_partial.astype(np.int64))
+        total = span + partial * gran
+    return int((total * n2[:, None] * n1[None, :]).sum())
+
+
+@dataclass
+class DmaPlan:
+    queue: str
+    fixed_cycles: float     # descriptor start-up and segment costs, plus DRAM latency
+    bus_bytes: float        # bytes through the links
+    payload: int            # bytes the program asked to move
+    src: str
+    dst: str
+    gdram_read: int = 0
+    gdram_write: int = 0
+
+
+def plan(a: dict, cfg) -> DmaPlan:
+    d = DIR_NAMES[a["dir"]]
+    src, dst = DIRECTIONS[d]
+    size, cnt, cnt2 = a["size"], a["count"], a["count2"]
+    segs = cnt * cnt2
+    payload = size * segs
+    fixed = cfg.dma.startup_cycles + (segs - 1) * cfg.dma.segment_cycles
+    rd = wr = 0
+    g = cfg.dram.access_bytes
+    if src == "gdram":
+        rd = gdram_bus_bytes(a["src"], size, a["sstride"], cnt, a["sstride2"], cnt2, g, False)
+    if dst == "gdram":
+        wr = gdram_bus_bytes(a["dst"], size, a["dstride"], cnt, a["dstride2"], cnt2, g, True)
+    if rd or wr:
+        fixed += cfg.dram.latency_cycles
+    bus = max(rd + wr, payload)
+    return DmaPlan(QUEUE_OF_DIR[a["dir"]], fixed, bus, payload, src, dst, rd, wr)

@@ -1,0 +1,60 @@
+"""Raw counters the engine keeps. Reports derive every figure from these; nothing is estimated."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UNITS = ("ld", "mac", "vec", "st")
+QUEUES = ("ld", "cp", "st")
+LEVELS = ("gdram", "sram", "nram", "wram")
+
+
+def _zero(keys) -> dict:
+    return {k: 0.0 for k in keys}
+
+
+@dataclass
+class CoreCounters:
+    """What one core did during one kernel. Cycles are simulated clock cycles."""
+
+    core: int
+    busy: dict = field(default_factory=lambda: _zero(UNITS))          # unit executing
+    token_stall: dict = field(default_factory=lambda: _zero(QUEUES))  # queue head waiting on a token
+    issue_stall: float = 0.0       # issue stage blocked on a full instruction queue
+    sync_wait: float = 0.0         # issue stage waiting in sync / barriers
+    active: float = 0.0            # cycles between this core's first task start and last task end
+    tasks: int = 0
+    instructions: dict = field(default_factory=lambda: {"scalar": 0, "sync": 0, "dma": 0, "mac": 0, "vec": 0})
+    macs: int = 0                  # useful multiply-accumulates (no padding)
+    mac_slots: int = 0             # array cycles x array size actually occupied
+
+    def add(self, other: "CoreCounters") -> None:
+        for k in self.busy:
+            self.busy[k] += other.busy[k]
+        for k in self.token_stall:
+            self.token_stall[k] += other.token_stall[k]
+        for k in self.instructions:
+            self.instructions[k] += other.instructions[k]
+        self.issue_stall += other.issue_stall
+        self.sync_wait += other.sync_wait
+        self.active += other.active
+        self.tasks += other.tasks
+        self.macs += other.macs
+        self.mac_slots += other.mac_slots
+
+
+@dataclass
+class KernelRecord:
+    name: str
+    task_type: str
+    task_dim: int
+    start: float
+    end: float = 0.0
+    cores: dict[int, CoreCounters] = field(default_factory=dict)
+    bytes_read: dict = field(default_factory=lambda: _zero(LEVELS))     # payload bytes by level
+    bytes_written: dict = field(default_factory=lambda: _zero(LEVELS))
+    dram_bus_bytes: float = 0.0    # bytes on the DRAM bus (granularity and read-modify-write included)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def cycles(self) -> float:
+        return self.end - self.start

@@ -1,0 +1,111 @@
+"""Instructions as Python objects and as bits, both derived from the table.
+
+Binary layout: little-endian 32-bit words; bits 0-7 hold the opcode, then each field in table order
+packed from the least significant bit up (addresses as offset then base register); unused high bits
+are zero and are checked on decode so that a corrupted stream is caught, not misread.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from mlusim.errors import EncodingError
+from mlusim.isa.fields import Addr, encoded_width
+from mlusim.isa.table import BY_MNEMONIC, BY_OPCODE, OpSpec
+
+
+class Instr:
+    """One instruction: its table entry and a complete mapping of field name to int value."""
+
+    __slots__ = ("op", "args")
+
+    def __init__(self, op: OpSpec, args: dict[str, int]):
+        self.op = op
+        self.args = args
+
+    @classmethod
+    def make(cls, mnemonic: str, **kwargs: Any) -> "Instr":
+        """Build from Python: addresses as an int offset or a (register, offset) pair; enums by name."""
+        op = BY_MNEMONIC.get(mnemonic)
+        if op is None:
+            raise EncodingError(f"unknown instruction {mnemonic!r}")
+        args: dict[str, int] = {}
+        for f in op.fields:
+            if f.name in kwargs:
+                v = kwargs.pop(f.name)
+                if isinstance(f, Addr) and isinstance(v, tuple):
+                    reg, off = v
+                    v = (reg << f.bits) | off
+                elif isinstance(v, str):
+                    v = f.parse(v, None, 0)
+                args[f.name] = f.check(v, mnemonic)
+            elif f.default is not None:
+                args[f.name] = f.default
+            else:
+                raise EncodingError(f"{mnemonic}: missing field '{f.name}'")
+        if kwargs:
+            raise EncodingError(f"{mnemonic}: unknown field(s) {', '.join(sorted(kwargs))}")
+        return cls(op, args)
+
+    def __eq__(self, other):
+        return isinstance(other, Instr) and self.op is other.op and self.args == other.args
+
+    def __hash__(self):
+        return hash((self.op.opcode, tuple(sorted(self.args.items()))))
+
+    def __repr__(self):
+        from mlusim.isa.asm import format_instr
+
+        return f"Instr({format_instr(self)!r})"
+
+
+def encode(ins: Instr) -> bytes:
+    op = ins.op
+    word = op.opcode
+    shift = 8
+    for f in op.fields:
+        v = f.check(ins.args[f.name], op.mnemonic)
+        word |= f.pack(v) << shift
+        shift += encoded_width(f)
+    return word.to_bytes(op.nwords * 4, "little")
+
+
+def encode_stream(instrs: Iterable[Instr]) -> bytes:
+    return b"".join(encode(i) for i in instrs)
+
+
+def decode_one(data: bytes | memoryview, offset: int = 0) -> tuple[Instr, int]:
+    if offset + 4 > len(data):
+        raise EncodingError(f"truncated instruction at byte {offset}")
+    opcode = data[offset]
+    op = BY_OPCODE.get(opcode)
+    if op is None:
+        raise EncodingError(f"unknown opcode 0x{opcode:02x} at byte {offset}")
+    end = offset + op.nwords * 4
+    if end > len(data):
+        raise EncodingError(f"truncated '{op.mnemonic}' at byte {offset}: needs {op.nwords * 4} bytes")
+    word = int.from_bytes(bytes(data[offset:end]), "little")
+    shift = 8
+    args = {}
+    for f in op.fields:
+        w = encoded_width(f)
+        raw = (word >> shift) & ((1 << w) - 1)
+        shift += w
+        v = f.unpack(raw)
+        lo, hi = f.range()
+        if not lo <= v <= hi:
+            raise EncodingError(f"'{op.mnemonic}' at byte {offset}: field '{f.name}' = {v} is invalid")
+        args[f.name] = v
+    if word >> shift:
+        raise EncodingError(f"'{op.mnemonic}' at byte {offset}: nonzero padding bits")
+    return Instr(op, args), end
+
+
+def decode_stream(data: bytes | memoryview) -> list[Instr]:
+    out = []
+    off = 0
+    if len(data) % 4:
+        raise EncodingError(f"instruction stream of {len(data)} bytes is not a whole number of words")
+    while off < len(data):
+        ins, off = decode_one(data, off)
+        out.append(ins)
+    return out

@@ -1,0 +1,94 @@
+"""Cycle cost of each instruction on its unit, from its fields and the hardware config.
+
+The formulas are deliberately simple enough to check by hand (docs/timing.md): start-up plus
+work divided by the unit's width, with the MAC array padding channels to its lanes. DMA costs are
+not here: they depend on what else is in flight and live in mlusim/cores/dma.py.
+"""
+from __future__ import annotations
+
+from math import ceil
+
+from mlusim.isa.fields import DTYPE_BYTES, DTYPES
+from mlusim.isa import numerics as nx
+
+TRANSCENDENTAL_PASSES = 4   # [G] exp/log cost four vector passes (ref 2: nonlinear ops 6-18 cycles)
+
+
+def _dt(a, name="dt") -> str:
+    return DTYPES[a[name]]
+
+
+def scalar(a, cfg) -> float:
+    return cfg.core.startup_cycles.scalar
+
+
+def ci_lanes(cfg, dt: str) -> int:
+    return cfg.core.mac_ci_lanes_int8 if dt in ("i8", "u8") else cfg.core.mac_ci_lanes_int16
+
+
+def conv(a, cfg) -> float:
+    """One output pixel x ci_lanes input channels x co_lanes output channels per cycle, per tap."""
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
+    g = a["groups"]
+    cig, cog = a["ci"] // g, a["co"] // g
+    blocks = ceil(cig / ci_lanes(cfg, _dt(a))) * ceil(cog / cfg.core.mac_co_lanes)
+    return cfg.core.startup_cycles.conv + a["n"] * ho * wo * a["kh"] * a["kw"] * blocks * g
+
+
+def matmul(a, cfg) -> float:
+    blocks = ceil(a["k"] / ci_lanes(cfg, _dt(a))) * ceil(a["n"] / cfg.core.mac_co_lanes)
+    return cfg.core.startup_cycles.matmul + a["m"] * blocks
+
+
+def _vec(nbytes: float, cfg, passes: int = 1) -> float:
+    return cfg.core.startup_cycles.vector + passes * ceil(nbytes / cfg.core.vector_bytes_per_cycle)
+
+
+def vec_elementwise(a, cfg) -> float:
+    return _vec(a["n"] * DTYPE_BYTES[_dt(a)], cfg)
+
+
+def vec_cast(a, cfg) -> float:
+    src = "sdt" if "sdt" in a else "dt"
+    dst = "ddt" if "ddt" in a else "odt"
+    return _vec(a["n"] * max(DTYPE_BYTES[_dt(a, src)], DTYPE_BYTES[_dt(a, dst)]), cfg)
+
+
+def vec_requant(a, cfg) -> float:
+    return _vec(a["n"] * 4, cfg)   # the int32 accumulator stream is the widest operand
+
+
+def vec_pool(a, cfg) -> float:
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], 1)
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], 1)
+    width = DTYPE_BYTES[_dt(a)] if a["mode"] == 0 else 4
+    return _vec(a["n"] * ho * wo * a["c"] * a["kh"] * a["kw"] * width, cfg)
+
+
+def vec_dwconv(a, cfg) -> float:
+    """One multiply-accumulate per tap into int32 lanes."""
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
+    return _vec(a["n"] * ho * wo * a["c"] * a["kh"] * a["kw"] * 4, cfg)
+
+
+def vec_transcendental(a, cfg) -> float:
+    return _vec(a["n"] * DTYPE_BYTES[_dt(a)], cfg, TRANSCENDENTAL_PASSES)
+
+
+def vec_reduce(a, cfg) -> float:
+    return _vec(a["rows"] * a["cols"] * DTYPE_BYTES[_dt(a)], cfg)
+
+
+def vec_row(a, cfg) -> float:
+    return _vec(a["rows"] * a["cols"] * DTYPE_BYTES[_dt(a)], cfg)
+
+
+def useful_macs(mnemonic: str, a) -> int:
+    """Multiply-accumulates the instruction really needs (no lane padding), for utilization."""
+    if mnemonic == "matmul":
+        return a["m"] * a["k"] * a["n"]
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
+    return a["n"] * ho * wo * a["co"] * a["kh"] * a["kw"] * (a["ci"] // a["groups"])

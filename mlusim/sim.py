@@ -1,0 +1,150 @@
+"""Run a Program on a simulated chip and collect its outputs and counters."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlusim.config import HardwareConfig, load_config
+from mlusim.cores.chip import Chip, host_bytes_estimate
+from mlusim.cores.stats import CoreCounters, KernelRecord
+from mlusim.errors import MlusimError, SimulationError
+from mlusim.program import Program
+
+DEFAULT_HOST_CAP_GIB = float(os.environ.get("MLUSIM_HOST_MEM_GIB", "8"))
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced. Cycles are simulated clock cycles of `config`."""
+
+    config: HardwareConfig
+    cores: int
+    cycles: float
+    kernels: list[KernelRecord]
+    outputs: dict[str, np.ndarray]
+    instructions: int
+    wall_seconds: float
+    timing_only: bool
+    dram_bytes: float
+    dram_busy: float
+    inputs_generated: list[str] = field(default_factory=list)
+    trace: list | None = None
+    program_meta: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.config.cycles_to_seconds(self.cycles)
+
+    def totals(self) -> dict[int, CoreCounters]:
+        out: dict[int, CoreCounters] = {}
+        for k in self.kernels:
+            for cid, c in k.cores.items():
+                out.setdefault(cid, CoreCounters(cid)).add(c)
+        return out
+
+
+def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int = 0):
+    """Check user inputs against the declarations; make deterministic random ones for the rest."""
+    given = dict(given or {})
+    out, generated = {}, []
+    rng = np.random.default_rng(seed)
+    for t in program.by_role("input"):
+        if t.name in given:
+            arr = np.asarray(given.pop(t.name))
+            if arr.shape != tuple(t.shape):
+                raise SimulationError(f"input '{t.name}': shape {list(arr.shape)} != declared {list(t.shape)}")
+            if arr.dtype != t.np_dtype:
+                if np.can_cast(arr.dtype, t.np_dtype, casting="same_kind") and arr.dtype.kind == t.np_dtype.kind:
+                    arr = arr.astype(t.np_dtype)
+                else:
+                    raise SimulationError(f"input '{t.name}': dtype {arr.dtype} != declared {t.np_dtype}")
+            out[t.name] = arr
+        else:
+            if t.np_dtype.kind == "f":
+                out[t.name] = rng.standard_normal(t.shape).astype(t.np_dtype)
+            else:
+                info = np.iinfo(t.np_dtype)
+                out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=t.shape).astype(t.np_dtype)
+            generated.append(t.name)
+    if given:
+        raise SimulationError(f"unknown input(s) {', '.join(sorted(given))}; the program's inputs are "
+                              f"{', '.join(t.name for t in program.by_role('input')) or 'none'}")
+    return out, generated
+
+
+def simulate(program: Program, config: HardwareConfig | str | None = None, cores: int | None = None,
+             inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
+             max_cycles: float | None = None, max_instructions: int = 20_000_000,
+             trace: bool = False, host_cap_gib: float | None = None) -> RunResult:
+    """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270)."""
+    cfg = config if isinstance(config, HardwareConfig) else load_config(config)
+    ncores = cfg.chip.cores if cores is None else cores
+    if not isinstance(ncores, int) or ncores < 1:
+        raise SimulationError(f"--cores must be a positive integer, got {cores!r}")
+    if ncores > cfg.chip.cores:
+        raise SimulationError(f"--cores {ncores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
+    program.validate()
+    if program.gdram_bytes > cfg.dram_bytes:
+        raise SimulationError(f"program needs {program.gdram_bytes:,} bytes of GDRAM; {cfg.name} has "
+                              f"{cfg.dram_bytes:,}")
+    cap = (host_cap_gib if host_cap_gib is not None else DEFAULT_HOST_CAP_GIB) * 1024**3
+    need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only)
+    if need > cap:
+        raise SimulationError(f"simulating this program with numerics needs about {need / 1024**3:.1f} GiB "
+                              f"of host memory, over the cap of {cap / 1024**3:.1f} GiB "
+                              f"(set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
+    wall0 = time.perf_counter()
+    chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only,
+                max_instructions=max_instructions, trace=trace)
+    feeds, generated = make_inputs(program, inputs)
+    if not timing_only:
+        buf = chip.gdram.buf
+        for t in program.tensors:
+            data = t.data if t.role == "const" else feeds.get(t.name)
+            if data is not None:
+                raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+                buf[t.addr:t.addr + raw.size] = raw
+    records: list[KernelRecord] = []
+    main = chip.env.process(chip.run_kernels(program.kernels, ncores, records))
+    limit = float("inf") if max_cycles is None else float(max_cycles)
+    interrupted = False
+    try:
+        chip.env.run(until=main if max_cycles is None else min_event(chip, main, limit))
+    except KeyboardInterrupt:
+        interrupted = True
+    except MlusimError:
+        raise
+    except RuntimeError as e:
+        if "No scheduled events left" not in str(e):
+            raise
+    except RecursionError:  # pragma: no cover - defensive
+        raise SimulationError("simulation recursion too deep") from None
+    if not interrupted and not main.triggered:
+        if max_cycles is not None and chip.env.now >= limit:
+            raise SimulationError(f"cycle budget of {limit:,.0f} exhausted at cycle {chip.env.now:,.0f} "
+                                  f"(raise --max-cycles)")
+        waits = "; ".join(chip.waits()) or "no core reports a wait"
+        raise SimulationError(f"deadlock at cycle {chip.env.now:,.0f}: {waits}")
+    if not interrupted and not main.ok:  # pragma: no cover - failures re-raise in env.run
+        raise main.value
+    outputs = {}
+    if not timing_only and not interrupted:
+        buf = chip.gdram.buf
+        for t in program.by_role("output"):
+            outputs[t.name] = buf[t.addr:t.addr + t.nbytes].view(t.np_dtype).reshape(t.shape).copy()
+    if interrupted and records and not records[-1].end:
+        records[-1].end = chip.env.now
+        records[-1].cores = {c.id: c.counters for c in chip.cores[:ncores]}
+    return RunResult(cfg, ncores, chip.env.now, records, outputs, chip.executed,
+                     time.perf_counter() - wall0, timing_only, chip.dram.bytes, chip.dram.busy, generated,
+                     chip.trace, dict(program.meta), interrupted)
+
+
+def min_event(chip: Chip, main, limit: float):
+    """Run until the program ends or the cycle budget is reached, whichever is first."""
+    stop = chip.env.timeout(limit)
+    return chip.env.any_of([main, stop])
