@@ -132,6 +132,8 @@ class Core:
         env, chip = self.env, self.chip
         self.task = task
         self.regs = [0] * 32
+        for tq in self.tokens.values():   # each task starts with empty dependency queues
+            tq.count = 0
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
         scalar_cost = self.cfg.core.startup_cycles.scalar
@@ -178,11 +180,10 @@ class Core:
         self.state["issue"] = "idle"
 
     def _drain(self):
+        """Wait until every issued instruction has completed (its time is the units' busy time)."""
         if self.inflight:
-            t0 = self.env.now
             self.drain_waiter = self.env.event()
             yield self.drain_waiter
-            self.counters.sync_wait += self.env.now - t0
 
     def _sync(self, mnemonic: str, pc: int, ins):
         self.state["issue"] = f"drains queues for `{mnemonic}` (pc {pc})"

@@ -20,7 +20,7 @@ class CoreCounters:
     busy: dict = field(default_factory=lambda: _zero(UNITS))          # unit executing
     token_stall: dict = field(default_factory=lambda: _zero(QUEUES))  # queue head waiting on a token
     issue_stall: float = 0.0       # issue stage blocked on a full instruction queue
-    sync_wait: float = 0.0         # issue stage waiting in sync / barriers
+    sync_wait: float = 0.0         # issue stage waiting at barriers for other cores
     active: float = 0.0            # cycles between this core's first task start and last task end
     tasks: int = 0
     instructions: dict = field(default_factory=lambda: {"scalar": 0, "sync": 0, "dma": 0, "mac": 0, "vec": 0})

@@ -1,0 +1,3 @@
+from mlusim.cli import main
+import sys
+sys.exit(main())
