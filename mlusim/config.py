@@ -310,7 +310,12 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
             raise ConfigError(f"{origin}: base: must be a preset name or a file path")
         if not Path(base).is_absolute() and (path.parent / base).is_file():
             base = str(path.parent / base)
-        base_raw, _ = _resolve_raw(base, depth + 1)
+        try:
+            base_raw, _ = _resolve_raw(base, depth + 1)
+        except ConfigError as e:
+            if depth:
+                raise
+            raise ConfigError(f"{origin}: base: {e}") from None
         raw = _deep_merge(base_raw, raw)
         raw.setdefault("name", f"{Path(origin).stem}")
     return raw, origin

@@ -19,6 +19,7 @@ def _dt(a, name="dt") -> str:
 
 
 def scalar(a, cfg) -> float:
+    """`startup_cycles.scalar`, at the issue stage."""
     return cfg.core.startup_cycles.scalar
 
 
@@ -27,7 +28,8 @@ def ci_lanes(cfg, dt: str) -> int:
 
 
 def conv(a, cfg) -> float:
-    """One output pixel x ci_lanes input channels x co_lanes output channels per cycle, per tap."""
+    """`startup_cycles.conv + n*ho*wo*kh*kw * ceil(ci_g/ci_lanes) * ceil(co_g/co_lanes) * groups`:
+    one output pixel x ci_lanes input x co_lanes output channels per cycle, per tap (ci_g = ci/groups)."""
     ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
     wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
     g = a["groups"]
@@ -37,6 +39,7 @@ def conv(a, cfg) -> float:
 
 
 def matmul(a, cfg) -> float:
+    """`startup_cycles.matmul + m * ceil(k/ci_lanes) * ceil(n/co_lanes)`."""
     blocks = ceil(a["k"] / ci_lanes(cfg, _dt(a))) * ceil(a["n"] / cfg.core.mac_co_lanes)
     return cfg.core.startup_cycles.matmul + a["m"] * blocks
 
@@ -46,20 +49,24 @@ def _vec(nbytes: float, cfg, passes: int = 1) -> float:
 
 
 def vec_elementwise(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(n*size(dt) / vector_bytes_per_cycle)`."""
     return _vec(a["n"] * DTYPE_BYTES[_dt(a)], cfg)
 
 
 def vec_cast(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(n*max(size(src), size(dst)) / vector_bytes_per_cycle)`."""
     src = "sdt" if "sdt" in a else "dt"
     dst = "ddt" if "ddt" in a else "odt"
     return _vec(a["n"] * max(DTYPE_BYTES[_dt(a, src)], DTYPE_BYTES[_dt(a, dst)]), cfg)
 
 
 def vec_requant(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(n*4 / vector_bytes_per_cycle)` (the int32 stream is widest)."""
     return _vec(a["n"] * 4, cfg)   # the int32 accumulator stream is the widest operand
 
 
 def vec_pool(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(n*ho*wo*c*kh*kw*w / vector_bytes_per_cycle)`, w = size(dt) for max, 4 for sum."""
     ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], 1)
     wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], 1)
     width = DTYPE_BYTES[_dt(a)] if a["mode"] == 0 else 4
@@ -67,21 +74,24 @@ def vec_pool(a, cfg) -> float:
 
 
 def vec_dwconv(a, cfg) -> float:
-    """One multiply-accumulate per tap into int32 lanes."""
+    """`startup_cycles.vector + ceil(n*ho*wo*c*kh*kw*4 / vector_bytes_per_cycle)`: one MAC per tap into int32 lanes."""
     ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
     wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
     return _vec(a["n"] * ho * wo * a["c"] * a["kh"] * a["kw"] * 4, cfg)
 
 
 def vec_transcendental(a, cfg) -> float:
+    """`startup_cycles.vector + 4 * ceil(n*size(dt) / vector_bytes_per_cycle)` (four passes, a guess)."""
     return _vec(a["n"] * DTYPE_BYTES[_dt(a)], cfg, TRANSCENDENTAL_PASSES)
 
 
 def vec_reduce(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(rows*cols*size(dt) / vector_bytes_per_cycle)`."""
     return _vec(a["rows"] * a["cols"] * DTYPE_BYTES[_dt(a)], cfg)
 
 
 def vec_row(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(rows*cols*size(dt) / vector_bytes_per_cycle)`."""
     return _vec(a["rows"] * a["cols"] * DTYPE_BYTES[_dt(a)], cfg)
 
 
