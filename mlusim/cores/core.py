@@ -193,9 +193,10 @@ class Core:
         barrier = self.task.barrier(mnemonic, self)
         if barrier is None:
             raise SimulationError(f"{self.where(pc, ins)}: sync.cluster is illegal in a BLOCK kernel")
-        self.state["issue"] = f"waits at {barrier.describe()} (pc {pc})"
         t0 = self.env.now
-        yield barrier.arrive(self, pc)
+        ev = barrier.arrive(self, pc)
+        self.state["issue"] = f"waits at {barrier.describe()} (pc {pc})"
+        yield ev
         self.counters.sync_wait += self.env.now - t0
 
     # ---- the three units -----------------------------------------------------------------------

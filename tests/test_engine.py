@@ -1,0 +1,168 @@
+"""Engine behaviour: dispatch of BLOCK and UNION kernels, barriers, faults, deadlocks, budgets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import I, program, run, tensors
+from mlusim.errors import SimulationError
+from mlusim.program import Kernel, Program, TensorDecl
+
+
+def ids_program(task_type: str, task_dim: int):
+    """Each task copies table[taskid], table[clusterid], table[coreid] into out[3*taskid ...]."""
+    t = tensors(TensorDecl("table", "const", "i8", (128,), -1, data=np.arange(128, dtype=np.int8)),
+                TensorDecl("out", "output", "i8", (3 * task_dim,), -1))
+    table, out = t
+    s = [I("rdsr", rd=1, sr="taskid"), I("rdsr", rd=2, sr="clusterid"), I("rdsr", rd=3, sr="coreid"),
+         I("muli", rd=4, rs1=1, imm=3)]
+    for k, reg in enumerate((1, 2, 3)):
+        s.append(I("dma", dir="g2g", dst=(4, out.addr + k), src=(reg, table.addr), size=1))
+    return program(s, t, task_type=task_type, task_dim=task_dim)
+
+
+def test_block_tasks_see_their_ids_and_spread_over_cores():
+    res = run(ids_program("block", 8), cores=4)
+    got = res.outputs["out"].reshape(8, 3)
+    assert list(got[:, 0]) == list(range(8))
+    assert res.kernels[0].cores[0].tasks == 2 and sum(c.tasks for c in res.kernels[0].cores.values()) == 8
+
+
+def test_union1_tasks_get_cluster_and_core_ids():
+    res = run(ids_program("union1", 8), cores=8)
+    got = res.outputs["out"].reshape(8, 3)
+    assert list(got[:, 0]) == list(range(8))
+    assert list(got[:, 2]) == [0, 1, 2, 3] * 2         # coreid within the cluster
+    assert list(got[:, 1]) == [0] * 8                  # one cluster per UNION1 job: clusterId 0
+    res2 = run(ids_program("union2", 8), cores=8)
+    assert list(res2.outputs["out"].reshape(8, 3)[:, 1]) == [0] * 4 + [1] * 4
+
+
+def test_union_jobs_run_in_sequence_when_clusters_are_few():
+    prog = program([I("conv", dt="i8", odt="i32", dst=0, src=0x40000, wgt=0, n=1, hi=8, wi=8, ci=64, co=64,
+                      kh=1, kw=1)], [], task_type="union1", task_dim=8)
+    one = run(prog, cores=4, timing_only=True).cycles
+    two = run(prog, cores=8, timing_only=True).cycles
+    assert one > 1.8 * (two - 2000) and one > two
+
+
+def test_union_kernel_needs_a_whole_cluster():
+    with pytest.raises(SimulationError, match="needs 1 whole cluster"):
+        run(ids_program("union1", 4), cores=2)
+
+
+def test_cores_above_chip_is_an_error():
+    with pytest.raises(SimulationError, match="exceeds the 16 cores"):
+        run(ids_program("block", 1), cores=17)
+
+
+def test_nram_overflow_names_instruction_core_and_address():
+    prog = program([I("vset", dt="i32", dst=0x5FFF0, n=16, value=1)], [])
+    with pytest.raises(SimulationError) as e:
+        run(prog)
+    msg = str(e.value)
+    assert "core 0" in msg and "pc 0" in msg and "vset" in msg and "0x5fff0" in msg and "outside NRAM" in msg
+
+
+def test_register_address_out_of_bounds_is_caught_at_run_time():
+    prog = program([I("li", rd=5, imm=1 << 30), I("vset", dt="i8", dst=(5, 0), n=4, value=1)], [])
+    with pytest.raises(SimulationError, match="pc 1 .*outside NRAM"):
+        run(prog)
+
+
+def test_misaligned_wram_operand():
+    prog = program([I("matmul", dt="i8", dst=0, a=0, b=8, m=1, k=64, n=64)], [])
+    with pytest.raises(SimulationError, match="WRAM address 0x8 is not 64-byte aligned"):
+        run(prog)
+
+
+def test_gdram_outside_program_footprint():
+    t = tensors(TensorDecl("x", "input", "i8", (64,), -1))
+    prog = program([I("dma", dir="g2n", dst=0, src=t[0].addr, size=128)], t)
+    with pytest.raises(SimulationError, match="outside GDRAM"):
+        run(prog)
+
+
+def test_missing_token_is_a_deadlock_with_a_diagnosis():
+    prog = program([I("vset", dt="i8", dst=0, n=4, value=1, wait="ld")], [])
+    with pytest.raises(SimulationError) as e:
+        run(prog)
+    msg = str(e.value)
+    assert msg.startswith("deadlock at cycle") and "core 0" in msg and "waits for a token from ld" in msg
+
+
+def test_mismatched_cluster_barriers_deadlock():
+    extra = [I("sync.cluster"), I("sync.cluster")]
+    once = [I("sync.cluster")]
+    prog = Program([Kernel("k", "union1", 4, [extra, once], [0, 1, 1, 1])], [])
+    with pytest.raises(SimulationError) as e:
+        run(prog, cores=4)
+    assert "deadlock" in str(e.value) and "sync.cluster of cluster 0 (1/4 arrived)" in str(e.value)
+
+
+def test_sync_all_with_more_tasks_than_cores_deadlocks_clearly():
+    prog = program([I("sync.all")], [], task_dim=8)
+    with pytest.raises(SimulationError, match=r"deadlock.*sync.all of kernel 'k' \(4/8 arrived\)"):
+        run(prog, cores=4)
+    assert run(prog, cores=8).cycles > 0
+
+
+def test_cluster_barrier_in_block_kernel_is_illegal():
+    with pytest.raises(SimulationError, match="illegal in a BLOCK kernel"):
+        run(program([I("sync.cluster")], []))
+
+
+def test_runaway_loop_hits_the_instruction_budget():
+    prog = program([I("jmp", target=0)], [])
+    with pytest.raises(SimulationError, match="instruction budget of 10,000 .* runaway loop"):
+        run(prog, max_instructions=10_000)
+
+
+def test_cycle_budget():
+    prog = program([I("vset", dt="i8", dst=0, n=1 << 16, value=0)] * 50, [])
+    with pytest.raises(SimulationError, match="cycle budget of 1,000 exhausted"):
+        run(prog, max_cycles=1000)
+
+
+def test_barriers_synchronise_and_cost_their_config_latency(mlu270):
+    # Task 0 is slow; everyone leaves the barrier together, sync_cycles after the last arrival.
+    slow = [I("vset", dt="i8", dst=0, n=128 * 1000, value=0), I("sync.cluster"), I("vset", dt="i8", dst=0, n=128, value=0)]
+    fast = [I("sync.cluster"), I("vset", dt="i8", dst=0, n=128, value=0)]
+    prog = Program([Kernel("k", "union1", 4, [slow, fast], [0, 1, 1, 1])], [])
+    res = run(prog, cores=4, timing_only=True)
+    c = mlu270.core.startup_cycles.vector
+    expect = mlu270.chip.kernel_launch_cycles + (c + 1000) + mlu270.cluster.sync_cycles + (c + 1)
+    assert res.cycles == pytest.approx(expect)
+    assert res.kernels[0].cores[1].sync_wait == pytest.approx(c + 1000 + mlu270.cluster.sync_cycles)
+
+
+def test_full_queue_stalls_the_issue_stage():
+    prog = program([I("vset", dt="i8", dst=0, n=1 << 16, value=0)] * 20, [])
+    res = run(prog, timing_only=True)
+    assert res.kernels[0].cores[0].issue_stall > 0
+
+
+def test_same_inputs_same_cycles_and_outputs():
+    a = run(ids_program("block", 8), cores=3)
+    b = run(ids_program("block", 8), cores=3)
+    assert a.cycles == b.cycles and np.array_equal(a.outputs["out"], b.outputs["out"])
+
+
+def test_timing_only_gives_the_same_cycles():
+    t = tensors(TensorDecl("x", "input", "i8", (4096,), -1), TensorDecl("y", "output", "i8", (4096,), -1))
+    s = [I("dma", dir="g2n", dst=0, src=t[0].addr, size=4096, sig="cp"),
+         I("vrelu", dt="i8", dst=4096, src=0, n=4096, wait="ld", sig="st"),
+         I("dma", dir="n2g", dst=t[1].addr, src=4096, size=4096, wait="cp")]
+    prog = program(s, t, task_dim=4)
+    full, fast = run(prog, cores=2), run(prog, cores=2, timing_only=True)
+    assert full.cycles == fast.cycles and fast.outputs == {}
+    x = full.outputs["y"]
+    assert (x >= 0).all()
+
+
+def test_host_memory_cap_fails_up_front():
+    t = tensors(TensorDecl("big", "scratch", "i8", (1 << 30,), -1))
+    prog = program([I("nop")], t)
+    with pytest.raises(SimulationError, match="GiB of host memory, over the cap"):
+        run(prog, host_cap_gib=0.5)
+    assert run(prog, timing_only=True).cycles > 0
