@@ -47,7 +47,7 @@ class RunResult:
         return out
 
 
-def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int = 0):
+def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int = 0, generate: bool = True):
     """Check user inputs against the declarations; make deterministic random ones for the rest."""
     given = dict(given or {})
     out, generated = {}, []
@@ -63,12 +63,13 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
                 else:
                     raise SimulationError(f"input '{t.name}': dtype {arr.dtype} != declared {t.np_dtype}")
             out[t.name] = arr
-        else:
+        elif generate:
             if t.np_dtype.kind == "f":
-                out[t.name] = rng.standard_normal(t.shape).astype(t.np_dtype)
+                out[t.name] = rng.standard_normal(t.shape, dtype=np.float32).astype(t.np_dtype)
             else:
                 info = np.iinfo(t.np_dtype)
-                out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=t.shape).astype(t.np_dtype)
+                out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=t.shape,
+                                           dtype=t.np_dtype)
             generated.append(t.name)
     if given:
         raise SimulationError(f"unknown input(s) {', '.join(sorted(given))}; the program's inputs are "
@@ -100,7 +101,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only,
                 max_instructions=max_instructions, trace=trace)
-    feeds, generated = make_inputs(program, inputs)
+    feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:
         buf = chip.gdram.buf
         for t in program.tensors:

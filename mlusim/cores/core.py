@@ -37,9 +37,12 @@ class Core:
         self.cluster = cluster
         self.nram = Memory("nram", cfg.nram_bytes, chip.numerics)
         self.wram = Memory("wram", cfg.wram_bytes, chip.numerics)
-        self.io_port = Link(f"core{core_id}.io", cfg.dma.core_bandwidth_bytes_per_cycle)
-        self.sram_port = Link(f"core{core_id}.sram", cfg.dma.sram_bandwidth_bytes_per_cycle)
-        self.move_port = Link(f"core{core_id}.move", cfg.dma.move_bandwidth_bytes_per_cycle)
+        # Each DMA queue has its own channel (read and write channels are separate, as in AXI), so a
+        # channel's port limits are caps on that one flow; only DRAM and cluster SRAM are contended.
+        d = cfg.dma
+        self.port_caps = {"gdram": d.core_bandwidth_bytes_per_cycle, "sram": d.sram_bandwidth_bytes_per_cycle,
+                          "move": d.move_bandwidth_bytes_per_cycle}
+        self._routes: dict = {}
         self.iq = {q: InstrQueue(self.env, cfg.core.queue_depth) for q in QUEUES}
         self.tokens = {(a, b): TokenQueue(self.env, f"{a}->{b}") for a in QUEUES for b in QUEUES if a != b}
         self.inflight = 0
@@ -64,19 +67,25 @@ class Core:
         return getattr(self.task, name)
 
     # ---- routing -------------------------------------------------------------------------------
-    def route(self, src: str, dst: str) -> tuple[Link, ...]:
-        ends = {src, dst}
-        on_core = ends <= {"nram", "wram"}
-        if on_core:
-            return (self.move_port,)
-        links: list[Link] = []
-        if "gdram" in ends:
-            links += [self.io_port, self.chip.dram]
-        if "sram" in ends:
-            links.append(self.cluster.sram_link)
-            if ends & {"nram", "wram"}:
-                links.append(self.sram_port)
-        return tuple(links)
+    def route(self, src: str, dst: str) -> tuple[tuple[Link, ...], float]:
+        """The shared links a DMA between two spaces crosses, and its channel's own rate cap."""
+        key = (src, dst)
+        hit = self._routes.get(key)
+        if hit is None:
+            ends = {src, dst}
+            links: list[Link] = []
+            caps = []
+            if ends <= {"nram", "wram"}:
+                caps.append(self.port_caps["move"])
+            if "gdram" in ends:
+                links.append(self.chip.dram)
+                caps.append(self.port_caps["gdram"])
+            if "sram" in ends:
+                links.append(self.cluster.sram_link)
+                if ends & {"nram", "wram"}:
+                    caps.append(self.port_caps["sram"])
+            hit = self._routes[key] = (tuple(links), min(caps) if caps else float("inf"))
+        return hit
 
     # ---- the issue stage -----------------------------------------------------------------------
     def where(self, pc: int, ins) -> str:
@@ -227,8 +236,12 @@ class Core:
             op = ins.op
             if op.unit == "dma":
                 unit = qname
-                yield env.timeout(cost.fixed_cycles)
-                yield chip.fabric.transfer(self.route(cost.src, cost.dst), cost.bus_bytes)
+                links, cap = self.route(cost.src, cost.dst)
+                if links:
+                    yield env.timeout(cost.fixed_cycles)
+                    yield chip.fabric.transfer(links, cost.bus_bytes, cap)
+                else:   # on-core move: nothing shared, one event
+                    yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
                 chip.account_dma(cost)
             else:
                 unit = op.unit

@@ -30,6 +30,13 @@ QUEUE_OF_DIR = tuple(queue_of_direction(d) for d in DIR_NAMES)
 def gdram_bus_bytes(addr: int, size: int, stride: int, count: int, stride2: int, count2: int,
                     gran: int, write: bool) -> int:
     """Exact bytes on the DRAM bus for a strided access, using the periodicity of offsets mod gran."""
+    if count == 1 and count2 == 1:
+        off = addr % gran
+        span = -(-(off + size) // gran) * gran
+        if not write:
+            return span
+        first, last = off != 0, (off + size) % gran != 0
+        return span + gran * ((first or last) if span == gran else (first + last))
     p1 = gran // gcd(stride % gran or gran, gran) if count > 1 else 1
     p2 = gran // gcd(stride2 % gran or gran, gran) if count2 > 1 else 1
     k1 = np.arange(min(p1, count))

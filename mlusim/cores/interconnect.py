@@ -30,6 +30,7 @@ class Flow:
     links: tuple[Link, ...]
     nbytes: float
     done: simpy.Event
+    cap: float = float("inf")
     remaining: float = 0.0
     rate: float = 0.0
     finish_at: float = 0.0
@@ -47,14 +48,18 @@ class Fabric:
         self._last = 0.0
         self._gen = 0
 
-    def transfer(self, links: tuple[Link, ...], nbytes: float, label: str = "") -> simpy.Event:
-        """Start moving nbytes across links; the returned event fires when the last byte arrives."""
+    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf"),
+                 label: str = "") -> simpy.Event:
+        """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
+        channel); the returned event fires when the last byte arrives."""
+        if not links:   # a private path: no contention, a plain delay
+            return self.env.timeout(nbytes / cap if nbytes > 0 else 0.0)
         ev = self.env.event()
-        if nbytes <= 0 or not links:
+        if nbytes <= 0:
             ev.succeed()
             return ev
         self._advance()
-        f = Flow(links, float(nbytes), ev, float(nbytes), label=label, started=self.env.now)
+        f = Flow(links, float(nbytes), ev, cap, float(nbytes), label=label, started=self.env.now)
         for link in links:
             if link._count == 0:
                 link._since = self.env.now
@@ -83,32 +88,38 @@ class Fabric:
         f.done.succeed()
 
     def _rates(self) -> None:
-        """Progressive filling: raise all rates together; freeze flows at their tightest link."""
+        """Max-min fair rates by progressive filling: repeatedly take the tightest constraint, either
+        the smallest flow cap or the smallest fair share of a link, and freeze the flows it binds."""
         cap: dict[Link, float] = {}
+        count: dict[Link, int] = {}
         users: dict[Link, list[Flow]] = {}
         for f in self.flows:
+            f.rate = -1.0
             for link in f.links:
-                if link not in cap:
-                    cap[link] = link.bytes_per_cycle
-                    users[link] = []
-                users[link].append(f)
-        unfrozen = set(self.flows)
-        while unfrozen:
+                if link in cap:
+                    count[link] += 1
+                    users[link].append(f)
+                else:
+                    cap[link], count[link], users[link] = link.bytes_per_cycle, 1, [f]
+        pending = sorted(self.flows, key=lambda f: f.cap)
+        nxt, left = 0, len(pending)
+        while left:
             best, share = None, float("inf")
-            for link, fl in users.items():
-                n = sum(1 for f in fl if f in unfrozen)
-                if n:
-                    s = cap[link] / n
-                    if s < share:
-                        best, share = link, s
-            if best is None:  # pragma: no cover - every flow crosses at least one link
-                break
-            for f in users[best]:
-                if f in unfrozen:
-                    f.rate = share
-                    unfrozen.discard(f)
-                    for link in f.links:
-                        cap[link] -= share
+            for link, n in count.items():
+                if n and cap[link] < share * n:
+                    best, share = link, cap[link] / n
+            while pending[nxt].rate >= 0:
+                nxt += 1
+            if pending[nxt].cap <= share:
+                frozen, share = (pending[nxt],), pending[nxt].cap
+            else:
+                frozen = [f for f in users[best] if f.rate < 0]
+            for f in frozen:
+                f.rate = share
+                left -= 1
+                for link in f.links:
+                    cap[link] -= share
+                    count[link] -= 1
 
     def _reschedule(self) -> None:
         if not self.flows:

@@ -108,6 +108,10 @@ def _strided(buf: np.ndarray, addr: int, size: int, stride: int, count: int, str
 
 def dma(ctx, a):
     src_space, dst_space = dma_spaces(a)
+    if a["count"] == 1 and a["count2"] == 1:
+        n, s, d = a["size"], a["src"], a["dst"]
+        ctx.mem(dst_space)[d:d + n] = ctx.mem(src_space)[s:s + n]
+        return
     src = _strided(ctx.mem(src_space), a["src"], a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"])
     dst = _strided(ctx.mem(dst_space), a["dst"], a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
     dst[...] = src.copy() if src_space == dst_space else src
