@@ -75,7 +75,7 @@ class Chip:
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
         self.gdram = Memory("gdram", gdram_bytes, numerics)
-        self.static_cache: dict = {}
+        self.prepared_cache: dict = {}
         self.executed = 0
         self.max_instructions = max_instructions
         self.trace: list | None = [] if trace else None

@@ -19,7 +19,6 @@ from mlusim.cores.memory import Memory
 from mlusim.cores.queues import InstrQueue, TokenQueue
 from mlusim.cores.stats import QUEUES, CoreCounters
 from mlusim.errors import SimulationError
-from mlusim.isa.fields import Addr
 
 if TYPE_CHECKING:
     from mlusim.cores.chip import Chip, TaskContext
@@ -96,26 +95,27 @@ class Core:
                 f"`{format_instr(ins, pc).strip()}`")
 
     def _prepare(self, ins, pc: int):
-        """Resolve register-relative addresses, check every access, price the instruction."""
+        """Resolve register-relative addresses, check every access, price the instruction.
+        The result depends only on the instruction and its resolved addresses, so it is cached."""
         op = ins.op
         args = ins.args
-        cache = self.chip.static_cache
-        static = True
-        for f in op.fields:
-            if isinstance(f, Addr) and args[f.name] >> f.bits:
-                static = False
-                break
-        if static:
-            hit = cache.get(id(ins))
-            if hit is not None and hit[0] is ins:
-                return hit[1]
+        regs = self.regs
+        key: tuple = (id(ins),)
+        for name, bits in op.addr_fields:
+            v = args[name]
+            if v >> bits:
+                key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
+        cache = self.chip.prepared_cache
+        hit = cache.get(key)
+        if hit is not None and hit[0] is ins:
+            return hit[1]
+        if len(key) == 1:
             a = args
         else:
             a = dict(args)
-            for f in op.fields:
-                if isinstance(f, Addr):
-                    reg, off = f.split(args[f.name])
-                    a[f.name] = self.regs[reg] + off
+            for name, bits in op.addr_fields:
+                v = args[name]
+                a[name] = regs[v >> bits] + (v & ((1 << bits) - 1))
         msg = op.check(a) if op.check else None
         if msg:
             raise SimulationError(f"{self.where(pc, ins)}: {msg}")
@@ -132,8 +132,8 @@ class Core:
         if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
                                   f"wait for or signal its own queue")
-        if static:
-            cache[id(ins)] = (ins, prepared)
+        if len(cache) < 200_000:
+            cache[key] = (ins, prepared)
         return prepared
 
     def run_task(self, task: "TaskContext"):

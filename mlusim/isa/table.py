@@ -42,6 +42,9 @@ class OpSpec:
 
     def __post_init__(self):
         self.by_name.update({f.name: f for f in self.fields})
+        # (name, offset bits) of every address field: the engine resolves these on each issue
+        object.__setattr__(self, "addr_fields", tuple((f.name, f.bits) for f in self.fields
+                                                      if isinstance(f, Addr)))
 
     @property
     def queued(self) -> bool:
