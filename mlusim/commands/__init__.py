@@ -1,0 +1,1 @@
+"""Subcommands of the `mlusim` CLI, one module each."""
