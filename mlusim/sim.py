@@ -47,6 +47,36 @@ class RunResult:
         return out
 
 
+def _perm(t) -> tuple[int, ...] | None:
+    """Axis permutation from host layout to device layout, e.g. NCHW -> NHWC is (0, 2, 3, 1)."""
+    host, dev = t.meta.get("host_layout"), t.meta.get("layout")
+    if not host or not dev or host == dev:
+        return None
+    if sorted(host) != sorted(dev) or len(dev) != len(t.shape):
+        raise SimulationError(f"tensor '{t.name}': cannot map layout {host} to {dev}")
+    return tuple(host.index(c) for c in dev)
+
+
+def host_shape(t) -> tuple[int, ...]:
+    p = _perm(t)
+    if p is None:
+        return tuple(t.shape)
+    shape = [0] * len(p)
+    for dev_axis, host_axis in enumerate(p):
+        shape[host_axis] = t.shape[dev_axis]
+    return tuple(shape)
+
+
+def to_device(t, arr: np.ndarray) -> np.ndarray:
+    p = _perm(t)
+    return arr if p is None else np.ascontiguousarray(arr.transpose(p))
+
+
+def to_host(t, arr: np.ndarray) -> np.ndarray:
+    p = _perm(t)
+    return arr if p is None else arr.transpose(np.argsort(p))
+
+
 def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int = 0, generate: bool = True):
     """Check user inputs against the declarations; make deterministic random ones for the rest."""
     given = dict(given or {})
@@ -55,8 +85,11 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
     for t in program.by_role("input"):
         if t.name in given:
             arr = np.asarray(given.pop(t.name))
-            if arr.shape != tuple(t.shape):
-                raise SimulationError(f"input '{t.name}': shape {list(arr.shape)} != declared {list(t.shape)}")
+            host = host_shape(t)
+            if arr.shape != host:
+                raise SimulationError(f"input '{t.name}': shape {list(arr.shape)} != declared {list(host)}"
+                                      + (f" ({t.meta['host_layout']})" if t.meta.get("host_layout") else ""))
+            arr = to_device(t, arr)
             if arr.dtype != t.np_dtype:
                 if np.can_cast(arr.dtype, t.np_dtype, casting="same_kind") and arr.dtype.kind == t.np_dtype.kind:
                     arr = arr.astype(t.np_dtype)
@@ -66,6 +99,9 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
         elif generate:
             if t.np_dtype.kind == "f":
                 out[t.name] = rng.standard_normal(t.shape, dtype=np.float32).astype(t.np_dtype)
+                if "range" in t.meta:     # e.g. image pixels in [0, 1]
+                    lo, hi = t.meta["range"]
+                    out[t.name] = rng.uniform(lo, hi, t.shape).astype(t.np_dtype)
             else:
                 info = np.iinfo(t.np_dtype)
                 out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=t.shape,
@@ -80,8 +116,12 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
 def simulate(program: Program, config: HardwareConfig | str | None = None, cores: int | None = None,
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
-             trace: bool = False, host_cap_gib: float | None = None) -> RunResult:
-    """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270)."""
+             trace: bool = False, host_cap_gib: float | None = None, progress=None) -> RunResult:
+    """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270).
+
+    Inputs are given in each tensor's host layout (meta `host_layout`, e.g. NCHW for images) and
+    outputs come back in it; the device layout is the tensor's declared shape (e.g. NHWC).
+    `progress(kernels_done, kernels_total, cycles)` is called after every kernel."""
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     ncores = cfg.chip.cores if cores is None else cores
     if not isinstance(ncores, int) or ncores < 1:
@@ -110,7 +150,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                 raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
                 buf[t.addr:t.addr + raw.size] = raw
     records: list[KernelRecord] = []
-    main = chip.env.process(chip.run_kernels(program.kernels, ncores, records))
+    main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     limit = float("inf") if max_cycles is None else float(max_cycles)
     interrupted = False
     try:
@@ -136,7 +176,8 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     if not timing_only and not interrupted:
         buf = chip.gdram.buf
         for t in program.by_role("output"):
-            outputs[t.name] = buf[t.addr:t.addr + t.nbytes].view(t.np_dtype).reshape(t.shape).copy()
+            dev = buf[t.addr:t.addr + t.nbytes].view(t.np_dtype).reshape(t.shape)
+            outputs[t.name] = to_host(t, dev).copy()
     if interrupted and records and not records[-1].end:
         records[-1].end = chip.env.now
         records[-1].cores = {c.id: c.counters for c in chip.cores[:ncores]}

@@ -112,11 +112,12 @@ class Chip:
                                   f"executed instructions exhausted (a runaway loop? raise --max-instructions)")
 
     # ---- dispatch ------------------------------------------------------------------------------
-    def run_kernels(self, kernels: list[Kernel], ncores: int, records: list[KernelRecord]):
-        """SimPy process: every kernel in order on cores 0..ncores-1."""
+    def run_kernels(self, kernels: list[Kernel], ncores: int, records: list[KernelRecord], progress=None):
+        """SimPy process: every kernel in order on cores 0..ncores-1; `progress(done, total, cycles)`
+        is called after each kernel."""
         env = self.env
         active = self.cores[:ncores]
-        for k in kernels:
+        for idx, k in enumerate(kernels):
             rec = KernelRecord(k.name, k.task_type, k.task_dim, env.now, meta=dict(k.meta))
             records.append(rec)
             self.record = rec
@@ -131,6 +132,8 @@ class Chip:
             yield simpy.AllOf(env, procs)
             rec.end = env.now
             rec.cores = {c.id: c.counters for c in active}
+            if progress is not None:
+                progress(idx + 1, len(kernels), env.now)
 
     def _task(self, core: Core, ctx: TaskContext):
         t0 = self.env.now
