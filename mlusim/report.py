@@ -14,8 +14,10 @@ LEGEND = """\
 cycles        simulated clock cycles of the config; time = cycles / clock
 MAC util      useful int8/int16 multiply-accumulates / (cycles x int8 MACs per cycle x cores used)
 DRAM GB/s     bytes on the DRAM bus (granule rounding and read-modify-write included) / time
-bound         the resource busiest during the kernel: mac (MAC array), vector, dma (a core's DMA
-              queue incl. start-up and latency), dram (bus bytes / DRAM bandwidth), sync (barriers)
+bound         the resource with the most work in the kernel (share = that work / kernel cycles):
+              mac (MAC array busy), vector (vector unit busy), dma (a core's DMA queue at its own
+              channel rate, start-up and latency included, no contention), dram (bus bytes / DRAM
+              bandwidth), sram (SRAM bytes / cluster SRAM bandwidth x clusters used), sync (barriers)
 ld/mac/vec/st share of the core's cycles its load DMA, MAC array, vector unit, store DMA were busy
 cp wait       share of cycles the compute queue's head waited for a dependency token (starved)
 issue stall   share of cycles the issue stage waited for a full queue; sync: waiting at barriers
@@ -27,16 +29,38 @@ def _pct(x: float, total: float) -> float:
 
 
 def kernel_bound(rec, cfg) -> tuple[str, dict[str, float]]:
-    """The resource with the most busy cycles in the kernel, and all candidates' busy cycles."""
+    """The resource with the most work in the kernel, and every candidate's work in cycles.
+
+    Each candidate is a lower bound on the kernel's time set by one resource alone: the busiest
+    core's MAC array, vector unit or DMA queue (DMA at its channel's own rate, so that time lost
+    to sharing DRAM shows up under dram, not dma), the DRAM bus at full bandwidth, the clusters'
+    SRAM ports at full bandwidth, and the longest barrier wait. The largest is what to speed up."""
     cores = rec.cores.values()
+    clusters = {cid // cfg.chip.cores_per_cluster for cid in rec.cores} or {0}
+    sram_bytes = rec.bytes_read["sram"] + rec.bytes_written["sram"]
     cand = {
         "mac": max((c.busy["mac"] for c in cores), default=0.0),
         "vector": max((c.busy["vec"] for c in cores), default=0.0),
-        "dma": max((max(c.busy["ld"], c.busy["st"]) for c in cores), default=0.0),
+        "dma": max((max(c.dma_demand["ld"], c.dma_demand["st"]) for c in cores), default=0.0),
         "dram": rec.dram_bus_bytes / cfg.dram_bytes_per_cycle,
+        "sram": sram_bytes / (cfg.cluster.sram_bandwidth_bytes_per_cycle * len(clusters)),
         "sync": max((c.sync_wait for c in cores), default=0.0),
     }
     return max(cand, key=lambda k: cand[k]), cand
+
+
+def program_bound(kernels: list[dict], cycles: float) -> tuple[str, float]:
+    """kernel_bound for a whole run: the resource whose work summed over kernels is largest, and
+    that work as a share of the run's cycles (each kernel's work is a lower bound on its time, so
+    the sum is a lower bound on the run's)."""
+    work: dict[str, float] = {}
+    for k in kernels:
+        for name, w in k["busy_candidates"].items():
+            work[name] = work.get(name, 0.0) + w
+    if not work or not cycles:
+        return "", 0.0
+    best = max(work, key=lambda b: work[b])
+    return best, work[best] / cycles
 
 
 def summarize(res: RunResult) -> dict[str, Any]:
@@ -51,12 +75,15 @@ def summarize(res: RunResult) -> dict[str, Any]:
         bound, cand = kernel_bound(k, cfg)
         kernels.append({
             "name": k.name, "task_type": k.task_type, "tasks": k.task_dim, "cycles": k.cycles,
-            "start": k.start, "macs": macs,
+            "start": k.start, "macs": macs, "cores_used": ncores,
             "mac_utilization": macs / (k.cycles * peak * ncores) if k.cycles else 0.0,
+            "mac_slots": sum(c.mac_slots for c in k.cores.values()),
+            "mac_busy": sum(c.busy["mac"] for c in k.cores.values()),
             "dram_bus_bytes": k.dram_bus_bytes,
             "dram_gbps": k.dram_bus_bytes / secs / 1e9 if secs else 0.0,
             "bytes_read": dict(k.bytes_read), "bytes_written": dict(k.bytes_written),
-            "bound": bound, "busy_candidates": cand, "meta": k.meta,
+            "bound": bound, "bound_share": cand[bound] / k.cycles if k.cycles else 0.0,
+            "busy_candidates": cand, "meta": k.meta,
         })
     totals = res.totals()
     cycles = res.cycles
@@ -74,12 +101,19 @@ def summarize(res: RunResult) -> dict[str, Any]:
     secs = res.seconds
     read = {lv: sum(k.bytes_read[lv] for k in res.kernels) for lv in LEVELS}
     written = {lv: sum(k.bytes_written[lv] for k in res.kernels) for lv in LEVELS}
+    bound, bound_share = program_bound(kernels, res.cycles)
     return {
+        "kind": "run",
         "config": cfg.name, "clock_mhz": cfg.chip.clock_mhz, "cores": res.cores, "cycles": cycles,
+        "mac_per_cycle_per_core": peak, "dram_bandwidth_gbps": cfg.dram.bandwidth_gbps,
+        "peak_gops": 2 * peak * res.cores * cfg.clock_hz / 1e9,
         "seconds": secs, "latency_ms": secs * 1e3, "wall_seconds": res.wall_seconds,
         "instructions": res.instructions, "timing_only": res.timing_only, "interrupted": res.interrupted,
         "macs": total_macs,
         "mac_utilization": total_macs / (cycles * peak * res.cores) if cycles else 0.0,
+        "mac_slots": sum(c.mac_slots for c in totals.values()),
+        "mac_busy": sum(c.busy["mac"] for c in totals.values()),
+        "bound": bound, "bound_share": bound_share,
         "dram_bus_bytes": res.dram_bytes, "dram_gbps": res.dram_bytes / secs / 1e9 if secs else 0.0,
         "dram_busy_share": _pct(res.dram_busy, cycles),
         "bytes_read": read, "bytes_written": written,
@@ -125,7 +159,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
     for k in shown:
         kt.add_row(k["name"], f"{k['task_type']} x {k['tasks']}", f"{k['cycles']:,.0f}",
                    f"{_pct(k['cycles'], s['cycles']):.1f}%", f"{100 * k['mac_utilization']:.1f}%",
-                   _bytes(k["dram_bus_bytes"]), f"{k['dram_gbps']:.2f}", k["bound"])
+                   _bytes(k["dram_bus_bytes"]), f"{k['dram_gbps']:.2f}",
+                   f"{k['bound']} {100 * k['bound_share']:.0f}%")
     if len(ks) > max_kernels:
         kt.caption = f"the {max_kernels} longest of {len(ks)} kernels"
     con.print(kt)
@@ -146,4 +181,66 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
         mt.add_row(lv, _bytes(s["bytes_read"][lv]), _bytes(s["bytes_written"][lv]))
     con.print(mt)
     con.print(LEGEND)
+    return con.export_text()
+
+
+SCALING_LEGEND = """\
+speedup       cycles of the first row's run / cycles of this run (same program, same config)
+efficiency    speedup x first row's cores / cores: 100% is perfect scaling
+MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
+DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth
+bound         the resource with the most work summed over kernels (see the legend of `mlusim run`
+              with one core count) and that work as a share of the cycles: near 100% it is the limit"""
+
+
+def _table(title: str, cols: list[str]):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("layer", "op", "bound") else "right")
+    return t
+
+
+def _cells(r: dict) -> list[str]:
+    def pct(x):
+        return "" if x is None or x != x else f"{100 * x:.1f}%"
+
+    sp = r["speedup"]
+    return [f"{r['cycles']:,.0f}", f"{r['latency_ms']:.4f}",
+            "" if sp != sp else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
+            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), f"{r['bound']} {pct(r['bound_share'])}"]
+
+
+def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = False) -> str:
+    """The scaling table (one row per core count), optionally per layer, then its legend."""
+    import io
+
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), record=True, width=140, force_terminal=False, color_system=None)
+    t = _table(title, ["cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
+                       "DRAM GB/s", "DRAM util", "bound"])
+    for r in rows:
+        c = _cells(r)
+        t.add_row(str(r["cores"]) + (" (interrupted)" if r.get("interrupted") else ""), c[0], c[1],
+                  f"{r['throughput_ips']:,.1f}", *c[2:])
+    con.print(t)
+    if per_layer:
+        lt = _table("per layer (speedup vs the same layer on the first row's cores)",
+                    ["layer", "op", "cores", "cycles", "latency ms", "speedup", "efficiency", "MAC util",
+                     "DRAM GB/s", "DRAM util", "bound"])
+        layers: dict[int, list[dict]] = {}
+        for r in rows:
+            for lr in r.get("layers", []):
+                layers.setdefault(lr["layer_id"], []).append(lr)
+        for i, (_lid, lrs) in enumerate(sorted(layers.items())):
+            if i:
+                lt.add_section()
+            for j, lr in enumerate(lrs):
+                lt.add_row(lr["layer"] if j == 0 else "", lr["op"] if j == 0 else "", str(lr["cores"]),
+                           *_cells(lr))
+        con.print(lt)
+    con.print(SCALING_LEGEND)
     return con.export_text()

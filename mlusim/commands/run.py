@@ -1,20 +1,32 @@
-"""`mlusim run`: simulate a program on one or more core counts and print the report."""
+"""`mlusim run`: simulate a program on one or more core counts and print the report.
+
+One core count prints the detailed report (kernels, cores, memory). Several print one line per run
+as it finishes, then one scaling table (mlusim.experiments); --csv/--json write that table.
+"""
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
-from mlusim.commands.common import add_config_args, load_program, parse_cores, parse_inputs, resolve_config
+from mlusim.commands.common import add_config_args, parse_cores, parse_inputs, resolve_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="simulate a .mlu model or .s assembly program and report cycles")
     p.add_argument("program", help="model.mlu or program.s")
-    p.add_argument("--cores", metavar="N|N,M,..|all", help="cores to use (default: all of the chip)")
+    p.add_argument("--cores", metavar="N|N,M,..|all",
+                   help="cores to use (default: all of the chip); several give a scaling table")
     add_config_args(p)
     p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE.npy", help="input tensor")
     p.add_argument("--output", metavar="FILE.npy|DIR", help="write the output tensor(s)")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--json", metavar="FILE", help="write the report (or scaling table) as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the scaling table as CSV (units in the headers); with "
+                   "--per-layer also FILE_layers.csv")
+    p.add_argument("--per-layer", action="store_true", help="scaling figures per kernel (layer) as well")
+    p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev); "
+                   "with several core counts one file per count, FILE.<N>cores.json")
+    p.add_argument("--progress", action=argparse_bool(), default=None,
+                   help="show kernels done and simulated cycles while running (default: when stderr is a terminal)")
     p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster)")
     p.add_argument("--max-cycles", type=float, default=None, help="stop with an error past this many cycles")
     p.add_argument("--max-instructions", type=int, default=20_000_000,
@@ -22,30 +34,100 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def cmd_run(args) -> int:
-    from mlusim.report import render, summarize
-    from mlusim.sim import simulate
+def argparse_bool():
+    import argparse
 
-    program = load_program(args.program)
+    return argparse.BooleanOptionalAction
+
+
+class Progress:
+    """Kernels done and simulated cycles on stderr, as simulate's progress callback (one bar per run)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def start(self, label: str, total: int):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("kernels, {task.fields[cycles]:,.0f} cycles"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(label, total=total, cycles=0.0)
+
+        def cb(done, total, cycles):
+            self.bar.update(task, completed=done, total=total, cycles=cycles)
+        return cb
+
+    def stop(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def cmd_run(args) -> int:
+    from mlusim.experiments import check_counts, flatten_layers, resolve_program, scaling_rows, write_csv, \
+        write_json, LAYER_COLUMNS
+    from mlusim.report import render, render_scaling, summarize
+    from mlusim.sim import simulate
+    from mlusim.trace import write_trace
+
+    program = resolve_program(args.program, resolve_config(args, None))
     cfg = resolve_config(args, program)
     counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
+    check_counts(counts)
     inputs = parse_inputs(args.input, program)
-    results = []
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress(show)
+    several = len(counts) > 1
+    summaries, res = [], None
     for n in counts:
-        res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
-                       max_cycles=args.max_cycles, max_instructions=args.max_instructions)
+        cb = progress.start(f"{n} core(s)", len(program.kernels))
+        try:
+            res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
+                           max_cycles=args.max_cycles, max_instructions=args.max_instructions,
+                           trace=bool(args.trace), progress=cb)
+        finally:
+            progress.stop()
         summary = summarize(res)
-        results.append(summary)
-        print(render(res, summary))
+        summaries.append(summary)
+        rendered = render(res, summary)
+        print(rendered.split("\n", 1)[0] if several else rendered, flush=True)
+        if args.trace:
+            path = Path(args.trace)
+            if several:
+                path = path.with_name(f"{path.stem}.{n}cores{path.suffix or '.json'}")
+            nev = write_trace(res, path)
+            print(f"wrote {path} ({nev:,} events; open in ui.perfetto.dev)")
         if res.interrupted:
             break
-    if args.output and results and not args.timing_only:
+    batch = int(program.meta.get("batch", 1) or 1)
+    rows = scaling_rows(summaries, batch, per_layer=args.per_layer)
+    if several:
+        print(render_scaling(rows, f"{program.meta.get('name', Path(args.program).name)} on {cfg.name}, "
+                                   f"batch {batch}", args.per_layer))
+    if args.output and res is not None and not args.timing_only and not res.interrupted:
         _write_outputs(res, args.output)
     if args.json:
-        Path(args.json).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=1,
-                                              default=float))
+        if several:
+            write_json({"kind": "scaling", "program": args.program, "config": cfg.name, "batch": batch,
+                        "cores": [r["cores"] for r in rows], "rows": rows, "runs": summaries}, args.json)
+        else:
+            write_json(summaries[0], args.json)
         print(f"wrote {args.json}")
-    return 130 if results and results[-1]["interrupted"] else 0
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+        if args.per_layer:
+            lp = Path(args.csv)
+            lp = lp.with_name(f"{lp.stem}_layers{lp.suffix or '.csv'}")
+            write_csv(flatten_layers(rows), lp, LAYER_COLUMNS)
+            print(f"wrote {lp}")
+    return 130 if summaries and summaries[-1]["interrupted"] else 0
 
 
 def _write_outputs(res, dest: str) -> None:

@@ -79,6 +79,8 @@ class Chip:
         self.executed = 0
         self.max_instructions = max_instructions
         self.trace: list | None = [] if trace else None
+        if trace:
+            self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
         self.record: KernelRecord | None = None
         cpc = cfg.chip.cores_per_cluster
         self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes, numerics),

@@ -177,6 +177,9 @@ class Core:
                 t0 = env.now
                 yield iq.wait_space()
                 ctr.issue_stall += env.now - t0
+                if chip.trace is not None:
+                    chip.trace.append((self.id, "issue", t0, env.now - t0, f"{qname} queue full",
+                                       task.kernel.name, pc))
             self.inflight += 1
             iq.put((ins, a, cost, touches, pc, task))
             pc += 1
@@ -207,6 +210,8 @@ class Core:
         self.state["issue"] = f"waits at {barrier.describe()} (pc {pc})"
         yield ev
         self.counters.sync_wait += self.env.now - t0
+        if self.chip.trace is not None:
+            self.chip.trace.append((self.id, "issue", t0, self.env.now - t0, mnemonic, self.task.kernel.name, pc))
 
     # ---- the three units -----------------------------------------------------------------------
     def _unit(self, qname: str):
@@ -231,6 +236,9 @@ class Core:
                             t0 = env.now
                             yield tq.wait()
                             ctr.token_stall[qname] += env.now - t0
+                            if chip.trace is not None:
+                                chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
+                                                   env.now - t0, f"wait {other} token", task.kernel.name, pc))
             self.state[qname] = f"executes pc {pc} `{ins.op.mnemonic}`"
             t0 = env.now
             op = ins.op
@@ -243,6 +251,7 @@ class Core:
                 else:   # on-core move: nothing shared, one event
                     yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
                 chip.account_dma(cost)
+                ctr.dma_demand[qname] += cost.fixed_cycles + cost.bus_bytes / cap
             else:
                 unit = op.unit
                 yield env.timeout(cost)

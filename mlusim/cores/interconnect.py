@@ -47,6 +47,10 @@ class Fabric:
         self.flows: list[Flow] = []
         self._last = 0.0
         self._gen = 0
+        # Only when tracing: after every rate change, one (None, link name, cycle, 0.0, bytes/cycle in
+        # use, "", -1) record per link whose rate may have changed, appended to the chip's trace.
+        self.samples: list | None = None
+        self._in_use: dict[str, float] = {}
 
     def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf"),
                  label: str = "") -> simpy.Event:
@@ -123,8 +127,12 @@ class Fabric:
 
     def _reschedule(self) -> None:
         if not self.flows:
+            if self.samples is not None:
+                self._sample()
             return
         self._rates()
+        if self.samples is not None:
+            self._sample()
         now = self.env.now
         for f in self.flows:
             f.finish_at = now + max(f.remaining, 0.0) / f.rate
@@ -145,3 +153,16 @@ class Fabric:
             f.remaining = 0.0
             self._finish(f)
         self._reschedule()
+
+    def _sample(self) -> None:
+        """Record each link's aggregate rate right after a rate change (tracing only)."""
+        use: dict[str, float] = {}
+        for f in self.flows:
+            for link in f.links:
+                use[link.name] = use.get(link.name, 0.0) + f.rate
+        now = self.env.now
+        for name in sorted(use.keys() | self._in_use.keys()):
+            rate = use.get(name, 0.0)
+            if self._in_use.get(name, 0.0) != rate:
+                self.samples.append((None, name, now, 0.0, rate, "", -1))
+        self._in_use = use

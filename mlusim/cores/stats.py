@@ -26,6 +26,9 @@ class CoreCounters:
     instructions: dict = field(default_factory=lambda: {"scalar": 0, "sync": 0, "dma": 0, "mac": 0, "vec": 0})
     macs: int = 0                  # useful multiply-accumulates (no padding)
     mac_slots: int = 0             # array cycles x array size actually occupied
+    # cycles each DMA queue's transfers would take with the chip to themselves (fixed costs plus bus
+    # bytes at the channel's own cap): busy minus this is time lost to DRAM/SRAM contention
+    dma_demand: dict = field(default_factory=lambda: {"ld": 0.0, "st": 0.0})
 
     def add(self, other: "CoreCounters") -> None:
         for k in self.busy:
@@ -40,6 +43,8 @@ class CoreCounters:
         self.tasks += other.tasks
         self.macs += other.macs
         self.mac_slots += other.mac_slots
+        for k in self.dma_demand:
+            self.dma_demand[k] += other.dma_demand[k]
 
 
 @dataclass

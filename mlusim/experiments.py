@@ -1,0 +1,263 @@
+"""Scaling experiments: one program on several core counts, as one table of plain rows.
+
+    rows = scaling("examples/matmul.s", "mlu270", cores=[1, 2, 4])   # list of dicts, one per count
+    write_csv(rows, "scaling.csv"); write_json({"rows": rows}, "scaling.json")
+
+Every figure in a row is arithmetic on one run's counters (see `row_from_summary`), so a row can be
+checked by hand against `mlusim.report.summarize`; `docs/experiments.md` defines each column.
+Speedup and parallel efficiency are relative to the *first* core count given (normally 1).
+
+Programs are named by a spec string and turned into a Program for a given config by
+`resolve_program`, so that a compiler can re-tile a model for each hardware point of a sweep.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from mlusim.errors import MlusimError, SimulationError
+
+# (JSON key, CSV header with unit, CSV scale). Fractions are 0..1 in JSON and percent in CSV, as in
+# SCALE-Sim's COMPUTE_REPORT ("Overall Util %", "Mapping Efficiency %", "Compute Util %").
+METRIC_COLUMNS: list[tuple[str, str, float]] = [
+    ("cycles", "Total Cycles", 1),
+    ("latency_ms", "Latency (ms)", 1),
+    ("throughput_ips", "Throughput (images/s)", 1),
+    ("speedup", "Speedup (x)", 1),
+    ("efficiency", "Parallel Efficiency %", 100),
+    ("mac_utilization", "Overall Util %", 100),
+    ("mapping_efficiency", "Mapping Efficiency %", 100),
+    ("compute_utilization", "Compute Util %", 100),
+    ("macs", "MACs", 1),
+    ("dram_bytes", "DRAM Bytes (B)", 1),
+    ("dram_gbps", "DRAM BW (GB/s)", 1),
+    ("dram_utilization", "DRAM Util %", 100),
+    ("sram_gbps", "SRAM BW (GB/s)", 1),
+    ("bound", "Bound", 1),
+    ("bound_share", "Bound Share %", 100),
+    ("interrupted", "Interrupted", 1),
+]
+SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
+LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "Layer", 1), ("op", "Op", 1),
+                  ("kernel", "Kernel", 1)]
+                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted")])
+
+
+# ------------------------------------------------------------------------------------------------
+# Programs
+
+
+def resolve_program(spec: str, cfg=None):
+    """The Program to simulate for `spec` on hardware `cfg`.
+
+    Today `spec` is a path to a .mlu model or .s assembly file and `cfg` is unused. It is the one
+    place a sweep asks for a program per hardware point, so a compiler that tiles a zoo model
+    (e.g. "resnet50") for the given config plugs in here and every sweep recompiles per point."""
+    from mlusim.commands.common import load_program
+
+    return load_program(spec)
+
+
+def default_config(program, config=None, overrides=None):
+    """`config` (preset, file or HardwareConfig) with overrides; else the config recorded in the
+    program; else MLU270. The same rule as `mlusim run`."""
+    from mlusim.config import HardwareConfig, apply_overrides, config_from_dict, load_config
+
+    if isinstance(config, HardwareConfig):
+        if overrides:
+            return config_from_dict(apply_overrides(config.to_dict(), overrides), f"{config.name} (with --set)")
+        return config
+    if config or program is None or not getattr(program, "config", None):
+        return load_config(config, overrides)
+    raw = apply_overrides(program.config, overrides) if overrides else program.config
+    return config_from_dict(raw, f"config recorded in the model ({program.config.get('name', '?')})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[str, Any]:
+    """One scaling row from a `report.summarize` dict; `base` is the run speedup is relative to.
+
+    speedup = base cycles / cycles; efficiency = speedup x base cores / cores;
+    mapping efficiency = useful MACs / (MAC-array cycles x MACs per cycle), the padding loss;
+    compute util = useful MACs / (MAC-busy cycles incl. start-up x MACs per cycle);
+    overall util = useful MACs / (total cycles x MACs per cycle x cores)."""
+    base = base or s
+    peak = s["mac_per_cycle_per_core"]
+    secs = s["seconds"]
+    speedup = _div(base["cycles"], s["cycles"])
+    sram = s["bytes_read"]["sram"] + s["bytes_written"]["sram"]
+    return {
+        "cores": s["cores"], "cycles": s["cycles"], "latency_ms": s["latency_ms"],
+        "throughput_ips": _div(batch, secs), "speedup": speedup,
+        "efficiency": speedup * base["cores"] / s["cores"],
+        "mac_utilization": s["mac_utilization"],
+        "mapping_efficiency": _div(s["macs"], s["mac_slots"] * peak),
+        "compute_utilization": _div(s["macs"], s["mac_busy"] * peak),
+        "macs": s["macs"], "dram_bytes": s["dram_bus_bytes"], "dram_gbps": s["dram_gbps"],
+        "dram_utilization": _div(s["dram_gbps"], s["dram_bandwidth_gbps"]),
+        "sram_gbps": _div(sram, secs) / 1e9,
+        "bound": s["bound"], "bound_share": s["bound_share"], "interrupted": s["interrupted"],
+    }
+
+
+def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
+    """Per-kernel rows of one run (kernels are layers); speedup vs the same kernel in `base`."""
+    base = base or s
+    peak = s["mac_per_cycle_per_core"]
+    clock = s["clock_mhz"] * 1e6
+    out = []
+    for i, k in enumerate(s["kernels"]):
+        b = base["kernels"][i] if i < len(base["kernels"]) else None
+        if b is not None and b["name"] != k["name"]:
+            b = None
+        secs = k["cycles"] / clock
+        speedup = _div(b["cycles"], k["cycles"]) if b else math.nan
+        meta = k.get("meta") or {}
+        out.append({
+            "cores": s["cores"], "layer_id": i, "layer": str(meta.get("layer", k["name"])),
+            "op": str(meta.get("op", "")), "kernel": k["name"], "cycles": k["cycles"],
+            "latency_ms": secs * 1e3, "speedup": speedup,
+            "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
+            "mac_utilization": k["mac_utilization"],
+            "mapping_efficiency": _div(k["macs"], k["mac_slots"] * peak),
+            "compute_utilization": _div(k["macs"], k["mac_busy"] * peak),
+            "macs": k["macs"], "dram_bytes": k["dram_bus_bytes"], "dram_gbps": k["dram_gbps"],
+            "dram_utilization": _div(k["dram_gbps"], s["dram_bandwidth_gbps"]),
+            "sram_gbps": _div(k["bytes_read"]["sram"] + k["bytes_written"]["sram"], secs) / 1e9,
+            "bound": k["bound"], "bound_share": k["bound_share"],
+        })
+    return out
+
+
+def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False) -> list[dict]:
+    """Rows for runs of one program at several core counts, relative to the first run."""
+    if not summaries:
+        return []
+    base = summaries[0]
+    rows = []
+    for s in summaries:
+        row = row_from_summary(s, base, batch)
+        if per_layer:
+            row["layers"] = layer_rows(s, base)
+        rows.append(row)
+    return rows
+
+
+def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None, per_layer: bool = False,
+            timing_only: bool = True, inputs=None, on_run: Callable | None = None, **sim_kw) -> list[dict]:
+    """Simulate `program` (a Program or a spec for `resolve_program`) on each core count of
+    `config` and return one row per count (with `layers` when `per_layer`).
+
+    `on_run(result, summary)` sees every RunResult as it finishes (the CLI prints, traces and
+    writes outputs from it). A run interrupted by Ctrl-C ends the list early, flagged
+    `interrupted`. Extra keywords go to `mlusim.sim.simulate`."""
+    from mlusim.report import summarize
+    from mlusim.sim import simulate
+
+    if isinstance(program, str):
+        cfg = default_config(None, config, overrides)
+        program = resolve_program(program, cfg)
+    else:
+        cfg = default_config(program, config, overrides)
+    counts = list(cores) if cores else [cfg.chip.cores]
+    summaries = []
+    for n in counts:
+        res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=timing_only, **sim_kw)
+        s = summarize(res)
+        summaries.append(s)
+        if on_run is not None:
+            on_run(res, s)
+        if res.interrupted:
+            break
+    return scaling_rows(summaries, int(program.meta.get("batch", 1) or 1), per_layer)
+
+
+def flatten_layers(rows: list[dict]) -> list[dict]:
+    """The per-layer rows of every run in `rows`, in order (for a per-layer CSV)."""
+    return [lr for r in rows for lr in r.get("layers", [])]
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+
+
+def _cell(v: Any, scale: float) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and math.isnan(v):
+            return ""
+        v = v * scale if scale != 1 else v
+        return f"{v:.10g}" if isinstance(v, float) else v
+    return v
+
+
+def write_csv(rows: list[dict], path: str | Path, columns: list[tuple[str, str, float]] | None = None) -> None:
+    """Rows as CSV with unit-labelled headers; `columns` defaults to SCALING_COLUMNS.
+
+    Keys of the rows not among the columns are appended as extra columns (headers = keys)."""
+    columns = list(columns or SCALING_COLUMNS)
+    known = {c[0] for c in columns}
+    for r in rows:
+        for k, v in r.items():
+            if k not in known and not isinstance(v, (list, dict)):
+                columns.append((k, k, 1))
+                known.add(k)
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow([h for _, h, _ in columns])
+            for r in rows:
+                w.writerow([_cell(r.get(k), sc) for k, _, sc in columns])
+    except OSError as e:
+        raise MlusimError(f"{path}: cannot write: {e.strerror}") from None
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN: write null instead of an invalid token."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    try:
+        Path(path).write_text(json.dumps(_clean(data), indent=1, default=float) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise MlusimError(f"{path}: cannot write: {e.strerror}") from None
+
+
+def read_table(path: str | Path) -> dict:
+    """A JSON file written by `mlusim run --json` or `mlusim sweep --json`, as a dict with `kind`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MlusimError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MlusimError(f"{path}: not a readable JSON report ({str(e)[:80]})") from None
+    if isinstance(data, list):   # older `run --json` with several core counts: a list of summaries
+        data = {"kind": "runs", "runs": data}
+    if not isinstance(data, dict) or "kind" not in data:
+        raise MlusimError(f"{path}: not an mlusim report (no 'kind')")
+    return data
+
+
+def check_counts(counts: list[int]) -> None:
+    if len(set(counts)) != len(counts):
+        raise SimulationError(f"--cores lists a core count twice: {','.join(map(str, counts))}")
