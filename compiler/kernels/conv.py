@@ -1,0 +1,202 @@
+"""Conv2d (+ folded batch norm, bias, activation, fused max pool) as one kernel.
+
+Each task owns a contiguous run of tiles, ordered so consecutive tiles share an output-channel block
+(its weights stay in WRAM). Per tile, three stages overlap across tiles (double buffering):
+    ld: input rows (with halo) -> NRAM ping/pong            [+ weights -> WRAM at block changes]
+    cp: conv on the MAC array (or vdwconv on the vector unit for depthwise) -> int32,
+        vrequant (bias, per-channel multiplier, activation clamp) -> int8, [vpool max]
+    st: tile -> GDRAM (contiguous when the tile spans all channels)
+Dependencies are declared as dataflow; codegen.TaskStream turns them into tokens.
+"""
+from __future__ import annotations
+
+from math import ceil
+
+import numpy as np
+
+from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, row_candidates, split,
+                                    vec_cycles)
+from mlusim.errors import CompileError
+
+
+class ConvGeometry:
+    def __init__(self, node, x_shape):
+        n, h, w, ci = x_shape
+        co, cig, kh, kw = node.q["weight"].shape
+        self.n, self.h, self.w, self.ci, self.co, self.cig, self.kh, self.kw = n, h, w, ci, co, cig, kh, kw
+        self.sh, self.sw = node.attrs["stride"]
+        self.dh, self.dw = node.attrs["dilation"]
+        self.pt, self.pb, self.pl, self.pr = node.attrs["padding"]
+        self.groups = node.attrs["groups"]
+        self.depthwise = self.groups == ci == co and cig == 1
+        conv_shape = node.attrs.get("conv_shape", node.shape)
+        self.ho, self.wo = conv_shape[2], conv_shape[3]
+        self.pool = node.attrs.get("pool")
+        self.esz = 2 if node.q["dtype"] == "int16" else 1
+        self.dt = "i16" if self.esz == 2 else "i8"
+
+    def in_rows(self, r0: int, r1: int) -> tuple[int, int, int, int]:
+        """Input rows [a, b) a tile of output rows [r0, r1) reads, and its top/bottom padding."""
+        start = r0 * self.sh - self.pt
+        end = (r1 - 1) * self.sh - self.pt + (self.kh - 1) * self.dh + 1
+        return max(start, 0), min(end, self.h), max(0, -start), max(0, end - self.h)
+
+    def rows_in(self, r: int) -> int:
+        return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
+
+
+def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
+    cfg = ctx.cfg
+    wo, esz = geo.wo, geo.esz
+    in_tile = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.w * geo.ci * esz
+    acc = rows * wo * block * 4
+    out = rows * wo * block * esz
+    pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
+    params = block * 12
+    wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
+    nblocks = ceil(geo.co / block)
+    nram = Arena("nram", cfg.nram_bytes)
+    sizes = [in_tile] * DOUBLE + [acc] + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    if geo.depthwise:
+        sizes.append(wblock)
+    if not nram.fits(*sizes):
+        return None
+    if not geo.depthwise and wblock * (DOUBLE if nblocks > 1 else 1) > cfg.wram_bytes:
+        return None
+    rblocks = ceil(geo.ho / rows)
+    units = geo.n * rblocks * nblocks
+    tasks = min(units, ctx.tasks)
+    per_task = ceil(units / tasks)
+    # per tile costs on each queue
+    lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
+    if geo.depthwise:
+        c_mac = vec_cycles(cfg, rows * wo * block * geo.kh * geo.kw * 4)
+    else:
+        cog = block // geo.groups
+        c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
+            ceil(cog / cfg.core.mac_co_lanes) * geo.groups
+    c_vec = vec_cycles(cfg, rows * wo * block * 4) + (vec_cycles(cfg, out) if geo.pool else 0)
+    ld = dma_cycles(cfg, in_tile)
+    st_bytes = pooled if geo.pool else out
+    segs = 1 if block == geo.co else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
+    st = dma_cycles(cfg, st_bytes, segs)
+    blocks_per_task = min(nblocks, per_task) if nblocks > 1 else 1
+    wload = dma_cycles(cfg, wblock) * blocks_per_task
+    task = max(per_task * ld + wload, per_task * (c_mac + c_vec), per_task * st) + ld + c_mac + st
+    total_bytes = units * (in_tile + st_bytes) + nblocks * wblock * min(tasks, geo.n * rblocks)
+    dram = total_bytes / cfg.dram_bytes_per_cycle
+    return Plan(rows, block, tasks, max(task, dram), units)
+
+
+def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
+    geo = ConvGeometry(node, x_shape)
+    mult = geo.pool[0] if geo.pool else 1
+    blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
+    if geo.groups > 1 and not geo.depthwise:
+        blocks = [geo.co]
+    cands = [(r, b) for r in row_candidates(geo.ho, mult) for b in blocks]
+    plan = choose(cands, lambda r, b: _price(ctx, geo, r, b))
+    if plan is None:
+        raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
+                           f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
+                           f"{geo.wo} x {geo.co} needs more)")
+    return geo, plan
+
+
+def lower_conv(ctx, node, x, y) -> None:
+    """x, y: device tensors (addr, NHWC shape) of the input and output."""
+    geo, plan = plan_conv(ctx, node, x.shape)
+    q = node.q
+    w_dev = np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
+    if geo.depthwise:
+        w_dev = np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
+    w_addr = ctx.const(f"{node.name}.weight", w_dev)
+    params = np.stack([q["bias"], q["mult"], q["shift"]], axis=1).astype(np.int32)
+    p_addr = ctx.const(f"{node.name}.params", params)
+    rows, block = plan.rows, plan.block
+    nblocks = ceil(geo.co / block)
+    rblocks = ceil(geo.ho / rows)
+    units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
+    streams = []
+    for t0, t1 in split(len(units), plan.tasks):
+        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, p_addr))
+    macs = geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig
+    ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
+               unit="vector" if geo.depthwise else "mac")
+
+
+def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr):
+    cfg = ctx.cfg
+    s = TaskStream()
+    esz = geo.esz
+    nram = Arena("nram", cfg.nram_bytes)
+    wram = Arena("wram", cfg.wram_bytes)
+    in_tile = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.w * geo.ci * esz
+    buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
+    acc = nram.alloc(rows * geo.wo * block * 4, "accumulator")
+    buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
+    buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
+                for _ in range(DOUBLE)] if geo.pool else None
+    buf_par = [nram.alloc(block * 12, "requant params") for _ in range(DOUBLE)]
+    wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
+    blocks_here = sorted({u[0] for u in units})
+    if geo.depthwise:
+        buf_w = [nram.alloc(wsize, "depthwise weights")]
+    else:
+        buf_w = [wram.alloc(wsize, "weights") for _ in range(DOUBLE if len(blocks_here) > 1 else 1)]
+    ph, pw = geo.pool or (1, 1)
+    yo_w = geo.wo // pw
+    hist_cp: list[int] = []      # per tile: the last compute instruction reading its input buffer
+    hist_st: list[int] = []      # per tile: the store that frees its output buffer
+    block_last_cp: dict[int, int] = {}
+    cur_cb, w_load, p_load, wslot = None, None, None, -1
+    for i, (cb, n, rb) in enumerate(units):
+        c0, c1 = cb * block, min(geo.co, (cb + 1) * block)
+        bc = c1 - c0
+        if cb != cur_cb:
+            wslot = (wslot + 1) % len(buf_w)
+            prev_user = block_last_cp.get(blocks_here.index(cb) - len(buf_w)) if len(buf_w) > 1 else \
+                (hist_cp[-1] if hist_cp else None)
+            if geo.depthwise:
+                w_load = s.dma("g2n", buf_w[0], w_addr, wsize) if cur_cb is None else w_load
+            else:
+                w_load = s.dma("g2w", buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
+                               bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
+            p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[prev_user])
+            cur_cb = cb
+        r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
+        a, b, pt, pb = geo.in_rows(r0, r1)
+        src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
+        nbytes = (b - a) * geo.w * geo.ci * esz
+        slot = i % DOUBLE
+        ld = s.dma("g2n", buf_in[slot], src, nbytes, deps=[hist_cp[i - DOUBLE] if i >= DOUBLE else None])
+        npix = (r1 - r0) * geo.wo
+        if geo.depthwise:
+            mac = s.emit("vdwconv", [ld, w_load], dt=geo.dt, dst=acc, src=buf_in[slot], wgt=buf_w[0], n=1,
+                         hi=b - a, wi=geo.w, c=geo.ci, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, pt=pt, pb=pb,
+                         pl=geo.pl, pr=geo.pr, dh=geo.dh, dw=geo.dw)
+        else:
+            mac = s.emit("conv", [ld, w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
+                         n=1, hi=b - a, wi=geo.w, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw,
+                         pt=pt, pb=pb, pl=geo.pl, pr=geo.pr, dh=geo.dh, dw=geo.dw, groups=geo.groups)
+        free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
+        rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc, params=buf_par[wslot % DOUBLE],
+                    c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"])
+        last, out_buf = rq, buf_out[slot]
+        if geo.pool:
+            last = s.emit("vpool", [], mode="max", dt=geo.dt, dst=buf_pool[slot], src=buf_out[slot], n=1,
+                          hi=r1 - r0, wi=geo.wo, c=bc, kh=ph, kw=pw, sh=ph, sw=pw)
+            out_buf = buf_pool[slot]
+        hist_cp.append(mac)
+        block_last_cp[blocks_here.index(cb)] = last
+        orow0, orow1 = r0 // ph, r1 // ph
+        dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.co + c0) * esz
+        npx = (orow1 - orow0) * yo_w
+        if bc == geo.co:
+            st = s.dma("n2g", dst, out_buf, npx * bc * esz, deps=[last])
+        else:
+            st = s.dma("n2g", dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.co * esz,
+                       sstride=bc * esz)
+        hist_st.append(st)
+    return s.finish()

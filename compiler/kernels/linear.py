@@ -1,0 +1,131 @@
+"""Fully connected layers on the MAC array: y = requant(x . W^T + b).
+
+Tasks split the output features (and the batch when it is large); the reduction is chunked when a
+weight block would not fit WRAM, with partial sums added on the vector unit. Weights are stored in
+GDRAM pre-blocked, [feature block][reduction chunk][rows][cols], so every weight load is one
+contiguous DMA (a strided one would pay the per-segment cost for every row).
+"""
+from __future__ import annotations
+
+from math import ceil
+
+import numpy as np
+
+from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, split, vec_cycles
+from mlusim.errors import CompileError
+
+
+def _candidates(n: int, lanes: int) -> list[int]:
+    out, b = {n}, n
+    while b > lanes:
+        b = ceil(b / 2 / lanes) * lanes
+        out.add(b)
+        if b == lanes:
+            break
+    return sorted(out, reverse=True)
+
+
+def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
+    cfg = ctx.cfg
+    lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
+    lanes_co = cfg.core.mac_co_lanes
+
+    def price(bo, kc, mc):
+        chunks = ceil(k / kc)
+        nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 12]
+        if not Arena("nram", cfg.nram_bytes).fits(*nram) or DOUBLE * bo * kc * esz > cfg.wram_bytes:
+            return None
+        units = ceil(m / mc) * ceil(o / bo)
+        tasks = min(units, ctx.tasks)
+        per = ceil(units / tasks)
+        ld = chunks * (dma_cycles(cfg, mc * kc * esz, mc if kc < k else 1) + dma_cycles(cfg, bo * kc * esz))
+        cp = chunks * (cfg.core.startup_cycles.matmul + mc * ceil(kc / lanes_ci) * ceil(bo / lanes_co)) + \
+            (chunks - 1) * vec_cycles(cfg, mc * bo * 4) + vec_cycles(cfg, mc * bo * 4)
+        st = dma_cycles(cfg, mc * bo * esz, mc if bo < o else 1)
+        task = per * max(ld, cp, st) + ld / chunks
+        dram = (units * ld * 0 + o * k * esz * ceil(m / mc) + m * k * esz * ceil(o / bo)) / cfg.dram_bytes_per_cycle
+        return Plan(mc, bo, tasks, max(task, dram), units), kc
+
+    best = None
+    for bo in _candidates(o, lanes_co):
+        for kc in _candidates(k, lanes_ci):
+            for mc in sorted({m, ceil(m / 2), ceil(m / 4), 1}, reverse=True):
+                r = price(bo, kc, mc)
+                if r and (best is None or r[0].cost < best[0].cost):
+                    best = r
+    if best is None:
+        raise CompileError(f"node '{node.name}' (linear): no tiling of [{m}, {k}] x [{o}, {k}] fits the "
+                           f"scratchpads of {cfg.name}")
+    return best
+
+
+def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
+    q = node.q
+    m, k = x.shape
+    o = weight.shape[0]
+    esz = 2 if q["dtype"] == "int16" else 1
+    dt = "i16" if esz == 2 else "i8"
+    plan, kc = plan_linear(ctx, node, m, k, o, esz)
+    mc, bo = plan.rows, plan.block
+    # pre-blocked weights: block (ob, kc) is rows [o0, o1) x cols [k0, k1), contiguous
+    blocks, offsets, off = [], {}, 0
+    for ob in range(ceil(o / bo)):
+        for kb in range(ceil(k / kc)):
+            blk = np.ascontiguousarray(weight[ob * bo:(ob + 1) * bo, kb * kc:(kb + 1) * kc])
+            offsets[(ob, kb)] = off
+            off += blk.nbytes
+            blocks.append(blk.reshape(-1))
+    w_addr = ctx.const(f"{node.name}.weight", np.concatenate(blocks))
+    params = np.stack([q["bias"], q["mult"], q["shift"]], axis=1).astype(np.int32)
+    p_addr = ctx.const(f"{node.name}.params", params)
+    units = [(ob, mb) for ob in range(ceil(o / bo)) for mb in range(ceil(m / mc))]
+    nk = ceil(k / kc)
+    streams = []
+    for t0, t1 in split(len(units), plan.tasks):
+        s = TaskStream()
+        nram, wram = Arena("nram", ctx.cfg.nram_bytes), Arena("wram", ctx.cfg.wram_bytes)
+        bx = [nram.alloc(mc * kc * esz, "input chunk") for _ in range(DOUBLE)]
+        bw = [wram.alloc(bo * kc * esz, "weight chunk") for _ in range(DOUBLE)]
+        acc = nram.alloc(mc * bo * 4, "accumulator")
+        tmp = nram.alloc(mc * bo * 4, "partial") if nk > 1 else None
+        bout = [nram.alloc(mc * bo * esz, "output") for _ in range(DOUBLE)]
+        bpar = nram.alloc(bo * 12, "params")
+        readers, stores, par_users = [], [], []
+        j = 0
+        for u, (ob, mb) in enumerate(units[t0:t1]):
+            o0, o1 = ob * bo, min(o, (ob + 1) * bo)
+            m0, m1 = mb * mc, min(m, (mb + 1) * mc)
+            nb, nm = o1 - o0, m1 - m0
+            pl = s.dma("g2n", bpar, p_addr + o0 * 12, nb * 12, deps=[par_users[-1] if par_users else None])
+            for kb in range(nk):
+                k0, k1 = kb * kc, min(k, (kb + 1) * kc)
+                nkc = k1 - k0
+                slot = j % DOUBLE
+                free = readers[j - DOUBLE] if j >= DOUBLE else None
+                src = x.addr + (m0 * k + k0) * esz
+                if nkc == k:
+                    lx = s.dma("g2n", bx[slot], src, nm * k * esz, deps=[free])
+                else:
+                    lx = s.dma("g2n", bx[slot], src, nkc * esz, deps=[free], count=nm, dstride=nkc * esz,
+                               sstride=k * esz)
+                lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
+                mm = s.emit("matmul", [lx, lw], dt=dt, odt="i32", dst=acc if kb == 0 else tmp, a=bx[slot],
+                            b=bw[slot], m=nm, k=nkc, n=nb)
+                readers.append(mm)
+                if kb:
+                    s.emit("vadd", [], dt="i32", dst=acc, a=acc, b=tmp, n=nm * nb)
+                j += 1
+            slot = u % DOUBLE
+            rq = s.emit("vrequant", [pl, stores[u - DOUBLE] if u >= DOUBLE else None], odt=dt, dst=bout[slot],
+                        src=acc, params=bpar, c=nb, n=nm * nb, lo=q["lo"], hi=q["hi"])
+            par_users.append(rq)
+            dst = y.addr + (m0 * o + o0) * esz
+            if nb == o:
+                st = s.dma("n2g", dst, bout[slot], nm * nb * esz, deps=[rq])
+            else:
+                st = s.dma("n2g", dst, bout[slot], nb * esz, deps=[rq], count=nm, dstride=o * esz, sstride=nb * esz)
+            stores.append(st)
+        streams.append(s.finish())
+    ctx.kernel(node, streams, macs=m * k * o, tiling=f"{mc} rows x {bo} features x {kc} reduction per step, "
+               f"{len(units)} tiles over {plan.tasks} tasks", unit="mac")

@@ -1,0 +1,140 @@
+"""Lowering: a quantized graph becomes a Program, one kernel per (fused) node.
+
+Activations live in GDRAM as NHWC int8 (int16 where a layer asks), each in its own region; the
+program input is float32 NHWC (given as NCHW by the host, like torch) and is quantized on the
+device by the first kernel; the output is float32, dequantized (or computed in float, for
+softmax) by the last. Flatten is free in NHWC, so the fully connected layer after it gets its
+weight columns permuted from torch's NCHW order at compile time instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlusim.compiler.graph import Graph, Node
+from mlusim.compiler.kernels import conv as kconv
+from mlusim.compiler.kernels import eltwise, linear, pool
+from mlusim.errors import CompileError
+from mlusim.program import GDRAM_ALIGN, Kernel, Program, TensorDecl
+
+ISA_DTYPE = {np.dtype(np.int8): "i8", np.dtype(np.uint8): "u8", np.dtype(np.int16): "i16",
+             np.dtype(np.int32): "i32", np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}
+
+
+@dataclass
+class DevTensor:
+    """Where a graph tensor lives on the device and how it is laid out."""
+
+    name: str
+    addr: int
+    shape: tuple[int, ...]           # device shape (NHWC for images)
+    dtype: str
+    flat_from: tuple[int, int, int] | None = None   # (C, H, W) when this is a flattened NHWC image
+
+
+@dataclass
+class LowerCtx:
+    cfg: object
+    graph: Graph
+    tasks: int
+    tensors: list[TensorDecl] = field(default_factory=list)
+    kernels: list[Kernel] = field(default_factory=list)
+    top: int = 0
+
+    def _place(self, nbytes: int) -> int:
+        addr = -(-self.top // GDRAM_ALIGN) * GDRAM_ALIGN
+        self.top = addr + nbytes
+        return addr
+
+    def tensor(self, name: str, role: str, dtype: str, shape, data=None, meta=None) -> TensorDecl:
+        t = TensorDecl(name, role, dtype, tuple(int(d) for d in shape), 0, data, meta or {})
+        t.addr = self._place(t.nbytes)
+        self.tensors.append(t)
+        return t
+
+    def const(self, name: str, arr: np.ndarray) -> int:
+        arr = np.ascontiguousarray(arr)
+        return self.tensor(name, "const", ISA_DTYPE[arr.dtype], arr.shape, arr).addr
+
+    def activation(self, node: Node, shape, dtype: str = "i8", role: str = "scratch", meta=None) -> DevTensor:
+        t = self.tensor(node.name if role != "scratch" else f"{node.name}.out", role, dtype, shape, meta=meta)
+        return DevTensor(t.name, t.addr, tuple(shape), dtype)
+
+    def kernel(self, node, streams: list, **meta) -> None:
+        meta = {"layer": node.name, "op": node.op, "fused": list(getattr(node, "fused", [])), **meta}
+        self.kernels.append(Kernel(node.name, "block", len(streams), streams, list(range(len(streams))), meta))
+
+
+def nhwc(shape) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
+
+
+def _flatten_permutation(c: int, h: int, w: int) -> np.ndarray:
+    """perm[j] = torch (NCHW-flatten) column feeding NHWC-flatten position j."""
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def lower(g: Graph, cfg, tasks: int | None = None) -> Program:
+    ctx = LowerCtx(cfg, g, tasks or cfg.chip.cores)
+    dev: dict[str, DevTensor] = {}
+    for node in g.nodes:
+        ins = [dev[i] for i in node.inputs]
+        dt = "i16" if node.q.get("dtype") == "int16" else "i8"
+        op = node.op
+        if op == "input":
+            shape = nhwc(node.shape)
+            meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+            meta["range"] = [0.0, 1.0]
+            t = ctx.tensor("input", "input", "f32", shape, meta=meta)
+            x = DevTensor("input", t.addr, shape, "f32")
+            y = ctx.activation(node, shape, dt)
+            eltwise.lower_quantize_input(ctx, node, x, y)
+        elif op == "conv2d":
+            y = ctx.activation(node, nhwc(node.shape), dt)
+            kconv.lower_conv(ctx, node, ins[0], y)
+        elif op == "linear":
+            w = node.q["weight"]
+            if ins[0].flat_from is not None:
+                w = np.ascontiguousarray(w[:, _flatten_permutation(*ins[0].flat_from)])
+            y = ctx.activation(node, node.shape, dt)
+            linear.lower_linear(ctx, node, ins[0], y, w)
+        elif op in ("maxpool", "avgpool"):
+            y = ctx.activation(node, nhwc(node.shape), dt)
+            pool.lower_pool(ctx, node, ins[0], y)
+        elif op == "gap":
+            y = ctx.activation(node, nhwc(node.shape), dt)
+            pool.lower_gap(ctx, node, ins[0], y)
+        elif op in ("relu", "relu6"):
+            y = ctx.activation(node, ins[0].shape, dt)
+            y.flat_from = ins[0].flat_from
+            eltwise.lower_act(ctx, node, ins[0], y)
+        elif op == "add":
+            y = ctx.activation(node, ins[0].shape, dt)
+            eltwise.lower_add(ctx, node, ins[0], ins[1], y)
+        elif op == "concat":
+            y = ctx.activation(node, nhwc(node.shape), dt)
+            eltwise.lower_concat(ctx, node, ins, y)
+        elif op in ("flatten", "reshape"):
+            x = ins[0]
+            flat = (x.shape[3], x.shape[1], x.shape[2]) if len(x.shape) == 4 and x.shape[1] * x.shape[2] > 1 else None
+            y = DevTensor(x.name, x.addr, tuple(node.shape), x.dtype, flat or x.flat_from)
+        elif op in ("softmax", "log_softmax"):
+            y = ctx.activation(node, node.shape, "f32", role="output")
+            eltwise.lower_softmax(ctx, node, ins[0], y)
+        else:
+            raise CompileError(f"node '{node.name}': op '{op}' has no kernel (run the optimization passes first?)")
+        dev[node.name] = y
+    out_node = g.node(g.output)
+    out = dev[g.output]
+    if out.dtype != "f32":
+        shape = out.shape
+        meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+        t = ctx.tensor("output", "output", "f32", shape, meta=meta)
+        eltwise.lower_dequantize(ctx, out_node, out, DevTensor("output", t.addr, shape, "f32"), out_node.q["scale"],
+                                 f"{out_node.name}.dequantize")
+    else:
+        for t in ctx.tensors:
+            if t.name == out.name:
+                t.name = "output"
+    return Program(ctx.kernels, ctx.tensors, ctx.top)

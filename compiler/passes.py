@@ -1,0 +1,91 @@
+"""Graph-to-graph passes, each a small function run in order by `optimize`.
+
+    remove_dropout -> fold_batchnorm -> fuse_activations -> fuse_pools
+Fusion only marks the producer (attrs 'act' / 'pool', and `fused` for the report); the lowering
+then emits one kernel that never writes the intermediate to DRAM.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mlusim.compiler.graph import Graph, Node, infer_shapes
+from mlusim.errors import CompileError
+
+
+def _rewire(g: Graph, old: str, new: str) -> None:
+    for n in g.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+    if g.output == old:
+        g.output = new
+
+
+def _drop(g: Graph, node: Node) -> None:
+    _rewire(g, node.name, node.inputs[0])
+    g.nodes.remove(node)
+
+
+def _sole_consumer(g: Graph, name: str) -> Node | None:
+    cons = g.consumers(name)
+    return cons[0] if len(cons) == 1 and g.output != name else None
+
+
+def remove_dropout(g: Graph) -> Graph:
+    for n in [n for n in g.nodes if n.op == "dropout"]:
+        _drop(g, n)
+    return g
+
+
+def fold_batchnorm(g: Graph) -> Graph:
+    """conv -> bn becomes one conv: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * that + beta."""
+    for bn in [n for n in g.nodes if n.op == "batchnorm"]:
+        prod = g.node(bn.inputs[0])
+        if prod.op != "conv2d" or _sole_consumer(g, prod.name) is not bn:
+            raise CompileError(f"node '{bn.name}' (batchnorm): only a batch norm directly after a conv "
+                               f"with no other consumer can be folded (input '{prod.name}' is {prod.op})")
+        p = bn.params
+        k = (p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + bn.attrs.get("eps", 1e-5)))
+        w = prod.params["weight"].astype(np.float64) * k[:, None, None, None]
+        b = prod.params.get("bias", np.zeros(len(k), np.float32)).astype(np.float64)
+        prod.params["weight"] = w.astype(np.float32)
+        prod.params["bias"] = ((b - p["mean"]) * k + p["beta"]).astype(np.float32)
+        prod.fused.append("batchnorm")
+        _drop(g, bn)
+    return g
+
+
+def fuse_activations(g: Graph) -> Graph:
+    """relu/relu6 after a conv, linear or add is applied by that kernel's requantize step."""
+    for act in [n for n in g.nodes if n.op in ("relu", "relu6")]:
+        prod = g.node(act.inputs[0])
+        if prod.op in ("conv2d", "linear", "add") and "act" not in prod.attrs and \
+                _sole_consumer(g, prod.name) is act:
+            prod.attrs["act"] = act.op
+            prod.fused.append(act.op)
+            _drop(g, act)
+    return g
+
+
+def fuse_pools(g: Graph) -> Graph:
+    """A non-overlapping, unpadded max pool after a conv runs on the conv's output tile in NRAM."""
+    for pool in [n for n in g.nodes if n.op == "maxpool"]:
+        prod = g.node(pool.inputs[0])
+        kh, kw = pool.attrs["kernel"]
+        if prod.op == "conv2d" and _sole_consumer(g, prod.name) is pool and pool.attrs["stride"] == (kh, kw) \
+                and not any(pool.attrs["padding"]) and prod.shape[2] % kh == 0 and prod.shape[3] % kw == 0:
+            prod.attrs["pool"] = (kh, kw)
+            prod.fused.append("maxpool")
+            _drop(g, pool)
+    return g
+
+
+PIPELINE = (remove_dropout, fold_batchnorm, fuse_activations, fuse_pools)
+
+
+def optimize(g: Graph, fuse: bool = True) -> Graph:
+    """Run the passes; the graph is modified in place and returned."""
+    g = remove_dropout(g)
+    g = fold_batchnorm(g)
+    if fuse:
+        g = fuse_activations(g)
+        g = fuse_pools(g)
+    return infer_shapes(g)

@@ -1,0 +1,221 @@
+"""Reference executors of a graph in plain numpy, independent of the simulator.
+
+`run_float` is the float model (what the quantized model approximates). `run_quant` executes the
+quantized graph's integer arithmetic directly on NCHW arrays with Python-level formulas taken from
+docs/numerics.md; the simulator must match it bit for bit. Neither imports anything from mlusim.isa.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mlusim.compiler.graph import Graph
+
+
+# ---- float ---------------------------------------------------------------------------------------
+def _conv_f(x, w, b, stride, pads, dil, groups):
+    n, ci, h, wd = x.shape
+    co, cig, kh, kw = w.shape
+    pt, pb, pl, pr = pads
+    sh, sw = stride
+    dh, dw = dil
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, co, ho, wo))
+    cog = co // groups
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            for g in range(groups):
+                out[:, g * cog:(g + 1) * cog] += np.einsum("nchw,oc->nohw", tap[:, g * cig:(g + 1) * cig],
+                                                           w[g * cog:(g + 1) * cog, :, i, j].astype(np.float64))
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out.astype(np.float32)
+
+
+def _pool_f(x, kernel, stride, pads, mode):
+    kh, kw = kernel
+    pt, pb, pl, pr = pads
+    fill = -np.inf if mode == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
+    return (win.max(axis=(-2, -1)) if mode == "max" else win.mean(axis=(-2, -1))).astype(np.float32)
+
+
+def _act_f(y, act):
+    if act == "relu":
+        return np.maximum(y, 0)
+    if act == "relu6":
+        return np.clip(y, 0, 6)
+    return y
+
+
+def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every node's float32 output (fused activations and pools applied)."""
+    v: dict[str, np.ndarray] = {}
+    for n in g.nodes:
+        a = [v[i] for i in n.inputs]
+        op = n.op
+        if op == "input":
+            y = x.astype(np.float32)
+        elif op == "conv2d":
+            y = _act_f(_conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
+                               n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"]), n.attrs.get("act"))
+            if "pool" in n.attrs:
+                y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
+        elif op == "linear":
+            y = a[0].astype(np.float64) @ n.params["weight"].T.astype(np.float64) + n.params["bias"]
+            y = _act_f(y.astype(np.float32), n.attrs.get("act"))
+        elif op == "batchnorm":
+            p = n.params
+            k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
+            y = (a[0] - p["mean"].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + p["beta"].reshape(1, -1, 1, 1)
+        elif op in ("relu", "relu6"):
+            y = _act_f(a[0], op)
+        elif op == "dropout":
+            y = a[0]
+        elif op in ("maxpool", "avgpool"):
+            y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
+        elif op == "gap":
+            y = a[0].mean(axis=(2, 3), keepdims=True)
+        elif op == "add":
+            y = _act_f(a[0] + a[1], n.attrs.get("act"))
+        elif op == "concat":
+            y = np.concatenate(a, axis=1)
+        elif op in ("flatten", "reshape"):
+            y = a[0].reshape(a[0].shape[0], -1)
+        elif op in ("softmax", "log_softmax"):
+            z = a[0] - a[0].max(axis=1, keepdims=True)
+            e = np.exp(z)
+            y = e / e.sum(axis=1, keepdims=True) if op == "softmax" else z - np.log(e.sum(axis=1, keepdims=True))
+        else:  # pragma: no cover - infer_shapes rejects unknown ops first
+            raise NotImplementedError(op)
+        v[n.name] = np.asarray(y, dtype=np.float32)
+    return v
+
+
+# ---- quantized -----------------------------------------------------------------------------------
+def _rne_shift(t: np.ndarray, shift) -> np.ndarray:
+    """t / 2**shift, round half to even, for int64 t (shift broadcastable, >= 0)."""
+    shift = np.asarray(shift, dtype=np.int64)
+    den = np.left_shift(np.int64(1), shift)
+    q = np.floor_divide(t, den)
+    r = t - q * den
+    twice = 2 * r
+    up = (twice > den) | ((twice == den) & (q % 2 == 1))
+    return q + up
+
+
+def requant(acc: np.ndarray, bias, mult, shift, lo: int, hi: int, qmax: int, axis: int = 1) -> np.ndarray:
+    """(acc + bias) * mult / 2**shift, rne, clamp to [lo, hi] and the type's range."""
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    b = np.asarray(bias, np.int64).reshape(shape) if np.ndim(bias) else np.int64(bias)
+    m = np.asarray(mult, np.int64).reshape(shape) if np.ndim(mult) else np.int64(mult)
+    s = np.asarray(shift, np.int64).reshape(shape) if np.ndim(shift) else np.int64(shift)
+    q = _rne_shift((acc.astype(np.int64) + b) * m, s)
+    return np.clip(np.clip(q, lo, hi), -qmax - 1, qmax)
+
+
+def _conv_i(x, w, stride, pads, dil, groups) -> np.ndarray:
+    """Exact int64 NCHW convolution."""
+    n, ci, h, wd = x.shape
+    co, cig, kh, kw = w.shape
+    pt, pb, pl, pr = pads
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho = (h + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, co, ho, wo), np.int64)
+    cog = co // groups
+    w64 = w.astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
+                     j * dil[1]:j * dil[1] + stride[1] * (wo - 1) + 1:stride[1]]
+            for g in range(groups):
+                out[:, g * cog:(g + 1) * cog] += np.einsum("nchw,oc->nohw", tap[:, g * cig:(g + 1) * cig],
+                                                           w64[g * cog:(g + 1) * cog, :, i, j])
+    return out
+
+
+def _wrap32(a: np.ndarray) -> np.ndarray:
+    return ((a + 2**31) % 2**32) - 2**31
+
+
+def quantize_input(x: np.ndarray, inv_scale: float, qmax: int) -> np.ndarray:
+    t = np.rint(x.astype(np.float64) * float(np.float32(inv_scale)))
+    return np.clip(np.nan_to_num(t), -qmax - 1, qmax).astype(np.int64)
+
+
+def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every node's integer output (int64 arrays, NCHW), and the float32 graph output under
+    the key '__output__'."""
+    v: dict[str, np.ndarray] = {}
+    for n in g.nodes:
+        a = [v[i] for i in n.inputs]
+        q = n.q
+        qmax = q.get("qmax", 127)
+        if n.op == "input":
+            y = quantize_input(x, q["inv_scale"], qmax)
+        elif n.op == "conv2d":
+            acc = _wrap32(_conv_i(a[0], q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
+                                  n.attrs["groups"]))
+            y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+            if "pool" in n.attrs:
+                kh, kw = n.attrs["pool"]
+                y = np.lib.stride_tricks.sliding_window_view(y, (kh, kw), axis=(2, 3))[:, :, ::kh, ::kw].max(axis=(-2, -1))
+        elif n.op == "linear":
+            acc = _wrap32(a[0].astype(np.int64) @ q["weight"].astype(np.int64).T)
+            y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+        elif n.op == "relu":
+            y = np.maximum(a[0], 0)
+        elif n.op == "relu6":
+            y = np.clip(a[0], 0, q["hi"])
+        elif n.op == "maxpool":
+            pt, pb, pl, pr = n.attrs["padding"]
+            xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-2**40)
+            win = np.lib.stride_tricks.sliding_window_view(xp, n.attrs["kernel"], axis=(2, 3))
+            y = win[:, :, ::n.attrs["stride"][0], ::n.attrs["stride"][1]].max(axis=(-2, -1))
+        elif n.op in ("avgpool", "gap"):
+            if n.op == "gap":
+                s = a[0].sum(axis=(2, 3), keepdims=True)
+            else:
+                pt, pb, pl, pr = n.attrs["padding"]
+                xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+                win = np.lib.stride_tricks.sliding_window_view(xp, n.attrs["kernel"], axis=(2, 3))
+                s = win[:, :, ::n.attrs["stride"][0], ::n.attrs["stride"][1]].sum(axis=(-2, -1))
+            y = requant(np.clip(s, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+        elif n.op == "add":
+            t = np.clip(a[0] * q["ka"], -2**31, 2**31 - 1) + np.clip(a[1] * q["kb"], -2**31, 2**31 - 1)
+            y = requant(np.clip(t, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+        elif n.op == "concat":
+            y = np.concatenate(a, axis=1)
+        elif n.op in ("flatten", "reshape"):
+            y = a[0].reshape(a[0].shape[0], -1)
+        elif n.op in ("softmax", "log_softmax"):
+            f = dequantize(a[0], q["in_scale"])
+            m = f.max(axis=1, keepdims=True)
+            z = (f - m).astype(np.float32)
+            e = np.exp(z).astype(np.float32)
+            tot = _seq_sum(e)
+            y = (e / tot).astype(np.float32) if n.op == "softmax" else (z - np.log(tot).astype(np.float32))
+        else:  # pragma: no cover
+            raise NotImplementedError(n.op)
+        v[n.name] = y
+    out = v[g.output]
+    v["__output__"] = out.astype(np.float32) if g.meta.get("output_float") else dequantize(out, g.node(g.output).q["scale"])
+    return v
+
+
+def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
+    """float32(q * float32(scale)), the product exact in float64 and rounded once."""
+    return (q.astype(np.float64) * float(np.float32(scale))).astype(np.float32)
+
+
+def _seq_sum(e: np.ndarray) -> np.ndarray:
+    """Row sums of a float32 [N, C] array added left to right in float32."""
+    acc = e[:, 0].copy()
+    for j in range(1, e.shape[1]):
+        acc = (acc + e[:, j]).astype(np.float32)
+    return acc[:, None]

@@ -1,0 +1,77 @@
+"""Choosing tiles: enumerate candidate tilings that fit the scratchpads, price each with the same
+formulas the simulator uses, keep the cheapest.
+
+This is why changing `core.nram_kib` changes the generated code: the feasible set and the prices
+both come from the target config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+DOUBLE = 2     # ping-pong buffers for anything loaded or stored per tile
+
+
+def dma_cycles(cfg, nbytes: int, segments: int = 1, gdram: bool = True) -> float:
+    d = cfg.dma
+    fixed = d.startup_cycles + (segments - 1) * d.segment_cycles + (cfg.dram.latency_cycles if gdram else 0)
+    return fixed + nbytes / d.core_bandwidth_bytes_per_cycle
+
+
+def vec_cycles(cfg, nbytes: int) -> float:
+    return cfg.core.startup_cycles.vector + ceil(nbytes / cfg.core.vector_bytes_per_cycle)
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """n items into `parts` contiguous chunks whose sizes differ by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def row_candidates(rows: int, multiple: int = 1, limit: int = 48) -> list[int]:
+    """Tile heights worth trying: rows/k for small k, plus small heights, all multiples of `multiple`."""
+    cands = set()
+    for k in range(1, min(rows, limit) + 1):
+        r = -(-rows // k)
+        r = -(-r // multiple) * multiple
+        cands.add(min(r, -(-rows // multiple) * multiple))
+    cands.update(m for m in (multiple, 2 * multiple, 4 * multiple) if m <= rows)
+    return sorted(c for c in cands if c >= 1)
+
+
+def block_candidates(channels: int, lanes: int) -> list[int]:
+    """Output-channel blocks: all of them, or halvings that stay multiples of the MAC lanes."""
+    out = {channels}
+    b = channels
+    while b > lanes and b % 2 == 0:
+        b //= 2
+        if b % lanes == 0 or b < lanes:
+            out.add(b)
+    return sorted(out, reverse=True)
+
+
+@dataclass
+class Plan:
+    rows: int             # output rows per tile (before a fused pool)
+    block: int            # output channels per tile
+    tasks: int
+    cost: float           # estimated cycles of the slowest task, or of DRAM if that is slower
+    units: int
+
+    def describe(self) -> str:
+        return f"{self.rows} rows x {self.block} channels per tile, {self.units} tiles over {self.tasks} tasks"
+
+
+def choose(cands, price):
+    """The candidate with the lowest price; `price` returns None for infeasible ones."""
+    best = None
+    for c in cands:
+        p = price(*c)
+        if p is not None and (best is None or p.cost < best.cost):
+            best = p
+    return best
