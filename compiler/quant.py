@@ -1,7 +1,7 @@
 """Quantization as Cambricon does it: symmetric int8/int16, scales calibrated from sample inputs.
 
 Every activation tensor gets a real scale s (value = q * s), recorded also in Cambricon's form
-`position` and `scale` (value = q * 2**position / scale, scale in [1, 2)). Weights are quantized per
+`position` and `cambricon_scale` (value = q * 2**position / cambricon_scale, in [1, 2)). Weights are quantized per
 output channel or per tensor; biases to int32 at s_in * s_w. Every real multiplier the integer
 pipeline needs (s_in * s_w / s_out, average divisors, residual rescales) becomes an int32 `mult` and
 a right `shift`: the vrequant instruction's parameters.
@@ -37,9 +37,9 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
 
 
 def cambricon_form(s: float) -> dict[str, Any]:
-    """value = q * 2**position / scale, with scale in [1, 2)."""
+    """Cambricon's (position, scale): value = q * 2**position / scale, with scale in [1, 2)."""
     pos = math.ceil(math.log2(s)) if s > 0 else 0
-    return {"position": pos, "scale": 2.0**pos / s if s > 0 else 1.0}
+    return {"position": pos, "cambricon_scale": 2.0**pos / s if s > 0 else 1.0}
 
 
 def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False) -> dict[str, float]:

@@ -10,7 +10,7 @@ import sys
 
 from mlusim.errors import MlusimError
 
-COMMANDS = ("run", "config", "modelfile")
+COMMANDS = ("run", "config", "modelfile", "sweep", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

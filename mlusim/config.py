@@ -31,20 +31,32 @@ def _preset_dir() -> Path:
         return PRESET_DIR
 
 
-def spec(unit: str, doc: str, *, minimum: float | None = 0, positive: bool = True, **kw) -> Any:
-    """A schema leaf: its unit and meaning, and the range check the loader enforces."""
-    return field(metadata={"unit": unit, "doc": doc, "minimum": minimum, "positive": positive}, **kw)
+def spec(unit: str, doc: str, *, minimum: float | None = 0, positive: bool = True,
+         maximum: float | None = None, **kw) -> Any:
+    """A schema leaf: its unit and meaning, and the range check the loader enforces.
+
+    `maximum` bounds what the simulator can model honestly: past it a value is a typo (MiB for
+    KiB) or would make the engine allocate, loop or round its way into nonsense."""
+    return field(metadata={"unit": unit, "doc": doc, "minimum": minimum, "positive": positive,
+                           "maximum": maximum}, **kw)
+
+
+# Bounds shared by many leaves (see docs/robustness.md). Rates have a floor so that a transfer
+# time (bytes / rate) stays finite; cycle costs have a ceiling so that sums stay exact floats.
+MAX_CYCLES = 10**9
+MIN_RATE, MAX_RATE = 1e-3, 1e6
 
 
 @dataclass
 class ChipConfig:
-    cores: int = spec("cores", "IPU cores on the chip (clusters x cores per cluster)")
-    clusters: int = spec("clusters", "clusters; each has its own SRAM and shares the cluster barrier")
-    clock_mhz: float = spec("MHz", "IPU clock; converts cycles to seconds")
+    cores: int = spec("cores", "IPU cores on the chip (clusters x cores per cluster)", maximum=4096)
+    clusters: int = spec("clusters", "clusters; each has its own SRAM and shares the cluster barrier",
+                         maximum=4096)
+    clock_mhz: float = spec("MHz", "IPU clock; converts cycles to seconds", minimum=1, maximum=100_000)
     chip_sync_cycles: int = spec("cycles", "cost of a chip-wide barrier (sync.all) once all arrive",
-                                 positive=False)
+                                 positive=False, maximum=MAX_CYCLES)
     kernel_launch_cycles: int = spec("cycles", "fixed cost to dispatch a kernel onto the cores",
-                                     positive=False)
+                                     positive=False, maximum=MAX_CYCLES)
 
     @property
     def cores_per_cluster(self) -> int:
@@ -53,24 +65,30 @@ class ChipConfig:
 
 @dataclass
 class StartupConfig:
-    conv: int = spec("cycles", "start-up of one conv instruction on the MAC array", positive=False)
-    matmul: int = spec("cycles", "start-up of one matmul instruction on the MAC array", positive=False)
-    vector: int = spec("cycles", "start-up of one vector (NFU) instruction", positive=False)
-    scalar: int = spec("cycles", "one scalar/control instruction at the issue stage", positive=False)
+    conv: int = spec("cycles", "start-up of one conv instruction on the MAC array", positive=False,
+                      maximum=MAX_CYCLES)
+    matmul: int = spec("cycles", "start-up of one matmul instruction on the MAC array", positive=False,
+                        maximum=MAX_CYCLES)
+    vector: int = spec("cycles", "start-up of one vector (NFU) instruction", positive=False,
+                        maximum=MAX_CYCLES)
+    # At least 1: the issue stage cannot retire instructions in zero time (and the engine only
+    # checks its instruction budget when simulated time advances).
+    scalar: int = spec("cycles", "one scalar/control instruction at the issue stage", maximum=10**6)
 
 
 @dataclass
 class CoreConfig:
-    nram_kib: int = spec("KiB", "NRAM (neuron RAM) per core: activations, vector operands")
+    nram_kib: int = spec("KiB", "NRAM (neuron RAM) per core: activations, vector operands", maximum=1 << 20)
     nram_reserved_kib: int = spec("KiB", "NRAM kept back for the stack; programs may not use it",
-                                  positive=False)
-    wram_kib: int = spec("KiB", "WRAM (weight RAM) per core: conv/matmul weights")
-    mac_ci_lanes_int8: int = spec("channels", "int8 input channels the MAC array reduces per cycle")
-    mac_co_lanes: int = spec("channels", "output channels the MAC array produces per cycle")
-    mac_int8_per_cycle: int = spec("MAC/cycle", "int8 multiply-accumulates per cycle")
-    mac_int16_per_cycle: int = spec("MAC/cycle", "int16 multiply-accumulates per cycle")
-    vector_bytes_per_cycle: int = spec("B/cycle", "vector (NFU) unit throughput")
-    queue_depth: int = spec("instructions", "entries in each unit's instruction queue")
+                                  positive=False, maximum=1 << 20)
+    wram_kib: int = spec("KiB", "WRAM (weight RAM) per core: conv/matmul weights", maximum=1 << 20)
+    mac_ci_lanes_int8: int = spec("channels", "int8 input channels the MAC array reduces per cycle",
+                                  maximum=1 << 16)
+    mac_co_lanes: int = spec("channels", "output channels the MAC array produces per cycle", maximum=1 << 16)
+    mac_int8_per_cycle: int = spec("MAC/cycle", "int8 multiply-accumulates per cycle", maximum=1 << 24)
+    mac_int16_per_cycle: int = spec("MAC/cycle", "int16 multiply-accumulates per cycle", maximum=1 << 24)
+    vector_bytes_per_cycle: int = spec("B/cycle", "vector (NFU) unit throughput", maximum=1 << 20)
+    queue_depth: int = spec("instructions", "entries in each unit's instruction queue", maximum=1 << 16)
     startup_cycles: StartupConfig = field(default_factory=StartupConfig)
 
     @property
@@ -80,28 +98,36 @@ class CoreConfig:
 
 @dataclass
 class ClusterConfig:
-    sram_kib: int = spec("KiB", "SRAM shared by the cores of one cluster", positive=False)
-    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "SRAM port bandwidth shared by a cluster")
+    sram_kib: int = spec("KiB", "SRAM shared by the cores of one cluster", positive=False, maximum=1 << 22)
+    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "SRAM port bandwidth shared by a cluster",
+                                                  minimum=MIN_RATE, maximum=MAX_RATE)
     sync_cycles: int = spec("cycles", "cost of a cluster barrier (sync.cluster) once all arrive",
-                            positive=False)
+                            positive=False, maximum=MAX_CYCLES)
 
 
 @dataclass
 class DramConfig:
-    capacity_gib: float = spec("GiB", "GDRAM capacity")
-    bandwidth_gbps: float = spec("GB/s", "GDRAM bandwidth shared by every transfer in flight")
-    latency_cycles: int = spec("cycles", "first-byte latency of a GDRAM access by DMA", positive=False)
-    access_bytes: int = spec("bytes", "access granularity; segments are rounded out to it")
+    capacity_gib: float = spec("GiB", "GDRAM capacity", maximum=1 << 20)
+    bandwidth_gbps: float = spec("GB/s", "GDRAM bandwidth shared by every transfer in flight",
+                                  minimum=MIN_RATE, maximum=MAX_RATE)
+    latency_cycles: int = spec("cycles", "first-byte latency of a GDRAM access by DMA", positive=False,
+                                maximum=MAX_CYCLES)
+    # At most 1 KiB: the DMA cost model tabulates offsets modulo the granule, granule^2 entries.
+    access_bytes: int = spec("bytes", "access granularity; segments are rounded out to it", maximum=1024)
 
 
 @dataclass
 class DmaConfig:
-    core_bandwidth_bytes_per_cycle: float = spec("B/cycle", "IO-DMA peak of one core to/from GDRAM")
-    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "one core's DMA to/from its cluster's SRAM")
-    move_bandwidth_bytes_per_cycle: float = spec("B/cycle", "on-core moves NRAM<->WRAM, NRAM->NRAM")
-    startup_cycles: int = spec("cycles", "fixed cost of every DMA instruction", positive=False)
+    core_bandwidth_bytes_per_cycle: float = spec("B/cycle", "IO-DMA peak of one core to/from GDRAM",
+                                                  minimum=MIN_RATE, maximum=MAX_RATE)
+    sram_bandwidth_bytes_per_cycle: float = spec("B/cycle", "one core's DMA to/from its cluster's SRAM",
+                                                  minimum=MIN_RATE, maximum=MAX_RATE)
+    move_bandwidth_bytes_per_cycle: float = spec("B/cycle", "on-core moves NRAM<->WRAM, NRAM->NRAM",
+                                                  minimum=MIN_RATE, maximum=MAX_RATE)
+    startup_cycles: int = spec("cycles", "fixed cost of every DMA instruction", positive=False,
+                                maximum=MAX_CYCLES)
     segment_cycles: int = spec("cycles", "extra cost of each segment after the first of a strided DMA",
-                               positive=False)
+                               positive=False, maximum=MAX_CYCLES)
 
 
 @dataclass
@@ -178,10 +204,16 @@ def iter_leaves(cls: type = HardwareConfig, prefix: str = "") -> Iterator[tuple[
             yield path, tp, dict(f.metadata)
 
 
+STR_LIMITS = {"name": 64, "description": 500}
+
+
 def _check_leaf(value: Any, tp: Any, meta: dict, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        limit = STR_LIMITS.get(where.rsplit(": ", 1)[-1], 500)
+        if len(value) > limit or not value.isprintable():
+            raise ConfigError(f"{where}: must be one line of printable text of at most {limit} characters")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
@@ -198,6 +230,9 @@ def _check_leaf(value: Any, tp: Any, meta: dict, where: str) -> Any:
         raise ConfigError(f"{where}: must be > 0, got {value!r}")
     if meta.get("minimum") is not None and value < meta["minimum"]:
         raise ConfigError(f"{where}: must be >= {meta['minimum']}, got {value!r}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ConfigError(f"{where}: must be <= {meta['maximum']:,}, got {value!r} (check the unit: "
+                          f"{meta.get('unit')})")
     if abs(value) > 1e15:
         raise ConfigError(f"{where}: {value!r} is implausibly large")
     return value
@@ -256,10 +291,6 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):
         raise ConfigError(f"{origin}: dram.access_bytes={cfg.dram.access_bytes} must be a power of two")
-    if cfg.core.nram_kib > 1 << 20 or cfg.core.wram_kib > 1 << 20 or cfg.cluster.sram_kib > 1 << 22:
-        raise ConfigError(f"{origin}: scratchpads over 1 GiB (NRAM/WRAM) or 4 GiB (SRAM) are not plausible")
-    if c.cores > 4096:
-        raise ConfigError(f"{origin}: chip.cores={c.cores} exceeds the simulator's limit of 4096")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,30 +317,42 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _locate(text: str) -> tuple[Path, str]:
+    """The file a preset name or path refers to, and how messages should call it."""
+    path = Path(text)
+    try:
+        as_file = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text or path.exists()
+        if as_file:
+            if not path.is_file():
+                raise ConfigError(f"{text}: no such config file")
+            return path, str(path)
+        path = _preset_dir() / f"{text}.yaml"
+        known = path.is_file() and text in list_presets()
+    except (OSError, ValueError):     # a name too long for the OS, or with a NUL byte in it
+        known = False
+    if not known:
+        raise ConfigError(f"unknown config preset {text!r} (presets: {', '.join(list_presets())}); "
+                          f"a config file needs a .yaml suffix")
+    return path, text
+
+
 def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
     """The raw mapping of a preset or file with its `base:` chain merged in."""
     if depth > 8:
         raise ConfigError(f"{name_or_path}: 'base:' chain deeper than 8 (a cycle?)")
-    text = str(name_or_path)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text:
-        if not path.is_file():
-            raise ConfigError(f"{text}: no such config file")
-        origin = str(path)
-    else:
-        path = _preset_dir() / f"{text}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown config preset '{text}' (presets: {', '.join(list_presets())})")
-        origin = text
+    path, origin = _locate(str(name_or_path))
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: top level must be a mapping of sections")
+        raise ConfigError(f"{origin}: top level must be a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
-        if not isinstance(base, str):
+        if not isinstance(base, str) or not base:
             raise ConfigError(f"{origin}: base: must be a preset name or a file path")
-        if not Path(base).is_absolute() and (path.parent / base).is_file():
-            base = str(path.parent / base)
+        try:
+            if not Path(base).is_absolute() and (path.parent / base).is_file():
+                base = str(path.parent / base)
+        except (OSError, ValueError):
+            pass
         try:
             base_raw, _ = _resolve_raw(base, depth + 1)
         except ConfigError as e:
@@ -322,36 +365,61 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`core.nram_kib=256` -> ('core.nram_kib', 256); values are typed by YAML scalar rules."""
-    import yaml
+    """`core.nram_kib=256` -> ('core.nram_kib', 256); values are typed by YAML scalar rules (read
+    with the same strict loader as files), and a value YAML cannot parse stays a string."""
+    from mlusim.yamlsafe import load_yaml_text
 
-    if "=" not in text:
+    if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"--set {text!r}: expected path.to.key=value")
     key, _, value = text.partition("=")
     key = key.strip()
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = load_yaml_text(value, f"--set {key}") if value.strip() else None
+    except ConfigError:
         parsed = value
     if parsed is None:
-        raise ConfigError(f"--set {key}: missing value")
+        raise ConfigError(f"--set {key}: missing value (write {key}=VALUE)")
     return key, parsed
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any], origin: str = "--set") -> dict:
+    """`raw` with each dotted key set; only leaves of the schema may be set."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the config to override is a {type(raw).__name__}, not a mapping")
     raw = copy.deepcopy(raw)
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
     leaves = {p for p, _, _ in iter_leaves()}
     for key, value in items:
-        if key not in leaves:
-            hint = _closest(key, leaves)
-            raise ConfigError(f"{origin}: unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        if not isinstance(key, str) or key not in leaves:
+            hint = _closest(str(key), leaves)
+            raise ConfigError(f"{origin}: unknown key {str(key)!r}" + (f" (did you mean '{hint}'?)" if hint else ""))
         node = raw
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[:i + 1])
+                raise ConfigError(f"{origin}: cannot set '{key}': '{section}' is a {type(node).__name__}, "
+                                  f"not a section (fix '{section}' in the config file)")
         node[leaf] = value
     return raw
+
+
+def host_mem_cap_bytes(env: dict | None = None) -> int:
+    """The host memory mlusim may plan to use: MLUSIM_HOST_MEM_GIB (default 8) GiB.
+
+    Read at call time so a test or a wrapper script can change it; a value that is not a positive
+    number is a ConfigError naming the variable rather than a crash at import."""
+    import os
+
+    text = (os.environ if env is None else env).get("MLUSIM_HOST_MEM_GIB", "8")
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = float("nan")
+    if not math.isfinite(gib) or gib <= 0:
+        raise ConfigError(f"MLUSIM_HOST_MEM_GIB={text!r}: must be a positive number of GiB")
+    return int(gib * 1024**3)
 
 
 def load_config(name_or_path: str | Path | None = None,
@@ -359,7 +427,7 @@ def load_config(name_or_path: str | Path | None = None,
     """Resolve a preset name or YAML file (with its base chain) plus overrides into a checked config."""
     raw, origin = _resolve_raw(name_or_path or DEFAULT_PRESET)
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        raw = apply_overrides(raw, overrides, f"{origin}: --set")
         origin = f"{origin} (with --set)"
     cfg = _build(HardwareConfig, raw, origin, "")
     _validate(cfg, origin)

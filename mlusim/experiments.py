@@ -37,7 +37,8 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("dram_utilization", "DRAM Util %", 100),
     ("sram_gbps", "SRAM BW (GB/s)", 1),
     ("bound", "Bound", 1),
-    ("bound_share", "Bound Share %", 100),
+    ("bound_resource", "Busiest Resource", 1),
+    ("bound_share", "Busiest Resource Share %", 100),
     ("interrupted", "Interrupted", 1),
 ]
 SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
@@ -106,7 +107,8 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
         "macs": s["macs"], "dram_bytes": s["dram_bus_bytes"], "dram_gbps": s["dram_gbps"],
         "dram_utilization": _div(s["dram_gbps"], s["dram_bandwidth_gbps"]),
         "sram_gbps": _div(sram, secs) / 1e9,
-        "bound": s["bound"], "bound_share": s["bound_share"], "interrupted": s["interrupted"],
+        "bound": s["bound"], "bound_resource": s["bound_resource"], "bound_share": s["bound_share"],
+        "interrupted": s["interrupted"],
     }
 
 
@@ -134,7 +136,7 @@ def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
             "macs": k["macs"], "dram_bytes": k["dram_bus_bytes"], "dram_gbps": k["dram_gbps"],
             "dram_utilization": _div(k["dram_gbps"], s["dram_bandwidth_gbps"]),
             "sram_gbps": _div(k["bytes_read"]["sram"] + k["bytes_written"]["sram"], secs) / 1e9,
-            "bound": k["bound"], "bound_share": k["bound_share"],
+            "bound": k["bound"], "bound_resource": k["bound_resource"], "bound_share": k["bound_share"],
         })
     return out
 

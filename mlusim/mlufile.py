@@ -137,16 +137,19 @@ def load(path: str | Path) -> Program:
 
 
 def _load(zf: zipfile.ZipFile, origin: str) -> Program:
+    from mlusim.config import host_mem_cap_bytes
     from mlusim.isa.encoding import decode_stream
+    from mlusim.program import NP_OF
 
     infos = {}
     total = 0
     for info in zf.infolist():
         name = info.filename
         if name in infos:
-            raise ModelFileError(f"{origin}: member '{name}' appears twice")
-        if name.startswith(("/", "\\")) or ".." in name.split("/") or "\\" in name or ":" in name:
-            raise ModelFileError(f"{origin}: unsafe member name '{name}'")
+            raise ModelFileError(f"{origin}: member {name!r} appears twice")
+        if (name.startswith(("/", "\\")) or ".." in name.split("/") or "\\" in name or ":" in name
+                or not name.isprintable()):
+            raise ModelFileError(f"{origin}: unsafe member name {name!r}")
         total += info.file_size
         infos[name] = info
     if total > MAX_TOTAL_BYTES:
@@ -156,82 +159,128 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
     if "manifest.json" not in infos:
         raise ModelFileError(f"{origin}: no manifest.json")
     if infos["manifest.json"].file_size > MAX_MANIFEST_BYTES:
-        raise ModelFileError(f"{origin}: manifest.json is implausibly large")
+        raise ModelFileError(f"{origin}: manifest.json is {infos['manifest.json'].file_size:,} bytes, over the "
+                             f"{MAX_MANIFEST_BYTES:,}-byte limit")
     try:
         man = json.loads(_read(zf, infos["manifest.json"], origin, None))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"{origin}: manifest.json is not valid JSON ({str(e)[:80]})") from None
     where = f"{origin}: manifest"
+    if not isinstance(man, dict):
+        raise ModelFileError(f"{where}: expected a JSON object, got {type(man).__name__}")
     if _need(man, "format", str, where) != FORMAT:
-        raise ModelFileError(f"{where}: format is {man['format']!r}, not {FORMAT!r}")
+        raise ModelFileError(f"{where}: format is {man['format'][:40]!r}, not {FORMAT!r}")
     version = _need(man, "version", int, where)
     if version > VERSION:
         raise ModelFileError(f"{origin}: format version {version} is newer than this mlusim reads ({VERSION}); "
                              f"upgrade mlusim")
     if version < 1:
         raise ModelFileError(f"{origin}: format version {version} is invalid")
+    _check_strings(man, where)
     sizes = _need(man, "members", dict, where)
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_MEMBER_BYTES:
+            raise ModelFileError(f"{where}: members: size of {name!r} must be an integer in "
+                                 f"0..{MAX_MEMBER_BYTES:,}, got {str(size)[:40]}")
     listed = set(sizes) | {"mimetype", "manifest.json"}
     extra = sorted(set(infos) - listed)
     if extra:
-        raise ModelFileError(f"{origin}: member '{extra[0]}' is not in the manifest")
+        raise ModelFileError(f"{origin}: member {extra[0]!r} is not in the manifest")
+    used: set[str] = set()
 
-    def member(name, what) -> bytes:
+    def member(name, what, limit: int = MAX_MEMBER_BYTES) -> bytes:
         if not isinstance(name, str) or name not in sizes:
-            raise ModelFileError(f"{where}: {what} refers to unlisted member {name!r}")
+            raise ModelFileError(f"{where}: {what} refers to unlisted member {str(name)[:60]!r}")
         if name not in infos:
-            raise ModelFileError(f"{origin}: member '{name}' ({what}) is missing")
-        expect = sizes[name]
-        if isinstance(expect, bool) or not isinstance(expect, int):
-            raise ModelFileError(f"{where}: size of '{name}' must be an integer")
-        return _read(zf, infos[name], origin, expect)
+            raise ModelFileError(f"{origin}: member {name!r} ({what}) is missing")
+        if name in used:
+            raise ModelFileError(f"{where}: member {name!r} is used twice ({what})")
+        used.add(name)
+        if sizes[name] > limit:
+            raise ModelFileError(f"{origin}: member {name!r} ({what}) is {sizes[name]:,} bytes, over the "
+                                 f"{limit:,}-byte limit")
+        return _read(zf, infos[name], origin, sizes[name])
+
+    # Host memory: constants as stored, instruction streams as decoded; refused before reading.
+    tensors_raw = _need(man, "tensors", list, where)
+    kernels_raw = _need(man, "kernels", list, where)
+    stream_bytes = sum(sizes.get(s, 0) for k in kernels_raw if isinstance(k, dict)
+                       for s in (k.get("streams") if isinstance(k.get("streams"), list) else [])
+                       if isinstance(s, str))
+    if stream_bytes > MAX_TOTAL_STREAM_BYTES:
+        raise ModelFileError(f"{origin}: {stream_bytes:,} bytes of instruction streams, over the "
+                             f"{MAX_TOTAL_STREAM_BYTES:,}-byte limit")
+    data_bytes = sum(sizes.get(t.get("data"), 0) for t in tensors_raw
+                     if isinstance(t, dict) and isinstance(t.get("data"), str))
+    need = data_bytes + INSTR_HOST_FACTOR * stream_bytes
+    try:
+        cap = host_mem_cap_bytes()
+    except MlusimError as e:
+        raise ModelFileError(str(e)) from None
+    if need > cap:
+        raise ModelFileError(f"{origin}: loading this model needs about {need / 1024**3:.1f} GiB of host "
+                             f"memory, over the cap of {cap / 1024**3:.1f} GiB (set MLUSIM_HOST_MEM_GIB)")
 
     tensors = []
-    for i, t in enumerate(_need(man, "tensors", list, where)):
+    for i, t in enumerate(tensors_raw):
         tw = f"{where}: tensor {i}"
+        name = _name(t, "name", tw)
+        tw = f"{where}: tensor {i} ('{name}')"
+        role = _need(t, "role", str, tw)
+        dtype = _need(t, "dtype", str, tw)
+        if dtype not in NP_OF:
+            raise ModelFileError(f"{tw}: unknown dtype {dtype[:20]!r} (one of {', '.join(NP_OF)})")
         shape = _need(t, "shape", list, tw)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
-            raise ModelFileError(f"{tw}: bad shape {shape!r}")
-        meta = t.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise ModelFileError(f"{tw}: meta must be a mapping")
-        decl = TensorDecl(_need(t, "name", str, tw), _need(t, "role", str, tw), _need(t, "dtype", str, tw),
-                          tuple(shape), _need(t, "addr", int, tw), None, meta)
+        if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                                            for d in shape):
+            raise ModelFileError(f"{tw}: bad shape {str(shape)[:80]} (at most {MAX_NDIM} dimensions, each "
+                                 f"an integer in 0..2**40)")
+        shape = tuple(shape)
+        npdt = np.dtype(NP_OF[dtype])
+        nbytes = _elements(shape) * npdt.itemsize
+        if nbytes > MAX_TENSOR_BYTES:
+            raise ModelFileError(f"{tw}: shape {list(shape)} is {nbytes:,} bytes, over the "
+                                 f"{MAX_TENSOR_BYTES:,}-byte limit")
+        addr = _need(t, "addr", int, tw, 0, MAX_GDRAM_BYTES)
+        meta = _tensor_meta(t.get("meta"), shape, tw)
+        decl = TensorDecl(name, role, dtype, shape, addr, None, meta)
         if t.get("data") is not None:
-            raw = member(t["data"], f"tensor '{decl.name}'")
-            try:
-                arr = np.load(io.BytesIO(raw), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise ModelFileError(f"{origin}: member '{t['data']}' is not a valid .npy array "
-                                     f"({str(e)[:80]})") from None
-            if not isinstance(arr, np.ndarray):
-                raise ModelFileError(f"{origin}: member '{t['data']}' is not a single array")
-            decl.data = arr
+            decl.data = _npy(member(t["data"], f"tensor '{name}'"), npdt, shape,
+                             f"{origin}: member {t['data']!r} (tensor '{name}')")
         tensors.append(decl)
     kernels = []
-    for i, k in enumerate(_need(man, "kernels", list, where)):
+    for i, k in enumerate(kernels_raw):
         kw = f"{where}: kernel {i}"
+        kname = _name(k, "name", kw)
+        kw = f"{where}: kernel {i} ('{kname}')"
+        task_dim = _need(k, "task_dim", int, kw, 1, MAX_TASKS)
         streams = []
         for s in _need(k, "streams", list, kw):
-            raw = member(s, f"kernel {i}")
+            raw = member(s, f"kernel '{kname}'", MAX_STREAM_BYTES)
             try:
                 streams.append(decode_stream(raw))
             except MlusimError as e:
-                raise ModelFileError(f"{origin}: member '{s}': {e}") from None
+                raise ModelFileError(f"{origin}: member {s!r} (kernel '{kname}'): {e}") from None
         ts = k.get("task_stream")
-        if ts is not None and (not isinstance(ts, list) or not all(isinstance(x, int) for x in ts)):
-            raise ModelFileError(f"{kw}: task_stream must be a list of integers")
-        meta = k.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise ModelFileError(f"{kw}: meta must be a mapping")
-        kernels.append(Kernel(_need(k, "name", str, kw), _need(k, "task_type", str, kw),
-                              _need(k, "task_dim", int, kw), streams, ts, meta))
+        if ts is not None and (not isinstance(ts, list) or len(ts) != task_dim or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(streams) for x in ts)):
+            raise ModelFileError(f"{kw}: task_stream must list, for each of the {task_dim} tasks, a stream "
+                                 f"index in 0..{len(streams) - 1}")
+        meta = k.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ModelFileError(f"{kw}: meta must be a mapping, got {type(meta).__name__}")
+        kernels.append(Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta or {}))
     config = man.get("config")
-    if config is not None and not isinstance(config, dict):
-        raise ModelFileError(f"{where}: config must be a mapping")
-    meta = man.get("meta") or {}
-    gdram = _need(man, "gdram_bytes", int, where)
-    prog = Program(kernels, tensors, max(gdram, 0), config, meta if isinstance(meta, dict) else {})
+    if config is not None:
+        if not isinstance(config, dict):
+            raise ModelFileError(f"{where}: config must be a mapping, got {type(config).__name__}")
+        if "name" in config:
+            _name(config, "name", f"{where}: config")
+    meta = man.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ModelFileError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
+    gdram = _need(man, "gdram_bytes", int, where, 0, MAX_GDRAM_BYTES)
+    prog = Program(kernels, tensors, gdram, config, meta or {})
     try:
         prog.validate()
         from mlusim.isa.asm import check_targets

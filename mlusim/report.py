@@ -17,11 +17,24 @@ DRAM GB/s     bytes on the DRAM bus (granule rounding and read-modify-write incl
 bound         the resource with the most work in the kernel (share = that work / kernel cycles):
               mac (MAC array busy), vector (vector unit busy), dma (a core's DMA queue at its own
               channel rate, start-up and latency included, no contention), dram (bus bytes / DRAM
-              bandwidth), sram (SRAM bytes / cluster SRAM bandwidth x clusters used), sync (barriers)
+              bandwidth), sram (SRAM bytes / cluster SRAM bandwidth x clusters used), sync (barriers);
+              latency when even the busiest is under half the cycles: dependency chains, start-up
+              and launch costs dominate (the busiest resource is shown in brackets)
 ld/mac/vec/st share of the core's cycles its load DMA, MAC array, vector unit, store DMA were busy
 cp wait       share of cycles the compute queue's head waited for a dependency token (starved)
 issue stall   share of cycles the issue stage waited for a full queue; sync: waiting at barriers
 bytes moved   DMA payload bytes read from / written to each memory level"""
+
+
+LATENCY_BELOW = 0.5   # busiest resource's work under this share of the cycles: "latency" bound
+
+
+def _bound_text(r: dict) -> str:
+    """'dram 93%', or 'latency (dma 38%)' when no resource is busy for half the time."""
+    share = f"{100 * r['bound_share']:.0f}%"
+    if r["bound"] == "latency":
+        return f"latency ({r['bound_resource']} {share})"
+    return f"{r['bound']} {share}"
 
 
 def _pct(x: float, total: float) -> float:
@@ -72,7 +85,9 @@ def summarize(res: RunResult) -> dict[str, Any]:
         ncores = len(k.cores)
         macs = sum(c.macs for c in k.cores.values())
         secs = cfg.cycles_to_seconds(k.cycles)
-        bound, cand = kernel_bound(k, cfg)
+        res_bound, cand = kernel_bound(k, cfg)
+        share = cand[res_bound] / k.cycles if k.cycles else 0.0
+        bound = res_bound if share >= LATENCY_BELOW else "latency"
         kernels.append({
             "name": k.name, "task_type": k.task_type, "tasks": k.task_dim, "cycles": k.cycles,
             "start": k.start, "macs": macs, "cores_used": ncores,
@@ -82,7 +97,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
             "dram_bus_bytes": k.dram_bus_bytes,
             "dram_gbps": k.dram_bus_bytes / secs / 1e9 if secs else 0.0,
             "bytes_read": dict(k.bytes_read), "bytes_written": dict(k.bytes_written),
-            "bound": bound, "bound_share": cand[bound] / k.cycles if k.cycles else 0.0,
+            "bound": bound, "bound_resource": res_bound, "bound_share": share,
             "busy_candidates": cand, "meta": k.meta,
         })
     totals = res.totals()
@@ -101,7 +116,8 @@ def summarize(res: RunResult) -> dict[str, Any]:
     secs = res.seconds
     read = {lv: sum(k.bytes_read[lv] for k in res.kernels) for lv in LEVELS}
     written = {lv: sum(k.bytes_written[lv] for k in res.kernels) for lv in LEVELS}
-    bound, bound_share = program_bound(kernels, res.cycles)
+    res_bound, bound_share = program_bound(kernels, res.cycles)
+    bound = res_bound if bound_share >= LATENCY_BELOW or not res_bound else "latency"
     return {
         "kind": "run",
         "config": cfg.name, "clock_mhz": cfg.chip.clock_mhz, "cores": res.cores, "cycles": cycles,
@@ -113,7 +129,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "mac_utilization": total_macs / (cycles * peak * res.cores) if cycles else 0.0,
         "mac_slots": sum(c.mac_slots for c in totals.values()),
         "mac_busy": sum(c.busy["mac"] for c in totals.values()),
-        "bound": bound, "bound_share": bound_share,
+        "bound": bound, "bound_resource": res_bound, "bound_share": bound_share,
         "dram_bus_bytes": res.dram_bytes, "dram_gbps": res.dram_bytes / secs / 1e9 if secs else 0.0,
         "dram_busy_share": _pct(res.dram_busy, cycles),
         "bytes_read": read, "bytes_written": written,
@@ -160,7 +176,7 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
         kt.add_row(k["name"], f"{k['task_type']} x {k['tasks']}", f"{k['cycles']:,.0f}",
                    f"{_pct(k['cycles'], s['cycles']):.1f}%", f"{100 * k['mac_utilization']:.1f}%",
                    _bytes(k["dram_bus_bytes"]), f"{k['dram_gbps']:.2f}",
-                   f"{k['bound']} {100 * k['bound_share']:.0f}%")
+                   _bound_text(k))
     if len(ks) > max_kernels:
         kt.caption = f"the {max_kernels} longest of {len(ks)} kernels"
     con.print(kt)
@@ -190,7 +206,8 @@ efficiency    speedup x first row's cores / cores: 100% is perfect scaling
 MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
 DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth
 bound         the resource with the most work summed over kernels (see the legend of `mlusim run`
-              with one core count) and that work as a share of the cycles: near 100% it is the limit"""
+              with one core count) and that work as a share of the cycles: near 100% it is the limit;
+              latency when under 50%: no resource is saturated, dependency chains and start-up are"""
 
 
 def _table(title: str, cols: list[str]):
@@ -210,7 +227,7 @@ def _cells(r: dict) -> list[str]:
     sp = r["speedup"]
     return [f"{r['cycles']:,.0f}", f"{r['latency_ms']:.4f}",
             "" if sp != sp else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
-            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), f"{r['bound']} {pct(r['bound_share'])}"]
+            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), _bound_text(r)]
 
 
 def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = False) -> str:
@@ -243,4 +260,25 @@ def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = F
                            *_cells(lr))
         con.print(lt)
     con.print(SCALING_LEGEND)
+    return con.export_text()
+
+
+def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
+    """A sweep's table: the swept values, cores, and the headline metrics of each point."""
+    import io
+
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None)
+    t = _table(title, [*keys, "cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
+                       "DRAM GB/s", "DRAM util", "bound"])
+    for r in rows:
+        vals = [f"{r.get(k)}" for k in keys] + [str(r["cores"])]
+        if r.get("error"):
+            t.add_row(*vals, "error: " + r["error"][:60])
+            continue
+        c = _cells(r)
+        t.add_row(*vals, c[0], c[1], f"{r['throughput_ips']:,.1f}", *c[2:])
+    con.print(t)
+    con.print("speedup and efficiency: relative to the first core count at the same hardware point")
     return con.export_text()

@@ -19,7 +19,7 @@ from mlusim.errors import AssemblyError, EncodingError, MlusimError
 from mlusim.isa.encoding import Instr
 from mlusim.isa.fields import Scope, Target
 from mlusim.isa.table import BY_MNEMONIC
-from mlusim.program import NP_OF, TENSOR_ROLES, Kernel, Program, TensorDecl, allocate, task_type_clusters
+from mlusim.program import NP_OF, TENSOR_ROLES, Kernel, Program, TensorDecl, allocate
 
 TOKEN = re.compile(r"(?:[A-Za-z_]\w*=)?(?:\[[^\]]*\]?|[^\s,\[]+)")
 LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*):")
@@ -114,8 +114,13 @@ def _stream_lines(lines: list[tuple[int, str]], origin: str, symbols: dict | Non
     out = []
     scope = Scope(labels, symbols or {})
     for lineno, line, pc in body:
-        out.append(parse_instr(line, scope, pc, f"{origin}:{lineno}"))
-    check_targets(out, origin)
+        ins = parse_instr(line, scope, pc, f"{origin}:{lineno}")
+        for f in ins.op.fields:
+            if isinstance(f, Target) and not 0 <= pc + ins.args[f.name] <= len(body):
+                raise AssemblyError(f"{origin}:{lineno}:{_col(line, ins.op.mnemonic)}: '{ins.op.mnemonic}' "
+                                    f"branches to instruction {pc + ins.args[f.name]}, outside the stream "
+                                    f"of {len(body)}")
+        out.append(ins)
     return out
 
 
@@ -150,27 +155,50 @@ def disassemble_stream(stream: list[Instr], indent: str = "    ") -> str:
 
 
 # ---- programs ------------------------------------------------------------------------------------
-def _parse_tasks(spec: str, where: str) -> list[int]:
-    out = []
+# Caps that keep a short text from asking for a huge host allocation or a near-endless loop; each
+# error names the cap, and docs/robustness.md says how to lift it.
+MAX_SOURCE_CHARS = 64 * 1024 * 1024
+MAX_TASKS = 1 << 20                 # tasks= of one kernel (the engine runs them one by one)
+MAX_DIM = 1 << 40                   # one tensor dimension
+MAX_NDIM = 16
+MAX_ELEMENTS = 1 << 34              # one tensor
+MAX_FILL_BYTES = 256 * 1024 * 1024  # a const tensor the assembler fills (it lives in host memory)
+MAX_ADDR = 1 << 40                  # an explicit GDRAM address
+
+
+def _col(raw: str, token: str, default: int = 1) -> int:
+    """1-based column of `token` in the source line, or `default` if it does not occur."""
+    i = raw.find(token) if token else -1
+    return i + 1 if i >= 0 else default
+
+
+def _parse_tasks(spec: str, where: str, ntasks: int) -> list[int]:
+    out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise AssemblyError(f"{where}: bad task list {spec!r}") from None
+        m = re.fullmatch(r"([0-9]{1,9})(?:\s*-\s*([0-9]{1,9}))?", part, re.ASCII)
+        if not m:
+            raise AssemblyError(f"{where}: bad task list {spec.strip()!r} (write e.g. .task 0,2-5)")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        if b < a:
+            raise AssemblyError(f"{where}: task range {part!r} is empty (write low-high)")
+        if b >= ntasks:
+            raise AssemblyError(f"{where}: task {b} is outside the kernel's tasks={ntasks} (task ids "
+                                f"are 0..{ntasks - 1})")
+        out.extend(range(a, b + 1))
     return out
 
 
 def _fill(kind: str, shape: tuple[int, ...], dt: str, where: str) -> np.ndarray:
     npdt = np.dtype(NP_OF[dt])
-    m = re.fullmatch(r"(zeros|ones|arange|random)(?:\((\d*)\))?", kind)
+    m = re.fullmatch(r"(zeros|ones|arange|random)(?:\(([0-9]{0,18})\))?", kind, re.ASCII)
     if not m:
         raise AssemblyError(f"{where}: unknown fill {kind!r} (zeros, ones, arange, random(SEED))")
     size = int(np.prod(shape, dtype=np.int64))
+    if size * npdt.itemsize > MAX_FILL_BYTES:
+        raise AssemblyError(f"{where}: a filled const tensor of {size * npdt.itemsize:,} bytes is over the "
+                            f"assembler's {MAX_FILL_BYTES:,}-byte limit (make it an input instead)")
     if m.group(1) == "zeros":
         return np.zeros(shape, npdt)
     if m.group(1) == "ones":
@@ -188,32 +216,72 @@ def _fill(kind: str, shape: tuple[int, ...], dt: str, where: str) -> np.ndarray:
 TENSOR_RE = re.compile(r"\.tensor\s+(\w+)\s+(\w+)\s+(\w+)\s*\[([^\]]*)\]\s*(?:@\s*(\S+))?\s*(\S+)?\s*$")
 
 
-def _parse_tensor(line: str, where: str) -> TensorDecl:
+def _parse_tensor(raw: str, where: str) -> TensorDecl:
+    line = _strip_comment(raw)
     m = TENSOR_RE.match(line.strip())
     if not m:
-        raise AssemblyError(f"{where}: expected .tensor NAME ROLE DTYPE [dims] [@ADDR] [FILL]")
+        raise AssemblyError(f"{where}:{_col(raw, '.tensor')}: expected .tensor NAME ROLE DTYPE [dims] [@ADDR] [FILL]")
     name, role, dt, dims, addr, fill = m.groups()
     if role not in TENSOR_ROLES:
-        raise AssemblyError(f"{where}: role must be one of {', '.join(TENSOR_ROLES)}, got {role!r}")
+        raise AssemblyError(f"{where}:{_col(raw, role)}: role must be one of {', '.join(TENSOR_ROLES)}, "
+                            f"got {role!r}")
     if dt not in NP_OF:
-        raise AssemblyError(f"{where}: dtype must be one of {', '.join(NP_OF)}, got {dt!r}")
-    try:
-        shape = tuple(int(d, 0) for d in dims.replace(" ", "").split(",") if d)
-        a = int(addr, 0) if addr else -1
-    except ValueError:
-        raise AssemblyError(f"{where}: bad dimension or address in {line.strip()!r}") from None
-    if any(d < 0 for d in shape) or np.prod(shape, dtype=np.float64) > 2**34:
-        raise AssemblyError(f"{where}: implausible shape {list(shape)}")
+        raise AssemblyError(f"{where}:{_col(raw, dt)}: dtype must be one of {', '.join(NP_OF)}, got {dt!r}")
+    shape = []
+    for d in dims.replace(" ", "").split(","):
+        if not d:
+            continue
+        if not re.fullmatch(r"(?:0x[0-9a-fA-F]{1,12}|[0-9]{1,14})", d, re.ASCII) or int(d, 0) > MAX_DIM:
+            raise AssemblyError(f"{where}:{_col(raw, d)}: dimension {d!r} is not an integer in "
+                                f"0..{MAX_DIM}")
+        shape.append(int(d, 0))
+    if len(shape) > MAX_NDIM:
+        raise AssemblyError(f"{where}:{_col(raw, '[')}: {len(shape)} dimensions; at most {MAX_NDIM}")
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > MAX_ELEMENTS:
+        raise AssemblyError(f"{where}:{_col(raw, '[')}: shape {shape} has {elements:,} elements, over the "
+                            f"limit of {MAX_ELEMENTS:,}")
+    a = -1
+    if addr is not None:
+        if not re.fullmatch(r"(?:0x[0-9a-fA-F]{1,12}|[0-9]{1,14})", addr, re.ASCII) or int(addr, 0) > MAX_ADDR:
+            raise AssemblyError(f"{where}:{_col(raw, '@')}: address {addr!r} is not an integer in "
+                                f"0..{MAX_ADDR:#x} (leave out @ADDR to allocate)")
+        a = int(addr, 0)
     data = None
     if role == "const":
-        data = _fill(fill or "zeros", shape, dt, where)
+        data = _fill(fill or "zeros", tuple(shape), dt, f"{where}:{_col(raw, fill or '.tensor')}")
     elif fill:
-        raise AssemblyError(f"{where}: only const tensors take a fill")
-    return TensorDecl(name, role, dt, shape, a, data)
+        raise AssemblyError(f"{where}:{_col(raw, fill)}: only const tensors take a fill")
+    return TensorDecl(name, role, dt, tuple(shape), a, data)
+
+
+def _check_tensors(tensors: list[TensorDecl], lines: list[int], origin: str) -> None:
+    """Duplicate names and GDRAM overlaps, reported at the line of the later declaration."""
+    seen: dict[str, int] = {}
+    for t, ln in zip(tensors, lines):
+        if t.name in seen:
+            raise AssemblyError(f"{origin}:{ln}: tensor '{t.name}' declared twice (first at line {seen[t.name]})")
+        seen[t.name] = ln
+    spans = sorted((t.addr, t.end, t.name, ln) for t, ln in zip(tensors, lines) if t.end > t.addr)
+    for (a0, e0, n0, l0), (a1, e1, n1, l1) in zip(spans, spans[1:]):
+        if a1 < e0:
+            raise AssemblyError(f"{origin}:{max(l0, l1)}: tensor '{n1 if l1 > l0 else n0}' overlaps tensor "
+                                f"'{n0 if l1 > l0 else n1}' in GDRAM ([{a1:#x}, {min(e0, e1):#x}) is shared)")
+
+
+KERNEL_RE = re.compile(r"\.kernel\s+(\S+)\s+(\S+)\s+tasks\s*=\s*(\S+)", re.ASCII)
 
 
 def assemble_program(text: str, origin: str = "<asm>") -> Program:
+    """Assemble a whole program; every error is an AssemblyError starting `origin:LINE:` (and the
+    column where one token is to blame)."""
+    if len(text) > MAX_SOURCE_CHARS:
+        raise AssemblyError(f"{origin}: {len(text):,} characters of assembly, over the limit of "
+                            f"{MAX_SOURCE_CHARS:,}")
     tensors: list[TensorDecl] = []
+    tensor_lines: list[int] = []
     kernels: list[Kernel] = []
     cur: dict | None = None
     meta: dict = {}
@@ -222,29 +290,35 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
         if cur is None:
             return
         streams, owners = [], {}
-        for idx, (tasks, lines) in enumerate(cur["streams"]):
+        for idx, (tasks, lines, tline) in enumerate(cur["streams"]):
             streams.append(_stream_lines(lines, origin, symbols))
             for t in tasks:
                 if t in owners:
-                    raise AssemblyError(f"{origin}:{cur['line']}: task {t} given two streams")
+                    raise AssemblyError(f"{origin}:{tline}: task {t} already has the stream of the .task at "
+                                        f"line {cur['streams'][owners[t]][2]}")
                 owners[t] = idx
         task_map = None
         if cur["explicit"]:
             missing = [t for t in range(cur["tasks"]) if t not in owners]
-            extra = [t for t in owners if not 0 <= t < cur["tasks"]]
-            if missing or extra:
-                bad = missing or extra
-                raise AssemblyError(f"{origin}:{cur['line']}: kernel '{cur['name']}': task {bad[0]} "
-                                    f"{'has no .task stream' if missing else 'is outside tasks='}")
+            if missing:
+                raise AssemblyError(f"{origin}:{cur['line']}: kernel '{cur['name']}': task {missing[0]} has no "
+                                    f".task stream (tasks={cur['tasks']})")
             task_map = [owners[t] for t in range(cur["tasks"])]
-        kernels.append(Kernel(cur["name"], cur["type"], cur["tasks"], streams, task_map))
+        k = Kernel(cur["name"], cur["type"], cur["tasks"], streams, task_map)
+        try:
+            k.validate()
+        except MlusimError as e:
+            raise AssemblyError(f"{origin}:{cur['line']}: {e}") from None
+        kernels.append(k)
 
     lines = text.splitlines()
     for lineno, raw in enumerate(lines, 1):   # tensors first, so instructions can name them
         s = _strip_comment(raw).strip()
         if s.startswith(".tensor"):
-            tensors.append(_parse_tensor(s, f"{origin}:{lineno}"))
+            tensors.append(_parse_tensor(raw, f"{origin}:{lineno}"))
+            tensor_lines.append(lineno)
     allocate(tensors)
+    _check_tensors(tensors, tensor_lines, origin)
     symbols = {t.name: t.addr for t in tensors}
     for lineno, raw in enumerate(lines, 1):
         line = _strip_comment(raw)
@@ -256,39 +330,46 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
             meta["config"] = s.split(None, 1)[1] if len(s.split()) > 1 else ""
         elif s.startswith(".kernel"):
             close()
-            m = re.fullmatch(r"\.kernel\s+(\S+)\s+(\w+)\s+tasks\s*=\s*(\d+)", s)
+            cur = None
+            m = KERNEL_RE.fullmatch(s)
             if not m:
-                raise AssemblyError(f"{where}: expected .kernel NAME block|unionN tasks=N")
-            try:
-                task_type_clusters(m.group(2))
-            except MlusimError as e:
-                raise AssemblyError(f"{where}: {e}") from None
-            cur = {"name": m.group(1), "type": m.group(2).lower(), "tasks": int(m.group(3)),
-                   "streams": [(list(range(int(m.group(3)))), [])], "explicit": False, "line": lineno}
+                raise AssemblyError(f"{where}:{_col(raw, '.kernel')}: expected .kernel NAME block|unionN tasks=N")
+            name, ktype, tasks = m.groups()
+            ktype = ktype.lower()
+            if not re.fullmatch(r"block|union[1-9][0-9]{0,3}", ktype, re.ASCII):
+                raise AssemblyError(f"{where}:{_col(raw, m.group(2))}: unknown task type {m.group(2)!r} "
+                                    f"(block, union1, union2, union4, ...)")
+            if not re.fullmatch(r"[0-9]{1,9}", tasks, re.ASCII) or not 1 <= int(tasks) <= MAX_TASKS:
+                raise AssemblyError(f"{where}:{_col(raw, 'tasks')}: tasks={tasks} must be an integer in "
+                                    f"1..{MAX_TASKS:,}")
+            ntasks = int(tasks)
+            cur = {"name": name, "type": ktype, "tasks": ntasks, "streams": [(range(ntasks), [], lineno)],
+                   "explicit": False, "line": lineno}
         elif s.startswith(".task"):
             if cur is None:
-                raise AssemblyError(f"{where}: .task outside a .kernel")
-            tasks = _parse_tasks(s[5:], where)
+                raise AssemblyError(f"{where}:{_col(raw, '.task')}: .task outside a .kernel")
+            tasks = _parse_tasks(s[5:], f"{where}:{_col(raw, s[5:].strip(), _col(raw, '.task'))}", cur["tasks"])
             if not cur["explicit"]:
                 if any(t.strip() for _, t in cur["streams"][0][1]):
-                    raise AssemblyError(f"{where}: instructions before the first .task of kernel "
-                                        f"'{cur['name']}'")
+                    raise AssemblyError(f"{where}:{_col(raw, '.task')}: instructions before the first .task "
+                                        f"of kernel '{cur['name']}' (move them under a .task)")
                 cur["streams"], cur["explicit"] = [], True
-            cur["streams"].append((tasks, []))
+            cur["streams"].append((tasks, [], lineno))
         elif s.startswith("."):
             raise AssemblyError(f"{where}:{raw.find('.') + 1}: unknown directive '{s.split()[0]}'")
         else:
             if cur is None:
-                raise AssemblyError(f"{where}: instruction outside a .kernel")
+                raise AssemblyError(f"{where}:{_col(raw, s.split()[0])}: instruction outside a .kernel "
+                                    f"(start one with .kernel NAME block tasks=N)")
             cur["streams"][-1][1].append((lineno, raw))
     close()
     if not kernels:
-        raise AssemblyError(f"{origin}: no .kernel in the program")
+        raise AssemblyError(f"{origin}:{len(lines) or 1}: no .kernel in the program")
     prog = Program(kernels, tensors, meta=meta)
     try:
         prog.validate()
-    except MlusimError as e:
-        raise AssemblyError(f"{origin}: {e}") from None
+    except MlusimError as e:     # every check above should have caught it with a line number
+        raise AssemblyError(f"{origin}:1: {e}") from None
     return prog
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from mlusim.errors import EncodingError
-from mlusim.isa.fields import Addr, encoded_width
+from mlusim.errors import AssemblyError, EncodingError
+from mlusim.isa.fields import NUM_REGS, Addr, as_int, encoded_width
 from mlusim.isa.table import BY_MNEMONIC, BY_OPCODE, OpSpec
 
 
@@ -24,19 +24,25 @@ class Instr:
 
     @classmethod
     def make(cls, mnemonic: str, **kwargs: Any) -> "Instr":
-        """Build from Python: addresses as an int offset or a (register, offset) pair; enums by name."""
-        op = BY_MNEMONIC.get(mnemonic)
+        """Build from Python: addresses as an int offset or a (register, offset) pair; enums by name.
+
+        Every field is range-checked here, so an Instr that exists can always be encoded; in
+        particular an offset too wide for its field is refused rather than spilling into the
+        base-register bits."""
+        op = BY_MNEMONIC.get(mnemonic) if isinstance(mnemonic, str) else None
         if op is None:
-            raise EncodingError(f"unknown instruction {mnemonic!r}")
+            raise EncodingError(f"unknown instruction {str(mnemonic)[:40]!r}")
         args: dict[str, int] = {}
         for f in op.fields:
             if f.name in kwargs:
                 v = kwargs.pop(f.name)
                 if isinstance(f, Addr) and isinstance(v, tuple):
-                    reg, off = v
-                    v = (reg << f.bits) | off
+                    v = _addr_pair(f, v, mnemonic)
                 elif isinstance(v, str):
-                    v = f.parse(v, None, 0)
+                    try:
+                        v = f.parse(v, None, 0)
+                    except AssemblyError as e:
+                        raise EncodingError(f"{mnemonic}: {e}") from None
                 args[f.name] = f.check(v, mnemonic)
             elif f.default is not None:
                 args[f.name] = f.default
@@ -56,6 +62,17 @@ class Instr:
         from mlusim.isa.asm import format_instr
 
         return f"Instr({format_instr(self)!r})"
+
+
+def _addr_pair(f: Addr, pair: tuple, mnemonic: str) -> int:
+    if len(pair) != 2:
+        raise EncodingError(f"{mnemonic}: field '{f.name}' takes (register, offset), got {pair!r}")
+    reg, off = (as_int(x) for x in pair)
+    if not isinstance(reg, int) or isinstance(reg, bool) or not 0 <= reg < NUM_REGS:
+        raise EncodingError(f"{mnemonic}: field '{f.name}': base register {reg!r} is not r0..r{NUM_REGS - 1}")
+    if not isinstance(off, int) or isinstance(off, bool) or not 0 <= off < 1 << f.bits:
+        raise EncodingError(f"{mnemonic}: field '{f.name}': offset {off!r} does not fit in {f.bits} bits")
+    return (reg << f.bits) | off
 
 
 def encode(ins: Instr) -> bytes:

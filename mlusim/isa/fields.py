@@ -6,6 +6,8 @@ Values inside the simulator are plain ints (enums by index, addresses as (base r
 """
 from __future__ import annotations
 
+import operator
+import re
 import struct
 from dataclasses import dataclass
 
@@ -35,15 +37,33 @@ class Scope:
     symbols: dict
 
 
+INT_RE = re.compile(r"[+-]?(?:0x[0-9a-f]+|0o[0-7]+|0b[01]+|[0-9]+k?)")
+REG_RE = re.compile(r"r([0-9]{1,2})")
+
+
 def parse_int(text: str, what: str) -> int:
+    """Decimal, 0x/0o/0b, `_` separators, a `k` suffix for x1024; ASCII digits only and at most 40
+    of them, so that neither int() nor a huge literal can surprise us."""
     t = text.strip().lower().replace("_", "")
+    if len(t) > 40 or not INT_RE.fullmatch(t):
+        raise AssemblyError(f"{what}: expected an integer, got {text[:60]!r}")
     mult = 1
-    if t.endswith("k") and not t.startswith("0x"):
+    if t.endswith("k"):
         t, mult = t[:-1], 1024
     try:
         return int(t, 0) * mult
-    except ValueError:
-        raise AssemblyError(f"{what}: expected an integer, got {text!r}") from None
+    except ValueError:      # e.g. a leading zero: 012
+        raise AssemblyError(f"{what}: expected an integer, got {text[:60]!r}") from None
+
+
+def as_int(value):
+    """A field value as a Python int if it is any integer type (numpy's too), else unchanged."""
+    if isinstance(value, int) or isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 @dataclass(frozen=True)
@@ -59,8 +79,12 @@ class Field:
 
     def check(self, value: int, where: str) -> int:
         lo, hi = self.range()
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise EncodingError(f"{where}: field '{self.name}'={value!r} outside [{lo}, {hi}]")
+        value = as_int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise EncodingError(f"{where}: field '{self.name}' must be an integer, got "
+                                f"{type(value).__name__} {str(value)[:40]!r}")
+        if not lo <= value <= hi:
+            raise EncodingError(f"{where}: field '{self.name}'={value} outside [{lo}, {hi}]")
         return value
 
     def range(self) -> tuple[int, int]:
@@ -118,10 +142,10 @@ class Reg(Field):
         object.__setattr__(self, "doc", doc)
 
     def parse(self, text, labels, pc):
-        t = text.strip().lower()
-        if not (t.startswith("r") and t[1:].isdigit() and int(t[1:]) < NUM_REGS):
-            raise AssemblyError(f"{self.name}: expected a register r0..r{NUM_REGS - 1}, got {text!r}")
-        return int(t[1:])
+        m = REG_RE.fullmatch(text.strip().lower())
+        if not m or int(m.group(1)) >= NUM_REGS:
+            raise AssemblyError(f"{self.name}: expected a register r0..r{NUM_REGS - 1}, got {text[:40]!r}")
+        return int(m.group(1))
 
     def format(self, value, pc=0):
         return f"r{value}"
@@ -151,7 +175,7 @@ class Addr(Field):
         if t.startswith("[") and t.endswith("]"):
             t = t[1:-1]
         reg, terms = 0, t.split("+")
-        if terms[0].startswith("r") and terms[0][1:].isdigit():
+        if REG_RE.match(terms[0]) and terms[0][1:].isdigit():
             reg = Reg("base").parse(terms.pop(0), labels, pc)
         symbols = labels.symbols if isinstance(labels, Scope) else {}
         o = 0
@@ -159,7 +183,7 @@ class Addr(Field):
             if term in symbols:
                 o += symbols[term]
             elif term[:1].isalpha() and not term.startswith("0x"):
-                raise AssemblyError(f"{self.name}: unknown symbol {term!r}")
+                raise AssemblyError(f"{self.name}: unknown symbol {term[:40]!r}")
             else:
                 o += parse_int(term, self.name)
         if not 0 <= o < (1 << self.bits):
@@ -236,7 +260,7 @@ class Target(Imm):
             return table[t] - pc
         if t.startswith(".") and len(t) > 1:
             return parse_int(t[1:], self.name)
-        raise AssemblyError(f"{self.name}: unknown label {text!r}")
+        raise AssemblyError(f"{self.name}: unknown label {text[:40]!r}")
 
     def format(self, value, pc=0):
         return f"L{pc + value}"
@@ -261,10 +285,15 @@ class F32(Field):
         t = text.strip().lower()
         if t.startswith("0x"):
             return parse_int(t, self.name)
+        if len(t) > 60 or not t.isascii():
+            raise AssemblyError(f"{self.name}: expected a float, got {text[:60]!r}")
         try:
             return f32_bits(float(t))
         except ValueError:
             raise AssemblyError(f"{self.name}: expected a float, got {text!r}") from None
+        except OverflowError:
+            raise AssemblyError(f"{self.name}: {text} is outside the float32 range (write inf if "
+                                f"that is meant)") from None
 
     def format(self, value, pc=0):
         f = bits_f32(value)
