@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MlusimError as e:
+        # The message is already one printable line (MlusimError guarantees it); --debug adds the
+        # traceback above it but keeps the exit code, so scripts see the same status either way.
         if args.debug:
-            raise
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
         print(f"mlusim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,8 +8,11 @@ Layout:
     tensors/<i>.npy           data of const tensor i (read with allow_pickle=False)
 
 Reading trusts nothing: member names must be exactly those the manifest lists, sizes are checked
-against the manifest and against caps before a byte is decompressed, and every decode error
-becomes a ModelFileError naming the file and the member.
+against the manifest and against caps before a byte is decompressed, every field of the manifest
+is type- and range-checked (a declared shape is sized with Python ints, never numpy's wrapping
+ones, before anything is allocated), a .npy header is parsed and checked against its declaration
+before its data is touched, and every decode error becomes a ModelFileError naming the file and
+the member or manifest field. docs/robustness.md lists the caps.
 """
 from __future__ import annotations
 
@@ -31,6 +34,14 @@ MAX_MEMBER_BYTES = 2 * 1024**3        # one constant tensor or stream
 MAX_TOTAL_BYTES = 8 * 1024**3         # everything uncompressed
 MAX_MANIFEST_BYTES = 64 * 1024**2
 MAX_RATIO = 1000                      # uncompressed / compressed, beyond which it is a bomb
+MAX_STREAM_BYTES = 32 * 1024**2       # one encoded instruction stream (~1.3M instructions)
+MAX_TOTAL_STREAM_BYTES = 128 * 1024**2
+INSTR_HOST_FACTOR = 24                # host bytes per encoded byte once decoded (measured ~18)
+MAX_TENSOR_BYTES = 1 << 40            # one declared tensor: more than any MLU's GDRAM
+MAX_GDRAM_BYTES = 1 << 42
+MAX_NDIM = 16
+MAX_TASKS = 1 << 20                   # same cap as the assembler's tasks=
+MAX_NAME = 256
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)      # fixed, so the same program gives the same bytes
 
 
@@ -73,14 +84,17 @@ def save(program: Program, path: str | Path) -> None:
                 "gdram_bytes": program.gdram_bytes, "config": program.config, "meta": program.meta,
                 "tensors": tensors, "kernels": kernels, "members": {n: len(b) for n, b in members.items()}}
     try:
-        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    except (TypeError, ValueError) as e:
+        text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as e:
         raise ModelFileError(f"{path}: cannot record program metadata: {e}") from None
-    with zipfile.ZipFile(path, "w") as zf:
-        _member(zf, "mimetype", MIMETYPE, compress=False)
-        _member(zf, "manifest.json", text)
-        for name, data in members.items():
-            _member(zf, name, data)
+    try:
+        with zipfile.ZipFile(path, "w") as zf:
+            _member(zf, "mimetype", MIMETYPE, compress=False)
+            _member(zf, "manifest.json", text)
+            for name, data in members.items():
+                _member(zf, name, data)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytes:
@@ -101,24 +115,135 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int |
     return data
 
 
-def _need(d: dict, key: str, kind, where: str):
-    if not isinstance(d, dict) or key not in d:
+KIND_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _need(d: dict, key: str, kind, where: str, lo: int | None = None, hi: int | None = None):
+    """d[key], which must exist and be of `kind` (ints: not bools, within [lo, hi])."""
+    if not isinstance(d, dict):
+        raise ModelFileError(f"{where}: expected a mapping, got {type(d).__name__}")
+    if key not in d:
         raise ModelFileError(f"{where}: missing '{key}'")
     v = d[key]
     if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ModelFileError(f"{where}: '{key}' must be an integer")
+        raise ModelFileError(f"{where}: '{key}' must be an integer, got {type(v).__name__}")
     if kind is not int and not isinstance(v, kind):
-        raise ModelFileError(f"{where}: '{key}' has the wrong type")
+        raise ModelFileError(f"{where}: '{key}' must be {KIND_NAMES.get(kind, kind.__name__)}, got "
+                             f"{type(v).__name__}")
+    if kind is int and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+        raise ModelFileError(f"{where}: '{key}' = {v} is outside [{lo}, {hi}]")
     return v
 
 
+def _name(d: dict, key: str, where: str) -> str:
+    """A name that will be printed (reports, inspect, disasm): one printable line, bounded."""
+    v = _need(d, key, str, where)
+    if not v or len(v) > MAX_NAME or not v.isprintable():
+        raise ModelFileError(f"{where}: '{key}' must be 1..{MAX_NAME} printable characters, got {v[:60]!r}")
+    return v
+
+
+def _check_strings(obj, where: str, depth: int = 0) -> None:
+    """No control characters other than newline and tab in any string of the manifest: `inspect`
+    and `disasm` print them, and an ESC sequence from a stranger's file must not reach a terminal."""
+    if depth > 64:
+        raise ModelFileError(f"{where}: nested deeper than 64")
+    if isinstance(obj, str):
+        if not obj.isprintable() and any(not c.isprintable() and c not in "\n\t " for c in obj):
+            raise ModelFileError(f"{where}: string {obj[:40]!r} contains control characters")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_strings(k, where, depth + 1)
+            _check_strings(v, f"{where}.{k}"[:200], depth + 1)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_strings(v, f"{where}[{i}]"[:200], depth + 1)
+
+
+def _elements(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Decode a .npy member that must hold exactly `dtype` and `shape`. The header is parsed and
+    checked first (numpy's own parser: literal_eval, never pickle), so that a header declaring a
+    huge shape or an object dtype is refused before any allocation; the data must then be exactly
+    the declared size."""
+    from numpy.lib import format as npf
+
+    fh = io.BytesIO(raw)
+    try:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            hshape, fortran, hdtype = npf.read_array_header_1_0(fh, max_header_size=10000)
+        elif version in ((2, 0), (3, 0)):
+            hshape, fortran, hdtype = npf.read_array_header_2_0(fh, max_header_size=10000)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, EOFError) as e:
+        raise ModelFileError(f"{where}: not a valid .npy array ({str(e)[:80]})") from None
+    if hdtype.hasobject:
+        raise ModelFileError(f"{where}: not a valid .npy array for mlusim: it holds pickled Python objects "
+                             f"(dtype object), which are never loaded")
+    if hdtype != dtype:
+        raise ModelFileError(f"{where}: holds dtype {str(hdtype)[:40]}, the manifest declares {dtype}")
+    if tuple(hshape) != shape:
+        raise ModelFileError(f"{where}: holds shape {str(list(hshape))[:80]}, the manifest declares "
+                             f"{list(shape)}")
+    body = memoryview(raw)[fh.tell():]
+    need = dtype.itemsize * _elements(shape)
+    if len(body) != need:
+        raise ModelFileError(f"{where}: holds {len(body):,} data bytes, its header says {need:,}")
+    arr = np.frombuffer(body, dtype=dtype).copy()
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _layout(meta: dict, key: str, ndim: int, where: str) -> None:
+    v = meta.get(key)
+    if v is None:
+        return
+    if not isinstance(v, str) or len(v) != ndim or len(set(v)) != ndim or not v.isascii() or not v.isalpha():
+        raise ModelFileError(f"{where}: meta '{key}' must be {ndim} distinct letters (one per dimension), "
+                             f"got {str(v)[:40]!r}")
+
+
+def _tensor_meta(meta, shape: tuple, where: str) -> dict:
+    """The tensor meta keys the simulator reads, checked here so that a run cannot trip over them."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
+    _layout(meta, "layout", len(shape), where)
+    _layout(meta, "host_layout", len(shape), where)
+    host, dev = meta.get("host_layout"), meta.get("layout")
+    if host and not dev:
+        raise ModelFileError(f"{where}: meta 'host_layout' needs a 'layout' to map to")
+    if host and dev and sorted(host) != sorted(dev):
+        raise ModelFileError(f"{where}: meta 'host_layout' {host!r} is not a permutation of 'layout' {dev!r}")
+    if "range" in meta:
+        r = meta["range"]
+        if (not isinstance(r, list) or len(r) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e30 for x in r)
+                or not r[0] <= r[1]):
+            raise ModelFileError(f"{where}: meta 'range' must be [low, high] with finite numbers, got "
+                                 f"{str(r)[:40]}")
+    return meta
+
+
 def load(path: str | Path) -> Program:
+    """Read a .mlu file; any problem with it is a ModelFileError naming the file."""
     origin = str(path)
     p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{origin}: no such model file")
-    with open(p, "rb") as fh:
-        head = fh.read(4)
+    try:
+        if not p.is_file():
+            raise ModelFileError(f"{origin}: no such model file")
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{origin}: cannot read model file: {getattr(e, 'strerror', None) or e}") from None
     if head != b"PK\x03\x04":
         raise ModelFileError(f"{origin}: not an mlusim model (no zip signature; is it an assembly file? "
                              f"use `mlusim asm`)")
