@@ -184,6 +184,13 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     return scaling_rows(summaries, int(program.meta.get("batch", 1) or 1), per_layer)
 
 
+def scaling_document(program: str, config: str, batch: int, rows: list[dict], runs: list[dict]) -> dict:
+    """What `mlusim run --cores A,B,.. --json` writes and `mlusim plot` reads: the rows plus each
+    run's full summary (per kernel, per core)."""
+    return {"kind": "scaling", "program": program, "config": config, "batch": batch,
+            "cores": [r["cores"] for r in rows], "rows": rows, "runs": runs}
+
+
 def flatten_layers(rows: list[dict]) -> list[dict]:
     """The per-layer rows of every run in `rows`, in order (for a per-layer CSV)."""
     return [lr for r in rows for lr in r.get("layers", [])]

@@ -70,8 +70,8 @@ class Progress:
 
 
 def cmd_run(args) -> int:
-    from mlusim.experiments import check_counts, flatten_layers, resolve_program, scaling_rows, write_csv, \
-        write_json, LAYER_COLUMNS
+    from mlusim.experiments import LAYER_COLUMNS, check_counts, flatten_layers, resolve_program, \
+        scaling_document, scaling_rows, write_csv, write_json
     from mlusim.report import render, render_scaling, summarize
     from mlusim.sim import simulate
     from mlusim.trace import write_trace
@@ -114,8 +114,7 @@ def cmd_run(args) -> int:
         _write_outputs(res, args.output)
     if args.json:
         if several:
-            write_json({"kind": "scaling", "program": args.program, "config": cfg.name, "batch": batch,
-                        "cores": [r["cores"] for r in rows], "rows": rows, "runs": summaries}, args.json)
+            write_json(scaling_document(args.program, cfg.name, batch, rows, summaries), args.json)
         else:
             write_json(summaries[0], args.json)
         print(f"wrote {args.json}")

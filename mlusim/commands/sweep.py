@@ -1,0 +1,114 @@
+"""`mlusim sweep`: run a program over the cross product of config values and core counts.
+
+    mlusim sweep prog.s --config mlu270 --set dram.bandwidth_gbps=51.2,102.4 --cores 4,16 --csv out.csv
+    mlusim sweep --file sweep.yaml --jobs 8
+    mlusim sweep prog.s --file sweep.yaml --cluster tcp://scheduler:8786
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from mlusim.errors import MlusimError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="simulate the cross product of config values x core counts; one table")
+    p.add_argument("program", nargs="?", help="model.mlu or program.s (or `program:` in the sweep file)")
+    p.add_argument("--file", metavar="SWEEP.yaml", help="sweep file: program, config, set: {key: [values]}, "
+                   "cores, timing_only (command-line options add to / override it)")
+    p.add_argument("--config", metavar="NAME|FILE", help="base hardware config (default: the program's, else mlu270)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,..",
+                   help="config key and the values to sweep (repeatable; the sweep is the cross product)")
+    p.add_argument("--cores", metavar="N,M,..|all", help="core counts at every point (default: all of each config)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="local worker processes (default: one per CPU)")
+    p.add_argument("--cluster", metavar="ADDRESS", help="run the points on a Dask distributed scheduler, "
+                   "e.g. tcp://10.0.0.5:8786 (pip install 'mlusim[cluster]')")
+    p.add_argument("--csv", metavar="FILE", help="write the table as CSV (units in the headers)")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    p.add_argument("--numerics", action="store_true", help="also compute values (default: timing only, "
+                   "which gives the same cycles faster)")
+    p.add_argument("--max-cycles", type=float, default=None, help="per point: stop with an error past this")
+    p.add_argument("--max-instructions", type=int, default=None, help="per point instruction budget (default 20M)")
+    p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _options(args) -> dict:
+    from mlusim.commands.common import parse_cores
+    from mlusim.sweep import SweepError, load_sweep_file, parse_set
+
+    spec = load_sweep_file(args.file) if args.file else {}
+    program = args.program or spec.get("program")
+    if not program:
+        raise SweepError("sweep: no program (give PROGRAM or `program:` in the sweep file)")
+    params = dict(spec.get("set") or {})
+    params.update(parse_set(args.sets))
+    config = args.config or spec.get("config")
+    cores = spec.get("cores")
+    if args.cores:
+        if args.cores == "all":
+            from mlusim.experiments import default_config
+
+            cores = parse_cores("all", default_config(None, config).chip.cores)
+        else:
+            cores = parse_cores(args.cores, 4096)
+    timing_only = not args.numerics and bool(spec.get("timing_only", True))
+    return {"spec": str(program), "base_config": config, "params": params, "cores": cores,
+            "timing_only": timing_only,
+            "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
+            "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000}
+
+
+def cmd_sweep(args) -> int:
+    from mlusim.experiments import write_csv, write_json
+    from mlusim.report import render_sweep
+    from mlusim.sweep import Interrupted, columns, sweep, sweep_document
+
+    opts = _options(args)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = task = None
+    if show:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        bar.start()
+        task = bar.add_task("sweep", total=None)
+
+    def progress(done, total, _row):
+        if bar is not None:
+            bar.update(task, completed=done, total=total)
+
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, progress=progress)
+    except Interrupted as e:
+        rows, interrupted = sorted(e.rows, key=lambda r: r["point"]), True
+    finally:
+        if bar is not None:
+            bar.stop()
+    wall = time.perf_counter() - t0
+    keys = list(opts["params"])
+    failed = [r for r in rows if r.get("error")]
+    if rows and len(failed) == len(rows):
+        raise MlusimError(f"every sweep point failed; the first: {failed[0]['error']}")
+    where = f"on {args.cluster}" if args.cluster else f"with {args.jobs or 'one per CPU'} local job(s)"
+    print(render_sweep(rows, keys, f"sweep of {opts['spec']}: {len(rows)} point(s) in {wall:.1f} s wall {where}"))
+    for r in failed:
+        print(f"mlusim: warning: point {r['point']} could not run: {r['error']}", file=sys.stderr)
+    doc = sweep_document(opts["spec"], opts["base_config"], opts["params"], opts["cores"], rows,
+                         opts["timing_only"], interrupted)
+    if args.json:
+        write_json(doc, args.json)
+        print(f"wrote {args.json}")
+    if args.csv:
+        write_csv(rows, args.csv, columns(keys))
+        print(f"wrote {args.csv}")
+    if interrupted:
+        print("mlusim: interrupted; the table holds the points that finished", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,185 @@
+"""Figures for papers: speedup vs cores, per-kernel rooflines, a sweep's metric vs a parameter.
+
+Each function takes the plain data the experiments return (rows, or a run summary from
+`mlusim.report.summarize`), draws with matplotlib's Agg backend (no display needed) and writes
+PREFIX.png and PREFIX.svg; it returns the paths. Files are reproducible byte for byte (no dates,
+fixed SVG ids) so that committed plots change only when the numbers do.
+
+    from mlusim.plot import plot_speedup
+    plot_speedup(rows, "out/speedup")          # rows from mlusim.experiments.scaling
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlusim.errors import MlusimError
+
+METRIC_LABELS = {
+    "cycles": "total cycles", "latency_ms": "latency (ms)", "throughput_ips": "throughput (images/s)",
+    "speedup": "speedup (x)", "efficiency": "parallel efficiency (fraction)",
+    "mac_utilization": "MAC utilization (fraction)", "dram_gbps": "achieved DRAM bandwidth (GB/s)",
+    "dram_utilization": "DRAM utilization (fraction)", "sram_gbps": "SRAM bandwidth (GB/s)",
+    "compute_utilization": "compute utilization (fraction)", "mapping_efficiency": "mapping efficiency (fraction)",
+}
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MlusimError("plotting needs matplotlib: pip install 'mlusim[plot]'") from None
+    matplotlib.use("Agg", force=True)
+    matplotlib.rcParams["svg.hashsalt"] = "mlusim"      # stable SVG element ids
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, prefix: str | Path) -> list[Path]:
+    prefix = Path(prefix)
+    if prefix.suffix in (".png", ".svg"):
+        prefix = prefix.with_suffix("")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    try:
+        for ext, meta in ((".png", {"Software": None}), (".svg", {"Date": None, "Creator": None})):
+            p = prefix.with_name(prefix.name + ext)
+            fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
+            out.append(p)
+    except OSError as e:
+        raise MlusimError(f"{prefix}: cannot write plot: {e.strerror}") from None
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out
+
+
+def plot_speedup(series: list[dict] | dict[str, list[dict]], prefix: str | Path, title: str = "") -> list[Path]:
+    """Speedup vs cores (log-log) with the ideal line; `series` is scaling rows or {label: rows}.
+
+    The ideal for a series is linear in cores from its first row (speedup = cores / first cores)."""
+    plt = _plt()
+    if isinstance(series, list):
+        series = {"simulated": series}
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    allc: set[int] = set()
+    base_cores = None
+    for label, rows in series.items():
+        rows = [r for r in rows if not r.get("error")]
+        if not rows:
+            continue
+        cores = [r["cores"] for r in rows]
+        allc.update(cores)
+        base_cores = base_cores or cores[0]
+        ax.plot(cores, [r["speedup"] for r in rows], "o-", label=label)
+        for r in rows[1:]:
+            ax.annotate(f"{100 * r['efficiency']:.0f}%", (r["cores"], r["speedup"]), textcoords="offset points",
+                        xytext=(4, -12), fontsize=7, color="0.35")
+    if not allc:
+        raise MlusimError("nothing to plot: no successful rows")
+    xs = sorted(allc)
+    ax.plot(xs, [c / base_cores for c in xs], "--", color="0.5", label="ideal (linear)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xticks(xs, [str(c) for c in xs])
+    ys = sorted({c / base_cores for c in xs})
+    ax.set_yticks(ys, [f"{y:g}" for y in ys])
+    ax.set_xlabel("cores")
+    ax.set_ylabel(f"speedup vs {base_cores} core(s) (x)")
+    ax.set_title(title or "speedup vs cores (labels: parallel efficiency)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, prefix)
+
+
+def roofline_points(summary: dict) -> tuple[list[dict], dict[str, float]]:
+    """Per kernel: operational intensity (ops per DRAM bus byte; 1 MAC = 2 ops) and achieved GOP/s;
+    and the roofs of the run: compute = cores x MACs/cycle x 2 x clock, bandwidth = DRAM GB/s."""
+    clock = summary["clock_mhz"] * 1e6
+    pts = []
+    for k in summary["kernels"]:
+        if k["macs"] <= 0 or k["cycles"] <= 0 or k["dram_bus_bytes"] <= 0:
+            continue
+        ops = 2.0 * k["macs"]
+        pts.append({"name": (k.get("meta") or {}).get("layer", k["name"]), "intensity": ops / k["dram_bus_bytes"],
+                    "gops": ops / (k["cycles"] / clock) / 1e9, "bound": k["bound"]})
+    roofs = {"peak_gops": summary["peak_gops"], "dram_gbps": summary["dram_bandwidth_gbps"]}
+    return pts, roofs
+
+
+def plot_roofline(summary: dict, prefix: str | Path, title: str = "", label_points: bool = True) -> list[Path]:
+    """Each MAC kernel of one run against the chip's compute and DRAM roofs (log-log)."""
+    plt = _plt()
+    pts, roofs = roofline_points(summary)
+    skipped = len(summary["kernels"]) - len(pts)
+    peak, bw = roofs["peak_gops"], roofs["dram_gbps"]
+    ridge = peak / bw
+    xs = [p["intensity"] for p in pts] + [ridge]
+    lo, hi = min(xs) / 4, max(xs) * 4
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    ax.plot([lo, ridge, hi], [bw * lo, peak, peak], "-", color="black", lw=1.5,
+            label=f"roof: {bw:g} GB/s DRAM, {peak:,.0f} GOP/s ({summary['cores']} cores)")
+    bounds = sorted({p["bound"] for p in pts})
+    for b in bounds:
+        sel = [p for p in pts if p["bound"] == b]
+        ax.plot([p["intensity"] for p in sel], [p["gops"] for p in sel], "o", ms=5, label=f"kernels bound by {b}")
+    if label_points and len(pts) <= 40:
+        for p in pts:
+            ax.annotate(p["name"], (p["intensity"], p["gops"]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operational intensity (ops per DRAM byte; 1 MAC = 2 ops)")
+    ax.set_ylabel("achieved GOP/s")
+    note = f"; {skipped} kernel(s) without MACs or DRAM traffic not shown" if skipped else ""
+    ax.set_title(title or f"roofline, {summary['config']} @ {summary['clock_mhz']:g} MHz{note}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, prefix)
+
+
+def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[str] | None = None,
+               title: str = "") -> list[Path]:
+    """Metric `y` against swept parameter `x`, one line per combination of the `by` columns
+    (default: every other swept column and cores)."""
+    plt = _plt()
+    rows = [r for r in rows if not r.get("error")]
+    if not rows:
+        raise MlusimError("nothing to plot: no successful sweep rows")
+    for key in (x, y):
+        if key not in rows[0]:
+            cols = ", ".join(k for k in rows[0] if not isinstance(rows[0][k], (dict, list)))
+            raise MlusimError(f"no column '{key}' in the sweep (have: {cols})")
+    if by is None:
+        skip = {x, y, "point", "error"} | {k for k, *_ in _metric_keys()}
+        by = [k for k in rows[0] if k not in skip]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r[x])
+        label = ", ".join(f"{k}={v}" for k, v in zip(by, key)) or y
+        ax.plot([r[x] for r in rs], [r[y] for r in rs], "o-", label=label)
+    from mlusim.config import iter_leaves
+
+    unit = {p: m.get("unit", "") for p, _, m in iter_leaves()}.get(x, "")
+    xs = [r[x] for r in rows if isinstance(r[x], (int, float))]
+    if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:     # geometric sweeps read best on a log axis
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel(f"{x} ({unit})" if unit else x)
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.set_title(title or f"{METRIC_LABELS.get(y, y)} vs {x}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if len(groups) > 1 or by:
+        ax.legend(fontsize=7)
+    return _save(fig, prefix)
+
+
+def _metric_keys() -> list[tuple[Any, ...]]:
+    from mlusim.experiments import METRIC_COLUMNS
+
+    return METRIC_COLUMNS
