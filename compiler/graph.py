@@ -131,6 +131,8 @@ def infer_shapes(g: Graph) -> Graph:
             if "bias" in n.params and n.params["bias"].shape != (co,):
                 raise CompileError(f"{where}: bias shape {list(n.params['bias'].shape)} != [{co}]")
             n.shape = (x[0], co, ho, wo)
+            if n.attrs.get("residual") and ins[1] != n.shape:
+                raise CompileError(f"{where}: residual {list(ins[1])} does not match output {list(n.shape)}")
             if "pool" in n.attrs:      # a max pool fused by passes.fuse_pools
                 ph, pw = n.attrs["pool"]
                 n.attrs["conv_shape"] = n.shape

@@ -92,7 +92,7 @@ def lower(g: Graph, cfg, tasks: int | None = None) -> Program:
             eltwise.lower_quantize_input(ctx, node, x, y)
         elif op == "conv2d":
             y = ctx.activation(node, nhwc(node.shape), dt)
-            kconv.lower_conv(ctx, node, ins[0], y)
+            kconv.lower_conv(ctx, node, ins[0], y, ins[1] if node.attrs.get("residual") else None)
         elif op == "linear":
             w = node.q["weight"]
             if ins[0].flat_from is not None:

@@ -1,6 +1,6 @@
 """Graph-to-graph passes, each a small function run in order by `optimize`.
 
-    remove_dropout -> fold_batchnorm -> fuse_activations -> fuse_pools
+    remove_dropout -> fold_batchnorm -> fuse_activations -> fuse_pools -> fuse_residual
 Fusion only marks the producer (attrs 'act' / 'pool', and `fused` for the report); the lowering
 then emits one kernel that never writes the intermediate to DRAM.
 """
@@ -78,7 +78,33 @@ def fuse_pools(g: Graph) -> Graph:
     return g
 
 
-PIPELINE = (remove_dropout, fold_batchnorm, fuse_activations, fuse_pools)
+def fuse_residual(g: Graph) -> Graph:
+    """conv -> add(conv, shortcut) [-> act] becomes one conv kernel that adds the shortcut to its
+    int32 accumulator before requantizing: the conv's output never goes to DRAM and no separate
+    add kernel runs. The conv moves to the add's place so the shortcut is computed first."""
+    for add in [n for n in g.nodes if n.op == "add"]:
+        for k in (0, 1):
+            conv = g.node(add.inputs[k])
+            other = add.inputs[1 - k]
+            if conv.op == "conv2d" and _sole_consumer(g, conv.name) is add and \
+                    not {"act", "pool", "residual"} & set(conv.attrs) and other != conv.name:
+                break
+        else:
+            continue
+        conv.inputs = [conv.inputs[0], other]
+        conv.attrs["residual"] = True
+        if "act" in add.attrs:
+            conv.attrs["act"] = add.attrs["act"]
+        conv.fused += ["add"] + add.fused
+        idx = g.nodes.index(add)
+        g.nodes.remove(conv)
+        g.nodes.insert(idx - 1, conv)
+        _rewire(g, add.name, conv.name)
+        g.nodes.remove(add)
+    return g
+
+
+PIPELINE = (remove_dropout, fold_batchnorm, fuse_activations, fuse_pools, fuse_residual)
 
 
 def optimize(g: Graph, fuse: bool = True) -> Graph:
@@ -88,4 +114,5 @@ def optimize(g: Graph, fuse: bool = True) -> Graph:
     if fuse:
         g = fuse_activations(g)
         g = fuse_pools(g)
+        g = fuse_residual(g)
     return infer_shapes(g)

@@ -110,6 +110,10 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
             q["mult"] = np.array([m for m, _ in mults], np.int32)
             q["shift"] = np.array([sh for _, sh in mults], np.int32)
             q["lo"], q["hi"] = _act_bounds(n.attrs.get("act"), s, qmax)
+            if n.attrs.get("residual"):
+                res = [quantize_multiplier(scale[n.inputs[1]] / a) for a in acc_scale]
+                q["res_mult"] = np.array([m for m, _ in res], np.int32)
+                q["res_shift"] = np.array([sh for _, sh in res], np.int32)
         elif n.op in ("avgpool", "gap"):
             count = (n.attrs["kernel"][0] * n.attrs["kernel"][1]) if n.op == "avgpool" else None
             if count is None:

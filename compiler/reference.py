@@ -60,8 +60,11 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         if op == "input":
             y = x.astype(np.float32)
         elif op == "conv2d":
-            y = _act_f(_conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
-                               n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"]), n.attrs.get("act"))
+            y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
+                        n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"])
+            if n.attrs.get("residual"):
+                y = y + a[1]
+            y = _act_f(y, n.attrs.get("act"))
             if "pool" in n.attrs:
                 y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
         elif op == "linear":
@@ -161,6 +164,9 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif n.op == "conv2d":
             acc = _wrap32(_conv_i(a[0], q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
                                   n.attrs["groups"]))
+            if n.attrs.get("residual"):   # shortcut rescaled into the accumulator's scale, per channel
+                sc = requant(a[1], 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
+                acc = np.clip(acc + sc, -2**31, 2**31 - 1)
             y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax)
             if "pool" in n.attrs:
                 kh, kw = n.attrs["pool"]

@@ -33,6 +33,7 @@ class ConvGeometry:
         conv_shape = node.attrs.get("conv_shape", node.shape)
         self.ho, self.wo = conv_shape[2], conv_shape[3]
         self.pool = node.attrs.get("pool")
+        self.residual = bool(node.attrs.get("residual"))
         self.esz = 2 if node.q["dtype"] == "int16" else 1
         self.dt = "i16" if self.esz == 2 else "i8"
 
@@ -58,6 +59,8 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
     sizes = [in_tile] * DOUBLE + [acc] + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    if geo.residual:
+        sizes += [out] * DOUBLE + [acc] + [params] * DOUBLE
     if geo.depthwise:
         sizes.append(wblock)
     if not nram.fits(*sizes):
@@ -76,8 +79,10 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
         cog = block // geo.groups
         c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
             ceil(cog / cfg.core.mac_co_lanes) * geo.groups
-    c_vec = vec_cycles(cfg, rows * wo * block * 4) + (vec_cycles(cfg, out) if geo.pool else 0)
+    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.residual else 1) + (vec_cycles(cfg, out) if geo.pool else 0)
     ld = dma_cycles(cfg, in_tile)
+    if geo.residual:
+        ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo)
     st_bytes = pooled if geo.pool else out
     segs = 1 if block == geo.co else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
     st = dma_cycles(cfg, st_bytes, segs)
@@ -104,8 +109,8 @@ def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
     return geo, plan
 
 
-def lower_conv(ctx, node, x, y) -> None:
-    """x, y: device tensors (addr, NHWC shape) of the input and output."""
+def lower_conv(ctx, node, x, y, res=None) -> None:
+    """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
     geo, plan = plan_conv(ctx, node, x.shape)
     q = node.q
     w_dev = np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
@@ -114,19 +119,23 @@ def lower_conv(ctx, node, x, y) -> None:
     w_addr = ctx.const(f"{node.name}.weight", w_dev)
     params = np.stack([q["bias"], q["mult"], q["shift"]], axis=1).astype(np.int32)
     p_addr = ctx.const(f"{node.name}.params", params)
+    r_addr = None
+    if geo.residual:
+        rparams = np.stack([np.zeros_like(q["res_mult"]), q["res_mult"], q["res_shift"]], axis=1).astype(np.int32)
+        r_addr = ctx.const(f"{node.name}.residual_params", rparams)
     rows, block = plan.rows, plan.block
     nblocks = ceil(geo.co / block)
     rblocks = ceil(geo.ho / rows)
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
     streams = []
     for t0, t1 in split(len(units), plan.tasks):
-        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, p_addr))
+        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, p_addr, res, r_addr))
     macs = geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
                unit="vector" if geo.depthwise else "mac")
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr):
+def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr, res=None, r_addr=None):
     cfg = ctx.cfg
     s = TaskStream()
     esz = geo.esz
@@ -139,6 +148,11 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr):
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
                 for _ in range(DOUBLE)] if geo.pool else None
     buf_par = [nram.alloc(block * 12, "requant params") for _ in range(DOUBLE)]
+    if geo.residual:
+        buf_res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
+        res_acc = nram.alloc(rows * geo.wo * block * 4, "shortcut int32")
+        buf_rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
+    res_readers: list[int] = []
     wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     blocks_here = sorted({u[0] for u in units})
     if geo.depthwise:
@@ -164,6 +178,8 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr):
                 w_load = s.dma("g2w", buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
                                bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
             p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[prev_user])
+            if geo.residual:
+                p_load = s.dma("g2n", buf_rpar[wslot % DOUBLE], r_addr + c0 * 12, bc * 12, deps=[prev_user])
             cur_cb = cb
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)
@@ -181,6 +197,19 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr):
                          n=1, hi=b - a, wi=geo.w, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw,
                          pt=pt, pb=pb, pl=geo.pl, pr=geo.pr, dh=geo.dh, dw=geo.dw, groups=geo.groups)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
+        if geo.residual:
+            rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.co + c0) * esz
+            free_res = res_readers[i - DOUBLE] if i >= DOUBLE else None
+            if bc == geo.co:
+                lr = s.dma("g2n", buf_res[slot], rsrc, npix * bc * esz, deps=[free_res])
+            else:
+                lr = s.dma("g2n", buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
+                           dstride=bc * esz, sstride=geo.co * esz)
+            rd = s.emit("vcast", [lr], sdt=geo.dt, ddt="i32", dst=res_acc, src=buf_res[slot], n=npix * bc)
+            res_readers.append(rd)
+            s.emit("vrequant", [p_load], odt="i32", dst=res_acc, src=res_acc, params=buf_rpar[wslot % DOUBLE],
+                   c=bc, n=npix * bc)
+            s.emit("vadd", [mac], dt="i32", dst=acc, a=acc, b=res_acc, n=npix * bc)
         rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc, params=buf_par[wslot % DOUBLE],
                     c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"])
         last, out_buf = rq, buf_out[slot]
