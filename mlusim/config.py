@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -364,6 +365,9 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
     return raw, origin
 
 
+NUMBER_RE = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`core.nram_kib=256` -> ('core.nram_kib', 256); values are typed by YAML scalar rules (read
     with the same strict loader as files), and a value YAML cannot parse stays a string."""
@@ -377,6 +381,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = load_yaml_text(value, f"--set {key}") if value.strip() else None
     except ConfigError:
         parsed = value
+    if isinstance(parsed, str) and NUMBER_RE.fullmatch(parsed.strip()):
+        # YAML 1.1 reads 1e12 (no dot) as a string; on a command line it is clearly a number.
+        parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
     if parsed is None:
         raise ConfigError(f"--set {key}: missing value (write {key}=VALUE)")
     return key, parsed
