@@ -197,8 +197,9 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
 
 
 def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
-          jobs: int | None = None, cluster=None, timing_only: bool = True, max_cycles: float | None = None,
-          max_instructions: int = 20_000_000, progress: Callable | None = None) -> list[dict]:
+          jobs: int | None = None, cluster=None, cluster_timeout: float = 10.0, timing_only: bool = True,
+          max_cycles: float | None = None, max_instructions: int = 20_000_000,
+          progress: Callable | None = None) -> list[dict]:
     """Run the cross product of `params` (config key -> values) x `cores` for program `spec`.
 
     Returns one row per point in cross-product order: the swept values (dotted config keys), `cores`,
@@ -209,7 +210,7 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
                        max_instructions=max_instructions)
     if cluster is not None:
-        rows = _run_dask(tasks, blob, cluster, progress)
+        rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
     elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:
         rows = []
         for t in tasks:
@@ -263,14 +264,14 @@ def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
     return rows
 
 
-def _run_dask(tasks: list[dict], blob, cluster, progress) -> list[dict]:
+def _run_dask(tasks: list[dict], blob, cluster, progress, timeout: float) -> list[dict]:
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise MlusimError("--cluster needs Dask: pip install 'mlusim[cluster]'") from None
     own = not isinstance(cluster, Client)
     try:
-        client = Client(cluster, timeout="10s") if own else cluster
+        client = Client(cluster, timeout=f"{timeout}s") if own else cluster
     except (OSError, TimeoutError) as e:
         raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {e}") from None
     rows: list[dict] = []

@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--jobs", "-j", type=int, default=None, help="local worker processes (default: one per CPU)")
     p.add_argument("--cluster", metavar="ADDRESS", help="run the points on a Dask distributed scheduler, "
                    "e.g. tcp://10.0.0.5:8786 (pip install 'mlusim[cluster]')")
+    p.add_argument("--cluster-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up connecting to the scheduler after this long (default 10)")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV (units in the headers)")
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.add_argument("--numerics", action="store_true", help="also compute values (default: timing only, "
@@ -85,7 +87,8 @@ def cmd_sweep(args) -> int:
     t0 = time.perf_counter()
     interrupted = False
     try:
-        rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, progress=progress)
+        rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, cluster_timeout=args.cluster_timeout,
+                     progress=progress)
     except Interrupted as e:
         rows, interrupted = sorted(e.rows, key=lambda r: r["point"]), True
     finally:

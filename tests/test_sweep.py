@@ -1,0 +1,142 @@
+"""Sweeps: the cross product, the values in every column, bad specs, local processes and Dask."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from mlusim.cli import main
+from mlusim.config import load_config
+from mlusim.errors import ConfigError
+from mlusim.experiments import resolve_program
+from mlusim.sim import simulate
+from mlusim.sweep import SweepError, columns, load_sweep_file, parse_set, points, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+MATMUL = str(ROOT / "examples" / "matmul.s")
+PARAMS = {"dram.bandwidth_gbps": [25.6, 102.4], "core.nram_kib": [192, 512]}
+
+
+@pytest.fixture(scope="module")
+def local_rows():
+    return sweep(MATMUL, "mlu270", PARAMS, [1, 4], jobs=1)
+
+
+def test_cross_product_order_columns_and_values(local_rows):
+    rows = local_rows
+    assert len(rows) == 2 * 2 * 2
+    expect = [(bw, nram, n) for bw in (25.6, 102.4) for nram in (192, 512) for n in (1, 4)]
+    assert [(r["dram.bandwidth_gbps"], r["core.nram_kib"], r["cores"]) for r in rows] == expect
+    prog = resolve_program(MATMUL)
+    for r in rows:
+        if r["core.nram_kib"] == 192:     # 64 KiB of usable NRAM cannot hold the 64 KiB result tile + A
+            assert r["error"] and "outside NRAM" in r["error"] and "cycles" not in r
+            continue
+        assert r["error"] is None
+        cfg = load_config("mlu270", {"dram.bandwidth_gbps": r["dram.bandwidth_gbps"], "core.nram_kib": 512})
+        res = simulate(prog, cfg, cores=r["cores"], timing_only=True)
+        assert r["cycles"] == res.cycles           # the point ran with exactly its config
+        assert r["dram_utilization"] == pytest.approx(r["dram_gbps"] / r["dram.bandwidth_gbps"])
+    ok = [r for r in rows if not r["error"]]
+    slow, fast = ok[1], ok[3]     # 4 cores at 25.6 and 102.4 GB/s
+    assert slow["cycles"] > fast["cycles"] and slow["bound"] == "dram"
+    # speedup and efficiency are relative to the first core count of the same hardware point
+    assert ok[1]["speedup"] == pytest.approx(ok[0]["cycles"] / ok[1]["cycles"])
+    assert ok[1]["efficiency"] == pytest.approx(ok[1]["speedup"] / 4)
+    assert ok[0]["speedup"] == 1.0
+
+
+def test_local_processes_give_the_same_rows(local_rows):
+    assert sweep(MATMUL, "mlu270", PARAMS, [1, 4], jobs=2) == local_rows
+
+
+def test_dask_cluster_gives_the_same_rows(local_rows):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, host="127.0.0.1",
+                                  protocol="tcp", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        seen = []
+        rows = sweep(MATMUL, "mlu270", PARAMS, [1, 4], cluster=cluster.scheduler_address,
+                     progress=lambda done, total, row: seen.append((done, total)))
+    assert rows == local_rows
+    assert seen[-1] == (8, 8) and len(seen) == 8
+
+
+def test_parse_set_types_values_and_cross_product():
+    p = parse_set(["dram.bandwidth_gbps=51.2,102.4", "core.nram_kib=256,512,1024", "chip.clock_mhz=1000"])
+    assert p == {"dram.bandwidth_gbps": [51.2, 102.4], "core.nram_kib": [256, 512, 1024], "chip.clock_mhz": [1000]}
+    pts = points(p)
+    assert len(pts) == 6 and pts[0] == {"dram.bandwidth_gbps": 51.2, "core.nram_kib": 256, "chip.clock_mhz": 1000}
+    assert pts[-1]["dram.bandwidth_gbps"] == 102.4 and pts[-1]["core.nram_kib"] == 1024
+    heads = [h for _, h, _ in columns(list(p))]
+    assert heads[:4] == ["dram.bandwidth_gbps (GB/s)", "core.nram_kib (KiB)", "chip.clock_mhz (MHz)", "Cores"]
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"core.nram": [1]}, "unknown config key 'core.nram' (did you mean 'core.nram_kib'?)"),
+    ({"dram.bandwidth_gbps": [51.2, -1]}, "sweep point dram.bandwidth_gbps=-1"),
+    ({"dram.bandwidth_gbps": ["fast"]}, "expected a number"),
+    ({"dram.bandwidth_gbps": []}, "non-empty list"),
+])
+def test_bad_sweep_specs_fail_before_running(params, needle):
+    with pytest.raises(ConfigError) as e:
+        sweep(MATMUL, "mlu270", params, [1], jobs=1)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("set: {dram.bandwidth_gbps: [1, 2]}\nspeed: 3\n", "unknown key 'speed'"),
+    ("set: [1, 2]\n", "expected a mapping"),
+    ("cores: [0]\n", "cores: expected a positive integer"),
+    ("set: {dram.bandwidth_gbps: [[1]]}\n", "non-empty list of scalar values"),
+    ("- 1\n", "a sweep file is a mapping"),
+])
+def test_bad_sweep_files(tmp_path, text, needle):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(SweepError) as e:
+        load_sweep_file(f)
+    assert needle in str(e.value)
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_sweep_file_equals_command_line_and_writes_csv_json(capsys, tmp_path):
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"program: {MATMUL}\nconfig: mlu270\ncores: [1, 4]\nset:\n  dram.bandwidth_gbps: [51.2, 204.8]\n")
+    code, out, err = cli(capsys, "sweep", "--file", str(f), "--jobs", "1", "--json", str(tmp_path / "a.json"),
+                         "--csv", str(tmp_path / "a.csv"))
+    assert code == 0, err
+    assert "dram.bandwidth_gbps" in out and "4 point(s)" in out
+    code, out, err = cli(capsys, "sweep", MATMUL, "--set", "dram.bandwidth_gbps=51.2,204.8", "--cores", "1,4",
+                         "--jobs", "1", "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["kind"] == "sweep" and a["rows"] == b["rows"]
+    with open(tmp_path / "a.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [(r["dram.bandwidth_gbps (GB/s)"], r["Cores"]) for r in got] == [("51.2", "1"), ("51.2", "4"),
+                                                                             ("204.8", "1"), ("204.8", "4")]
+    assert float(got[3]["Total Cycles"]) == pytest.approx(a["rows"][3]["cycles"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["sweep", MATMUL, "--set", "dram.bandwith_gbps=1,2"], "did you mean 'dram.bandwidth_gbps'"),
+    (["sweep", MATMUL, "--set", "dram.bandwidth_gbps=1,,2"], "empty value"),
+    (["sweep", MATMUL, "--set", "dram.bandwidth_gbps"], "expected path.to.key=VALUE"),
+    (["sweep", MATMUL, "--set", "core.nram_kib=0", "--cores", "1"], "must be > 0"),
+    (["sweep", MATMUL, "--cores", "32", "--jobs", "1"], "every sweep point failed"),
+    (["sweep"], "no program"),
+    (["sweep", MATMUL, "--cluster", "tcp://127.0.0.1:1", "--cluster-timeout", "0.5", "--cores", "1"],
+     "cannot reach the Dask scheduler"),
+])
+def test_cli_sweep_errors_are_one_line(capsys, args, needle):
+    code, out, err = cli(capsys, *args)
+    assert code == 2
+    assert err.startswith("mlusim: error: ") and needle in err and err.count("\n") == 1
