@@ -172,6 +172,8 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
     checked first (numpy's own parser: literal_eval, never pickle), so that a header declaring a
     huge shape or an object dtype is refused before any allocation; the data must then be exactly
     the declared size."""
+    from tokenize import TokenError      # numpy's header filter tokenizes old-style headers
+
     from numpy.lib import format as npf
 
     fh = io.BytesIO(raw)
@@ -183,7 +185,7 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
             hshape, fortran, hdtype = npf.read_array_header_2_0(fh, max_header_size=10000)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, EOFError) as e:
+    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, EOFError, TokenError) as e:
         raise ModelFileError(f"{where}: not a valid .npy array ({str(e)[:80]})") from None
     if hdtype.hasobject:
         raise ModelFileError(f"{where}: not a valid .npy array for mlusim: it holds pickled Python objects "
