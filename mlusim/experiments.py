@@ -54,11 +54,16 @@ LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "
 def resolve_program(spec: str, cfg=None):
     """The Program to simulate for `spec` on hardware `cfg`.
 
-    Today `spec` is a path to a .mlu model or .s assembly file and `cfg` is unused. It is the one
-    place a sweep asks for a program per hardware point, so a compiler that tiles a zoo model
-    (e.g. "resnet50") for the given config plugs in here and every sweep recompiles per point."""
+    `spec` is a path to a .mlu model or .s assembly file, for which `cfg` does not matter. This is
+    the one place a run or sweep asks for a program per hardware point, so when
+    `mlusim.commands.common.load_program` learns to compile zoo models (e.g. "resnet50") for a
+    config it is given `cfg` here, and every sweep point gets a program tiled for its hardware."""
+    import inspect
+
     from mlusim.commands.common import load_program
 
+    if cfg is not None and "cfg" in inspect.signature(load_program).parameters:
+        return load_program(spec, cfg=cfg)
     return load_program(spec)
 
 
