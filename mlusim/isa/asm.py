@@ -218,42 +218,46 @@ TENSOR_RE = re.compile(r"\.tensor\s+(\w+)\s+(\w+)\s+(\w+)\s*\[([^\]]*)\]\s*(?:@\
 
 def _parse_tensor(raw: str, where: str) -> TensorDecl:
     line = _strip_comment(raw)
+    indent = len(line) - len(line.lstrip())
     m = TENSOR_RE.match(line.strip())
     if not m:
-        raise AssemblyError(f"{where}:{_col(raw, '.tensor')}: expected .tensor NAME ROLE DTYPE [dims] [@ADDR] [FILL]")
+        raise AssemblyError(f"{where}:{indent + 1}: expected .tensor NAME ROLE DTYPE [dims] [@ADDR] [FILL]")
+
+    def at(group: int, within: int = 0) -> str:
+        return f"{where}:{indent + m.start(group) + within + 1}"
+
     name, role, dt, dims, addr, fill = m.groups()
     if role not in TENSOR_ROLES:
-        raise AssemblyError(f"{where}:{_col(raw, role)}: role must be one of {', '.join(TENSOR_ROLES)}, "
-                            f"got {role!r}")
+        raise AssemblyError(f"{at(2)}: role must be one of {', '.join(TENSOR_ROLES)}, got {role!r}")
     if dt not in NP_OF:
-        raise AssemblyError(f"{where}:{_col(raw, dt)}: dtype must be one of {', '.join(NP_OF)}, got {dt!r}")
+        raise AssemblyError(f"{at(3)}: dtype must be one of {', '.join(NP_OF)}, got {dt!r}")
     shape = []
-    for d in dims.replace(" ", "").split(","):
+    for dm in re.finditer(r"[^,]+", dims):
+        d = dm.group(0).strip()
         if not d:
             continue
         if not re.fullmatch(r"(?:0x[0-9a-fA-F]{1,12}|[0-9]{1,14})", d, re.ASCII) or int(d, 0) > MAX_DIM:
-            raise AssemblyError(f"{where}:{_col(raw, d)}: dimension {d!r} is not an integer in "
-                                f"0..{MAX_DIM}")
+            raise AssemblyError(f"{at(4, dm.start() + len(dm.group(0)) - len(dm.group(0).lstrip()))}: dimension "
+                                f"{d[:40]!r} is not an integer in 0..{MAX_DIM}")
         shape.append(int(d, 0))
     if len(shape) > MAX_NDIM:
-        raise AssemblyError(f"{where}:{_col(raw, '[')}: {len(shape)} dimensions; at most {MAX_NDIM}")
+        raise AssemblyError(f"{at(4)}: {len(shape)} dimensions; at most {MAX_NDIM}")
     elements = 1
     for d in shape:
         elements *= d
     if elements > MAX_ELEMENTS:
-        raise AssemblyError(f"{where}:{_col(raw, '[')}: shape {shape} has {elements:,} elements, over the "
-                            f"limit of {MAX_ELEMENTS:,}")
+        raise AssemblyError(f"{at(4)}: shape {shape} has {elements:,} elements, over the limit of {MAX_ELEMENTS:,}")
     a = -1
     if addr is not None:
         if not re.fullmatch(r"(?:0x[0-9a-fA-F]{1,12}|[0-9]{1,14})", addr, re.ASCII) or int(addr, 0) > MAX_ADDR:
-            raise AssemblyError(f"{where}:{_col(raw, '@')}: address {addr!r} is not an integer in "
-                                f"0..{MAX_ADDR:#x} (leave out @ADDR to allocate)")
+            raise AssemblyError(f"{at(5)}: address {addr[:40]!r} is not an integer in 0..{MAX_ADDR:#x} (leave out "
+                                f"@ADDR to allocate)")
         a = int(addr, 0)
     data = None
     if role == "const":
-        data = _fill(fill or "zeros", tuple(shape), dt, f"{where}:{_col(raw, fill or '.tensor')}")
+        data = _fill(fill or "zeros", tuple(shape), dt, at(6) if fill else at(1))
     elif fill:
-        raise AssemblyError(f"{where}:{_col(raw, fill)}: only const tensors take a fill")
+        raise AssemblyError(f"{at(6)}: only const tensors take a fill")
     return TensorDecl(name, role, dt, tuple(shape), a, data)
 
 
