@@ -219,7 +219,7 @@ class Builder:
         ci = self._channels[x]
         kh, kw = _pair(k)
         fan_in = ci // groups * kh * kw
-        w = (self.rng.standard_normal((co, ci // groups, kh, kw)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        w = self.rng.standard_normal((co, ci // groups, kh, kw), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
         params = {"weight": w}
         if bias:
             params["bias"] = (self.rng.standard_normal(co) * 0.05).astype(np.float32)
@@ -245,7 +245,7 @@ class Builder:
         return out
 
     def linear(self, x: str, fin: int, fout: int, name: str | None = None) -> str:
-        w = (self.rng.standard_normal((fout, fin)) * np.sqrt(2.0 / fin)).astype(np.float32)
+        w = self.rng.standard_normal((fout, fin), dtype=np.float32) * np.float32(np.sqrt(2.0 / fin))
         b = (self.rng.standard_normal(fout) * 0.05).astype(np.float32)
         out = self.add("linear", [x], name, {"weight": w, "bias": b})
         self._channels[out] = fout

@@ -63,11 +63,15 @@ def _act_bounds(act: str | None, s_out: float, qmax: int) -> tuple[int, int]:
 
 
 def _weights(w: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    flat = np.abs(w.reshape(w.shape[0], -1).astype(np.float64))
-    amax = flat.max(axis=1) if per_channel else np.full(w.shape[0], flat.max())
+    flat = w.reshape(w.shape[0], -1)
+    amax = np.abs(flat).max(axis=1).astype(np.float64)
+    if not per_channel:
+        amax[:] = amax.max()
     s_w = np.where(amax > 0, amax / qmax, 1.0)
-    q = np.clip(np.rint(w / s_w.reshape(-1, *([1] * (w.ndim - 1)))), -qmax, qmax)
-    return q.astype(np.int16 if qmax > 127 else np.int8), s_w
+    q = flat / s_w.astype(np.float32)[:, None]
+    np.rint(q, out=q)
+    np.clip(q, -qmax, qmax, out=q)
+    return q.astype(np.int16 if qmax > 127 else np.int8).reshape(w.shape), s_w
 
 
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,

@@ -45,13 +45,13 @@ def row_candidates(rows: int, multiple: int = 1, limit: int = 48) -> list[int]:
 
 
 def block_candidates(channels: int, lanes: int) -> list[int]:
-    """Output-channel blocks: all of them, or halvings that stay multiples of the MAC lanes."""
+    """Output-channel blocks: all of them, or halvings (multiples of the MAC lanes first; smaller
+    blocks waste lanes but let a tile fit a small NRAM, so they stay candidates)."""
     out = {channels}
     b = channels
-    while b > lanes and b % 2 == 0:
+    while b > 8 and b % 2 == 0:
         b //= 2
-        if b % lanes == 0 or b < lanes:
-            out.add(b)
+        out.add(b)
     return sorted(out, reverse=True)
 
 

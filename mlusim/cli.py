@@ -10,7 +10,7 @@ import sys
 
 from mlusim.errors import MlusimError
 
-COMMANDS = ("run", "config", "modelfile", "sweep", "plot")
+COMMANDS = ("run", "config", "modelfile", "sweep", "plot", "compile")
 
 
 def build_parser() -> argparse.ArgumentParser:

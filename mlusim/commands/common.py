@@ -15,11 +15,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set dram.bandwidth_gbps=51.2 (repeatable)")
 
 
-def load_program(path: str):
-    """A .mlu model file, or assembly text assembled on the fly."""
+def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, resolution: int | None = None):
+    """A .mlu model file, assembly text (assembled on the fly), or a zoo model name (compiled on
+    the fly for `cfg`, `batch` and a target of `cores` parallel tasks)."""
     from mlusim import mlufile
 
     p = Path(path)
+    if not p.exists() and p.suffix == "" and "/" not in path:
+        from mlusim.compiler.zoo import ZOO
+
+        if path.lower() in ZOO:
+            from mlusim.compiler.driver import compile_model
+
+            return compile_model(path, batch=batch, resolution=resolution, config=cfg, tasks=cores).program
     if p.suffix in (".s", ".asm"):
         from mlusim.isa.asm import assemble_program
 

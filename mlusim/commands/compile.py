@@ -1,0 +1,67 @@
+"""`mlusim compile` and `mlusim models`: the model zoo and the compiler from the command line."""
+from __future__ import annotations
+
+import time
+
+from mlusim.commands.common import add_config_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="compile a zoo model into a .mlu offline model file")
+    p.add_argument("--model", required=True, metavar="NAME", help="zoo model (mlusim models)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--resolution", type=int, default=None, help="input height and width (default: the model's)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="parallelism to tile for (default: all cores of the config); the file runs on any count")
+    p.add_argument("--dtype", choices=("int8", "int16"), default="int8")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
+    p.add_argument("--no-fuse", action="store_true", help="one kernel per op, no fusion")
+    p.add_argument("--seed", type=int, default=0, help="weight seed")
+    p.add_argument("-o", "--output", metavar="FILE.mlu")
+    add_config_args(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("models", help="list the built-in model zoo")
+    p.add_argument("--batch", type=int, default=1)
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_compile(args) -> int:
+    from mlusim import mlufile
+    from mlusim.compiler.driver import compile_model
+    from mlusim.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    c = compile_model(args.model, batch=args.batch, resolution=args.resolution, config=cfg, seed=args.seed,
+                      tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse)
+    out = args.output or f"{args.model}.mlu"
+    t0 = time.perf_counter()
+    mlufile.save(c.program, out)
+    m = c.program.meta
+    print(f"wrote {out}: {args.model} batch {args.batch} for {cfg.name}, {len(c.program.kernels)} kernels, "
+          f"{c.program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
+          f"{m['weight_bytes'] / 2**20:.1f} MiB ({c.seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
+    for node in c.graph.nodes:
+        if node.fused:
+            print(f"  fused {node.name}: {' + '.join([node.op] + node.fused)}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlusim.compiler.zoo import ZOO, build
+
+    t = Table(box=box.SIMPLE_HEAD, title=f"model zoo (batch {args.batch}, seeded random weights)", title_justify="left")
+    for col in ("model", "input", "parameters", "GMAC", "int8 weights", "description"):
+        t.add_column(col, justify="right" if col in ("parameters", "GMAC", "int8 weights") else "left")
+    for name, e in ZOO.items():
+        g = build(name, args.batch)
+        params = g.parameter_count()
+        weights = sum(n.params["weight"].size for n in g.nodes if "weight" in n.params)
+        t.add_row(name, "x".join(str(d) for d in g.input.shape), f"{params / 1e6:.2f} M", f"{g.macs() / 1e9:.3f}",
+                  f"{weights / 2**20:.1f} MiB", e.description)
+    Console(width=140).print(t)
+    return 0

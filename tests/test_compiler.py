@@ -1,0 +1,188 @@
+"""The compiler: every zoo model runs bit-exact against the quantized reference on any core count,
+close to the float model; tiles fit; tasks write disjoint regions; bad graphs get clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlusim.compiler import passes, quant, zoo
+from mlusim.compiler.driver import compile_graph, compile_model
+from mlusim.compiler.graph import Builder, Graph, Node, infer_shapes
+from mlusim.compiler.reference import run_float, run_quant
+from mlusim.config import load_config
+from mlusim.errors import CompileError
+from mlusim.sim import simulate
+
+# small resolutions keep CI fast; bench/models runs the full-size models
+CASES = {"mnist": 28, "lenet5": 28, "resnet18": 64, "resnet50": 64, "mobilenetv2": 64, "vgg16": 32}
+# bounds on max |quantized - float| / max |float| of the output, with margin over what we measure
+REL_BOUND = {"mnist": 0.2, "lenet5": 0.1, "resnet18": 0.1, "resnet50": 0.1, "mobilenetv2": 0.2, "vgg16": 0.1}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def compiled(request):
+    name = request.param
+    c = compile_model(name, batch=2, resolution=CASES[name])
+    x = np.random.default_rng(7).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    return name, c, x
+
+
+def test_bit_exact_on_1_and_4_cores(compiled):
+    name, c, x = compiled
+    ref = run_quant(c.graph, x)["__output__"]
+    for cores in (1, 4):
+        out = simulate(c.program, cores=cores, inputs={"input": x}).outputs["output"]
+        assert out.dtype == np.float32 and out.shape == ref.shape
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), f"{name} on {cores} cores"
+
+
+def test_close_to_the_float_model(compiled):
+    """Quantization to int8 with per-channel weights: top-1 agrees and the worst element error is a
+    small fraction of the output range (8-bit steps compounded over the network's depth)."""
+    name, c, x = compiled
+    ref = run_quant(c.graph, x)["__output__"]
+    flt = run_float(c.graph, x)[c.graph.output]
+    assert (ref.argmax(1) == flt.argmax(1)).all()
+    assert np.abs(ref - flt).max() / np.abs(flt).max() < REL_BOUND[name]
+
+
+def test_same_output_on_every_core_count():
+    c = compile_model("resnet18", batch=1, resolution=32)
+    x = np.random.default_rng(3).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    outs = [simulate(c.program, cores=n, inputs={"input": x}).outputs["output"] for n in (1, 3, 16)]
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def _store_ranges(kernel, task):
+    out = []
+    for ins in kernel.stream_of(task):
+        a = ins.args
+        if ins.op.mnemonic == "dma" and ins.op.by_name["dir"].format(a["dir"]) in ("n2g", "g2g"):
+            for j in range(a["count2"]):
+                for i in range(a["count"]):
+                    s = a["dst"] + j * a["dstride2"] + i * a["dstride"]
+                    out.append((s, s + a["size"]))
+    return out
+
+
+def test_tasks_write_disjoint_regions_covering_each_output():
+    c = compile_model("resnet18", batch=2, resolution=64)
+    prog = c.program
+    by_addr = {t.addr: t for t in prog.tensors}
+    for k in prog.kernels:
+        owner = {}
+        for task in range(k.task_dim):
+            for s, e in _store_ranges(k, task):
+                for b in range(s, e):
+                    assert owner.setdefault(b, task) == task, f"{k.name}: byte {b} written by tasks {owner[b]} and {task}"
+        lo, hi = min(owner), max(owner) + 1
+        t = next(t for a, t in by_addr.items() if a <= lo < t.end)
+        assert (lo, hi) == (t.addr, t.end) and len(owner) == t.nbytes, k.name
+
+
+@pytest.mark.parametrize("nram_kib", [176, 512])
+def test_tiles_fit_the_scratchpads_and_follow_the_config(nram_kib):
+    cfg = load_config("mlu270", [f"core.nram_kib={nram_kib}"])
+    c = compile_model("resnet18", batch=1, resolution=64, config=cfg)
+    for k in c.program.kernels:
+        for stream in k.streams:
+            for ins in stream:
+                for space, addr, nbytes, _rw, _al in ins.op.touches(ins.args):
+                    limit = {"nram": cfg.nram_bytes, "wram": cfg.wram_bytes}.get(space)
+                    if limit is not None:
+                        assert addr + nbytes <= limit, f"{k.name}: {space} [{addr}, {addr + nbytes}) > {limit}"
+    x = np.random.default_rng(0).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    out = simulate(c.program, cfg, cores=4, inputs={"input": x}).outputs["output"]
+    assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
+
+
+def test_smaller_nram_changes_the_tiling():
+    small = compile_model("resnet18", config=load_config("mlu270", ["core.nram_kib=256"]))
+    big = compile_model("resnet18")
+    tiles = lambda c: [k.meta.get("tiling") for k in c.program.kernels]  # noqa: E731
+    assert tiles(small) != tiles(big)
+
+
+def test_fusion_is_recorded_per_kernel():
+    c = compile_model("resnet50", resolution=32)
+    fused = {k.name: k.meta["fused"] for k in c.program.kernels}
+    assert fused["stem.conv"] == ["batchnorm", "relu"]
+    assert "add" in fused["layer1.0.3.conv"] and "relu" in fused["layer1.0.3.conv"]
+    assert not any(k.meta["op"] in ("batchnorm", "relu", "add") for k in c.program.kernels)
+    m = compile_model("mnist")
+    assert "maxpool" in next(k for k in m.program.kernels if k.name == "conv2").meta["fused"]
+
+
+def test_batchnorm_folding_preserves_the_float_model():
+    g = zoo.build("resnet18", 1, 32)
+    x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)
+    before = run_float(g, x)[g.output]
+    g2 = passes.optimize(zoo.build("resnet18", 1, 32))
+    after = run_float(g2, x)[g2.output]
+    assert np.allclose(before, after, rtol=1e-3, atol=1e-3 * np.abs(before).max())
+
+
+@pytest.mark.parametrize("m", [1e-9, 3e-5, 0.0123, 0.5, 0.99999, 1.0, 7.3, 1234.5])
+def test_quantize_multiplier(m):
+    mult, shift = quant.quantize_multiplier(m)
+    assert 0 < mult < 2**31 and 0 <= shift <= 62
+    assert abs(mult * 2.0**-shift - m) <= m * 2**-29 + 2.0**-shift
+
+
+def test_int16_and_per_tensor_models_are_exact():
+    for kw in ({"dtype": "int16"}, {"per_channel": False}):
+        c = compile_model("lenet5", batch=2, **kw)
+        x = np.random.default_rng(1).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+        out = simulate(c.program, cores=2, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
+
+
+def test_firstconv_folds_mean_and_std():
+    """Exact (up to float rounding) for an unpadded first conv, like the MNIST net's."""
+    g = zoo.build("mnist", 1)
+    x = np.random.default_rng(2).uniform(0, 255, g.input.shape).astype(np.float32)
+    norm = run_float(passes.optimize(zoo.build("mnist", 1)), (x - 100.0) / 50.0)
+    c = compile_graph(g, mean=[100.0], std=[50.0], samples=[x])
+    raw = run_float(c.graph, x)
+    assert np.allclose(raw[c.graph.output], norm[c.graph.output], rtol=1e-3, atol=1e-2)
+    assert "firstconv" in c.graph.node("conv1").fused
+
+
+def test_unsupported_op_names_op_and_node():
+    b = Builder("bad")
+    x = b.input((1, 3, 8, 8))
+    b.nodes.append(Node("mystery", "gelu", [x]))
+    with pytest.raises(CompileError, match=r"node 'mystery' \(gelu\): unsupported op 'gelu'"):
+        infer_shapes(Graph("bad", b.nodes, "mystery"))
+
+
+def test_shape_mismatch_names_both_shapes():
+    b = Builder("bad")
+    x = b.input((1, 3, 8, 8))
+    y = b.conv(x, 4, 3, padding=1)
+    z = b.conv(x, 4, 3, stride=2, padding=1)
+    with pytest.raises(CompileError, match=r"node 'sum' \(add\): adds shapes \[1, 4, 8, 8\] and \[1, 4, 4, 4\]"):
+        b.graph(b.binary("add", y, z, name="sum"))
+
+
+def test_unknown_model_and_bad_batch():
+    with pytest.raises(CompileError, match="unknown model 'resnet51'"):
+        zoo.build("resnet51")
+    with pytest.raises(CompileError, match="batch must be >= 1"):
+        zoo.build("mnist", batch=0)
+
+
+def test_concat_and_avgpool_lower_exactly():
+    b = Builder("branches", seed=3)
+    x = b.input((2, 8, 12, 12))
+    a = b.unary("relu", b.conv(x, 8, 3, padding=1))
+    c = b.unary("relu", b.conv(x, 8, 1))
+    y = b.binary("concat", a, c)
+    y = b.unary("avgpool", y, kernel=2)
+    y = b.unary("flatten", b.unary("gap", y))
+    g = b.graph(b.unary("softmax", b.linear(y, 16, 5)))
+    comp = compile_graph(g)
+    xin = np.random.default_rng(0).uniform(0, 1, (2, 8, 12, 12)).astype(np.float32)
+    out = simulate(comp.program, cores=3, inputs={"input": xin}).outputs["output"]
+    assert np.array_equal(out, run_quant(comp.graph, xin)["__output__"])
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
