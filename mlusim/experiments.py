@@ -15,8 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlusim.errors import MlusimError, SimulationError
 

@@ -221,12 +221,14 @@ def _table(title: str, cols: list[str]):
 
 
 def _cells(r: dict) -> list[str]:
+    import math
+
     def pct(x):
-        return "" if x is None or x != x else f"{100 * x:.1f}%"
+        return "" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
     sp = r["speedup"]
     return [f"{r['cycles']:,.0f}", f"{r['latency_ms']:.4f}",
-            "" if sp != sp else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
+            "" if sp is None or math.isnan(sp) else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
             f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), _bound_text(r)]
 
 

@@ -16,8 +16,9 @@ import hashlib
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlusim.errors import ConfigError, MlusimError
 
@@ -152,6 +153,8 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
         prog, cfg = _program(task, blob)
         res = simulate(prog, cfg, cores=task["cores"], timing_only=task["timing_only"],
                        max_cycles=task["max_cycles"], max_instructions=task["max_instructions"])
+        if res.interrupted:     # Ctrl-C in this process: stop the sweep, not just this point
+            raise KeyboardInterrupt
         row.update(row_from_summary(summarize(res), None, int(prog.meta.get("batch", 1) or 1)))
         row["cores"] = task["cores"]
         row["error"] = None
@@ -213,10 +216,13 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
         rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
     elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:
         rows = []
-        for t in tasks:
-            rows.append(run_point(t))
-            if progress:
-                progress(len(rows), len(tasks), rows[-1])
+        try:
+            for t in tasks:
+                rows.append(run_point(t))
+                if progress:
+                    progress(len(rows), len(tasks), rows[-1])
+        except KeyboardInterrupt:
+            raise Interrupted(rows) from None
     else:
         rows = _run_local(tasks, jobs or os.cpu_count() or 1, progress)
     return relative_to_first_core_count(sorted(rows, key=lambda r: r["point"]), list(params or {}))

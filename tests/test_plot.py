@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from mlusim.cli import main  # noqa: E402
-from mlusim.experiments import resolve_program, scaling  # noqa: E402
-from mlusim.plot import plot_roofline, plot_speedup, plot_sweep, roofline_points  # noqa: E402
-from mlusim.report import summarize  # noqa: E402
-from mlusim.sim import simulate  # noqa: E402
+from mlusim.cli import main
+from mlusim.experiments import resolve_program, scaling
+from mlusim.plot import plot_roofline, plot_speedup, plot_sweep, roofline_points
+from mlusim.report import summarize
+from mlusim.sim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 MATMUL = str(ROOT / "examples" / "matmul.s")

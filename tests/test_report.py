@@ -7,11 +7,18 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import I, program, tensors
+
 from mlusim.cli import main
-from mlusim.experiments import (LAYER_COLUMNS, SCALING_COLUMNS, flatten_layers, resolve_program, scaling,
-                                scaling_rows, write_csv)
+from mlusim.experiments import (
+    LAYER_COLUMNS,
+    SCALING_COLUMNS,
+    flatten_layers,
+    resolve_program,
+    scaling,
+    scaling_rows,
+    write_csv,
+)
 from mlusim.program import Kernel, Program, TensorDecl
 from mlusim.report import summarize
 from mlusim.sim import simulate
@@ -176,3 +183,20 @@ def test_json_has_no_nan(tmp_path, mlu270):
 
     write_json({"x": math.nan, "y": [1.0, math.inf]}, tmp_path / "n.json")
     assert json.loads((tmp_path / "n.json").read_text()) == {"x": None, "y": [1.0, None]}
+
+
+def test_ctrl_c_during_run_prints_the_partial_report_and_table(capsys, monkeypatch):
+    from mlusim.commands import run as runcmd
+
+    def start(self, label, total):
+        def cb(done, total, cycles):
+            if label.startswith("2 "):     # the 2-core run is interrupted after its first kernel
+                raise KeyboardInterrupt
+        return cb
+    monkeypatch.setattr(runcmd.Progress, "start", start)
+    prog = ROOT / "examples" / "matmul.s"
+    code, out, err = cli(capsys, "run", str(prog), "--cores", "1,2,4", "--timing-only")
+    assert code == 130
+    assert "2 (interrupted)" in out and "\n      4 " not in out     # the table stops at the interrupted run
+    code, out, err = cli(capsys, "run", str(prog), "--cores", "2", "--timing-only")
+    assert code == 130 and "INTERRUPTED: partial report" in out

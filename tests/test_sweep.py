@@ -140,3 +140,29 @@ def test_cli_sweep_errors_are_one_line(capsys, args, needle):
     code, out, err = cli(capsys, *args)
     assert code == 2
     assert err.startswith("mlusim: error: ") and needle in err and err.count("\n") == 1
+
+
+def test_ctrl_c_keeps_the_finished_points_and_the_cli_writes_them(capsys, tmp_path, monkeypatch):
+    from mlusim.sweep import Interrupted
+
+    def stop_after_three(done, total, row):
+        if done == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted) as e:
+        sweep(MATMUL, "mlu270", {"dram.bandwidth_gbps": [25.6, 51.2, 102.4]}, [1, 4], jobs=1,
+              progress=stop_after_three)
+    assert [r["point"] for r in e.value.rows] == [0, 1, 2]
+
+    import mlusim.sweep as sw
+    real = sw.run_point
+
+    def interrupted_third(task, blob=None):
+        if task["index"] == 2:
+            raise KeyboardInterrupt
+        return real(task, blob)
+    monkeypatch.setattr(sw, "run_point", interrupted_third)
+    code, out, err = cli(capsys, "sweep", MATMUL, "--set", "dram.bandwidth_gbps=25.6,51.2", "--cores", "1,4",
+                         "--jobs", "1", "--csv", str(tmp_path / "p.csv"))
+    assert code == 130 and "interrupted" in err
+    with open(tmp_path / "p.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2

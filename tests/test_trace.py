@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import I, program, tensors
+
 from mlusim.cli import main
 from mlusim.experiments import resolve_program
 from mlusim.program import TensorDecl

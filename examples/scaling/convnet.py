@@ -26,7 +26,7 @@ import numpy as np
 from mlusim.isa.encoding import Instr
 from mlusim.program import Kernel, Program, TensorDecl, allocate
 
-I = Instr.make  # noqa: E741
+I = Instr.make
 BATCH = 4
 
 

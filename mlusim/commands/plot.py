@@ -30,9 +30,9 @@ def register(sub) -> None:
 
 
 def cmd_plot(args) -> int:
+    from mlusim import plot
     from mlusim.errors import MlusimError
     from mlusim.experiments import read_table
-    from mlusim import plot
 
     data = read_table(args.report)
     kind = data["kind"]

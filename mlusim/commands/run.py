@@ -70,8 +70,16 @@ class Progress:
 
 
 def cmd_run(args) -> int:
-    from mlusim.experiments import LAYER_COLUMNS, check_counts, flatten_layers, resolve_program, \
-        scaling_document, scaling_rows, write_csv, write_json
+    from mlusim.experiments import (
+        LAYER_COLUMNS,
+        check_counts,
+        flatten_layers,
+        resolve_program,
+        scaling_document,
+        scaling_rows,
+        write_csv,
+        write_json,
+    )
     from mlusim.report import render, render_scaling, summarize
     from mlusim.sim import simulate
     from mlusim.trace import write_trace
