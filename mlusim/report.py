@@ -277,7 +277,7 @@ def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
     for r in rows:
         vals = [f"{r.get(k)}" for k in keys] + [str(r["cores"])]
         if r.get("error"):
-            t.add_row(*vals, "error: " + r["error"][:60])
+            t.add_row(*vals, "-", "-", "-", "-", "-", "-", "-", "-", f"did not run (point {r['point']}, see below)")
             continue
         c = _cells(r)
         t.add_row(*vals, c[0], c[1], f"{r['throughput_ips']:,.1f}", *c[2:])
