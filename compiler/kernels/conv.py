@@ -86,10 +86,13 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
     st_bytes = pooled if geo.pool else out
     segs = 1 if block == geo.co else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
     st = dma_cycles(cfg, st_bytes, segs)
-    blocks_per_task = min(nblocks, per_task) if nblocks > 1 else 1
-    wload = dma_cycles(cfg, wblock) * blocks_per_task
+    # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
+    # weight block its run touches once
+    per_block = units // nblocks
+    loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
+    wload = dma_cycles(cfg, wblock) * max(loads)
     task = max(per_task * ld + wload, per_task * (c_mac + c_vec), per_task * st) + ld + c_mac + st
-    total_bytes = units * (in_tile + st_bytes) + nblocks * wblock * min(tasks, geo.n * rblocks)
+    total_bytes = units * (in_tile + st_bytes) + wblock * sum(loads)
     dram = total_bytes / cfg.dram_bytes_per_cycle
     return Plan(rows, block, tasks, max(task, dram), units)
 

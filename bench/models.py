@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Quality of the generated code: every zoo model on the MLU270 config at 1, 4 and 16 cores.
+
+For each model, batch and core count (the model is compiled for that core count, as Cambricon's
+offline models are): simulated cycles, latency, throughput, MAC utilization, DRAM traffic against
+the model's minimum (weights + input + output bytes), and wall seconds of compile and simulation
+(timing only; the numerics are checked separately below, at batch 1).
+
+Then the targets of issue 3:
+  * the large ResNet-50 convolutions' MAC utilization on one core,
+  * ResNet-50 batch 16 on 16 cores against its roofline bound max(compute, minimum traffic),
+  * ResNet-50 batch 1 on 16 cores: compile + simulate wall time with numerics (< 10 s) and timing
+    only (< 3 s), with identical cycles, and the output bit-exact against the quantized reference.
+
+Run: python bench/models.py [--models resnet50,mobilenetv2] [--batches 1,16] [--cores 1,4,16]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from mlusim.compiler.driver import compile_model
+from mlusim.compiler.reference import run_quant
+from mlusim.config import load_config
+from mlusim.report import summarize
+from mlusim.sim import simulate
+
+ALL = ["mnist", "lenet5", "resnet18", "resnet50", "mobilenetv2", "vgg16"]
+
+
+def table(models, batches, cores_list, cfg) -> None:
+    print(f"{'model':12} {'batch':>5} {'cores':>5} {'cycles':>12} {'ms':>9} {'img/s':>9} {'MAC util':>8} "
+          f"{'DRAM MiB':>9} {'min MiB':>8} {'x min':>6} {'compile s':>9} {'sim s':>6}")
+    for m in models:
+        for b in batches:
+            for n in cores_list:
+                t0 = time.perf_counter()
+                c = compile_model(m, batch=b, config=cfg, tasks=n)
+                tc = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                res = simulate(c.program, cfg, cores=n, timing_only=True)
+                ts = time.perf_counter() - t0
+                s = summarize(res)
+                mn = c.program.meta["min_traffic_bytes"]
+                print(f"{m:12} {b:>5} {n:>5} {res.cycles:>12,.0f} {s['latency_ms']:>9.3f} "
+                      f"{b / res.seconds:>9,.0f} {100 * s['mac_utilization']:>7.1f}% "
+                      f"{res.dram_bytes / 2**20:>9.1f} {mn / 2**20:>8.1f} {res.dram_bytes / mn:>6.2f} "
+                      f"{tc:>9.2f} {ts:>6.2f}", flush=True)
+
+
+def big_convs_one_core(cfg) -> None:
+    c = compile_model("resnet50", batch=1, config=cfg, tasks=1)
+    s = summarize(simulate(c.program, cfg, cores=1, timing_only=True))
+    convs = sorted((k for k in s["kernels"] if k["meta"].get("op") == "conv2d"), key=lambda k: -k["macs"])[:10]
+    print("\nResNet-50 batch 1, one core: the 10 convolutions with the most MACs")
+    for k in convs:
+        print(f"  {k['name']:20} {k['macs'] / 1e6:7.1f} MMAC {k['cycles']:>9,.0f} cycles  MAC util "
+              f"{100 * k['mac_utilization']:5.1f}%  bound {k['bound']}  ({k['meta'].get('tiling', '')})")
+    c16 = compile_model("resnet50", batch=16, config=cfg, tasks=1)
+    s16 = summarize(simulate(c16.program, cfg, cores=1, timing_only=True))
+    convs = sorted((k for k in s16["kernels"] if k["meta"].get("op") == "conv2d"), key=lambda k: -k["macs"])[:10]
+    print("ResNet-50 batch 16, one core: the same convolutions")
+    for k in convs:
+        print(f"  {k['name']:20} {k['macs'] / 1e6:7.1f} MMAC {k['cycles']:>11,.0f} cycles  MAC util "
+              f"{100 * k['mac_utilization']:5.1f}%  bound {k['bound']}")
+
+
+def roofline(cfg) -> None:
+    c = compile_model("resnet50", batch=16, config=cfg)
+    res = simulate(c.program, cfg, cores=16, timing_only=True)
+    peak = cfg.chip.cores * cfg.core.mac_int8_per_cycle
+    compute = c.program.meta["macs"] / peak
+    traffic = c.program.meta["min_traffic_bytes"] / cfg.dram_bytes_per_cycle
+    bound = max(compute, traffic)
+    print(f"\nResNet-50 batch 16 on 16 cores: {res.cycles:,.0f} cycles; roofline bound {bound:,.0f} "
+          f"(compute {compute:,.0f}, minimum traffic {traffic:,.0f}); ratio {res.cycles / bound:.2f}x")
+
+
+def speed(cfg) -> None:
+    t0 = time.perf_counter()
+    c = compile_model("resnet50", batch=1, config=cfg)
+    tc = time.perf_counter() - t0
+    x = np.random.default_rng(0).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    t0 = time.perf_counter()
+    full = simulate(c.program, cfg, cores=16, inputs={"input": x})
+    tn = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast = simulate(c.program, cfg, cores=16, timing_only=True)
+    tt = time.perf_counter() - t0
+    exact = np.array_equal(full.outputs["output"], run_quant(c.graph, x)["__output__"])
+    print(f"\nResNet-50 batch 1, 16 cores: compile {tc:.2f} s; simulate with numerics {tn:.2f} s "
+          f"(total {tc + tn:.2f} s), timing only {tt:.2f} s (total {tc + tt:.2f} s); cycles "
+          f"{full.cycles:,.0f} vs {fast.cycles:,.0f} ({'same' if full.cycles == fast.cycles else 'DIFFERENT'}); "
+          f"output bit-exact vs reference: {exact}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(ALL))
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--cores", default="1,4,16")
+    ap.add_argument("--config", default="mlu270")
+    ap.add_argument("--skip-table", action="store_true")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    if not args.skip_table:
+        table(args.models.split(","), [int(b) for b in args.batches.split(",")],
+              [int(n) for n in args.cores.split(",")], cfg)
+    big_convs_one_core(cfg)
+    roofline(cfg)
+    speed(cfg)
+
+
+if __name__ == "__main__":
+    main()
