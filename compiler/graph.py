@@ -26,6 +26,7 @@ OPS = {
     "flatten": "flatten from dim 1", "reshape": "reshape (flatten-like only)",
     "softmax": "softmax over dim 1", "log_softmax": "log-softmax over dim 1",
     "dropout": "identity at inference",
+    "cpu": "an op the MLU does not run: computed on the host in float (torch shim only)",
 }
 
 
@@ -176,6 +177,8 @@ def infer_shapes(g: Graph) -> Graph:
                 raise CompileError(f"{where}: only flattening reshapes to {list(want)} are supported, got "
                                    f"{list(n.attrs['shape'])}")
             n.shape = want
+        elif n.op == "cpu":
+            n.shape = tuple(n.attrs["shape"])
         elif n.op in ("softmax", "log_softmax"):
             if len(ins[0]) != 2 or n.attrs.get("dim", 1) not in (1, -1):
                 raise CompileError(f"{where}: supported over dim 1 of a 2-D tensor, got {list(ins[0])}")

@@ -75,66 +75,104 @@ def _flatten_permutation(c: int, h: int, w: int) -> np.ndarray:
     return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
 
-def lower(g: Graph, cfg, tasks: int | None = None) -> Program:
-    ctx = LowerCtx(cfg, g, tasks or cfg.chip.cores)
-    dev: dict[str, DevTensor] = {}
+def device_layout(node: Node, ins: list[DevTensor]) -> tuple[tuple[int, ...], str, tuple | None]:
+    """(device shape, dtype, flat_from) of a node's output, from its inputs' layouts."""
+    dt = "i16" if node.q.get("dtype") == "int16" else "i8"
+    op = node.op
+    if op in ("input", "conv2d", "maxpool", "avgpool", "gap", "concat", "cpu"):
+        return nhwc(node.shape), dt, None
+    if op in ("relu", "relu6", "add"):
+        return ins[0].shape, dt, ins[0].flat_from
+    if op in ("flatten", "reshape"):
+        x = ins[0]
+        flat = (x.shape[3], x.shape[1], x.shape[2]) if len(x.shape) == 4 and x.shape[1] * x.shape[2] > 1 else None
+        return tuple(node.shape), x.dtype, flat or x.flat_from
+    if op in ("softmax", "log_softmax"):
+        return tuple(node.shape), "f32", None
+    return tuple(node.shape), dt, None      # linear
+
+
+def layouts(g: Graph) -> dict[str, DevTensor]:
+    """Every node's device layout (no code, no addresses): what crosses a partition boundary."""
+    out: dict[str, DevTensor] = {}
     for node in g.nodes:
-        ins = [dev[i] for i in node.inputs]
-        dt = "i16" if node.q.get("dtype") == "int16" else "i8"
-        op = node.op
-        if op == "input":
-            shape = nhwc(node.shape)
-            meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
-            meta["range"] = [0.0, 1.0]
-            t = ctx.tensor("input", "input", "f32", shape, meta=meta)
-            x = DevTensor("input", t.addr, shape, "f32")
-            y = ctx.activation(node, shape, dt)
-            eltwise.lower_quantize_input(ctx, node, x, y)
-        elif op == "conv2d":
-            y = ctx.activation(node, nhwc(node.shape), dt)
-            kconv.lower_conv(ctx, node, ins[0], y, ins[1] if node.attrs.get("residual") else None)
-        elif op == "linear":
-            w = node.q["weight"]
-            if ins[0].flat_from is not None:
-                w = np.ascontiguousarray(w[:, _flatten_permutation(*ins[0].flat_from)])
-            y = ctx.activation(node, node.shape, dt)
-            linear.lower_linear(ctx, node, ins[0], y, w)
-        elif op in ("maxpool", "avgpool"):
-            y = ctx.activation(node, nhwc(node.shape), dt)
-            pool.lower_pool(ctx, node, ins[0], y)
-        elif op == "gap":
-            y = ctx.activation(node, nhwc(node.shape), dt)
-            pool.lower_gap(ctx, node, ins[0], y)
-        elif op in ("relu", "relu6"):
-            y = ctx.activation(node, ins[0].shape, dt)
-            y.flat_from = ins[0].flat_from
-            eltwise.lower_act(ctx, node, ins[0], y)
-        elif op == "add":
-            y = ctx.activation(node, ins[0].shape, dt)
-            eltwise.lower_add(ctx, node, ins[0], ins[1], y)
-        elif op == "concat":
-            y = ctx.activation(node, nhwc(node.shape), dt)
-            eltwise.lower_concat(ctx, node, ins, y)
-        elif op in ("flatten", "reshape"):
-            x = ins[0]
-            flat = (x.shape[3], x.shape[1], x.shape[2]) if len(x.shape) == 4 and x.shape[1] * x.shape[2] > 1 else None
-            y = DevTensor(x.name, x.addr, tuple(node.shape), x.dtype, flat or x.flat_from)
-        elif op in ("softmax", "log_softmax"):
-            y = ctx.activation(node, node.shape, "f32", role="output")
-            eltwise.lower_softmax(ctx, node, ins[0], y)
-        else:
-            raise CompileError(f"node '{node.name}': op '{op}' has no kernel (run the optimization passes first?)")
-        dev[node.name] = y
-    out_node = g.node(g.output)
-    out = dev[g.output]
-    if out.dtype != "f32":
-        shape = out.shape
+        shape, dt, flat = device_layout(node, [out[i] for i in node.inputs])
+        out[node.name] = DevTensor(node.name, -1, shape, dt, flat)
+    return out
+
+
+def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str) -> DevTensor:
+    shape, dt, flat = device_layout(node, ins)
+    op = node.op
+    if op in ("flatten", "reshape"):
+        return DevTensor(ins[0].name, ins[0].addr, shape, dt, flat)
+    if op == "input":
         meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
-        t = ctx.tensor("output", "output", "f32", shape, meta=meta)
-        eltwise.lower_dequantize(ctx, out_node, out, DevTensor("output", t.addr, shape, "f32"), out_node.q["scale"],
-                                 f"{out_node.name}.dequantize")
+        meta["range"] = [0.0, 1.0]
+        t = ctx.tensor("input", "input", "f32", shape, meta=meta)
+        x = DevTensor("input", t.addr, shape, "f32")
+    y = ctx.activation(node, shape, dt, role=role)
+    y.flat_from = flat
+    if op == "input":
+        eltwise.lower_quantize_input(ctx, node, x, y)
+    elif op == "conv2d":
+        kconv.lower_conv(ctx, node, ins[0], y, ins[1] if node.attrs.get("residual") else None)
+    elif op == "linear":
+        w = node.q["weight"]
+        if ins[0].flat_from is not None:
+            w = np.ascontiguousarray(w[:, _flatten_permutation(*ins[0].flat_from)])
+        linear.lower_linear(ctx, node, ins[0], y, w)
+    elif op in ("maxpool", "avgpool"):
+        pool.lower_pool(ctx, node, ins[0], y)
+    elif op == "gap":
+        pool.lower_gap(ctx, node, ins[0], y)
+    elif op in ("relu", "relu6"):
+        eltwise.lower_act(ctx, node, ins[0], y)
+    elif op == "add":
+        eltwise.lower_add(ctx, node, ins[0], ins[1], y)
+    elif op == "concat":
+        eltwise.lower_concat(ctx, node, ins, y)
+    elif op in ("softmax", "log_softmax"):
+        eltwise.lower_softmax(ctx, node, ins[0], y)
     else:
-        for t in ctx.tensors:
-            if t.name == out.name:
-                t.name = "output"
+        raise CompileError(f"node '{node.name}': op '{op}' has no MLU kernel"
+                           + (f" ({node.attrs.get('what')} runs on the host)" if op == "cpu" else ""))
+    return y
+
+
+def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None) -> Program:
+    """The whole graph as one program, or only `nodes` (in graph order): then values produced
+    outside the set are program inputs named after their producer, and the set's last node's
+    value is the output (dequantized to float32 if it is the graph's output)."""
+    ctx = LowerCtx(cfg, g, tasks or cfg.chip.cores)
+    subset = None if nodes is None else set(nodes)
+    dev: dict[str, DevTensor] = {}
+    lay = layouts(g) if subset is not None else {}
+    chosen = [n for n in g.nodes if subset is None or n.name in subset]
+    last = chosen[-1].name if chosen else None
+    for node in chosen:
+        ins = []
+        for i in node.inputs:
+            if i not in dev:        # a boundary: produced by another program
+                t = lay[i]
+                decl = ctx.tensor(i, "input", t.dtype, t.shape)
+                dev[i] = DevTensor(i, decl.addr, t.shape, t.dtype, t.flat_from)
+            ins.append(dev[i])
+        final = node.name == g.output
+        role = "output" if (subset is not None and node.name == last and not final) or \
+            (final and node.op in ("softmax", "log_softmax")) else "scratch"
+        dev[node.name] = _lower_node(ctx, node, ins, role)
+    if subset is None or last == g.output:
+        out_node = g.node(g.output)
+        out = dev[g.output]
+        if out.dtype != "f32":
+            shape = out.shape
+            meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+            t = ctx.tensor("output", "output", "f32", shape, meta=meta)
+            eltwise.lower_dequantize(ctx, out_node, out, DevTensor("output", t.addr, shape, "f32"),
+                                     out_node.q["scale"], f"{out_node.name}.dequantize")
+        else:
+            for t in ctx.tensors:
+                if t.name == out.name and t.role == "output":
+                    t.name = "output"
     return Program(ctx.kernels, ctx.tensors, ctx.top)

@@ -107,6 +107,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = np.concatenate(a, axis=1)
         elif op in ("flatten", "reshape"):
             y = a[0].reshape(a[0].shape[0], -1)
+        elif op == "cpu":
+            y = host_call(n, a)
         elif op in ("softmax", "log_softmax"):
             z = a[0] - a[0].max(axis=1, keepdims=True)
             e = np.exp(z)
@@ -206,6 +208,8 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = np.concatenate(a, axis=1)
         elif n.op in ("flatten", "reshape"):
             y = a[0].reshape(a[0].shape[0], -1)
+        elif n.op == "cpu":
+            y = cpu_node_quant(n, a, [g.node(i).q for i in n.inputs])
         elif n.op in ("softmax", "log_softmax"):
             f = dequantize(a[0], q["in_scale"])
             m = f.max(axis=1, keepdims=True)
@@ -232,3 +236,21 @@ def _seq_sum(e: np.ndarray) -> np.ndarray:
     for j in range(1, e.shape[1]):
         acc = (acc + e[:, j]).astype(np.float32)
     return acc[:, None]
+
+
+def host_call(n, arrays) -> np.ndarray:
+    """Run a `cpu` node's torch function on float32 numpy inputs."""
+    import torch
+
+    with torch.no_grad():
+        out = n.attrs["call"](*[torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays])
+    return out.detach().float().numpy()
+
+
+def cpu_node_quant(n, ints, in_qs) -> np.ndarray:
+    """A host op in the quantized pipeline: dequantize its inputs, run it in float, quantize the
+    result with its calibrated scale (rne, saturate)."""
+    floats = [dequantize(v, q["scale"]) for v, q in zip(ints, in_qs)]
+    y = host_call(n, floats).astype(np.float64)
+    qmax = n.q["qmax"]
+    return np.clip(np.rint(y / n.q["scale"]), -qmax - 1, qmax).astype(np.int64)

@@ -1,0 +1,201 @@
+"""torch.fx front end: a torch.nn.Module becomes the compiler's graph IR without going through a file.
+
+`from_torch(module, example_input)` traces the module symbolically, propagates shapes with the
+example input, and maps each fx node to an IR op. Ops with no IR equivalent either fail (listing
+every one at once) or, with `allow_cpu=True`, become `cpu` nodes that the torch shim runs on the
+host, as Cambricon's stack does for unsupported layers.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from mlusim.compiler.graph import Graph, Node, infer_shapes
+from mlusim.errors import CompileError
+
+
+def _np(t) -> np.ndarray:
+    from torch_mlu.core.device import cpu_of
+
+    return cpu_of(t.detach()).float().numpy().copy()
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _module_node(name, mod, inputs, shape):
+    import torch.nn as nn
+
+    if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            return None
+        params = {"weight": _np(mod.weight)}
+        if mod.bias is not None:
+            params["bias"] = _np(mod.bias)
+        return Node(name, "conv2d", inputs, {"stride": _pair(mod.stride), "padding": _pair(mod.padding),
+                                             "dilation": _pair(mod.dilation), "groups": mod.groups}, params)
+    if isinstance(mod, nn.Linear):
+        params = {"weight": _np(mod.weight), "bias": _np(mod.bias) if mod.bias is not None else
+                  np.zeros(mod.out_features, np.float32)}
+        return Node(name, "linear", inputs, {}, params)
+    if isinstance(mod, nn.BatchNorm2d):
+        return Node(name, "batchnorm", inputs, {"eps": mod.eps},
+                    {"gamma": _np(mod.weight), "beta": _np(mod.bias), "mean": _np(mod.running_mean),
+                     "var": _np(mod.running_var)})
+    if isinstance(mod, nn.ReLU):
+        return Node(name, "relu", inputs)
+    if isinstance(mod, nn.ReLU6) or (isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0)):
+        return Node(name, "relu6", inputs)
+    if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+        if getattr(mod, "ceil_mode", False) or getattr(mod, "dilation", 1) not in (1, (1, 1)):
+            return None
+        if isinstance(mod, nn.AvgPool2d) and not mod.count_include_pad:
+            return None
+        op = "maxpool" if isinstance(mod, nn.MaxPool2d) else "avgpool"
+        return Node(name, op, inputs, {"kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size),
+                                       "padding": _pair(mod.padding)})
+    if isinstance(mod, nn.AdaptiveAvgPool2d) and _pair(mod.output_size) == (1, 1):
+        return Node(name, "gap", inputs)
+    if isinstance(mod, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+        return Node(name, "dropout", inputs)
+    if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+        return Node(name, "flatten", inputs)
+    if isinstance(mod, (nn.Softmax, nn.LogSoftmax)) and mod.dim in (1, -1) and len(shape) == 2:
+        return Node(name, "softmax" if isinstance(mod, nn.Softmax) else "log_softmax", inputs, {"dim": 1})
+    return None
+
+
+def _function_node(name, fn, args, kwargs, inputs, shape, in_shape):
+    import torch
+    import torch.nn.functional as F
+
+    def arg(i, key, default=None):
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    if fn in (F.relu, torch.relu):
+        return Node(name, "relu", inputs[:1])
+    if fn is F.relu6:
+        return Node(name, "relu6", inputs[:1])
+    if fn in (F.max_pool2d, F.avg_pool2d):
+        k = arg(1, "kernel_size")
+        s = arg(2, "stride") or k
+        p = arg(3, "padding", 0)
+        if kwargs.get("ceil_mode") or (fn is F.avg_pool2d and kwargs.get("count_include_pad") is False):
+            return None
+        return Node(name, "maxpool" if fn is F.max_pool2d else "avgpool", inputs[:1],
+                    {"kernel": _pair(k), "stride": _pair(s), "padding": _pair(p)})
+    if fn is F.adaptive_avg_pool2d and _pair(arg(1, "output_size")) == (1, 1):
+        return Node(name, "gap", inputs[:1])
+    if fn in (F.dropout, F.dropout2d):
+        return Node(name, "dropout", inputs[:1])
+    if fn is torch.flatten and arg(1, "start_dim", 0) == 1 and arg(2, "end_dim", -1) == -1:
+        return Node(name, "flatten", inputs[:1])
+    if fn in (operator.add, torch.add) and len(inputs) == 2 and "alpha" not in kwargs:
+        return Node(name, "add", inputs)
+    if fn is torch.cat and arg(1, "dim", 0) == 1:
+        return Node(name, "concat", inputs)
+    if fn in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax) and arg(1, "dim") in (1, -1) and len(shape) == 2:
+        return Node(name, "softmax" if fn in (F.softmax, torch.softmax) else "log_softmax", inputs[:1], {"dim": 1})
+    return None
+
+
+def _method_node(name, method, inputs, shape, in_shape):
+    if method in ("view", "reshape", "flatten") and len(shape) == 2 and in_shape and shape[0] == in_shape[0]:
+        return Node(name, "flatten", inputs[:1])
+    if method == "relu":
+        return Node(name, "relu", inputs[:1])
+    return None
+
+
+def _cpu_call(n, mods):
+    """A host function computing fx node `n` from its tensor inputs (torch tensors)."""
+    import torch.fx as fx
+
+    feeds = list(n.all_input_nodes)
+
+    def call(*xs):
+        env = {a.name: x for a, x in zip(feeds, xs)}
+        args = fx.node.map_arg(n.args, lambda a: env[a.name])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a.name])
+        if n.op == "call_module":
+            return mods[n.target](*args, **kwargs)
+        if n.op == "call_function":
+            return n.target(*args, **kwargs)
+        return getattr(args[0], n.target)(*args[1:], **kwargs)
+
+    return call
+
+
+def from_torch(module, example_input, allow_cpu: bool = False, name: str | None = None) -> Graph:
+    """Trace `module` (eval mode semantics) into the IR; shapes from `example_input`."""
+    import torch
+    import torch.fx as fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from torch_mlu.core.device import cpu_of
+
+    try:
+        gm = fx.symbolic_trace(module)
+    except Exception as e:  # torch raises many kinds for untraceable control flow
+        raise CompileError(f"torch.fx cannot trace {type(module).__name__}: {str(e).splitlines()[0][:200]}") from None
+    x = cpu_of(example_input).detach().float()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    finally:
+        module.train(was_training)
+    mods = dict(gm.named_modules())
+    nodes: list[Node] = []
+    names: dict[str, str] = {}
+    unsupported: list[str] = []
+    output = None
+    for n in gm.graph.nodes:
+        meta = n.meta.get("tensor_meta")
+        shape = tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+        ins = [names[a.name] for a in n.all_input_nodes if a.name in names]
+        first = n.all_input_nodes[0] if n.all_input_nodes else None
+        in_shape = tuple(first.meta["tensor_meta"].shape) if first is not None and hasattr(
+            first.meta.get("tensor_meta"), "shape") else ()
+        node = None
+        if n.op == "placeholder":
+            if nodes:
+                raise CompileError(f"{type(module).__name__}: only single-input models are supported")
+            node = Node("input", "input", [], {"shape": tuple(x.shape)})
+        elif n.op == "call_module":
+            node = _module_node(n.target, mods[n.target], ins, shape)
+            what = type(mods[n.target]).__name__
+        elif n.op == "call_function":
+            node = _function_node(n.name, n.target, n.args, n.kwargs, ins, shape, in_shape)
+            what = getattr(n.target, "__name__", str(n.target))
+        elif n.op == "call_method":
+            node = _method_node(n.name, n.target, ins, shape, in_shape)
+            what = f"Tensor.{n.target}"
+        elif n.op == "output":
+            output = names.get(n.args[0].name) if hasattr(n.args[0], "name") else None
+            continue
+        else:   # get_attr and friends: constants are folded into the nodes that use them
+            continue
+        if node is None:
+            if not shape:      # non-tensor values (sizes, shapes): only feed reshapes, which use shapes
+                continue
+            if not allow_cpu:
+                unsupported.append(f"{what} (node '{n.name}')")
+                continue
+            if len(ins) != len(n.all_input_nodes):
+                unsupported.append(f"{what} (node '{n.name}', takes computed non-tensor arguments)")
+                continue
+            node = Node(n.name, "cpu", ins, {"shape": shape, "what": what, "call": _cpu_call(n, mods)})
+        if node.op == "dropout" and node.inputs == []:
+            continue
+        nodes.append(node)
+        names[n.name] = node.name
+    if unsupported:
+        raise CompileError(f"{type(module).__name__}: {len(unsupported)} unsupported op(s): " + "; ".join(unsupported))
+    if output is None:
+        raise CompileError(f"{type(module).__name__}: the output is not a traced tensor")
+    g = Graph(name or type(module).__name__, nodes, output, {"batch": int(x.shape[0]), "gm": gm})
+    return infer_shapes(g)
