@@ -141,11 +141,17 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
     except Exception as e:  # torch raises many kinds for untraceable control flow
         raise CompileError(f"torch.fx cannot trace {type(module).__name__}: {str(e).splitlines()[0][:200]}") from None
     x = cpu_of(example_input).detach().float()
+    probe = x
+    param = next(iter(module.parameters()), None)
+    if param is not None and param.device.type == "mlu":     # shapes are propagated where the weights are
+        from torch_mlu.core.device import to_mlu
+
+        probe = to_mlu(x)
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(x)
+            ShapeProp(gm).propagate(probe)
     finally:
         module.train(was_training)
     mods = dict(gm.named_modules())

@@ -1,0 +1,219 @@
+"""The torch_mlu shim: the seed's inference script runs unchanged; layer-by-layer, fused and offline
+executions agree bit for bit; zoo networks written in torch equal the compiler path; the mlu
+device behaves like a real accelerator's."""
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")   # the torch extra; installed by the test extra in CI
+import torch_mlu  # noqa: E402,F401
+import torch_mlu.core.mlu_model as ct  # noqa: E402
+import torch_mlu.core.mlu_quantize as mq  # noqa: E402
+from torch_mlu import models  # noqa: E402
+
+from mlusim import mlufile  # noqa: E402
+from mlusim.compiler.driver import compile_graph, compile_model  # noqa: E402
+from mlusim.compiler.frontend_torch import from_torch  # noqa: E402
+from mlusim.errors import ShimError  # noqa: E402
+from mlusim.sim import simulate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_SCRIPT = ROOT / "tests" / "data" / "seed_mnist_inference.py"
+SEED_DOC = ROOT.parent / "shared" / "seed" / "000_f0cf2a9ed98732bd.txt"
+
+
+@pytest.fixture(autouse=True)
+def _settings():
+    ct.set_core_number(1)
+    ct.set_core_version("MLU270")
+    ct.set_strict(False)
+    yield
+    ct.set_core_number(1)
+
+
+def test_vendored_seed_script_is_the_documents():
+    if not SEED_DOC.exists():
+        pytest.skip("the seed document is not beside this checkout")
+    doc = SEED_DOC.read_text(encoding="utf-8")
+    block = doc[doc.index("```python", doc.index("以下为模型推理完整代码")) + 9:]
+    assert SEED_SCRIPT.read_text(encoding="utf-8").strip() == block[:block.index("```")].strip()
+
+
+def test_seed_inference_script_runs_unmodified(tmp_path):
+    """Only the torchvision import goes (it is unused, and torchvision does not install beside this torch)."""
+    src = SEED_SCRIPT.read_text(encoding="utf-8").replace("import torchvision.models as models\n", "")
+    (tmp_path / "mnist.py").write_text(src, encoding="utf-8")
+    r = subprocess.run([sys.executable, "mnist.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r"tensor\(\[\[(.*?)\]\]\)", r.stdout, re.S)
+    assert m, r.stdout
+    values = [float(v) for v in m.group(1).replace("\n", " ").split(",")]
+    assert len(values) == 10 and all(v <= 0 for v in values)                     # log-probabilities
+    assert abs(np.log(np.exp(values).sum())) < 1e-3
+    assert (tmp_path / "test_quantization.pth").exists()
+
+
+def seed_net():
+    return models.MnistNet().eval()
+
+
+def test_mlu_output_matches_the_cpu_model_within_int8_error():
+    """Int8 per-tensor quantization of 4 layers: each step is 1/127 of the tensor's range, so the
+    log-probabilities stay within 2% of their range and the prediction agrees."""
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    net = seed_net()
+    x = torch.rand((4, 1, 28, 28))
+    q = mq.quantize_dynamic_mlu(net, {"mean": [0], "std": [1 / 255], "firstconv": True}, dtype="int8", gen_quant=True)
+    cpu = q(x)
+    mlu = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
+    assert mlu.shape == cpu.shape
+    assert (mlu - cpu).abs().max() < 0.02 * cpu.abs().max()
+    assert torch.equal(mlu.argmax(1), cpu.argmax(1))
+
+
+def test_layer_by_layer_fused_and_offline_agree_bit_for_bit(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(1)
+    torch.set_grad_enabled(False)
+    x = torch.rand((2, 1, 28, 28))
+    q = mq.quantize_dynamic_mlu(seed_net(), {"per_channel": True}, dtype="int8", gen_quant=True)
+    q(x)
+    m, xm = q.to(ct.mlu_device()), x.to(ct.mlu_device())
+    eager = m(xm)
+    assert ct.get_last_report().mode == "layer-by-layer"
+    monkeypatch.chdir(tmp_path)
+    ct.save_as_cambricon("mnist_off")
+    traced = torch.jit.trace(m, xm, check_trace=False)
+    assert ct.get_last_report().mode == "fused"
+    fused = traced(xm)
+    assert torch.equal(eager.cpu(), fused.cpu())
+    prog = mlufile.load(tmp_path / "mnist_off.mlu")
+    offline = simulate(prog, cores=1, inputs={"input": x.numpy()}).outputs["output"]
+    assert np.array_equal(offline, eager.cpu().numpy())
+    np.save(tmp_path / "x.npy", x.numpy())
+    from mlusim.cli import main
+
+    assert main(["run", "mnist_off.mlu", "--cores", "1", "--input", "x.npy", "--output", "y.npy"]) == 0
+    assert np.array_equal(np.load(tmp_path / "y.npy"), eager.cpu().numpy())
+
+
+@pytest.mark.parametrize("name,res", [("mnist", 28), ("lenet5", 28), ("resnet18", 32), ("mobilenetv2", 32)])
+def test_zoo_networks_in_torch_equal_the_compiler_path(name, res):
+    torch.set_grad_enabled(False)
+    ct.set_core_number(4)
+    net = models.build(name, resolution=res)
+    x = torch.rand((2, 1 if name in ("mnist", "lenet5") else 3, res, res), generator=torch.Generator().manual_seed(3))
+    q = mq.quantize_dynamic_mlu(net, {"per_channel": True, "firstconv": False}, gen_quant=True)
+    q(x)
+    shim = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu().numpy()
+    zoo = compile_model(name, batch=2, resolution=res, samples=[x.numpy()], tasks=4)
+    ref = simulate(zoo.program, cores=4, inputs={"input": x.numpy()}).outputs["output"]
+    assert np.array_equal(shim, ref)
+
+
+def test_report_and_core_number_scaling():
+    torch.set_grad_enabled(False)
+    x = torch.rand((1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    q = mq.quantize_dynamic_mlu(models.build("resnet18", resolution=32), {"firstconv": False}, gen_quant=True)
+    q(x)
+    m, xm = q.to(ct.mlu_device()), x.to(ct.mlu_device())
+    cycles = {}
+    for n in (1, 4):
+        ct.set_core_number(n)
+        torch.jit.trace(m, xm, check_trace=False)
+        rep = ct.get_last_report()
+        assert rep.cores == n and rep.config == "mlu270" and rep.ops and rep.latency_ms > 0
+        cycles[n] = rep.cycles
+        prog = q._mlu_compiled[next(k for k in q._mlu_compiled if k[-1] == n)].fused
+        assert simulate(prog, cores=n, timing_only=True).cycles == rep.cycles     # what the scaling report runs
+    assert cycles[4] < cycles[1]
+    assert "cycles" in str(ct.get_last_report())
+
+
+def test_device_behaves_like_an_accelerator():
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    m = x.to(ct.mlu_device())
+    assert str(m.device) == "mlu:0" and m.is_mlu and torch.equal(m.cpu(), x)
+    assert (m * 2).sum().item() == 30.0 and f"{m.sum():.1f}" == "15.0"
+    assert "device='mlu:0'" in repr(m)
+    buf = io.BytesIO()
+    torch.save({"t": m}, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["t"].device.type == "mlu"
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True, map_location="cpu")["t"]
+    assert back.device.type == "cpu" and torch.equal(back, x)
+    with pytest.raises(RuntimeError, match="same device"):
+        m + x
+    with pytest.raises(TypeError, match="Tensor.cpu"):
+        m.numpy()
+
+
+def test_quantized_state_dict_round_trip_into_a_fresh_model(tmp_path):
+    torch.set_grad_enabled(False)
+    x = torch.rand((1, 1, 28, 28))
+    net = seed_net()
+    q = mq.quantize_dynamic_mlu(net, {"mean": [0], "std": [1 / 255]}, dtype="int8", gen_quant=True)
+    q(x)
+    torch.save(q.state_dict(), tmp_path / "q.pth")
+    fresh = mq.quantize_dynamic_mlu(net, {"mean": [0], "std": [1 / 255]})
+    fresh.load_state_dict(torch.load(tmp_path / "q.pth", weights_only=True))
+    a = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
+    b = fresh.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
+    assert torch.equal(a, b)
+
+
+class WithGelu(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.nn.functional.gelu(self.conv(x)), 1))
+
+
+def test_unsupported_ops_run_on_the_host_with_one_warning_or_fail_when_strict():
+    torch.set_grad_enabled(False)
+    x = torch.rand((1, 3, 8, 8))
+    q = mq.quantize_dynamic_mlu(WithGelu().eval(), {"firstconv": False}, gen_quant=True)
+    cpu = q(x)
+    m = q.to(ct.mlu_device())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = m(x.to(ct.mlu_device())).cpu()
+    msgs = [str(i.message) for i in w if "ran on the host" in str(i.message)]
+    assert len(msgs) == 1 and "gelu" in msgs[0]
+    assert ct.get_last_report().host_ops and (out - cpu).abs().max() < 0.05 * cpu.abs().max()
+    ct.set_strict(True)
+    with pytest.raises(ShimError, match="strict mode"):
+        m(x.to(ct.mlu_device()))
+
+
+def test_api_errors():
+    with pytest.raises(ShimError, match="dtype must be"):
+        mq.quantize_dynamic_mlu(seed_net(), dtype="int4")
+    with pytest.raises(ShimError, match="unknown key"):
+        mq.quantize_dynamic_mlu(seed_net(), {"scale": 3})
+    with pytest.raises(ShimError, match="unknown core version"):
+        ct.set_core_version("MLU100")
+    with pytest.raises(ShimError, match="no calibration"):
+        mq.quantize_dynamic_mlu(seed_net()).to(ct.mlu_device())(torch.rand(1, 1, 28, 28).to(ct.mlu_device()))
+
+
+def test_from_torch_lists_all_unsupported_ops():
+    from mlusim.errors import CompileError
+
+    with pytest.raises(CompileError, match=r"1 unsupported op\(s\): gelu"):
+        from_torch(WithGelu(), torch.rand(1, 3, 8, 8))
+    g = from_torch(models.build("lenet5"), torch.rand(2, 1, 28, 28))
+    c = compile_graph(g, samples=[np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)])
+    assert c.program.kernels

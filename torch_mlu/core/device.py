@@ -1,0 +1,232 @@
+"""A real `mlu` torch device in pure Python (torch 2.13 CPU build), per shared/torch_mlu_device_notes.md.
+
+PrivateUse1 is renamed to `mlu`; tensors on it are MluTensor, a wrapper subclass holding a CPU
+tensor. Every aten op on an MluTensor arrives in `__torch_dispatch__`, below autograd, so backward
+and optimizers work unchanged. Ops the simulator runs are routed there by `mlu_model` (whole
+quantized models, and the training kernels); everything else computes on the held CPU tensors.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch.utils._pytree import tree_map
+
+_lock = threading.Lock()
+_registered = False
+# aten op -> handler(func, args, kwargs) returning the result or NotImplemented; set by the runtime
+OP_HANDLERS: dict = {}
+
+
+class _DeviceModule:
+    """What `torch.mlu` answers (the device module torch looks up by backend name)."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+    @staticmethod
+    def _is_in_bad_fork() -> bool:
+        return False
+
+    @staticmethod
+    def manual_seed_all(seed: int) -> None:
+        """The simulated device draws from the CPU generator, which torch.manual_seed already set."""
+        return None
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        return None
+
+    @staticmethod
+    def get_rng_state(device=None):
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state, device=None) -> None:
+        torch.set_rng_state(state)
+
+
+def _to_cpu_device(x):
+    if isinstance(x, torch.device) and x.type == "mlu":
+        return torch.device("cpu")
+    return x
+
+
+def _unwrap(x):
+    return x._elem if isinstance(x, MluTensor) else _to_cpu_device(x)
+
+
+class MluTensor(torch.Tensor):
+    """A tensor on mlu:0 whose data is the CPU tensor `_elem`."""
+
+    _elem: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor, requires_grad: bool | None = None):
+        r = torch.Tensor._make_wrapper_subclass(
+            cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(), dtype=elem.dtype,
+            device=torch.device("mlu", 0), requires_grad=elem.requires_grad if requires_grad is None else requires_grad)
+        r._elem = elem
+        return r
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = OP_HANDLERS.get(func)
+        if handler is not None:
+            out = handler(func, args, kwargs)
+            if out is not NotImplemented:
+                return out
+        _check_devices(func, args, kwargs)
+        uargs = tree_map(_unwrap, args)
+        ukwargs = tree_map(_unwrap, kwargs)
+        out = func(*uargs, **ukwargs)
+        if func is torch.ops.aten._to_copy.default and _target_is_cpu(kwargs):
+            return out
+        return _rewrap(out, args, uargs)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.tolist:
+            return args[0]._elem.tolist()
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert mlu:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
+        if getattr(func, "__name__", "") == "__set__" and getattr(func, "__self__", None) is torch.Tensor.data:
+            with torch._C.DisableTorchFunctionSubclass():
+                func(*args, **kwargs)
+            new = args[1]
+            args[0]._elem = new._elem if isinstance(new, MluTensor) else new
+            return None
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    def __repr__(self, *, tensor_contents=None):
+        body = repr(self._elem)
+        extra = ", device='mlu:0'"
+        if self.grad_fn is not None:
+            extra += f", grad_fn=<{type(self.grad_fn).__name__}>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        if body.endswith(")"):
+            head = body[:-1]
+            head = head.replace(", requires_grad=True", "")
+            return head + extra + ")"
+        return body
+
+    def __format__(self, spec):
+        if self.dim() == 0:
+            return self.item().__format__(spec)
+        return repr(self)
+
+    def __reduce_ex__(self, proto):
+        # rebuildable by torch.load(weights_only=True): no reference to this class in the file
+        return (torch._utils._rebuild_device_tensor_from_cpu_tensor,
+                (self._elem, self.dtype, str(self.device), self.requires_grad))
+
+
+def _target_is_cpu(kwargs) -> bool:
+    d = kwargs.get("device")
+    return d is not None and torch.device(d).type == "cpu"
+
+
+def _check_devices(func, args, kwargs) -> None:
+    """Like a real accelerator: mixing mlu and non-scalar cpu tensors in one op is an error."""
+    if func in (torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default):
+        return
+    cpu = []
+
+    def look(x):
+        if isinstance(x, torch.Tensor) and not isinstance(x, MluTensor) and x.dim() > 0 and x.device.type == "cpu":
+            cpu.append(x)
+        return x
+
+    tree_map(look, (args, kwargs))
+    if cpu:
+        raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                           f"mlu:0 and cpu! (when checking arguments for {func})")
+
+
+def _rewrap(out, args, uargs):
+    """Outputs that are an unwrapped input (in-place ops) go back to that input's wrapper."""
+    ids = {}
+    for a, u in zip(_flat(args), _flat(uargs)):
+        if isinstance(a, MluTensor):
+            ids[id(u)] = a
+
+    def wrap(x):
+        if isinstance(x, torch.Tensor) and not isinstance(x, MluTensor):
+            same = ids.get(id(x))
+            return same if same is not None else MluTensor(x)
+        return x
+
+    return tree_map(wrap, out)
+
+
+def _flat(tree):
+    from torch.utils._pytree import tree_flatten
+
+    return tree_flatten(tree)[0]
+
+
+# ---- PrivateUse1 kernels: the few ops that run before any MluTensor exists -------------------------
+def _empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+    return MluTensor(torch.empty_strided(size, stride, dtype=dtype or torch.get_default_dtype()))
+
+
+def _empty_memory_format(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    return MluTensor(torch.empty(size, dtype=dtype or torch.get_default_dtype(),
+                                 memory_format=memory_format or torch.contiguous_format))
+
+
+def _copy_from(src, dst, non_blocking=False):
+    s = src._elem if isinstance(src, MluTensor) else src
+    if isinstance(dst, MluTensor):
+        dst._elem.copy_(s)
+    else:
+        dst.copy_(s)
+    return dst
+
+
+_LIB = None
+
+
+def register() -> None:
+    """Make `mlu` a torch device (idempotent; must run before any mlu tensor is made)."""
+    global _registered, _LIB
+    with _lock:
+        if _registered:
+            return
+        if torch._C._get_privateuse1_backend_name() != "mlu":
+            from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
+
+            _setup_privateuseone_for_python_backend("mlu", backend_module=_DeviceModule)
+        _LIB = torch.library.Library("aten", "IMPL")
+        _LIB.impl("empty_strided", _empty_strided, "PrivateUse1")
+        _LIB.impl("empty.memory_format", _empty_memory_format, "PrivateUse1")
+        _LIB.impl("_copy_from", _copy_from, "PrivateUse1")
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        torch.autograd.set_multithreading_enabled(False)
+        _registered = True
+
+
+def to_mlu(t: torch.Tensor) -> MluTensor:
+    return t if isinstance(t, MluTensor) else MluTensor(t.detach().cpu().contiguous())
+
+
+def cpu_of(t: torch.Tensor) -> torch.Tensor:
+    return t._elem if isinstance(t, MluTensor) else t

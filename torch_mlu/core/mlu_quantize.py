@@ -1,0 +1,111 @@
+"""`torch_mlu.core.mlu_quantize`: Cambricon's quantization entry points.
+
+`quantize_dynamic_mlu(model, qconfig, dtype='int8', gen_quant=True)` returns a copy of the model
+whose CPU forward calibrates (min/max of every tensor, over `iteration` batches) and whose
+state_dict carries the calibration (`mlu_absmax`, `mlu_calib_count`). `gen_quant=False` builds the
+same model ready to load those scales. Moved to `ct.mlu_device()`, the model runs quantized on the
+simulator (see runtime.py). The scheme is Cambricon's: symmetric, power-of-two position plus scale,
+int8 or int16, optional per-channel weights, mean/std folded into the first conv (`firstconv`).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from mlusim.errors import ShimError
+
+DEFAULT_QCONFIG = {"iteration": 1, "use_avg": False, "data_scale": 1.0, "mean": None, "std": None,
+                   "firstconv": True, "per_channel": False, "method": "minmax"}
+
+
+class MLUQuantizedModel:
+    """Mixed into a quantized model's class (ahead of the user's class) by quantize_dynamic_mlu."""
+
+    def forward(self, x, *args, **kwargs):
+        from torch_mlu.core import runtime
+        from torch_mlu.core.device import MluTensor
+
+        orig = self._mlu_orig_cls
+        if isinstance(x, MluTensor):
+            if args or kwargs:
+                raise ShimError("MLU models take a single input tensor")
+            return runtime.mlu_forward(self, orig, x)
+        if self._mlu_gen_quant and not torch.jit.is_tracing() and \
+                int(self.mlu_calib_count.item()) < int(self._mlu_qconfig["iteration"]):
+            with torch.no_grad():
+                runtime.calibrate(self, orig, x)
+        return orig.forward(self, self._mlu_normalize(x), *args, **kwargs)
+
+    def _mlu_normalize(self, x):
+        """On the CPU, the normalization the MLU folds into its first conv is applied explicitly."""
+        q = self._mlu_qconfig
+        if not q.get("firstconv") or (q.get("mean") is None and q.get("std") is None):
+            return x
+        c = x.shape[1]
+        mean = torch.as_tensor(q.get("mean") or [0.0] * c, dtype=x.dtype).reshape(1, -1, 1, 1)
+        std = torch.as_tensor(q.get("std") or [1.0] * c, dtype=x.dtype).reshape(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "mlu_absmax"
+        if key in state_dict and state_dict[key].shape != self.mlu_absmax.shape:
+            self.mlu_absmax = torch.zeros_like(state_dict[key], device=self.mlu_absmax.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _check_qconfig(spec) -> dict:
+    q = dict(DEFAULT_QCONFIG)
+    if spec is None:
+        return q
+    if not isinstance(spec, dict):
+        raise ShimError(f"qconfig_spec must be a dict of Cambricon's keys, got {type(spec).__name__}")
+    unknown = set(spec) - set(DEFAULT_QCONFIG)
+    if unknown:
+        raise ShimError(f"qconfig_spec: unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(DEFAULT_QCONFIG)})")
+    q.update(spec)
+    if q["method"] != "minmax":
+        raise ShimError(f"qconfig_spec: method {q['method']!r} is not supported (minmax)")
+    if not isinstance(q["iteration"], int) or q["iteration"] < 1:
+        raise ShimError("qconfig_spec: iteration must be a positive integer")
+    for k in ("mean", "std"):
+        if q[k] is not None and not (isinstance(q[k], (list, tuple)) and all(isinstance(v, (int, float)) for v in q[k])):
+            raise ShimError(f"qconfig_spec: {k} must be a list of numbers")
+    if q["std"] is not None and any(v == 0 for v in q["std"]):
+        raise ShimError("qconfig_spec: std must not contain zeros")
+    return q
+
+
+def quantize_dynamic_mlu(model, qconfig_spec=None, dtype=None, mapping=None, inplace=False, gen_quant=False,
+                         mixed_layer=None):
+    """Cambricon's signature. `mapping` is accepted and ignored: the MLU handles Conv2d/Linear and
+    the ops around them itself."""
+    if not isinstance(model, torch.nn.Module):
+        raise ShimError(f"quantize_dynamic_mlu expects an nn.Module, got {type(model).__name__}")
+    dtype = dtype or "int8"
+    if dtype not in ("int8", "int16"):
+        raise ShimError(f"quantize_dynamic_mlu: dtype must be 'int8' or 'int16', got {dtype!r}")
+    q = _check_qconfig(qconfig_spec)
+    mixed = {}
+    for names, dt in (mixed_layer or {}).items():
+        if dt not in ("int8", "int16"):
+            raise ShimError(f"mixed_layer: {names!r} -> {dt!r}: only 'int8' and 'int16' are supported")
+        for n in names.split(","):
+            mixed[n.strip()] = dt
+    m = model if inplace else copy.deepcopy(model)
+    orig = type(m)
+    if isinstance(m, MLUQuantizedModel):
+        orig = m._mlu_orig_cls
+    else:
+        m.__class__ = type(f"MLUQuantized{orig.__name__}", (MLUQuantizedModel, orig), {})
+    m._mlu_orig_cls = orig
+    m._mlu_qconfig = q
+    m._mlu_dtype = dtype
+    m._mlu_mixed = mixed
+    m._mlu_gen_quant = bool(gen_quant)
+    m.__dict__.pop("_mlu_compiled", None)
+    device = next((p.device for p in m.parameters()), torch.device("cpu"))
+    m.register_buffer("mlu_absmax", torch.zeros(0, dtype=torch.float64, device=device))
+    m.register_buffer("mlu_calib_count", torch.tensor(0, device=device))
+    return m
