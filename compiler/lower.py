@@ -58,12 +58,18 @@ class LowerCtx:
         return self.tensor(name, "const", ISA_DTYPE[arr.dtype], arr.shape, arr).addr
 
     def activation(self, node: Node, shape, dtype: str = "i8", role: str = "scratch", meta=None) -> DevTensor:
-        t = self.tensor(node.name if role != "scratch" else f"{node.name}.out", role, dtype, shape, meta=meta)
+        t = self.tensor(value_name(node) if role != "scratch" else f"{node.name}.out", role, dtype, shape, meta=meta)
         return DevTensor(t.name, t.addr, tuple(shape), dtype)
 
     def kernel(self, node, streams: list, **meta) -> None:
         meta = {"layer": node.name, "op": node.op, "fused": list(getattr(node, "fused", [])), **meta}
         self.kernels.append(Kernel(node.name, "block", len(streams), streams, list(range(len(streams))), meta))
+
+
+def value_name(node: Node) -> str:
+    """The program tensor holding a node's value when it crosses a program boundary (the graph
+    input node's quantized value cannot share the float input's name)."""
+    return "input.q" if node.op == "input" else node.name
 
 
 def nhwc(shape) -> tuple[int, ...]:
@@ -155,7 +161,7 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
         for i in node.inputs:
             if i not in dev:        # a boundary: produced by another program
                 t = lay[i]
-                decl = ctx.tensor(i, "input", t.dtype, t.shape)
+                decl = ctx.tensor(value_name(g.node(i)), "input", t.dtype, t.shape)
                 dev[i] = DevTensor(i, decl.addr, t.shape, t.dtype, t.flat_from)
             ins.append(dev[i])
         final = node.name == g.output
