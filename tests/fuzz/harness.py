@@ -57,7 +57,8 @@ def fuzz(ci: int):
         s = settings(max_examples=examples(ci), deadline=None, derandomize=SEED is None, database=None,
                      print_blob=False,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.filter_too_much, HealthCheck.large_base_example])
+                                            HealthCheck.filter_too_much, HealthCheck.large_base_example,
+                                            HealthCheck.function_scoped_fixture])
         fn = s(fn)
         return seed(int(SEED))(fn) if SEED is not None else fn
     return wrap
