@@ -257,9 +257,10 @@ def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
         tp = types[f.name]
         if f.name not in data:
             if _is_section(tp):
-                raise ConfigError(f"{origin}: missing section '{path}'")
+                raise ConfigError(f"{origin}: missing section '{path}' (add it, or start the file with "
+                                  f"'base: {DEFAULT_PRESET}' to inherit every value)")
             if f.default is dataclasses.MISSING:
-                raise ConfigError(f"{origin}: missing key '{path}'")
+                raise ConfigError(f"{origin}: missing key '{path}' (add it, or inherit it with 'base: {DEFAULT_PRESET}')")
             continue
         if _is_section(tp):
             kwargs[f.name] = _build(tp, data[f.name], origin, path + ".")
@@ -279,7 +280,8 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
     """Cross-field consistency: values each fine alone that cannot describe one machine."""
     c = cfg.chip
     if c.cores % c.clusters:
-        raise ConfigError(f"{origin}: chip.cores={c.cores} is not divisible by chip.clusters={c.clusters}")
+        raise ConfigError(f"{origin}: chip.cores={c.cores} is not divisible by chip.clusters={c.clusters} (every "
+                          f"cluster has the same number of cores)")
     k = cfg.core
     if k.nram_reserved_kib >= k.nram_kib:
         raise ConfigError(f"{origin}: core.nram_reserved_kib={k.nram_reserved_kib} leaves no usable NRAM "

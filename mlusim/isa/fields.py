@@ -183,11 +183,13 @@ class Addr(Field):
             if term in symbols:
                 o += symbols[term]
             elif term[:1].isalpha() and not term.startswith("0x"):
-                raise AssemblyError(f"{self.name}: unknown symbol {term[:40]!r}")
+                raise AssemblyError(f"{self.name}: unknown symbol {term[:40]!r} (declare it with .tensor, or write "
+                                    f"a number)")
             else:
                 o += parse_int(term, self.name)
         if not 0 <= o < (1 << self.bits):
-            raise AssemblyError(f"{self.name}: offset {o} does not fit in {self.bits} bits")
+            raise AssemblyError(f"{self.name}: offset {o} does not fit in {self.bits} bits (put the high part in "
+                                f"a base register: [rN+offset])")
         return (reg << self.bits) | o
 
     def split(self, value: int) -> tuple[int, int]:
@@ -260,7 +262,8 @@ class Target(Imm):
             return table[t] - pc
         if t.startswith(".") and len(t) > 1:
             return parse_int(t[1:], self.name)
-        raise AssemblyError(f"{self.name}: unknown label {text[:40]!r}")
+        raise AssemblyError(f"{self.name}: unknown label {text[:40]!r} (labels are NAME: lines of the same "
+                            f"stream; .N is a relative offset)")
 
     def format(self, value, pc=0):
         return f"L{pc + value}"
