@@ -487,3 +487,54 @@ def vrow(ctx, a):
         b = view(ctx, "nram", a["b"], dt, cols)[None, :]
     out = _combine(x, np.broadcast_to(b, x.shape), op, dt)
     view(ctx, "nram", a["dst"], dt, rows * cols)[:] = out.reshape(-1)
+
+
+# ---- training support ------------------------------------------------------------------------------
+def touch_trans(a):
+    esz = DTYPE_BYTES[E(a, "dt")]
+    nb = a["rows"] * a["cols"] * esz
+    return [("nram", a["src"], nb, "r", esz), ("nram", a["dst"], nb, "w", esz)]
+
+
+def vtrans(ctx, a):
+    dt, r, c = E(a, "dt"), a["rows"], a["cols"]
+    src = view(ctx, "nram", a["src"], dt, r * c).reshape(r, c)
+    view(ctx, "nram", a["dst"], dt, r * c)[:] = np.ascontiguousarray(src.T).reshape(-1)
+
+
+def vcmp(ctx, a):
+    dt, n = E(a, "dt"), a["n"]
+    f = (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal)[a["mode"]]
+    r = f(view(ctx, "nram", a["a"], dt, n), view(ctx, "nram", a["b"], dt, n))
+    view(ctx, "nram", a["dst"], dt, n)[:] = r.astype(NP[dt])
+
+
+def touch_poolbp(a):
+    dt = E(a, "dt")
+    esz = DTYPE_BYTES[dt]
+    ho, wo = _pool_geom(a)
+    nin = a["n"] * a["hi"] * a["wi"] * a["c"] * esz
+    return [("nram", a["src"], nin, "r", esz), ("nram", a["grad"], a["n"] * ho * wo * a["c"] * esz, "r", esz),
+            ("nram", a["dst"], nin, "w", esz)]
+
+
+def vpoolbp(ctx, a):
+    dt = E(a, "dt")
+    n, hi, wi, c, kh, kw, sh, sw = a["n"], a["hi"], a["wi"], a["c"], a["kh"], a["kw"], a["sh"], a["sw"]
+    pt, pl = a["pt"], a["pl"]
+    ho, wo = _pool_geom(a)
+    x = view(ctx, "nram", a["src"], dt, n * hi * wi * c).reshape(n, hi, wi, c)
+    g = view(ctx, "nram", a["grad"], dt, n * ho * wo * c).reshape(n, ho, wo, c)
+    fill = nx.int_range(dt)[0] if dt in nx.INT_DTYPES else -np.inf
+    win = nx.pool_windows(x, kh, kw, sh, sw, (pt, a["pb"], pl, a["pr"]), fill)   # [n, ho, wo, c, kh, kw]
+    first = win.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)                    # first maximum
+    acc = np.zeros((n, hi + pt + a["pb"], wi + pl + a["pr"], c), dtype=np.float64 if dt in nx.FLOAT_DTYPES else np.int64)
+    ii, jj = np.divmod(first, kw)
+    rows = np.arange(ho)[None, :, None, None] * sh + ii
+    cols = np.arange(wo)[None, None, :, None] * sw + jj
+    nn_ = np.broadcast_to(np.arange(n)[:, None, None, None], first.shape)
+    cc = np.broadcast_to(np.arange(c)[None, None, None, :], first.shape)
+    np.add.at(acc, (nn_, rows, cols, cc), g.astype(acc.dtype))
+    out = acc[:, pt:pt + hi, pl:pl + wi, :]
+    view(ctx, "nram", a["dst"], dt, n * hi * wi * c)[:] = (
+        nx.saturate(out, dt) if dt in nx.INT_DTYPES else out.astype(NP[dt])).reshape(-1)

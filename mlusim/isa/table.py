@@ -240,6 +240,23 @@ OPS: tuple[OpSpec, ...] = (
             Enum("axis", 1, 0, "b indexed by row (0) or by column (1)", ("row", "col"))) + DEPS,
            "dst[r, c] = a[r, c] op b[r] (axis=row) or b[c] (axis=col); integer results saturate, "
            "integer div rounds toward zero (div by 0 gives 0).", S.vrow, T.vec_row, S.touch_row),
+    OpSpec("vtrans", 0x52, "vec",
+           (DT(), A("dst", "nram"), A("src", "nram"), U("rows", 20), U("cols", 20)) + DEPS,
+           "2-D transpose: dst[c, r] = src[r, c] for a row-major [rows, cols] source (BANG "
+           "`__bang_transpose`); used to lay out operands of backward matmuls.",
+           S.vtrans, T.vec_trans, S.touch_trans),
+    OpSpec("vcmp", 0x53, "vec",
+           (Enum("mode", 3, None, "comparison", ("gt", "ge", "lt", "le", "eq", "ne")), DT(), A("dst", "nram"),
+            A("a", "nram"), A("b", "nram"), N24) + DEPS,
+           "dst[i] = 1 if a[i] <mode> b[i] else 0, in `dt` (a mask for selects, e.g. ReLU's backward).",
+           S.vcmp, T.vec_elementwise, S.touch_binary, positional=6),
+    OpSpec("vpoolbp", 0x54, "vec",
+           (DT(), A("dst", "nram"), A("src", "nram"), A("grad", "nram"), U("n", 12, 1, "batch"), *GEOM,
+            U("c", 16, doc="channels"), *WIN, *PADS) + DEPS,
+           "Max-pool backward (BANG `__bang_maxpool_bp`): for each output window of src NHWC [n, hi, wi, c], "
+           "the window's gradient grad[n, ho, wo, c] goes to the first position (row-major in the window) "
+           "holding the window's maximum; dst [n, hi, wi, c] sums what each position receives. Padding "
+           "never wins.", S.vpoolbp, T.vec_poolbp, S.touch_poolbp, S.check_pool),
 )
 
 BY_MNEMONIC: dict[str, OpSpec] = {op.mnemonic: op for op in OPS}

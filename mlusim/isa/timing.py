@@ -102,3 +102,17 @@ def useful_macs(mnemonic: str, a) -> int:
     ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
     wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
     return a["n"] * ho * wo * a["co"] * a["kh"] * a["kw"] * (a["ci"] // a["groups"])
+
+
+def vec_trans(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(rows*cols*size(dt) / vector_bytes_per_cycle)`."""
+    return _vec(a["rows"] * a["cols"] * DTYPE_BYTES[_dt(a)], cfg)
+
+
+def vec_poolbp(a, cfg) -> float:
+    """`startup_cycles.vector + ceil(n*ho*wo*c*kh*kw*size(dt) / vector_bytes_per_cycle)` (window scan),
+    plus a pass over the input to write it."""
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], 1)
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], 1)
+    esz = DTYPE_BYTES[_dt(a)]
+    return _vec(a["n"] * ho * wo * a["c"] * a["kh"] * a["kw"] * esz + a["n"] * a["hi"] * a["wi"] * a["c"] * esz, cfg)

@@ -1,0 +1,81 @@
+"""Bit-exact checks of the instructions added for training (vtrans, vcmp, vpoolbp) against plain
+loop references written from docs/isa.md, not from the simulator's numpy code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import I, program, run, tensors
+from mlusim.program import TensorDecl
+
+NP = {"i8": np.int8, "i16": np.int16, "i32": np.int32, "f32": np.float32, "f16": np.float16}
+
+
+def one(ins_fn, inputs: dict, out_dt: str, out_count: int):
+    """Load each input to NRAM, run one instruction, store its result."""
+    decls = [TensorDecl(k, "const", dt, (len(v),), -1, data=v.astype(NP[dt])) for k, (dt, v) in inputs.items()]
+    decls.append(TensorDecl("y", "output", out_dt, (out_count,), -1))
+    t = tensors(*decls)
+    addrs, off, s = {}, 0, []
+    for d in t[:-1]:
+        addrs[d.name] = off
+        s.append(I("dma", dir="g2n", dst=off, src=d.addr, size=d.nbytes))
+        off += -(-d.nbytes // 64) * 64
+    s[-1].args["sig"] = 2   # cp
+    dst = off
+    ins = ins_fn(addrs, dst)
+    ins.args["wait"], ins.args["sig"] = 1, 4
+    s.append(ins)
+    s.append(I("dma", dir="n2g", dst=t[-1].addr, src=dst, size=t[-1].nbytes, wait="cp"))
+    return run(program(s, t)).outputs["y"]
+
+
+@pytest.mark.parametrize("dt", ["i8", "i16", "f32"])
+@pytest.mark.parametrize("rows,cols", [(1, 7), (5, 3), (64, 33)])
+def test_vtrans(dt, rows, cols, rng):
+    src = rng.integers(-100, 100, rows * cols)
+    out = one(lambda a, d: I("vtrans", dt=dt, dst=d, src=a["x"], rows=rows, cols=cols), {"x": (dt, src)}, dt, rows * cols)
+    ref = [src[r * cols + c] for c in range(cols) for r in range(rows)]
+    assert np.array_equal(out, np.array(ref, dtype=NP[dt]))
+
+
+@pytest.mark.parametrize("mode", ["gt", "ge", "lt", "le", "eq", "ne"])
+@pytest.mark.parametrize("dt", ["i8", "f32"])
+def test_vcmp(mode, dt, rng):
+    a = rng.integers(-3, 3, 200)
+    b = rng.integers(-3, 3, 200)
+    out = one(lambda ad, d: I("vcmp", mode=mode, dt=dt, dst=d, a=ad["a"], b=ad["b"], n=200),
+              {"a": (dt, a), "b": (dt, b)}, dt, 200)
+    op = {"gt": lambda x, y: x > y, "ge": lambda x, y: x >= y, "lt": lambda x, y: x < y, "le": lambda x, y: x <= y,
+          "eq": lambda x, y: x == y, "ne": lambda x, y: x != y}[mode]
+    assert np.array_equal(out, np.array([1 if op(x, y) else 0 for x, y in zip(a, b)], dtype=NP[dt]))
+
+
+def ref_poolbp(x, g, k, s, pad):
+    n, h, w, c = x.shape
+    ho, wo = g.shape[1:3]
+    out = np.zeros(x.shape, dtype=np.float64)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                for ch in range(c):
+                    best, where = None, None
+                    for i in range(k):                       # row-major scan, first maximum wins
+                        for j in range(k):
+                            y, xx = oy * s + i - pad, ox * s + j - pad
+                            if 0 <= y < h and 0 <= xx < w and (best is None or x[b, y, xx, ch] > best):
+                                best, where = x[b, y, xx, ch], (y, xx)
+                    out[b, where[0], where[1], ch] += g[b, oy, ox, ch]
+    return out
+
+
+@pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_vpoolbp_first_maximum_gets_the_gradient(k, s, pad, rng):
+    n, h, w, c = 2, 6, 5, 3
+    x = rng.integers(-2, 3, (n, h, w, c)).astype(np.float32)   # many ties
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    g = rng.standard_normal((n, ho, wo, c)).astype(np.float32)
+    out = one(lambda a, d: I("vpoolbp", dt="f32", dst=d, src=a["x"], grad=a["g"], n=n, hi=h, wi=w, c=c, kh=k, kw=k,
+                             sh=s, sw=s, pt=pad, pb=pad, pl=pad, pr=pad),
+              {"x": ("f32", x.reshape(-1)), "g": ("f32", g.reshape(-1))}, "f32", x.size)
+    assert np.array_equal(out, ref_poolbp(x, g, k, s, pad).astype(np.float32).reshape(-1))
