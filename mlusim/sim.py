@@ -139,7 +139,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                               f"of host memory, over the cap of {cap / 1024**3:.1f} GiB "
                               f"(set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
     wall0 = time.perf_counter()
-    chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only,
+    chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace)
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:

@@ -68,7 +68,7 @@ class Cluster:
 
 class Chip:
     def __init__(self, cfg, gdram_bytes: int, numerics: bool = True, max_instructions: int = 20_000_000,
-                 trace: bool = False):
+                 trace: bool = False, ncores: int | None = None):
         self.cfg = cfg
         self.env = simpy.Environment()
         self.numerics = numerics
@@ -87,7 +87,7 @@ class Chip:
                                  Link(f"cluster{c}.sram", cfg.cluster.sram_bandwidth_bytes_per_cycle))
                          for c in range(cfg.chip.clusters)]
         self.cores: list[Core] = []
-        for i in range(cfg.chip.cores):
+        for i in range(cfg.chip.cores if ncores is None else ncores):   # idle cores are not modelled
             cl = self.clusters[i // cpc]
             core = Core(self, i, cl)
             cl.cores.append(core)
@@ -161,7 +161,7 @@ class Chip:
         env = self.env
         cpc = self.cfg.chip.cores_per_cluster
         ids = {c.id for c in active}
-        full = [cl for cl in self.clusters if all(c.id in ids for c in cl.cores)]
+        full = [cl for cl in self.clusters if len(cl.cores) == cpc and all(c.id in ids for c in cl.cores)]
         groups = [full[i:i + n] for i in range(0, len(full) - n + 1, n)]
         if not groups:
             raise SimulationError(f"kernel '{k.name}' is {k.task_type.upper()} and needs {n} whole "
