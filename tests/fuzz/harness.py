@@ -70,8 +70,8 @@ class Hang(AssertionError):
 
 @contextlib.contextmanager
 def no_hang(seconds: float, what: str = "call"):
-    """Fail with Hang if the body runs longer than `seconds` (SIGALRM; main thread only, which is
-    where pytest and pytest-xdist run tests)."""
+    """Fail with Hang if the body runs longer than `seconds` (SIGALRM, repeated until it gets out;
+    main thread only, which is where pytest and pytest-xdist run tests)."""
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         yield
         return
@@ -81,7 +81,9 @@ def no_hang(seconds: float, what: str = "call"):
         raise Hang(f"{what} still running after {seconds:.0f} s")
 
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Re-fire every second: SimPy turns an exception in one process into that process's failure
+    # and may run other ready processes (say, a sibling core's task loop) before it surfaces.
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:

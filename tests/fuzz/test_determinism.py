@@ -73,7 +73,7 @@ def sliced_program(draw):
     return Program([Kernel("slices", "block", tasks, [s])], t)
 
 
-@fuzz(ci=40)
+@fuzz(ci=60)
 @given(sliced_program(), st.integers(0, 2**32 - 1))
 def test_outputs_do_not_depend_on_the_core_count(prog, seed):
     ref, err = outcome(simulate, prog, "mlu270", cores=1, max_instructions=10**5, kind="determinism: sliced programs")

@@ -74,14 +74,14 @@ TOKENS = st.one_of(
     st.text(max_size=6))
 
 
-@fuzz(ci=600)
+@fuzz(ci=1000)
 @given(st.lists(st.lists(TOKENS, max_size=8), max_size=12))
 def test_token_soup(lines):
     text = ".tensor x input i8 [4096]\n.kernel k block tasks=4\n" + "\n".join(" ".join(t) for t in lines) + "\n"
     attempt(text, "asm: token soup")
 
 
-@fuzz(ci=200)
+@fuzz(ci=400)
 @given(st.lists(TOKENS, max_size=40))
 def test_token_soup_without_structure(tokens):
     attempt(" ".join(tokens), "asm: unstructured soup")
@@ -126,7 +126,7 @@ def mutated_source(draw):
     return "\n".join(lines) + "\n"
 
 
-@fuzz(ci=500)
+@fuzz(ci=1000)
 @given(mutated_source())
 def test_mutations_of_real_programs(text):
     attempt(text, "asm: mutated programs")

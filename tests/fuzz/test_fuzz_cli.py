@@ -130,7 +130,7 @@ def argv(d: Path):
     )
 
 
-@fuzz(ci=120)
+@fuzz(ci=300)
 @given(st.data())
 def test_random_command_lines_never_trace_back(files, capsys, data):
     args = data.draw(argv(files))

@@ -89,7 +89,7 @@ def check_invariants(cfg: HardwareConfig) -> None:
     assert cfg.dma.startup_cycles <= MAX_CYCLES
 
 
-@fuzz(ci=400)
+@fuzz(ci=1000)
 @given(st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_configs_load_or_name_the_key(muts):
     raw = mutate(BASE, muts)
@@ -108,7 +108,7 @@ def _edge(meta):
     return st.sampled_from([lo, hi, 1, 2, max(lo, 1e-3), 64, 4096])
 
 
-@fuzz(ci=60)
+@fuzz(ci=120)
 @given(st.data())
 def test_every_accepted_config_simulates_cleanly(data):
     raw = copy.deepcopy(BASE)
@@ -132,14 +132,14 @@ yaml_atoms = st.sampled_from(["base: mlu270", "chip:", "core:", "  cores: 16", "
                               "9" * 5000, "!!set", "!!omap", "%YAML 1.1", "---", "...", "|", ">", "\x00", "\ufeff"])
 
 
-@fuzz(ci=400)
+@fuzz(ci=800)
 @given(st.lists(st.one_of(yaml_atoms, st.text(max_size=8)), max_size=30))
 def test_yaml_token_soup(parts):
     text = "".join(p if i % 3 else p + "\n" for i, p in enumerate(parts))
     outcome(load_yaml_text, text, "soup.yaml", kind="yaml: token soup")
 
 
-@fuzz(ci=150)
+@fuzz(ci=300)
 @given(st.binary(max_size=300))
 def test_random_bytes_as_config_file(tmp_path_factory, data):
     p = tmp_path_factory.mktemp("b") / "c.yaml"
@@ -157,7 +157,7 @@ overrides = st.one_of(
     st.text(max_size=30))
 
 
-@fuzz(ci=300)
+@fuzz(ci=600)
 @given(st.lists(overrides, min_size=1, max_size=3))
 def test_set_override_strings(sets):
     _, err = outcome(load_config, "mlu270", sets, kind="config: --set strings")

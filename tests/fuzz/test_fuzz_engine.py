@@ -23,14 +23,14 @@ CFG = load_config("mlu270")
 BUDGET = {"max_instructions": 400, "max_cycles": 3e5}
 
 
-@fuzz(ci=300)
+@fuzz(ci=1000)
 @given(random_program(), st.sampled_from([1, 2, 4, 8]), st.booleans())
 def test_random_streams_run_or_fail_cleanly(prog, cores, timing_only):
     outcome(simulate, prog, CFG, cores=cores, timing_only=timing_only, timeout=60, kind="engine: random streams",
             **BUDGET)
 
 
-@fuzz(ci=100)
+@fuzz(ci=200)
 @given(random_program(max_len=6))
 def test_random_streams_survive_encoding_and_stay_deterministic(prog):
     """Same program, same inputs: the same cycles and outputs, also after an encode/decode trip."""

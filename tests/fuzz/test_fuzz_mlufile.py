@@ -85,7 +85,7 @@ def test_truncation_at_every_offset(model, tmp_path):
         assert err is not None, f"truncated at {cut} of {len(data)} bytes and still loaded"
 
 
-@fuzz(ci=500)
+@fuzz(ci=1500)
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=8))
 def test_random_byte_flips(model, tmp_path_factory, flips):
     path, data = model
@@ -135,7 +135,7 @@ def _edit(man, path, op, value):
     return man
 
 
-@fuzz(ci=600)
+@fuzz(ci=1500)
 @given(st.data())
 def test_manifest_fields_of_any_json_type(model, tmp_path_factory, data):
     _, raw = model
