@@ -16,6 +16,7 @@ _lock = threading.Lock()
 _registered = False
 # aten op -> handler(func, args, kwargs) returning the result or NotImplemented; set by the runtime
 OP_HANDLERS: dict = {}
+HOST_OP_HOOK = None      # called with each aten op computed on the host (training reports count them)
 
 
 class _DeviceModule:
@@ -91,6 +92,8 @@ class MluTensor(torch.Tensor):
             if out is not NotImplemented:
                 return out
         _check_devices(func, args, kwargs)
+        if HOST_OP_HOOK is not None:
+            HOST_OP_HOOK(func)
         uargs = tree_map(_unwrap, args)
         ukwargs = tree_map(_unwrap, kwargs)
         out = func(*uargs, **ukwargs)

@@ -113,13 +113,33 @@ def save_as_cambricon(name: str) -> None:
 
 
 def to(optimizer, device):
-    """Move an optimizer's state tensors (including 'step') to `device`."""
+    """Move an optimizer's state tensors (including 'step') to `device`. On the mlu, with training
+    on (adaptive_quantize), an SGD optimizer's update then runs as vector kernels on the simulator."""
     dev = torch.device(device)
     for state in optimizer.state.values():
         for k, v in list(state.items()):
             if isinstance(v, torch.Tensor):
                 state[k] = v.to(dev)
+    from torch_mlu.core import training
+
+    if dev.type == "mlu" and training.STATE.enabled and type(optimizer) is torch.optim.SGD and \
+            all(not g.get("nesterov") and not g.get("dampening") and not g.get("maximize") for g in optimizer.param_groups):
+        from torch_mlu.core.training_ops import sgd_step
+
+        def step(closure=None):
+            loss = closure() if closure is not None else None
+            sgd_step(optimizer)
+            return loss
+
+        optimizer.step = step
     return optimizer
+
+
+def get_training_report() -> list[dict]:
+    """mlusim: per optimizer step, simulated cycles of forward, backward and update."""
+    from torch_mlu.core import training
+
+    return training.report()
 
 
 def get_last_report():

@@ -109,3 +109,18 @@ def quantize_dynamic_mlu(model, qconfig_spec=None, dtype=None, mapping=None, inp
     m.register_buffer("mlu_absmax", torch.zeros(0, dtype=torch.float64, device=device))
     m.register_buffer("mlu_calib_count", torch.tensor(0, device=device))
     return m
+
+
+def adaptive_quantize(model, steps_per_epoch, bitwidth=8, inplace=True, quantify_rate=0.01):
+    """Cambricon's training-time quantization: conv and linear (forward and backward) run on the MLU's
+    MAC array with operands quantized to `bitwidth` (8 or 16) bits, widening to 16 where 8 lose more
+    than `quantify_rate` (relative L2 error); positions follow each tensor's range every step."""
+    from torch_mlu.core import training
+
+    if not isinstance(model, torch.nn.Module):
+        raise ShimError(f"adaptive_quantize expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ShimError("adaptive_quantize: steps_per_epoch must be a positive integer")
+    training.enable(int(bitwidth), steps_per_epoch, quantify_rate)
+    model._mlu_adaptive = {"bitwidth": int(bitwidth), "steps_per_epoch": steps_per_epoch}
+    return model
