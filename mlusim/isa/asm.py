@@ -293,19 +293,13 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
     def close():
         if cur is None:
             return
-        streams, owners = [], {}
-        for idx, (tasks, lines, tline) in enumerate(cur["streams"]):
-            streams.append(_stream_lines(lines, origin, symbols))
-            for t in tasks:
-                if t in owners:
-                    raise AssemblyError(f"{origin}:{tline}: task {t} already has the stream of the .task at "
-                                        f"line {cur['streams'][owners[t]][2]}")
-                owners[t] = idx
+        streams = [_stream_lines(lines, origin, symbols) for _tasks, lines, _line in cur["streams"]]
         task_map = None
         if cur["explicit"]:
-            missing = [t for t in range(cur["tasks"]) if t not in owners]
-            if missing:
-                raise AssemblyError(f"{origin}:{cur['line']}: kernel '{cur['name']}': task {missing[0]} has no "
+            owners = cur["owners"]
+            missing = next((t for t in range(cur["tasks"]) if t not in owners), None)
+            if missing is not None:
+                raise AssemblyError(f"{origin}:{cur['line']}: kernel '{cur['name']}': task {missing} has no "
                                     f".task stream (tasks={cur['tasks']})")
             task_map = [owners[t] for t in range(cur["tasks"])]
         k = Kernel(cur["name"], cur["type"], cur["tasks"], streams, task_map)
@@ -348,7 +342,7 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
                                     f"1..{MAX_TASKS:,}")
             ntasks = int(tasks)
             cur = {"name": name, "type": ktype, "tasks": ntasks, "streams": [(range(ntasks), [], lineno)],
-                   "explicit": False, "line": lineno}
+                   "explicit": False, "line": lineno, "owners": {}}
         elif s.startswith(".task"):
             if cur is None:
                 raise AssemblyError(f"{where}:{_col(raw, '.task')}: .task outside a .kernel")
@@ -358,6 +352,11 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
                     raise AssemblyError(f"{where}:{_col(raw, '.task')}: instructions before the first .task "
                                         f"of kernel '{cur['name']}' (move them under a .task)")
                 cur["streams"], cur["explicit"] = [], True
+            for t in tasks:      # checked as they come, so repeated .task lines cannot pile up
+                if t in cur["owners"]:
+                    raise AssemblyError(f"{where}:{_col(raw, '.task')}: task {t} already has the stream of the "
+                                        f".task at line {cur['streams'][cur['owners'][t]][2]}")
+                cur["owners"][t] = len(cur["streams"])
             cur["streams"].append((tasks, [], lineno))
         elif s.startswith("."):
             raise AssemblyError(f"{where}:{raw.find('.') + 1}: unknown directive '{s.split()[0]}'")

@@ -15,7 +15,7 @@ from mlusim.isa.encoding import decode_stream, encode_stream
 from mlusim.isa.table import OPS
 from mlusim.sim import simulate
 
-from .harness import assert_clean_error, count, fuzz, outcome
+from .harness import assert_clean_error, count, fuzz, no_hang, outcome
 from .programs import SOURCES
 
 WHERE = re.compile(r"^(?P<file>[^:]+\.s):(?P<line>\d+):(?:(?P<col>\d+):)? ")
@@ -160,6 +160,7 @@ LOCATED = [
     (".tensor a input q8 [4]\n.kernel k block tasks=1\n", 1, 17, "dtype must be"),
     ("    nop\n", 1, 5, "instruction outside a .kernel"),
     (".kernel k block tasks=1\n    .frob\n", 2, 5, "unknown directive"),
+    (".kernel k block tasks=4\n.task 0-3\nnop\n.task 2\nnop\n", 4, 1, "task 2 already has the stream of the .task at line 2"),
     (".tensor a4 input i8 [4, a]\n.kernel k block tasks=1\n", 1, 25, "dimension 'a'"),
     ("  .tensor a input i8 [4] @0x40 ones\n.kernel k block tasks=1\n", 1, 32, "only const tensors"),
 ]
@@ -171,6 +172,16 @@ def test_errors_name_line_and_column(text, line, col, needle):
         assemble_program(text, "f.s")
     msg = assert_clean_error(e.value)
     assert msg.startswith(f"f.s:{line}:{col}: ") and needle in msg, msg
+
+
+def test_large_task_counts_cost_time_linear_in_the_source():
+    """tasks= and .task ranges are capped and checked as they come: a short text cannot make the
+    assembler build millions of task entries over and over."""
+    big = ".kernel k block tasks=1048576\n"
+    with no_hang(10, "repeated .task ranges"), pytest.raises(AssemblyError, match="already has the stream"):
+        assemble_program(big + ".task 0-1048575\nnop\n" * 2000, "t.s")
+    with no_hang(10, "many big kernels"):
+        assert len(assemble_program((big + "nop\n") * 2000, "t.s").kernels) == 2000
 
 
 def test_stream_errors_are_located_too():
