@@ -187,12 +187,13 @@ def conv_bwd_input(cfg, n, ci, h, w, co, kh, kw, pad, pos_g, pos_w, bits) -> Pro
     W = b.tensor("w", "input", (co, kh, kw, ci), meta=WGT)
     DX = b.tensor("dx", "output", (n, h, w, ci), meta=IMG)
     q, wsz, qpad = QBYTES[bits], co * kh * kw * ci, kh - 1 - pad
-    _fits(b, ho * wo * co * 4, ho * wo * co * q, h * w * ci * 4, wsz * 4, wsz * q, wsz * q)
+    _fits(b, ho * wo * co * 4, h * w * ci * 4, wsz * 4, wsz * q)     # dy and w are quantized in place
     streams = []
     for i0, i1 in split(n, min(n, b.tasks)):
         s, ar = TaskStream(), b.nram()
-        fg, gq, dx = ar.alloc(ho * wo * co * 4, "dy"), ar.alloc(ho * wo * co * q, "dyq"), ar.alloc(h * w * ci * 4, "dx")
-        fw, wq, wt = ar.alloc(wsz * 4, "w"), ar.alloc(wsz * q, "wq"), ar.alloc(wsz * q, "w^T")
+        fg, dx = ar.alloc(ho * wo * co * 4, "dy"), ar.alloc(h * w * ci * 4, "dx")
+        fw, wt = ar.alloc(wsz * 4, "w"), ar.alloc(wsz * q, "w^T")
+        gq, wq = fg, fw
         lw = s.dma("g2n", fw, W, wsz * 4)
         s.emit("vquant", [lw], sdt="f32", odt=QDT[bits], dst=wq, src=fw, n=wsz, scale=_scale(pos_w))
         tr = s.emit("vtrans", [], dt=QDT[bits], dst=wt, src=wq, rows=co, cols=kh * kw * ci)   # [(i, j, ci), co]
@@ -215,54 +216,62 @@ def conv_bwd_input(cfg, n, ci, h, w, co, kh, kw, pad, pos_g, pos_w, bits) -> Pro
 
 
 def conv_bwd_weight(cfg, n, ci, h, w, co, kh, kw, pad, pos_x, pos_g, bits) -> Program:
-    """dw[co, i, j, ci] = sum over images and pixels of dy[p, co] * x[p + (i, j), ci]: per tap one
-    matmul of dy^T [co, P] by the shifted window^T [ci, P]; tasks split the images and a second
-    kernel adds their partial sums."""
+    """dw[co, i, j, ci] = sum over images and pixels of dy[p, co] * x[p + (i, j), ci]: per tap and
+    block of output rows, one matmul of dy^T [co, rows*wo] by the shifted window^T [ci, rows*wo];
+    tasks split the images and a second kernel adds their partial sums in task order."""
     b = Builder(cfg, "conv_bwd_weight")
     ho, wo = h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
-    P, hp, wp, q = ho * wo, h + 2 * pad, w + 2 * pad, QBYTES[bits]
+    hp, wp, q = h + 2 * pad, w + 2 * pad, QBYTES[bits]
     X = b.tensor("x", "input", (n, h, w, ci), meta=IMG)
     G = b.tensor("dy", "input", (n, ho, wo, co), meta=IMG)
     tasks = min(n, b.tasks)
     PART = b.tensor("partials", "scratch", (tasks, kh * kw * co * ci))
     DW = b.tensor("dw", "output", (co, kh, kw, ci), meta=WGT)
-    # the caller's positions keep |dy| * |x| * P below 2**31 (safe_qmax), so one matmul per tap is exact
-    # x's float staging also holds the tap windows once x is placed; dy is quantized in place
-    _fits(b, max(h * w * ci * 4, 2 * P * ci * q + 64), hp * wp * ci * q, P * co * 4, P * co * q,
-          kh * kw * co * ci * 4, co * ci * 4)
+
+    def sizes(r):     # x staging (also the windows once x is placed), padded x, dy block, dy^T, dw, tap
+        pr = r * wo
+        return (max(h * w * ci * 4, 2 * pr * ci * q + 64), hp * wp * ci * q, pr * co * 4, pr * co * q,
+                kh * kw * co * ci * 4, co * ci * 4)
+
+    rows = ho
+    while rows > 1 and not b.nram().fits(*sizes(rows)):
+        rows = ceil(rows / 2)
+    _fits(b, *sizes(rows))
     streams = []
     for t, (i0, i1) in enumerate(split(n, tasks)):
         s, ar = TaskStream(), b.nram()
-        fx = ar.alloc(max(h * w * ci * 4, 2 * P * ci * q + 64), "x / windows")
-        xp = ar.alloc(hp * wp * ci * q, "x padded")
-        fg = ar.alloc(P * co * 4, "dy")
-        gq, gt = fg, ar.alloc(P * co * q, "dy^T")
-        win, wint = fx, fx + -(-P * ci * q // 64) * 64
-        acc, part = ar.alloc(kh * kw * co * ci * 4, "dw"), ar.alloc(co * ci * 4, "tap")
+        sz = sizes(rows)
+        fx, xp, fg, gt = (ar.alloc(sz[0], "x / windows"), ar.alloc(sz[1], "x padded"), ar.alloc(sz[2], "dy rows"),
+                          ar.alloc(sz[3], "dy^T"))
+        acc, part = ar.alloc(sz[4], "dw"), ar.alloc(sz[5], "tap")
         s.emit("vset", [], dt="f32", dst=acc, n=kh * kw * co * ci, value=0)
         zero = s.emit("vset", [], dt=QDT[bits], dst=xp, n=hp * wp * ci, value=0)
         prev = None
         for img in range(i0, i1):
             lx = s.dma("g2n", fx, X + img * h * w * ci * 4, h * w * ci * 4, deps=[prev])
-            lg = s.dma("g2n", fg, G + img * P * co * 4, P * co * 4, deps=[prev])
             qx = s.emit("vquant", [lx], sdt="f32", odt=QDT[bits], dst=fx, src=fx, n=h * w * ci, scale=_scale(pos_x))
             place = s.dma("n2n", xp + (pad * wp + pad) * ci * q, fx, w * ci * q, deps=[qx, zero], count=h,
                           dstride=wp * ci * q, sstride=w * ci * q)
-            s.emit("vquant", [lg], sdt="f32", odt=QDT[bits], dst=gq, src=fg, n=P * co, scale=_scale(pos_g))
-            tg = s.emit("vtrans", [], dt=QDT[bits], dst=gt, src=gq, rows=P, cols=co)         # [co, P]
-            for i in range(kh):
-                for j in range(kw):
-                    cut = s.dma("n2n", win, xp + (i * wp + j) * ci * q, wo * ci * q, deps=[place, prev], count=ho,
-                                dstride=wo * ci * q, sstride=wp * ci * q)
-                    tw = s.emit("vtrans", [cut], dt=QDT[bits], dst=wint, src=win, rows=P, cols=ci)   # [ci, P]
-                    ldw = s.dma("n2w", 0, wint, P * ci * q, deps=[tw, prev])
-                    mm = s.emit("matmul", [ldw], dt=QDT[bits], odt="f32", dst=part, a=gt, b=0, m=co, k=P, n=ci,
-                                pos=pos_x + pos_g)
-                    tap = acc + (i * kw + j) * co * ci * 4
-                    prev = s.emit("vadd", [mm], dt="f32", dst=tap, a=tap, b=part, n=co * ci)
+            for r0 in range(0, ho, rows):
+                r = min(ho, r0 + rows) - r0
+                pr = r * wo
+                win, wint = fx, fx + -(-pr * ci * q // 64) * 64
+                lg = s.dma("g2n", fg, G + (img * ho + r0) * wo * co * 4, pr * co * 4, deps=[prev])
+                s.emit("vquant", [lg], sdt="f32", odt=QDT[bits], dst=fg, src=fg, n=pr * co, scale=_scale(pos_g))
+                tg = s.emit("vtrans", [], dt=QDT[bits], dst=gt, src=fg, rows=pr, cols=co)          # [co, pr]
+                for i in range(kh):
+                    for j in range(kw):
+                        cut = s.dma("n2n", win, xp + ((r0 + i) * wp + j) * ci * q, wo * ci * q, deps=[place, prev],
+                                    count=r, dstride=wo * ci * q, sstride=wp * ci * q)
+                        tw = s.emit("vtrans", [cut], dt=QDT[bits], dst=wint, src=win, rows=pr, cols=ci)   # [ci, pr]
+                        ldw = s.dma("n2w", 0, wint, pr * ci * q, deps=[tw, prev])
+                        mm = s.emit("matmul", [ldw, tg], dt=QDT[bits], odt="f32", dst=part, a=gt, b=0, m=co, k=pr,
+                                    n=ci, pos=pos_x + pos_g)
+                        tap = acc + (i * kw + j) * co * ci * 4
+                        prev = s.emit("vadd", [mm], dt="f32", dst=tap, a=tap, b=part, n=co * ci)
         s.dma("n2g", PART + t * kh * kw * co * ci * 4, acc, kh * kw * co * ci * 4, deps=[prev])
         streams.append(s.finish())
-    b.kernel("conv_bwd_weight", streams, macs=n * P * co * kh * kw * ci)
+    b.kernel("conv_bwd_weight", streams, macs=n * ho * wo * co * kh * kw * ci)
     # reduce the partials (in task order) and reorder taps [kh, kw, co, ci] -> [co, kh, kw, ci]
     s, ar = TaskStream(), b.nram()
     tot, one = ar.alloc(kh * kw * co * ci * 4, "sum"), ar.alloc(kh * kw * co * ci * 4, "partial")

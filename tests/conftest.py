@@ -1,7 +1,11 @@
 """Shared fixtures: configs and small program builders used across the test modules."""
 from __future__ import annotations
 
-import numpy as np
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # small matmuls: threads cost more than they give
+
+import numpy as np  # noqa: E402
 import pytest
 
 from mlusim.config import load_config
