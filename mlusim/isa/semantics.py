@@ -538,3 +538,37 @@ def vpoolbp(ctx, a):
     out = acc[:, pt:pt + hi, pl:pl + wi, :]
     view(ctx, "nram", a["dst"], dt, n * hi * wi * c)[:] = (
         nx.saturate(out, dt) if dt in nx.INT_DTYPES else out.astype(NP[dt])).reshape(-1)
+
+
+def touch_fma(a):
+    return touch_binary(a) + [("nram",) + _t(a, "c")[:2] + ("r", _t(a, "c")[2])]
+
+
+def fused_multiply_add(x: np.ndarray, y: np.ndarray, z: np.ndarray, dt: str) -> np.ndarray:
+    """x * y + z rounded once to `dt` (IEEE fusedMultiplyAdd), for float32 / float16 operands.
+
+    The product of two float32 values is exact in float64; TwoSum gives the sum's exact error e
+    beside its float64 rounding s. Rounding s to `dt` is then correct unless s sits exactly on a
+    midpoint of two `dt` neighbours with e != 0, where e decides the direction."""
+    p = x.astype(np.float64) * y.astype(np.float64)
+    c = z.astype(np.float64)
+    with np.errstate(all="ignore"):
+        s = p + c
+        bb = s - p
+        e = (p - (s - bb)) + (c - bb)
+        r = s.astype(NP[dt])
+        r64 = r.astype(np.float64)
+        other = np.nextafter(r, np.where(s > r64, np.inf, -np.inf).astype(NP[dt]))
+        mid = (r64 + other.astype(np.float64)) / 2
+        fix = np.isfinite(s) & (r64 != s) & (s == mid) & (e != 0)
+    # at a midpoint the exact value lies on e's side of it: take the neighbour on that side
+    toward_other = np.sign(other.astype(np.float64) - s) == np.sign(e)
+    out = np.where(fix & toward_other, other, r)
+    nan = np.isnan(p) | np.isnan(c) | (np.isinf(p) & np.isinf(c) & (np.sign(p) != np.sign(c)))
+    return np.where(nan, np.array(np.nan, NP[dt]), out).astype(NP[dt])
+
+
+def vfma(ctx, a):
+    dt, n = E(a, "dt"), a["n"]
+    x, y, z = (view(ctx, "nram", a[k], dt, n) for k in ("a", "b", "c"))
+    view(ctx, "nram", a["dst"], dt, n)[:] = fused_multiply_add(x, y, z, dt)

@@ -257,6 +257,11 @@ OPS: tuple[OpSpec, ...] = (
            "the window's gradient grad[n, ho, wo, c] goes to the first position (row-major in the window) "
            "holding the window's maximum; dst [n, hi, wi, c] sums what each position receives. Padding "
            "never wins.", S.vpoolbp, T.vec_poolbp, S.touch_poolbp, S.check_pool),
+    OpSpec("vfma", 0x5F, "vec",
+           (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), A("c", "nram"), N24) + DEPS,
+           "dst[i] = a[i] * b[i] + c[i] rounded once to `dt` (IEEE fusedMultiplyAdd; float dt only), as "
+           "vector FMA units do; the compiler uses it to reproduce ONNX Runtime's quantized add.",
+           S.vfma, T.vec_elementwise, S.touch_fma, S.check_float_dt, positional=6),
 )
 
 BY_MNEMONIC: dict[str, OpSpec] = {op.mnemonic: op for op in OPS}
