@@ -2,7 +2,9 @@
 
     graph -> optimize (passes) -> calibrate (float reference) -> quantize -> lower -> Program
 
-`compile_graph` is the whole thing; `compile_model` starts from a zoo name.
+`compile_graph` is the whole thing; `compile_model` starts from a zoo name, `compile_onnx` from an
+ONNX file. Calibration only covers nodes whose quantization the model does not fix itself (an
+imported QDQ model usually fixes all of them and is never calibrated).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
+from mlusim.errors import CompileError
 from mlusim.program import Program
 
 
@@ -23,6 +26,7 @@ class Compiled:
     graph: Graph                     # optimized, quantized graph (float params kept for the float reference)
     absmax: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)     # warnings for the user (the CLI prints them)
 
 
 def calibration_samples(g: Graph, count: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -32,17 +36,29 @@ def calibration_samples(g: Graph, count: int = 2, seed: int = 0) -> list[np.ndar
     return [rng.uniform(0.0, 1.0, shape).astype(np.float32)]
 
 
+def needs_calibration(g: Graph) -> list[str]:
+    """Nodes whose output scale must come from calibration (the model does not fix it)."""
+    return [n.name for n in g.nodes if quant.fixed_quant(n) is None and n.op not in quant.PRESERVING
+            and n.op not in ("softmax", "log_softmax")]
+
+
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
-                  mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None) -> Compiled:
+                  mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
+                  warn_synthetic: bool = False) -> Compiled:
     from mlusim.config import HardwareConfig, load_config
 
     t0 = time.perf_counter()
+    notes = []
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     g = passes.optimize(g, fuse=fuse)
     if mean is not None or std is not None:
         quant.firstconv(g, mean if mean is not None else [0.0], std if std is not None else [1.0])
-    absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg)
+    todo = needs_calibration(g)
+    if todo and not samples and warn_synthetic:
+        notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
+                     f"random inputs uniform in [0, 1), which may not resemble real data")
+    absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
     prog = lower(g, cfg, tasks)
     inp, out = prog.tensor("input"), prog.tensor("output")
@@ -54,7 +70,38 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
                      min_traffic_bytes=wbytes + inp.nbytes // 4 + out.nbytes,
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))
     prog.meta.setdefault("batch", g.input.shape[0])
-    return Compiled(prog, g, absmax, time.perf_counter() - t0)
+    return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
+
+
+def load_samples(path: str, g: Graph, chunk: int = 8) -> list[np.ndarray]:
+    """Calibration inputs from a .npy array [S, *input shape[1:]] (or one sample without the S),
+    in chunks so the float reference never holds more than `chunk` images at once."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CompileError(f"{path}: no such calibration file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise CompileError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
+    want = tuple(g.input.shape[1:])
+    if a.shape == want:
+        a = a[None]
+    if a.ndim != len(want) + 1 or tuple(a.shape[1:]) != want or a.shape[0] == 0 or a.dtype.kind not in "fiu":
+        raise CompileError(f"{path}: calibration samples of shape {list(a.shape)} ({a.dtype}); the model takes "
+                           f"[S, {', '.join(map(str, want))}] numbers")
+    a = a.astype(np.float32)
+    return [a[i:i + chunk] for i in range(0, len(a), chunk)]
+
+
+def compile_onnx(model, batch: int | None = None, config=None, calibrate: str | None = None, samples=None,
+                 **kw) -> Compiled:
+    """Import an ONNX file (or ModelProto) and compile it; float models are calibrated on `samples`,
+    on the .npy file `calibrate`, or on random data with a note saying so."""
+    from mlusim.compiler.frontend_onnx import from_onnx
+
+    g = from_onnx(model, batch)
+    if calibrate:
+        samples = load_samples(calibrate, g)
+    return compile_graph(g, config, samples=samples, warn_synthetic=True, **kw)
 
 
 def compile_model(name: str, batch: int = 1, resolution: int | None = None, config=None, seed: int = 0,

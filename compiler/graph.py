@@ -26,6 +26,9 @@ OPS = {
     "flatten": "flatten from dim 1", "reshape": "reshape (flatten-like only)",
     "softmax": "softmax over dim 1", "log_softmax": "log-softmax over dim 1",
     "dropout": "identity at inference",
+    "sigmoid": "1 / (1 + exp(-x)), on the vector unit in float32",
+    "hardswish": "x * relu6(x + 3) / 6, on the vector unit in float32",
+    "requant": "identity on real values: re-expresses a quantized tensor in another scale / zero point",
     "cpu": "an op the MLU does not run: computed on the host in float (torch shim only)",
 }
 
@@ -148,7 +151,7 @@ def infer_shapes(g: Graph) -> Graph:
             if ins[0][1] != n.params["gamma"].shape[0]:
                 raise CompileError(f"{where}: {n.params['gamma'].shape[0]} channels, input has {ins[0][1]}")
             n.shape = ins[0]
-        elif n.op in ("relu", "relu6", "dropout"):
+        elif n.op in ("relu", "relu6", "dropout", "sigmoid", "hardswish", "requant"):
             n.shape = ins[0]
         elif n.op in ("maxpool", "avgpool"):
             x = ins[0]

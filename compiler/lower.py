@@ -87,7 +87,7 @@ def device_layout(node: Node, ins: list[DevTensor]) -> tuple[tuple[int, ...], st
     op = node.op
     if op in ("input", "conv2d", "maxpool", "avgpool", "gap", "concat", "cpu"):
         return nhwc(node.shape), dt, None
-    if op in ("relu", "relu6", "add"):
+    if op in ("relu", "relu6", "add", "requant", "sigmoid", "hardswish"):
         return ins[0].shape, dt, ins[0].flat_from
     if op in ("flatten", "reshape"):
         x = ins[0]
@@ -134,6 +134,10 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str) -> D
         pool.lower_gap(ctx, node, ins[0], y)
     elif op in ("relu", "relu6"):
         eltwise.lower_act(ctx, node, ins[0], y)
+    elif op == "requant":
+        eltwise.lower_requant(ctx, node, ins[0], y)
+    elif op in ("sigmoid", "hardswish"):
+        eltwise.lower_float_unary(ctx, node, ins[0], y)
     elif op == "add":
         eltwise.lower_add(ctx, node, ins[0], ins[1], y)
     elif op == "concat":
@@ -176,7 +180,7 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
             meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
             t = ctx.tensor("output", "output", "f32", shape, meta=meta)
             eltwise.lower_dequantize(ctx, out_node, out, DevTensor("output", t.addr, shape, "f32"),
-                                     out_node.q["scale"], f"{out_node.name}.dequantize")
+                                     out_node.q["scale"], f"{out_node.name}.dequantize", out_node.q.get("zp", 0))
         else:
             for t in ctx.tensors:
                 if t.name == out.name and t.role == "output":

@@ -29,6 +29,17 @@ def _sole_consumer(g: Graph, name: str) -> Node | None:
     return cons[0] if len(cons) == 1 and g.output != name else None
 
 
+def _take_quant(dst: Node, src: Node) -> bool:
+    """Before fusing src into dst: dst takes src's model-given output quantization. False when both
+    have one and they differ: the model rounds in between, so fusing would change its numerics."""
+    qs, qd = src.attrs.get("quant"), dst.attrs.get("quant")
+    if qs and qd and qs != qd:
+        return False
+    if qs:
+        dst.attrs["quant"] = qs
+    return True
+
+
 def remove_dropout(g: Graph) -> Graph:
     for n in [n for n in g.nodes if n.op == "dropout"]:
         _drop(g, n)
@@ -39,6 +50,9 @@ def fold_batchnorm(g: Graph) -> Graph:
     """conv -> bn becomes one conv: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * that + beta."""
     for bn in [n for n in g.nodes if n.op == "batchnorm"]:
         prod = g.node(bn.inputs[0])
+        if "qweight" in prod.params:
+            raise CompileError(f"node '{bn.name}' (batchnorm): cannot fold into '{prod.name}', whose weights "
+                               f"the model already quantized")
         if prod.op != "conv2d" or _sole_consumer(g, prod.name) is not bn:
             raise CompileError(f"node '{bn.name}' (batchnorm): only a batch norm directly after a conv "
                                f"with no other consumer can be folded (input '{prod.name}' is {prod.op})")
@@ -58,7 +72,7 @@ def fuse_activations(g: Graph) -> Graph:
     for act in [n for n in g.nodes if n.op in ("relu", "relu6")]:
         prod = g.node(act.inputs[0])
         if prod.op in ("conv2d", "linear", "add") and "act" not in prod.attrs and \
-                _sole_consumer(g, prod.name) is act:
+                _sole_consumer(g, prod.name) is act and _take_quant(prod, act):
             prod.attrs["act"] = act.op
             prod.fused.append(act.op)
             _drop(g, act)
@@ -71,7 +85,8 @@ def fuse_pools(g: Graph) -> Graph:
         prod = g.node(pool.inputs[0])
         kh, kw = pool.attrs["kernel"]
         if prod.op == "conv2d" and _sole_consumer(g, prod.name) is pool and pool.attrs["stride"] == (kh, kw) \
-                and not any(pool.attrs["padding"]) and prod.shape[2] % kh == 0 and prod.shape[3] % kw == 0:
+                and not any(pool.attrs["padding"]) and prod.shape[2] % kh == 0 and prod.shape[3] % kw == 0 \
+                and _take_quant(prod, pool):
             prod.attrs["pool"] = (kh, kw)
             prod.fused.append("maxpool")
             _drop(g, pool)
@@ -81,18 +96,22 @@ def fuse_pools(g: Graph) -> Graph:
 def fuse_residual(g: Graph) -> Graph:
     """conv -> add(conv, shortcut) [-> act] becomes one conv kernel that adds the shortcut to its
     int32 accumulator before requantizing: the conv's output never goes to DRAM and no separate
-    add kernel runs. The conv moves to the add's place so the shortcut is computed first."""
+    add kernel runs. The conv moves to the add's place so the shortcut is computed first.
+    Not when the model fixes the conv's own output quantization (an imported QDQ model): there
+    the conv output is rounded before the add, and skipping that rounding would drift from the
+    model's numerics."""
     for add in [n for n in g.nodes if n.op == "add"]:
         for k in (0, 1):
             conv = g.node(add.inputs[k])
             other = add.inputs[1 - k]
             if conv.op == "conv2d" and _sole_consumer(g, conv.name) is add and \
-                    not {"act", "pool", "residual"} & set(conv.attrs) and other != conv.name:
+                    not {"act", "pool", "residual", "quant"} & set(conv.attrs) and other != conv.name:
                 break
         else:
             continue
         conv.inputs = [conv.inputs[0], other]
         conv.attrs["residual"] = True
+        _take_quant(conv, add)
         if "act" in add.attrs:
             conv.attrs["act"] = add.attrs["act"]
         conv.fused += ["add"] + add.fused

@@ -3,6 +3,11 @@
 `run_float` is the float model (what the quantized model approximates). `run_quant` executes the
 quantized graph's integer arithmetic directly on NCHW arrays with Python-level formulas taken from
 docs/numerics.md; the simulator must match it bit for bit. Neither imports anything from mlusim.isa.
+
+Zero points are handled here the way the math reads, not the way the kernels do it: a conv takes
+(x - zp) padded with real zeros and the model's own bias, where the device kernel multiplies the raw
+int8 values, pads with zp and corrects the bias (kernels/conv.py). Agreement is then a check of
+that lowering, not a restatement of it.
 """
 from __future__ import annotations
 
@@ -95,8 +100,12 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = (a[0] - p["mean"].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + p["beta"].reshape(1, -1, 1, 1)
         elif op in ("relu", "relu6"):
             y = _act_f(a[0], op)
-        elif op == "dropout":
+        elif op in ("dropout", "requant"):
             y = a[0]
+        elif op == "sigmoid":
+            y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
+        elif op == "hardswish":
+            y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
         elif op in ("maxpool", "avgpool"):
             y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
         elif op == "gap":
@@ -131,14 +140,14 @@ def _rne_shift(t: np.ndarray, shift) -> np.ndarray:
     return q + up
 
 
-def requant(acc: np.ndarray, bias, mult, shift, lo: int, hi: int, qmax: int, axis: int = 1) -> np.ndarray:
-    """(acc + bias) * mult / 2**shift, rne, clamp to [lo, hi] and the type's range."""
+def requant(acc: np.ndarray, bias, mult, shift, lo: int, hi: int, qmax: int, axis: int = 1, zp: int = 0) -> np.ndarray:
+    """(acc + bias) * mult / 2**shift, rne, plus the zero point, clamp to [lo, hi] and the type's range."""
     shape = [1] * acc.ndim
     shape[axis] = -1
     b = np.asarray(bias, np.int64).reshape(shape) if np.ndim(bias) else np.int64(bias)
     m = np.asarray(mult, np.int64).reshape(shape) if np.ndim(mult) else np.int64(mult)
     s = np.asarray(shift, np.int64).reshape(shape) if np.ndim(shift) else np.int64(shift)
-    q = _rne_shift((acc.astype(np.int64) + b) * m, s)
+    q = _rne_shift((acc.astype(np.int64) + b) * m, s) + zp
     return np.clip(np.clip(q, lo, hi), -qmax - 1, qmax)
 
 
@@ -155,9 +164,62 @@ def _wrap32(a: np.ndarray) -> np.ndarray:
     return ((a + 2**31) % 2**32) - 2**31
 
 
-def quantize_input(x: np.ndarray, inv_scale: float, qmax: int) -> np.ndarray:
-    t = np.rint(x.astype(np.float64) * float(np.float32(inv_scale)))
-    return np.clip(np.nan_to_num(t), -qmax - 1, qmax).astype(np.int64)
+def quantize_input(x: np.ndarray, inv_scale: float, qmax: int, zp: int = 0) -> np.ndarray:
+    """rne(x * float32(inv_scale)) + zp, saturated; NaN counts as 0."""
+    t = np.nan_to_num(np.rint(x.astype(np.float64) * float(np.float32(inv_scale))), nan=0.0) + zp
+    return np.clip(t, -qmax - 1, qmax).astype(np.int64)
+
+
+def _float_requant(t: np.ndarray, q: dict, axis: int = 1) -> np.ndarray:
+    """ONNX Runtime's requantization of an int32 sum (MlasRequantizeOutput): float32(t) times the
+    float32 per-channel scale, rounded to nearest even, plus the zero point, clamped."""
+    shape = [1] * t.ndim
+    shape[axis] = -1
+    f = np.clip(t, -2**31, 2**31 - 1).astype(np.float32) * q["fscale"].astype(np.float32).reshape(shape)
+    y = np.rint(f.astype(np.float32).astype(np.float64)) + q.get("zp", 0)
+    qmax = q["qmax"]
+    return np.clip(np.clip(y, q["lo"], q["hi"]), -qmax - 1, qmax).astype(np.int64)
+
+
+def _fma32(x: np.ndarray, y: float, z) -> np.ndarray:
+    """float32(x * y + z) with one rounding. x holds small integers, y and z are float32: the exact
+    value fits the 64-bit significand of x86's extended long double, whose conversion to float32
+    rounds once. (The simulator uses float64 with an error term instead: two methods, one answer.)"""
+    if np.finfo(np.longdouble).nmant < 63:   # pragma: no cover - platforms without extended precision
+        from fractions import Fraction
+
+        flat = [np.float32(float(Fraction(float(a)) * Fraction(float(y)) + Fraction(float(b))))
+                for a, b in zip(np.ravel(x), np.ravel(np.broadcast_to(z, np.shape(x))))]
+        return np.array(flat, np.float32).reshape(np.shape(x))
+    ld = np.longdouble
+    return (x.astype(ld) * ld(np.float32(y)) + np.asarray(z, np.float32).astype(ld)).astype(np.float32)
+
+
+def _ort_add(a: np.ndarray, b: np.ndarray, q: dict) -> np.ndarray:
+    """ONNX Runtime's quantized add on raw values: c = fma(a, rA, fma(b, rB, F)), rounded to nearest
+    even, saturated to the model's type (raw = device value + its uint8 offset)."""
+    ra, rb, fixed = q["fma"]
+    oa, ob, oc = q["offsets"]
+    t = _fma32(b + ob, rb, np.float32(fixed))
+    c = _fma32(a + oa, ra, t)
+    y = np.rint(c.astype(np.float64)) - oc
+    qmax = q["qmax"]
+    return np.clip(np.clip(y, -qmax - 1, qmax), q["lo"], q["hi"]).astype(np.int64)
+
+
+def _unary_float(op: str, x: np.ndarray, q: dict) -> np.ndarray:
+    """sigmoid / hardswish as the vector unit computes them: dequantize, float32 steps in a fixed
+    order, quantize with the output scale (hardswish folds its /6 into that scale)."""
+    qmax = q["qmax"]
+    if op == "sigmoid":
+        f = dequantize(x, -q["in_scale"], q["in_zp"])            # -x, exactly
+        e = (np.exp(f).astype(np.float32) + np.float32(1)).astype(np.float32)
+        y = (np.float32(1) / e).astype(np.float32)
+    else:
+        f = dequantize(x, q["in_scale"], q["in_zp"])
+        t = np.minimum(np.maximum((f + np.float32(3)).astype(np.float32), np.float32(0)), np.float32(6))
+        y = (f * t).astype(np.float32)
+    return quantize_input(y, q["inv_scale"], qmax, q["zp"])
 
 
 def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -168,25 +230,39 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         a = [v[i] for i in n.inputs]
         q = n.q
         qmax = q.get("qmax", 127)
-        if n.op == "input":
-            y = quantize_input(x, q["inv_scale"], qmax)
+        zp, zin = q.get("zp", 0), q.get("in_zp", 0)
+        if n.op == "input" and "div_scale" in q:    # ONNX QuantizeLinear divides by the scale
+            t = np.rint((x.astype(np.float32) / np.float32(q["div_scale"])).astype(np.float64))
+            y = np.clip(np.nan_to_num(t, nan=0.0) + zp, -qmax - 1, qmax).astype(np.int64)
+        elif n.op == "input":
+            y = quantize_input(x, q["inv_scale"], qmax, zp)
         elif n.op == "conv2d":
-            acc = _wrap32(_conv_i(a[0], q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
+            acc = _wrap32(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
                                   n.attrs["groups"]))
             if n.attrs.get("residual"):   # shortcut rescaled into the accumulator's scale, per channel
-                sc = requant(a[1], 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
+                sc = requant(a[1] - q.get("res_zp", 0), 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
                 acc = np.clip(acc + sc, -2**31, 2**31 - 1)
-            y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+            if "fscale" in q:
+                y = _float_requant(acc + q["bias"].astype(np.int64).reshape(1, -1, 1, 1), q)
+            else:
+                y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
             if "pool" in n.attrs:
                 kh, kw = n.attrs["pool"]
                 y = np.lib.stride_tricks.sliding_window_view(y, (kh, kw), axis=(2, 3))[:, :, ::kh, ::kw].max(axis=(-2, -1))
         elif n.op == "linear":
-            acc = _wrap32(a[0].astype(np.int64) @ q["weight"].astype(np.int64).T)
-            y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+            acc = _wrap32((a[0].astype(np.int64) - zin) @ q["weight"].astype(np.int64).T)
+            if "fscale" in q:
+                y = _float_requant(acc + q["bias"].astype(np.int64)[None, :], q)
+            else:
+                y = requant(acc, q["bias"], q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
         elif n.op == "relu":
-            y = np.maximum(a[0], 0)
+            y = np.maximum(a[0], zp)
         elif n.op == "relu6":
-            y = np.clip(a[0], 0, q["hi"])
+            y = np.clip(a[0], zp, q["hi"])
+        elif n.op == "requant":
+            y = requant(a[0] - zin, 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
+        elif n.op in ("sigmoid", "hardswish"):
+            y = _unary_float(n.op, a[0], q)
         elif n.op == "maxpool":
             pt, pb, pl, pr = n.attrs["padding"]
             xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-2**40)
@@ -194,16 +270,22 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = win[:, :, ::n.attrs["stride"][0], ::n.attrs["stride"][1]].max(axis=(-2, -1))
         elif n.op in ("avgpool", "gap"):
             if n.op == "gap":
-                s = a[0].sum(axis=(2, 3), keepdims=True)
+                s = (a[0] - zin).sum(axis=(2, 3), keepdims=True)
             else:
                 pt, pb, pl, pr = n.attrs["padding"]
-                xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+                xp = np.pad(a[0] - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
                 win = np.lib.stride_tricks.sliding_window_view(xp, n.attrs["kernel"], axis=(2, 3))
                 s = win[:, :, ::n.attrs["stride"][0], ::n.attrs["stride"][1]].sum(axis=(-2, -1))
-            y = requant(np.clip(s, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+            if "fscale" in q:
+                y = _float_requant(s, q)
+            else:
+                y = requant(np.clip(s, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
+        elif n.op == "add" and "fma" in q:
+            y = _ort_add(a[0], a[1], q)
         elif n.op == "add":
-            t = np.clip(a[0] * q["ka"], -2**31, 2**31 - 1) + np.clip(a[1] * q["kb"], -2**31, 2**31 - 1)
-            y = requant(np.clip(t, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax)
+            t = np.clip((a[0] - q.get("zpa", 0)) * q["ka"], -2**31, 2**31 - 1) + \
+                np.clip((a[1] - q.get("zpb", 0)) * q["kb"], -2**31, 2**31 - 1)
+            y = requant(np.clip(t, -2**31, 2**31 - 1), 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
         elif n.op == "concat":
             y = np.concatenate(a, axis=1)
         elif n.op in ("flatten", "reshape"):
@@ -211,7 +293,7 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif n.op == "cpu":
             y = cpu_node_quant(n, a, [g.node(i).q for i in n.inputs])
         elif n.op in ("softmax", "log_softmax"):
-            f = dequantize(a[0], q["in_scale"])
+            f = dequantize(a[0], q["in_scale"], zin)
             m = f.max(axis=1, keepdims=True)
             z = (f - m).astype(np.float32)
             e = np.exp(z).astype(np.float32)
@@ -221,13 +303,15 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             raise NotImplementedError(n.op)
         v[n.name] = y
     out = v[g.output]
-    v["__output__"] = out.astype(np.float32) if g.meta.get("output_float") else dequantize(out, g.node(g.output).q["scale"])
+    oq = g.node(g.output).q
+    v["__output__"] = out.astype(np.float32) if g.meta.get("output_float") else \
+        dequantize(out, oq["scale"], oq.get("zp", 0))
     return v
 
 
-def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
-    """float32(q * float32(scale)), the product exact in float64 and rounded once."""
-    return (q.astype(np.float64) * float(np.float32(scale))).astype(np.float32)
+def dequantize(q: np.ndarray, scale: float, zp: int = 0) -> np.ndarray:
+    """float32((q - zp) * float32(scale)), the product exact in float64 and rounded once."""
+    return ((q.astype(np.int64) - zp).astype(np.float64) * float(np.float32(scale))).astype(np.float32)
 
 
 def _seq_sum(e: np.ndarray) -> np.ndarray:
@@ -250,7 +334,7 @@ def host_call(n, arrays) -> np.ndarray:
 def cpu_node_quant(n, ints, in_qs) -> np.ndarray:
     """A host op in the quantized pipeline: dequantize its inputs, run it in float, quantize the
     result with its calibrated scale (rne, saturate)."""
-    floats = [dequantize(v, q["scale"]) for v, q in zip(ints, in_qs)]
+    floats = [dequantize(v, q["scale"], q.get("zp", 0)) for v, q in zip(ints, in_qs)]
     y = host_call(n, floats).astype(np.float64)
     qmax = n.q["qmax"]
     return np.clip(np.rint(y / n.q["scale"]), -qmax - 1, qmax).astype(np.int64)

@@ -7,6 +7,17 @@ Each task owns a contiguous run of tiles, ordered so consecutive tiles share an 
         vrequant (bias, per-channel multiplier, activation clamp) -> int8, [vpool max]
     st: tile -> GDRAM (contiguous when the tile spans all channels)
 Dependencies are declared as dataflow; codegen.TaskStream turns them into tokens.
+
+Input zero points (imported asymmetric models). The MAC array multiplies raw int8 values and its
+padding reads zeros, but the real value of q is (q - zp) * s. Two exact rewrites make it right:
+  * bias: sum (x - zp) w = sum x w - zp * sum w, so the requantize bias gets -zp * sum(w) per
+    output channel (linear.zero_point_bias), computed at compile time;
+  * padding: a padded position must hold zp (real 0) for that identity to hold everywhere, so the
+    input tile is built padded in NRAM: both ping-pong buffers are filled with zp once (vset), the
+    rows are DMA'd into the interior with a strided copy, pad rows are DMA'd from a one-row zp
+    constant in GDRAM (source stride 0), and the conv runs with no padding of its own.
+Both are exact integer identities, so int8 speed is kept; the reference (reference.run_quant)
+computes the plain conv of (x - zp) and checks it.
 """
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.kernels.linear import float_requant, requant_params, zero_point_bias
 from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, row_candidates, split,
                                     vec_cycles)
 from mlusim.errors import CompileError
@@ -36,6 +48,14 @@ class ConvGeometry:
         self.residual = bool(node.attrs.get("residual"))
         self.esz = 2 if node.q["dtype"] == "int16" else 1
         self.dt = "i16" if self.esz == 2 else "i8"
+        self.zp_in = int(node.q.get("in_zp", 0))
+        self.zp_pad = bool(self.zp_in) and any(node.attrs["padding"])   # pads built in NRAM, holding zp
+        self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
+        self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
+
+    def tile_bytes(self, rows: int) -> int:
+        """NRAM bytes of the input tile for `rows` output rows (padded rows too when zp_pad)."""
+        return min(self.rows_in(rows), self.h + self.pt + self.pb) * self.wp * self.ci * self.esz
 
     def in_rows(self, r0: int, r1: int) -> tuple[int, int, int, int]:
         """Input rows [a, b) a tile of output rows [r0, r1) reads, and its top/bottom padding."""
@@ -50,11 +70,11 @@ class ConvGeometry:
 def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
-    in_tile = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.w * geo.ci * esz
+    in_tile = geo.tile_bytes(rows)
     acc = rows * wo * block * 4
     out = rows * wo * block * esz
     pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
-    params = block * 12
+    params = block * 16
     wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
@@ -79,8 +99,9 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
         cog = block // geo.groups
         c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
             ceil(cog / cfg.core.mac_co_lanes) * geo.groups
-    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.residual else 1) + (vec_cycles(cfg, out) if geo.pool else 0)
-    ld = dma_cycles(cfg, in_tile)
+    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.residual or geo.fscale else 1) + \
+        (vec_cycles(cfg, out) if geo.pool else 0)
+    ld = dma_cycles(cfg, in_tile, rows if geo.wp != geo.w else 1)
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo)
     st_bytes = pooled if geo.pool else out
@@ -120,11 +141,15 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     if geo.depthwise:
         w_dev = np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
     w_addr = ctx.const(f"{node.name}.weight", w_dev)
-    params = np.stack([q["bias"], q["mult"], q["shift"]], axis=1).astype(np.int32)
+    params = requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in))
     p_addr = ctx.const(f"{node.name}.params", params)
+    fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if geo.fscale else None
+    zp_row = ctx.const(f"{node.name}.zp_row", np.full(geo.wp * geo.ci, geo.zp_in, np.int16 if geo.esz == 2 else
+                                                      np.int8)) if geo.zp_pad else None
     r_addr = None
     if geo.residual:
-        rparams = np.stack([np.zeros_like(q["res_mult"]), q["res_mult"], q["res_shift"]], axis=1).astype(np.int32)
+        rparams = np.stack([np.full_like(q["res_mult"], -q.get("res_zp", 0)), q["res_mult"], q["res_shift"]],
+                           axis=1).astype(np.int32)
         r_addr = ctx.const(f"{node.name}.residual_params", rparams)
     rows, block = plan.rows, plan.block
     nblocks = ceil(geo.co / block)
@@ -132,25 +157,52 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
     streams = []
     for t0, t1 in split(len(units), plan.tasks):
-        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, p_addr, res, r_addr))
+        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, (p_addr, fs_addr), res, r_addr,
+                             zp_row))
     macs = geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
                unit="vector" if geo.depthwise else "mac")
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr, res=None, r_addr=None):
+def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
+    """DMAs bringing input rows [a, b) of image n into `buf` (with pt / pb zp rows around them
+    when the pads are built in NRAM). Returns their handles."""
+    esz, row = geo.esz, geo.w * geo.ci * geo.esz
+    src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
+    if not geo.zp_pad:
+        return [s.dma("g2n", buf, src, (b - a) * row, deps=deps)]
+    prow = geo.wp * geo.ci * esz
+    out = []
+    if b > a:
+        dst = buf + (pt * geo.wp + geo.pl) * geo.ci * esz
+        out.append(s.dma("g2n", dst, src, (b - a) * row, deps=deps) if geo.wp == geo.w else
+                   s.dma("g2n", dst, src, row, deps=deps, count=b - a, dstride=prow, sstride=row))
+    if pt:
+        out.append(s.dma("g2n", buf, zp_row, prow, deps=deps, count=pt, dstride=prow, sstride=0))
+    if pb:
+        out.append(s.dma("g2n", buf + (pt + b - a) * prow, zp_row, prow, deps=deps, count=pb, dstride=prow,
+                         sstride=0))
+    return out
+
+
+def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None):
     cfg = ctx.cfg
+    p_addr, fs_addr = p_addrs
     s = TaskStream()
     esz = geo.esz
     nram = Arena("nram", cfg.nram_bytes)
     wram = Arena("wram", cfg.wram_bytes)
-    in_tile = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.w * geo.ci * esz
+    in_tile = geo.tile_bytes(rows)
     buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
+    # left / right pad columns are never overwritten: fill each buffer with zp once
+    fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
+        if geo.zp_pad else [None, None]
     acc = nram.alloc(rows * geo.wo * block * 4, "accumulator")
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
                 for _ in range(DOUBLE)] if geo.pool else None
     buf_par = [nram.alloc(block * 12, "requant params") for _ in range(DOUBLE)]
+    buf_fs = [nram.alloc(block * 4, "requant scales") for _ in range(DOUBLE)] if geo.fscale else None
     if geo.residual:
         buf_res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
         res_acc = nram.alloc(rows * geo.wo * block * 4, "shortcut int32")
@@ -181,24 +233,28 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr, res=None, r_add
                 w_load = s.dma("g2w", buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
                                bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
             p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[prev_user])
+            if geo.fscale:
+                p_load = s.dma("g2n", buf_fs[wslot % DOUBLE], fs_addr + c0 * 4, bc * 4, deps=[prev_user])
             if geo.residual:
                 p_load = s.dma("g2n", buf_rpar[wslot % DOUBLE], r_addr + c0 * 12, bc * 12, deps=[prev_user])
             cur_cb = cb
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)
-        src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
-        nbytes = (b - a) * geo.w * geo.ci * esz
         slot = i % DOUBLE
-        ld = s.dma("g2n", buf_in[slot], src, nbytes, deps=[hist_cp[i - DOUBLE] if i >= DOUBLE else None])
+        lds = _load_tile(s, geo, buf_in[slot], x, n, a, b, pt, pb, zp_row,
+                         [hist_cp[i - DOUBLE] if i >= DOUBLE else None, fills[slot]])
         npix = (r1 - r0) * geo.wo
-        if geo.depthwise:
-            mac = s.emit("vdwconv", [ld, w_load], dt=geo.dt, dst=acc, src=buf_in[slot], wgt=buf_w[0], n=1,
-                         hi=b - a, wi=geo.w, c=geo.ci, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, pt=pt, pb=pb,
-                         pl=geo.pl, pr=geo.pr, dh=geo.dh, dw=geo.dw)
+        if geo.zp_pad:     # the tile carries its padding
+            pads = dict(hi=pt + (b - a) + pb, wi=geo.wp, pt=0, pb=0, pl=0, pr=0)
         else:
-            mac = s.emit("conv", [ld, w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
-                         n=1, hi=b - a, wi=geo.w, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw,
-                         pt=pt, pb=pb, pl=geo.pl, pr=geo.pr, dh=geo.dh, dw=geo.dw, groups=geo.groups)
+            pads = dict(hi=b - a, wi=geo.w, pt=pt, pb=pb, pl=geo.pl, pr=geo.pr)
+        if geo.depthwise:
+            mac = s.emit("vdwconv", lds + [w_load], dt=geo.dt, dst=acc, src=buf_in[slot], wgt=buf_w[0], n=1,
+                         c=geo.ci, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw, **pads)
+        else:
+            mac = s.emit("conv", lds + [w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
+                         n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw,
+                         groups=geo.groups, **pads)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
         if geo.residual:
             rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.co + c0) * esz
@@ -213,8 +269,12 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addr, res=None, r_add
             s.emit("vrequant", [p_load], odt="i32", dst=res_acc, src=res_acc, params=buf_rpar[wslot % DOUBLE],
                    c=bc, n=npix * bc)
             s.emit("vadd", [mac], dt="i32", dst=acc, a=acc, b=res_acc, n=npix * bc)
-        rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc, params=buf_par[wslot % DOUBLE],
-                    c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"])
+        if geo.fscale:
+            rq = float_requant(s, [p_load, free_out], q, acc, buf_out[slot], buf_par[wslot % DOUBLE],
+                               buf_fs[wslot % DOUBLE], npix, bc, geo.dt)
+        else:
+            rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc,
+                        params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
         last, out_buf = rq, buf_out[slot]
         if geo.pool:
             last = s.emit("vpool", [], mode="max", dt=geo.dt, dst=buf_pool[slot], src=buf_out[slot], n=1,

@@ -1,5 +1,10 @@
 """Elementwise kernels over flat chunks: residual add, standalone activations, input quantization,
-output dequantization, softmax / log_softmax, and channel concatenation (pure copies)."""
+output dequantization, requantization to another scale / zero point, sigmoid and hardswish (in
+float32 on the vector unit), softmax / log_softmax, and channel concatenation (pure copies).
+
+Zero points: every integer value here means (q - zp) * scale. Activations clamp at the zero point
+(real 0), the add subtracts each input's zero point in its first requantize (its bias field), and
+the final requantize adds the output's."""
 from __future__ import annotations
 
 from math import prod
@@ -11,6 +16,7 @@ from mlusim.compiler.tiling import DOUBLE, split
 from mlusim.isa.fields import f32_bits
 
 ALIGN = 64
+ONE = f32_bits(1.0)
 
 
 def _chunks(ctx, total: int, bytes_per_elem: int) -> list[list[tuple[int, int]]]:
@@ -46,23 +52,34 @@ def _unary_kernel(ctx, node, src_addr, dst_addr, total, in_size, out_size, body,
 
 
 def lower_quantize_input(ctx, node, x, y) -> None:
+    """vquant by 1/scale; for an imported model, ONNX's QuantizeLinear: a float32 division by the
+    scale (vrow div against a one-element buffer) and then rounding, as ONNX Runtime does."""
     inv = f32_bits(node.q["inv_scale"])
     dt = "i16" if node.q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
+    div = "div_scale" in node.q
+    s_addr = ctx.const(f"{node.name}.scale", np.array([node.q["div_scale"]], np.float32)) if div else None
 
-    def body(s, deps, src, dst, n, _env):
-        return s.emit("vquant", deps, sdt="f32", odt=dt, dst=dst, src=src, n=n, scale=inv)
+    def setup(s, nram, cap):
+        buf = nram.alloc(4, "scale")
+        return buf, s.dma("g2n", buf, s_addr, 4)
 
-    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), 4, esz, body)
+    def body(s, deps, src, dst, n, env):
+        if div:
+            s.emit("vrow", deps + [env[1]], op="div", dt="f32", dst=src, a=src, b=env[0], rows=n, cols=1, axis="col")
+            return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=src, n=n, scale=ONE, zp=node.q.get("zp", 0))
+        return s.emit("vquant", deps, sdt="f32", odt=dt, dst=dst, src=src, n=n, scale=inv, zp=node.q.get("zp", 0))
+
+    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), 4, esz, body, setup=setup if div else None)
 
 
-def lower_dequantize(ctx, node, x, y, scale: float, name: str) -> None:
+def lower_dequantize(ctx, node, x, y, scale: float, name: str, zp: int = 0) -> None:
     dt = "i16" if node.q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
     bits = f32_bits(float(np.float32(scale)))
 
     def body(s, deps, src, dst, n, _env):
-        return s.emit("vdequant", deps, sdt=dt, odt="f32", dst=dst, src=src, n=n, scale=bits)
+        return s.emit("vdequant", deps, sdt=dt, odt="f32", dst=dst, src=src, n=n, scale=bits, zp=zp)
 
     _unary_kernel(ctx, _Named(node, name), x.addr, y.addr, prod(x.shape), esz, 4, body)
 
@@ -78,49 +95,153 @@ def lower_act(ctx, node, x, y) -> None:
     dt = "i16" if node.q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
     hi = node.q.get("hi", node.q["qmax"]) if node.op == "relu6" else node.q["qmax"]
+    lo = node.q.get("zp", 0)
 
     def body(s, deps, src, dst, n, _env):
-        return s.emit("vclamp", deps, dt=dt, dst=dst, src=src, n=n, lo=0, hi=hi)
+        return s.emit("vclamp", deps, dt=dt, dst=dst, src=src, n=n, lo=lo, hi=hi)
 
     _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body)
 
 
-def lower_add(ctx, node, a, b, y) -> None:
-    """out = requant(a*ka + b*kb): both inputs brought to a common scale in int32, then one rescale."""
+def lower_requant(ctx, node, x, y) -> None:
+    """Same real values in another scale and zero point: int32, then one vrequant whose bias is
+    minus the input zero point."""
     q = node.q
     dt = "i16" if q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
-    params = np.array([[0, q["ka"], 0], [0, q["kb"], 0], [0, q["mult"], q["shift"]]], np.int32)
+    p_addr = ctx.const(f"{node.name}.params", np.array([[-q["in_zp"], q["mult"], q["shift"]]], np.int32))
+
+    def setup(s, nram, cap):
+        par = nram.alloc(12, "params")
+        return par, nram.alloc(cap * 4, "int32"), s.dma("g2n", par, p_addr, 12)
+
+    def body(s, deps, src, dst, n, env):
+        par, wide, pl = env
+        s.emit("vcast", deps, sdt=dt, ddt="i32", dst=wide, src=src, n=n)
+        return s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, zp=q["zp"], lo=q["lo"],
+                      hi=q["hi"])
+
+    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
+
+
+def lower_float_unary(ctx, node, x, y) -> None:
+    """sigmoid and hardswish in float32: dequantize, a few vector steps, quantize. Sigmoid is
+    1 / (1 + exp(-x)) with -x from dequantizing with the negated scale; hardswish is
+    x * min(max(x + 3, 0), 6), its / 6 folded into the quantize scale. The order of the steps is
+    the contract the reference (reference._unary_float) follows."""
+    q = node.q
+    dt = "i16" if q["dtype"] == "int16" else "i8"
+    esz = 2 if dt == "i16" else 1
+    sig = node.op == "sigmoid"
+    in_bits = f32_bits(float(np.float32(-q["in_scale"] if sig else q["in_scale"])))
+    out_bits = f32_bits(q["inv_scale"])
+    consts = (1,) if sig else (3, 0, 6)
+
+    def setup(s, nram, cap):
+        bufs = [nram.alloc(cap * 4, f"constant {v}") for v in consts]
+        sets = [s.emit("vset", [], dt="f32", dst=b, n=cap, value=v) for b, v in zip(bufs, consts)]
+        return bufs, nram.alloc(cap * 4, "x"), nram.alloc(cap * 4, "t"), sets
+
+    def body(s, deps, src, dst, n, env):
+        bufs, f, t, sets = env
+        s.emit("vdequant", deps + sets, sdt=dt, odt="f32", dst=f, src=src, n=n, scale=in_bits, zp=q["in_zp"])
+        if sig:
+            s.emit("vexp", [], dt="f32", dst=t, src=f, n=n)
+            s.emit("vadd", [], dt="f32", dst=t, a=t, b=bufs[0], n=n)
+            s.emit("vrow", [], op="div", dt="f32", dst=t, a=bufs[0], b=t, rows=n, cols=1)
+        else:
+            s.emit("vadd", [], dt="f32", dst=t, a=f, b=bufs[0], n=n)
+            s.emit("vmax", [], dt="f32", dst=t, a=t, b=bufs[1], n=n)
+            s.emit("vmin", [], dt="f32", dst=t, a=t, b=bufs[2], n=n)
+            s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
+        return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=t, n=n, scale=out_bits, zp=q["zp"])
+
+    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body,
+                  extra_bytes=4 * (len(consts) + 2), setup=setup)
+
+
+def lower_add(ctx, node, a, b, y) -> None:
+    """out = requant(a*ka + b*kb): both inputs brought to a common scale in int32, then one rescale.
+    For an imported model, ONNX Runtime's formula instead (see _ort_add_chunk)."""
+    q = node.q
+    dt = "i16" if q["dtype"] == "int16" else "i8"
+    esz = 2 if dt == "i16" else 1
+    ort = "fma" in q
+    if ort:
+        ra, rb, fixed = q["fma"]
+        oa, ob, oc = q["offsets"]
+        params = np.array([ra, rb, fixed, oa, ob, 0], np.float32).view(np.int32)
+    else:
+        params = np.array([[-q.get("zpa", 0), q["ka"], 0], [-q.get("zpb", 0), q["kb"], 0], [0, q["mult"], q["shift"]]],
+                          np.int32).reshape(-1)
     p_addr = ctx.const(f"{node.name}.params", params)
     total = prod(a.shape)
     streams = []
-    for chunks in _chunks(ctx, total, DOUBLE * 3 * esz + 8):
+    for chunks in _chunks(ctx, total, DOUBLE * 3 * esz + 8 + (12 if ort else 0)):
         s = TaskStream()
         nram = Arena("nram", ctx.cfg.nram_bytes)
         cap = max(e - b0 for b0, e in chunks)
         ba = [nram.alloc(cap * esz, "a") for _ in range(DOUBLE)]
         bb = [nram.alloc(cap * esz, "b") for _ in range(DOUBLE)]
         bo = [nram.alloc(cap * esz, "out") for _ in range(DOUBLE)]
-        ta, tb = nram.alloc(cap * 4, "a int32"), nram.alloc(cap * 4, "b int32")
+        ta, tb = nram.alloc(cap * 4, "a wide"), nram.alloc(cap * 4, "b wide")
         par = nram.alloc(36, "params")
-        pl = s.dma("g2n", par, p_addr, 36)
+        pl = s.dma("g2n", par, p_addr, params.nbytes)
+        consts = _ort_add_constants(s, nram, cap, par, pl) if ort else None
         readers, stores = [], []
         for i, (c0, c1) in enumerate(chunks):
             slot, n = i % DOUBLE, c1 - c0
             free_in = readers[i - DOUBLE] if i >= DOUBLE else None
+            free_out = stores[i - DOUBLE] if i >= DOUBLE else None
             la = s.dma("g2n", ba[slot], a.addr + c0 * esz, n * esz, deps=[free_in])
             lb = s.dma("g2n", bb[slot], b.addr + c0 * esz, n * esz, deps=[free_in])
-            s.emit("vcast", [la], sdt=dt, ddt="i32", dst=ta, src=ba[slot], n=n)
-            last_read = s.emit("vcast", [lb], sdt=dt, ddt="i32", dst=tb, src=bb[slot], n=n)
-            s.emit("vrequant", [pl], odt="i32", dst=ta, src=ta, params=par, c=1, n=n)
-            s.emit("vrequant", [], odt="i32", dst=tb, src=tb, params=par + 12, c=1, n=n)
-            s.emit("vadd", [], dt="i32", dst=ta, a=ta, b=tb, n=n)
-            out = s.emit("vrequant", [stores[i - DOUBLE] if i >= DOUBLE else None], odt=dt, dst=bo[slot], src=ta,
-                         params=par + 24, c=1, n=n, lo=q["lo"], hi=q["hi"])
+            if ort:
+                last_read, out = _ort_add_chunk(s, q, dt, ba[slot], bb[slot], bo[slot], ta, tb, n, consts,
+                                                [la, lb, free_out])
+            else:
+                s.emit("vcast", [la], sdt=dt, ddt="i32", dst=ta, src=ba[slot], n=n)
+                last_read = s.emit("vcast", [lb], sdt=dt, ddt="i32", dst=tb, src=bb[slot], n=n)
+                s.emit("vrequant", [pl], odt="i32", dst=ta, src=ta, params=par, c=1, n=n)
+                s.emit("vrequant", [], odt="i32", dst=tb, src=tb, params=par + 12, c=1, n=n)
+                s.emit("vadd", [], dt="i32", dst=ta, a=ta, b=tb, n=n)
+                out = s.emit("vrequant", [free_out], odt=dt, dst=bo[slot], src=ta, params=par + 24, c=1, n=n,
+                             lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
             readers.append(last_read)
             stores.append(s.dma("n2g", y.addr + c0 * esz, bo[slot], n * esz, deps=[out]))
         streams.append(s.finish())
     ctx.kernel(node, streams, unit="vector")
+
+
+def _ort_add_constants(s, nram, cap, par, pl):
+    """Vectors of rA, rB and F (vfma takes vector operands): zeros plus a broadcast parameter.
+    Returns them with the parameter buffer (whose slots 3 and 4 hold the inputs' offsets)."""
+    bufs = []
+    for k in range(3):
+        buf = nram.alloc(cap * 4, "add constant")
+        s.emit("vset", [], dt="f32", dst=buf, n=cap, value=0)
+        s.emit("vrow", [pl], op="add", dt="f32", dst=buf, a=buf, b=par + 4 * k, rows=cap, cols=1, axis="col")
+        bufs.append(buf)
+    return bufs + [par]
+
+
+def _ort_add_chunk(s, q, dt, a, b, out, fa, fb, n, consts, deps):
+    """ONNX Runtime's quantized add (its x86 AVX2 kernel), bit for bit: on raw model values
+    (device value + 128 for uint8), c = fma(a, rA, fma(b, rB, F)), rounded to nearest even and
+    saturated, back to the device's int8. Returns (last reader of the inputs, last op)."""
+    ra, rb, ff, par = consts
+    oa, ob, oc = q["offsets"]
+    s.emit("vcast", deps, sdt=dt, ddt="f32", dst=fa, src=a, n=n)
+    last_read = s.emit("vcast", [], sdt=dt, ddt="f32", dst=fb, src=b, n=n)
+    for buf, off, slot in ((fa, oa, 3), (fb, ob, 4)):
+        if off:    # device int8 -> the model's uint8 value, exact in float32
+            s.emit("vrow", [], op="add", dt="f32", dst=buf, a=buf, b=par + 4 * slot, rows=n, cols=1, axis="col")
+    s.emit("vfma", [], dt="f32", dst=fb, a=fb, b=rb, c=ff, n=n)
+    s.emit("vfma", [], dt="f32", dst=fa, a=fa, b=ra, c=fb, n=n)
+    last = s.emit("vquant", [], sdt="f32", odt=dt, dst=out, src=fa, n=n, scale=ONE, zp=-oc)
+    qmax = q["qmax"]
+    if q["lo"] > -qmax - 1 or q["hi"] < qmax:
+        last = s.emit("vclamp", [], dt=dt, dst=out, src=out, n=n, lo=q["lo"], hi=q["hi"])
+    return last_read, last
 
 
 def lower_concat(ctx, node, inputs, y) -> None:
@@ -159,7 +280,8 @@ def lower_softmax(ctx, node, x, y) -> None:
             raw, f, e = nram.alloc(m * cols * esz, "logits"), nram.alloc(m * cols * 4, "x"), nram.alloc(m * cols * 4, "e")
             mx, sm = nram.alloc(m * 4, "row max"), nram.alloc(m * 4, "row sum")
             ld = s.dma("g2n", raw, x.addr + a * cols * esz, m * cols * esz, deps=[prev])
-            s.emit("vdequant", [ld], sdt=dt, odt="f32", dst=f, src=raw, n=m * cols, scale=scale)
+            s.emit("vdequant", [ld], sdt=dt, odt="f32", dst=f, src=raw, n=m * cols, scale=scale,
+                   zp=node.q.get("in_zp", 0))
             s.emit("vreduce", [], mode="max", dt="f32", dst=mx, src=f, rows=m, cols=cols)
             s.emit("vrow", [], op="sub", dt="f32", dst=f, a=f, b=mx, rows=m, cols=cols)
             s.emit("vexp", [], dt="f32", dst=e, src=f, n=m * cols)

@@ -14,6 +14,43 @@ import numpy as np
 from mlusim.compiler.codegen import Arena, TaskStream
 from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, split, vec_cycles
 from mlusim.errors import CompileError
+from mlusim.isa.fields import f32_bits
+
+
+def zero_point_bias(node, bias, weight: np.ndarray, zp: int) -> np.ndarray:
+    """The bias that makes a product of raw inputs exact for an input zero point zp:
+    sum_k (x_k - zp) w_k = sum_k x_k w_k - zp * sum_k w_k, per output (row of `weight`)."""
+    b = bias.astype(np.int64) - zp * weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    if b.min(initial=0) < -2**31 or b.max(initial=0) >= 2**31:
+        raise CompileError(f"node '{node.name}' ({node.op}): bias corrected for input zero point {zp} leaves int32")
+    return b.astype(np.int32)
+
+
+ONE = f32_bits(1.0)
+
+
+def float_requant(s, deps, q, acc: int, dst: int, params: int, scales: int, rows: int, cols: int, odt: str) -> int:
+    """ONNX Runtime's requantization (MlasRequantizeOutput) on the vector unit, for imported
+    models: the int32 sum plus bias (a vrequant with multiplier 1), converted to float32, times the
+    float32 per-column scale, rounded to nearest even with the zero point added and saturated
+    (vquant by 1.0), then any narrower activation clamp. `params` holds (bias, 1, 0) per column,
+    `scales` the float32 scales. Every step is in place on the accumulator. Returns the last op."""
+    n = rows * cols
+    s.emit("vrequant", deps, odt="i32", dst=acc, src=acc, params=params, c=cols, n=n)
+    s.emit("vcast", [], sdt="i32", ddt="f32", dst=acc, src=acc, n=n)
+    s.emit("vrow", [], op="mul", dt="f32", dst=acc, a=acc, b=scales, rows=rows, cols=cols, axis="col")
+    last = s.emit("vquant", [], sdt="f32", odt=odt, dst=dst, src=acc, n=n, scale=ONE, zp=q.get("zp", 0))
+    qmax = q["qmax"]
+    if q["lo"] > -qmax - 1 or q["hi"] < qmax:
+        last = s.emit("vclamp", [], dt=odt, dst=dst, src=dst, n=n, lo=q["lo"], hi=q["hi"])
+    return last
+
+
+def requant_params(q, bias: np.ndarray) -> np.ndarray:
+    """The [c, 3] vrequant parameters: (bias, mult, shift), or (bias, 1, 0) for float_requant."""
+    if "fscale" in q:
+        return np.stack([bias, np.ones_like(bias), np.zeros_like(bias)], axis=1).astype(np.int32)
+    return np.stack([bias, q["mult"], q["shift"]], axis=1).astype(np.int32)
 
 
 def _candidates(n: int, lanes: int) -> list[int]:
@@ -33,7 +70,7 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
 
     def price(bo, kc, mc):
         chunks = ceil(k / kc)
-        nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 12]
+        nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 16]
         if not Arena("nram", cfg.nram_bytes).fits(*nram) or DOUBLE * bo * kc * esz > cfg.wram_bytes:
             return None
         units = ceil(m / mc) * ceil(o / bo)
@@ -77,8 +114,9 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
             off += blk.nbytes
             blocks.append(blk.reshape(-1))
     w_addr = ctx.const(f"{node.name}.weight", np.concatenate(blocks))
-    params = np.stack([q["bias"], q["mult"], q["shift"]], axis=1).astype(np.int32)
+    params = requant_params(q, zero_point_bias(node, q["bias"], weight, q.get("in_zp", 0)))
     p_addr = ctx.const(f"{node.name}.params", params)
+    fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if "fscale" in q else None
     units = [(ob, mb) for ob in range(ceil(o / bo)) for mb in range(ceil(m / mc))]
     nk = ceil(k / kc)
     streams = []
@@ -91,6 +129,7 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
         tmp = nram.alloc(mc * bo * 4, "partial") if nk > 1 else None
         bout = [nram.alloc(mc * bo * esz, "output") for _ in range(DOUBLE)]
         bpar = nram.alloc(bo * 12, "params")
+        bfs = nram.alloc(bo * 4, "scales") if fs_addr is not None else None
         readers, stores, par_users = [], [], []
         j = 0
         for u, (ob, mb) in enumerate(units[t0:t1]):
@@ -98,6 +137,8 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
             m0, m1 = mb * mc, min(m, (mb + 1) * mc)
             nb, nm = o1 - o0, m1 - m0
             pl = s.dma("g2n", bpar, p_addr + o0 * 12, nb * 12, deps=[par_users[-1] if par_users else None])
+            if bfs is not None:
+                pl = s.dma("g2n", bfs, fs_addr + o0 * 4, nb * 4, deps=[par_users[-1] if par_users else None])
             for kb in range(nk):
                 k0, k1 = kb * kc, min(k, (kb + 1) * kc)
                 nkc = k1 - k0
@@ -117,8 +158,12 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
                     s.emit("vadd", [], dt="i32", dst=acc, a=acc, b=tmp, n=nm * nb)
                 j += 1
             slot = u % DOUBLE
-            rq = s.emit("vrequant", [pl, stores[u - DOUBLE] if u >= DOUBLE else None], odt=dt, dst=bout[slot],
-                        src=acc, params=bpar, c=nb, n=nm * nb, lo=q["lo"], hi=q["hi"])
+            rdeps = [pl, stores[u - DOUBLE] if u >= DOUBLE else None]
+            if bfs is not None:
+                rq = float_requant(s, rdeps, q, acc, bout[slot], bpar, bfs, nm, nb, dt)
+            else:
+                rq = s.emit("vrequant", rdeps, odt=dt, dst=bout[slot], src=acc, params=bpar, c=nb, n=nm * nb,
+                            lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
             par_users.append(rq)
             dst = y.addr + (m0 * o + o0) * esz
             if nb == o:

@@ -1,7 +1,11 @@
 """Pooling kernels: max and average pooling over row tiles, and global average pooling.
 
 Average pooling never divides: the vector unit sums the window into int32 and the requantize
-step's multiplier already includes 1/(kh*kw) (or 1/(H*W) for global pooling).
+step's multiplier already includes 1/(kh*kw) (or 1/(H*W) for global pooling). An input zero point
+zp becomes the requantize bias -zp * count, since sum(q - zp) = sum(q) - zp * count; that needs
+every window to cover `count` real inputs, so padded average pooling of an asymmetric input is
+refused (its border windows would need per-position corrections). Max pooling needs nothing:
+the maximum commutes with the affine map q -> (q - zp) * s.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.kernels.linear import float_requant
 from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, row_candidates, split, vec_cycles
 from mlusim.errors import CompileError
 
@@ -44,7 +49,12 @@ def lower_pool(ctx, node, x, y) -> None:
     plan = choose([(r,) for r in row_candidates(ho)], price)
     if plan is None:
         raise CompileError(f"node '{node.name}' ({node.op}): one output row does not fit NRAM of {cfg.name}")
-    p_addr = ctx.const(f"{node.name}.params", np.array([[0, node.q["mult"], node.q["shift"]]], np.int32)) if is_avg else None
+    zin = node.q.get("in_zp", 0)
+    if is_avg and zin and any(node.attrs["padding"]):
+        raise CompileError(f"node '{node.name}' (avgpool): padded average pooling of an input with zero point "
+                           f"{zin} is not supported")
+    p_addr = ctx.const(f"{node.name}.params", np.array([[-zin * kh * kw, node.q["mult"], node.q["shift"]]],
+                                                       np.int32)) if is_avg else None
     units = [(i, rb) for i in range(n) for rb in range(ceil(ho / plan.rows))]
     streams = []
     for t0, t1 in split(len(units), plan.tasks):
@@ -71,7 +81,7 @@ def lower_pool(ctx, node, x, y) -> None:
             if is_avg:
                 pool = s.emit("vpool", [ld], mode="sum", dt=dt, dst=acc, src=bin_[slot], **geo)
                 last = s.emit("vrequant", [pload, free], odt=dt, dst=bout[slot], src=acc, params=par, c=1,
-                              n=(r1 - r0) * wo * c, lo=node.q["lo"], hi=node.q["hi"])
+                              n=(r1 - r0) * wo * c, lo=node.q["lo"], hi=node.q["hi"], zp=node.q.get("zp", 0))
             else:
                 pool = last = s.emit("vpool", [ld, free], mode="max", dt=dt, dst=bout[slot], src=bin_[slot], **geo)
             readers.append(pool)
@@ -88,11 +98,15 @@ def lower_gap(ctx, node, x, y) -> None:
     dt = "i16" if esz == 2 else "i8"
     cfg = ctx.cfg
     rows = h
-    while rows > 1 and not Arena("nram", cfg.nram_bytes).fits(*([rows * w * c * esz] * DOUBLE), c * 4, c * 4, c * esz, 12):
+    while rows > 1 and not Arena("nram", cfg.nram_bytes).fits(*([rows * w * c * esz] * DOUBLE), c * 4, c * 4, c * esz, 12, 4):
         rows = ceil(rows / 2)
     if not Arena("nram", cfg.nram_bytes).fits(*([rows * w * c * esz] * DOUBLE), c * 4, c * 4, c * esz, 12):
         raise CompileError(f"node '{node.name}' (gap): one row of {w} x {c} does not fit NRAM of {cfg.name}")
-    p_addr = ctx.const(f"{node.name}.params", np.array([[0, node.q["mult"], node.q["shift"]]], np.int32))
+    bias = -node.q.get("in_zp", 0) * h * w
+    fscale = "fscale" in node.q
+    p_addr = ctx.const(f"{node.name}.params", np.array([[bias, 1, 0] if fscale else
+                                                        [bias, node.q["mult"], node.q["shift"]]], np.int32))
+    fs_addr = ctx.const(f"{node.name}.scale", node.q["fscale"]) if fscale else None
     streams = []
     for t0, t1 in split(n, min(n, ctx.tasks)):
         s = TaskStream()
@@ -101,6 +115,9 @@ def lower_gap(ctx, node, x, y) -> None:
         acc, part = nram.alloc(c * 4, "sum"), nram.alloc(c * 4, "partial sum")
         out, par = nram.alloc(c * esz, "mean"), nram.alloc(12, "params")
         pload = s.dma("g2n", par, p_addr, 12)
+        if fscale:
+            fs = nram.alloc(4, "scale")
+            pload = s.dma("g2n", fs, fs_addr, 4)
         readers, last_store = [], None
         k = 0
         for img in range(t0, t1):
@@ -119,8 +136,11 @@ def lower_gap(ctx, node, x, y) -> None:
                 readers.append(red)
                 first = False
                 k += 1
-            rq = s.emit("vrequant", [pload, last_store], odt=dt, dst=out, src=acc, params=par, c=1, n=c,
-                        lo=node.q["lo"], hi=node.q["hi"])
+            if fscale:     # one scale for every channel: columns of one
+                rq = float_requant(s, [pload, last_store], node.q, acc, out, par, fs, c, 1, dt)
+            else:
+                rq = s.emit("vrequant", [pload, last_store], odt=dt, dst=out, src=acc, params=par, c=1, n=c,
+                            lo=node.q["lo"], hi=node.q["hi"], zp=node.q.get("zp", 0))
             last_store = s.dma("n2g", y.addr + img * c * esz, out, c * esz, deps=[rq])
         streams.append(s.finish())
     ctx.kernel(node, streams, tiling=f"{rows} rows per partial sum", unit="vector")
