@@ -133,8 +133,9 @@ class DmaConfig:
 
 @dataclass
 class HardwareConfig:
-    name: str = field(default="custom", metadata={"unit": "", "doc": "config name"})
-    description: str = field(default="", metadata={"unit": "", "doc": "free text"})
+    # Names are printed in every report and error message: one printable line, bounded.
+    name: str = field(default="custom", metadata={"unit": "", "doc": "config name", "maxlen": 64})
+    description: str = field(default="", metadata={"unit": "", "doc": "free text", "maxlen": 500})
     chip: ChipConfig = field(default_factory=ChipConfig)
     core: CoreConfig = field(default_factory=CoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -205,14 +206,11 @@ def iter_leaves(cls: type = HardwareConfig, prefix: str = "") -> Iterator[tuple[
             yield path, tp, dict(f.metadata)
 
 
-STR_LIMITS = {"name": 64, "description": 500}
-
-
 def _check_leaf(value: Any, tp: Any, meta: dict, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        limit = STR_LIMITS.get(where.rsplit(": ", 1)[-1], 500)
+        limit = meta.get("maxlen", 500)
         if len(value) > limit or not value.isprintable():
             raise ConfigError(f"{where}: must be one line of printable text of at most {limit} characters")
         return value
@@ -323,20 +321,24 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def _locate(text: str) -> tuple[Path, str]:
     """The file a preset name or path refers to, and how messages should call it."""
     path = Path(text)
-    try:
-        as_file = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text or path.exists()
-        if as_file:
-            if not path.is_file():
-                raise ConfigError(f"{text}: no such config file")
-            return path, str(path)
-        path = _preset_dir() / f"{text}.yaml"
-        known = path.is_file() and text in list_presets()
-    except (OSError, ValueError):     # a name too long for the OS, or with a NUL byte in it
-        known = False
-    if not known:
+    looks_like_file = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text
+    if looks_like_file or _is(path, "exists"):
+        if not _is(path, "is_file"):
+            raise ConfigError(f"{text}: no such config file")
+        return path, str(path)
+    if text not in list_presets():
         raise ConfigError(f"unknown config preset {text!r} (presets: {', '.join(list_presets())}); "
                           f"a config file needs a .yaml suffix")
-    return path, text
+    return _preset_dir() / f"{text}.yaml", text
+
+
+def _is(path: Path, test: str) -> bool:
+    """path.exists() / is_file(), False (not an exception) for a name the OS cannot even look up:
+    too long, or with a NUL byte in it."""
+    try:
+        return getattr(path, test)()
+    except (OSError, ValueError):
+        return False
 
 
 def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
@@ -351,11 +353,8 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
     if base is not None:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"{origin}: base: must be a preset name or a file path")
-        try:
-            if not Path(base).is_absolute() and (path.parent / base).is_file():
-                base = str(path.parent / base)
-        except (OSError, ValueError):
-            pass
+        if not Path(base).is_absolute() and _is(path.parent / base, "is_file"):
+            base = str(path.parent / base)
         try:
             base_raw, _ = _resolve_raw(base, depth + 1)
         except ConfigError as e:
