@@ -16,11 +16,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, resolution: int | None = None):
-    """A .mlu model file, assembly text (assembled on the fly), or a zoo model name (compiled on
-    the fly for `cfg`, `batch` and a target of `cores` parallel tasks)."""
+    """A .mlu model file, assembly text (assembled on the fly), or a zoo model name or an .onnx file
+    (compiled on the fly for `cfg`, `batch` and a target of `cores` parallel tasks)."""
     from mlusim import mlufile
 
     p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        import sys
+
+        from mlusim.compiler.driver import compile_onnx
+
+        c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores)
+        for note in c.notes:
+            print(f"warning: {note}", file=sys.stderr)
+        return c.program
     if not p.exists() and p.suffix == "" and "/" not in path:
         from mlusim.compiler.zoo import ZOO
 

@@ -1,15 +1,22 @@
 """`mlusim compile` and `mlusim models`: the model zoo and the compiler from the command line."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 from mlusim.commands.common import add_config_args
+from mlusim.errors import CompileError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compile", help="compile a zoo model into a .mlu offline model file")
-    p.add_argument("--model", required=True, metavar="NAME", help="zoo model (mlusim models)")
-    p.add_argument("--batch", type=int, default=1)
+    p = sub.add_parser("compile", help="compile a zoo model or an ONNX file into a .mlu offline model file")
+    p.add_argument("source", nargs="?", metavar="MODEL.onnx",
+                   help="an ONNX model: float (calibrated) or already quantized (QDQ / QLinear*)")
+    p.add_argument("--model", metavar="NAME", help="zoo model (mlusim models), instead of an ONNX file")
+    p.add_argument("--calibrate", metavar="SAMPLES.npy",
+                   help="ONNX float models: calibration inputs [S, C, H, W] (default: random data, with a warning)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1; an ONNX model's own if fixed)")
     p.add_argument("--resolution", type=int, default=None, help="input height and width (default: the model's)")
     p.add_argument("--cores", type=int, default=None,
                    help="parallelism to tile for (default: all cores of the config); the file runs on any count")
@@ -28,17 +35,31 @@ def register(sub) -> None:
 
 def cmd_compile(args) -> int:
     from mlusim import mlufile
-    from mlusim.compiler.driver import compile_model
+    from mlusim.compiler.driver import compile_model, compile_onnx
     from mlusim.config import load_config
 
+    if (args.source is None) == (args.model is None):
+        raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
+                           "(--model NAME), not " + ("both" if args.source else "neither"))
     cfg = load_config(args.config, args.overrides)
-    c = compile_model(args.model, batch=args.batch, resolution=args.resolution, config=cfg, seed=args.seed,
-                      tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse)
-    out = args.output or f"{args.model}.mlu"
+    kw = dict(config=cfg, tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse)
+    if args.source:
+        if args.resolution is not None:
+            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
+        c = compile_onnx(args.source, batch=args.batch, calibrate=args.calibrate, **kw)
+        label = Path(args.source).stem
+    else:
+        if args.calibrate:
+            raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
+        c = compile_model(args.model, batch=args.batch or 1, resolution=args.resolution, seed=args.seed, **kw)
+        label = args.model
+    for note in c.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    out = args.output or f"{label}.mlu"
     t0 = time.perf_counter()
     mlufile.save(c.program, out)
     m = c.program.meta
-    print(f"wrote {out}: {args.model} batch {args.batch} for {cfg.name}, {len(c.program.kernels)} kernels, "
+    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name}, {len(c.program.kernels)} kernels, "
           f"{c.program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
           f"{m['weight_bytes'] / 2**20:.1f} MiB ({c.seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
     for node in c.graph.nodes:
