@@ -7,6 +7,8 @@ run in order with an implicit chip-wide barrier between them.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +23,12 @@ GDRAM_ALIGN = 64
 
 def task_type_clusters(task_type: str) -> int:
     """0 for BLOCK, n for UNIONn."""
-    t = task_type.lower()
+    t = str(task_type).lower()
     if t == "block":
         return 0
-    if t.startswith("union") and t[5:].isdigit() and int(t[5:]) >= 1:
-        return int(t[5:])
+    m = re.fullmatch(r"union([0-9]{1,4})", t)
+    if m and int(m.group(1)) >= 1:
+        return int(m.group(1))
     raise ProgramError(f"unknown task type {task_type!r} (block, union1, union2, union4, ...)")
 
 
@@ -45,7 +48,7 @@ class TensorDecl:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.np_dtype.itemsize
+        return math.prod(int(d) for d in self.shape) * self.np_dtype.itemsize     # Python ints: no wrap
 
     @property
     def end(self) -> int:
@@ -85,6 +88,14 @@ class Kernel:
             bad = [s for s in self.task_stream if not 0 <= s < len(self.streams)]
             if bad:
                 raise ProgramError(f"{where}: task map names stream {bad[0]} of {len(self.streams)}")
+        from mlusim.isa.fields import Target
+
+        for si, stream in enumerate(self.streams):
+            for pc, ins in enumerate(stream):
+                for f in ins.op.fields:
+                    if isinstance(f, Target) and not 0 <= pc + ins.args[f.name] <= len(stream):
+                        raise ProgramError(f"{where}: stream {si} instruction {pc} ('{ins.op.mnemonic}') branches "
+                                           f"to {pc + ins.args[f.name]}, outside the stream of {len(stream)}")
 
 
 @dataclass

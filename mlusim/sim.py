@@ -1,7 +1,7 @@
 """Run a Program on a simulated chip and collect its outputs and counters."""
 from __future__ import annotations
 
-import os
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +13,6 @@ from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.errors import MlusimError, SimulationError
 from mlusim.program import Program
 
-DEFAULT_HOST_CAP_GIB = float(os.environ.get("MLUSIM_HOST_MEM_GIB", "8"))
 
 
 @dataclass
@@ -52,6 +51,8 @@ def _perm(t) -> tuple[int, ...] | None:
     host, dev = t.meta.get("host_layout"), t.meta.get("layout")
     if not host or not dev or host == dev:
         return None
+    if not isinstance(host, str) or not isinstance(dev, str):
+        raise SimulationError(f"tensor '{t.name}': layout and host_layout must be strings like 'NHWC'")
     if sorted(host) != sorted(dev) or len(dev) != len(t.shape):
         raise SimulationError(f"tensor '{t.name}': cannot map layout {host} to {dev}")
     return tuple(host.index(c) for c in dev)
@@ -100,7 +101,11 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
             if t.np_dtype.kind == "f":
                 out[t.name] = rng.standard_normal(t.shape, dtype=np.float32).astype(t.np_dtype)
                 if "range" in t.meta:     # e.g. image pixels in [0, 1]
-                    lo, hi = t.meta["range"]
+                    rng_meta = t.meta["range"]
+                    if not (isinstance(rng_meta, (list, tuple)) and len(rng_meta) == 2 and
+                            all(isinstance(v, (int, float)) and math.isfinite(v) for v in rng_meta)):
+                        raise SimulationError(f"tensor '{t.name}': meta range must be [low, high], got {rng_meta!r}")
+                    lo, hi = rng_meta
                     out[t.name] = rng.uniform(lo, hi, t.shape).astype(t.np_dtype)
             else:
                 info = np.iinfo(t.np_dtype)
@@ -132,12 +137,18 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     if program.gdram_bytes > cfg.dram_bytes:
         raise SimulationError(f"program needs {program.gdram_bytes:,} bytes of GDRAM; {cfg.name} has "
                               f"{cfg.dram_bytes:,}")
-    cap = (host_cap_gib if host_cap_gib is not None else DEFAULT_HOST_CAP_GIB) * 1024**3
+    if max_cycles is not None and not (isinstance(max_cycles, (int, float)) and math.isfinite(max_cycles)
+                                       and max_cycles > 0):
+        raise SimulationError(f"--max-cycles must be a positive number of cycles, got {max_cycles!r}")
+    if not isinstance(max_instructions, int) or max_instructions < 1:
+        raise SimulationError(f"--max-instructions must be a positive integer, got {max_instructions!r}")
+    from mlusim.config import host_mem_cap_bytes
+
+    cap = host_cap_gib * 1024**3 if host_cap_gib is not None else host_mem_cap_bytes()
     need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only)
     if need > cap:
-        raise SimulationError(f"simulating this program with numerics needs about {need / 1024**3:.1f} GiB "
-                              f"of host memory, over the cap of {cap / 1024**3:.1f} GiB "
-                              f"(set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
+        raise SimulationError(f"simulating this program with numerics needs about {_size(need)} of host memory, "
+                              f"over the cap of {_size(cap)} (set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace)
@@ -153,8 +164,9 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     limit = float("inf") if max_cycles is None else float(max_cycles)
     interrupted = False
+    until = main if max_cycles is None else min_event(chip, main, limit)
     try:
-        chip.env.run(until=main if max_cycles is None else min_event(chip, main, limit))
+        chip.env.run(until=until)
     except KeyboardInterrupt:
         interrupted = True
     except MlusimError:
@@ -165,11 +177,14 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     except RecursionError:  # pragma: no cover - defensive
         raise SimulationError("simulation recursion too deep") from None
     if not interrupted and not main.triggered:
-        if max_cycles is not None and chip.env.now >= limit:
+        # with a budget, a deadlock leaves nothing queued but the budget's own stop events
+        busy = [e for *_, e in chip.env._queue if e is not until and e not in getattr(until, "_events", ())]
+        if max_cycles is not None and chip.env.now >= limit and busy:
             raise SimulationError(f"cycle budget of {limit:,.0f} exhausted at cycle {chip.env.now:,.0f} "
                                   f"(raise --max-cycles)")
         waits = "; ".join(chip.waits()) or "no core reports a wait"
-        raise SimulationError(f"deadlock at cycle {chip.env.now:,.0f}: {waits}")
+        at = chip.env.now if max_cycles is None else chip.last_activity
+        raise SimulationError(f"deadlock at cycle {at:,.0f}: {waits}")
     if not interrupted and not main.ok:  # pragma: no cover - failures re-raise in env.run
         raise main.value
     outputs = {}
@@ -184,6 +199,13 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     return RunResult(cfg, ncores, chip.env.now, records, outputs, chip.executed,
                      time.perf_counter() - wall0, timing_only, chip.dram.bytes, chip.dram.busy, generated,
                      chip.trace, dict(program.meta), interrupted)
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes:.0f} bytes"
 
 
 def min_event(chip: Chip, main, limit: float):

@@ -60,12 +60,28 @@ def resolve_config(args, program=None):
 
 
 def _load_npy(path: str):
+    """An input array: its header is checked against the file size before numpy allocates it."""
     import numpy as np
+    from numpy.lib import format as npf
 
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:
+            version = npf.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = npf.read_array_header_1_0(fh, max_header_size=10000)
+            else:
+                shape, _fortran, dtype = npf.read_array_header_2_0(fh, max_header_size=10000)
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            have = Path(path).stat().st_size - fh.tell()
     except FileNotFoundError:
         raise SimulationError(f"{path}: no such input file") from None
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
+    if dtype.hasobject or need != have:
+        raise SimulationError(f"{path}: header declares {list(shape)} {dtype} ({need:,} bytes) but the file holds "
+                              f"{have:,} data bytes")
+    try:
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
 

@@ -140,13 +140,18 @@ def cmd_run(args) -> int:
 def _write_outputs(res, dest: str) -> None:
     import numpy as np
 
+    from mlusim.errors import SimulationError
+
     outs = res.outputs
     p = Path(dest)
-    if len(outs) == 1 and p.suffix == ".npy":
-        np.save(p, next(iter(outs.values())), allow_pickle=False)
-        print(f"wrote {p}")
-        return
-    p.mkdir(parents=True, exist_ok=True)
-    for name, arr in outs.items():
-        np.save(p / f"{name}.npy", arr, allow_pickle=False)
+    try:
+        if len(outs) == 1 and p.suffix == ".npy":
+            np.save(p, next(iter(outs.values())), allow_pickle=False)
+            print(f"wrote {p}")
+            return
+        p.mkdir(parents=True, exist_ok=True)
+        for name, arr in outs.items():
+            np.save(p / f"{name}.npy", arr, allow_pickle=False)
+    except OSError as e:
+        raise SimulationError(f"--output {dest}: cannot write: {e.strerror or e}") from None
     print(f"wrote {len(outs)} output(s) to {p}/")

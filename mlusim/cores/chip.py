@@ -77,6 +77,7 @@ class Chip:
         self.gdram = Memory("gdram", gdram_bytes, numerics)
         self.prepared_cache: dict = {}
         self.executed = 0
+        self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         self.max_instructions = max_instructions
         self.trace: list | None = [] if trace else None
         if trace:
@@ -138,6 +139,10 @@ class Chip:
                 progress(idx + 1, len(kernels), env.now)
 
     def _task(self, core: Core, ctx: TaskContext):
+        self.executed += 1          # a task dispatch counts, so kernels of empty tasks meet the budget too
+        if self.executed > self.max_instructions:
+            raise SimulationError(f"kernel '{ctx.kernel.name}' task {ctx.taskid}: instruction budget of "
+                                  f"{self.max_instructions:,} exhausted (raise --max-instructions)")
         t0 = self.env.now
         yield from core.run_task(ctx)
         core.counters.active += self.env.now - t0

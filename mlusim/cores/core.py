@@ -154,12 +154,13 @@ class Core:
             unit = op.unit
             ctr.instructions[unit] += 1
             chip.executed += 1
+            if chip.executed > chip.max_instructions:     # one comparison per instruction: no loop escapes
+                chip.check_budget(self, pc, ins)
             if unit == "scalar":
                 delta = op.execute(self, ins.args)
                 pending += scalar_cost
                 pc += 1 if delta is None else delta
                 if pending >= SCALAR_FLUSH:
-                    chip.check_budget(self, pc, ins)
                     yield env.timeout(pending)
                     pending = 0.0
                 continue
@@ -183,8 +184,6 @@ class Core:
             self.inflight += 1
             iq.put((ins, a, cost, touches, pc, task))
             pc += 1
-            if chip.executed > chip.max_instructions:
-                chip.check_budget(self, pc, ins)
         if pending:
             yield env.timeout(pending)
         self.state["issue"] = "draining at end of task"
@@ -259,6 +258,7 @@ class Core:
                     chip.account_mac(self, a, op, cost)
             dur = env.now - t0
             ctr.busy[unit] += dur
+            chip.last_activity = env.now
             if chip.trace is not None:
                 chip.trace.append((self.id, unit, t0, dur, op.mnemonic, task.kernel.name, pc))
             if chip.numerics:

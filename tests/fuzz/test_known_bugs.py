@@ -1,7 +1,5 @@
-"""Bugs the fuzz suite found in files outside the robustness work's ownership (engine, program
-model, simulate(), CLI subcommands). Each test states the correct behaviour and is a strict xfail:
-when the bug is fixed the test passes, xfail turns that into a failure, and the marker must go.
-The reason string names the file and the fix; docs/robustness.md lists them too."""
+"""Regression tests for bugs the fuzz suite found in the engine, the program model, simulate() and
+the CLI subcommands (all fixed; docs/robustness.md lists them)."""
 from __future__ import annotations
 
 import os
@@ -28,40 +26,28 @@ def prog(stream, task_dim=1, tensors=()):
     return Program([Kernel("k", "block", task_dim, [stream])], list(tensors))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/cores/core.py checks the instruction budget only on a "
-                   "scalar flush or a queued issue, so `L: sync; jmp L` (and sync.all loops) run forever")
 @pytest.mark.parametrize("barrier", ["sync", "sync.all"])
 def test_sync_loop_hits_the_instruction_budget(barrier):
     with no_hang(3, "sync loop"), pytest.raises(SimulationError, match="instruction budget"):
         simulate(prog([I(barrier), I("jmp", target=-1)]), "mlu270", cores=1, max_instructions=1000)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/cores/chip.py dispatches tasks without counting them, so "
-                   "a kernel of many empty (or scalar-only) tasks ignores max_instructions")
 def test_many_empty_tasks_hit_the_instruction_budget():
     with no_hang(3, "empty tasks"), pytest.raises(SimulationError, match="instruction budget"):
         simulate(prog([], task_dim=10**8), "mlu270", cores=4, max_instructions=1000)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/program.py Kernel.validate does not check branch targets; "
-                   "a Program built in Python with jmp target=-5 crashes core.py with IndexError (and -1 wraps "
-                   "silently to the last instruction)")
 def test_branch_outside_the_stream_is_a_clean_error():
     with pytest.raises(MlusimError, match="outside the stream"):
         simulate(prog([I("nop"), I("jmp", target=-5)]), "mlu270", cores=1, max_instructions=100)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/sim.py passes max_cycles straight to SimPy: -1 raises "
-                   "ValueError('Negative delay'), NaN reports a bogus 'deadlock at cycle nan'")
 @pytest.mark.parametrize("limit", [-1.0, float("nan")])
 def test_bad_cycle_budget_is_refused(limit):
     with pytest.raises(SimulationError, match="max-cycles"):
         simulate(prog([I("nop")]), "mlu270", cores=1, max_cycles=limit)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/sim.py with max_cycles set keeps a timeout in the event "
-                   "queue, so a deadlock runs on to the budget and is reported as 'cycle budget exhausted "
-                   "(raise --max-cycles)' instead of naming who waits for what")
 def test_deadlock_is_reported_as_a_deadlock_under_a_cycle_budget():
     with pytest.raises(SimulationError, match="deadlock"):
         simulate(prog([I("vset", dt="i8", dst=0, n=4, wait="ld")]), "mlu270", cores=1, max_cycles=1e6)
@@ -73,15 +59,11 @@ def _cli(env_extra, *args):
                           timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/sim.py parses MLUSIM_HOST_MEM_GIB with float() at import "
-                   "time, so a bad value is a ValueError traceback; use config.host_mem_cap_bytes() at run time")
 def test_bad_host_memory_cap_variable_is_a_clean_error():
     r = _cli({"MLUSIM_HOST_MEM_GIB": "lots"}, "run", EXAMPLE, "--timing-only")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "MLUSIM_HOST_MEM_GIB" in r.stderr, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/sim.py formats the host memory estimate and cap as "
-                   "{:.1f} GiB, so small caps read 'needs about 0.0 GiB ... cap of 0.0 GiB'")
 def test_host_memory_message_shows_a_nonzero_estimate():
     t = [TensorDecl("x", "scratch", "i8", (1 << 20,), 0)]
     with pytest.raises(SimulationError) as e:
@@ -89,9 +71,6 @@ def test_host_memory_message_shows_a_nonzero_estimate():
     assert "about 0.0 GiB" not in str(e.value) and "cap of 0.0 GiB" not in str(e.value), str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/program.py TensorDecl.nbytes uses np.prod(dtype=int64), "
-                   "which wraps: shape (2**32, 2**32) is 0 bytes, so simulate() gets past the GDRAM check and "
-                   "numpy fails allocating the input")
 def test_huge_shapes_are_sized_exactly():
     t = TensorDecl("x", "input", "i8", (2**32, 2**32), 0)
     assert t.nbytes == 2**64
@@ -99,24 +78,17 @@ def test_huge_shapes_are_sized_exactly():
         simulate(prog([I("nop")], tensors=[t]), "mlu270", cores=1)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/program.py task_type_clusters uses str.isdigit, true for "
-                   "'²', then int() raises ValueError instead of ProgramError")
 def test_task_type_with_a_superscript_digit():
     with pytest.raises(ProgramError):
         task_type_clusters("union\u00b2")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/sim.py make_inputs unpacks tensor meta 'range' and reads "
-                   "'layout'/'host_layout' unchecked (TypeError for a Program built in Python; the .mlu "
-                   "loader now validates them)")
 def test_malformed_tensor_meta_is_a_clean_error():
     t = [TensorDecl("x", "input", "f32", (4,), 0, None, {"range": 5})]
     with pytest.raises(MlusimError):
         simulate(prog([I("nop")], tensors=t), "mlu270", cores=1)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/commands/common.py _load_npy calls np.load on --input "
-                   "files, which allocates the header's shape before reading (a 40-byte file can ask for TBs)")
 def test_input_npy_with_a_huge_header_is_refused(tmp_path, capsys):
     p = tmp_path / "huge.npy"
     with open(p, "wb") as fh:
@@ -126,15 +98,11 @@ def test_input_npy_with_a_huge_header_is_refused(tmp_path, capsys):
     assert "huge.npy" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/commands/run.py _write_outputs lets OSError from mkdir/"
-                   "np.save escape (e.g. --output /dev/null/x)")
 def test_unwritable_output_is_a_clean_error(capsys):
     assert main(["run", EXAMPLE, "--cores", "1", "--output", "/dev/null/out"]) == 2
     assert "/dev/null/out" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mlusim/commands/run.py passes --max-cycles unchecked to "
-                   "simulate(), so a negative value is a ValueError traceback")
 def test_negative_max_cycles_on_the_command_line(capsys):
     assert main(["run", EXAMPLE, "--timing-only", "--max-cycles", "-5"]) == 2
     assert "max-cycles" in capsys.readouterr().err
