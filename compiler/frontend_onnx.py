@@ -65,9 +65,8 @@ def load(path_or_model):
     onnx = _onnx()
     if not isinstance(path_or_model, (str, bytes)) and not hasattr(path_or_model, "__fspath__"):
         return path_or_model
-    try:
+    try:      # no onnx.checker: it rejects models ONNX Runtime runs (outputs without shapes, ...)
         m = onnx.load(str(path_or_model))
-        onnx.checker.check_model(m)
     except FileNotFoundError:
         raise CompileError(f"{path_or_model}: no such ONNX file") from None
     except Exception as e:   # protobuf DecodeError, ValidationError, ...
@@ -140,7 +139,7 @@ class Importer:
         out = {}
         for vi in list(m.graph.value_info) + list(m.graph.output):
             sh = vi.type.tensor_type.shape
-            if all(d.HasField("dim_value") for d in sh.dim):
+            if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in sh.dim):
                 out[vi.name] = tuple(d.dim_value for d in sh.dim)
         return out
 

@@ -304,8 +304,7 @@ def reshape(imp, node, a):
 
 
 def pad(imp, node, a):
-    x = imp.act(node.input[0], pads_ok=True, quantized=imp.env[node.input[0]].quantized
-                if isinstance(imp.env.get(node.input[0]), Act) else False)
+    x = imp.act(node.input[0], pads_ok=True, quantized=_is_q(imp, node.input[0]))
     if _text(a.get("mode", "constant")) != "constant":
         raise Unsupported(f"mode {_text(a['mode'])} (only constant)")
     if len(node.input) > 3 and node.input[3]:
@@ -344,7 +343,7 @@ def identity(imp, node, a):
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
         raise Unsupported("the mask output")
     imp.env[node.output[0]] = imp.env[node.input[0]] if isinstance(imp.env.get(node.input[0]), Const) else \
-        imp.act(node.input[0], pads_ok=True, quantized=imp.env[node.input[0]].quantized)
+        imp.act(node.input[0], pads_ok=True, quantized=_is_q(imp, node.input[0]))
 
 
 def batchnorm(imp, node, a):

@@ -167,6 +167,21 @@ def test_float_model_with_every_op_and_calibration(tmp_path):
     assert compile_onnx(f).notes and "random" in compile_onnx(f).notes[0]           # no data: a warning
 
 
+def test_quantized_model_with_every_op(tmp_path):
+    """The same network quantized by ONNX Runtime: QDQ around hardswish, sigmoid and a concat whose
+    inputs have their own scales (a requant node converts one), softmax left in float."""
+    torch.manual_seed(0)
+    q = quantize(export(Zoo(), tmp_path / "zoo.onnx", opset=14), tmp_path / "zooq.onnx", (1, 3, RES, RES))
+    c = compile_onnx(q)
+    ops = [n.op for n in c.graph.nodes]
+    assert c.notes == [] and "requant" in ops and {"sigmoid", "hardswish", "softmax"} <= set(ops)
+    for seed in range(2):
+        x = np.random.default_rng(seed).uniform(0, 1, (1, 3, RES, RES)).astype(np.float32)
+        out = simulate(c.program, cores=2, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
+        assert np.abs(out - ort_run(q, x)).max() < 0.01                 # probabilities of ~0.1
+
+
 def test_float_cnn_from_the_cli(tmp_path, capsys):
     f = export(zoo_torch.build("mobilenetv2", resolution=RES), tmp_path / "mnv2.onnx")
     np.save(tmp_path / "cal.npy", np.random.default_rng(2).uniform(0, 1, (4, 3, RES, RES)).astype(np.float32))
@@ -182,6 +197,41 @@ def test_float_cnn_from_the_cli(tmp_path, capsys):
     assert main(["run", f, "--cores", "1", "--timing-only"]) == 0                      # .onnx compiles on the fly
     assert "random inputs" in capsys.readouterr().err
     assert main(["compile", f, "--model", "resnet18"]) == 2
+
+
+def test_hand_built_graph_with_folding(tmp_path):
+    """BatchNormalization after a conv, Identity / Dropout, a Transpose of a constant weight, a
+    Reshape whose shape is computed from Shape -> Gather -> Concat, MatMul plus a bias Add, and
+    LogSoftmax: imported, folded, and equal to ONNX Runtime in float."""
+    rng = np.random.default_rng(0)
+    init = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+            "g": rng.uniform(0.5, 1.5, 8).astype(np.float32), "b": rng.uniform(-0.1, 0.1, 8).astype(np.float32),
+            "m": rng.uniform(-0.1, 0.1, 8).astype(np.float32), "v": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+            "wt": rng.standard_normal((5, 8)).astype(np.float32), "fb": rng.standard_normal(5).astype(np.float32),
+            "zero": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+    n = helper.make_node
+    nodes = [n("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+             n("BatchNormalization", ["c", "g", "b", "m", "v"], ["bn"], epsilon=1e-3),
+             n("Identity", ["bn"], ["id"]), n("Relu", ["id"], ["r"]), n("Dropout", ["r"], ["d"]),
+             n("GlobalAveragePool", ["d"], ["gap"]), n("Shape", ["gap"], ["shp"]),
+             n("Gather", ["shp", "zero"], ["batch"], axis=0), n("Concat", ["batch", "minus1"], ["tshape"], axis=0),
+             n("Reshape", ["gap", "tshape"], ["flat"]), n("Transpose", ["wt"], ["wT"], perm=[1, 0]),
+             n("MatMul", ["flat", "wT"], ["mm"]), n("Add", ["mm", "fb"], ["logits"]),
+             n("LogSoftmax", ["logits"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in init.items()])
+    path = str(tmp_path / "hand.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    g = from_onnx(path)
+    assert [n.op for n in g.nodes] == ["input", "conv2d", "batchnorm", "relu", "gap", "flatten", "linear",
+                                       "log_softmax"]
+    x = rng.uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    assert np.allclose(run_float(g, x)[g.output], ort_run(path, x), atol=1e-5)
+    c = compile_onnx(path, samples=[x])
+    assert "batchnorm" in c.graph.node(c.graph.nodes[1].name).fused
+    assert np.array_equal(simulate(c.program, cores=2, inputs={"input": x}).outputs["output"],
+                          run_quant(c.graph, x)["__output__"])
 
 
 def test_unsupported_ops_are_listed_together(tmp_path):
