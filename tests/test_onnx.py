@@ -123,6 +123,25 @@ def test_qoperator_format_and_core_counts(tmp_path):
     assert np.array_equal(outs[0], outs[1])
 
 
+def test_qlinear_matmul(tmp_path):
+    """MatMul quantized in operator format: QLinearMatMul after a Reshape from a constant shape."""
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    init = {"w": rng.standard_normal((64, 10)).astype(np.float32) * 0.2, "shape": np.array([1, 64], np.int64)}
+    graph = helper.make_graph(
+        [n("Reshape", ["input", "shape"], ["flat"]), n("MatMul", ["flat", "w"], ["mm"]), n("Relu", ["mm"], ["y"])],
+        "mm", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in init.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "mm.onnx")
+    q = quantize(str(tmp_path / "mm.onnx"), tmp_path / "mmq.onnx", (1, 4, 4, 4), fmt=QuantFormat.QOperator)
+    assert "QLinearMatMul" in {x.op_type for x in onnx.load(q).graph.node}
+    c = compile_onnx(q)
+    assert [n.op for n in c.graph.nodes] == ["input", "flatten", "linear"]
+    exact, worst = agreement(q, c, images=3, cores=2)
+    assert worst <= 1.0 + 1e-6 and exact >= 0.99
+
+
 class Zoo(torch.nn.Module):
     """One of every op the importer claims beyond the CNNs above."""
 
