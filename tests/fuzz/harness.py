@@ -5,10 +5,11 @@ succeeds or raises an MlusimError whose message is one printable line. Anything 
 exception type, a hang, a side effect of loading) is a bug. These helpers make that property one
 call, so each test reads as "what input" rather than "how to check".
 
-Budgets: every property test declares its CI example count; MLUSIM_FUZZ_EXAMPLES=N raises every
-test to at least N examples (the long opt-in mode), MLUSIM_FUZZ_SEED=S explores a different
-deterministic sequence, and MLUSIM_FUZZ_STATS=FILE appends per-kind case counts (one JSON line
-per process) so that a run can report how many cases of each input kind it tried.
+Budgets: every property test declares its CI example count. MLUSIM_FUZZ_EXAMPLES=N is the long
+opt-in mode: the cheapest properties run N examples and every other one the same multiple of its
+CI count (the run takes about N / MAX_CI times the CI time). MLUSIM_FUZZ_SEED=S explores another
+deterministic sequence; MLUSIM_FUZZ_STATS=FILE appends per-kind case counts (one JSON line per
+process) so that a run can report how many cases of each input kind it tried.
 """
 from __future__ import annotations
 
@@ -47,8 +48,14 @@ def _dump_counts() -> None:
 atexit.register(_dump_counts)
 
 
+# The largest CI budget of any property. Long mode scales every property by the same factor
+# (MLUSIM_FUZZ_EXAMPLES / MAX_CI), so the cheapest reach N examples and the expensive ones
+# (nine simulations per example) keep the cost ratio they have in CI.
+MAX_CI = 2000
+
+
 def examples(ci: int) -> int:
-    return max(ci, LONG_EXAMPLES)
+    return max(ci, LONG_EXAMPLES * ci // MAX_CI)
 
 
 def fuzz(ci: int):
