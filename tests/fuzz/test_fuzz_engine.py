@@ -24,10 +24,11 @@ BUDGET = {"max_instructions": 400, "max_cycles": 3e5}
 
 
 @fuzz(ci=1000)
-@given(random_program(), st.sampled_from([1, 2, 4, 8]), st.booleans())
-def test_random_streams_run_or_fail_cleanly(prog, cores, timing_only):
+@given(random_program(), st.sampled_from([1, 2, 4, 8]), st.booleans(), st.sampled_from([None, 3e5]))
+def test_random_streams_run_or_fail_cleanly(prog, cores, timing_only, max_cycles):
+    """Half the runs have no cycle budget: the instruction budget alone must stop every loop."""
     outcome(simulate, prog, CFG, cores=cores, timing_only=timing_only, timeout=60, kind="engine: random streams",
-            **BUDGET)
+            max_instructions=BUDGET["max_instructions"], max_cycles=max_cycles)
 
 
 @fuzz(ci=200)
