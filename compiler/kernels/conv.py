@@ -78,7 +78,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
     wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
-    sizes = [in_tile] * DOUBLE + [acc] + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    sizes = [in_tile] * DOUBLE + [acc] * DOUBLE + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
     if geo.residual:
         sizes += [out] * DOUBLE + [acc] + [params] * DOUBLE
     if geo.depthwise:
@@ -197,7 +197,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
     # left / right pad columns are never overwritten: fill each buffer with zp once
     fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
         if geo.zp_pad else [None, None]
-    acc = nram.alloc(rows * geo.wo * block * 4, "accumulator")
+    accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(DOUBLE)]
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
                 for _ in range(DOUBLE)] if geo.pool else None
@@ -241,6 +241,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)
         slot = i % DOUBLE
+        acc = accs[slot]          # ping-pong: the next tile's conv runs while this one is requantized
         lds = _load_tile(s, geo, buf_in[slot], x, n, a, b, pt, pb, zp_row,
                          [hist_cp[i - DOUBLE] if i >= DOUBLE else None, fills[slot]])
         npix = (r1 - r0) * geo.wo

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from collections import deque
+
 import simpy
 
 from mlusim.cores import dma as dmamod
@@ -46,6 +48,8 @@ class Core:
         self.tokens = {(a, b): TokenQueue(self.env, f"{a}->{b}") for a in QUEUES for b in QUEUES if a != b}
         self.inflight = 0
         self.drain_waiter: simpy.Event | None = None
+        self.cp_running: dict = {"mac": None, "vec": None}   # what each compute unit runs now
+        self.cp_rob: deque = deque()                          # compute instructions in program order
         self.regs = [0] * 32
         self.task: TaskContext | None = None
         self.counters = CoreCounters(core_id)
@@ -238,6 +242,9 @@ class Core:
                             if chip.trace is not None:
                                 chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
                                                    env.now - t0, f"wait {other} token", task.kernel.name, pc))
+            if qname == "cp":
+                yield from self._issue_compute(ins, a, cost, touches, pc, task)
+                continue
             self.state[qname] = f"executes pc {pc} `{ins.op.mnemonic}`"
             t0 = env.now
             op = ins.op
@@ -272,3 +279,68 @@ class Core:
             if not self.inflight and self.drain_waiter is not None:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
+
+    # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
+    def _issue_compute(self, ins, a, cost, touches, pc, task):
+        """Start the queue head on its unit as soon as that unit is free and the instruction has no
+        memory hazard with what the other unit is running (the MAC array and the vector unit are
+        separate pipes, as the WFU and NFU are). Completion is recorded in program order, so tokens
+        and drains behave exactly as for a strictly in-order queue."""
+        env = self.env
+        unit = ins.op.unit
+        while True:
+            block = None
+            for u, rec in self.cp_running.items():
+                if rec is not None and (u == unit or _hazard(rec[1], touches)):
+                    block = rec
+                    break
+            if block is None:
+                break
+            self.state["cp"] = f"pc {pc} `{ins.op.mnemonic}` waits for pc {block[2]} on the {block[0]} unit"
+            if block[3] is None:           # the completion event exists only if someone waits on it
+                block[3] = env.event()
+            yield block[3]
+        rec = [unit, touches, pc, None, False, a, ins]
+        self.cp_running[unit] = rec
+        self.cp_rob.append(rec)
+        self.state["cp"] = f"issued pc {pc} `{ins.op.mnemonic}` to the {unit} unit"
+        # a plain timeout with a callback, not a process: one event per compute instruction
+        env.timeout(cost).callbacks.append(lambda _e, t0=env.now: self._compute_done(rec, cost, task, pc, t0))
+
+    def _compute_done(self, rec, cost, task, pc, t0) -> None:
+        env, chip = self.env, self.chip
+        unit, a, ins = rec[0], rec[5], rec[6]
+        op = ins.op
+        if unit == "mac":
+            chip.account_mac(self, a, op, cost)
+        self.counters.busy[unit] += cost
+        chip.last_activity = env.now
+        if chip.trace is not None:
+            chip.trace.append((self.id, unit, t0, env.now - t0, op.mnemonic, task.kernel.name, pc))
+        if chip.numerics:
+            op.execute(self, a)
+        rec[4] = True
+        if self.cp_running.get(unit) is rec:
+            self.cp_running[unit] = None
+        if rec[3] is not None:
+            rec[3].succeed()
+        while self.cp_rob and self.cp_rob[0][4]:          # retire in program order
+            done = self.cp_rob.popleft()
+            sig = done[5]["sig"]
+            if sig:
+                for other in QUEUES:
+                    if sig >> QIDX[other] & 1:
+                        self.tokens[("cp", other)].push()
+            self.inflight -= 1
+        if not self.inflight and self.drain_waiter is not None:
+            w, self.drain_waiter = self.drain_waiter, None
+            w.succeed()
+
+
+def _hazard(t1, t2) -> bool:
+    """Do two instructions' memory accesses overlap with at least one write?"""
+    for s1, a1, n1, rw1, _ in t1:
+        for s2, a2, n2, rw2, _ in t2:
+            if s1 == s2 and a1 < a2 + n2 and a2 < a1 + n1 and "w" in (rw1, rw2):
+                return True
+    return False
