@@ -32,11 +32,14 @@ SEED_DOC = ROOT.parent / "shared" / "seed" / "000_f0cf2a9ed98732bd.txt"
 
 @pytest.fixture(autouse=True)
 def _settings():
+    grad = torch.is_grad_enabled()
     ct.set_core_number(1)
     ct.set_core_version("MLU270")
     ct.set_strict(False)
     yield
     ct.set_core_number(1)
+    ct.save_as_cambricon(None)
+    torch.set_grad_enabled(grad)      # the seed scripts switch grad off globally
 
 
 def test_vendored_seed_script_is_the_documents():

@@ -25,6 +25,7 @@ CFG = load_config("mlu270")
 
 @pytest.fixture(autouse=True)
 def _fresh():
+    torch.set_grad_enabled(True)
     training.STATE.sites.clear()
     training.STATE.history.clear()
     training.STATE.step.clear()
