@@ -12,7 +12,7 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream
-from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, split, vec_cycles
+from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, split, vec_cycles
 from mlusim.errors import CompileError
 from mlusim.isa.fields import f32_bits
 

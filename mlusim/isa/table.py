@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mlusim.isa import semantics as S
+from mlusim.isa import semantics_ext as SX
 from mlusim.isa import timing as T
 from mlusim.isa.fields import (DIRECTIONS, DTYPES, F32, Addr, Deps, Enum, Field, Imm, Reg, Target,
                                encoded_width)
@@ -244,24 +245,24 @@ OPS: tuple[OpSpec, ...] = (
            (DT(), A("dst", "nram"), A("src", "nram"), U("rows", 20), U("cols", 20)) + DEPS,
            "2-D transpose: dst[c, r] = src[r, c] for a row-major [rows, cols] source (BANG "
            "`__bang_transpose`); used to lay out operands of backward matmuls.",
-           S.vtrans, T.vec_trans, S.touch_trans),
+           SX.vtrans, T.vec_trans, SX.touch_trans),
     OpSpec("vcmp", 0x53, "vec",
            (Enum("mode", 3, None, "comparison", ("gt", "ge", "lt", "le", "eq", "ne")), DT(), A("dst", "nram"),
             A("a", "nram"), A("b", "nram"), N24) + DEPS,
            "dst[i] = 1 if a[i] <mode> b[i] else 0, in `dt` (a mask for selects, e.g. ReLU's backward).",
-           S.vcmp, T.vec_elementwise, S.touch_binary, positional=6),
+           SX.vcmp, T.vec_elementwise, S.touch_binary, positional=6),
     OpSpec("vpoolbp", 0x54, "vec",
            (DT(), A("dst", "nram"), A("src", "nram"), A("grad", "nram"), U("n", 12, 1, "batch"), *GEOM,
             U("c", 16, doc="channels"), *WIN, *PADS) + DEPS,
            "Max-pool backward (BANG `__bang_maxpool_bp`): for each output window of src NHWC [n, hi, wi, c], "
            "the window's gradient grad[n, ho, wo, c] goes to the first position (row-major in the window) "
            "holding the window's maximum; dst [n, hi, wi, c] sums what each position receives. Padding "
-           "never wins.", S.vpoolbp, T.vec_poolbp, S.touch_poolbp, S.check_pool),
+           "never wins.", SX.vpoolbp, T.vec_poolbp, SX.touch_poolbp, S.check_pool),
     OpSpec("vfma", 0x5F, "vec",
            (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), A("c", "nram"), N24) + DEPS,
            "dst[i] = a[i] * b[i] + c[i] rounded once to `dt` (IEEE fusedMultiplyAdd; float dt only), as "
            "vector FMA units do; the compiler uses it to reproduce ONNX Runtime's quantized add.",
-           S.vfma, T.vec_elementwise, S.touch_fma, S.check_float_dt, positional=6),
+           SX.vfma, T.vec_elementwise, SX.touch_fma, S.check_float_dt, positional=6),
 )
 
 BY_MNEMONIC: dict[str, OpSpec] = {op.mnemonic: op for op in OPS}
