@@ -107,7 +107,7 @@ def assert_clean_error(e: BaseException, prefix: str | None = None) -> str:
     return msg
 
 
-def outcome(fn, *args, timeout: float = 30, kind: str | None = None, **kw):
+def check_outcome(fn, *args, timeout: float = 30, kind: str | None = None, **kw):
     """Run fn(*args, **kw) under a hang guard: returns (result, None) or (None, MlusimError).
     Any other exception propagates, which fails the test with its traceback."""
     if kind:

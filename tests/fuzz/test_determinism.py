@@ -19,7 +19,7 @@ from mlusim.isa.asm import assemble_program
 from mlusim.program import Kernel, Program, TensorDecl, allocate
 from mlusim.sim import simulate
 
-from .harness import count, fuzz, outcome
+from .harness import count, fuzz, check_outcome
 from .programs import I, smoke_program
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def sliced_program(draw):
 @fuzz(ci=60)
 @given(sliced_program(), st.integers(0, 2**32 - 1))
 def test_outputs_do_not_depend_on_the_core_count(prog, seed):
-    ref, err = outcome(simulate, prog, "mlu270", cores=1, max_instructions=10**5, kind="determinism: sliced programs")
+    ref, err = check_outcome(simulate, prog, "mlu270", cores=1, max_instructions=10**5, kind="determinism: sliced programs")
     assert err is None, err
     rng = np.random.default_rng(seed)
     t = prog.tensor("x")

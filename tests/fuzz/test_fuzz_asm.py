@@ -15,7 +15,7 @@ from mlusim.isa.encoding import decode_stream, encode_stream
 from mlusim.isa.table import OPS
 from mlusim.sim import simulate
 
-from .harness import assert_clean_error, count, fuzz, no_hang, outcome
+from .harness import assert_clean_error, count, fuzz, no_hang, check_outcome
 from .programs import SOURCES
 
 WHERE = re.compile(r"^(?P<file>[^:]+\.s):(?P<line>\d+):(?:(?P<col>\d+):)? ")
@@ -47,11 +47,11 @@ def check_assembled(prog, text: str) -> None:
             assert decode_stream(encode_stream(s)) == s
     again = assemble_program(disassemble_program(prog).replace("; data stored in the model file", ""), "re.s")
     assert [k.streams for k in again.kernels] == [k.streams for k in prog.kernels]
-    outcome(simulate, prog, "mlu270", cores=4, timing_only=True, max_instructions=3000, max_cycles=1e8, timeout=60)
+    check_outcome(simulate, prog, "mlu270", cores=4, timing_only=True, max_instructions=3000, max_cycles=1e8, timeout=60)
 
 
-def attempt(text: str, kind: str):
-    prog, err = outcome(assemble_program, text, "f.s", kind=kind, timeout=20)
+def check_attempt(text: str, kind: str):
+    prog, err = check_outcome(assemble_program, text, "f.s", kind=kind, timeout=20)
     if err is not None:
         check_located(err, text)
     else:
@@ -78,13 +78,13 @@ TOKENS = st.one_of(
 @given(st.lists(st.lists(TOKENS, max_size=8), max_size=12))
 def test_token_soup(lines):
     text = ".tensor x input i8 [4096]\n.kernel k block tasks=4\n" + "\n".join(" ".join(t) for t in lines) + "\n"
-    attempt(text, "asm: token soup")
+    check_attempt(text, "asm: token soup")
 
 
 @fuzz(ci=400)
 @given(st.lists(TOKENS, max_size=40))
 def test_token_soup_without_structure(tokens):
-    attempt(" ".join(tokens), "asm: unstructured soup")
+    check_attempt(" ".join(tokens), "asm: unstructured soup")
 
 
 SRC = {p.name: p.read_text() for p in SOURCES}
@@ -129,7 +129,7 @@ def mutated_source(draw):
 @fuzz(ci=1000)
 @given(mutated_source())
 def test_mutations_of_real_programs(text):
-    attempt(text, "asm: mutated programs")
+    check_attempt(text, "asm: mutated programs")
 
 
 @pytest.mark.parametrize("name", sorted(SRC))

@@ -16,7 +16,7 @@ from mlusim.config import (MAX_CYCLES, HardwareConfig, _resolve_raw, config_from
 from mlusim.errors import ConfigError
 from mlusim.yamlsafe import MAX_YAML_BYTES, load_yaml_text
 
-from .harness import assert_clean_error, count, fuzz, outcome
+from .harness import assert_clean_error, count, fuzz, check_outcome
 from .programs import smoke_program
 
 BASE, _ = _resolve_raw("mlu270")
@@ -93,7 +93,7 @@ def check_invariants(cfg: HardwareConfig) -> None:
 @given(st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_configs_load_or_name_the_key(muts):
     raw = mutate(BASE, muts)
-    cfg, err = outcome(config_from_dict, raw, "fuzz.yaml", kind="config: mutated mapping")
+    cfg, err = check_outcome(config_from_dict, raw, "fuzz.yaml", kind="config: mutated mapping")
     if err is not None:
         assert str(err).startswith("fuzz.yaml"), str(err)
     else:
@@ -115,14 +115,14 @@ def test_every_accepted_config_simulates_cleanly(data):
     leaves = [(p, m) for p, tp, m in iter_leaves() if tp in (int, float)]
     for path, meta in data.draw(st.lists(st.sampled_from(leaves), min_size=1, max_size=5, unique_by=lambda pm: pm[0])):
         _set(raw, path, data.draw(_edge(meta)))
-    cfg, err = outcome(config_from_dict, raw, "edge.yaml", kind="config: edge values")
+    cfg, err = check_outcome(config_from_dict, raw, "edge.yaml", kind="config: edge values")
     assume(err is None)
     check_invariants(cfg)
     prog = smoke_program()
     cores = data.draw(st.sampled_from([1, cfg.chip.cores]))
     from mlusim.sim import simulate
 
-    outcome(simulate, prog, cfg, cores=cores, timing_only=True, max_instructions=2000, max_cycles=1e9,
+    check_outcome(simulate, prog, cfg, cores=cores, timing_only=True, max_instructions=2000, max_cycles=1e9,
             timeout=60, kind="config: simulated")
 
 
@@ -136,7 +136,7 @@ yaml_atoms = st.sampled_from(["base: mlu270", "chip:", "core:", "  cores: 16", "
 @given(st.lists(st.one_of(yaml_atoms, st.text(max_size=8)), max_size=30))
 def test_yaml_token_soup(parts):
     text = "".join(p if i % 3 else p + "\n" for i, p in enumerate(parts))
-    outcome(load_yaml_text, text, "soup.yaml", kind="yaml: token soup")
+    check_outcome(load_yaml_text, text, "soup.yaml", kind="yaml: token soup")
 
 
 @fuzz(ci=300)
@@ -144,7 +144,7 @@ def test_yaml_token_soup(parts):
 def test_random_bytes_as_config_file(tmp_path_factory, data):
     p = tmp_path_factory.mktemp("b") / "c.yaml"
     p.write_bytes(b"base: mlu270\n" + data)
-    _, err = outcome(load_config, p, kind="config: random bytes")
+    _, err = check_outcome(load_config, p, kind="config: random bytes")
     if err is not None:
         assert str(p) in str(err)
 
@@ -160,7 +160,7 @@ overrides = st.one_of(
 @fuzz(ci=600)
 @given(st.lists(overrides, min_size=1, max_size=3))
 def test_set_override_strings(sets):
-    _, err = outcome(load_config, "mlu270", sets, kind="config: --set strings")
+    _, err = check_outcome(load_config, "mlu270", sets, kind="config: --set strings")
     if err is not None:
         assert str(err).startswith(("mlu270", "--set", "unknown config preset")), str(err)
 
@@ -193,7 +193,7 @@ def test_yaml_bombs_are_refused_quickly(tmp_path, name):
     p = tmp_path / "bomb.yaml"
     p.write_text(text)
     count("config: YAML bombs")
-    cfg, err = outcome(load_config, p, timeout=10)
+    cfg, err = check_outcome(load_config, p, timeout=10)
     if needle is None:
         return
     assert err is not None, f"{name}: accepted"
@@ -210,7 +210,7 @@ def test_yaml_bombs_are_refused_quickly(tmp_path, name):
 def test_non_utf8_and_control_bytes(tmp_path, data, needle):
     p = tmp_path / "c.yaml"
     p.write_bytes(data)
-    cfg, err = outcome(load_config, p)
+    cfg, err = check_outcome(load_config, p)
     if needle is None:
         assert err is None, err
     else:

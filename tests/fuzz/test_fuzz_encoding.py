@@ -12,14 +12,14 @@ from mlusim.isa.encoding import Instr, decode_stream, encode_stream
 from mlusim.isa.fields import Addr, Target
 from mlusim.isa.table import OPS
 
-from .harness import count, fuzz, outcome
+from .harness import count, fuzz, check_outcome
 from .programs import clamp_targets, field_strategy, instruction
 
 
 @fuzz(ci=2000)
 @given(st.binary(max_size=64).map(lambda b: b[: len(b) - len(b) % 4]))
 def test_random_words_decode_or_fail_cleanly(data):
-    stream, err = outcome(decode_stream, data, kind="encoding: random words")
+    stream, err = check_outcome(decode_stream, data, kind="encoding: random words")
     if stream is not None:
         assert encode_stream(stream) == data          # decoding is exact: no bit is ignored
 
@@ -68,7 +68,7 @@ def make_call(draw):
 @given(make_call())
 def test_instr_make_takes_any_python_values(call):
     mnemonic, kwargs = call
-    ins, err = outcome(Instr.make, mnemonic, **kwargs, kind="encoding: Instr.make")
+    ins, err = check_outcome(Instr.make, mnemonic, **kwargs, kind="encoding: Instr.make")
     if ins is not None:
         assert decode_stream(encode_stream([ins])) == [ins]
         assert all(type(v) is int for v in ins.args.values())

@@ -15,7 +15,7 @@ from mlusim.isa.encoding import decode_stream, encode_stream
 from mlusim.program import Kernel, Program, TensorDecl, allocate
 from mlusim.sim import simulate
 
-from .harness import assert_clean_error, count, fuzz, outcome
+from .harness import assert_clean_error, count, fuzz, check_outcome
 from .programs import I, random_program
 
 CFG = load_config("mlu270")
@@ -27,7 +27,7 @@ BUDGET = {"max_instructions": 400, "max_cycles": 3e5}
 @given(random_program(), st.sampled_from([1, 2, 4, 8]), st.booleans(), st.sampled_from([None, 3e5]))
 def test_random_streams_run_or_fail_cleanly(prog, cores, timing_only, max_cycles):
     """Half the runs have no cycle budget: the instruction budget alone must stop every loop."""
-    outcome(simulate, prog, CFG, cores=cores, timing_only=timing_only, timeout=60, kind="engine: random streams",
+    check_outcome(simulate, prog, CFG, cores=cores, timing_only=timing_only, timeout=60, kind="engine: random streams",
             max_instructions=BUDGET["max_instructions"], max_cycles=max_cycles)
 
 
@@ -38,8 +38,8 @@ def test_random_streams_survive_encoding_and_stay_deterministic(prog):
     count("engine: determinism of random streams")
     for k in prog.kernels:
         k.streams = [decode_stream(encode_stream(s)) for s in k.streams]
-    a, err = outcome(simulate, prog, CFG, cores=2, timeout=60, **BUDGET)
-    b, err2 = outcome(simulate, prog, CFG, cores=2, timeout=60, **BUDGET)
+    a, err = check_outcome(simulate, prog, CFG, cores=2, timeout=60, **BUDGET)
+    b, err2 = check_outcome(simulate, prog, CFG, cores=2, timeout=60, **BUDGET)
     assert (err is None) == (err2 is None) and str(err) == str(err2)
     if a is not None:
         assert a.cycles == b.cycles and a.outputs.keys() == b.outputs.keys()
@@ -54,7 +54,7 @@ def one(stream, tensors=(), task_type="block", task_dim=1, task_stream=None, cor
     return simulate(prog, CFG, cores=cores, **{**BUDGET, **kw})
 
 
-def fault(stream, *needles, **kw):
+def check_fault(stream, *needles, **kw):
     with pytest.raises(SimulationError) as e:
         one(stream, **kw)
     msg = assert_clean_error(e.value)
@@ -85,7 +85,7 @@ NRAM = CFG.nram_bytes
     ([I("sync.cluster")], ["sync.cluster is illegal in a BLOCK kernel"]),
 ])
 def test_faults_name_the_instruction(stream, needles):
-    fault(stream, *needles, tensors=[TensorDecl("x", "input", "i8", (64,), -1)])
+    check_fault(stream, *needles, tensors=[TensorDecl("x", "input", "i8", (64,), -1)])
 
 
 def test_illegal_dma_directions_never_reach_the_engine():
@@ -105,7 +105,7 @@ def test_illegal_dma_directions_never_reach_the_engine():
 
 
 def test_missing_token_deadlock_names_cores_and_waits():
-    msg = fault([I("vset", dt="i8", dst=0, n=4, wait="ld")], "deadlock at cycle", "core 0",
+    msg = check_fault([I("vset", dt="i8", dst=0, n=4, wait="ld")], "deadlock at cycle", "core 0",
                 "waits for a token from ld", "pc 0", task_dim=2, cores=2, max_cycles=None)
     assert "core 1" in msg
 
@@ -113,14 +113,14 @@ def test_missing_token_deadlock_names_cores_and_waits():
 def test_mismatched_barriers_deadlock_names_the_barrier():
     extra = [I("sync.cluster"), I("sync.cluster")]
     once = [I("sync.cluster")]
-    msg = fault([extra, once], "deadlock", "sync.cluster of cluster 0 (1/4 arrived)", "core 0",
+    msg = check_fault([extra, once], "deadlock", "sync.cluster of cluster 0 (1/4 arrived)", "core 0",
                 task_type="union1", task_dim=4, task_stream=[0, 1, 1, 1], cores=4, max_cycles=None)
     assert "waits at" in msg
-    fault([I("sync.all")], "sync.all of kernel 'k' (2/3 arrived)", task_dim=3, cores=2, max_cycles=None)
+    check_fault([I("sync.all")], "sync.all of kernel 'k' (2/3 arrived)", task_dim=3, cores=2, max_cycles=None)
 
 
 def test_union_kernel_without_whole_clusters():
-    fault([I("nop")], "needs 1 whole cluster", task_type="union1", task_dim=4, cores=3)
+    check_fault([I("nop")], "needs 1 whole cluster", task_type="union1", task_dim=4, cores=3)
 
 
 def test_task_ids_outside_the_kernel():
@@ -143,12 +143,12 @@ def test_runaway_loops_stop_with_a_clear_message(budget, needle):
         "dma loop": [I("dma", dir="n2n", dst=64, src=0, size=64), I("jmp", target=-1)],
     }
     for name, stream in loops.items():
-        msg = fault(stream, needle, **budget)
+        msg = check_fault(stream, needle, **budget)
         assert "raise --max" in msg, f"{name}: {msg}"
 
 
 def test_host_memory_cap_fails_up_front_with_the_estimate():
     big = [TensorDecl("big", "scratch", "i8", (3 << 30,), -1)]
-    msg = fault([I("nop")], "needs about 3.", "over the cap of 1.0 GiB", tensors=big, host_cap_gib=1.0)
+    msg = check_fault([I("nop")], "needs about 3.", "over the cap of 1.0 GiB", tensors=big, host_cap_gib=1.0)
     assert "--timing-only" in msg
     assert one([I("nop")], tensors=big, timing_only=True, host_cap_gib=1.0).cycles > 0

@@ -24,7 +24,7 @@ from mlusim.errors import ModelFileError
 from mlusim.program import Kernel, Program
 from mlusim.sim import simulate
 
-from .harness import count, fuzz, outcome
+from .harness import count, fuzz, check_outcome
 from .programs import I, smoke_program
 
 
@@ -67,12 +67,12 @@ def _with_manifest(members: dict[str, bytes], man) -> dict[str, bytes]:
     return out
 
 
-def load_and_run(path: Path, kind: str):
+def check_load_and_run(path: Path, kind: str):
     """The property: load cleanly or refuse cleanly; a loaded program simulates cleanly."""
-    prog, err = outcome(mlufile.load, path, kind=kind, timeout=30)
+    prog, err = check_outcome(mlufile.load, path, kind=kind, timeout=30)
     if prog is not None:
         count(kind + " (loaded)")
-        outcome(simulate, prog, "mlu270", cores=2, max_instructions=2000, max_cycles=1e7, timeout=60)
+        check_outcome(simulate, prog, "mlu270", cores=2, max_instructions=2000, max_cycles=1e7, timeout=60)
     return prog, err
 
 
@@ -81,7 +81,7 @@ def test_truncation_at_every_offset(model, tmp_path):
     bad = tmp_path / "t.mlu"
     for cut in range(len(data)):
         bad.write_bytes(data[:cut])
-        prog, err = load_and_run(bad, "mlu: truncated")
+        prog, err = check_load_and_run(bad, "mlu: truncated")
         assert err is not None, f"truncated at {cut} of {len(data)} bytes and still loaded"
 
 
@@ -94,7 +94,7 @@ def test_random_byte_flips(model, tmp_path_factory, flips):
         buf[off % len(buf)] ^= x
     bad = tmp_path_factory.mktemp("f") / "flip.mlu"
     bad.write_bytes(bytes(buf))
-    load_and_run(bad, "mlu: byte flips")
+    check_load_and_run(bad, "mlu: byte flips")
 
 
 # ---- the manifest, field by field ---------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_manifest_fields_of_any_json_type(model, tmp_path_factory, data):
         man = _edit(man, path, op, data.draw(json_values))
     bad = tmp_path_factory.mktemp("m") / "manifest.mlu"
     bad.write_bytes(_zip(_with_manifest(members, man)))
-    load_and_run(bad, "mlu: manifest fields")
+    check_load_and_run(bad, "mlu: manifest fields")
 
 
 # ---- targeted attacks ---------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_targeted_attacks(model, tmp_path, name):
     bad.write_bytes(_zip(edit(_members(model[1]))))
     tracemalloc.start()
     try:
-        prog, err = load_and_run(bad, "mlu: targeted attacks")
+        prog, err = check_load_and_run(bad, "mlu: targeted attacks")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
