@@ -94,6 +94,16 @@ class Fabric:
     def _rates(self) -> None:
         """Max-min fair rates by progressive filling: repeatedly take the tightest constraint, either
         the smallest flow cap or the smallest fair share of a link, and freeze the flows it binds."""
+        flows = self.flows
+        first = flows[0].links
+        if len(first) == 1 and all(f.links is first or f.links == first for f in flows):
+            # the common case, every flow on one link (DRAM): water-filling over the flows' caps
+            room, n = first[0].bytes_per_cycle, len(flows)
+            for f in sorted(flows, key=lambda f: f.cap):
+                f.rate = min(f.cap, room / n)
+                room -= f.rate
+                n -= 1
+            return
         cap: dict[Link, float] = {}
         count: dict[Link, int] = {}
         users: dict[Link, list[Flow]] = {}
