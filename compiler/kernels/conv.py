@@ -67,7 +67,7 @@ class ConvGeometry:
         return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
 
 
-def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
+def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None) -> Plan | None:
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
     in_tile = geo.tile_bytes(rows)
@@ -89,7 +89,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int) -> Plan | None:
         return None
     rblocks = ceil(geo.ho / rows)
     units = geo.n * rblocks * nblocks
-    tasks = min(units, ctx.tasks)
+    tasks = min(units, max_tasks or ctx.tasks)
     per_task = ceil(units / tasks)
     # per tile costs on each queue
     lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
@@ -124,8 +124,11 @@ def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
     blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
     if geo.groups > 1 and not geo.depthwise:
         blocks = [geo.co]
-    cands = [(r, b) for r in row_candidates(geo.ho, mult) for b in blocks]
-    plan = choose(cands, lambda r, b: _price(ctx, geo, r, b))
+    # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
+    # per-task start-up and weight reloads than it gains
+    spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
+    cands = [(r, b, t) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread]
+    plan = choose(cands, lambda r, b, t: _price(ctx, geo, r, b, t))
     if plan is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
