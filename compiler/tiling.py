@@ -62,9 +62,11 @@ class Plan:
     tasks: int
     cost: float           # estimated cycles of the slowest task, or of DRAM if that is slower
     units: int
+    buffers: int = 1      # accumulators: 2 lets the MAC array and the vector unit overlap
 
     def describe(self) -> str:
-        return f"{self.rows} rows x {self.block} channels per tile, {self.units} tiles over {self.tasks} tasks"
+        return (f"{self.rows} rows x {self.block} channels per tile, {self.units} tiles over {self.tasks} tasks"
+                + (", double accumulator" if self.buffers == 2 else ""))
 
 
 def choose(cands, price):

@@ -67,7 +67,8 @@ class ConvGeometry:
         return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
 
 
-def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None) -> Plan | None:
+def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
+           accs: int = 2) -> Plan | None:
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
     in_tile = geo.tile_bytes(rows)
@@ -78,7 +79,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
-    sizes = [in_tile] * DOUBLE + [acc] * DOUBLE + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
     if geo.residual:
         sizes += [out] * DOUBLE + [acc] + [params] * DOUBLE
     if geo.depthwise:
@@ -112,10 +113,11 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
     wload = dma_cycles(cfg, wblock) * max(loads)
-    task = max(per_task * ld + wload, per_task * (c_mac + c_vec), per_task * st) + ld + c_mac + st
+    cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
+    task = max(per_task * ld + wload, per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * (in_tile + st_bytes) + wblock * sum(loads)
     dram = total_bytes / cfg.dram_bytes_per_cycle
-    return Plan(rows, block, tasks, max(task, dram), units)
+    return Plan(rows, block, tasks, max(task, dram), units, accs)
 
 
 def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
@@ -127,8 +129,8 @@ def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
     # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
     # per-task start-up and weight reloads than it gains
     spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
-    cands = [(r, b, t) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread]
-    plan = choose(cands, lambda r, b, t: _price(ctx, geo, r, b, t))
+    cands = [(r, b, t, n) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)]
+    plan = choose(cands, lambda r, b, t, n: _price(ctx, geo, r, b, t, n))
     if plan is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
@@ -161,7 +163,7 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     streams = []
     for t0, t1 in split(len(units), plan.tasks):
         streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, (p_addr, fs_addr), res, r_addr,
-                             zp_row))
+                             zp_row, plan.buffers))
     macs = geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
                unit="vector" if geo.depthwise else "mac")
@@ -188,7 +190,7 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None):
+def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2):
     cfg = ctx.cfg
     p_addr, fs_addr = p_addrs
     s = TaskStream()
@@ -200,7 +202,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
     # left / right pad columns are never overwritten: fill each buffer with zp once
     fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
         if geo.zp_pad else [None, None]
-    accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(DOUBLE)]
+    accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
                 for _ in range(DOUBLE)] if geo.pool else None
@@ -244,7 +246,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)
         slot = i % DOUBLE
-        acc = accs[slot]          # ping-pong: the next tile's conv runs while this one is requantized
+        acc = accs[i % len(accs)]   # two: the next tile's conv runs while this one is requantized
         lds = _load_tile(s, geo, buf_in[slot], x, n, a, b, pt, pb, zp_row,
                          [hist_cp[i - DOUBLE] if i >= DOUBLE else None, fills[slot]])
         npix = (r1 - r0) * geo.wo
