@@ -125,14 +125,21 @@ def _grads(bits, seed=0, rate=0.01):
     return {n: (p.grad.cpu(), dict(ref.named_parameters())[n].grad) for n, p in m.named_parameters()}
 
 
-@pytest.mark.parametrize("bits,bound", [(8, 0.40), (16, 0.05)])
+@pytest.mark.parametrize("bits,bound", [(8, 0.40), (16, 0.05), (31, 1e-5)])
 def test_gradients_within_bounds_of_float_autograd(bits, bound):
     """Relative L2 error of every parameter gradient. Per element the error is one quantization step
-    (1/127 of the range at 8 bits, ~1/4096 at 16 under the accumulator budget); reductions over
-    thousands of terms that nearly cancel (conv weight gradients) amplify it, hence the bounds."""
+    (1/127 of the range at 8 bits, ~1/4096 at 16 under the accumulator budget, 2**-30 at 31 bits, whose
+    digits run as several int16 passes); reductions over thousands of terms that nearly cancel (conv
+    weight gradients) amplify it, hence the bounds."""
     for name, (g, r) in _grads(bits).items():
         assert float((g - r).norm() / r.norm()) < bound, name
     assert not training.STATE.fallbacks
+
+
+def test_31_bit_operands_run_as_several_int16_passes():
+    _grads(31)
+    steps = training.STATE.step
+    assert steps["forward_kernels"] > 12 * 4          # several passes per MAC op, plus their sums
 
 
 def test_adaptive_widening_follows_the_quantify_rate():

@@ -113,8 +113,9 @@ def quantize_dynamic_mlu(model, qconfig_spec=None, dtype=None, mapping=None, inp
 
 def adaptive_quantize(model, steps_per_epoch, bitwidth=8, inplace=True, quantify_rate=0.01):
     """Cambricon's training-time quantization: conv and linear (forward and backward) run on the MLU's
-    MAC array with operands quantized to `bitwidth` (8 or 16) bits, widening to 16 where 8 lose more
-    than `quantify_rate` (relative L2 error); positions follow each tensor's range every step."""
+    MAC array with operands quantized to `bitwidth` bits: 8 or 16 (an 8-bit site widens to 16 where it
+    loses more than `quantify_rate`, relative L2 error), or 31 (each operand split into int16 digits,
+    several MAC passes added in float). Positions follow each tensor's range every step."""
     from torch_mlu.core import training
 
     if not isinstance(model, torch.nn.Module):

@@ -73,6 +73,7 @@ def quantize_pair(site: str, a: np.ndarray, b: np.ndarray, k: int) -> tuple[int,
     """(storage bits, position of a, position of b) for a MAC op on a and b; widens a site to 16
     bits when its 8-bit quantization error exceeds the quantify rate."""
     bits = [STATE.sites.setdefault(f"{site}.a", STATE.bitwidth), STATE.sites.setdefault(f"{site}.b", STATE.bitwidth)]
+    bits = [min(x, 16) for x in bits]
     qa, qb = budget(bits[0], bits[1], k)
     pa, pb = position(a, qa), position(b, qb)
     for i, (x, q, p) in enumerate(((a, qa, pa), (b, qb, pb))):
@@ -82,6 +83,53 @@ def quantize_pair(site: str, a: np.ndarray, b: np.ndarray, k: int) -> tuple[int,
             if norm > 0 and float(np.linalg.norm(x - deq)) / norm > STATE.quantify_rate:
                 STATE.sites[f"{site}.{'ab'[i]}"] = 16
     return max(bits), pa, pb
+
+
+def digits(x: np.ndarray, B: int) -> list[tuple[np.ndarray, int]]:
+    """A 31-bit quantization of x as balanced base-2**B digits, each an exactly representable float
+    array with its own position: x ~= q * 2**pos with q = sum d_i * 2**(B*i), |d_i| <= 2**(B-1)."""
+    pos = position(x, 2**30 - 1)
+    q = np.clip(np.rint(x.astype(np.float64) * 2.0 ** -pos), -(2**30 - 1), 2**30 - 1).astype(np.int64)
+    out, i = [], 0
+    while True:
+        d = q - np.rint(q / 2.0**B).astype(np.int64) * 2**B
+        out.append(((d.astype(np.float64) * 2.0 ** (pos + B * i)).astype(np.float32), pos + B * i))
+        q = (q - d) >> B
+        i += 1
+        if not q.any():
+            return out
+
+
+def passes(site: str, a: np.ndarray, b: np.ndarray, k: int):
+    """The MAC passes for an op on a and b: [(bits, a_part, pos_a, b_part, pos_b)]. One pass, unless an
+    operand's site is 31-bit: then both operands are split into digits small enough that a k-long
+    reduction of two digits cannot overflow the int32 accumulator, and every pair of digits is one
+    int16 pass (9 passes at typical k); the caller adds their float results in order."""
+    wide = (STATE.sites.setdefault(f"{site}.a", STATE.bitwidth) == 31) | \
+        (STATE.sites.setdefault(f"{site}.b", STATE.bitwidth) == 31)
+    if not wide:
+        bits, pa, pb = quantize_pair(site, a, b, k)
+        return [(bits, a, pa, b, pb)]
+    B = max(2, min(15, int((31 - math.log2(max(k, 1))) / 2) + 1))
+    return [(16, ap, pa, bp, pb) for ap, pa in digits(a, B) for bp, pb in digits(b, B)]
+
+
+def summed(outputs: list[np.ndarray], phase: str) -> np.ndarray:
+    """Add the passes' float32 results in order, on the vector unit."""
+    if len(outputs) == 1:
+        return outputs[0]
+    cfg, _ = _cfg_cores()
+    names = [f"p{i}" for i in range(len(outputs))]
+
+    def body(s, buf, n, deps, sc):
+        last = s.emit("vadd", deps, dt="f32", dst=buf["sum"], a=buf[names[0]], b=buf[names[1]], n=n)
+        for nm in names[2:]:
+            last = s.emit("vadd", [last], dt="f32", dst=buf["sum"], a=buf["sum"], b=buf[nm], n=n)
+        return last
+
+    flat = {nm: o.reshape(-1) for nm, o in zip(names, outputs)}
+    prog = K.eltwise(cfg, "sum_passes", outputs[0].size, names, ["sum"], body)
+    return run(prog, flat, phase)["sum"].reshape(outputs[0].shape)
 
 
 def _cfg_cores():
@@ -128,12 +176,15 @@ def conv(func, args, kwargs):
     xn, wn = _np(x), _np(w)
     co, ci, kh, kw = wn.shape
     kk = ci * kh * kw
-    bits, px, pw = quantize_pair(f"conv{tuple(wn.shape)}.fwd", xn, wn, kk)
-    prog = K.conv_fwd(cfg, xn.shape[0], ci, xn.shape[2], xn.shape[3], co, kh, kw, pad, px, pw, bits, b is not None)
-    feeds = {"x": xn, "w": wn}
-    if b is not None:
-        feeds["bias"] = _np(b)
-    return _mlu(run(prog, feeds, "forward")["y"])
+    outs = []
+    for i, (bits, xa, px, wb, pw) in enumerate(passes(f"conv{tuple(wn.shape)}.fwd", xn, wn, kk)):
+        bias = b is not None and i == 0                       # the bias goes in once
+        prog = K.conv_fwd(cfg, xn.shape[0], ci, xn.shape[2], xn.shape[3], co, kh, kw, pad, px, pw, bits, bias)
+        feeds = {"x": xa, "w": wb}
+        if bias:
+            feeds["bias"] = _np(b)
+        outs.append(run(prog, feeds, "forward")["y"])
+    return _mlu(summed(outs, "forward"))
 
 
 def conv_backward(func, args, kwargs):
@@ -147,14 +198,18 @@ def conv_backward(func, args, kwargs):
     co, _, kh, kw = wn.shape
     outs = [None, None, None]
     if mask[0]:
-        bits, pg, pw = quantize_pair(f"conv{tuple(wn.shape)}.dx", gn, wn, kh * kw * co)
-        prog = K.conv_bwd_input(cfg, n, ci, h, wd, co, kh, kw, pad, pg, pw, bits)
-        outs[0] = _mlu(run(prog, {"dy": gn, "w": wn}, "backward")["dx"])
+        parts = []
+        for bits, ga, pg, wb, pw in passes(f"conv{tuple(wn.shape)}.dx", gn, wn, kh * kw * co):
+            prog = K.conv_bwd_input(cfg, n, ci, h, wd, co, kh, kw, pad, pg, pw, bits)
+            parts.append(run(prog, {"dy": ga, "w": wb}, "backward")["dx"])
+        outs[0] = _mlu(summed(parts, "backward"))
     if mask[1]:
         P = gn.shape[2] * gn.shape[3]
-        bits, px, pg = quantize_pair(f"conv{tuple(wn.shape)}.dw", xn, gn, P)
-        prog = K.conv_bwd_weight(cfg, n, ci, h, wd, co, kh, kw, pad, px, pg, bits)
-        outs[1] = _mlu(run(prog, {"x": xn, "dy": gn}, "backward")["dw"])
+        parts = []
+        for bits, xa, px, gb, pg in passes(f"conv{tuple(wn.shape)}.dw", xn, gn, P):
+            prog = K.conv_bwd_weight(cfg, n, ci, h, wd, co, kh, kw, pad, px, pg, bits)
+            parts.append(run(prog, {"x": xa, "dy": gb}, "backward")["dw"])
+        outs[1] = _mlu(summed(parts, "backward"))
     if mask[2]:
         outs[2] = _mlu(channel_sums(cfg, gn))
     return tuple(outs)
@@ -183,12 +238,15 @@ def _mm(a, bmat, bias, phase):
     n = bmat.shape[1]
     A, a_t = _operand(a, True)                 # want A as [m, k]
     B, b_t = _operand(bmat.t(), True)          # want B^T as [n, k]
-    bits, pa, pb = quantize_pair(f"mm{(m, k, n)}", A, B, min(k, 2048))
-    prog = K.qmatmul(cfg, "matmul", m, k, n, a_t, b_t, pa, pb, bits, bias is not None)
-    feeds = {"a": A, "b": B}
-    if bias is not None:
-        feeds["bias"] = _np(bias)
-    return _mlu(run(prog, feeds, phase)["c"], (m, n))
+    outs = []
+    for i, (bits, Ap, pa, Bp, pb) in enumerate(passes(f"mm{(m, k, n)}", A, B, min(k, 2048))):
+        with_bias = bias is not None and i == 0
+        prog = K.qmatmul(cfg, "matmul", m, k, n, a_t, b_t, pa, pb, bits, with_bias)
+        feeds = {"a": Ap, "b": Bp}
+        if with_bias:
+            feeds["bias"] = _np(bias)
+        outs.append(run(prog, feeds, phase)["c"])
+    return _mlu(summed(outs, phase), (m, n))
 
 
 def addmm(func, args, kwargs):
@@ -247,9 +305,8 @@ def _count_host(func) -> None:
 def enable(bitwidth: int, steps_per_epoch: int, quantify_rate: float = 0.01) -> None:
     from torch_mlu.core import device, training_ops
 
-    if bitwidth not in (8, 16):
-        raise ShimError(f"adaptive_quantize: bitwidth {bitwidth} is not supported; the MLU270 MAC array "
-                        f"multiplies int8 and int16 (31-bit operands would need a wider accumulator)")
+    if bitwidth not in (8, 16, 31):
+        raise ShimError(f"adaptive_quantize: bitwidth must be 8, 16 or 31, got {bitwidth}")
     STATE.enabled, STATE.bitwidth, STATE.steps_per_epoch = True, bitwidth, steps_per_epoch
     STATE.quantify_rate = quantify_rate
     mine = globals()
