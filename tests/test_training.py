@@ -139,7 +139,7 @@ def test_gradients_within_bounds_of_float_autograd(bits, bound):
 def test_31_bit_operands_run_as_several_int16_passes():
     _grads(31)
     steps = training.STATE.step
-    assert steps["forward_kernels"] > 12 * 4          # several passes per MAC op, plus their sums
+    assert steps["forward_kernels"] >= 4 * 4 + 8      # 4 MAC ops, each >= 4 digit-pair passes, + 8 others
 
 
 def test_adaptive_widening_follows_the_quantify_rate():
