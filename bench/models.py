@@ -51,20 +51,17 @@ def table(models, batches, cores_list, cfg) -> None:
 
 
 def big_convs_one_core(cfg) -> None:
-    c = compile_model("resnet50", batch=1, config=cfg, tasks=1)
-    s = summarize(simulate(c.program, cfg, cores=1, timing_only=True))
-    convs = sorted((k for k in s["kernels"] if k["meta"].get("op") == "conv2d"), key=lambda k: -k["macs"])[:10]
-    print("\nResNet-50 batch 1, one core: the 10 convolutions with the most MACs")
-    for k in convs:
-        print(f"  {k['name']:20} {k['macs'] / 1e6:7.1f} MMAC {k['cycles']:>9,.0f} cycles  MAC util "
-              f"{100 * k['mac_utilization']:5.1f}%  bound {k['bound']}  ({k['meta'].get('tiling', '')})")
-    c16 = compile_model("resnet50", batch=16, config=cfg, tasks=1)
-    s16 = summarize(simulate(c16.program, cfg, cores=1, timing_only=True))
-    convs = sorted((k for k in s16["kernels"] if k["meta"].get("op") == "conv2d"), key=lambda k: -k["macs"])[:10]
-    print("ResNet-50 batch 16, one core: the same convolutions")
-    for k in convs:
-        print(f"  {k['name']:20} {k['macs'] / 1e6:7.1f} MMAC {k['cycles']:>11,.0f} cycles  MAC util "
-              f"{100 * k['mac_utilization']:5.1f}%  bound {k['bound']}")
+    order = None
+    for batch in (1, 16):
+        c = compile_model("resnet50", batch=batch, config=cfg, tasks=1)
+        s = summarize(simulate(c.program, cfg, cores=1, timing_only=True))
+        convs = {k["name"]: k for k in s["kernels"] if k["meta"].get("op") == "conv2d"}
+        order = order or sorted(convs, key=lambda n: -convs[n]["macs"])[:10]
+        print(f"\nResNet-50 batch {batch}, one core: the 10 convolutions with the most MACs")
+        for name in order:
+            k = convs[name]
+            print(f"  {name:20} {k['macs'] / 1e6:8.1f} MMAC {k['cycles']:>11,.0f} cycles  MAC util "
+                  f"{100 * k['mac_utilization']:5.1f}%  bound {k['bound']}  ({k['meta'].get('tiling', '')})")
 
 
 def roofline(cfg) -> None:

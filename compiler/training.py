@@ -73,6 +73,19 @@ def safe_qmax(bits: int, other_qmax: int, k: int) -> int:
     return max(1, min(QMAX[bits], (2**31 - 1) // (other_qmax * max(k, 1))))
 
 
+def _stage(s, base, rows, k, r0, nr, k0, kk, transposed, bufs, dt, pos, deps):
+    """Load rows [r0, r0+nr) x reduction [k0, k0+kk) of an operand stored [rows, k] (or [k, rows] if
+    transposed), quantize it, and leave it as [nr, kk] in bufs[1]; returns the last instruction."""
+    f32, q, tmp = bufs
+    if transposed:     # load the [kk, nr] block, quantize, transpose
+        ld = s.dma("g2n", f32, base + (k0 * rows + r0) * 4, nr * 4, deps=deps, count=kk, dstride=nr * 4,
+                   sstride=rows * 4)
+        s.emit("vquant", [ld], sdt="f32", odt=dt, dst=tmp, src=f32, n=kk * nr, scale=_scale(pos))
+        return s.emit("vtrans", [], dt=dt, dst=q, src=tmp, rows=kk, cols=nr)
+    ld = s.dma("g2n", f32, base + (r0 * k + k0) * 4, kk * 4, deps=deps, count=nr, dstride=kk * 4, sstride=k * 4)
+    return s.emit("vquant", [ld], sdt="f32", odt=dt, dst=q, src=f32, n=nr * kk, scale=_scale(pos))
+
+
 def qmatmul(cfg, name, m, k, n, a_t: bool, b_t: bool, pos_a: int, pos_b: int, bits: int,
             bias: bool = False) -> Program:
     """C[m, n] = A[m, k] . B[n, k]^T. A is stored [m, k] (or [k, m] if a_t); B is stored [n, k] (or
@@ -107,24 +120,8 @@ def qmatmul(cfg, name, m, k, n, a_t: bool, b_t: bool, pos_a: int, pos_b: int, bi
             mm_, nn_ = m1 - m0, n1 - n0
             for c, k0 in enumerate(range(0, k, kc)):
                 kk = min(k, k0 + kc) - k0
-                if a_t:   # A stored [k, m]: load the [kk, mm_] block, quantize, transpose to [mm_, kk]
-                    la = s.dma("g2n", fa, A + (k0 * m + m0) * 4, mm_ * 4, deps=[prev, qa_op], count=kk,
-                               dstride=mm_ * 4, sstride=m * 4)
-                    s.emit("vquant", [la], sdt="f32", odt=dt, dst=at, src=fa, n=kk * mm_, scale=_scale(pos_a))
-                    qa_op = s.emit("vtrans", [], dt=dt, dst=aq, src=at, rows=kk, cols=mm_)
-                else:
-                    la = s.dma("g2n", fa, A + (m0 * k + k0) * 4, kk * 4, deps=[prev, qa_op], count=mm_,
-                               dstride=kk * 4, sstride=k * 4)
-                    qa_op = s.emit("vquant", [la], sdt="f32", odt=dt, dst=aq, src=fa, n=mm_ * kk, scale=_scale(pos_a))
-                if b_t:
-                    lb = s.dma("g2n", fb, B + (k0 * n + n0) * 4, nn_ * 4, deps=[prev, qb_op], count=kk,
-                               dstride=nn_ * 4, sstride=n * 4)
-                    s.emit("vquant", [lb], sdt="f32", odt=dt, dst=bt, src=fb, n=kk * nn_, scale=_scale(pos_b))
-                    qb_op = s.emit("vtrans", [], dt=dt, dst=bq, src=bt, rows=kk, cols=nn_)
-                else:
-                    lb = s.dma("g2n", fb, B + (n0 * k + k0) * 4, kk * 4, deps=[prev, qb_op], count=nn_,
-                               dstride=kk * 4, sstride=k * 4)
-                    qb_op = s.emit("vquant", [lb], sdt="f32", odt=dt, dst=bq, src=fb, n=nn_ * kk, scale=_scale(pos_b))
+                qa_op = _stage(s, A, m, k, m0, mm_, k0, kk, a_t, (fa, aq, at), dt, pos_a, [prev, qa_op])
+                qb_op = _stage(s, B, n, k, n0, nn_, k0, kk, b_t, (fb, bq, bt), dt, pos_b, [prev, qb_op])
                 w = s.dma("n2w", 0, bq, nn_ * kk * q, deps=[qb_op, last])
                 last = s.emit("matmul", [w, qa_op, prev], dt=dt, odt="f32", dst=acc if c == 0 else part, a=aq, b=0,
                               m=mm_, k=kk, n=nn_, pos=pos_a + pos_b)
