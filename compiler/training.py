@@ -67,12 +67,6 @@ def _fits(b: Builder, *sizes) -> None:
 
 
 # ---- matmul ----------------------------------------------------------------------------------------
-def safe_qmax(bits: int, other_qmax: int, k: int) -> int:
-    """The largest magnitude a `bits`-bit operand may use so that a k-long reduction against an
-    operand bounded by other_qmax cannot overflow the 32-bit accumulator."""
-    return max(1, min(QMAX[bits], (2**31 - 1) // (other_qmax * max(k, 1))))
-
-
 def _stage(s, base, rows, k, r0, nr, k0, kk, transposed, bufs, dt, pos, deps):
     """Load rows [r0, r0+nr) x reduction [k0, k0+kk) of an operand stored [rows, k] (or [k, rows] if
     transposed), quantize it, and leave it as [nr, kk] in bufs[1]; returns the last instruction."""
@@ -91,7 +85,7 @@ def qmatmul(cfg, name, m, k, n, a_t: bool, b_t: bool, pos_a: int, pos_b: int, bi
     """C[m, n] = A[m, k] . B[n, k]^T. A is stored [m, k] (or [k, m] if a_t); B is stored [n, k] (or
     [k, n] if b_t). Inputs 'a', 'b' (and 'bias' [n]) are float32; output 'c' is float32. The
     reduction is cut into chunks of at most 2048 (each chunk's float32 result added in order); the
-    caller picks positions so that |q| stays within `safe_qmax` for the chunk length."""
+    caller picks positions whose magnitudes keep a chunk's sum within the int32 accumulator."""
     b = Builder(cfg, name)
     A = b.tensor("a", "input", (k, m) if a_t else (m, k))
     B = b.tensor("b", "input", (k, n) if b_t else (n, k))

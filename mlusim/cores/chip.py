@@ -74,7 +74,7 @@ class Chip:
         self.numerics = numerics
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
-        self.gdram = Memory("gdram", gdram_bytes, numerics)
+        self.gdram = Memory("gdram", gdram_bytes)
         self.prepared_cache: dict = {}
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
@@ -84,7 +84,7 @@ class Chip:
             self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
         self.record: KernelRecord | None = None
         cpc = cfg.chip.cores_per_cluster
-        self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes, numerics),
+        self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes),
                                  Link(f"cluster{c}.sram", cfg.cluster.sram_bandwidth_bytes_per_cycle))
                          for c in range(cfg.chip.clusters)]
         self.cores: list[Core] = []

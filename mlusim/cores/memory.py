@@ -11,10 +11,9 @@ import numpy as np
 class Memory:
     """One address space: NRAM or WRAM of a core, SRAM of a cluster, or the chip's GDRAM."""
 
-    def __init__(self, name: str, size: int, numerics: bool):
+    def __init__(self, name: str, size: int):
         self.name = name
         self.size = size
-        self._numerics = numerics
         self._buf: np.ndarray | None = None
 
     @property
