@@ -225,6 +225,20 @@ def _tensor_meta(meta, shape: tuple, where: str) -> dict:
         raise ModelFileError(f"{where}: meta 'host_layout' needs a 'layout' to map to")
     if host and dev and sorted(host) != sorted(dev):
         raise ModelFileError(f"{where}: meta 'host_layout' {host!r} is not a permutation of 'layout' {dev!r}")
+    if "space_to_depth" in meta or "host_shape" in meta:
+        v, hs = meta.get("space_to_depth"), meta.get("host_shape")
+        ok = (isinstance(v, list) and len(v) == 5 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              and 0 <= x < 2**16 for x in v) and v[0] >= 1
+              and isinstance(hs, list) and len(hs) == 4 and len(shape) == 4
+              and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in hs))
+        if ok:
+            b, pt, pb, pl, pr = v
+            n, c, h, w = hs
+            ok = (h + pt + pb) % b == 0 and (w + pl + pr) % b == 0 and \
+                tuple(shape) == (n, (h + pt + pb) // b, (w + pl + pr) // b, b * b * c)
+        if not ok:
+            raise ModelFileError(f"{where}: meta 'space_to_depth' must be [block, pt, pb, pl, pr] with a "
+                                 f"'host_shape' [n, c, h, w] that folds into the tensor's shape")
     if "range" in meta:
         r = meta["range"]
         if (not isinstance(r, list) or len(r) != 2

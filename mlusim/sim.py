@@ -58,7 +58,28 @@ def _perm(t) -> tuple[int, ...] | None:
     return tuple(host.index(c) for c in dev)
 
 
+def _s2d(t):
+    """The space-to-depth staging a compiled first conv asks of the host: (block, pads) or None."""
+    v = t.meta.get("space_to_depth")
+    if v is None:
+        return None
+    hs = t.meta.get("host_shape")
+    if not (isinstance(v, (list, tuple)) and len(v) == 5 and all(isinstance(x, int) and x >= 0 for x in v)
+            and v[0] >= 1 and isinstance(hs, (list, tuple)) and len(hs) == 4 and len(t.shape) == 4):
+        raise SimulationError(f"tensor '{t.name}': meta space_to_depth must be [block, pt, pb, pl, pr] with a "
+                              f"4-D host_shape")
+    b, pt, pb, pl, pr = v
+    n, c, h, w = (int(x) for x in hs)
+    if (h + pt + pb) % b or (w + pl + pr) % b or \
+            tuple(t.shape) != (n, (h + pt + pb) // b, (w + pl + pr) // b, b * b * c):
+        raise SimulationError(f"tensor '{t.name}': space_to_depth {list(v)} of {list(hs)} does not give "
+                              f"{list(t.shape)}")
+    return b, (pt, pb, pl, pr)
+
+
 def host_shape(t) -> tuple[int, ...]:
+    if _s2d(t) is not None:
+        return tuple(int(x) for x in t.meta["host_shape"])
     p = _perm(t)
     if p is None:
         return tuple(t.shape)
@@ -69,6 +90,13 @@ def host_shape(t) -> tuple[int, ...]:
 
 
 def to_device(t, arr: np.ndarray) -> np.ndarray:
+    s2d = _s2d(t)
+    if s2d is not None:   # NCHW -> zero-padded NHWC -> b x b pixel blocks folded into channels
+        b, (pt, pb, pl, pr) = s2d
+        x = np.pad(arr, ((0, 0), (0, 0), (pt, pb), (pl, pr))).transpose(0, 2, 3, 1)
+        n, hp, wp, c = x.shape
+        x = x.reshape(n, hp // b, b, wp // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+        return np.ascontiguousarray(x.reshape(n, hp // b, wp // b, b * b * c))
     p = _perm(t)
     return arr if p is None else np.ascontiguousarray(arr.transpose(p))
 
@@ -97,20 +125,22 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
                 else:
                     raise SimulationError(f"input '{t.name}': dtype {arr.dtype} != declared {t.np_dtype}")
             out[t.name] = arr
-        elif generate:
+        elif generate:       # drawn in the host's shape, then staged like a given input
+            shape = host_shape(t)
             if t.np_dtype.kind == "f":
-                out[t.name] = rng.standard_normal(t.shape, dtype=np.float32).astype(t.np_dtype)
+                out[t.name] = rng.standard_normal(shape, dtype=np.float32).astype(t.np_dtype)
                 if "range" in t.meta:     # e.g. image pixels in [0, 1]
                     rng_meta = t.meta["range"]
                     if not (isinstance(rng_meta, (list, tuple)) and len(rng_meta) == 2 and
                             all(isinstance(v, (int, float)) and math.isfinite(v) for v in rng_meta)):
                         raise SimulationError(f"tensor '{t.name}': meta range must be [low, high], got {rng_meta!r}")
                     lo, hi = rng_meta
-                    out[t.name] = rng.uniform(lo, hi, t.shape).astype(t.np_dtype)
+                    out[t.name] = rng.uniform(lo, hi, shape).astype(t.np_dtype)
             else:
                 info = np.iinfo(t.np_dtype)
-                out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=t.shape,
+                out[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape,
                                            dtype=t.np_dtype)
+            out[t.name] = to_device(t, out[t.name])
             generated.append(t.name)
     if given:
         raise SimulationError(f"unknown input(s) {', '.join(sorted(given))}; the program's inputs are "

@@ -106,11 +106,30 @@ def test_smaller_nram_changes_the_tiling():
 def test_fusion_is_recorded_per_kernel():
     c = compile_model("resnet50", resolution=32)
     fused = {k.name: k.meta["fused"] for k in c.program.kernels}
-    assert fused["stem.conv"] == ["batchnorm", "relu"]
+    assert fused["stem.conv"] == ["batchnorm", "relu", "space-to-depth"]
     assert "add" in fused["layer1.0.3.conv"] and "relu" in fused["layer1.0.3.conv"]
     assert not any(k.meta["op"] in ("batchnorm", "relu", "add") for k in c.program.kernels)
     m = compile_model("mnist")
     assert "maxpool" in next(k for k in m.program.kernels if k.name == "conv2").meta["fused"]
+
+
+def test_space_to_depth_stem_is_exact_and_cheaper():
+    """The RGB stem regrouped as a 4x4 stride-1 conv over 12 channels: same output bits, fewer cycles."""
+    from mlusim.compiler import lower as lowering
+
+    c = compile_model("resnet18", batch=1, resolution=64)
+    x = np.random.default_rng(5).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    inp = c.program.tensor("input")
+    assert inp.shape == (1, 35, 35, 12) and inp.meta["space_to_depth"] == [2, 3, 3, 3, 3]
+    res = simulate(c.program, cores=2, inputs={"input": x})
+    assert np.array_equal(res.outputs["output"], run_quant(c.graph, x)["__output__"])
+    stem = next(k for k in res.kernels if k.name == "stem.conv")
+    c.graph.meta["_s2d"] = None                      # the same graph lowered without the regrouping
+    plain = simulate(lowering.lower(c.graph, load_config("mlu270")), cores=2, inputs={"input": x})
+    assert np.array_equal(plain.outputs["output"], res.outputs["output"])
+    mac = lambda rec: sum(c.busy["mac"] for c in rec.cores.values())  # noqa: E731
+    assert mac(stem) < 0.5 * mac(next(k for k in plain.kernels if k.name == "stem.conv"))
+    assert stem.meta["macs"] == next(k for k in plain.kernels if k.name == "stem.conv").meta["macs"]
 
 
 def test_batchnorm_folding_preserves_the_float_model():

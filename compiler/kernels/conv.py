@@ -164,7 +164,7 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     for t0, t1 in split(len(units), plan.tasks):
         streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, (p_addr, fs_addr), res, r_addr,
                              zp_row, plan.buffers))
-    macs = geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig
+    macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
                unit="vector" if geo.depthwise else "mac")
 
