@@ -52,20 +52,30 @@ LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "
 # Programs
 
 
-def resolve_program(spec: str, cfg=None):
-    """The Program to simulate for `spec` on hardware `cfg`.
+def compiles_on_the_fly(spec) -> bool:
+    """Whether `spec` names something compiled per run (a zoo model or an .onnx file) rather than a
+    finished program: such a spec is re-tiled for every hardware point and core count."""
+    if not isinstance(spec, str):
+        return False
+    p = Path(spec)
+    if p.suffix.lower() == ".onnx":
+        return True
+    if p.suffix or "/" in spec or p.exists():
+        return False
+    from mlusim.compiler.zoo import ZOO
 
-    `spec` is a path to a .mlu model or .s assembly file, for which `cfg` does not matter. This is
-    the one place a run or sweep asks for a program per hardware point, so when
-    `mlusim.commands.common.load_program` learns to compile zoo models (e.g. "resnet50") for a
-    config it is given `cfg` here, and every sweep point gets a program tiled for its hardware."""
-    import inspect
+    return spec.lower() in ZOO
 
+
+def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1):
+    """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
+
+    A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
+    is compiled for `cfg`, `batch` and `cores` parallel tasks (default: every core of `cfg`), so a
+    scaling run or sweep point never times a program tiled for some other machine."""
     from mlusim.commands.common import load_program
 
-    if cfg is not None and "cfg" in inspect.signature(load_program).parameters:
-        return load_program(spec, cfg=cfg)
-    return load_program(spec)
+    return load_program(spec, cfg=cfg, cores=cores, batch=batch)
 
 
 def default_config(program, config=None, overrides=None):
@@ -172,14 +182,17 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     from mlusim.report import summarize
     from mlusim.sim import simulate
 
+    spec = program if compiles_on_the_fly(program) else None
     if isinstance(program, str):
         cfg = default_config(None, config, overrides)
-        program = resolve_program(program, cfg)
+        program = None if spec else resolve_program(program, cfg)
     else:
         cfg = default_config(program, config, overrides)
     counts = list(cores) if cores else [cfg.chip.cores]
     summaries = []
     for n in counts:
+        if spec is not None:    # tiled for the cores it runs on
+            program = resolve_program(spec, cfg, cores=n)
         res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=timing_only, **sim_kw)
         s = summarize(res)
         summaries.append(s)

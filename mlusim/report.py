@@ -201,7 +201,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
 
 
 SCALING_LEGEND = """\
-speedup       cycles of the first row's run / cycles of this run (same program, same config)
+speedup       cycles of the first row's run / cycles of this run (same model and config; a zoo or
+              ONNX model is compiled for each core count, a .mlu file is run as compiled)
 efficiency    speedup x first row's cores / cores: 100% is perfect scaling
 MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
 DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth

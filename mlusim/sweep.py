@@ -118,10 +118,11 @@ def _program(task: dict, blob):
     import json
 
     from mlusim.config import config_from_dict
-    from mlusim.experiments import resolve_program
+    from mlusim.experiments import compiles_on_the_fly, resolve_program
 
     cfg = config_from_dict(task["config"], task["config_origin"])
-    key = (task["digest"], json.dumps(task["config"], sort_keys=True))
+    cores = task["cores"] if compiles_on_the_fly(task["spec"]) else None   # re-tile compiled specs per count
+    key = (task["digest"], json.dumps(task["config"], sort_keys=True), cores)
     prog = _PROGRAMS.get(key)
     if prog is None:
         spec = task["spec"]
@@ -134,7 +135,7 @@ def _program(task: dict, blob):
                 tmp.write_bytes(blob)
                 os.replace(tmp, spec_path)   # atomic: threads of one worker may race here
             spec = str(spec_path)
-        prog = resolve_program(spec, cfg)
+        prog = resolve_program(spec, cfg, cores=cores)
         if len(_PROGRAMS) >= 8:
             _PROGRAMS.clear()
         _PROGRAMS[key] = prog

@@ -200,3 +200,27 @@ def test_ctrl_c_during_run_prints_the_partial_report_and_table(capsys, monkeypat
     assert "2 (interrupted)" in out and "\n      4 " not in out     # the table stops at the interrupted run
     code, out, err = cli(capsys, "run", str(prog), "--cores", "2", "--timing-only")
     assert code == 130 and "INTERRUPTED: partial report" in out
+
+
+def test_zoo_model_is_compiled_for_each_core_count(capsys, tmp_path, mlu270):
+    """A 1-core row must time a 1-core program, not the 16-core tiling run on one core."""
+    from mlusim.experiments import compiles_on_the_fly
+
+    assert compiles_on_the_fly("lenet5") and not compiles_on_the_fly(MATMUL)
+    rows = scaling("lenet5", mlu270, cores=[1, 4])
+    for r in rows:
+        prog = resolve_program("lenet5", mlu270, cores=r["cores"])
+        assert r["cycles"] == simulate(prog, mlu270, cores=r["cores"], timing_only=True).cycles
+    j = tmp_path / "z.json"
+    code, out, err = cli(capsys, "run", "lenet5", "--cores", "1,4", "--batch", "2", "--timing-only", "--json", str(j))
+    assert code == 0, err
+    doc = json.loads(j.read_text())
+    for n, run in zip((1, 4), doc["runs"]):
+        prog = resolve_program("lenet5", mlu270, cores=n, batch=2)
+        assert run["cycles"] == simulate(prog, mlu270, cores=n, timing_only=True).cycles
+    assert doc["batch"] == 2
+
+
+def test_batch_on_a_compiled_program_is_a_one_line_error(capsys):
+    code, _, err = cli(capsys, "run", MATMUL, "--batch", "4", "--timing-only")
+    assert code == 2 and "already compiled" in err and err.count("\n") == 1

@@ -166,3 +166,12 @@ def test_ctrl_c_keeps_the_finished_points_and_the_cli_writes_them(capsys, tmp_pa
     assert code == 130 and "interrupted" in err
     with open(tmp_path / "p.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_zoo_model_points_are_compiled_for_their_config_and_core_count():
+    rows = sweep("lenet5", "mlu270", {"dram.bandwidth_gbps": [25.6, 102.4]}, [1, 4], jobs=1)
+    assert [r["error"] for r in rows] == [None] * 4
+    for r in rows:
+        cfg = load_config("mlu270", {"dram.bandwidth_gbps": r["dram.bandwidth_gbps"]})
+        prog = resolve_program("lenet5", cfg, cores=r["cores"])
+        assert r["cycles"] == simulate(prog, cfg, cores=r["cores"], timing_only=True).cycles

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODEL = "convnet"        # the one line to change: "resnet50" once the compiler's zoo models land
+MODEL = "resnet50"       # a zoo name, or "convnet" for the hand-written demo in convnet.py
 CONFIG = "mlu270"
 CORES = [1, 2, 4, 8, 16]
 DRAM_GBPS = [25.6, 51.2, 102.4, 204.8, 409.6]

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 from mlusim.commands.common import add_config_args, parse_cores, parse_inputs, resolve_config
+from mlusim.errors import CompileError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="simulate a .mlu model or .s assembly program and report cycles")
-    p.add_argument("program", help="model.mlu or program.s")
+    p = sub.add_parser("run", help="simulate a .mlu model, .s program, .onnx model or zoo model; report cycles")
+    p.add_argument("program", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim zoo`); "
+                   "the last two are compiled for the config and for each core count run")
+    p.add_argument("--batch", type=int, default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
     p.add_argument("--cores", metavar="N|N,M,..|all",
                    help="cores to use (default: all of the chip); several give a scaling table")
     add_config_args(p)
@@ -74,6 +77,7 @@ def cmd_run(args) -> int:
         LAYER_COLUMNS,
         check_counts,
         flatten_layers,
+        compiles_on_the_fly,
         resolve_program,
         scaling_document,
         scaling_rows,
@@ -84,16 +88,29 @@ def cmd_run(args) -> int:
     from mlusim.sim import simulate
     from mlusim.trace import write_trace
 
-    program = resolve_program(args.program, resolve_config(args, None))
-    cfg = resolve_config(args, program)
-    counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
-    check_counts(counts)
+    if args.batch < 1:
+        raise CompileError(f"--batch must be at least 1, got {args.batch}")
+    on_the_fly = compiles_on_the_fly(args.program)
+    if on_the_fly:
+        cfg = resolve_config(args, None)
+        counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
+        check_counts(counts)
+        program = resolve_program(args.program, cfg, cores=counts[0], batch=args.batch)
+    else:
+        if args.batch != 1:
+            raise CompileError(f"--batch applies to zoo and ONNX models; {args.program} is already compiled")
+        program = resolve_program(args.program)
+        cfg = resolve_config(args, program)
+        counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
+        check_counts(counts)
     inputs = parse_inputs(args.input, program)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = Progress(show)
     several = len(counts) > 1
     summaries, res = [], None
-    for n in counts:
+    for i, n in enumerate(counts):
+        if on_the_fly and i:    # re-tiled for the cores it runs on
+            program = resolve_program(args.program, cfg, cores=n, batch=args.batch)
         cb = progress.start(f"{n} core(s)", len(program.kernels))
         try:
             res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
