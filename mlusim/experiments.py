@@ -7,8 +7,8 @@ Every figure in a row is arithmetic on one run's counters (see `row_from_summary
 checked by hand against `mlusim.report.summarize`; `docs/experiments.md` defines each column.
 Speedup and parallel efficiency are relative to the *first* core count given (normally 1).
 
-Programs are named by a spec string and turned into a Program for a given config by
-`resolve_program`, so that a compiler can re-tile a model for each hardware point of a sweep.
+Programs are named by a spec string and turned into a Program for a given config and core count by
+`resolve_program`: zoo models and ONNX files are re-tiled for every hardware point and core count.
 """
 from __future__ import annotations
 
