@@ -146,6 +146,24 @@ def _bytes(n: float) -> str:
     return str(n)
 
 
+def roofline_bounds(s: dict) -> dict | None:
+    """Lower bounds in cycles for a compiled model's run, from the figures its compiler recorded:
+    all MACs at the peak of the cores used; the model's minimum DRAM bytes (weights, input, output)
+    at the DRAM bandwidth; and, as a floor for code that runs one layer at a time, every layer's
+    inputs, weights and output moved once. None for programs without those figures."""
+    meta = s.get("program") or {}
+    macs, mn = meta.get("macs"), meta.get("min_traffic_bytes")
+    if not macs or not mn:
+        return None
+    bytes_per_cycle = s["dram_bandwidth_gbps"] * 1e9 / (s["clock_mhz"] * 1e6)
+    out = {"compute": macs / (s["mac_per_cycle_per_core"] * s["cores"]), "min_traffic": mn / bytes_per_cycle}
+    out["roofline"] = max(out["compute"], out["min_traffic"])
+    if meta.get("layer_traffic_bytes"):
+        out["layer_bytes"] = meta["layer_traffic_bytes"]
+        out["layer_traffic"] = meta["layer_traffic_bytes"] / bytes_per_cycle
+    return out
+
+
 def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -> str:
     """The human report: headline, kernels, cores, memory, legend."""
     import io
@@ -166,6 +184,14 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
         con.print(f"inputs not given, generated (seed 0): {', '.join(s['inputs_generated'])}")
     con.print(f"MAC utilization {100 * s['mac_utilization']:.1f}% | DRAM {_bytes(s['dram_bus_bytes'])} on the bus, "
               f"{s['dram_gbps']:.2f} GB/s, busy {s['dram_busy_share']:.1f}% of the time")
+    bounds = roofline_bounds(s)
+    if bounds:
+        con.print(f"roofline {bounds['roofline']:,.0f} cycles = max(compute {bounds['compute']:,.0f}, minimum DRAM "
+                  f"traffic {bounds['min_traffic']:,.0f}); this run takes {s['cycles'] / bounds['roofline']:.2f}x it")
+        if bounds.get("layer_bytes"):
+            con.print(f"layer-at-a-time floor (every layer's inputs, weights, output moved once) "
+                      f"{_bytes(bounds['layer_bytes'])} = {bounds['layer_traffic']:,.0f} cycles; "
+                      f"moved {s['dram_bus_bytes'] / bounds['layer_bytes']:.2f}x")
 
     kt = Table(box=box.SIMPLE_HEAD, title="kernels", title_justify="left")
     for col in ("kernel", "type x tasks", "cycles", "share", "MAC util", "DRAM", "DRAM GB/s", "bound"):

@@ -46,6 +46,25 @@ def test_close_to_the_float_model(compiled):
     assert np.abs(ref - flt).max() / np.abs(flt).max() < REL_BOUND[name]
 
 
+def test_traffic_bounds_hold_for_the_generated_code(compiled):
+    """The compiler's recorded floors are floors: code that runs one layer at a time moves at least
+    every layer's inputs, weights and output once, and that is at least the model's minimum."""
+    from mlusim.report import roofline_bounds, summarize
+
+    name, c, _ = compiled
+    meta = c.program.meta
+    assert meta["weight_bytes"] < meta["min_traffic_bytes"] <= meta["layer_traffic_bytes"]
+    cfg = load_config("mlu270")
+    for n in (1, 4):
+        s = summarize(simulate(compile_model(name, batch=2, resolution=CASES[name], tasks=n).program, cfg,
+                               cores=n, timing_only=True))
+        assert s["dram_bus_bytes"] >= meta["layer_traffic_bytes"], (name, n)
+        b = roofline_bounds(s)
+        assert b["compute"] == pytest.approx(meta["macs"] / (n * cfg.core.mac_int8_per_cycle))
+        assert b["layer_traffic"] == pytest.approx(meta["layer_traffic_bytes"] / cfg.dram_bytes_per_cycle)
+        assert s["cycles"] >= b["roofline"]
+
+
 def test_same_output_on_every_core_count():
     c = compile_model("resnet18", batch=1, resolution=32)
     x = np.random.default_rng(3).uniform(0, 1, c.graph.input.shape).astype(np.float32)
