@@ -190,8 +190,15 @@ class WithGelu(torch.nn.Module):
 
 def test_unsupported_ops_run_on_the_host_with_one_warning_or_fail_when_strict():
     torch.set_grad_enabled(False)
+    torch.manual_seed(3)
     x = torch.rand((1, 3, 8, 8))
-    q = mq.quantize_dynamic_mlu(WithGelu().eval(), {"firstconv": False}, gen_quant=True)
+    net = WithGelu().eval()
+    h = torch.flatten(torch.nn.functional.gelu(net.conv(x)), 1)
+    # int8 rounding errors scale with the fc's terms, not its output (which may nearly cancel):
+    # each factor is within 1/254 of its range (and h carries the conv's own rounding), so 2% of
+    # sum |w| |h| bounds the error; 30 seeds measured at most 0.43%
+    terms = (h.abs() @ net.fc.weight.abs().T + net.fc.bias.abs()).max()
+    q = mq.quantize_dynamic_mlu(net, {"firstconv": False}, gen_quant=True)
     cpu = q(x)
     m = q.to(ct.mlu_device())
     with warnings.catch_warnings(record=True) as w:
@@ -199,7 +206,7 @@ def test_unsupported_ops_run_on_the_host_with_one_warning_or_fail_when_strict():
         out = m(x.to(ct.mlu_device())).cpu()
     msgs = [str(i.message) for i in w if "ran on the host" in str(i.message)]
     assert len(msgs) == 1 and "gelu" in msgs[0]
-    assert ct.get_last_report().host_ops and (out - cpu).abs().max() < 0.05 * cpu.abs().max()
+    assert ct.get_last_report().host_ops and (out - cpu).abs().max() < 0.02 * terms
     ct.set_strict(True)
     with pytest.raises(ShimError, match="strict mode"):
         m(x.to(ct.mlu_device()))
