@@ -207,14 +207,21 @@ def matmul(imp, node, a):
     _linear(imp, node, imp.act(node.input[0]), _transposed(bmat), None)
 
 
-def qlinear_matmul(imp, node, a):
+def _qmatmul_operands(imp, node, transposed: bool):
+    """QLinearMatMul's and QGemm's first six inputs (A, its scale and zero point, B, its scale and zero
+    point): the checked quantized activation, its quantization and B as a [out, in] weight."""
     x = imp.act(node.input[0], quantized=True)
     xq = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
     _check_in(imp, x, xq)
     braw = imp.const(node.input[3])
     if braw.value.ndim != 2:
         raise Unsupported("a weight that is not 2-D")
-    w = _transposed(_qconst(braw, imp.const(node.input[4]), imp.const(node.input[5]), 1))
+    w = _qconst(braw, imp.const(node.input[4]), imp.const(node.input[5]), 0 if transposed else 1)
+    return x, xq, w if transposed else _transposed(w)
+
+
+def qlinear_matmul(imp, node, a):
+    x, _, w = _qmatmul_operands(imp, node, transposed=False)
     _linear(imp, node, Act(x.node), w, None, _quant_of(imp.const(node.input[6]), imp.const(node.input[7])))
 
 
@@ -373,14 +380,7 @@ def qgemm(imp, node, a):
         raise Unsupported("a float output (no y_scale)")
     if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0:
         raise Unsupported("transA=1 or alpha other than 1")
-    x = imp.act(node.input[0], quantized=True)
-    xq = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
-    _check_in(imp, x, xq)
-    braw = imp.const(node.input[3])
-    if braw.value.ndim != 2:
-        raise Unsupported("a weight that is not 2-D")
-    w = _qconst(braw, imp.const(node.input[4]), imp.const(node.input[5]), 0 if a.get("transB", 0) else 1)
-    w = w if a.get("transB", 0) else _transposed(w)
+    x, xq, w = _qmatmul_operands(imp, node, transposed=bool(a.get("transB", 0)))
     yq = _quant_of(imp.const(node.input[7]), imp.const(node.input[8]))
     _linear(imp, node, Act(x.node), w, _qbias(imp, node, 6, xq, w), yq)
 
