@@ -66,6 +66,17 @@ class TaskStream:
         return self.ops
 
 
+def load_dir(t) -> str:
+    """DMA direction bringing activation `t` into NRAM: from GDRAM, or from cluster SRAM when a
+    fused segment keeps it there (compiler/fusion.py)."""
+    return "s2n" if getattr(t, "space", "gdram") == "sram" else "g2n"
+
+
+def store_dir(t) -> str:
+    """DMA direction writing activation `t` from NRAM back to where it lives."""
+    return "n2s" if getattr(t, "space", "gdram") == "sram" else "n2g"
+
+
 class Arena:
     """A bump allocator for one scratchpad, so kernels name buffers, not addresses."""
 

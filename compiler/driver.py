@@ -45,7 +45,9 @@ def needs_calibration(g: Graph) -> list[str]:
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False) -> Compiled:
+                  warn_synthetic: bool = False, cluster_fusion: bool = False) -> Compiled:
+    """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
+    model says it pays; the program then needs whole clusters (`tasks` a multiple of their size)."""
     from mlusim.config import HardwareConfig, load_config
 
     t0 = time.perf_counter()
@@ -60,7 +62,7 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
                      f"random inputs uniform in [0, 1), which may not resemble real data")
     absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
-    prog = lower(g, cfg, tasks)
+    prog = lower(g, cfg, tasks, fusion=cluster_fusion)
     inp, out = prog.tensor("input"), prog.tensor("output")
     wbytes = quant.weight_bytes(g)
     prog.config = cfg.to_dict()
@@ -71,6 +73,10 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
                      layer_traffic_bytes=layer_traffic_bytes(g),
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))
     prog.meta.setdefault("batch", g.input.shape[0])
+    segs = [k for k in prog.kernels if k.meta.get("op") == "segment"]
+    if segs:
+        prog.meta["cluster_fusion"] = (f"{len(segs)} segment(s) in cluster SRAM covering "
+                                       f"{sum(len(k.meta['fused']) for k in segs)} layers; needs whole clusters")
     return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
 
 

@@ -31,6 +31,7 @@ class DevTensor:
     shape: tuple[int, ...]           # device shape (NHWC for images)
     dtype: str
     flat_from: tuple[int, int, int] | None = None   # (C, H, W) when this is a flattened NHWC image
+    space: str = "gdram"             # "sram": held in the cluster's SRAM inside a fused segment
 
 
 @dataclass
@@ -150,23 +151,33 @@ def layouts(g: Graph) -> dict[str, DevTensor]:
     return out
 
 
-def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str) -> DevTensor:
+def input_tensor(ctx, node: Node, shape) -> DevTensor:
+    """The program's float input (host layout noted for the runtime)."""
+    s2d = space_to_depth(ctx.graph)
+    meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+    if s2d:          # the host pads and folds 2x2 pixel blocks into channels as it stages the input
+        meta = {"space_to_depth": [2, *s2d["pads"]], "host_shape": list(node.shape)}
+    meta["range"] = [0.0, 1.0]
+    t = ctx.tensor("input", "input", "f32", shape, meta=meta)
+    return DevTensor("input", t.addr, shape, "f32")
+
+
+def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: DevTensor | None = None,
+                x: DevTensor | None = None) -> DevTensor:
+    """Emit `node`'s kernel; y (and, for the input node, the float input x) may be given by a
+    caller that places them itself (a fused segment)."""
     s2d = space_to_depth(ctx.graph)
     shape, dt, flat = device_layout(node, ins, s2d)
     op = node.op
     if op in ("flatten", "reshape"):
-        return DevTensor(ins[0].name, ins[0].addr, shape, dt, flat)
+        return DevTensor(ins[0].name, ins[0].addr, shape, dt, flat, ins[0].space)
     if op == "conv2d" and s2d and node.name == s2d["conv"]:
         node = _s2d_conv(node)
-    if op == "input":
-        meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
-        if s2d:          # the host pads and folds 2x2 pixel blocks into channels as it stages the input
-            meta = {"space_to_depth": [2, *s2d["pads"]], "host_shape": list(node.shape)}
-        meta["range"] = [0.0, 1.0]
-        t = ctx.tensor("input", "input", "f32", shape, meta=meta)
-        x = DevTensor("input", t.addr, shape, "f32")
-    y = ctx.activation(node, shape, dt, role=role)
-    y.flat_from = flat
+    if op == "input" and x is None:
+        x = input_tensor(ctx, node, shape)
+    if y is None:
+        y = ctx.activation(node, shape, dt, role=role)
+        y.flat_from = flat
     if op == "input":
         eltwise.lower_quantize_input(ctx, node, x, y)
     elif op == "conv2d":
@@ -198,17 +209,32 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str) -> D
     return y
 
 
-def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None) -> Program:
+def _lower_node_as(ctx, node, ins, y, x):
+    return _lower_node(ctx, node, ins, "scratch", y=y, x=x)
+
+
+def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None,
+          fusion: bool = False) -> Program:
     """The whole graph as one program, or only `nodes` (in graph order): then values produced
     outside the set are program inputs named after their producer, and the set's last node's
-    value is the output (dequantized to float32 if it is the graph's output)."""
+    value is the output (dequantized to float32 if it is the graph's output). `fusion` lets
+    fusion.plan_segments run spans of layers in cluster SRAM (whole graphs only)."""
+    from mlusim.compiler import fusion as fz
+
     ctx = LowerCtx(cfg, g, tasks or cfg.chip.cores)
     subset = None if nodes is None else set(nodes)
     dev: dict[str, DevTensor] = {}
-    lay = layouts(g) if subset is not None else {}
+    segments = fz.plan_segments(g, cfg, ctx.tasks) if fusion and subset is None else []
+    lay = layouts(g) if subset is not None or segments else {}
+    starts = {s.start: s for s in segments}
+    inside = {k for s in segments for k in range(s.start, s.end)}
     chosen = [n for n in g.nodes if subset is None or n.name in subset]
     last = chosen[-1].name if chosen else None
-    for node in chosen:
+    for k, node in enumerate(chosen):
+        if k in starts:
+            fz.lower_segment(ctx, starts[k], dev, lay, _lower_node_as)
+        if k in inside:
+            continue
         ins = []
         for i in node.inputs:
             if i not in dev:        # a boundary: produced by another program

@@ -12,10 +12,20 @@ from math import ceil
 DOUBLE = 2     # ping-pong buffers for anything loaded or stored per tile
 
 
-def dma_cycles(cfg, nbytes: int, segments: int = 1, gdram: bool = True) -> float:
+def dma_cycles(cfg, nbytes: int, segments: int = 1, space: str = "gdram") -> float:
+    """One DMA between NRAM/WRAM and `space` (gdram or the cluster's sram), as the engine prices it
+    without contention."""
     d = cfg.dma
-    fixed = d.startup_cycles + (segments - 1) * d.segment_cycles + (cfg.dram.latency_cycles if gdram else 0)
+    if space == "sram":
+        return d.startup_cycles + (segments - 1) * d.segment_cycles + nbytes / d.sram_bandwidth_bytes_per_cycle
+    fixed = d.startup_cycles + (segments - 1) * d.segment_cycles + cfg.dram.latency_cycles
     return fixed + nbytes / d.core_bandwidth_bytes_per_cycle
+
+
+def dram_rate(ctx) -> float:
+    """DRAM bytes per cycle this kernel can count on: all of it, or a cluster's share when the
+    clusters run fused segments side by side."""
+    return ctx.cfg.dram_bytes_per_cycle * getattr(ctx, "dram_share", 1.0)
 
 
 def vec_cycles(cfg, nbytes: int) -> float:

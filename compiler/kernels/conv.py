@@ -25,10 +25,10 @@ from math import ceil
 
 import numpy as np
 
-from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.kernels.linear import float_requant, requant_params, zero_point_bias
-from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, row_candidates, split,
-                                    vec_cycles)
+from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, dram_rate, row_candidates,
+                                    split, vec_cycles)
 from mlusim.errors import CompileError
 
 
@@ -68,7 +68,8 @@ class ConvGeometry:
 
 
 def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
-           accs: int = 2) -> Plan | None:
+           accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3) -> Plan | None:
+    """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment)."""
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
     in_tile = geo.tile_bytes(rows)
@@ -102,12 +103,13 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
             ceil(cog / cfg.core.mac_co_lanes) * geo.groups
     c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.residual or geo.fscale else 1) + \
         (vec_cycles(cfg, out) if geo.pool else 0)
-    ld = dma_cycles(cfg, in_tile, rows if geo.wp != geo.w else 1)
+    xs, ys, rs = spaces
+    ld = dma_cycles(cfg, in_tile, rows if geo.wp != geo.w else 1, xs)
     if geo.residual:
-        ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo)
+        ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo, rs)
     st_bytes = pooled if geo.pool else out
     segs = 1 if block == geo.co else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-    st = dma_cycles(cfg, st_bytes, segs)
+    st = dma_cycles(cfg, st_bytes, segs, ys)
     # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
     # weight block its run touches once
     per_block = units // nblocks
@@ -115,12 +117,13 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     wload = dma_cycles(cfg, wblock) * max(loads)
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = max(per_task * ld + wload, per_task * cp, per_task * st) + ld + c_mac + st
-    total_bytes = units * (in_tile + st_bytes) + wblock * sum(loads)
-    dram = total_bytes / cfg.dram_bytes_per_cycle
+    total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
+                           + (out if geo.residual and rs == "gdram" else 0)) + wblock * sum(loads)
+    dram = total_bytes / dram_rate(ctx)
     return Plan(rows, block, tasks, max(task, dram), units, accs)
 
 
-def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
+def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3) -> tuple[ConvGeometry, Plan]:
     geo = ConvGeometry(node, x_shape)
     mult = geo.pool[0] if geo.pool else 1
     blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
@@ -130,7 +133,7 @@ def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
     # per-task start-up and weight reloads than it gains
     spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
     cands = [(r, b, t, n) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)]
-    plan = choose(cands, lambda r, b, t, n: _price(ctx, geo, r, b, t, n))
+    plan = choose(cands, lambda r, b, t, n: _price(ctx, geo, r, b, t, n, spaces))
     if plan is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
@@ -140,7 +143,7 @@ def plan_conv(ctx, node, x_shape) -> tuple[ConvGeometry, Plan]:
 
 def lower_conv(ctx, node, x, y, res=None) -> None:
     """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
-    geo, plan = plan_conv(ctx, node, x.shape)
+    geo, plan = plan_conv(ctx, node, x.shape, (x.space, y.space, res.space if res is not None else "gdram"))
     q = node.q
     w_dev = np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
     if geo.depthwise:
@@ -174,14 +177,15 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     when the pads are built in NRAM). Returns their handles."""
     esz, row = geo.esz, geo.w * geo.ci * geo.esz
     src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
+    ld = load_dir(x)
     if not geo.zp_pad:
-        return [s.dma("g2n", buf, src, (b - a) * row, deps=deps)]
+        return [s.dma(ld, buf, src, (b - a) * row, deps=deps)]
     prow = geo.wp * geo.ci * esz
     out = []
     if b > a:
         dst = buf + (pt * geo.wp + geo.pl) * geo.ci * esz
-        out.append(s.dma("g2n", dst, src, (b - a) * row, deps=deps) if geo.wp == geo.w else
-                   s.dma("g2n", dst, src, row, deps=deps, count=b - a, dstride=prow, sstride=row))
+        out.append(s.dma(ld, dst, src, (b - a) * row, deps=deps) if geo.wp == geo.w else
+                   s.dma(ld, dst, src, row, deps=deps, count=b - a, dstride=prow, sstride=row))
     if pt:
         out.append(s.dma("g2n", buf, zp_row, prow, deps=deps, count=pt, dstride=prow, sstride=0))
     if pb:
@@ -266,9 +270,9 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
             rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.co + c0) * esz
             free_res = res_readers[i - DOUBLE] if i >= DOUBLE else None
             if bc == geo.co:
-                lr = s.dma("g2n", buf_res[slot], rsrc, npix * bc * esz, deps=[free_res])
+                lr = s.dma(load_dir(res), buf_res[slot], rsrc, npix * bc * esz, deps=[free_res])
             else:
-                lr = s.dma("g2n", buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
+                lr = s.dma(load_dir(res), buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
                            dstride=bc * esz, sstride=geo.co * esz)
             rd = s.emit("vcast", [lr], sdt=geo.dt, ddt="i32", dst=res_acc, src=buf_res[slot], n=npix * bc)
             res_readers.append(rd)
@@ -292,9 +296,9 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
         dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.co + c0) * esz
         npx = (orow1 - orow0) * yo_w
         if bc == geo.co:
-            st = s.dma("n2g", dst, out_buf, npx * bc * esz, deps=[last])
+            st = s.dma(store_dir(y), dst, out_buf, npx * bc * esz, deps=[last])
         else:
-            st = s.dma("n2g", dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.co * esz,
+            st = s.dma(store_dir(y), dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.co * esz,
                        sstride=bc * esz)
         hist_st.append(st)
     return s.finish()

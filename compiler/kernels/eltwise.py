@@ -11,7 +11,7 @@ from math import prod
 
 import numpy as np
 
-from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.tiling import DOUBLE, split
 from mlusim.isa.fields import f32_bits
 
@@ -29,7 +29,7 @@ def _chunks(ctx, total: int, bytes_per_elem: int) -> list[list[tuple[int, int]]]
     return out
 
 
-def _unary_kernel(ctx, node, src_addr, dst_addr, total, in_size, out_size, body, extra_bytes=0, setup=None):
+def _unary_kernel(ctx, node, x, y, total, in_size, out_size, body, extra_bytes=0, setup=None):
     """A pipelined load -> body -> store loop; body(s, deps, src_buf, dst_buf, count) returns its last op."""
     streams = []
     for chunks in _chunks(ctx, total, DOUBLE * (in_size + out_size) + extra_bytes):
@@ -42,11 +42,11 @@ def _unary_kernel(ctx, node, src_addr, dst_addr, total, in_size, out_size, body,
         readers, stores = [], []
         for i, (a, b) in enumerate(chunks):
             slot = i % DOUBLE
-            ld = s.dma("g2n", bin_[slot], src_addr + a * in_size, (b - a) * in_size,
+            ld = s.dma(load_dir(x), bin_[slot], x.addr + a * in_size, (b - a) * in_size,
                        deps=[readers[i - DOUBLE] if i >= DOUBLE else None])
             last = body(s, [ld, stores[i - DOUBLE] if i >= DOUBLE else None], bin_[slot], bout[slot], b - a, env)
             readers.append(last)
-            stores.append(s.dma("n2g", dst_addr + a * out_size, bout[slot], (b - a) * out_size, deps=[last]))
+            stores.append(s.dma(store_dir(y), y.addr + a * out_size, bout[slot], (b - a) * out_size, deps=[last]))
         streams.append(s.finish())
     ctx.kernel(node, streams, unit="vector")
 
@@ -70,7 +70,7 @@ def lower_quantize_input(ctx, node, x, y) -> None:
             return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=src, n=n, scale=ONE, zp=node.q.get("zp", 0))
         return s.emit("vquant", deps, sdt="f32", odt=dt, dst=dst, src=src, n=n, scale=inv, zp=node.q.get("zp", 0))
 
-    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), 4, esz, body, setup=setup if div else None)
+    _unary_kernel(ctx, node, x, y, prod(x.shape), 4, esz, body, setup=setup if div else None)
 
 
 def lower_dequantize(ctx, node, x, y, scale: float, name: str, zp: int = 0) -> None:
@@ -81,7 +81,7 @@ def lower_dequantize(ctx, node, x, y, scale: float, name: str, zp: int = 0) -> N
     def body(s, deps, src, dst, n, _env):
         return s.emit("vdequant", deps, sdt=dt, odt="f32", dst=dst, src=src, n=n, scale=bits, zp=zp)
 
-    _unary_kernel(ctx, _Named(node, name), x.addr, y.addr, prod(x.shape), esz, 4, body)
+    _unary_kernel(ctx, _Named(node, name), x, y, prod(x.shape), esz, 4, body)
 
 
 class _Named:
@@ -100,7 +100,7 @@ def lower_act(ctx, node, x, y) -> None:
     def body(s, deps, src, dst, n, _env):
         return s.emit("vclamp", deps, dt=dt, dst=dst, src=src, n=n, lo=lo, hi=hi)
 
-    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body)
+    _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body)
 
 
 def lower_requant(ctx, node, x, y) -> None:
@@ -121,7 +121,7 @@ def lower_requant(ctx, node, x, y) -> None:
         return s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, zp=q["zp"], lo=q["lo"],
                       hi=q["hi"])
 
-    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
+    _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
 
 
 def lower_float_unary(ctx, node, x, y) -> None:
@@ -156,7 +156,7 @@ def lower_float_unary(ctx, node, x, y) -> None:
             s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
         return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=t, n=n, scale=out_bits, zp=q["zp"])
 
-    _unary_kernel(ctx, node, x.addr, y.addr, prod(x.shape), esz, esz, body,
+    _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body,
                   extra_bytes=4 * (len(consts) + 2), setup=setup)
 
 
@@ -193,8 +193,8 @@ def lower_add(ctx, node, a, b, y) -> None:
             slot, n = i % DOUBLE, c1 - c0
             free_in = readers[i - DOUBLE] if i >= DOUBLE else None
             free_out = stores[i - DOUBLE] if i >= DOUBLE else None
-            la = s.dma("g2n", ba[slot], a.addr + c0 * esz, n * esz, deps=[free_in])
-            lb = s.dma("g2n", bb[slot], b.addr + c0 * esz, n * esz, deps=[free_in])
+            la = s.dma(load_dir(a), ba[slot], a.addr + c0 * esz, n * esz, deps=[free_in])
+            lb = s.dma(load_dir(b), bb[slot], b.addr + c0 * esz, n * esz, deps=[free_in])
             if ort:
                 last_read, out = _ort_add_chunk(s, q, dt, ba[slot], bb[slot], bo[slot], ta, tb, n, consts,
                                                 [la, lb, free_out])
@@ -207,7 +207,7 @@ def lower_add(ctx, node, a, b, y) -> None:
                 out = s.emit("vrequant", [free_out], odt=dt, dst=bo[slot], src=ta, params=par + 24, c=1, n=n,
                              lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
             readers.append(last_read)
-            stores.append(s.dma("n2g", y.addr + c0 * esz, bo[slot], n * esz, deps=[out]))
+            stores.append(s.dma(store_dir(y), y.addr + c0 * esz, bo[slot], n * esz, deps=[out]))
         streams.append(s.finish())
     ctx.kernel(node, streams, unit="vector")
 

@@ -11,7 +11,7 @@ from math import ceil
 
 import numpy as np
 
-from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, split, vec_cycles
 from mlusim.errors import CompileError
 from mlusim.isa.fields import f32_bits
@@ -146,9 +146,9 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
                 free = readers[j - DOUBLE] if j >= DOUBLE else None
                 src = x.addr + (m0 * k + k0) * esz
                 if nkc == k:
-                    lx = s.dma("g2n", bx[slot], src, nm * k * esz, deps=[free])
+                    lx = s.dma(load_dir(x), bx[slot], src, nm * k * esz, deps=[free])
                 else:
-                    lx = s.dma("g2n", bx[slot], src, nkc * esz, deps=[free], count=nm, dstride=nkc * esz,
+                    lx = s.dma(load_dir(x), bx[slot], src, nkc * esz, deps=[free], count=nm, dstride=nkc * esz,
                                sstride=k * esz)
                 lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
                 mm = s.emit("matmul", [lx, lw], dt=dt, odt="i32", dst=acc if kb == 0 else tmp, a=bx[slot],
@@ -167,9 +167,9 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
             par_users.append(rq)
             dst = y.addr + (m0 * o + o0) * esz
             if nb == o:
-                st = s.dma("n2g", dst, bout[slot], nm * nb * esz, deps=[rq])
+                st = s.dma(store_dir(y), dst, bout[slot], nm * nb * esz, deps=[rq])
             else:
-                st = s.dma("n2g", dst, bout[slot], nb * esz, deps=[rq], count=nm, dstride=o * esz, sstride=nb * esz)
+                st = s.dma(store_dir(y), dst, bout[slot], nb * esz, deps=[rq], count=nm, dstride=o * esz, sstride=nb * esz)
             stores.append(st)
         streams.append(s.finish())
     ctx.kernel(node, streams, macs=m * k * o, tiling=f"{mc} rows x {bo} features x {kc} reduction per step, "

@@ -13,7 +13,7 @@ from math import ceil
 
 import numpy as np
 
-from mlusim.compiler.codegen import Arena, TaskStream
+from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.kernels.linear import float_requant
 from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, row_candidates, split, vec_cycles
 from mlusim.errors import CompileError
@@ -73,7 +73,7 @@ def lower_pool(ctx, node, x, y) -> None:
             start, end = r0 * sh - pt, (r1 - 1) * sh - pt + kh
             a, b = max(start, 0), min(end, h)
             slot = i % DOUBLE
-            ld = s.dma("g2n", bin_[slot], x.addr + (img * h + a) * w * c * esz, (b - a) * w * c * esz,
+            ld = s.dma(load_dir(x), bin_[slot], x.addr + (img * h + a) * w * c * esz, (b - a) * w * c * esz,
                        deps=[readers[i - DOUBLE] if i >= DOUBLE else None])
             free = stores[i - DOUBLE] if i >= DOUBLE else None
             geo = dict(n=1, hi=b - a, wi=w, c=c, kh=kh, kw=kw, sh=sh, sw=sw, pt=max(0, -start),
@@ -85,7 +85,7 @@ def lower_pool(ctx, node, x, y) -> None:
             else:
                 pool = last = s.emit("vpool", [ld, free], mode="max", dt=dt, dst=bout[slot], src=bin_[slot], **geo)
             readers.append(pool)
-            stores.append(s.dma("n2g", y.addr + (img * ho + r0) * wo * c * esz, bout[slot], (r1 - r0) * wo * c * esz,
+            stores.append(s.dma(store_dir(y), y.addr + (img * ho + r0) * wo * c * esz, bout[slot], (r1 - r0) * wo * c * esz,
                                 deps=[last]))
         streams.append(s.finish())
     ctx.kernel(node, streams, tiling=plan.describe(), unit="vector")
@@ -125,7 +125,7 @@ def lower_gap(ctx, node, x, y) -> None:
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
                 slot = k % DOUBLE
-                ld = s.dma("g2n", bin_[slot], x.addr + (img * h + r0) * w * c * esz, (r1 - r0) * w * c * esz,
+                ld = s.dma(load_dir(x), bin_[slot], x.addr + (img * h + r0) * w * c * esz, (r1 - r0) * w * c * esz,
                            deps=[readers[k - DOUBLE] if k >= DOUBLE else None])
                 geo = dict(n=1, hi=r1 - r0, wi=w, c=c, kh=r1 - r0, kw=w, sh=1, sw=1)
                 if first:
@@ -141,6 +141,6 @@ def lower_gap(ctx, node, x, y) -> None:
             else:
                 rq = s.emit("vrequant", [pload, last_store], odt=dt, dst=out, src=acc, params=par, c=1, n=c,
                             lo=node.q["lo"], hi=node.q["hi"], zp=node.q.get("zp", 0))
-            last_store = s.dma("n2g", y.addr + img * c * esz, out, c * esz, deps=[rq])
+            last_store = s.dma(store_dir(y), y.addr + img * c * esz, out, c * esz, deps=[rq])
         streams.append(s.finish())
     ctx.kernel(node, streams, tiling=f"{rows} rows per partial sum", unit="vector")

@@ -26,7 +26,7 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
 
         from mlusim.compiler.driver import compile_onnx
 
-        c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores)
+        c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
         for note in c.notes:
             print(f"warning: {note}", file=sys.stderr)
         return c.program
@@ -36,7 +36,8 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
         if path.lower() in ZOO:
             from mlusim.compiler.driver import compile_model
 
-            return compile_model(path, batch=batch, resolution=resolution, config=cfg, tasks=cores).program
+            return compile_model(path, batch=batch, resolution=resolution, config=cfg, tasks=cores,
+                                 cluster_fusion=True).program
     if p.suffix in (".s", ".asm"):
         from mlusim.isa.asm import assemble_program
 

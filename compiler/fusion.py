@@ -1,0 +1,345 @@
+"""Cluster fusion: a run of layers as one UNION1 kernel whose activations stay in cluster SRAM.
+
+Layer-at-a-time code sends every activation through DRAM twice (stored by its producer, loaded by
+its consumer); at batch 16 that traffic, not the MAC array, sets ResNet-50's time. CNML's fusion
+mode answers with the cluster: its four cores share 2 MiB of SRAM, enough for a few images' worth
+of one block's activations. So a *segment* of consecutive layers runs as one kernel of jobs; a job
+is one cluster working through the segment for a group of images:
+
+    job j (4 tasks on one cluster), images [j*g, (j+1)*g):
+        layer 1: the usual tiles, input from GDRAM, output to SRAM   } sync.cluster between layers:
+        layer 2: input from SRAM, output to SRAM                       } every core drains, so the
+        ...                                                            } next layer sees all rows
+        layer k: input from SRAM, output to GDRAM
+
+Weights still come from GDRAM, once per job (smaller groups reload them more often), and the
+segment's input and output cross DRAM once. `plan_segments` picks where segments start and end and
+their group sizes with a cost model (compute on a cluster's MAC arrays vs. DRAM bytes at the shared
+bandwidth), a dynamic program over the points where a single value is live; layers it leaves out run
+layer-at-a-time as before.
+
+Such a program needs whole clusters: it is compiled for a core count (multiple of the cluster size)
+and refuses fewer cores with the engine's UNION error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+
+from mlusim.errors import CompileError
+from mlusim.isa.encoding import Instr
+
+ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
+            "flatten", "reshape"}
+VIEWS = ("flatten", "reshape")
+ALIGN = 64
+JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
+KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel
+
+
+@dataclass
+class Segment:
+    start: int                # node indices [start, end) of the graph
+    end: int
+    group: int                # images per job
+    sram_peak: int = 0
+
+
+# ---- sizes and liveness ------------------------------------------------------------------------
+def _esz(node) -> int:
+    return 2 if node.q.get("dtype") == "int16" else 1
+
+
+def image_bytes(node) -> int:
+    """Bytes of one image of a node's (quantized) value, by its graph shape (for cost estimates)."""
+    return prod(node.shape[1:]) * _esz(node)
+
+
+def device_image_bytes(t) -> int:
+    """Bytes of one image of a value as the device holds it (lower.layouts: the space-to-depth input
+    is padded, so the graph shape would under-count it)."""
+    return prod(t.shape[1:]) * {"f32": 4, "i16": 2}.get(t.dtype, 1)
+
+
+def _base(g, name: str) -> str:
+    """Views (flatten/reshape) alias their input."""
+    node = g.node(name)
+    while node.op in VIEWS:
+        node = g.node(node.inputs[0])
+    return node.name
+
+
+def escaping(g, nodes) -> set[str]:
+    """Values of the span that are used after it (or are the graph's output): they go to GDRAM."""
+    inside = {n.name for n in nodes}
+    out = set()
+    for n in g.nodes:
+        if n.name in inside:
+            continue
+        for i in n.inputs:
+            if i in inside:
+                out.add(_base(g, i))
+    if g.output in inside:
+        out.add(_base(g, g.output))
+    return out
+
+
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict) -> tuple[dict[str, int], int] | None:
+    """SRAM addresses for the span's internal values (first fit, freed after their last reader),
+    and the peak; None if they do not fit."""
+    esc = escaping(g, nodes)
+    pos = {n.name: k for k, n in enumerate(nodes)}
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            b = _base(g, i)
+            if b in pos:
+                last[b] = max(last.get(b, -1), k)
+    free: list[tuple[int, int]] = [(0, capacity)]        # sorted (start, end) holes
+    live: dict[str, tuple[int, int]] = {}
+    addrs: dict[str, int] = {}
+    peak = 0
+    for k, n in enumerate(nodes):
+        if n.op not in VIEWS and n.name not in esc:
+            size = -(-device_image_bytes(lay[n.name]) * group // ALIGN) * ALIGN
+            for hi, (a, b) in enumerate(free):
+                if b - a >= size:
+                    addrs[n.name] = a
+                    live[n.name] = (a, a + size)
+                    free[hi] = (a + size, b)
+                    peak = max(peak, a + size)
+                    break
+            else:
+                return None
+        for name in [v for v in live if last.get(v, k) <= k]:
+            a, b = live.pop(name)
+            free.append((a, b))
+            free.sort()
+            merged = [free[0]]
+            for s, e in free[1:]:
+                if s <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+                else:
+                    merged.append((s, e))
+            free = [(s, e) for s, e in merged if e > s]
+    return addrs, peak
+
+
+# ---- the cost model -------------------------------------------------------------------------------
+def _mac_cycles_per_image(cfg, node) -> float:
+    """One core's MAC-array cycles for one image, lanes rounded up as the array pads them."""
+    if node.op not in ("conv2d", "linear") or "weight" not in node.q:
+        return 0.0
+    w = node.q["weight"]
+    int16 = node.q.get("dtype") == "int16"
+    lanes_ci = cfg.core.mac_ci_lanes_int16 if int16 else cfg.core.mac_ci_lanes_int8
+    lanes_co = cfg.core.mac_co_lanes
+    if node.op == "linear":
+        o, k = w.shape
+        return ceil(k / lanes_ci) * ceil(o / lanes_co)
+    co, cig, kh, kw = w.shape
+    groups = node.attrs.get("groups", 1)
+    shape = node.attrs.get("conv_shape", node.shape)
+    pix = shape[2] * shape[3]
+    if groups > 1 and groups == co and cig == 1:          # depthwise: the vector unit
+        return pix * co * kh * kw * 4 / cfg.core.vector_bytes_per_cycle
+    return pix * kh * kw * ceil(cig / lanes_ci) * ceil(co // groups / lanes_co) * groups
+
+
+def _vec_cycles_per_image(cfg, g, node) -> float:
+    """A rough vector-unit figure: every byte in and out handled as int32 once."""
+    ins = sum(image_bytes(g.node(i)) for i in node.inputs if g.node(i).op != "input") if node.inputs else 0
+    return (ins + image_bytes(node)) * 4 / cfg.core.vector_bytes_per_cycle
+
+
+def _io_bytes_per_image(g, node) -> int:
+    return sum(image_bytes(g.node(i)) for i in node.inputs) + image_bytes(node)
+
+
+def node_weight_bytes(node) -> int:
+    return int(node.q["weight"].nbytes) if "weight" in node.q else 0
+
+
+def layer_cost(cfg, g, node, tasks: int, batch: int) -> float:
+    """Layer-at-a-time estimate: the slower of the cores' compute and the node's DRAM traffic."""
+    if node.op in VIEWS:
+        return 0.0
+    comp = batch * max(_mac_cycles_per_image(cfg, node), _vec_cycles_per_image(cfg, g, node)) / tasks
+    io = batch * _io_bytes_per_image(g, node) + node_weight_bytes(node)
+    if node.op == "input":
+        io = batch * prod(node.shape[1:]) * 5
+    return max(comp, io / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
+
+
+def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int) -> float:
+    cpc = cfg.chip.cores_per_cluster
+    jobs = batch // group
+    rounds = ceil(jobs / clusters)
+    per_job = sum(group * max(_mac_cycles_per_image(cfg, n), _vec_cycles_per_image(cfg, g, n)) / cpc
+                  + JOB_LAYER_OVERHEAD for n in nodes if n.op not in VIEWS)
+    esc = escaping(g, nodes)
+    inside = {n.name for n in nodes}
+    ext_in = {_base(g, i) for n in nodes for i in n.inputs if i not in inside}
+    io = sum(image_bytes(g.node(v)) for v in ext_in) + sum(image_bytes(g.node(v)) for v in esc)
+    if nodes[0].op == "input":
+        io += prod(nodes[0].shape[1:]) * 4
+    dram = jobs * sum(node_weight_bytes(n) for n in nodes) + batch * io
+    return max(rounds * per_job, dram / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
+
+
+def _cut_points(g) -> list[int]:
+    """Positions k (before node k) where at most one value computed earlier is still needed."""
+    nodes = g.nodes
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            last[_base(g, i)] = k
+    cuts = [0]
+    for k in range(1, len(nodes)):
+        live = {_base(g, n.name) for n in nodes[:k] if last.get(_base(g, n.name), -1) >= k}
+        if len(live) <= 1:
+            cuts.append(k)
+    cuts.append(len(nodes))
+    return cuts
+
+
+def plan_segments(g, cfg, tasks: int) -> list[Segment]:
+    """The fused segments (possibly none) that minimise the estimated time of the whole graph."""
+    cpc = cfg.chip.cores_per_cluster
+    batch = g.input.shape[0]
+    if tasks < cpc or tasks % cpc or batch < 1:
+        return []
+    clusters = min(tasks // cpc, cfg.chip.clusters)
+    from mlusim.compiler.lower import layouts
+
+    nodes = g.nodes
+    lay = layouts(g)
+    layer = [layer_cost(cfg, g, n, tasks, batch) for n in nodes]
+    cuts = _cut_points(g)
+    groups = [d for d in range(1, batch + 1) if batch % d == 0]
+    best: dict[int, tuple[float, list[Segment]]] = {0: (0.0, [])}
+    for bi, b in enumerate(cuts[1:], 1):
+        cand = None
+        for a in cuts[:bi]:
+            if a not in best:
+                continue
+            base, segs = best[a]
+            span = nodes[a:b]
+            opts = [(sum(layer[a:b]), None)]
+            if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
+                    all(n.op != "input" or k == 0 for k, n in enumerate(span)):
+                for gr in groups:
+                    plan = sram_plan(g, span, gr, cfg.sram_bytes, lay)
+                    if plan is None:
+                        continue
+                    opts.append((segment_cost(cfg, g, span, gr, batch, clusters), Segment(a, b, gr, plan[1])))
+            cost, seg = min(opts, key=lambda o: o[0])
+            total = base + cost
+            if cand is None or total < cand[0]:
+                cand = (total, segs + ([seg] if seg else []))
+        best[b] = cand
+    return best[len(nodes)][1]
+
+
+# ---- lowering a segment -----------------------------------------------------------------------------
+class JobCtx:
+    """What a kernel generator sees while emitting one job of a segment: a cluster's cores as its
+    tasks, a share of DRAM, constants shared by every job, kernels captured instead of appended."""
+
+    def __init__(self, parent, tasks: int, dram_share: float, consts: dict):
+        self.parent, self.cfg, self.graph = parent, parent.cfg, parent.graph
+        self.tasks, self.dram_share, self._consts = tasks, dram_share, consts
+        self.captured: list = []
+
+    def const(self, name, arr) -> int:
+        if name not in self._consts:
+            self._consts[name] = self.parent.const(name, arr)
+        return self._consts[name]
+
+    def tensor(self, *a, **kw):
+        return self.parent.tensor(*a, **kw)
+
+    def kernel(self, node, streams, **meta) -> None:
+        self.captured.append((node, streams, meta))
+
+
+def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
+    """Emit `seg` as one UNION1 kernel; `dev` gains the GDRAM tensors of its escaping values.
+    `emit(ctx, node, ins, y, x)` is lower._lower_node."""
+    from mlusim.compiler.lower import DevTensor, input_tensor
+
+    g, cfg = ctx.graph, ctx.cfg
+    cpc = cfg.chip.cores_per_cluster
+    nodes = g.nodes[seg.start:seg.end]
+    batch = g.input.shape[0]
+    group = seg.group
+    jobs = batch // group
+    clusters = min(ctx.tasks // cpc, cfg.chip.clusters)
+    esc = escaping(g, nodes)
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay)
+    if plan is None:
+        raise CompileError(f"segment {nodes[0].name}..{nodes[-1].name}: {group} image(s) of activations do not "
+                           f"fit SRAM of {cfg.sram_bytes:,} B")
+    addrs, peak = plan
+    x_float = None
+    for n in nodes:
+        if n.op == "input":
+            x_float = input_tensor(ctx, n, lay[n.name].shape)
+        elif n.name in esc and n.op not in VIEWS:
+            full = lay[n.name]
+            t = ctx.activation(n, full.shape, full.dtype, role="scratch")
+            t.flat_from = full.flat_from
+            dev[n.name] = t
+    consts: dict = {}
+    streams: list[list] = []
+    macs, layers = 0, []
+
+    def gslice(t: DevTensor, j: int) -> DevTensor:
+        per = prod(t.shape[1:]) * (4 if t.dtype == "f32" else 2 if t.dtype == "i16" else 1)
+        return DevTensor(t.name, t.addr + j * group * per, (group,) + tuple(t.shape[1:]), t.dtype, t.flat_from)
+
+    for j in range(jobs):
+        jctx = JobCtx(ctx, cpc, 1.0 / min(jobs, clusters), consts)
+        local: dict[str, DevTensor] = {}
+        tasks: list[list] = [[] for _ in range(cpc)]
+        real = [n for n in nodes if n.op not in VIEWS]
+        for n in nodes:
+            ins = [local[i] if i in local else gslice(dev[i], j) for i in n.inputs]
+            full = lay[n.name]
+            shape = (group,) + tuple(full.shape[1:])
+            if n.op in VIEWS:
+                local[n.name] = DevTensor(ins[0].name, ins[0].addr, shape, ins[0].dtype, full.flat_from, ins[0].space)
+                continue
+            if n.name in esc:
+                y = gslice(dev[n.name], j)
+            else:
+                y = DevTensor(f"{n.name}.sram", addrs[n.name], shape, full.dtype, full.flat_from, "sram")
+            local[n.name] = y
+            emit(jctx, n, ins, y, gslice(x_float, j) if n.op == "input" else None)
+            _node, st, meta = jctx.captured.pop()
+            if j == 0:
+                layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
+            macs += meta.get("macs", 0)
+            for c in range(cpc):
+                if c < len(st):
+                    tasks[c].extend(st[c])
+                if n is not real[-1]:
+                    tasks[c].append(Instr.make("sync.cluster"))
+        streams.extend(tasks)
+    for n in nodes:           # a view of an escaping value, used outside, aliases it
+        if n.op in VIEWS and _base(g, n.name) in dev:
+            b, full = dev[_base(g, n.name)], lay[n.name]
+            dev[n.name] = DevTensor(b.name, b.addr, full.shape, b.dtype, full.flat_from)
+    name = f"{nodes[0].name}..{nodes[-1].name}" if len(nodes) > 1 else nodes[0].name
+    fused = [f"{n.name}" for n in nodes if n.op not in VIEWS]
+    ctx.kernels.append(_kernel(name, streams, {
+        "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
+        "tiling": f"{jobs} job(s) of {group} image(s), one cluster each; SRAM {peak / 1024:,.0f} KiB of "
+                  f"{cfg.sram_bytes // 1024:,} KiB",
+        "segment": {"layers": layers, "group": group, "jobs": jobs, "sram_peak": peak}}))
+
+
+def _kernel(name, streams, meta):
+    from mlusim.program import Kernel
+
+    return Kernel(name, "union1", len(streams), streams, list(range(len(streams))), meta)
