@@ -82,7 +82,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     nram = Arena("nram", cfg.nram_bytes)
     sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
     if geo.residual:
-        sizes += [out] * DOUBLE + [acc] + [params] * DOUBLE
+        sizes += [out] * DOUBLE + [params] * DOUBLE
     if geo.depthwise:
         sizes.append(wblock)
     if not nram.fits(*sizes):
@@ -101,7 +101,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         cog = block // geo.groups
         c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
             ceil(cog / cfg.core.mac_co_lanes) * geo.groups
-    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.residual or geo.fscale else 1) + \
+    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 2 if geo.residual else 1) + \
         (vec_cycles(cfg, out) if geo.pool else 0)
     xs, ys, rs = spaces
     ld = dma_cycles(cfg, in_tile, rows if geo.wp != geo.w else 1, xs)
@@ -214,7 +214,6 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
     buf_fs = [nram.alloc(block * 4, "requant scales") for _ in range(DOUBLE)] if geo.fscale else None
     if geo.residual:
         buf_res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
-        res_acc = nram.alloc(rows * geo.wo * block * 4, "shortcut int32")
         buf_rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
     res_readers: list[int] = []
     wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
@@ -274,11 +273,9 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
             else:
                 lr = s.dma(load_dir(res), buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
                            dstride=bc * esz, sstride=geo.co * esz)
-            rd = s.emit("vcast", [lr], sdt=geo.dt, ddt="i32", dst=res_acc, src=buf_res[slot], n=npix * bc)
+            rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
+                        params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
             res_readers.append(rd)
-            s.emit("vrequant", [p_load], odt="i32", dst=res_acc, src=res_acc, params=buf_rpar[wslot % DOUBLE],
-                   c=bc, n=npix * bc)
-            s.emit("vadd", [mac], dt="i32", dst=acc, a=acc, b=res_acc, n=npix * bc)
         if geo.fscale:
             rq = float_requant(s, [p_load, free_out], q, acc, buf_out[slot], buf_par[wslot % DOUBLE],
                                buf_fs[wslot % DOUBLE], npix, bc, geo.dt)

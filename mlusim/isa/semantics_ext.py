@@ -91,3 +91,31 @@ def vfma(ctx, a):
     dt, n = E(a, "dt"), a["n"]
     x, y, z = (view(ctx, "nram", a[k], dt, n) for k in ("a", "b", "c"))
     view(ctx, "nram", a["dst"], dt, n)[:] = fused_multiply_add(x, y, z, dt)
+
+
+# ---- fused shortcut ------------------------------------------------------------------------------------
+def check_addrq(a):
+    if E(a, "sdt") not in nx.INT_DTYPES:
+        return "vaddrq needs an integer sdt"
+    if a["c"] == 0 or a["n"] % a["c"]:
+        return f"n={a['n']} must be a multiple of c={a['c']}"
+    return None
+
+
+def touch_addrq(a):
+    ssz = DTYPE_BYTES[E(a, "sdt")]
+    n = a["n"]
+    return [("nram", a["a"], n * 4, "r", 4), ("nram", a["src"], n * ssz, "r", ssz),
+            ("nram", a["params"], a["c"] * 12, "r", 4), ("nram", a["dst"], n * 4, "w", 4)]
+
+
+def vaddrq(ctx, a):
+    """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
+    from mlusim.isa.semantics import requant_values
+
+    c, n = a["c"], a["n"]
+    src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
+    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
+    r = requant_values(src, params, 0, -(1 << 31), (1 << 31) - 1, "i32").reshape(-1)
+    acc = view(ctx, "nram", a["a"], "i32", n)
+    view(ctx, "nram", a["dst"], "i32", n)[:] = nx.saturate(acc.astype(np.int64) + r, "i32")

@@ -258,6 +258,14 @@ OPS: tuple[OpSpec, ...] = (
            "the window's gradient grad[n, ho, wo, c] goes to the first position (row-major in the window) "
            "holding the window's maximum; dst [n, hi, wi, c] sums what each position receives. Padding "
            "never wins.", SX.vpoolbp, T.vec_poolbp, SX.touch_poolbp, S.check_pool),
+    OpSpec("vaddrq", 0x55, "vec",
+           (DT("sdt", doc="shortcut type (integer)"), A("dst", "nram"), A("a", "nram", doc="int32 accumulators"),
+            A("src", "nram"), A("params", "nram", doc="int32 [c, 3]: bias, multiplier, shift per channel"),
+            U("c", 16, 1, "channels (innermost dimension); 1 for per-tensor"), N24) + DEPS,
+           "Add a requantized shortcut to int32 accumulators in one pass: with ch = i mod c, dst[i] = "
+           "sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])); exactly vcast + vrequant "
+           "(odt i32) + vadd, as the residual join of a conv needs it.",
+           SX.vaddrq, T.vec_requant, SX.touch_addrq, SX.check_addrq),
     OpSpec("vfma", 0x5F, "vec",
            (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), A("c", "nram"), N24) + DEPS,
            "dst[i] = a[i] * b[i] + c[i] rounded once to `dt` (IEEE fusedMultiplyAdd; float dt only), as "
