@@ -17,7 +17,7 @@ def dma_cycles(cfg, nbytes: int, segments: int = 1, space: str = "gdram") -> flo
     without contention."""
     d = cfg.dma
     if space == "sram":
-        return d.startup_cycles + (segments - 1) * d.segment_cycles + nbytes / d.sram_bandwidth_bytes_per_cycle
+        return d.startup_cycles + (segments - 1) * d.move_segment_cycles + nbytes / d.sram_bandwidth_bytes_per_cycle
     fixed = d.startup_cycles + (segments - 1) * d.segment_cycles + cfg.dram.latency_cycles
     return fixed + nbytes / d.core_bandwidth_bytes_per_cycle
 

@@ -127,8 +127,10 @@ class DmaConfig:
                                                   minimum=MIN_RATE, maximum=MAX_RATE)
     startup_cycles: int = spec("cycles", "fixed cost of every DMA instruction", positive=False,
                                 maximum=MAX_CYCLES)
-    segment_cycles: int = spec("cycles", "extra cost of each segment after the first of a strided DMA",
-                               positive=False, maximum=MAX_CYCLES)
+    segment_cycles: int = spec("cycles", "extra cost of each segment after the first of a strided DMA "
+                               "to or from GDRAM (IO-DMA)", positive=False, maximum=MAX_CYCLES)
+    move_segment_cycles: int = spec("cycles", "the same for a strided DMA between on-chip memories "
+                                    "(SRAM, NRAM, WRAM: Move-DMA)", positive=False, maximum=MAX_CYCLES)
 
 
 @dataclass

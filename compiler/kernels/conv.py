@@ -87,8 +87,6 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         sizes.append(wblock)
     if not nram.fits(*sizes):
         return None
-    if not geo.depthwise and wblock * (DOUBLE if nblocks > 1 else 1) > cfg.wram_bytes:
-        return None
     rblocks = ceil(geo.ho / rows)
     units = geo.n * rblocks * nblocks
     tasks = min(units, max_tasks or ctx.tasks)
@@ -114,6 +112,8 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # weight block its run touches once
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
+    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > cfg.wram_bytes:
+        return None          # a task with one weight block needs no second WRAM buffer
     wload = dma_cycles(cfg, wblock) * max(loads)
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = max(per_task * ld + wload, per_task * cp, per_task * st) + ld + c_mac + st

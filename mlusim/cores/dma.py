@@ -2,6 +2,8 @@
 
 A DMA instruction takes   startup + (segments - 1) * segment_cycles   of descriptor processing, plus
 the DRAM first-byte latency when GDRAM is involved, then streams its bus bytes through the Fabric.
+A strided transfer that stays on chip (SRAM, NRAM, WRAM: the Move-DMA rather than the IO-DMA) pays
+`move_segment_cycles` per extra segment instead: no DRAM bursts or row changes to set up.
 GDRAM bus bytes are each segment rounded out to the access granularity; a write that covers only
 part of a granule costs a read of that granule too (read-modify-write).
 """
@@ -75,7 +77,8 @@ def plan(a: dict, cfg) -> DmaPlan:
     size, cnt, cnt2 = a["size"], a["count"], a["count2"]
     segs = cnt * cnt2
     payload = size * segs
-    fixed = cfg.dma.startup_cycles + (segs - 1) * cfg.dma.segment_cycles
+    onchip = src != "gdram" and dst != "gdram"
+    fixed = cfg.dma.startup_cycles + (segs - 1) * (cfg.dma.move_segment_cycles if onchip else cfg.dma.segment_cycles)
     rd = wr = 0
     g = cfg.dram.access_bytes
     if src == "gdram":
