@@ -114,9 +114,12 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
     if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > cfg.wram_bytes:
         return None          # a task with one weight block needs no second WRAM buffer
-    wload = dma_cycles(cfg, wblock) * max(loads)
+    # every task fetches its first weight block at once, sharing the DRAM it can count on; later
+    # blocks load behind the compute of the one before
+    w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
+    w1 = cfg.dma.startup_cycles + cfg.dram.latency_cycles + wblock / w_rate
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
-    task = max(per_task * ld + wload, per_task * cp, per_task * st) + ld + c_mac + st
+    task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
                            + (out if geo.residual and rs == "gdram" else 0)) + wblock * sum(loads)
     dram = total_bytes / dram_rate(ctx)
