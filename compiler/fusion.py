@@ -43,6 +43,7 @@ class Segment:
     end: int
     group: int                # images per job
     sram_peak: int = 0
+    staged: bool = False      # external inputs copied into SRAM first
 
 
 # ---- sizes and liveness ------------------------------------------------------------------------
@@ -84,44 +85,67 @@ def escaping(g, nodes) -> set[str]:
     return out
 
 
-def sram_plan(g, nodes, group: int, capacity: int, lay: dict) -> tuple[dict[str, int], int] | None:
+def external_inputs(g, nodes) -> list[str]:
+    """Values the span reads that are computed before it (by base name, in first-use order)."""
+    inside = {n.name for n in nodes}
+    out: list[str] = []
+    for n in nodes:
+        for i in n.inputs:
+            b = _base(g, i)
+            if b not in inside and b not in out:
+                out.append(b)
+    return out
+
+
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False
+              ) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values (first fit, freed after their last reader),
-    and the peak; None if they do not fit."""
+    and for its external inputs too when `stage` (copied in once at the start, so the layers that
+    read them, often two, read SRAM instead of DRAM); the peak; None if they do not fit."""
     esc = escaping(g, nodes)
-    pos = {n.name: k for k, n in enumerate(nodes)}
+    ext = external_inputs(g, nodes) if stage else []
+    inside = {n.name for n in nodes}
+    if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
+        return None          # a view made outside the span: read it where it is
     last: dict[str, int] = {}
     for k, n in enumerate(nodes):
         for i in n.inputs:
-            b = _base(g, i)
-            if b in pos:
-                last[b] = max(last.get(b, -1), k)
+            last[_base(g, i)] = k
     free: list[tuple[int, int]] = [(0, capacity)]        # sorted (start, end) holes
     live: dict[str, tuple[int, int]] = {}
     addrs: dict[str, int] = {}
     peak = 0
-    for k, n in enumerate(nodes):
-        if n.op not in VIEWS and n.name not in esc:
-            size = -(-device_image_bytes(lay[n.name]) * group // ALIGN) * ALIGN
-            for hi, (a, b) in enumerate(free):
-                if b - a >= size:
-                    addrs[n.name] = a
-                    live[n.name] = (a, a + size)
-                    free[hi] = (a + size, b)
-                    peak = max(peak, a + size)
-                    break
-            else:
-                return None
+
+    def alloc(name: str) -> bool:
+        nonlocal peak
+        size = -(-device_image_bytes(lay[name]) * group // ALIGN) * ALIGN
+        for hi, (a, b) in enumerate(free):
+            if b - a >= size:
+                addrs[name], live[name] = a, (a, a + size)
+                free[hi] = (a + size, b)
+                peak = max(peak, a + size)
+                return True
+        return False
+
+    def release(k: int) -> None:
+        nonlocal free
         for name in [v for v in live if last.get(v, k) <= k]:
-            a, b = live.pop(name)
-            free.append((a, b))
+            free.append(live.pop(name))
             free.sort()
             merged = [free[0]]
-            for s, e in free[1:]:
-                if s <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+            for s0, e0 in free[1:]:
+                if s0 <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(e0, merged[-1][1]))
                 else:
-                    merged.append((s, e))
-            free = [(s, e) for s, e in merged if e > s]
+                    merged.append((s0, e0))
+            free = [(s0, e0) for s0, e0 in merged if e0 > s0]
+
+    if not all(alloc(v) for v in ext):
+        return None
+    for k, n in enumerate(nodes):
+        if n.op not in VIEWS and n.name not in esc and not alloc(n.name):
+            return None
+        release(k)
     return addrs, peak
 
 
@@ -171,7 +195,9 @@ def layer_cost(cfg, g, node, tasks: int, batch: int) -> float:
     return max(comp, io / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
 
 
-def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int) -> float:
+def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool = False) -> float:
+    """Estimated cycles of a segment: its jobs' compute, rounds of `clusters` at a time, or its
+    DRAM bytes, whichever is slower. Unstaged external inputs are read once per reader."""
     cpc = cfg.chip.cores_per_cluster
     jobs = batch // group
     rounds = ceil(jobs / clusters)
@@ -179,8 +205,9 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int) -> float:
                   + JOB_LAYER_OVERHEAD for n in nodes if n.op not in VIEWS)
     esc = escaping(g, nodes)
     inside = {n.name for n in nodes}
-    ext_in = {_base(g, i) for n in nodes for i in n.inputs if i not in inside}
-    io = sum(image_bytes(g.node(v)) for v in ext_in) + sum(image_bytes(g.node(v)) for v in esc)
+    reads = [_base(g, i) for n in nodes for i in n.inputs if i not in inside]
+    io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
+        sum(image_bytes(g.node(v)) for v in esc)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
     dram = jobs * sum(node_weight_bytes(n) for n in nodes) + batch * io
@@ -229,10 +256,12 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
             if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
                     all(n.op != "input" or k == 0 for k, n in enumerate(span)):
                 for gr in groups:
-                    plan = sram_plan(g, span, gr, cfg.sram_bytes, lay)
-                    if plan is None:
-                        continue
-                    opts.append((segment_cost(cfg, g, span, gr, batch, clusters), Segment(a, b, gr, plan[1])))
+                    for stage in ((True, False) if span[0].op != "input" else (False,)):
+                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
+                        if plan is not None:
+                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage)
+                            opts.append((cost, Segment(a, b, gr, plan[1], stage)))
+                            break
             cost, seg = min(opts, key=lambda o: o[0])
             total = base + cost
             if cand is None or total < cand[0]:
@@ -276,7 +305,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     jobs = batch // group
     clusters = min(ctx.tasks // cpc, cfg.chip.clusters)
     esc = escaping(g, nodes)
-    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay)
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged)
     if plan is None:
         raise CompileError(f"segment {nodes[0].name}..{nodes[-1].name}: {group} image(s) of activations do not "
                            f"fit SRAM of {cfg.sram_bytes:,} B")
@@ -303,6 +332,17 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         local: dict[str, DevTensor] = {}
         tasks: list[list] = [[] for _ in range(cpc)]
         real = [n for n in nodes if n.op not in VIEWS]
+        if seg.staged:     # copy the span's inputs into SRAM, a quarter per core, then meet
+            for v in external_inputs(g, nodes):
+                src, full = gslice(dev[v], j), lay[v]
+                y = DevTensor(f"{v}.sram", addrs[v], src.shape, full.dtype, full.flat_from, "sram")
+                nbytes = device_image_bytes(full) * group
+                for c, (a, b) in enumerate(_split_bytes(nbytes, cpc)):
+                    if b > a:
+                        tasks[c].append(Instr.make("dma", dir="g2s", dst=y.addr + a, src=src.addr + a, size=b - a))
+                local[v] = y
+            for c in range(cpc):
+                tasks[c].append(Instr.make("sync.cluster"))
         for n in nodes:
             ins = [local[i] if i in local else gslice(dev[i], j) for i in n.inputs]
             full = lay[n.name]
@@ -335,8 +375,14 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     ctx.kernels.append(_kernel(name, streams, {
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
         "tiling": f"{jobs} job(s) of {group} image(s), one cluster each; SRAM {peak / 1024:,.0f} KiB of "
-                  f"{cfg.sram_bytes // 1024:,} KiB",
-        "segment": {"layers": layers, "group": group, "jobs": jobs, "sram_peak": peak}}))
+                  f"{cfg.sram_bytes // 1024:,} KiB" + (", inputs staged in SRAM" if seg.staged else ""),
+        "segment": {"layers": layers, "group": group, "jobs": jobs, "sram_peak": peak, "staged": seg.staged}}))
+
+
+def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) in `parts` runs cut at multiples of 64 bytes."""
+    step = -(-n // parts // ALIGN) * ALIGN
+    return [(min(n, i * step), min(n, (i + 1) * step)) for i in range(parts)]
 
 
 def _kernel(name, streams, meta):
