@@ -44,7 +44,7 @@ def test_compile_then_run_then_inspect(capsys, tmp_path):
 def test_zoo_name_runs_directly(capsys):
     code, out, err = cli(capsys, "run", "mnist", "--cores", "4", "--timing-only")
     assert code == 0, err
-    assert "4 core(s)" in out and "conv2" in out
+    assert "4 core(s)" in out and "input..fc2" in out    # compiled for 4 cores: one fused segment
 
 
 def test_compile_errors(capsys, tmp_path):
