@@ -1,4 +1,4 @@
-"""Bit-exact checks of the instructions added for training (vtrans, vcmp, vpoolbp) against plain
+"""Bit-exact checks of the instructions added for training (vtrans, vcmp, vpoolbp) and of vaddrq against plain
 loop references written from docs/isa.md, not from the simulator's numpy code."""
 from __future__ import annotations
 
@@ -79,3 +79,29 @@ def test_vpoolbp_first_maximum_gets_the_gradient(k, s, pad, rng):
                              sh=s, sw=s, pt=pad, pb=pad, pl=pad, pr=pad),
               {"x": ("f32", x.reshape(-1)), "g": ("f32", g.reshape(-1))}, "f32", x.size)
     assert np.array_equal(out, ref_poolbp(x, g, k, s, pad).astype(np.float32).reshape(-1))
+
+
+@pytest.mark.parametrize("sdt", ["i8", "i16"])
+@pytest.mark.parametrize("c", [1, 3, 64])
+def test_vaddrq_equals_cast_requant_add(sdt, c, rng):
+    """vaddrq (the fused residual join) against a loop written from its docs/isa.md line."""
+    n = c * 5
+    acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64)
+    acc[:3] = [(1 << 31) - 1, -(1 << 31), (1 << 31) - 2]       # saturation at both ends
+    lim = 127 if sdt == "i8" else 32767
+    src = rng.integers(-lim - 1, lim + 1, n)
+    params = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 20, c), rng.integers(0, 40, c)], 1).reshape(-1)
+    out = one(lambda a, d: I("vaddrq", sdt=sdt, dst=d, a=a["acc"], src=a["x"], params=a["p"], c=c, n=n),
+              {"acc": ("i32", acc), "x": (sdt, src), "p": ("i32", params)}, "i32", n)
+    ref = []
+    for i in range(n):
+        ch = i % c
+        bias, mult, shift = (int(v) for v in params[ch * 3:ch * 3 + 3])
+        prod = (int(src[i]) + bias) * mult
+        q, r = divmod(prod, 1 << shift) if shift else (prod, 0)
+        half = 1 << (shift - 1) if shift else 0
+        if shift and (r > half or (r == half and q % 2)):       # round half to even
+            q += 1
+        q = max(-(1 << 31), min((1 << 31) - 1, q))
+        ref.append(max(-(1 << 31), min((1 << 31) - 1, int(acc[i]) + q)))
+    assert out.astype(np.int64).tolist() == ref

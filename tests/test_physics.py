@@ -44,6 +44,20 @@ def test_strided_dma_pays_segments_and_granules(mlu270):
     assert res.kernels[0].bytes_read["gdram"] == 1600
 
 
+@pytest.mark.parametrize("direction,queue", [("n2s", "st"), ("s2n", "ld")])
+def test_onchip_strided_dma_pays_move_segments(mlu270, direction, queue):
+    """SRAM <-> NRAM is the Move-DMA: a segment costs move_segment_cycles, no DRAM latency, and the
+    bytes go at the core's SRAM rate."""
+    ins = I("dma", dir=direction, dst=0, src=0, size=100, count=16, sstride=256, dstride=256)
+    res = run(program([ins], []), timing_only=True)
+    c = mlu270
+    expect = c.dma.startup_cycles + 15 * c.dma.move_segment_cycles + 1600 / c.dma.sram_bandwidth_bytes_per_cycle
+    assert dma_busy(res, queue=queue) == pytest.approx(expect, rel=1e-6)
+    assert res.kernels[0].dram_bus_bytes == 0
+    slow = run(program([ins], []), config=load_config("mlu270", ["dma.move_segment_cycles=50"]), timing_only=True)
+    assert dma_busy(slow, queue=queue) - dma_busy(res, queue=queue) == pytest.approx(15 * (50 - c.dma.move_segment_cycles))
+
+
 def test_partial_granule_write_costs_read_modify_write(mlu270):
     g = tensors(TensorDecl("g", "scratch", "i8", (4096,), -1))
     ins = I("dma", dir="n2g", dst=g[0].addr + 8, src=0, size=100)   # touches granules 0 and 1, both partially
