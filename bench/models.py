@@ -2,7 +2,8 @@
 """Quality of the generated code: every zoo model on the MLU270 config at 1, 4 and 16 cores.
 
 For each model, batch and core count (the model is compiled for that core count, as Cambricon's
-offline models are): simulated cycles, latency, throughput, MAC utilization, DRAM traffic against
+offline models are, with cluster fusion where the compiler's cost model takes it, as `mlusim run
+NAME` does; `--no-cluster-fusion` gives layer-at-a-time code): simulated cycles, latency, throughput, MAC utilization, DRAM traffic against
 the model's minimum (weights + input + output bytes), and wall seconds of compile and simulation
 (timing only; the numerics are checked separately below, at batch 1).
 
@@ -32,15 +33,16 @@ from mlusim.sim import simulate
 ALL = ["mnist", "lenet5", "resnet18", "resnet50", "mobilenetv2", "vgg16"]
 
 
-def table(models, batches, cores_list, cfg) -> None:
+def table(models, batches, cores_list, cfg, fuse: bool) -> None:
     print(f"{'model':12} {'batch':>5} {'cores':>5} {'cycles':>12} {'ms':>9} {'img/s':>9} {'MAC util':>8} "
-          f"{'DRAM MiB':>9} {'min MiB':>8} {'x min':>6} {'compile s':>9} {'sim s':>6}")
+          f"{'DRAM MiB':>9} {'min MiB':>8} {'x min':>6} {'segs':>4} {'compile s':>9} {'sim s':>6}")
     for m in models:
         for b in batches:
             for n in cores_list:
                 t0 = time.perf_counter()
-                c = compile_model(m, batch=b, config=cfg, tasks=n)
+                c = compile_model(m, batch=b, config=cfg, tasks=n, cluster_fusion=fuse)
                 tc = time.perf_counter() - t0
+                segs = sum(k.meta.get("op") == "segment" for k in c.program.kernels)
                 t0 = time.perf_counter()
                 res = simulate(c.program, cfg, cores=n, timing_only=True)
                 ts = time.perf_counter() - t0
@@ -49,7 +51,7 @@ def table(models, batches, cores_list, cfg) -> None:
                 print(f"{m:12} {b:>5} {n:>5} {res.cycles:>12,.0f} {s['latency_ms']:>9.3f} "
                       f"{b / res.seconds:>9,.0f} {100 * s['mac_utilization']:>7.1f}% "
                       f"{res.dram_bytes / 2**20:>9.1f} {mn / 2**20:>8.1f} {res.dram_bytes / mn:>6.2f} "
-                      f"{tc:>9.2f} {ts:>6.2f}", flush=True)
+                      f"{segs:>4} {tc:>9.2f} {ts:>6.2f}", flush=True)
 
 
 def big_convs_one_core(cfg) -> None:
@@ -67,21 +69,26 @@ def big_convs_one_core(cfg) -> None:
 
 
 def roofline(cfg) -> None:
-    c = compile_model("resnet50", batch=16, config=cfg)
-    s = summarize(simulate(c.program, cfg, cores=16, timing_only=True))
-    b = roofline_bounds(s)
-    print(f"\nResNet-50 batch 16 on 16 cores: {s['cycles']:,.0f} cycles; roofline bound {b['roofline']:,.0f} "
-          f"(compute {b['compute']:,.0f}, minimum traffic {b['min_traffic']:,.0f}); ratio "
-          f"{s['cycles'] / b['roofline']:.2f}x")
-    print(f"  layer-at-a-time DRAM floor {b['layer_bytes'] / 2**20:,.1f} MiB = {b['layer_traffic']:,.0f} cycles "
-          f"({b['layer_traffic'] / b['roofline']:.2f}x the roofline); this run moved "
-          f"{s['dram_bus_bytes'] / 2**20:,.1f} MiB ({s['dram_bus_bytes'] / b['layer_bytes']:.2f}x the floor) and "
-          f"took {s['cycles'] / b['layer_traffic']:.2f}x the floor's time")
+    for fuse in (False, True):
+        c = compile_model("resnet50", batch=16, config=cfg, tasks=16, cluster_fusion=fuse)
+        s = summarize(simulate(c.program, cfg, cores=16, timing_only=True))
+        b = roofline_bounds(s)
+        print(f"\nResNet-50 batch 16 on 16 cores, {'cluster fusion' if fuse else 'layer at a time'}: "
+              f"{s['cycles']:,.0f} cycles; roofline bound {b['roofline']:,.0f} (compute {b['compute']:,.0f}, "
+              f"minimum traffic {b['min_traffic']:,.0f}); ratio {s['cycles'] / b['roofline']:.2f}x")
+        print(f"  layer-at-a-time DRAM floor {b['layer_bytes'] / 2**20:,.1f} MiB = {b['layer_traffic']:,.0f} cycles "
+              f"({b['layer_traffic'] / b['roofline']:.2f}x the roofline); this run moved "
+              f"{s['dram_bus_bytes'] / 2**20:,.1f} MiB ({s['dram_bus_bytes'] / b['layer_bytes']:.2f}x the floor) and "
+              f"took {s['cycles'] / b['layer_traffic']:.2f}x the floor's time")
+        for k in s["kernels"]:
+            if k["meta"].get("op") == "segment":
+                print(f"    {k['name']:36} {k['cycles']:>10,.0f} cycles  MAC util {100 * k['mac_utilization']:5.1f}%  "
+                      f"DRAM {k['dram_bus_bytes'] / 2**20:6.1f} MiB  ({k['meta']['tiling']})")
 
 
 def speed(cfg) -> None:
     t0 = time.perf_counter()
-    c = compile_model("resnet50", batch=1, config=cfg)
+    c = compile_model("resnet50", batch=1, config=cfg, tasks=16, cluster_fusion=True)
     tc = time.perf_counter() - t0
     x = np.random.default_rng(0).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     t0 = time.perf_counter()
@@ -104,11 +111,12 @@ def main() -> None:
     ap.add_argument("--cores", default="1,4,16")
     ap.add_argument("--config", default="mlu270")
     ap.add_argument("--skip-table", action="store_true")
+    ap.add_argument("--no-cluster-fusion", action="store_true", help="layer-at-a-time code in the table")
     args = ap.parse_args()
     cfg = load_config(args.config)
     if not args.skip_table:
         table(args.models.split(","), [int(b) for b in args.batches.split(",")],
-              [int(n) for n in args.cores.split(",")], cfg)
+              [int(n) for n in args.cores.split(",")], cfg, not args.no_cluster_fusion)
     big_convs_one_core(cfg)
     roofline(cfg)
     speed(cfg)

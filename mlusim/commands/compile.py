@@ -19,7 +19,11 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1; an ONNX model's own if fixed)")
     p.add_argument("--resolution", type=int, default=None, help="input height and width (default: the model's)")
     p.add_argument("--cores", type=int, default=None,
-                   help="parallelism to tile for (default: all cores of the config); the file runs on any count")
+                   help="parallelism to tile for (default: all cores of the config); the file runs on any count "
+                        "unless --cluster-fusion")
+    p.add_argument("--cluster-fusion", action="store_true",
+                   help="run spans of layers in cluster SRAM where the cost model says it pays (what `mlusim run "
+                        "NAME` does); the file then needs whole clusters of cores")
     p.add_argument("--dtype", choices=("int8", "int16"), default="int8")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op, no fusion")
@@ -42,7 +46,8 @@ def cmd_compile(args) -> int:
         raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
                            "(--model NAME), not " + ("both" if args.source else "neither"))
     cfg = load_config(args.config, args.overrides)
-    kw = dict(config=cfg, tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse)
+    kw = dict(config=cfg, tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse,
+              cluster_fusion=args.cluster_fusion)
     if args.source:
         if args.resolution is not None:
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
@@ -62,6 +67,8 @@ def cmd_compile(args) -> int:
     print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name}, {len(c.program.kernels)} kernels, "
           f"{c.program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
           f"{m['weight_bytes'] / 2**20:.1f} MiB ({c.seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
+    if m.get("cluster_fusion"):
+        print(f"  cluster fusion: {m['cluster_fusion']}")
     for node in c.graph.nodes:
         if node.fused:
             print(f"  fused {node.name}: {' + '.join([node.op] + node.fused)}")
