@@ -80,8 +80,8 @@ def store_dir(t) -> str:
 class Arena:
     """A bump allocator for one scratchpad, so kernels name buffers, not addresses."""
 
-    def __init__(self, name: str, size: int, align: int = 64):
-        self.name, self.size, self.align, self.top = name, size, align, 0
+    def __init__(self, name: str, size: int, align: int = 64, base: int = 0):
+        self.name, self.size, self.align, self.top = name, size, align, base
 
     def alloc(self, nbytes: int, what: str) -> int:
         addr = -(-self.top // self.align) * self.align

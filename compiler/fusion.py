@@ -210,7 +210,10 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         sum(image_bytes(g.node(v)) for v in esc)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
-    dram = jobs * sum(node_weight_bytes(n) for n in nodes) + batch * io
+    weights = sum(node_weight_bytes(n) for n in nodes)
+    jobs_run, groups = job_shape(batch, group, clusters)
+    kept = min(weights, cfg.wram_bytes // 2)       # roughly what stays in WRAM between a job's groups
+    dram = jobs_run * (weights + (groups - 1) * (weights - kept)) + batch * io
     return max(rounds * per_job, dram / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
 
 
@@ -279,6 +282,8 @@ class JobCtx:
         self.parent, self.cfg, self.graph = parent, parent.cfg, parent.graph
         self.tasks, self.dram_share, self._consts = tasks, dram_share, consts
         self.captured: list = []
+        self.wram_slots: dict = {}    # node -> (WRAM address, already loaded) of weights kept across groups
+        self.wram_base = 0            # where other layers' WRAM buffers start
 
     def const(self, name, arr) -> int:
         if name not in self._consts:
@@ -292,6 +297,16 @@ class JobCtx:
         self.captured.append((node, streams, meta))
 
 
+def job_shape(batch: int, group: int, clusters: int) -> tuple[int, int]:
+    """(jobs, image groups per job). With more groups than clusters and a whole number per cluster,
+    one job per cluster works through its groups in turn, so weights that stay in WRAM are loaded
+    once per cluster instead of once per group; otherwise one group per job."""
+    n = batch // group
+    if n > clusters and n % clusters == 0:
+        return clusters, n // clusters
+    return n, 1
+
+
 def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     """Emit `seg` as one UNION1 kernel; `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
@@ -300,10 +315,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     g, cfg = ctx.graph, ctx.cfg
     cpc = cfg.chip.cores_per_cluster
     nodes = g.nodes[seg.start:seg.end]
+    real = [n for n in nodes if n.op not in VIEWS]
     batch = g.input.shape[0]
     group = seg.group
-    jobs = batch // group
     clusters = min(ctx.tasks // cpc, cfg.chip.clusters)
+    jobs, rounds = job_shape(batch, group, clusters)
     esc = escaping(g, nodes)
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged)
     if plan is None:
@@ -320,51 +336,70 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             t.flat_from = full.flat_from
             dev[n.name] = t
     consts: dict = {}
-    streams: list[list] = []
-    macs, layers = 0, []
+    share = 1.0 / min(jobs, clusters)
 
-    def gslice(t: DevTensor, j: int) -> DevTensor:
+    def gslice(t: DevTensor, img: int) -> DevTensor:
         per = prod(t.shape[1:]) * (4 if t.dtype == "f32" else 2 if t.dtype == "i16" else 1)
-        return DevTensor(t.name, t.addr + j * group * per, (group,) + tuple(t.shape[1:]), t.dtype, t.flat_from)
+        return DevTensor(t.name, t.addr + img * per, (group,) + tuple(t.shape[1:]), t.dtype, t.flat_from)
 
-    for j in range(jobs):
-        jctx = JobCtx(ctx, cpc, 1.0 / min(jobs, clusters), consts)
+    def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool):
+        """Emit every layer for images [img, img + group); returns the layers' kernel metadata."""
         local: dict[str, DevTensor] = {}
-        tasks: list[list] = [[] for _ in range(cpc)]
-        real = [n for n in nodes if n.op not in VIEWS]
+        metas = []
         if seg.staged:     # copy the span's inputs into SRAM, a quarter per core, then meet
             for v in external_inputs(g, nodes):
-                src, full = gslice(dev[v], j), lay[v]
+                src, full = gslice(dev[v], img), lay[v]
                 y = DevTensor(f"{v}.sram", addrs[v], src.shape, full.dtype, full.flat_from, "sram")
-                nbytes = device_image_bytes(full) * group
-                for c, (a, b) in enumerate(_split_bytes(nbytes, cpc)):
-                    if b > a:
+                for c, (a, b) in enumerate(_split_bytes(device_image_bytes(full) * group, cpc)):
+                    if b > a and tasks is not None:
                         tasks[c].append(Instr.make("dma", dir="g2s", dst=y.addr + a, src=src.addr + a, size=b - a))
                 local[v] = y
-            for c in range(cpc):
-                tasks[c].append(Instr.make("sync.cluster"))
+            if tasks is not None:
+                for c in range(cpc):
+                    tasks[c].append(Instr.make("sync.cluster"))
         for n in nodes:
-            ins = [local[i] if i in local else gslice(dev[i], j) for i in n.inputs]
+            ins = [local[i] if i in local else gslice(dev[i], img) for i in n.inputs]
             full = lay[n.name]
             shape = (group,) + tuple(full.shape[1:])
             if n.op in VIEWS:
                 local[n.name] = DevTensor(ins[0].name, ins[0].addr, shape, ins[0].dtype, full.flat_from, ins[0].space)
                 continue
-            if n.name in esc:
-                y = gslice(dev[n.name], j)
-            else:
-                y = DevTensor(f"{n.name}.sram", addrs[n.name], shape, full.dtype, full.flat_from, "sram")
+            y = gslice(dev[n.name], img) if n.name in esc else \
+                DevTensor(f"{n.name}.sram", addrs[n.name], shape, full.dtype, full.flat_from, "sram")
             local[n.name] = y
-            emit(jctx, n, ins, y, gslice(x_float, j) if n.op == "input" else None)
+            jctx.wram_slots = {n.name: (slots[n.name], not first)} if n.name in slots else {}
+            jctx.wram_base = 0 if n.name in slots else base
+            emit(jctx, n, ins, y, gslice(x_float, img) if n.op == "input" else None)
             _node, st, meta = jctx.captured.pop()
-            if j == 0:
-                layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
-            macs += meta.get("macs", 0)
-            for c in range(cpc):
-                if c < len(st):
-                    tasks[c].extend(st[c])
-                if n is not real[-1]:
-                    tasks[c].append(Instr.make("sync.cluster"))
+            metas.append((n, meta))
+            if tasks is not None:
+                for c in range(cpc):
+                    if c < len(st):
+                        tasks[c].extend(st[c])
+                    if not (last and n is real[-1]):
+                        tasks[c].append(Instr.make("sync.cluster"))
+        return metas
+
+    # which layers keep their weights in WRAM across a job's image groups: a dry run of one group
+    # says each conv's per-task weight block; keep them in layer order while half of WRAM lasts
+    slots: dict[str, int] = {}
+    base = 0
+    if rounds > 1:
+        for n, meta in image_group(JobCtx(ctx, cpc, share, consts), 0, None, {}, 0, True, True):
+            size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+            if size and base + size <= cfg.wram_bytes // 2:
+                slots[n.name], base = base, base + size
+    streams: list[list] = []
+    macs, layers = 0, []
+    for j in range(jobs):
+        jctx = JobCtx(ctx, cpc, share, consts)
+        tasks: list[list] = [[] for _ in range(cpc)]
+        for r in range(rounds):
+            img = (j * rounds + r) * group
+            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1):
+                if j == 0 and r == rounds - 1:
+                    layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
+                macs += meta.get("macs", 0)
         streams.extend(tasks)
     for n in nodes:           # a view of an escaping value, used outside, aliases it
         if n.op in VIEWS and _base(g, n.name) in dev:
@@ -372,11 +407,14 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             dev[n.name] = DevTensor(b.name, b.addr, full.shape, b.dtype, full.flat_from)
     name = f"{nodes[0].name}..{nodes[-1].name}" if len(nodes) > 1 else nodes[0].name
     fused = [f"{n.name}" for n in nodes if n.op not in VIEWS]
+    what = f"{jobs} job(s) of " + (f"{rounds} x " if rounds > 1 else "") + f"{group} image(s), one cluster each"
     ctx.kernels.append(_kernel(name, streams, {
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
-        "tiling": f"{jobs} job(s) of {group} image(s), one cluster each; SRAM {peak / 1024:,.0f} KiB of "
-                  f"{cfg.sram_bytes // 1024:,} KiB" + (", inputs staged in SRAM" if seg.staged else ""),
-        "segment": {"layers": layers, "group": group, "jobs": jobs, "sram_peak": peak, "staged": seg.staged}}))
+        "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
+                  + (", inputs staged in SRAM" if seg.staged else "")
+                  + (f", {len(slots)} layers' weights resident in WRAM ({base / 1024:,.0f} KiB)" if slots else ""),
+        "segment": {"layers": layers, "group": group, "jobs": jobs, "groups_per_job": rounds, "sram_peak": peak,
+                    "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base}}))
 
 
 def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:

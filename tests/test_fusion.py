@@ -11,8 +11,12 @@ from mlusim.compiler.lower import layouts
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
 from mlusim.errors import SimulationError
+from mlusim.isa.semantics import DIR_NAMES
 from mlusim.report import summarize
 from mlusim.sim import simulate
+
+
+G2W = DIR_NAMES.index("g2w")
 
 
 def _segments(prog):
@@ -92,3 +96,22 @@ def test_fusion_moves_less_dram_than_the_layer_floor_and_is_faster():
     sf, sp = (summarize(simulate(p, cfg, cores=16, timing_only=True)) for p in (fused, plain))
     assert sf["dram_bus_bytes"] < fused.meta["layer_traffic_bytes"] <= sp["dram_bus_bytes"]
     assert sf["cycles"] < sp["cycles"]
+
+
+def test_weights_resident_across_image_groups_stay_exact():
+    """A 64 KiB SRAM fits few images, so a job works through several image groups; layers whose
+    weights stay in WRAM load them for the first group only, and the output does not change."""
+    cfg = load_config("mlu270", ["cluster.sram_kib=64"])
+    c = compile_model("resnet18", batch=8, resolution=64, tasks=4, config=cfg, cluster_fusion=True)
+    segs = [k.meta["segment"] for k in _segments(c.program)]
+    kept = [s for s in segs if s["groups_per_job"] > 1 and s["wram_resident"]]
+    assert kept, segs
+    for k in _segments(c.program):
+        top = k.meta["segment"]["wram_resident_bytes"]
+        for st in k.streams:     # the resident region [0, top) of WRAM is loaded once per address
+            dsts = [ins.args["dst"] for ins in st if ins.op.mnemonic == "dma" and ins.args["dir"] == G2W
+                    and ins.args["dst"] < top]
+            assert len(dsts) == len(set(dsts))
+    assert any(ins.op.mnemonic == "dma" and ins.args["dir"] == G2W and ins.args["dst"] < s["wram_resident_bytes"]
+               for k, s in zip(_segments(c.program), segs) for st in k.streams for ins in st)
+    assert _exact(c, 4, cfg)

@@ -112,7 +112,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # weight block its run touches once
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
-    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > cfg.wram_bytes:
+    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > cfg.wram_bytes - getattr(ctx, "wram_base", 0):
         return None          # a task with one weight block needs no second WRAM buffer
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
@@ -167,12 +167,20 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     rblocks = ceil(geo.ho / rows)
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
     streams = []
-    for t0, t1 in split(len(units), plan.tasks):
+    # a fused segment may keep this layer's weights in WRAM across the image groups of a job:
+    # (address, already loaded) when every task holds a single weight block
+    resident = getattr(ctx, "wram_slots", {}).get(node.name)
+    runs = split(len(units), plan.tasks)
+    one_block = all(len({u[0] for u in units[t0:t1]}) == 1 for t0, t1 in runs if t1 > t0)
+    for t0, t1 in runs:
         streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, (p_addr, fs_addr), res, r_addr,
-                             zp_row, plan.buffers))
+                             zp_row, plan.buffers, resident if one_block else None))
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
-    ctx.kernel(node, streams, macs=macs, tiling=plan.describe(),
-               unit="vector" if geo.depthwise else "mac")
+    wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
+    ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + (", weights resident in WRAM" if resident and one_block
+                                                                   else ""),
+               unit="vector" if geo.depthwise else "mac",
+               wram_resident_bytes=wblock if one_block and not geo.depthwise else 0)
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
@@ -197,13 +205,14 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2):
+def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
+          resident=None):
     cfg = ctx.cfg
     p_addr, fs_addr = p_addrs
     s = TaskStream()
     esz = geo.esz
     nram = Arena("nram", cfg.nram_bytes)
-    wram = Arena("wram", cfg.wram_bytes)
+    wram = Arena("wram", cfg.wram_bytes, base=resident[0] if resident else getattr(ctx, "wram_base", 0))
     in_tile = geo.tile_bytes(rows)
     buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
     # left / right pad columns are never overwritten: fill each buffer with zp once
@@ -240,6 +249,8 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
                 (hist_cp[-1] if hist_cp else None)
             if geo.depthwise:
                 w_load = s.dma("g2n", buf_w[0], w_addr, wsize) if cur_cb is None else w_load
+            elif resident and resident[1]:
+                w_load = None            # loaded by this task's image group before
             else:
                 w_load = s.dma("g2w", buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
                                bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])

@@ -71,7 +71,8 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
     def price(bo, kc, mc):
         chunks = ceil(k / kc)
         nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 16]
-        if not Arena("nram", cfg.nram_bytes).fits(*nram) or DOUBLE * bo * kc * esz > cfg.wram_bytes:
+        if not Arena("nram", cfg.nram_bytes).fits(*nram) or \
+                DOUBLE * bo * kc * esz > cfg.wram_bytes - getattr(ctx, "wram_base", 0):
             return None
         units = ceil(m / mc) * ceil(o / bo)
         tasks = min(units, ctx.tasks)
@@ -122,7 +123,8 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
     streams = []
     for t0, t1 in split(len(units), plan.tasks):
         s = TaskStream()
-        nram, wram = Arena("nram", ctx.cfg.nram_bytes), Arena("wram", ctx.cfg.wram_bytes)
+        nram = Arena("nram", ctx.cfg.nram_bytes)
+        wram = Arena("wram", ctx.cfg.wram_bytes, base=getattr(ctx, "wram_base", 0))
         bx = [nram.alloc(mc * kc * esz, "input chunk") for _ in range(DOUBLE)]
         bw = [wram.alloc(bo * kc * esz, "weight chunk") for _ in range(DOUBLE)]
         acc = nram.alloc(mc * bo * 4, "accumulator")
