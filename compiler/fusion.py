@@ -192,7 +192,12 @@ def layer_cost(cfg, g, node, tasks: int, batch: int) -> float:
     io = batch * _io_bytes_per_image(g, node) + node_weight_bytes(node)
     if node.op == "input":
         io = batch * prod(node.shape[1:]) * 5
-    return max(comp, io / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
+    return max(comp, io / _dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
+
+
+def _dram_rate(cfg, cores: int) -> float:
+    """DRAM bytes per cycle `cores` cores can pull: the DRAM's bandwidth or their DMA channels'."""
+    return min(cfg.dram_bytes_per_cycle, cores * cfg.dma.core_bandwidth_bytes_per_cycle)
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool = False) -> float:
@@ -214,7 +219,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     jobs_run, groups = job_shape(batch, group, clusters)
     kept = min(weights, cfg.wram_bytes // 2)       # roughly what stays in WRAM between a job's groups
     dram = jobs_run * (weights + (groups - 1) * (weights - kept)) + batch * io
-    return max(rounds * per_job, dram / cfg.dram_bytes_per_cycle) + KERNEL_OVERHEAD
+    return max(rounds * per_job, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
 
 
 def _cut_points(g) -> list[int]:
