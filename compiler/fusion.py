@@ -99,9 +99,14 @@ def external_inputs(g, nodes) -> list[str]:
 
 def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False
               ) -> tuple[dict[str, int], int] | None:
-    """SRAM addresses for the span's internal values (first fit, freed after their last reader),
-    and for its external inputs too when `stage` (copied in once at the start, so the layers that
-    read them, often two, read SRAM instead of DRAM); the peak; None if they do not fit."""
+    """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
+    (copied in once at the start, so the layers that read them, often two, read SRAM instead of
+    DRAM); the peak; None if they do not fit.
+
+    Lifetimes are known before anything runs, so placement is offline, TFLite's "greedy by size":
+    largest value first, each at the lowest offset clear of every placed value alive at the same
+    time. A value lives from the layer that writes it (staged inputs: from the start) to the last
+    layer that reads it; a layer's output never shares bytes with its inputs."""
     esc = escaping(g, nodes)
     ext = external_inputs(g, nodes) if stage else []
     inside = {n.name for n in nodes}
@@ -111,42 +116,25 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     for k, n in enumerate(nodes):
         for i in n.inputs:
             last[_base(g, i)] = k
-    free: list[tuple[int, int]] = [(0, capacity)]        # sorted (start, end) holes
-    live: dict[str, tuple[int, int]] = {}
-    addrs: dict[str, int] = {}
-    peak = 0
-
-    def alloc(name: str) -> bool:
-        nonlocal peak
-        size = -(-device_image_bytes(lay[name]) * group // ALIGN) * ALIGN
-        for hi, (a, b) in enumerate(free):
-            if b - a >= size:
-                addrs[name], live[name] = a, (a, a + size)
-                free[hi] = (a + size, b)
-                peak = max(peak, a + size)
-                return True
-        return False
-
-    def release(k: int) -> None:
-        nonlocal free
-        for name in [v for v in live if last.get(v, k) <= k]:
-            free.append(live.pop(name))
-            free.sort()
-            merged = [free[0]]
-            for s0, e0 in free[1:]:
-                if s0 <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(e0, merged[-1][1]))
-                else:
-                    merged.append((s0, e0))
-            free = [(s0, e0) for s0, e0 in merged if e0 > s0]
-
-    if not all(alloc(v) for v in ext):
-        return None
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in ext}
     for k, n in enumerate(nodes):
-        if n.op not in VIEWS and n.name not in esc and not alloc(n.name):
+        if n.op not in VIEWS and n.name not in esc:
+            life[n.name] = (k, max(k, last.get(n.name, k)))
+    size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
+    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
+    addrs: dict[str, int] = {}
+    for v in sorted(life, key=lambda v: (-size[v], life[v])):
+        f, l_ = life[v]
+        at = 0
+        for a, b, f2, l2 in sorted(p for p in placed if p[2] <= l_ and f <= p[3]):
+            if at + size[v] <= a:
+                break
+            at = max(at, b)
+        if at + size[v] > capacity:
             return None
-        release(k)
-    return addrs, peak
+        addrs[v] = at
+        placed.append((at, at + size[v], f, l_))
+    return addrs, max((p[1] for p in placed), default=0)
 
 
 # ---- the cost model -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def test_presets_all_load_and_are_consistent():
 def test_mlu270_matches_reference_facts(mlu270):
     c = mlu270
     assert (c.chip.cores, c.chip.clusters, c.chip.clock_mhz) == (16, 4, 1000)
-    assert (c.core.nram_kib, c.core.wram_kib, c.cluster.sram_kib) == (512, 1024, 2048)
+    assert (c.core.nram_kib, c.core.wram_kib, c.cluster.sram_kib) == (512, 1024, 1920)   # 2048 KB, 1920 usable
     assert c.dram.bandwidth_gbps == 102.4
     # 128 TOPS int8 peak: 16 cores x 4096 MAC x 2 ops x 1 GHz = 131 TOPS (ref section 7)
     assert abs(c.chip.cores * c.core.mac_int8_per_cycle * 2 * c.clock_hz / 1e12 - 131.07) < 0.01
