@@ -285,12 +285,19 @@ def vcast(ctx, a):
     view(ctx, "nram", a["dst"], ddt, n)[:] = out
 
 
-def check_requant(a):
-    if E(a, "odt") not in nx.INT_DTYPES:
-        return "vrequant needs an integer odt"
-    if a["c"] == 0 or a["n"] % a["c"]:
-        return f"n={a['n']} must be a multiple of c={a['c']}"
-    return None
+def check_int_per_channel(mnemonic: str, dt_field: str):
+    """Checker for a per-channel integer op: `dt_field` is an integer type and n a multiple of c."""
+    def check(a):
+        if E(a, dt_field) not in nx.INT_DTYPES:
+            return f"{mnemonic} needs an integer {dt_field}"
+        if a["c"] == 0 or a["n"] % a["c"]:
+            return f"n={a['n']} must be a multiple of c={a['c']}"
+        return None
+
+    return check
+
+
+check_requant = check_int_per_channel("vrequant", "odt")
 
 
 def touch_requant(a):

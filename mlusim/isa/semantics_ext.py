@@ -6,7 +6,7 @@ import numpy as np
 
 from mlusim.isa import numerics as nx
 from mlusim.isa.fields import DTYPE_BYTES
-from mlusim.isa.semantics import NP, E, _pool_geom, _t, touch_binary, view
+from mlusim.isa.semantics import NP, E, _pool_geom, _t, check_int_per_channel, touch_binary, view
 
 # ---- training support ------------------------------------------------------------------------------
 def touch_trans(a):
@@ -94,12 +94,7 @@ def vfma(ctx, a):
 
 
 # ---- fused shortcut ------------------------------------------------------------------------------------
-def check_addrq(a):
-    if E(a, "sdt") not in nx.INT_DTYPES:
-        return "vaddrq needs an integer sdt"
-    if a["c"] == 0 or a["n"] % a["c"]:
-        return f"n={a['n']} must be a multiple of c={a['c']}"
-    return None
+check_addrq = check_int_per_channel("vaddrq", "sdt")
 
 
 def touch_addrq(a):
