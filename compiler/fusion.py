@@ -4,19 +4,20 @@ Layer-at-a-time code sends every activation through DRAM twice (stored by its pr
 its consumer); at batch 16 that traffic, not the MAC array, sets ResNet-50's time. CNML's fusion
 mode answers with the cluster: its four cores share 2 MiB of SRAM, enough for a few images' worth
 of one block's activations. So a *segment* of consecutive layers runs as one kernel of jobs; a job
-is one cluster working through the segment for a group of images:
+is one cluster working through the segment for one or more groups of images in turn:
 
-    job j (4 tasks on one cluster), images [j*g, (j+1)*g):
-        layer 1: the usual tiles, input from GDRAM, output to SRAM   } sync.cluster between layers:
-        layer 2: input from SRAM, output to SRAM                       } every core drains, so the
-        ...                                                            } next layer sees all rows
-        layer k: input from SRAM, output to GDRAM
+    job j (4 tasks on one cluster), for each of its image groups:
+        [segment inputs GDRAM -> SRAM, when they fit ("staged")]        } sync.cluster after each
+        layer 1: the usual tiles, input from SRAM or GDRAM, output to SRAM } step: every core drains,
+        ...                                                                } so the next layer sees
+        layer k: input from SRAM, output to GDRAM                          } all rows
 
-Weights still come from GDRAM, once per job (smaller groups reload them more often), and the
-segment's input and output cross DRAM once. `plan_segments` picks where segments start and end and
-their group sizes with a cost model (compute on a cluster's MAC arrays vs. DRAM bytes at the shared
-bandwidth), a dynamic program over the points where a single value is live; layers it leaves out run
-layer-at-a-time as before.
+Weights come from GDRAM once per job and image group, except conv weights that stay resident in
+WRAM from a job's first group to its last. The segment's inputs and outputs cross DRAM once.
+`plan_segments` picks where segments start and end and their group sizes with a cost model
+(compute on a cluster's MAC arrays vs. DRAM bytes), a dynamic program over the points where a
+single value is live; layers it leaves out run layer-at-a-time as before. docs/fusion.md has the
+whole story and the measurements.
 
 Such a program needs whole clusters: it is compiled for a core count (multiple of the cluster size)
 and refuses fewer cores with the engine's UNION error.
@@ -332,8 +333,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     share = 1.0 / min(jobs, clusters)
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
-        per = prod(t.shape[1:]) * (4 if t.dtype == "f32" else 2 if t.dtype == "i16" else 1)
-        return DevTensor(t.name, t.addr + img * per, (group,) + tuple(t.shape[1:]), t.dtype, t.flat_from)
+        """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
+        return DevTensor(t.name, t.addr + img * device_image_bytes(t), (group,) + tuple(t.shape[1:]), t.dtype,
+                         t.flat_from)
 
     def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool):
         """Emit every layer for images [img, img + group); returns the layers' kernel metadata."""
