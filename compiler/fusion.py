@@ -173,10 +173,24 @@ def node_weight_bytes(node) -> int:
     return int(node.q["weight"].nbytes) if "weight" in node.q else 0
 
 
-def layer_cost(cfg, g, node, tasks: int, batch: int) -> float:
-    """Layer-at-a-time estimate: the slower of the cores' compute and the node's DRAM traffic."""
+def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict | None = None) -> float:
+    """Layer-at-a-time estimate: a conv's own tiling plan (the tiler prices it with the engine's
+    formulas) plus a kernel launch; other layers the slower of compute and DRAM traffic."""
     if node.op in VIEWS:
         return 0.0
+    if node.op == "conv2d" and lay is not None:
+        from types import SimpleNamespace
+
+        from mlusim.compiler.kernels.conv import plan_conv
+        from mlusim.compiler.lower import _s2d_conv, space_to_depth
+
+        s2d = space_to_depth(g)
+        conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
+        try:
+            _geo, plan = plan_conv(SimpleNamespace(cfg=cfg, tasks=tasks), conv, lay[node.inputs[0]].shape)
+            return cfg.chip.kernel_launch_cycles + plan.cost
+        except CompileError:
+            pass
     comp = batch * max(_mac_cycles_per_image(cfg, node), _vec_cycles_per_image(cfg, g, node)) / tasks
     io = batch * _io_bytes_per_image(g, node) + node_weight_bytes(node)
     if node.op == "input":
@@ -238,7 +252,7 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
 
     nodes = g.nodes
     lay = layouts(g)
-    layer = [layer_cost(cfg, g, n, tasks, batch) for n in nodes]
+    layer = [layer_cost(cfg, g, n, tasks, batch, lay) for n in nodes]
     cuts = _cut_points(g)
     groups = [d for d in range(1, batch + 1) if batch % d == 0]
     best: dict[int, tuple[float, list[Segment]]] = {0: (0.0, [])}
