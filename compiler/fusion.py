@@ -173,24 +173,39 @@ def node_weight_bytes(node) -> int:
     return int(node.q["weight"].nbytes) if "weight" in node.q else 0
 
 
+def conv_plan_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
+                   spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None) -> float | None:
+    """The tiler's own estimate for `node` over `images` images on `tasks` tasks with a `share` of
+    DRAM, its activations in `spaces`; None if no tiling fits."""
+    key = (node.name, images, tasks, share, spaces)
+    if cache is not None and key in cache:
+        return cache[key]
+    from types import SimpleNamespace
+
+    from mlusim.compiler.kernels.conv import plan_conv
+    from mlusim.compiler.lower import _s2d_conv, space_to_depth
+
+    s2d = space_to_depth(g)
+    conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
+    shape = (images,) + tuple(lay[node.inputs[0]].shape[1:])
+    try:
+        cost = plan_conv(SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share), conv, shape, spaces)[1].cost
+    except CompileError:
+        cost = None
+    if cache is not None:
+        cache[key] = cost
+    return cost
+
+
 def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict | None = None) -> float:
     """Layer-at-a-time estimate: a conv's own tiling plan (the tiler prices it with the engine's
     formulas) plus a kernel launch; other layers the slower of compute and DRAM traffic."""
     if node.op in VIEWS:
         return 0.0
     if node.op == "conv2d" and lay is not None:
-        from types import SimpleNamespace
-
-        from mlusim.compiler.kernels.conv import plan_conv
-        from mlusim.compiler.lower import _s2d_conv, space_to_depth
-
-        s2d = space_to_depth(g)
-        conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
-        try:
-            _geo, plan = plan_conv(SimpleNamespace(cfg=cfg, tasks=tasks), conv, lay[node.inputs[0]].shape)
-            return cfg.chip.kernel_launch_cycles + plan.cost
-        except CompileError:
-            pass
+        cost = conv_plan_cost(cfg, g, node, lay, batch, tasks)
+        if cost is not None:
+            return cfg.chip.kernel_launch_cycles + cost
     comp = batch * max(_mac_cycles_per_image(cfg, node), _vec_cycles_per_image(cfg, g, node)) / tasks
     io = batch * _io_bytes_per_image(g, node) + node_weight_bytes(node)
     if node.op == "input":
@@ -203,26 +218,46 @@ def _dram_rate(cfg, cores: int) -> float:
     return min(cfg.dram_bytes_per_cycle, cores * cfg.dma.core_bandwidth_bytes_per_cycle)
 
 
-def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool = False) -> float:
-    """Estimated cycles of a segment: its jobs' compute, rounds of `clusters` at a time, or its
-    DRAM bytes, whichever is slower. Unstaged external inputs are read once per reader."""
+def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool = False,
+                 lay: dict | None = None, cache: dict | None = None) -> float:
+    """Estimated cycles of a segment: per image group, each conv's tiling plan on one cluster (other
+    layers: a MAC-or-vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
+    bytes, whichever is slower. Unstaged external inputs are read once per reader."""
     cpc = cfg.chip.cores_per_cluster
-    jobs = batch // group
-    rounds = ceil(jobs / clusters)
-    per_job = sum(group * max(_mac_cycles_per_image(cfg, n), _vec_cycles_per_image(cfg, g, n)) / cpc
-                  + JOB_LAYER_OVERHEAD for n in nodes if n.op not in VIEWS)
+    n_groups = batch // group
+    jobs_run, groups = job_shape(batch, group, clusters)
+    share = 1.0 / min(jobs_run, clusters)
     esc = escaping(g, nodes)
     inside = {n.name for n in nodes}
+
+    def space(v: str) -> str:
+        return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
+
+    per_group = 0.0
+    for n in nodes:
+        if n.op in VIEWS:
+            continue
+        cost = None
+        if n.op == "conv2d" and lay is not None:
+            ins = [_base(g, i) for i in n.inputs]
+            spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
+            cost = conv_plan_cost(cfg, g, n, lay, group, cpc, share, spaces, cache)
+        if cost is None:
+            cost = group * max(_mac_cycles_per_image(cfg, n), _vec_cycles_per_image(cfg, g, n)) / cpc + JOB_LAYER_OVERHEAD
+        per_group += cost + cfg.cluster.sync_cycles
     reads = [_base(g, i) for n in nodes for i in n.inputs if i not in inside]
     io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
         sum(image_bytes(g.node(v)) for v in esc)
+    if staged:
+        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / \
+            min(cfg.dram_bytes_per_cycle * share, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
     weights = sum(node_weight_bytes(n) for n in nodes)
-    jobs_run, groups = job_shape(batch, group, clusters)
     kept = min(weights, cfg.wram_bytes // 2)       # roughly what stays in WRAM between a job's groups
     dram = jobs_run * (weights + (groups - 1) * (weights - kept)) + batch * io
-    return max(rounds * per_job, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
+    return max(compute, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
 
 
 def _cut_points(g) -> list[int]:
@@ -254,6 +289,7 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
     lay = layouts(g)
     layer = [layer_cost(cfg, g, n, tasks, batch, lay) for n in nodes]
     cuts = _cut_points(g)
+    cache: dict = {}
     groups = [d for d in range(1, batch + 1) if batch % d == 0]
     best: dict[int, tuple[float, list[Segment]]] = {0: (0.0, [])}
     for bi, b in enumerate(cuts[1:], 1):
@@ -270,7 +306,7 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
                     for stage in ((True, False) if span[0].op != "input" else (False,)):
                         plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
                         if plan is not None:
-                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage)
+                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
                             opts.append((cost, Segment(a, b, gr, plan[1], stage)))
                             break
             cost, seg = min(opts, key=lambda o: o[0])
