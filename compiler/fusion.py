@@ -175,8 +175,8 @@ def node_weight_bytes(node) -> int:
 
 def conv_plan_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
                    spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None) -> float | None:
-    """The tiler's own estimate for `node` over `images` images on `tasks` tasks with a `share` of
-    DRAM, its activations in `spaces`; None if no tiling fits."""
+    """The tiler's own estimate for conv or linear `node` over `images` images on `tasks` tasks with
+    a `share` of DRAM, a conv's activations in `spaces`; None if no tiling fits."""
     key = (node.name, images, tasks, share, spaces)
     if cache is not None and key in cache:
         return cache[key]
@@ -185,11 +185,17 @@ def conv_plan_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: floa
     from mlusim.compiler.kernels.conv import plan_conv
     from mlusim.compiler.lower import _s2d_conv, space_to_depth
 
-    s2d = space_to_depth(g)
-    conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
-    shape = (images,) + tuple(lay[node.inputs[0]].shape[1:])
+    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share)
     try:
-        cost = plan_conv(SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share), conv, shape, spaces)[1].cost
+        if node.op == "linear":
+            from mlusim.compiler.kernels.linear import plan_linear
+
+            o, k = node.q["weight"].shape
+            cost = plan_linear(ctx, node, images, k, o, _esz(node))[0].cost
+        else:
+            s2d = space_to_depth(g)
+            conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
+            cost = plan_conv(ctx, conv, (images,) + tuple(lay[node.inputs[0]].shape[1:]), spaces)[1].cost
     except CompileError:
         cost = None
     if cache is not None:
@@ -202,7 +208,7 @@ def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict | None = None) ->
     formulas) plus a kernel launch; other layers the slower of compute and DRAM traffic."""
     if node.op in VIEWS:
         return 0.0
-    if node.op == "conv2d" and lay is not None:
+    if node.op in ("conv2d", "linear") and lay is not None:
         cost = conv_plan_cost(cfg, g, node, lay, batch, tasks)
         if cost is not None:
             return cfg.chip.kernel_launch_cycles + cost
@@ -238,7 +244,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in VIEWS:
             continue
         cost = None
-        if n.op == "conv2d" and lay is not None:
+        if n.op in ("conv2d", "linear") and lay is not None:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
             cost = conv_plan_cost(cfg, g, n, lay, group, cpc, share, spaces, cache)

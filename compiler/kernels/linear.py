@@ -12,7 +12,7 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
-from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, split, vec_cycles
+from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, dram_rate, split, vec_cycles
 from mlusim.errors import CompileError
 from mlusim.isa.fields import f32_bits
 
@@ -82,7 +82,7 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
             (chunks - 1) * vec_cycles(cfg, mc * bo * 4) + vec_cycles(cfg, mc * bo * 4)
         st = dma_cycles(cfg, mc * bo * esz, mc if bo < o else 1)
         task = per * max(ld, cp, st) + ld / chunks
-        dram = (units * ld * 0 + o * k * esz * ceil(m / mc) + m * k * esz * ceil(o / bo)) / cfg.dram_bytes_per_cycle
+        dram = (o * k * esz * ceil(m / mc) + m * k * esz * ceil(o / bo)) / dram_rate(ctx)
         return Plan(mc, bo, tasks, max(task, dram), units), kc
 
     best = None
