@@ -464,7 +464,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
                   + (", inputs staged in SRAM" if seg.staged else "")
                   + (f", {len(slots)} layers' weights resident in WRAM ({base / 1024:,.0f} KiB)" if slots else ""),
-        "segment": {"layers": layers, "group": group, "jobs": jobs, "groups_per_job": rounds, "sram_peak": peak,
+        "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
+                    "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base}}))
 
 

@@ -76,6 +76,31 @@ def program_bound(kernels: list[dict], cycles: float) -> tuple[str, float]:
     return best, work[best] / cycles
 
 
+def segment_layers(rec) -> list[dict]:
+    """Where a fused segment's cycles went, layer by layer: each job's sync.cluster releases mark its
+    layer boundaries (after an optional staging copy, per image group); a layer's cycles are the
+    mean over jobs of its time summed over the job's groups. Empty for other kernels."""
+    seg = rec.meta.get("segment") if isinstance(rec.meta, dict) else None
+    if not seg or not rec.jobs or not seg.get("layer_names"):
+        return []
+    steps = (["(stage inputs)"] if seg.get("staged") else []) + list(seg["layer_names"])
+    names = steps * int(seg.get("groups_per_job", 1))
+    total = {n: 0.0 for n in steps}
+    done = 0
+    for job in rec.jobs:
+        marks = [job["start"], *job["syncs"], job["end"]]
+        if job["end"] is None or len(marks) != len(names) + 1:
+            continue                      # an interrupted run: this job's boundaries are incomplete
+        done += 1
+        for name, a, b in zip(names, marks, marks[1:]):
+            total[name] += b - a
+    if not done:
+        return []
+    job_cycles = sum(total.values()) / done
+    return [{"name": n, "cycles": total[n] / done, "share_of_job": total[n] / done / job_cycles if job_cycles else 0.0}
+            for n in steps]
+
+
 def summarize(res: RunResult) -> dict[str, Any]:
     """The whole report as plain data (what --json writes)."""
     cfg = res.config
@@ -98,7 +123,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
             "dram_gbps": k.dram_bus_bytes / secs / 1e9 if secs else 0.0,
             "bytes_read": dict(k.bytes_read), "bytes_written": dict(k.bytes_written),
             "bound": bound, "bound_resource": res_bound, "bound_share": share,
-            "busy_candidates": cand, "meta": k.meta,
+            "busy_candidates": cand, "meta": k.meta, "layers": segment_layers(k),
         })
     totals = res.totals()
     cycles = res.cycles
@@ -203,8 +228,14 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
                    f"{_pct(k['cycles'], s['cycles']):.1f}%", f"{100 * k['mac_utilization']:.1f}%",
                    _bytes(k["dram_bus_bytes"]), f"{k['dram_gbps']:.2f}",
                    _bound_text(k))
+        for layer in k.get("layers", []):     # a fused segment: its layers, timed on each job's clock
+            kt.add_row(f"  {layer['name']}", "", f"{layer['cycles']:,.0f}", f"{100 * layer['share_of_job']:.1f}% *",
+                       "", "", "", "")
+    if any(k.get("layers") for k in shown):
+        kt.caption = ("indented rows: the layers of a fused segment, cycles a job spends in each (mean over "
+                      "jobs, summed over its image groups); * share of a job's time")
     if len(ks) > max_kernels:
-        kt.caption = f"the {max_kernels} longest of {len(ks)} kernels"
+        kt.caption = f"the {max_kernels} longest of {len(ks)} kernels" + (f"; {kt.caption}" if kt.caption else "")
     con.print(kt)
 
     ct = Table(box=box.SIMPLE_HEAD, title="cores (share of total cycles)", title_justify="left")

@@ -134,3 +134,26 @@ def test_fused_program_round_trips_through_a_model_file(tmp_path):
     a = simulate(c.program, cores=8, inputs={"input": x})
     b = simulate(loaded, cores=8, inputs={"input": x})
     assert a.cycles == b.cycles and np.array_equal(a.outputs["output"], b.outputs["output"])
+
+
+def test_report_times_each_layer_of_a_segment():
+    """The report splits a segment's cycles by layer from each job's sync.cluster releases: the names
+    are the segment's layers, the parts add up to the jobs' mean duration, and the text shows them."""
+    from mlusim.report import render
+
+    c = compile_model("resnet18", batch=8, resolution=64, tasks=8, cluster_fusion=True)
+    res = simulate(c.program, cores=8, timing_only=True)
+    s = summarize(res)
+    segs = [(k, rec) for k, rec in zip(s["kernels"], res.kernels) if k["meta"].get("op") == "segment"]
+    assert segs
+    for k, rec in segs:
+        seg = k["meta"]["segment"]
+        names = [layer["name"] for layer in k["layers"]]
+        assert names == (["(stage inputs)"] if seg["staged"] else []) + seg["layer_names"]
+        jobs = [j["end"] - j["start"] for j in rec.jobs]
+        assert len(jobs) == seg["jobs"]
+        assert sum(layer["cycles"] for layer in k["layers"]) == pytest.approx(sum(jobs) / len(jobs))
+        assert max(jobs) <= k["cycles"]
+        assert all(layer["cycles"] > 0 for layer in k["layers"])
+    text = render(res, s)
+    assert "indented rows: the layers of a fused segment" in text and f"  {seg['layer_names'][-1]}" in text

@@ -23,20 +23,26 @@ from mlusim.program import Kernel
 
 
 class Barrier:
-    def __init__(self, env: simpy.Environment, parties: int, cost: float, name: str):
+    def __init__(self, env: simpy.Environment, parties: int, cost: float, name: str, releases: list | None = None):
         self.env, self.parties, self.cost, self.name = env, parties, cost, name
         self.arrived: list[tuple[int, int]] = []
         self.event = env.event()
+        self.releases = releases      # when given, each release time is appended
 
     def describe(self) -> str:
         return f"{self.name} ({len(self.arrived)}/{self.parties} arrived)"
+
+    def _release(self, ev: simpy.Event) -> None:
+        if self.releases is not None:
+            self.releases.append(self.env.now)
+        ev.succeed()
 
     def arrive(self, core: Core, pc: int) -> simpy.Event:
         self.arrived.append((core.id, pc))
         ev = self.event
         if len(self.arrived) == self.parties:
             self.arrived, self.event = [], self.env.event()   # reusable: next round starts fresh
-            self.env.timeout(self.cost).callbacks.append(lambda _e: ev.succeed())
+            self.env.timeout(self.cost).callbacks.append(lambda _e: self._release(ev))
         return ev
 
 
@@ -182,8 +188,10 @@ class Chip:
             while nxt[0] < njobs:
                 j = nxt[0]
                 nxt[0] += 1
-                cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}")
-                        for cl in group]
+                job = {"job": j, "start": env.now, "end": None, "syncs": []}
+                self.record.jobs.append(job)
+                cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}",
+                                job["syncs"] if ci == 0 else None) for ci, cl in enumerate(group)]
                 all_b = Barrier(env, job_size, self.cfg.chip.chip_sync_cycles,
                                 f"sync.all of union job {j} of kernel '{k.name}'")
                 procs = []
@@ -193,6 +201,7 @@ class Chip:
                         ctx = TaskContext(k, t, k.task_dim, cj, ci, cpc, n, cl_b[ci], all_b)
                         procs.append(env.process(self._task(core, ctx)))
                 yield simpy.AllOf(env, procs)
+                job["end"] = env.now
 
         return [env.process(group_worker(g)) for g in groups]
 

@@ -59,6 +59,9 @@ class KernelRecord:
     bytes_written: dict = field(default_factory=lambda: _zero(LEVELS))
     dram_bus_bytes: float = 0.0    # bytes on the DRAM bus (granularity and read-modify-write included)
     meta: dict = field(default_factory=dict)
+    # UNIONn kernels: per job, its start, end and the times its first cluster's barrier released
+    # (a fused segment's layer boundaries)
+    jobs: list = field(default_factory=list)
 
     @property
     def cycles(self) -> float:
