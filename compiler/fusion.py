@@ -29,10 +29,12 @@ from math import ceil, prod
 
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
+from mlusim.program import Kernel
 
 ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
             "flatten", "reshape"}
 VIEWS = ("flatten", "reshape")
+TILED = ("conv2d", "linear")   # layers whose tilers price themselves
 ALIGN = 64
 JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
 KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel
@@ -43,7 +45,6 @@ class Segment:
     start: int                # node indices [start, end) of the graph
     end: int
     group: int                # images per job
-    sram_peak: int = 0
     staged: bool = False      # external inputs copied into SRAM first
 
 
@@ -86,6 +87,15 @@ def escaping(g, nodes) -> set[str]:
     return out
 
 
+def last_use(g, nodes) -> dict[str, int]:
+    """Index in `nodes` of the last node reading each value (views resolved to their base)."""
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            last[_base(g, i)] = k
+    return last
+
+
 def external_inputs(g, nodes) -> list[str]:
     """Values the span reads that are computed before it (by base name, in first-use order)."""
     inside = {n.name for n in nodes}
@@ -113,10 +123,7 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
-    last: dict[str, int] = {}
-    for k, n in enumerate(nodes):
-        for i in n.inputs:
-            last[_base(g, i)] = k
+    last = last_use(g, nodes)
     life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in ext}
     for k, n in enumerate(nodes):
         if n.op not in VIEWS and n.name not in esc:
@@ -139,26 +146,6 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
 
 
 # ---- the cost model -------------------------------------------------------------------------------
-def _mac_cycles_per_image(cfg, node) -> float:
-    """One core's MAC-array cycles for one image, lanes rounded up as the array pads them."""
-    if node.op not in ("conv2d", "linear") or "weight" not in node.q:
-        return 0.0
-    w = node.q["weight"]
-    int16 = node.q.get("dtype") == "int16"
-    lanes_ci = cfg.core.mac_ci_lanes_int16 if int16 else cfg.core.mac_ci_lanes_int8
-    lanes_co = cfg.core.mac_co_lanes
-    if node.op == "linear":
-        o, k = w.shape
-        return ceil(k / lanes_ci) * ceil(o / lanes_co)
-    co, cig, kh, kw = w.shape
-    groups = node.attrs.get("groups", 1)
-    shape = node.attrs.get("conv_shape", node.shape)
-    pix = shape[2] * shape[3]
-    if groups > 1 and groups == co and cig == 1:          # depthwise: the vector unit
-        return pix * co * kh * kw * 4 / cfg.core.vector_bytes_per_cycle
-    return pix * kh * kw * ceil(cig / lanes_ci) * ceil(co // groups / lanes_co) * groups
-
-
 def _vec_cycles_per_image(cfg, g, node) -> float:
     """A rough vector-unit figure: every byte in and out handled as int32 once."""
     ins = sum(image_bytes(g.node(i)) for i in node.inputs if g.node(i).op != "input") if node.inputs else 0
@@ -173,10 +160,10 @@ def node_weight_bytes(node) -> int:
     return int(node.q["weight"].nbytes) if "weight" in node.q else 0
 
 
-def conv_plan_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
-                   spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None) -> float | None:
-    """The tiler's own estimate for conv or linear `node` over `images` images on `tasks` tasks with
-    a `share` of DRAM, a conv's activations in `spaces`; None if no tiling fits."""
+def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
+                   spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None) -> float:
+    """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
+    a `share` of DRAM, a conv's activations in `spaces`; infinite if no tiling fits."""
     key = (node.name, images, tasks, share, spaces)
     if cache is not None and key in cache:
         return cache[key]
@@ -197,23 +184,21 @@ def conv_plan_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: floa
             conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
             cost = plan_conv(ctx, conv, (images,) + tuple(lay[node.inputs[0]].shape[1:]), spaces)[1].cost
     except CompileError:
-        cost = None
+        cost = float("inf")
     if cache is not None:
         cache[key] = cost
     return cost
 
 
-def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict | None = None) -> float:
-    """Layer-at-a-time estimate: a conv's own tiling plan (the tiler prices it with the engine's
-    formulas) plus a kernel launch; other layers the slower of compute and DRAM traffic."""
+def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
+    """Layer-at-a-time estimate: a conv or linear layer's own tiling plan (priced with the engine's
+    formulas) plus a kernel launch; other layers the slower of vector work and DRAM traffic."""
     if node.op in VIEWS:
         return 0.0
-    if node.op in ("conv2d", "linear") and lay is not None:
-        cost = conv_plan_cost(cfg, g, node, lay, batch, tasks)
-        if cost is not None:
-            return cfg.chip.kernel_launch_cycles + cost
-    comp = batch * max(_mac_cycles_per_image(cfg, node), _vec_cycles_per_image(cfg, g, node)) / tasks
-    io = batch * _io_bytes_per_image(g, node) + node_weight_bytes(node)
+    if node.op in TILED:
+        return cfg.chip.kernel_launch_cycles + tiler_cost(cfg, g, node, lay, batch, tasks)
+    comp = batch * _vec_cycles_per_image(cfg, g, node) / tasks
+    io = batch * _io_bytes_per_image(g, node)
     if node.op == "input":
         io = batch * prod(node.shape[1:]) * 5
     return max(comp, io / _dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
@@ -224,10 +209,10 @@ def _dram_rate(cfg, cores: int) -> float:
     return min(cfg.dram_bytes_per_cycle, cores * cfg.dma.core_bandwidth_bytes_per_cycle)
 
 
-def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool = False,
-                 lay: dict | None = None, cache: dict | None = None) -> float:
-    """Estimated cycles of a segment: per image group, each conv's tiling plan on one cluster (other
-    layers: a MAC-or-vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
+def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
+                 cache: dict | None = None) -> float:
+    """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
+    cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
     bytes, whichever is slower. Unstaged external inputs are read once per reader."""
     cpc = cfg.chip.cores_per_cluster
     n_groups = batch // group
@@ -243,13 +228,12 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     for n in nodes:
         if n.op in VIEWS:
             continue
-        cost = None
-        if n.op in ("conv2d", "linear") and lay is not None:
+        if n.op in TILED:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = conv_plan_cost(cfg, g, n, lay, group, cpc, share, spaces, cache)
-        if cost is None:
-            cost = group * max(_mac_cycles_per_image(cfg, n), _vec_cycles_per_image(cfg, g, n)) / cpc + JOB_LAYER_OVERHEAD
+            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache)
+        else:
+            cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
     reads = [_base(g, i) for n in nodes for i in n.inputs if i not in inside]
     io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
@@ -269,10 +253,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
 def _cut_points(g) -> list[int]:
     """Positions k (before node k) where at most one value computed earlier is still needed."""
     nodes = g.nodes
-    last: dict[str, int] = {}
-    for k, n in enumerate(nodes):
-        for i in n.inputs:
-            last[_base(g, i)] = k
+    last = last_use(g, nodes)
     cuts = [0]
     for k in range(1, len(nodes)):
         live = {_base(g, n.name) for n in nodes[:k] if last.get(_base(g, n.name), -1) >= k}
@@ -313,7 +294,7 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
                         plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
                         if plan is not None:
                             cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
-                            opts.append((cost, Segment(a, b, gr, plan[1], stage)))
+                            opts.append((cost, Segment(a, b, gr, stage)))
                             break
             cost, seg = min(opts, key=lambda o: o[0])
             total = base + cost
@@ -476,6 +457,4 @@ def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _kernel(name, streams, meta):
-    from mlusim.program import Kernel
-
     return Kernel(name, "union1", len(streams), streams, list(range(len(streams))), meta)
