@@ -117,7 +117,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
     w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
-    w1 = cfg.dma.startup_cycles + cfg.dram.latency_cycles + wblock / w_rate
+    w1 = dma_cycles(cfg, wblock, rate=w_rate)
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
