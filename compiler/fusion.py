@@ -315,6 +315,7 @@ class JobCtx:
         self.captured: list = []
         self.wram_slots: dict = {}    # node -> (WRAM address, already loaded) of weights kept across groups
         self.wram_base = 0            # where other layers' WRAM buffers start
+        self.prefetch = True          # tilers may count on their weights arriving during the layer before
 
     def const(self, name, arr) -> int:
         if name not in self._consts:
@@ -342,6 +343,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     """Emit `seg` as one UNION1 kernel; `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
+    from mlusim.compiler.prefetch import chunks, insert_between_loads, plan_prefetch, weight_loads
 
     g, cfg = ctx.graph, ctx.cfg
     cpc = cfg.chip.cores_per_cluster
@@ -374,8 +376,12 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         return DevTensor(t.name, t.addr + img * device_image_bytes(t), (group,) + tuple(t.shape[1:]), t.dtype,
                          t.flat_from)
 
-    def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool):
-        """Emit every layer for images [img, img + group); returns the layers' kernel metadata."""
+    def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool,
+                    pre: dict | None = None, run: dict | None = None):
+        """Emit every layer for images [img, img + group); returns the layers' kernel metadata.
+        pre: WRAM addresses of prefetched weights (prefetch.py); run["spans"]: where in each core's
+        stream the layer emitted last sits, to take the next layer's weight loads."""
+        pre, run = pre or {}, run if run is not None else {"spans": None, "loads": {}}
         local: dict[str, DevTensor] = {}
         metas = []
         if seg.staged:     # copy the span's inputs into SRAM, a quarter per core, then meet
@@ -401,15 +407,29 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             local[n.name] = y
             jctx.wram_slots = {n.name: (slots[n.name], not first)} if n.name in slots else {}
             jctx.wram_base = 0 if n.name in slots else base
+            early = n.name in pre and run["spans"] is not None and tasks is not None
+            if early and n.name not in run["loads"]:        # its weight DMAs, once per layer
+                jctx.wram_slots = {n.name: (pre[n.name], False)}
+                emit(jctx, n, ins, y, None)
+                run["loads"][n.name] = weight_loads(jctx.captured.pop()[1])
+            if n.name in pre:
+                jctx.wram_slots = {n.name: (pre[n.name], early)}
             emit(jctx, n, ins, y, gslice(x_float, img) if n.op == "input" else None)
             _node, st, meta = jctx.captured.pop()
             metas.append((n, meta))
             if tasks is not None:
+                if early:           # stream them in during the layer before
+                    for c, loads in enumerate(run["loads"][n.name]):
+                        insert_between_loads(tasks[c], *run["spans"][c], [p for ld in loads for p in chunks(ld)])
+                spans = []
                 for c in range(cpc):
+                    at = len(tasks[c])
                     if c < len(st):
                         tasks[c].extend(st[c])
+                    spans.append((at, len(tasks[c])))
                     if not (last and n is real[-1]):
                         tasks[c].append(Instr.make("sync.cluster"))
+                run["spans"] = spans
         return metas
 
     # which layers keep their weights in WRAM across a job's image groups: a dry run of one group
@@ -421,14 +441,18 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
             if size and base + size <= cfg.wram_bytes // 2:
                 slots[n.name], base = base, base + size
+    # whose weights stream in during the layer before: a dry run with the real WRAM base
+    pre = plan_prefetch(image_group(JobCtx(ctx, cpc, share, consts), 0, None, slots, base, True, True),
+                        cfg.wram_bytes, base, set(slots)) if getattr(ctx, "prefetch", True) else {}
     streams: list[list] = []
-    macs, layers = 0, []
+    macs, layers, loads = 0, [], {}
     for j in range(jobs):
         jctx = JobCtx(ctx, cpc, share, consts)
         tasks: list[list] = [[] for _ in range(cpc)]
+        run: dict = {"spans": None, "loads": loads}
         for r in range(rounds):
             img = (j * rounds + r) * group
-            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1):
+            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1, pre, run):
                 if j == 0 and r == rounds - 1:
                     layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
                 macs += meta.get("macs", 0)
@@ -444,10 +468,12 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
                   + (", inputs staged in SRAM" if seg.staged else "")
-                  + (f", {len(slots)} layers' weights resident in WRAM ({base / 1024:,.0f} KiB)" if slots else ""),
+                  + (f", {len(slots)} layers' weights resident in WRAM ({base / 1024:,.0f} KiB)" if slots else "")
+                  + (f", {len(pre)} layers' weights prefetched during the layer before" if pre else ""),
         "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
-                    "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base}}))
+                    "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
+                    "prefetched": sorted(pre)}}))
 
 
 def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:

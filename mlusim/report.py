@@ -20,7 +20,8 @@ bound         the resource with the most work in the kernel (share = that work /
               bandwidth), sram (SRAM bytes / cluster SRAM bandwidth x clusters used), sync (barriers);
               latency when even the busiest is under half the cycles: dependency chains, start-up
               and launch costs dominate (the busiest resource is shown in brackets)
-ld/mac/vec/st share of the core's cycles its load DMA, MAC array, vector unit, store DMA were busy
+ld/mac/vec/st/mv  share of the core's cycles its load DMA, MAC array, vector unit, store DMA, move
+              DMA (SRAM -> NRAM/WRAM) were busy
 cp wait       share of cycles the compute queue's head waited for a dependency token (starved)
 issue stall   share of cycles the issue stage waited for a full queue; sync: waiting at barriers
 bytes moved   DMA payload bytes read from / written to each memory level"""
@@ -54,7 +55,7 @@ def kernel_bound(rec, cfg) -> tuple[str, dict[str, float]]:
     cand = {
         "mac": max((c.busy["mac"] for c in cores), default=0.0),
         "vector": max((c.busy["vec"] for c in cores), default=0.0),
-        "dma": max((max(c.dma_demand["ld"], c.dma_demand["st"]) for c in cores), default=0.0),
+        "dma": max((max(c.dma_demand.values()) for c in cores), default=0.0),
         "dram": rec.dram_bus_bytes / cfg.dram_bytes_per_cycle,
         "sram": sram_bytes / (cfg.cluster.sram_bandwidth_bytes_per_cycle * len(clusters)),
         "sync": max((c.sync_wait for c in cores), default=0.0),
@@ -239,7 +240,7 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
     con.print(kt)
 
     ct = Table(box=box.SIMPLE_HEAD, title="cores (share of total cycles)", title_justify="left")
-    for col in ("core", "tasks", "ld", "mac", "vec", "st", "cp wait", "issue stall", "sync"):
+    for col in ("core", "tasks", "ld", "mac", "vec", "st", "mv", "cp wait", "issue stall", "sync"):
         ct.add_column(col, justify="right")
     for c in s["per_core"]:
         sh = c["share"]

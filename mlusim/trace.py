@@ -20,7 +20,7 @@ from pathlib import Path
 from mlusim.errors import MlusimError
 
 TRACKS = (("issue", "issue stage"), ("ld", "load DMA"), ("mac", "MAC array"), ("vec", "vector unit"),
-          ("st", "store DMA"))
+          ("st", "store DMA"), ("mv", "move DMA (SRAM loads)"))
 TID = {u: i for i, (u, _) in enumerate(TRACKS)}
 DIGITS = 6      # microseconds rounded to picoseconds: finer than any clock, stable in JSON
 

@@ -44,7 +44,7 @@ def test_strided_dma_pays_segments_and_granules(mlu270):
     assert res.kernels[0].bytes_read["gdram"] == 1600
 
 
-@pytest.mark.parametrize("direction,queue", [("n2s", "st"), ("s2n", "ld")])
+@pytest.mark.parametrize("direction,queue", [("n2s", "st"), ("s2n", "mv")])
 def test_onchip_strided_dma_pays_move_segments(mlu270, direction, queue):
     """SRAM <-> NRAM is the Move-DMA: a segment costs move_segment_cycles, no DRAM latency, and the
     bytes go at the core's SRAM rate."""
@@ -192,3 +192,19 @@ def test_memory_bound_tasks_do_not_scale_past_dram(mlu270):
     ceiling = c.dram_bytes_per_cycle / c.dma.core_bandwidth_bytes_per_cycle   # 3.2 on MLU270
     assert t1 / t16 <= ceiling * 1.02
     assert t1 / t16 >= ceiling * 0.8
+
+
+def test_move_dma_runs_beside_the_io_dma(mlu270):
+    """SRAM -> NRAM goes on the move queue (the Move-DMA), GDRAM -> NRAM on the load queue (the
+    IO-DMA): issued together they overlap, so the task takes the longer of the two, not the sum."""
+    g = tensors(TensorDecl("g", "scratch", "i8", (64 * KIB,), -1))
+    io = I("dma", dir="g2n", dst=0, src=g[0].addr, size=64 * KIB)
+    mv = I("dma", dir="s2n", dst=128 * KIB, src=0, size=64 * KIB)
+    res = run(program([io, mv], g), timing_only=True)
+    c, k = mlu270, res.kernels[0]
+    t_io = c.dma.startup_cycles + c.dram.latency_cycles + 64 * KIB / c.dma.core_bandwidth_bytes_per_cycle
+    t_mv = c.dma.startup_cycles + 64 * KIB / c.dma.sram_bandwidth_bytes_per_cycle
+    assert dma_busy(res, queue="ld") == pytest.approx(t_io, rel=1e-6)
+    assert dma_busy(res, queue="mv") == pytest.approx(t_mv, rel=1e-6)
+    took = k.end - k.start - c.chip.kernel_launch_cycles
+    assert max(t_io, t_mv) <= took < max(t_io, t_mv) + 50 < t_io + t_mv

@@ -118,6 +118,8 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # blocks load behind the compute of the one before
     w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
     w1 = dma_cycles(cfg, wblock, rate=w_rate)
+    if getattr(ctx, "prefetch", False) and max(loads) == 1 and not geo.depthwise:
+        w1 = 0.0           # its one block streams in during the layer before (compiler/prefetch.py)
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
@@ -180,7 +182,8 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + (", weights resident in WRAM" if resident and one_block
                                                                    else ""),
                unit="vector" if geo.depthwise else "mac",
-               wram_resident_bytes=wblock if one_block and not geo.depthwise else 0)
+               wram_resident_bytes=wblock if one_block and not geo.depthwise else 0,
+               wram_bytes_used=0 if geo.depthwise else (1 if one_block else DOUBLE) * (-(-wblock // 64) * 64))
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):

@@ -53,7 +53,7 @@ class Core:
         self.regs = [0] * 32
         self.task: TaskContext | None = None
         self.counters = CoreCounters(core_id)
-        self.state = {"issue": "idle", "ld": "idle", "cp": "idle", "st": "idle"}
+        self.state = {"issue": "idle", **{q: "idle" for q in QUEUES}}
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         for q in QUEUES:
             self.env.process(self._unit(q))

@@ -21,8 +21,12 @@ ON_CORE = ("nram", "wram")
 
 
 def queue_of_direction(d: str) -> str:
-    """Toward the core or staying on it: load queue. Away from the core or between shared memories: store."""
+    """From cluster SRAM into the core: the move queue (the Move-DMA, a separate engine from the
+    IO-DMA that serves GDRAM, so SRAM tiles and GDRAM weights stream side by side). Other transfers
+    toward the core or staying on it: load queue. Away from the core or between shared memories: store."""
     src, dst = DIRECTIONS[d]
+    if src == "sram" and dst in ON_CORE:
+        return "mv"
     return "ld" if dst in ON_CORE else "st"
 
 

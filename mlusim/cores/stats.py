@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-UNITS = ("ld", "mac", "vec", "st")
-QUEUES = ("ld", "cp", "st")
+UNITS = ("ld", "mac", "vec", "st", "mv")
+QUEUES = ("ld", "cp", "st", "mv")
 LEVELS = ("gdram", "sram", "nram", "wram")
 
 
@@ -28,7 +28,7 @@ class CoreCounters:
     mac_slots: int = 0             # array cycles x array size actually occupied
     # cycles each DMA queue's transfers would take with the chip to themselves (fixed costs plus bus
     # bytes at the channel's own cap): busy minus this is time lost to DRAM/SRAM contention
-    dma_demand: dict = field(default_factory=lambda: {"ld": 0.0, "st": 0.0})
+    dma_demand: dict = field(default_factory=lambda: {"ld": 0.0, "st": 0.0, "mv": 0.0})
 
     def add(self, other: "CoreCounters") -> None:
         for k in self.busy:

@@ -19,7 +19,7 @@ def render() -> str:
             "Little-endian 32-bit words. Bits 0-7: opcode. Then each field in table order from the least",
             "significant bit up; an address field is its offset (the listed bits) followed by a 5-bit base",
             "register. Unused high bits are zero. Every queued instruction ends with `wait` and `sig`,",
-            "3-bit masks over the `ld`, `cp`, `st` queues (dependency tokens, as in TVM's VTA).", "",
+            "4-bit masks over the `ld`, `cp`, `st`, `mv` queues (dependency tokens, as in TVM's VTA).", "",
             "## Assembly", "",
             "`mnemonic p1, p2, name=value ...`: the first *positional* fields may be written bare; any field",
             "as `name=value`; fields with a default may be omitted. Addresses: `0x40`, `[r2+0x40]`, or a",

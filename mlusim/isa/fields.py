@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mlusim.errors import AssemblyError, EncodingError
 
 NUM_REGS = 32
-QUEUES = ("ld", "cp", "st")
+QUEUES = ("ld", "cp", "st", "mv")
 DTYPES = ("i8", "u8", "i16", "i32", "f16", "f32")
 DTYPE_BYTES = {"i8": 1, "u8": 1, "i16": 2, "i32": 4, "f16": 2, "f32": 4}
 SPACES = ("gdram", "sram", "nram", "wram")

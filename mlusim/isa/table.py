@@ -19,7 +19,8 @@ from mlusim.isa.fields import (DIRECTIONS, DTYPES, F32, Addr, Deps, Enum, Field,
 UNITS = {
     "scalar": "issue stage: scalar ALU and branches, executed in order as the stream is fetched",
     "sync": "issue stage: waits for this core's queues to drain, then for the other participants",
-    "dma": "load queue (data toward the core) or store queue (data away from it), by direction",
+    "dma": "by direction: move queue (SRAM into NRAM/WRAM, the Move-DMA), load queue (other data toward "
+           "the core) or store queue (data away from it)",
     "mac": "compute queue, MAC array (WFU): int8/int16 conv and matmul into int32",
     "vec": "compute queue, vector unit (NFU): elementwise, pooling, requantize, transcendental",
 }
@@ -81,8 +82,8 @@ def DT(name="dt", default=None, doc="element type"):
     return Enum(name, 3, None if default is None else DTYPES.index(default), doc, choices=DTYPES)
 
 
-DEPS = (Deps("wait", 3, 0, "queues whose tokens this instruction pops before it starts"),
-        Deps("sig", 3, 0, "queues this instruction pushes a token to when it completes"))
+DEPS = (Deps("wait", 4, 0, "queues whose tokens this instruction pops before it starts"),
+        Deps("sig", 4, 0, "queues this instruction pushes a token to when it completes"))
 GEOM = (U("hi", 16, doc="input height"), U("wi", 16, doc="input width"))
 PADS = tuple(U(p, 6, 0, f"{d} padding") for p, d in (("pt", "top"), ("pb", "bottom"), ("pl", "left"),
                                                     ("pr", "right")))

@@ -21,6 +21,7 @@ from numpy.lib import format as npf
 
 from mlusim import mlufile
 from mlusim.errors import ModelFileError
+from mlusim.mlufile import VERSION
 from mlusim.program import Kernel, Program
 from mlusim.sim import simulate
 
@@ -181,7 +182,8 @@ STREAM = lambda man: man["kernels"][0]["streams"][0]  # noqa: E731
 ATTACKS = {
     "wrong magic (mimetype)": (lambda m: {**m, "mimetype": b"application/zip"}, "not an mlusim model"),
     "no mimetype": (lambda m: {k: v for k, v in m.items() if k != "mimetype"}, "not an mlusim model"),
-    "newer version": (_edit_manifest(lambda man, m: man.update(version=2)), "newer than this mlusim"),
+    "newer version": (_edit_manifest(lambda man, m: man.update(version=VERSION + 1)), "newer than this mlusim"),
+    "older version": (_edit_manifest(lambda man, m: man.update(version=VERSION - 1)), "recompile the model"),
     "version zero": (_edit_manifest(lambda man, m: man.update(version=0)), "is invalid"),
     "version as string": (_edit_manifest(lambda man, m: man.update(version="1")), "must be an integer"),
     "other format": (_edit_manifest(lambda man, m: man.update(format="onnx")), "format is 'onnx'"),

@@ -1,0 +1,100 @@
+"""Weight prefetch inside a fused segment: the next layer's weights stream into WRAM while this
+layer computes.
+
+Inside a segment every layer ends at a sync.cluster, and a sync drains all of a core's queues. So
+without help each layer of a job starts by loading its weights from DRAM with nothing to hide
+behind: at batch 16 on 16 cores, that exposed load is a third of a ResNet-50 layer3 3x3 conv and
+half of a layer4 one. BANG's answer is `__memcpy_async` GDRAM2WRAM for layer k+1 issued during
+layer k, into WRAM layer k does not use; that is what this pass emits.
+
+It works on finished instruction streams. A layer whose tasks each hold one weight block (conv's
+`wram_resident_bytes`) is emitted with its block at a chosen WRAM address, marked as already loaded
+(conv's resident-weights path); its weight-load DMAs, taken once from an emission that loads them,
+are cut into chunks and spread through the instructions of the layer before on the same core. They
+run on the load queue (the IO-DMA) while that layer's tiles arrive from SRAM on the move queue, so
+they overlap its compute; the sync that ends it drains them. The tiler prices a layer that can be
+prefetched without its first weight load (conv `_price`, `ctx.prefetch`).
+
+The address is the top of WRAM, or the bottom of the free region when the running layer's
+buffers sit at the top; a layer with no room either way loads as before.
+"""
+from __future__ import annotations
+
+from math import ceil
+
+from mlusim.compiler.codegen import queue_of
+from mlusim.isa.encoding import Instr
+from mlusim.isa.semantics import DIR_NAMES
+
+ALIGN = 64
+CHUNK = 32 * 1024       # bytes per prefetch DMA: ~500 cycles of fixed cost against ~2,500 of streaming
+
+
+def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str]) -> dict[str, int]:
+    """WRAM address of each layer whose weights are prefetched, from one image group's kernel
+    metadata `metas` [(node, meta)] emitted with the real WRAM base (`base`: where the resident
+    slots end). A layer's block must clear the WRAM the layer before it uses; the first layer's
+    "before" is the last one (of the previous image group), and the second layer's prefetch runs
+    during the first, so the first is decided last, against both."""
+    def used(n, meta) -> tuple[int, int]:
+        if n.name in resident or (n.op != "linear" and "wram_bytes_used" not in meta):
+            return base, base              # no WRAM above `base` (resident blocks live below it)
+        return base, (wram_bytes if n.op == "linear" else base + meta["wram_bytes_used"])
+
+    def clear(at: int, size: int, span: tuple[int, int]) -> bool:
+        lo, hi = span
+        return lo == hi or at + size <= lo or at >= hi
+
+    order = [n.name for n, _ in metas]
+    spans = {n.name: used(n, meta) for n, meta in metas}
+    plan: dict[str, int] = {}
+    if len(order) < 2:
+        return plan
+    for k in list(range(1, len(metas))) + [0]:
+        n, meta = metas[k]
+        size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+        if not size or n.name in resident or base + size > wram_bytes:
+            continue
+        others = [spans[order[k - 1]]] + ([spans[order[1]]] if k == 0 and order[1] in plan else [])
+        for at in ((wram_bytes - size) // ALIGN * ALIGN, base):
+            if all(clear(at, size, s) for s in others):
+                plan[n.name] = at
+                spans[n.name] = (at, at + size)
+                break
+    return plan
+
+
+def weight_loads(streams: list[list[Instr]]) -> list[list[Instr]]:
+    """Each task's GDRAM->WRAM loads in `streams`, as fresh instructions without dependency tokens
+    (the prefetched copies need none: the sync before their layer orders them)."""
+    g2w = DIR_NAMES.index("g2w")
+    return [[Instr.make("dma", dir="g2w", dst=i.args["dst"], src=i.args["src"], size=i.args["size"])
+             for i in st if i.op.mnemonic == "dma" and i.args["dir"] == g2w and i.args["count"] == 1
+             and i.args["count2"] == 1] for st in streams]
+
+
+def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
+    a = ins.args
+    n = a["size"]
+    k = max(1, ceil(n / size))
+    step = -(-n // k // ALIGN) * ALIGN
+    return [Instr.make("dma", dir="g2w", dst=a["dst"] + o, src=a["src"] + o, size=min(step, n - o))
+            for o in range(0, n, step)]
+
+
+def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[Instr]) -> None:
+    """Spread `loads` over stream[start:end] (one core's instructions of the running layer) after
+    its load and move-queue instructions from the second on, evenly (issue is in order: a burst
+    would fill the load queue and stall the instructions behind it); any left over (or all,
+    when the layer has no loads) go at its end, before its sync."""
+    if not loads:
+        return
+    pos = [i for i in range(start, end) if queue_of(stream[i]) in ("ld", "mv")][1:]
+    at: dict[int, list[Instr]] = {}
+    if pos:
+        for j, ins in enumerate(loads):
+            at.setdefault(pos[min(len(pos) - 1, j * len(pos) // len(loads))], []).append(ins)
+    else:
+        at[end - 1] = list(loads)
+    for i in sorted(at, reverse=True):
+        stream[i + 1:i + 1] = at[i]

@@ -1,0 +1,109 @@
+"""Weight prefetch in fused segments (compiler/prefetch.py): a layer's weights load during the
+layer before, into WRAM that layer does not use, and the output does not change."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlusim.compiler import prefetch
+from mlusim.compiler.driver import compile_model
+from mlusim.compiler.graph import Node
+from mlusim.compiler.reference import run_quant
+from mlusim.isa.semantics import DIR_NAMES
+from mlusim.sim import simulate
+
+G2W = DIR_NAMES.index("g2w")
+W = 1 << 20
+
+
+def _node(name, op="conv2d"):
+    return Node(name, op, [], {}, {}, (1, 1, 1, 1), [], {})
+
+
+def test_plan_keeps_each_block_clear_of_the_layer_running_beside_it():
+    base = 4096
+    metas = [(_node("a"), {"wram_resident_bytes": 200_000, "wram_bytes_used": 200_000}),
+             (_node("b"), {"wram_resident_bytes": 300_000, "wram_bytes_used": 300_032}),
+             (_node("c"), {"wram_resident_bytes": 250_000, "wram_bytes_used": 250_048}),
+             (_node("p", "maxpool"), {}),
+             (_node("e"), {"wram_resident_bytes": W, "wram_bytes_used": W}),
+             (_node("d"), {"wram_resident_bytes": 0, "wram_bytes_used": 2 * 100_032})]
+    plan = prefetch.plan_prefetch(metas, W, base, resident=set())
+    assert "e" not in plan and "d" not in plan       # too big for the free WRAM; two blocks per task
+    spans = {}
+    for n, meta in metas:
+        at = plan.get(n.name)
+        size = meta.get("wram_resident_bytes", 0)
+        spans[n.name] = (at, at + size) if at is not None else (base, base + meta.get("wram_bytes_used", 0))
+    order = [n.name for n, _ in metas]
+    for k, name in enumerate(order):
+        if name in plan:
+            a, b = spans[name]
+            assert base <= a and b <= W and a % 64 == 0
+            lo, hi = spans[order[k - 1]]              # the layer it loads beside (the first: the last)
+            assert b <= lo or a >= hi or lo == hi
+    assert {"b", "c"} <= set(plan)
+    assert plan["b"] >= base + 200_000 and plan["c"] == base     # top beside a's buffers, then the bottom
+
+
+def test_resident_layers_are_not_prefetched():
+    metas = [(_node("a"), {"wram_resident_bytes": 1000, "wram_bytes_used": 1024}),
+             (_node("b"), {"wram_resident_bytes": 1000, "wram_bytes_used": 1024})]
+    assert set(prefetch.plan_prefetch(metas, W, 2048, resident={"a"})) == {"b"}
+
+
+def _layer_chunks(stream):
+    """A task's instructions cut at its sync.cluster barriers: one chunk per layer (or staging step)."""
+    chunks, cur = [], []
+    for ins in stream:
+        if ins.op.mnemonic == "sync.cluster":
+            chunks.append(cur)
+            cur = []
+        else:
+            cur.append(ins)
+    return chunks + [cur]
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=True)
+
+
+def test_prefetched_weights_load_in_the_layer_before(resnet):
+    """Every weight load of a prefetched layer (told apart by its GDRAM source) sits in the chunk of
+    the layer before it, except in a job's very first layer, which has nothing before it."""
+    seg = next(k for k in resnet.program.kernels if k.meta.get("op") == "segment" and k.meta["segment"]["prefetched"])
+    names = seg.meta["segment"]["layer_names"]
+    pre = set(seg.meta["segment"]["prefetched"])
+    staged = int(seg.meta["segment"]["staged"])
+    weights = {t.name[:-len(".weight")]: (t.addr, t.addr + t.np_dtype.itemsize * int(np.prod(t.shape)))
+               for t in resnet.program.tensors if t.name.endswith(".weight")}
+
+    def loads_of(chunk, name):
+        a, b = weights[name]
+        return [i for i in chunk if i.op.mnemonic == "dma" and i.args["dir"] == G2W and a <= i.args["src"] < b]
+
+    per_group = len(names) + staged
+    checked = 0
+    for stream in seg.streams:
+        chunks = _layer_chunks(stream)
+        for i, ch in enumerate(chunks):
+            k = i % per_group - staged
+            if k < 0 or names[k] not in pre or (k == 0 and i < per_group):
+                continue
+            before = chunks[i - 1 - (staged if k == 0 else 0)]
+            assert not loads_of(ch, names[k]), f"{names[k]} still loads its weights itself"
+            checked += len(loads_of(before, names[k]))
+    assert checked
+
+
+def test_prefetch_is_exact_and_faster(resnet, monkeypatch):
+    x = np.random.default_rng(3).uniform(0, 1, resnet.graph.input.shape).astype(np.float32)
+    res = simulate(resnet.program, None, cores=16, inputs={"input": x})
+    ref = run_quant(resnet.graph, x)["__output__"]
+    assert np.array_equal(res.outputs["output"].view(np.uint32), ref.view(np.uint32))
+    monkeypatch.setattr(prefetch, "plan_prefetch", lambda *a, **k: {})
+    plain = compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=True)
+    assert not any(k.meta["segment"]["prefetched"] for k in plain.program.kernels if k.meta.get("op") == "segment")
+    slow = simulate(plain.program, None, cores=16, timing_only=True)
+    assert res.cycles < slow.cycles
