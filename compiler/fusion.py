@@ -413,7 +413,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 emit(jctx, n, ins, y, None)
                 run["loads"][n.name] = weight_loads(jctx.captured.pop()[1])
             if n.name in pre:
-                jctx.wram_slots = {n.name: (pre[n.name], early)}
+                jctx.wram_slots = {n.name: (pre[n.name], early, "prefetched")}
             emit(jctx, n, ins, y, gslice(x_float, img) if n.op == "input" else None)
             _node, st, meta = jctx.captured.pop()
             metas.append((n, meta))

@@ -73,10 +73,12 @@ class Plan:
     cost: float           # estimated cycles of the slowest task, or of DRAM if that is slower
     units: int
     buffers: int = 1      # accumulators: 2 lets the MAC array and the vector unit overlap
+    fold: int = 1         # conv kernel columns folded into input channels (kernels/conv.py folded())
 
     def describe(self) -> str:
         return (f"{self.rows} rows x {self.block} channels per tile, {self.units} tiles over {self.tasks} tasks"
-                + (", double accumulator" if self.buffers == 2 else ""))
+                + (", double accumulator" if self.buffers == 2 else "")
+                + (f", {self.fold} kernel columns folded into channels" if self.fold > 1 else ""))
 
 
 def choose(cands, price):

@@ -151,6 +151,33 @@ def test_space_to_depth_stem_is_exact_and_cheaper():
     assert stem.meta["macs"] == next(k for k in plain.kernels if k.name == "stem.conv").meta["macs"]
 
 
+def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
+    """A 5x5 conv over 4 channels fills 4 of 64 MAC lanes; with its kernel columns folded into
+    channels (one strided DMA with overlapping source segments builds each tile) it fills 20: same
+    bits, fewer MAC cycles. Cheap DMA segments (as from SRAM) make the tiler choose it."""
+    from mlusim.compiler.kernels.conv import ConvGeometry
+
+    b = Builder("fold", seed=4)
+    x = b.input((2, 4, 20, 20))
+    g = b.graph(b.unary("relu", b.conv(x, 32, 5)))
+    cfg = load_config("mlu270", ["dma.segment_cycles=1"])
+    xin = np.random.default_rng(1).uniform(0, 1, (2, 4, 20, 20)).astype(np.float32)
+
+    def run(graph):
+        comp = compile_graph(graph, cfg)
+        res = simulate(comp.program, cfg, cores=2, inputs={"input": xin})
+        assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"])
+        conv = next(k for k in res.kernels if k.meta.get("op") == "conv2d")
+        return conv, sum(c.busy["mac"] for c in conv.cores.values())
+
+    folded, mac = run(g)
+    assert "5 kernel columns folded into channels" in folded.meta["tiling"]
+    monkeypatch.setattr(ConvGeometry, "can_fold", lambda self, lanes: False)
+    plain, mac_plain = run(b.graph(g.output))
+    assert "folded" not in plain.meta["tiling"]
+    assert mac < 0.5 * mac_plain
+
+
 def test_batchnorm_folding_preserves_the_float_model():
     g = zoo.build("resnet18", 1, 32)
     x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)

@@ -21,6 +21,7 @@ computes the plain conv of (x - zp) and checks it.
 """
 from __future__ import annotations
 
+import copy
 from math import ceil
 
 import numpy as np
@@ -52,6 +53,22 @@ class ConvGeometry:
         self.zp_pad = bool(self.zp_in) and any(node.attrs["padding"])   # pads built in NRAM, holding zp
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
+        self.fold, self.src_ci, self.src_w = 1, ci, w                        # see folded()
+
+    def can_fold(self, lanes: int) -> bool:
+        return (self.kw > 1 and self.sw == 1 and self.dw == 1 and self.pl == self.pr == 0 and self.groups == 1
+                and not self.zp_pad and not self.depthwise and ceil(self.kw * self.ci / lanes) < self.kw * ceil(self.ci / lanes))
+
+    def folded(self) -> "ConvGeometry":
+        """The same conv with its kernel columns folded into input channels: a few-channel input
+        (the space-to-depth stem: 12 channels of 64 lanes) fills kw times more MAC lanes. The tile
+        row for output pixel x is input pixels x..x+kw-1 side by side, which in NHWC are kw*ci
+        consecutive bytes: one strided Move-DMA with overlapping source segments builds the tile,
+        and the [co, kh, kw, ci] weights already are [co, kh, 1, kw*ci]."""
+        g = copy.copy(self)
+        g.fold, g.ci, g.cig, g.kw = self.kw, self.kw * self.ci, self.kw * self.ci, 1
+        g.w = g.wp = self.wo
+        return g
 
     def tile_bytes(self, rows: int) -> int:
         """NRAM bytes of the input tile for `rows` output rows (padded rows too when zp_pad)."""
@@ -102,7 +119,9 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 2 if geo.residual else 1) + \
         (vec_cycles(cfg, out) if geo.pool else 0)
     xs, ys, rs = spaces
-    ld = dma_cycles(cfg, in_tile, rows if geo.wp != geo.w else 1, xs)
+    segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo if geo.fold > 1 else \
+        (rows if geo.wp != geo.w else 1)
+    ld = dma_cycles(cfg, in_tile, segs_in, xs)
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo, rs)
     st_bytes = pooled if geo.pool else out
@@ -125,7 +144,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
                            + (out if geo.residual and rs == "gdram" else 0)) + wblock * sum(loads)
     dram = total_bytes / dram_rate(ctx)
-    return Plan(rows, block, tasks, max(task, dram), units, accs)
+    return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold)
 
 
 def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3) -> tuple[ConvGeometry, Plan]:
@@ -137,13 +156,16 @@ def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3)
     # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
     # per-task start-up and weight reloads than it gains
     spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
-    cands = [(r, b, t, n) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)]
-    plan = choose(cands, lambda r, b, t, n: _price(ctx, geo, r, b, t, n, spaces))
+    lanes = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
+    geos = [geo] + ([geo.folded()] if geo.can_fold(lanes) else [])
+    cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
+             for gi in range(len(geos))]
+    plan = choose(cands, lambda r, b, t, n, gi: _price(ctx, geos[gi], r, b, t, n, spaces))
     if plan is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
                            f"{geo.wo} x {geo.co} needs more)")
-    return geo, plan
+    return (geos[-1] if plan.fold > 1 else geo), plan
 
 
 def lower_conv(ctx, node, x, y, res=None) -> None:
@@ -170,7 +192,7 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
     streams = []
     # a fused segment may keep this layer's weights in WRAM across the image groups of a job:
-    # (address, already loaded) when every task holds a single weight block
+    # (address, already loaded[, "prefetched"]) when every task holds a single weight block
     resident = getattr(ctx, "wram_slots", {}).get(node.name)
     runs = split(len(units), plan.tasks)
     one_block = all(len({u[0] for u in units[t0:t1]}) == 1 for t0, t1 in runs if t1 > t0)
@@ -179,8 +201,9 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
                              zp_row, plan.buffers, resident if one_block else None))
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
-    ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + (", weights resident in WRAM" if resident and one_block
-                                                                   else ""),
+    kept = "" if not (resident and one_block) else \
+        ", weights prefetched during the layer before" if len(resident) > 2 else ", weights resident in WRAM"
+    ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + kept,
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (1 if one_block else DOUBLE) * (-(-wblock // 64) * 64))
@@ -192,6 +215,10 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     esz, row = geo.esz, geo.w * geo.ci * geo.esz
     src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
     ld = load_dir(x)
+    if geo.fold > 1:        # output pixel x's row: kw input pixels from x on (overlapping segments)
+        srow = geo.src_w * geo.src_ci * esz
+        return [s.dma(ld, buf, x.addr + (n * geo.h + a) * srow, row // geo.wo, deps=deps, count=geo.wo,
+                      sstride=geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow, dstride2=row)]
     if not geo.zp_pad:
         return [s.dma(ld, buf, src, (b - a) * row, deps=deps)]
     prow = geo.wp * geo.ci * esz

@@ -147,9 +147,10 @@ OPS: tuple[OpSpec, ...] = (
             U("sstride2", 32, 0, "source stride between blocks"),
             U("count2", 16, 1, "blocks")) + DEPS,
            "Copy count2 x count segments of `size` bytes: segment (j, i) goes from "
-           "src + j*sstride2 + i*sstride to dst + j*dstride2 + i*dstride. Directions whose source is "
-           "off-core (GDRAM, SRAM) or that stay on the core run on the load queue; the rest (to GDRAM "
-           "or SRAM from the core, GDRAM/SRAM to GDRAM/SRAM) on the store queue.",
+           "src + j*sstride2 + i*sstride to dst + j*dstride2 + i*dstride. Directions from SRAM into the "
+           "core run on the move queue (the Move-DMA); others from GDRAM into the core or staying on it on "
+           "the load queue (the IO-DMA); the rest (to GDRAM or SRAM from the core, GDRAM/SRAM to "
+           "GDRAM/SRAM) on the store queue.",
            S.dma, None, S.touch_dma, S.check_dma, positional=4),
     # ---- MAC array --------------------------------------------------------------------------------
     OpSpec("conv", 0x30, "mac",
