@@ -166,3 +166,42 @@ def test_host_memory_cap_fails_up_front():
     with pytest.raises(SimulationError, match="GiB of host memory, over the cap"):
         run(prog, host_cap_gib=0.5)
     assert run(prog, timing_only=True).cycles > 0
+
+
+def _remote_copy_program(nbytes=4096, dcl=2):
+    """Cluster 0's core 0 stages data in its SRAM and copies it into cluster 1's SRAM (s2s with
+    dcl); after sync.all, cluster 1's core 0 writes its SRAM to the output."""
+    t = tensors(TensorDecl("data", "const", "i8", (nbytes,), -1, data=(np.arange(nbytes) % 251).astype(np.int8)),
+                TensorDecl("out", "output", "i8", (nbytes,), -1))
+    data, out = t
+    send = [I("dma", dir="g2s", dst=0, src=data.addr, size=nbytes),
+            I("sync"),
+            I("dma", dir="s2s", dst=8192, src=0, size=nbytes, dcl=dcl), I("sync.all")]
+    wait = [I("sync.all")]
+    recv = [I("sync.all"), I("dma", dir="s2g", dst=out.addr, src=8192, size=nbytes)]
+    return program([send, wait, recv], t, task_type="union2", task_dim=8, task_stream=[0, 1, 1, 1, 2, 1, 1, 1])
+
+
+def test_s2s_to_another_cluster_lands_in_its_sram():
+    res = run(_remote_copy_program(), cores=8)
+    assert np.array_equal(res.outputs["out"], (np.arange(4096) % 251).astype(np.int8))
+
+
+def test_s2s_to_another_cluster_costs_startup_plus_bytes_at_the_sram_port(mlu270):
+    k = run(_remote_copy_program(64 * 1024), cores=8, timing_only=True).kernels[0]
+    d = mlu270.dma
+    g2s = d.startup_cycles + mlu270.dram.latency_cycles + 64 * 1024 / min(d.core_bandwidth_bytes_per_cycle,
+                                                                          mlu270.dram_bytes_per_cycle)
+    s2s = d.startup_cycles + 64 * 1024 / d.sram_bandwidth_bytes_per_cycle
+    assert k.cores[0].busy["st"] == pytest.approx(g2s + s2s, rel=1e-6)
+    assert k.bytes_written["sram"] == 2 * 64 * 1024
+
+
+def test_s2s_to_a_cluster_outside_the_job_is_an_error():
+    with pytest.raises(SimulationError, match=r"copies to cluster 2 of the job, but its union job has 2 cluster"):
+        run(_remote_copy_program(dcl=3), cores=8)
+    bad = program([I("dma", dir="s2s", dst=0, src=64, size=64, dcl=1)], [])
+    with pytest.raises(SimulationError, match="not in a union job"):
+        run(bad, cores=1)
+    with pytest.raises(SimulationError, match="only for s2s"):
+        run(program([I("dma", dir="g2n", dst=0, src=0, size=64, dcl=1)], []), cores=1)

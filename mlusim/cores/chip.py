@@ -59,6 +59,7 @@ class TaskContext:
     clusterdim: int
     cluster_barrier: Barrier | None = None
     all_barrier: Barrier | None = None
+    clusters: list | None = None          # a union job's clusters, in clusterid order (remote s2s)
 
     def barrier(self, mnemonic: str, core: Core) -> Barrier | None:
         return self.cluster_barrier if mnemonic == "sync.cluster" else self.all_barrier
@@ -198,7 +199,7 @@ class Chip:
                 for ci, cl in enumerate(group):
                     for cj, core in enumerate(cl.cores):
                         t = j * job_size + ci * cpc + cj
-                        ctx = TaskContext(k, t, k.task_dim, cj, ci, cpc, n, cl_b[ci], all_b)
+                        ctx = TaskContext(k, t, k.task_dim, cj, ci, cpc, n, cl_b[ci], all_b, group)
                         procs.append(env.process(self._task(core, ctx)))
                 yield simpy.AllOf(env, procs)
                 job["end"] = env.now

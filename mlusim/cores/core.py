@@ -62,6 +62,16 @@ class Core:
     def mem(self, space: str):
         return self.spaces[space].buf
 
+    def remote_sram(self, k: int):
+        """SRAM of the union job's k-th cluster (an s2s with `dcl`)."""
+        return self.task.clusters[k].sram.buf
+
+    def _check_remote(self, k: int, pc: int, ins) -> None:
+        t = self.task
+        if not t.clusters or k >= len(t.clusters):
+            have = f"its union job has {len(t.clusters)} cluster(s)" if t.clusters else "it is not in a union job"
+            raise SimulationError(f"{self.where(pc, ins)}: copies to cluster {k} of the job, but {have}")
+
     def set_reg(self, rd: int, value: int) -> None:
         if rd:
             self.regs[rd] = value
@@ -176,6 +186,8 @@ class Core:
                 pc += 1
                 continue
             qname, a, cost, touches = self._prepare(ins, pc)
+            if unit == "dma" and a["dcl"]:
+                self._check_remote(a["dcl"] - 1, pc, ins)
             iq = self.iq[qname]
             if iq.full:
                 self.state["issue"] = f"waits for a free {qname} queue slot (pc {pc})"
@@ -251,6 +263,10 @@ class Core:
             if op.unit == "dma":
                 unit = qname
                 links, cap = self.route(cost.src, cost.dst)
+                if a["dcl"]:         # to another cluster's SRAM: through both clusters' SRAM ports
+                    far = task.clusters[a["dcl"] - 1].sram_link
+                    links = (self.cluster.sram_link,) + ((far,) if far is not self.cluster.sram_link else ())
+                    cap = self.port_caps["sram"]
                 if links:
                     yield env.timeout(cost.fixed_cycles)
                     yield chip.fabric.transfer(links, cost.bus_bytes, cap)

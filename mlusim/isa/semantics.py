@@ -92,6 +92,8 @@ def check_dma(a):
         return f"destination segments overlap (dstride {a['dstride']} < size {size})"
     if cnt2 > 1 and a["dstride2"] < dma_extent(size, a["dstride"], cnt, 0, 1):
         return "destination blocks overlap (dstride2 smaller than one block)"
+    if a["dcl"] and DIR_NAMES[a["dir"]] != "s2s":
+        return f"dcl={a['dcl']} (another cluster's SRAM) is only for s2s, not {DIR_NAMES[a['dir']]}"
     return None
 
 
@@ -108,12 +110,13 @@ def _strided(buf: np.ndarray, addr: int, size: int, stride: int, count: int, str
 
 def dma(ctx, a):
     src_space, dst_space = dma_spaces(a)
+    dbuf = ctx.remote_sram(a["dcl"] - 1) if a["dcl"] else ctx.mem(dst_space)
     if a["count"] == 1 and a["count2"] == 1:
         n, s, d = a["size"], a["src"], a["dst"]
-        ctx.mem(dst_space)[d:d + n] = ctx.mem(src_space)[s:s + n]
+        dbuf[d:d + n] = ctx.mem(src_space)[s:s + n]
         return
     src = _strided(ctx.mem(src_space), a["src"], a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"])
-    dst = _strided(ctx.mem(dst_space), a["dst"], a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
+    dst = _strided(dbuf, a["dst"], a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
     dst[...] = src.copy() if src_space == dst_space else src
 
 

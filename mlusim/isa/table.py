@@ -145,7 +145,9 @@ OPS: tuple[OpSpec, ...] = (
             U("count", 16, 1, "segments per block"),
             U("dstride2", 32, 0, "destination stride between blocks"),
             U("sstride2", 32, 0, "source stride between blocks"),
-            U("count2", 16, 1, "blocks")) + DEPS,
+            U("count2", 16, 1, "blocks"),
+            U("dcl", 5, 0, "s2s only: destination cluster within the union job, plus one (0: this "
+                           "cluster); BANG's SRAM2SRAM with id_dst_cluster")) + DEPS,
            "Copy count2 x count segments of `size` bytes: segment (j, i) goes from "
            "src + j*sstride2 + i*sstride to dst + j*dstride2 + i*dstride. Directions from SRAM into the "
            "core run on the move queue (the Move-DMA); others from GDRAM into the core or staying on it on "
