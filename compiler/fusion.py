@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, prod
 
+from mlusim.compiler import wide
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
 from mlusim.program import Kernel
@@ -46,6 +47,7 @@ class Segment:
     end: int
     group: int                # images per job
     staged: bool = False      # external inputs copied into SRAM first
+    wide: int = 0             # clusters per job splitting each layer's channels (compiler/wide.py); 0: one
 
 
 # ---- sizes and liveness ------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def external_inputs(g, nodes) -> list[str]:
     return out
 
 
-def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool = False
               ) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
     (copied in once at the start, so the layers that read them, often two, read SRAM instead of
@@ -117,7 +119,8 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     Lifetimes are known before anything runs, so placement is offline, TFLite's "greedy by size":
     largest value first, each at the lowest offset clear of every placed value alive at the same
     time. A value lives from the layer that writes it (staged inputs: from the start) to the last
-    layer that reads it; a layer's output never shares bytes with its inputs."""
+    layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
+    after the span get SRAM too (a wide segment stores them from there)."""
     esc = escaping(g, nodes)
     ext = external_inputs(g, nodes) if stage else []
     inside = {n.name for n in nodes}
@@ -126,7 +129,7 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     last = last_use(g, nodes)
     life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in ext}
     for k, n in enumerate(nodes):
-        if n.op not in VIEWS and n.name not in esc:
+        if n.op not in VIEWS and (keep or n.name not in esc):
             life[n.name] = (k, max(k, last.get(n.name, k)))
     size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
@@ -161,10 +164,11 @@ def node_weight_bytes(node) -> int:
 
 
 def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
-                   spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None) -> float:
+               spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False) -> float:
     """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
-    a `share` of DRAM, a conv's activations in `spaces`; infinite if no tiling fits."""
-    key = (node.name, images, tasks, share, spaces)
+    a `share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
+    prefetch.py) or not; infinite if no tiling fits."""
+    key = (node.name, images, tasks, share, spaces, prefetch)
     if cache is not None and key in cache:
         return cache[key]
     from types import SimpleNamespace
@@ -172,7 +176,7 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 
     from mlusim.compiler.kernels.conv import plan_conv
     from mlusim.compiler.lower import _s2d_conv, space_to_depth
 
-    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share)
+    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch)
     try:
         if node.op == "linear":
             from mlusim.compiler.kernels.linear import plan_linear
@@ -231,7 +235,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache)
+            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=True)
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
@@ -296,6 +300,14 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
                             cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
                             opts.append((cost, Segment(a, b, gr, stage)))
                             break
+            if clusters > 1 and wide.eligible(span):
+                for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
+                    for gr in groups:
+                        plan = next(((stage, p) for stage in (True, False)
+                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True))), None)
+                        if plan is not None:
+                            cost = wide.cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache)
+                            opts.append((cost, Segment(a, b, gr, plan[0], n)))
             cost, seg = min(opts, key=lambda o: o[0])
             total = base + cost
             if cand is None or total < cand[0]:
@@ -340,7 +352,7 @@ def job_shape(batch: int, group: int, clusters: int) -> tuple[int, int]:
 
 
 def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
-    """Emit `seg` as one UNION1 kernel; `dev` gains the GDRAM tensors of its escaping values.
+    """Emit `seg` as one UNION1 kernel (UNIONn when wide); `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
     from mlusim.compiler.prefetch import chunks, insert_between_loads, plan_prefetch, weight_loads
@@ -352,9 +364,10 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     batch = g.input.shape[0]
     group = seg.group
     clusters = min(ctx.tasks // cpc, cfg.chip.clusters)
-    jobs, rounds = job_shape(batch, group, clusters)
+    per_job = seg.wide or 1                 # clusters per job
+    jobs, rounds = job_shape(batch, group, clusters // per_job)
     esc = escaping(g, nodes)
-    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged)
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide))
     if plan is None:
         raise CompileError(f"segment {nodes[0].name}..{nodes[-1].name}: {group} image(s) of activations do not "
                            f"fit SRAM of {cfg.sram_bytes:,} B")
@@ -369,7 +382,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             t.flat_from = full.flat_from
             dev[n.name] = t
     consts: dict = {}
-    share = 1.0 / min(jobs, clusters)
+    share = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
         """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
@@ -377,10 +390,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                          t.flat_from)
 
     def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool,
-                    pre: dict | None = None, run: dict | None = None):
+                    pre: dict | None = None, run: dict | None = None, cluster: int = 0):
         """Emit every layer for images [img, img + group); returns the layers' kernel metadata.
         pre: WRAM addresses of prefetched weights (prefetch.py); run["spans"]: where in each core's
-        stream the layer emitted last sits, to take the next layer's weight loads."""
+        stream the layer emitted last sits, to take the next layer's weight loads. cluster: which
+        of a wide job's clusters this is (its channel share of every layer)."""
         pre, run = pre or {}, run if run is not None else {"spans": None, "loads": {}}
         local: dict[str, DevTensor] = {}
         metas = []
@@ -395,6 +409,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             if tasks is not None:
                 for c in range(cpc):
                     tasks[c].append(Instr.make("sync.cluster"))
+                    if seg.wide:        # every step of a wide job ends at a job-wide barrier
+                        tasks[c].append(Instr.make("sync.all"))
         for n in nodes:
             ins = [local[i] if i in local else gslice(dev[i], img) for i in n.inputs]
             full = lay[n.name]
@@ -402,24 +418,25 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             if n.op in VIEWS:
                 local[n.name] = DevTensor(ins[0].name, ins[0].addr, shape, ins[0].dtype, full.flat_from, ins[0].space)
                 continue
-            y = gslice(dev[n.name], img) if n.name in esc else \
+            y = gslice(dev[n.name], img) if n.name in esc and not seg.wide else \
                 DevTensor(f"{n.name}.sram", addrs[n.name], shape, full.dtype, full.flat_from, "sram")
             local[n.name] = y
-            jctx.wram_slots = {n.name: (slots[n.name], not first)} if n.name in slots else {}
+            node = wide.share(n, cluster, seg.wide) if seg.wide else n
+            jctx.wram_slots = {node.name: (slots[n.name], not first)} if n.name in slots else {}
             jctx.wram_base = 0 if n.name in slots else base
             early = n.name in pre and run["spans"] is not None and tasks is not None
-            if early and n.name not in run["loads"]:        # its weight DMAs, once per layer
-                jctx.wram_slots = {n.name: (pre[n.name], False)}
-                emit(jctx, n, ins, y, None)
-                run["loads"][n.name] = weight_loads(jctx.captured.pop()[1])
+            if early and node.name not in run["loads"]:        # its weight DMAs, once per layer
+                jctx.wram_slots = {node.name: (pre[n.name], False)}
+                emit(jctx, node, ins, y, None)
+                run["loads"][node.name] = weight_loads(jctx.captured.pop()[1])
             if n.name in pre:
-                jctx.wram_slots = {n.name: (pre[n.name], early, "prefetched")}
-            emit(jctx, n, ins, y, gslice(x_float, img) if n.op == "input" else None)
+                jctx.wram_slots = {node.name: (pre[n.name], early, "prefetched")}
+            emit(jctx, node, ins, y, gslice(x_float, img) if n.op == "input" else None)
             _node, st, meta = jctx.captured.pop()
             metas.append((n, meta))
             if tasks is not None:
                 if early:           # stream them in during the layer before
-                    for c, loads in enumerate(run["loads"][n.name]):
+                    for c, loads in enumerate(run["loads"][node.name]):
                         insert_between_loads(tasks[c], *run["spans"][c], [p for ld in loads for p in chunks(ld)])
                 spans = []
                 for c in range(cpc):
@@ -427,8 +444,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     if c < len(st):
                         tasks[c].extend(st[c])
                     spans.append((at, len(tasks[c])))
-                    if not (last and n is real[-1]):
+                    if not (last and n is real[-1]) and not seg.wide:
                         tasks[c].append(Instr.make("sync.cluster"))
+                if seg.wide:
+                    wide.exchange(tasks, cluster, seg.wide, y, 2 if full.dtype == "i16" else 1, full.shape[-1],
+                                  group * prod(full.shape[1:-1]), gslice(dev[n.name], img) if n.name in esc else None)
                 run["spans"] = spans
         return metas
 
@@ -446,14 +466,14 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                         cfg.wram_bytes, base, set(slots)) if getattr(ctx, "prefetch", True) else {}
     streams: list[list] = []
     macs, layers, loads = 0, [], {}
-    for j in range(jobs):
+    for j, cl in ((j, cl) for j in range(jobs) for cl in range(per_job)):
         jctx = JobCtx(ctx, cpc, share, consts)
         tasks: list[list] = [[] for _ in range(cpc)]
         run: dict = {"spans": None, "loads": loads}
         for r in range(rounds):
             img = (j * rounds + r) * group
-            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1, pre, run):
-                if j == 0 and r == rounds - 1:
+            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1, pre, run, cl):
+                if j == 0 and cl == 0 and r == rounds - 1:
                     layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
                 macs += meta.get("macs", 0)
         streams.extend(tasks)
@@ -463,8 +483,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             dev[n.name] = DevTensor(b.name, b.addr, full.shape, b.dtype, full.flat_from)
     name = f"{nodes[0].name}..{nodes[-1].name}" if len(nodes) > 1 else nodes[0].name
     fused = [f"{n.name}" for n in nodes if n.op not in VIEWS]
-    what = f"{jobs} job(s) of " + (f"{rounds} x " if rounds > 1 else "") + f"{group} image(s), one cluster each"
-    ctx.kernels.append(_kernel(name, streams, {
+    what = f"{jobs} job(s) of " + (f"{rounds} x " if rounds > 1 else "") + f"{group} image(s), " + \
+        (f"{per_job} clusters each, every layer's channels split between them" if seg.wide else "one cluster each")
+    ctx.kernels.append(_kernel(name, streams, per_job, {
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
                   + (", inputs staged in SRAM" if seg.staged else "")
@@ -473,7 +494,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
-                    "prefetched": sorted(pre)}}))
+                    "prefetched": sorted(pre), "wide": seg.wide}}))
 
 
 def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
@@ -482,5 +503,5 @@ def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
     return [(min(n, i * step), min(n, (i + 1) * step)) for i in range(parts)]
 
 
-def _kernel(name, streams, meta):
-    return Kernel(name, "union1", len(streams), streams, list(range(len(streams))), meta)
+def _kernel(name, streams, clusters_per_job, meta):
+    return Kernel(name, f"union{clusters_per_job}", len(streams), streams, list(range(len(streams))), meta)

@@ -78,8 +78,8 @@ def program_bound(kernels: list[dict], cycles: float) -> tuple[str, float]:
 
 
 def segment_layers(rec) -> list[dict]:
-    """Where a fused segment's cycles went, layer by layer: each job's sync.cluster releases mark its
-    layer boundaries (after an optional staging copy, per image group); a layer's cycles are the
+    """Where a fused segment's cycles went, layer by layer: each job's sync.cluster releases (sync.all
+    in a wide segment) mark its layer boundaries (after an optional staging copy, per image group); a layer's cycles are the
     mean over jobs of its time summed over the job's groups. Empty for other kernels."""
     seg = rec.meta.get("segment") if isinstance(rec.meta, dict) else None
     if not seg or not rec.jobs or not seg.get("layer_names"):
@@ -89,7 +89,9 @@ def segment_layers(rec) -> list[dict]:
     total = {n: 0.0 for n in steps}
     done = 0
     for job in rec.jobs:
-        marks = [job["start"], *job["syncs"], job["end"]]
+        # a wide job's last layer ends at a barrier too (before its final stores): the end mark covers it
+        syncs = job["all_syncs"][:-1] if seg.get("wide") else job["syncs"]
+        marks = [job["start"], *syncs, job["end"]]
         if job["end"] is None or len(marks) != len(names) + 1:
             continue                      # an interrupted run: this job's boundaries are incomplete
         done += 1

@@ -54,6 +54,9 @@ class ConvGeometry:
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
         self.fold, self.src_ci, self.src_w = 1, ci, w                        # see folded()
+        # channels [c_off, c_off + co) of output / shortcut tensors that have yc channels (a
+        # cluster's share of a layer split across clusters, compiler/wide.py)
+        self.c_off, self.yc = node.attrs.get("out_slice", (0, co))
 
     def can_fold(self, lanes: int) -> bool:
         return (self.kw > 1 and self.sw == 1 and self.dw == 1 and self.pl == self.pr == 0 and self.groups == 1
@@ -123,9 +126,9 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         (rows if geo.wp != geo.w else 1)
     ld = dma_cycles(cfg, in_tile, segs_in, xs)
     if geo.residual:
-        ld += dma_cycles(cfg, out, 1 if block == geo.co else rows * wo, rs)
+        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs)
     st_bytes = pooled if geo.pool else out
-    segs = 1 if block == geo.co else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
+    segs = 1 if block == geo.yc else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
     st = dma_cycles(cfg, st_bytes, segs, ys)
     # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
     # weight block its run touches once
@@ -310,13 +313,13 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
                          groups=geo.groups, **pads)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
         if geo.residual:
-            rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.co + c0) * esz
+            rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + geo.c_off + c0) * esz
             free_res = res_readers[i - DOUBLE] if i >= DOUBLE else None
-            if bc == geo.co:
+            if bc == geo.yc:
                 lr = s.dma(load_dir(res), buf_res[slot], rsrc, npix * bc * esz, deps=[free_res])
             else:
                 lr = s.dma(load_dir(res), buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
-                           dstride=bc * esz, sstride=geo.co * esz)
+                           dstride=bc * esz, sstride=geo.yc * esz)
             rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
                         params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
             res_readers.append(rd)
@@ -334,12 +337,12 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
         hist_cp.append(mac)
         block_last_cp[blocks_here.index(cb)] = last
         orow0, orow1 = r0 // ph, r1 // ph
-        dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.co + c0) * esz
+        dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.yc + geo.c_off + c0) * esz
         npx = (orow1 - orow0) * yo_w
-        if bc == geo.co:
+        if bc == geo.yc:
             st = s.dma(store_dir(y), dst, out_buf, npx * bc * esz, deps=[last])
         else:
-            st = s.dma(store_dir(y), dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.co * esz,
+            st = s.dma(store_dir(y), dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.yc * esz,
                        sstride=bc * esz)
         hist_st.append(st)
     return s.finish()

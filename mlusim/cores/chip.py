@@ -189,12 +189,12 @@ class Chip:
             while nxt[0] < njobs:
                 j = nxt[0]
                 nxt[0] += 1
-                job = {"job": j, "start": env.now, "end": None, "syncs": []}
+                job = {"job": j, "start": env.now, "end": None, "syncs": [], "all_syncs": []}
                 self.record.jobs.append(job)
                 cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}",
                                 job["syncs"] if ci == 0 else None) for ci, cl in enumerate(group)]
                 all_b = Barrier(env, job_size, self.cfg.chip.chip_sync_cycles,
-                                f"sync.all of union job {j} of kernel '{k.name}'")
+                                f"sync.all of union job {j} of kernel '{k.name}'", job["all_syncs"])
                 procs = []
                 for ci, cl in enumerate(group):
                     for cj, core in enumerate(cl.cores):

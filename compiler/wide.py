@@ -1,0 +1,125 @@
+"""Wide segments: a run of conv layers split by output channels across the clusters of a UNIONn
+job, each cluster's SRAM holding every layer's whole activation.
+
+Cluster fusion (fusion.py) gives each cluster whole images. Deep in a network that stops paying:
+ResNet-50's layer4 has 15 MB of weights, and 16 images of its activations do not fit one cluster's
+SRAM, so its jobs either leave clusters idle or load the weights once per cluster. A wide segment
+turns it around. A job spans n clusters; cluster c computes output channels [c*C/n, (c+1)*C/n) of
+every layer for the job's images, so the job loads each weight byte once; each cluster then copies
+its slice into the other clusters' SRAM (s2s with `dcl`, BANG's SRAM2SRAM), so all of them hold the
+whole activation the next layer reads:
+
+    per image group, per layer:  conv on the cluster's channels, output -> SRAM    sync.cluster
+                                 n-1 cores: the slice -> one other cluster each    sync.all
+                                 [a value used after the segment: each core stores a
+                                  contiguous 1/(n x cores) of it to GDRAM]
+
+fusion.lower_segment emits it (its `cluster` hooks); this module holds what is specific to it.
+"""
+from __future__ import annotations
+
+from math import ceil
+
+import numpy as np
+
+from mlusim.compiler.graph import Node
+from mlusim.isa.encoding import Instr
+
+MAX_SEGMENTS = 65535          # the dma instruction's count field
+
+
+def eligible(span) -> bool:
+    """Only plain convs: their work splits by output channel with nothing shared between slices."""
+    return bool(span) and all(n.op == "conv2d" and n.attrs.get("groups", 1) == 1 and not n.attrs.get("pool")
+                              and "fscale" not in n.q for n in span)
+
+
+def divides(span, n: int) -> bool:
+    return all(x.q["weight"].shape[0] % n == 0 for x in span)
+
+
+def slice_node(node: Node, c0: int, c1: int) -> Node:
+    """Output channels [c0, c1) of a conv: its per-channel weights and quantization parameters cut,
+    writing into (and reading its shortcut from) tensors that keep all the channels."""
+    co = node.q["weight"].shape[0]
+    q = {k: v[c0:c1] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == co else v
+         for k, v in node.q.items()}
+    shape = (node.shape[0], c1 - c0) + tuple(node.shape[2:])
+    attrs = dict(node.attrs, out_slice=(c0, co))
+    return Node(f"{node.name}[{c0}:{c1}]", node.op, node.inputs, attrs, node.params, shape, node.fused, q)
+
+
+def share(node: Node, c: int, n: int) -> Node:
+    co = node.q["weight"].shape[0]
+    return slice_node(node, c * co // n, (c + 1) * co // n)
+
+
+def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixels: int, gdram=None) -> None:
+    """After cluster c's slice of a layer is in its SRAM at `y.addr`: the barrier, one copy of the
+    slice to each other cluster (from different cores), the job-wide barrier, then, for a value
+    needed after the segment, a contiguous share of it per core to `gdram`."""
+    cpc = len(tasks)
+    for t in tasks:
+        t.append(Instr.make("sync.cluster"))
+    cs = channels // n
+    off = c * cs * esz
+    for k in range(n - 1):
+        dest = (c + k + 1) % n
+        for p0 in range(0, pixels, MAX_SEGMENTS):
+            cnt = min(MAX_SEGMENTS, pixels - p0)
+            a = y.addr + p0 * channels * esz + off
+            tasks[k % cpc].append(Instr.make("dma", dir="s2s", dst=a, src=a, size=cs * esz, count=cnt,
+                                             dstride=channels * esz, sstride=channels * esz, dcl=dest + 1))
+    for t in tasks:
+        t.append(Instr.make("sync.all"))
+    if gdram is not None:
+        total = pixels * channels * esz
+        step = -(-total // (n * cpc) // 64) * 64
+        for k in range(cpc):
+            a = min(total, (c * cpc + k) * step)
+            b = min(total, a + step)
+            if b > a:
+                tasks[k].append(Instr.make("dma", dir="s2g", dst=gdram.addr + a, src=y.addr + a, size=b - a))
+
+
+def exchange_cycles(cfg, n: int, nbytes: int, pixels: int) -> float:
+    """Cycles of one exchange step for a layer output of `nbytes` over `pixels` positions."""
+    d = cfg.dma
+    copy = d.startup_cycles + (pixels - 1) * d.move_segment_cycles + nbytes / n / d.sram_bandwidth_bytes_per_cycle
+    return 2 * cfg.cluster.sync_cycles + cfg.chip.chip_sync_cycles + copy
+
+
+def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None) -> float:
+    """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
+    slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
+    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
+    from mlusim.compiler.fusion import (KERNEL_OVERHEAD, _base, _dram_rate, escaping, image_bytes, job_shape,
+                                        node_weight_bytes, tiler_cost)
+
+    cpc = cfg.chip.cores_per_cluster
+    slots = max(1, clusters // n)
+    jobs, rounds = job_shape(batch, group, slots)
+    active = min(jobs, slots) * n
+    esc = escaping(g, nodes)
+    inside = {x.name for x in nodes}
+    per_group = 0.0
+    for x in nodes:
+        ins = [_base(g, i) for i in x.inputs]
+        sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
+        spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
+        per_group += tiler_cost(cfg, g, share(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache, prefetch=True)
+        pixels = group * int(np.prod(x.shape[2:]))
+        per_group += exchange_cycles(cfg, n, group * image_bytes(x), pixels)
+        if x.name in esc:
+            per_group += group * image_bytes(x) / (n * cpc) / min(cfg.dma.core_bandwidth_bytes_per_cycle,
+                                                                 cfg.dram_bytes_per_cycle / (active * cpc))
+    ext = [_base(g, i) for x in nodes for i in x.inputs if _base(g, i) not in inside]
+    reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
+    if staged:
+        per_group += group * reads / min(cfg.dram_bytes_per_cycle / active, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
+    weights = sum(node_weight_bytes(x) for x in nodes)
+    kept = min(weights, n * cpc * cfg.wram_bytes // 2) if rounds > 1 else 0
+    dram = jobs * (weights + (rounds - 1) * (weights - kept)) + batch * (n * reads + sum(image_bytes(g.node(v))
+                                                                                           for v in esc))
+    compute = ceil(jobs / slots) * rounds * per_group
+    return max(compute, dram / _dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD

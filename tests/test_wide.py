@@ -1,0 +1,71 @@
+"""Wide segments (compiler/wide.py): conv layers split by output channel across the clusters of a
+UNIONn job, slices exchanged cluster to cluster; exact, chosen where they pay, reported per layer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlusim.compiler import fusion, wide
+from mlusim.compiler.driver import compile_model
+from mlusim.compiler.reference import run_quant
+from mlusim.config import load_config
+from mlusim.report import summarize
+from mlusim.sim import simulate
+
+
+def test_channel_shares_partition_a_conv():
+    g = compile_model("resnet18", batch=1, resolution=32).graph
+    conv = next(n for n in g.nodes if n.name == "layer4.0.2.conv")
+    parts = [wide.share(conv, c, 4) for c in range(4)]
+    co = conv.q["weight"].shape[0]
+    assert [p.attrs["out_slice"] for p in parts] == [(c * co // 4, co) for c in range(4)]
+    assert np.array_equal(np.concatenate([p.q["weight"] for p in parts]), conv.q["weight"])
+    assert np.array_equal(np.concatenate([p.q["mult"] for p in parts]), conv.q["mult"])
+    assert len({p.name for p in parts}) == 4 and all(p.shape[1] == co // 4 for p in parts)
+
+
+def _forced(monkeypatch, first: str, last: str, group: int, clusters: int, staged: bool):
+    """ResNet-50 (batch 4, 64x64) on 16 cores with layers first..last forced into one wide segment."""
+    cfg = load_config("mlu270")
+    g = compile_model("resnet50", batch=4, resolution=64, tasks=16).graph
+    names = [n.name for n in g.nodes]
+    a, b = names.index(first), names.index(last) + 1
+    segs = [s for s in fusion.plan_segments(g, cfg, 16) if s.end <= a or s.start >= b]
+    segs = sorted(segs + [fusion.Segment(a, b, group, staged, clusters)], key=lambda s: s.start)
+    monkeypatch.setattr(fusion, "plan_segments", lambda *args: segs)
+    return compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=True)
+
+
+@pytest.mark.parametrize("first,group,clusters,staged", [("layer4.0.1.conv", 2, 2, False),
+                                                         ("layer3.0.1.conv", 1, 4, True)])
+def test_wide_segments_are_bit_exact(monkeypatch, first, group, clusters, staged):
+    """Two jobs of two clusters, and one job of four working through image groups with staged
+    inputs, resident and prefetched weights: the output equals the reference bit for bit."""
+    c = _forced(monkeypatch, first, "layer4.2.3.conv", group, clusters, staged)
+    k = next(k for k in c.program.kernels if k.meta.get("segment", {}).get("wide"))
+    assert k.task_type == f"union{clusters}" and k.meta["segment"]["wide"] == clusters
+    text = "\n".join(str(i) for i in k.streams[0])
+    assert "s2s" in text and "sync.all" in text
+    x = np.random.default_rng(2).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    res = simulate(c.program, None, cores=16, inputs={"input": x})
+    assert np.array_equal(res.outputs["output"].view(np.uint32), run_quant(c.graph, x)["__output__"].view(np.uint32))
+    s = summarize(res)
+    seg = next(kk for kk in s["kernels"] if kk["meta"].get("segment", {}).get("wide"))
+    rec = next(r for r in res.kernels if r.name == seg["name"])
+    names = [layer["name"] for layer in seg["layers"]]
+    assert names == (["(stage inputs)"] if staged else []) + seg["meta"]["segment"]["layer_names"]
+    jobs = [j["end"] - j["start"] for j in rec.jobs]
+    assert sum(layer["cycles"] for layer in seg["layers"]) == pytest.approx(sum(jobs) / len(jobs))
+
+
+def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
+    """ResNet-18's layer4 at batch 16 has 6.5 MB of weights: the planner splits it over two clusters
+    per job, and that beats every plan without wide segments."""
+    c = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
+    assert any(k.task_type == "union2" and k.meta["segment"]["wide"] == 2 for k in c.program.kernels
+               if k.meta.get("op") == "segment")
+    cycles = simulate(c.program, None, cores=16, timing_only=True).cycles
+    monkeypatch.setattr(wide, "eligible", lambda span: False)
+    plain = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
+    assert not any(k.meta.get("segment", {}).get("wide") for k in plain.program.kernels)
+    assert cycles < simulate(plain.program, None, cores=16, timing_only=True).cycles
