@@ -140,8 +140,9 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # blocks load behind the compute of the one before
     w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
     w1 = dma_cycles(cfg, wblock, rate=w_rate)
-    if getattr(ctx, "prefetch", False) and max(loads) == 1 and not geo.depthwise:
-        w1 = 0.0           # its one block streams in during the layer before (compiler/prefetch.py)
+    if getattr(ctx, "prefetch", False) and max(loads) == 1 and not geo.depthwise and \
+            wblock <= (cfg.wram_bytes - getattr(ctx, "wram_base", 0)) // 2:
+        w1 = 0.0           # its one block can stream in beside the layer before's (compiler/prefetch.py)
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
