@@ -39,6 +39,7 @@ TILED = ("conv2d", "linear")   # layers whose tilers price themselves
 ALIGN = 64
 JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
 KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel
+PREFETCH = True               # load each layer's weights during the layer before (prefetch.py)
 
 
 @dataclass
@@ -235,7 +236,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=True)
+            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=PREFETCH)
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
@@ -300,7 +301,7 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
                             cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
                             opts.append((cost, Segment(a, b, gr, stage)))
                             break
-            if clusters > 1 and wide.eligible(span):
+            if clusters > 1 and wide.eligible(span, g):
                 for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
                     for gr in groups:
                         plan = next(((stage, p) for stage in (True, False)
@@ -327,7 +328,7 @@ class JobCtx:
         self.captured: list = []
         self.wram_slots: dict = {}    # node -> (WRAM address, already loaded) of weights kept across groups
         self.wram_base = 0            # where other layers' WRAM buffers start
-        self.prefetch = True          # tilers may count on their weights arriving during the layer before
+        self.prefetch = PREFETCH      # tilers may count on their weights arriving during the layer before
 
     def const(self, name, arr) -> int:
         if name not in self._consts:
@@ -463,7 +464,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 slots[n.name], base = base, base + size
     # whose weights stream in during the layer before: a dry run with the real WRAM base
     pre = plan_prefetch(image_group(JobCtx(ctx, cpc, share, consts), 0, None, slots, base, True, True),
-                        cfg.wram_bytes, base, set(slots)) if getattr(ctx, "prefetch", True) else {}
+                        cfg.wram_bytes, base, set(slots), wrap=rounds > 1) if PREFETCH else {}
     streams: list[list] = []
     macs, layers, loads = 0, [], {}
     for j, cl in ((j, cl) for j in range(jobs) for cl in range(per_job)):
@@ -494,7 +495,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
-                    "prefetched": sorted(pre), "wide": seg.wide}}))
+                    "prefetched": sorted(pre), "wide": seg.wide,
+                    "stored": [n.name for n in real if n.name in esc] if seg.wide else []}}))
 
 
 def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:

@@ -30,12 +30,13 @@ ALIGN = 64
 CHUNK = 32 * 1024       # bytes per prefetch DMA: ~500 cycles of fixed cost against ~2,500 of streaming
 
 
-def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str]) -> dict[str, int]:
+def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str], wrap: bool = True) -> dict[str, int]:
     """WRAM address of each layer whose weights are prefetched, from one image group's kernel
     metadata `metas` [(node, meta)] emitted with the real WRAM base (`base`: where the resident
     slots end). A layer's block must clear the WRAM the layer before it uses; the first layer's
-    "before" is the last one (of the previous image group), and the second layer's prefetch runs
-    during the first, so the first is decided last, against both."""
+    "before" is the last one (of the previous image group; none when `wrap` is false: a job of one
+    group), and the second layer's prefetch runs during the first, so the first is decided last,
+    against both."""
     def used(n, meta) -> tuple[int, int]:
         if n.name in resident or (n.op != "linear" and "wram_bytes_used" not in meta):
             return base, base              # no WRAM above `base` (resident blocks live below it)
@@ -50,7 +51,7 @@ def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str]) -> dict
     plan: dict[str, int] = {}
     if len(order) < 2:
         return plan
-    for k in list(range(1, len(metas))) + [0]:
+    for k in list(range(1, len(metas))) + ([0] if wrap else []):
         n, meta = metas[k]
         size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
         if not size or n.name in resident or base + size > wram_bytes:
@@ -85,8 +86,8 @@ def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
 def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[Instr]) -> None:
     """Spread `loads` over stream[start:end] (one core's instructions of the running layer) after
     its load and move-queue instructions from the second on, evenly (issue is in order: a burst
-    would fill the load queue and stall the instructions behind it); any left over (or all,
-    when the layer has no loads) go at its end, before its sync."""
+    would fill the load queue and stall the instructions behind it); when the layer has no such
+    instructions they all go at its end, before its sync."""
     if not loads:
         return
     pos = [i for i in range(start, end) if queue_of(stream[i]) in ("ld", "mv")][1:]

@@ -10,9 +10,10 @@ its slice into the other clusters' SRAM (s2s with `dcl`, BANG's SRAM2SRAM), so a
 whole activation the next layer reads:
 
     per image group, per layer:  conv on the cluster's channels, output -> SRAM    sync.cluster
-                                 n-1 cores: the slice -> one other cluster each    sync.all
+                                 the slice -> each other cluster (the copies spread
+                                 over the cluster's cores)                          sync.all
                                  [a value used after the segment: each core stores a
-                                  contiguous 1/(n x cores) of it to GDRAM]
+                                  contiguous 1/(n x cores) of it to GDRAM           sync.all]
 
 fusion.lower_segment emits it (its `cluster` hooks); this module holds what is specific to it.
 """
@@ -28,10 +29,14 @@ from mlusim.isa.encoding import Instr
 MAX_SEGMENTS = 65535          # the dma instruction's count field
 
 
-def eligible(span) -> bool:
-    """Only plain convs: their work splits by output channel with nothing shared between slices."""
+def eligible(span, g=None) -> bool:
+    """Only plain convs: their work splits by output channel with nothing shared between slices
+    (and not the space-to-depth stem, which lowering regroups by its name)."""
+    from mlusim.compiler.lower import space_to_depth
+
+    s2d = space_to_depth(g) if g is not None else None
     return bool(span) and all(n.op == "conv2d" and n.attrs.get("groups", 1) == 1 and not n.attrs.get("pool")
-                              and "fscale" not in n.q for n in span)
+                              and "fscale" not in n.q and not (s2d and s2d["conv"] == n.name) for n in span)
 
 
 def divides(span, n: int) -> bool:
@@ -72,14 +77,16 @@ def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixe
                                              dstride=channels * esz, sstride=channels * esz, dcl=dest + 1))
     for t in tasks:
         t.append(Instr.make("sync.all"))
-    if gdram is not None:
-        total = pixels * channels * esz
+    if gdram is not None:       # then a second barrier: no later SRAM write, from any core or
+        total = pixels * channels * esz     # cluster, may land on bytes a store still reads
         step = -(-total // (n * cpc) // 64) * 64
         for k in range(cpc):
             a = min(total, (c * cpc + k) * step)
             b = min(total, a + step)
             if b > a:
                 tasks[k].append(Instr.make("dma", dir="s2g", dst=gdram.addr + a, src=y.addr + a, size=b - a))
+        for t in tasks:
+            t.append(Instr.make("sync.all"))
 
 
 def exchange_cycles(cfg, n: int, nbytes: int, pixels: int) -> float:
@@ -93,6 +100,7 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
     """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
     slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
     bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
+    from mlusim.compiler import fusion
     from mlusim.compiler.fusion import (KERNEL_OVERHEAD, _base, _dram_rate, escaping, image_bytes, job_shape,
                                         node_weight_bytes, tiler_cost)
 
@@ -107,7 +115,8 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
         ins = [_base(g, i) for i in x.inputs]
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
-        per_group += tiler_cost(cfg, g, share(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache, prefetch=True)
+        per_group += tiler_cost(cfg, g, share(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache,
+                                prefetch=fusion.PREFETCH)
         pixels = group * int(np.prod(x.shape[2:]))
         per_group += exchange_cycles(cfg, n, group * image_bytes(x), pixels)
         if x.name in esc:

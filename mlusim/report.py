@@ -88,11 +88,19 @@ def segment_layers(rec) -> list[dict]:
     names = steps * int(seg.get("groups_per_job", 1))
     total = {n: 0.0 for n in steps}
     done = 0
+    stored = set(seg.get("stored", ()))
     for job in rec.jobs:
-        # a wide job's last layer ends at a barrier too (before its final stores): the end mark covers it
-        syncs = job["all_syncs"][:-1] if seg.get("wide") else job["syncs"]
-        marks = [job["start"], *syncs, job["end"]]
-        if job["end"] is None or len(marks) != len(names) + 1:
+        if seg.get("wide"):       # sync.all ends each step, a second one a step that stores its value
+            ends, i = [], 0
+            for name in names:
+                i += 2 if name in stored else 1
+                ends.append(job["all_syncs"][i - 1] if i <= len(job["all_syncs"]) else None)
+            ok = i == len(job["all_syncs"])
+            marks = [job["start"], *ends[:-1], job["end"]]
+        else:
+            marks = [job["start"], *job["syncs"], job["end"]]
+            ok = len(marks) == len(names) + 1
+        if job["end"] is None or not ok:
             continue                      # an interrupted run: this job's boundaries are incomplete
         done += 1
         for name, a, b in zip(names, marks, marks[1:]):

@@ -2,12 +2,13 @@
 
 `simulate(..., trace=True)` keeps one record per executed unit instruction and per stall:
 
-    (core, unit, t0, dur, name, kernel, pc)   unit: ld | mac | vec | st | issue; cycles
+    (core, unit, t0, dur, name, kernel, pc)   unit: ld | mac | vec | st | mv | issue; cycles
     (None, link, t, 0.0, bytes_per_cycle, "", -1)   a DRAM or SRAM link's aggregate rate from t on
 
 and this module lays them out as tracks: process "chip" holds the kernel track and one counter per
 shared link (DRAM, each cluster's SRAM, in GB/s); process "core N" holds one track per unit of the
-core: issue (queue-full stalls, barrier waits), load DMA, MAC array, vector unit, store DMA. A
+core: issue (queue-full stalls, barrier waits), load DMA, MAC array, vector unit, store DMA, move
+DMA (SRAM loads). A
 unit's slices are its instructions ("conv (layer3)") and its dependency-token waits
 ("wait ld token"), so gaps and waits on a track are exactly where that unit was idle or stalled.
 Timestamps and durations are microseconds at the config's clock (Chrome trace convention).

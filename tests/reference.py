@@ -156,6 +156,11 @@ def float_arith(op: str, x, y, dt: str):
     return round_to_float(v, dt)
 
 
+def _int_result(op: str, v: int, dt: str) -> int:
+    """An elementwise integer result stored: i32 sums wrap (the accumulator's arithmetic), the rest saturate."""
+    return wrap32(v) if op == "add" and dt == "i32" else saturate(v, dt)
+
+
 def _int_op(op: str, a: int, b: int) -> int:
     if op == "add":
         return a + b
@@ -302,7 +307,7 @@ def ref_binary(op, a, b, dt):
     a = np.asarray(a, dtype=NP[dt]).reshape(-1)
     b = np.asarray(b, dtype=NP[dt]).reshape(-1)
     if dt in INT_DT:
-        return _ints([saturate(_int_op(op, int(x), int(y)), dt) for x, y in zip(a, b)], dt, a.shape)
+        return _ints([_int_result(op, _int_op(op, int(x), int(y)), dt) for x, y in zip(a, b)], dt, a.shape)
     return _floats([_float_op(op, x, y, dt) for x, y in zip(a, b)], dt, a.shape)
 
 
@@ -370,7 +375,7 @@ def ref_row(op, a, b, dt, axis):
         for c in range(cols):
             y = b[r] if axis == "row" else b[c]
             if dt in INT_DT:
-                out.append(saturate(_int_op(op, int(a[r, c]), int(y)), dt))
+                out.append(_int_result(op, _int_op(op, int(a[r, c]), int(y)), dt))
             else:
                 out.append(_float_op(op, a[r, c], y, dt))
     if dt in INT_DT:

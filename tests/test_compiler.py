@@ -202,6 +202,16 @@ def test_int16_and_per_tensor_models_are_exact():
         assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
 
 
+def test_int16_reductions_that_overflow_int32_stay_exact():
+    """int16 products summed over VGG-16's fully connected layers overflow the int32 accumulator.
+    The reference wraps the whole sum once; the linear kernel splits the reduction into chunks whose
+    partial sums it adds with vadd, which wraps on i32 as the accumulator does, so they agree."""
+    c = compile_model("vgg16", batch=1, resolution=32, dtype="int16")
+    x = np.random.default_rng(2).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    out = simulate(c.program, cores=4, inputs={"input": x}).outputs["output"]
+    assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
+
+
 def test_firstconv_folds_mean_and_std():
     """Exact (up to float rounding) for an unpadded first conv, like the MNIST net's."""
     g = zoo.build("mnist", 1)

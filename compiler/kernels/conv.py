@@ -151,7 +151,27 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold)
 
 
+_PLANS: dict = {}
+
+
 def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3) -> tuple[ConvGeometry, Plan]:
+    """The cheapest tiling; memoized, since a fused segment emits a layer once per job and image
+    group and the segment planner prices the same layers again and again. The key holds everything
+    the search reads; the entry keeps the config and weights alive so their ids stay theirs."""
+    w = node.q["weight"]
+    key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, ctx.tasks, getattr(ctx, "dram_share", 1.0),
+           getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), tuple(sorted(node.attrs.items(), key=str)).__repr__())
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit[0]
+    out = _plan_conv(ctx, node, x_shape, spaces)
+    if len(_PLANS) > 20_000:
+        _PLANS.clear()
+    _PLANS[key] = (out, ctx.cfg, w)
+    return out
+
+
+def _plan_conv(ctx, node, x_shape, spaces) -> tuple[ConvGeometry, Plan]:
     geo = ConvGeometry(node, x_shape)
     mult = geo.pool[0] if geo.pool else 1
     blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)

@@ -1,9 +1,10 @@
-"""An IPU core: an in-order issue stage feeding three unit queues that run in parallel.
+"""An IPU core: an in-order issue stage feeding four unit queues that run in parallel.
 
-    stream --> issue (scalar ALU, branches, syncs) --+--> ld queue --> DMA in   (IO-DMA, Move-DMA)
+    stream --> issue (scalar ALU, branches, syncs) --+--> ld queue --> DMA in from GDRAM, on-core moves (IO-DMA)
+                                                     +--> mv queue --> DMA in from SRAM (Move-DMA)
                                                      +--> cp queue --> MAC array | vector unit
                                                      +--> st queue --> DMA out
-The three queues synchronise only through explicit dependency tokens (`wait=`/`sig=` on each
+The queues synchronise only through explicit dependency tokens (`wait=`/`sig=` on each
 instruction), as in TVM's VTA; a program that forgets one races, one that waits for a token nobody
 sends deadlocks and is reported as such.
 """

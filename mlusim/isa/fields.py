@@ -227,7 +227,7 @@ class Enum(Field):
 
 @dataclass(frozen=True)
 class Deps(Field):
-    """Dependency-token mask over the three queues: `ld+st`, or `none`."""
+    """Dependency-token mask over the unit queues (ld, cp, st, mv): `ld+st`, or `none`."""
 
     kind = "deps"
 
@@ -246,7 +246,7 @@ class Deps(Field):
         return "+".join(q for i, q in enumerate(QUEUES) if value >> i & 1) or "none"
 
     def describe(self):
-        return "set of queues `ld`, `cp`, `st` joined by `+`, or `none`"
+        return "set of queues " + ", ".join(f"`{q}`" for q in QUEUES) + " joined by `+`, or `none`"
 
 
 @dataclass(frozen=True)

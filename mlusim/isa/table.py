@@ -95,10 +95,10 @@ LOHI = (SI("lo", 32, -(1 << 31), "lower clamp (after zero point)"),
         SI("hi", 32, (1 << 31) - 1, "upper clamp (after zero point)"))
 
 
-def _binary(mn, opc, fn, what):
+def _binary(mn, opc, fn, what, note=""):
     return OpSpec(mn, opc, "vec",
                   (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), N24) + DEPS,
-                  f"dst[i] = {what} over `n` elements; integer results saturate to `dt`.",
+                  f"dst[i] = {what} over `n` elements; integer results saturate to `dt`{note}.",
                   S.binary(fn), T.vec_elementwise, S.touch_binary, positional=5)
 
 
@@ -175,7 +175,8 @@ OPS: tuple[OpSpec, ...] = (
            "one row per output column); accumulation and output as for conv.",
            S.matmul, T.matmul, S.touch_matmul, S.check_matmul),
     # ---- vector unit ---------------------------------------------------------------------------
-    _binary("vadd", 0x40, "add", "a[i] + b[i]"),
+    _binary("vadd", 0x40, "add", "a[i] + b[i]", ", except i32 sums, which wrap as the MAC array's "
+            "int32 accumulator does (so partial sums of a split reduction add up to the whole one)"),
     _binary("vsub", 0x41, "sub", "a[i] - b[i]"),
     _binary("vmul", 0x42, "mul", "a[i] * b[i]"),
     _binary("vmax", 0x43, "max", "max(a[i], b[i])"),
@@ -243,7 +244,7 @@ OPS: tuple[OpSpec, ...] = (
            (Enum("op", 3, None, "operation", ("add", "sub", "mul", "div", "max")), DT(),
             A("dst", "nram"), A("a", "nram"), A("b", "nram"), U("rows", 20), U("cols", 20),
             Enum("axis", 1, 0, "b indexed by row (0) or by column (1)", ("row", "col"))) + DEPS,
-           "dst[r, c] = a[r, c] op b[r] (axis=row) or b[c] (axis=col); integer results saturate, "
+           "dst[r, c] = a[r, c] op b[r] (axis=row) or b[c] (axis=col); integer results saturate (i32 add wraps, as vadd), "
            "integer div rounds toward zero (div by 0 gives 0).", S.vrow, T.vec_row, S.touch_row),
     OpSpec("vtrans", 0x52, "vec",
            (DT(), A("dst", "nram"), A("src", "nram"), U("rows", 20), U("cols", 20)) + DEPS,
