@@ -10,6 +10,7 @@ import operator
 import re
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 from mlusim.errors import AssemblyError, EncodingError
 
@@ -77,7 +78,15 @@ class Field:
 
     kind = "field"
 
+    @cached_property
+    def _bounds(self) -> tuple[int, int]:
+        return self.range()
+
     def check(self, value: int, where: str) -> int:
+        if type(value) is int:          # the common case, kept cheap: the compiler makes ~10^5 of these
+            lo, hi = self._bounds
+            if lo <= value <= hi:
+                return value
         lo, hi = self.range()
         value = as_int(value)
         if not isinstance(value, int) or isinstance(value, bool):
