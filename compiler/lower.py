@@ -77,9 +77,10 @@ def nhwc(shape) -> tuple[int, ...]:
     return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
 
 
-def _flatten_permutation(c: int, h: int, w: int) -> np.ndarray:
-    """perm[j] = torch (NCHW-flatten) column feeding NHWC-flatten position j."""
-    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+def nhwc_columns(w: np.ndarray, c: int, h: int, wd: int) -> np.ndarray:
+    """A linear layer's weight [o, c*h*w] over a torch (NCHW) flatten, reordered for an NHWC
+    flatten of the same image: column (y*w + x)*c + ch takes column ch*h*w + y*w + x."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
 
 
 def space_to_depth(g: Graph) -> dict | None:
@@ -185,7 +186,7 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: D
     elif op == "linear":
         w = node.q["weight"]
         if ins[0].flat_from is not None:
-            w = np.ascontiguousarray(w[:, _flatten_permutation(*ins[0].flat_from)])
+            w = nhwc_columns(w, *ins[0].flat_from)
         linear.lower_linear(ctx, node, ins[0], y, w)
     elif op in ("maxpool", "avgpool"):
         pool.lower_pool(ctx, node, ins[0], y)

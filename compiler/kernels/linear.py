@@ -20,7 +20,9 @@ from mlusim.isa.fields import f32_bits
 def zero_point_bias(node, bias, weight: np.ndarray, zp: int) -> np.ndarray:
     """The bias that makes a product of raw inputs exact for an input zero point zp:
     sum_k (x_k - zp) w_k = sum_k x_k w_k - zp * sum_k w_k, per output (row of `weight`)."""
-    b = bias.astype(np.int64) - zp * weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    b = bias.astype(np.int64)
+    if zp:                  # (a 100 M-weight layer's int64 copy costs seconds: only when needed)
+        b = b - zp * weight.reshape(weight.shape[0], -1).sum(axis=1, dtype=np.int64)
     if b.min(initial=0) < -2**31 or b.max(initial=0) >= 2**31:
         raise CompileError(f"node '{node.name}' ({node.op}): bias corrected for input zero point {zp} leaves int32")
     return b.astype(np.int32)
