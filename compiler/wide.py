@@ -127,7 +127,7 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
     if staged:
         per_group += group * reads / min(cfg.dram_bytes_per_cycle / active, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
     weights = sum(node_weight_bytes(x) for x in nodes)
-    kept = min(weights, n * cpc * cfg.wram_bytes // 2) if rounds > 1 else 0
+    kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
     dram = jobs * (weights + (rounds - 1) * (weights - kept)) + batch * (n * reads + sum(image_bytes(g.node(v))
                                                                                            for v in esc))
     compute = ceil(jobs / slots) * rounds * per_group
