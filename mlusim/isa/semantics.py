@@ -199,12 +199,11 @@ def matmul(ctx, a):
 def _combine(x: np.ndarray, y: np.ndarray, op: str, dt: str) -> np.ndarray:
     if dt in nx.INT_DTYPES:
         x, y = x.astype(np.int64), y.astype(np.int64)
-        if op == "add" and dt == "i32":
+        if op == "add" and dt == "i32":       # the accumulator's arithmetic: a split sum adds up exactly
             return nx.wrap_int32(x + y)
         if op == "div":
-            q = np.zeros_like(x)
             nz = y != 0
-            q[nz] = np.abs(x[nz]) // np.abs(y[nz]) * np.sign(x[nz]) * np.sign(y[nz])
+            q = np.where(nz, np.abs(x) // np.where(nz, np.abs(y), 1) * np.sign(x) * np.sign(y), 0)
             return nx.saturate(q, dt)
     f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
          "div": np.divide}[op]

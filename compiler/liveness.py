@@ -1,0 +1,109 @@
+"""Sizes and lifetimes of the values in a span of layers, and their offline placement in SRAM.
+
+What cluster fusion (fusion.py) and wide segments (wide.py) both need to know about a span before
+emitting it: which values it reads from before it, which it leaves for after it, when each value
+inside it dies, and where each lives in the cluster's SRAM.
+"""
+from __future__ import annotations
+
+from math import prod
+
+VIEWS = ("flatten", "reshape")
+ALIGN = 64
+
+
+def _esz(node) -> int:
+    return 2 if node.q.get("dtype") == "int16" else 1
+
+
+def image_bytes(node) -> int:
+    """Bytes of one image of a node's (quantized) value, by its graph shape (for cost estimates)."""
+    return prod(node.shape[1:]) * _esz(node)
+
+
+def device_image_bytes(t) -> int:
+    """Bytes of one image of a value as the device holds it (lower.layouts: the space-to-depth input
+    is padded, so the graph shape would under-count it)."""
+    return prod(t.shape[1:]) * {"f32": 4, "i16": 2}.get(t.dtype, 1)
+
+
+def _base(g, name: str) -> str:
+    """Views (flatten/reshape) alias their input."""
+    node = g.node(name)
+    while node.op in VIEWS:
+        node = g.node(node.inputs[0])
+    return node.name
+
+
+def escaping(g, nodes) -> set[str]:
+    """Values of the span that are used after it (or are the graph's output): they go to GDRAM."""
+    inside = {n.name for n in nodes}
+    out = set()
+    for n in g.nodes:
+        if n.name in inside:
+            continue
+        for i in n.inputs:
+            if i in inside:
+                out.add(_base(g, i))
+    if g.output in inside:
+        out.add(_base(g, g.output))
+    return out
+
+
+def last_use(g, nodes) -> dict[str, int]:
+    """Index in `nodes` of the last node reading each value (views resolved to their base)."""
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            last[_base(g, i)] = k
+    return last
+
+
+def external_inputs(g, nodes) -> list[str]:
+    """Values the span reads that are computed before it (by base name, in first-use order)."""
+    inside = {n.name for n in nodes}
+    out: list[str] = []
+    for n in nodes:
+        for i in n.inputs:
+            b = _base(g, i)
+            if b not in inside and b not in out:
+                out.append(b)
+    return out
+
+
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool = False
+              ) -> tuple[dict[str, int], int] | None:
+    """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
+    (copied in once at the start, so the layers that read them, often two, read SRAM instead of
+    DRAM); the peak; None if they do not fit.
+
+    Lifetimes are known before anything runs, so placement is offline, TFLite's "greedy by size":
+    largest value first, each at the lowest offset clear of every placed value alive at the same
+    time. A value lives from the layer that writes it (staged inputs: from the start) to the last
+    layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
+    after the span get SRAM too (a wide segment stores them from there)."""
+    esc = escaping(g, nodes)
+    ext = external_inputs(g, nodes) if stage else []
+    inside = {n.name for n in nodes}
+    if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
+        return None          # a view made outside the span: read it where it is
+    last = last_use(g, nodes)
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in ext}
+    for k, n in enumerate(nodes):
+        if n.op not in VIEWS and (keep or n.name not in esc):
+            life[n.name] = (k, max(k, last.get(n.name, k)))
+    size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
+    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
+    addrs: dict[str, int] = {}
+    for v in sorted(life, key=lambda v: (-size[v], life[v])):
+        f, l_ = life[v]
+        at = 0
+        for a, b, f2, l2 in sorted(p for p in placed if p[2] <= l_ and f <= p[3]):
+            if at + size[v] <= a:
+                break
+            at = max(at, b)
+        if at + size[v] > capacity:
+            return None
+        addrs[v] = at
+        placed.append((at, at + size[v], f, l_))
+    return addrs, max((p[1] for p in placed), default=0)
