@@ -29,7 +29,7 @@ from math import ceil, prod
 
 from mlusim.compiler import wide
 from mlusim.compiler.liveness import (ALIGN, VIEWS, _base, _esz, device_image_bytes, escaping, external_inputs,
-                                      image_bytes, last_use, sram_plan)
+                                      image_bytes, last_use, split_bytes, sram_plan)
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
 from mlusim.program import Kernel
@@ -305,7 +305,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             for v in external_inputs(g, nodes):
                 src, full = gslice(dev[v], img), lay[v]
                 y = DevTensor(f"{v}.sram", addrs[v], src.shape, full.dtype, full.flat_from, "sram")
-                for c, (a, b) in enumerate(_split_bytes(device_image_bytes(full) * group, cpc)):
+                for c, (a, b) in enumerate(split_bytes(device_image_bytes(full) * group, cpc)):
                     if b > a and tasks is not None:
                         tasks[c].append(Instr.make("dma", dir="g2s", dst=y.addr + a, src=src.addr + a, size=b - a))
                 local[v] = y
@@ -401,12 +401,6 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
                     "prefetched": sorted(pre), "wide": seg.wide,
                     "stored": [n.name for n in real if n.name in esc] if seg.wide else []}}))
-
-
-def _split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
-    """[0, n) in `parts` runs cut at multiples of 64 bytes."""
-    step = -(-n // parts // ALIGN) * ALIGN
-    return [(min(n, i * step), min(n, (i + 1) * step)) for i in range(parts)]
 
 
 def _kernel(name, streams, clusters_per_job, meta):

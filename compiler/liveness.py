@@ -107,3 +107,9 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
         addrs[v] = at
         placed.append((at, at + size[v], f, l_))
     return addrs, max((p[1] for p in placed), default=0)
+
+
+def split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) in `parts` runs cut at multiples of 64 bytes."""
+    step = -(-n // parts // ALIGN) * ALIGN
+    return [(min(n, i * step), min(n, (i + 1) * step)) for i in range(parts)]

@@ -24,6 +24,8 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.graph import Node
+from mlusim.compiler.liveness import _base, escaping, image_bytes, split_bytes
+from mlusim.compiler.tiling import dma_cycles
 from mlusim.isa.encoding import Instr
 
 MAX_SEGMENTS = 65535          # the dma instruction's count field
@@ -78,11 +80,9 @@ def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixe
     for t in tasks:
         t.append(Instr.make("sync.all"))
     if gdram is not None:       # then a second barrier: no later SRAM write, from any core or
-        total = pixels * channels * esz     # cluster, may land on bytes a store still reads
-        step = -(-total // (n * cpc) // 64) * 64
-        for k in range(cpc):
-            a = min(total, (c * cpc + k) * step)
-            b = min(total, a + step)
+        shares = split_bytes(pixels * channels * esz, n * cpc)     # cluster, may land on bytes
+        for k in range(cpc):                                          # a store still reads
+            a, b = shares[c * cpc + k]
             if b > a:
                 tasks[k].append(Instr.make("dma", dir="s2g", dst=gdram.addr + a, src=y.addr + a, size=b - a))
         for t in tasks:
@@ -91,9 +91,7 @@ def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixe
 
 def exchange_cycles(cfg, n: int, nbytes: int, pixels: int) -> float:
     """Cycles of one exchange step for a layer output of `nbytes` over `pixels` positions."""
-    d = cfg.dma
-    copy = d.startup_cycles + (pixels - 1) * d.move_segment_cycles + nbytes / n / d.sram_bandwidth_bytes_per_cycle
-    return 2 * cfg.cluster.sync_cycles + cfg.chip.chip_sync_cycles + copy
+    return 2 * cfg.cluster.sync_cycles + cfg.chip.chip_sync_cycles + dma_cycles(cfg, nbytes / n, pixels, "sram")
 
 
 def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None) -> float:
@@ -102,7 +100,6 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
     bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
     from mlusim.compiler import fusion
     from mlusim.compiler.fusion import KERNEL_OVERHEAD, _dram_rate, job_shape, node_weight_bytes, tiler_cost
-    from mlusim.compiler.liveness import _base, escaping, image_bytes
 
     cpc = cfg.chip.cores_per_cluster
     slots = max(1, clusters // n)

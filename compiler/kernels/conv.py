@@ -160,7 +160,7 @@ def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3)
     the search reads; the entry keeps the config and weights alive so their ids stay theirs."""
     w = node.q["weight"]
     key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, ctx.tasks, getattr(ctx, "dram_share", 1.0),
-           getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), tuple(sorted(node.attrs.items(), key=str)).__repr__())
+           getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), repr(sorted(node.attrs.items(), key=str)))
     hit = _PLANS.get(key)
     if hit is not None:
         return hit[0]
