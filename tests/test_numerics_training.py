@@ -1,4 +1,4 @@
-"""Bit-exact checks of the instructions added for training (vtrans, vcmp, vpoolbp) and of vaddrq against plain
+"""Bit-exact checks of the instructions added for training (vtrans, vcmp, vpoolbp) and of vaddrq, vrqadd against plain
 loop references written from docs/isa.md, not from the simulator's numpy code."""
 from __future__ import annotations
 
@@ -105,3 +105,42 @@ def test_vaddrq_equals_cast_requant_add(sdt, c, rng):
         q = max(-(1 << 31), min((1 << 31) - 1, q))
         ref.append(max(-(1 << 31), min((1 << 31) - 1, int(acc[i]) + q)))
     assert out.astype(np.int64).tolist() == ref
+
+
+def _rne_requant(v: int, bias: int, mult: int, shift: int) -> int:
+    prod = (v + bias) * mult
+    q, r = divmod(prod, 1 << shift) if shift else (prod, 0)
+    half = 1 << (shift - 1) if shift else 0
+    if shift and (r > half or (r == half and q % 2)):       # round half to even
+        q += 1
+    return q
+
+
+@pytest.mark.parametrize("sdt", ["i8", "i16"])
+@pytest.mark.parametrize("c", [1, 3, 64])
+def test_vrqadd_is_the_join_then_the_requantization(sdt, c, rng):
+    """vrqadd (a residual conv's epilogue in one pass) against a loop written from its docs/isa.md line,
+    and against the two instructions it fuses."""
+    n = c * 6
+    acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64)
+    acc[:3] = [(1 << 31) - 1, -(1 << 31), (1 << 31) - 2]       # the join saturates at both ends
+    lim = 127 if sdt == "i8" else 32767
+    src = rng.integers(-lim - 1, lim + 1, n)
+    rpar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 20, c), rng.integers(0, 40, c)], 1).reshape(-1)
+    opar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 16, c), rng.integers(16, 40, c)], 1).reshape(-1)
+    lo, hi, zp = 0, lim, 3                                    # a relu clamp and a zero point
+    data = {"acc": ("i32", acc), "x": (sdt, src), "rp": ("i32", rpar), "op": ("i32", opar)}
+    out = one(lambda a, d: I("vrqadd", sdt=sdt, odt=sdt, dst=d, a=a["acc"], src=a["x"], rparams=a["rp"],
+                             params=a["op"], c=c, n=n, zp=zp, lo=lo, hi=hi), data, sdt, n)
+    ref = []
+    for i in range(n):
+        ch = i % c
+        s = int(acc[i]) + max(-(1 << 31), min((1 << 31) - 1, _rne_requant(int(src[i]), *map(int, rpar[ch * 3:ch * 3 + 3]))))
+        s = max(-(1 << 31), min((1 << 31) - 1, s))
+        ref.append(max(lo, min(hi, _rne_requant(s, *map(int, opar[ch * 3:ch * 3 + 3])) + zp)))
+    assert out.astype(np.int64).tolist() == ref
+    joined = one(lambda a, d: I("vaddrq", sdt=sdt, dst=d, a=a["acc"], src=a["x"], params=a["rp"], c=c, n=n),
+                 data, "i32", n)
+    two = one(lambda a, d: I("vrequant", odt=sdt, dst=d, src=a["j"], params=a["op"], c=c, n=n, zp=zp, lo=lo, hi=hi),
+              {"j": ("i32", joined), "op": ("i32", opar)}, sdt, n)
+    assert np.array_equal(out, two)

@@ -5,6 +5,7 @@ Each task owns a contiguous run of tiles, ordered so consecutive tiles share an 
     ld: input rows (with halo) -> NRAM ping/pong            [+ weights -> WRAM at block changes]
     cp: conv on the MAC array (or vdwconv on the vector unit for depthwise) -> int32,
         vrequant (bias, per-channel multiplier, activation clamp) -> int8, [vpool max]
+        (a residual conv: vrqadd, the shortcut's join and the requantization in one pass)
     st: tile -> GDRAM (contiguous when the tile spans all channels)
 Dependencies are declared as dataflow; codegen.TaskStream turns them into tokens.
 
@@ -119,7 +120,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         cog = block // geo.groups
         c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
             ceil(cog / cfg.core.mac_co_lanes) * geo.groups
-    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 2 if geo.residual else 1) + \
+    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
         (vec_cycles(cfg, out) if geo.pool else 0)
     xs, ys, rs = spaces
     segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo if geo.fold > 1 else \
@@ -341,10 +342,18 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
             else:
                 lr = s.dma(load_dir(res), buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
                            dstride=bc * esz, sstride=geo.yc * esz)
-            rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
-                        params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
+            if geo.fscale:
+                rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
+                            params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
+            else:           # the join and the requantization in one pass
+                rd = s.emit("vrqadd", [lr, p_load, mac, free_out], sdt=geo.dt, odt=geo.dt, dst=buf_out[slot],
+                            a=acc, src=buf_res[slot], rparams=buf_rpar[wslot % DOUBLE],
+                            params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"],
+                            zp=q.get("zp", 0))
             res_readers.append(rd)
-        if geo.fscale:
+        if geo.residual and not geo.fscale:
+            rq = rd
+        elif geo.fscale:
             rq = float_requant(s, [p_load, free_out], q, acc, buf_out[slot], buf_par[wslot % DOUBLE],
                                buf_fs[wslot % DOUBLE], npix, bc, geo.dt)
         else:

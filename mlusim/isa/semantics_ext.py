@@ -97,6 +97,10 @@ def vfma(ctx, a):
 check_addrq = check_int_per_channel("vaddrq", "sdt")
 
 
+def check_rqadd(a):
+    return check_int_per_channel("vrqadd", "sdt")(a) or check_int_per_channel("vrqadd", "odt")(a)
+
+
 def touch_addrq(a):
     ssz = DTYPE_BYTES[E(a, "sdt")]
     n = a["n"]
@@ -114,3 +118,26 @@ def vaddrq(ctx, a):
     r = requant_values(src, params, 0, -(1 << 31), (1 << 31) - 1, "i32").reshape(-1)
     acc = view(ctx, "nram", a["a"], "i32", n)
     view(ctx, "nram", a["dst"], "i32", n)[:] = nx.saturate(acc.astype(np.int64) + r, "i32")
+
+
+def touch_rqadd(a):
+    ssz, osz, n = DTYPE_BYTES[E(a, "sdt")], DTYPE_BYTES[E(a, "odt")], a["n"]
+    return [("nram", a["a"], n * 4, "r", 4), ("nram", a["src"], n * ssz, "r", ssz),
+            ("nram", a["rparams"], a["c"] * 12, "r", 4), ("nram", a["params"], a["c"] * 12, "r", 4),
+            ("nram", a["dst"], n * osz, "w", osz)]
+
+
+def vrqadd(ctx, a):
+    """Exactly vaddrq (shortcut requantized with rparams, added to a) then vrequant (params, zp,
+    lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
+    from mlusim.isa.semantics import requant_values
+
+    c, n = a["c"], a["n"]
+    src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
+    rparams = view(ctx, "nram", a["rparams"], "i32", c * 3).reshape(c, 3)
+    r = requant_values(src, rparams, 0, -(1 << 31), (1 << 31) - 1, "i32")
+    acc = view(ctx, "nram", a["a"], "i32", n).reshape(-1, c)
+    total = nx.saturate(acc.astype(np.int64) + r, "i32")
+    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
+    out = requant_values(total, params, a["zp"], a["lo"], a["hi"], E(a, "odt"))
+    view(ctx, "nram", a["dst"], E(a, "odt"), n)[:] = out.reshape(-1)

@@ -271,6 +271,18 @@ OPS: tuple[OpSpec, ...] = (
            "sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])); exactly vcast + vrequant "
            "(odt i32) + vadd, as the residual join of a conv needs it.",
            SX.vaddrq, T.vec_requant, SX.touch_addrq, SX.check_addrq),
+    OpSpec("vrqadd", 0x56, "vec",
+           (DT("sdt", doc="shortcut type (integer)"), DT("odt", doc="output type (integer)"), A("dst", "nram"),
+            A("a", "nram", doc="int32 accumulators"), A("src", "nram"),
+            A("rparams", "nram", doc="int32 [c, 3]: the shortcut's bias, multiplier, shift per channel"),
+            A("params", "nram", doc="int32 [c, 3]: the output's bias, multiplier, shift per channel"),
+            U("c", 16, 1, "channels (innermost dimension); 1 for per-tensor"), N24,
+            SI("zp", 32, 0, "output zero point")) + LOHI + DEPS,
+           "A residual conv's whole epilogue in one pass over the int32 stream: with ch = i mod c, s = "
+           "sat32(a[i] + rne((src[i] + rbias[ch]) * rmult[ch] / 2**rshift[ch])), then dst[i] = "
+           "clamp(rne((s + bias[ch]) * mult[ch] / 2**shift[ch]) + zp, lo, hi) saturated to `odt`; exactly "
+           "vaddrq then vrequant, like a post-processor that takes a second operand (NVDLA's SDP) [G].",
+           SX.vrqadd, T.vec_requant, SX.touch_rqadd, SX.check_rqadd),
     OpSpec("vfma", 0x5F, "vec",
            (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), A("c", "nram"), N24) + DEPS,
            "dst[i] = a[i] * b[i] + c[i] rounded once to `dt` (IEEE fusedMultiplyAdd; float dt only), as "
