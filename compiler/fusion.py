@@ -258,7 +258,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     """Emit `seg` as one UNION1 kernel (UNIONn when wide); `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
-    from mlusim.compiler.prefetch import chunks, insert_between_loads, plan_prefetch, weight_loads
+    from mlusim.compiler.prefetch import (chunks, input_loads, insert_between_loads, plan_input, plan_prefetch,
+                                          spread_over_layers, weight_loads)
 
     g, cfg = ctx.graph, ctx.cfg
     cpc = cfg.chip.cores_per_cluster
@@ -287,6 +288,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     consts: dict = {}
     share = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
 
+    fin = None      # (indices of the layers it rides along with, SRAM address) of the input prefetch, planned below
+
     def gslice(t: DevTensor, img: int) -> DevTensor:
         """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
         return DevTensor(t.name, t.addr + img * device_image_bytes(t), (group,) + tuple(t.shape[1:]), t.dtype,
@@ -301,6 +304,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         pre, run = pre or {}, run if run is not None else {"spans": None, "loads": {}}
         local: dict[str, DevTensor] = {}
         metas = []
+        window: list[list[tuple[int, int]]] = []       # spans of the layers the next input streams in during
         if seg.staged:     # copy the span's inputs into SRAM, a quarter per core, then meet
             for v in external_inputs(g, nodes):
                 src, full = gslice(dev[v], img), lay[v]
@@ -314,7 +318,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     tasks[c].append(Instr.make("sync.cluster"))
                     if seg.wide:        # every step of a wide job ends at a job-wide barrier
                         tasks[c].append(Instr.make("sync.all"))
-        for n in nodes:
+        for k, n in enumerate(nodes):
             ins = [local[i] if i in local else gslice(dev[i], img) for i in n.inputs]
             full = lay[n.name]
             shape = (group,) + tuple(full.shape[1:])
@@ -334,7 +338,10 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 run["loads"][node.name] = weight_loads(jctx.captured.pop()[1])
             if n.name in pre:
                 jctx.wram_slots = {node.name: (pre[n.name], early, "prefetched")}
-            emit(jctx, node, ins, y, gslice(x_float, img) if n.op == "input" else None)
+            x_in = gslice(x_float, img) if n.op == "input" else None
+            if x_in is not None and fin and not first:       # streamed in during the group before
+                x_in = DevTensor("input.sram", fin[1], x_in.shape, "f32", None, "sram")
+            emit(jctx, node, ins, y, x_in)
             _node, st, meta = jctx.captured.pop()
             metas.append((n, meta))
             if tasks is not None:
@@ -353,6 +360,14 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     wide.exchange(tasks, cluster, seg.wide, y, 2 if full.dtype == "i16" else 1, full.shape[-1],
                                   group * prod(full.shape[1:-1]), gslice(dev[n.name], img) if n.name in esc else None)
                 run["spans"] = spans
+                if fin and k in fin[0] and not last:
+                    window.append(spans)
+        if window and tasks is not None:     # the next group's float input, a share per core
+            src = gslice(x_float, img + group).addr
+            for c, part in enumerate(split_bytes(device_image_bytes(x_float) * group, cpc)):
+                counts = spread_over_layers(tasks[c], [w[c] for w in window], input_loads(fin[1], src, part))
+                a, b = run["spans"][c]
+                run["spans"][c] = (a + sum(counts[:-1]), b + sum(counts))
         return metas
 
     # which layers keep their weights in WRAM across a job's image groups: a dry run of one group
@@ -369,6 +384,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     # whose weights stream in during the layer before: a dry run with the real WRAM base
     pre = plan_prefetch(image_group(JobCtx(ctx, cpc, share, consts), 0, None, slots, base, True, True),
                         cfg.wram_bytes, base, set(slots), wrap=rounds > 1) if PREFETCH else {}
+    # whether, and where in SRAM, the next group's float input streams in during a group's last layers
+    fin = plan_input(g, nodes, group, lay, addrs, cfg.sram_bytes, device_image_bytes(x_float) * group) \
+        if PREFETCH and x_float is not None and rounds > 1 and not seg.wide and not seg.staged else None
     streams: list[list] = []
     macs, layers, loads = 0, [], {}
     for j, cl in ((j, cl) for j in range(jobs) for cl in range(per_job)):
@@ -395,11 +413,13 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
                   + (", inputs staged in SRAM" if seg.staged else "")
                   + (f", {len(slots)} layers' weights resident in WRAM ({base / 1024:,.0f} KiB)" if slots else "")
-                  + (f", {len(pre)} layers' weights prefetched during the layer before" if pre else ""),
+                  + (f", {len(pre)} layers' weights prefetched during the layer before" if pre else "")
+                  + (f", next images' input streamed into SRAM during {len(fin[0])} of the last layers"
+                     if fin else ""),
         "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
-                    "prefetched": sorted(pre), "wide": seg.wide,
+                    "prefetched": sorted(pre), "wide": seg.wide, "input_prefetch": bool(fin),
                     "stored": [n.name for n in real if n.name in esc] if seg.wide else []}}))
 
 

@@ -71,6 +71,33 @@ def external_inputs(g, nodes) -> list[str]:
     return out
 
 
+def lifetimes(g, nodes, stage: bool = False, keep: bool = False) -> dict[str, tuple[int, int]]:
+    """(first, last) layer index of each value sram_plan places: from the layer that writes it
+    (staged inputs: -1, before the first) to the last that reads it."""
+    esc = escaping(g, nodes)
+    last = last_use(g, nodes)
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in (external_inputs(g, nodes) if stage else [])}
+    for k, n in enumerate(nodes):
+        if n.op not in VIEWS and (keep or n.name not in esc):
+            life[n.name] = (k, max(k, last.get(n.name, k)))
+    return life
+
+
+def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, size: int,
+                k0: int, also: tuple[str, ...] = ()) -> int | None:
+    """The lowest SRAM offset where `size` bytes touch no value sram_plan placed that is alive at
+    any layer from `k0` on, nor the values in `also` (whenever they live); None if there is none."""
+    life = lifetimes(g, nodes)
+    busy = sorted((addrs[v], addrs[v] + -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN)
+                  for v, (f, l_) in life.items() if v in addrs and (l_ >= k0 or v in also))
+    at = 0
+    for a, b in busy:
+        if at + size <= a:
+            break
+        at = max(at, b)
+    return at if at + size <= capacity else None
+
+
 def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool = False
               ) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
@@ -82,16 +109,10 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     time. A value lives from the layer that writes it (staged inputs: from the start) to the last
     layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
     after the span get SRAM too (a wide segment stores them from there)."""
-    esc = escaping(g, nodes)
-    ext = external_inputs(g, nodes) if stage else []
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
-    last = last_use(g, nodes)
-    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in ext}
-    for k, n in enumerate(nodes):
-        if n.op not in VIEWS and (keep or n.name not in esc):
-            life[n.name] = (k, max(k, last.get(n.name, k)))
+    life = lifetimes(g, nodes, stage, keep)
     size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
     addrs: dict[str, int] = {}

@@ -17,6 +17,12 @@ prefetched without its first weight load (conv `_price`, `ctx.prefetch`).
 
 The address is the top of WRAM, or the bottom of the free region when the running layer's
 buffers sit at the top; a layer with no room either way loads as before.
+
+The float input of the next image group gets the same treatment (`plan_input`, `input_loads`): a
+segment that starts at the graph's input and takes several groups per job copies group r+1's
+float images GDRAM -> SRAM during group r's last layers, into SRAM none of them uses. Group r+1's
+input layer then quantizes from SRAM instead of waiting on a DRAM that all four clusters hit at the
+same moment (at batch 16 on 16 cores that wait was 9% of ResNet-50's first segment).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
 ALIGN = 64
+INPUT_CHUNK = 64 * 1024 # bytes per input prefetch DMA: a few per core, so they spread over several layers
 CHUNK = 256 * 1024      # bytes per prefetch DMA (~500 cycles of fixed cost each). 32 KiB chunks measured
                         # up to 6% slower on most zoo runs; two 4-core batch-16 runs were <1% faster
 
@@ -84,7 +91,7 @@ def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
             for o in range(0, n, step)]
 
 
-def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[Instr]) -> None:
+def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[Instr], behind_ld: bool = False) -> None:
     """Spread `loads` over stream[start:end] (one core's instructions of the running layer) after
     its load and move-queue instructions from the second on, evenly (issue is in order: a burst
     would fill the load queue and stall the instructions behind it); when the layer has no such
@@ -92,6 +99,9 @@ def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[
     if not loads:
         return
     pos = [i for i in range(start, end) if queue_of(stream[i]) in ("ld", "mv")][1:]
+    if behind_ld:      # nothing of the layer may queue behind them on ld
+        lds = [i for i in range(start, end) if queue_of(stream[i]) == "ld"]
+        pos = [i for i in pos if not lds or i >= lds[-1]]
     at: dict[int, list[Instr]] = {}
     if pos:
         for j, ins in enumerate(loads):
@@ -100,3 +110,48 @@ def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[
         at[end - 1] = list(loads)
     for i in sorted(at, reverse=True):
         stream[i + 1:i + 1] = at[i]
+
+
+def plan_input(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, nbytes: int
+               ) -> tuple[list[int], int] | None:
+    """(the layers to copy during, SRAM address) for the next group's float input: the longest
+    run of last layers beside which `nbytes` fit, clear of the input layer's own output too (it
+    is written while the buffer is read); of those layers the store-light ones. None without
+    any: MobileNetV2's window is one 1x1 conv, and copying behind its stores measured slower
+    than not prefetching."""
+    from mlusim.compiler.liveness import free_region
+
+    size = -(-nbytes // ALIGN) * ALIGN
+    for k0 in range(1, len(nodes)):
+        at = free_region(g, nodes, group, lay, addrs, capacity, size, k0, also=(nodes[0].name,))
+        if at is not None:
+            light = [k for k in range(k0, len(nodes)) if store_light(nodes[k])]
+            return (light, at) if light else None
+    return None
+
+
+def store_light(node) -> bool:
+    """A layer the input copies may ride along with: a GDRAM -> SRAM copy runs on the store queue,
+    so it must go where that queue idles, behind a MAC-bound conv (kernel 3x3 or larger, no
+    shortcut join) whose output is small next to its work. Measured: spread over every layer,
+    the copies held up the stores of ResNet-50's residual 1x1 convs and saved a tenth as much."""
+    w = node.q.get("weight") if node.op == "conv2d" else None
+    return w is not None and w.ndim == 4 and w.shape[2] * w.shape[3] > 1 and not node.attrs.get("residual")
+
+
+def input_loads(dst: int, src: int, part: tuple[int, int]) -> list[Instr]:
+    """One core's GDRAM -> SRAM copies of bytes [a, b) of the next group's input, in chunks."""
+    a, b = part
+    return [Instr.make("dma", dir="g2s", dst=dst + o, src=src + o, size=min(b, o + INPUT_CHUNK) - o)
+            for o in range(a, b, INPUT_CHUNK)]
+
+
+def spread_over_layers(stream: list[Instr], spans: list[tuple[int, int]], loads: list[Instr]) -> list[int]:
+    """Share `loads` out over the layers whose (start, end) in `stream` are `spans`, in order;
+    returns how many went into each (later spans first, so earlier ones keep their indices)."""
+    k = len(spans)
+    counts = [(i + 1) * len(loads) // k - i * len(loads) // k for i in range(k)]
+    for i in reversed(range(k)):
+        lo = i * len(loads) // k
+        insert_between_loads(stream, *spans[i], loads[lo:lo + counts[i]], behind_ld=True)
+    return counts

@@ -29,7 +29,8 @@ from mlusim.program import Kernel, Program, TensorDecl
 
 MIMETYPE = b"application/x-mlusim-model"
 FORMAT = "mlusim-model"
-VERSION = 2      # 2: four dependency-token queues (the move queue), so instruction words differ from 1
+VERSION = 3      # 2: four dependency-token queues (the move queue), so instruction words differ from 1;
+                 # 3: g2s moved from the store queue to the load queue, so v2 tokens would pair wrongly
 MAX_MEMBER_BYTES = 2 * 1024**3        # one constant tensor or stream
 MAX_TOTAL_BYTES = 8 * 1024**3         # everything uncompressed
 MAX_MANIFEST_BYTES = 64 * 1024**2
@@ -319,7 +320,7 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
         raise ModelFileError(f"{origin}: format version {version} is invalid")
     if version < VERSION:
         raise ModelFileError(f"{origin}: format version {version} was written by an older mlusim whose instruction "
-                             f"encoding differs; recompile the model")
+                             f"encoding or queues differ; recompile the model")
     _check_strings(man, where)
     sizes = _need(man, "members", dict, where)
     for name, size in sizes.items():

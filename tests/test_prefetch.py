@@ -118,3 +118,70 @@ def test_prefetch_makes_resnet18_batch16_faster(monkeypatch):
     slow, plain = cycles()
     assert not any(k.meta["segment"]["prefetched"] for k in plain)
     assert fast < 0.9 * slow
+
+
+# ---- the next image group's float input ----------------------------------------------------------------
+G2S = DIR_NAMES.index("g2s")
+
+
+@pytest.fixture(scope="module")
+def streamed():
+    """ResNet-18 at 64x64, batch 4 on one cluster, its first layers forced into one segment of four
+    one-image groups: the case where the next image's input can stream in."""
+    names = [n.name for n in compile_model("resnet18", batch=4, resolution=64, tasks=4).graph.nodes]
+    seg = fusion.Segment(0, names.index("layer2.0.2.conv") + 1, 1)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fusion, "plan_segments", lambda g, cfg, t: [seg])
+    try:
+        return compile_model("resnet18", batch=4, resolution=64, tasks=4, cluster_fusion=True)
+    finally:
+        mp.undo()
+
+
+def test_next_images_input_is_copied_during_the_group_before(streamed):
+    """Each core copies its share of image r+1 from GDRAM into SRAM during image r's layers (never
+    during the input layer itself), and the input layer of images 1.. reads SRAM, not GDRAM."""
+    seg = streamed.program.kernels[0]
+    assert seg.meta["segment"]["input_prefetch"]
+    inp = streamed.program.tensor("input")
+    per_image = inp.nbytes // 4
+    per_layer = len(seg.meta["segment"]["layer_names"])
+    copied = {}
+    for stream in seg.streams:
+        for i, ch in enumerate(_layer_chunks(stream)):
+            for ins in ch:
+                if ins.op.mnemonic == "dma" and ins.args["dir"] == G2S and inp.addr <= ins.args["src"] < inp.addr + inp.nbytes:
+                    img, k = divmod(i, per_layer)
+                    assert k > 0                                  # not in the input layer
+                    assert (ins.args["src"] - inp.addr) // per_image == img + 1
+                    copied[img + 1] = copied.get(img + 1, 0) + ins.args["size"]
+    assert copied == {1: per_image, 2: per_image, 3: per_image}
+
+
+def test_streamed_input_program_is_exact(streamed):
+    x = np.random.default_rng(5).uniform(0, 1, streamed.graph.input.shape).astype(np.float32)
+    res = simulate(streamed.program, None, cores=4, inputs={"input": x})
+    ref = run_quant(streamed.graph, x)["__output__"]
+    assert np.array_equal(res.outputs["output"].view(np.uint32), ref.view(np.uint32))
+
+
+def test_free_region_avoids_every_value_alive_from_the_window_on():
+    """Values a (layers 0-1), b (1-3), c (2-4) and the window from layer 3: b and c are alive, a is
+    not, unless named in `also`."""
+    from mlusim.compiler.graph import Graph
+    from mlusim.compiler.liveness import free_region
+
+    class T:       # a device tensor of one image of `n` bytes
+        def __init__(self, n):
+            self.shape, self.dtype = (1, n), "i8"
+    nodes = [Node("a", "relu", [], {}, {}, (1, 8), [], {}), Node("b", "relu", ["a"], {}, {}, (1, 8), [], {}),
+             Node("c", "relu", ["b"], {}, {}, (1, 8), [], {}), Node("d", "relu", ["b"], {}, {}, (1, 8), [], {}),
+             Node("e", "relu", ["c"], {}, {}, (1, 8), [], {})]
+    g = Graph.__new__(Graph)
+    g.nodes, g.output = nodes, "e"
+    g.node = {n.name: n for n in nodes}.__getitem__
+    lay = {"a": T(1024), "b": T(1024), "c": T(512), "d": T(64), "e": T(64)}
+    addrs = {"a": 0, "b": 1024, "c": 2048, "d": 4096, "e": 0}
+    assert free_region(g, nodes, 1, lay, addrs, 8192, 1024, 3) == 0              # a is dead by then
+    assert free_region(g, nodes, 1, lay, addrs, 8192, 1024, 3, also=("a",)) == 2560
+    assert free_region(g, nodes, 1, lay, addrs, 3000, 1024, 3, also=("a",)) is None

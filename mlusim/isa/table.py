@@ -20,7 +20,7 @@ UNITS = {
     "scalar": "issue stage: scalar ALU and branches, executed in order as the stream is fetched",
     "sync": "issue stage: waits for this core's queues to drain, then for the other participants",
     "dma": "by direction: move queue (SRAM into NRAM/WRAM, the Move-DMA), load queue (other data toward "
-           "the core) or store queue (data away from it)",
+           "the core, and GDRAM into SRAM) or store queue (the rest: data away from the core)",
     "mac": "compute queue, MAC array (WFU): int8/int16 conv and matmul into int32",
     "vec": "compute queue, vector unit (NFU): elementwise, pooling, requantize, transcendental",
 }
@@ -150,9 +150,9 @@ OPS: tuple[OpSpec, ...] = (
                            "cluster); BANG's SRAM2SRAM with id_dst_cluster")) + DEPS,
            "Copy count2 x count segments of `size` bytes: segment (j, i) goes from "
            "src + j*sstride2 + i*sstride to dst + j*dstride2 + i*dstride. Directions from SRAM into the "
-           "core run on the move queue (the Move-DMA); others from GDRAM into the core or staying on it on "
-           "the load queue (the IO-DMA); the rest (to GDRAM or SRAM from the core, GDRAM/SRAM to "
-           "GDRAM/SRAM) on the store queue.",
+           "core run on the move queue (the Move-DMA); others from GDRAM into the core or into SRAM (`g2s`), or "
+           "staying on the core, on the load queue (the IO-DMA's reads); the rest (to GDRAM or SRAM from "
+           "the core, SRAM to GDRAM/SRAM, GDRAM to GDRAM) on the store queue.",
            S.dma, None, S.touch_dma, S.check_dma, positional=4),
     # ---- MAC array --------------------------------------------------------------------------------
     OpSpec("conv", 0x30, "mac",
