@@ -74,11 +74,13 @@ class Plan:
     units: int
     buffers: int = 1      # accumulators: 2 lets the MAC array and the vector unit overlap
     fold: int = 1         # conv kernel columns folded into input channels (kernels/conv.py folded())
+    row_step: int = 1     # a strided 1x1 conv loading one input row in row_step (kernels/conv.py skipping_rows())
 
     def describe(self) -> str:
         return (f"{self.rows} rows x {self.block} channels per tile, {self.units} tiles over {self.tasks} tasks"
                 + (", double accumulator" if self.buffers == 2 else "")
-                + (f", {self.fold} kernel columns folded into channels" if self.fold > 1 else ""))
+                + (f", {self.fold} kernel columns folded into channels" if self.fold > 1 else "")
+                + (f", loading one input row in {self.row_step}" if self.row_step > 1 else ""))
 
 
 def choose(cands, price):

@@ -178,6 +178,34 @@ def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
     assert mac < 0.5 * mac_plain
 
 
+def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
+    """A 1x1 conv with stride 2 uses one input row in two: with tiles of several rows it loads
+    only those (a strided DMA) and runs with row stride 1; same bits, half the input bytes."""
+    from mlusim.compiler.kernels.conv import ConvGeometry
+
+    b = Builder("skip", seed=6)
+    x = b.input((2, 32, 16, 16))
+    g = b.graph(b.conv(x, 64, 1, stride=2))
+    cfg = load_config("mlu270", ["dma.segment_cycles=1"])       # strided DMA segments cheap, as from SRAM
+    xin = np.random.default_rng(2).uniform(0, 1, (2, 32, 16, 16)).astype(np.float32)
+
+    def run(graph):
+        comp = compile_graph(graph, cfg, tasks=1)
+        res = simulate(comp.program, cfg, cores=1, inputs={"input": xin})
+        assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"])
+        conv = next(k for k in res.kernels if k.meta.get("op") == "conv2d")
+        return conv, conv.bytes_read["gdram"]
+
+    skipping, read = run(g)
+    assert "loading one input row in 2" in skipping.meta["tiling"]
+    monkeypatch.setattr(ConvGeometry, "can_skip_rows", lambda self: False)
+    plain, read_plain = run(b.graph(g.output))
+    assert "input row" not in plain.meta["tiling"]
+    x_bytes = 2 * 32 * 16 * 16
+    consts = 64 * 32 + 64 * 12                                     # int8 weights, int32 (bias, mult, shift) per channel
+    assert read - consts == x_bytes // 2 and read_plain > read      # every other row; plain tiles carry rows between
+
+
 def test_batchnorm_folding_preserves_the_float_model():
     g = zoo.build("resnet18", 1, 32)
     x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)

@@ -55,6 +55,7 @@ class ConvGeometry:
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
         self.fold, self.src_ci, self.src_w = 1, ci, w                        # see folded()
+        self.row_step, self.src_h = 1, h                                    # see skipping_rows()
         # channels [c_off, c_off + co) of output / shortcut tensors that have yc channels (a
         # cluster's share of a layer split across clusters, compiler/wide.py)
         self.c_off, self.yc = node.attrs.get("out_slice", (0, co))
@@ -72,6 +73,18 @@ class ConvGeometry:
         g = copy.copy(self)
         g.fold, g.ci, g.cig, g.kw = self.kw, self.kw * self.ci, self.kw * self.ci, 1
         g.w = g.wp = self.wo
+        return g
+
+    def can_skip_rows(self) -> bool:
+        return (self.kh == 1 and self.sh > 1 and self.pt == self.pb == 0 and self.fold == 1 and not self.zp_pad
+                and not self.depthwise)
+
+    def skipping_rows(self) -> "ConvGeometry":
+        """A 1x1 conv with row stride s reads one input row in s (ResNet's stride-2 shortcut
+        convs): a strided DMA brings only those rows and the conv runs on them with row stride 1,
+        so half the input bytes cross DRAM or the SRAM port."""
+        g = copy.copy(self)
+        g.row_step, g.h, g.sh = self.sh, self.ho, 1
         return g
 
     def tile_bytes(self, rows: int) -> int:
@@ -124,7 +137,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         (vec_cycles(cfg, out) if geo.pool else 0)
     xs, ys, rs = spaces
     segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo if geo.fold > 1 else \
-        (rows if geo.wp != geo.w else 1)
+        (rows if geo.wp != geo.w or geo.row_step > 1 else 1)
     ld = dma_cycles(cfg, in_tile, segs_in, xs)
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs)
@@ -149,7 +162,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
                            + (out if geo.residual and rs == "gdram" else 0)) + wblock * sum(loads)
     dram = total_bytes / dram_rate(ctx)
-    return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold)
+    return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold, geo.row_step)
 
 
 _PLANS: dict = {}
@@ -182,7 +195,7 @@ def _plan_conv(ctx, node, x_shape, spaces) -> tuple[ConvGeometry, Plan]:
     # per-task start-up and weight reloads than it gains
     spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
     lanes = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
-    geos = [geo] + ([geo.folded()] if geo.can_fold(lanes) else [])
+    geos = [geo] + ([geo.folded()] if geo.can_fold(lanes) else []) + ([geo.skipping_rows()] if geo.can_skip_rows() else [])
     cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
              for gi in range(len(geos))]
     plan = choose(cands, lambda r, b, t, n, gi: _price(ctx, geos[gi], r, b, t, n, spaces))
@@ -190,7 +203,7 @@ def _plan_conv(ctx, node, x_shape, spaces) -> tuple[ConvGeometry, Plan]:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
                            f"{geo.wo} x {geo.co} needs more)")
-    return (geos[-1] if plan.fold > 1 else geo), plan
+    return next(gm for gm in geos if (gm.fold, gm.row_step) == (plan.fold, plan.row_step)), plan
 
 
 def lower_conv(ctx, node, x, y, res=None) -> None:
@@ -244,6 +257,9 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
         srow = geo.src_w * geo.src_ci * esz
         return [s.dma(ld, buf, x.addr + (n * geo.h + a) * srow, row // geo.wo, deps=deps, count=geo.wo,
                       sstride=geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow, dstride2=row)]
+    if geo.row_step > 1:    # every row_step-th input row (skipping_rows)
+        src = x.addr + (n * geo.src_h + a * geo.row_step) * row
+        return [s.dma(ld, buf, src, row, deps=deps, count=b - a, sstride=geo.row_step * row, dstride=row)]
     if not geo.zp_pad:
         return [s.dma(ld, buf, src, (b - a) * row, deps=deps)]
     prow = geo.wp * geo.ci * esz
