@@ -138,12 +138,15 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     xs, ys, rs = spaces
     segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo if geo.fold > 1 else \
         (rows if geo.wp != geo.w or geo.row_step > 1 else 1)
-    ld = dma_cycles(cfg, in_tile, segs_in, xs)
+    # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
+    # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
+    share = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
+    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None)
     if geo.residual:
-        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs)
+        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None)
     st_bytes = pooled if geo.pool else out
     segs = 1 if block == geo.yc else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-    st = dma_cycles(cfg, st_bytes, segs, ys)
+    st = dma_cycles(cfg, st_bytes, segs, ys, rate=share if ys == "gdram" else None)
     # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
     # weight block its run touches once
     per_block = units // nblocks
