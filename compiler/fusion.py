@@ -305,17 +305,27 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         local: dict[str, DevTensor] = {}
         metas = []
         window: list[list[tuple[int, int]]] = []       # spans of the layers the next input streams in during
-        if seg.staged:     # copy the span's inputs into SRAM, a quarter per core, then meet
+        if seg.staged:     # copy the span's inputs into SRAM, a share per core, then meet
+            n_cl = seg.wide or 1   # a wide job's clusters each read 1/n from DRAM and pass it on
+            sent = []
             for v in external_inputs(g, nodes):
                 src, full = gslice(dev[v], img), lay[v]
                 y = DevTensor(f"{v}.sram", addrs[v], src.shape, full.dtype, full.flat_from, "sram")
-                for c, (a, b) in enumerate(split_bytes(device_image_bytes(full) * group, cpc)):
+                parts = split_bytes(device_image_bytes(full) * group, cpc * n_cl)
+                for c in range(cpc):
+                    a, b = parts[cluster * cpc + c]
                     if b > a and tasks is not None:
                         tasks[c].append(Instr.make("dma", dir="g2s", dst=y.addr + a, src=src.addr + a, size=b - a))
+                        sent += [(c, y.addr + a, b - a)]
                 local[v] = y
             if tasks is not None:
                 for c in range(cpc):
                     tasks[c].append(Instr.make("sync.cluster"))
+                for k in range(1, n_cl):          # each core's share to every other cluster of the job
+                    for c, at, size in sent:
+                        tasks[c].append(Instr.make("dma", dir="s2s", dst=at, src=at, size=size,
+                                                   dcl=(cluster + k) % n_cl + 1))
+                for c in range(cpc):
                     if seg.wide:        # every step of a wide job ends at a job-wide barrier
                         tasks[c].append(Instr.make("sync.all"))
         for k, n in enumerate(nodes):

@@ -121,11 +121,12 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
                                                                  cfg.dram_bytes_per_cycle / (active * cpc))
     ext = [_base(g, i) for x in nodes for i in x.inputs if _base(g, i) not in inside]
     reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
-    if staged:
-        per_group += group * reads / min(cfg.dram_bytes_per_cycle / active, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
+    if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
+        per_group += group * reads / n / min(cfg.dram_bytes_per_cycle / active, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
+        per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
     weights = sum(node_weight_bytes(x) for x in nodes)
     kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
-    dram = jobs * (weights + (rounds - 1) * (weights - kept)) + batch * (n * reads + sum(image_bytes(g.node(v))
-                                                                                           for v in esc))
+    dram = jobs * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
+                                                                         + sum(image_bytes(g.node(v)) for v in esc))
     compute = ceil(jobs / slots) * rounds * per_group
     return max(compute, dram / _dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD

@@ -78,3 +78,23 @@ def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
     plain = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
     assert not any(k.meta.get("segment", {}).get("wide") for k in plain.program.kernels)
     assert cycles < simulate(plain.program, None, cores=16, timing_only=True).cycles
+
+
+def test_staged_inputs_cross_dram_once_per_job(monkeypatch):
+    """A staged wide segment's clusters each read their 1/n of the input group from DRAM and copy it
+    to the others: over the job, every input byte is read once and arrives n - 1 times by s2s."""
+    from mlusim.isa.semantics import DIR_NAMES
+
+    c = _forced(monkeypatch, "layer3.0.1.conv", "layer4.2.3.conv", 1, 4, True)
+    k = next(k for k in c.program.kernels if k.meta.get("segment", {}).get("wide"))
+    g2s, s2s = DIR_NAMES.index("g2s"), DIR_NAMES.index("s2s")
+    src = c.program.tensor(c.graph.node("layer3.0.1.conv").inputs[0] + ".out")
+    per_image = src.nbytes // 4
+    read = [i for st in k.streams for i in st if i.op.mnemonic == "dma" and i.args["dir"] == g2s
+            and src.addr <= i.args["src"] < src.addr + src.nbytes]
+    assert sum(i.args["size"] for i in read) == 4 * per_image                   # 4 groups of one image
+    assert sorted(i.args["src"] - src.addr for i in read) == sorted({i.args["src"] - src.addr for i in read})
+    staged = {i.args["dst"] for i in read}
+    copies = [i for st in k.streams for i in st if i.op.mnemonic == "dma" and i.args["dir"] == s2s
+              and i.args["dst"] in staged and i.args["count"] == 1]
+    assert sum(i.args["size"] for i in copies) == 3 * 4 * per_image
