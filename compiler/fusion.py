@@ -375,9 +375,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         if window and tasks is not None:     # the next group's float input, a share per core
             src = gslice(x_float, img + group).addr
             for c, part in enumerate(split_bytes(device_image_bytes(x_float) * group, cpc)):
-                counts = spread_over_layers(tasks[c], [w[c] for w in window], input_loads(fin[1], src, part))
-                a, b = run["spans"][c]
-                run["spans"][c] = (a + sum(counts[:-1]), b + sum(counts))
+                spans = [w[c] for w in window]
+                counts = spread_over_layers(tasks[c], spans, input_loads(fin[1], src, part))
+                a, b = run["spans"][c]      # the last layer's: the next group's first prefetch goes there
+                before = sum(counts[:-1]) if spans[-1] == (a, b) else sum(counts)
+                run["spans"][c] = (a + before, b + sum(counts))
         return metas
 
     # which layers keep their weights in WRAM across a job's image groups: a dry run of one group
