@@ -97,8 +97,11 @@ def vfma(ctx, a):
 check_addrq = check_int_per_channel("vaddrq", "sdt")
 
 
+_CHECK_RQADD = (check_int_per_channel("vrqadd", "sdt"), check_int_per_channel("vrqadd", "odt"))
+
+
 def check_rqadd(a):
-    return check_int_per_channel("vrqadd", "sdt")(a) or check_int_per_channel("vrqadd", "odt")(a)
+    return _CHECK_RQADD[0](a) or _CHECK_RQADD[1](a)
 
 
 def touch_addrq(a):
