@@ -9,8 +9,11 @@ Run: python bench/shim_overhead.py
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before numpy loads, as mlusim/cli.py does
 
 import torch
 

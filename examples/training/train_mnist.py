@@ -6,6 +6,9 @@
 # (mlu or cpu, for the float baseline) / MLUSIM_LIMIT (training samples) / MLUSIM_SEED are knobs.
 import os
 
+# the simulator's numpy work is many small matmuls: BLAS threads spin instead of helping (as in mlusim/cli.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import torch
 import numpy as np
 from torch.utils.data import DataLoader
