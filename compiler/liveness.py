@@ -84,10 +84,11 @@ def lifetimes(g, nodes, stage: bool = False, keep: bool = False) -> dict[str, tu
 
 
 def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, size: int,
-                k0: int, also: tuple[str, ...] = ()) -> int | None:
+                k0: int, also: tuple[str, ...] = (), life: dict | None = None) -> int | None:
     """The lowest SRAM offset where `size` bytes touch no value sram_plan placed that is alive at
-    any layer from `k0` on, nor the values in `also` (whenever they live); None if there is none."""
-    life = lifetimes(g, nodes)
+    any layer from `k0` on, nor the values in `also` (whenever they live); None if there is none.
+    `life`: lifetimes(g, nodes), when the caller already has it."""
+    life = lifetimes(g, nodes) if life is None else life
     busy = sorted((addrs[v], addrs[v] + -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN)
                   for v, (f, l_) in life.items() if v in addrs and (l_ >= k0 or v in also))
     at = 0

@@ -119,11 +119,12 @@ def plan_input(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity:
     is written while the buffer is read); of those layers the store-light ones. None without
     any: MobileNetV2's window is one 1x1 conv, and copying behind its stores measured slower
     than not prefetching."""
-    from mlusim.compiler.liveness import free_region
+    from mlusim.compiler.liveness import free_region, lifetimes
 
     size = -(-nbytes // ALIGN) * ALIGN
+    life = lifetimes(g, nodes)
     for k0 in range(1, len(nodes)):
-        at = free_region(g, nodes, group, lay, addrs, capacity, size, k0, also=(nodes[0].name,))
+        at = free_region(g, nodes, group, lay, addrs, capacity, size, k0, also=(nodes[0].name,), life=life)
         if at is not None:
             light = [k for k in range(k0, len(nodes)) if store_light(nodes[k])]
             return (light, at) if light else None

@@ -353,6 +353,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
                          n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw,
                          groups=geo.groups, **pads)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
+        rq = None           # the instruction that writes the tile's int8 output
         if geo.residual:
             rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + geo.c_off + c0) * esz
             free_res = res_readers[i - DOUBLE] if i >= DOUBLE else None
@@ -365,17 +366,15 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
                 rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
                             params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
             else:           # the join and the requantization in one pass
-                rd = s.emit("vrqadd", [lr, p_load, mac, free_out], sdt=geo.dt, odt=geo.dt, dst=buf_out[slot],
-                            a=acc, src=buf_res[slot], rparams=buf_rpar[wslot % DOUBLE],
-                            params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"],
-                            zp=q.get("zp", 0))
+                rd = rq = s.emit("vrqadd", [lr, p_load, mac, free_out], sdt=geo.dt, odt=geo.dt,
+                                 dst=buf_out[slot], a=acc, src=buf_res[slot], rparams=buf_rpar[wslot % DOUBLE],
+                                 params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"],
+                                 zp=q.get("zp", 0))
             res_readers.append(rd)
-        if geo.residual and not geo.fscale:
-            rq = rd
-        elif geo.fscale:
+        if rq is None and geo.fscale:
             rq = float_requant(s, [p_load, free_out], q, acc, buf_out[slot], buf_par[wslot % DOUBLE],
                                buf_fs[wslot % DOUBLE], npix, bc, geo.dt)
-        else:
+        elif rq is None:
             rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc,
                         params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
         last, out_buf = rq, buf_out[slot]

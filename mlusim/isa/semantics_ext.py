@@ -111,16 +111,23 @@ def touch_addrq(a):
             ("nram", a["params"], a["c"] * 12, "r", 4), ("nram", a["dst"], n * 4, "w", 4)]
 
 
-def vaddrq(ctx, a):
-    """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
+def _joined(ctx, a, params: str) -> np.ndarray:
+    """sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])) with the shortcut's
+    [c, 3] parameters in field `params`, as int32 [n / c, c]: what vaddrq writes and vrqadd
+    requantizes."""
     from mlusim.isa.semantics import requant_values
 
     c, n = a["c"], a["n"]
     src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
-    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
-    r = requant_values(src, params, 0, -(1 << 31), (1 << 31) - 1, "i32").reshape(-1)
-    acc = view(ctx, "nram", a["a"], "i32", n)
-    view(ctx, "nram", a["dst"], "i32", n)[:] = nx.saturate(acc.astype(np.int64) + r, "i32")
+    p = view(ctx, "nram", a[params], "i32", c * 3).reshape(c, 3)
+    r = requant_values(src, p, 0, -(1 << 31), (1 << 31) - 1, "i32")
+    acc = view(ctx, "nram", a["a"], "i32", n).reshape(-1, c)
+    return nx.saturate(acc.astype(np.int64) + r, "i32")
+
+
+def vaddrq(ctx, a):
+    """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
+    view(ctx, "nram", a["dst"], "i32", a["n"])[:] = _joined(ctx, a, "params").reshape(-1)
 
 
 def touch_rqadd(a):
@@ -135,12 +142,7 @@ def vrqadd(ctx, a):
     lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
     from mlusim.isa.semantics import requant_values
 
-    c, n = a["c"], a["n"]
-    src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
-    rparams = view(ctx, "nram", a["rparams"], "i32", c * 3).reshape(c, 3)
-    r = requant_values(src, rparams, 0, -(1 << 31), (1 << 31) - 1, "i32")
-    acc = view(ctx, "nram", a["a"], "i32", n).reshape(-1, c)
-    total = nx.saturate(acc.astype(np.int64) + r, "i32")
+    c, n, odt = a["c"], a["n"], E(a, "odt")
     params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
-    out = requant_values(total, params, a["zp"], a["lo"], a["hi"], E(a, "odt"))
-    view(ctx, "nram", a["dst"], E(a, "odt"), n)[:] = out.reshape(-1)
+    out = requant_values(_joined(ctx, a, "rparams"), params, a["zp"], a["lo"], a["hi"], odt)
+    view(ctx, "nram", a["dst"], odt, n)[:] = out.reshape(-1)
