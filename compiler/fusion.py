@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import ceil, prod
+from typing import NamedTuple
 
-from mlusim.compiler import wide
+from mlusim.compiler import share, wide
 from mlusim.compiler.liveness import (ALIGN, VIEWS, _base, _esz, device_image_bytes, escaping, external_inputs,
                                       image_bytes, last_use, split_bytes, sram_plan)
 from mlusim.errors import CompileError
@@ -40,6 +41,15 @@ TILED = ("conv2d", "linear")   # layers whose tilers price themselves
 JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
 KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel
 PREFETCH = True               # load each layer's weights during the layer before (prefetch.py)
+SHARE = True                  # clusters running side by side share weights through SRAM (share.py)
+SHARE_MIN_BYTES = 1 << 20     # ... of layers with this many bytes of weights or more
+WARM_DEPTH = 3                # a job's first group loads WRAM-resident weights this many layers ahead
+
+
+class StepNode(NamedTuple):
+    """What a step's kernel metadata is filed under: its layer's name, plus its slice."""
+    name: str
+    op: str
 
 
 @dataclass
@@ -67,11 +77,12 @@ def node_weight_bytes(node) -> int:
 
 
 def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
-               spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False) -> float:
+               spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False,
+               staged: bool = False) -> float:
     """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
     a `share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
-    prefetch.py) or not; infinite if no tiling fits."""
-    key = (node.name, images, tasks, share, spaces, prefetch)
+    prefetch.py) or not, from SRAM (`staged`: share.py) or GDRAM; infinite if no tiling fits."""
+    key = (node.name, images, tasks, share, spaces, prefetch, staged)
     if cache is not None and key in cache:
         return cache[key]
     from types import SimpleNamespace
@@ -79,7 +90,8 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 
     from mlusim.compiler.kernels.conv import plan_conv
     from mlusim.compiler.lower import _s2d_conv, space_to_depth
 
-    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch)
+    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch,
+                          weight_home={node.name: 0} if staged else {})
     try:
         if node.op == "linear":
             from mlusim.compiler.kernels.linear import plan_linear
@@ -125,6 +137,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     n_groups = batch // group
     jobs_run, groups = job_shape(batch, group, clusters)
     share = 1.0 / min(jobs_run, clusters)
+    shared = shares(jobs_run, groups, clusters)
     esc = escaping(g, nodes)
     inside = {n.name for n in nodes}
 
@@ -138,7 +151,8 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=PREFETCH)
+            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=PREFETCH,
+                              staged=shared and n.op == "conv2d")
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
@@ -152,9 +166,16 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         io += prod(nodes[0].shape[1:]) * 4
     weights = sum(node_weight_bytes(n) for n in nodes)
     kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
-    dram = jobs_run * (weights + (groups - 1) * (weights - kept)) + batch * io
+    loads = 1 if shared else jobs_run     # share.py: once for the chip
+    dram = loads * (weights + (groups - 1) * (weights - kept)) + batch * io
     compute = ceil(n_groups / min(n_groups, clusters)) * per_group
     return max(compute, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+
+
+def shares(jobs: int, groups: int, clusters: int, per_job: int = 1) -> bool:
+    """Whether a segment's jobs (of `per_job` clusters each) run side by side on all the clusters,
+    one image group each, and so share their weights through SRAM (share.py)."""
+    return SHARE and jobs * per_job == clusters and jobs > 1 and groups == 1
 
 
 def _cut_points(g) -> list[int]:
@@ -231,6 +252,7 @@ class JobCtx:
         self.wram_slots: dict = {}    # node -> (WRAM address, already loaded) of weights kept across groups
         self.wram_base = 0            # where other layers' WRAM buffers start
         self.prefetch = PREFETCH      # tilers may count on their weights arriving during the layer before
+        self.weight_home: dict = {}   # node -> SRAM address its weights are staged at (share.py)
 
     def const(self, name, arr) -> int:
         if name not in self._consts:
@@ -258,8 +280,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     """Emit `seg` as one UNION1 kernel (UNIONn when wide); `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
-    from mlusim.compiler.prefetch import (chunks, input_loads, insert_between_loads, plan_input, plan_prefetch,
-                                          spread_over_layers, weight_loads)
+    from mlusim.compiler.prefetch import (chunks, input_loads, insert_between_loads, load_back, plan_input,
+                                          plan_prefetch, spread_over_layers, weight_loads)
 
     g, cfg = ctx.graph, ctx.cfg
     cpc = cfg.chip.cores_per_cluster
@@ -286,9 +308,26 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             t.flat_from = full.flat_from
             dev[n.name] = t
     consts: dict = {}
-    share = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
+    dshare = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
 
     fin = None      # (indices of the layers it rides along with, SRAM address) of the input prefetch, planned below
+    # clusters that run the same layers side by side share their weights through SRAM (share.py)
+    peers = jobs if shares(jobs, rounds, clusters, per_job) else 1
+    steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes, SHARE_MIN_BYTES,
+                       parts=per_job, stage=seg.staged) if peers > 1 else []
+    # a last layer cut into slices writes each slice's channels to GDRAM pixel by pixel, a DMA segment
+    # each: its output goes to SRAM instead, and out in one contiguous copy per core at the end
+    kept: frozenset = frozenset()
+    if not seg.wide and real[-1].name in esc and sum(s.node == real[-1].name for s in steps) > 1:
+        again = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=frozenset({real[-1].name}))
+        if again is not None:
+            (addrs, peak), kept = again, frozenset({real[-1].name})
+            steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
+                               SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
+    steps_of: dict[str, list] = {}
+    for stp in steps:
+        if stp.stage is not None:
+            steps_of.setdefault(stp.node, []).append(stp)
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
         """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
@@ -296,15 +335,67 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                          t.flat_from)
 
     def image_group(jctx, img: int, tasks: list[list] | None, slots: dict, base: int, first: bool, last: bool,
-                    pre: dict | None = None, run: dict | None = None, cluster: int = 0):
+                    pre: dict | None = None, run: dict | None = None, cluster: int = 0, peer: int = 0):
         """Emit every layer for images [img, img + group); returns the layers' kernel metadata.
         pre: WRAM addresses of prefetched weights (prefetch.py); run["spans"]: where in each core's
         stream the layer emitted last sits, to take the next layer's weight loads. cluster: which
-        of a wide job's clusters this is (its channel share of every layer)."""
+        of a wide job's clusters this is (its channel share of every layer); peer: which of the
+        clusters sharing weights (share.py)."""
         pre, run = pre or {}, run if run is not None else {"spans": None, "loads": {}}
         local: dict[str, DevTensor] = {}
         metas = []
         window: list[list[tuple[int, int]]] = []       # spans of the layers the next input streams in during
+
+        def place(st, final: bool, meet: bool = False) -> list[tuple[int, int]]:
+            """Append a layer's streams, each core's followed by its barrier (`meet`: a job-wide one
+            too, for clusters sharing weights, which go step by step together); where they sit."""
+            spans = []
+            for c in range(cpc):
+                at = len(tasks[c])
+                if c < len(st):
+                    tasks[c].extend(st[c])
+                spans.append((at, len(tasks[c])))
+                if not final and not seg.wide:
+                    tasks[c].append(Instr.make("sync.cluster"))
+                if not final and meet:
+                    tasks[c].append(Instr.make("sync.all"))
+            return spans
+
+        def copies(i: int):
+            """Each core's (g2s, s2s) of step i's weights, if it shares them."""
+            if not 0 <= i < len(steps) or steps[i].stage is None:
+                return None
+            stp = steps[i]
+            name = wide.share(g.node(stp.node), cluster, seg.wide).name if seg.wide else stp.node
+            name += f"[{stp.slice[0]}:{stp.slice[1]}]" if stp.slice else ""
+            return share.copies(consts[f"{name}.weight"], stp.nbytes, stp.stage, peer,
+                                [p * per_job + cluster for p in range(peers)], cpc)
+
+        def ahead(i: int, st, cut) -> None:
+            """Into step i's streams: the copies and passes of the weights staged during it."""
+            for j in (i + 1, i + 2):
+                if 0 <= j < len(steps) and steps[j].lead == j - i:
+                    for c, (g2s, s2s) in enumerate(copies(j) or []):
+                        share.ahead(st[c], cut[c], g2s, s2s)
+
+        def met() -> None:
+            """For the report: how many job-wide barriers a wide job has met when a step ends."""
+            if tasks is not None:
+                run.setdefault("all_syncs_at", []).append(sum(i.op.mnemonic == "sync.all" for i in tasks[0]))
+
+        hist: list[list[tuple[int, int]]] = []        # each layer's span per core, in this group
+        si = -1         # the step (share.py) being emitted
+        first_cl = peer * per_job if peers > 1 else 0    # this job's first cluster in the union task
+        if tasks is not None and peers > 1:    # the first two steps' weights: nothing to hide behind
+            first_ = [i for i in (0, 1) if i < len(steps) and i - steps[i].lead < 0 and copies(i)]
+            for c in range(cpc):
+                for i in first_:
+                    tasks[c] += share.untokened(copies(i)[c][0])
+                tasks[c].append(Instr.make("sync"))
+                for i in first_:
+                    tasks[c] += share.untokened(copies(i)[c][1])
+                tasks[c].append(Instr.make("sync.all"))
+
         if seg.staged:     # copy the span's inputs into SRAM, a share per core, then meet
             n_cl = seg.wide or 1   # a wide job's clusters each read 1/n from DRAM and pass it on
             sent = []
@@ -324,10 +415,12 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 for k in range(1, n_cl):          # each core's share to every other cluster of the job
                     for c, at, size in sent:
                         tasks[c].append(Instr.make("dma", dir="s2s", dst=at, src=at, size=size,
-                                                   dcl=(cluster + k) % n_cl + 1))
+                                                   dcl=first_cl + (cluster + k) % n_cl + 1))
                 for c in range(cpc):
                     if seg.wide:        # every step of a wide job ends at a job-wide barrier
                         tasks[c].append(Instr.make("sync.all"))
+        if seg.wide and seg.staged and first:
+            met()
         for k, n in enumerate(nodes):
             ins = [local[i] if i in local else gslice(dev[i], img) for i in n.inputs]
             full = lay[n.name]
@@ -335,43 +428,92 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             if n.op in VIEWS:
                 local[n.name] = DevTensor(ins[0].name, ins[0].addr, shape, ins[0].dtype, full.flat_from, ins[0].space)
                 continue
-            y = gslice(dev[n.name], img) if n.name in esc and not seg.wide else \
+            y = gslice(dev[n.name], img) if n.name in esc and not seg.wide and n.name not in kept else \
                 DevTensor(f"{n.name}.sram", addrs[n.name], shape, full.dtype, full.flat_from, "sram")
             local[n.name] = y
             node = wide.share(n, cluster, seg.wide) if seg.wide else n
-            jctx.wram_slots = {node.name: (slots[n.name], not first)} if n.name in slots else {}
-            jctx.wram_base = 0 if n.name in slots else base
-            early = n.name in pre and run["spans"] is not None and tasks is not None
-            if early and node.name not in run["loads"]:        # its weight DMAs, once per layer
-                jctx.wram_slots = {node.name: (pre[n.name], False)}
-                emit(jctx, node, ins, y, None)
-                run["loads"][node.name] = weight_loads(jctx.captured.pop()[1])
-            if n.name in pre:
-                jctx.wram_slots = {node.name: (pre[n.name], early, "prefetched")}
-            x_in = gslice(x_float, img) if n.op == "input" else None
-            if x_in is not None and fin and not first:       # streamed in during the group before
-                x_in = DevTensor("input.sram", fin[1], x_in.shape, "f32", None, "sram")
-            emit(jctx, node, ins, y, x_in)
-            _node, st, meta = jctx.captured.pop()
-            metas.append((n, meta))
-            if tasks is not None:
-                if early:           # stream them in during the layer before
-                    for c, loads in enumerate(run["loads"][node.name]):
-                        insert_between_loads(tasks[c], *run["spans"][c], [p for ld in loads for p in chunks(ld)])
-                spans = []
-                for c in range(cpc):
-                    at = len(tasks[c])
-                    if c < len(st):
-                        tasks[c].extend(st[c])
-                    spans.append((at, len(tasks[c])))
-                    if not (last and n is real[-1]) and not seg.wide:
-                        tasks[c].append(Instr.make("sync.cluster"))
-                if seg.wide:
-                    wide.exchange(tasks, cluster, seg.wide, y, 2 if full.dtype == "i16" else 1, full.shape[-1],
-                                  group * prod(full.shape[1:-1]), gslice(dev[n.name], img) if n.name in esc else None)
-                run["spans"] = spans
-                if fin and k in fin[0] and not last:
-                    window.append(spans)
+
+            def exchange(n=n, y=y, full=full):
+                wide.exchange(tasks, cluster, seg.wide, y, 2 if full.dtype == "i16" else 1, full.shape[-1],
+                              group * prod(full.shape[1:-1]), gslice(dev[n.name], img) if n.name in esc else None,
+                              first_cl)
+
+            for stp in steps_of.get(n.name) or [None]:
+                si += 1
+                if stp is not None:          # weights staged in SRAM, shared between clusters (share.py)
+                    u = wide.slice_node(node, *stp.slice) if stp.slice else node
+                    key = n.name + (f"[{stp.slice[0]}:{stp.slice[1]}]" if stp.slice else "")  # any cluster's
+                    jctx.wram_slots, jctx.wram_base, jctx.weight_home = {}, base, {u.name: stp.stage}
+                    early = key in pre and stp.lead > 1 and run["spans"] is not None and tasks is not None
+                    if early and u.name not in run["loads"]:       # its SRAM -> WRAM copies
+                        jctx.wram_slots = {u.name: (pre[key], False)}
+                        emit(jctx, u, ins, y, None)
+                        run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
+                    if key in pre and stp.lead > 1:
+                        jctx.wram_slots = {u.name: (pre[key], early, "prefetched")}
+                    emit(jctx, u, ins, y, None)
+                    jctx.weight_home = {}
+                    _node, st, meta = jctx.captured.pop()
+                    metas.append((StepNode(key, u.op), meta))
+                    if tasks is not None:
+                        if early:           # during the step before, on the Move-DMA
+                            for c, loads in enumerate(run["loads"][u.name]):
+                                insert_between_loads(tasks[c], *run["spans"][c], [p for ld in loads for p in chunks(ld)])
+                            st, cut = [list(st[c]) if c < len(st) else [] for c in range(cpc)], [0] * cpc
+                        else:               # at its start, then a barrier before the stage is reused
+                            st, cut = zip(*(share.barrier_after_weights(st[c] if c < len(st) else [])
+                                            for c in range(cpc)))
+                        ahead(si, st, cut)
+                        final = last and n is real[-1] and stp is steps_of[n.name][-1]
+                        meet = not (seg.wide and stp is steps_of[n.name][-1])     # else: the exchange's
+                        run["spans"] = [(a + cut[c], b) for c, (a, b) in enumerate(place(st, final, meet))]
+                        hist.append(run["spans"])
+                        if seg.wide and stp is steps_of[n.name][-1]:
+                            exchange()
+                        if n.name in kept and final:         # the kept output, out contiguously
+                            out = gslice(dev[n.name], img)
+                            for c, (a, b) in enumerate(split_bytes(device_image_bytes(full) * group, cpc)):
+                                tasks[c].append(Instr.make("sync.cluster"))
+                                if b > a:
+                                    tasks[c].append(Instr.make("dma", dir="s2g", dst=out.addr + a, src=y.addr + a,
+                                                               size=b - a))
+                    continue
+                jctx.wram_slots = {node.name: (slots[n.name], not first)} if n.name in slots else {}
+                jctx.wram_base = 0 if n.name in slots else base
+                # weights that stay in WRAM arrive during the layer before in a job's first group
+                warm = n.name in slots and first and run["spans"] is not None and tasks is not None
+                early = (n.name in pre or warm) and run["spans"] is not None and tasks is not None
+                if early and node.name not in run["loads"]:        # its weight DMAs, once per layer
+                    jctx.wram_slots = {node.name: (slots[n.name] if warm else pre[n.name], False)}
+                    emit(jctx, node, ins, y, None)
+                    run["loads"][node.name] = weight_loads(jctx.captured.pop()[1])
+                if n.name in pre:
+                    jctx.wram_slots = {node.name: (pre[n.name], early, "prefetched")}
+                elif warm:
+                    jctx.wram_slots = {node.name: (slots[n.name], True)}
+                x_in = gslice(x_float, img) if n.op == "input" else None
+                if x_in is not None and fin and not first:       # streamed in during the group before
+                    x_in = DevTensor("input.sram", fin[1], x_in.shape, "f32", None, "sram")
+                emit(jctx, node, ins, y, x_in)
+                _node, st, meta = jctx.captured.pop()
+                metas.append((n, meta))
+                if tasks is not None:
+                    chunked = [[p for ld in loads for p in chunks(ld)] for loads in run["loads"].get(node.name, [])]
+                    if warm:            # WARM_DEPTH layers ahead
+                        load_back(tasks, hist, chunked, WARM_DEPTH)
+                    elif early:         # stream them in during the layer before
+                        for c, loads in enumerate(chunked):
+                            insert_between_loads(tasks[c], *run["spans"][c], loads)
+                    st = [list(st[c]) if c < len(st) else [] for c in range(cpc)]
+                    ahead(si, st, [0] * cpc)
+                    run["spans"] = place(st, last and n is real[-1], peers > 1 and not seg.wide)
+                    hist.append(run["spans"])
+                    if seg.wide:
+                        exchange()
+                    if fin and k in fin[0] and not last:
+                        window.append(run["spans"])
+            if seg.wide and first:
+                met()
         if window and tasks is not None:     # the next group's float input, a share per core
             src = gslice(x_float, img + group).addr
             for c, part in enumerate(split_bytes(device_image_bytes(x_float) * group, cpc)):
@@ -389,25 +531,29 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     slots: dict[str, int] = {}
     base = 0
     if rounds > 1:
-        for n, meta in image_group(JobCtx(ctx, cpc, share, consts), 0, None, {}, 0, True, True):
+        for n, meta in image_group(JobCtx(ctx, cpc, dshare, consts), 0, None, {}, 0, True, True):
             size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
             if size and base + size <= cfg.wram_bytes * 3 // 4:
                 slots[n.name], base = base, base + size
     # whose weights stream in during the layer before: a dry run with the real WRAM base
-    pre = plan_prefetch(image_group(JobCtx(ctx, cpc, share, consts), 0, None, slots, base, True, True),
-                        cfg.wram_bytes, base, set(slots), wrap=rounds > 1) if PREFETCH else {}
+    dry = image_group(JobCtx(ctx, cpc, dshare, consts), 0, None, slots, base, True, True)
+    for cl in range(1, per_job if peers > 1 else 1):    # every cluster's weight constants, for share.copies
+        image_group(JobCtx(ctx, cpc, dshare, consts), 0, None, slots, base, True, True, cluster=cl)
+    pre = plan_prefetch(dry, cfg.wram_bytes, base, set(slots), wrap=rounds > 1) if PREFETCH else {}
     # whether, and where in SRAM, the next group's float input streams in during a group's last layers
     fin = plan_input(g, nodes, group, lay, addrs, cfg.sram_bytes, device_image_bytes(x_float) * group) \
         if PREFETCH and x_float is not None and rounds > 1 and not seg.wide and not seg.staged else None
     streams: list[list] = []
     macs, layers, loads = 0, [], {}
     for j, cl in ((j, cl) for j in range(jobs) for cl in range(per_job)):
-        jctx = JobCtx(ctx, cpc, share, consts)
+        jctx = JobCtx(ctx, cpc, dshare, consts)
         tasks: list[list] = [[] for _ in range(cpc)]
         run: dict = {"spans": None, "loads": loads}
+        if j == 0 and cl == 0:
+            first_run = run
         for r in range(rounds):
             img = (j * rounds + r) * group
-            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1, pre, run, cl):
+            for n, meta in image_group(jctx, img, tasks, slots, base, r == 0, r == rounds - 1, pre, run, cl, j):
                 if j == 0 and cl == 0 and r == rounds - 1:
                     layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
                 macs += meta.get("macs", 0)
@@ -420,7 +566,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     fused = [f"{n.name}" for n in nodes if n.op not in VIEWS]
     what = f"{jobs} job(s) of " + (f"{rounds} x " if rounds > 1 else "") + f"{group} image(s), " + \
         (f"{per_job} clusters each, every layer's channels split between them" if seg.wide else "one cluster each")
-    ctx.kernels.append(_kernel(name, streams, per_job, {
+    ctx.kernels.append(_kernel(name, streams, clusters if peers > 1 else per_job, {
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
                   + (", inputs staged in SRAM" if seg.staged else "")
@@ -428,11 +574,15 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                   + (f", {len(pre)} layers' weights prefetched during the layer before" if pre else "")
                   + (f", next images' input streamed into SRAM during {len(fin[0])} of the last layers"
                      if fin else ""),
-        "segment": {"layers": layers, "layer_names": [n.name for n in real], "group": group, "jobs": jobs,
+        "segment": {"layers": layers, "layer_names": [n.name for n in real    # a sliced layer's slices each end at a barrier
+                                   for _ in (steps_of.get(n.name) or [0])] + (["(store output)"] if kept else []),
+                    "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,
                     "prefetched": sorted(pre), "wide": seg.wide, "input_prefetch": bool(fin),
-                    "stored": [n.name for n in real if n.name in esc] if seg.wide else []}}))
+                    "shared_by": peers, "staged_weights": sorted(steps_of),
+                    "stored": [n.name for n in real if n.name in esc] if seg.wide else [],
+                    "all_syncs_at": first_run.get("all_syncs_at", [])}}))
 
 
 def _kernel(name, streams, clusters_per_job, meta):

@@ -71,14 +71,14 @@ def external_inputs(g, nodes) -> list[str]:
     return out
 
 
-def lifetimes(g, nodes, stage: bool = False, keep: bool = False) -> dict[str, tuple[int, int]]:
+def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False) -> dict[str, tuple[int, int]]:
     """(first, last) layer index of each value sram_plan places: from the layer that writes it
     (staged inputs: -1, before the first) to the last that reads it."""
     esc = escaping(g, nodes)
     last = last_use(g, nodes)
     life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in (external_inputs(g, nodes) if stage else [])}
     for k, n in enumerate(nodes):
-        if n.op not in VIEWS and (keep or n.name not in esc):
+        if n.op not in VIEWS and (keep is True or n.name in (keep or ()) or n.name not in esc):
             life[n.name] = (k, max(k, last.get(n.name, k)))
     return life
 
@@ -99,7 +99,7 @@ def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity
     return at if at + size <= capacity else None
 
 
-def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool = False
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool | frozenset = False
               ) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
     (copied in once at the start, so the layers that read them, often two, read SRAM instead of
@@ -109,7 +109,7 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     largest value first, each at the lowest offset clear of every placed value alive at the same
     time. A value lives from the layer that writes it (staged inputs: from the start) to the last
     layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
-    after the span get SRAM too (a wide segment stores them from there)."""
+    after the span get SRAM too (a wide segment stores them from there), or those named."""
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is

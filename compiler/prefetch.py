@@ -74,11 +74,12 @@ def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str], wrap: b
 
 
 def weight_loads(streams: list[list[Instr]]) -> list[list[Instr]]:
-    """Each task's GDRAM->WRAM loads in `streams`, as fresh instructions without dependency tokens
-    (the prefetched copies need none: the sync before their layer orders them)."""
-    g2w = DIR_NAMES.index("g2w")
-    return [[Instr.make("dma", dir="g2w", dst=i.args["dst"], src=i.args["src"], size=i.args["size"])
-             for i in st if i.op.mnemonic == "dma" and i.args["dir"] == g2w and i.args["count"] == 1
+    """Each task's loads into WRAM (GDRAM -> WRAM, or SRAM -> WRAM when staged there: share.py) in
+    `streams`, as fresh instructions without dependency tokens (the prefetched copies need none:
+    the sync before their layer orders them)."""
+    into = {DIR_NAMES.index("g2w"), DIR_NAMES.index("s2w")}
+    return [[Instr.make("dma", dir=DIR_NAMES[i.args["dir"]], dst=i.args["dst"], src=i.args["src"], size=i.args["size"])
+             for i in st if i.op.mnemonic == "dma" and i.args["dir"] in into and i.args["count"] == 1
              and i.args["count2"] == 1] for st in streams]
 
 
@@ -87,7 +88,7 @@ def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
     n = a["size"]
     k = max(1, ceil(n / size))
     step = -(-n // k // ALIGN) * ALIGN
-    return [Instr.make("dma", dir="g2w", dst=a["dst"] + o, src=a["src"] + o, size=min(step, n - o))
+    return [Instr.make("dma", dir=DIR_NAMES[a["dir"]], dst=a["dst"] + o, src=a["src"] + o, size=min(step, n - o))
             for o in range(0, n, step)]
 
 
@@ -158,3 +159,17 @@ def spread_over_layers(stream: list[Instr], spans: list[tuple[int, int]], loads:
         lo = i * len(loads) // k
         insert_between_loads(stream, *spans[i], loads[lo:lo + counts[i]], behind_ld=True)
     return counts
+
+
+def load_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loads: list[list[Instr]],
+              depth: int) -> None:
+    """Each core's `loads` into the layer `depth` layers back (`hist`: per layer, each core's span,
+    moved along): a job's first image group loads its WRAM-resident weights that far ahead, so
+    each layer carries about one layer's worth and no layer waits on DRAM for its own."""
+    at = max(0, len(hist) - depth)
+    for c, mine in enumerate(loads):
+        a, b = hist[at][c]
+        insert_between_loads(tasks[c], a, b, mine)
+        hist[at][c] = (a, b + len(mine))
+        for h in hist[at + 1:]:
+            h[c] = (h[c][0] + len(mine), h[c][1] + len(mine))

@@ -52,7 +52,8 @@ def slice_node(node: Node, c0: int, c1: int) -> Node:
     q = {k: v[c0:c1] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == co else v
          for k, v in node.q.items()}
     shape = (node.shape[0], c1 - c0) + tuple(node.shape[2:])
-    attrs = dict(node.attrs, out_slice=(c0, co))
+    at, total = node.attrs.get("out_slice", (0, co))      # a slice of a slice: of the same tensor
+    attrs = dict(node.attrs, out_slice=(at + c0, total))
     return Node(f"{node.name}[{c0}:{c1}]", node.op, node.inputs, attrs, node.params, shape, node.fused, q)
 
 
@@ -61,10 +62,12 @@ def share(node: Node, c: int, n: int) -> Node:
     return slice_node(node, c * co // n, (c + 1) * co // n)
 
 
-def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixels: int, gdram=None) -> None:
+def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixels: int, gdram=None,
+             first: int = 0) -> None:
     """After cluster c's slice of a layer is in its SRAM at `y.addr`: the barrier, one copy of the
     slice to each other cluster (from different cores), the job-wide barrier, then, for a value
-    needed after the segment, a contiguous share of it per core to `gdram`."""
+    needed after the segment, a contiguous share of it per core to `gdram`. `first`: the job's
+    first cluster in its union task (several jobs in one when they share weights, share.py)."""
     cpc = len(tasks)
     for t in tasks:
         t.append(Instr.make("sync.cluster"))
@@ -76,7 +79,7 @@ def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixe
             cnt = min(MAX_SEGMENTS, pixels - p0)
             a = y.addr + p0 * channels * esz + off
             tasks[k % cpc].append(Instr.make("dma", dir="s2s", dst=a, src=a, size=cs * esz, count=cnt,
-                                             dstride=channels * esz, sstride=channels * esz, dcl=dest + 1))
+                                             dstride=channels * esz, sstride=channels * esz, dcl=first + dest + 1))
     for t in tasks:
         t.append(Instr.make("sync.all"))
     if gdram is not None:       # then a second barrier: no later SRAM write, from any core or
@@ -107,13 +110,14 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
     active = min(jobs, slots) * n
     esc = escaping(g, nodes)
     inside = {x.name for x in nodes}
+    shared = fusion.shares(jobs, rounds, clusters, n)
     per_group = 0.0
     for x in nodes:
         ins = [_base(g, i) for i in x.inputs]
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
         per_group += tiler_cost(cfg, g, share(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache,
-                                prefetch=fusion.PREFETCH)
+                                prefetch=fusion.PREFETCH, staged=shared)
         pixels = group * int(np.prod(x.shape[2:]))
         per_group += exchange_cycles(cfg, n, group * image_bytes(x), pixels)
         if x.name in esc:
@@ -126,7 +130,8 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
         per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
     weights = sum(node_weight_bytes(x) for x in nodes)
     kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
-    dram = jobs * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
+    loads = 1 if shared else jobs     # share.py: once for the chip
+    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
                                                                          + sum(image_bytes(g.node(v)) for v in esc))
     compute = ceil(jobs / slots) * rounds * per_group
     return max(compute, dram / _dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD

@@ -84,7 +84,7 @@ def segment_layers(rec) -> list[dict]:
     seg = rec.meta.get("segment") if isinstance(rec.meta, dict) else None
     if not seg or not rec.jobs or not seg.get("layer_names"):
         return []
-    steps = (["(stage inputs)"] if seg.get("staged") else []) + list(seg["layer_names"])
+    steps = (["(stage inputs)"] if seg.get("staged") else []) + list(seg["layer_names"])   # repeats: slices
     names = steps * int(seg.get("groups_per_job", 1))
     total = {n: 0.0 for n in steps}
     done = 0
@@ -92,9 +92,11 @@ def segment_layers(rec) -> list[dict]:
     for job in rec.jobs:
         if seg.get("wide"):       # sync.all ends each step, a second one a step that stores its value
             ends, i = [], 0
-            for name in names:
-                i += 2 if name in stored else 1
-                ends.append(job["all_syncs"][i - 1] if i <= len(job["all_syncs"]) else None)
+            counts = seg.get("all_syncs_at")     # how many a job has met by the end of each step
+            for s, name in enumerate(names):
+                i = counts[s % len(counts)] + counts[-1] * (s // len(counts)) if counts else \
+                    i + (2 if name in stored else 1)
+                ends.append(job["all_syncs"][i - 1] if 0 < i <= len(job["all_syncs"]) else None)
             ok = i == len(job["all_syncs"])
             marks = [job["start"], *ends[:-1], job["end"]]
         else:
@@ -109,7 +111,7 @@ def segment_layers(rec) -> list[dict]:
         return []
     job_cycles = sum(total.values()) / done
     return [{"name": n, "cycles": total[n] / done, "share_of_job": total[n] / done / job_cycles if job_cycles else 0.0}
-            for n in steps]
+            for n in dict.fromkeys(steps)]
 
 
 def summarize(res: RunResult) -> dict[str, Any]:

@@ -36,8 +36,8 @@ def test_fused_programs_are_bit_exact(name, batch, res, cores):
     c = compile_model(name, batch=batch, resolution=res, tasks=cores, cluster_fusion=True)
     segs = _segments(c.program)
     assert segs, "the cost model chose no segment: the test would not exercise fusion"
-    for k in segs:
-        assert k.task_type == "union1" and k.task_dim % 4 == 0
+    for k in segs:       # UNION1, or one union task of all clusters when they share weights (share.py)
+        assert k.task_type in ("union1", f"union{cores // 4}") and k.task_dim % 4 == 0
     assert _exact(c, cores)
 
 
@@ -148,10 +148,10 @@ def test_report_times_each_layer_of_a_segment():
     assert segs
     for k, rec in segs:
         seg = k["meta"]["segment"]
-        names = [layer["name"] for layer in k["layers"]]
-        assert names == (["(stage inputs)"] if seg["staged"] else []) + seg["layer_names"]
+        names = [layer["name"] for layer in k["layers"]]      # a sliced layer's slices make one row
+        assert names == list(dict.fromkeys((["(stage inputs)"] if seg["staged"] else []) + seg["layer_names"]))
         jobs = [j["end"] - j["start"] for j in rec.jobs]
-        assert len(jobs) == seg["jobs"]
+        assert len(jobs) == (1 if seg["shared_by"] > 1 else seg["jobs"])    # sharing: one union task
         assert sum(layer["cycles"] for layer in k["layers"]) == pytest.approx(sum(jobs) / len(jobs))
         assert max(jobs) <= k["cycles"]
         assert all(layer["cycles"] > 0 for layer in k["layers"])

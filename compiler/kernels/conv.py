@@ -101,9 +101,17 @@ class ConvGeometry:
         return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
 
 
+def all_blocks(wspace: str, blocks: int) -> float:
+    """How many of a task's weight blocks sit in WRAM together when they are prefetched: all of
+    them when they come from SRAM (staged there once for the chip, compiler/share.py), else the
+    task is not prefetched (inf): its blocks would cost a DRAM read per core."""
+    return blocks if wspace == "sram" else float("inf")
+
+
 def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
-           accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3) -> Plan | None:
-    """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment)."""
+           accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3, wspace: str = "gdram") -> Plan | None:
+    """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment);
+    wspace: where the weights come from (sram when staged there, compiler/share.py)."""
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
     in_tile = geo.tile_bytes(rows)
@@ -151,19 +159,22 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # weight block its run touches once
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
-    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > cfg.wram_bytes - getattr(ctx, "wram_base", 0):
+    room = cfg.wram_bytes - getattr(ctx, "wram_base", 0)
+    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > room:
         return None          # a task with one weight block needs no second WRAM buffer
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
     w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
-    w1 = dma_cycles(cfg, wblock, rate=w_rate)
-    if getattr(ctx, "prefetch", False) and max(loads) == 1 and not geo.depthwise and \
-            wblock <= (cfg.wram_bytes - getattr(ctx, "wram_base", 0)) // 2:
-        w1 = 0.0           # its one block can stream in beside the layer before's (compiler/prefetch.py)
+    w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else dma_cycles(cfg, wblock, space="sram")
+    if getattr(ctx, "prefetch", False) and not geo.depthwise and \
+            wblock * (1 if max(loads) == 1 else all_blocks(wspace, max(loads))) <= room // 2:
+        # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
+        # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
+        w1 = 0.0
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
     task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
-                           + (out if geo.residual and rs == "gdram" else 0)) + wblock * sum(loads)
+                           + (out if geo.residual and rs == "gdram" else 0)) + (wblock * sum(loads) if wspace == "gdram" else 0)
     dram = total_bytes / dram_rate(ctx)
     return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold, geo.row_step)
 
@@ -176,19 +187,20 @@ def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3)
     group and the segment planner prices the same layers again and again. The key holds everything
     the search reads; the entry keeps the config and weights alive so their ids stay theirs."""
     w = node.q["weight"]
-    key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, ctx.tasks, getattr(ctx, "dram_share", 1.0),
+    wspace = "sram" if node.name in getattr(ctx, "weight_home", {}) else "gdram"
+    key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, wspace, ctx.tasks, getattr(ctx, "dram_share", 1.0),
            getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), repr(sorted(node.attrs.items(), key=str)))
     hit = _PLANS.get(key)
     if hit is not None:
         return hit[0]
-    out = _plan_conv(ctx, node, x_shape, spaces)
+    out = _plan_conv(ctx, node, x_shape, spaces, wspace)
     if len(_PLANS) > 20_000:
         _PLANS.clear()
     _PLANS[key] = (out, ctx.cfg, w)
     return out
 
 
-def _plan_conv(ctx, node, x_shape, spaces) -> tuple[ConvGeometry, Plan]:
+def _plan_conv(ctx, node, x_shape, spaces, wspace) -> tuple[ConvGeometry, Plan]:
     geo = ConvGeometry(node, x_shape)
     mult = geo.pool[0] if geo.pool else 1
     blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
@@ -201,7 +213,7 @@ def _plan_conv(ctx, node, x_shape, spaces) -> tuple[ConvGeometry, Plan]:
     geos = [geo] + ([geo.folded()] if geo.can_fold(lanes) else []) + ([geo.skipping_rows()] if geo.can_skip_rows() else [])
     cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
              for gi in range(len(geos))]
-    plan = choose(cands, lambda r, b, t, n, gi: _price(ctx, geos[gi], r, b, t, n, spaces))
+    plan = choose(cands, lambda r, b, t, n, gi: _price(ctx, geos[gi], r, b, t, n, spaces, wspace))
     if plan is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
@@ -217,6 +229,10 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     if geo.depthwise:
         w_dev = np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
     w_addr = ctx.const(f"{node.name}.weight", w_dev)
+    # a fused segment may stage this layer's weights in cluster SRAM (compiler/share.py): the
+    # blocks then come SRAM -> WRAM on the Move-DMA instead of from GDRAM
+    home = getattr(ctx, "weight_home", {}).get(node.name)
+    w_src = ("g2w", w_addr) if home is None or geo.depthwise else ("s2w", home)
     params = requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in))
     p_addr = ctx.const(f"{node.name}.params", params)
     fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if geo.fscale else None
@@ -236,18 +252,22 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     # (address, already loaded[, "prefetched"]) when every task holds a single weight block
     resident = getattr(ctx, "wram_slots", {}).get(node.name)
     runs = split(len(units), plan.tasks)
-    one_block = all(len({u[0] for u in units[t0:t1]}) == 1 for t0, t1 in runs if t1 > t0)
+    nblk = max((len({u[0] for u in units[t0:t1]}) for t0, t1 in runs if t1 > t0), default=1)
+    wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
+    # a task's weight blocks can all sit in WRAM (prefetched, or kept across image groups) when it
+    # has one, or when they come from SRAM and fit beside another layer's (see all_blocks)
+    one_block = nblk == 1 or (w_src[0] == "s2w" and getattr(ctx, "prefetch", False) and not geo.depthwise
+                              and nblk * wblock <= (ctx.cfg.wram_bytes - getattr(ctx, "wram_base", 0)) // 2)
     for t0, t1 in runs:
-        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_addr, (p_addr, fs_addr), res, r_addr,
+        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_src, (p_addr, fs_addr), res, r_addr,
                              zp_row, plan.buffers, resident if one_block else None))
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
-    wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
     kept = "" if not (resident and one_block) else \
         ", weights prefetched during the layer before" if len(resident) > 2 else ", weights resident in WRAM"
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + kept,
                unit="vector" if geo.depthwise else "mac",
-               wram_resident_bytes=wblock if one_block and not geo.depthwise else 0,
-               wram_bytes_used=0 if geo.depthwise else (1 if one_block else DOUBLE) * (-(-wblock // 64) * 64))
+               wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
+               wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
@@ -279,9 +299,10 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
+def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
           resident=None):
     cfg = ctx.cfg
+    w_dir, w_addr = w_src
     p_addr, fs_addr = p_addrs
     s = TaskStream()
     esz = geo.esz
@@ -306,8 +327,9 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
     blocks_here = sorted({u[0] for u in units})
     if geo.depthwise:
         buf_w = [nram.alloc(wsize, "depthwise weights")]
-    else:
-        buf_w = [wram.alloc(wsize, "weights") for _ in range(DOUBLE if len(blocks_here) > 1 else 1)]
+    else:       # resident: every block of the task in WRAM at once; else one, or two taking turns
+        buf_w = [wram.alloc(wsize, "weights") for _ in
+                 range(len(blocks_here) if resident else DOUBLE if len(blocks_here) > 1 else 1)]
     ph, pw = geo.pool or (1, 1)
     yo_w = geo.wo // pw
     hist_cp: list[int] = []      # per tile: the last compute instruction reading its input buffer
@@ -319,20 +341,22 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_addr, p_addrs, res=None, r_ad
         bc = c1 - c0
         if cb != cur_cb:
             wslot = (wslot + 1) % len(buf_w)
-            prev_user = block_last_cp.get(blocks_here.index(cb) - len(buf_w)) if len(buf_w) > 1 else \
+            bi = blocks_here.index(cb)
+            prev_user = block_last_cp.get(bi - len(buf_w)) if len(buf_w) > 1 else \
                 (hist_cp[-1] if hist_cp else None)
+            par_user = block_last_cp.get(bi - DOUBLE) if len(blocks_here) > 1 else prev_user
             if geo.depthwise:
                 w_load = s.dma("g2n", buf_w[0], w_addr, wsize) if cur_cb is None else w_load
             elif resident and resident[1]:
                 w_load = None            # loaded by this task's image group before
             else:
-                w_load = s.dma("g2w", buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
+                w_load = s.dma(w_dir, buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
                                bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
-            p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[prev_user])
+            p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[par_user])
             if geo.fscale:
-                p_load = s.dma("g2n", buf_fs[wslot % DOUBLE], fs_addr + c0 * 4, bc * 4, deps=[prev_user])
+                p_load = s.dma("g2n", buf_fs[wslot % DOUBLE], fs_addr + c0 * 4, bc * 4, deps=[par_user])
             if geo.residual:
-                p_load = s.dma("g2n", buf_rpar[wslot % DOUBLE], r_addr + c0 * 12, bc * 12, deps=[prev_user])
+                p_load = s.dma("g2n", buf_rpar[wslot % DOUBLE], r_addr + c0 * 12, bc * 12, deps=[par_user])
             cur_cb = cb
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)

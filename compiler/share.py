@@ -1,0 +1,181 @@
+"""Weights shared between clusters through SRAM: each weight byte crosses DRAM once per chip.
+
+A segment whose clusters all run the same layers at the same time for different images (ResNet-50's
+layer3 and layer4 at batch 16: four one-cluster jobs of four images) loads every layer's weights
+once per cluster, and at batch 16 on 16 cores that DRAM traffic, not the MAC array, sets its time:
+50 MiB of weight reads for 13 MiB of weights. The MLU270 has no cache and no multicast, but it has
+SRAM2SRAM between clusters. So the clusters run as one UNIONn job, each of the P clusters reads 1/P
+of a layer's weights from DRAM, and hands its part to the others, two layers ahead (a software
+pipeline over the segment's steps, as BANG code would write it with async copies):
+
+    step i-2:  g2s  this cluster's 1/P of W_i -> stage S_i       (a share per core, spread over
+                                                                  the step's loads)
+    step i-1:  s2s  that part -> S_i of every other cluster       (at the step's start)
+               sync.all                                          (every part has landed)
+    step i:    s2w  each core's weight block S_i -> WRAM (the Move-DMA)
+               sync.all                                          (S_i may be refilled)
+               the tiles, as usual
+
+A step is a layer, or a slice of one: a layer whose weights do not fit is cut by output channels
+into 2, 4, ... slices (wide.slice_node). S_i must be SRAM no value uses in steps i-2..i, clear of
+S_{i-1} and S_{i-2}; a layer with no room even in slices keeps the per-cluster path (prefetch.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlusim.compiler.liveness import ALIGN, VIEWS, device_image_bytes, lifetimes, split_bytes
+from mlusim.compiler.codegen import QBIT, queue_of
+from mlusim.isa.encoding import Instr
+from mlusim.isa.semantics import DIR_NAMES
+
+CHUNK = 256 * 1024          # bytes per g2s, as prefetch.CHUNK
+PASS_AT = 2 / 3             # where in a step its s2s passes go (fraction of its loads)
+
+
+@dataclass
+class Step:
+    """One layer, or one output-channel slice of it, of a segment's image group."""
+    node: str
+    k: int                                # its index in the segment's nodes
+    slice: tuple[int, int] | None = None  # [c0, c1) of the layer's output channels
+    stage: int | None = None              # SRAM address its weights are staged at (None: not shared)
+    nbytes: int = 0                       # bytes of its weights
+    lead: int = 0                         # steps ahead its copies go: 2 (WRAM prefetch in the step
+                                          # before) or 1 (the step loads its weights at its start)
+
+
+def eligible(node, g) -> bool:
+    """Convs whose tiler takes staged weights as the graph holds them: not depthwise (those load
+    into NRAM), nor the space-to-depth stem (lowering regroups its weights)."""
+    from mlusim.compiler.lower import space_to_depth
+
+    w = node.q.get("weight") if node.op == "conv2d" else None
+    s2d = space_to_depth(g)
+    return w is not None and not (node.attrs.get("groups", 1) > 1 and w.shape[1] == 1) and \
+        not (s2d and s2d["conv"] == node.name)
+
+
+def _up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _gap(busy: list[tuple[int, int]], size: int, capacity: int) -> int | None:
+    at = 0
+    for a, b in sorted(busy):
+        if at + size <= a:
+            break
+        at = max(at, b)
+    return at if at + size <= capacity else None
+
+
+def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, lanes: int,
+         min_bytes: int = 0, max_slices: int = 16, parts: int = 1, keep: frozenset = frozenset(),
+         stage: bool = False) -> list[Step]:
+    """The span's steps: which layers share their weights, in how many slices, staged where.
+    parts: a wide segment's clusters per job, each staging its channel share (wide.py); keep:
+    values used after the span that sram_plan placed in SRAM all the same; stage: the span's
+    inputs were copied into SRAM before its first layer (sram_plan's `stage`)."""
+    life = lifetimes(g, nodes, stage, keep=keep or parts > 1)
+    size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life if v in addrs}
+
+    def busy(k0: int, k1: int) -> list[tuple[int, int]]:
+        return [(addrs[v], addrs[v] + size[v]) for v, (f, l_) in life.items()
+                if v in size and f <= k1 and l_ >= k0]
+
+    def fit(n, k: int, before: list[Step], r: int, lead: int) -> list[Step] | None:
+        """Its steps as r slices filled `lead` steps ahead, if every stage finds room."""
+        w, co = n.q["weight"].nbytes // parts, n.q["weight"].shape[0] // parts
+        s = w // r                                  # whole output channels: exact
+        out: list[Step] = []
+        for i in range(r):
+            prev = before + out
+            # filled two steps ahead, the stage is written while the step before's is read
+            k0 = prev[-lead].k if len(prev) >= lead else k
+            taken = busy(k0, k) + ([(prev[-1].stage, prev[-1].stage + _up(prev[-1].nbytes))]
+                                   if lead > 1 and prev and prev[-1].stage is not None else [])
+            at = _gap(taken, _up(s), capacity)
+            if at is None:
+                return None
+            out.append(Step(n.name, k, (i * co // r, (i + 1) * co // r) if r > 1 else None, at, s, lead))
+        return out
+
+    def staged(n, k: int, before: list[Step]) -> list[Step] | None:
+        """Whole and two steps ahead (the WRAM copy hides behind the step before) when it fits;
+        a layer of `min_bytes` or more (too big for the per-cluster prefetch) also in the fewest
+        slices that fit, or one step ahead."""
+        if not eligible(n, g):
+            return None
+        whole = fit(n, k, before, 1, 2)
+        if whole or n.q["weight"].nbytes // parts < min_bytes:
+            return whole
+        co, r = n.q["weight"].shape[0] // parts, 1
+        while r == 1 or r <= max_slices and co % (r * lanes) == 0:
+            for lead in (2, 1):
+                out = fit(n, k, before, r, lead)
+                if out:
+                    return out
+            r *= 2
+        return None
+
+    steps: list[Step] = []
+    for k, n in enumerate(nodes):
+        if n.op not in VIEWS:
+            steps += staged(n, k, steps) or [Step(n.name, k)]
+    return steps
+
+
+def barrier_after_weights(stream: list[Instr]) -> tuple[list[Instr], int]:
+    """The stream with a job-wide barrier after its last weight copy out of the stage, and the
+    index just after it: from there on the stage may be refilled (the next layer's g2s here, the
+    other clusters' s2s after this layer), since every core of every cluster has read it."""
+    s2w = DIR_NAMES.index("s2w")
+    last = max((i for i, ins in enumerate(stream) if ins.op.mnemonic == "dma" and ins.args["dir"] == s2w),
+               default=-1)
+    return stream[:last + 1] + [Instr.make("sync.all")] + stream[last + 1:], last + 2
+
+
+def copies(w_addr: int, nbytes: int, stage: int, peer: int, dests: list[int], cores: int
+           ) -> list[tuple[list[Instr], list[Instr]]]:
+    """Per core: its g2s copies of a share of this cluster's part of the weights into the stage,
+    and its s2s passes of them to every other cluster (`dests`: each peer's cluster in the union
+    task). Each copy signals the store queue and the first pass of it waits for that token, so the
+    passes can sit in the stream right behind."""
+    peers = len(dests)
+    a, b = split_bytes(nbytes, peers)[peer]
+    out = []
+    for c0, c1 in split_bytes(b - a, cores):
+        lo, hi = a + c0, a + c1
+        g2s, s2s = [], []
+        for o in range(lo, hi, CHUNK):
+            n = min(hi, o + CHUNK) - o
+            g2s.append(Instr.make("dma", dir="g2s", dst=stage + o, src=w_addr + o, size=n, sig=QBIT["st"]))
+            s2s += [Instr.make("dma", dir="s2s", dst=stage + o, src=stage + o, size=n, dcl=dests[(peer + k) % peers] + 1,
+                               wait=QBIT["ld"] if k == 1 else 0) for k in range(1, peers)]
+        out.append((g2s, s2s))
+    return out
+
+
+def untokened(instrs: list[Instr]) -> list[Instr]:
+    """The same copies without their tokens, for where a barrier orders them instead."""
+    return [Instr.make(i.op.mnemonic, **{k: v for k, v in i.args.items() if k not in ("wait", "sig")})
+            for i in instrs]
+
+
+def ahead(stream: list[Instr], start: int, g2s: list[Instr], s2s: list[Instr]) -> None:
+    """Put a later step's copies into this step's stream (from `start`): right after its first
+    load or move, and the passes PASS_AT of the way through its loads, by when the copies have
+    landed, so the passes hardly hold the store queue up. The tokens pair up in order with any
+    other load -> store tokens, so a step that has its own gets the passes at its end instead,
+    behind a drain of the core."""
+    pos = [i for i in range(start, len(stream)) if queue_of(stream[i]) in ("ld", "mv")]
+    own = any((queue_of(i) == "ld" and i.args["sig"] & QBIT["st"]) or (queue_of(i) == "st" and i.args["wait"] & QBIT["ld"])
+              for i in stream[start:])
+    first = pos[0] + 1 if pos else start
+    if own:
+        stream[first:first] = untokened(g2s)
+        stream += [Instr.make("sync")] + untokened(s2s)
+        return
+    later = pos[int(len(pos) * PASS_AT)] + 1 if pos else len(stream)
+    stream[later:later] = s2s
+    stream[first:first] = g2s
