@@ -324,6 +324,13 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             (addrs, peak), kept = again, frozenset({real[-1].name})
             steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
                                SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
+    if steps:   # fewer slices where their stage fits beside the values when planned with them
+        pins, extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
+            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra=extra))
+        if again is not None:
+            addrs, peak = again
+            steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
+                               SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged, pinned=pins)
     steps_of: dict[str, list] = {}
     for stp in steps:
         if stp.stage is not None:

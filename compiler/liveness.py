@@ -99,8 +99,8 @@ def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity
     return at if at + size <= capacity else None
 
 
-def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool | frozenset = False
-              ) -> tuple[dict[str, int], int] | None:
+def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool | frozenset = False,
+              extra: dict[str, tuple[int, int, int]] | None = None) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
     (copied in once at the start, so the layers that read them, often two, read SRAM instead of
     DRAM); the peak; None if they do not fit.
@@ -109,12 +109,15 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     largest value first, each at the lowest offset clear of every placed value alive at the same
     time. A value lives from the layer that writes it (staged inputs: from the start) to the last
     layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
-    after the span get SRAM too (a wide segment stores them from there), or those named."""
+    after the span get SRAM too (a wide segment stores them from there), or those named. `extra`:
+    other buffers to place, name -> (bytes, first layer, last layer)."""
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
     life = lifetimes(g, nodes, stage, keep)
     size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
+    for v, (nbytes, f, l_) in (extra or {}).items():     # buffers that are not values (share.py's stages)
+        life[v], size[v] = (f, l_), -(-nbytes // ALIGN) * ALIGN
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
     addrs: dict[str, int] = {}
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
