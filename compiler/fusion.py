@@ -14,7 +14,7 @@ is one cluster working through the segment for one or more groups of images in t
 
 Weights come from GDRAM once per job and image group, except conv weights that stay resident in
 WRAM from a job's first group to its last. The segment's inputs and outputs cross DRAM once.
-`plan_segments` picks where segments start and end and their group sizes with a cost model
+`plan_segments` (segments.py) picks where segments start and end and their group sizes with a cost model
 (compute on a cluster's MAC arrays vs. DRAM bytes), a dynamic program over the points where a
 single value is live; layers it leaves out run layer-at-a-time as before. docs/fusion.md has the
 whole story and the measurements.
@@ -24,22 +24,19 @@ and refuses fewer cores with the engine's UNION error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from math import ceil, prod
+from math import prod
 from typing import NamedTuple
 
 from mlusim.compiler import share, wide
-from mlusim.compiler.liveness import (ALIGN, VIEWS, _base, _esz, device_image_bytes, escaping, external_inputs,
-                                      image_bytes, last_use, split_bytes, sram_plan)
+from mlusim.compiler.liveness import (ALIGN, VIEWS, _base, device_image_bytes, escaping, external_inputs, split_bytes,
+                                      sram_plan)
+from mlusim.compiler.segments import (ELIGIBLE, JOB_LAYER_OVERHEAD, KERNEL_OVERHEAD, TILED, Segment,  # noqa: F401
+                                      _dram_rate, job_shape, layer_cost, node_weight_bytes, plan_segments,
+                                      segment_cost, shares, tiler_cost)
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
 from mlusim.program import Kernel
 
-ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
-            "flatten", "reshape"}
-TILED = ("conv2d", "linear")   # layers whose tilers price themselves
-JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
-KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel
 PREFETCH = True               # load each layer's weights during the layer before (prefetch.py)
 SHARE = True                  # clusters running side by side share weights through SRAM (share.py)
 SHARE_MIN_BYTES = 1 << 20     # ... of layers with this many bytes of weights or more
@@ -52,192 +49,6 @@ class StepNode(NamedTuple):
     op: str
 
 
-@dataclass
-class Segment:
-    start: int                # node indices [start, end) of the graph
-    end: int
-    group: int                # images per job
-    staged: bool = False      # external inputs copied into SRAM first
-    wide: int = 0             # clusters per job splitting each layer's channels (compiler/wide.py); 0: one
-
-
-# ---- the cost model -------------------------------------------------------------------------------
-def _vec_cycles_per_image(cfg, g, node) -> float:
-    """A rough vector-unit figure: every byte in and out handled as int32 once."""
-    ins = sum(image_bytes(g.node(i)) for i in node.inputs if g.node(i).op != "input") if node.inputs else 0
-    return (ins + image_bytes(node)) * 4 / cfg.core.vector_bytes_per_cycle
-
-
-def _io_bytes_per_image(g, node) -> int:
-    return sum(image_bytes(g.node(i)) for i in node.inputs) + image_bytes(node)
-
-
-def node_weight_bytes(node) -> int:
-    return int(node.q["weight"].nbytes) if "weight" in node.q else 0
-
-
-def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
-               spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False,
-               staged: bool = False) -> float:
-    """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
-    a `share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
-    prefetch.py) or not, from SRAM (`staged`: share.py) or GDRAM; infinite if no tiling fits."""
-    key = (node.name, images, tasks, share, spaces, prefetch, staged)
-    if cache is not None and key in cache:
-        return cache[key]
-    from types import SimpleNamespace
-
-    from mlusim.compiler.kernels.conv import plan_conv
-    from mlusim.compiler.lower import _s2d_conv, space_to_depth
-
-    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch,
-                          weight_home={node.name: 0} if staged else {})
-    try:
-        if node.op == "linear":
-            from mlusim.compiler.kernels.linear import plan_linear
-
-            o, k = node.q["weight"].shape
-            cost = plan_linear(ctx, node, images, k, o, _esz(node))[0].cost
-        else:
-            s2d = space_to_depth(g)
-            conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
-            cost = plan_conv(ctx, conv, (images,) + tuple(lay[node.inputs[0]].shape[1:]), spaces)[1].cost
-    except CompileError:
-        cost = float("inf")
-    if cache is not None:
-        cache[key] = cost
-    return cost
-
-
-def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
-    """Layer-at-a-time estimate: a conv or linear layer's own tiling plan (priced with the engine's
-    formulas) plus a kernel launch; other layers the slower of vector work and DRAM traffic."""
-    if node.op in VIEWS:
-        return 0.0
-    if node.op in TILED:
-        return cfg.chip.kernel_launch_cycles + tiler_cost(cfg, g, node, lay, batch, tasks)
-    comp = batch * _vec_cycles_per_image(cfg, g, node) / tasks
-    io = batch * _io_bytes_per_image(g, node)
-    if node.op == "input":
-        io = batch * prod(node.shape[1:]) * 5
-    return max(comp, io / _dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
-
-
-def _dram_rate(cfg, cores: int) -> float:
-    """DRAM bytes per cycle `cores` cores can pull: the DRAM's bandwidth or their DMA channels'."""
-    return min(cfg.dram_bytes_per_cycle, cores * cfg.dma.core_bandwidth_bytes_per_cycle)
-
-
-def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
-                 cache: dict | None = None) -> float:
-    """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
-    cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
-    bytes, whichever is slower. Unstaged external inputs are read once per reader."""
-    cpc = cfg.chip.cores_per_cluster
-    n_groups = batch // group
-    jobs_run, groups = job_shape(batch, group, clusters)
-    share = 1.0 / min(jobs_run, clusters)
-    shared = shares(jobs_run, groups, clusters)
-    esc = escaping(g, nodes)
-    inside = {n.name for n in nodes}
-
-    def space(v: str) -> str:
-        return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
-
-    per_group = 0.0
-    for n in nodes:
-        if n.op in VIEWS:
-            continue
-        if n.op in TILED:
-            ins = [_base(g, i) for i in n.inputs]
-            spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=PREFETCH,
-                              staged=shared and n.op == "conv2d")
-        else:
-            cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
-        per_group += cost + cfg.cluster.sync_cycles
-    reads = [_base(g, i) for n in nodes for i in n.inputs if i not in inside]
-    io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
-        sum(image_bytes(g.node(v)) for v in esc)
-    if staged:
-        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / \
-            min(cfg.dram_bytes_per_cycle * share, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
-    if nodes[0].op == "input":
-        io += prod(nodes[0].shape[1:]) * 4
-    weights = sum(node_weight_bytes(n) for n in nodes)
-    kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
-    loads = 1 if shared else jobs_run     # share.py: once for the chip
-    dram = loads * (weights + (groups - 1) * (weights - kept)) + batch * io
-    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
-    return max(compute, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
-
-
-def shares(jobs: int, groups: int, clusters: int, per_job: int = 1) -> bool:
-    """Whether a segment's jobs (of `per_job` clusters each) run side by side on all the clusters,
-    one image group each, and so share their weights through SRAM (share.py)."""
-    return SHARE and jobs * per_job == clusters and jobs > 1 and groups == 1
-
-
-def _cut_points(g) -> list[int]:
-    """Positions k (before node k) where at most one value computed earlier is still needed."""
-    nodes = g.nodes
-    last = last_use(g, nodes)
-    cuts = [0]
-    for k in range(1, len(nodes)):
-        live = {_base(g, n.name) for n in nodes[:k] if last.get(_base(g, n.name), -1) >= k}
-        if len(live) <= 1:
-            cuts.append(k)
-    cuts.append(len(nodes))
-    return cuts
-
-
-def plan_segments(g, cfg, tasks: int) -> list[Segment]:
-    """The fused segments (possibly none) that minimise the estimated time of the whole graph."""
-    cpc = cfg.chip.cores_per_cluster
-    batch = g.input.shape[0]
-    if tasks < cpc or tasks % cpc or batch < 1:
-        return []
-    clusters = min(tasks // cpc, cfg.chip.clusters)
-    from mlusim.compiler.lower import layouts
-
-    nodes = g.nodes
-    lay = layouts(g)
-    layer = [layer_cost(cfg, g, n, tasks, batch, lay) for n in nodes]
-    cuts = _cut_points(g)
-    cache: dict = {}
-    groups = [d for d in range(1, batch + 1) if batch % d == 0]
-    best: dict[int, tuple[float, list[Segment]]] = {0: (0.0, [])}
-    for bi, b in enumerate(cuts[1:], 1):
-        cand = None
-        for a in cuts[:bi]:
-            if a not in best:
-                continue
-            base, segs = best[a]
-            span = nodes[a:b]
-            opts = [(sum(layer[a:b]), None)]
-            if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
-                    all(n.op != "input" or k == 0 for k, n in enumerate(span)):
-                for gr in groups:
-                    for stage in ((True, False) if span[0].op != "input" else (False,)):
-                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
-                        if plan is not None:
-                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
-                            opts.append((cost, Segment(a, b, gr, stage)))
-                            break
-            if clusters > 1 and wide.eligible(span, g):
-                for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
-                    for gr in groups:
-                        plan = next(((stage, p) for stage in (True, False)
-                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True))), None)
-                        if plan is not None:
-                            cost = wide.cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache)
-                            opts.append((cost, Segment(a, b, gr, plan[0], n)))
-            cost, seg = min(opts, key=lambda o: o[0])
-            total = base + cost
-            if cand is None or total < cand[0]:
-                cand = (total, segs + ([seg] if seg else []))
-        best[b] = cand
-    return best[len(nodes)][1]
 
 
 # ---- lowering a segment -----------------------------------------------------------------------------
@@ -264,16 +75,6 @@ class JobCtx:
 
     def kernel(self, node, streams, **meta) -> None:
         self.captured.append((node, streams, meta))
-
-
-def job_shape(batch: int, group: int, clusters: int) -> tuple[int, int]:
-    """(jobs, image groups per job). With more groups than clusters and a whole number per cluster,
-    one job per cluster works through its groups in turn, so weights that stay in WRAM are loaded
-    once per cluster instead of once per group; otherwise one group per job."""
-    n = batch // group
-    if n > clusters and n % clusters == 0:
-        return clusters, n // clusters
-    return n, 1
 
 
 def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
@@ -325,7 +126,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
                                SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
     if steps:   # fewer slices where their stage fits beside the values when planned with them
-        pins, extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
+        pins, _extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
             g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra=extra))
         if again is not None:
             addrs, peak = again

@@ -102,7 +102,7 @@ def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: b
     slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
     bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
     from mlusim.compiler import fusion
-    from mlusim.compiler.fusion import KERNEL_OVERHEAD, _dram_rate, job_shape, node_weight_bytes, tiler_cost
+    from mlusim.compiler.segments import KERNEL_OVERHEAD, _dram_rate, job_shape, node_weight_bytes, tiler_cost
 
     cpc = cfg.chip.cores_per_cluster
     slots = max(1, clusters // n)
