@@ -127,7 +127,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                                SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
     if steps:   # fewer slices where their stage fits beside the values when planned with them
         pins, _extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
-            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra=extra))
+            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra=extra),
+            more=SHARE_MIN_BYTES // 2)
         if again is not None:
             addrs, peak = again
             steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
@@ -136,6 +137,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     for stp in steps:
         if stp.stage is not None:
             steps_of.setdefault(stp.node, []).append(stp)
+    if not steps_of:        # nothing worth sharing: independent jobs, no job-wide barriers
+        peers, steps = 1, []
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
         """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
@@ -257,7 +260,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                         jctx.wram_slots = {u.name: (pre[key], False)}
                         emit(jctx, u, ins, y, None)
                         run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
-                    if key in pre and stp.lead > 1:
+                    if key in pre:          # (a lead-1 step loads itself, but into its planned slot)
                         jctx.wram_slots = {u.name: (pre[key], early, "prefetched")}
                     emit(jctx, u, ins, y, None)
                     jctx.weight_home = {}

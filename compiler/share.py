@@ -30,6 +30,8 @@ from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
 CHUNK = 256 * 1024          # bytes per g2s, as prefetch.CHUNK
+MIN_BYTES = 64 * 1024       # smaller layers load once per cluster: staging them costs more barriers and
+                            # copies than their DRAM reads (LeNet-5 and MNIST at batch 16 ran slower)
 PASS_AT = 0.9               # where in a step its s2s passes go (fraction of its loads; measured 2/3 .. 0.95)
 
 
@@ -105,7 +107,7 @@ def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, 
         """Whole and two steps ahead (the WRAM copy hides behind the step before) when it fits;
         a layer of `min_bytes` or more (too big for the per-cluster prefetch) also in the fewest
         slices that fit, or one step ahead."""
-        if not eligible(n, g):
+        if not eligible(n, g) or n.q["weight"].nbytes // parts < MIN_BYTES:
             return None
         if n.name in (pinned or {}):      # its slices take turns in its stages (pin_stages)
             r, ats, lead = pinned[n.name]
@@ -187,23 +189,26 @@ def ahead(stream: list[Instr], start: int, g2s: list[Instr], s2s: list[Instr]) -
     stream[first:first] = g2s
 
 
-def pin_stages(g, nodes, steps: list[Step], parts: int, replan) -> tuple[dict, dict, tuple | None]:
+def pin_stages(g, nodes, steps: list[Step], parts: int, replan, more: int = 1 << 60) -> tuple[dict, dict, tuple | None]:
     """Fewer slices for the sliced layers, last first, by placing each one's stage in the SRAM
     plan next to the values (replan(extra) is sram_plan with those buffers) instead of in the gaps
     the values leave: ResNet-50's layer4 3x3 convs then take two slices instead of four. Returns
     the pins (name -> (slices, stage addresses, lead)), the buffers, and the plan, None if
-    nothing changed."""
+    nothing changed. Layers of `more` bytes or more that found no stage in the gaps try here too."""
     index = {n.name: k for k, n in enumerate(nodes)}
     real = [n for n in nodes if n.op not in VIEWS]
     back = {n.name: [real[max(0, i - d)].name for d in (0, 1, 2)] for i, n in enumerate(real)}
     # last first: measured better than heaviest first or in layer order on ResNet-50 b16/16
     # (2.036 vs 2.110 and 2.120 M cycles)
-    sliced = sorted({s.node for s in steps if s.slice}, key=lambda v: -index[v])
+    shared = {s.node for s in steps if s.stage is not None}
+    sliced = sorted({s.node for s in steps if s.slice} | {n.name for n in real if eligible(n, g) and n.name not in shared
+                                                          and n.q["weight"].nbytes // parts >= more},
+                    key=lambda v: -index[v])
     pins: dict = {}
     extra: dict = {}
     plan = None
     for v in sliced:
-        r = sum(s.node == v for s in steps)
+        r = max(2, sum(s.node == v for s in steps))     # (a layer not shared yet: tried whole first)
         w = g.node(v).q["weight"].nbytes // parts
         for fewer, lead in ((r // 2 ** i, lead) for i in range(r.bit_length() - 1, 0, -1) for lead in (2, 1)):
             # two stages taking turns, filled two steps ahead (the copy to WRAM hides behind the
