@@ -5,20 +5,21 @@ layer3 and layer4 at batch 16: four one-cluster jobs of four images) loads every
 once per cluster, and at batch 16 on 16 cores that DRAM traffic, not the MAC array, sets its time:
 50 MiB of weight reads for 13 MiB of weights. The MLU270 has no cache and no multicast, but it has
 SRAM2SRAM between clusters. So the clusters run as one UNIONn job, each of the P clusters reads 1/P
-of a layer's weights from DRAM, and hands its part to the others, two layers ahead (a software
+of a layer's weights from DRAM and hands its part to the others, L = 2 or 1 steps ahead (a software
 pipeline over the segment's steps, as BANG code would write it with async copies):
 
-    step i-2:  g2s  this cluster's 1/P of W_i -> stage S_i       (a share per core, spread over
-                                                                  the step's loads)
-    step i-1:  s2s  that part -> S_i of every other cluster       (at the step's start)
-               sync.all                                          (every part has landed)
-    step i:    s2w  each core's weight block S_i -> WRAM (the Move-DMA)
-               sync.all                                          (S_i may be refilled)
-               the tiles, as usual
+    step j-L:  g2s  this cluster's 1/P of W_j -> stage S_j      (a share per core, after the
+                                                                 step's first load)
+               s2s  that part -> S_j of every other cluster      (each waits for its copy's token;
+                                                                 PASS_AT of the way through)
+               sync.all                                         (every step ends at one)
+    L = 2:     step j-1 copies S_j -> WRAM (s2w, the Move-DMA) beside its own tiles (prefetch.py)
+    L = 1:     step j copies S_j -> WRAM at its start, then a sync.all (S_j may be refilled)
 
-A step is a layer, or a slice of one: a layer whose weights do not fit is cut by output channels
-into 2, 4, ... slices (wide.slice_node). S_i must be SRAM no value uses in steps i-2..i, clear of
-S_{i-1} and S_{i-2}; a layer with no room even in slices keeps the per-cluster path (prefetch.py).
+A step is a layer, or a slice of one: a layer whose weights find no stage is cut by output channels
+into 2, 4, ... slices (wide.slice_node). S_j must be SRAM no value uses in steps j-L..j, clear of
+S_{j-1} when L = 2. plan() looks for stages in the gaps the SRAM plan leaves; pin_stages() places
+the hard ones in the SRAM plan itself. A layer with no room keeps the per-cluster path.
 """
 from __future__ import annotations
 
