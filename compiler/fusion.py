@@ -81,7 +81,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     """Emit `seg` as one UNION1 kernel (UNIONn when wide); `dev` gains the GDRAM tensors of its escaping values.
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
-    from mlusim.compiler.prefetch import (chunks, input_loads, insert_between_loads, load_back, plan_input,
+    from mlusim.compiler.prefetch import (chunked, input_loads, insert_between_loads, load_back, plan_input,
                                           plan_prefetch, spread_over_layers, weight_loads)
 
     g, cfg = ctx.graph, ctx.cfg
@@ -268,8 +268,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     metas.append((StepNode(key, u.op), meta))
                     if tasks is not None:
                         if early:           # during the step before, on the Move-DMA
-                            for c, loads in enumerate(run["loads"][u.name]):
-                                insert_between_loads(tasks[c], *run["spans"][c], [p for ld in loads for p in chunks(ld)])
+                            for c, loads in enumerate(chunked(run["loads"][u.name])):
+                                insert_between_loads(tasks[c], *run["spans"][c], loads)
                             st, cut = [list(st[c]) if c < len(st) else [] for c in range(cpc)], [0] * cpc
                         else:               # at its start, then a barrier before the stage is reused
                             st, cut = zip(*(share.barrier_after_weights(st[c] if c < len(st) else [])
@@ -309,11 +309,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 _node, st, meta = jctx.captured.pop()
                 metas.append((n, meta))
                 if tasks is not None:
-                    chunked = [[p for ld in loads for p in chunks(ld)] for loads in run["loads"].get(node.name, [])]
+                    pieces = chunked(run["loads"].get(node.name, []))
                     if warm:            # WARM_DEPTH layers ahead
-                        load_back(tasks, hist, chunked, WARM_DEPTH)
+                        load_back(tasks, hist, pieces, WARM_DEPTH)
                     elif early:         # stream them in during the layer before
-                        for c, loads in enumerate(chunked):
+                        for c, loads in enumerate(pieces):
                             insert_between_loads(tasks[c], *run["spans"][c], loads)
                     st = [list(st[c]) if c < len(st) else [] for c in range(cpc)]
                     ahead(si, st, [0] * cpc)

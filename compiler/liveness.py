@@ -91,8 +91,13 @@ def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity
     life = lifetimes(g, nodes) if life is None else life
     busy = sorted((addrs[v], addrs[v] + -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN)
                   for v, (f, l_) in life.items() if v in addrs and (l_ >= k0 or v in also))
+    return lowest_fit(busy, size, capacity)
+
+
+def lowest_fit(busy, size: int, capacity: int) -> int | None:
+    """The lowest offset where `size` bytes miss every (start, end) in `busy`; None past `capacity`."""
     at = 0
-    for a, b in busy:
+    for a, b in sorted(busy):
         if at + size <= a:
             break
         at = max(at, b)
@@ -122,12 +127,8 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     addrs: dict[str, int] = {}
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
         f, l_ = life[v]
-        at = 0
-        for a, b, f2, l2 in sorted(p for p in placed if p[2] <= l_ and f <= p[3]):
-            if at + size[v] <= a:
-                break
-            at = max(at, b)
-        if at + size[v] > capacity:
+        at = lowest_fit([(a, b) for a, b, f2, l2 in placed if f2 <= l_ and f <= l2], size[v], capacity)
+        if at is None:
             return None
         addrs[v] = at
         placed.append((at, at + size[v], f, l_))

@@ -92,6 +92,11 @@ def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
             for o in range(0, n, step)]
 
 
+def chunked(loads: list[list[Instr]]) -> list[list[Instr]]:
+    """Each core's weight loads cut into prefetch-sized DMAs."""
+    return [[p for ld in mine for p in chunks(ld)] for mine in loads]
+
+
 def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[Instr], behind_ld: bool = False) -> None:
     """Spread `loads` over stream[start:end] (one core's instructions of the running layer) after
     its load and move-queue instructions from the second on, evenly (issue is in order: a burst

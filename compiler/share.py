@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlusim.compiler.liveness import ALIGN, VIEWS, device_image_bytes, lifetimes, split_bytes
+from mlusim.compiler.liveness import ALIGN, VIEWS, device_image_bytes, lifetimes, lowest_fit, split_bytes
 from mlusim.compiler.codegen import QBIT, queue_of
 from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
@@ -63,15 +63,6 @@ def _up(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def _gap(busy: list[tuple[int, int]], size: int, capacity: int) -> int | None:
-    at = 0
-    for a, b in sorted(busy):
-        if at + size <= a:
-            break
-        at = max(at, b)
-    return at if at + size <= capacity else None
-
-
 def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, lanes: int,
          min_bytes: int = 0, max_slices: int = 16, parts: int = 1, keep: frozenset = frozenset(),
          stage: bool = False, pinned: dict | None = None) -> list[Step]:
@@ -98,7 +89,7 @@ def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, 
             k0 = prev[-lead].k if len(prev) >= lead else k
             taken = busy(k0, k) + ([(prev[-1].stage, prev[-1].stage + _up(prev[-1].nbytes))]
                                    if lead > 1 and prev and prev[-1].stage is not None else [])
-            at = _gap(taken, _up(s), capacity)
+            at = lowest_fit(taken, _up(s), capacity)
             if at is None:
                 return None
             out.append(Step(n.name, k, (i * co // r, (i + 1) * co // r) if r > 1 else None, at, s, lead))
