@@ -41,6 +41,7 @@ PREFETCH = True               # load each layer's weights during the layer befor
 SHARE = True                  # clusters running side by side share weights through SRAM (share.py)
 SHARE_MIN_BYTES = 1 << 20     # ... of layers with this many bytes of weights or more
 WARM_DEPTH = 3                # a job's first group loads WRAM-resident weights this many layers ahead
+GATHER_DEPTH = 7              # ... and a gathered fc its weights this many steps ahead (share.gathers)
 
 
 class StepNode(NamedTuple):
@@ -64,6 +65,7 @@ class JobCtx:
         self.wram_base = 0            # where other layers' WRAM buffers start
         self.prefetch = PREFETCH      # tilers may count on their weights arriving during the layer before
         self.weight_home: dict = {}   # node -> SRAM address its weights are staged at (share.py)
+        self.weights_ready: set = set()   # nodes whose weights were loaded into their WRAM slot ahead
 
     def const(self, name, arr) -> int:
         if name not in self._consts:
@@ -82,7 +84,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     `emit(ctx, node, ins, y, x)` is lower._lower_node."""
     from mlusim.compiler.lower import DevTensor, input_tensor
     from mlusim.compiler.prefetch import (chunked, input_loads, insert_between_loads, load_back, plan_input,
-                                          plan_prefetch, spread_over_layers, weight_loads)
+                                          plan_prefetch, spread_back, spread_over_layers, weight_loads)
 
     g, cfg = ctx.graph, ctx.cfg
     cpc = cfg.chip.cores_per_cluster
@@ -94,7 +96,17 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     per_job = seg.wide or 1                 # clusters per job
     jobs, rounds = job_shape(batch, group, clusters // per_job)
     esc = escaping(g, nodes)
-    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide))
+    # clusters that run the same layers side by side share their weights through SRAM (share.py)
+    peers = jobs if shares(jobs, rounds, clusters, per_job) else 1
+    # a last fc over one pixel is split by outputs instead, over every cluster's images gathered
+    # into each cluster's SRAM (share.gathers)
+    gath = real[-1] if share.gathers(g, real[-1], esc, peers, per_job) else None
+    gbuf = {f"gather:{gath.name}": (device_image_bytes(lay[gath.inputs[0]]) * group * peers, len(nodes) - 1,
+                                    len(nodes) - 1)} if gath else {}
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide), extra=gbuf)
+    if plan is None and gath:
+        gath, gbuf = None, {}
+        plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide))
     if plan is None:
         raise CompileError(f"segment {nodes[0].name}..{nodes[-1].name}: {group} image(s) of activations do not "
                            f"fit SRAM of {cfg.sram_bytes:,} B")
@@ -112,22 +124,21 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     dshare = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
 
     fin = None      # (indices of the layers it rides along with, SRAM address) of the input prefetch, planned below
-    # clusters that run the same layers side by side share their weights through SRAM (share.py)
-    peers = jobs if shares(jobs, rounds, clusters, per_job) else 1
     steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes, SHARE_MIN_BYTES,
                        parts=per_job, stage=seg.staged) if peers > 1 else []
     # a last layer cut into slices writes each slice's channels to GDRAM pixel by pixel, a DMA segment
     # each: its output goes to SRAM instead, and out in one contiguous copy per core at the end
     kept: frozenset = frozenset()
     if not seg.wide and real[-1].name in esc and sum(s.node == real[-1].name for s in steps) > 1:
-        again = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=frozenset({real[-1].name}))
+        again = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=frozenset({real[-1].name}),
+                          extra=gbuf)
         if again is not None:
             (addrs, peak), kept = again, frozenset({real[-1].name})
             steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
                                SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
     if steps:   # fewer slices where their stage fits beside the values when planned with them
         pins, _extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
-            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra=extra),
+            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra={**gbuf, **extra}),
             more=SHARE_MIN_BYTES // 2)
         if again is not None:
             addrs, peak = again
@@ -137,8 +148,36 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     for stp in steps:
         if stp.stage is not None:
             steps_of.setdefault(stp.node, []).append(stp)
-    if not steps_of:        # nothing worth sharing: independent jobs, no job-wide barriers
+    if not steps_of and not gath:   # nothing worth sharing: independent jobs, no job-wide barriers
         peers, steps = 1, []
+
+    def gathered(jctx, n, x: DevTensor, tasks, hist, run, peer: int, slots: dict) -> dict:
+        """Emit the gathered fc of `peer`'s cluster (share.gathers): its images passed to every
+        cluster, then its 1/P of the outputs for all the images, the weights loaded GATHER_DEPTH
+        steps ahead into their own WRAM slot. Returns the kernel metadata."""
+        from mlusim.compiler.kernels.linear import as_conv
+
+        at, row = addrs[f"gather:{n.name}"], device_image_bytes(x) * group
+        u = as_conv(wide.share(n, peer, peers), row=True)
+        o, k = n.q["weight"].shape
+        # the images as the pixels of one row: a tile of them all, each core a block of the outputs
+        xs = DevTensor(f"{n.name}.gathered", at, (1, 1, group * peers, k), x.dtype, None, "sram")
+        y = DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, group * peers, o), dev[n.name].dtype, None)
+        jctx.wram_base, jctx.weights_ready = base, {u.name}
+        if tasks is not None and n.name in slots and u.name not in run["loads"]:
+            jctx.wram_slots = {u.name: (slots[n.name], False)}
+            emit(jctx, u, [xs], y, None)
+            run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
+        jctx.wram_slots = {u.name: (slots[n.name], True)} if n.name in slots else {}
+        emit(jctx, u, [xs], y, None)
+        _node, st, meta = jctx.captured.pop()
+        jctx.weights_ready = set()
+        if tasks is not None:
+            if n.name in slots:
+                spread_back(tasks, hist, run["loads"][u.name], GATHER_DEPTH)
+            for c, cps in enumerate(share.gather(x.addr, row, at, peer, list(range(peers)), cpc)):
+                tasks[c] += cps + (list(st[c]) if c < len(st) else [])
+        return meta
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
         """Images [img, img + group) of a batch tensor in GDRAM (NHWC: one contiguous run)."""
@@ -289,6 +328,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                                     tasks[c].append(Instr.make("dma", dir="s2g", dst=out.addr + a, src=y.addr + a,
                                                                size=b - a))
                     continue
+                if n is gath:
+                    metas.append((n, gathered(jctx, n, ins[0], tasks, hist, run, peer, slots)))
+                    continue
                 jctx.wram_slots = {node.name: (slots[n.name], not first)} if n.name in slots else {}
                 jctx.wram_base = 0 if n.name in slots else base
                 # weights that stay in WRAM arrive during the layer before in a job's first group
@@ -346,6 +388,18 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
             if size and base + size <= cfg.wram_bytes * 3 // 4:
                 slots[n.name], base = base, base + size
+    if gath is not None:    # the gathered fc's weights get a WRAM slot of their own (one block per core)
+        x = lay[gath.inputs[0]]
+        try:
+            meta = gathered(JobCtx(ctx, cpc, dshare, consts), gath, DevTensor("", addrs[_base(g, gath.inputs[0])],
+                            (group,) + tuple(x.shape[1:]), x.dtype, None, "sram"), None, [], {"loads": {}}, 0, {})
+        except CompileError:    # no tiling with one weight block per core: per cluster, as before
+            gath, meta = None, {}
+            if not steps_of:
+                peers, steps = 1, []
+        size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+        if size and base + size <= cfg.wram_bytes // 4:
+            slots[gath.name], base = base, base + size
     # whose weights stream in during the layer before: a dry run with the real WRAM base
     dry = image_group(JobCtx(ctx, cpc, dshare, consts), 0, None, slots, base, True, True)
     for cl in range(1, per_job if peers > 1 else 1):    # every cluster's weight constants, for share.copies

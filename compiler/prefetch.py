@@ -178,3 +178,21 @@ def load_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loads
         hist[at][c] = (a, b + len(mine))
         for h in hist[at + 1:]:
             h[c] = (h[c][0] + len(mine), h[c][1] + len(mine))
+
+
+def spread_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loads: list[list[Instr]],
+                depth: int, size: int = CHUNK // 4) -> None:
+    """Each core's `loads`, cut into `size`-byte DMAs, spread evenly over the last `depth` layers
+    (`hist`, moved along): a big load far ahead (fusion.py's gathered fc) then takes a little of
+    each layer's DRAM time instead of most of one's."""
+    at = max(0, len(hist) - depth)
+    for c, mine in enumerate(loads):
+        pieces = [p for ld in mine for p in chunks(ld, size)]
+        n = len(hist) - at
+        for i in range(at, len(hist)):
+            part = pieces[(i - at) * len(pieces) // n:(i - at + 1) * len(pieces) // n]
+            a, b = hist[i][c]
+            insert_between_loads(tasks[c], a, b, part)
+            hist[i][c] = (a, b + len(part))
+            for h in hist[i + 1:]:
+                h[c] = (h[c][0] + len(part), h[c][1] + len(part))

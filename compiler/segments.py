@@ -65,11 +65,13 @@ def node_weight_bytes(node) -> int:
 
 def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
                spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False,
-               staged: bool = False) -> float:
+               staged: bool = False, gathered: int = 0) -> float:
     """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
     a `share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
-    prefetch.py) or not, from SRAM (`staged`: share.py) or GDRAM; infinite if no tiling fits."""
-    key = (node.name, images, tasks, share, spaces, prefetch, staged)
+    prefetch.py) or not, from SRAM (`staged`: share.py) or GDRAM; a linear layer `gathered` from
+    that many clusters' images, its outputs split between them (share.gathers); infinite if no
+    tiling fits."""
+    key = (node.name, images, tasks, share, spaces, prefetch, staged, gathered)
     if cache is not None and key in cache:
         return cache[key]
     from types import SimpleNamespace
@@ -80,7 +82,13 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 
     ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch,
                           weight_home={node.name: 0} if staged else {})
     try:
-        if node.op == "linear":
+        if node.op == "linear" and gathered:
+            from mlusim.compiler.kernels.linear import as_conv
+
+            u = as_conv(wide.share(node, 0, gathered), row=True)
+            ctx.weights_ready = {u.name}
+            cost = plan_conv(ctx, u, (1, 1, images * gathered, node.q["weight"].shape[1]), ("sram", "gdram", "gdram"))[1].cost
+        elif node.op == "linear":
             from mlusim.compiler.kernels.linear import plan_linear
 
             o, k = node.q["weight"].shape
@@ -126,6 +134,9 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     share = 1.0 / min(jobs_run, clusters)
     shared = shares(jobs_run, groups, clusters)
     esc = escaping(g, nodes)
+    from mlusim.compiler.share import gathers
+
+    gath = nodes[-1] if gathers(g, nodes[-1], esc, jobs_run if shared else 1, 1) else None
     inside = {n.name for n in nodes}
 
     def space(v: str) -> str:
@@ -139,7 +150,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
             cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=_fusion().PREFETCH,
-                              staged=shared and n.op == "conv2d")
+                              staged=shared and n.op == "conv2d", gathered=jobs_run if n is gath else 0)
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles

@@ -156,6 +156,26 @@ def copies(w_addr: int, nbytes: int, stage: int, peer: int, dests: list[int], co
     return out
 
 
+def gathers(g, last, esc: set, peers: int, per_job: int) -> bool:
+    """Whether the span's last layer is a fully connected layer over one pixel (ResNet's fc after
+    its pool) that the clusters split by outputs instead: each gathers every cluster's images (a
+    few KiB) and computes 1/P of the outputs for all of them, so each cluster reads 1/P of the
+    weights straight into WRAM and none is staged or passed on. Small layers (LeNet-5's) stay
+    per cluster: their weights cost less than the gather."""
+    from mlusim.compiler.kernels.linear import one_pixel
+
+    return peers > 1 and per_job == 1 and last.name in esc and one_pixel(g, last) and \
+        last.q["weight"].shape[0] >= peers and last.q["weight"].nbytes >= MIN_BYTES
+
+
+def gather(src: int, nbytes: int, at: int, peer: int, dests: list[int], cores: int) -> list[list[Instr]]:
+    """Per core: its share of this cluster's `nbytes` at `src` copied to `at + peer * nbytes` in the
+    SRAM of every cluster in `dests` (this one's too), then the job-wide barrier after which every
+    cluster holds all the images at `at`."""
+    return [[Instr.make("dma", dir="s2s", dst=at + peer * nbytes + a, src=src + a, size=b - a, dcl=d + 1)
+             for d in dests if b > a] + [Instr.make("sync.all")] for a, b in split_bytes(nbytes, cores)]
+
+
 def untokened(instrs: list[Instr]) -> list[Instr]:
     """The same copies without their tokens, for where a barrier orders them instead."""
     return [Instr.make(i.op.mnemonic, **{k: v for k, v in i.args.items() if k not in ("wait", "sig")})

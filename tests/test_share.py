@@ -50,7 +50,7 @@ def test_each_staged_weight_byte_is_read_from_dram_once_per_chip(rn50_b16):
             if a["dir"] == G2S:
                 owner = next(n for n, t in weights.items() if t.addr <= a["src"] < t.end)
                 read.setdefault(owner, []).append((a["src"], a["src"] + a["size"]))
-            elif a["dir"] == S2S and a["dcl"]:
+            elif a["dir"] == S2S and a["dcl"] and a["dst"] == a["src"]:    # (not the fc's gather)
                 passed += a["size"]
     for name, spans in read.items():
         spans.sort()
@@ -58,6 +58,36 @@ def test_each_staged_weight_byte_is_read_from_dram_once_per_chip(rn50_b16):
         assert spans[0][0] == t.addr and spans[-1][1] == t.end, name
         assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:])), name     # no gap, no overlap
     assert passed == 3 * sum(t.end - t.addr for n, t in weights.items() if n in read)
+
+
+def test_last_fc_splits_its_outputs_between_clusters_over_gathered_images(rn50_b16):
+    """ResNet-50's fc runs inside the shared segment: every cluster passes its four images' pooled
+    features to all four clusters (itself too), and each reads its quarter of the fc weights from
+    DRAM straight into WRAM, ahead of time: each weight byte once per chip, no stage, no pass."""
+    prog = rn50_b16.program
+    (k,) = _shared_segments(prog)
+    assert k.meta["fused"][-1] == "fc" and "fc" not in [q.name for q in prog.kernels]
+    assert "fc" not in k.meta["segment"]["staged_weights"]
+    weights = {t.name: t for t in prog.tensors if t.name.startswith("fc[") and t.name.endswith(".weight")}
+    assert len(weights) == 4 and sum(t.end - t.addr for t in weights.values()) >= 1000 * 2048
+    reads: dict[str, list] = {n: [] for n in weights}
+    gathered = 0
+    for st in k.streams:
+        for ins in st:
+            a = ins.args
+            if ins.op.mnemonic != "dma":
+                continue
+            if a["dir"] == DIR_NAMES.index("g2w"):
+                for n, t in weights.items():
+                    if t.addr <= a["src"] < t.end:
+                        reads[n].append((a["src"], a["src"] + a["size"]))
+            elif a["dir"] == S2S and a["dst"] != a["src"]:
+                gathered += a["size"]
+    for n, spans in reads.items():
+        spans.sort()
+        assert spans[0][0] == weights[n].addr and spans[-1][1] == 1000 // 4 * 2048 + weights[n].addr, n
+        assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:])), n
+    assert gathered == 16 * 2048 * 4
 
 
 def test_sharing_cuts_dram_traffic_and_time(monkeypatch, rn50_b16):

@@ -111,7 +111,8 @@ def all_blocks(wspace: str, blocks: int) -> float:
 def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
            accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3, wspace: str = "gdram") -> Plan | None:
     """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment);
-    wspace: where the weights come from (sram when staged there, compiler/share.py)."""
+    wspace: where the weights come from (sram when staged there, compiler/share.py; wram when
+    loaded ahead into a slot of their own, one block per task: fusion.py's gathered fc)."""
     cfg = ctx.cfg
     wo, esz = geo.wo, geo.esz
     in_tile = geo.tile_bytes(rows)
@@ -160,12 +161,13 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
     room = cfg.wram_bytes - getattr(ctx, "wram_base", 0)
-    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > room:
+    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > room or wspace == "wram" and max(loads) > 1:
         return None          # a task with one weight block needs no second WRAM buffer
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
     w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
-    w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else dma_cycles(cfg, wblock, space="sram")
+    w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else \
+        dma_cycles(cfg, wblock, space="sram") if wspace == "sram" else 0.0
     if getattr(ctx, "prefetch", False) and not geo.depthwise and \
             wblock * (1 if max(loads) == 1 else all_blocks(wspace, max(loads))) <= room // 2:
         # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
@@ -187,7 +189,8 @@ def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3)
     group and the segment planner prices the same layers again and again. The key holds everything
     the search reads; the entry keeps the config and weights alive so their ids stay theirs."""
     w = node.q["weight"]
-    wspace = "sram" if node.name in getattr(ctx, "weight_home", {}) else "gdram"
+    wspace = "sram" if node.name in getattr(ctx, "weight_home", {}) else \
+        "wram" if node.name in getattr(ctx, "weights_ready", ()) else "gdram"
     key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, wspace, ctx.tasks, getattr(ctx, "dram_share", 1.0),
            getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), repr(sorted(node.attrs.items(), key=str)))
     hit = _PLANS.get(key)

@@ -55,6 +55,29 @@ def requant_params(q, bias: np.ndarray) -> np.ndarray:
     return np.stack([bias, q["mult"], q["shift"]], axis=1).astype(np.int32)
 
 
+def as_conv(node, row: bool = False):
+    """The same layer as a 1x1 conv, over 1x1 images or (`row`) over one image whose pixels are the
+    inputs, for a fully connected layer whose input is one pixel of channels (after a global
+    average pool): a segment that splits it between clusters (share.gathers) then uses the conv
+    tiler, its WRAM slots and prefetch. Same products, same requantization: the same outputs."""
+    from mlusim.compiler.graph import Node
+
+    o, k = node.q["weight"].shape
+    m, co = node.shape[:2]
+    attrs = dict(node.attrs, stride=(1, 1), padding=(0, 0, 0, 0), groups=1, dilation=(1, 1))
+    return Node(node.name, "conv2d", node.inputs, attrs, node.params, (1, co, 1, m) if row else (m, co, 1, 1),
+                node.fused, dict(node.q, weight=node.q["weight"].reshape(o, k, 1, 1)))
+
+
+def one_pixel(g, node) -> bool:
+    """Whether a linear layer's input is a single pixel of channels (see as_conv)."""
+    from mlusim.compiler.liveness import _base
+
+    src = g.node(_base(g, node.inputs[0]))
+    return node.op == "linear" and len(src.shape) in (2, 4) and src.shape[1] == node.q["weight"].shape[1] and \
+        all(d == 1 for d in src.shape[2:])
+
+
 def _candidates(n: int, lanes: int) -> list[int]:
     out, b = {n}, n
     while b > lanes:
