@@ -24,7 +24,9 @@ and refuses fewer cores with the engine's UNION error.
 """
 from __future__ import annotations
 
-from math import prod
+from math import ceil, prod
+
+import numpy as np
 from typing import NamedTuple
 
 from mlusim.compiler import share, wide
@@ -35,6 +37,7 @@ from mlusim.compiler.segments import (ELIGIBLE, JOB_LAYER_OVERHEAD, KERNEL_OVERH
                                       segment_cost, shares, tiler_cost)
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
+from mlusim.isa.fields import f32_bits
 from mlusim.program import Kernel
 
 PREFETCH = True               # load each layer's weights during the layer before (prefetch.py)
@@ -101,8 +104,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     # a last fc over one pixel is split by outputs instead, over every cluster's images gathered
     # into each cluster's SRAM (share.gathers)
     gath = real[-1] if share.gathers(g, real[-1], esc, peers, per_job) else None
-    gbuf = {f"gather:{gath.name}": (device_image_bytes(lay[gath.inputs[0]]) * group * peers, len(nodes) - 1,
-                                    len(nodes) - 1)} if gath else {}
+    gbuf = {f"gather:{gath.name}": ((device_image_bytes(lay[gath.inputs[0]]) + device_image_bytes(lay[gath.name]))
+                                    * group * peers, len(nodes) - 1, len(nodes) - 1)} if gath else {}
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide), extra=gbuf)
     if plan is None and gath:
         gath, gbuf = None, {}
@@ -151,6 +154,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     if not steps_of and not gath:   # nothing worth sharing: independent jobs, no job-wide barriers
         peers, steps = 1, []
 
+    made: dict[str, DevTensor] = {}     # the float output, when the gathered fc writes it
+
     def gathered(jctx, n, x: DevTensor, tasks, hist, run, peer: int, slots: dict) -> dict:
         """Emit the gathered fc of `peer`'s cluster (share.gathers): its images passed to every
         cluster, then its 1/P of the outputs for all the images, the weights loaded GATHER_DEPTH
@@ -160,9 +165,13 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         at, row = addrs[f"gather:{n.name}"], device_image_bytes(x) * group
         u = as_conv(wide.share(n, peer, peers), row=True)
         o, k = n.q["weight"].shape
+        m, dt = group * peers, dev[n.name].dtype
         # the images as the pixels of one row: a tile of them all, each core a block of the outputs
-        xs = DevTensor(f"{n.name}.gathered", at, (1, 1, group * peers, k), x.dtype, None, "sram")
-        y = DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, group * peers, o), dev[n.name].dtype, None)
+        xs = DevTensor(f"{n.name}.gathered", at, (1, 1, m, k), x.dtype, None, "sram")
+        # the program's output: into SRAM, then dequantized into the float output by the segment
+        final = n.name == g.output and dt != "f32" and ceil(m / cpc) * ceil(o / peers) * 5 <= cfg.nram_bytes
+        y = DevTensor(f"{n.name}.sram", at + row * peers, (1, 1, m, o), dt, None, "sram") if final else \
+            DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, m, o), dt, None)
         jctx.wram_base, jctx.weights_ready = base, {u.name}
         if tasks is not None and n.name in slots and u.name not in run["loads"]:
             jctx.wram_slots = {u.name: (slots[n.name], False)}
@@ -175,8 +184,13 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         if tasks is not None:
             if n.name in slots:
                 spread_back(tasks, hist, run["loads"][u.name], GATHER_DEPTH)
+            if final and "output" not in made:
+                made["output"] = DevTensor("output", ctx.tensor("output", "output", "f32", lay[n.name].shape).addr,
+                                           lay[n.name].shape, "f32")
+            deq = share.dequantized(y.addr, made["output"].addr, m, o, (u.attrs["out_slice"][0], u.attrs["out_slice"][0] + u.shape[1]),
+                                    dt, f32_bits(float(np.float32(n.q["scale"]))), n.q.get("zp", 0), cpc) if final else None
             for c, cps in enumerate(share.gather(x.addr, row, at, peer, list(range(peers)), cpc)):
-                tasks[c] += cps + (list(st[c]) if c < len(st) else [])
+                tasks[c] += cps + (list(st[c]) if c < len(st) else []) + (deq[c] if deq else [])
         return meta
 
     def gslice(t: DevTensor, img: int) -> DevTensor:
@@ -423,6 +437,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     layers.append(f"{n.name}: {meta.get('tiling', meta.get('unit', ''))}".rstrip(": "))
                 macs += meta.get("macs", 0)
         streams.extend(tasks)
+    dev.update({gath.name: made["output"]} if made else {})     # (lower() adds no dequantize kernel)
     for n in nodes:           # a view of an escaping value, used outside, aliases it
         if n.op in VIEWS and _base(g, n.name) in dev:
             b, full = dev[_base(g, n.name)], lay[n.name]
@@ -440,7 +455,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                   + (f", next images' input streamed into SRAM during {len(fin[0])} of the last layers"
                      if fin else ""),
         "segment": {"layers": layers, "layer_names": [n.name for n in real    # a sliced layer's slices each end at a barrier
-                                   for _ in (steps_of.get(n.name) or [0])] + (["(store output)"] if kept else []),
+                                   for _ in (steps_of.get(n.name) or [0])] + (["(store output)"] if kept else [])
+                                   + (["(dequantize output)"] if made else []),
                     "group": group, "jobs": jobs,
                     "groups_per_job": rounds, "sram_peak": peak,
                     "staged": seg.staged, "wram_resident": sorted(slots), "wram_resident_bytes": base,

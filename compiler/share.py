@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from mlusim.compiler.liveness import ALIGN, VIEWS, device_image_bytes, lifetimes, lowest_fit, split_bytes
 from mlusim.compiler.codegen import QBIT, queue_of
+from mlusim.compiler.tiling import split
 from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
@@ -174,6 +175,30 @@ def gather(src: int, nbytes: int, at: int, peer: int, dests: list[int], cores: i
     cluster holds all the images at `at`."""
     return [[Instr.make("dma", dir="s2s", dst=at + peer * nbytes + a, src=src + a, size=b - a, dcl=d + 1)
              for d in dests if b > a] + [Instr.make("sync.all")] for a, b in split_bytes(nbytes, cores)]
+
+
+def dequantized(y: int, out: int, rows: int, cols: int, chans: tuple[int, int], dt: str, scale_bits: int, zp: int,
+                cores: int) -> list[list[Instr]]:
+    """Per core, after the cluster's barrier: its share of the rows of channels `chans` of the
+    gathered fc's integer result ([rows, cols] at SRAM `y`) dequantized into the program's float32
+    output at GDRAM `out`. The segment then writes the output itself, instead of a kernel of its
+    own reading it back (a launch and two DRAM latencies)."""
+    esz = 2 if dt == "i16" else 1
+    c0, c1 = chans
+    nb = c1 - c0
+    per = []
+    for r0, r1 in split(rows, cores):
+        mine = [Instr.make("sync.cluster")]
+        if r1 > r0:
+            f = -(-(r1 - r0) * nb * esz // ALIGN) * ALIGN
+            mine += [Instr.make("dma", dir="s2n", dst=0, src=y + (r0 * cols + c0) * esz, size=nb * esz, count=r1 - r0,
+                                dstride=nb * esz, sstride=cols * esz), Instr.make("sync"),
+                     Instr.make("vdequant", sdt=dt, odt="f32", dst=f, src=0, n=(r1 - r0) * nb, scale=scale_bits, zp=zp),
+                     Instr.make("sync"),
+                     Instr.make("dma", dir="n2g", dst=out + (r0 * cols + c0) * 4, src=f, size=nb * 4, count=r1 - r0,
+                                dstride=cols * 4, sstride=nb * 4)]
+        per.append(mine)
+    return per
 
 
 def untokened(instrs: list[Instr]) -> list[Instr]:

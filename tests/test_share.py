@@ -63,10 +63,12 @@ def test_each_staged_weight_byte_is_read_from_dram_once_per_chip(rn50_b16):
 def test_last_fc_splits_its_outputs_between_clusters_over_gathered_images(rn50_b16):
     """ResNet-50's fc runs inside the shared segment: every cluster passes its four images' pooled
     features to all four clusters (itself too), and each reads its quarter of the fc weights from
-    DRAM straight into WRAM, ahead of time: each weight byte once per chip, no stage, no pass."""
+    DRAM straight into WRAM, ahead of time: each weight byte once per chip, no stage, no pass. The
+    segment dequantizes its quarter into the float output itself: the program is two kernels."""
     prog = rn50_b16.program
     (k,) = _shared_segments(prog)
-    assert k.meta["fused"][-1] == "fc" and "fc" not in [q.name for q in prog.kernels]
+    assert k.meta["fused"][-1] == "fc" and len(prog.kernels) == 2 and prog.kernels[-1] is k
+    assert any(i.op.mnemonic == "vdequant" for st in k.streams for i in st)     # the float output too
     assert "fc" not in k.meta["segment"]["staged_weights"]
     weights = {t.name: t for t in prog.tensors if t.name.startswith("fc[") and t.name.endswith(".weight")}
     assert len(weights) == 4 and sum(t.end - t.addr for t in weights.values()) >= 1000 * 2048
