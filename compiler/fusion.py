@@ -127,26 +127,11 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     dshare = 1.0 / (min(jobs, clusters // per_job) * per_job)     # of DRAM, per cluster
 
     fin = None      # (indices of the layers it rides along with, SRAM address) of the input prefetch, planned below
-    steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes, SHARE_MIN_BYTES,
-                       parts=per_job, stage=seg.staged) if peers > 1 else []
-    # a last layer cut into slices writes each slice's channels to GDRAM pixel by pixel, a DMA segment
-    # each: its output goes to SRAM instead, and out in one contiguous copy per core at the end
-    kept: frozenset = frozenset()
-    if not seg.wide and real[-1].name in esc and sum(s.node == real[-1].name for s in steps) > 1:
-        again = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=frozenset({real[-1].name}),
-                          extra=gbuf)
-        if again is not None:
-            (addrs, peak), kept = again, frozenset({real[-1].name})
-            steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
-                               SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged)
-    if steps:   # fewer slices where their stage fits beside the values when planned with them
-        pins, _extra, again = share.pin_stages(g, nodes, steps, per_job, lambda extra: sram_plan(
-            g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=kept or bool(seg.wide), extra={**gbuf, **extra}),
-            more=SHARE_MIN_BYTES // 2)
-        if again is not None:
-            addrs, peak = again
-            steps = share.plan(g, nodes, group, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes,
-                               SHARE_MIN_BYTES, parts=per_job, keep=kept, stage=seg.staged, pinned=pins)
+    steps: list = []
+    kept: frozenset = frozenset()     # a sliced last layer's output, kept in SRAM (share.schedule)
+    if peers > 1:
+        (addrs, peak), steps, kept = share.schedule(g, nodes, group, lay, cfg, seg.staged, per_job, (addrs, peak),
+                                                    gbuf, SHARE_MIN_BYTES)
     steps_of: dict[str, list] = {}
     for stp in steps:
         if stp.stage is not None:
@@ -445,7 +430,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     name = f"{nodes[0].name}..{nodes[-1].name}" if len(nodes) > 1 else nodes[0].name
     fused = [f"{n.name}" for n in nodes if n.op not in VIEWS]
     what = f"{jobs} job(s) of " + (f"{rounds} x " if rounds > 1 else "") + f"{group} image(s), " + \
-        (f"{per_job} clusters each, every layer's channels split between them" if seg.wide else "one cluster each")
+        (f"{per_job} clusters each, every layer's channels split between them" if seg.wide else "one cluster each") + \
+        (f", side by side in one UNION{clusters} task sharing {len(steps_of)} layers' weights through SRAM"
+         if peers > 1 else "") + (f", {gath.name} split by outputs over the gathered images" if gath else "")
     ctx.kernels.append(_kernel(name, streams, clusters if peers > 1 else per_job, {
         "layer": name, "op": "segment", "fused": fused, "macs": macs, "unit": "mac",
         "tiling": f"{what}; SRAM {peak / 1024:,.0f} KiB of {cfg.sram_bytes // 1024:,} KiB"
