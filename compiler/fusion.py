@@ -104,8 +104,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     # a last fc over one pixel is split by outputs instead, over every cluster's images gathered
     # into each cluster's SRAM (share.gathers)
     gath = real[-1] if share.gathers(g, real[-1], esc, peers, per_job) else None
-    gbuf = {f"gather:{gath.name}": ((device_image_bytes(lay[gath.inputs[0]]) + device_image_bytes(lay[gath.name]))
-                                    * group * peers, len(nodes) - 1, len(nodes) - 1)} if gath else {}
+    gbuf = share.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide), extra=gbuf)
     if plan is None and gath:
         gath, gbuf = None, {}

@@ -134,10 +134,9 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     share = 1.0 / min(jobs_run, clusters)
     shared = shares(jobs_run, groups, clusters)
     esc = escaping(g, nodes)
-    from mlusim.compiler.share import gathers
-
-    gath = nodes[-1] if gathers(g, nodes[-1], esc, jobs_run if shared else 1, 1) else None
     inside = {n.name for n in nodes}
+    gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay) if shared else \
+        (None, {}, {}, set())
 
     def space(v: str) -> str:
         return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
@@ -149,8 +148,11 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = [_base(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = tiler_cost(cfg, g, n, lay, group, cpc, share, spaces, cache, prefetch=_fusion().PREFETCH,
-                              staged=shared and n.op == "conv2d", gathered=jobs_run if n is gath else 0)
+            cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, share, spaces, cache, prefetch=_fusion().PREFETCH,
+                                  staged=shared and n.op == "conv2d" and n.name not in alone,
+                                  gathered=jobs_run if n is gath else 0) for u in sliced.get(n.name, [n]))
+            # a step filled one step ahead copies its weights SRAM -> WRAM at its start, then meets
+            cost += lead1.get(n.name, 0) / (cpc * cfg.dma.sram_bandwidth_bytes_per_cycle)
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
@@ -164,10 +166,37 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         io += prod(nodes[0].shape[1:]) * 4
     weights = sum(node_weight_bytes(n) for n in nodes)
     kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
-    loads = 1 if shared else jobs_run     # share.py: once for the chip
-    dram = loads * (weights + (groups - 1) * (weights - kept)) + batch * io
+    alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
+    loads = 1 if shared else jobs_run     # share.py: once for the chip, but for the layers it leaves alone
+    dram = loads * (weights - alone_w + (groups - 1) * (weights - kept)) + jobs_run * alone_w + batch * io
     compute = ceil(n_groups / min(n_groups, clusters)) * per_group
     return max(compute, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+
+
+def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict):
+    """What share.schedule makes of a segment whose clusters share weights, for pricing: the
+    gathered fc (or None), the sliced layers (name -> the slice nodes: each reads all the layer's
+    input again), the weight bytes copied at a step's start (lead 1), and the layers left per
+    cluster (big ones with no room for a stage: each cluster reads them from DRAM)."""
+    from mlusim.compiler import share as sh
+    from mlusim.compiler.wide import slice_node
+
+    gath = nodes[-1] if sh.gathers(g, nodes[-1], escaping(g, nodes), peers, 1) else None
+    extra = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra)
+    if plan is None:
+        return gath, {}, {}, set()
+    _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, _fusion().SHARE_MIN_BYTES)
+    sliced: dict = {}
+    lead1: dict = {}
+    for s in steps:
+        if s.slice:
+            sliced.setdefault(s.node, []).append(slice_node(g.node(s.node), *s.slice))
+        if s.stage is not None and s.lead == 1:
+            lead1[s.node] = lead1.get(s.node, 0) + s.nbytes
+    staged_ = {s.node for s in steps if s.stage is not None}
+    alone = {n.name for n in nodes if sh.eligible(n, g) and n.name not in staged_}
+    return gath, sliced, lead1, alone
 
 
 def shares(jobs: int, groups: int, clusters: int, per_job: int = 1) -> bool:

@@ -197,6 +197,13 @@ def gathers(g, last, esc: set, peers: int, per_job: int) -> bool:
         last.q["weight"].shape[0] >= peers and last.q["weight"].nbytes >= MIN_BYTES
 
 
+def gather_buffer(g, nodes, lay: dict, group: int, peers: int, last) -> dict:
+    """The SRAM buffer (sram_plan `extra`) the gathered fc reads all the images from and writes its
+    result to, alive during the fc only."""
+    return {f"gather:{last.name}": ((device_image_bytes(lay[last.inputs[0]]) + device_image_bytes(lay[last.name]))
+                                    * group * peers, len(nodes) - 1, len(nodes) - 1)}
+
+
 def gather(src: int, nbytes: int, at: int, peer: int, dests: list[int], cores: int) -> list[list[Instr]]:
     """Per core: its share of this cluster's `nbytes` at `src` copied to `at + peer * nbytes` in the
     SRAM of every cluster in `dests` (this one's too), then the job-wide barrier after which every
