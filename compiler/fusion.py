@@ -153,7 +153,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         # the images as the pixels of one row: a tile of them all, each core a block of the outputs
         xs = DevTensor(f"{n.name}.gathered", at, (1, 1, m, k), x.dtype, None, "sram")
         # the program's output: into SRAM, then dequantized into the float output by the segment
-        final = n.name == g.output and dt != "f32" and ceil(m / cpc) * ceil(o / peers) * 5 <= cfg.nram_bytes
+        final = n.name == g.output and dt != "f32" and \
+            ceil(m / cpc) * ceil(o / peers) * (4 + (2 if dt == "i16" else 1)) <= cfg.nram_bytes
         y = DevTensor(f"{n.name}.sram", at + row * peers, (1, 1, m, o), dt, None, "sram") if final else \
             DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, m, o), dt, None)
         jctx.wram_base, jctx.weights_ready = base, {u.name}
@@ -171,8 +172,9 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             if final and "output" not in made:
                 made["output"] = DevTensor("output", ctx.tensor("output", "output", "f32", lay[n.name].shape).addr,
                                            lay[n.name].shape, "f32")
-            deq = share.dequantized(y.addr, made["output"].addr, m, o, (u.attrs["out_slice"][0], u.attrs["out_slice"][0] + u.shape[1]),
-                                    dt, f32_bits(float(np.float32(n.q["scale"]))), n.q.get("zp", 0), cpc) if final else None
+            c0 = u.attrs["out_slice"][0]
+            deq = share.dequantized(y.addr, made["output"].addr, m, o, (c0, c0 + u.shape[1]), dt,
+                                    f32_bits(float(np.float32(n.q["scale"]))), n.q.get("zp", 0), cpc) if final else None
             for c, cps in enumerate(share.gather(x.addr, row, at, peer, list(range(peers)), cpc)):
                 tasks[c] += cps + (list(st[c]) if c < len(st) else []) + (deq[c] if deq else [])
         return meta
