@@ -173,11 +173,7 @@ def load_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loads
     each layer carries about one layer's worth and no layer waits on DRAM for its own."""
     at = max(0, len(hist) - depth)
     for c, mine in enumerate(loads):
-        a, b = hist[at][c]
-        insert_between_loads(tasks[c], a, b, mine)
-        hist[at][c] = (a, b + len(mine))
-        for h in hist[at + 1:]:
-            h[c] = (h[c][0] + len(mine), h[c][1] + len(mine))
+        _insert_into(tasks[c], hist, at, c, mine)
 
 
 def spread_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loads: list[list[Instr]],
@@ -186,13 +182,17 @@ def spread_back(tasks: list[list[Instr]], hist: list[list[tuple[int, int]]], loa
     (`hist`, moved along): a big load far ahead (fusion.py's gathered fc) then takes a little of
     each layer's DRAM time instead of most of one's."""
     at = max(0, len(hist) - depth)
+    n = len(hist) - at
     for c, mine in enumerate(loads):
         pieces = [p for ld in mine for p in chunks(ld, size)]
-        n = len(hist) - at
-        for i in range(at, len(hist)):
-            part = pieces[(i - at) * len(pieces) // n:(i - at + 1) * len(pieces) // n]
-            a, b = hist[i][c]
-            insert_between_loads(tasks[c], a, b, part)
-            hist[i][c] = (a, b + len(part))
-            for h in hist[i + 1:]:
-                h[c] = (h[c][0] + len(part), h[c][1] + len(part))
+        for i in range(n):
+            _insert_into(tasks[c], hist, at + i, c, pieces[i * len(pieces) // n:(i + 1) * len(pieces) // n])
+
+
+def _insert_into(stream: list[Instr], hist: list[list[tuple[int, int]]], i: int, c: int, loads: list[Instr]) -> None:
+    """`loads` between layer i's loads in core c's stream; that span and the later ones move along."""
+    a, b = hist[i][c]
+    insert_between_loads(stream, a, b, loads)
+    hist[i][c] = (a, b + len(loads))
+    for h in hist[i + 1:]:
+        h[c] = (h[c][0] + len(loads), h[c][1] + len(loads))

@@ -184,6 +184,9 @@ def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict
     gath = nodes[-1] if sh.gathers(g, nodes[-1], escaping(g, nodes), peers, 1) else None
     extra = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra)
+    if plan is None and gath:       # no room for the gather: the fc stays per cluster (as fusion.py does)
+        gath, extra = None, {}
+        plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged)
     if plan is None:
         return gath, {}, {}, set()
     _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, _fusion().SHARE_MIN_BYTES)
