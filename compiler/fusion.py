@@ -30,7 +30,7 @@ import numpy as np
 from typing import NamedTuple
 
 from mlusim.compiler import share, wide
-from mlusim.compiler.liveness import (ALIGN, VIEWS, _base, device_image_bytes, escaping, external_inputs, split_bytes,
+from mlusim.compiler.liveness import (VIEWS, _base, aligned, device_image_bytes, escaping, external_inputs, split_bytes,
                                       sram_plan)
 from mlusim.compiler.segments import (ELIGIBLE, JOB_LAYER_OVERHEAD, KERNEL_OVERHEAD, TILED, Segment,  # noqa: F401
                                       _dram_rate, job_shape, layer_cost, node_weight_bytes, plan_segments,
@@ -140,6 +140,14 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
 
     made: dict[str, DevTensor] = {}     # the float output, when the gathered fc writes it
 
+    def capture_loads(jctx, u, ins, y, at: int, run: dict) -> None:
+        """Once per layer (or slice) `u`: the DMAs that bring its weights into WRAM at `at`,
+        taken from a dry emit, for run["loads"] (to be placed in earlier layers' streams)."""
+        if u.name not in run["loads"]:
+            jctx.wram_slots = {u.name: (at, False)}
+            emit(jctx, u, ins, y, None)
+            run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
+
     def gathered(jctx, n, x: DevTensor, tasks, hist, run, peer: int, slots: dict) -> dict:
         """Emit the gathered fc of `peer`'s cluster (share.gathers): its images passed to every
         cluster, then its 1/P of the outputs for all the images, the weights loaded GATHER_DEPTH
@@ -158,10 +166,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         y = DevTensor(f"{n.name}.sram", at + row * peers, (1, 1, m, o), dt, None, "sram") if final else \
             DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, m, o), dt, None)
         jctx.wram_base, jctx.weights_ready = base, {u.name}
-        if tasks is not None and n.name in slots and u.name not in run["loads"]:
-            jctx.wram_slots = {u.name: (slots[n.name], False)}
-            emit(jctx, u, [xs], y, None)
-            run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
+        if tasks is not None and n.name in slots:
+            capture_loads(jctx, u, [xs], y, slots[n.name], run)
         jctx.wram_slots = {u.name: (slots[n.name], True)} if n.name in slots else {}
         emit(jctx, u, [xs], y, None)
         _node, st, meta = jctx.captured.pop()
@@ -295,10 +301,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                     key = n.name + (f"[{stp.slice[0]}:{stp.slice[1]}]" if stp.slice else "")  # any cluster's
                     jctx.wram_slots, jctx.wram_base, jctx.weight_home = {}, base, {u.name: stp.stage}
                     early = key in pre and stp.lead > 1 and run["spans"] is not None and tasks is not None
-                    if early and u.name not in run["loads"]:       # its SRAM -> WRAM copies
-                        jctx.wram_slots = {u.name: (pre[key], False)}
-                        emit(jctx, u, ins, y, None)
-                        run["loads"][u.name] = weight_loads(jctx.captured.pop()[1])
+                    if early:       # its SRAM -> WRAM copies
+                        capture_loads(jctx, u, ins, y, pre[key], run)
                     if key in pre:          # (a lead-1 step loads itself, but into its planned slot)
                         jctx.wram_slots = {u.name: (pre[key], early, "prefetched")}
                     emit(jctx, u, ins, y, None)
@@ -336,10 +340,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
                 # weights that stay in WRAM arrive during the layer before in a job's first group
                 warm = n.name in slots and first and run["spans"] is not None and tasks is not None
                 early = (n.name in pre or warm) and run["spans"] is not None and tasks is not None
-                if early and node.name not in run["loads"]:        # its weight DMAs, once per layer
-                    jctx.wram_slots = {node.name: (slots[n.name] if warm else pre[n.name], False)}
-                    emit(jctx, node, ins, y, None)
-                    run["loads"][node.name] = weight_loads(jctx.captured.pop()[1])
+                if early:        # its weight DMAs
+                    capture_loads(jctx, node, ins, y, slots[n.name] if warm else pre[n.name], run)
                 if n.name in pre:
                     jctx.wram_slots = {node.name: (pre[n.name], early, "prefetched")}
                 elif warm:
@@ -385,7 +387,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
     base = 0
     if rounds > 1:
         for n, meta in image_group(JobCtx(ctx, cpc, dshare, consts), 0, None, {}, 0, True, True):
-            size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+            size = aligned(meta.get("wram_resident_bytes", 0))
             if size and base + size <= cfg.wram_bytes * 3 // 4:
                 slots[n.name], base = base, base + size
     if gath is not None:    # the gathered fc's weights get a WRAM slot of their own (one block per core)
@@ -397,7 +399,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
             gath, meta = None, {}
             if not steps_of:
                 peers, steps = 1, []
-        size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+        size = aligned(meta.get("wram_resident_bytes", 0))
         if size and base + size <= cfg.wram_bytes // 4:
             slots[gath.name], base = base, base + size
     # whose weights stream in during the layer before: a dry run with the real WRAM base

@@ -12,6 +12,16 @@ VIEWS = ("flatten", "reshape")
 ALIGN = 64
 
 
+def aligned(n: int) -> int:
+    """n rounded up to the 64-byte alignment of every scratchpad buffer."""
+    return -(-n // ALIGN) * ALIGN
+
+
+def group_bytes(t, group: int) -> int:
+    """Bytes `group` images of a value take in SRAM, aligned (t: its layout, lower.layouts)."""
+    return aligned(device_image_bytes(t) * group)
+
+
 def _esz(node) -> int:
     return 2 if node.q.get("dtype") == "int16" else 1
 
@@ -89,7 +99,7 @@ def free_region(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity
     any layer from `k0` on, nor the values in `also` (whenever they live); None if there is none.
     `life`: lifetimes(g, nodes), when the caller already has it."""
     life = lifetimes(g, nodes) if life is None else life
-    busy = sorted((addrs[v], addrs[v] + -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN)
+    busy = sorted((addrs[v], addrs[v] + group_bytes(lay[v], group))
                   for v, (f, l_) in life.items() if v in addrs and (l_ >= k0 or v in also))
     return lowest_fit(busy, size, capacity)
 
@@ -120,9 +130,9 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
     life = lifetimes(g, nodes, stage, keep)
-    size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life}
+    size = {v: group_bytes(lay[v], group) for v in life}
     for v, (nbytes, f, l_) in (extra or {}).items():     # buffers that are not values (share.py's stages)
-        life[v], size[v] = (f, l_), -(-nbytes // ALIGN) * ALIGN
+        life[v], size[v] = (f, l_), aligned(nbytes)
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
     addrs: dict[str, int] = {}
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
@@ -137,5 +147,5 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
 
 def split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
     """[0, n) in `parts` runs cut at multiples of 64 bytes."""
-    step = -(-n // parts // ALIGN) * ALIGN
+    step = aligned(-(-n // parts))
     return [(min(n, i * step), min(n, (i + 1) * step)) for i in range(parts)]

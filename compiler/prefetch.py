@@ -29,10 +29,10 @@ from __future__ import annotations
 from math import ceil
 
 from mlusim.compiler.codegen import queue_of
+from mlusim.compiler.liveness import ALIGN, aligned
 from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
-ALIGN = 64
 INPUT_CHUNK = 64 * 1024 # bytes per input prefetch DMA: a few per core, so they spread over several layers
 CHUNK = 256 * 1024      # bytes per prefetch DMA (~500 cycles of fixed cost each). 32 KiB chunks measured
                         # up to 6% slower on most zoo runs; two 4-core batch-16 runs were <1% faster
@@ -61,7 +61,7 @@ def plan_prefetch(metas, wram_bytes: int, base: int, resident: set[str], wrap: b
         return plan
     for k in list(range(1, len(metas))) + ([0] if wrap else []):
         n, meta = metas[k]
-        size = -(-meta.get("wram_resident_bytes", 0) // ALIGN) * ALIGN
+        size = aligned(meta.get("wram_resident_bytes", 0))
         if not size or n.name in resident or base + size > wram_bytes:
             continue
         others = [spans[order[k - 1]]] + ([spans[order[1]]] if k == 0 and order[1] in plan else [])
@@ -87,7 +87,7 @@ def chunks(ins: Instr, size: int = CHUNK) -> list[Instr]:
     a = ins.args
     n = a["size"]
     k = max(1, ceil(n / size))
-    step = -(-n // k // ALIGN) * ALIGN
+    step = aligned(-(-n // k))
     return [Instr.make("dma", dir=DIR_NAMES[a["dir"]], dst=a["dst"] + o, src=a["src"] + o, size=min(step, n - o))
             for o in range(0, n, step)]
 
@@ -127,7 +127,7 @@ def plan_input(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity:
     than not prefetching."""
     from mlusim.compiler.liveness import free_region, lifetimes
 
-    size = -(-nbytes // ALIGN) * ALIGN
+    size = aligned(nbytes)
     life = lifetimes(g, nodes)
     for k0 in range(1, len(nodes)):
         at = free_region(g, nodes, group, lay, addrs, capacity, size, k0, also=(nodes[0].name,), life=life)

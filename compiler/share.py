@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlusim.compiler.liveness import ALIGN, VIEWS, device_image_bytes, lifetimes, lowest_fit, split_bytes
+from mlusim.compiler.liveness import (VIEWS, aligned, device_image_bytes, group_bytes, lifetimes, lowest_fit,
+                                      split_bytes)
 from mlusim.compiler.codegen import QBIT, queue_of
+from mlusim.compiler.prefetch import CHUNK     # bytes per g2s, as per prefetch DMA
 from mlusim.compiler.tiling import split
 from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
-CHUNK = 256 * 1024          # bytes per g2s, as prefetch.CHUNK
 MIN_BYTES = 64 * 1024       # smaller layers load once per cluster: staging them costs more barriers and
                             # copies than their DRAM reads (LeNet-5 and MNIST at batch 16 ran slower)
 PASS_AT = 0.9               # where in a step its s2s passes go (fraction of its loads; measured 2/3 .. 0.95)
@@ -60,10 +61,6 @@ def eligible(node, g) -> bool:
         not (s2d and s2d["conv"] == node.name)
 
 
-def _up(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
-
-
 def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, lanes: int,
          min_bytes: int = 0, max_slices: int = 16, parts: int = 1, keep: frozenset = frozenset(),
          stage: bool = False, pinned: dict | None = None) -> list[Step]:
@@ -73,7 +70,7 @@ def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, 
     inputs were copied into SRAM before its first layer (sram_plan's `stage`); pinned: layers whose
     slices and stages sram_plan placed (pin_stages), name -> (slices, addresses, lead)."""
     life = lifetimes(g, nodes, stage, keep=keep or parts > 1)
-    size = {v: -(-device_image_bytes(lay[v]) * group // ALIGN) * ALIGN for v in life if v in addrs}
+    size = {v: group_bytes(lay[v], group) for v in life if v in addrs}
 
     def busy(k0: int, k1: int) -> list[tuple[int, int]]:
         return [(addrs[v], addrs[v] + size[v]) for v, (f, l_) in life.items()
@@ -88,9 +85,9 @@ def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, 
             prev = before + out
             # filled two steps ahead, the stage is written while the step before's is read
             k0 = prev[-lead].k if len(prev) >= lead else k
-            taken = busy(k0, k) + ([(prev[-1].stage, prev[-1].stage + _up(prev[-1].nbytes))]
+            taken = busy(k0, k) + ([(prev[-1].stage, prev[-1].stage + aligned(prev[-1].nbytes))]
                                    if lead > 1 and prev and prev[-1].stage is not None else [])
-            at = lowest_fit(taken, _up(s), capacity)
+            at = lowest_fit(taken, aligned(s), capacity)
             if at is None:
                 return None
             out.append(Step(n.name, k, (i * co // r, (i + 1) * co // r) if r > 1 else None, at, s, lead))
@@ -225,7 +222,7 @@ def dequantized(y: int, out: int, rows: int, cols: int, chans: tuple[int, int], 
     for r0, r1 in split(rows, cores):
         mine = [Instr.make("sync.cluster")]
         if r1 > r0:
-            f = -(-(r1 - r0) * nb * esz // ALIGN) * ALIGN
+            f = aligned((r1 - r0) * nb * esz)
             mine += [Instr.make("dma", dir="s2n", dst=0, src=y + (r0 * cols + c0) * esz, size=nb * esz, count=r1 - r0,
                                 dstride=nb * esz, sstride=cols * esz), Instr.make("sync"),
                      Instr.make("vdequant", sdt=dt, odt="f32", dst=f, src=0, n=(r1 - r0) * nb, scale=scale_bits, zp=zp),
