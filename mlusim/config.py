@@ -416,20 +416,10 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any], origin: st
 
 
 def host_mem_cap_bytes(env: dict | None = None) -> int:
-    """The host memory mlusim may plan to use: MLUSIM_HOST_MEM_GIB (default 8) GiB.
+    """The host memory budget (mlusim.budget.cap_bytes; kept here for callers of the old name)."""
+    from mlusim.budget import cap_bytes
 
-    Read at call time so a test or a wrapper script can change it; a value that is not a positive
-    number is a ConfigError naming the variable rather than a crash at import."""
-    import os
-
-    text = (os.environ if env is None else env).get("MLUSIM_HOST_MEM_GIB", "8")
-    try:
-        gib = float(text)
-    except ValueError:
-        gib = float("nan")
-    if not math.isfinite(gib) or gib <= 0:
-        raise ConfigError(f"MLUSIM_HOST_MEM_GIB={text!r}: must be a positive number of GiB")
-    return int(gib * 1024**3)
+    return cap_bytes(env)
 
 
 def load_config(name_or_path: str | Path | None = None,
