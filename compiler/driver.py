@@ -100,12 +100,9 @@ def layer_traffic_bytes(g: Graph) -> int:
 def load_samples(path: str, g: Graph, chunk: int = 8) -> list[np.ndarray]:
     """Calibration inputs from a .npy array [S, *input shape[1:]] (or one sample without the S),
     in chunks so the float reference never holds more than `chunk` images at once."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CompileError(f"{path}: no such calibration file") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise CompileError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
+    from mlusim import npyfile
+
+    a = npyfile.load(path, CompileError, "calibration file")     # header and size checked, no FIFO
     want = tuple(g.input.shape[1:])
     if a.shape == want:
         a = a[None]

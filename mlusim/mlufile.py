@@ -189,7 +189,8 @@ def _check_strings(obj, where: str, depth: int = 0) -> None:
         raise ModelFileError(f"{where}: nested deeper than 64")
     if isinstance(obj, str):
         if not obj.isprintable():
-            raise ModelFileError(f"{where}: string {shown(obj, 40)} contains control characters (or other non-printable ones)")
+            raise ModelFileError(f"{where}: string {shown(obj, 40)} contains control characters (or other "
+                                 f"non-printable ones)")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             _check_strings(k, where, depth + 1)
@@ -211,24 +212,10 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
     checked first (numpy's own parser: literal_eval, never pickle), so that a header declaring a
     huge shape or an object dtype is refused before any allocation; the data must then be exactly
     the declared size."""
-    from tokenize import TokenError      # numpy's header filter tokenizes old-style headers
+    from mlusim.npyfile import MAX_HEADER, read_header
 
-    from numpy.lib import format as npf
-
-    fh = io.BytesIO(raw)
-    try:
-        version = npf.read_magic(fh)
-        if version == (1, 0):
-            hshape, fortran, hdtype = npf.read_array_header_1_0(fh, max_header_size=10000)
-        elif version in ((2, 0), (3, 0)):
-            hshape, fortran, hdtype = npf.read_array_header_2_0(fh, max_header_size=10000)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, EOFError, TokenError) as e:
-        raise ModelFileError(f"{where}: not a valid .npy array ({str(e)[:80]})") from None
-    if hdtype.hasobject:
-        raise ModelFileError(f"{where}: not a valid .npy array for mlusim: it holds pickled Python objects "
-                             f"(dtype object), which are never loaded")
+    fh = io.BytesIO(bytes(raw[:MAX_HEADER + 16]))       # the header only: never a copy of the data
+    hshape, fortran, hdtype = read_header(fh, where, ModelFileError)
     if hdtype != dtype:
         raise ModelFileError(f"{where}: holds dtype {str(hdtype)[:40]}, the manifest declares {dtype}")
     if tuple(hshape) != shape:

@@ -41,13 +41,10 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
     if p.suffix in (".s", ".asm"):
         from mlusim.isa.asm import assemble_program
 
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ModelFileError(f"{path}: cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ModelFileError(f"{path}: assembly is not UTF-8 text") from None
-        return assemble_program(text, str(p))
+        from mlusim.files import read_text
+        from mlusim.isa.asm import MAX_SOURCE_CHARS
+
+        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
     return mlufile.load(p)
 
 
@@ -60,34 +57,9 @@ def resolve_config(args, program=None):
     return config_from_dict(raw, f"config recorded in the model ({program.config.get('name', '?')})")
 
 
-def _load_npy(path: str):
-    """An input array: its header is checked against the file size before numpy allocates it."""
-    import numpy as np
-    from numpy.lib import format as npf
-
-    try:
-        with open(path, "rb") as fh:
-            version = npf.read_magic(fh)
-            if version == (1, 0):
-                shape, _fortran, dtype = npf.read_array_header_1_0(fh, max_header_size=10000)
-            else:
-                shape, _fortran, dtype = npf.read_array_header_2_0(fh, max_header_size=10000)
-            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            have = Path(path).stat().st_size - fh.tell()
-    except FileNotFoundError:
-        raise SimulationError(f"{path}: no such input file") from None
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
-    if dtype.hasobject or need != have:
-        raise SimulationError(f"{path}: header declares {list(shape)} {dtype} ({need:,} bytes) but the file holds "
-                              f"{have:,} data bytes")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
-
-
 def parse_inputs(specs: list[str], program) -> dict:
+    from mlusim import npyfile
+
     names = [t.name for t in program.by_role("input")]
     out = {}
     for spec in specs:
@@ -97,7 +69,7 @@ def parse_inputs(specs: list[str], program) -> dict:
                 raise SimulationError(f"--input {spec}: the program has inputs {', '.join(names) or 'none'}; "
                                       f"write --input NAME=FILE.npy")
             name, path = names[0], spec
-        out[name] = _load_npy(path)
+        out[name] = npyfile.load(path, SimulationError, "input file")
     return out
 
 
