@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +95,23 @@ def check_keys(params: dict) -> None:
             hint = difflib.get_close_matches(str(k), leaves, n=1, cutoff=0.6)
             raise SweepError(f"sweep: unknown config key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else
                                                                      " (see mlusim config show)"))
+
+
+MAX_POINTS = 100_000          # rows of one sweep; each is a simulation, so far more is a typo
+TASK_HOST_BYTES = 8 * 1024    # one planned point: its resolved config and row, measured ~5 KiB
+
+
+def check_size(params: dict[str, list], cores: list[int] | None) -> None:
+    """Count the cross product before building it: 10^4 x 10^4 values is refused, not planned."""
+    from mlusim import budget
+
+    n = max(1, len(cores or ()))
+    for vals in params.values():
+        n *= len(vals)
+    if n > MAX_POINTS:
+        raise SweepError(f"sweep of {n:,} points (values x core counts) is over the limit of {MAX_POINTS:,}; "
+                         f"sweep fewer values, or split it")
+    budget.check(n * TASK_HOST_BYTES, f"planning a sweep of {n:,} points", SweepError)
 
 
 def points(params: dict[str, list]) -> list[dict[str, Any]]:
@@ -180,6 +199,7 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
     for k, vals in params.items():
         if not isinstance(vals, (list, tuple)) or not vals:
             raise SweepError(f"sweep parameter {k}: expected a non-empty list of values")
+    check_size(params, cores)
     path = Path(spec)
     blob = path.read_bytes() if path.is_file() else None
     digest = hashlib.sha256(blob if blob is not None else spec.encode()).hexdigest()[:16]
@@ -211,6 +231,8 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     count of the same hardware point) and `error` (None, or why the point could not run).
     `progress(done, total, row)` is called as points finish. On Ctrl-C it raises `Interrupted`
     (a KeyboardInterrupt) whose `.rows` are the points that finished."""
+    if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
+        raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
                        max_instructions=max_instructions)
     if cluster is not None:
@@ -271,16 +293,22 @@ def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
     return rows
 
 
+CLUSTER_RE = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[A-Za-z0-9_.\-\[\]:]{1,255}(?::[0-9]{1,5})?", re.ASCII)
+
+
 def _run_dask(tasks: list[dict], blob, cluster, progress, timeout: float) -> list[dict]:
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise MlusimError("--cluster needs Dask: pip install 'mlusim[cluster]'") from None
     own = not isinstance(cluster, Client)
+    if own and not (isinstance(cluster, str) and CLUSTER_RE.fullmatch(cluster)):
+        raise MlusimError(f"--cluster {str(cluster)[:80]!r}: expected a scheduler address such as "
+                          f"tcp://10.0.0.5:8786")
     try:
         client = Client(cluster, timeout=f"{timeout}s") if own else cluster
-    except (OSError, TimeoutError) as e:
-        raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {e}") from None
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {str(e)[:200]}") from None
     rows: list[dict] = []
     try:
         shipped = client.scatter(blob, broadcast=True) if blob is not None else None

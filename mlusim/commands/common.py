@@ -2,9 +2,39 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from pathlib import Path
 
 from mlusim.errors import ModelFileError, SimulationError
+
+
+MAX_BATCH = 1 << 20
+
+
+def int_arg(lo: int, hi: int):
+    """argparse type: an integer in lo..hi written in ASCII digits (`int()` would take '١٦' as 16,
+    ' 16 ' and '1_6' too)."""
+    def integer(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]{1,30}", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}")
+        v = int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo:,}..{hi:,}, got {v:,}")
+        return v
+    return integer
+
+
+def float_arg(lo: float, hi: float):
+    """argparse type: a finite number in (lo, hi], written in ASCII."""
+    def number(text: str) -> float:
+        if not re.fullmatch(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}")
+        v = float(text)
+        if not (math.isfinite(v) and lo < v <= hi):
+            raise argparse.ArgumentTypeError(f"must be a number in ({lo:g}, {hi:g}], got {text[:40]}")
+        return v
+    return number
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -80,10 +110,10 @@ def parse_cores(text: str, max_cores: int) -> list[int]:
             counts.append(n)
             n *= 2
         return counts + [max_cores]
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SimulationError(f"--cores {text!r}: expected N, a list N,M,... or 'all'") from None
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(re.fullmatch(r"[0-9]{1,9}", x, re.ASCII) for x in parts):
+        raise SimulationError(f"--cores {text[:40]!r}: expected N, a list N,M,... or 'all' (ASCII digits)")
+    counts = [int(x) for x in parts]
     if not counts:
         raise SimulationError("--cores needs at least one core count")
     for n in counts:

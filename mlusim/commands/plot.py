@@ -5,6 +5,8 @@ REPORT.json is what `mlusim run --json` (one core count: a run; several: a scali
 """
 from __future__ import annotations
 
+from mlusim.commands.common import int_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="draw speedup, roofline or sweep figures (PNG + SVG) from a JSON report")
@@ -16,7 +18,7 @@ def register(sub) -> None:
     r = ps.add_parser("roofline", help="each kernel of one run against the compute and DRAM roofs")
     r.add_argument("report")
     r.add_argument("-o", "--output", required=True, metavar="PREFIX")
-    r.add_argument("--cores", type=int, default=None, help="which run of a scaling report (default: the last)")
+    r.add_argument("--cores", type=int_arg(1, 4096), default=None, help="which run of a scaling report (default: the last)")
     r.add_argument("--title", default="")
     w = ps.add_parser("sweep", help="a metric of a sweep against one swept parameter")
     w.add_argument("report")

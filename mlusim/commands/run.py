@@ -8,7 +8,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlusim.commands.common import add_config_args, parse_cores, parse_inputs, resolve_config
+from mlusim.commands.common import (
+    MAX_BATCH,
+    add_config_args,
+    float_arg,
+    int_arg,
+    parse_cores,
+    parse_inputs,
+    resolve_config,
+)
 from mlusim.errors import CompileError
 
 
@@ -16,7 +24,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="simulate a .mlu model, .s program, .onnx model or zoo model; report cycles")
     p.add_argument("program", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim zoo`); "
                    "the last two are compiled for the config and for each core count run")
-    p.add_argument("--batch", type=int, default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
+    p.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
     p.add_argument("--cores", metavar="N|N,M,..|all",
                    help="cores to use (default: all of the chip); several give a scaling table")
     add_config_args(p)
@@ -31,8 +39,8 @@ def register(sub) -> None:
     p.add_argument("--progress", action=argparse_bool(), default=None,
                    help="show kernels done and simulated cycles while running (default: when stderr is a terminal)")
     p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster)")
-    p.add_argument("--max-cycles", type=float, default=None, help="stop with an error past this many cycles")
-    p.add_argument("--max-instructions", type=int, default=20_000_000,
+    p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
+    p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
     p.set_defaults(func=cmd_run)
 
@@ -169,6 +177,9 @@ def _write_outputs(res, dest: str) -> None:
             return
         for name in outs:       # validated at load; checked again because it becomes a path
             check_name(name, "output tensor", SimulationError)
+        if p.exists() and not p.is_dir():
+            raise SimulationError(f"--output {dest}: exists and is not a folder (give FILE.npy for a program "
+                                  f"with one output, else a folder)")
         p.mkdir(parents=True, exist_ok=True)
         for name, arr in outs.items():
             np.save(p / f"{name}.npy", arr, allow_pickle=False)
