@@ -12,6 +12,9 @@ from mlusim.cores.chip import Chip, host_bytes_estimate
 from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.errors import MlusimError, SimulationError
 from mlusim.program import Program
+from mlusim.trace import EVENT_HOST_BYTES, TraceLog
+
+RECORD_HOST_BYTES = 1100      # one kernel's counters of one core in the run's records (measured ~1,040)
 
 
 
@@ -174,13 +177,16 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
         raise SimulationError(f"--max-instructions must be a positive integer, got {max_instructions!r}")
     from mlusim import budget
 
-    need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only)
+    cap = host_cap_gib * 1024**3 if host_cap_gib is not None else budget.cap_bytes()
+    need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only) + \
+        len(program.kernels) * ncores * RECORD_HOST_BYTES
     budget.check(need, "simulating this program with numerics" if not timing_only else "simulating this program",
-                 hint="or run with --timing-only" if not timing_only else "",
-                 cap=host_cap_gib * 1024**3 if host_cap_gib is not None else None)
+                 hint="or run with --timing-only" if not timing_only else "", cap=cap)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace)
+    if trace:     # bounded: what the budget leaves after the run's own arrays
+        chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:
         buf = chip.gdram.buf
