@@ -172,7 +172,8 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
     try:
         prog, cfg = _program(task, blob)
         res = simulate(prog, cfg, cores=task["cores"], timing_only=task["timing_only"],
-                       max_cycles=task["max_cycles"], max_instructions=task["max_instructions"])
+                       max_cycles=task["max_cycles"], max_instructions=task["max_instructions"],
+                       max_seconds=task.get("max_seconds"))
         if res.interrupted:     # Ctrl-C in this process: stop the sweep, not just this point
             raise KeyboardInterrupt
         row.update(row_from_summary(summarize(res), None, int(prog.meta.get("batch", 1) or 1)))
@@ -189,7 +190,7 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
 
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
          timing_only: bool = True, max_cycles: float | None = None,
-         max_instructions: int = 20_000_000) -> tuple[list[dict], bytes | None]:
+         max_instructions: int = 20_000_000, max_seconds: float | None = None) -> tuple[list[dict], bytes | None]:
     """Every task of the sweep, each with its fully resolved config, plus the program file's bytes.
     Raises on the first bad key or value, naming the point."""
     from mlusim.experiments import default_config, resolve_program
@@ -216,14 +217,14 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
             tasks.append({"index": len(tasks), "spec": spec, "digest": digest, "suffix": path.suffix,
                           "values": values, "cores": int(n), "config": cfg.to_dict(), "config_origin": cfg.source,
                           "timing_only": timing_only, "max_cycles": max_cycles,
-                          "max_instructions": max_instructions})
+                          "max_instructions": max_instructions, "max_seconds": max_seconds})
     return tasks, blob
 
 
 def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
           jobs: int | None = None, cluster=None, cluster_timeout: float = 10.0, timing_only: bool = True,
           max_cycles: float | None = None, max_instructions: int = 20_000_000,
-          progress: Callable | None = None) -> list[dict]:
+          progress: Callable | None = None, max_seconds: float | None = None) -> list[dict]:
     """Run the cross product of `params` (config key -> values) x `cores` for program `spec`.
 
     Returns one row per point in cross-product order: the swept values (dotted config keys), `cores`,
@@ -234,7 +235,7 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
-                       max_instructions=max_instructions)
+                       max_instructions=max_instructions, max_seconds=max_seconds)
     if cluster is not None:
         rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
     elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:

@@ -10,6 +10,9 @@ from mlusim.errors import ModelFileError, SimulationError
 
 
 MAX_BATCH = 1 << 20
+# Instruction and cycle budgets bound work, not time: one instruction may cost microseconds or, on
+# a machine configured with huge DMA granules, milliseconds. An hour bounds any command-line run.
+DEFAULT_MAX_SECONDS = 3600.0
 
 
 def int_arg(lo: int, hi: int):

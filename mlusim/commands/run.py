@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mlusim.commands.common import (
+    DEFAULT_MAX_SECONDS,
     MAX_BATCH,
     add_config_args,
     float_arg,
@@ -17,7 +18,7 @@ from mlusim.commands.common import (
     parse_inputs,
     resolve_config,
 )
-from mlusim.errors import CompileError
+from mlusim.errors import CompileError, MlusimError
 
 
 def register(sub) -> None:
@@ -42,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
+    p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
+                   help="stop with an error past this much wall time per run (default 3600)")
     p.set_defaults(func=cmd_run)
 
 
@@ -123,7 +126,9 @@ def cmd_run(args) -> int:
         try:
             res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
                            max_cycles=args.max_cycles, max_instructions=args.max_instructions,
-                           trace=bool(args.trace), progress=cb)
+                           trace=bool(args.trace), progress=cb, max_seconds=args.max_seconds)
+        except MlusimError as e:      # say which program faulted (a script runs many)
+            raise type(e)(f"{args.program}: {e}" if not str(e).startswith(args.program) else e) from None
         finally:
             progress.stop()
         summary = summarize(res)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from mlusim.commands.common import float_arg, int_arg
+from mlusim.commands.common import DEFAULT_MAX_SECONDS, float_arg, int_arg
 from mlusim.errors import MlusimError
 
 
@@ -33,6 +33,8 @@ def register(sub) -> None:
                    "which gives the same cycles faster)")
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="per point: stop with an error past this")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
+    p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
+                   help="per point: stop with an error past this much wall time (default 3600)")
     p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_sweep)
@@ -61,7 +63,8 @@ def _options(args) -> dict:
     return {"spec": str(program), "base_config": config, "params": params, "cores": cores,
             "timing_only": timing_only,
             "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
-            "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000}
+            "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000,
+            "max_seconds": args.max_seconds}
 
 
 def cmd_sweep(args) -> int:
