@@ -353,6 +353,8 @@ def _manifest(zf: zipfile.ZipFile, infos: dict, origin: str) -> dict:
     if version < VERSION:
         raise ModelFileError(f"{origin}: format version {version} was written by an older mlusim whose instruction "
                              f"encoding or queues differ; recompile the model")
+    if isinstance(man.get("kernels"), list) and len(man["kernels"]) > MAX_KERNELS:
+        raise ModelFileError(f"{where}: {len(man['kernels']):,} kernels, over the limit of {MAX_KERNELS:,}")
     _check_strings(man, where)
     sizes = _need(man, "members", dict, where)
     for name, size in sizes.items():
@@ -389,8 +391,6 @@ class _Members:
 
 def _check_host_memory(tensors_raw: list, kernels_raw: list, sizes: dict, origin: str) -> None:
     """Constants as stored plus instruction streams as decoded, refused before anything is read."""
-    if len(kernels_raw) > MAX_KERNELS:
-        raise ModelFileError(f"{origin}: manifest: {len(kernels_raw):,} kernels, over the limit of {MAX_KERNELS:,}")
     stream_bytes = sum(sizes.get(s, 0) for k in kernels_raw if isinstance(k, dict)
                        for s in (k.get("streams") if isinstance(k.get("streams"), list) else [])
                        if isinstance(s, str))
