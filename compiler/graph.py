@@ -220,6 +220,10 @@ class Builder:
     def channels(self, x: str) -> int:
         return self._channels[x]
 
+    def shape(self, x: str) -> tuple[int, ...]:
+        """The shape of value x so far (for definitions whose padding depends on it)."""
+        return infer_shapes(Graph(self.name, self.nodes, x)).node(x).shape
+
     def conv(self, x: str, co: int, k: int, stride=1, padding=0, groups: int = 1, bias: bool = True,
              dilation=1, name: str | None = None) -> str:
         ci = self._channels[x]

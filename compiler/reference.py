@@ -97,7 +97,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif op == "batchnorm":
             p = n.params
             k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
-            y = (a[0] - p["mean"].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + p["beta"].reshape(1, -1, 1, 1)
+            shape = (1, -1) + (1,) * (a[0].ndim - 2)
+            y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
         elif op in ("relu", "relu6"):
             y = _act_f(a[0], op)
         elif op in ("dropout", "requant"):
