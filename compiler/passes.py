@@ -17,6 +17,7 @@ def _rewire(g: Graph, old: str, new: str) -> None:
         n.inputs = [new if i == old else i for i in n.inputs]
     if g.output == old:
         g.output = new
+    g.extra_outputs = [new if o == old else o for o in g.extra_outputs]
 
 
 def _drop(g: Graph, node: Node) -> None:
@@ -26,7 +27,7 @@ def _drop(g: Graph, node: Node) -> None:
 
 def _sole_consumer(g: Graph, name: str) -> Node | None:
     cons = g.consumers(name)
-    return cons[0] if len(cons) == 1 and g.output != name else None
+    return cons[0] if len(cons) == 1 and name not in g.outputs else None
 
 
 def _take_quant(dst: Node, src: Node) -> bool:

@@ -11,6 +11,7 @@ from typing import Callable
 
 from mlusim.errors import CompileError
 from mlusim.compiler import zoo_classify as zc
+from mlusim.compiler import zoo_detect as zd
 from mlusim.compiler.graph import Builder, Graph
 from mlusim.compiler.zoo_layers import conv_bn as _conv_bn
 
@@ -131,6 +132,12 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
     ZooEntry("squeezenet1_0", zc._squeezenet("1.0"), 3, 227, "SqueezeNet 1.0 (Caffe; fire modules, concat)", 35),
     ZooEntry("squeezenet1_1", zc._squeezenet("1.1"), 3, 227, "SqueezeNet 1.1 (Caffe; fire modules, concat)", 35),
     ZooEntry("resnext50_32x4d", zc.resnext50_32x4d, 3, 224, "ResNeXt-50 32x4d (Caffe/torchvision; grouped convs)"),
+    ZooEntry("se_resnet50", zc.se_resnet50, 3, 224, "SE-ResNet-50 (Caffe SENet; squeeze-excitation, sigmoid)"),
+    ZooEntry("mobilenetv3_large", zc._mobilenetv3("mobilenetv3_large", zc.V3_LARGE, 960, 1280), 3, 224,
+             "MobileNetV3-Large (torchvision; hardswish, SE with hardsigmoid)"),
+    ZooEntry("mobilenetv3_small", zc._mobilenetv3("mobilenetv3_small", zc.V3_SMALL, 576, 1024), 3, 224,
+             "MobileNetV3-Small (torchvision; hardswish, SE with hardsigmoid)"),
+    ZooEntry("yolov3_tiny", zd.yolov3_tiny, 3, 416, "YOLOv3-tiny (darknet cfg; leaky ReLU, upsample, 2 outputs)", 64),
 )}
 
 

@@ -83,3 +83,78 @@ def resnext50_32x4d(batch: int, res: int, seed: int) -> Graph:
             k += 1
     x = b.unary("flatten", b.unary("gap", x, name="pool_ave"))
     return b.graph(b.unary("softmax", b.linear(x, 2048, 1000, name="classifier"), name="prob", dim=1), batch=batch)
+
+
+def _squeeze_excite(b: Builder, x: str, squeeze: int, gate: str, name: str) -> str:
+    """x * gate(fc2(relu(fc1(gap(x))))) with the fcs as 1x1 convs with bias, as both the Caffe SENet
+    prototxts and torchvision's SqueezeExcitation write them."""
+    c = b.channels(x)
+    s = b.unary("gap", x, name=f"{name}/pool")
+    s = b.unary("relu", b.conv(s, squeeze, 1, name=f"{name}/down"))
+    s = b.unary(gate, b.conv(s, c, 1, name=f"{name}/up"), name=f"{name}/{gate}")
+    return b.binary("mul", x, s, name=f"{name}/scale")
+
+
+def _se_bottleneck(b: Builder, x: str, width: int, stride: int, name: str) -> str:
+    """hujie-frank/SENet SE-ResNet-50.prototxt: the stride sits in the 1x1 reduce conv (Caffe ResNet
+    convention), SE with reduction 16 on the block's output before the residual sum."""
+    out = width * 4
+    y = conv_bn(b, x, width, 1, stride, name=f"{name}_1x1_reduce")
+    y = conv_bn(b, y, width, 3, 1, 1, name=f"{name}_3x3")
+    y = conv_bn(b, y, out, 1, act=None, name=f"{name}_1x1_increase")
+    y = _squeeze_excite(b, y, out // 16, "sigmoid", f"{name}_se")
+    sc = conv_bn(b, x, out, 1, stride, act=None, name=f"{name}_1x1_proj") if stride != 1 or b.channels(x) != out else x
+    return b.unary("relu", b.binary("add", y, sc, name=f"{name}_sum"))
+
+
+def se_resnet50(batch: int, res: int, seed: int) -> Graph:
+    b = Builder("se_resnet50", seed)
+    x = b.input((batch, 3, res, res))
+    x = conv_bn(b, x, 64, 7, 2, 3, name="conv1_7x7_s2")
+    x = caffe_maxpool(b, x, side_of(b, x), 3, 2, name="pool1_3x3_s2")
+    for stage, (n, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), 2):
+        for j in range(n):
+            x = _se_bottleneck(b, x, width, 2 if (j == 0 and stage > 2) else 1, f"conv{stage}_{j + 1}")
+    x = b.unary("flatten", b.unary("gap", x, name="pool5_7x7_s1"))
+    return b.graph(b.unary("softmax", b.linear(x, 2048, 1000, name="classifier"), name="prob", dim=1), batch=batch)
+
+
+def _divisible(v: float, d: int = 8) -> int:
+    """torchvision's _make_divisible: round to a multiple of d, never below 90% of v."""
+    n = max(d, int(v + d / 2) // d * d)
+    return n + d if n < 0.9 * v else n
+
+
+# torchvision mobilenetv3.py _mobilenet_v3_conf: (kernel, expanded, out, SE, activation, stride)
+V3_LARGE = [(3, 16, 16, False, "RE", 1), (3, 64, 24, False, "RE", 2), (3, 72, 24, False, "RE", 1),
+            (5, 72, 40, True, "RE", 2), (5, 120, 40, True, "RE", 1), (5, 120, 40, True, "RE", 1),
+            (3, 240, 80, False, "HS", 2), (3, 200, 80, False, "HS", 1), (3, 184, 80, False, "HS", 1),
+            (3, 184, 80, False, "HS", 1), (3, 480, 112, True, "HS", 1), (3, 672, 112, True, "HS", 1),
+            (5, 672, 160, True, "HS", 2), (5, 960, 160, True, "HS", 1), (5, 960, 160, True, "HS", 1)]
+V3_SMALL = [(3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24, False, "RE", 1),
+            (5, 96, 40, True, "HS", 2), (5, 240, 40, True, "HS", 1), (5, 240, 40, True, "HS", 1),
+            (5, 120, 48, True, "HS", 1), (5, 144, 48, True, "HS", 1), (5, 288, 96, True, "HS", 2),
+            (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1)]
+
+
+def _mobilenetv3(name: str, setting, last_conv: int, last_channel: int):
+    """torchvision mobilenet_v3_large / _small: inverted residuals with ReLU or hardswish, squeeze-
+    excitation (hardsigmoid gate, squeeze to expanded/4 rounded to 8) after the depthwise conv."""
+    def build(batch: int, res: int, seed: int) -> Graph:
+        b = Builder(name, seed)
+        x = b.input((batch, 3, res, res))
+        x = conv_bn(b, x, 16, 3, 2, 1, act="hardswish", name="features.0")
+        for i, (k, exp, out, se, act, stride) in enumerate(setting, 1):
+            a, ci, blk = ("relu" if act == "RE" else "hardswish"), b.channels(x), f"features.{i}"
+            y = conv_bn(b, x, exp, 1, act=a, name=f"{blk}.expand") if exp != ci else x
+            y = conv_bn(b, y, exp, k, stride, (k - 1) // 2, groups=exp, act=a, name=f"{blk}.dw")
+            if se:
+                y = _squeeze_excite(b, y, _divisible(exp // 4), "hardsigmoid", f"{blk}.se")
+            y = conv_bn(b, y, out, 1, act=None, name=f"{blk}.project")
+            x = b.binary("add", y, x, name=f"{blk}.add") if stride == 1 and ci == out else y
+        x = conv_bn(b, x, last_conv, 1, act="hardswish", name=f"features.{len(setting) + 1}")
+        x = b.unary("flatten", b.unary("gap", x, name="avgpool"))
+        x = b.unary("hardswish", b.linear(x, last_conv, last_channel, name="classifier.0"))
+        x = b.unary("dropout", x, p=0.2)
+        return b.graph(b.linear(x, last_channel, 1000, name="classifier.3"), batch=batch)
+    return build

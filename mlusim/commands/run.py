@@ -165,6 +165,9 @@ def _write_outputs(res, dest: str) -> None:
 
     outs = res.outputs
     p = Path(dest)
+    if len(outs) > 1 and p.suffix == ".npy":
+        raise SimulationError(f"--output {dest}: the program has {len(outs)} outputs ({', '.join(outs)}); "
+                              f"give a directory")
     try:
         if len(outs) == 1 and p.suffix == ".npy":
             np.save(p, next(iter(outs.values())), allow_pickle=False)
