@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("program", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim zoo`); "
                    "the last two are compiled for the config and for each core count run")
     p.add_argument("--batch", type=int, default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input height and width when compiling a zoo model (default: the model's)")
     p.add_argument("--cores", metavar="N|N,M,..|all",
                    help="cores to use (default: all of the chip); several give a scaling table")
     add_config_args(p)
@@ -95,10 +97,12 @@ def cmd_run(args) -> int:
         cfg = resolve_config(args, None)
         counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
         check_counts(counts)
-        program = resolve_program(args.program, cfg, cores=counts[0], batch=args.batch)
+        program = resolve_program(args.program, cfg, cores=counts[0], batch=args.batch, resolution=args.resolution)
     else:
         if args.batch != 1:
             raise CompileError(f"--batch applies to zoo and ONNX models; {args.program} is already compiled")
+        if args.resolution is not None:
+            raise CompileError(f"--resolution applies to zoo models; {args.program} is already compiled")
         program = resolve_program(args.program)
         cfg = resolve_config(args, program)
         counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
@@ -110,7 +114,7 @@ def cmd_run(args) -> int:
     summaries, res = [], None
     for i, n in enumerate(counts):
         if on_the_fly and i:    # re-tiled for the cores it runs on
-            program = resolve_program(args.program, cfg, cores=n, batch=args.batch)
+            program = resolve_program(args.program, cfg, cores=n, batch=args.batch, resolution=args.resolution)
         cb = progress.start(f"{n} core(s)", len(program.kernels))
         try:
             res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
@@ -162,6 +166,9 @@ def _write_outputs(res, dest: str) -> None:
 
     outs = res.outputs
     p = Path(dest)
+    if len(outs) > 1 and p.suffix == ".npy":
+        raise SimulationError(f"--output {dest}: the program has {len(outs)} outputs ({', '.join(outs)}); "
+                              f"give a directory")
     try:
         if len(outs) == 1 and p.suffix == ".npy":
             np.save(p, next(iter(outs.values())), allow_pickle=False)
