@@ -66,13 +66,14 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
         absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion)
-    inp, out = prog.tensor("input"), prog.tensor("output")
+    inp = prog.tensor("input")
+    out_bytes = sum(t.nbytes for t in prog.tensors if t.role == "output")
     wbytes = quant.weight_bytes(g)
     prog.config = cfg.to_dict()
     prog.meta.update({k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))})
     prog.meta.update(macs=g.macs(), weight_bytes=wbytes, parameters=g.parameter_count(), quant_dtype=dtype,
                      per_channel=per_channel, target=cfg.name,
-                     min_traffic_bytes=wbytes + inp.nbytes // 4 + out.nbytes,
+                     min_traffic_bytes=wbytes + inp.nbytes // 4 + out_bytes,
                      layer_traffic_bytes=layer_traffic_bytes(g),
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))
     prog.meta.setdefault("batch", g.input.shape[0])

@@ -31,7 +31,8 @@ QMAX = {"int8": 127, "int16": 32767}
 ADD_BITS = 14          # residual add: both inputs rescaled to a common scale with 14-bit factors
 ADD_BITS_FIXED = 20    # ... and with 20-bit factors for imported 8-bit models (|q - zp| <= 255)
 MODEL_DTYPES = {"uint8": 128, "int8": 0}          # model dtype -> offset subtracted on the device
-PRESERVING = ("maxpool", "relu", "relu6", "flatten", "reshape", "dropout")   # output scale = input's
+# output scale = input's (leaky ReLU's negative side only shrinks, upsampling copies)
+PRESERVING = ("maxpool", "relu", "relu6", "flatten", "reshape", "dropout", "leaky_relu", "upsample")
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -127,6 +128,28 @@ def _weights(w: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, n
     return q.astype(np.int16 if qmax > 127 else np.int8).reshape(w.shape), s_w
 
 
+def _concat_scales(g: Graph, absmax: dict[str, float]) -> dict[str, float]:
+    """Concat inputs share the output's scale, so concatenation is a pure copy. An input that only
+    passes its producer's scale on (a leaky ReLU, an upsample: PRESERVING ops) takes it from the
+    first producer up its chain that sets one, so that producer gets the shared scale (covering
+    its own range too)."""
+    forced: dict[str, float] = {}
+    for n in g.nodes:
+        if n.op != "concat" or fixed_quant(n) is not None:
+            continue
+        members = [n.name]
+        for i in n.inputs:
+            node = g.node(i)
+            members.append(node.name)
+            while node.op in PRESERVING and node.inputs and fixed_quant(node) is None:
+                node = g.node(node.inputs[0])
+                members.append(node.name)
+        m = max(absmax.get(k, 0.0) for k in members)
+        for k in members:
+            forced[k] = m
+    return forced
+
+
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
              mixed: dict[str, str] | None = None) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
@@ -137,13 +160,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
     scale: dict[str, float] = {}
     zps: dict[str, int] = {}
     offs: dict[str, int] = {}      # 128 for tensors the model keeps as uint8, else 0
-    # concat inputs share the output's scale, so concatenation is a pure copy
-    forced: dict[str, float] = {}
-    for n in g.nodes:
-        if n.op == "concat" and fixed_quant(n) is None:
-            m = max(absmax[i] for i in n.inputs + [n.name])
-            for i in n.inputs + [n.name]:
-                forced[i] = m
+    forced = _concat_scales(g, absmax)
     for n in g.nodes:
         fx = fixed_quant(n)
         dt = "int8" if fx else mixed.get(n.name, dtype)
@@ -225,9 +242,19 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
         elif n.op == "requant":
             q["mult"], q["shift"] = quantize_multiplier(float(np.float32(src) / np.float32(s)) if fx else src / s)
             q["lo"], q["hi"] = _act_bounds(None, s, qmax, zp, fx is not None)
-        elif n.op in ("sigmoid", "hardswish"):
+        elif n.op in ("sigmoid", "hardswish", "hardsigmoid"):
             q["in_scale"] = src
-            q["inv_scale"] = float(np.float32(1.0 / (s * (6.0 if n.op == "hardswish" else 1.0))))
+            q["inv_scale"] = float(np.float32(1.0 / (s * (1.0 if n.op == "sigmoid" else 6.0))))
+        elif n.op == "leaky_relu":
+            slope = float(n.attrs.get("slope", 0.01))
+            if not 0 < slope < 1:
+                raise CompileError(f"node '{n.name}' (leaky_relu): slope {slope:g} must be in (0, 1)")
+            q["mult"], q["shift"] = quantize_multiplier(slope)
+        elif n.op == "mul":
+            if zps[n.inputs[0]] or zps[n.inputs[1]]:
+                raise CompileError(f"node '{n.name}' (mul): inputs with zero points are not supported")
+            q["mult"], q["shift"] = quantize_multiplier(scale[n.inputs[0]] * scale[n.inputs[1]] / s)
+            q["lo"], q["hi"] = _act_bounds(None, s, qmax, zp, fx is not None)
         elif n.op == "relu6":
             q["hi"] = min(qmax, zp + int(round(6.0 / s)))
         elif n.op == "concat":

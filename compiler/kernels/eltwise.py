@@ -125,9 +125,10 @@ def lower_requant(ctx, node, x, y) -> None:
 
 
 def lower_float_unary(ctx, node, x, y) -> None:
-    """sigmoid and hardswish in float32: dequantize, a few vector steps, quantize. Sigmoid is
-    1 / (1 + exp(-x)) with -x from dequantizing with the negated scale; hardswish is
-    x * min(max(x + 3, 0), 6), its / 6 folded into the quantize scale. The order of the steps is
+    """sigmoid, hardswish and hardsigmoid in float32: dequantize, a few vector steps, quantize.
+    Sigmoid is 1 / (1 + exp(-x)) with -x from dequantizing with the negated scale; hardswish is
+    x * min(max(x + 3, 0), 6) and hardsigmoid min(max(x + 3, 0), 6), the / 6 folded into the
+    quantize scale. The order of the steps is
     the contract the reference (reference._unary_float) follows."""
     q = node.q
     dt = "i16" if q["dtype"] == "int16" else "i8"
@@ -136,6 +137,7 @@ def lower_float_unary(ctx, node, x, y) -> None:
     in_bits = f32_bits(float(np.float32(-q["in_scale"] if sig else q["in_scale"])))
     out_bits = f32_bits(q["inv_scale"])
     consts = (1,) if sig else (3, 0, 6)
+    times_x = node.op == "hardswish"      # hardsigmoid stops at relu6(x + 3); both / 6 in the scale
 
     def setup(s, nram, cap):
         bufs = [nram.alloc(cap * 4, f"constant {v}") for v in consts]
@@ -153,7 +155,8 @@ def lower_float_unary(ctx, node, x, y) -> None:
             s.emit("vadd", [], dt="f32", dst=t, a=f, b=bufs[0], n=n)
             s.emit("vmax", [], dt="f32", dst=t, a=t, b=bufs[1], n=n)
             s.emit("vmin", [], dt="f32", dst=t, a=t, b=bufs[2], n=n)
-            s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
+            if times_x:
+                s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
         return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=t, n=n, scale=out_bits, zp=q["zp"])
 
     _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body,

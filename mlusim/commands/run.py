@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("program", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim zoo`); "
                    "the last two are compiled for the config and for each core count run")
     p.add_argument("--batch", type=int, default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input height and width when compiling a zoo model (default: the model's)")
     p.add_argument("--cores", metavar="N|N,M,..|all",
                    help="cores to use (default: all of the chip); several give a scaling table")
     add_config_args(p)
@@ -102,10 +104,13 @@ def cmd_run(args) -> int:
         counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
         check_counts(counts)
         per_cluster = _schedule(args, cfg) == "per-cluster"
-        program = None if per_cluster else resolve_program(args.program, cfg, cores=counts[0], batch=args.batch)
+        program = None if per_cluster else resolve_program(args.program, cfg, cores=counts[0], batch=args.batch,
+                                                           resolution=args.resolution)
     else:
         if args.batch != 1:
             raise CompileError(f"--batch applies to zoo and ONNX models; {args.program} is already compiled")
+        if args.resolution is not None:
+            raise CompileError(f"--resolution applies to zoo models; {args.program} is already compiled")
         program = resolve_program(args.program)
         cfg = resolve_config(args, program)
         counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
@@ -120,7 +125,7 @@ def cmd_run(args) -> int:
             res = _run_per_cluster(args, cfg, n)
         else:
             if on_the_fly and i:    # re-tiled for the cores it runs on
-                program = resolve_program(args.program, cfg, cores=n, batch=args.batch)
+                program = resolve_program(args.program, cfg, cores=n, batch=args.batch, resolution=args.resolution)
             cb = progress.start(f"{n} core(s)", len(program.kernels))
             try:
                 res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
@@ -186,7 +191,7 @@ def _run_per_cluster(args, cfg, cores: int):
     """Compile and simulate the vendor runtime's per-cluster schedule on `cores` cores."""
     from mlusim.schedule import plan_per_cluster, run_per_cluster
 
-    plan = plan_per_cluster(args.program.lower(), args.batch, cfg, cores)
+    plan = plan_per_cluster(args.program.lower(), args.batch, cfg, cores, args.resolution)
     inputs = parse_inputs(args.input, plan.trunk)
     return run_per_cluster(plan, cfg, inputs=inputs, timing_only=args.timing_only, max_cycles=args.max_cycles,
                            max_instructions=args.max_instructions)
@@ -196,14 +201,20 @@ def _write_outputs(res, dest: str) -> None:
     import numpy as np
 
     from mlusim.errors import SimulationError
+    from mlusim.names import check_name
 
     outs = res.outputs
     p = Path(dest)
+    if len(outs) > 1 and p.suffix == ".npy":
+        raise SimulationError(f"--output {dest}: the program has {len(outs)} outputs ({', '.join(outs)}); "
+                              f"give a directory")
     try:
         if len(outs) == 1 and p.suffix == ".npy":
             np.save(p, next(iter(outs.values())), allow_pickle=False)
             print(f"wrote {p}")
             return
+        for name in outs:       # validated at load; checked again because it becomes a path
+            check_name(name, "output tensor", SimulationError)
         p.mkdir(parents=True, exist_ok=True)
         for name, arr in outs.items():
             np.save(p / f"{name}.npy", arr, allow_pickle=False)

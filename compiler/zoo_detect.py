@@ -1,0 +1,46 @@
+"""Detectors measured on MLU370 silicon, from their darknet cfg files: YOLOv3-tiny (and the heads'
+idioms: leaky ReLU, darknet's stride-1 max pool, nearest upsampling, route = channel concat).
+A detector has several outputs (one per detection scale); the graph lists them all."""
+from __future__ import annotations
+
+from mlusim.compiler.graph import Builder, Graph
+
+LEAKY = 0.1     # darknet's leaky activation
+
+
+def _darknet_conv(b: Builder, x: str, co: int, k: int, i: int, stride: int = 1) -> str:
+    """[convolutional] batch_normalize=1, pad=1 (k//2), activation=leaky: conv without bias, BN."""
+    y = b.bn(b.conv(x, co, k, stride, k // 2, bias=False, name=f"conv{i}"), name=f"bn{i}")
+    return b.unary("leaky_relu", y, name=f"leaky{i}", slope=LEAKY)
+
+
+def _darknet_maxpool(b: Builder, x: str, size: int, stride: int, i: int) -> str:
+    """[maxpool]: darknet pads size-1 in total, placed after the data (offset -padding/2 = 0 for
+    size 2), with -FLT_MAX, so the stride-1 pool keeps 13x13 at 13x13 and padding never wins."""
+    pad = size - 1
+    lo = pad // 2
+    return b.unary("maxpool", x, name=f"pool{i}", kernel=size, stride=stride, padding=(lo, pad - lo, lo, pad - lo))
+
+
+def yolov3_tiny(batch: int, res: int, seed: int) -> Graph:
+    """pjreddie/darknet cfg/yolov3-tiny.cfg: layers 0-22 (conv / maxpool / route / upsample), the two
+    1x1 detection convs (255 = 3 anchors x (80 classes + 5), linear, with bias) feeding [yolo]
+    layers 16 and 23, which are the outputs `yolo16` (stride 32) and `yolo23` (stride 16). The
+    [yolo] layers only apply a logistic to some channels and decode boxes on the host."""
+    b = Builder("yolov3_tiny", seed)
+    x = b.input((batch, 3, res, res))
+    for i, co in zip(range(0, 12, 2), (16, 32, 64, 128, 256, 512)):
+        x = _darknet_conv(b, x, co, 3, i)
+        if i == 8:
+            route8 = x
+        x = _darknet_maxpool(b, x, 2, 2 if i < 10 else 1, i + 1)
+    x = _darknet_conv(b, x, 1024, 3, 12)
+    x13 = _darknet_conv(b, x, 256, 1, 13)
+    x = _darknet_conv(b, x13, 512, 3, 14)
+    head1 = b.conv(x, 255, 1, name="yolo16")
+    x = _darknet_conv(b, x13, 128, 1, 18)
+    x = b.unary("upsample", x, name="upsample19", scale=2)
+    x = b.binary("concat", x, route8, name="route20")
+    x = _darknet_conv(b, x, 256, 3, 21)
+    head2 = b.conv(x, 255, 1, name="yolo23")
+    return b.graph(head1, head2, batch=batch)
