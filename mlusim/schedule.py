@@ -29,7 +29,7 @@ from mlusim.config import HardwareConfig
 from mlusim.errors import SimulationError
 from mlusim.program import Program
 
-TRUNK_OPS_2D = ("flatten", "reshape", "dropout", "linear", "relu", "relu6", "sigmoid", "hardswish",
+HEAD_OPS = ("flatten", "reshape", "dropout", "linear", "batchnorm", "relu", "relu6", "sigmoid", "hardswish",
                 "softmax", "log_softmax", "requant")
 
 
@@ -58,7 +58,7 @@ def head_start(g) -> int | None:
     """Index of the first node of the graph's fully connected head: the longest suffix of per-image
     vector ops (2-D outputs) fed by one value of the trunk. None when there is no trunk or no head."""
     k = len(g.nodes)
-    while k > 1 and len(g.nodes[k - 1].shape) <= 2 and g.nodes[k - 1].op in TRUNK_OPS_2D:
+    while k > 1 and len(g.nodes[k - 1].shape) <= 2 and g.nodes[k - 1].op in HEAD_OPS:
         k -= 1
     if k == len(g.nodes) or k <= 1:
         return None
@@ -74,8 +74,9 @@ def _truncated(g, k: int):
 
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
-                     resolution: int | None = None) -> ClusterPlan:
-    """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`."""
+                     resolution: int | None = None, absmax: dict | None = None) -> ClusterPlan:
+    """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
+    a calibration of the network to reuse (scales change values, never cycles)."""
     from mlusim.compiler import passes, quant, zoo
     from mlusim.compiler.driver import calibration_samples, compile_graph
     from mlusim.compiler.lower import lower
@@ -88,7 +89,8 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
     per = -(-batch // chip_clusters)
     groups = -(-batch // per)
     full = passes.optimize(zoo.build(name, batch, resolution))
-    absmax = quant.calibrate(full, calibration_samples(full))     # once, for trunk and head alike
+    if absmax is None:      # once, for trunk and head alike
+        absmax = quant.calibrate(full, calibration_samples(full))
     trunk_graph = zoo.build(name, per, resolution)
     k = head_start(trunk_graph)
     head, scale, zp = None, 1.0, 0
@@ -154,16 +156,16 @@ def run_per_cluster(plan: ClusterPlan, cfg: HardwareConfig, inputs: dict | None 
                 xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], xs.dtype)])
             r = simulate(plan.trunk, share, cores=cpc, inputs={name: xs}, **kw)
             trunk = trunk or r
-            parts.append(r.outputs["output"][:len(xs) - pad])
-        outs = np.concatenate(parts)
+            parts.append({k: v[:len(v) - pad] for k, v in r.outputs.items()})
+        outs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if plan.head is None:
-        res = dataclasses.replace(trunk, config=cfg)
+        res = dataclasses.replace(trunk, config=cfg, program_meta=dict(trunk.program_meta, schedule=plan.describe()))
         if outs is not None:
-            res.outputs = {"output": outs}
+            res.outputs = outs
         return res
     head_in = None
     if outs is not None:
-        q = np.clip(np.rint(outs / plan.boundary_scale) + plan.boundary_zp, -128, 127).astype(np.int8)
+        q = np.clip(np.rint(outs["output"] / plan.boundary_scale) + plan.boundary_zp, -128, 127).astype(np.int8)
         t = plan.head.by_role("input")[0]
         head_in = {t.name: (q.transpose(0, 2, 3, 1) if q.ndim == 4 else q).reshape(t.shape)}
     head = simulate(plan.head, cfg, inputs=head_in, timing_only=timing_only, **kw)
