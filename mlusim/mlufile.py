@@ -19,12 +19,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mlusim import __version__
+from mlusim import budget
 from mlusim.errors import MlusimError, ModelFileError
+from mlusim.metacheck import check_kernel_meta, check_program_meta
+from mlusim.names import check_name, shown
 from mlusim.program import Kernel, Program, TensorDecl
 
 MIMETYPE = b"application/x-mlusim-model"
@@ -44,13 +48,39 @@ MAX_NDIM = 16
 MAX_TASKS = 1 << 20                   # same cap as the assembler's tasks=
 MAX_NAME = 256
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)      # fixed, so the same program gives the same bytes
+CHUNK = 1 << 20
 
 
 def _member(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool = True) -> None:
     info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    if compress and len(data) > MAX_RATIO * 64:
+        # A member that deflates past the loader's bomb ratio (a zero-filled constant) is stored
+        # as it is, so that mlusim never writes a file it would then refuse to read. A prefix that
+        # already deflates to more than 1/MAX_RATIO of the whole settles it without a second pass.
+        compress = _deflated_size(data[:CHUNK]) * MAX_RATIO > 2 * len(data) or \
+            _deflated_size(data) * MAX_RATIO >= len(data)
     info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
     zf.writestr(info, data)
+
+
+def _deflated_size(data: bytes) -> int:
+    z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)     # what zipfile writes
+    return len(z.compress(data)) + len(z.flush())
+
+
+def _check_savable(program: Program, origin: str) -> None:
+    """What `load` would refuse is refused before writing: names, task counts, recorded meta."""
+    try:
+        program.validate()
+        for i, k in enumerate(program.kernels):
+            if not 1 <= k.task_dim <= MAX_TASKS:
+                raise ModelFileError(f"kernel {i} ('{k.name}'): task_dim {k.task_dim} is outside 1..{MAX_TASKS:,}")
+            check_kernel_meta(k.meta, f"kernel {i} ('{k.name}')")
+        check_program_meta(program.meta, "program")
+        _check_strings(program.meta, "program meta")
+    except MlusimError as e:
+        raise ModelFileError(f"{origin}: not written: {e}") from None
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -63,6 +93,7 @@ def save(program: Program, path: str | Path) -> None:
     """Write `program` to `path` (the target config, if any, is recorded alongside)."""
     from mlusim.isa.encoding import encode_stream
 
+    _check_savable(program, str(path))
     members: dict[str, bytes] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
@@ -98,7 +129,7 @@ def save(program: Program, path: str | Path) -> None:
         raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
 
 
-def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytes:
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
     if info.file_size > MAX_MEMBER_BYTES:
         raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
                              f"{MAX_MEMBER_BYTES:,}-byte limit")
@@ -108,11 +139,19 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int |
     if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
         raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
                              f"(a zip bomb?)")
-    with zf.open(info) as fh:
-        data = fh.read(info.file_size + 1)
-    if len(data) != info.file_size:
-        raise ModelFileError(f"{origin}: member '{info.filename}' holds {len(data):,} bytes, its header says "
-                             f"{info.file_size:,}")
+    data = bytearray(info.file_size)
+    got = 0
+    with zf.open(info) as fh:      # chunk by chunk into one buffer: the member is held once, not twice
+        while got < info.file_size:
+            chunk = fh.read(min(CHUNK, info.file_size - got))
+            if not chunk:
+                break
+            data[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        more = fh.read(1)
+    if got != info.file_size or more:
+        raise ModelFileError(f"{origin}: member '{info.filename}' holds {'more than ' if more else ''}{got:,} bytes, "
+                             f"its header says {info.file_size:,}")
     return data
 
 
@@ -137,21 +176,20 @@ def _need(d: dict, key: str, kind, where: str, lo: int | None = None, hi: int | 
 
 
 def _name(d: dict, key: str, where: str) -> str:
-    """A name that will be printed (reports, inspect, disasm): one printable line, bounded."""
-    v = _need(d, key, str, where)
-    if not v or len(v) > MAX_NAME or not v.isprintable():
-        raise ModelFileError(f"{where}: '{key}' must be 1..{MAX_NAME} printable characters, got {v[:60]!r}")
-    return v
+    """A tensor or kernel name: printed in reports and made into file names by `run --output`, so
+    held to the identifier rules of mlusim.names."""
+    return check_name(_need(d, key, str, where), where, ModelFileError)
 
 
 def _check_strings(obj, where: str, depth: int = 0) -> None:
-    """No control characters other than newline and tab in any string of the manifest: `inspect`
-    and `disasm` print them, and an ESC sequence from a stranger's file must not reach a terminal."""
+    """Every string of the manifest one printable line: `inspect` and `disasm` print them, and an
+    ESC sequence, a bidi override or a newline (a forged line) from a stranger's file must not reach
+    a terminal."""
     if depth > 64:
         raise ModelFileError(f"{where}: nested deeper than 64")
     if isinstance(obj, str):
-        if not obj.isprintable() and any(not c.isprintable() and c not in "\n\t " for c in obj):
-            raise ModelFileError(f"{where}: string {obj[:40]!r} contains control characters")
+        if not obj.isprintable():
+            raise ModelFileError(f"{where}: string {shown(obj, 40)} contains control characters (or other non-printable ones)")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             _check_strings(k, where, depth + 1)
@@ -200,7 +238,7 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
     need = dtype.itemsize * _elements(shape)
     if len(body) != need:
         raise ModelFileError(f"{where}: holds {len(body):,} data bytes, its header says {need:,}")
-    arr = np.frombuffer(body, dtype=dtype).copy()
+    arr = np.frombuffer(body, dtype=dtype)     # a view of the member's (writable) buffer: no second copy
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
@@ -278,8 +316,11 @@ def load(path: str | Path) -> Program:
         raise
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _load(zf: zipfile.ZipFile, origin: str) -> Program:
-    from mlusim.config import host_mem_cap_bytes
     from mlusim.isa.encoding import decode_stream
     from mlusim.program import NP_OF
 
@@ -304,7 +345,7 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
         raise ModelFileError(f"{origin}: manifest.json is {infos['manifest.json'].file_size:,} bytes, over the "
                              f"{MAX_MANIFEST_BYTES:,}-byte limit")
     try:
-        man = json.loads(_read(zf, infos["manifest.json"], origin, None))
+        man = json.loads(_read(zf, infos["manifest.json"], origin, None), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"{origin}: manifest.json is not valid JSON ({str(e)[:80]})") from None
     where = f"{origin}: manifest"
@@ -357,14 +398,7 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
                              f"{MAX_TOTAL_STREAM_BYTES:,}-byte limit")
     data_bytes = sum(sizes.get(t.get("data"), 0) for t in tensors_raw
                      if isinstance(t, dict) and isinstance(t.get("data"), str))
-    need = data_bytes + INSTR_HOST_FACTOR * stream_bytes
-    try:
-        cap = host_mem_cap_bytes()
-    except MlusimError as e:
-        raise ModelFileError(str(e)) from None
-    if need > cap:
-        raise ModelFileError(f"{origin}: loading this model needs about {need / 1024**3:.1f} GiB of host "
-                             f"memory, over the cap of {cap / 1024**3:.1f} GiB (set MLUSIM_HOST_MEM_GIB)")
+    budget.check(data_bytes + INSTR_HOST_FACTOR * stream_bytes, f"{origin}: loading this model", ModelFileError)
 
     tensors = []
     for i, t in enumerate(tensors_raw):
@@ -411,19 +445,17 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
                 isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(streams) for x in ts)):
             raise ModelFileError(f"{kw}: task_stream must list, for each of the {task_dim} tasks, a stream "
                                  f"index in 0..{len(streams) - 1}")
-        meta = k.get("meta")
-        if meta is not None and not isinstance(meta, dict):
-            raise ModelFileError(f"{kw}: meta must be a mapping, got {type(meta).__name__}")
+        meta = check_kernel_meta(k.get("meta"), kw)
         kernels.append(Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta or {}))
     config = man.get("config")
     if config is not None:
         if not isinstance(config, dict):
             raise ModelFileError(f"{where}: config must be a mapping, got {type(config).__name__}")
         if "name" in config:
-            _name(config, "name", f"{where}: config")
-    meta = man.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise ModelFileError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
+            v = _need(config, "name", str, f"{where}: config")
+            if not v or len(v) > MAX_NAME:
+                raise ModelFileError(f"{where}: config: 'name' must be 1..{MAX_NAME} characters")
+    meta = check_program_meta(man.get("meta"), where)
     gdram = _need(man, "gdram_bytes", int, where, 0, MAX_GDRAM_BYTES)
     prog = Program(kernels, tensors, gdram, config, meta or {})
     try:

@@ -172,13 +172,12 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
         raise SimulationError(f"--max-cycles must be a positive number of cycles, got {max_cycles!r}")
     if not isinstance(max_instructions, int) or max_instructions < 1:
         raise SimulationError(f"--max-instructions must be a positive integer, got {max_instructions!r}")
-    from mlusim.config import host_mem_cap_bytes
+    from mlusim import budget
 
-    cap = host_cap_gib * 1024**3 if host_cap_gib is not None else host_mem_cap_bytes()
     need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only)
-    if need > cap:
-        raise SimulationError(f"simulating this program with numerics needs about {_size(need)} of host memory, "
-                              f"over the cap of {_size(cap)} (set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
+    budget.check(need, "simulating this program with numerics" if not timing_only else "simulating this program",
+                 hint="or run with --timing-only" if not timing_only else "",
+                 cap=host_cap_gib * 1024**3 if host_cap_gib is not None else None)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace)
@@ -229,13 +228,6 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     return RunResult(cfg, ncores, chip.env.now, records, outputs, chip.executed,
                      time.perf_counter() - wall0, timing_only, chip.dram.bytes, chip.dram.busy, generated,
                      chip.trace, dict(program.meta), interrupted)
-
-
-def _size(nbytes: float) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes:.0f} bytes"
 
 
 def min_event(chip: Chip, main, limit: float):

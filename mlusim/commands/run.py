@@ -162,6 +162,7 @@ def _write_outputs(res, dest: str) -> None:
     import numpy as np
 
     from mlusim.errors import SimulationError
+    from mlusim.names import check_name
 
     outs = res.outputs
     p = Path(dest)
@@ -173,6 +174,8 @@ def _write_outputs(res, dest: str) -> None:
             np.save(p, next(iter(outs.values())), allow_pickle=False)
             print(f"wrote {p}")
             return
+        for name in outs:       # validated at load; checked again because it becomes a path
+            check_name(name, "output tensor", SimulationError)
         p.mkdir(parents=True, exist_ok=True)
         for name, arr in outs.items():
             np.save(p / f"{name}.npy", arr, allow_pickle=False)

@@ -19,6 +19,7 @@ from mlusim.errors import AssemblyError, EncodingError, MlusimError
 from mlusim.isa.encoding import Instr
 from mlusim.isa.fields import Scope, Target
 from mlusim.isa.table import BY_MNEMONIC
+from mlusim.names import check_name, printable
 from mlusim.program import NP_OF, TENSOR_ROLES, Kernel, Program, TensorDecl, allocate
 
 TOKEN = re.compile(r"(?:[A-Za-z_]\w*=)?(?:\[[^\]]*\]?|[^\s,\[]+)")
@@ -227,6 +228,7 @@ def _parse_tensor(raw: str, where: str) -> TensorDecl:
         return f"{where}:{indent + m.start(group) + within + 1}"
 
     name, role, dt, dims, addr, fill = m.groups()
+    check_name(name, f"{at(1)}: tensor", AssemblyError)
     if role not in TENSOR_ROLES:
         raise AssemblyError(f"{at(2)}: role must be one of {', '.join(TENSOR_ROLES)}, got {role!r}")
     if dt not in NP_OF:
@@ -284,6 +286,8 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
     if len(text) > MAX_SOURCE_CHARS:
         raise AssemblyError(f"{origin}: {len(text):,} characters of assembly, over the limit of "
                             f"{MAX_SOURCE_CHARS:,}")
+    if text.startswith("\ufeff"):       # a UTF-8 byte order mark, as some editors write
+        text = text[1:]
     tensors: list[TensorDecl] = []
     tensor_lines: list[int] = []
     kernels: list[Kernel] = []
@@ -326,6 +330,9 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
             continue
         if s.startswith(".config"):
             meta["config"] = s.split(None, 1)[1] if len(s.split()) > 1 else ""
+            if not meta["config"].isprintable() or len(meta["config"]) > 256:
+                raise AssemblyError(f"{where}:{_col(raw, '.config')}: .config takes one name of at most 256 "
+                                    f"printable characters")
         elif s.startswith(".kernel"):
             close()
             cur = None
@@ -333,6 +340,7 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
             if not m:
                 raise AssemblyError(f"{where}:{_col(raw, '.kernel')}: expected .kernel NAME block|unionN tasks=N")
             name, ktype, tasks = m.groups()
+            check_name(name, f"{where}:{_col(raw, name)}: kernel", AssemblyError)
             ktype = ktype.lower()
             if not re.fullmatch(r"block|union[1-9][0-9]{0,3}", ktype, re.ASCII):
                 raise AssemblyError(f"{where}:{_col(raw, m.group(2))}: unknown task type {m.group(2)!r} "
@@ -379,7 +387,7 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
 def disassemble_program(prog: Program) -> str:
     out = []
     if prog.meta.get("model"):
-        out.append(f"; model: {prog.meta['model']}")
+        out.append(f"; model: {printable(prog.meta['model'], 256)}")
     for t in prog.tensors:
         dims = ", ".join(str(d) for d in t.shape)
         tail = "  ; data stored in the model file" if t.data is not None else ""

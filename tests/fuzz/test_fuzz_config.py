@@ -174,14 +174,15 @@ def _bomb_aliases():
 
 BOMBS = {
     "billion laughs (aliases)": (_bomb_aliases(), "aliases"),
-    "deep flow nesting": ("chip: " + "[" * 100_000 + "]" * 100_000, "nesting deeper"),
+    "deep flow nesting": ("chip: " + "[" * 100_000 + "]" * 100_000, "nesting"),   # libyaml: "maximum nesting depth"
     "deep block nesting": ("".join("  " * i + f"k{i}:\n" for i in range(200)), "nesting deeper"),
     "deep mapping flow": ("x: " + "{a: " * 5000 + "1" + "}" * 5000, "nesting deeper"),
     "huge file": ("description: " + "x" * (MAX_YAML_BYTES + 10), "limit"),
     "huge integer": ("chip:\n  cores: " + "9" * 10_000, "bad int value"),
     "python object tag": ("chip: !!python/object/apply:os.system ['touch /tmp/pwned']", "invalid YAML"),
     "bad timestamp": ("description: 2001-13-45", "bad timestamp"),
-    "many keys": ("".join(f"k{i}: {i}\n" for i in range(40_000)), "unknown key"),
+    "many keys": ("".join(f"k{i}: {i}\n" for i in range(40_000)), "more than 10,000 values"),
+    "many keys on one line": ("{" + ", ".join(f"k{i}: {i}" for i in range(40_000)) + "}", "more than 10,000 values"),
     "unhashable key": ("? [a, b]\n: 1\n", "invalid YAML"),
     "anchor on a section": ("base: mlu270\ncore: &c {nram_kib: 8}\n", None),
 }
