@@ -44,3 +44,38 @@ def yolov3_tiny(batch: int, res: int, seed: int) -> Graph:
     x = _darknet_conv(b, x, 256, 3, 21)
     head2 = b.conv(x, 255, 1, name="yolo23")
     return b.graph(head1, head2, batch=batch)
+
+
+def _head(b: Builder, x: str, width: int, first: int) -> tuple[str, str]:
+    """yolov3.cfg's five-conv detection block (1x1 width, 3x3 2*width, ...), then the 3x3 and the
+    linear 1x1 detection conv: returns (the fifth conv's output, which the next route takes, the
+    head's output)."""
+    for k in range(5):
+        x = _darknet_conv(b, x, width if k % 2 == 0 else 2 * width, 1 if k % 2 == 0 else 3, first + k)
+    route = x
+    x = _darknet_conv(b, x, 2 * width, 3, first + 5)
+    return route, b.conv(x, 255, 1, name=f"yolo{first + 7}")
+
+
+def yolov3(batch: int, res: int, seed: int) -> Graph:
+    """pjreddie/darknet cfg/yolov3.cfg: the Darknet-53 backbone (stride-2 3x3 convs, residual
+    [shortcut] blocks of 1x1 + 3x3, linear sum) and three detection scales joined by route +
+    upsample; outputs `yolo82` (stride 32), `yolo94` (16) and `yolo106` (8)."""
+    b = Builder("yolov3", seed)
+    x = _darknet_conv(b, b.input((batch, 3, res, res)), 32, 3, 0)
+    i, saved = 1, {}
+    for co, blocks in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        x = _darknet_conv(b, x, co, 3, i, stride=2)
+        i += 1
+        for _ in range(blocks):
+            y = _darknet_conv(b, x, co // 2, 1, i)
+            y = _darknet_conv(b, y, co, 3, i + 1)
+            x = b.binary("add", x, y, name=f"shortcut{i + 2}")
+            i += 3
+        saved[i - 1] = x
+    route, out1 = _head(b, x, 512, 75)
+    x = b.unary("upsample", _darknet_conv(b, route, 256, 1, 84), name="upsample85", scale=2)
+    route, out2 = _head(b, b.binary("concat", x, saved[61], name="route86"), 256, 87)
+    x = b.unary("upsample", _darknet_conv(b, route, 128, 1, 96), name="upsample97", scale=2)
+    _, out3 = _head(b, b.binary("concat", x, saved[36], name="route98"), 128, 99)
+    return b.graph(out1, out2, out3, batch=batch)
