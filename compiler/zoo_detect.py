@@ -79,3 +79,29 @@ def yolov3(batch: int, res: int, seed: int) -> Graph:
     x = b.unary("upsample", _darknet_conv(b, route, 128, 1, 96), name="upsample97", scale=2)
     _, out3 = _head(b, b.binary("concat", x, saved[36], name="route98"), 128, 99)
     return b.graph(out1, out2, out3, batch=batch)
+
+
+def mobilenet_ssd(batch: int, res: int, seed: int) -> Graph:
+    """chuanqi305/MobileNet-SSD deploy.prototxt (VOC, 21 classes, 300x300): MobileNet v1 (conv +
+    depthwise/pointwise pairs, BN, ReLU), four extra stride-2 stages (conv14..17), and 1x1 loc/conf
+    convs on conv11, conv13 and conv14_2..17_2 (3 priors on conv11, 6 elsewhere). The outputs are
+    those twelve convs: their Permute(0,2,3,1)+Flatten is the device's NHWC order already, and the
+    concat, softmax, prior boxes and DetectionOutput (NMS) are host post-processing here."""
+    from mlusim.compiler.zoo_layers import conv_bn
+
+    b = Builder("mobilenet_ssd", seed)
+    x = conv_bn(b, b.input((batch, 3, res, res)), 32, 3, 2, 1, name="conv0")
+    taps = {}
+    for i, (co, stride) in enumerate([(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5
+                                     + [(1024, 2), (1024, 1)], 1):
+        x = conv_bn(b, x, b.channels(x), 3, stride, 1, groups=b.channels(x), name=f"conv{i}_dw")
+        x = taps[f"conv{i}"] = conv_bn(b, x, co, 1, name=f"conv{i}")
+    for i, (mid, co) in zip(range(14, 18), ((256, 512), (128, 256), (128, 256), (64, 128))):
+        x = conv_bn(b, x, mid, 1, name=f"conv{i}_1")
+        x = taps[f"conv{i}_2"] = conv_bn(b, x, co, 3, 2, 1, name=f"conv{i}_2")
+    outs = []
+    for src in ("conv11", "conv13", "conv14_2", "conv15_2", "conv16_2", "conv17_2"):
+        priors = 3 if src == "conv11" else 6
+        outs += [b.conv(taps[src], 4 * priors, 1, name=f"{src}_mbox_loc"),
+                 b.conv(taps[src], 21 * priors, 1, name=f"{src}_mbox_conf")]
+    return b.graph(*outs, batch=batch)
