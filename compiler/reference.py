@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlusim.compiler.graph import Graph
+from mlusim.compiler.graph import Graph, output_names
 
 
 # ---- float ---------------------------------------------------------------------------------------
@@ -343,9 +343,8 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
 def program_outputs(g: Graph, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """run_quant's float outputs under the names the compiled program gives them
     (graph.output_names: 'output', or each output node's name when there are several)."""
-    if not g.extra_outputs:
-        return {"output": v["__output__"]}
-    return {g.output: v["__output__"], **{o: v[f"__output__{o}"] for o in g.extra_outputs}}
+    arrays = [v["__output__"]] + [v[f"__output__{o}"] for o in g.extra_outputs]
+    return dict(zip(output_names(g), arrays))
 
 
 def dequantize(q: np.ndarray, scale: float, zp: int = 0) -> np.ndarray:
