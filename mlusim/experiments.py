@@ -67,7 +67,7 @@ def compiles_on_the_fly(spec) -> bool:
     return spec.lower() in ZOO
 
 
-def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1):
+def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None):
     """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
 
     A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
@@ -75,7 +75,7 @@ def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 
     scaling run or sweep point never times a program tiled for some other machine."""
     from mlusim.commands.common import load_program
 
-    return load_program(spec, cfg=cfg, cores=cores, batch=batch)
+    return load_program(spec, cfg=cfg, cores=cores, batch=batch, resolution=resolution)
 
 
 def default_config(program, config=None, overrides=None):

@@ -58,7 +58,10 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
         import sys
 
         from mlusim.compiler.driver import compile_onnx
+        from mlusim.errors import CompileError
 
+        if resolution is not None:
+            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
         c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
         for note in c.notes:
             print(f"warning: {note}", file=sys.stderr)
