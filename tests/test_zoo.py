@@ -127,3 +127,15 @@ def test_mobilenet_ssd_heads_follow_the_prototxt():
     shapes = [g.node(o).shape[1:] for o in g.outputs]
     assert [s[1] for s in shapes[::2]] == [19, 10, 5, 3, 2, 1]
     assert [s[0] for s in shapes] == [12, 63] + [24, 126] * 5
+
+
+def test_leaky_relu_runs_inside_cluster_fused_segments():
+    """Leaky ReLU is an elementwise kernel like ReLU, so the segment planner may keep it in cluster
+    SRAM with its conv: yolov3_tiny's early layers become one segment, still bit-exact."""
+    c = compile_model("yolov3_tiny", resolution=64, tasks=4, cluster_fusion=True)
+    segs = [k for k in c.program.kernels if k.meta.get("op") == "segment"]
+    assert any(c.graph.node(n).op == "leaky_relu" for k in segs for n in k.meta["fused"])
+    x = np.random.default_rng(9).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    outs = simulate(c.program, cores=4, inputs={"input": x}).outputs
+    for k, ref in program_outputs(c.graph, run_quant(c.graph, x)).items():
+        assert np.array_equal(outs[k], ref), k
