@@ -168,7 +168,7 @@ def _node_program(cm: CompiledModel, name: str):
 
 def run_layers(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
     """Each node its own program; values pass between them in device layout."""
-    from mlusim.compiler.lower import layouts, value_name
+    from mlusim.compiler.layout import layouts, value_name
     from mlusim.compiler.reference import cpu_node_quant
     from mlusim.report import summarize
     from mlusim.sim import simulate
