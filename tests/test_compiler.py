@@ -155,6 +155,7 @@ def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
     """A 5x5 conv over 4 channels fills 4 of 64 MAC lanes; with its kernel columns folded into
     channels (one strided DMA with overlapping source segments builds each tile) it fills 20: same
     bits, fewer MAC cycles. Cheap DMA segments (as from SRAM) make the tiler choose it."""
+    from mlusim.compiler.kernels import conv as kconv
     from mlusim.compiler.kernels.conv import ConvGeometry
 
     b = Builder("fold", seed=4)
@@ -173,6 +174,7 @@ def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
     folded, mac = run(g)
     assert "5 kernel columns folded into channels" in folded.meta["tiling"]
     monkeypatch.setattr(ConvGeometry, "can_fold", lambda self, lanes: False)
+    monkeypatch.setattr(kconv, "_PLANS", {})       # plans are cached by value: forget the folded one
     plain, mac_plain = run(b.graph(g.output))
     assert "folded" not in plain.meta["tiling"]
     assert mac < 0.5 * mac_plain
@@ -181,6 +183,7 @@ def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
 def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
     """A 1x1 conv with stride 2 uses one input row in two: with tiles of several rows it loads
     only those (a strided DMA) and runs with row stride 1; same bits, half the input bytes."""
+    from mlusim.compiler.kernels import conv as kconv
     from mlusim.compiler.kernels.conv import ConvGeometry
 
     b = Builder("skip", seed=6)
@@ -199,6 +202,7 @@ def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
     skipping, read = run(g)
     assert "loading one input row in 2" in skipping.meta["tiling"]
     monkeypatch.setattr(ConvGeometry, "can_skip_rows", lambda self: False)
+    monkeypatch.setattr(kconv, "_PLANS", {})       # plans are cached by value: forget the skipping one
     plain, read_plain = run(b.graph(g.output))
     assert "input row" not in plain.meta["tiling"]
     x_bytes = 2 * 32 * 16 * 16

@@ -171,7 +171,7 @@ def _node_program(cm: CompiledModel, name: str):
 def run_layers(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
     """Each node its own program; values pass between them in device layout. Returns the model's
     outputs in order (a graph's extra outputs are dequantized by their own one-kernel programs)."""
-    from mlusim.compiler.lower import layouts, value_name
+    from mlusim.compiler.layout import layouts, value_name
     from mlusim.compiler.reference import cpu_node_quant
     from mlusim.report import summarize
     from mlusim.sim import simulate
@@ -225,7 +225,7 @@ def _dequantized(cm: CompiledModel, node, value: np.ndarray) -> np.ndarray:
     from mlusim.program import Program
     from mlusim.sim import simulate
 
-    ctx = lw.LowerCtx(cm.cfg, cm.graph, cm.cores)
+    ctx = lw.LowerCtx(cfg=cm.cfg, tasks=cm.cores, graph=cm.graph)
     shape = value.shape
     x = ctx.tensor("value", "input", lw.layouts(cm.graph)[node.name].dtype, shape)
     meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
