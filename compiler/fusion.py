@@ -161,7 +161,7 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit) -> None:
         # the images as the pixels of one row: a tile of them all, each core a block of the outputs
         xs = DevTensor(f"{n.name}.gathered", at, (1, 1, m, k), x.dtype, None, "sram")
         # the program's output: into SRAM, then dequantized into the float output by the segment
-        final = n.name == g.output and dt != "f32" and \
+        final = n.name == g.output and not g.extra_outputs and dt != "f32" and \
             ceil(m / cpc) * ceil(o / peers) * (4 + (2 if dt == "i16" else 1)) <= cfg.nram_bytes
         y = DevTensor(f"{n.name}.sram", at + row * peers, (1, 1, m, o), dt, None, "sram") if final else \
             DevTensor(dev[n.name].name, dev[n.name].addr, (1, 1, m, o), dt, None)

@@ -55,8 +55,9 @@ def escaping(g, nodes) -> set[str]:
         for i in n.inputs:
             if i in inside:
                 out.add(_base(g, i))
-    if g.output in inside:
-        out.add(_base(g, g.output))
+    for o in g.outputs:
+        if o in inside:
+            out.add(_base(g, o))
     return out
 
 

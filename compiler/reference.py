@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlusim.compiler.graph import Graph
+from mlusim.compiler.graph import Graph, output_names
 
 
 # ---- float ---------------------------------------------------------------------------------------
@@ -109,7 +109,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif op == "batchnorm":
             p = n.params
             k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
-            y = (a[0] - p["mean"].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + p["beta"].reshape(1, -1, 1, 1)
+            shape = (1, -1) + (1,) * (a[0].ndim - 2)
+            y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
         elif op in ("relu", "relu6"):
             y = _act_f(a[0], op)
         elif op in ("dropout", "requant"):
@@ -118,6 +119,15 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
         elif op == "hardswish":
             y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+        elif op == "hardsigmoid":
+            y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+        elif op == "leaky_relu":
+            y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
+        elif op == "upsample":
+            f = n.attrs["scale"]
+            y = a[0].repeat(f, axis=2).repeat(f, axis=3)
+        elif op == "mul":
+            y = a[0] * a[1]
         elif op in ("maxpool", "avgpool"):
             y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
         elif op == "gap":
@@ -235,6 +245,9 @@ def _unary_float(op: str, x: np.ndarray, q: dict) -> np.ndarray:
         f = dequantize(x, -q["in_scale"], q["in_zp"])            # -x, exactly
         e = (np.exp(f).astype(np.float32) + np.float32(1)).astype(np.float32)
         y = (np.float32(1) / e).astype(np.float32)
+    elif op == "hardsigmoid":       # relu6(x + 3), its / 6 in the quantize scale
+        f = dequantize(x, q["in_scale"], q["in_zp"])
+        y = np.minimum(np.maximum((f + np.float32(3)).astype(np.float32), np.float32(0)), np.float32(6))
     else:
         f = dequantize(x, q["in_scale"], q["in_zp"])
         t = np.minimum(np.maximum((f + np.float32(3)).astype(np.float32), np.float32(0)), np.float32(6))
@@ -284,8 +297,15 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = np.clip(a[0], zp, q["hi"])
         elif n.op == "requant":
             y = requant(a[0] - zin, 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
-        elif n.op in ("sigmoid", "hardswish"):
+        elif n.op in ("sigmoid", "hardswish", "hardsigmoid"):
             y = _unary_float(n.op, a[0], q)
+        elif n.op == "leaky_relu":     # the negative side scaled by the slope, in the same scale
+            neg = requant(a[0] - zin, 0, q["mult"], q["shift"], -qmax - 1, qmax, qmax, zp=zp)
+            y = np.maximum(a[0], neg)
+        elif n.op == "upsample":
+            y = a[0].repeat(n.attrs["scale"], axis=2).repeat(n.attrs["scale"], axis=3)
+        elif n.op == "mul":
+            y = requant(a[0] * a[1], 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
         elif n.op == "maxpool":
             pt, pb, pl, pr = n.attrs["padding"]
             xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-2**40)
@@ -329,7 +349,17 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     oq = g.node(g.output).q
     v["__output__"] = out.astype(np.float32) if g.meta.get("output_float") else \
         dequantize(out, oq["scale"], oq.get("zp", 0))
+    for name in g.extra_outputs:
+        oq = g.node(name).q
+        v[f"__output__{name}"] = dequantize(v[name], oq["scale"], oq.get("zp", 0))
     return v
+
+
+def program_outputs(g: Graph, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """run_quant's float outputs under the names the compiled program gives them
+    (graph.output_names: 'output', or each output node's name when there are several)."""
+    arrays = [v["__output__"]] + [v[f"__output__{o}"] for o in g.extra_outputs]
+    return dict(zip(output_names(g), arrays))
 
 
 def dequantize(q: np.ndarray, scale: float, zp: int = 0) -> np.ndarray:
