@@ -308,6 +308,17 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
+def _fill_pads(s, geo, bufs, in_tile: int, zp_row) -> list:
+    """Left / right pad columns are never overwritten: fill each input buffer with the padding
+    value once (vset with zp; a per-channel fill, firstconv's means, repeats the padding row)."""
+    if not geo.zp_pad:
+        return [None] * len(bufs)
+    if geo.fill is None:
+        return [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // geo.esz, value=geo.zp_in) for b in bufs]
+    prow = geo.wp * geo.ci * geo.esz
+    return [s.dma("g2n", b, zp_row, prow, count=in_tile // prow, dstride=prow, sstride=0) for b in bufs]
+
+
 def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
           resident=None):
     cfg = ctx.cfg
@@ -319,13 +330,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
     wram = Arena("wram", cfg.wram_bytes, base=resident[0] if resident else getattr(ctx, "wram_base", 0))
     in_tile = geo.tile_bytes(rows)
     buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
-    # left / right pad columns are never overwritten: fill each buffer with zp once
-    if geo.zp_pad and geo.fill is not None:     # per-channel values: repeat the padding row over the tile
-        prow = geo.wp * geo.ci * esz
-        fills = [s.dma("g2n", b, zp_row, prow, count=in_tile // prow, dstride=prow, sstride=0) for b in buf_in]
-    else:
-        fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
-            if geo.zp_pad else [None, None]
+    fills = _fill_pads(s, geo, buf_in, in_tile, zp_row)
     accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
