@@ -15,7 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from mlusim.errors import MlusimError
 
-COMMANDS = ("run", "config", "modelfile", "sweep", "plot", "compile")
+COMMANDS = ("run", "config", "modelfile", "sweep", "plot", "compile", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
