@@ -205,6 +205,11 @@ def plot_calibration(doc: dict, prefix: str | Path, title: str = "") -> list[Pat
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("published device latency (ms)")
     ax.set_ylabel("simulated latency (ms)")
     left = doc.get("mape_left_out")
