@@ -8,6 +8,7 @@ imported QDQ model usually fixes all of them and is never calibrated).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +37,15 @@ def calibration_samples(g: Graph, count: int = 2, seed: int = 0) -> list[np.ndar
     return [rng.uniform(0.0, 1.0, shape).astype(np.float32)]
 
 
+def host_bytes_lower_bound(g: Graph) -> int:
+    """Host memory compiling `g` needs at least: every activation once at one byte (the program's
+    GDRAM image), the float activations of the calibration images (up to two) and the weights.
+    Checked against the memory budget before anything batch- or resolution-sized is allocated."""
+    acts = sum(math.prod(n.shape) for n in g.nodes)
+    per_image = acts // max(1, g.input.shape[0])
+    return acts + 4 * min(2, g.input.shape[0]) * per_image + g.parameter_count()
+
+
 def needs_calibration(g: Graph) -> list[str]:
     """Nodes whose output scale must come from calibration (the model does not fix it)."""
     return [n.name for n in g.nodes if quant.fixed_quant(n) is None and n.op not in quant.PRESERVING
@@ -52,9 +62,13 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
     from mlusim.config import HardwareConfig, load_config
 
+    from mlusim import budget
+
     t0 = time.perf_counter()
     notes = []
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
+    budget.check(host_bytes_lower_bound(g), f"compiling {g.meta.get('model', 'this model')} at input shape "
+                 f"{list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
     g = passes.optimize(g, fuse=fuse)
     if mean is not None or std is not None:
         quant.firstconv(g, mean if mean is not None else [0.0], std if std is not None else [1.0])
@@ -104,12 +118,9 @@ def layer_traffic_bytes(g: Graph) -> int:
 def load_samples(path: str, g: Graph, chunk: int = 8) -> list[np.ndarray]:
     """Calibration inputs from a .npy array [S, *input shape[1:]] (or one sample without the S),
     in chunks so the float reference never holds more than `chunk` images at once."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CompileError(f"{path}: no such calibration file") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise CompileError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
+    from mlusim import npyfile
+
+    a = npyfile.load(path, CompileError, "calibration file")     # header and size checked, no FIFO
     want = tuple(g.input.shape[1:])
     if a.shape == want:
         a = a[None]

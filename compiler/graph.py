@@ -95,16 +95,14 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 def output_names(g: Graph) -> list[str]:
     """Program tensor names of the graph's outputs: 'output' for a single-output graph; otherwise
-    each output node's own name, which must then be a plain identifier (it names files)."""
+    each output node's own name if it is a plain identifier (names become file names), else
+    'output<i>' by position."""
     if not g.extra_outputs:
         return ["output"]
-    for name in g.outputs:
-        if not IDENTIFIER.match(name):
-            raise CompileError(f"graph '{g.name}': output node '{name}' must be named by a plain identifier "
-                               f"(letters, digits, underscore) to name a program output")
     if len(set(g.outputs)) != len(g.outputs):
         raise CompileError(f"graph '{g.name}': an output is listed twice ({', '.join(g.outputs)})")
-    return list(g.outputs)
+    names = [o if IDENTIFIER.match(o) else f"output{i}" for i, o in enumerate(g.outputs)]
+    return names if len(set(names)) == len(names) else [f"output{i}" for i in range(len(names))]
 
 
 def conv_out(size: int, k: int, s: int, pa: int, pb: int, d: int) -> int:

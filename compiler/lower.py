@@ -254,12 +254,12 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
             (final and node.op in ("softmax", "log_softmax")) else "scratch"
         dev[node.name] = _lower_node(ctx, node, ins, role)
     if subset is None or last == g.output:
-        if subset is not None and g.extra_outputs:
-            raise CompileError(f"graph '{g.name}': a partial program of a graph with several outputs")
-        for name, pname in zip(g.outputs, output_names(g)):
+        # a one-node program (the shim's layer-by-layer mode) ending at the first output makes only it
+        pairs = zip(g.outputs, output_names(g)) if subset is None else [(g.output, "output")]
+        for name, pname in pairs:
             _emit_output(ctx, g.node(name), dev[name], pname)
     prog = Program(ctx.kernels, ctx.tensors, ctx.top)
-    if g.extra_outputs:
+    if g.extra_outputs and subset is None:
         prog.meta["outputs"] = output_names(g)
     return prog
 

@@ -16,7 +16,7 @@ from mlusim.compiler.liveness import VIEWS, _base, _esz, escaping, image_bytes, 
 from mlusim.errors import CompileError
 
 ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
-            "flatten", "reshape"}
+            "flatten", "reshape", "leaky_relu"}
 TILED = ("conv2d", "linear")   # layers whose tilers price themselves
 JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
 KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel

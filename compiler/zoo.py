@@ -138,6 +138,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
     ZooEntry("mobilenetv3_small", zc._mobilenetv3("mobilenetv3_small", zc.V3_SMALL, 576, 1024), 3, 224,
              "MobileNetV3-Small (torchvision; hardswish, SE with hardsigmoid)"),
     ZooEntry("yolov3_tiny", zd.yolov3_tiny, 3, 416, "YOLOv3-tiny (darknet cfg; leaky ReLU, upsample, 2 outputs)", 64),
+    ZooEntry("mobilenet_ssd", zd.mobilenet_ssd, 3, 300, "MobileNet-SSD (Caffe, VOC; depthwise, 12 head outputs)"),
+    ZooEntry("yolov3", zd.yolov3, 3, 416, "YOLOv3 (darknet cfg; Darknet-53, 3 outputs)", 64),
 )}
 
 

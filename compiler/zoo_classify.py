@@ -1,6 +1,7 @@
 """ImageNet classifiers measured on MLU370 silicon (shared/silicon), written from the definitions
 the measured models were converted from: Caffe prototxts (AlexNet_cvgj, SqueezeNet, ResNeXt,
-SE-ResNet) and torchvision (MobileNetV3). Layer names follow those files where it helps to compare.
+SE-ResNet) and torchvision (MobileNetV3). Layer names follow those files where it helps to compare,
+with '_' for Caffe's '/' (names become program tensor names, which allow no path separator).
 Pooling keeps each framework's output-size rule (Caffe rounds up; see zoo_layers)."""
 from __future__ import annotations
 
@@ -15,26 +16,26 @@ def alexnet_bn(batch: int, res: int, seed: int) -> Graph:
     folds exactly into conv1's weights and bias: it is not a separate layer here."""
     b = Builder("alexnet_bn", seed)
     x = b.input((batch, 3, res, res))
-    x = b.unary("relu", b.bn(b.conv(x, 96, 11, 4, name="conv1"), name="conv1/bn"))
+    x = b.unary("relu", b.bn(b.conv(x, 96, 11, 4, name="conv1"), name="conv1_bn"))
     x = caffe_maxpool(b, x, side_of(b, x), 3, 2, name="pool1")
-    x = b.unary("relu", b.bn(b.conv(x, 256, 5, 1, 2, groups=2, name="conv2"), name="conv2/bn"))
+    x = b.unary("relu", b.bn(b.conv(x, 256, 5, 1, 2, groups=2, name="conv2"), name="conv2_bn"))
     x = caffe_maxpool(b, x, side_of(b, x), 3, 2, name="pool2")
-    x = b.unary("relu", b.bn(b.conv(x, 384, 3, 1, 1, name="conv3"), name="conv3/bn"))
-    x = b.unary("relu", b.bn(b.conv(x, 384, 3, 1, 1, groups=2, name="conv4"), name="conv4/bn"))
-    x = b.unary("relu", b.bn(b.conv(x, 256, 3, 1, 1, groups=2, name="conv5"), name="conv5/bn"))
+    x = b.unary("relu", b.bn(b.conv(x, 384, 3, 1, 1, name="conv3"), name="conv3_bn"))
+    x = b.unary("relu", b.bn(b.conv(x, 384, 3, 1, 1, groups=2, name="conv4"), name="conv4_bn"))
+    x = b.unary("relu", b.bn(b.conv(x, 256, 3, 1, 1, groups=2, name="conv5"), name="conv5_bn"))
     x = caffe_maxpool(b, x, side_of(b, x), 3, 2, name="pool5")
     side = side_of(b, x)
     x = b.unary("flatten", x)
-    x = b.unary("relu", b.bn(b.linear(x, 256 * side * side, 4096, name="fc6"), name="fc6/bn"))
-    x = b.unary("relu", b.bn(b.linear(x, 4096, 4096, name="fc7"), name="fc7/bn"))
+    x = b.unary("relu", b.bn(b.linear(x, 256 * side * side, 4096, name="fc6"), name="fc6_bn"))
+    x = b.unary("relu", b.bn(b.linear(x, 4096, 4096, name="fc7"), name="fc7_bn"))
     return b.graph(b.unary("softmax", b.linear(x, 4096, 1000, name="fc8"), name="prob", dim=1), batch=batch)
 
 
 def _fire(b: Builder, x: str, squeeze: int, expand: int, name: str) -> str:
-    s = b.unary("relu", b.conv(x, squeeze, 1, name=f"{name}/squeeze1x1"))
-    e1 = b.unary("relu", b.conv(s, expand, 1, name=f"{name}/expand1x1"))
-    e3 = b.unary("relu", b.conv(s, expand, 3, padding=1, name=f"{name}/expand3x3"))
-    return b.binary("concat", e1, e3, name=f"{name}/concat")
+    s = b.unary("relu", b.conv(x, squeeze, 1, name=f"{name}_squeeze1x1"))
+    e1 = b.unary("relu", b.conv(s, expand, 1, name=f"{name}_expand1x1"))
+    e3 = b.unary("relu", b.conv(s, expand, 3, padding=1, name=f"{name}_expand3x3"))
+    return b.binary("concat", e1, e3, name=f"{name}_concat")
 
 
 def _squeezenet(version: str):
@@ -89,10 +90,10 @@ def _squeeze_excite(b: Builder, x: str, squeeze: int, gate: str, name: str) -> s
     """x * gate(fc2(relu(fc1(gap(x))))) with the fcs as 1x1 convs with bias, as both the Caffe SENet
     prototxts and torchvision's SqueezeExcitation write them."""
     c = b.channels(x)
-    s = b.unary("gap", x, name=f"{name}/pool")
-    s = b.unary("relu", b.conv(s, squeeze, 1, name=f"{name}/down"))
-    s = b.unary(gate, b.conv(s, c, 1, name=f"{name}/up"), name=f"{name}/{gate}")
-    return b.binary("mul", x, s, name=f"{name}/scale")
+    s = b.unary("gap", x, name=f"{name}_pool")
+    s = b.unary("relu", b.conv(s, squeeze, 1, name=f"{name}_down"))
+    s = b.unary(gate, b.conv(s, c, 1, name=f"{name}_up"), name=f"{name}_{gate}")
+    return b.binary("mul", x, s, name=f"{name}_scale")
 
 
 def _se_bottleneck(b: Builder, x: str, width: int, stride: int, name: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from mlusim.errors import ModelFileError
+from mlusim.errors import MlusimError, ModelFileError
 
 Check = Callable[[Any], str | None]      # None if fine, else what is wrong
 
@@ -80,17 +80,21 @@ SEGMENT_META: dict[str, Check] = {
 KERNEL_META: dict[str, Check] = {"layer": text(1024), "op": text(256), "macs": number(0, MAX_COUNT)}
 
 
-def check_fields(meta: Any, schema: dict[str, Check], where: str) -> dict:
-    """`meta` (None means empty) checked against `schema`; returns it as a dict."""
-    if meta is None:
+def check_fields(meta: Any, schema: dict[str, Check], where: str, error: type[MlusimError] = ModelFileError,
+                 what: str = "meta", required: tuple[str, ...] = ()) -> dict:
+    """`meta` (None means empty) checked against `schema` (keys in `required` must be present);
+    returns it as a dict."""
+    if meta is None and not required:
         return {}
     if not isinstance(meta, dict):
-        raise ModelFileError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
+        raise error(f"{where}: {what} must be a mapping, got {type(meta).__name__}")
     for key, check in schema.items():
         if key in meta:
             why = check(meta[key])
             if why:
-                raise ModelFileError(f"{where}: meta '{key}' {why}")
+                raise error(f"{where}: {what} '{key}' {why}")
+        elif key in required:
+            raise error(f"{where}: {what} has no '{key}'")
     return meta
 
 

@@ -14,7 +14,8 @@ from mlusim.sim import simulate
 
 # (resolution, batch) small enough for CI; bench/ runs the full-size ones
 CASES = {"alexnet_bn": (67, 2), "squeezenet1_0": (48, 2), "squeezenet1_1": (48, 2), "resnext50_32x4d": (32, 1),
-         "yolov3_tiny": (64, 2), "se_resnet50": (32, 1), "mobilenetv3_large": (64, 1), "mobilenetv3_small": (64, 1)}
+         "yolov3_tiny": (64, 2), "se_resnet50": (32, 1), "mobilenetv3_large": (64, 1), "mobilenetv3_small": (64, 1),
+         "mobilenet_ssd": (64, 1)}
 # worst-element bound vs float, relative to the output range. MobileNetV3's squeeze-excitation gates
 # (hardsigmoid, flat outside [-3, 3]) amplify the int8 error of their inputs on random weights, whose
 # SE pre-activations reach +-50; we measure 13% at 224 (2% for Small), correlation 0.994.
@@ -24,11 +25,12 @@ REL_BOUND = {"mobilenetv3_large": 0.25}
 # shift, GMAC). AlexNet_cvgj: 60.97 M weights + 11.4 K of batch norm; torchvision's model table for
 # SqueezeNet (1.25 M / 1.24 M) and ResNeXt-50 32x4d (25.03 M, 4.23 GFLOPS as multiply-adds) at 224;
 # SqueezeNet's MACs at 227 from the layer shapes (its paper gives none); YOLOv3-tiny: darknet prints
-# 5.571 BFLOPs (2 per MAC) at 416, 8.86 M parameters; SE-ResNet-50 28.09 M, 3.86 GMAC (SENet paper
+# 5.571 BFLOPs (2 per MAC) at 416, 8.86 M parameters, YOLOv3 65.86 BFLOPs and 61.95 M
+# (62,001,757 with darknet's BN means and variances); SE-ResNet-50 28.09 M, 3.86 GMAC (SENet paper
 # table); torchvision's MobileNetV3 Large 5.48 M 0.217 GFLOPS, Small 2.54 M (0.06 GFLOPS rounded).
 PUBLISHED = {"alexnet_bn": (60.98, 0.724), "squeezenet1_0": (1.248, 0.833), "squeezenet1_1": (1.235, 0.388),
              "resnext50_32x4d": (25.03, 4.23), "yolov3_tiny": (8.86, 2.78), "se_resnet50": (28.09, 3.86),
-             "mobilenetv3_large": (5.48, 0.217), "mobilenetv3_small": (2.54, 0.0565)}
+             "mobilenetv3_large": (5.48, 0.217), "mobilenetv3_small": (2.54, 0.0565), "yolov3": (61.95, 32.93)}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -116,3 +118,24 @@ def test_multi_output_program_through_the_cli(tmp_path):
         for k, ref in refs.items():
             assert np.array_equal(np.load(tmp_path / d / f"{k}.npy"), ref), (d, k)
     assert main(["run", str(tmp_path / "y.mlu"), "--cores", "4", "--output", str(tmp_path / "one.npy")]) == 2
+
+
+def test_mobilenet_ssd_heads_follow_the_prototxt():
+    """Six scales at 300x300 (19, 10, 5, 3, 2, 1), 3 priors on conv11 and 6 elsewhere: loc 4 and
+    conf 21 channels per prior, as chuanqi305's deploy.prototxt; 12 outputs."""
+    g = zoo.build("mobilenet_ssd")
+    shapes = [g.node(o).shape[1:] for o in g.outputs]
+    assert [s[1] for s in shapes[::2]] == [19, 10, 5, 3, 2, 1]
+    assert [s[0] for s in shapes] == [12, 63] + [24, 126] * 5
+
+
+def test_leaky_relu_runs_inside_cluster_fused_segments():
+    """Leaky ReLU is an elementwise kernel like ReLU, so the segment planner may keep it in cluster
+    SRAM with its conv: yolov3_tiny's early layers become one segment, still bit-exact."""
+    c = compile_model("yolov3_tiny", resolution=64, tasks=4, cluster_fusion=True)
+    segs = [k for k in c.program.kernels if k.meta.get("op") == "segment"]
+    assert any(c.graph.node(n).op == "leaky_relu" for k in segs for n in k.meta["fused"])
+    x = np.random.default_rng(9).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    outs = simulate(c.program, cores=4, inputs={"input": x}).outputs
+    for k, ref in program_outputs(c.graph, run_quant(c.graph, x)).items():
+        assert np.array_equal(outs[k], ref), k

@@ -7,12 +7,12 @@ it is vmax of x and x requantized by a (zero point: zp + max(x - zp, rne((x - zp
 against the reference's formula."""
 from __future__ import annotations
 
-from math import ceil, prod
+from math import ceil
 
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
-from mlusim.compiler.kernels.eltwise import _unary_kernel
+from mlusim.compiler.kernels.eltwise import requant_kernel
 from mlusim.compiler.tiling import DOUBLE, split
 from mlusim.errors import CompileError
 
@@ -23,22 +23,10 @@ def _dt(node) -> tuple[str, int]:
 
 def lower_leaky(ctx, node, x, y) -> None:
     """vcast to int32, vrequant by the slope (bias -zp, then + zp), vmax with the input."""
-    q = node.q
-    dt, esz = _dt(node)
-    zin = q.get("in_zp", 0)
-    p_addr = ctx.const(f"{node.name}.params", np.array([[-zin, q["mult"], q["shift"]]], np.int32))
-
-    def setup(s, nram, cap):
-        par = nram.alloc(12, "params")
-        return par, nram.alloc(cap * 4, "int32"), s.dma("g2n", par, p_addr, 12)
-
-    def body(s, deps, src, dst, n, env):
-        par, wide, pl = env
-        s.emit("vcast", deps, sdt=dt, ddt="i32", dst=wide, src=src, n=n)
-        s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, zp=q.get("zp", 0))
+    def then(s, src, dst, n, dt):
         return s.emit("vmax", [], dt=dt, dst=dst, a=dst, b=src, n=n)
 
-    _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
+    requant_kernel(ctx, node, x, y, node.q.get("in_zp", 0), dict(zp=node.q.get("zp", 0)), then)
 
 
 def lower_upsample(ctx, node, x, y) -> None:

@@ -381,7 +381,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
         else:
             mac = s.emit("conv", lds + [w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
                          n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw,
-                         groups=geo.groups, **pads)
+                         groups=geo.groups, pos=q.get("acc_pos", 0), **pads)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
         rq = None           # the instruction that writes the tile's int8 output
         if geo.residual:

@@ -107,9 +107,17 @@ def lower_requant(ctx, node, x, y) -> None:
     """Same real values in another scale and zero point: int32, then one vrequant whose bias is
     minus the input zero point."""
     q = node.q
+    requant_kernel(ctx, node, x, y, q["in_zp"], dict(zp=q["zp"], lo=q["lo"], hi=q["hi"]))
+
+
+def requant_kernel(ctx, node, x, y, in_zp: int, out: dict, then=None) -> None:
+    """Each chunk widened to int32 and requantized by the node's (mult, shift) with bias -in_zp and
+    vrequant's `out` fields (zp, lo, hi); `then(s, src, dst, n, dt)` may add steps on the result
+    (leaky ReLU's max with the input) and returns the last."""
+    q = node.q
     dt = "i16" if q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
-    p_addr = ctx.const(f"{node.name}.params", np.array([[-q["in_zp"], q["mult"], q["shift"]]], np.int32))
+    p_addr = ctx.const(f"{node.name}.params", np.array([[-in_zp, q["mult"], q["shift"]]], np.int32))
 
     def setup(s, nram, cap):
         par = nram.alloc(12, "params")
@@ -118,8 +126,8 @@ def lower_requant(ctx, node, x, y) -> None:
     def body(s, deps, src, dst, n, env):
         par, wide, pl = env
         s.emit("vcast", deps, sdt=dt, ddt="i32", dst=wide, src=src, n=n)
-        return s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, zp=q["zp"], lo=q["lo"],
-                      hi=q["hi"])
+        last = s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, **out)
+        return then(s, src, dst, n, dt) if then else last
 
     _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
 

@@ -8,16 +8,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlusim.commands.common import add_config_args, parse_cores, parse_inputs, resolve_config
-from mlusim.errors import CompileError
+from mlusim.commands.common import (
+    DEFAULT_MAX_SECONDS,
+    MAX_BATCH,
+    add_config_args,
+    float_arg,
+    int_arg,
+    parse_cores,
+    parse_inputs,
+    resolve_config,
+)
+from mlusim.errors import CompileError, MlusimError
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="simulate a .mlu model, .s program, .onnx model or zoo model; report cycles")
     p.add_argument("program", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim zoo`); "
                    "the last two are compiled for the config and for each core count run")
-    p.add_argument("--batch", type=int, default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=1, help="batch size when compiling a zoo or ONNX model (default 1)")
+    p.add_argument("--resolution", type=int_arg(1, 1 << 16), default=None,
                    help="input height and width when compiling a zoo model (default: the model's)")
     p.add_argument("--cores", metavar="N|N,M,..|all",
                    help="cores to use (default: all of the chip); several give a scaling table")
@@ -38,9 +47,11 @@ def register(sub) -> None:
                         "spread (every layer tiled over every core, one image over all clusters); default: the "
                         "config's runtime.schedule")
     p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster)")
-    p.add_argument("--max-cycles", type=float, default=None, help="stop with an error past this many cycles")
-    p.add_argument("--max-instructions", type=int, default=20_000_000,
+    p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
+    p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
+    p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
+                   help="stop with an error past this much wall time per run (default 3600)")
     p.set_defaults(func=cmd_run)
 
 
@@ -130,7 +141,9 @@ def cmd_run(args) -> int:
             try:
                 res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
                                max_cycles=args.max_cycles, max_instructions=args.max_instructions,
-                               trace=bool(args.trace), progress=cb)
+                               trace=bool(args.trace), progress=cb, max_seconds=args.max_seconds)
+            except MlusimError as e:      # say which program faulted (a script runs many)
+                raise type(e)(f"{args.program}: {e}" if not str(e).startswith(args.program) else e) from None
             finally:
                 progress.stop()
         summary = summarize(res)
@@ -215,6 +228,9 @@ def _write_outputs(res, dest: str) -> None:
             return
         for name in outs:       # validated at load; checked again because it becomes a path
             check_name(name, "output tensor", SimulationError)
+        if p.exists() and not p.is_dir():
+            raise SimulationError(f"--output {dest}: exists and is not a folder (give FILE.npy for a program "
+                                  f"with one output, else a folder)")
         p.mkdir(parents=True, exist_ok=True)
         for name, arr in outs.items():
             np.save(p / f"{name}.npy", arr, allow_pickle=False)
