@@ -55,9 +55,11 @@ def needs_calibration(g: Graph) -> list[str]:
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False, cluster_fusion: bool = False) -> Compiled:
+                  warn_synthetic: bool = False, cluster_fusion: bool = False,
+                  absmax: dict[str, float] | None = None) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
-    model says it pays; the program then needs whole clusters (`tasks` a multiple of their size)."""
+    model says it pays; the program then needs whole clusters (`tasks` a multiple of their size).
+    absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
     from mlusim.config import HardwareConfig, load_config
 
     from mlusim import budget
@@ -74,7 +76,8 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     if todo and not samples and warn_synthetic:
         notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
                      f"random inputs uniform in [0, 1), which may not resemble real data")
-    absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
+    if absmax is None:
+        absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion)
     inp = prog.tensor("input")

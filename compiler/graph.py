@@ -239,8 +239,8 @@ class Builder:
         self._channels: dict[str, int] = {}
 
     def _name(self, op: str, name: str | None) -> str:
-        if name:
-            return name
+        if name:     # Caffe-style 'fire2/squeeze1x1' as 'fire2.squeeze1x1': names never hold a path separator
+            return name.replace("/", ".")
         self._count[op] = self._count.get(op, 0) + 1
         return f"{op}{self._count[op]}"
 

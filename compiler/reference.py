@@ -174,6 +174,14 @@ def _wrap32(a: np.ndarray) -> np.ndarray:
     return ((a + 2**31) % 2**32) - 2**31
 
 
+def _accumulator(acc: np.ndarray, q: dict) -> np.ndarray:
+    """What the MAC array hands the epilogue: an int8 layer's 32-bit accumulator (wrapping), an
+    int16 layer's exact sum at its position acc_pos <= 0: rne(acc * 2**acc_pos), saturated."""
+    if q.get("dtype") != "int16":
+        return _wrap32(acc)
+    return np.clip(_rne_shift(acc, -int(q.get("acc_pos", 0))), -2**31, 2**31 - 1)
+
+
 def quantize_input(x: np.ndarray, inv_scale: float, qmax: int, zp: int = 0) -> np.ndarray:
     """rne(x * float32(inv_scale)) + zp, saturated; NaN counts as 0."""
     t = np.nan_to_num(np.rint(x.astype(np.float64) * float(np.float32(inv_scale))), nan=0.0) + zp
@@ -250,8 +258,8 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif n.op == "input":
             y = quantize_input(x, q["inv_scale"], qmax, zp)
         elif n.op == "conv2d":
-            acc = _wrap32(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
-                                  n.attrs["groups"]))
+            acc = _accumulator(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"],
+                                       n.attrs["dilation"], n.attrs["groups"]), q)
             if n.attrs.get("residual"):   # shortcut rescaled into the accumulator's scale, per channel
                 sc = requant(a[1] - q.get("res_zp", 0), 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
                 acc = np.clip(acc + sc, -2**31, 2**31 - 1)
@@ -263,7 +271,7 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
                 kh, kw = n.attrs["pool"]
                 y = np.lib.stride_tricks.sliding_window_view(y, (kh, kw), axis=(2, 3))[:, :, ::kh, ::kw].max(axis=(-2, -1))
         elif n.op == "linear":
-            acc = _wrap32((a[0].astype(np.int64) - zin) @ q["weight"].astype(np.int64).T)
+            acc = _accumulator((a[0].astype(np.int64) - zin) @ q["weight"].astype(np.int64).T, q)
             if "fscale" in q:
                 y = _float_requant(acc + q["bias"].astype(np.int64)[None, :], q)
             else:

@@ -133,6 +133,18 @@ class DmaConfig:
                                     "(SRAM, NRAM, WRAM: Move-DMA)", positive=False, maximum=MAX_CYCLES)
 
 
+SCHEDULES = ("per-cluster", "spread")
+
+
+@dataclass
+class RuntimeConfig:
+    """What the vendor's runtime does with a compiled network. Optional in a file (defaults below)."""
+    schedule: str = field(default="spread", metadata={
+        "unit": "name", "maxlen": 16, "doc": "how `mlusim run` spreads a zoo/ONNX batch by default: 'per-cluster' "
+        "(the MLU370 MagicMind runtime: images split over clusters, each image on one cluster's cores, the "
+        "fully connected head over the whole chip) or 'spread' (every layer over every core given)"})
+
+
 @dataclass
 class HardwareConfig:
     # Names are printed in every report and error message: one printable line, bounded.
@@ -143,6 +155,7 @@ class HardwareConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dram: DramConfig = field(default_factory=DramConfig)
     dma: DmaConfig = field(default_factory=DmaConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = field(default="", compare=False, metadata={"unit": "", "doc": "where it was loaded from"})
 
     # -- derived quantities, in the simulator's units (cycles, bytes) --------------------------
@@ -262,6 +275,9 @@ def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
         path = f"{prefix}{f.name}"
         tp = types[f.name]
         if f.name not in data:
+            if _is_section(tp) and tp is RuntimeConfig:     # optional: every leaf has a default
+                kwargs[f.name] = tp()
+                continue
             if _is_section(tp):
                 raise ConfigError(f"{origin}: missing section '{path}' (add it, or start the file with "
                                   f"'base: {DEFAULT_PRESET}' to inherit every value)")
@@ -298,6 +314,8 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
     if k.mac_int16_per_cycle > k.mac_int8_per_cycle or k.mac_int16_per_cycle % k.mac_co_lanes:
         raise ConfigError(f"{origin}: core.mac_int16_per_cycle={k.mac_int16_per_cycle} must be a multiple of "
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
+    if cfg.runtime.schedule not in SCHEDULES:
+        raise ConfigError(f"{origin}: runtime.schedule={cfg.runtime.schedule!r} must be one of {', '.join(SCHEDULES)}")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):
         raise ConfigError(f"{origin}: dram.access_bytes={cfg.dram.access_bytes} must be a power of two")
 

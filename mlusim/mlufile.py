@@ -52,20 +52,29 @@ ZIP_DATE = (2020, 1, 1, 0, 0, 0)      # fixed, so the same program gives the sam
 CHUNK = 1 << 20
 
 
-def _member(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool = True) -> None:
+def _member(zf: zipfile.ZipFile, name: str, data, compress: bool = True) -> None:
+    """Write one member: bytes, or (npy header, array) streamed from the array's own buffer so
+    that saving a program never holds a second copy of its constants."""
+    head, body = (b"", data) if isinstance(data, (bytes, bytearray)) else data
+    if not isinstance(body, (bytes, bytearray)):
+        body = np.ascontiguousarray(body).reshape(-1).view(np.uint8)     # a view, not a copy
     info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-    if compress and len(data) > MAX_RATIO * 64:
+    size = len(head) + len(body)
+    if compress and size > MAX_RATIO * 64:
         # A member that deflates past the loader's bomb ratio (a zero-filled constant) is stored
         # as it is, so that mlusim never writes a file it would then refuse to read. A prefix that
         # already deflates to more than 1/MAX_RATIO of the whole settles it without a second pass.
-        compress = _deflated_size(data[:CHUNK]) * MAX_RATIO > 2 * len(data) or \
-            _deflated_size(data) * MAX_RATIO >= len(data)
+        compress = _deflated_size(body[:CHUNK]) * MAX_RATIO > 2 * size or _deflated_size(body) * MAX_RATIO >= size
     info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
+    info.file_size = size
+    with zf.open(info, "w") as f:
+        f.write(head)
+        for lo in range(0, len(body), CHUNK):
+            f.write(body[lo:lo + CHUNK])
 
 
-def _deflated_size(data: bytes) -> int:
+def _deflated_size(data) -> int:
     z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)     # what zipfile writes
     return len(z.compress(data)) + len(z.flush())
 
@@ -84,10 +93,18 @@ def _check_savable(program: Program, origin: str) -> None:
         raise ModelFileError(f"{origin}: not written: {e}") from None
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def _npy_parts(arr: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """What np.save writes for `arr` (C order), as its header and the array to stream after it."""
+    from numpy.lib import format as npf
+
+    arr = np.ascontiguousarray(arr)
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+    npf.write_array_header_1_0(buf, npf.header_data_from_array_1_0(arr))
+    return buf.getvalue(), arr
+
+
+def _size(member) -> int:
+    return len(member) if isinstance(member, (bytes, bytearray)) else len(member[0]) + member[1].nbytes
 
 
 def save(program: Program, path: str | Path) -> None:
@@ -95,14 +112,14 @@ def save(program: Program, path: str | Path) -> None:
     from mlusim.isa.encoding import encode_stream
 
     _check_savable(program, str(path))
-    members: dict[str, bytes] = {}
+    members: dict[str, bytes | tuple[bytes, np.ndarray]] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
         entry = {"name": t.name, "role": t.role, "dtype": t.dtype, "shape": list(t.shape), "addr": t.addr,
                  "meta": t.meta, "data": None}
         if t.data is not None:
             entry["data"] = f"tensors/{i}.npy"
-            members[entry["data"]] = _npy_bytes(t.data)
+            members[entry["data"]] = _npy_parts(t.data)
         tensors.append(entry)
     kernels = []
     for ki, k in enumerate(program.kernels):
@@ -115,7 +132,7 @@ def save(program: Program, path: str | Path) -> None:
                         "task_stream": k.task_stream, "meta": k.meta})
     manifest = {"format": FORMAT, "version": VERSION, "created_by": f"mlusim {__version__}",
                 "gdram_bytes": program.gdram_bytes, "config": program.config, "meta": program.meta,
-                "tensors": tensors, "kernels": kernels, "members": {n: len(b) for n, b in members.items()}}
+                "tensors": tensors, "kernels": kernels, "members": {n: _size(b) for n, b in members.items()}}
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
@@ -353,6 +370,8 @@ def _manifest(zf: zipfile.ZipFile, infos: dict, origin: str) -> dict:
     if version < VERSION:
         raise ModelFileError(f"{origin}: format version {version} was written by an older mlusim whose instruction "
                              f"encoding or queues differ; recompile the model")
+    if isinstance(man.get("kernels"), list) and len(man["kernels"]) > MAX_KERNELS:
+        raise ModelFileError(f"{where}: {len(man['kernels']):,} kernels, over the limit of {MAX_KERNELS:,}")
     _check_strings(man, where)
     sizes = _need(man, "members", dict, where)
     for name, size in sizes.items():
@@ -389,8 +408,6 @@ class _Members:
 
 def _check_host_memory(tensors_raw: list, kernels_raw: list, sizes: dict, origin: str) -> None:
     """Constants as stored plus instruction streams as decoded, refused before anything is read."""
-    if len(kernels_raw) > MAX_KERNELS:
-        raise ModelFileError(f"{origin}: manifest: {len(kernels_raw):,} kernels, over the limit of {MAX_KERNELS:,}")
     stream_bytes = sum(sizes.get(s, 0) for k in kernels_raw if isinstance(k, dict)
                        for s in (k.get("streams") if isinstance(k.get("streams"), list) else [])
                        if isinstance(s, str))

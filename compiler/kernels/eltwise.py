@@ -256,19 +256,35 @@ def _ort_add_chunk(s, q, dt, a, b, out, fa, fb, n, consts, deps):
 
 
 def lower_concat(ctx, node, inputs, y) -> None:
-    """Channel concatenation in NHWC: each input's channels copied into their slice, GDRAM to GDRAM."""
+    """Channel concatenation in NHWC, interleaved on chip: each task takes a run of pixels, loads
+    every input's run contiguously into NRAM, moves each into its channel slice of an output run
+    there (one NRAM->NRAM segment per pixel: the Move-DMA's cheap segments) and stores the output
+    run contiguously. Copying GDRAM to GDRAM instead costs one IO-DMA segment (~200 cycles) per
+    pixel per input: 650k cycles for a 56x56 SqueezeNet concat where this takes a few thousand."""
     n, h, w, c_out = y.shape
     esz = 2 if node.q["dtype"] == "int16" else 1
+    pixels = n * h * w
+    per_pixel = 2 * c_out * esz                     # the input runs and the output run
+    cap = max(1, (ctx.cfg.nram_bytes - 4096) // (DOUBLE * per_pixel))
     streams = []
-    off = 0
-    for x in inputs:
-        c = x.shape[3]
-        for img in range(n):
-            s = TaskStream()
-            s.dma("g2g", y.addr + (img * h * w * c_out + off) * esz, x.addr + img * h * w * c * esz, c * esz,
-                  count=h * w, dstride=c_out * esz, sstride=c * esz)
-            streams.append(s.finish())
-        off += c
+    for p0, p1 in split(pixels, max(1, min(ctx.tasks, pixels // 64 or 1))):
+        s = TaskStream()
+        nram = Arena("nram", ctx.cfg.nram_bytes)
+        bufs = [(nram.alloc(cap * c_out * esz, "inputs"), nram.alloc(cap * c_out * esz, "output"))
+                for _ in range(DOUBLE)]
+        stores = [None] * DOUBLE
+        for i, a in enumerate(range(p0, p1, cap)):
+            m = min(p1, a + cap) - a
+            src, dst = bufs[i % DOUBLE]
+            moves, off, at = [], 0, src
+            for x in inputs:
+                c = x.shape[3]
+                ld = s.dma("g2n", at, x.addr + a * c * esz, m * c * esz, deps=[stores[i % DOUBLE]])
+                moves.append(s.dma("n2n", dst + off * esz, at, c * esz, count=m, dstride=c_out * esz,
+                                   sstride=c * esz, deps=[ld, stores[i % DOUBLE]]))
+                off, at = off + c, at + m * c * esz
+            stores[i % DOUBLE] = s.dma("n2g", y.addr + a * c_out * esz, dst, m * c_out * esz, deps=moves)
+        streams.append(s.finish())
     ctx.kernel(node, streams, unit="dma")
 
 
