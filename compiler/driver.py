@@ -17,6 +17,7 @@ import numpy as np
 from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
+from mlusim.compiler.options import FusionOptions
 from mlusim.errors import CompileError
 from mlusim.program import Program
 
@@ -55,10 +56,11 @@ def needs_calibration(g: Graph) -> list[str]:
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False, cluster_fusion: bool = False,
+                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = False,
                   absmax: dict[str, float] | None = None) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
-    model says it pays; the program then needs whole clusters (`tasks` a multiple of their size).
+    model says it pays (True, or a FusionOptions choosing the features); the program then needs
+    whole clusters (`tasks` a multiple of their size).
     absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
     from mlusim.config import HardwareConfig, load_config
 

@@ -18,26 +18,26 @@ def aligned(n: int) -> int:
 
 
 def group_bytes(t, group: int) -> int:
-    """Bytes `group` images of a value take in SRAM, aligned (t: its layout, lower.layouts)."""
+    """Bytes `group` images of a value take in SRAM, aligned (t: its layout, layout.layouts)."""
     return aligned(device_image_bytes(t) * group)
 
 
-def _esz(node) -> int:
+def element_bytes(node) -> int:
     return 2 if node.q.get("dtype") == "int16" else 1
 
 
 def image_bytes(node) -> int:
     """Bytes of one image of a node's (quantized) value, by its graph shape (for cost estimates)."""
-    return prod(node.shape[1:]) * _esz(node)
+    return prod(node.shape[1:]) * element_bytes(node)
 
 
 def device_image_bytes(t) -> int:
-    """Bytes of one image of a value as the device holds it (lower.layouts: the space-to-depth input
+    """Bytes of one image of a value as the device holds it (layout.layouts: the space-to-depth input
     is padded, so the graph shape would under-count it)."""
     return prod(t.shape[1:]) * {"f32": 4, "i16": 2}.get(t.dtype, 1)
 
 
-def _base(g, name: str) -> str:
+def base_value(g, name: str) -> str:
     """Views (flatten/reshape) alias their input."""
     node = g.node(name)
     while node.op in VIEWS:
@@ -54,10 +54,10 @@ def escaping(g, nodes) -> set[str]:
             continue
         for i in n.inputs:
             if i in inside:
-                out.add(_base(g, i))
+                out.add(base_value(g, i))
     for o in g.outputs:
         if o in inside:
-            out.add(_base(g, o))
+            out.add(base_value(g, o))
     return out
 
 
@@ -66,7 +66,7 @@ def last_use(g, nodes) -> dict[str, int]:
     last: dict[str, int] = {}
     for k, n in enumerate(nodes):
         for i in n.inputs:
-            last[_base(g, i)] = k
+            last[base_value(g, i)] = k
     return last
 
 
@@ -76,7 +76,7 @@ def external_inputs(g, nodes) -> list[str]:
     out: list[str] = []
     for n in nodes:
         for i in n.inputs:
-            b = _base(g, i)
+            b = base_value(g, i)
             if b not in inside and b not in out:
                 out.append(b)
     return out
@@ -128,7 +128,7 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     after the span get SRAM too (a wide segment stores them from there), or those named. `extra`:
     other buffers to place, name -> (bytes, first layer, last layer)."""
     inside = {n.name for n in nodes}
-    if stage and any(i not in inside and _base(g, i) != i for n in nodes for i in n.inputs):
+    if stage and any(i not in inside and base_value(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
     life = lifetimes(g, nodes, stage, keep)
     size = {v: group_bytes(lay[v], group) for v in life}

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlusim.compiler.fusion import lower_segment
+from mlusim.compiler.context import DevTensor, KernelCtx
 from mlusim.compiler.graph import Graph, Node, output_names
 from mlusim.compiler.kernels import conv as kconv
 from mlusim.compiler.kernels import broadcast, eltwise, linear, pool
+from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_columns, s2d_conv, space_to_depth, value_name
+from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.segments import plan_segments
 from mlusim.errors import CompileError
 from mlusim.program import GDRAM_ALIGN, Kernel, Program, TensorDecl
 
@@ -22,23 +27,11 @@ ISA_DTYPE = {np.dtype(np.int8): "i8", np.dtype(np.uint8): "u8", np.dtype(np.int1
              np.dtype(np.int32): "i32", np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}
 
 
-@dataclass
-class DevTensor:
-    """Where a graph tensor lives on the device and how it is laid out."""
+@dataclass(kw_only=True)
+class LowerCtx(KernelCtx):
+    """A whole program being built: its GDRAM tensors and kernels, in order."""
 
-    name: str
-    addr: int
-    shape: tuple[int, ...]           # device shape (NHWC for images)
-    dtype: str
-    flat_from: tuple[int, int, int] | None = None   # (C, H, W) when this is a flattened NHWC image
-    space: str = "gdram"             # "sram": held in the cluster's SRAM inside a fused segment
-
-
-@dataclass
-class LowerCtx:
-    cfg: object
     graph: Graph
-    tasks: int
     tensors: list[TensorDecl] = field(default_factory=list)
     kernels: list[Kernel] = field(default_factory=list)
     top: int = 0
@@ -67,102 +60,6 @@ class LowerCtx:
         self.kernels.append(Kernel(node.name, "block", len(streams), streams, list(range(len(streams))), meta))
 
 
-def value_name(node: Node) -> str:
-    """The program tensor holding a node's value when it crosses a program boundary (the graph
-    input node's quantized value cannot share the float input's name)."""
-    return "input.q" if node.op == "input" else node.name
-
-
-def nhwc(shape) -> tuple[int, ...]:
-    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
-
-
-def nhwc_columns(w: np.ndarray, c: int, h: int, wd: int) -> np.ndarray:
-    """A linear layer's weight [o, c*h*w] over a torch (NCHW) flatten, reordered for an NHWC
-    flatten of the same image: column (y*w + x)*c + ch takes column ch*h*w + y*w + x."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
-
-
-def space_to_depth(g: Graph) -> dict | None:
-    """A strided first conv over few channels wastes most of the MAC array's 64 input lanes (3 of 64
-    for RGB). Folding each 2x2 pixel block into channels while the host stages the input turns a
-    k x k stride-2 conv over c channels into a ceil(k/2)^2 stride-1 conv over 4c: the same products,
-    (k/ceil(k/2))^2 fewer MAC cycles. Returns the plan for the graph, or None."""
-    if "_s2d" in g.meta:
-        return g.meta["_s2d"]
-    plan = None
-    inp = g.input
-    cons = g.consumers(inp.name)
-    if len(inp.shape) == 4 and len(cons) == 1 and cons[0].op == "conv2d" and inp.q.get("zp", 0) == 0:
-        c = cons[0]
-        a, (n, ch, h, w) = c.attrs, inp.shape
-        pt, pb, pl, pr = a["padding"]
-        if a["stride"] == (2, 2) and a["dilation"] == (1, 1) and a["groups"] == 1 and 4 * ch <= 64 \
-                and c.q.get("in_zp", 0) == 0 and not a.get("residual") and c.q.get("dtype") == "int8" \
-                and (h + pt + pb) % 2 == 0 and (w + pl + pr) % 2 == 0:
-            plan = {"conv": c.name, "pads": (pt, pb, pl, pr),
-                    "shape": (n, (h + pt + pb) // 2, (w + pl + pr) // 2, 4 * ch)}
-    g.meta["_s2d"] = plan
-    return plan
-
-
-def _s2d_conv(node: Node) -> Node:
-    """The stride-1 conv over space-to-depth input equal to `node` (weights regrouped, zero-filled)."""
-    w = node.q["weight"]
-    co, ci, kh, kw = w.shape
-    kh2, kw2 = -(-kh // 2), -(-kw // 2)
-    w2 = np.zeros((co, 4 * ci, kh2, kw2), w.dtype)
-    for sy in range(2):
-        for sx in range(2):
-            part = w[:, :, sy::2, sx::2]                 # taps 2j+sy, 2k+sx
-            w2[:, (sy * 2 + sx) * ci:(sy * 2 + sx + 1) * ci, :part.shape[2], :part.shape[3]] = part
-    shape = node.attrs.get("conv_shape", node.shape)
-    macs = int(np.prod(shape)) * ci * kh * kw              # the real conv's, not the zero-filled taps'
-    attrs = dict(node.attrs, stride=(1, 1), padding=(0, 0, 0, 0), conv_shape=shape, macs=macs)
-    return Node(node.name, node.op, node.inputs, attrs, node.params, node.shape, node.fused + ["space-to-depth"],
-                dict(node.q, weight=w2))
-
-
-def device_layout(node: Node, ins: list[DevTensor], s2d: dict | None = None) -> tuple[tuple[int, ...], str, tuple | None]:
-    """(device shape, dtype, flat_from) of a node's output, from its inputs' layouts."""
-    dt = "i16" if node.q.get("dtype") == "int16" else "i8"
-    op = node.op
-    if op == "input" and s2d:
-        return tuple(s2d["shape"]), dt, None
-    if op in ("input", "conv2d", "maxpool", "avgpool", "gap", "concat", "cpu", "upsample"):
-        return nhwc(node.shape), dt, None
-    if op in ("relu", "relu6", "add", "requant", "sigmoid", "hardswish", "hardsigmoid", "leaky_relu", "mul"):
-        return ins[0].shape, dt, ins[0].flat_from
-    if op in ("flatten", "reshape"):
-        x = ins[0]
-        flat = (x.shape[3], x.shape[1], x.shape[2]) if len(x.shape) == 4 and x.shape[1] * x.shape[2] > 1 else None
-        return tuple(node.shape), x.dtype, flat or x.flat_from
-    if op in ("softmax", "log_softmax"):
-        return tuple(node.shape), "f32", None
-    return tuple(node.shape), dt, None      # linear
-
-
-def layouts(g: Graph) -> dict[str, DevTensor]:
-    """Every node's device layout (no code, no addresses): what crosses a partition boundary."""
-    out: dict[str, DevTensor] = {}
-    s2d = space_to_depth(g)
-    for node in g.nodes:
-        shape, dt, flat = device_layout(node, [out[i] for i in node.inputs], s2d)
-        out[node.name] = DevTensor(node.name, -1, shape, dt, flat)
-    return out
-
-
-def input_tensor(ctx, node: Node, shape) -> DevTensor:
-    """The program's float input (host layout noted for the runtime)."""
-    s2d = space_to_depth(ctx.graph)
-    meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
-    if s2d:          # the host pads and folds 2x2 pixel blocks into channels as it stages the input
-        meta = {"space_to_depth": [2, *s2d["pads"]], "host_shape": list(node.shape)}
-    meta["range"] = [0.0, 1.0]
-    t = ctx.tensor("input", "input", "f32", shape, meta=meta)
-    return DevTensor("input", t.addr, shape, "f32")
-
-
 def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: DevTensor | None = None,
                 x: DevTensor | None = None) -> DevTensor:
     """Emit `node`'s kernel; y (and, for the input node, the float input x) may be given by a
@@ -173,7 +70,7 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: D
     if op in ("flatten", "reshape"):
         return DevTensor(ins[0].name, ins[0].addr, shape, dt, flat, ins[0].space)
     if op == "conv2d" and s2d and node.name == s2d["conv"]:
-        node = _s2d_conv(node)
+        node = s2d_conv(node)
     if op == "input" and x is None:
         x = input_tensor(ctx, node, shape)
     if y is None:
@@ -221,17 +118,17 @@ def _lower_node_as(ctx, node, ins, y, x):
 
 
 def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None,
-          fusion: bool = False) -> Program:
+          fusion: bool | FusionOptions = False) -> Program:
     """The whole graph as one program, or only `nodes` (in graph order): then values produced
     outside the set are program inputs named after their producer, and the set's last node's
-    value is the output (dequantized to float32 if it is the graph's output). `fusion` lets
-    fusion.plan_segments run spans of layers in cluster SRAM (whole graphs only)."""
-    from mlusim.compiler import fusion as fz
-
-    ctx = LowerCtx(cfg, g, tasks or cfg.chip.cores)
+    value is the output (dequantized to float32 if it is the graph's output). `fusion` (True for
+    the default FusionOptions) lets segments.plan_segments run spans of layers in cluster SRAM
+    (whole graphs only)."""
+    opts = FusionOptions() if fusion is True else fusion or None
+    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g)
     subset = None if nodes is None else set(nodes)
     dev: dict[str, DevTensor] = {}
-    segments = fz.plan_segments(g, cfg, ctx.tasks) if fusion and subset is None else []
+    segments = plan_segments(g, cfg, ctx.tasks, opts) if opts and subset is None else []
     lay = layouts(g) if subset is not None or segments else {}
     starts = {s.start: s for s in segments}
     inside = {k for s in segments for k in range(s.start, s.end)}
@@ -239,7 +136,7 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
     last = chosen[-1].name if chosen else None
     for k, node in enumerate(chosen):
         if k in starts:
-            fz.lower_segment(ctx, starts[k], dev, lay, _lower_node_as)
+            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts)
         if k in inside:
             continue
         ins = []

@@ -29,7 +29,7 @@ from __future__ import annotations
 from math import ceil
 
 from mlusim.compiler.codegen import queue_of
-from mlusim.compiler.liveness import ALIGN, aligned
+from mlusim.compiler.liveness import ALIGN, aligned, free_region, lifetimes
 from mlusim.isa.encoding import Instr
 from mlusim.isa.semantics import DIR_NAMES
 
@@ -125,8 +125,6 @@ def plan_input(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity:
     is written while the buffer is read); of those layers the store-light ones. None without
     any: MobileNetV2's window is one 1x1 conv, and copying behind its stores measured slower
     than not prefetching."""
-    from mlusim.compiler.liveness import free_region, lifetimes
-
     size = aligned(nbytes)
     life = lifetimes(g, nodes)
     for k0 in range(1, len(nodes)):

@@ -3,16 +3,25 @@
 fusion.py lowers a segment; this module decides which segments to make. A span of layers is
 priced as layer-at-a-time code (each layer's own tiling plan plus a launch) or as a segment of
 each possible group size, one-cluster (fusion.py) or wide (wide.py), and a dynamic program over the
-points where a single value is live picks the cheapest cover of the graph. The switches it honours
-(PREFETCH, SHARE) live in fusion.py, where the tests and experiments set them.
+points where a single value is live picks the cheapest cover of the graph. What it may use
+(prefetch, weight sharing, wide segments) comes in a FusionOptions (options.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil, prod
 
+import numpy as np
+
+from mlusim.compiler import share as sh
 from mlusim.compiler import wide
-from mlusim.compiler.liveness import VIEWS, _base, _esz, escaping, image_bytes, last_use, sram_plan
+from mlusim.compiler.context import KernelCtx, dram_rate
+from mlusim.compiler.kernels.conv import plan_conv
+from mlusim.compiler.kernels.linear import as_conv, plan_linear
+from mlusim.compiler.layout import layouts, s2d_conv, space_to_depth
+from mlusim.compiler.liveness import VIEWS, base_value, element_bytes, escaping, image_bytes, last_use, sram_plan
+from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.tiling import dma_cycles
 from mlusim.errors import CompileError
 
 ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
@@ -41,13 +50,6 @@ def job_shape(batch: int, group: int, clusters: int) -> tuple[int, int]:
     return n, 1
 
 
-def _fusion():
-    """The module holding the switches (imported late: it imports this one)."""
-    from mlusim.compiler import fusion
-
-    return fusion
-
-
 # ---- the cost model -------------------------------------------------------------------------------
 def _vec_cycles_per_image(cfg, g, node) -> float:
     """A rough vector-unit figure: every byte in and out handled as int32 once."""
@@ -63,39 +65,29 @@ def node_weight_bytes(node) -> int:
     return int(node.q["weight"].nbytes) if "weight" in node.q else 0
 
 
-def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, share: float = 1.0,
+def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: float = 1.0,
                spaces: tuple[str, str, str] = ("gdram",) * 3, cache: dict | None = None, prefetch: bool = False,
                staged: bool = False, gathered: int = 0) -> float:
     """The conv or linear tiler's own estimate for `node` over `images` images on `tasks` tasks with
-    a `share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
+    a `dram_share` of DRAM, a conv's activations in `spaces`, its weights prefetched (inside a segment;
     prefetch.py) or not, from SRAM (`staged`: share.py) or GDRAM; a linear layer `gathered` from
     that many clusters' images, its outputs split between them (share.gathers); infinite if no
     tiling fits."""
-    key = (node.name, images, tasks, share, spaces, prefetch, staged, gathered)
+    key = (node.name, images, tasks, dram_share, spaces, prefetch, staged, gathered)
     if cache is not None and key in cache:
         return cache[key]
-    from types import SimpleNamespace
-
-    from mlusim.compiler.kernels.conv import plan_conv
-    from mlusim.compiler.lower import _s2d_conv, space_to_depth
-
-    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, dram_share=share, prefetch=prefetch,
-                          weight_home={node.name: 0} if staged else {})
+    ctx = KernelCtx(cfg, tasks, dram_share=dram_share, prefetch=prefetch, weight_home={node.name: 0} if staged else {})
     try:
         if node.op == "linear" and gathered:
-            from mlusim.compiler.kernels.linear import as_conv
-
-            u = as_conv(wide.share(node, 0, gathered), row=True)
+            u = as_conv(wide.part(node, 0, gathered), row=True)
             ctx.weights_ready = {u.name}
             cost = plan_conv(ctx, u, (1, 1, images * gathered, node.q["weight"].shape[1]), ("sram", "gdram", "gdram"))[1].cost
         elif node.op == "linear":
-            from mlusim.compiler.kernels.linear import plan_linear
-
             o, k = node.q["weight"].shape
-            cost = plan_linear(ctx, node, images, k, o, _esz(node))[0].cost
+            cost = plan_linear(ctx, node, images, k, o, element_bytes(node))[0].cost
         else:
             s2d = space_to_depth(g)
-            conv = _s2d_conv(node) if s2d and s2d["conv"] == node.name else node
+            conv = s2d_conv(node) if s2d and s2d["conv"] == node.name else node
             cost = plan_conv(ctx, conv, (images,) + tuple(lay[node.inputs[0]].shape[1:]), spaces)[1].cost
     except CompileError:
         cost = float("inf")
@@ -115,27 +107,22 @@ def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
     io = batch * _io_bytes_per_image(g, node)
     if node.op == "input":
         io = batch * prod(node.shape[1:]) * 5
-    return max(comp, io / _dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
-
-
-def _dram_rate(cfg, cores: int) -> float:
-    """DRAM bytes per cycle `cores` cores can pull: the DRAM's bandwidth or their DMA channels'."""
-    return min(cfg.dram_bytes_per_cycle, cores * cfg.dma.core_bandwidth_bytes_per_cycle)
+    return max(comp, io / dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
-                 cache: dict | None = None) -> float:
+                 cache: dict | None = None, opts: FusionOptions = FusionOptions()) -> float:
     """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
     cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
     bytes, whichever is slower. Unstaged external inputs are read once per reader."""
     cpc = cfg.chip.cores_per_cluster
     n_groups = batch // group
     jobs_run, groups = job_shape(batch, group, clusters)
-    share = 1.0 / min(jobs_run, clusters)
-    shared = shares(jobs_run, groups, clusters)
+    dram_share = 1.0 / min(jobs_run, clusters)
+    shared = shares_weights(jobs_run, groups, clusters, 1, opts)
     esc = escaping(g, nodes)
     inside = {n.name for n in nodes}
-    gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay) if shared else \
+    gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts) if shared else \
         (None, {}, {}, set())
 
     def space(v: str) -> str:
@@ -146,9 +133,9 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in VIEWS:
             continue
         if n.op in TILED:
-            ins = [_base(g, i) for i in n.inputs]
+            ins = [base_value(g, i) for i in n.inputs]
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
-            cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, share, spaces, cache, prefetch=_fusion().PREFETCH,
+            cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch,
                                   staged=shared and n.op == "conv2d" and n.name not in alone,
                                   gathered=jobs_run if n is gath else 0) for u in sliced.get(n.name, [n]))
             # a step filled one step ahead copies its weights SRAM -> WRAM at its start, then meets
@@ -156,12 +143,11 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
-    reads = [_base(g, i) for n in nodes for i in n.inputs if i not in inside]
+    reads = [base_value(g, i) for n in nodes for i in n.inputs if i not in inside]
     io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
         sum(image_bytes(g.node(v)) for v in esc)
     if staged:
-        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / \
-            min(cfg.dram_bytes_per_cycle * share, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
+        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / dram_rate(cfg, cpc, dram_share)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
     weights = sum(node_weight_bytes(n) for n in nodes)
@@ -170,17 +156,14 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     loads = 1 if shared else jobs_run     # share.py: once for the chip, but for the layers it leaves alone
     dram = loads * (weights - alone_w + (groups - 1) * (weights - kept)) + jobs_run * alone_w + batch * io
     compute = ceil(n_groups / min(n_groups, clusters)) * per_group
-    return max(compute, dram / _dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+    return max(compute, dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
 
 
-def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict):
+def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict, opts: FusionOptions):
     """What share.schedule makes of a segment whose clusters share weights, for pricing: the
     gathered fc (or None), the sliced layers (name -> the slice nodes: each reads all the layer's
     input again), the weight bytes copied at a step's start (lead 1), and the layers left per
     cluster (big ones with no room for a stage: each cluster reads them from DRAM)."""
-    from mlusim.compiler import share as sh
-    from mlusim.compiler.wide import slice_node
-
     gath = nodes[-1] if sh.gathers(g, nodes[-1], escaping(g, nodes), peers, 1) else None
     extra = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra)
@@ -189,12 +172,12 @@ def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict
         plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged)
     if plan is None:
         return gath, {}, {}, set()
-    _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, _fusion().SHARE_MIN_BYTES)
+    _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, opts.share_min_bytes)
     sliced: dict = {}
     lead1: dict = {}
     for s in steps:
         if s.slice:
-            sliced.setdefault(s.node, []).append(slice_node(g.node(s.node), *s.slice))
+            sliced.setdefault(s.node, []).append(wide.slice_node(g.node(s.node), *s.slice))
         if s.stage is not None and s.lead == 1:
             lead1[s.node] = lead1.get(s.node, 0) + s.nbytes
     staged_ = {s.node for s in steps if s.stage is not None}
@@ -202,10 +185,47 @@ def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict
     return gath, sliced, lead1, alone
 
 
-def shares(jobs: int, groups: int, clusters: int, per_job: int = 1) -> bool:
+def shares_weights(jobs: int, groups: int, clusters: int, per_job: int, opts: FusionOptions) -> bool:
     """Whether a segment's jobs (of `per_job` clusters each) run side by side on all the clusters,
     one image group each, and so share their weights through SRAM (share.py)."""
-    return _fusion().SHARE and jobs * per_job == clusters and jobs > 1 and groups == 1
+    return opts.share and jobs * per_job == clusters and jobs > 1 and groups == 1
+
+
+def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None,
+              opts: FusionOptions = FusionOptions()) -> float:
+    """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
+    slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
+    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
+    cpc = cfg.chip.cores_per_cluster
+    slots = max(1, clusters // n)
+    jobs, rounds = job_shape(batch, group, slots)
+    active = min(jobs, slots) * n
+    esc = escaping(g, nodes)
+    inside = {x.name for x in nodes}
+    shared = shares_weights(jobs, rounds, clusters, n, opts)
+    per_group = 0.0
+    for x in nodes:
+        ins = [base_value(g, i) for i in x.inputs]
+        sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
+        spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
+        per_group += tiler_cost(cfg, g, wide.part(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache,
+                                prefetch=opts.prefetch, staged=shared)
+        pixels = group * int(np.prod(x.shape[2:]))
+        per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
+        if x.name in esc:
+            per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
+    ext = [base_value(g, i) for x in nodes for i in x.inputs if base_value(g, i) not in inside]
+    reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
+    if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
+        per_group += group * reads / n / dram_rate(cfg, cpc, 1.0, active)
+        per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
+    weights = sum(node_weight_bytes(x) for x in nodes)
+    kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
+    loads = 1 if shared else jobs     # share.py: once for the chip
+    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
+                                                                         + sum(image_bytes(g.node(v)) for v in esc))
+    compute = ceil(jobs / slots) * rounds * per_group
+    return max(compute, dram / dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD
 
 
 def _cut_points(g) -> list[int]:
@@ -214,22 +234,23 @@ def _cut_points(g) -> list[int]:
     last = last_use(g, nodes)
     cuts = [0]
     for k in range(1, len(nodes)):
-        live = {_base(g, n.name) for n in nodes[:k] if last.get(_base(g, n.name), -1) >= k}
+        live = {base_value(g, n.name) for n in nodes[:k] if last.get(base_value(g, n.name), -1) >= k}
         if len(live) <= 1:
             cuts.append(k)
     cuts.append(len(nodes))
     return cuts
 
 
-def plan_segments(g, cfg, tasks: int) -> list[Segment]:
-    """The fused segments (possibly none) that minimise the estimated time of the whole graph."""
+def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions()) -> list[Segment]:
+    """The fused segments (possibly none) that minimise the estimated time of the whole graph
+    (or `opts.segments`, when the caller fixes them)."""
+    if opts.segments is not None:
+        return list(opts.segments)
     cpc = cfg.chip.cores_per_cluster
     batch = g.input.shape[0]
     if tasks < cpc or tasks % cpc or batch < 1:
         return []
     clusters = min(tasks // cpc, cfg.chip.clusters)
-    from mlusim.compiler.lower import layouts
-
     nodes = g.nodes
     lay = layouts(g)
     layer = [layer_cost(cfg, g, n, tasks, batch, lay) for n in nodes]
@@ -244,27 +265,92 @@ def plan_segments(g, cfg, tasks: int) -> list[Segment]:
                 continue
             base, segs = best[a]
             span = nodes[a:b]
-            opts = [(sum(layer[a:b]), None)]
+            choices = [(sum(layer[a:b]), None)]
             if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
                     all(n.op != "input" or k == 0 for k, n in enumerate(span)):
                 for gr in groups:
                     for stage in ((True, False) if span[0].op != "input" else (False,)):
                         plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
                         if plan is not None:
-                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache)
-                            opts.append((cost, Segment(a, b, gr, stage)))
+                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
+                            choices.append((cost, Segment(a, b, gr, stage)))
                             break
-            if clusters > 1 and wide.eligible(span, g):
+            if opts.wide and clusters > 1 and wide.eligible(span, g):
                 for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
                     for gr in groups:
                         plan = next(((stage, p) for stage in (True, False)
                                      if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True))), None)
                         if plan is not None:
-                            cost = wide.cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache)
-                            opts.append((cost, Segment(a, b, gr, plan[0], n)))
-            cost, seg = min(opts, key=lambda o: o[0])
+                            cost = wide_cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache, opts)
+                            choices.append((cost, Segment(a, b, gr, plan[0], n)))
+            cost, seg = min(choices, key=lambda o: o[0])
             total = base + cost
             if cand is None or total < cand[0]:
                 cand = (total, segs + ([seg] if seg else []))
         best[b] = cand
     return best[len(nodes)][1]
+
+
+# ---- one segment's placement: what the emitter (fusion.py) follows ---------------------------------
+@dataclass
+class SegmentPlan:
+    """Where a chosen segment's jobs run and its values live, before any code exists."""
+    seg: Segment
+    nodes: list                       # the graph's nodes [seg.start, seg.end)
+    real: list                        # ... without views
+    clusters: int                     # clusters the program runs on
+    per_job: int                      # clusters per job (a wide segment's n; else 1)
+    jobs: int
+    rounds: int                       # image groups per job
+    peers: int                        # jobs side by side sharing weights through SRAM (share.py); 1: none
+    escaping: set                     # values used after the segment (they go to GDRAM)
+    gathered: object                  # the last fc split by outputs over gathered images (share.gathers), or None
+    addrs: dict                       # SRAM address of each value (and buffer) held in SRAM
+    peak: int                         # SRAM bytes the plan uses
+    steps: list = field(default_factory=list)       # share.Step per layer or slice, when jobs share weights
+    steps_of: dict = field(default_factory=dict)    # layer -> its steps whose weights are staged in SRAM
+    kept: frozenset = frozenset()     # a sliced last layer's output, kept in SRAM (share.schedule)
+
+    @property
+    def group(self) -> int:
+        return self.seg.group
+
+    @property
+    def dram_share(self) -> float:
+        """Of the chip's DRAM bandwidth, per cluster."""
+        return 1.0 / (min(self.jobs, self.clusters // self.per_job) * self.per_job)
+
+
+def place_segment(g, cfg, tasks: int, seg: Segment, lay: dict, opts: FusionOptions) -> SegmentPlan:
+    """The SegmentPlan of `seg` on `tasks` cores: job shape, weight sharing, the gathered fc, SRAM."""
+    cpc = cfg.chip.cores_per_cluster
+    nodes = g.nodes[seg.start:seg.end]
+    real = [n for n in nodes if n.op not in VIEWS]
+    group = seg.group
+    clusters = min(tasks // cpc, cfg.chip.clusters)
+    per_job = seg.wide or 1
+    jobs, rounds = job_shape(g.input.shape[0], group, clusters // per_job)
+    esc = escaping(g, nodes)
+    # clusters that run the same layers side by side share their weights through SRAM (share.py)
+    peers = jobs if shares_weights(jobs, rounds, clusters, per_job, opts) else 1
+    # a last fc over one pixel is split by outputs instead, over every cluster's images gathered
+    # into each cluster's SRAM (share.gathers)
+    gath = real[-1] if sh.gathers(g, real[-1], esc, peers, per_job) else None
+    gbuf = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide), extra=gbuf)
+    if plan is None and gath:
+        gath, gbuf = None, {}
+        plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, seg.staged, keep=bool(seg.wide))
+    if plan is None:
+        raise CompileError(f"segment {nodes[0].name}..{nodes[-1].name}: {group} image(s) of activations do not "
+                           f"fit SRAM of {cfg.sram_bytes:,} B")
+    sp = SegmentPlan(seg, nodes, real, clusters, per_job, jobs, rounds, peers, esc, gath, *plan)
+    if peers > 1:
+        (sp.addrs, sp.peak), sp.steps, sp.kept = sh.schedule(g, nodes, group, lay, cfg, seg.staged, per_job, plan,
+                                                             gbuf, opts.share_min_bytes)
+    for stp in sp.steps:
+        if stp.stage is not None:
+            sp.steps_of.setdefault(stp.node, []).append(stp)
+    if not sp.steps_of and not gath:   # nothing worth sharing: independent jobs, no job-wide barriers
+        sp.peers, sp.steps = 1, []
+    return sp

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlusim.compiler.liveness import (VIEWS, aligned, device_image_bytes, group_bytes, lifetimes, lowest_fit,
-                                      split_bytes)
+from mlusim.compiler.liveness import (VIEWS, aligned, device_image_bytes, escaping, group_bytes, lifetimes, lowest_fit,
+                                      split_bytes, sram_plan)
 from mlusim.compiler.codegen import QBIT, queue_of
+from mlusim.compiler.kernels.linear import one_pixel
+from mlusim.compiler.layout import space_to_depth
 from mlusim.compiler.prefetch import CHUNK     # bytes per g2s, as per prefetch DMA
 from mlusim.compiler.tiling import split
 from mlusim.isa.encoding import Instr
@@ -53,8 +55,6 @@ class Step:
 def eligible(node, g) -> bool:
     """Convs whose tiler takes staged weights as the graph holds them: not depthwise (those load
     into NRAM), nor the space-to-depth stem (lowering regroups its weights)."""
-    from mlusim.compiler.lower import space_to_depth
-
     w = node.q.get("weight") if node.op == "conv2d" else None
     s2d = space_to_depth(g)
     return w is not None and not (node.attrs.get("groups", 1) > 1 and w.shape[1] == 1) and \
@@ -130,8 +130,6 @@ def schedule(g, nodes, group: int, lay: dict, cfg, staged: bool, parts: int, sra
     buffers); a sliced last layer's output kept in SRAM when it escapes (it then leaves in one
     contiguous copy); then pin_stages. Returns (SRAM plan, steps, kept). fusion.py lowers what this
     says and segments.py prices it, so the planner sees the slices the code will have."""
-    from mlusim.compiler.liveness import escaping, sram_plan
-
     real = [n for n in nodes if n.op not in VIEWS]
     cap, lanes = cfg.sram_bytes, cfg.core.mac_co_lanes
     steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, stage=staged)
@@ -188,8 +186,6 @@ def gathers(g, last, esc: set, peers: int, per_job: int) -> bool:
     few KiB) and computes 1/P of the outputs for all of them, so each cluster reads 1/P of the
     weights straight into WRAM and none is staged or passed on. Small layers (LeNet-5's) stay
     per cluster: their weights cost less than the gather."""
-    from mlusim.compiler.kernels.linear import one_pixel
-
     return peers > 1 and per_job == 1 and last.name in esc and one_pixel(g, last) and \
         last.q["weight"].shape[0] >= peers and last.q["weight"].nbytes >= MIN_BYTES
 

@@ -22,12 +22,6 @@ def dma_cycles(cfg, nbytes: int, segments: int = 1, space: str = "gdram", rate: 
     return fixed + nbytes / (rate or d.core_bandwidth_bytes_per_cycle)
 
 
-def dram_rate(ctx) -> float:
-    """DRAM bytes per cycle this kernel can count on: all of it, or a cluster's share when the
-    clusters run fused segments side by side."""
-    return ctx.cfg.dram_bytes_per_cycle * getattr(ctx, "dram_share", 1.0)
-
-
 def vec_cycles(cfg, nbytes: int) -> float:
     return cfg.core.startup_cycles.vector + ceil(nbytes / cfg.core.vector_bytes_per_cycle)
 

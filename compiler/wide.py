@@ -15,16 +15,16 @@ whole activation the next layer reads:
                                  [a value used after the segment: each core stores a
                                   contiguous 1/(n x cores) of it to GDRAM           sync.all]
 
-fusion.lower_segment emits it (its `cluster` hooks); this module holds what is specific to it.
+fusion.lower_segment emits it (its `cluster` hooks) and segments.wide_cost prices it; this module
+holds the code specific to it.
 """
 from __future__ import annotations
-
-from math import ceil
 
 import numpy as np
 
 from mlusim.compiler.graph import Node
-from mlusim.compiler.liveness import _base, escaping, image_bytes, split_bytes
+from mlusim.compiler.layout import space_to_depth
+from mlusim.compiler.liveness import split_bytes
 from mlusim.compiler.tiling import dma_cycles
 from mlusim.isa.encoding import Instr
 
@@ -34,8 +34,6 @@ MAX_SEGMENTS = 65535          # the dma instruction's count field
 def eligible(span, g=None) -> bool:
     """Only plain convs: their work splits by output channel with nothing shared between slices
     (and not the space-to-depth stem, which lowering regroups by its name)."""
-    from mlusim.compiler.lower import space_to_depth
-
     s2d = space_to_depth(g) if g is not None else None
     return bool(span) and all(n.op == "conv2d" and n.attrs.get("groups", 1) == 1 and not n.attrs.get("pool")
                               and "fscale" not in n.q and not (s2d and s2d["conv"] == n.name) for n in span)
@@ -57,7 +55,8 @@ def slice_node(node: Node, c0: int, c1: int) -> Node:
     return Node(f"{node.name}[{c0}:{c1}]", node.op, node.inputs, attrs, node.params, shape, node.fused, q)
 
 
-def share(node: Node, c: int, n: int) -> Node:
+def part(node: Node, c: int, n: int) -> Node:
+    """Cluster c of n's part of a conv: its c-th n-th of the output channels (slice_node)."""
     co = node.q["weight"].shape[0]
     return slice_node(node, c * co // n, (c + 1) * co // n)
 
@@ -95,43 +94,3 @@ def exchange(tasks: list[list], c: int, n: int, y, esz: int, channels: int, pixe
 def exchange_cycles(cfg, n: int, nbytes: int, pixels: int) -> float:
     """Cycles of one exchange step for a layer output of `nbytes` over `pixels` positions."""
     return 2 * cfg.cluster.sync_cycles + cfg.chip.chip_sync_cycles + dma_cycles(cfg, nbytes / n, pixels, "sram")
-
-
-def cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None) -> float:
-    """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
-    slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
-    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
-    from mlusim.compiler import fusion
-    from mlusim.compiler.segments import KERNEL_OVERHEAD, _dram_rate, job_shape, node_weight_bytes, tiler_cost
-
-    cpc = cfg.chip.cores_per_cluster
-    slots = max(1, clusters // n)
-    jobs, rounds = job_shape(batch, group, slots)
-    active = min(jobs, slots) * n
-    esc = escaping(g, nodes)
-    inside = {x.name for x in nodes}
-    shared = fusion.shares(jobs, rounds, clusters, n)
-    per_group = 0.0
-    for x in nodes:
-        ins = [_base(g, i) for i in x.inputs]
-        sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
-        spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
-        per_group += tiler_cost(cfg, g, share(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache,
-                                prefetch=fusion.PREFETCH, staged=shared)
-        pixels = group * int(np.prod(x.shape[2:]))
-        per_group += exchange_cycles(cfg, n, group * image_bytes(x), pixels)
-        if x.name in esc:
-            per_group += group * image_bytes(x) / (n * cpc) / min(cfg.dma.core_bandwidth_bytes_per_cycle,
-                                                                 cfg.dram_bytes_per_cycle / (active * cpc))
-    ext = [_base(g, i) for x in nodes for i in x.inputs if _base(g, i) not in inside]
-    reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
-    if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
-        per_group += group * reads / n / min(cfg.dram_bytes_per_cycle / active, cpc * cfg.dma.core_bandwidth_bytes_per_cycle)
-        per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
-    weights = sum(node_weight_bytes(x) for x in nodes)
-    kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
-    loads = 1 if shared else jobs     # share.py: once for the chip
-    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
-                                                                         + sum(image_bytes(g.node(v)) for v in esc))
-    compute = ceil(jobs / slots) * rounds * per_group
-    return max(compute, dram / _dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD

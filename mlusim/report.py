@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlusim.cores.stats import LEVELS, UNITS
+from mlusim.segment_meta import SegmentMeta
 from mlusim.sim import RunResult
 
 LEGEND = """\
@@ -78,40 +79,30 @@ def program_bound(kernels: list[dict], cycles: float) -> tuple[str, float]:
 
 
 def segment_layers(rec) -> list[dict]:
-    """Where a fused segment's cycles went, layer by layer: each job's sync.cluster releases (sync.all
-    in a wide segment) mark its layer boundaries (after an optional staging copy, per image group); a layer's cycles are the
-    mean over jobs of its time summed over the job's groups. Empty for other kernels."""
-    seg = rec.meta.get("segment") if isinstance(rec.meta, dict) else None
-    if not seg or not rec.jobs or not seg.get("layer_names"):
+    """Where a fused segment's cycles went, layer by layer: its metadata (mlusim.segment_meta) says at
+    which barrier release each step of a job ends; a layer's cycles are the mean over jobs of its
+    steps' time. Empty for other kernels, and for jobs an interrupted run left incomplete."""
+    seg = SegmentMeta.from_dict(rec.meta.get("segment")) if isinstance(rec.meta, dict) else None
+    if seg is None or not seg.ends or not rec.jobs:
         return []
-    steps = (["(stage inputs)"] if seg.get("staged") else []) + list(seg["layer_names"])   # repeats: slices
-    names = steps * int(seg.get("groups_per_job", 1))
-    total = {n: 0.0 for n in steps}
+    total = {e.name: 0.0 for e in seg.ends}
     done = 0
-    stored = set(seg.get("stored", ()))
     for job in rec.jobs:
-        if seg.get("wide"):       # sync.all ends each step, a second one a step that stores its value
-            ends, i = [], 0
-            counts = seg.get("all_syncs_at")     # how many a job has met by the end of each step
-            for s, name in enumerate(names):
-                i = counts[s % len(counts)] + counts[-1] * (s // len(counts)) if counts else \
-                    i + (2 if name in stored else 1)
-                ends.append(job["all_syncs"][i - 1] if 0 < i <= len(job["all_syncs"]) else None)
-            ok = i == len(job["all_syncs"])
-            marks = [job["start"], *ends[:-1], job["end"]]
-        else:
-            marks = [job["start"], *job["syncs"], job["end"]]
-            ok = len(marks) == len(names) + 1
-        if job["end"] is None or not ok:
-            continue                      # an interrupted run: this job's boundaries are incomplete
+        releases = {"cluster": job["syncs"], "all": job["all_syncs"]}
+        marks = [job["start"]]
+        for e in seg.ends:
+            marks.append(job["end"] if e.barrier == "end" else
+                         releases[e.barrier][e.index] if e.index < len(releases[e.barrier]) else None)
+        if None in marks:
+            continue
         done += 1
-        for name, a, b in zip(names, marks, marks[1:]):
-            total[name] += b - a
+        for e, a, b in zip(seg.ends, marks, marks[1:]):
+            total[e.name] += b - a
     if not done:
         return []
     job_cycles = sum(total.values()) / done
-    return [{"name": n, "cycles": total[n] / done, "share_of_job": total[n] / done / job_cycles if job_cycles else 0.0}
-            for n in dict.fromkeys(steps)]
+    return [{"name": n, "cycles": c / done, "share_of_job": c / done / job_cycles if job_cycles else 0.0}
+            for n, c in total.items()]
 
 
 def summarize(res: RunResult) -> dict[str, Any]:

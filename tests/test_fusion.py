@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlusim.compiler import fusion
 from mlusim.compiler.driver import compile_model
-from mlusim.compiler.lower import layouts
+from mlusim.compiler.layout import layouts
+from mlusim.compiler.liveness import base_value, device_image_bytes, sram_plan
+from mlusim.compiler.segments import plan_segments
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
 from mlusim.errors import SimulationError
@@ -60,16 +61,16 @@ def test_sram_plan_never_overlaps_live_values():
     lay = layouts(g)
     cfg = load_config("mlu270")
     checked = 0
-    for seg in fusion.plan_segments(g, cfg, 16):
+    for seg in plan_segments(g, cfg, 16):
         nodes = g.nodes[seg.start:seg.end]
-        addrs, peak = fusion.sram_plan(g, nodes, seg.group, cfg.sram_bytes, lay, seg.staged)
+        addrs, peak = sram_plan(g, nodes, seg.group, cfg.sram_bytes, lay, seg.staged)
         assert peak <= cfg.sram_bytes
         pos = {n.name: k for k, n in enumerate(nodes)}
         span = {}
         for v, a in addrs.items():
             first = pos.get(v, -1)
-            last = max([k for k, n in enumerate(nodes) if v in [fusion._base(g, i) for i in n.inputs]], default=first)
-            span[v] = (first, last, a, a + fusion.device_image_bytes(lay[v]) * seg.group)
+            last = max([k for k, n in enumerate(nodes) if v in [base_value(g, i) for i in n.inputs]], default=first)
+            span[v] = (first, last, a, a + device_image_bytes(lay[v]) * seg.group)
         for v, (f1, l1, a1, b1) in span.items():
             for w, (f2, l2, a2, b2) in span.items():
                 if v < w and f1 <= l2 and f2 <= l1:          # alive together

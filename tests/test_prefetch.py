@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlusim.compiler import fusion, prefetch
+from mlusim.compiler import prefetch
+from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.segments import Segment
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.graph import Node
 from mlusim.compiler.reference import run_quant
@@ -104,19 +106,17 @@ def test_prefetched_program_is_exact(resnet):
     assert np.array_equal(res.outputs["output"].view(np.uint32), ref.view(np.uint32))
 
 
-def test_prefetch_makes_resnet18_batch16_faster(monkeypatch):
+def test_prefetch_makes_resnet18_batch16_faster():
     """Full size, where weights are most of a deep layer's time: with prefetch (and tilers priced
     for it, and weights staged in SRAM for the clusters to share, share.py) against neither."""
-    def cycles():
-        c = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=True)
+    def cycles(opts=FusionOptions()):
+        c = compile_model("resnet18", batch=16, tasks=16, cluster_fusion=opts)
         segs = [k for k in c.program.kernels if k.meta.get("op") == "segment"]
         return simulate(c.program, None, cores=16, timing_only=True).cycles, segs
 
     fast, segs = cycles()
     assert any(k.meta["segment"]["prefetched"] for k in segs)
-    monkeypatch.setattr(fusion, "PREFETCH", False)       # no prefetch, and tilers priced without it
-    monkeypatch.setattr(fusion, "SHARE", False)
-    slow, plain = cycles()
+    slow, plain = cycles(FusionOptions(prefetch=False, share=False))   # tilers priced without prefetch too
     assert not any(k.meta["segment"]["prefetched"] for k in plain)
     assert fast < 0.9 * slow
 
@@ -130,13 +130,8 @@ def streamed():
     """ResNet-18 at 64x64, batch 4 on one cluster, its first layers forced into one segment of four
     one-image groups: the case where the next image's input can stream in."""
     names = [n.name for n in compile_model("resnet18", batch=4, resolution=64, tasks=4).graph.nodes]
-    seg = fusion.Segment(0, names.index("layer2.0.2.conv") + 1, 1)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fusion, "plan_segments", lambda g, cfg, t: [seg])
-    try:
-        return compile_model("resnet18", batch=4, resolution=64, tasks=4, cluster_fusion=True)
-    finally:
-        mp.undo()
+    seg = Segment(0, names.index("layer2.0.2.conv") + 1, 1)
+    return compile_model("resnet18", batch=4, resolution=64, tasks=4, cluster_fusion=FusionOptions(segments=(seg,)))
 
 
 def test_next_images_input_is_copied_during_the_group_before(streamed):

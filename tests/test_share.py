@@ -4,10 +4,12 @@ bit-exact."""
 import numpy as np
 import pytest
 
-from mlusim.compiler import fusion, share
+from mlusim.compiler import share
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.liveness import device_image_bytes, lifetimes, sram_plan
-from mlusim.compiler.lower import layouts
+from mlusim.compiler.layout import layouts
+from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.segments import Segment
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
 from mlusim.isa.semantics import DIR_NAMES
@@ -92,7 +94,7 @@ def test_last_fc_splits_its_outputs_between_clusters_over_gathered_images(rn50_b
     assert gathered == 16 * 2048 * 4
 
 
-def test_cost_model_prices_the_slices_lowering_makes(monkeypatch):
+def test_cost_model_prices_the_slices_lowering_makes():
     """VGG-16 b16/16, features.11..12 at four images a job: the activations leave no room for whole
     stages, so each conv is cut into 8 slices, and each slice reads the layer's whole input again.
     The segment estimate sees the slices share.schedule makes: within 20% of the simulated cycles
@@ -100,30 +102,23 @@ def test_cost_model_prices_the_slices_lowering_makes(monkeypatch):
     from mlusim.compiler import segments
 
     cfg = load_config("mlu270")
-    span = {}
-
-    def forced(g, cfg_, tasks):
-        names = [n.name for n in g.nodes]
-        span["a"], span["b"] = names.index("features.11"), names.index("features.12") + 1
-        return [fusion.Segment(span["a"], span["b"], 4)]
-
-    monkeypatch.setattr(fusion, "plan_segments", forced)
-    c = compile_model("vgg16", batch=16, tasks=16, cluster_fusion=True)
+    names = [n.name for n in compile_model("vgg16", batch=16, tasks=16).graph.nodes]
+    a, b = names.index("features.11"), names.index("features.12") + 1
+    c = compile_model("vgg16", batch=16, tasks=16, cluster_fusion=FusionOptions(segments=(Segment(a, b, 4),)))
     g, lay = c.graph, layouts(c.graph)
-    nodes = g.nodes[span["a"]:span["b"]]
-    _gath, sliced, _lead1, alone = segments._shared_steps(cfg, g, nodes, 4, 4, False, lay)
+    nodes = g.nodes[a:b]
+    _gath, sliced, _lead1, alone = segments._shared_steps(cfg, g, nodes, 4, 4, False, lay, FusionOptions())
     assert len(sliced["features.11"]) == 8 and not alone
     est = segments.segment_cost(cfg, g, nodes, 4, 16, 4, False, lay)
     (k,) = [k for k in simulate(c.program, cfg, cores=16, timing_only=True).kernels if k.name == "features.11..features.12"]
     assert 0.8 < k.cycles / est < 1.2, (k.cycles, est)
 
 
-def test_sharing_cuts_dram_traffic_and_time(monkeypatch, rn50_b16):
+def test_sharing_cuts_dram_traffic_and_time(rn50_b16):
     from mlusim.report import summarize
 
     on = summarize(simulate(rn50_b16.program, None, cores=16, timing_only=True))
-    monkeypatch.setattr(fusion, "SHARE", False)
-    off_prog = compile_model("resnet50", batch=16, tasks=16, cluster_fusion=True).program
+    off_prog = compile_model("resnet50", batch=16, tasks=16, cluster_fusion=FusionOptions(share=False)).program
     assert not _shared_segments(off_prog)
     off = summarize(simulate(off_prog, None, cores=16, timing_only=True))
     assert on["cycles"] < 0.95 * off["cycles"]
@@ -140,7 +135,7 @@ def test_stages_never_touch_live_values_nor_the_stage_before():
     nodes = g.nodes[names.index("layer3.0.1.conv"):names.index("gap1") + 1]
     cfg = load_config("mlu270")
     addrs, _ = sram_plan(g, nodes, 4, cfg.sram_bytes, lay)
-    steps = share.plan(g, nodes, 4, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes, fusion.SHARE_MIN_BYTES)
+    steps = share.plan(g, nodes, 4, lay, addrs, cfg.sram_bytes, cfg.core.mac_co_lanes, FusionOptions().share_min_bytes)
     life = lifetimes(g, nodes)
     shared = [i for i, s in enumerate(steps) if s.stage is not None]
     assert len(shared) >= 8 and any(steps[i].slice for i in shared)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlusim.compiler import fusion, wide
+from mlusim.compiler import wide
+from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.segments import Segment, plan_segments
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
@@ -16,7 +18,7 @@ from mlusim.sim import simulate
 def test_channel_shares_partition_a_conv():
     g = compile_model("resnet18", batch=1, resolution=32).graph
     conv = next(n for n in g.nodes if n.name == "layer4.0.2.conv")
-    parts = [wide.share(conv, c, 4) for c in range(4)]
+    parts = [wide.part(conv, c, 4) for c in range(4)]
     co = conv.q["weight"].shape[0]
     assert [p.attrs["out_slice"] for p in parts] == [(c * co // 4, co) for c in range(4)]
     assert np.array_equal(np.concatenate([p.q["weight"] for p in parts]), conv.q["weight"])
@@ -24,24 +26,23 @@ def test_channel_shares_partition_a_conv():
     assert len({p.name for p in parts}) == 4 and all(p.shape[1] == co // 4 for p in parts)
 
 
-def _forced(monkeypatch, first: str, last: str, group: int, clusters: int, staged: bool):
+def _forced(first: str, last: str, group: int, clusters: int, staged: bool):
     """ResNet-50 (batch 4, 64x64) on 16 cores with layers first..last forced into one wide segment."""
     cfg = load_config("mlu270")
     g = compile_model("resnet50", batch=4, resolution=64, tasks=16).graph
     names = [n.name for n in g.nodes]
     a, b = names.index(first), names.index(last) + 1
-    segs = [s for s in fusion.plan_segments(g, cfg, 16) if s.end <= a or s.start >= b]
-    segs = sorted(segs + [fusion.Segment(a, b, group, staged, clusters)], key=lambda s: s.start)
-    monkeypatch.setattr(fusion, "plan_segments", lambda *args: segs)
-    return compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=True)
+    segs = [s for s in plan_segments(g, cfg, 16) if s.end <= a or s.start >= b]
+    segs = sorted(segs + [Segment(a, b, group, staged, clusters)], key=lambda s: s.start)
+    return compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=FusionOptions(segments=tuple(segs)))
 
 
 @pytest.mark.parametrize("first,group,clusters,staged", [("layer4.0.1.conv", 2, 2, False),
                                                          ("layer3.0.1.conv", 1, 4, True)])
-def test_wide_segments_are_bit_exact(monkeypatch, first, group, clusters, staged):
+def test_wide_segments_are_bit_exact(first, group, clusters, staged):
     """Two jobs of two clusters, and one job of four working through image groups with staged
     inputs, resident and prefetched weights: the output equals the reference bit for bit."""
-    c = _forced(monkeypatch, first, "layer4.2.3.conv", group, clusters, staged)
+    c = _forced(first, "layer4.2.3.conv", group, clusters, staged)
     k = next(k for k in c.program.kernels if k.meta.get("segment", {}).get("wide"))
     shared = k.meta["segment"]["shared_by"] > 1      # jobs sharing weights: one union task of all
     assert k.task_type == f"union{4 if shared else clusters}" and k.meta["segment"]["wide"] == clusters
@@ -68,7 +69,7 @@ def test_wide_segments_are_bit_exact(monkeypatch, first, group, clusters, staged
             assert layer["cycles"] >= macs / peak, layer["name"]
 
 
-def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
+def test_wide_segment_is_chosen_where_it_pays():
     """ResNet-50 at batch 1 on 16 cores: one image cannot keep four one-cluster jobs busy, so the
     planner splits the deep layers' channels over all four clusters, and that beats every plan
     without wide segments. (At batch 16 the four clusters' jobs share their weights instead,
@@ -76,18 +77,17 @@ def test_wide_segment_is_chosen_where_it_pays(monkeypatch):
     c = compile_model("resnet50", batch=1, tasks=16, cluster_fusion=True)
     assert any(k.meta["segment"]["wide"] == 4 for k in c.program.kernels if k.meta.get("op") == "segment")
     cycles = simulate(c.program, None, cores=16, timing_only=True).cycles
-    monkeypatch.setattr(wide, "eligible", lambda *a: False)
-    plain = compile_model("resnet50", batch=1, tasks=16, cluster_fusion=True)
+    plain = compile_model("resnet50", batch=1, tasks=16, cluster_fusion=FusionOptions(wide=False))
     assert not any(k.meta.get("segment", {}).get("wide") for k in plain.program.kernels)
     assert cycles < simulate(plain.program, None, cores=16, timing_only=True).cycles
 
 
-def test_staged_inputs_cross_dram_once_per_job(monkeypatch):
+def test_staged_inputs_cross_dram_once_per_job():
     """A staged wide segment's clusters each read their 1/n of the input group from DRAM and copy it
     to the others: over the job, every input byte is read once and arrives n - 1 times by s2s."""
     from mlusim.isa.semantics import DIR_NAMES
 
-    c = _forced(monkeypatch, "layer3.0.1.conv", "layer4.2.3.conv", 1, 4, True)
+    c = _forced("layer3.0.1.conv", "layer4.2.3.conv", 1, 4, True)
     k = next(k for k in c.program.kernels if k.meta.get("segment", {}).get("wide"))
     g2s, s2s = DIR_NAMES.index("g2s"), DIR_NAMES.index("s2s")
     src = c.program.tensor(c.graph.node("layer3.0.1.conv").inputs[0] + ".out")

@@ -29,7 +29,8 @@ import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.kernels.linear import float_requant, requant_params, zero_point_bias
-from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, dram_rate, row_candidates,
+from mlusim.compiler.context import KernelCtx, dram_rate
+from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, row_candidates,
                                     split, vec_cycles)
 from mlusim.errors import CompileError
 
@@ -51,7 +52,9 @@ class ConvGeometry:
         self.esz = 2 if node.q["dtype"] == "int16" else 1
         self.dt = "i16" if self.esz == 2 else "i8"
         self.zp_in = int(node.q.get("in_zp", 0))
-        self.zp_pad = bool(self.zp_in) and any(node.attrs["padding"])   # pads built in NRAM, holding zp
+        # firstconv: the raw image's padding holds each channel's quantized mean (quant.firstconv)
+        self.fill = node.q.get("pad_fill")
+        self.zp_pad = (bool(self.zp_in) or self.fill is not None) and any(node.attrs["padding"])   # pads built in NRAM
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
         self.fold, self.src_ci, self.src_w, self.src_sw = 1, ci, w, self.sw   # see folded()
@@ -110,7 +113,7 @@ def all_blocks(wspace: str, blocks: int) -> float:
     return blocks if wspace == "sram" else float("inf")
 
 
-def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
+def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
            accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3, wspace: str = "gdram") -> Plan | None:
     """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment);
     wspace: where the weights come from (sram when staged there, compiler/share.py; wram when
@@ -151,7 +154,7 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
         (rows if geo.wp != geo.w or geo.row_step > 1 else 1)
     # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
     # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
-    share = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
+    share = dram_rate(cfg, 1, ctx.dram_share, tasks)
     ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None)
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None)
@@ -162,15 +165,15 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     # weight block its run touches once
     per_block = units // nblocks
     loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
-    room = cfg.wram_bytes - getattr(ctx, "wram_base", 0)
+    room = cfg.wram_bytes - ctx.wram_base
     if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > room or wspace == "wram" and max(loads) > 1:
         return None          # a task with one weight block needs no second WRAM buffer
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
-    w_rate = min(cfg.dma.core_bandwidth_bytes_per_cycle, dram_rate(ctx) / tasks)
+    w_rate = share
     w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else \
         dma_cycles(cfg, wblock, space="sram") if wspace == "sram" else 0.0
-    if getattr(ctx, "prefetch", False) and not geo.depthwise and \
+    if ctx.prefetch and not geo.depthwise and \
             wblock * (1 if max(loads) == 1 else all_blocks(wspace, max(loads))) <= room // 2:
         # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
         # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
@@ -179,29 +182,30 @@ def _price(ctx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None 
     task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
                            + (out if geo.residual and rs == "gdram" else 0)) + (wblock * sum(loads) if wspace == "gdram" else 0)
-    dram = total_bytes / dram_rate(ctx)
+    dram = total_bytes / dram_rate(cfg, None, ctx.dram_share)
     return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold, geo.row_step)
 
 
 _PLANS: dict = {}
 
 
-def plan_conv(ctx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3) -> tuple[ConvGeometry, Plan]:
+def plan_conv(ctx: KernelCtx, node, x_shape, spaces: tuple[str, str, str] = ("gdram",) * 3
+              ) -> tuple[ConvGeometry, Plan]:
     """The cheapest tiling; memoized, since a fused segment emits a layer once per job and image
-    group and the segment planner prices the same layers again and again. The key holds everything
-    the search reads; the entry keeps the config and weights alive so their ids stay theirs."""
-    w = node.q["weight"]
-    wspace = "sram" if node.name in getattr(ctx, "weight_home", {}) else \
-        "wram" if node.name in getattr(ctx, "weights_ready", ()) else "gdram"
-    key = (id(ctx.cfg), id(w), node.name, tuple(x_shape), spaces, wspace, ctx.tasks, getattr(ctx, "dram_share", 1.0),
-           getattr(ctx, "prefetch", False), getattr(ctx, "wram_base", 0), repr(sorted(node.attrs.items(), key=str)))
+    group and the segment planner prices the same layers again and again. The key holds, by value,
+    everything the search reads: the config, the conv's geometry, and the context's fields."""
+    q = node.q
+    wspace = "sram" if node.name in ctx.weight_home else "wram" if node.name in ctx.weights_ready else "gdram"
+    key = (repr(ctx.cfg), node.name, q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
+           tuple(node.shape), tuple(x_shape), spaces, wspace, ctx.tasks, ctx.dram_share, ctx.prefetch, ctx.wram_base,
+           repr(sorted(node.attrs.items(), key=str)))
     hit = _PLANS.get(key)
     if hit is not None:
-        return hit[0]
+        return hit
     out = _plan_conv(ctx, node, x_shape, spaces, wspace)
     if len(_PLANS) > 20_000:
         _PLANS.clear()
-    _PLANS[key] = (out, ctx.cfg, w)
+    _PLANS[key] = out
     return out
 
 
@@ -226,7 +230,7 @@ def _plan_conv(ctx, node, x_shape, spaces, wspace) -> tuple[ConvGeometry, Plan]:
     return next(gm for gm in geos if (gm.fold, gm.row_step) == (plan.fold, plan.row_step)), plan
 
 
-def lower_conv(ctx, node, x, y, res=None) -> None:
+def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
     geo, plan = plan_conv(ctx, node, x.shape, (x.space, y.space, res.space if res is not None else "gdram"))
     q = node.q
@@ -236,13 +240,14 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     w_addr = ctx.const(f"{node.name}.weight", w_dev)
     # a fused segment may stage this layer's weights in cluster SRAM (compiler/share.py): the
     # blocks then come SRAM -> WRAM on the Move-DMA instead of from GDRAM
-    home = getattr(ctx, "weight_home", {}).get(node.name)
+    home = ctx.weight_home.get(node.name)
     w_src = ("g2w", w_addr) if home is None or geo.depthwise else ("s2w", home)
     params = requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in))
     p_addr = ctx.const(f"{node.name}.params", params)
     fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if geo.fscale else None
-    zp_row = ctx.const(f"{node.name}.zp_row", np.full(geo.wp * geo.ci, geo.zp_in, np.int16 if geo.esz == 2 else
-                                                      np.int8)) if geo.zp_pad else None
+    pad_px = np.asarray(geo.fill if geo.fill is not None else [geo.zp_in] * geo.ci)      # one pixel of padding
+    zp_row = ctx.const(f"{node.name}.zp_row", np.tile(pad_px, geo.wp).astype(np.int16 if geo.esz == 2 else np.int8)) \
+        if geo.zp_pad else None
     r_addr = None
     if geo.residual:
         rparams = np.stack([np.full_like(q["res_mult"], -q.get("res_zp", 0)), q["res_mult"], q["res_shift"]],
@@ -254,21 +259,21 @@ def lower_conv(ctx, node, x, y, res=None) -> None:
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
     streams = []
     # a fused segment may keep this layer's weights in WRAM across the image groups of a job:
-    # (address, already loaded[, "prefetched"]) when every task holds a single weight block
-    resident = getattr(ctx, "wram_slots", {}).get(node.name)
+    # (a WramSlot) when every task holds a single weight block
+    resident = ctx.wram_slots.get(node.name)
     runs = split(len(units), plan.tasks)
     nblk = max((len({u[0] for u in units[t0:t1]}) for t0, t1 in runs if t1 > t0), default=1)
     wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
     # a task's weight blocks can all sit in WRAM (prefetched, or kept across image groups) when it
     # has one, or when they come from SRAM and fit beside another layer's (see all_blocks)
-    one_block = nblk == 1 or (w_src[0] == "s2w" and getattr(ctx, "prefetch", False) and not geo.depthwise
-                              and nblk * wblock <= (ctx.cfg.wram_bytes - getattr(ctx, "wram_base", 0)) // 2)
+    one_block = nblk == 1 or (w_src[0] == "s2w" and ctx.prefetch and not geo.depthwise
+                              and nblk * wblock <= (ctx.cfg.wram_bytes - ctx.wram_base) // 2)
     for t0, t1 in runs:
         streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_src, (p_addr, fs_addr), res, r_addr,
                              zp_row, plan.buffers, resident if one_block else None))
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     kept = "" if not (resident and one_block) else \
-        ", weights prefetched during the layer before" if len(resident) > 2 else ", weights resident in WRAM"
+        ", weights prefetched during the layer before" if resident.prefetched else ", weights resident in WRAM"
     ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + kept,
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
@@ -305,6 +310,17 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
+def _fill_pads(s, geo, bufs, in_tile: int, zp_row) -> list:
+    """Left / right pad columns are never overwritten: fill each input buffer with the padding
+    value once (vset with zp; a per-channel fill, firstconv's means, repeats the padding row)."""
+    if not geo.zp_pad:
+        return [None] * len(bufs)
+    if geo.fill is None:
+        return [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // geo.esz, value=geo.zp_in) for b in bufs]
+    prow = geo.wp * geo.ci * geo.esz
+    return [s.dma("g2n", b, zp_row, prow, count=in_tile // prow, dstride=prow, sstride=0) for b in bufs]
+
+
 def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
           resident=None):
     cfg = ctx.cfg
@@ -313,12 +329,10 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
     s = TaskStream()
     esz = geo.esz
     nram = Arena("nram", cfg.nram_bytes)
-    wram = Arena("wram", cfg.wram_bytes, base=resident[0] if resident else getattr(ctx, "wram_base", 0))
+    wram = Arena("wram", cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     in_tile = geo.tile_bytes(rows)
     buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
-    # left / right pad columns are never overwritten: fill each buffer with zp once
-    fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
-        if geo.zp_pad else [None, None]
+    fills = _fill_pads(s, geo, buf_in, in_tile, zp_row)
     accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
@@ -353,7 +367,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
             par_user = block_last_cp.get(bi - DOUBLE) if len(blocks_here) > 1 else prev_user
             if geo.depthwise:
                 w_load = s.dma("g2n", buf_w[0], w_addr, wsize) if cur_cb is None else w_load
-            elif resident and resident[1]:
+            elif resident and resident.loaded:
                 w_load = None            # loaded by this task's image group before
             else:
                 w_load = s.dma(w_dir, buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,

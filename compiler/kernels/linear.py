@@ -13,7 +13,10 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
-from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, dram_rate, split, vec_cycles
+from mlusim.compiler.context import KernelCtx, dram_rate
+from mlusim.compiler.graph import Node
+from mlusim.compiler.liveness import base_value
+from mlusim.compiler.tiling import DOUBLE, Plan, dma_cycles, split, vec_cycles
 from mlusim.errors import CompileError
 from mlusim.isa.fields import f32_bits
 
@@ -61,8 +64,6 @@ def as_conv(node, row: bool = False):
     inputs, for a fully connected layer whose input is one pixel of channels (after a global
     average pool): a segment that splits it between clusters (share.gathers) then uses the conv
     tiler, its WRAM slots and prefetch. Same products, same requantization: the same outputs."""
-    from mlusim.compiler.graph import Node
-
     o, k = node.q["weight"].shape
     m, co = node.shape[:2]
     attrs = dict(node.attrs, stride=(1, 1), padding=(0, 0, 0, 0), groups=1, dilation=(1, 1))
@@ -72,9 +73,7 @@ def as_conv(node, row: bool = False):
 
 def one_pixel(g, node) -> bool:
     """Whether a linear layer's input is a single pixel of channels (see as_conv)."""
-    from mlusim.compiler.liveness import _base
-
-    src = g.node(_base(g, node.inputs[0]))
+    src = g.node(base_value(g, node.inputs[0]))
     return node.op == "linear" and len(src.shape) in (2, 4) and src.shape[1] == node.q["weight"].shape[1] and \
         all(d == 1 for d in src.shape[2:])
 
@@ -89,7 +88,7 @@ def _candidates(n: int, lanes: int) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
+def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
     cfg = ctx.cfg
     lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
     lanes_co = cfg.core.mac_co_lanes
@@ -98,7 +97,7 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
         chunks = ceil(k / kc)
         nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 16]
         if not Arena("nram", cfg.nram_bytes).fits(*nram) or \
-                DOUBLE * bo * kc * esz > cfg.wram_bytes - getattr(ctx, "wram_base", 0):
+                DOUBLE * bo * kc * esz > cfg.wram_bytes - ctx.wram_base:
             return None
         units = ceil(m / mc) * ceil(o / bo)
         tasks = min(units, ctx.tasks)
@@ -108,7 +107,7 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
             (chunks - 1) * vec_cycles(cfg, mc * bo * 4) + vec_cycles(cfg, mc * bo * 4)
         st = dma_cycles(cfg, mc * bo * esz, mc if bo < o else 1)
         task = per * max(ld, cp, st) + ld / chunks
-        dram = (o * k * esz * ceil(m / mc) + m * k * esz * ceil(o / bo)) / dram_rate(ctx)
+        dram = (o * k * esz * ceil(m / mc) + m * k * esz * ceil(o / bo)) / dram_rate(cfg, None, ctx.dram_share)
         return Plan(mc, bo, tasks, max(task, dram), units), kc
 
     best = None
@@ -129,7 +128,7 @@ def plan_linear(ctx, node, m: int, k: int, o: int, esz: int):
     return best
 
 
-def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
+def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
     q = node.q
     m, k = x.shape
     o = weight.shape[0]
@@ -155,7 +154,7 @@ def lower_linear(ctx, node, x, y, weight: np.ndarray) -> None:
     for t0, t1 in split(len(units), plan.tasks):
         s = TaskStream()
         nram = Arena("nram", ctx.cfg.nram_bytes)
-        wram = Arena("wram", ctx.cfg.wram_bytes, base=getattr(ctx, "wram_base", 0))
+        wram = Arena("wram", ctx.cfg.wram_bytes, base=ctx.wram_base)
         bx = [nram.alloc(mc * kc * esz, "input chunk") for _ in range(DOUBLE)]
         bw = [wram.alloc(bo * kc * esz, "weight chunk") for _ in range(DOUBLE)]
         acc = nram.alloc(mc * bo * 4, "accumulator")
