@@ -72,7 +72,16 @@ PROGRAM_META: dict[str, Check] = {
     "layer_traffic_bytes": number(0, MAX_COUNT), "weight_bytes": number(0, MAX_COUNT),
     "parameters": number(0, MAX_COUNT),
 }
-SEGMENT_META: dict[str, Check] = {
+def step_end(v) -> str | None:
+    """One entry of a segment's `ends` (mlusim.segment_meta.StepEnd as JSON)."""
+    if not isinstance(v, dict):
+        return f"must be a mapping, got {type(v).__name__}"
+    return (text(256)(v.get("name")) or (None if v.get("barrier") in ("cluster", "all", "end") else
+                                         "barrier must be cluster, all or end")
+            or integer(-1, 1 << 40)(v.get("index")))
+
+
+SEGMENT_META: dict[str, Check] = {"ends": listof(step_end, MAX_STEPS),
     "layer_names": listof(text(256)), "stored": listof(text(256)), "staged": flag, "wide": flag,
     "groups_per_job": integer(1, MAX_LIST), "all_syncs_at": listof(integer(0, 1 << 40)),
     "jobs": integer(0, 1 << 30), "group": integer(0, 1 << 30),
