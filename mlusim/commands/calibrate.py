@@ -36,7 +36,10 @@ def _select(args):
         points = [p for p in points if p.network in want]
     if args.batches:
         try:
-            batches = {int(b) for b in args.batches.split(",") if b.strip()}
+            parts = [b.strip() for b in args.batches.split(",") if b.strip()]
+            if not all(b.isascii() and b.isdigit() for b in parts):   # int() would read '١٦' as 16
+                raise ValueError(args.batches)
+            batches = {int(b) for b in parts}
         except ValueError:
             raise CalibrationError(f"--batches {args.batches}: expected numbers like 1,4,8") from None
         points = [p for p in points if p.batch in batches]
