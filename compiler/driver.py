@@ -8,6 +8,7 @@ imported QDQ model usually fixes all of them and is never calibrated).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +38,15 @@ def calibration_samples(g: Graph, count: int = 2, seed: int = 0) -> list[np.ndar
     return [rng.uniform(0.0, 1.0, shape).astype(np.float32)]
 
 
+def host_bytes_lower_bound(g: Graph) -> int:
+    """Host memory compiling `g` needs at least: every activation once at one byte (the program's
+    GDRAM image), the float activations of the calibration images (up to two) and the weights.
+    Checked against the memory budget before anything batch- or resolution-sized is allocated."""
+    acts = sum(math.prod(n.shape) for n in g.nodes)
+    per_image = acts // max(1, g.input.shape[0])
+    return acts + 4 * min(2, g.input.shape[0]) * per_image + g.parameter_count()
+
+
 def needs_calibration(g: Graph) -> list[str]:
     """Nodes whose output scale must come from calibration (the model does not fix it)."""
     return [n.name for n in g.nodes if quant.fixed_quant(n) is None and n.op not in quant.PRESERVING
@@ -46,15 +56,21 @@ def needs_calibration(g: Graph) -> list[str]:
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = False) -> Compiled:
+                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = False,
+                  absmax: dict[str, float] | None = None) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
     model says it pays (True, or a FusionOptions choosing the features); the program then needs
-    whole clusters (`tasks` a multiple of their size)."""
+    whole clusters (`tasks` a multiple of their size).
+    absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
     from mlusim.config import HardwareConfig, load_config
+
+    from mlusim import budget
 
     t0 = time.perf_counter()
     notes = []
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
+    budget.check(host_bytes_lower_bound(g), f"compiling {g.meta.get('model', 'this model')} at input shape "
+                 f"{list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
     g = passes.optimize(g, fuse=fuse)
     if mean is not None or std is not None:
         quant.firstconv(g, mean if mean is not None else [0.0], std if std is not None else [1.0])
@@ -62,16 +78,18 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     if todo and not samples and warn_synthetic:
         notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
                      f"random inputs uniform in [0, 1), which may not resemble real data")
-    absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
+    if absmax is None:
+        absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion)
-    inp, out = prog.tensor("input"), prog.tensor("output")
+    inp = prog.tensor("input")
+    out_bytes = sum(t.nbytes for t in prog.tensors if t.role == "output")
     wbytes = quant.weight_bytes(g)
     prog.config = cfg.to_dict()
     prog.meta.update({k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))})
     prog.meta.update(macs=g.macs(), weight_bytes=wbytes, parameters=g.parameter_count(), quant_dtype=dtype,
                      per_channel=per_channel, target=cfg.name,
-                     min_traffic_bytes=wbytes + inp.nbytes // 4 + out.nbytes,
+                     min_traffic_bytes=wbytes + inp.nbytes // 4 + out_bytes,
                      layer_traffic_bytes=layer_traffic_bytes(g),
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))
     prog.meta.setdefault("batch", g.input.shape[0])
@@ -102,12 +120,9 @@ def layer_traffic_bytes(g: Graph) -> int:
 def load_samples(path: str, g: Graph, chunk: int = 8) -> list[np.ndarray]:
     """Calibration inputs from a .npy array [S, *input shape[1:]] (or one sample without the S),
     in chunks so the float reference never holds more than `chunk` images at once."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CompileError(f"{path}: no such calibration file") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise CompileError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
+    from mlusim import npyfile
+
+    a = npyfile.load(path, CompileError, "calibration file")     # header and size checked, no FIFO
     want = tuple(g.input.shape[1:])
     if a.shape == want:
         a = a[None]

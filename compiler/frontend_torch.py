@@ -46,6 +46,14 @@ def _module_node(name, mod, inputs, shape):
                      "var": _np(mod.running_var)})
     if isinstance(mod, nn.ReLU):
         return Node(name, "relu", inputs)
+    if isinstance(mod, nn.LeakyReLU) and 0 < mod.negative_slope < 1:
+        return Node(name, "leaky_relu", inputs, {"slope": float(mod.negative_slope)})
+    for cls, op in ((nn.Sigmoid, "sigmoid"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid")):
+        if isinstance(mod, cls):
+            return Node(name, op, inputs)
+    if isinstance(mod, nn.Upsample) and mod.mode == "nearest" and mod.size is None:
+        f = _int_scale(mod.scale_factor)
+        return Node(name, "upsample", inputs, {"scale": f}) if f else None
     if isinstance(mod, nn.ReLU6) or (isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0)):
         return Node(name, "relu6", inputs)
     if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
@@ -67,12 +75,29 @@ def _module_node(name, mod, inputs, shape):
     return None
 
 
+def _int_scale(f) -> int | None:
+    """An upsampling factor as one integer (same on both axes), or None."""
+    fs = set(f) if isinstance(f, (tuple, list)) else {f}
+    if len(fs) != 1:
+        return None
+    v = fs.pop()
+    return int(v) if v is not None and float(v).is_integer() and v >= 1 else None
+
+
 def _function_node(name, fn, args, kwargs, inputs, shape, in_shape):
     import torch
     import torch.nn.functional as F
 
     def arg(i, key, default=None):
         return args[i] if len(args) > i else kwargs.get(key, default)
+
+    if fn is F.leaky_relu and 0 < arg(1, "negative_slope", 0.01) < 1:
+        return Node(name, "leaky_relu", inputs[:1], {"slope": float(arg(1, "negative_slope", 0.01))})
+    if fn in (torch.sigmoid, F.sigmoid):
+        return Node(name, "sigmoid", inputs[:1])
+    if fn is F.interpolate and arg(3, "mode", "nearest") == "nearest" and arg(1, "size") is None and \
+            _int_scale(arg(2, "scale_factor")):
+        return Node(name, "upsample", inputs[:1], {"scale": _int_scale(arg(2, "scale_factor"))})
 
     if fn in (F.relu, torch.relu):
         return Node(name, "relu", inputs[:1])
@@ -181,7 +206,8 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
             node = _method_node(n.name, n.target, ins, shape, in_shape)
             what = f"Tensor.{n.target}"
         elif n.op == "output":
-            output = names.get(n.args[0].name) if hasattr(n.args[0], "name") else None
+            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else (n.args[0],)
+            output = [names.get(o.name) if hasattr(o, "name") else None for o in outs]
             continue
         else:   # get_attr and friends: constants are folded into the nodes that use them
             continue
@@ -197,11 +223,13 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
             node = Node(n.name, "cpu", ins, {"shape": shape, "what": what, "call": _cpu_call(n, mods)})
         if node.op == "dropout" and node.inputs == []:
             continue
+        if any(m.name == node.name for m in nodes):     # a module called twice: fx's own unique name
+            node.name = n.name
         nodes.append(node)
         names[n.name] = node.name
     if unsupported:
         raise CompileError(f"{type(module).__name__}: {len(unsupported)} unsupported op(s): " + "; ".join(unsupported))
-    if output is None:
-        raise CompileError(f"{type(module).__name__}: the output is not a traced tensor")
-    g = Graph(name or type(module).__name__, nodes, output, {"batch": int(x.shape[0]), "gm": gm})
+    if not output or None in output:
+        raise CompileError(f"{type(module).__name__}: the output is not a traced tensor (or a tuple of them)")
+    g = Graph(name or type(module).__name__, nodes, output[0], {"batch": int(x.shape[0]), "gm": gm}, output[1:])
     return infer_shapes(g)

@@ -451,7 +451,7 @@ class SegmentEmitter:
         # the images as the pixels of one row: a tile of them all, each core a block of the outputs
         xs = DevTensor(f"{n.name}.gathered", at, (1, 1, m, k), x.dtype, None, "sram")
         # the program's output: into SRAM, then dequantized into the float output by the segment
-        final = n.name == self.g.output and dt != "f32" and \
+        final = n.name == self.g.output and not self.g.extra_outputs and dt != "f32" and \
             ceil(m / cpc) * ceil(o / peers) * (4 + (2 if dt == "i16" else 1)) <= cfg.nram_bytes
         y = DevTensor(f"{n.name}.sram", at + row * peers, (1, 1, m, o), dt, None, "sram") if final else \
             DevTensor(self.dev[n.name].name, self.dev[n.name].addr, (1, 1, m, o), dt, None)

@@ -6,6 +6,7 @@ tensor named after the node. Validation errors name the node and the op.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ OPS = {
     "dropout": "identity at inference",
     "sigmoid": "1 / (1 + exp(-x)), on the vector unit in float32",
     "hardswish": "x * relu6(x + 3) / 6, on the vector unit in float32",
+    "hardsigmoid": "relu6(x + 3) / 6, on the vector unit in float32",
+    "leaky_relu": "x if x >= 0 else slope * x (attr slope < 1; darknet's is 0.1), in the output's integers",
+    "upsample": "nearest-neighbour upsampling by an integer factor (attr scale), DMA copies",
+    "mul": "x * s with s [N, C, 1, 1] broadcast over H and W (squeeze-excitation's channel scale)",
     "requant": "identity on real values: re-expresses a quantized tensor in another scale / zero point",
     "cpu": "an op the MLU does not run: computed on the host in float (torch shim only)",
 }
@@ -49,8 +54,13 @@ class Node:
 class Graph:
     name: str
     nodes: list[Node]
-    output: str
+    output: str                      # the (first) output
     meta: dict[str, Any] = field(default_factory=dict)
+    extra_outputs: list[str] = field(default_factory=list)    # more outputs (a detector's heads)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.output, *self.extra_outputs]
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -78,6 +88,21 @@ class Graph:
     def parameter_count(self) -> int:
         return sum(int(p.size) for n in self.nodes for k, p in n.params.items()
                    if k in ("weight", "bias", "gamma", "beta"))
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def output_names(g: Graph) -> list[str]:
+    """Program tensor names of the graph's outputs: 'output' for a single-output graph; otherwise
+    each output node's own name if it is a plain identifier (names become file names), else
+    'output<i>' by position."""
+    if not g.extra_outputs:
+        return ["output"]
+    if len(set(g.outputs)) != len(g.outputs):
+        raise CompileError(f"graph '{g.name}': an output is listed twice ({', '.join(g.outputs)})")
+    names = [o if IDENTIFIER.match(o) else f"output{i}" for i, o in enumerate(g.outputs)]
+    return names if len(set(names)) == len(names) else [f"output{i}" for i in range(len(names))]
 
 
 def conv_out(size: int, k: int, s: int, pa: int, pb: int, d: int) -> int:
@@ -151,8 +176,18 @@ def infer_shapes(g: Graph) -> Graph:
             if ins[0][1] != n.params["gamma"].shape[0]:
                 raise CompileError(f"{where}: {n.params['gamma'].shape[0]} channels, input has {ins[0][1]}")
             n.shape = ins[0]
-        elif n.op in ("relu", "relu6", "dropout", "sigmoid", "hardswish", "requant"):
+        elif n.op in ("relu", "relu6", "dropout", "sigmoid", "hardswish", "hardsigmoid", "leaky_relu", "requant"):
             n.shape = ins[0]
+        elif n.op == "upsample":
+            f = n.attrs.setdefault("scale", 2)
+            if len(ins[0]) != 4 or not isinstance(f, int) or f < 1:
+                raise CompileError(f"{where}: integer scale >= 1 of a 4-D input needed, got {f!r} and {list(ins[0])}")
+            n.shape = ins[0][:2] + (ins[0][2] * f, ins[0][3] * f)
+        elif n.op == "mul":
+            x, s_ = ins
+            if len(x) != 4 or s_ != (x[0], x[1], 1, 1):
+                raise CompileError(f"{where}: multiplies [N, C, H, W] by [N, C, 1, 1], got {list(x)} and {list(s_)}")
+            n.shape = x
         elif n.op in ("maxpool", "avgpool"):
             x = ins[0]
             kh, kw = n.attrs["kernel"] = _pair(n.attrs["kernel"])
@@ -187,8 +222,9 @@ def infer_shapes(g: Graph) -> Graph:
                 raise CompileError(f"{where}: supported over dim 1 of a 2-D tensor, got {list(ins[0])}")
             n.shape = ins[0]
         shapes[n.name] = n.shape
-    if g.output not in shapes:
-        raise CompileError(f"graph '{g.name}': output '{g.output}' is not a node")
+    for o in g.outputs:
+        if o not in shapes:
+            raise CompileError(f"graph '{g.name}': output '{o}' is not a node")
     return g
 
 
@@ -203,8 +239,8 @@ class Builder:
         self._channels: dict[str, int] = {}
 
     def _name(self, op: str, name: str | None) -> str:
-        if name:
-            return name
+        if name:     # Caffe-style 'fire2/squeeze1x1' as 'fire2.squeeze1x1': names never hold a path separator
+            return name.replace("/", ".")
         self._count[op] = self._count.get(op, 0) + 1
         return f"{op}{self._count[op]}"
 
@@ -219,6 +255,10 @@ class Builder:
 
     def channels(self, x: str) -> int:
         return self._channels[x]
+
+    def shape(self, x: str) -> tuple[int, ...]:
+        """The shape of value x so far (for definitions whose padding depends on it)."""
+        return infer_shapes(Graph(self.name, self.nodes, x)).node(x).shape
 
     def conv(self, x: str, co: int, k: int, stride=1, padding=0, groups: int = 1, bias: bool = True,
              dilation=1, name: str | None = None) -> str:
@@ -262,5 +302,6 @@ class Builder:
         self._channels[out] = self._channels[a] + (self._channels[b] if op == "concat" else 0)
         return out
 
-    def graph(self, output: str, **meta) -> Graph:
-        return infer_shapes(Graph(self.name, self.nodes, output, meta))
+    def graph(self, output: str, *more: str, **meta) -> Graph:
+        """The graph computing `output` (and `more` outputs, in order)."""
+        return infer_shapes(Graph(self.name, self.nodes, output, meta, list(more)))

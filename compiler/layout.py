@@ -74,9 +74,9 @@ def device_layout(node: Node, ins: list[DevTensor], s2d: dict | None = None) -> 
     op = node.op
     if op == "input" and s2d:
         return tuple(s2d["shape"]), dt, None
-    if op in ("input", "conv2d", "maxpool", "avgpool", "gap", "concat", "cpu"):
+    if op in ("input", "conv2d", "maxpool", "avgpool", "gap", "concat", "cpu", "upsample"):
         return nhwc(node.shape), dt, None
-    if op in ("relu", "relu6", "add", "requant", "sigmoid", "hardswish"):
+    if op in ("relu", "relu6", "add", "requant", "sigmoid", "hardswish", "hardsigmoid", "leaky_relu", "mul"):
         return ins[0].shape, dt, ins[0].flat_from
     if op in ("flatten", "reshape"):
         x = ins[0]

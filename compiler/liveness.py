@@ -55,8 +55,9 @@ def escaping(g, nodes) -> set[str]:
         for i in n.inputs:
             if i in inside:
                 out.add(base_value(g, i))
-    if g.output in inside:
-        out.add(base_value(g, g.output))
+    for o in g.outputs:
+        if o in inside:
+            out.add(base_value(g, o))
     return out
 
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlusim.compiler.fusion import lower_segment
 from mlusim.compiler.context import DevTensor, KernelCtx
-from mlusim.compiler.graph import Graph, Node
+from mlusim.compiler.fusion import lower_segment
+from mlusim.compiler.graph import Graph, Node, output_names
+from mlusim.compiler.kernels import broadcast, eltwise, linear, pool
 from mlusim.compiler.kernels import conv as kconv
-from mlusim.compiler.kernels import eltwise, linear, pool
 from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_columns, s2d_conv, space_to_depth, value_name
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.segments import plan_segments
@@ -93,8 +93,14 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: D
         eltwise.lower_act(ctx, node, ins[0], y)
     elif op == "requant":
         eltwise.lower_requant(ctx, node, ins[0], y)
-    elif op in ("sigmoid", "hardswish"):
+    elif op in ("sigmoid", "hardswish", "hardsigmoid"):
         eltwise.lower_float_unary(ctx, node, ins[0], y)
+    elif op == "leaky_relu":
+        broadcast.lower_leaky(ctx, node, ins[0], y)
+    elif op == "upsample":
+        broadcast.lower_upsample(ctx, node, ins[0], y)
+    elif op == "mul":
+        broadcast.lower_channel_mul(ctx, node, ins[0], ins[1], y)
     elif op == "add":
         eltwise.lower_add(ctx, node, ins[0], ins[1], y)
     elif op == "concat":
@@ -145,16 +151,26 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
             (final and node.op in ("softmax", "log_softmax")) else "scratch"
         dev[node.name] = _lower_node(ctx, node, ins, role)
     if subset is None or last == g.output:
-        out_node = g.node(g.output)
-        out = dev[g.output]
-        if out.dtype != "f32":
-            shape = out.shape
-            meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
-            t = ctx.tensor("output", "output", "f32", shape, meta=meta)
-            eltwise.lower_dequantize(ctx, out_node, out, DevTensor("output", t.addr, shape, "f32"),
-                                     out_node.q["scale"], f"{out_node.name}.dequantize", out_node.q.get("zp", 0))
-        else:
-            for t in ctx.tensors:
-                if t.name == out.name and t.role == "output":
-                    t.name = "output"
-    return Program(ctx.kernels, ctx.tensors, ctx.top)
+        # a one-node program (the shim's layer-by-layer mode) ending at the first output makes only it
+        pairs = zip(g.outputs, output_names(g)) if subset is None else [(g.output, "output")]
+        for name, pname in pairs:
+            _emit_output(ctx, g.node(name), dev[name], pname)
+    prog = Program(ctx.kernels, ctx.tensors, ctx.top)
+    if g.extra_outputs and subset is None:
+        prog.meta["outputs"] = output_names(g)
+    return prog
+
+
+def _emit_output(ctx, out_node: Node, out: DevTensor, pname: str) -> None:
+    """The program's float output `pname`: the node's value dequantized into it, or (softmax) the
+    float tensor the node already wrote, renamed."""
+    if out.dtype != "f32":
+        shape = out.shape
+        meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+        t = ctx.tensor(pname, "output", "f32", shape, meta=meta)
+        eltwise.lower_dequantize(ctx, out_node, out, DevTensor(pname, t.addr, shape, "f32"),
+                                 out_node.q["scale"], f"{out_node.name}.dequantize", out_node.q.get("zp", 0))
+    else:
+        for t in ctx.tensors:
+            if t.name == out.name and t.role == "output":
+                t.name = pname

@@ -17,6 +17,7 @@ def _rewire(g: Graph, old: str, new: str) -> None:
         n.inputs = [new if i == old else i for i in n.inputs]
     if g.output == old:
         g.output = new
+    g.extra_outputs = [new if o == old else o for o in g.extra_outputs]
 
 
 def _drop(g: Graph, node: Node) -> None:
@@ -26,7 +27,7 @@ def _drop(g: Graph, node: Node) -> None:
 
 def _sole_consumer(g: Graph, name: str) -> Node | None:
     cons = g.consumers(name)
-    return cons[0] if len(cons) == 1 and g.output != name else None
+    return cons[0] if len(cons) == 1 and name not in g.outputs else None
 
 
 def _take_quant(dst: Node, src: Node) -> bool:
@@ -47,18 +48,20 @@ def remove_dropout(g: Graph) -> Graph:
 
 
 def fold_batchnorm(g: Graph) -> Graph:
-    """conv -> bn becomes one conv: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * that + beta."""
+    """conv -> bn (or linear -> bn, as AlexNet_cvgj's fc6/fc7) becomes one layer: w' = w * gamma/sqrt(var+eps),
+    b' = (b - mean) * that + beta, per output channel."""
     for bn in [n for n in g.nodes if n.op == "batchnorm"]:
         prod = g.node(bn.inputs[0])
         if "qweight" in prod.params:
             raise CompileError(f"node '{bn.name}' (batchnorm): cannot fold into '{prod.name}', whose weights "
                                f"the model already quantized")
-        if prod.op != "conv2d" or _sole_consumer(g, prod.name) is not bn:
-            raise CompileError(f"node '{bn.name}' (batchnorm): only a batch norm directly after a conv "
-                               f"with no other consumer can be folded (input '{prod.name}' is {prod.op})")
+        if prod.op not in ("conv2d", "linear") or _sole_consumer(g, prod.name) is not bn:
+            raise CompileError(f"node '{bn.name}' (batchnorm): only a batch norm directly after a conv or "
+                               f"linear with no other consumer can be folded (input '{prod.name}' is {prod.op})")
         p = bn.params
         k = (p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + bn.attrs.get("eps", 1e-5)))
-        w = prod.params["weight"].astype(np.float64) * k[:, None, None, None]
+        w = prod.params["weight"].astype(np.float64)
+        w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
         b = prod.params.get("bias", np.zeros(len(k), np.float32)).astype(np.float64)
         prod.params["weight"] = w.astype(np.float32)
         prod.params["bias"] = ((b - p["mean"]) * k + p["beta"]).astype(np.float32)

@@ -31,7 +31,8 @@ QMAX = {"int8": 127, "int16": 32767}
 ADD_BITS = 14          # residual add: both inputs rescaled to a common scale with 14-bit factors
 ADD_BITS_FIXED = 20    # ... and with 20-bit factors for imported 8-bit models (|q - zp| <= 255)
 MODEL_DTYPES = {"uint8": 128, "int8": 0}          # model dtype -> offset subtracted on the device
-PRESERVING = ("maxpool", "relu", "relu6", "flatten", "reshape", "dropout")   # output scale = input's
+# output scale = input's (leaky ReLU's negative side only shrinks, upsampling copies)
+PRESERVING = ("maxpool", "relu", "relu6", "flatten", "reshape", "dropout", "leaky_relu", "upsample")
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -127,6 +128,123 @@ def _weights(w: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, n
     return q.astype(np.int16 if qmax > 127 else np.int8).reshape(w.shape), s_w
 
 
+def _concat_scales(g: Graph, absmax: dict[str, float]) -> dict[str, float]:
+    """Concat inputs share the output's scale, so concatenation is a pure copy. An input that only
+    passes its producer's scale on (a leaky ReLU, an upsample: PRESERVING ops) takes it from the
+    first producer up its chain that sets one, so that producer gets the shared scale (covering
+    its own range too)."""
+    forced: dict[str, float] = {}
+    for n in g.nodes:
+        if n.op != "concat" or fixed_quant(n) is not None:
+            continue
+        members = [n.name]
+        for i in n.inputs:
+            node = g.node(i)
+            members.append(node.name)
+            while node.op in PRESERVING and node.inputs and fixed_quant(node) is None:
+                node = g.node(node.inputs[0])
+                members.append(node.name)
+        m = max(absmax.get(k, 0.0) for k in members)
+        for k in members:
+            forced[k] = m
+    return forced
+
+
+def _bias(bias, acc_scale) -> np.ndarray:
+    if bias is None:
+        return np.zeros(len(acc_scale), np.int64)
+    return np.rint(bias.astype(np.float64) / acc_scale)
+
+
+def _in_qmax(g: Graph, n: Node, qmax: int) -> int:
+    """The largest magnitude the layer's input can hold (its own type's, or the input node's)."""
+    src = g.node(n.inputs[0]).q
+    return max(qmax, int(src.get("qmax", qmax)) + abs(int(src.get("zp", 0))))
+
+
+def _depthwise(n: Node) -> bool:
+    w = n.params["weight"]
+    return n.op == "conv2d" and n.attrs.get("groups", 1) == w.shape[0] and w.shape[1] == 1
+
+
+def depthwise_qmax(n: Node, in_qmax: int) -> int:
+    """An int16 depthwise conv runs on the vector unit (vdwconv), whose int32 sums have no
+    position: its weights get the widest range for which no input can overflow them,
+    in_qmax * kh * kw * wmax < 2**31 (3x3 with int16 inputs: 7281, about 13 bits, still 64 times
+    finer than int8's 127)."""
+    kh, kw = n.params["weight"].shape[2:]
+    return max(128, min(QMAX["int16"], (2**31 - 1) // (in_qmax * kh * kw)))
+
+
+def acc_position(wq: np.ndarray, in_qmax: int, acc_scale, bias, res_scale, res_qmax: int) -> int:
+    """The position p <= 0 at which an int16 layer's exact sum is kept in 32 bits: the MAC array
+    writes rne(acc * 2**p), so p is the largest value for which the worst case over any input of
+    |sum x*w| + |bias| (+ the shortcut a residual conv adds in the same units) stays below 2**31.
+    int16 products reach 2**30, so any reduction of more than two needs the bound; most layers get
+    p between -4 and -12, keeping 31 significant bits, far more than the 16-bit result needs."""
+    wsum = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1)
+    acc_scale = np.broadcast_to(np.asarray(acc_scale, np.float64), wsum.shape)
+    for p in range(0, -63, -1):
+        unit = acc_scale * 2.0**-p
+        worst = (wsum * float(in_qmax) + 1) * 2.0**p + np.abs(_bias(bias, unit)) + 1
+        if res_scale is not None:
+            worst = worst + res_qmax * res_scale / unit + 1
+        if float(worst.max()) < 2.0**31:
+            return p
+    raise CompileError("an int16 layer's accumulator cannot be kept in 32 bits at any position")
+
+
+def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel: bool, fixed: bool,
+                  scale: dict, zps: dict) -> None:
+    """A conv or linear layer's integer weights, int32 bias, requantize multipliers and clamp, and
+    a residual join's shortcut rescale. `fixed`: the model fixes this node's output quantization.
+    An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position)."""
+    dt, qmax, zp = q["dtype"], q["qmax"], q["zp"]
+    imported = fixed or "qweight" in n.params
+    if "qweight" in n.params:
+        wq, s_w = n.params["qweight"], n.params["w_scale"].astype(np.float64)
+    elif dt == "int16" and _depthwise(n):
+        wq, s_w = _weights(n.params["weight"], per_channel, depthwise_qmax(n, _in_qmax(g, n, qmax)))
+    else:
+        wq, s_w = _weights(n.params["weight"], per_channel, qmax)
+    res_scale = scale[n.inputs[1]] if n.attrs.get("residual") else None
+    pos = 0 if dt == "int8" or _depthwise(n) else acc_position(wq, _in_qmax(g, n, qmax), src * s_w,
+                                                               n.params.get("bias"), res_scale, QMAX[dt])
+    acc_scale = src * s_w * 2.0**-pos
+    bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(n.params.get("bias"), acc_scale)
+    q["weight"] = wq
+    q["w_scale"] = s_w
+    if pos:
+        q["acc_pos"] = pos
+    q["bias"] = np.clip(bq, -2**31, 2**31 - 1).astype(np.int32)
+    q["mult"], q["shift"] = _mults(_ratio(src * 2.0**-pos, s_w, s, imported))
+    q["lo"], q["hi"] = _act_bounds(n.attrs.get("act"), s, qmax, zp, imported)
+    if fixed and not n.attrs.get("residual"):
+        q["fscale"] = _ratio(src, s_w, s, True).astype(np.float32)
+    if n.attrs.get("residual"):
+        q["res_mult"], q["res_shift"] = _mults(scale[n.inputs[1]] / acc_scale)
+        q["res_zp"] = zps[n.inputs[1]]
+
+
+def _activation_params(n: Node, q: dict, src: float, s: float, fixed: bool, scale: dict, zps: dict) -> None:
+    """Float activations (sigmoid, hardswish, hardsigmoid: input scale, inverse output scale with
+    the / 6 folded in), leaky ReLU (the slope as a multiplier) and the channel scale x * s (the
+    product's rescale)."""
+    if n.op in ("sigmoid", "hardswish", "hardsigmoid"):
+        q["in_scale"] = src
+        q["inv_scale"] = float(np.float32(1.0 / (s * (1.0 if n.op == "sigmoid" else 6.0))))
+    elif n.op == "leaky_relu":
+        slope = float(n.attrs.get("slope", 0.01))
+        if not 0 < slope < 1:
+            raise CompileError(f"node '{n.name}' (leaky_relu): slope {slope:g} must be in (0, 1)")
+        q["mult"], q["shift"] = quantize_multiplier(slope)
+    elif n.op == "mul":
+        if zps[n.inputs[0]] or zps[n.inputs[1]]:
+            raise CompileError(f"node '{n.name}' (mul): inputs with zero points are not supported")
+        q["mult"], q["shift"] = quantize_multiplier(scale[n.inputs[0]] * scale[n.inputs[1]] / s)
+        q["lo"], q["hi"] = _act_bounds(None, s, q["qmax"], q["zp"], fixed)
+
+
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
              mixed: dict[str, str] | None = None) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
@@ -137,13 +255,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
     scale: dict[str, float] = {}
     zps: dict[str, int] = {}
     offs: dict[str, int] = {}      # 128 for tensors the model keeps as uint8, else 0
-    # concat inputs share the output's scale, so concatenation is a pure copy
-    forced: dict[str, float] = {}
-    for n in g.nodes:
-        if n.op == "concat" and fixed_quant(n) is None:
-            m = max(absmax[i] for i in n.inputs + [n.name])
-            for i in n.inputs + [n.name]:
-                forced[i] = m
+    forced = _concat_scales(g, absmax)
     for n in g.nodes:
         fx = fixed_quant(n)
         dt = "int8" if fx else mixed.get(n.name, dtype)
@@ -164,7 +276,6 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
         if fx:
             fq = n.attrs["quant"]
             q["model"] = f"{fq['dtype']} zero point {int(fq['zero_point'])}"
-        imported = fx is not None or "qweight" in n.params
         if n.op in PRESERVING:
             if fx and (s, zp) != (src, src_zp):
                 raise CompileError(f"node '{n.name}' ({n.op}): the model quantizes its output with scale {s:g} "
@@ -179,26 +290,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
             if fx:
                 q["div_scale"] = float(np.float32(s))
         elif n.op in ("conv2d", "linear"):
-            if "qweight" in n.params:
-                wq, s_w = n.params["qweight"], n.params["w_scale"].astype(np.float64)
-            else:
-                wq, s_w = _weights(n.params["weight"], per_channel, qmax)
-            acc_scale = src * s_w
-            if "qbias" in n.params:
-                bq = n.params["qbias"].astype(np.int64)
-            else:
-                bias = n.params.get("bias")
-                bq = np.zeros(len(s_w), np.int64) if bias is None else np.rint(bias.astype(np.float64) / acc_scale)
-            q["weight"] = wq
-            q["w_scale"] = s_w
-            q["bias"] = np.clip(bq, -2**31, 2**31 - 1).astype(np.int32)
-            q["mult"], q["shift"] = _mults(_ratio(src, s_w, s, imported))
-            q["lo"], q["hi"] = _act_bounds(n.attrs.get("act"), s, qmax, zp, imported)
-            if fx and not n.attrs.get("residual"):
-                q["fscale"] = _ratio(src, s_w, s, True).astype(np.float32)
-            if n.attrs.get("residual"):
-                q["res_mult"], q["res_shift"] = _mults(scale[n.inputs[1]] / acc_scale)
-                q["res_zp"] = zps[n.inputs[1]]
+            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps)
         elif n.op in ("avgpool", "gap"):
             count = (n.attrs["kernel"][0] * n.attrs["kernel"][1]) if n.op == "avgpool" else None
             if count is None:
@@ -225,9 +317,8 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
         elif n.op == "requant":
             q["mult"], q["shift"] = quantize_multiplier(float(np.float32(src) / np.float32(s)) if fx else src / s)
             q["lo"], q["hi"] = _act_bounds(None, s, qmax, zp, fx is not None)
-        elif n.op in ("sigmoid", "hardswish"):
-            q["in_scale"] = src
-            q["inv_scale"] = float(np.float32(1.0 / (s * (6.0 if n.op == "hardswish" else 1.0))))
+        elif n.op in ("sigmoid", "hardswish", "hardsigmoid", "leaky_relu", "mul"):
+            _activation_params(n, q, src, s, fx is not None, scale, zps)
         elif n.op == "relu6":
             q["hi"] = min(qmax, zp + int(round(6.0 / s)))
         elif n.op == "concat":

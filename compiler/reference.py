@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlusim.compiler.graph import Graph
+from mlusim.compiler.graph import Graph, output_names
 
 
 # ---- float ---------------------------------------------------------------------------------------
@@ -97,7 +97,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif op == "batchnorm":
             p = n.params
             k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
-            y = (a[0] - p["mean"].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + p["beta"].reshape(1, -1, 1, 1)
+            shape = (1, -1) + (1,) * (a[0].ndim - 2)
+            y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
         elif op in ("relu", "relu6"):
             y = _act_f(a[0], op)
         elif op in ("dropout", "requant"):
@@ -106,6 +107,15 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
         elif op == "hardswish":
             y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+        elif op == "hardsigmoid":
+            y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+        elif op == "leaky_relu":
+            y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
+        elif op == "upsample":
+            f = n.attrs["scale"]
+            y = a[0].repeat(f, axis=2).repeat(f, axis=3)
+        elif op == "mul":
+            y = a[0] * a[1]
         elif op in ("maxpool", "avgpool"):
             y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
         elif op == "gap":
@@ -164,6 +174,14 @@ def _wrap32(a: np.ndarray) -> np.ndarray:
     return ((a + 2**31) % 2**32) - 2**31
 
 
+def _accumulator(acc: np.ndarray, q: dict) -> np.ndarray:
+    """What the MAC array hands the epilogue: an int8 layer's 32-bit accumulator (wrapping), an
+    int16 layer's exact sum at its position acc_pos <= 0: rne(acc * 2**acc_pos), saturated."""
+    if q.get("dtype") != "int16":
+        return _wrap32(acc)
+    return np.clip(_rne_shift(acc, -int(q.get("acc_pos", 0))), -2**31, 2**31 - 1)
+
+
 def quantize_input(x: np.ndarray, inv_scale: float, qmax: int, zp: int = 0) -> np.ndarray:
     """rne(x * float32(inv_scale)) + zp, saturated; NaN counts as 0."""
     t = np.nan_to_num(np.rint(x.astype(np.float64) * float(np.float32(inv_scale))), nan=0.0) + zp
@@ -215,6 +233,9 @@ def _unary_float(op: str, x: np.ndarray, q: dict) -> np.ndarray:
         f = dequantize(x, -q["in_scale"], q["in_zp"])            # -x, exactly
         e = (np.exp(f).astype(np.float32) + np.float32(1)).astype(np.float32)
         y = (np.float32(1) / e).astype(np.float32)
+    elif op == "hardsigmoid":       # relu6(x + 3), its / 6 in the quantize scale
+        f = dequantize(x, q["in_scale"], q["in_zp"])
+        y = np.minimum(np.maximum((f + np.float32(3)).astype(np.float32), np.float32(0)), np.float32(6))
     else:
         f = dequantize(x, q["in_scale"], q["in_zp"])
         t = np.minimum(np.maximum((f + np.float32(3)).astype(np.float32), np.float32(0)), np.float32(6))
@@ -237,8 +258,8 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif n.op == "input":
             y = quantize_input(x, q["inv_scale"], qmax, zp)
         elif n.op == "conv2d":
-            acc = _wrap32(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"],
-                                  n.attrs["groups"]))
+            acc = _accumulator(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"],
+                                       n.attrs["dilation"], n.attrs["groups"]), q)
             if n.attrs.get("residual"):   # shortcut rescaled into the accumulator's scale, per channel
                 sc = requant(a[1] - q.get("res_zp", 0), 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
                 acc = np.clip(acc + sc, -2**31, 2**31 - 1)
@@ -250,7 +271,7 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
                 kh, kw = n.attrs["pool"]
                 y = np.lib.stride_tricks.sliding_window_view(y, (kh, kw), axis=(2, 3))[:, :, ::kh, ::kw].max(axis=(-2, -1))
         elif n.op == "linear":
-            acc = _wrap32((a[0].astype(np.int64) - zin) @ q["weight"].astype(np.int64).T)
+            acc = _accumulator((a[0].astype(np.int64) - zin) @ q["weight"].astype(np.int64).T, q)
             if "fscale" in q:
                 y = _float_requant(acc + q["bias"].astype(np.int64)[None, :], q)
             else:
@@ -261,8 +282,15 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = np.clip(a[0], zp, q["hi"])
         elif n.op == "requant":
             y = requant(a[0] - zin, 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
-        elif n.op in ("sigmoid", "hardswish"):
+        elif n.op in ("sigmoid", "hardswish", "hardsigmoid"):
             y = _unary_float(n.op, a[0], q)
+        elif n.op == "leaky_relu":     # the negative side scaled by the slope, in the same scale
+            neg = requant(a[0] - zin, 0, q["mult"], q["shift"], -qmax - 1, qmax, qmax, zp=zp)
+            y = np.maximum(a[0], neg)
+        elif n.op == "upsample":
+            y = a[0].repeat(n.attrs["scale"], axis=2).repeat(n.attrs["scale"], axis=3)
+        elif n.op == "mul":
+            y = requant(a[0] * a[1], 0, q["mult"], q["shift"], q["lo"], q["hi"], qmax, zp=zp)
         elif n.op == "maxpool":
             pt, pb, pl, pr = n.attrs["padding"]
             xp = np.pad(a[0], ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-2**40)
@@ -306,7 +334,17 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     oq = g.node(g.output).q
     v["__output__"] = out.astype(np.float32) if g.meta.get("output_float") else \
         dequantize(out, oq["scale"], oq.get("zp", 0))
+    for name in g.extra_outputs:
+        oq = g.node(name).q
+        v[f"__output__{name}"] = dequantize(v[name], oq["scale"], oq.get("zp", 0))
     return v
+
+
+def program_outputs(g: Graph, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """run_quant's float outputs under the names the compiled program gives them
+    (graph.output_names: 'output', or each output node's name when there are several)."""
+    arrays = [v["__output__"]] + [v[f"__output__{o}"] for o in g.extra_outputs]
+    return dict(zip(output_names(g), arrays))
 
 
 def dequantize(q: np.ndarray, scale: float, zp: int = 0) -> np.ndarray:

@@ -25,7 +25,7 @@ from mlusim.compiler.tiling import dma_cycles
 from mlusim.errors import CompileError
 
 ELIGIBLE = {"input", "conv2d", "maxpool", "avgpool", "gap", "relu", "relu6", "requant", "add", "linear",
-            "flatten", "reshape"}
+            "flatten", "reshape", "leaky_relu"}
 TILED = ("conv2d", "linear")   # layers whose tilers price themselves
 JOB_LAYER_OVERHEAD = 900      # cycles per layer per job: pipeline fill (first load) and drain, sync.cluster
 KERNEL_OVERHEAD = 3000        # launch plus the first and last DMA latencies of a kernel

@@ -84,8 +84,8 @@ def qmatmul(cfg, name, m, k, n, a_t: bool, b_t: bool, pos_a: int, pos_b: int, bi
             bias: bool = False) -> Program:
     """C[m, n] = A[m, k] . B[n, k]^T. A is stored [m, k] (or [k, m] if a_t); B is stored [n, k] (or
     [k, n] if b_t). Inputs 'a', 'b' (and 'bias' [n]) are float32; output 'c' is float32. The
-    reduction is cut into chunks of at most 2048 (each chunk's float32 result added in order); the
-    caller picks positions whose magnitudes keep a chunk's sum within the int32 accumulator."""
+    reduction is cut into chunks of at most 2048 (each chunk's float32 result added in order); int16
+    chunks sum exactly on the MAC array, int8 ones within its 32-bit accumulator."""
     b = Builder(cfg, name)
     A = b.tensor("a", "input", (k, m) if a_t else (m, k))
     B = b.tensor("b", "input", (k, n) if b_t else (n, k))

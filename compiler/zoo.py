@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlusim.errors import CompileError
+from mlusim.compiler import zoo_classify as zc
+from mlusim.compiler import zoo_detect as zd
 from mlusim.compiler.graph import Builder, Graph
+from mlusim.compiler.zoo_layers import conv_bn as _conv_bn
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class ZooEntry:
     channels: int
     resolution: int
     description: str
+    min_resolution: int = 32
 
 
 def mnist(batch: int, res: int, seed: int) -> Graph:
@@ -48,12 +52,6 @@ def lenet5(batch: int, res: int, seed: int) -> Graph:
     x = b.unary("relu", b.linear(x, 16 * side * side, 120, name="fc1"))
     x = b.unary("relu", b.linear(x, 120, 84, name="fc2"))
     return b.graph(b.linear(x, 84, 10, name="fc3"), batch=batch)
-
-
-def _conv_bn(b: Builder, x: str, co: int, k: int, stride=1, padding=0, groups=1, act="relu", name=""):
-    x = b.bn(b.conv(x, co, k, stride, padding, groups, bias=False, name=f"{name}.conv" if name else None),
-             name=f"{name}.bn" if name else None)
-    return b.unary(act, x) if act else x
 
 
 def _basic(b: Builder, x: str, co: int, stride: int, name: str) -> str:
@@ -124,12 +122,24 @@ def vgg16(batch: int, res: int, seed: int) -> Graph:
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in (
-    ZooEntry("mnist", mnist, 1, 28, "the seed document's MNIST net: 2 conv, max pool, 2 fc, log_softmax"),
-    ZooEntry("lenet5", lenet5, 1, 28, "LeNet-5 (ReLU, max pool)"),
+    ZooEntry("mnist", mnist, 1, 28, "the seed document's MNIST net: 2 conv, max pool, 2 fc, log_softmax", 6),
+    ZooEntry("lenet5", lenet5, 1, 28, "LeNet-5 (ReLU, max pool)", 16),
     ZooEntry("resnet18", _resnet("resnet18", _basic, [2, 2, 2, 2], 1), 3, 224, "ResNet-18 (torchvision)"),
     ZooEntry("resnet50", _resnet("resnet50", _bottleneck, [3, 4, 6, 3], 4), 3, 224, "ResNet-50 (torchvision)"),
     ZooEntry("mobilenetv2", mobilenetv2, 3, 224, "MobileNetV2 (torchvision, depthwise convs)"),
     ZooEntry("vgg16", vgg16, 3, 224, "VGG-16 (torchvision, without the adaptive pool)"),
+    ZooEntry("alexnet_bn", zc.alexnet_bn, 3, 227, "AlexNet with batch norms (cvjena AlexNet_cvgj, Caffe), softmax", 67),
+    ZooEntry("squeezenet1_0", zc._squeezenet("1.0"), 3, 227, "SqueezeNet 1.0 (Caffe; fire modules, concat)", 35),
+    ZooEntry("squeezenet1_1", zc._squeezenet("1.1"), 3, 227, "SqueezeNet 1.1 (Caffe; fire modules, concat)", 35),
+    ZooEntry("resnext50_32x4d", zc.resnext50_32x4d, 3, 224, "ResNeXt-50 32x4d (Caffe/torchvision; grouped convs)"),
+    ZooEntry("se_resnet50", zc.se_resnet50, 3, 224, "SE-ResNet-50 (Caffe SENet; squeeze-excitation, sigmoid)"),
+    ZooEntry("mobilenetv3_large", zc._mobilenetv3("mobilenetv3_large", zc.V3_LARGE, 960, 1280), 3, 224,
+             "MobileNetV3-Large (torchvision; hardswish, SE with hardsigmoid)"),
+    ZooEntry("mobilenetv3_small", zc._mobilenetv3("mobilenetv3_small", zc.V3_SMALL, 576, 1024), 3, 224,
+             "MobileNetV3-Small (torchvision; hardswish, SE with hardsigmoid)"),
+    ZooEntry("yolov3_tiny", zd.yolov3_tiny, 3, 416, "YOLOv3-tiny (darknet cfg; leaky ReLU, upsample, 2 outputs)", 64),
+    ZooEntry("mobilenet_ssd", zd.mobilenet_ssd, 3, 300, "MobileNet-SSD (Caffe, VOC; depthwise, 12 head outputs)"),
+    ZooEntry("yolov3", zd.yolov3, 3, 416, "YOLOv3 (darknet cfg; Darknet-53, 3 outputs)", 64),
 )}
 
 
@@ -140,7 +150,7 @@ def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 
     if batch < 1:
         raise CompileError(f"--batch must be >= 1, got {batch}")
     res = resolution or entry.resolution
-    min_res = {"mnist": 6, "lenet5": 16, "vgg16": 32}.get(entry.name, 32)
+    min_res = entry.min_resolution
     if res < min_res:
         raise CompileError(f"{name}: resolution {res} is below the minimum of {min_res}")
     g = entry.build(batch, res, seed)

@@ -133,6 +133,18 @@ class DmaConfig:
                                     "(SRAM, NRAM, WRAM: Move-DMA)", positive=False, maximum=MAX_CYCLES)
 
 
+SCHEDULES = ("per-cluster", "spread")
+
+
+@dataclass
+class RuntimeConfig:
+    """What the vendor's runtime does with a compiled network. Optional in a file (defaults below)."""
+    schedule: str = field(default="spread", metadata={
+        "unit": "name", "maxlen": 16, "doc": "how `mlusim run` spreads a zoo/ONNX batch by default: 'per-cluster' "
+        "(the MLU370 MagicMind runtime: images split over clusters, each image on one cluster's cores, the "
+        "fully connected head over the whole chip) or 'spread' (every layer over every core given)"})
+
+
 @dataclass
 class HardwareConfig:
     # Names are printed in every report and error message: one printable line, bounded.
@@ -143,6 +155,7 @@ class HardwareConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dram: DramConfig = field(default_factory=DramConfig)
     dma: DmaConfig = field(default_factory=DmaConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = field(default="", compare=False, metadata={"unit": "", "doc": "where it was loaded from"})
 
     # -- derived quantities, in the simulator's units (cycles, bytes) --------------------------
@@ -239,6 +252,9 @@ def _check_leaf(value: Any, tp: Any, meta: dict, where: str) -> Any:
     return value
 
 
+KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
+
+
 def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
     where_section = f"{origin}: {prefix.rstrip('.') or 'top level'}"
     if not isinstance(data, dict):
@@ -247,6 +263,9 @@ def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
     known = {f.name for f in fields(cls) if f.name != "source"}
     for key in data:
         if not isinstance(key, str) or key not in known:
+            if not (isinstance(key, str) and KEY_RE.fullmatch(key)):    # say where, never echo text that
+                raise ConfigError(f"{where_section}: a key that is not a config key name (expected one "
+                                  f"of {', '.join(sorted(known))})")          # may be a line of some file
             hint = _closest(str(key), known)
             raise ConfigError(f"{origin}: unknown key '{prefix}{key}'" + (f" (did you mean '{prefix}{hint}'?)" if hint else ""))
     kwargs = {}
@@ -256,6 +275,9 @@ def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
         path = f"{prefix}{f.name}"
         tp = types[f.name]
         if f.name not in data:
+            if _is_section(tp) and tp is RuntimeConfig:     # optional: every leaf has a default
+                kwargs[f.name] = tp()
+                continue
             if _is_section(tp):
                 raise ConfigError(f"{origin}: missing section '{path}' (add it, or start the file with "
                                   f"'base: {DEFAULT_PRESET}' to inherit every value)")
@@ -292,6 +314,8 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
     if k.mac_int16_per_cycle > k.mac_int8_per_cycle or k.mac_int16_per_cycle % k.mac_co_lanes:
         raise ConfigError(f"{origin}: core.mac_int16_per_cycle={k.mac_int16_per_cycle} must be a multiple of "
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
+    if cfg.runtime.schedule not in SCHEDULES:
+        raise ConfigError(f"{origin}: runtime.schedule={cfg.runtime.schedule!r} must be one of {', '.join(SCHEDULES)}")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):
         raise ConfigError(f"{origin}: dram.access_bytes={cfg.dram.access_bytes} must be a power of two")
 
@@ -353,12 +377,9 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
         raise ConfigError(f"{origin}: top level must be a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
-        if not isinstance(base, str) or not base:
-            raise ConfigError(f"{origin}: base: must be a preset name or a file path")
-        if not Path(base).is_absolute() and _is(path.parent / base, "is_file"):
-            base = str(path.parent / base)
+        target = _base_target(base, path, origin)
         try:
-            base_raw, _ = _resolve_raw(base, depth + 1)
+            base_raw, _ = _resolve_raw(target, depth + 1)
         except ConfigError as e:
             if depth:
                 raise
@@ -366,6 +387,23 @@ def _resolve_raw(name_or_path: str | Path, depth: int = 0) -> tuple[dict, str]:
         raw = _deep_merge(base_raw, raw)
         raw.setdefault("name", f"{Path(origin).stem}")
     return raw, origin
+
+
+def _base_target(base: object, path: Path, origin: str) -> str:
+    """What `base:` may name: a preset, or a file inside the folder of the config that names it
+    (so a config from elsewhere cannot make mlusim read, and quote, /etc/passwd or ../../secret)."""
+    if not isinstance(base, str) or not base or len(base) > 256 or not base.isprintable():
+        raise ConfigError(f"{origin}: base: must be a preset name or a file name in this config's folder")
+    if Path(base).suffix not in (".yaml", ".yml") and "/" not in base and "\\" not in base:
+        if base not in list_presets():
+            raise ConfigError(f"{origin}: base: unknown config preset {base!r} (presets: {', '.join(list_presets())})")
+        return base
+    folder = path.parent.resolve()
+    target = (folder / base).resolve() if not Path(base).is_absolute() else None
+    if target is None or not target.is_relative_to(folder):
+        raise ConfigError(f"{origin}: base: {base!r} is outside this config's folder; base: names a preset or "
+                          f"a file beside the config (copy it there)")
+    return str(target)
 
 
 NUMBER_RE = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?")
@@ -416,20 +454,10 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any], origin: st
 
 
 def host_mem_cap_bytes(env: dict | None = None) -> int:
-    """The host memory mlusim may plan to use: MLUSIM_HOST_MEM_GIB (default 8) GiB.
+    """The host memory budget (mlusim.budget.cap_bytes; kept here for callers of the old name)."""
+    from mlusim.budget import cap_bytes
 
-    Read at call time so a test or a wrapper script can change it; a value that is not a positive
-    number is a ConfigError naming the variable rather than a crash at import."""
-    import os
-
-    text = (os.environ if env is None else env).get("MLUSIM_HOST_MEM_GIB", "8")
-    try:
-        gib = float(text)
-    except ValueError:
-        gib = float("nan")
-    if not math.isfinite(gib) or gib <= 0:
-        raise ConfigError(f"MLUSIM_HOST_MEM_GIB={text!r}: must be a positive number of GiB")
-    return int(gib * 1024**3)
+    return cap_bytes(env)
 
 
 def load_config(name_or_path: str | Path | None = None,

@@ -67,7 +67,7 @@ def compiles_on_the_fly(spec) -> bool:
     return spec.lower() in ZOO
 
 
-def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1):
+def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None):
     """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
 
     A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
@@ -75,7 +75,7 @@ def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 
     scaling run or sweep point never times a program tiled for some other machine."""
     from mlusim.commands.common import load_program
 
-    return load_program(spec, cfg=cfg, cores=cores, batch=batch)
+    return load_program(spec, cfg=cfg, cores=cores, batch=batch, resolution=resolution)
 
 
 def default_config(program, config=None, overrides=None):
@@ -271,13 +271,16 @@ def write_json(data: Any, path: str | Path) -> None:
         raise MlusimError(f"{path}: cannot write: {e.strerror}") from None
 
 
+MAX_REPORT_BYTES = 256 * 1024**2
+
+
 def read_table(path: str | Path) -> dict:
     """A JSON file written by `mlusim run --json` or `mlusim sweep --json`, as a dict with `kind`."""
+    from mlusim.files import read_text
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MlusimError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(read_text(path, "file", MlusimError, MAX_REPORT_BYTES))
+    except (ValueError, RecursionError) as e:
         raise MlusimError(f"{path}: not a readable JSON report ({str(e)[:80]})") from None
     if isinstance(data, list):   # older `run --json` with several core counts: a list of summaries
         data = {"kind": "runs", "runs": data}

@@ -19,12 +19,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mlusim import __version__
+from mlusim import budget
 from mlusim.errors import MlusimError, ModelFileError
+from mlusim.metacheck import check_kernel_meta, check_program_meta
+from mlusim.names import check_name, shown
 from mlusim.program import Kernel, Program, TensorDecl
 
 MIMETYPE = b"application/x-mlusim-model"
@@ -42,35 +46,80 @@ MAX_TENSOR_BYTES = 1 << 40            # one declared tensor: more than any MLU's
 MAX_GDRAM_BYTES = 1 << 42
 MAX_NDIM = 16
 MAX_TASKS = 1 << 20                   # same cap as the assembler's tasks=
+MAX_KERNELS = 1 << 14                 # a network has hundreds; each costs ~1 KiB per core per run
 MAX_NAME = 256
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)      # fixed, so the same program gives the same bytes
+CHUNK = 1 << 20
 
 
-def _member(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool = True) -> None:
+def _member(zf: zipfile.ZipFile, name: str, data, compress: bool = True) -> None:
+    """Write one member: bytes, or (npy header, array) streamed from the array's own buffer so
+    that saving a program never holds a second copy of its constants."""
+    head, body = (b"", data) if isinstance(data, (bytes, bytearray)) else data
+    if not isinstance(body, (bytes, bytearray)):
+        body = np.ascontiguousarray(body).reshape(-1).view(np.uint8)     # a view, not a copy
     info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    size = len(head) + len(body)
+    if compress and size > MAX_RATIO * 64:
+        # A member that deflates past the loader's bomb ratio (a zero-filled constant) is stored
+        # as it is, so that mlusim never writes a file it would then refuse to read. A prefix that
+        # already deflates to more than 1/MAX_RATIO of the whole settles it without a second pass.
+        compress = _deflated_size(body[:CHUNK]) * MAX_RATIO > 2 * size or _deflated_size(body) * MAX_RATIO >= size
     info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
+    info.file_size = size
+    with zf.open(info, "w") as f:
+        f.write(head)
+        for lo in range(0, len(body), CHUNK):
+            f.write(body[lo:lo + CHUNK])
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def _deflated_size(data) -> int:
+    z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)     # what zipfile writes
+    return len(z.compress(data)) + len(z.flush())
+
+
+def _check_savable(program: Program, origin: str) -> None:
+    """What `load` would refuse is refused before writing: names, task counts, recorded meta."""
+    try:
+        program.validate()
+        for i, k in enumerate(program.kernels):
+            if not 1 <= k.task_dim <= MAX_TASKS:
+                raise ModelFileError(f"kernel {i} ('{k.name}'): task_dim {k.task_dim} is outside 1..{MAX_TASKS:,}")
+            check_kernel_meta(k.meta, f"kernel {i} ('{k.name}')")
+        check_program_meta(program.meta, "program")
+        _check_strings(program.meta, "program meta")
+    except MlusimError as e:
+        raise ModelFileError(f"{origin}: not written: {e}") from None
+
+
+def _npy_parts(arr: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """What np.save writes for `arr` (C order), as its header and the array to stream after it."""
+    from numpy.lib import format as npf
+
+    arr = np.ascontiguousarray(arr)
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+    npf.write_array_header_1_0(buf, npf.header_data_from_array_1_0(arr))
+    return buf.getvalue(), arr
+
+
+def _size(member) -> int:
+    return len(member) if isinstance(member, (bytes, bytearray)) else len(member[0]) + member[1].nbytes
 
 
 def save(program: Program, path: str | Path) -> None:
     """Write `program` to `path` (the target config, if any, is recorded alongside)."""
     from mlusim.isa.encoding import encode_stream
 
-    members: dict[str, bytes] = {}
+    _check_savable(program, str(path))
+    members: dict[str, bytes | tuple[bytes, np.ndarray]] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
         entry = {"name": t.name, "role": t.role, "dtype": t.dtype, "shape": list(t.shape), "addr": t.addr,
                  "meta": t.meta, "data": None}
         if t.data is not None:
             entry["data"] = f"tensors/{i}.npy"
-            members[entry["data"]] = _npy_bytes(t.data)
+            members[entry["data"]] = _npy_parts(t.data)
         tensors.append(entry)
     kernels = []
     for ki, k in enumerate(program.kernels):
@@ -83,7 +132,7 @@ def save(program: Program, path: str | Path) -> None:
                         "task_stream": k.task_stream, "meta": k.meta})
     manifest = {"format": FORMAT, "version": VERSION, "created_by": f"mlusim {__version__}",
                 "gdram_bytes": program.gdram_bytes, "config": program.config, "meta": program.meta,
-                "tensors": tensors, "kernels": kernels, "members": {n: len(b) for n, b in members.items()}}
+                "tensors": tensors, "kernels": kernels, "members": {n: _size(b) for n, b in members.items()}}
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
@@ -98,7 +147,7 @@ def save(program: Program, path: str | Path) -> None:
         raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
 
 
-def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytes:
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
     if info.file_size > MAX_MEMBER_BYTES:
         raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
                              f"{MAX_MEMBER_BYTES:,}-byte limit")
@@ -108,11 +157,19 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int |
     if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
         raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
                              f"(a zip bomb?)")
-    with zf.open(info) as fh:
-        data = fh.read(info.file_size + 1)
-    if len(data) != info.file_size:
-        raise ModelFileError(f"{origin}: member '{info.filename}' holds {len(data):,} bytes, its header says "
-                             f"{info.file_size:,}")
+    data = bytearray(info.file_size)
+    got = 0
+    with zf.open(info) as fh:      # chunk by chunk into one buffer: the member is held once, not twice
+        while got < info.file_size:
+            chunk = fh.read(min(CHUNK, info.file_size - got))
+            if not chunk:
+                break
+            data[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        more = fh.read(1)
+    if got != info.file_size or more:
+        raise ModelFileError(f"{origin}: member '{info.filename}' holds {'more than ' if more else ''}{got:,} bytes, "
+                             f"its header says {info.file_size:,}")
     return data
 
 
@@ -137,21 +194,21 @@ def _need(d: dict, key: str, kind, where: str, lo: int | None = None, hi: int | 
 
 
 def _name(d: dict, key: str, where: str) -> str:
-    """A name that will be printed (reports, inspect, disasm): one printable line, bounded."""
-    v = _need(d, key, str, where)
-    if not v or len(v) > MAX_NAME or not v.isprintable():
-        raise ModelFileError(f"{where}: '{key}' must be 1..{MAX_NAME} printable characters, got {v[:60]!r}")
-    return v
+    """A tensor or kernel name: printed in reports and made into file names by `run --output`, so
+    held to the identifier rules of mlusim.names."""
+    return check_name(_need(d, key, str, where), where, ModelFileError)
 
 
 def _check_strings(obj, where: str, depth: int = 0) -> None:
-    """No control characters other than newline and tab in any string of the manifest: `inspect`
-    and `disasm` print them, and an ESC sequence from a stranger's file must not reach a terminal."""
+    """Every string of the manifest one printable line: `inspect` and `disasm` print them, and an
+    ESC sequence, a bidi override or a newline (a forged line) from a stranger's file must not reach
+    a terminal."""
     if depth > 64:
         raise ModelFileError(f"{where}: nested deeper than 64")
     if isinstance(obj, str):
-        if not obj.isprintable() and any(not c.isprintable() and c not in "\n\t " for c in obj):
-            raise ModelFileError(f"{where}: string {obj[:40]!r} contains control characters")
+        if not obj.isprintable():
+            raise ModelFileError(f"{where}: string {shown(obj, 40)} contains control characters (or other "
+                                 f"non-printable ones)")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             _check_strings(k, where, depth + 1)
@@ -173,24 +230,10 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
     checked first (numpy's own parser: literal_eval, never pickle), so that a header declaring a
     huge shape or an object dtype is refused before any allocation; the data must then be exactly
     the declared size."""
-    from tokenize import TokenError      # numpy's header filter tokenizes old-style headers
+    from mlusim.npyfile import MAX_HEADER, read_header
 
-    from numpy.lib import format as npf
-
-    fh = io.BytesIO(raw)
-    try:
-        version = npf.read_magic(fh)
-        if version == (1, 0):
-            hshape, fortran, hdtype = npf.read_array_header_1_0(fh, max_header_size=10000)
-        elif version in ((2, 0), (3, 0)):
-            hshape, fortran, hdtype = npf.read_array_header_2_0(fh, max_header_size=10000)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, EOFError, TokenError) as e:
-        raise ModelFileError(f"{where}: not a valid .npy array ({str(e)[:80]})") from None
-    if hdtype.hasobject:
-        raise ModelFileError(f"{where}: not a valid .npy array for mlusim: it holds pickled Python objects "
-                             f"(dtype object), which are never loaded")
+    fh = io.BytesIO(bytes(raw[:MAX_HEADER + 16]))       # the header only: never a copy of the data
+    hshape, fortran, hdtype = read_header(fh, where, ModelFileError)
     if hdtype != dtype:
         raise ModelFileError(f"{where}: holds dtype {str(hdtype)[:40]}, the manifest declares {dtype}")
     if tuple(hshape) != shape:
@@ -200,7 +243,7 @@ def _npy(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.
     need = dtype.itemsize * _elements(shape)
     if len(body) != need:
         raise ModelFileError(f"{where}: holds {len(body):,} data bytes, its header says {need:,}")
-    arr = np.frombuffer(body, dtype=dtype).copy()
+    arr = np.frombuffer(body, dtype=dtype)     # a view of the member's (writable) buffer: no second copy
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
@@ -278,11 +321,12 @@ def load(path: str | Path) -> Program:
         raise
 
 
-def _load(zf: zipfile.ZipFile, origin: str) -> Program:
-    from mlusim.config import host_mem_cap_bytes
-    from mlusim.isa.encoding import decode_stream
-    from mlusim.program import NP_OF
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
+
+def _listing(zf: zipfile.ZipFile, origin: str) -> dict[str, zipfile.ZipInfo]:
+    """The zip's members by name: no duplicates, no unsafe names, not too much in total."""
     infos = {}
     total = 0
     for info in zf.infolist():
@@ -303,8 +347,13 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
     if infos["manifest.json"].file_size > MAX_MANIFEST_BYTES:
         raise ModelFileError(f"{origin}: manifest.json is {infos['manifest.json'].file_size:,} bytes, over the "
                              f"{MAX_MANIFEST_BYTES:,}-byte limit")
+    return infos
+
+
+def _manifest(zf: zipfile.ZipFile, infos: dict, origin: str) -> dict:
+    """manifest.json parsed, of this format and version, its strings and member sizes checked."""
     try:
-        man = json.loads(_read(zf, infos["manifest.json"], origin, None))
+        man = json.loads(_read(zf, infos["manifest.json"], origin, None), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"{origin}: manifest.json is not valid JSON ({str(e)[:80]})") from None
     where = f"{origin}: manifest"
@@ -321,34 +370,44 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
     if version < VERSION:
         raise ModelFileError(f"{origin}: format version {version} was written by an older mlusim whose instruction "
                              f"encoding or queues differ; recompile the model")
+    if isinstance(man.get("kernels"), list) and len(man["kernels"]) > MAX_KERNELS:
+        raise ModelFileError(f"{where}: {len(man['kernels']):,} kernels, over the limit of {MAX_KERNELS:,}")
     _check_strings(man, where)
     sizes = _need(man, "members", dict, where)
     for name, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_MEMBER_BYTES:
             raise ModelFileError(f"{where}: members: size of {name!r} must be an integer in "
                                  f"0..{MAX_MEMBER_BYTES:,}, got {str(size)[:40]}")
-    listed = set(sizes) | {"mimetype", "manifest.json"}
-    extra = sorted(set(infos) - listed)
+    extra = sorted(set(infos) - set(sizes) - {"mimetype", "manifest.json"})
     if extra:
         raise ModelFileError(f"{origin}: member {extra[0]!r} is not in the manifest")
-    used: set[str] = set()
+    return man
 
-    def member(name, what, limit: int = MAX_MEMBER_BYTES) -> bytes:
-        if not isinstance(name, str) or name not in sizes:
-            raise ModelFileError(f"{where}: {what} refers to unlisted member {str(name)[:60]!r}")
-        if name not in infos:
+
+class _Members:
+    """Reads the members the manifest refers to, each at most once and at its declared size."""
+
+    def __init__(self, zf: zipfile.ZipFile, infos: dict, sizes: dict, origin: str):
+        self.zf, self.infos, self.sizes, self.origin = zf, infos, sizes, origin
+        self.used: set[str] = set()
+
+    def read(self, name, what: str, limit: int = MAX_MEMBER_BYTES) -> bytearray:
+        origin = self.origin
+        if not isinstance(name, str) or name not in self.sizes:
+            raise ModelFileError(f"{origin}: manifest: {what} refers to unlisted member {str(name)[:60]!r}")
+        if name not in self.infos:
             raise ModelFileError(f"{origin}: member {name!r} ({what}) is missing")
-        if name in used:
-            raise ModelFileError(f"{where}: member {name!r} is used twice ({what})")
-        used.add(name)
-        if sizes[name] > limit:
-            raise ModelFileError(f"{origin}: member {name!r} ({what}) is {sizes[name]:,} bytes, over the "
+        if name in self.used:
+            raise ModelFileError(f"{origin}: manifest: member {name!r} is used twice ({what})")
+        self.used.add(name)
+        if self.sizes[name] > limit:
+            raise ModelFileError(f"{origin}: member {name!r} ({what}) is {self.sizes[name]:,} bytes, over the "
                                  f"{limit:,}-byte limit")
-        return _read(zf, infos[name], origin, sizes[name])
+        return _read(self.zf, self.infos[name], origin, self.sizes[name])
 
-    # Host memory: constants as stored, instruction streams as decoded; refused before reading.
-    tensors_raw = _need(man, "tensors", list, where)
-    kernels_raw = _need(man, "kernels", list, where)
+
+def _check_host_memory(tensors_raw: list, kernels_raw: list, sizes: dict, origin: str) -> None:
+    """Constants as stored plus instruction streams as decoded, refused before anything is read."""
     stream_bytes = sum(sizes.get(s, 0) for k in kernels_raw if isinstance(k, dict)
                        for s in (k.get("streams") if isinstance(k.get("streams"), list) else [])
                        if isinstance(s, str))
@@ -357,75 +416,83 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
                              f"{MAX_TOTAL_STREAM_BYTES:,}-byte limit")
     data_bytes = sum(sizes.get(t.get("data"), 0) for t in tensors_raw
                      if isinstance(t, dict) and isinstance(t.get("data"), str))
-    need = data_bytes + INSTR_HOST_FACTOR * stream_bytes
-    try:
-        cap = host_mem_cap_bytes()
-    except MlusimError as e:
-        raise ModelFileError(str(e)) from None
-    if need > cap:
-        raise ModelFileError(f"{origin}: loading this model needs about {need / 1024**3:.1f} GiB of host "
-                             f"memory, over the cap of {cap / 1024**3:.1f} GiB (set MLUSIM_HOST_MEM_GIB)")
+    budget.check(data_bytes + INSTR_HOST_FACTOR * stream_bytes, f"{origin}: loading this model", ModelFileError)
 
-    tensors = []
-    for i, t in enumerate(tensors_raw):
-        tw = f"{where}: tensor {i}"
-        name = _name(t, "name", tw)
-        tw = f"{where}: tensor {i} ('{name}')"
-        role = _need(t, "role", str, tw)
-        dtype = _need(t, "dtype", str, tw)
-        if dtype not in NP_OF:
-            raise ModelFileError(f"{tw}: unknown dtype {dtype[:20]!r} (one of {', '.join(NP_OF)})")
-        shape = _need(t, "shape", list, tw)
-        if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                                            for d in shape):
-            raise ModelFileError(f"{tw}: bad shape {str(shape)[:80]} (at most {MAX_NDIM} dimensions, each "
-                                 f"an integer in 0..2**40)")
-        shape = tuple(shape)
-        npdt = np.dtype(NP_OF[dtype])
-        nbytes = _elements(shape) * npdt.itemsize
-        if nbytes > MAX_TENSOR_BYTES:
-            raise ModelFileError(f"{tw}: shape {list(shape)} is {nbytes:,} bytes, over the "
-                                 f"{MAX_TENSOR_BYTES:,}-byte limit")
-        addr = _need(t, "addr", int, tw, 0, MAX_GDRAM_BYTES)
-        meta = _tensor_meta(t.get("meta"), shape, tw)
-        decl = TensorDecl(name, role, dtype, shape, addr, None, meta)
-        if t.get("data") is not None:
-            decl.data = _npy(member(t["data"], f"tensor '{name}'"), npdt, shape,
-                             f"{origin}: member {t['data']!r} (tensor '{name}')")
-        tensors.append(decl)
-    kernels = []
-    for i, k in enumerate(kernels_raw):
-        kw = f"{where}: kernel {i}"
-        kname = _name(k, "name", kw)
-        kw = f"{where}: kernel {i} ('{kname}')"
-        task_dim = _need(k, "task_dim", int, kw, 1, MAX_TASKS)
-        streams = []
-        for s in _need(k, "streams", list, kw):
-            raw = member(s, f"kernel '{kname}'", MAX_STREAM_BYTES)
-            try:
-                streams.append(decode_stream(raw))
-            except MlusimError as e:
-                raise ModelFileError(f"{origin}: member {s!r} (kernel '{kname}'): {e}") from None
-        ts = k.get("task_stream")
-        if ts is not None and (not isinstance(ts, list) or len(ts) != task_dim or not all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(streams) for x in ts)):
-            raise ModelFileError(f"{kw}: task_stream must list, for each of the {task_dim} tasks, a stream "
-                                 f"index in 0..{len(streams) - 1}")
-        meta = k.get("meta")
-        if meta is not None and not isinstance(meta, dict):
-            raise ModelFileError(f"{kw}: meta must be a mapping, got {type(meta).__name__}")
-        kernels.append(Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta or {}))
+
+def _tensor(t, i: int, where: str, members: _Members) -> TensorDecl:
+    from mlusim.program import NP_OF
+
+    tw = f"{where}: tensor {i}"
+    name = _name(t, "name", tw)
+    tw = f"{where}: tensor {i} ('{name}')"
+    role = _need(t, "role", str, tw)
+    dtype = _need(t, "dtype", str, tw)
+    if dtype not in NP_OF:
+        raise ModelFileError(f"{tw}: unknown dtype {dtype[:20]!r} (one of {', '.join(NP_OF)})")
+    shape = _need(t, "shape", list, tw)
+    if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                                        for d in shape):
+        raise ModelFileError(f"{tw}: bad shape {str(shape)[:80]} (at most {MAX_NDIM} dimensions, each "
+                             f"an integer in 0..2**40)")
+    shape = tuple(shape)
+    npdt = np.dtype(NP_OF[dtype])
+    nbytes = _elements(shape) * npdt.itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise ModelFileError(f"{tw}: shape {list(shape)} is {nbytes:,} bytes, over the "
+                             f"{MAX_TENSOR_BYTES:,}-byte limit")
+    addr = _need(t, "addr", int, tw, 0, MAX_GDRAM_BYTES)
+    decl = TensorDecl(name, role, dtype, shape, addr, None, _tensor_meta(t.get("meta"), shape, tw))
+    if t.get("data") is not None:
+        decl.data = _npy(members.read(t["data"], f"tensor '{name}'"), npdt, shape,
+                         f"{members.origin}: member {t['data']!r} (tensor '{name}')")
+    return decl
+
+
+def _kernel(k, i: int, where: str, members: _Members) -> Kernel:
+    from mlusim.isa.encoding import decode_stream
+
+    kw = f"{where}: kernel {i}"
+    kname = _name(k, "name", kw)
+    kw = f"{where}: kernel {i} ('{kname}')"
+    task_dim = _need(k, "task_dim", int, kw, 1, MAX_TASKS)
+    streams = []
+    for s in _need(k, "streams", list, kw):
+        raw = members.read(s, f"kernel '{kname}'", MAX_STREAM_BYTES)
+        try:
+            streams.append(decode_stream(raw))
+        except MlusimError as e:
+            raise ModelFileError(f"{members.origin}: member {s!r} (kernel '{kname}'): {e}") from None
+    ts = k.get("task_stream")
+    if ts is not None and (not isinstance(ts, list) or len(ts) != task_dim or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(streams) for x in ts)):
+        raise ModelFileError(f"{kw}: task_stream must list, for each of the {task_dim} tasks, a stream "
+                             f"index in 0..{len(streams) - 1}")
+    meta = check_kernel_meta(k.get("meta"), kw)
+    return Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta)
+
+
+def _load(zf: zipfile.ZipFile, origin: str) -> Program:
+    infos = _listing(zf, origin)
+    man = _manifest(zf, infos, origin)
+    where = f"{origin}: manifest"
+    sizes = man["members"]
+    tensors_raw = _need(man, "tensors", list, where)
+    kernels_raw = _need(man, "kernels", list, where)
+    _check_host_memory(tensors_raw, kernels_raw, sizes, origin)
+    members = _Members(zf, infos, sizes, origin)
+    tensors = [_tensor(t, i, where, members) for i, t in enumerate(tensors_raw)]
+    kernels = [_kernel(k, i, where, members) for i, k in enumerate(kernels_raw)]
     config = man.get("config")
     if config is not None:
         if not isinstance(config, dict):
             raise ModelFileError(f"{where}: config must be a mapping, got {type(config).__name__}")
         if "name" in config:
-            _name(config, "name", f"{where}: config")
-    meta = man.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise ModelFileError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
+            v = _need(config, "name", str, f"{where}: config")
+            if not v or len(v) > MAX_NAME:
+                raise ModelFileError(f"{where}: config: 'name' must be 1..{MAX_NAME} characters")
+    meta = check_program_meta(man.get("meta"), where)
     gdram = _need(man, "gdram_bytes", int, where, 0, MAX_GDRAM_BYTES)
-    prog = Program(kernels, tensors, gdram, config, meta or {})
+    prog = Program(kernels, tensors, gdram, config, meta)
     try:
         prog.validate()
         from mlusim.isa.asm import check_targets

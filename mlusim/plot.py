@@ -14,6 +14,42 @@ from pathlib import Path
 from typing import Any
 
 from mlusim.errors import MlusimError
+from mlusim.metacheck import MAX_COUNT, check_fields, integer, listof, number, text  # noqa: F401 (number: for callers)
+
+MAX_ROWS = 100_000
+ROW = {"cores": integer(1, 1 << 20), "speedup": number(0, MAX_COUNT), "efficiency": number(0, MAX_COUNT)}
+KERNEL = {"name": text(1024), "macs": number(0, MAX_COUNT), "cycles": number(0, MAX_COUNT),
+          "dram_bus_bytes": number(0, MAX_COUNT), "bound": text(64)}
+SUMMARY = {"clock_mhz": number(1e-6, 1e9), "peak_gops": number(1e-9, MAX_COUNT),
+           "dram_bandwidth_gbps": number(1e-9, MAX_COUNT), "cores": integer(1, 1 << 20), "config": text(256),
+           "kernels": listof(lambda k: None if isinstance(k, dict) else "must be a mapping", MAX_ROWS)}
+
+
+def _plain(v):
+    """A row value as a group key: scalars as they are, anything else as its (short) text."""
+    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)[:60]
+
+
+def check_rows(rows, where: str, need: dict) -> list[dict]:
+    """Rows of a scaling or sweep report: a list of mappings; the fields a figure reads, typed."""
+    if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+        raise MlusimError(f"{where}: 'rows' must be a list of at most {MAX_ROWS:,} rows")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise MlusimError(f"{where}: row {i} must be a mapping, got {type(r).__name__}")
+        if not r.get("error"):
+            check_fields(r, need, f"{where}: row {i}", MlusimError, "row", tuple(need))
+    return rows
+
+
+def check_summary(summary, where: str) -> dict:
+    """A run summary as `mlusim run --json` writes it: what the roofline reads, typed."""
+    check_fields(summary, SUMMARY, where, MlusimError, "report", tuple(SUMMARY))
+    for i, k in enumerate(summary["kernels"]):
+        check_fields(k, KERNEL, f"{where}: kernel {i}", MlusimError, "kernel", tuple(KERNEL))
+        if k.get("meta") is not None:
+            check_fields(k["meta"], {"layer": text(256)}, f"{where}: kernel {i}", MlusimError)
+    return summary
 
 METRIC_LABELS = {
     "cycles": "total cycles", "latency_ms": "latency (ms)", "throughput_ips": "throughput (images/s)",
@@ -156,7 +192,7 @@ def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[st
         by = [k for k in rows[0] if k not in skip]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+        groups.setdefault(tuple(_plain(r.get(k)) for k in by), []).append(r)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r[x])

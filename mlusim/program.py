@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlusim.errors import ProgramError
+from mlusim.names import check_name
 
 TENSOR_ROLES = ("input", "output", "const", "scratch")
 NP_OF = {"i8": "int8", "u8": "uint8", "i16": "int16", "i32": "int32", "f16": "float16", "f32": "float32"}
@@ -72,6 +73,7 @@ class Kernel:
         return task_type_clusters(self.task_type)
 
     def validate(self) -> None:
+        check_name(self.name, "kernel")
         where = f"kernel '{self.name}'"
         n = task_type_clusters(self.task_type)
         if self.task_dim < 1:
@@ -126,7 +128,8 @@ class Program:
     def validate(self) -> None:
         names = set()
         spans = []
-        for t in self.tensors:
+        for i, t in enumerate(self.tensors):
+            check_name(t.name, f"tensor {i}")
             if t.name in names:
                 raise ProgramError(f"tensor '{t.name}' declared twice")
             names.add(t.name)

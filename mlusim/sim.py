@@ -12,6 +12,9 @@ from mlusim.cores.chip import Chip, host_bytes_estimate
 from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.errors import MlusimError, SimulationError
 from mlusim.program import Program
+from mlusim.trace import EVENT_HOST_BYTES, TraceLog
+
+RECORD_HOST_BYTES = 1100      # one kernel's counters of one core in the run's records (measured ~1,040)
 
 
 
@@ -106,6 +109,28 @@ def to_host(t, arr: np.ndarray) -> np.ndarray:
     return arr if p is None else arr.transpose(np.argsort(p))
 
 
+def cast_input(t, arr: np.ndarray) -> np.ndarray:
+    """A user's array in the tensor's dtype, only where that changes no value: integers that all
+    fit (300 into i8 is refused, never wrapped to 44), floats that stay finite (rounded to the
+    nearest f16/f32, as any float conversion). Anything else is an error naming both dtypes."""
+    want = t.np_dtype
+    if arr.dtype.kind in "iu" and want.kind in "iu":
+        info = np.iinfo(want)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < info.min or hi > info.max:
+            raise SimulationError(f"input '{t.name}': {arr.dtype} values in [{lo}, {hi}] do not fit the declared "
+                                  f"{want} [{info.min}, {info.max}] (values are never wrapped; give {want} data)")
+        return arr.astype(want)
+    if arr.dtype.kind == "f" and want.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = arr.astype(want)
+        if np.any(np.isfinite(arr) & ~np.isfinite(out)):
+            raise SimulationError(f"input '{t.name}': {arr.dtype} values beyond the range of the declared {want} "
+                                  f"(largest {float(np.finfo(want).max):g})")
+        return out
+    raise SimulationError(f"input '{t.name}': dtype {arr.dtype} != declared {want}")
+
+
 def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int = 0, generate: bool = True):
     """Check user inputs against the declarations; make deterministic random ones for the rest."""
     given = dict(given or {})
@@ -120,10 +145,7 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
                                       + (f" ({t.meta['host_layout']})" if t.meta.get("host_layout") else ""))
             arr = to_device(t, arr)
             if arr.dtype != t.np_dtype:
-                if np.can_cast(arr.dtype, t.np_dtype, casting="same_kind") and arr.dtype.kind == t.np_dtype.kind:
-                    arr = arr.astype(t.np_dtype)
-                else:
-                    raise SimulationError(f"input '{t.name}': dtype {arr.dtype} != declared {t.np_dtype}")
+                arr = cast_input(t, arr)
             out[t.name] = arr
         elif generate:       # drawn in the host's shape, then staged like a given input
             shape = host_shape(t)
@@ -151,12 +173,15 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
 def simulate(program: Program, config: HardwareConfig | str | None = None, cores: int | None = None,
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
-             trace: bool = False, host_cap_gib: float | None = None, progress=None) -> RunResult:
+             trace: bool = False, host_cap_gib: float | None = None, progress=None,
+             max_seconds: float | None = None) -> RunResult:
     """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270).
 
     Inputs are given in each tensor's host layout (meta `host_layout`, e.g. NCHW for images) and
     outputs come back in it; the device layout is the tensor's declared shape (e.g. NHWC).
-    `progress(kernels_done, kernels_total, cycles)` is called after every kernel."""
+    `progress(kernels_done, kernels_total, cycles)` is called after every kernel. Budgets stop a
+    run with a SimulationError: `max_instructions` executed, `max_cycles` simulated, `max_seconds`
+    of wall time (checked every few thousand instructions), host memory (MLUSIM_HOST_MEM_GIB)."""
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     ncores = cfg.chip.cores if cores is None else cores
     if not isinstance(ncores, int) or ncores < 1:
@@ -170,18 +195,23 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     if max_cycles is not None and not (isinstance(max_cycles, (int, float)) and math.isfinite(max_cycles)
                                        and max_cycles > 0):
         raise SimulationError(f"--max-cycles must be a positive number of cycles, got {max_cycles!r}")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and math.isfinite(max_seconds)
+                                        and max_seconds > 0):
+        raise SimulationError(f"--max-seconds must be a positive number of seconds, got {max_seconds!r}")
     if not isinstance(max_instructions, int) or max_instructions < 1:
         raise SimulationError(f"--max-instructions must be a positive integer, got {max_instructions!r}")
-    from mlusim.config import host_mem_cap_bytes
+    from mlusim import budget
 
-    cap = host_cap_gib * 1024**3 if host_cap_gib is not None else host_mem_cap_bytes()
-    need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only)
-    if need > cap:
-        raise SimulationError(f"simulating this program with numerics needs about {_size(need)} of host memory, "
-                              f"over the cap of {_size(cap)} (set MLUSIM_HOST_MEM_GIB, or run with --timing-only)")
+    cap = host_cap_gib * 1024**3 if host_cap_gib is not None else budget.cap_bytes()
+    need = host_bytes_estimate(program.gdram_bytes, cfg, not timing_only) + \
+        len(program.kernels) * ncores * RECORD_HOST_BYTES
+    budget.check(need, "simulating this program with numerics" if not timing_only else "simulating this program",
+                 hint="or run with --timing-only" if not timing_only else "", cap=cap)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
-                max_instructions=max_instructions, trace=trace)
+                max_instructions=max_instructions, trace=trace, max_seconds=max_seconds)
+    if trace:     # bounded: what the budget leaves after the run's own arrays
+        chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:
         buf = chip.gdram.buf
@@ -192,31 +222,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                 buf[t.addr:t.addr + raw.size] = raw
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
-    limit = float("inf") if max_cycles is None else float(max_cycles)
-    interrupted = False
-    until = main if max_cycles is None else min_event(chip, main, limit)
-    try:
-        chip.env.run(until=until)
-    except KeyboardInterrupt:
-        interrupted = True
-    except MlusimError:
-        raise
-    except RuntimeError as e:
-        if "No scheduled events left" not in str(e):
-            raise
-    except RecursionError:  # pragma: no cover - defensive
-        raise SimulationError("simulation recursion too deep") from None
-    if not interrupted and not main.triggered:
-        # with a budget, a deadlock leaves nothing queued but the budget's own stop events
-        busy = [e for *_, e in chip.env._queue if e is not until and e not in getattr(until, "_events", ())]
-        if max_cycles is not None and chip.env.now >= limit and busy:
-            raise SimulationError(f"cycle budget of {limit:,.0f} exhausted at cycle {chip.env.now:,.0f} "
-                                  f"(raise --max-cycles)")
-        waits = "; ".join(chip.waits()) or "no core reports a wait"
-        at = chip.env.now if max_cycles is None else chip.last_activity
-        raise SimulationError(f"deadlock at cycle {at:,.0f}: {waits}")
-    if not interrupted and not main.ok:  # pragma: no cover - failures re-raise in env.run
-        raise main.value
+    interrupted = _run(chip, main, max_cycles)
     outputs = {}
     if not timing_only and not interrupted:
         buf = chip.gdram.buf
@@ -231,14 +237,41 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                      chip.trace, dict(program.meta), interrupted)
 
 
-def _size(nbytes: float) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes:.0f} bytes"
+def _step_until(env, main, limit: float) -> None:
+    """env.run with a cycle budget: step while main runs and the next event is within `limit`.
+    Stepping (rather than running to a stop event at `limit`) leaves `env.now` at the last event
+    when the queue drains, so a deadlock is dated the same with or without --max-cycles."""
+    step, peek = env.step, env.peek
+    while not main.triggered:
+        t = peek()
+        if t == float("inf"):
+            raise RuntimeError("No scheduled events left")
+        if t > limit:
+            raise SimulationError(f"cycle budget of {limit:,.0f} exhausted at cycle {limit:,.0f} "
+                                  f"(raise --max-cycles)")
+        step()
 
 
-def min_event(chip: Chip, main, limit: float):
-    """Run until the program ends or the cycle budget is reached, whichever is first."""
-    stop = chip.env.timeout(limit)
-    return chip.env.any_of([main, stop])
+def _run(chip: Chip, main, max_cycles: float | None) -> bool:
+    """Run the simulation to the end of `main`; True if Ctrl-C stopped it. A deadlock (nothing
+    left to run, main not done) is a SimulationError naming what each core waits for."""
+    try:
+        if max_cycles is None:
+            chip.env.run(until=main)
+        else:
+            _step_until(chip.env, main, float(max_cycles))
+    except KeyboardInterrupt:
+        return True
+    except MlusimError:
+        raise
+    except RuntimeError as e:
+        if "No scheduled events left" not in str(e):
+            raise
+    except RecursionError:  # pragma: no cover - defensive
+        raise SimulationError("simulation recursion too deep") from None
+    if not main.triggered:
+        waits = "; ".join(chip.waits()) or "no core reports a wait"
+        raise SimulationError(f"deadlock at cycle {chip.env.now:,.0f}: {waits}")
+    if not main.ok:
+        raise main.value
+    return False

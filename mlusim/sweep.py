@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +97,23 @@ def check_keys(params: dict) -> None:
                                                                      " (see mlusim config show)"))
 
 
+MAX_POINTS = 100_000          # rows of one sweep; each is a simulation, so far more is a typo
+TASK_HOST_BYTES = 8 * 1024    # one planned point: its resolved config and row, measured ~5 KiB
+
+
+def check_size(params: dict[str, list], cores: list[int] | None) -> None:
+    """Count the cross product before building it: 10^4 x 10^4 values is refused, not planned."""
+    from mlusim import budget
+
+    n = max(1, len(cores or ()))
+    for vals in params.values():
+        n *= len(vals)
+    if n > MAX_POINTS:
+        raise SweepError(f"sweep of {n:,} points (values x core counts) is over the limit of {MAX_POINTS:,}; "
+                         f"sweep fewer values, or split it")
+    budget.check(n * TASK_HOST_BYTES, f"planning a sweep of {n:,} points", SweepError)
+
+
 def points(params: dict[str, list]) -> list[dict[str, Any]]:
     """The cross product, first key varying slowest (as nested loops in the order given)."""
     keys = list(params)
@@ -153,7 +172,8 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
     try:
         prog, cfg = _program(task, blob)
         res = simulate(prog, cfg, cores=task["cores"], timing_only=task["timing_only"],
-                       max_cycles=task["max_cycles"], max_instructions=task["max_instructions"])
+                       max_cycles=task["max_cycles"], max_instructions=task["max_instructions"],
+                       max_seconds=task.get("max_seconds"))
         if res.interrupted:     # Ctrl-C in this process: stop the sweep, not just this point
             raise KeyboardInterrupt
         row.update(row_from_summary(summarize(res), None, int(prog.meta.get("batch", 1) or 1)))
@@ -170,7 +190,7 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
 
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
          timing_only: bool = True, max_cycles: float | None = None,
-         max_instructions: int = 20_000_000) -> tuple[list[dict], bytes | None]:
+         max_instructions: int = 20_000_000, max_seconds: float | None = None) -> tuple[list[dict], bytes | None]:
     """Every task of the sweep, each with its fully resolved config, plus the program file's bytes.
     Raises on the first bad key or value, naming the point."""
     from mlusim.experiments import default_config, resolve_program
@@ -180,6 +200,7 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
     for k, vals in params.items():
         if not isinstance(vals, (list, tuple)) or not vals:
             raise SweepError(f"sweep parameter {k}: expected a non-empty list of values")
+    check_size(params, cores)
     path = Path(spec)
     blob = path.read_bytes() if path.is_file() else None
     digest = hashlib.sha256(blob if blob is not None else spec.encode()).hexdigest()[:16]
@@ -196,14 +217,14 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
             tasks.append({"index": len(tasks), "spec": spec, "digest": digest, "suffix": path.suffix,
                           "values": values, "cores": int(n), "config": cfg.to_dict(), "config_origin": cfg.source,
                           "timing_only": timing_only, "max_cycles": max_cycles,
-                          "max_instructions": max_instructions})
+                          "max_instructions": max_instructions, "max_seconds": max_seconds})
     return tasks, blob
 
 
 def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
           jobs: int | None = None, cluster=None, cluster_timeout: float = 10.0, timing_only: bool = True,
           max_cycles: float | None = None, max_instructions: int = 20_000_000,
-          progress: Callable | None = None) -> list[dict]:
+          progress: Callable | None = None, max_seconds: float | None = None) -> list[dict]:
     """Run the cross product of `params` (config key -> values) x `cores` for program `spec`.
 
     Returns one row per point in cross-product order: the swept values (dotted config keys), `cores`,
@@ -211,8 +232,10 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     count of the same hardware point) and `error` (None, or why the point could not run).
     `progress(done, total, row)` is called as points finish. On Ctrl-C it raises `Interrupted`
     (a KeyboardInterrupt) whose `.rows` are the points that finished."""
+    if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
+        raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
-                       max_instructions=max_instructions)
+                       max_instructions=max_instructions, max_seconds=max_seconds)
     if cluster is not None:
         rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
     elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:
@@ -271,16 +294,22 @@ def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
     return rows
 
 
+CLUSTER_RE = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[A-Za-z0-9_.\-\[\]:]{1,255}(?::[0-9]{1,5})?", re.ASCII)
+
+
 def _run_dask(tasks: list[dict], blob, cluster, progress, timeout: float) -> list[dict]:
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise MlusimError("--cluster needs Dask: pip install 'mlusim[cluster]'") from None
     own = not isinstance(cluster, Client)
+    if own and not (isinstance(cluster, str) and CLUSTER_RE.fullmatch(cluster)):
+        raise MlusimError(f"--cluster {str(cluster)[:80]!r}: expected a scheduler address such as "
+                          f"tcp://10.0.0.5:8786")
     try:
         client = Client(cluster, timeout=f"{timeout}s") if own else cluster
-    except (OSError, TimeoutError) as e:
-        raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {e}") from None
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {str(e)[:200]}") from None
     rows: list[dict] = []
     try:
         shipped = client.scatter(blob, broadcast=True) if blob is not None else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlusim.errors import MlusimError
+from mlusim.errors import MlusimError, SimulationError
 
 TRACKS = (("issue", "issue stage"), ("ld", "load DMA"), ("mac", "MAC array"), ("vec", "vector unit"),
           ("st", "store DMA"), ("mv", "move DMA (SRAM loads)"))
@@ -40,10 +40,30 @@ def _link_label(name: str) -> str:
     return f"{name} (GB/s)"
 
 
-def chrome_trace(res) -> dict:
-    """The run's timeline as a Chrome trace dict ({"traceEvents": [...], ...})."""
-    if res.trace is None:
-        raise MlusimError("the run was not traced: simulate(..., trace=True)")
+class TraceLog(list):
+    """The run's trace records, refusing to grow past `limit`: a traced runaway loop would
+    otherwise hold every instruction it ran (190 bytes each, measured) until the host gives out.
+    simulate() sizes the limit from the memory budget left after the run's own arrays."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def append(self, record) -> None:  # type: ignore[override]
+        if len(self) >= self.limit:
+            from mlusim.budget import ENV
+
+            raise SimulationError(f"--trace: {self.limit:,} events fill this run's share of the host memory cap "
+                                  f"({EVENT_HOST_BYTES} bytes each; set {ENV}, or trace fewer instructions with "
+                                  f"--max-instructions)")
+        super().append(record)
+
+
+EVENT_HOST_BYTES = 200
+
+
+def _events(res):
+    """The run's timeline, one Chrome trace event (a dict) at a time."""
     cfg = res.config
     mhz = cfg.chip.clock_mhz
     gbps = cfg.clock_hz / 1e9     # bytes/cycle -> GB/s
@@ -52,18 +72,18 @@ def chrome_trace(res) -> dict:
     def us(cycles: float) -> float:
         return round(cycles / mhz, DIGITS)
 
-    ev: list[dict] = _meta("process_name", 0, 0, f"chip ({cfg.name} @ {mhz:g} MHz)", 0)
-    ev += _meta("thread_name", 0, 0, "kernels", 0)
+    yield from _meta("process_name", 0, 0, f"chip ({cfg.name} @ {mhz:g} MHz)", 0)
+    yield from _meta("thread_name", 0, 0, "kernels", 0)
     for k in res.kernels:
         ts, end = us(k.start), us(k.end)
-        ev.append({"ph": "X", "name": k.name, "cat": "kernel", "ts": ts, "dur": round(end - ts, DIGITS),
-                   "pid": 0, "tid": 0, "args": {"task_type": k.task_type, "tasks": k.task_dim,
-                                                 "cycles": k.cycles, **{str(a): str(b) for a, b in k.meta.items()}}})
+        yield {"ph": "X", "name": k.name, "cat": "kernel", "ts": ts, "dur": round(end - ts, DIGITS),
+               "pid": 0, "tid": 0, "args": {"task_type": k.task_type, "tasks": k.task_dim,
+                                             "cycles": k.cycles, **{str(a): str(b) for a, b in k.meta.items()}}}
     cores_seen: set[int] = set()
     for core, unit, t0, dur, name, kernel, pc in res.trace:
         if core is None:    # a link's rate changed
-            ev.append({"ph": "C", "name": _link_label(unit), "ts": us(t0), "dur": 0, "pid": 0, "tid": 0,
-                       "args": {"GB/s": round(name * gbps, 6)}})
+            yield {"ph": "C", "name": _link_label(unit), "ts": us(t0), "dur": 0, "pid": 0, "tid": 0,
+                   "args": {"GB/s": round(name * gbps, 6)}}
             continue
         cores_seen.add(core)
         ts, end = us(t0), us(t0 + dur)
@@ -73,23 +93,39 @@ def chrome_trace(res) -> dict:
              "args": {"kernel": kernel, "pc": pc, "cycles": dur}}
         if wait:
             e["cname"] = "grey"
-        ev.append(e)
+        yield e
     for core in sorted(cores_seen):
-        ev += _meta("process_name", core + 1, 0, f"core {core} (cluster {core // cpc})", core + 1)
+        yield from _meta("process_name", core + 1, 0, f"core {core} (cluster {core // cpc})", core + 1)
         for unit, label in TRACKS:
-            ev += _meta("thread_name", core + 1, TID[unit], label, TID[unit])
-    return {"traceEvents": ev, "displayTimeUnit": "ns",
-            "otherData": {"config": cfg.name, "clock_mhz": mhz, "cores": res.cores, "cycles": res.cycles,
-                          "units": "ts and dur in microseconds; counters in GB/s",
-                          "interrupted": res.interrupted}}
+            yield from _meta("thread_name", core + 1, TID[unit], label, TID[unit])
+
+
+def _other(res) -> dict:
+    cfg = res.config
+    return {"config": cfg.name, "clock_mhz": cfg.chip.clock_mhz, "cores": res.cores, "cycles": res.cycles,
+            "units": "ts and dur in microseconds; counters in GB/s", "interrupted": res.interrupted}
+
+
+def chrome_trace(res) -> dict:
+    """The run's timeline as a Chrome trace dict ({"traceEvents": [...], ...})."""
+    if res.trace is None:
+        raise MlusimError("the run was not traced: simulate(..., trace=True)")
+    return {"traceEvents": list(_events(res)), "displayTimeUnit": "ns", "otherData": _other(res)}
 
 
 def write_trace(res, path: str | Path) -> int:
-    """Write the timeline JSON; returns the number of events."""
-    data = chrome_trace(res)
+    """Write the timeline JSON, one event at a time (host memory stays that of the records);
+    returns the number of events."""
+    if res.trace is None:
+        raise MlusimError("the run was not traced: simulate(..., trace=True)")
+    n = 0
     try:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
+            f.write('{"traceEvents":[')
+            for e in _events(res):
+                f.write(("," if n else "") + json.dumps(e, separators=(",", ":")))
+                n += 1
+            f.write('],"displayTimeUnit":"ns","otherData":' + json.dumps(_other(res), separators=(",", ":")) + "}")
     except OSError as e:
         raise MlusimError(f"{path}: cannot write trace: {e.strerror}") from None
-    return len(data["traceEvents"])
+    return n

@@ -192,10 +192,14 @@ def _float_op(op: str, x, y, dt: str):
 # --------------------------------------------------------------------------------------------------
 # MAC array
 # --------------------------------------------------------------------------------------------------
-def mac_output(acc: np.ndarray, odt: str, pos: int) -> np.ndarray:
-    """acc: exact int64 sums. Wrap to int32; i32 stores it, float stores acc * 2**pos rounded once."""
-    flat = [wrap32(int(v)) for v in acc.reshape(-1)]
+def mac_output(acc: np.ndarray, odt: str, pos: int, dt: str = "i8") -> np.ndarray:
+    """acc: exact sums. i8 inputs: wrap to int32, i32 stores it, float stores acc * 2**pos rounded
+    once. i16 inputs: no wrap; float stores acc * 2**pos rounded once, i32 stores rne(acc * 2**pos)
+    saturated (pos <= 0 shifts right; pos > 0 multiplies)."""
+    flat = [int(v) if dt == "i16" else wrap32(int(v)) for v in acc.reshape(-1)]
     if odt == "i32":
+        if dt == "i16":
+            flat = [saturate(rne_fraction(Fraction(v) * Fraction(2) ** int(pos)), "i32") for v in flat]
         return _ints(flat, "i32", acc.shape)
     scale = Fraction(2) ** int(pos)
     return _floats([round_to_float(v * scale, odt) for v in flat], odt, acc.shape)
@@ -227,7 +231,7 @@ def ref_conv(x, w, sh, sw, pads, dh, dw, groups, odt, pos):
                         xs = pix[:, g * cig:(g + 1) * cig]                      # [n, cig]
                         ws = wl[g * cog:(g + 1) * cog, ky, kx, :]               # [cog, cig]
                         acc[:, oy, ox, g * cog:(g + 1) * cog] += np.einsum("nc,oc->no", xs, ws)
-    return mac_output(acc, odt, pos)
+    return mac_output(acc, odt, pos, "i16" if x.dtype == np.int16 else "i8")
 
 
 def ref_matmul(a, b, odt, pos):
@@ -239,7 +243,7 @@ def ref_matmul(a, b, odt, pos):
     for i in range(m):
         for j in range(n):
             acc[i, j] = sum(int(a[i, t]) * int(b[j, t]) for t in range(k))
-    return mac_output(acc, odt, pos)
+    return mac_output(acc, odt, pos, "i16" if a.dtype == np.int16 else "i8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,7 +435,8 @@ def ref_pool(mode, x, dt, kh, kw, sh, sw, pads):
 
 
 def ref_dwconv(x, w, sh, sw, pads, dh, dw):
-    """x NHWC [n, hi, wi, c], w [kh, kw, c] -> int32 NHWC, exact sums wrapped to int32."""
+    """x NHWC [n, hi, wi, c], w [kh, kw, c] -> int32 NHWC, exact sums wrapped to int32 (i8) or
+    saturated (i16)."""
     n, hi, wi, c = x.shape
     kh, kw, c2 = w.shape
     assert c == c2
@@ -450,7 +455,8 @@ def ref_dwconv(x, w, sh, sw, pads, dh, dw):
                             if 0 <= iy < hi and 0 <= ix < wi:
                                 s += int(x[b, iy, ix, ch]) * int(w[ky, kx, ch])
                     acc[b, oy, ox, ch] = s
-    return _ints([wrap32(v) for v in acc.reshape(-1)], "i32", acc.shape)
+    keep = (lambda v: saturate(v, "i32")) if x.dtype == np.int16 else wrap32
+    return _ints([keep(v) for v in acc.reshape(-1)], "i32", acc.shape)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,8 +32,18 @@ def test_every_preset_value_cites_a_source():
     for path in _preset_dir().glob("*.yaml"):
         for line in path.read_text().splitlines():
             body = line.split("#")[0]
-            if ":" in body and body.split(":", 1)[1].strip() and not body.startswith(("name", "description")):
-                assert "#" in line and any(t in line for t in ("[O", "[D", "[G", "[3P")), f"{path.name}: {line}"
+            if ":" in body and body.split(":", 1)[1].strip() and not body.startswith(("name", "description", "base")):
+                assert "#" in line and any(t in line for t in ("[O", "[D", "[G", "[3P", "[F")), f"{path.name}: {line}"
+
+
+def test_mlu370_boards():
+    """The two MLU370 boards as their logs print them; `mlu370` still loads, as the X4."""
+    s4, x4, old = load_config("mlu370-s4"), load_config("mlu370-x4"), load_config("mlu370")
+    assert (s4.chip.clusters, s4.chip.cores, s4.chip.clock_mhz) == (6, 24, 1000)
+    assert s4.dram.bandwidth_gbps == pytest.approx(384 / 8 * 6.4) and s4.dram.capacity_gib == 24
+    assert (x4.chip.clusters, x4.chip.cores) == (8, 32) and x4.dram.bandwidth_gbps == s4.dram.bandwidth_gbps
+    assert old.name == "mlu370" and old.to_dict() | {"name": 0, "description": 0} == \
+        x4.to_dict() | {"name": 0, "description": 0}
 
 
 def write(tmp_path, text, name="c.yaml"):

@@ -55,7 +55,7 @@ def conv_cases(draw):
     wi = draw(st.integers(max(1, ew - pl - pr), ew + 4))
     n = draw(st.integers(1, 2))
     odt = draw(st.sampled_from(["i32", "f16", "f32"]))
-    pos = draw(st.sampled_from([0, -1, -7, -12, -20, -30, -45, 3, 10, 100])) if odt != "i32" else 0
+    pos = draw(st.sampled_from([0, -1, -7, -12, -20, -30, -45, 3, 10, 100])) if odt != "i32" or dt == "i16" else 0
     return dict(dt=dt, n=n, hi=hi, wi=wi, ci=ci, co=co, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
                 pads=(pt, pb, pl, pr), groups=groups, odt=odt, pos=pos, seed=draw(seeds))
 
@@ -82,18 +82,30 @@ def test_conv(case):
     assert_bits(run_conv(x, w, c), exp, case)
 
 
-@pytest.mark.parametrize("odt,pos", [("i32", 0), ("f32", -30), ("f16", -20)])
-def test_conv_accumulator_wraps(odt, pos):
-    # i16 1x1 conv with ci=3, every product (-32768)**2 = 2**30: exact sum 3*2**30 wraps to -2**30
+@pytest.mark.parametrize("odt,pos", [("i32", 0), ("i32", -2), ("f32", -30), ("f16", -20)])
+def test_int16_conv_sums_are_exact(odt, pos):
+    # i16 1x1 conv with ci=3, every product (-32768)**2 = 2**30: the sums 3*2**30 and 2*2**30 are
+    # past int32; they stay exact (a 32-bit accumulator would give -2**30 and -2**31)
     case = dict(dt="i16", n=1, hi=2, wi=2, ci=3, co=2, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1,
                 pads=(0, 0, 0, 0), groups=1, odt=odt, pos=pos)
     x = np.full((1, 2, 2, 3), -32768, np.int16)
     w = np.full((2, 1, 1, 3), -32768, np.int16)
-    w[1, 0, 0, 2] = 0                                      # 2 * 2**30 = 2**31 wraps to -2**31
+    w[1, 0, 0, 2] = 0
     exp = R.ref_conv(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1, odt, pos)
-    if odt == "i32":
-        assert exp[0, 0, 0, 0] == -(1 << 30) and exp[0, 0, 0, 1] == -(1 << 31)
+    want = {("i32", 0): [2**31 - 1, 2**31 - 1], ("i32", -2): [3 * 2**28, 2**29],
+            ("f32", -30): [3.0, 2.0], ("f16", -20): [3072.0, 2048.0]}[(odt, pos)]
+    assert exp[0, 0, 0].tolist() == want
     assert_bits(run_conv(x, w, case), exp)
+
+
+def test_int8_accumulator_still_wraps_at_32_bits():
+    # the int8 path keeps its 32-bit accumulator: 133,152 products of 127 * 127 pass 2**31
+    k = 133_152
+    a = np.full((1, k), 127, np.int8)
+    b = np.full((1, k), 127, np.int8)
+    exp = R.wrap32(k * 127 * 127)
+    assert exp < 0
+    assert run_matmul(a, b, "i8", "i32", 0).reshape(-1).tolist() == [exp]
 
 
 def run_matmul(a, b, dt, odt, pos):
@@ -110,21 +122,19 @@ def test_matmul(dt, m, k, n, odt, pos, seed):
     rng = np.random.default_rng(seed)
     a = rand_int(rng, dt, (m, k))
     b = rand_int(rng, dt, (n, k))
-    pos = 0 if odt == "i32" else pos
+    pos = 0 if odt == "i32" and dt == "i8" else pos
     assert_bits(run_matmul(a, b, dt, odt, pos), R.ref_matmul(a, b, odt, pos), (dt, odt, pos))
 
 
-@pytest.mark.parametrize("odt,pos", [("i32", 0), ("f32", -30), ("f16", -28)])
-def test_matmul_accumulator_wraps(odt, pos):
+@pytest.mark.parametrize("odt,pos", [("i32", 0), ("i32", -3), ("f32", -30), ("f16", -28)])
+def test_int16_matmul_sums_are_exact(odt, pos):
     a = np.full((2, 3), -32768, np.int16)
     a[1, 2] = 0
     b = np.full((2, 3), -32768, np.int16)
     b[1] = [32767, 32767, 32767]
     exp = R.ref_matmul(a, b, odt, pos)
-    if odt == "i32":
-        # 3*2**30 -> -2**30 ; 2*2**30 = 2**31 -> -2**31 ; -3*(2**30-2**15) ; -2*(2**30-2**15)
-        assert exp.tolist() == [[-(1 << 30), R.wrap32(-3 * (2**30 - 2**15))],
-                                [-(1 << 31), -2 * (2**30 - 2**15)]]
+    if odt == "i32" and pos == -3:    # 3*2**30, -3*(2**30-2**15), 2*2**30, -2*(2**30-2**15), over 8
+        assert exp.tolist() == [[3 * 2**27, -3 * (2**27 - 2**12)], [2**28, -(2**28 - 2**13)]]
     assert_bits(run_matmul(a, b, "i16", odt, pos), exp)
 
 
@@ -239,13 +249,13 @@ def test_dwconv(case):
     assert_bits(run_dw(x, w, c), exp, case)
 
 
-def test_dwconv_accumulator_wraps():
+def test_dwconv_int16_saturates_int8_wraps():
     c = dict(dt="i16", n=1, hi=3, wi=3, c=2, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, pads=(0, 0, 0, 0))
     x = np.full((1, 3, 3, 2), -32768, np.int16)
     w = np.full((3, 3, 2), -32768, np.int16)
     w[..., 1] = 32767
     exp = R.ref_dwconv(x, w, 1, 1, (0, 0, 0, 0), 1, 1)
-    assert exp.reshape(-1).tolist() == [R.wrap32(9 * 2**30), R.wrap32(-9 * 32768 * 32767)]
+    assert exp.reshape(-1).tolist() == [2**31 - 1, -2**31]
     assert_bits(run_dw(x, w, c), exp)
 
 

@@ -208,3 +208,17 @@ def test_move_dma_runs_beside_the_io_dma(mlu270):
     assert dma_busy(res, queue="mv") == pytest.approx(t_mv, rel=1e-6)
     took = k.end - k.start - c.chip.kernel_launch_cycles
     assert max(t_io, t_mv) <= took < max(t_io, t_mv) + 50 < t_io + t_mv
+
+
+@pytest.mark.parametrize("dcl", [0, 1])
+def test_local_s2s_is_capped_by_the_sram_channel(mlu270, dcl):
+    """An SRAM->SRAM copy inside the cluster (dcl=0) and the same copy named as cluster 0 of the
+    union job (dcl=1) both take the Move-DMA channel: startup + bytes / dma.sram_bandwidth, not the
+    cluster's wider SRAM port (the defect: 256 KiB in 3,128 cycles with dcl=0)."""
+    nbytes = 256 * KIB
+    prog = program([[I("dma", dir="s2s", dst=nbytes, src=0, size=nbytes, dcl=dcl)]] + [[I("nop")]] * 3, [],
+                   task_type="union1", task_dim=4, task_stream=[0, 1, 2, 3])
+    busy = run(prog, cores=4, timing_only=True).kernels[0].cores[0].busy["st"]
+    d = mlu270.dma
+    assert d.sram_bandwidth_bytes_per_cycle < mlu270.cluster.sram_bandwidth_bytes_per_cycle
+    assert busy == pytest.approx(d.startup_cycles + nbytes / d.sram_bandwidth_bytes_per_cycle, rel=1e-9)

@@ -174,7 +174,7 @@ def test_free_region_avoids_every_value_alive_from_the_window_on():
              Node("c", "relu", ["b"], {}, {}, (1, 8), [], {}), Node("d", "relu", ["b"], {}, {}, (1, 8), [], {}),
              Node("e", "relu", ["c"], {}, {}, (1, 8), [], {})]
     g = Graph.__new__(Graph)
-    g.nodes, g.output = nodes, "e"
+    g.nodes, g.output, g.extra_outputs = nodes, "e", []
     g.node = {n.name: n for n in nodes}.__getitem__
     lay = {"a": T(1024), "b": T(1024), "c": T(512), "d": T(64), "e": T(64)}
     addrs = {"a": 0, "b": 1024, "c": 2048, "d": 4096, "e": 0}

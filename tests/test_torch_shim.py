@@ -231,3 +231,43 @@ def test_from_torch_lists_all_unsupported_ops():
     g = from_torch(models.build("lenet5"), torch.rand(2, 1, 28, 28))
     c = compile_graph(g, samples=[np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)])
     assert c.program.kernels
+
+
+class _TwoHeads(torch.nn.Module):
+    """A detector's shape in miniature: leaky ReLU trunk, a coarse head, and a fine head on the
+    upsampled trunk concatenated with an earlier feature map (yolov3_tiny's route); two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.act, self.up = nn.LeakyReLU(0.1), nn.Upsample(scale_factor=2, mode="nearest")
+        self.head1, self.head2 = nn.Conv2d(16, 6, 1), nn.Conv2d(24, 6, 1)
+
+    def forward(self, x):
+        a = self.act(self.c1(x))
+        b = self.act(self.c2(a))
+        return self.head1(b), self.head2(torch.cat([self.up(b), a], 1))
+
+
+def test_multi_output_models_run_eager_fused_and_offline(tmp_path, monkeypatch):
+    """A model returning two tensors gives two mlu tensors in every mode, bit-equal to each other
+    and to the offline .mlu file's two named outputs, and within int8 error of the CPU model."""
+    torch.manual_seed(2)
+    torch.set_grad_enabled(False)
+    net = _TwoHeads().eval()
+    x = torch.rand((2, 3, 16, 16))
+    q = mq.quantize_dynamic_mlu(net, {"per_channel": True}, dtype="int8", gen_quant=True)
+    cpu = q(x)
+    m, xm = q.to(ct.mlu_device()), x.to(ct.mlu_device())
+    eager = m(xm)
+    assert isinstance(eager, tuple) and [t.shape for t in eager] == [(2, 6, 8, 8), (2, 6, 16, 16)]
+    monkeypatch.chdir(tmp_path)
+    ct.save_as_cambricon("heads")
+    fused = torch.jit.trace(m, xm, check_trace=False)(xm)
+    prog = mlufile.load(tmp_path / "heads.mlu")
+    offline = simulate(prog, cores=1, inputs={"input": x.numpy()}).outputs
+    assert prog.meta["outputs"] == ["head1", "head2"]
+    for k, (e, f, c) in enumerate(zip(eager, fused, cpu)):
+        assert torch.equal(e.cpu(), f.cpu()) and np.array_equal(offline[f"head{k + 1}"], e.cpu().numpy())
+        assert (e.cpu() - c).abs().max() < 0.05 * c.abs().max()

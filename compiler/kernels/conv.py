@@ -55,14 +55,14 @@ class ConvGeometry:
         self.zp_pad = bool(self.zp_in) and any(node.attrs["padding"])   # pads built in NRAM, holding zp
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
-        self.fold, self.src_ci, self.src_w = 1, ci, w                        # see folded()
+        self.fold, self.src_ci, self.src_w, self.src_sw = 1, ci, w, self.sw   # see folded()
         self.row_step, self.src_h = 1, h                                    # see skipping_rows()
         # channels [c_off, c_off + co) of output / shortcut tensors that have yc channels (a
         # cluster's share of a layer split across clusters, compiler/wide.py)
         self.c_off, self.yc = node.attrs.get("out_slice", (0, co))
 
     def can_fold(self, lanes: int) -> bool:
-        return (self.kw > 1 and self.sw == 1 and self.dw == 1 and self.pl == self.pr == 0 and self.groups == 1
+        return (self.kw > 1 and self.dw == 1 and self.pl == self.pr == 0 and self.groups == 1
                 and not self.zp_pad and not self.depthwise and ceil(self.kw * self.ci / lanes) < self.kw * ceil(self.ci / lanes))
 
     def folded(self) -> "ConvGeometry":
@@ -70,9 +70,11 @@ class ConvGeometry:
         (the space-to-depth stem: 12 channels of 64 lanes) fills kw times more MAC lanes. The tile
         row for output pixel x is input pixels x..x+kw-1 side by side, which in NHWC are kw*ci
         consecutive bytes: one strided Move-DMA with overlapping source segments builds the tile,
-        and the [co, kh, kw, ci] weights already are [co, kh, 1, kw*ci]."""
+        and the [co, kh, kw, ci] weights already are [co, kh, 1, kw*ci]. With a column stride s
+        the segments start s pixels apart (AlexNet's 11x11/4 and SqueezeNet 1.0's 7x7/2 stems)."""
         g = copy.copy(self)
         g.fold, g.ci, g.cig, g.kw = self.kw, self.kw * self.ci, self.kw * self.ci, 1
+        g.src_sw, g.sw = self.sw, 1
         g.w = g.wp = self.wo
         return g
 
@@ -284,7 +286,8 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     if geo.fold > 1:        # output pixel x's row: kw input pixels from x on (overlapping segments)
         srow = geo.src_w * geo.src_ci * esz
         return [s.dma(ld, buf, x.addr + (n * geo.h + a) * srow, row // geo.wo, deps=deps, count=geo.wo,
-                      sstride=geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow, dstride2=row)]
+                      sstride=geo.src_sw * geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow,
+                      dstride2=row)]
     if geo.row_step > 1:    # every row_step-th input row (skipping_rows)
         src = x.addr + (n * geo.src_h + a * geo.row_step) * row
         return [s.dma(ld, buf, src, row, deps=deps, count=b - a, sstride=geo.row_step * row, dstride=row)]
@@ -380,7 +383,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
         else:
             mac = s.emit("conv", lds + [w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
                          n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw,
-                         groups=geo.groups, **pads)
+                         groups=geo.groups, pos=q.get("acc_pos", 0), **pads)
         free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
         rq = None           # the instruction that writes the tile's int8 output
         if geo.residual:

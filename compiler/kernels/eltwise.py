@@ -107,9 +107,17 @@ def lower_requant(ctx, node, x, y) -> None:
     """Same real values in another scale and zero point: int32, then one vrequant whose bias is
     minus the input zero point."""
     q = node.q
+    requant_kernel(ctx, node, x, y, q["in_zp"], dict(zp=q["zp"], lo=q["lo"], hi=q["hi"]))
+
+
+def requant_kernel(ctx, node, x, y, in_zp: int, out: dict, then=None) -> None:
+    """Each chunk widened to int32 and requantized by the node's (mult, shift) with bias -in_zp and
+    vrequant's `out` fields (zp, lo, hi); `then(s, src, dst, n, dt)` may add steps on the result
+    (leaky ReLU's max with the input) and returns the last."""
+    q = node.q
     dt = "i16" if q["dtype"] == "int16" else "i8"
     esz = 2 if dt == "i16" else 1
-    p_addr = ctx.const(f"{node.name}.params", np.array([[-q["in_zp"], q["mult"], q["shift"]]], np.int32))
+    p_addr = ctx.const(f"{node.name}.params", np.array([[-in_zp, q["mult"], q["shift"]]], np.int32))
 
     def setup(s, nram, cap):
         par = nram.alloc(12, "params")
@@ -118,16 +126,17 @@ def lower_requant(ctx, node, x, y) -> None:
     def body(s, deps, src, dst, n, env):
         par, wide, pl = env
         s.emit("vcast", deps, sdt=dt, ddt="i32", dst=wide, src=src, n=n)
-        return s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, zp=q["zp"], lo=q["lo"],
-                      hi=q["hi"])
+        last = s.emit("vrequant", [pl], odt=dt, dst=dst, src=wide, params=par, c=1, n=n, **out)
+        return then(s, src, dst, n, dt) if then else last
 
     _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body, extra_bytes=4, setup=setup)
 
 
 def lower_float_unary(ctx, node, x, y) -> None:
-    """sigmoid and hardswish in float32: dequantize, a few vector steps, quantize. Sigmoid is
-    1 / (1 + exp(-x)) with -x from dequantizing with the negated scale; hardswish is
-    x * min(max(x + 3, 0), 6), its / 6 folded into the quantize scale. The order of the steps is
+    """sigmoid, hardswish and hardsigmoid in float32: dequantize, a few vector steps, quantize.
+    Sigmoid is 1 / (1 + exp(-x)) with -x from dequantizing with the negated scale; hardswish is
+    x * min(max(x + 3, 0), 6) and hardsigmoid min(max(x + 3, 0), 6), the / 6 folded into the
+    quantize scale. The order of the steps is
     the contract the reference (reference._unary_float) follows."""
     q = node.q
     dt = "i16" if q["dtype"] == "int16" else "i8"
@@ -136,6 +145,7 @@ def lower_float_unary(ctx, node, x, y) -> None:
     in_bits = f32_bits(float(np.float32(-q["in_scale"] if sig else q["in_scale"])))
     out_bits = f32_bits(q["inv_scale"])
     consts = (1,) if sig else (3, 0, 6)
+    times_x = node.op == "hardswish"      # hardsigmoid stops at relu6(x + 3); both / 6 in the scale
 
     def setup(s, nram, cap):
         bufs = [nram.alloc(cap * 4, f"constant {v}") for v in consts]
@@ -153,7 +163,8 @@ def lower_float_unary(ctx, node, x, y) -> None:
             s.emit("vadd", [], dt="f32", dst=t, a=f, b=bufs[0], n=n)
             s.emit("vmax", [], dt="f32", dst=t, a=t, b=bufs[1], n=n)
             s.emit("vmin", [], dt="f32", dst=t, a=t, b=bufs[2], n=n)
-            s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
+            if times_x:
+                s.emit("vmul", [], dt="f32", dst=t, a=f, b=t, n=n)
         return s.emit("vquant", [], sdt="f32", odt=dt, dst=dst, src=t, n=n, scale=out_bits, zp=q["zp"])
 
     _unary_kernel(ctx, node, x, y, prod(x.shape), esz, esz, body,
@@ -245,19 +256,35 @@ def _ort_add_chunk(s, q, dt, a, b, out, fa, fb, n, consts, deps):
 
 
 def lower_concat(ctx, node, inputs, y) -> None:
-    """Channel concatenation in NHWC: each input's channels copied into their slice, GDRAM to GDRAM."""
+    """Channel concatenation in NHWC, interleaved on chip: each task takes a run of pixels, loads
+    every input's run contiguously into NRAM, moves each into its channel slice of an output run
+    there (one NRAM->NRAM segment per pixel: the Move-DMA's cheap segments) and stores the output
+    run contiguously. Copying GDRAM to GDRAM instead costs one IO-DMA segment (~200 cycles) per
+    pixel per input: 650k cycles for a 56x56 SqueezeNet concat where this takes a few thousand."""
     n, h, w, c_out = y.shape
     esz = 2 if node.q["dtype"] == "int16" else 1
+    pixels = n * h * w
+    per_pixel = 2 * c_out * esz                     # the input runs and the output run
+    cap = max(1, (ctx.cfg.nram_bytes - 4096) // (DOUBLE * per_pixel))
     streams = []
-    off = 0
-    for x in inputs:
-        c = x.shape[3]
-        for img in range(n):
-            s = TaskStream()
-            s.dma("g2g", y.addr + (img * h * w * c_out + off) * esz, x.addr + img * h * w * c * esz, c * esz,
-                  count=h * w, dstride=c_out * esz, sstride=c * esz)
-            streams.append(s.finish())
-        off += c
+    for p0, p1 in split(pixels, max(1, min(ctx.tasks, pixels // 64 or 1))):
+        s = TaskStream()
+        nram = Arena("nram", ctx.cfg.nram_bytes)
+        bufs = [(nram.alloc(cap * c_out * esz, "inputs"), nram.alloc(cap * c_out * esz, "output"))
+                for _ in range(DOUBLE)]
+        stores = [None] * DOUBLE
+        for i, a in enumerate(range(p0, p1, cap)):
+            m = min(p1, a + cap) - a
+            src, dst = bufs[i % DOUBLE]
+            moves, off, at = [], 0, src
+            for x in inputs:
+                c = x.shape[3]
+                ld = s.dma("g2n", at, x.addr + a * c * esz, m * c * esz, deps=[stores[i % DOUBLE]])
+                moves.append(s.dma("n2n", dst + off * esz, at, c * esz, count=m, dstride=c_out * esz,
+                                   sstride=c * esz, deps=[ld, stores[i % DOUBLE]]))
+                off, at = off + c, at + m * c * esz
+            stores[i % DOUBLE] = s.dma("n2g", y.addr + a * c_out * esz, dst, m * c_out * esz, deps=moves)
+        streams.append(s.finish())
     ctx.kernel(node, streams, unit="dma")
 
 

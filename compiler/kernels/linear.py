@@ -1,7 +1,8 @@
 """Fully connected layers on the MAC array: y = requant(x . W^T + b).
 
 Tasks split the output features (and the batch when it is large); the reduction is chunked when a
-weight block would not fit WRAM, with partial sums added on the vector unit. Weights are stored in
+weight block would not fit WRAM, with partial sums added on the vector unit (never for an int16
+layer whose sum the MAC array rounds to a position: narrower feature blocks instead). Weights are stored in
 GDRAM pre-blocked, [feature block][reduction chunk][rows][cols], so every weight load is one
 contiguous DMA (a strided one would pay the per-segment cost for every row).
 """
@@ -110,8 +111,13 @@ def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
         return Plan(mc, bo, tasks, max(task, dram), units), kc
 
     best = None
-    for bo in _candidates(o, lanes_co):
-        for kc in _candidates(k, lanes_ci):
+    # an int16 layer's sum at a position (quant.acc_position) rounds once per matmul: its whole
+    # reduction goes in one, so the output never depends on the chunking (narrower feature blocks
+    # instead, down to what WRAM holds)
+    whole = node.q.get("acc_pos", 0) < 0
+    bos = _candidates(o, lanes_co) + ([b for b in (32, 16, 8, 4, 2, 1) if b < min(o, lanes_co)] if whole else [])
+    for bo in bos:
+        for kc in ([k] if whole else _candidates(k, lanes_ci)):
             for mc in sorted({m, ceil(m / 2), ceil(m / 4), 1}, reverse=True):
                 r = price(bo, kc, mc)
                 if r and (best is None or r[0].cost < best[0].cost):
@@ -178,7 +184,7 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
                                sstride=k * esz)
                 lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
                 mm = s.emit("matmul", [lx, lw], dt=dt, odt="i32", dst=acc if kb == 0 else tmp, a=bx[slot],
-                            b=bw[slot], m=nm, k=nkc, n=nb)
+                            b=bw[slot], m=nm, k=nkc, n=nb, pos=q.get("acc_pos", 0))
                 readers.append(mm)
                 if kb:
                     s.emit("vadd", [], dt="i32", dst=acc, a=acc, b=tmp, n=nm * nb)

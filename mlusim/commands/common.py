@@ -2,9 +2,42 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from pathlib import Path
 
 from mlusim.errors import ModelFileError, SimulationError
+
+
+MAX_BATCH = 1 << 20
+# Instruction and cycle budgets bound work, not time: one instruction may cost microseconds or, on
+# a machine configured with huge DMA granules, milliseconds. An hour bounds any command-line run.
+DEFAULT_MAX_SECONDS = 3600.0
+
+
+def int_arg(lo: int, hi: int):
+    """argparse type: an integer in lo..hi written in ASCII digits (`int()` would take '١٦' as 16,
+    ' 16 ' and '1_6' too)."""
+    def integer(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]{1,30}", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}")
+        v = int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo:,}..{hi:,}, got {v:,}")
+        return v
+    return integer
+
+
+def float_arg(lo: float, hi: float):
+    """argparse type: a finite number in (lo, hi], written in ASCII."""
+    def number(text: str) -> float:
+        if not re.fullmatch(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}")
+        v = float(text)
+        if not (math.isfinite(v) and lo < v <= hi):
+            raise argparse.ArgumentTypeError(f"must be a number in ({lo:g}, {hi:g}], got {text[:40]}")
+        return v
+    return number
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +58,10 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
         import sys
 
         from mlusim.compiler.driver import compile_onnx
+        from mlusim.errors import CompileError
 
+        if resolution is not None:
+            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
         c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
         for note in c.notes:
             print(f"warning: {note}", file=sys.stderr)
@@ -41,13 +77,10 @@ def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, 
     if p.suffix in (".s", ".asm"):
         from mlusim.isa.asm import assemble_program
 
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ModelFileError(f"{path}: cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ModelFileError(f"{path}: assembly is not UTF-8 text") from None
-        return assemble_program(text, str(p))
+        from mlusim.files import read_text
+        from mlusim.isa.asm import MAX_SOURCE_CHARS
+
+        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
     return mlufile.load(p)
 
 
@@ -60,34 +93,9 @@ def resolve_config(args, program=None):
     return config_from_dict(raw, f"config recorded in the model ({program.config.get('name', '?')})")
 
 
-def _load_npy(path: str):
-    """An input array: its header is checked against the file size before numpy allocates it."""
-    import numpy as np
-    from numpy.lib import format as npf
-
-    try:
-        with open(path, "rb") as fh:
-            version = npf.read_magic(fh)
-            if version == (1, 0):
-                shape, _fortran, dtype = npf.read_array_header_1_0(fh, max_header_size=10000)
-            else:
-                shape, _fortran, dtype = npf.read_array_header_2_0(fh, max_header_size=10000)
-            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            have = Path(path).stat().st_size - fh.tell()
-    except FileNotFoundError:
-        raise SimulationError(f"{path}: no such input file") from None
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
-    if dtype.hasobject or need != have:
-        raise SimulationError(f"{path}: header declares {list(shape)} {dtype} ({need:,} bytes) but the file holds "
-                              f"{have:,} data bytes")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise SimulationError(f"{path}: not a readable .npy array ({str(e)[:80]})") from None
-
-
 def parse_inputs(specs: list[str], program) -> dict:
+    from mlusim import npyfile
+
     names = [t.name for t in program.by_role("input")]
     out = {}
     for spec in specs:
@@ -97,7 +105,7 @@ def parse_inputs(specs: list[str], program) -> dict:
                 raise SimulationError(f"--input {spec}: the program has inputs {', '.join(names) or 'none'}; "
                                       f"write --input NAME=FILE.npy")
             name, path = names[0], spec
-        out[name] = _load_npy(path)
+        out[name] = npyfile.load(path, SimulationError, "input file")
     return out
 
 
@@ -108,10 +116,10 @@ def parse_cores(text: str, max_cores: int) -> list[int]:
             counts.append(n)
             n *= 2
         return counts + [max_cores]
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SimulationError(f"--cores {text!r}: expected N, a list N,M,... or 'all'") from None
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(re.fullmatch(r"[0-9]{1,9}", x, re.ASCII) for x in parts):
+        raise SimulationError(f"--cores {text[:40]!r}: expected N, a list N,M,... or 'all' (ASCII digits)")
+    counts = [int(x) for x in parts]
     if not counts:
         raise SimulationError("--cores needs at least one core count")
     for n in counts:

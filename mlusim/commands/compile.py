@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlusim.commands.common import add_config_args
+from mlusim.commands.common import MAX_BATCH, add_config_args, int_arg
 from mlusim.errors import CompileError
 
 
@@ -16,9 +16,9 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="NAME", help="zoo model (mlusim models), instead of an ONNX file")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="ONNX float models: calibration inputs [S, C, H, W] (default: random data, with a warning)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 1; an ONNX model's own if fixed)")
-    p.add_argument("--resolution", type=int, default=None, help="input height and width (default: the model's)")
-    p.add_argument("--cores", type=int, default=None,
+    p.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=None, help="batch size (default 1; an ONNX model's own if fixed)")
+    p.add_argument("--resolution", type=int_arg(1, 1 << 16), default=None, help="input height and width (default: the model's)")
+    p.add_argument("--cores", type=int_arg(1, 4096), default=None,
                    help="parallelism to tile for (default: all cores of the config); the file runs on any count "
                         "unless --cluster-fusion")
     p.add_argument("--cluster-fusion", action="store_true",
@@ -27,13 +27,13 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("int8", "int16"), default="int8")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op, no fusion")
-    p.add_argument("--seed", type=int, default=0, help="weight seed")
+    p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="weight seed")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
     add_config_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("models", help="list the built-in model zoo")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int_arg(1, 1024), default=1)
     p.set_defaults(func=cmd_models)
 
 
@@ -56,7 +56,7 @@ def cmd_compile(args) -> int:
     else:
         if args.calibrate:
             raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
-        c = compile_model(args.model, batch=args.batch or 1, resolution=args.resolution, seed=args.seed, **kw)
+        c = compile_model(args.model, batch=1 if args.batch is None else args.batch, resolution=args.resolution, seed=args.seed, **kw)
         label = args.model
     for note in c.notes:
         print(f"warning: {note}", file=sys.stderr)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from mlusim.commands.common import add_config_args, load_program
+from mlusim.names import printable
 
 
 def register(sub) -> None:
@@ -50,9 +51,9 @@ def cmd_inspect(args) -> int:
     print(f"{args.model}: {len(prog.kernels)} kernel(s), {prog.instruction_count} instruction(s), "
           f"{prog.gdram_bytes:,} bytes of GDRAM")
     if prog.config:
-        print(f"target config: {prog.config.get('name', '?')}")
+        print(f"target config: {printable(prog.config.get('name', '?'), 80)}")
     for k, v in sorted(prog.meta.items()):
-        print(f"{k}: {v}")
+        print(f"{printable(k, 80)}: {printable(v, 500)}")
     print("tensors:")
     for t in prog.tensors:
         print(f"  {t.name:24} {t.role:7} {t.dtype:4} {str(list(t.shape)):20} @{t.addr:#x} ({t.nbytes:,} B)")

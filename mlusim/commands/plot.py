@@ -5,6 +5,8 @@ REPORT.json is what `mlusim run --json` (one core count: a run; several: a scali
 """
 from __future__ import annotations
 
+from mlusim.commands.common import int_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="draw speedup, roofline or sweep figures (PNG + SVG) from a JSON report")
@@ -16,7 +18,7 @@ def register(sub) -> None:
     r = ps.add_parser("roofline", help="each kernel of one run against the compute and DRAM roofs")
     r.add_argument("report")
     r.add_argument("-o", "--output", required=True, metavar="PREFIX")
-    r.add_argument("--cores", type=int, default=None, help="which run of a scaling report (default: the last)")
+    r.add_argument("--cores", type=int_arg(1, 4096), default=None, help="which run of a scaling report (default: the last)")
     r.add_argument("--title", default="")
     w = ps.add_parser("sweep", help="a metric of a sweep against one swept parameter")
     w.add_argument("report")
@@ -35,41 +37,60 @@ def cmd_plot(args) -> int:
     from mlusim.experiments import read_table
 
     data = read_table(args.report)
-    kind = data["kind"]
+    kind, where = data["kind"], args.report
     if args.figure == "speedup":
         if kind == "scaling":
-            paths = plot.plot_speedup(data["rows"], args.output, args.title)
+            paths = plot.plot_speedup(plot.check_rows(data.get("rows"), where, plot.ROW), args.output, args.title)
         elif kind == "sweep":
-            keys = list(data.get("params") or {})
+            keys = list(_params(data, where))
             series: dict[str, list] = {}
-            for row in data["rows"]:
+            for row in plot.check_rows(data.get("rows"), where, plot.ROW):
                 label = ", ".join(f"{k}={row.get(k)}" for k in keys) or "simulated"
                 series.setdefault(label, []).append(row)
             paths = plot.plot_speedup(series, args.output, args.title)
         else:
-            raise MlusimError(f"{args.report}: a speedup plot needs a report of several core counts "
-                              f"(mlusim run --cores 1,2,4 --json ...), this one is '{kind}'")
+            raise MlusimError(f"{where}: a speedup plot needs a report of several core counts "
+                              f"(mlusim run --cores 1,2,4 --json ...), this one is {str(kind)[:40]!r}")
     elif args.figure == "roofline":
-        if kind == "run":
-            summary = data
-        elif kind in ("scaling", "runs"):
-            runs = data["runs"]
-            if args.cores is None:
-                summary = runs[-1]
-            else:
-                match = [s for s in runs if s["cores"] == args.cores]
-                if not match:
-                    raise MlusimError(f"{args.report}: no run on {args.cores} cores (have "
-                                      f"{', '.join(str(s['cores']) for s in runs)})")
-                summary = match[0]
-        else:
-            raise MlusimError(f"{args.report}: a roofline needs a run report (mlusim run --json), not '{kind}'")
-        paths = plot.plot_roofline(summary, args.output, args.title)
+        paths = plot.plot_roofline(_summary(data, kind, where, args.cores), args.output, args.title)
     else:
         if kind != "sweep":
-            raise MlusimError(f"{args.report}: a sweep plot needs a sweep report (mlusim sweep --json), not '{kind}'")
+            raise MlusimError(f"{where}: a sweep plot needs a sweep report (mlusim sweep --json), not "
+                              f"{str(kind)[:40]!r}")
         by = [b for b in args.by.split(",") if b] if args.by is not None else None
-        paths = plot.plot_sweep(data["rows"], args.x, args.y, args.output, by, args.title)
+        need = {args.x: plot.number(-plot.MAX_COUNT, plot.MAX_COUNT), args.y: plot.number(-plot.MAX_COUNT, plot.MAX_COUNT)}
+        paths = plot.plot_sweep(plot.check_rows(data.get("rows"), where, need), args.x, args.y, args.output, by,
+                                args.title)
     for p in paths:
         print(f"wrote {p}")
     return 0
+
+
+def _params(data: dict, where: str) -> dict:
+    from mlusim.errors import MlusimError
+
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise MlusimError(f"{where}: 'params' must be a mapping of swept keys")
+    return params
+
+
+def _summary(data: dict, kind, where: str, cores: int | None) -> dict:
+    """The run a roofline draws: the report itself, or one run of a scaling report."""
+    from mlusim import plot
+    from mlusim.errors import MlusimError
+
+    if kind == "run":
+        return plot.check_summary(data, where)
+    if kind not in ("scaling", "runs"):
+        raise MlusimError(f"{where}: a roofline needs a run report (mlusim run --json), not {str(kind)[:40]!r}")
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise MlusimError(f"{where}: 'runs' must be a non-empty list of run reports")
+    runs = [plot.check_summary(s, f"{where}: run {i}") for i, s in enumerate(runs)]
+    if cores is None:
+        return runs[-1]
+    match = [s for s in runs if s["cores"] == cores]
+    if not match:
+        raise MlusimError(f"{where}: no run on {cores} cores (have {', '.join(str(s['cores']) for s in runs)})")
+    return match[0]

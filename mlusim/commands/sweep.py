@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+from mlusim.commands.common import DEFAULT_MAX_SECONDS, float_arg, int_arg
 from mlusim.errors import MlusimError
 
 
@@ -21,17 +22,19 @@ def register(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,..",
                    help="config key and the values to sweep (repeatable; the sweep is the cross product)")
     p.add_argument("--cores", metavar="N,M,..|all", help="core counts at every point (default: all of each config)")
-    p.add_argument("--jobs", "-j", type=int, default=None, help="local worker processes (default: one per CPU)")
+    p.add_argument("--jobs", "-j", type=int_arg(1, 1024), default=None, help="local worker processes (default: one per CPU)")
     p.add_argument("--cluster", metavar="ADDRESS", help="run the points on a Dask distributed scheduler, "
                    "e.g. tcp://10.0.0.5:8786 (pip install 'mlusim[cluster]')")
-    p.add_argument("--cluster-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--cluster-timeout", type=float_arg(0, 86400), default=10.0, metavar="SECONDS",
                    help="give up connecting to the scheduler after this long (default 10)")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV (units in the headers)")
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.add_argument("--numerics", action="store_true", help="also compute values (default: timing only, "
                    "which gives the same cycles faster)")
-    p.add_argument("--max-cycles", type=float, default=None, help="per point: stop with an error past this")
-    p.add_argument("--max-instructions", type=int, default=None, help="per point instruction budget (default 20M)")
+    p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="per point: stop with an error past this")
+    p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
+    p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
+                   help="per point: stop with an error past this much wall time (default 3600)")
     p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_sweep)
@@ -60,7 +63,8 @@ def _options(args) -> dict:
     return {"spec": str(program), "base_config": config, "params": params, "cores": cores,
             "timing_only": timing_only,
             "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
-            "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000}
+            "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000,
+            "max_seconds": args.max_seconds}
 
 
 def cmd_sweep(args) -> int:

@@ -10,6 +10,7 @@ left the machine is deadlocked, and we say who waits for what.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import simpy
@@ -73,9 +74,12 @@ class Cluster:
     cores: list[Core] = field(default_factory=list)
 
 
+WALL_CHECK_EVERY = 1 << 14     # instructions between looks at the clock: ~0.1 s of simulation
+
+
 class Chip:
     def __init__(self, cfg, gdram_bytes: int, numerics: bool = True, max_instructions: int = 20_000_000,
-                 trace: bool = False, ncores: int | None = None):
+                 trace: bool = False, ncores: int | None = None, max_seconds: float | None = None):
         self.cfg = cfg
         self.env = simpy.Environment()
         self.numerics = numerics
@@ -85,7 +89,13 @@ class Chip:
         self.prepared_cache: dict = {}
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
-        self.max_instructions = max_instructions
+        # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
+        # itself, or (with a wall-clock budget) a checkpoint to look at the clock, so the
+        # per-instruction cost stays one comparison.
+        self.instruction_limit = max_instructions
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.max_instructions = max_instructions if max_seconds is None else min(max_instructions, WALL_CHECK_EVERY)
         self.trace: list | None = [] if trace else None
         if trace:
             self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
@@ -117,9 +127,18 @@ class Chip:
         ctr.mac_slots += int(cycles - startup)
 
     def check_budget(self, core: Core, pc: int, ins) -> None:
-        if self.executed > self.max_instructions:
-            raise SimulationError(f"{core.where(pc, ins)}: instruction budget of {self.max_instructions:,} "
+        self.over_budget(core.where(pc, ins))
+
+    def over_budget(self, where: str) -> None:
+        """`executed` passed `max_instructions`: the instruction budget is spent, or it is time to
+        look at the wall clock (every WALL_CHECK_EVERY instructions, off the per-instruction path)."""
+        if self.executed > self.instruction_limit:
+            raise SimulationError(f"{where}: instruction budget of {self.instruction_limit:,} "
                                   f"executed instructions exhausted (a runaway loop? raise --max-instructions)")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SimulationError(f"{where}: wall-clock budget of {self.max_seconds:g} s exhausted after "
+                                  f"{self.executed:,} instructions (raise --max-seconds)")
+        self.max_instructions = min(self.instruction_limit, self.executed + WALL_CHECK_EVERY)
 
     # ---- dispatch ------------------------------------------------------------------------------
     def run_kernels(self, kernels: list[Kernel], ncores: int, records: list[KernelRecord], progress=None):
@@ -148,8 +167,7 @@ class Chip:
     def _task(self, core: Core, ctx: TaskContext):
         self.executed += 1          # a task dispatch counts, so kernels of empty tasks meet the budget too
         if self.executed > self.max_instructions:
-            raise SimulationError(f"kernel '{ctx.kernel.name}' task {ctx.taskid}: instruction budget of "
-                                  f"{self.max_instructions:,} exhausted (raise --max-instructions)")
+            self.over_budget(f"kernel '{ctx.kernel.name}' task {ctx.taskid}")
         t0 = self.env.now
         yield from core.run_task(ctx)
         core.counters.active += self.env.now - t0

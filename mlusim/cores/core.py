@@ -96,7 +96,9 @@ class Core:
                 caps.append(self.port_caps["gdram"])
             if "sram" in ends:
                 links.append(self.cluster.sram_link)
-                if ends & {"nram", "wram"}:
+                if ends & {"nram", "wram"} or ends == {"sram"}:
+                    # a core's DMA channel to SRAM, and an SRAM->SRAM copy in the cluster (s2s
+                    # without dcl): the same Move-DMA channel as a copy to another cluster's SRAM
                     caps.append(self.port_caps["sram"])
             hit = self._routes[key] = (tuple(links), min(caps) if caps else float("inf"))
         return hit

@@ -11,14 +11,17 @@ Program syntax adds directives:
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 
+from mlusim import budget
 from mlusim.errors import AssemblyError, EncodingError, MlusimError
 from mlusim.isa.encoding import Instr
 from mlusim.isa.fields import Scope, Target
 from mlusim.isa.table import BY_MNEMONIC
+from mlusim.names import check_name, printable
 from mlusim.program import NP_OF, TENSOR_ROLES, Kernel, Program, TensorDecl, allocate
 
 TOKEN = re.compile(r"(?:[A-Za-z_]\w*=)?(?:\[[^\]]*\]?|[^\s,\[]+)")
@@ -164,6 +167,7 @@ MAX_NDIM = 16
 MAX_ELEMENTS = 1 << 34              # one tensor
 MAX_FILL_BYTES = 256 * 1024 * 1024  # a const tensor the assembler fills (it lives in host memory)
 MAX_ADDR = 1 << 40                  # an explicit GDRAM address
+MAX_KERNELS = 1 << 14               # as many as a model file may hold
 
 
 def _col(raw: str, token: str, default: int = 1) -> int:
@@ -190,33 +194,42 @@ def _parse_tasks(spec: str, where: str, ntasks: int) -> list[int]:
     return out
 
 
-def _fill(kind: str, shape: tuple[int, ...], dt: str, where: str) -> np.ndarray:
+FILL_CHUNK = 1 << 20                # elements drawn at a time: int64/float64 temporaries stay 8 MiB
+
+
+def _fill(kind: str, shape: tuple[int, ...], dt: str, where: str, ledger: budget.Ledger) -> np.ndarray:
+    """A const tensor's data. Drawn in chunks (the same values as one draw: numpy's generators
+    stream), so a fill costs its own size in host memory and no 8-byte temporaries; the sizes of
+    all fills of a program are added up against the memory budget before each is allocated."""
     npdt = np.dtype(NP_OF[dt])
     m = re.fullmatch(r"(zeros|ones|arange|random)(?:\(([0-9]{0,18})\))?", kind, re.ASCII)
     if not m:
         raise AssemblyError(f"{where}: unknown fill {kind!r} (zeros, ones, arange, random(SEED))")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if size * npdt.itemsize > MAX_FILL_BYTES:
         raise AssemblyError(f"{where}: a filled const tensor of {size * npdt.itemsize:,} bytes is over the "
                             f"assembler's {MAX_FILL_BYTES:,}-byte limit (make it an input instead)")
-    if m.group(1) == "zeros":
-        return np.zeros(shape, npdt)
-    if m.group(1) == "ones":
-        return np.ones(shape, npdt)
-    if m.group(1) == "arange":
-        return np.arange(size).astype(npdt).reshape(shape)
+    ledger.take(size * npdt.itemsize, f"{where}: the const tensors filled so far")
+    if m.group(1) in ("zeros", "ones"):
+        return (np.zeros if m.group(1) == "zeros" else np.ones)(shape, npdt)
+    out = np.empty(size, npdt)
     rng = np.random.default_rng(int(m.group(2) or 0))
-    if npdt.kind == "f":
-        return rng.standard_normal(size).astype(npdt).reshape(shape)
-    info = np.iinfo(npdt)
-    lo, hi = max(int(info.min), -128), min(int(info.max), 127)
-    return rng.integers(lo, hi + 1, size=size).astype(npdt).reshape(shape)
+    info = np.iinfo(npdt) if npdt.kind != "f" else None
+    for lo in range(0, size, FILL_CHUNK):
+        n = min(FILL_CHUNK, size - lo)
+        if m.group(1) == "arange":
+            out[lo:lo + n] = np.arange(lo, lo + n).astype(npdt)
+        elif info is None:
+            out[lo:lo + n] = rng.standard_normal(n).astype(npdt)
+        else:
+            out[lo:lo + n] = rng.integers(max(int(info.min), -128), min(int(info.max), 127) + 1, size=n).astype(npdt)
+    return out.reshape(shape)
 
 
 TENSOR_RE = re.compile(r"\.tensor\s+(\w+)\s+(\w+)\s+(\w+)\s*\[([^\]]*)\]\s*(?:@\s*(\S+))?\s*(\S+)?\s*$")
 
 
-def _parse_tensor(raw: str, where: str) -> TensorDecl:
+def _parse_tensor(raw: str, where: str, ledger: budget.Ledger) -> TensorDecl:
     line = _strip_comment(raw)
     indent = len(line) - len(line.lstrip())
     m = TENSOR_RE.match(line.strip())
@@ -227,6 +240,7 @@ def _parse_tensor(raw: str, where: str) -> TensorDecl:
         return f"{where}:{indent + m.start(group) + within + 1}"
 
     name, role, dt, dims, addr, fill = m.groups()
+    check_name(name, f"{at(1)}: tensor", AssemblyError)
     if role not in TENSOR_ROLES:
         raise AssemblyError(f"{at(2)}: role must be one of {', '.join(TENSOR_ROLES)}, got {role!r}")
     if dt not in NP_OF:
@@ -255,7 +269,7 @@ def _parse_tensor(raw: str, where: str) -> TensorDecl:
         a = int(addr, 0)
     data = None
     if role == "const":
-        data = _fill(fill or "zeros", tuple(shape), dt, at(6) if fill else at(1))
+        data = _fill(fill or "zeros", tuple(shape), dt, at(6) if fill else at(1), ledger)
     elif fill:
         raise AssemblyError(f"{at(6)}: only const tensors take a fill")
     return TensorDecl(name, role, dt, tuple(shape), a, data)
@@ -275,6 +289,43 @@ def _check_tensors(tensors: list[TensorDecl], lines: list[int], origin: str) -> 
                                 f"'{n0 if l1 > l0 else n1}' in GDRAM ([{a1:#x}, {min(e0, e1):#x}) is shared)")
 
 
+def _kernel_directive(s: str, raw: str, where: str, lineno: int) -> dict:
+    """A `.kernel NAME TYPE tasks=N` line as the kernel being assembled (its streams follow)."""
+    m = KERNEL_RE.fullmatch(s)
+    if not m:
+        raise AssemblyError(f"{where}:{_col(raw, '.kernel')}: expected .kernel NAME block|unionN tasks=N")
+    name, ktype, tasks = m.groups()
+    check_name(name, f"{where}:{_col(raw, name)}: kernel", AssemblyError)
+    ktype = ktype.lower()
+    if not re.fullmatch(r"block|union[1-9][0-9]{0,3}", ktype, re.ASCII):
+        raise AssemblyError(f"{where}:{_col(raw, m.group(2))}: unknown task type {m.group(2)!r} "
+                            f"(block, union1, union2, union4, ...)")
+    if not re.fullmatch(r"[0-9]{1,9}", tasks, re.ASCII) or not 1 <= int(tasks) <= MAX_TASKS:
+        raise AssemblyError(f"{where}:{_col(raw, 'tasks')}: tasks={tasks} must be an integer in "
+                            f"1..{MAX_TASKS:,}")
+    ntasks = int(tasks)
+    return {"name": name, "type": ktype, "tasks": ntasks, "streams": [(range(ntasks), [], lineno)],
+            "explicit": False, "line": lineno, "owners": {}}
+
+
+def _task_directive(cur: dict | None, s: str, raw: str, where: str, lineno: int) -> None:
+    """A `.task 0,2-5` line: the instructions that follow are the stream of those tasks."""
+    if cur is None:
+        raise AssemblyError(f"{where}:{_col(raw, '.task')}: .task outside a .kernel")
+    tasks = _parse_tasks(s[5:], f"{where}:{_col(raw, s[5:].strip(), _col(raw, '.task'))}", cur["tasks"])
+    if not cur["explicit"]:
+        if any(t.strip() for _, t in cur["streams"][0][1]):
+            raise AssemblyError(f"{where}:{_col(raw, '.task')}: instructions before the first .task "
+                                f"of kernel '{cur['name']}' (move them under a .task)")
+        cur["streams"], cur["explicit"] = [], True
+    for t in tasks:      # checked as they come, so repeated .task lines cannot pile up
+        if t in cur["owners"]:
+            raise AssemblyError(f"{where}:{_col(raw, '.task')}: task {t} already has the stream of the "
+                                f".task at line {cur['streams'][cur['owners'][t]][2]}")
+        cur["owners"][t] = len(cur["streams"])
+    cur["streams"].append((tasks, [], lineno))
+
+
 KERNEL_RE = re.compile(r"\.kernel\s+(\S+)\s+(\S+)\s+tasks\s*=\s*(\S+)", re.ASCII)
 
 
@@ -284,6 +335,8 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
     if len(text) > MAX_SOURCE_CHARS:
         raise AssemblyError(f"{origin}: {len(text):,} characters of assembly, over the limit of "
                             f"{MAX_SOURCE_CHARS:,}")
+    if text.startswith("\ufeff"):       # a UTF-8 byte order mark, as some editors write
+        text = text[1:]
     tensors: list[TensorDecl] = []
     tensor_lines: list[int] = []
     kernels: list[Kernel] = []
@@ -310,10 +363,11 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
         kernels.append(k)
 
     lines = text.splitlines()
+    ledger = budget.Ledger(AssemblyError)
     for lineno, raw in enumerate(lines, 1):   # tensors first, so instructions can name them
         s = _strip_comment(raw).strip()
         if s.startswith(".tensor"):
-            tensors.append(_parse_tensor(raw, f"{origin}:{lineno}"))
+            tensors.append(_parse_tensor(raw, f"{origin}:{lineno}", ledger))
             tensor_lines.append(lineno)
     allocate(tensors)
     _check_tensors(tensors, tensor_lines, origin)
@@ -326,38 +380,17 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
             continue
         if s.startswith(".config"):
             meta["config"] = s.split(None, 1)[1] if len(s.split()) > 1 else ""
+            if not meta["config"].isprintable() or len(meta["config"]) > 256:
+                raise AssemblyError(f"{where}:{_col(raw, '.config')}: .config takes one name of at most 256 "
+                                    f"printable characters")
         elif s.startswith(".kernel"):
             close()
             cur = None
-            m = KERNEL_RE.fullmatch(s)
-            if not m:
-                raise AssemblyError(f"{where}:{_col(raw, '.kernel')}: expected .kernel NAME block|unionN tasks=N")
-            name, ktype, tasks = m.groups()
-            ktype = ktype.lower()
-            if not re.fullmatch(r"block|union[1-9][0-9]{0,3}", ktype, re.ASCII):
-                raise AssemblyError(f"{where}:{_col(raw, m.group(2))}: unknown task type {m.group(2)!r} "
-                                    f"(block, union1, union2, union4, ...)")
-            if not re.fullmatch(r"[0-9]{1,9}", tasks, re.ASCII) or not 1 <= int(tasks) <= MAX_TASKS:
-                raise AssemblyError(f"{where}:{_col(raw, 'tasks')}: tasks={tasks} must be an integer in "
-                                    f"1..{MAX_TASKS:,}")
-            ntasks = int(tasks)
-            cur = {"name": name, "type": ktype, "tasks": ntasks, "streams": [(range(ntasks), [], lineno)],
-                   "explicit": False, "line": lineno, "owners": {}}
+            if len(kernels) >= MAX_KERNELS:
+                raise AssemblyError(f"{where}:{_col(raw, '.kernel')}: more than {MAX_KERNELS:,} kernels")
+            cur = _kernel_directive(s, raw, where, lineno)
         elif s.startswith(".task"):
-            if cur is None:
-                raise AssemblyError(f"{where}:{_col(raw, '.task')}: .task outside a .kernel")
-            tasks = _parse_tasks(s[5:], f"{where}:{_col(raw, s[5:].strip(), _col(raw, '.task'))}", cur["tasks"])
-            if not cur["explicit"]:
-                if any(t.strip() for _, t in cur["streams"][0][1]):
-                    raise AssemblyError(f"{where}:{_col(raw, '.task')}: instructions before the first .task "
-                                        f"of kernel '{cur['name']}' (move them under a .task)")
-                cur["streams"], cur["explicit"] = [], True
-            for t in tasks:      # checked as they come, so repeated .task lines cannot pile up
-                if t in cur["owners"]:
-                    raise AssemblyError(f"{where}:{_col(raw, '.task')}: task {t} already has the stream of the "
-                                        f".task at line {cur['streams'][cur['owners'][t]][2]}")
-                cur["owners"][t] = len(cur["streams"])
-            cur["streams"].append((tasks, [], lineno))
+            _task_directive(cur, s, raw, where, lineno)
         elif s.startswith("."):
             raise AssemblyError(f"{where}:{raw.find('.') + 1}: unknown directive '{s.split()[0]}'")
         else:
@@ -379,7 +412,7 @@ def assemble_program(text: str, origin: str = "<asm>") -> Program:
 def disassemble_program(prog: Program) -> str:
     out = []
     if prog.meta.get("model"):
-        out.append(f"; model: {prog.meta['model']}")
+        out.append(f"; model: {printable(prog.meta['model'], 256)}")
     for t in prog.tensors:
         dims = ", ".join(str(d) for d in t.shape)
         tail = "  ; data stored in the model file" if t.data is not None else ""

@@ -59,12 +59,25 @@ def exact_matmul(a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
     return a.astype(np.int64) @ b_t.astype(np.int64)
 
 
-def out_cast(acc: np.ndarray, odt: str, pos: int) -> np.ndarray:
-    """Store an exact int64 accumulator as the instruction's output type."""
+def out_cast(acc: np.ndarray, odt: str, pos: int, dt: str = "i8") -> np.ndarray:
+    """Store an exact int64 accumulator as the instruction's output type (docs/numerics.md).
+
+    i8 inputs: the accumulator is 32 bits (wraps); f16/f32 store acc * 2**pos rounded once.
+    i16 inputs: the sum stays exact (Cambricon's int16 conv writes float with a fix position,
+    `__mlvm_stream_conv_f32_fix16_fix16`), so f16/f32 store the exact sum times 2**pos rounded once
+    and i32 stores it at position pos: rne(acc * 2**pos), saturated."""
+    if dt != "i16":
+        if odt == "i32":
+            return acc.astype(np.int32)
+        wrapped = acc.astype(np.int32).astype(np.float64)   # the int8 accumulator is 32 bits
+        return (wrapped * (2.0**pos)).astype(NP_DTYPES[odt])
     if odt == "i32":
-        return acc.astype(np.int32)
-    wrapped = acc.astype(np.int32).astype(np.float64)   # the hardware accumulator is 32 bits
-    return (wrapped * (2.0**pos)).astype(NP_DTYPES[odt])
+        a = acc.astype(np.int64)
+        v = rne_shift(a, -pos) if pos < 0 else np.clip(a, -2**40, 2**40) << min(pos, 22)
+        return saturate(v, "i32")
+    # |acc| < 2**53 for every reduction the fields can encode with int16 products below 2**30
+    # times k < 2**20 (matmul) or realistic conv windows, so the float64 product is exact
+    return (acc.astype(np.float64) * (2.0**pos)).astype(NP_DTYPES[odt])
 
 
 def conv_out_size(size: int, k: int, stride: int, pad_a: int, pad_b: int, dil: int) -> int:

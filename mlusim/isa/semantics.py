@@ -167,7 +167,7 @@ def conv(ctx, a):
     w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
     acc = nx.conv_nhwc(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"], a["groups"])
     odt = _odt(a)
-    view(ctx, "nram", a["dst"], odt, acc.size)[:] = nx.out_cast(acc, odt, a["pos"]).reshape(-1)
+    view(ctx, "nram", a["dst"], odt, acc.size)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
 
 
 def check_matmul(a):
@@ -192,7 +192,7 @@ def matmul(ctx, a):
     w = view(ctx, "wram", a["b"], dt, n * k).reshape(n, k)
     acc = nx.exact_matmul(x, w.T)
     odt = _odt(a)
-    view(ctx, "nram", a["dst"], odt, m * n)[:] = nx.out_cast(acc, odt, a["pos"]).reshape(-1)
+    view(ctx, "nram", a["dst"], odt, m * n)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
 
 
 # ---- vector unit ---------------------------------------------------------------------------------
@@ -438,7 +438,10 @@ def vdwconv(ctx, a):
     w = view(ctx, "nram", a["wgt"], dt, kh * kw * c).reshape(kh, kw, c)
     wc = np.ascontiguousarray(w.transpose(2, 0, 1))[:, :, :, None]   # [c, kh, kw, 1]
     acc = nx.conv_nhwc(x, wc, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"], c)
-    view(ctx, "nram", a["dst"], "i32", acc.size)[:] = nx.wrap_int32(acc).reshape(-1)
+    # i8: the 32-bit accumulator wraps; i16 (9 products near 2**30 overflow it): saturates, as the
+    # vector unit's integer results do (the compiler runs int16 depthwise convs on the MAC array)
+    out = nx.saturate(acc, "i32") if E(a, "dt") == "i16" else nx.wrap_int32(acc)
+    view(ctx, "nram", a["dst"], "i32", acc.size)[:] = out.reshape(-1)
 
 
 def unary_float(fn: str):

@@ -21,7 +21,7 @@ UNITS = {
     "sync": "issue stage: waits for this core's queues to drain, then for the other participants",
     "dma": "by direction: move queue (SRAM into NRAM/WRAM, the Move-DMA), load queue (other data toward "
            "the core, and GDRAM into SRAM) or store queue (the rest: data away from the core)",
-    "mac": "compute queue, MAC array (WFU): int8/int16 conv and matmul into int32",
+    "mac": "compute queue, MAC array (WFU): int8/int16 conv and matmul (int8 into int32, int16 exact)",
     "vec": "compute queue, vector unit (NFU): elementwise, pooling, requantize, transcendental",
 }
 SPECIAL_REGS = ("taskid", "taskdim", "coreid", "clusterid", "coredim", "clusterdim")
@@ -162,9 +162,11 @@ OPS: tuple[OpSpec, ...] = (
             U("groups", 16, 1, "channel groups (groups == ci == co is depthwise)"),
             SI("pos", 8, 0, "output = acc * 2**pos when odt is a float type")) + DEPS,
            "2-D convolution. src is NHWC [n, hi, wi, ci] of `dt` (i8 or i16) in NRAM, wgt is "
-           "[co, kh, kw, ci/groups] in WRAM, dst is NHWC [n, ho, wo, co]. Products accumulate exactly "
-           "in a 32-bit two's complement accumulator; odt i32 stores it, f16/f32 store acc*2**pos "
-           "rounded to nearest even. Padding reads zeros.",
+           "[co, kh, kw, ci/groups] in WRAM, dst is NHWC [n, ho, wo, co]. i8 products accumulate exactly "
+           "in a 32-bit two's complement accumulator; i16 sums stay exact (BANG's int16 conv writes "
+           "float with a fix position). odt f16/f32 store acc*2**pos rounded to nearest even; i32 "
+           "stores the i8 accumulator, or the i16 sum at position pos: rne(acc*2**pos) saturated. "
+           "Padding reads zeros.",
            S.conv, T.conv, S.touch_conv, S.check_conv),
     OpSpec("matmul", 0x31, "mac",
            (DT(), Enum("odt", 2, 0, "output type", OUT_DTYPES), A("dst", "nram"), A("a", "nram"),
@@ -227,7 +229,8 @@ OPS: tuple[OpSpec, ...] = (
            (DT(), A("dst", "nram"), A("src", "nram"), A("wgt", "nram"), U("n", 12, 1, "batch"),
             *GEOM, U("c", 16, doc="channels"), *WIN, *PADS, *DIL) + DEPS,
            "Depthwise convolution on the vector unit: src NHWC [n, hi, wi, c], wgt [kh, kw, c] (both "
-           "`dt`, in NRAM), dst int32 NHWC; exact accumulation, padding reads zeros.",
+           "`dt`, in NRAM), dst int32 NHWC; exact accumulation wrapped to 32 bits for i8, saturated "
+           "for i16; padding reads zeros.",
            S.vdwconv, T.vec_dwconv, S.touch_dwconv, S.check_dwconv),
     OpSpec("vexp", 0x4E, "vec", (DT(), A("dst", "nram"), A("src", "nram"), N24) + DEPS,
            "dst[i] = exp(src[i]) for float `dt` (numpy's correctly-rounded-or-1ulp exp).",

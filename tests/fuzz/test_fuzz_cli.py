@@ -145,3 +145,86 @@ def test_random_command_lines_never_trace_back(files, capsys, data):
     if code == 2:
         one_error_line(err)
         count("cli: random command lines (exit 2)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Options: numbers are ASCII and in range, and argparse's own errors keep the one-line contract.
+
+NUMBERS = st.one_of(st.sampled_from(["١٦", "16", " 16", "1_6", "+4", "-1", "0", "1e3", "nan", "inf", "-inf", "",
+                                     "0x10", "99999999999999999999999999999999", "1.5", "²", "4\x00"]),
+                    st.text(max_size=6))
+
+
+@fuzz(ci=80)
+@given(st.lists(st.tuples(st.sampled_from(["--cores", "--max-instructions", "--max-cycles", "--max-seconds",
+                                           "--batch"]), NUMBERS), min_size=1, max_size=3))
+def test_numeric_options_are_ascii_in_range_or_one_line(capsys, opts):
+    args = ["run", EXAMPLE, "--timing-only"] + [a for o in opts for a in o]
+    count("cli: numeric option values")
+    code, out, err = cli(capsys, *args)
+    assert code in (0, 2), (args, err)
+    if code == 2:
+        one_error_line(err)
+        count("cli: numeric option values (exit 2)")
+    for flag, text in dict(opts).items():      # the last of a repeated option counts
+        if flag in ("--cores", "--batch") and text and not text.isascii():
+            assert code == 2, (args, out)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", EXAMPLE, "--cores", "١٦"], "ASCII digits"),
+    (["compile", "--model", "mnist", "--batch", "0"], "argument --batch: must be in 1.."),
+    (["run", "mnist", "--batch", "0"], "argument --batch: must be in 1.."),
+    (["compile", "--model", "mnist", "--seed", "-1"], "argument --seed: must be in 0.."),
+    (["compile", "--model", "mnist", "--cores", "-1"], "argument --cores: must be in 1.."),
+    (["sweep", EXAMPLE, "--cluster", "not a url"], "expected a scheduler address"),
+    (["sweep", EXAMPLE, "--cluster-timeout", "-1"], "argument --cluster-timeout"),
+    (["sweep", EXAMPLE, "--cluster-timeout", "nan"], "argument --cluster-timeout"),
+    (["--mem-gib", "1e300", "run", EXAMPLE], "argument --mem-gib"),
+    (["run", EXAMPLE, "--bogus"], "unrecognized arguments"),
+    (["plot"], "the following arguments are required"),
+])
+def test_option_errors_are_one_line_and_write_nothing(capsys, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    count("cli: targeted option errors")
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and needle in one_error_line(err), err
+    assert list(tmp_path.iterdir()) == []            # compile --cores -1 used to write mnist.mlu
+
+
+def test_the_memory_budget_variable_of_1e300_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "mlusim", "run", EXAMPLE, "--timing-only"], capture_output=True,
+                       text=True, env={**os.environ, "MLUSIM_HOST_MEM_GIB": "1e300"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "MLUSIM_HOST_MEM_GIB='1e300'" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["run", EXAMPLE, "--timing-only"], ["disasm", EXAMPLE], ["config", "show"]])
+def test_a_full_disk_on_stdout_is_one_line(args):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "mlusim", *args], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and r.stderr == "mlusim: error: cannot write the output: No space left on device\n"
+
+
+def test_what_asm_writes_run_reads(tmp_path, capsys):
+    """A zero-filled const deflates past the loader's bomb ratio: asm stores it, so run loads it."""
+    src = tmp_path / "z.s"
+    src.write_text("\ufeff.tensor w const i8 [4194304]\n.kernel k block tasks=1\n    nop\n")   # with a BOM
+    assert cli(capsys, "asm", str(src), "-o", str(tmp_path / "z.mlu"))[0] == 0
+    code, out, err = cli(capsys, "run", str(tmp_path / "z.mlu"), "--cores", "1", "--timing-only")
+    assert code == 0, err
+
+
+def test_deadlocks_are_dated_alike_with_and_without_a_cycle_budget(tmp_path, capsys):
+    src = tmp_path / "dl.s"
+    src.write_text(".kernel k block tasks=1\n    vset dt=i8 dst=0 n=4 wait=ld\n")
+    msgs = [one_error_line(cli(capsys, "run", str(src), "--cores", "1", *extra)[2])
+            for extra in ([], ["--max-cycles", "1e6"])]
+    assert msgs[0] == msgs[1] and msgs[0].startswith(f"mlusim: error: {src}: deadlock at cycle 2,000:"), msgs
+
+
+def test_wall_clock_budget_from_the_command_line(tmp_path, capsys):
+    src = tmp_path / "spin.s"
+    src.write_text(LOOP)
+    code, _, err = cli(capsys, "run", str(src), "--cores", "1", "--max-instructions", "1000000000000",
+                       "--max-seconds", "0.3")
+    assert code == 2 and "wall-clock budget of 0.3 s exhausted" in one_error_line(err) and str(src) in err

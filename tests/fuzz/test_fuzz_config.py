@@ -174,14 +174,15 @@ def _bomb_aliases():
 
 BOMBS = {
     "billion laughs (aliases)": (_bomb_aliases(), "aliases"),
-    "deep flow nesting": ("chip: " + "[" * 100_000 + "]" * 100_000, "nesting deeper"),
+    "deep flow nesting": ("chip: " + "[" * 100_000 + "]" * 100_000, "nesting"),   # libyaml: "maximum nesting depth"
     "deep block nesting": ("".join("  " * i + f"k{i}:\n" for i in range(200)), "nesting deeper"),
     "deep mapping flow": ("x: " + "{a: " * 5000 + "1" + "}" * 5000, "nesting deeper"),
     "huge file": ("description: " + "x" * (MAX_YAML_BYTES + 10), "limit"),
     "huge integer": ("chip:\n  cores: " + "9" * 10_000, "bad int value"),
     "python object tag": ("chip: !!python/object/apply:os.system ['touch /tmp/pwned']", "invalid YAML"),
     "bad timestamp": ("description: 2001-13-45", "bad timestamp"),
-    "many keys": ("".join(f"k{i}: {i}\n" for i in range(40_000)), "unknown key"),
+    "many keys": ("".join(f"k{i}: {i}\n" for i in range(40_000)), "more than 10,000 values"),
+    "many keys on one line": ("{" + ", ".join(f"k{i}: {i}" for i in range(40_000)) + "}", "more than 10,000 values"),
     "unhashable key": ("? [a, b]\n: 1\n", "invalid YAML"),
     "anchor on a section": ("base: mlu270\ncore: &c {nram_kib: 8}\n", None),
 }
@@ -251,3 +252,55 @@ def test_preset_yaml_is_what_the_schema_says():
     """Sanity for the mutation base: the unmodified preset must load."""
     assert yaml.safe_load(yaml.safe_dump(BASE)) == BASE
     check_invariants(config_from_dict(BASE, "mlu270"))
+
+
+# ------------------------------------------------------------------------------------------------
+# base: may name a preset or a file beside the config, nothing else; and an error never quotes
+# text from a file the user did not name.
+
+SECRET = "root:x:0:0:SECRET-LINE:/root:/bin/bash"
+
+
+@pytest.fixture()
+def outside(tmp_path):
+    """tmp/outside/secret.yaml (a file the user never named) and tmp/cfg/ (the user's folder)."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.yaml").write_text(f"{SECRET}: 1\nbase: mlu270\nsecret_key_name: 2\n")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "link.yaml").symlink_to(tmp_path / "outside" / "secret.yaml")
+    return tmp_path
+
+
+@pytest.mark.parametrize("base", ["/etc/passwd", "/etc/hostname", "../outside/secret.yaml",
+                                  "../../outside/secret.yaml", "sub/../../outside/secret.yaml", "link.yaml",
+                                  "{outside}/outside/secret.yaml", "..", "/", "~/.ssh/id_rsa.yaml",
+                                  "mlu270/../../outside/secret.yaml", "\x1b[31m.yaml"])
+def test_base_never_reads_outside_the_config_folder(outside, base):
+    count("config: base: traversal")
+    cfg = outside / "cfg" / "c.yaml"
+    cfg.write_text(f"base: {json_str(base.format(outside=outside))}\n")
+    _, err = check_outcome(load_config, cfg)
+    assert err is not None
+    msg = assert_clean_error(err)
+    assert "SECRET" not in msg and "secret_key_name" not in msg and "root:" not in msg, msg
+    assert str(cfg) in msg
+
+
+def json_str(s: str) -> str:
+    import json
+
+    return json.dumps(s)
+
+
+def test_base_beside_the_config_and_presets_still_work(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: mlu270\ncore:\n  nram_kib: 256\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ndram:\n  bandwidth_gbps: 51.2\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.core.nram_kib == 256 and cfg.dram.bandwidth_gbps == 51.2
+
+
+def test_unknown_keys_that_are_not_key_names_are_not_echoed(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"base: mlu270\n'{SECRET}': 1\n")
+    _, err = check_outcome(load_config, p)
+    assert err is not None and "SECRET" not in str(err) and "not a config key name" in str(err)

@@ -144,7 +144,9 @@ def _report_ops(summary) -> list[dict]:
              "mac_utilization": k["mac_utilization"]} for k in summary["kernels"]]
 
 
-def run_fused(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
+def run_fused(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
+    """The model's outputs (one per output of its forward, in order) from one whole-graph program."""
+    from mlusim.compiler.graph import output_names
     from mlusim.report import summarize
     from mlusim.sim import simulate
 
@@ -155,7 +157,7 @@ def run_fused(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
     s = summarize(res)
     st.last_report = RunReport("fused", cm.cfg.name, cm.cores, res.cycles, res.seconds * 1e3, _report_ops(s), [], s)
     st.maybe_save_offline(cm.fused)
-    return res.outputs["output"]
+    return [res.outputs[k] for k in output_names(cm.graph)]
 
 
 def _node_program(cm: CompiledModel, name: str):
@@ -166,8 +168,9 @@ def _node_program(cm: CompiledModel, name: str):
     return cm.per_node[name]
 
 
-def run_layers(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
-    """Each node its own program; values pass between them in device layout."""
+def run_layers(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
+    """Each node its own program; values pass between them in device layout. Returns the model's
+    outputs in order (a graph's extra outputs are dequantized by their own one-kernel programs)."""
     from mlusim.compiler.layout import layouts, value_name
     from mlusim.compiler.reference import cpu_node_quant
     from mlusim.report import summarize
@@ -179,6 +182,7 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
     vals: dict[str, np.ndarray] = {}
     ops, host, total = [], [], 0.0
     out = None
+    extra: dict[str, np.ndarray] = {}
     for node in g.nodes:
         if node.op in ("flatten", "reshape"):
             vals[node.name] = vals[node.inputs[0]].reshape(lay[node.name].shape)
@@ -201,6 +205,8 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
             out = res.outputs["output"]
         else:
             vals[node.name] = res.outputs[value_name(node)]
+            if node.name in g.extra_outputs:
+                extra[node.name] = _dequantized(cm, node, vals[node.name])
     if host:
         warnings.warn(f"mlusim: ran on the host (not supported by the MLU): {', '.join(host)}", stacklevel=3)
     st.last_report = RunReport("layer-by-layer", cm.cfg.name, cm.cores, total, cm.cfg.cycles_to_seconds(total) * 1e3,
@@ -209,7 +215,26 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> np.ndarray:
         st.maybe_save_offline(cm.fused)
     elif st.save_name:
         raise ShimError(f"cannot write {st.save_name}.mlu: the model has host ops ({', '.join(host)})")
-    return out
+    return [out] + [extra[o] for o in g.extra_outputs]
+
+
+def _dequantized(cm: CompiledModel, node, value: np.ndarray) -> np.ndarray:
+    """An extra output's float value: the same dequantize kernel the whole-graph program ends with."""
+    from mlusim.compiler import lower as lw
+    from mlusim.compiler.kernels import eltwise
+    from mlusim.program import Program
+    from mlusim.sim import simulate
+
+    ctx = lw.LowerCtx(cm.cfg, cm.graph, cm.cores)
+    shape = value.shape
+    x = ctx.tensor("value", "input", lw.layouts(cm.graph)[node.name].dtype, shape)
+    meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
+    y = ctx.tensor("output", "output", "f32", shape, meta=meta)
+    eltwise.lower_dequantize(ctx, node, lw.DevTensor("value", x.addr, shape, x.dtype),
+                             lw.DevTensor("output", y.addr, shape, "f32"), node.q["scale"],
+                             f"{node.name}.dequantize", node.q.get("zp", 0))
+    prog = Program(ctx.kernels, ctx.tensors, ctx.top)
+    return simulate(prog, cm.cfg, cores=cm.cores, inputs={"value": value}).outputs["output"]
 
 
 def _to_nchw(a: np.ndarray, dev_shape) -> np.ndarray:
@@ -235,20 +260,24 @@ def register_ops() -> None:
 
     _LIB = torch.library.Library("mlusim", "DEF")
     _LIB.define("run_program(Tensor x, int key) -> Tensor")
+    _LIB.define("run_program_multi(Tensor x, int key) -> Tensor[]")    # a model with several outputs
 
     def cpu_impl(x, key):
         raise ShimError("mlusim::run_program runs on mlu tensors; move the input with .to(ct.mlu_device())")
 
     _LIB.impl("run_program", cpu_impl, "CPU")
+    _LIB.impl("run_program_multi", cpu_impl, "CPU")
 
     def handler(func, args, kwargs):
         x, key = args[0], args[1]
         if not 0 <= key < len(_PROGRAMS):
             raise ShimError(f"traced MLU program {key} is not loaded in this process")
-        out = run_fused(_PROGRAMS[key], cpu_of(x).detach().float().contiguous().numpy())
-        return MluTensor(torch.from_numpy(out))
+        outs = [MluTensor(torch.from_numpy(o))
+                for o in run_fused(_PROGRAMS[key], cpu_of(x).detach().float().contiguous().numpy())]
+        return outs[0] if func is torch.ops.mlusim.run_program.default else outs
 
     OP_HANDLERS[torch.ops.mlusim.run_program.default] = handler
+    OP_HANDLERS[torch.ops.mlusim.run_program_multi.default] = handler
 
 
 def mlu_forward(model, orig_cls, x):
@@ -267,6 +296,8 @@ def mlu_forward(model, orig_cls, x):
         torch._C._set_tracing_state(tracing)
     if torch.jit.is_tracing():
         register_ops()
+        if cm.graph.extra_outputs:
+            return tuple(torch.ops.mlusim.run_program_multi(x, cm.key))
         return torch.ops.mlusim.run_program(x, cm.key)
-    out = run_layers(cm, cpu_of(x).detach().float().contiguous().numpy())
-    return MluTensor(torch.from_numpy(out))
+    outs = [MluTensor(torch.from_numpy(o)) for o in run_layers(cm, cpu_of(x).detach().float().contiguous().numpy())]
+    return tuple(outs) if len(outs) > 1 else outs[0]

@@ -56,17 +56,12 @@ def position(x: np.ndarray, qmax: int) -> int:
 
 
 def budget(bits_a: int, bits_b: int, k: int) -> tuple[int, int]:
-    """Largest magnitudes for two operands of a k-long reduction that keep the int32 accumulator
-    exact: 8-bit operands use 127; a 16-bit one takes what the other leaves, two share evenly."""
-    lim = 2**31 - 1
-    if bits_a == bits_b == 8:
-        return 127, 127
-    if bits_a == 8:
-        return 127, max(1, min(32767, lim // (127 * k)))
-    if bits_b == 8:
-        return max(1, min(32767, lim // (127 * k))), 127
-    q = max(1, min(32767, math.isqrt(lim // max(k, 1))))
-    return q, q
+    """Largest magnitudes for two operands of a k-long reduction: 8-bit operands use 127 (the int8
+    path's 32-bit accumulator holds 133,000 full-range products), 16-bit ones the whole int16 range,
+    since the MAC array keeps int16 sums exact (docs/numerics.md)."""
+    if bits_a == bits_b == 8 and k * 127 * 127 >= 2**31:
+        raise ShimError(f"an 8-bit reduction of {k} products could overflow the int32 accumulator")
+    return (127 if bits_a == 8 else 32767), (127 if bits_b == 8 else 32767)
 
 
 def quantize_pair(site: str, a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, int, int]:

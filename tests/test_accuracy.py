@@ -1,0 +1,60 @@
+"""Accuracy against the float model: every zoo model, int8 and int16, per-tensor and per-channel
+weights, simulated on 1 and 4 cores.
+
+A reference that shares a bug with the simulator proves nothing (int16 once wrapped in both), so
+the simulated output is compared with `run_float`, the float model itself. Scales are calibrated on
+the evaluated batch, so no activation clips and what is left is the rounding of the integer
+pipeline: half a step of each tensor's scale (1/254 of its range at int8, 1/65534 at int16) per
+layer, compounded over the depth. Bounds:
+  * int16: within 1% of the output range (the issue's bound for logits; measured 0.0000-0.0011,
+    MobileNetV2's 13-bit depthwise weights the largest);
+  * int16 at least as accurate as int8 for the same model and weights;
+  * int8: the measured error (0.009-0.106 at these sizes) with about 1.5x margin; MobileNetV2 is
+    worst (17 depthwise layers with 9-term sums, ReLU6 clamps and 10 residual adds, each
+    requantizing to 8 bits).
+Top-1 agrees with the float model wherever the float model's top-2 gap is more than twice the
+worst error (random-weight models can have near ties no rounding should be blamed for).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlusim.compiler.driver import compile_graph
+from mlusim.compiler.reference import run_float, run_quant
+from mlusim.compiler.zoo import build
+from mlusim.sim import simulate
+
+RES = {"mnist": 28, "lenet5": 28, "resnet18": 32, "resnet50": 32, "mobilenetv2": 32, "vgg16": 32}
+INT8_BOUND = {"mnist": 0.015, "lenet5": 0.06, "resnet18": 0.06, "resnet50": 0.09, "mobilenetv2": 0.16,
+              "vgg16": 0.075}
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="module", params=list(RES))
+def model(request):
+    g = build(request.param, batch=2, resolution=RES[request.param])
+    x = np.random.default_rng(7).uniform(0, 1, g.input.shape).astype(np.float32)
+    return request.param, g, x
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_simulated_output_close_to_float(model, per_channel):
+    name, g, x = model
+    errs = {}
+    for dtype in ("int8", "int16"):
+        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=per_channel, tasks=4)
+        flt = run_float(c.graph, x)[c.graph.output]
+        ref = run_quant(c.graph, x)["__output__"]
+        for cores in (1, 4):
+            out = simulate(c.program, cores=cores, inputs={"input": x}).outputs["output"]
+            assert np.array_equal(out, ref), (name, dtype, cores)
+        top2 = np.sort(flt, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 2 * np.abs(ref - flt).max()   # no error this size can flip it
+        assert (ref.argmax(1) == flt.argmax(1))[clear].all(), (name, dtype)
+        errs[dtype] = rel_err(ref, flt)
+    assert errs["int16"] < 0.01, errs
+    assert errs["int16"] <= errs["int8"], errs
+    assert errs["int8"] < INT8_BOUND[name], errs

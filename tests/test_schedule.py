@@ -1,0 +1,53 @@
+"""The per-cluster schedule (the MLU370 vendor runtime's): how a batch is split, the fc head, and
+that it computes what the spread schedule computes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlusim.compiler import zoo
+from mlusim.config import load_config
+from mlusim.schedule import head_start, plan_per_cluster, run_per_cluster
+from mlusim.sim import simulate
+
+
+@pytest.fixture(scope="module")
+def s4():
+    return load_config("mlu370-s4")
+
+
+def test_head_is_the_per_image_vector_suffix():
+    g = zoo.build("vgg16", 1, 32)
+    k = head_start(g)
+    assert g.nodes[k - 1].op == "maxpool" and {n.op for n in g.nodes[k:]} >= {"flatten", "linear"}
+    assert all(len(n.shape) <= 2 for n in g.nodes[k:])
+
+
+@pytest.mark.parametrize("batch,per,clusters", [(1, 1, 1), (4, 1, 4), (6, 1, 6), (8, 2, 4), (13, 3, 5)])
+def test_batch_split_over_clusters(s4, batch, per, clusters):
+    plan = plan_per_cluster("mnist", batch, s4, s4.chip.cores)
+    assert (plan.per_cluster, plan.clusters, plan.chip_clusters) == (per, clusters, 6)
+    assert all(k.task_dim <= s4.chip.cores_per_cluster for k in plan.trunk.kernels)
+    assert plan.head is not None and plan.trunk.tensor("input").shape[0] == per
+
+
+def test_per_cluster_outputs_equal_the_spread_schedule(s4):
+    """Same quantization, exact integer arithmetic: splitting the batch changes time, not results
+    (batch 7 on 6 clusters: groups of 2, the last padded)."""
+    from mlusim.compiler.driver import compile_model
+
+    plan = plan_per_cluster("mnist", 7, s4, s4.chip.cores)
+    got = run_per_cluster(plan, s4).outputs["output"]
+    spread = compile_model("mnist", batch=7, config=s4, tasks=s4.chip.cores, cluster_fusion=True).program
+    want = simulate(spread, s4).outputs["output"]
+    assert got.shape == want.shape == (7, 10)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_clusters_side_by_side_share_dram(s4):
+    """Batch 6 runs six trunks at once: the same trunk as batch 1, each with a sixth of the DRAM,
+    so it takes longer than batch 1 but far less than six batches one after another."""
+    one = run_per_cluster(plan_per_cluster("lenet5", 1, s4, 24), s4, timing_only=True)
+    six = run_per_cluster(plan_per_cluster("lenet5", 6, s4, 24), s4, timing_only=True)
+    assert one.cycles < six.cycles < 6 * one.cycles
+    assert six.dram_bytes > 5 * one.dram_bytes
