@@ -7,6 +7,8 @@ host, as Cambricon's stack does for unsupported layers.
 """
 from __future__ import annotations
 
+import contextlib
+
 import operator
 
 import numpy as np
@@ -138,10 +140,11 @@ def _cpu_call(n, mods):
     """A host function computing fx node `n` from its tensor inputs (torch tensors)."""
     import torch.fx as fx
 
-    feeds = list(n.all_input_nodes)
+    feeds = [a for a in n.all_input_nodes if "value" not in a.meta]
+    consts = {a.name: a.meta["value"] for a in n.all_input_nodes if "value" in a.meta}
 
     def call(*xs):
-        env = {a.name: x for a, x in zip(feeds, xs)}
+        env = {**consts, **{a.name: x for a, x in zip(feeds, xs)}}
         args = fx.node.map_arg(n.args, lambda a: env[a.name])
         kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a.name])
         if n.op == "call_module":
@@ -153,11 +156,30 @@ def _cpu_call(n, mods):
     return call
 
 
+def _value_prop(gm):
+    """torch.fx's ShapeProp over `gm`, keeping also the non-tensor values (sizes computed from
+    shapes, as in `interpolate(x, size=(x.shape[2] * 2, ...))`): fixed for the traced input
+    shape, they become constants of the host op that uses them (n.meta["value"])."""
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    def plain(v) -> bool:
+        return isinstance(v, (int, float, bool)) or isinstance(v, (tuple, list)) and all(map(plain, v))
+
+    class ValueProp(ShapeProp):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if plain(out) and not isinstance(out, torch.Tensor):
+                n.meta["value"] = out
+            return out
+
+    return ValueProp(gm)
+
+
 def from_torch(module, example_input, allow_cpu: bool = False, name: str | None = None) -> Graph:
     """Trace `module` (eval mode semantics) into the IR; shapes from `example_input`."""
     import torch
     import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
 
     from torch_mlu.core.device import cpu_of
 
@@ -165,18 +187,22 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
         gm = fx.symbolic_trace(module)
     except Exception as e:  # torch raises many kinds for untraceable control flow
         raise CompileError(f"torch.fx cannot trace {type(module).__name__}: {str(e).splitlines()[0][:200]}") from None
+    inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise CompileError(f"{type(module).__name__}: forward takes {len(inputs)} inputs ({', '.join(inputs)}); "
+                           f"only single-input models are supported")
     x = cpu_of(example_input).detach().float()
-    probe = x
+    probe, host = x, contextlib.nullcontext()
     param = next(iter(module.parameters()), None)
     if param is not None and param.device.type == "mlu":     # shapes are propagated where the weights are
-        from torch_mlu.core.device import to_mlu
+        from torch_mlu.core.device import host_float, to_mlu
 
-        probe = to_mlu(x)
+        probe, host = to_mlu(x), host_float()
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(probe)
+        with torch.no_grad(), host:
+            _value_prop(gm).propagate(probe)
     finally:
         module.train(was_training)
     mods = dict(gm.named_modules())
@@ -217,7 +243,7 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
             if not allow_cpu:
                 unsupported.append(f"{what} (node '{n.name}')")
                 continue
-            if len(ins) != len(n.all_input_nodes):
+            if len(ins) != len([a for a in n.all_input_nodes if "value" not in a.meta]):
                 unsupported.append(f"{what} (node '{n.name}', takes computed non-tensor arguments)")
                 continue
             node = Node(n.name, "cpu", ins, {"shape": shape, "what": what, "call": _cpu_call(n, mods)})

@@ -44,6 +44,7 @@ def space_to_depth(g: Graph) -> dict | None:
         pt, pb, pl, pr = a["padding"]
         if a["stride"] == (2, 2) and a["dilation"] == (1, 1) and a["groups"] == 1 and 4 * ch <= 64 \
                 and c.q.get("in_zp", 0) == 0 and not a.get("residual") and c.q.get("dtype") == "int8" \
+                and "pad_fill" not in c.q \
                 and (h + pt + pb) % 2 == 0 and (w + pl + pr) % 2 == 0:
             plan = {"conv": c.name, "pads": (pt, pb, pl, pr),
                     "shape": (n, (h + pt + pb) // 2, (w + pl + pr) // 2, 4 * ch)}

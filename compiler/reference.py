@@ -51,7 +51,19 @@ def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     return out.transpose(0, 3, 1, 2)
 
 
-def _conv_f(x, w, b, stride, pads, dil, groups):
+def pad_channels(x: np.ndarray, pads, values) -> tuple[np.ndarray, tuple]:
+    """x [n, c, h, w] padded with values[c] in channel c (firstconv's raw-image padding), and the
+    zero pads that remain for the conv."""
+    pt, pb, pl, pr = pads
+    out = np.empty(x.shape[:2] + (x.shape[2] + pt + pb, x.shape[3] + pl + pr), x.dtype)
+    out[:] = np.asarray(values, x.dtype).reshape(1, -1, 1, 1)
+    out[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]] = x
+    return out, (0, 0, 0, 0)
+
+
+def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None):
+    if pad_value is not None:
+        x, pads = pad_channels(x, pads, pad_value)
     out = _conv_acc(x, w, stride, pads, dil, groups, np.float32)
     if b is not None:
         out = out + b.reshape(1, -1, 1, 1)
@@ -85,7 +97,7 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             y = x.astype(np.float32)
         elif op == "conv2d":
             y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
-                        n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"])
+                        n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
             if n.attrs.get("residual"):
                 y = y + a[1]
             y = _act_f(y, n.attrs.get("act"))
@@ -258,8 +270,11 @@ def run_quant(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         elif n.op == "input":
             y = quantize_input(x, q["inv_scale"], qmax, zp)
         elif n.op == "conv2d":
-            acc = _accumulator(_conv_i(a[0] - zin, q["weight"], n.attrs["stride"], n.attrs["padding"],
-                                       n.attrs["dilation"], n.attrs["groups"]), q)
+            xin, pads = (a[0] - zin), n.attrs["padding"]
+            if "pad_fill" in q:
+                xin, pads = pad_channels(xin, pads, q["pad_fill"])
+            acc = _accumulator(_conv_i(xin, q["weight"], n.attrs["stride"], pads, n.attrs["dilation"],
+                                       n.attrs["groups"]), q)
             if n.attrs.get("residual"):   # shortcut rescaled into the accumulator's scale, per channel
                 sc = requant(a[1] - q.get("res_zp", 0), 0, q["res_mult"], q["res_shift"], -2**31, 2**31 - 1, 2**31 - 1)
                 acc = np.clip(acc + sc, -2**31, 2**31 - 1)

@@ -172,7 +172,111 @@ class Runner:
             self._plans[key] = plan_per_cluster(p.network, p.batch, cfg, cfg.chip.cores, absmax=self.absmax(p.network))
         return self._plans[key]
 
-    def simulate(self, p: Point, cfg) -> float:
+    def simulate(self, p: Point, cfg, plan=None) -> float:
+        """Simulated ms of the point on `cfg` (with `plan`: a program compiled for another
+        config of the same chip, re-timed on this one)."""
         from mlusim.schedule import run_per_cluster
 
-        return run_per_cluster(self.plan(p, cfg), cfg, timing_only=True).seconds * 1e3
+        return run_per_cluster(plan or self.plan(p, cfg), cfg, timing_only=True).seconds * 1e3
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str                      # dotted config key
+    grid: tuple                   # candidate values, searched exhaustively
+    what: str                     # the property of the chip or runtime it is
+
+
+FITTED = (
+    Param("chip.kernel_launch_cycles", (250, 500, 1000, 2000, 4000),
+          "runtime: the MagicMind runtime's dispatch and completion of one kernel (per kernel, every network)"),
+    Param("core.startup_cycles.conv", (50, 100, 200, 400, 800),
+          "chip: fixed cost of one conv instruction on the MAC array (per instruction, every layer)"),
+)
+
+
+def mape(errors: list[float]) -> float:
+    return 100.0 * sum(abs(e) for e in errors) / len(errors) if errors else float("nan")
+
+
+@dataclass
+class Fit:
+    points: list[Point]
+    cells: list[dict]                       # parameter values of each grid cell
+    ms: list[list[float]]                   # ms[cell][point]
+    before: int                             # the cell holding the configs' own values
+    best: int = 0
+    lono: dict[str, int] = field(default_factory=dict)     # network -> cell fitted without it
+
+    def errors(self, cell: int, idx=None) -> list[float]:
+        idx = range(len(self.points)) if idx is None else idx
+        return [self.ms[cell][i] / self.points[i].measured_ms - 1 for i in idx]
+
+    def best_cell(self, idx) -> int:
+        return min(range(len(self.cells)), key=lambda c: (mape(self.errors(c, idx)), c))
+
+    def lono_errors(self) -> list[float]:
+        out = [0.0] * len(self.points)
+        for net, cell in self.lono.items():
+            for i, p in enumerate(self.points):
+                if p.network == net:
+                    out[i] = self.ms[cell][i] / p.measured_ms - 1
+        return out
+
+
+def _with(cfg, values: dict):
+    from mlusim.config import apply_overrides, config_from_dict
+
+    return config_from_dict(apply_overrides(cfg.to_dict(), values), f"{cfg.name} (calibration)")
+
+
+def fit(points: list[Point], configs: dict, runner: Runner, params=FITTED, progress=None) -> Fit:
+    """Every grid cell's prediction of every point (programs compiled once with the configs as
+    given; a cell re-simulates them), the best cell, and each network's leave-one-out cell."""
+    import itertools
+
+    from mlusim.config import iter_leaves
+
+    leaves = {p for p, _, _ in iter_leaves()}
+    for p in params:
+        if p.key not in leaves:
+            raise CalibrationError(f"fitted parameter {p.key} is not a config key")
+    cells = [dict(zip([p.key for p in params], vals)) for vals in itertools.product(*[p.grid for p in params])]
+    own = {p.key: _lookup(configs[points[0].board], p.key) for p in params}
+    if own not in cells:
+        cells.append(own)
+    ms = []
+    for n, cell in enumerate(cells):
+        row = []
+        for p in points:
+            row.append(runner.simulate(p, _with(configs[p.board], cell), runner.plan(p, configs[p.board])))
+        ms.append(row)
+        if progress:
+            progress(n + 1, len(cells))
+    f = Fit(points, cells, ms, cells.index(own))
+    f.best = f.best_cell(range(len(points)))
+    for net in sorted({p.network for p in points}):
+        f.lono[net] = f.best_cell([i for i, p in enumerate(points) if p.network != net])
+    return f
+
+
+def _lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def sensitive_points(f: Fit, key: str, top: int = 3) -> list[str]:
+    """The points whose prediction moves most across the parameter's grid (the rows that fix it)."""
+    vals = sorted({c[key] for c in f.cells})
+    lo = [i for i, c in enumerate(f.cells) if c[key] == vals[0] and all(c[k] == f.cells[f.best][k] for k in c if k != key)]
+    hi = [i for i, c in enumerate(f.cells) if c[key] == vals[-1] and all(c[k] == f.cells[f.best][k] for k in c if k != key)]
+    if not lo or not hi:
+        return []
+    move = [(abs(f.ms[hi[0]][i] / f.ms[lo[0]][i] - 1), p.key) for i, p in enumerate(f.points)]
+    return [k for _, k in sorted(move, reverse=True)[:top]]

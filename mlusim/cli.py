@@ -16,7 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from mlusim.errors import MlusimError, one_line
 
-COMMANDS = ("run", "config", "modelfile", "sweep", "plot", "compile")
+COMMANDS = ("run", "config", "modelfile", "sweep", "plot", "compile", "calibrate")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -215,6 +215,47 @@ def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[st
     return _save(fig, prefix)
 
 
+def plot_calibration(doc: dict, prefix: str | Path, title: str = "") -> list[Path]:
+    """Simulated vs published latency of every calibration point (log-log) with the identity line
+    and +-20% bands; one marker per board, one colour per network."""
+    plt = _plt()
+    pts = doc.get("points") or []
+    if not pts:
+        raise MlusimError("nothing to plot: the calibration report has no points")
+    fig, ax = plt.subplots(figsize=(5.8, 5.2))
+    nets = sorted({p["network"] for p in pts})
+    marks = {"S4": "o", "X4": "s"}
+    cmap = plt.get_cmap("tab10")
+    for i, net in enumerate(nets):
+        for board, m in marks.items():
+            sel = [p for p in pts if p["network"] == net and p["board"] == board]
+            if sel:
+                ax.plot([p["measured_ms"] for p in sel], [p["simulated_ms"] for p in sel], m, color=cmap(i % 10),
+                        label=f"{net} ({board})", ms=6, alpha=0.85)
+    vals = [p["measured_ms"] for p in pts] + [p["simulated_ms"] for p in pts]
+    lo, hi = min(vals) / 1.5, max(vals) * 1.5
+    ax.plot([lo, hi], [lo, hi], "-", color="black", lw=1, label="identity")
+    for f in (0.8, 1.2):
+        ax.plot([lo, hi], [lo * f, hi * f], ":", color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("published device latency (ms)")
+    ax.set_ylabel("simulated latency (ms)")
+    left = doc.get("mape_left_out")
+    sub = f"MAPE {doc['mape']:.1f}%" + (f", leave-one-network-out {left:.1f}%" if left is not None else "")
+    ax.set_title(title or f"MLU370 int8-mixed-fp16, simulated vs published ({sub}; dotted: +-20%)", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", ncol=1)
+    return _save(fig, prefix)
+
+
 def _metric_keys() -> list[tuple[Any, ...]]:
     from mlusim.experiments import METRIC_COLUMNS
 

@@ -202,7 +202,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
     from rich.table import Table
 
     s = summary or summarize(res)
-    con = Console(file=io.StringIO(), record=True, width=120, force_terminal=False, color_system=None)
+    con = Console(file=io.StringIO(), record=True, width=120, force_terminal=False, color_system=None,
+                  markup=False)     # names from files print as they are, never as [markup]
     head = (f"{s['config']} @ {s['clock_mhz']:g} MHz, {s['cores']} core(s): {s['cycles']:,.0f} cycles = "
             f"{s['latency_ms']:.4f} ms simulated; {s['instructions']:,} instructions in "
             f"{s['wall_seconds']:.2f} s wall" + (" (timing only)" if s["timing_only"] else ""))
@@ -300,7 +301,8 @@ def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = F
 
     from rich.console import Console
 
-    con = Console(file=io.StringIO(), record=True, width=140, force_terminal=False, color_system=None)
+    con = Console(file=io.StringIO(), record=True, width=140, force_terminal=False, color_system=None,
+                  markup=False)     # names from files print as they are, never as [markup]
     t = _table(title, ["cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
                        "DRAM GB/s", "DRAM util", "bound"])
     for r in rows:
@@ -333,7 +335,8 @@ def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
 
     from rich.console import Console
 
-    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None)
+    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None,
+                  markup=False)     # names from files print as they are, never as [markup]
     t = _table(title, [*keys, "cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
                        "DRAM GB/s", "DRAM util", "bound"])
     for r in rows:

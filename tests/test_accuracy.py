@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from mlusim.compiler.driver import compile_graph
-from mlusim.compiler.reference import run_float, run_quant
-from mlusim.compiler.zoo import build
+from mlusim.compiler.reference import program_outputs, run_float, run_quant
+from mlusim.compiler.zoo import ZOO, build
 from mlusim.sim import simulate
 
 RES = {"mnist": 28, "lenet5": 28, "resnet18": 32, "resnet50": 32, "mobilenetv2": 32, "vgg16": 32}
@@ -58,3 +58,26 @@ def test_simulated_output_close_to_float(model, per_channel):
     assert errs["int16"] < 0.01, errs
     assert errs["int16"] <= errs["int8"], errs
     assert errs["int8"] < INT8_BOUND[name], errs
+
+
+# the rest of the zoo at its smallest resolution: int16 within 1% and no worse than int8, the int16
+# program simulated bit-equal to the reference (int8 programs of these are pinned by test_golden).
+# alexnet_bn is left out: its grouped conv4 has no int16 tiling (whole-layer weight blocks of a
+# grouped conv, 1.3 MB at int16, exceed WRAM) and fails to compile with a clear error.
+OTHERS = [n for n in ZOO if n not in RES and n != "alexnet_bn"]
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_int16_close_to_float_on_the_rest_of_the_zoo(name):
+    g = build(name, batch=1, resolution=max(32, ZOO[name].min_resolution))
+    x = np.random.default_rng(7).uniform(0, 1, g.input.shape).astype(np.float32)
+    errs = {}
+    for dtype in ("int8", "int16"):
+        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=True, tasks=4)
+        fv = run_float(c.graph, x)
+        refs = program_outputs(c.graph, run_quant(c.graph, x))
+        flts = [fv[o] for o in [c.graph.output] + list(c.graph.extra_outputs)]
+        errs[dtype] = max(rel_err(r, f.reshape(r.shape)) for r, f in zip(refs.values(), flts))
+    outs = simulate(c.program, cores=4, inputs={"input": x}).outputs
+    assert all(np.array_equal(outs[k], r.reshape(outs[k].shape)) for k, r in refs.items()), name
+    assert errs["int16"] < 0.01 and errs["int16"] <= errs["int8"], errs

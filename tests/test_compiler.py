@@ -255,6 +255,43 @@ def test_firstconv_folds_mean_and_std():
     assert "firstconv" in c.graph.node("conv1").fused
 
 
+def _padded_stem(stride: int) -> Graph:
+    b = Builder("stem", 3)
+    x = b.input((2, 3, 12, 12))
+    x = b.unary("relu", b.conv(x, 8, 3, stride=stride, padding=1, name="conv1"))
+    x = b.unary("flatten", b.unary("gap", b.conv(x, 8, 3, padding=1, name="conv2")))
+    return b.graph(b.linear(x, 8, 4, name="fc"), batch=2)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+def test_firstconv_is_exact_at_the_borders_of_padded_and_strided_convs(stride, dtype):
+    """The raw image is padded with each channel's mean, which normalises to the float model's 0:
+    the folded model equals host normalisation everywhere (zero padding was 0.4 off at the borders).
+    The quantized, simulated output is as close to host normalisation as without firstconv."""
+    mean, std = [120.0, 100.0, 80.0], [60.0, 50.0, 40.0]
+    x = np.random.default_rng(5).uniform(0, 255, (2, 3, 12, 12)).astype(np.float32)
+    xn = ((x - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)).astype(np.float32)
+    host = passes.optimize(_padded_stem(stride))
+    want = run_float(host, xn)
+    c = compile_graph(_padded_stem(stride), mean=mean, std=std, samples=[x], dtype=dtype, tasks=2)
+    got = run_float(c.graph, x)
+    for name in ("conv1", c.graph.output):         # conv1: every border pixel, before any pooling
+        assert np.abs(got[name] - want[name]).max() <= 1e-5 * np.abs(want[name]).max(), name
+    q = run_quant(c.graph, x)["__output__"]
+    plain = compile_graph(_padded_stem(stride), samples=[xn], dtype=dtype, tasks=2)
+    base = np.abs(run_quant(plain.graph, xn)["__output__"] - want[host.output]).max()
+    err = np.abs(q - want[host.output]).max()
+    assert err <= 2 * base + 1e-6 * np.abs(want[host.output]).max(), (err, base)
+    out = simulate(c.program, cores=2, inputs={"input": x}).outputs["output"]
+    assert np.array_equal(out, q)
+
+
+def test_firstconv_rejects_a_mean_of_the_wrong_length():
+    with pytest.raises(CompileError, match="mean has 2 values but the input has 3 channels"):
+        compile_graph(_padded_stem(1), mean=[0.5, 0.5], std=[0.2])
+
+
 def test_unsupported_op_names_op_and_node():
     b = Builder("bad")
     x = b.input((1, 3, 8, 8))

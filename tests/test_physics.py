@@ -105,6 +105,18 @@ def test_large_conv_runs_near_the_mac_rate(mlu270):
     assert mac_util(res) >= 0.9
 
 
+def test_int16_conv_runs_near_the_int16_mac_rate(mlu270):
+    """int16 halves the input lanes: the same conv costs mac_int8 / mac_int16 times the cycles."""
+    args = dict(conv_args(256, 128, 16), dt="i16", odt="f32", pos=-20)
+    res = run(program([I("conv", dst=0, src=0x40000, wgt=0, **args)], []), timing_only=True)
+    c = res.kernels[0].cores[0]
+    util16 = c.macs / (c.busy["mac"] * mlu270.core.mac_int16_per_cycle)
+    assert 0.9 <= util16 <= 1.0
+    res8 = run(program([I("conv", dst=0, src=0x40000, wgt=0, **conv_args(256, 128, 16))], []), timing_only=True)
+    ratio = c.busy["mac"] / res8.kernels[0].cores[0].busy["mac"]
+    assert ratio == pytest.approx(mlu270.core.mac_int8_per_cycle / mlu270.core.mac_int16_per_cycle, rel=0.05)
+
+
 def test_three_channel_conv_pays_for_64_channel_padding(mlu270):
     res = run(program([I("conv", dst=0, src=0x40000, wgt=0, **conv_args(3, 64, 32))], []), timing_only=True)
     lanes = mlu270.core.mac_ci_lanes_int8

@@ -22,7 +22,7 @@ from torch_mlu import models  # noqa: E402
 from mlusim import mlufile  # noqa: E402
 from mlusim.compiler.driver import compile_graph, compile_model  # noqa: E402
 from mlusim.compiler.frontend_torch import from_torch  # noqa: E402
-from mlusim.errors import ShimError  # noqa: E402
+from mlusim.errors import MlusimError, ShimError  # noqa: E402
 from mlusim.sim import simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +176,172 @@ def test_quantized_state_dict_round_trip_into_a_fresh_model(tmp_path):
     a = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
     b = fresh.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
     assert torch.equal(a, b)
+
+
+SAVE_SCRIPT = """
+import sys, numpy as np, torch
+import torch_mlu, torch_mlu.core.mlu_model as ct, torch_mlu.core.mlu_quantize as mq
+from torch_mlu import models
+torch.set_grad_enabled(False)
+x = torch.from_numpy(np.load("x.npy"))
+if sys.argv[1] == "save":
+    torch.manual_seed(5)
+    q = mq.quantize_dynamic_mlu(models.MnistNet().eval(), {"mean": [30.0], "std": [70.0], "per_channel": True,
+                                "data_scale": 0.9}, dtype="int16", gen_quant=True, mixed_layer={"fc2": "int8"})
+    q(x * 255)
+else:
+    q = mq.quantize_dynamic_mlu(models.MnistNet().eval())          # the seed's step: no settings given
+    q.load_state_dict(torch.load("q.pth", weights_only=True))
+out = q.to(ct.mlu_device())(x.to(ct.mlu_device()) * 255).cpu().numpy()
+if sys.argv[1] == "save":
+    torch.save(q.state_dict(), "q.pth")
+np.save(sys.argv[1] + ".npy", out)
+"""
+
+
+def test_quantized_state_dict_rebuilds_the_model_in_a_new_process(tmp_path):
+    """The seed's two steps: quantize_dynamic_mlu(net) then load_state_dict, in a fresh process,
+    reproduce the quantizing process's MLU output bit for bit: dtype, per_channel, mean/std,
+    data_scale and mixed layers travel in the state_dict (its _extra_state)."""
+    (tmp_path / "run.py").write_text(SAVE_SCRIPT)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32))
+    for step in ("save", "load"):
+        r = subprocess.run([sys.executable, "run.py", step], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = np.load(tmp_path / "save.npy"), np.load(tmp_path / "load.npy")
+    assert a.view(np.uint32).tolist() == b.view(np.uint32).tolist()
+    extra = torch.load(tmp_path / "q.pth", weights_only=True)["_extra_state"]
+    assert extra["dtype"] == "int16" and extra["per_channel"] and extra["mean"] == [30.0]
+    assert extra["mixed_layer"] == {"fc2": "int8"} and extra["data_scale"] == 0.9
+
+
+def test_a_state_dict_without_the_settings_is_refused_unless_strict_is_off():
+    torch.set_grad_enabled(False)
+    q = mq.quantize_dynamic_mlu(seed_net(), {"per_channel": True}, dtype="int16", gen_quant=True)
+    q(torch.rand((1, 1, 28, 28)))
+    sd = q.state_dict()
+    del sd["_extra_state"]
+    fresh = mq.quantize_dynamic_mlu(seed_net())
+    with pytest.raises(ShimError, match="has MLU calibration but not the settings"):
+        fresh.load_state_dict(sd)
+    fresh.load_state_dict(sd, strict=False)          # documented: the model's own settings are used
+    assert fresh._mlu_dtype == "int8"
+
+
+def test_data_scale_scales_the_inputs_calibrated_range():
+    """Cambricon's data_scale multiplies the input's calibrated maximum: 0.5 halves the input scale
+    (brighter pixels clip), so outputs differ; 1 and the default agree."""
+    torch.set_grad_enabled(False)
+    x = torch.rand((2, 1, 28, 28), generator=torch.Generator().manual_seed(2))
+    outs, net = {}, seed_net()
+    for ds in (None, 1.0, 0.5):
+        spec = {"per_channel": True} if ds is None else {"per_channel": True, "data_scale": ds}
+        q = mq.quantize_dynamic_mlu(net, spec, gen_quant=True)
+        q(x)
+        outs[ds] = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
+        key = next(iter(q._mlu_compiled))
+        g = q._mlu_compiled[key].graph
+        outs[(ds, "scale")] = g.input.q["scale"]
+    assert torch.equal(outs[None], outs[1.0]) and not torch.equal(outs[1.0], outs[0.5])
+    assert outs[(0.5, "scale")] == pytest.approx(outs[(1.0, "scale")] / 2)
+    with pytest.raises(ShimError, match="data_scale must be a positive number"):
+        mq.quantize_dynamic_mlu(seed_net(), {"data_scale": 0})
+
+
+@pytest.mark.parametrize("fmt,order", [(0, [0, 1, 2]), (1, [1, 2, 3]), (2, [2, 1, 0]), (3, [3, 2, 1])])
+def test_input_format_picks_rgb_from_four_channel_images(fmt, order):
+    torch.set_grad_enabled(False)
+    net = models.build("resnet18", resolution=32)
+    x = torch.rand((1, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    q = mq.quantize_dynamic_mlu(net, {"firstconv": False}, gen_quant=True)
+    q(x)
+    m = q.to(ct.mlu_device())
+    want = m(x.to(ct.mlu_device())).cpu()
+    four = torch.rand((1, 4, 32, 32))
+    four[:, order] = x
+    try:
+        ct.set_input_format(fmt)
+        assert torch.equal(m(four.to(ct.mlu_device())).cpu(), want)
+    finally:
+        ct.set_input_format(0)
+    with pytest.raises(ShimError, match="input has 2 channels, its first conv takes 3"):
+        m(torch.rand((1, 2, 32, 32)).to(ct.mlu_device()))
+
+
+def test_cnml_setting_selects_inference_or_training():
+    torch.set_grad_enabled(False)
+    q = mq.quantize_dynamic_mlu(seed_net(), gen_quant=True)
+    q(torch.rand((1, 1, 28, 28)))
+    with pytest.raises(ShimError, match="adaptive_quantize: training runs on Cambricon's CNNL path"):
+        mq.adaptive_quantize(seed_net(), steps_per_epoch=1)
+    try:
+        ct.set_cnml_enabled(False)
+        with pytest.raises(ShimError, match="quantized inference runs on Cambricon's CNML path"):
+            q.to(ct.mlu_device())(torch.rand((1, 1, 28, 28)).to(ct.mlu_device()))
+    finally:
+        ct.set_cnml_enabled(True)
+
+
+def test_a_float_model_on_the_mlu_is_refused_and_leaves_no_report():
+    torch.set_grad_enabled(False)
+    q = mq.quantize_dynamic_mlu(seed_net(), gen_quant=True)
+    x = torch.rand((1, 1, 28, 28))
+    q(x)
+    q.to(ct.mlu_device())(x.to(ct.mlu_device()))
+    assert ct.get_last_report() is not None
+    with pytest.raises(ShimError, match="float model: the MLU runs quantized models; wrap the model with"):
+        seed_net().to(ct.mlu_device())(x.to(ct.mlu_device()))
+    assert ct.get_last_report() is None
+
+
+def test_wrong_length_mean_is_one_clear_error():
+    q = mq.quantize_dynamic_mlu(models.build("resnet18", resolution=32), {"mean": [0.5, 0.5], "std": [0.2]},
+                                gen_quant=True)
+    with pytest.raises(MlusimError, match="mean has 2 values but the input has 3 channels"):
+        q(torch.rand((1, 3, 32, 32)))
+    with pytest.raises(ShimError, match="mean has 2 values and std 3"):
+        mq.quantize_dynamic_mlu(seed_net(), {"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]})
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, y):
+        return self.conv(x) + self.conv(y)
+
+
+class Upsampled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(torch.nn.functional.interpolate(y, size=(y.shape[2] * 2, y.shape[3] * 2)))
+
+
+def test_a_two_input_model_is_one_clear_error():
+    q = mq.quantize_dynamic_mlu(TwoInputs(), gen_quant=True)
+    x = torch.rand((1, 3, 8, 8))
+    with pytest.raises(MlusimError, match=r"forward takes 2 inputs \(x, y\); only single-input models"):
+        q(x, x)
+
+
+def test_interpolate_with_a_size_computed_from_shapes_runs_on_the_host():
+    """The size is fixed for the traced input shape, so it becomes a constant of the host op."""
+    torch.set_grad_enabled(False)
+    net = Upsampled().eval()
+    x = torch.rand((1, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    q = mq.quantize_dynamic_mlu(net, {"firstconv": False}, dtype="int16", gen_quant=True)
+    q(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu()
+    assert ct.get_last_report().host_ops == ["interpolate (interpolate)"]
+    want = net(x)
+    assert out.shape == (1, 4, 12, 12) and (out - want).abs().max() < 0.01 * want.abs().max()
 
 
 class WithGelu(torch.nn.Module):

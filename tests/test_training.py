@@ -26,6 +26,7 @@ CFG = load_config("mlu270")
 @pytest.fixture(autouse=True)
 def _fresh():
     torch.set_grad_enabled(True)
+    ct.set_cnml_enabled(False)          # the training path, as Cambricon's training scripts select it
     training.STATE.sites.clear()
     training.STATE.history.clear()
     training.STATE.step.clear()
@@ -33,6 +34,7 @@ def _fresh():
     ct.set_core_number(1)
     yield
     training.disable()
+    ct.set_cnml_enabled(True)
 
 
 def q(x, pos, bits):

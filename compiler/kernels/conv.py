@@ -52,7 +52,9 @@ class ConvGeometry:
         self.esz = 2 if node.q["dtype"] == "int16" else 1
         self.dt = "i16" if self.esz == 2 else "i8"
         self.zp_in = int(node.q.get("in_zp", 0))
-        self.zp_pad = bool(self.zp_in) and any(node.attrs["padding"])   # pads built in NRAM, holding zp
+        # firstconv: the raw image's padding holds each channel's quantized mean (quant.firstconv)
+        self.fill = node.q.get("pad_fill")
+        self.zp_pad = (bool(self.zp_in) or self.fill is not None) and any(node.attrs["padding"])   # pads built in NRAM
         self.wp = w + self.pl + self.pr if self.zp_pad else w              # width of a tile row in NRAM
         self.fscale = "fscale" in node.q                                    # ONNX Runtime's float requantization
         self.fold, self.src_ci, self.src_w, self.src_sw = 1, ci, w, self.sw   # see folded()
@@ -243,8 +245,9 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     params = requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in))
     p_addr = ctx.const(f"{node.name}.params", params)
     fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if geo.fscale else None
-    zp_row = ctx.const(f"{node.name}.zp_row", np.full(geo.wp * geo.ci, geo.zp_in, np.int16 if geo.esz == 2 else
-                                                      np.int8)) if geo.zp_pad else None
+    pad_px = np.asarray(geo.fill if geo.fill is not None else [geo.zp_in] * geo.ci)      # one pixel of padding
+    zp_row = ctx.const(f"{node.name}.zp_row", np.tile(pad_px, geo.wp).astype(np.int16 if geo.esz == 2 else np.int8)) \
+        if geo.zp_pad else None
     r_addr = None
     if geo.residual:
         rparams = np.stack([np.full_like(q["res_mult"], -q.get("res_zp", 0)), q["res_mult"], q["res_shift"]],
@@ -307,6 +310,17 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
     return out
 
 
+def _fill_pads(s, geo, bufs, in_tile: int, zp_row) -> list:
+    """Left / right pad columns are never overwritten: fill each input buffer with the padding
+    value once (vset with zp; a per-channel fill, firstconv's means, repeats the padding row)."""
+    if not geo.zp_pad:
+        return [None] * len(bufs)
+    if geo.fill is None:
+        return [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // geo.esz, value=geo.zp_in) for b in bufs]
+    prow = geo.wp * geo.ci * geo.esz
+    return [s.dma("g2n", b, zp_row, prow, count=in_tile // prow, dstride=prow, sstride=0) for b in bufs]
+
+
 def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
           resident=None):
     cfg = ctx.cfg
@@ -318,9 +332,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_add
     wram = Arena("wram", cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     in_tile = geo.tile_bytes(rows)
     buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
-    # left / right pad columns are never overwritten: fill each buffer with zp once
-    fills = [s.emit("vset", [], dt=geo.dt, dst=b, n=in_tile // esz, value=geo.zp_in) for b in buf_in] \
-        if geo.zp_pad else [None, None]
+    fills = _fill_pads(s, geo, buf_in, in_tile, zp_row)
     accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
     buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
     buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")

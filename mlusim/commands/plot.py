@@ -1,4 +1,4 @@
-"""`mlusim plot speedup|roofline|sweep REPORT.json -o PREFIX`: PNG and SVG figures from reports.
+"""`mlusim plot speedup|roofline|sweep|calibration REPORT.json -o PREFIX`: PNG and SVG figures from reports.
 
 REPORT.json is what `mlusim run --json` (one core count: a run; several: a scaling table) or
 `mlusim sweep --json` wrote. Needs matplotlib (pip install 'mlusim[plot]').
@@ -28,6 +28,11 @@ def register(sub) -> None:
     w.add_argument("--by", default=None, metavar="K1,K2", help="columns that make separate lines "
                    "(default: every other swept column and cores)")
     w.add_argument("--title", default="")
+    c = ps.add_parser("calibration", help="simulated vs published latency, log-log, identity line "
+                      "(mlusim calibrate --json)")
+    c.add_argument("report")
+    c.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    c.add_argument("--title", default="")
     p.set_defaults(func=cmd_plot)
 
 
@@ -51,6 +56,10 @@ def cmd_plot(args) -> int:
         else:
             raise MlusimError(f"{where}: a speedup plot needs a report of several core counts "
                               f"(mlusim run --cores 1,2,4 --json ...), this one is {str(kind)[:40]!r}")
+    elif args.figure == "calibration":
+        if kind != "calibration":
+            raise MlusimError(f"{where}: a calibration plot needs `mlusim calibrate --json`, not {str(kind)[:40]!r}")
+        paths = plot.plot_calibration(data, args.output, args.title)
     elif args.figure == "roofline":
         paths = plot.plot_roofline(_summary(data, kind, where, args.cores), args.output, args.title)
     else:

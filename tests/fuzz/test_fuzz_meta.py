@@ -37,7 +37,8 @@ PROGRAM_KEYS = ["batch", "resolution", "name", "model", "macs", "min_traffic_byt
 KERNEL_KEYS = ["layer", "op", "macs", "segment", "tiling"]
 SEGMENT_KEYS = ["layer_names", "stored", "staged", "wide", "groups_per_job", "all_syncs_at", "jobs", "group"]
 HOSTILE = [None, True, False, 0, -1, 1, 2, 3, 10**8, 10**400, 1.5, -0.0, 1e308, "eight", "", "x" * 5000, [],
-           [1], ["x"], [["x"]], ["a", "b"], [0, 1, 2], [-1], [10**12], {}, {"a": 1}, {"layer_names": 5}]
+           [1], ["x"], [["x"]], ["a", "b"], [0, 1, 2], [-1], [10**12], {}, {"a": 1}, {"layer_names": 5},
+           "q[/b]", ["q[/b]", "[bold]x"]]      # rich markup in a printed name was a MarkupError
 
 
 def _manifest(model: Path) -> tuple[dict, dict]:

@@ -114,3 +114,14 @@ def test_compiler_slice_names_are_valid_and_markup_free():
     """The compiler names slices 'layer1.0.1.conv[0:32]': valid, and never a rich [tag]."""
     assert bad_name("layer1.0.1.conv[0:32].weight") is None
     assert bad_name("x[bold]") is not None and bad_name("x[/b]") is not None
+
+
+def test_markup_in_a_config_name_prints_as_text(tmp_path, capsys):
+    """Config names are free text (printable, <= 64): the report prints them without rich markup."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('base: mlu270\nname: "x[/b]y[bold]"\n')
+    src = tmp_path / "k.s"
+    src.write_text(".kernel k block tasks=1\n    nop\n")
+    assert main(["run", str(src), "--config", str(cfg), "--cores", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("x[/b]y[bold] @ ") and "on x[/b]y[bold], batch 1" in out, out

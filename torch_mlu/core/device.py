@@ -12,6 +12,8 @@ import threading
 import torch
 from torch.utils._pytree import tree_map
 
+from mlusim.errors import ShimError
+
 _lock = threading.Lock()
 _registered = False
 # aten op -> handler(func, args, kwargs) returning the result or NotImplemented; set by the runtime
@@ -92,6 +94,8 @@ class MluTensor(torch.Tensor):
             if out is not NotImplemented:
                 return out
         _check_devices(func, args, kwargs)
+        if func in _float_mac_ops() and not getattr(_HOST_FLOAT, "on", False):
+            _refuse_float(func)
         if HOST_OP_HOOK is not None:
             HOST_OP_HOOK(func)
         uargs = tree_map(_unwrap, args)
@@ -140,6 +144,44 @@ class MluTensor(torch.Tensor):
         # rebuildable by torch.load(weights_only=True): no reference to this class in the file
         return (torch._utils._rebuild_device_tensor_from_cpu_tensor,
                 (self._elem, self.dtype, str(self.device), self.requires_grad))
+
+
+_FLOAT_MAC_OPS: frozenset = frozenset()
+_HOST_FLOAT = threading.local()
+
+
+class host_float:
+    """Within: float convs/matmuls on mlu tensors run on the host (the compiler's shape
+    propagation over a model whose weights sit on the mlu), instead of being refused."""
+
+    def __enter__(self):
+        self.prev = getattr(_HOST_FLOAT, "on", False)
+        _HOST_FLOAT.on = True
+
+    def __exit__(self, *exc):
+        _HOST_FLOAT.on = self.prev
+ON_FLOAT_REFUSED: list = []     # mlu_model clears its last report here
+
+
+def _float_mac_ops() -> frozenset:
+    """The ops that would be the MAC array's work; on float mlu tensors nothing simulates them."""
+    global _FLOAT_MAC_OPS
+    if not _FLOAT_MAC_OPS:
+        a = torch.ops.aten
+        _FLOAT_MAC_OPS = frozenset([a.convolution.default, a.addmm.default, a.mm.default, a.bmm.default,
+                                    a.baddbmm.default, a.linear.default, a.conv2d.default])
+    return _FLOAT_MAC_OPS
+
+
+def _refuse_float(func) -> None:
+    """A float model on the mlu: the MLU270 runs quantized convs and matmuls (its MAC array takes int8
+    and int16), and running them on the host instead would give a report-less, timing-less answer
+    that looks like an MLU run. Say so, and leave no stale report behind."""
+    for hook in ON_FLOAT_REFUSED:
+        hook()
+    raise ShimError(f"{func} on mlu tensors of a float model: the MLU runs quantized models; wrap the model with "
+                    f"mlu_quantize.quantize_dynamic_mlu(model, ...) (calibrated on CPU batches) before moving it "
+                    f"to ct.mlu_device(), or use adaptive_quantize for training")
 
 
 def _target_is_cpu(kwargs) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mlusim.errors import ShimError
+from torch_mlu.core import device
 
 CORE_VERSIONS = {"MLU270": "mlu270", "MLU220": "mlu220", "MLU290": "mlu290", "MLU370": "mlu370"}
 
@@ -53,6 +54,13 @@ class _Settings:
 _STATE = _Settings()
 
 
+def _clear_report() -> None:
+    _STATE.last_report = None
+
+
+device.ON_FLOAT_REFUSED.append(_clear_report)
+
+
 def set_core_number(n: int) -> None:
     """Cores the MLU runs on (and the parallelism the compiler tiles for)."""
     if not isinstance(n, int) or n < 1:
@@ -82,7 +90,10 @@ def get_config():
 
 
 def set_input_format(fmt: int) -> None:
-    """0 RGBA, 1 ARGB, 2 BGRA, 3 ABGR: recorded; mlusim models take NCHW inputs in their own order."""
+    """The channel order of 4-channel input images: 0 RGBA (default), 1 ARGB, 2 BGRA, 3 ABGR (the
+    seed: it decides how the first conv pads three-channel input). A quantized model whose first conv
+    takes 3 channels, given a 4-channel mlu input, reads RGB from it in this order and drops the pad
+    channel (runtime.apply_input_format); 3-channel inputs are in the model's own order already."""
     if fmt not in (0, 1, 2, 3):
         raise ShimError(f"set_input_format: expected 0..3, got {fmt!r}")
     _STATE.input_format = fmt
@@ -98,7 +109,8 @@ def set_device(n: int) -> None:
 
 
 def set_cnml_enabled(enabled: bool) -> None:
-    """False selects the training path (CNNL) in Cambricon's stack."""
+    """False selects the training path (CNNL) in Cambricon's stack, True (default) inference with
+    quantized models (CNML). Checked: adaptive_quantize needs False, a quantized model's mlu run True."""
     _STATE.cnml_enabled = bool(enabled)
 
 
@@ -143,7 +155,8 @@ def get_training_report() -> list[dict]:
 
 
 def get_last_report():
-    """mlusim: what the simulated MLU did in the last execution (a RunReport), or None."""
+    """mlusim: what the simulated MLU did in the last execution (a RunReport), or None: cleared when
+    an MLU model run starts (so a failed run leaves none) and when a float model is refused."""
     return _STATE.last_report
 
 

@@ -125,6 +125,9 @@ def compile_for(model, orig_cls, x) -> CompiledModel:
         raise ShimError(f"{type(model).__name__}: calibration has {len(vals)} entries but the traced model has "
                         f"{len(g.nodes)} nodes (was the state_dict saved from another model?)")
     absmax = {n.name: max(float(v), 1e-8) for n, v in zip(g.nodes, vals)}
+    # Cambricon's data_scale: the input's calibrated maximum is multiplied by it before the
+    # input scale is derived (below 1 clips the brightest inputs for finer steps)
+    absmax[g.input.name] *= float(model._mlu_qconfig.get("data_scale", 1.0))
     quantize(g, absmax, dtype=model._mlu_dtype, per_channel=bool(model._mlu_qconfig.get("per_channel", True)),
              mixed=model._mlu_mixed)
     host = [n for n in g.nodes if n.op == "cpu"]
@@ -225,7 +228,7 @@ def _dequantized(cm: CompiledModel, node, value: np.ndarray) -> np.ndarray:
     from mlusim.program import Program
     from mlusim.sim import simulate
 
-    ctx = lw.LowerCtx(cm.cfg, cm.graph, cm.cores)
+    ctx = lw.LowerCtx(cfg=cm.cfg, tasks=cm.cores, graph=cm.graph)
     shape = value.shape
     x = ctx.tensor("value", "input", lw.layouts(cm.graph)[node.name].dtype, shape)
     meta = {"layout": "NHWC", "host_layout": "NCHW"} if len(shape) == 4 else {}
@@ -280,14 +283,45 @@ def register_ops() -> None:
     OP_HANDLERS[torch.ops.mlusim.run_program_multi.default] = handler
 
 
+# set_input_format: where the three colour channels sit in a 4-channel (padded) image, as RGB
+FORMAT_CHANNELS = {0: [0, 1, 2], 1: [1, 2, 3], 2: [2, 1, 0], 3: [3, 2, 1]}    # RGBA ARGB BGRA ABGR
+
+
+def format_channels(model, shape: tuple) -> list[int] | None:
+    """Cambricon's set_input_format: the MLU's first conv takes 4-channel images (RGB plus a pad
+    channel) and the format says which channel is which. A 4-channel input to a model whose first
+    conv takes 3 channels is read that way (the pad dropped, BGR turned to RGB): the channels to
+    take, in RGB order. A 3-channel input is in the model's order already (None); any other
+    mismatch is an error."""
+    import torch
+
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None or len(shape) != 4 or shape[1] == first.in_channels:
+        return None
+    if shape[1] == 4 and first.in_channels == 3:
+        return FORMAT_CHANNELS[_state().input_format]
+    raise ShimError(f"{type(model).__name__}: input has {shape[1]} channels, its first conv takes {first.in_channels}")
+
+
 def mlu_forward(model, orig_cls, x):
     """The forward of a quantized model on an mlu tensor."""
     import torch
 
     from torch_mlu.core.device import MluTensor, cpu_of
 
+    _state().last_report = None
+    if not _state().cnml_enabled:
+        raise ShimError(f"{type(model).__name__}: quantized inference runs on Cambricon's CNML path, which "
+                        f"ct.set_cnml_enabled(False) (the training path) turned off; call ct.set_cnml_enabled(True)")
     tracing = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)       # compiling is not part of the traced computation
+    try:
+        idx = format_channels(model, tuple(int(d) for d in x.shape))
+    finally:
+        torch._C._set_tracing_state(tracing)
+    if idx is not None:
+        x = x.index_select(1, torch.tensor(idx).to(x.device))
+    torch._C._set_tracing_state(None)
     try:
         cm = compile_for(model, orig_cls, x)
     except CompileError as e:
