@@ -12,20 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlusim.cores.dma import queue_of_direction
 from mlusim.errors import CompileError
 from mlusim.isa.encoding import Instr
-from mlusim.isa.fields import QUEUES
+from mlusim.isa.fields import QUEUE_OF_DIR, QUEUES
 
 QBIT = {q: 1 << i for i, q in enumerate(QUEUES)}
 
 
 def queue_of(ins: Instr) -> str:
-    if ins.op.unit == "dma":
-        from mlusim.isa.semantics import DIR_NAMES
-
-        return queue_of_direction(DIR_NAMES[ins.args["dir"]])
-    return "cp"
+    return QUEUE_OF_DIR[ins.args["dir"]] if ins.op.unit == "dma" else "cp"
 
 
 @dataclass

@@ -19,16 +19,14 @@ CompileError at the end, so a user sees the whole list at once.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
+from mlusim.compiler import onnx_ops
 from mlusim.compiler.graph import Graph, Node, infer_shapes
+from mlusim.compiler.onnx_values import Act, Const, Unsupported
 from mlusim.compiler.quant import PRESERVING
 from mlusim.errors import CompileError
-
-MS = "com.microsoft"
-
 
 def _onnx():
     try:
@@ -36,24 +34,6 @@ def _onnx():
     except ImportError:
         raise CompileError("importing ONNX models needs the 'onnx' package: pip install 'mlusim[onnx]'") from None
     return onnx
-
-
-@dataclass
-class Const:
-    value: np.ndarray                       # float value (dequantized when q is set)
-    q: tuple | None = None                  # (integers, scale, zero point, axis) of a DequantizeLinear
-
-
-@dataclass
-class Act:
-    node: str | None                        # IR node; None: poisoned by an earlier unsupported op
-    quantized: bool = False                 # the integer view (a QuantizeLinear / QLinear* output)
-    pads: tuple | None = None               # a pending Pad (top, bottom, left, right) ...
-    pad_node: str = ""                      # ... from this ONNX node, folded into the consumer
-
-
-class Unsupported(Exception):
-    """An op (or an op's use) the importer cannot map; collected, reported together."""
 
 
 class _Poisoned(Exception):
@@ -78,16 +58,6 @@ def _attrs(node) -> dict:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _quant_of(scale: Const, zp: Const | None) -> dict:
-    s = np.asarray(scale.value, np.float32)
-    if s.size != 1:
-        raise Unsupported("per-channel quantization of an activation")
-    z = np.asarray(zp.value) if zp is not None else np.zeros((), np.uint8)
-    if z.dtype not in (np.uint8, np.int8):
-        raise Unsupported(f"quantized type {z.dtype} (uint8 and int8 are supported)")
-    return {"scale": float(s.reshape(-1)[0]), "zero_point": int(z.reshape(-1)[0]), "dtype": str(z.dtype)}
 
 
 class Importer:
@@ -201,7 +171,6 @@ class Importer:
 
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> Graph:
-        from mlusim.compiler import onnx_ops
 
         for node in self.model.graph.node:
             domain = node.domain if node.domain not in ("ai.onnx",) else ""

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlusim.compiler.fusion import lower_segment
 from mlusim.compiler.context import DevTensor, KernelCtx
+from mlusim.compiler.fusion import lower_segment
 from mlusim.compiler.graph import Graph, Node, output_names
-from mlusim.compiler.kernels import conv as kconv
 from mlusim.compiler.kernels import broadcast, eltwise, linear, pool
+from mlusim.compiler.kernels import conv as kconv
 from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_columns, s2d_conv, space_to_depth, value_name
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.segments import plan_segments

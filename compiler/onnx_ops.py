@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlusim.compiler.frontend_onnx import MS, Act, Const, Unsupported, _quant_of
+from mlusim.compiler.onnx_values import MS, Act, Const, Unsupported, quant_of
 
 
 def _name(node) -> str:
@@ -110,14 +110,14 @@ def _is_q(imp, tensor: str) -> bool:
 # ---- quantization ---------------------------------------------------------------------------------
 def quantize_linear(imp, node, a):
     x = imp.act(node.input[0], pads_ok=True)
-    q = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None)
+    q = quant_of(imp.const(node.input[1]), imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None)
     name = imp.quantize_point(x.node, q, _name(node))
     imp.env[node.output[0]] = Act(name, True, x.pads, x.pad_node)
 
 
 def dequantize_linear(imp, node, a):
     x = imp.act(node.input[0], pads_ok=True, quantized=True)
-    q = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None)
+    q = quant_of(imp.const(node.input[1]), imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None)
     if imp.effective_quant(x.node) != q:
         raise Unsupported("dequantizes with other parameters than its tensor was quantized with")
     imp.env[node.output[0]] = Act(x.node, False, x.pads, x.pad_node)
@@ -162,10 +162,10 @@ def _qbias(imp, node, k: int, xq: dict, w: Const):
 
 def qlinear_conv(imp, node, a):
     x = imp.act(node.input[0], quantized=True)
-    xq = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
+    xq = quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
     _check_in(imp, x, xq)
     w = _qconst(imp.const(node.input[3]), imp.const(node.input[4]), imp.const(node.input[5]), 0)
-    yq = _quant_of(imp.const(node.input[6]), imp.const(node.input[7]))
+    yq = quant_of(imp.const(node.input[6]), imp.const(node.input[7]))
     _conv(imp, node, a, Act(x.node), w, _qbias(imp, node, 8, xq, w), yq)
 
 
@@ -211,7 +211,7 @@ def _qmatmul_operands(imp, node, transposed: bool):
     """QLinearMatMul's and QGemm's first six inputs (A, its scale and zero point, B, its scale and zero
     point): the checked quantized activation, its quantization and B as a [out, in] weight."""
     x = imp.act(node.input[0], quantized=True)
-    xq = _quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
+    xq = quant_of(imp.const(node.input[1]), imp.const(node.input[2]))
     _check_in(imp, x, xq)
     braw = imp.const(node.input[3])
     if braw.value.ndim != 2:
@@ -222,7 +222,7 @@ def _qmatmul_operands(imp, node, transposed: bool):
 
 def qlinear_matmul(imp, node, a):
     x, _, w = _qmatmul_operands(imp, node, transposed=False)
-    _linear(imp, node, Act(x.node), w, None, _quant_of(imp.const(node.input[6]), imp.const(node.input[7])))
+    _linear(imp, node, Act(x.node), w, None, quant_of(imp.const(node.input[6]), imp.const(node.input[7])))
 
 
 # ---- elementwise and pooling ----------------------------------------------------------------------
@@ -368,9 +368,9 @@ def qlinear_add(imp, node, a):
     xs = []
     for k in (0, 3):
         x = imp.act(node.input[k], quantized=True)
-        _check_in(imp, x, _quant_of(imp.const(node.input[k + 1]), imp.const(node.input[k + 2])))
+        _check_in(imp, x, quant_of(imp.const(node.input[k + 1]), imp.const(node.input[k + 2])))
         xs.append(x.node)
-    yq = _quant_of(imp.const(node.input[6]), imp.const(node.input[7]) if len(node.input) > 7 else None)
+    yq = quant_of(imp.const(node.input[6]), imp.const(node.input[7]) if len(node.input) > 7 else None)
     _bind(imp, node, imp.add("add", xs, _name(node), quant=yq), True)
 
 
@@ -381,7 +381,7 @@ def qgemm(imp, node, a):
     if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0:
         raise Unsupported("transA=1 or alpha other than 1")
     x, xq, w = _qmatmul_operands(imp, node, transposed=bool(a.get("transB", 0)))
-    yq = _quant_of(imp.const(node.input[7]), imp.const(node.input[8]))
+    yq = quant_of(imp.const(node.input[7]), imp.const(node.input[8]))
     _linear(imp, node, Act(x.node), w, _qbias(imp, node, 6, xq, w), yq)
 
 
@@ -389,8 +389,8 @@ def qlinear_gap(imp, node, a):
     if a.get("channels_last", 0):
         raise Unsupported("channels_last=1")
     x = imp.act(node.input[0], quantized=True)
-    _check_in(imp, x, _quant_of(imp.const(node.input[1]), imp.const(node.input[2])))
-    yq = _quant_of(imp.const(node.input[3]), imp.const(node.input[4]))
+    _check_in(imp, x, quant_of(imp.const(node.input[1]), imp.const(node.input[2])))
+    yq = quant_of(imp.const(node.input[3]), imp.const(node.input[4]))
     _bind(imp, node, imp.add("gap", [x.node], _name(node), quant=yq), True)
 
 

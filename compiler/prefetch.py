@@ -31,7 +31,7 @@ from math import ceil
 from mlusim.compiler.codegen import queue_of
 from mlusim.compiler.liveness import ALIGN, aligned, free_region, lifetimes
 from mlusim.isa.encoding import Instr
-from mlusim.isa.semantics import DIR_NAMES
+from mlusim.isa.fields import DIR_NAMES
 
 INPUT_CHUNK = 64 * 1024 # bytes per input prefetch DMA: a few per core, so they spread over several layers
 CHUNK = 256 * 1024      # bytes per prefetch DMA (~500 cycles of fixed cost each). 32 KiB chunks measured

@@ -102,7 +102,7 @@ def ort_add_constants(sa: float, za: int, sb: float, zb: int, sc: float, zc: int
     values: rA = sa / sc and rB = sb / sc in float32, and F = zc - (rA * za + rB * zb) with the
     rA * za product contracted into an fma as its compiled x86 code does (found by matching its
     outputs bit for bit on ResNet-18 and MobileNetV2). Zero points are the model's (uint8 / int8)."""
-    from mlusim.isa.semantics_ext import fused_multiply_add
+    from mlusim.isa.semantics.vector import fused_multiply_add
 
     f32 = np.float32
     ra, rb = f32(f32(sa) / f32(sc)), f32(f32(sb) / f32(sc))

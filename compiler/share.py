@@ -33,7 +33,7 @@ from mlusim.compiler.layout import space_to_depth
 from mlusim.compiler.prefetch import CHUNK     # bytes per g2s, as per prefetch DMA
 from mlusim.compiler.tiling import split
 from mlusim.isa.encoding import Instr
-from mlusim.isa.semantics import DIR_NAMES
+from mlusim.isa.fields import DIR_NAMES
 
 MIN_BYTES = 64 * 1024       # smaller layers load once per cluster: staging them costs more barriers and
                             # copies than their DRAM reads (LeNet-5 and MNIST at batch 16 ran slower)

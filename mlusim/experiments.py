@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlusim.errors import MlusimError, SimulationError
+from mlusim.errors import MlusimError, ModelFileError, SimulationError
 
 # (JSON key, CSV header with unit, CSV scale). Fractions are 0..1 in JSON and percent in CSV, as in
 # SCALE-Sim's COMPUTE_REPORT ("Overall Util %", "Mapping Efficiency %", "Compute Util %").
@@ -73,9 +73,35 @@ def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 
     A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
     is compiled for `cfg`, `batch` and `cores` parallel tasks (default: every core of `cfg`), so a
     scaling run or sweep point never times a program tiled for some other machine."""
-    from mlusim.commands.common import load_program
+    from mlusim import mlufile
 
-    return load_program(spec, cfg=cfg, cores=cores, batch=batch, resolution=resolution)
+    p = Path(spec)
+    if p.suffix.lower() == ".onnx":
+        import sys
+
+        from mlusim.compiler.driver import compile_onnx
+        from mlusim.errors import CompileError
+
+        if resolution is not None:
+            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
+        c = compile_onnx(spec, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
+        for note in c.notes:
+            print(f"warning: {note}", file=sys.stderr)
+        return c.program
+    if not p.exists() and p.suffix == "" and "/" not in spec:
+        from mlusim.compiler.zoo import ZOO
+
+        if spec.lower() in ZOO:
+            from mlusim.compiler.driver import compile_model
+
+            return compile_model(spec, batch=batch, resolution=resolution, config=cfg, tasks=cores,
+                                 cluster_fusion=True).program
+    if p.suffix in (".s", ".asm"):
+        from mlusim.files import read_text
+        from mlusim.isa.asm import MAX_SOURCE_CHARS, assemble_program
+
+        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
+    return mlufile.load(p)
 
 
 def default_config(program, config=None, overrides=None):

@@ -1,6 +1,6 @@
 """Independent numpy/Python reference of the instruction semantics in docs/numerics.md.
 
-Written from the contract only (never from mlusim/isa/semantics.py or mlusim/isa/numerics.py), so
+Written from the contract only (never from mlusim/isa/semantics/ or mlusim/isa/numerics.py), so
 that the simulator and this file are two implementations that must agree bit for bit.
 
 Style: slow and obviously correct. Integer arithmetic is done on Python ints (or int64 where the

@@ -12,7 +12,7 @@ from mlusim.compiler.segments import plan_segments
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
 from mlusim.errors import SimulationError
-from mlusim.isa.semantics import DIR_NAMES
+from mlusim.isa.fields import DIR_NAMES
 from mlusim.report import summarize
 from mlusim.sim import simulate
 

@@ -22,7 +22,7 @@ from mlusim.cli import main  # noqa: E402
 from mlusim.compiler import compile_graph, compile_onnx, from_onnx, from_torch  # noqa: E402
 from mlusim.compiler.reference import run_float, run_quant  # noqa: E402
 from mlusim.errors import CompileError  # noqa: E402
-from mlusim.isa.semantics_ext import fused_multiply_add  # noqa: E402
+from mlusim.isa.semantics.vector import fused_multiply_add  # noqa: E402
 from mlusim.sim import simulate  # noqa: E402
 
 RES = 32

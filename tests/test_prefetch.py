@@ -11,7 +11,7 @@ from mlusim.compiler.segments import Segment
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.graph import Node
 from mlusim.compiler.reference import run_quant
-from mlusim.isa.semantics import DIR_NAMES
+from mlusim.isa.fields import DIR_NAMES
 from mlusim.sim import simulate
 
 G2W = DIR_NAMES.index("g2w")

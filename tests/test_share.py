@@ -12,7 +12,7 @@ from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.segments import Segment
 from mlusim.compiler.reference import run_quant
 from mlusim.config import load_config
-from mlusim.isa.semantics import DIR_NAMES
+from mlusim.isa.fields import DIR_NAMES
 from mlusim.sim import simulate
 
 G2S, S2S, S2W = (DIR_NAMES.index(d) for d in ("g2s", "s2s", "s2w"))

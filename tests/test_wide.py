@@ -85,7 +85,7 @@ def test_wide_segment_is_chosen_where_it_pays():
 def test_staged_inputs_cross_dram_once_per_job():
     """A staged wide segment's clusters each read their 1/n of the input group from DRAM and copy it
     to the others: over the job, every input byte is read once and arrives n - 1 times by s2s."""
-    from mlusim.isa.semantics import DIR_NAMES
+    from mlusim.isa.fields import DIR_NAMES
 
     c = _forced("layer3.0.1.conv", "layer4.2.3.conv", 1, 4, True)
     k = next(k for k in c.program.kernels if k.meta.get("segment", {}).get("wide"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from pathlib import Path
 
-from mlusim.errors import ModelFileError, SimulationError
+from mlusim.errors import SimulationError
 
 
 MAX_BATCH = 1 << 20
@@ -46,42 +45,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         "program's recorded target, else mlu270")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set dram.bandwidth_gbps=51.2 (repeatable)")
-
-
-def load_program(path: str, cfg=None, batch: int = 1, cores: int | None = None, resolution: int | None = None):
-    """A .mlu model file, assembly text (assembled on the fly), or a zoo model name or an .onnx file
-    (compiled on the fly for `cfg`, `batch` and a target of `cores` parallel tasks)."""
-    from mlusim import mlufile
-
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        import sys
-
-        from mlusim.compiler.driver import compile_onnx
-        from mlusim.errors import CompileError
-
-        if resolution is not None:
-            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        c = compile_onnx(path, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
-        for note in c.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        return c.program
-    if not p.exists() and p.suffix == "" and "/" not in path:
-        from mlusim.compiler.zoo import ZOO
-
-        if path.lower() in ZOO:
-            from mlusim.compiler.driver import compile_model
-
-            return compile_model(path, batch=batch, resolution=resolution, config=cfg, tasks=cores,
-                                 cluster_fusion=True).program
-    if p.suffix in (".s", ".asm"):
-        from mlusim.isa.asm import assemble_program
-
-        from mlusim.files import read_text
-        from mlusim.isa.asm import MAX_SOURCE_CHARS
-
-        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
-    return mlufile.load(p)
 
 
 def resolve_config(args, program=None):

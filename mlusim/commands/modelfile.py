@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlusim.commands.common import add_config_args, load_program
+from mlusim.commands.common import add_config_args
+from mlusim.experiments import resolve_program
 from mlusim.names import printable
 
 
@@ -28,7 +29,7 @@ def cmd_asm(args) -> int:
     from mlusim import mlufile
     from mlusim.config import load_config
 
-    program = load_program(args.source)
+    program = resolve_program(args.source)
     if args.config or args.overrides:
         program.config = load_config(args.config, args.overrides).to_dict()
     out = args.output or str(Path(args.source).with_suffix(".mlu"))
@@ -40,7 +41,7 @@ def cmd_asm(args) -> int:
 def cmd_disasm(args) -> int:
     from mlusim.isa.asm import disassemble_program
 
-    sys.stdout.write(disassemble_program(load_program(args.model)))
+    sys.stdout.write(disassemble_program(resolve_program(args.model)))
     return 0
 
 

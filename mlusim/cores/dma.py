@@ -14,25 +14,7 @@ from math import gcd
 
 import numpy as np
 
-from mlusim.isa.fields import DIRECTIONS
-
-DIR_NAMES = tuple(DIRECTIONS)
-ON_CORE = ("nram", "wram")
-
-
-def queue_of_direction(d: str) -> str:
-    """From cluster SRAM into the core: the move queue (the Move-DMA, a separate engine from the
-    IO-DMA that serves GDRAM, so SRAM tiles and GDRAM weights stream side by side). Other transfers
-    toward the core or staying on it, and GDRAM reads into SRAM: load queue (so a copy of the next
-    images into SRAM does not hold up a layer's stores). The rest, away from the core: store."""
-    src, dst = DIRECTIONS[d]
-    if src == "sram" and dst in ON_CORE:
-        return "mv"
-    return "ld" if dst in ON_CORE or (src == "gdram" and dst == "sram") else "st"
-
-
-QUEUE_OF_DIR = tuple(queue_of_direction(d) for d in DIR_NAMES)
-
+from mlusim.isa.fields import DIR_NAMES, DIRECTIONS, QUEUE_OF_DIR
 
 def gdram_bus_bytes(addr: int, size: int, stride: int, count: int, stride2: int, count2: int,
                     gran: int, write: bool) -> int:

@@ -328,3 +328,23 @@ def bits_f32(b: int) -> float:
 
 def encoded_width(f: Field) -> int:
     return f.encoded_bits() if isinstance(f, Addr) else f.bits
+
+
+SPECIAL_REGS = ("taskid", "taskdim", "coreid", "clusterid", "coredim", "clusterdim")
+OUT_DTYPES = ("i32", "f16", "f32")          # what the MAC array writes (its odt field)
+DIR_NAMES = tuple(DIRECTIONS)               # the dma dir field's values, in encoding order
+ON_CORE = ("nram", "wram")
+
+
+def queue_of_direction(d: str) -> str:
+    """From cluster SRAM into the core: the move queue (the Move-DMA, a separate engine from the
+    IO-DMA that serves GDRAM, so SRAM tiles and GDRAM weights stream side by side). Other transfers
+    toward the core or staying on it, and GDRAM reads into SRAM: load queue (so a copy of the next
+    images into SRAM does not hold up a layer's stores). The rest, away from the core: store."""
+    src, dst = DIRECTIONS[d]
+    if src == "sram" and dst in ON_CORE:
+        return "mv"
+    return "ld" if dst in ON_CORE or (src == "gdram" and dst == "sram") else "st"
+
+
+QUEUE_OF_DIR = tuple(queue_of_direction(d) for d in DIR_NAMES)     # a dma's queue, by its dir field

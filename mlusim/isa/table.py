@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mlusim.isa import semantics as S
-from mlusim.isa import semantics_ext as SX
 from mlusim.isa import timing as T
-from mlusim.isa.fields import (DIRECTIONS, DTYPES, F32, Addr, Deps, Enum, Field, Imm, Reg, Target,
-                               encoded_width)
+from mlusim.isa.semantics import dma as SD
+from mlusim.isa.semantics import mac as SM
+from mlusim.isa.semantics import scalar as SC
+from mlusim.isa.semantics import vector as SV
+from mlusim.isa.fields import (DIRECTIONS, DTYPES, F32, OUT_DTYPES, SPECIAL_REGS, Addr, Deps, Enum, Field, Imm, Reg,
+                               Target, encoded_width)
 
 UNITS = {
     "scalar": "issue stage: scalar ALU and branches, executed in order as the stream is fetched",
@@ -24,8 +26,6 @@ UNITS = {
     "mac": "compute queue, MAC array (WFU): int8/int16 conv and matmul (int8 into int32, int16 exact)",
     "vec": "compute queue, vector unit (NFU): elementwise, pooling, requantize, transcendental",
 }
-SPECIAL_REGS = ("taskid", "taskdim", "coreid", "clusterid", "coredim", "clusterdim")
-OUT_DTYPES = ("i32", "f16", "f32")
 
 
 @dataclass(frozen=True)
@@ -99,36 +99,36 @@ def _binary(mn, opc, fn, what, note=""):
     return OpSpec(mn, opc, "vec",
                   (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), N24) + DEPS,
                   f"dst[i] = {what} over `n` elements; integer results saturate to `dt`{note}.",
-                  S.binary(fn), T.vec_elementwise, S.touch_binary, positional=5)
+                  SV.binary(fn), T.vec_elementwise, SV.touch_binary, positional=5)
 
 
 OPS: tuple[OpSpec, ...] = (
     # ---- scalar and control (issue stage) -----------------------------------------------------
-    OpSpec("nop", 0x00, "scalar", (), "Does nothing for one scalar slot.", S.nop, T.scalar),
-    OpSpec("li", 0x01, "scalar", (R("rd"), SI("imm", 48)), "rd = imm.", S.li, T.scalar, positional=2),
-    OpSpec("add", 0x02, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 + rs2.", S.alu("add"),
+    OpSpec("nop", 0x00, "scalar", (), "Does nothing for one scalar slot.", SC.nop, T.scalar),
+    OpSpec("li", 0x01, "scalar", (R("rd"), SI("imm", 48)), "rd = imm.", SC.li, T.scalar, positional=2),
+    OpSpec("add", 0x02, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 + rs2.", SC.alu("add"),
            T.scalar, positional=3),
-    OpSpec("sub", 0x03, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 - rs2.", S.alu("sub"),
+    OpSpec("sub", 0x03, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 - rs2.", SC.alu("sub"),
            T.scalar, positional=3),
-    OpSpec("mul", 0x04, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 * rs2.", S.alu("mul"),
+    OpSpec("mul", 0x04, "scalar", (R("rd"), R("rs1"), R("rs2")), "rd = rs1 * rs2.", SC.alu("mul"),
            T.scalar, positional=3),
-    OpSpec("addi", 0x05, "scalar", (R("rd"), R("rs1"), SI("imm", 32)), "rd = rs1 + imm.", S.addi,
+    OpSpec("addi", 0x05, "scalar", (R("rd"), R("rs1"), SI("imm", 32)), "rd = rs1 + imm.", SC.addi,
            T.scalar, positional=3),
-    OpSpec("muli", 0x06, "scalar", (R("rd"), R("rs1"), SI("imm", 32)), "rd = rs1 * imm.", S.muli,
+    OpSpec("muli", 0x06, "scalar", (R("rd"), R("rs1"), SI("imm", 32)), "rd = rs1 * imm.", SC.muli,
            T.scalar, positional=3),
     OpSpec("rdsr", 0x07, "scalar", (R("rd"), Enum("sr", 3, None, "special register", SPECIAL_REGS)),
            "rd = a special register: the task's id and count, its core's and cluster's id and count.",
-           S.rdsr, T.scalar, positional=2),
+           SC.rdsr, T.scalar, positional=2),
     OpSpec("blt", 0x08, "scalar", (R("rs1"), R("rs2"), Target("target", 20, signed=True)),
-           "Branch to target if rs1 < rs2.", S.branch("lt"), T.scalar, positional=3),
+           "Branch to target if rs1 < rs2.", SC.branch("lt"), T.scalar, positional=3),
     OpSpec("bge", 0x09, "scalar", (R("rs1"), R("rs2"), Target("target", 20, signed=True)),
-           "Branch to target if rs1 >= rs2.", S.branch("ge"), T.scalar, positional=3),
+           "Branch to target if rs1 >= rs2.", SC.branch("ge"), T.scalar, positional=3),
     OpSpec("bne", 0x0A, "scalar", (R("rs1"), R("rs2"), Target("target", 20, signed=True)),
-           "Branch to target if rs1 != rs2.", S.branch("ne"), T.scalar, positional=3),
+           "Branch to target if rs1 != rs2.", SC.branch("ne"), T.scalar, positional=3),
     OpSpec("beq", 0x0B, "scalar", (R("rs1"), R("rs2"), Target("target", 20, signed=True)),
-           "Branch to target if rs1 == rs2.", S.branch("eq"), T.scalar, positional=3),
+           "Branch to target if rs1 == rs2.", SC.branch("eq"), T.scalar, positional=3),
     OpSpec("jmp", 0x0C, "scalar", (Target("target", 20, signed=True),), "Jump to target.",
-           S.branch("al"), T.scalar, positional=1),
+           SC.branch("al"), T.scalar, positional=1),
     # ---- synchronization (issue stage) --------------------------------------------------------
     OpSpec("sync", 0x10, "sync", (), "Wait until every instruction this core issued has completed "
            "(BANG `__sync()`)."),
@@ -153,7 +153,7 @@ OPS: tuple[OpSpec, ...] = (
            "core run on the move queue (the Move-DMA); others from GDRAM into the core or into SRAM (`g2s`), or "
            "staying on the core, on the load queue (the IO-DMA's reads); the rest (to GDRAM or SRAM from "
            "the core, SRAM to GDRAM/SRAM, GDRAM to GDRAM) on the store queue.",
-           S.dma, None, S.touch_dma, S.check_dma, positional=4),
+           SD.dma, None, SD.touch_dma, SD.check_dma, positional=4),
     # ---- MAC array --------------------------------------------------------------------------------
     OpSpec("conv", 0x30, "mac",
            (DT(), Enum("odt", 2, 0, "output type", OUT_DTYPES), A("dst", "nram"), A("src", "nram"),
@@ -167,7 +167,7 @@ OPS: tuple[OpSpec, ...] = (
            "float with a fix position). odt f16/f32 store acc*2**pos rounded to nearest even; i32 "
            "stores the i8 accumulator, or the i16 sum at position pos: rne(acc*2**pos) saturated. "
            "Padding reads zeros.",
-           S.conv, T.conv, S.touch_conv, S.check_conv),
+           SM.conv, T.conv, SM.touch_conv, SM.check_conv),
     OpSpec("matmul", 0x31, "mac",
            (DT(), Enum("odt", 2, 0, "output type", OUT_DTYPES), A("dst", "nram"), A("a", "nram"),
             A("b", "wram"), U("m", 16, doc="rows of a"), U("k", 20, doc="reduction length"),
@@ -175,7 +175,7 @@ OPS: tuple[OpSpec, ...] = (
             SI("pos", 8, 0, "output = acc * 2**pos when odt is a float type")) + DEPS,
            "dst[m, n] = a[m, k] . b[n, k]^T with a in NRAM and b in WRAM (b stored like conv weights, "
            "one row per output column); accumulation and output as for conv.",
-           S.matmul, T.matmul, S.touch_matmul, S.check_matmul),
+           SM.matmul, T.matmul, SM.touch_matmul, SM.check_matmul),
     # ---- vector unit ---------------------------------------------------------------------------
     _binary("vadd", 0x40, "add", "a[i] + b[i]", ", except i32 sums, which wrap as the MAC array's "
             "int32 accumulator does (so partial sums of a split reduction add up to the whole one)"),
@@ -184,19 +184,19 @@ OPS: tuple[OpSpec, ...] = (
     _binary("vmax", 0x43, "max", "max(a[i], b[i])"),
     _binary("vmin", 0x44, "min", "min(a[i], b[i])"),
     OpSpec("vrelu", 0x45, "vec", (DT(), A("dst", "nram"), A("src", "nram"), N24) + DEPS,
-           "dst[i] = max(src[i], 0).", S.vrelu, T.vec_elementwise, S.touch_unary, positional=4),
+           "dst[i] = max(src[i], 0).", SV.vrelu, T.vec_elementwise, SV.touch_unary, positional=4),
     OpSpec("vclamp", 0x46, "vec", (DT(), A("dst", "nram"), A("src", "nram"), N24) + LOHI + DEPS,
            "dst[i] = min(max(src[i], lo), hi) for integer `dt` (relu6 in the quantized domain).",
-           S.vclamp, T.vec_elementwise, S.touch_unary, S.check_int_dt, positional=4),
+           SV.vclamp, T.vec_elementwise, SV.touch_unary, SV.check_int_dt, positional=4),
     OpSpec("vset", 0x47, "vec", (DT(), A("dst", "nram"), N24, SI("value", 32, 0)) + DEPS,
-           "dst[i] = value (converted to `dt`).", S.vset, T.vec_elementwise, S.touch_set,
+           "dst[i] = value (converted to `dt`).", SV.vset, T.vec_elementwise, SV.touch_set,
            positional=4),
     OpSpec("vcast", 0x48, "vec",
            (DT("sdt", doc="source type"), DT("ddt", doc="destination type"), A("dst", "nram"),
             A("src", "nram"), N24) + DEPS,
            "Convert types: integers saturate; float to integer rounds to nearest even and saturates "
            "(NaN becomes 0); float to float rounds to nearest even.",
-           S.vcast, T.vec_cast, S.touch_cast, positional=5),
+           SV.vcast, T.vec_cast, SV.touch_cast, positional=5),
     OpSpec("vrequant", 0x49, "vec",
            (DT("odt", doc="output type (integer)"), A("dst", "nram"), A("src", "nram"),
             A("params", "nram", doc="int32 [c, 3]: bias, multiplier, shift per channel"),
@@ -205,67 +205,67 @@ OPS: tuple[OpSpec, ...] = (
            "Requantize int32 accumulators: with ch = i mod c, dst[i] = clamp(rne((src[i] + bias[ch]) * "
            "mult[ch] / 2**shift[ch]) + zp, lo, hi), then saturated to `odt`. Products are exact "
            "(64-bit); rne rounds half to even.",
-           S.vrequant, T.vec_requant, S.touch_requant, S.check_requant),
+           SV.vrequant, T.vec_requant, SV.touch_requant, SV.check_requant),
     OpSpec("vdequant", 0x4A, "vec",
            (DT("sdt", doc="source type (integer)"), DT("odt", doc="output type (float)"),
             A("dst", "nram"), A("src", "nram"), N24, F32("scale", doc="float32 scale"),
             SI("zp", 32, 0, "source zero point")) + DEPS,
            "dst[i] = (src[i] - zp) * scale, computed exactly and rounded once to `odt`.",
-           S.vdequant, T.vec_cast, S.touch_cast, S.check_dequant),
+           SV.vdequant, T.vec_cast, SV.touch_cast, SV.check_dequant),
     OpSpec("vquant", 0x4B, "vec",
            (DT("sdt", doc="source type (float)"), DT("odt", doc="output type (integer)"),
             A("dst", "nram"), A("src", "nram"), N24, F32("scale", doc="float32 scale"),
             SI("zp", 32, 0, "output zero point")) + DEPS,
            "dst[i] = saturate(rne(src[i] * scale) + zp): the product is exact, rounding is to nearest "
-           "even.", S.vquant, T.vec_cast, S.touch_cast, S.check_quant),
+           "even.", SV.vquant, T.vec_cast, SV.touch_cast, SV.check_quant),
     OpSpec("vpool", 0x4C, "vec",
            (Enum("mode", 1, None, "max, or sum (average pooling's numerator)", ("max", "sum")), DT(),
             A("dst", "nram"), A("src", "nram"), U("n", 12, 1, "batch"), *GEOM,
             U("c", 16, doc="channels"), *WIN, *PADS) + DEPS,
            "Pooling over NHWC [n, hi, wi, c]. max keeps `dt` (padding never wins); sum writes int32 "
            "for integer `dt` (float32 for float) with padding as zeros, so that average pooling's "
-           "divisor folds into a following vrequant.", S.vpool, T.vec_pool, S.touch_pool, S.check_pool),
+           "divisor folds into a following vrequant.", SV.vpool, T.vec_pool, SV.touch_pool, SV.check_pool),
     OpSpec("vdwconv", 0x4D, "vec",
            (DT(), A("dst", "nram"), A("src", "nram"), A("wgt", "nram"), U("n", 12, 1, "batch"),
             *GEOM, U("c", 16, doc="channels"), *WIN, *PADS, *DIL) + DEPS,
            "Depthwise convolution on the vector unit: src NHWC [n, hi, wi, c], wgt [kh, kw, c] (both "
            "`dt`, in NRAM), dst int32 NHWC; exact accumulation wrapped to 32 bits for i8, saturated "
            "for i16; padding reads zeros.",
-           S.vdwconv, T.vec_dwconv, S.touch_dwconv, S.check_dwconv),
+           SV.vdwconv, T.vec_dwconv, SV.touch_dwconv, SV.check_dwconv),
     OpSpec("vexp", 0x4E, "vec", (DT(), A("dst", "nram"), A("src", "nram"), N24) + DEPS,
            "dst[i] = exp(src[i]) for float `dt` (numpy's correctly-rounded-or-1ulp exp).",
-           S.unary_float("exp"), T.vec_transcendental, S.touch_unary, S.check_float_dt, positional=4),
+           SV.unary_float("exp"), T.vec_transcendental, SV.touch_unary, SV.check_float_dt, positional=4),
     OpSpec("vlog", 0x4F, "vec", (DT(), A("dst", "nram"), A("src", "nram"), N24) + DEPS,
-           "dst[i] = log(src[i]) for float `dt`.", S.unary_float("log"), T.vec_transcendental,
-           S.touch_unary, S.check_float_dt, positional=4),
+           "dst[i] = log(src[i]) for float `dt`.", SV.unary_float("log"), T.vec_transcendental,
+           SV.touch_unary, SV.check_float_dt, positional=4),
     OpSpec("vreduce", 0x50, "vec",
            (Enum("mode", 2, None, "reduction", ("max", "min", "sum")), DT(), A("dst", "nram"),
             A("src", "nram"), U("rows", 20), U("cols", 20)) + DEPS,
            "dst[r] = reduce(src[r, 0..cols)). Integer sum writes int32 (saturating); float sum adds "
-           "left to right in `dt`.", S.vreduce, T.vec_reduce, S.touch_reduce),
+           "left to right in `dt`.", SV.vreduce, T.vec_reduce, SV.touch_reduce),
     OpSpec("vrow", 0x51, "vec",
            (Enum("op", 3, None, "operation", ("add", "sub", "mul", "div", "max")), DT(),
             A("dst", "nram"), A("a", "nram"), A("b", "nram"), U("rows", 20), U("cols", 20),
             Enum("axis", 1, 0, "b indexed by row (0) or by column (1)", ("row", "col"))) + DEPS,
            "dst[r, c] = a[r, c] op b[r] (axis=row) or b[c] (axis=col); integer results saturate (i32 add wraps, as vadd), "
-           "integer div rounds toward zero (div by 0 gives 0).", S.vrow, T.vec_row, S.touch_row),
+           "integer div rounds toward zero (div by 0 gives 0).", SV.vrow, T.vec_row, SV.touch_row),
     OpSpec("vtrans", 0x52, "vec",
            (DT(), A("dst", "nram"), A("src", "nram"), U("rows", 20), U("cols", 20)) + DEPS,
            "2-D transpose: dst[c, r] = src[r, c] for a row-major [rows, cols] source (BANG "
            "`__bang_transpose`); used to lay out operands of backward matmuls.",
-           SX.vtrans, T.vec_trans, SX.touch_trans),
+           SV.vtrans, T.vec_trans, SV.touch_trans),
     OpSpec("vcmp", 0x53, "vec",
            (Enum("mode", 3, None, "comparison", ("gt", "ge", "lt", "le", "eq", "ne")), DT(), A("dst", "nram"),
             A("a", "nram"), A("b", "nram"), N24) + DEPS,
            "dst[i] = 1 if a[i] <mode> b[i] else 0, in `dt` (a mask for selects, e.g. ReLU's backward).",
-           SX.vcmp, T.vec_elementwise, S.touch_binary, positional=6),
+           SV.vcmp, T.vec_elementwise, SV.touch_binary, positional=6),
     OpSpec("vpoolbp", 0x54, "vec",
            (DT(), A("dst", "nram"), A("src", "nram"), A("grad", "nram"), U("n", 12, 1, "batch"), *GEOM,
             U("c", 16, doc="channels"), *WIN, *PADS) + DEPS,
            "Max-pool backward (BANG `__bang_maxpool_bp`): for each output window of src NHWC [n, hi, wi, c], "
            "the window's gradient grad[n, ho, wo, c] goes to the first position (row-major in the window) "
            "holding the window's maximum; dst [n, hi, wi, c] sums what each position receives. Padding "
-           "never wins.", SX.vpoolbp, T.vec_poolbp, SX.touch_poolbp, S.check_pool),
+           "never wins.", SV.vpoolbp, T.vec_poolbp, SV.touch_poolbp, SV.check_pool),
     OpSpec("vaddrq", 0x55, "vec",
            (DT("sdt", doc="shortcut type (integer)"), A("dst", "nram"), A("a", "nram", doc="int32 accumulators"),
             A("src", "nram"), A("params", "nram", doc="int32 [c, 3]: bias, multiplier, shift per channel"),
@@ -273,7 +273,7 @@ OPS: tuple[OpSpec, ...] = (
            "Add a requantized shortcut to int32 accumulators in one pass: with ch = i mod c, dst[i] = "
            "sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])); exactly vcast + vrequant "
            "(odt i32) + vadd, as the residual join of a conv needs it.",
-           SX.vaddrq, T.vec_requant, SX.touch_addrq, SX.check_addrq),
+           SV.vaddrq, T.vec_requant, SV.touch_addrq, SV.check_addrq),
     OpSpec("vrqadd", 0x56, "vec",
            (DT("sdt", doc="shortcut type (integer)"), DT("odt", doc="output type (integer)"), A("dst", "nram"),
             A("a", "nram", doc="int32 accumulators"), A("src", "nram"),
@@ -285,12 +285,12 @@ OPS: tuple[OpSpec, ...] = (
            "sat32(a[i] + rne((src[i] + rbias[ch]) * rmult[ch] / 2**rshift[ch])), then dst[i] = "
            "clamp(rne((s + bias[ch]) * mult[ch] / 2**shift[ch]) + zp, lo, hi) saturated to `odt`; exactly "
            "vaddrq then vrequant, like a post-processor that takes a second operand (NVDLA's SDP) [G].",
-           SX.vrqadd, T.vec_requant, SX.touch_rqadd, SX.check_rqadd),
+           SV.vrqadd, T.vec_requant, SV.touch_rqadd, SV.check_rqadd),
     OpSpec("vfma", 0x5F, "vec",
            (DT(), A("dst", "nram"), A("a", "nram"), A("b", "nram"), A("c", "nram"), N24) + DEPS,
            "dst[i] = a[i] * b[i] + c[i] rounded once to `dt` (IEEE fusedMultiplyAdd; float dt only), as "
            "vector FMA units do; the compiler uses it to reproduce ONNX Runtime's quantized add.",
-           SX.vfma, T.vec_elementwise, SX.touch_fma, S.check_float_dt, positional=6),
+           SV.vfma, T.vec_elementwise, SV.touch_fma, SV.check_float_dt, positional=6),
 )
 
 BY_MNEMONIC: dict[str, OpSpec] = {op.mnemonic: op for op in OPS}

@@ -1,201 +1,14 @@
-"""Functional semantics of every instruction (numpy), plus the memory each one touches.
-
-`ctx` is the executing core: `ctx.regs` (list of ints, r0 == 0), `ctx.special(name)`, and
-`ctx.mem(space)` returning that space's bytes as a uint8 array. `a` maps field names to ints with
-addresses already resolved to absolute byte offsets. Enum fields arrive as indices; `E` turns them
-back into names. Touch functions return (space, addr, nbytes, 'r' or 'w', alignment).
-"""
+"""Vector unit semantics: elementwise, casts, (de)quantization, requantization, pooling, depthwise
+convolution, reductions, transposes, and the fused ops imported models need."""
 from __future__ import annotations
 
 import numpy as np
 
 from mlusim.isa import numerics as nx
-from mlusim.isa.fields import DIRECTIONS, DTYPE_BYTES, DTYPES, bits_f32
-
-DIR_NAMES = tuple(DIRECTIONS)
-NP = nx.NP_DTYPES
-MASK64 = (1 << 64) - 1
+from mlusim.isa.fields import DTYPE_BYTES, bits_f32
+from mlusim.isa.semantics.base import NP, E, span, view
 
 
-def E(a: dict, name: str) -> str:
-    return DTYPES[a[name]]
-
-
-def view(ctx, space: str, addr: int, dt: str, count: int) -> np.ndarray:
-    nbytes = count * DTYPE_BYTES[dt]
-    return ctx.mem(space)[addr:addr + nbytes].view(NP[dt])
-
-
-# ---- scalar --------------------------------------------------------------------------------------
-def _wrap64(v: int) -> int:
-    v &= MASK64
-    return v - (1 << 64) if v >> 63 else v
-
-
-def nop(ctx, a):
-    return None
-
-
-def li(ctx, a):
-    ctx.set_reg(a["rd"], a["imm"])
-
-
-def alu(kind: str):
-    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y}[kind]
-
-    def run(ctx, a):
-        ctx.set_reg(a["rd"], _wrap64(fn(ctx.regs[a["rs1"]], ctx.regs[a["rs2"]])))
-
-    return run
-
-
-def addi(ctx, a):
-    ctx.set_reg(a["rd"], _wrap64(ctx.regs[a["rs1"]] + a["imm"]))
-
-
-def muli(ctx, a):
-    ctx.set_reg(a["rd"], _wrap64(ctx.regs[a["rs1"]] * a["imm"]))
-
-
-def rdsr(ctx, a):
-    from mlusim.isa.table import SPECIAL_REGS
-
-    ctx.set_reg(a["rd"], ctx.special(SPECIAL_REGS[a["sr"]]))
-
-
-def branch(cond: str):
-    tests = {"lt": lambda x, y: x < y, "ge": lambda x, y: x >= y, "ne": lambda x, y: x != y,
-             "eq": lambda x, y: x == y}
-
-    def run(ctx, a):
-        if cond == "al" or tests[cond](ctx.regs[a["rs1"]], ctx.regs[a["rs2"]]):
-            return a["target"]
-        return None
-
-    return run
-
-
-# ---- DMA -----------------------------------------------------------------------------------------
-def dma_spaces(a) -> tuple[str, str]:
-    return DIRECTIONS[DIR_NAMES[a["dir"]]]
-
-
-def dma_extent(size, stride, count, stride2, count2) -> int:
-    return (count2 - 1) * stride2 + (count - 1) * stride + size
-
-
-def check_dma(a):
-    size, cnt, cnt2 = a["size"], a["count"], a["count2"]
-    if size == 0 or cnt == 0 or cnt2 == 0:
-        return "size, count and count2 must be >= 1"
-    if cnt > 1 and a["dstride"] < size:
-        return f"destination segments overlap (dstride {a['dstride']} < size {size})"
-    if cnt2 > 1 and a["dstride2"] < dma_extent(size, a["dstride"], cnt, 0, 1):
-        return "destination blocks overlap (dstride2 smaller than one block)"
-    if a["dcl"] and DIR_NAMES[a["dir"]] != "s2s":
-        return f"dcl={a['dcl']} (another cluster's SRAM) is only for s2s, not {DIR_NAMES[a['dir']]}"
-    return None
-
-
-def touch_dma(a):
-    src_space, dst_space = dma_spaces(a)
-    return [(src_space, a["src"], dma_extent(a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"]), "r", 1),
-            (dst_space, a["dst"], dma_extent(a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"]), "w", 1)]
-
-
-def _strided(buf: np.ndarray, addr: int, size: int, stride: int, count: int, stride2: int, count2: int):
-    return np.lib.stride_tricks.as_strided(buf[addr:], shape=(count2, count, size),
-                                           strides=(stride2, stride, 1), writeable=True)
-
-
-def dma(ctx, a):
-    src_space, dst_space = dma_spaces(a)
-    dbuf = ctx.remote_sram(a["dcl"] - 1) if a["dcl"] else ctx.mem(dst_space)
-    if a["count"] == 1 and a["count2"] == 1:
-        n, s, d = a["size"], a["src"], a["dst"]
-        dbuf[d:d + n] = ctx.mem(src_space)[s:s + n]
-        return
-    src = _strided(ctx.mem(src_space), a["src"], a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"])
-    dst = _strided(dbuf, a["dst"], a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
-    dst[...] = src.copy() if src_space == dst_space else src
-
-
-# ---- MAC array -----------------------------------------------------------------------------------
-def conv_shape(a) -> tuple[int, int]:
-    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
-    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
-    return ho, wo
-
-
-def _odt(a) -> str:
-    from mlusim.isa.table import OUT_DTYPES
-
-    return OUT_DTYPES[a["odt"]]
-
-
-def check_conv(a):
-    if E(a, "dt") not in ("i8", "i16"):
-        return "conv takes dt=i8 or i16"
-    for k in ("n", "hi", "wi", "ci", "co", "kh", "kw", "sh", "sw", "dh", "dw", "groups"):
-        if a[k] == 0:
-            return f"{k} must be >= 1"
-    if a["ci"] % a["groups"] or a["co"] % a["groups"]:
-        return f"groups={a['groups']} must divide ci={a['ci']} and co={a['co']}"
-    if max(a["pt"], a["pb"]) >= a["dh"] * (a["kh"] - 1) + 1 or max(a["pl"], a["pr"]) >= a["dw"] * (a["kw"] - 1) + 1:
-        return "padding must be smaller than the (dilated) window"
-    ho, wo = conv_shape(a)
-    if ho < 1 or wo < 1:
-        return "window larger than the padded input"
-    return None
-
-
-def touch_conv(a):
-    esz = DTYPE_BYTES[E(a, "dt")]
-    ho, wo = conv_shape(a)
-    osz = DTYPE_BYTES[_odt(a)]
-    return [("nram", a["src"], a["n"] * a["hi"] * a["wi"] * a["ci"] * esz, "r", esz),
-            ("wram", a["wgt"], a["co"] * a["kh"] * a["kw"] * (a["ci"] // a["groups"]) * esz, "r", 64),
-            ("nram", a["dst"], a["n"] * ho * wo * a["co"] * osz, "w", osz)]
-
-
-def conv(ctx, a):
-    dt = E(a, "dt")
-    ho, wo = conv_shape(a)
-    n, hi, wi, ci, co = a["n"], a["hi"], a["wi"], a["ci"], a["co"]
-    x = view(ctx, "nram", a["src"], dt, n * hi * wi * ci).reshape(n, hi, wi, ci)
-    cig = ci // a["groups"]
-    w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
-    acc = nx.conv_nhwc(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"], a["groups"])
-    odt = _odt(a)
-    view(ctx, "nram", a["dst"], odt, acc.size)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
-
-
-def check_matmul(a):
-    if E(a, "dt") not in ("i8", "i16"):
-        return "matmul takes dt=i8 or i16"
-    if min(a["m"], a["k"], a["n"]) == 0:
-        return "m, k and n must be >= 1"
-    return None
-
-
-def touch_matmul(a):
-    esz = DTYPE_BYTES[E(a, "dt")]
-    osz = DTYPE_BYTES[_odt(a)]
-    return [("nram", a["a"], a["m"] * a["k"] * esz, "r", esz), ("wram", a["b"], a["n"] * a["k"] * esz, "r", 64),
-            ("nram", a["dst"], a["m"] * a["n"] * osz, "w", osz)]
-
-
-def matmul(ctx, a):
-    dt = E(a, "dt")
-    m, k, n = a["m"], a["k"], a["n"]
-    x = view(ctx, "nram", a["a"], dt, m * k).reshape(m, k)
-    w = view(ctx, "wram", a["b"], dt, n * k).reshape(n, k)
-    acc = nx.exact_matmul(x, w.T)
-    odt = _odt(a)
-    view(ctx, "nram", a["dst"], odt, m * n)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
-
-
-# ---- vector unit ---------------------------------------------------------------------------------
 def _combine(x: np.ndarray, y: np.ndarray, op: str, dt: str) -> np.ndarray:
     if dt in nx.INT_DTYPES:
         x, y = x.astype(np.int64), y.astype(np.int64)
@@ -221,25 +34,20 @@ def binary(op: str):
     return run
 
 
-def _t(a, field, dt_field="dt", count="n"):
-    esz = DTYPE_BYTES[E(a, dt_field)]
-    return a[field], a[count] * esz, esz
-
-
 def touch_binary(a):
     out = []
     for f, rw in (("a", "r"), ("b", "r"), ("dst", "w")):
-        addr, nb, al = _t(a, f)
+        addr, nb, al = span(a, f)
         out.append(("nram", addr, nb, rw, al))
     return out
 
 
 def touch_unary(a):
-    return [("nram",) + _t(a, "src")[:2] + ("r", _t(a, "src")[2]), ("nram",) + _t(a, "dst")[:2] + ("w", _t(a, "dst")[2])]
+    return [("nram",) + span(a, "src")[:2] + ("r", span(a, "src")[2]), ("nram",) + span(a, "dst")[:2] + ("w", span(a, "dst")[2])]
 
 
 def touch_set(a):
-    addr, nb, al = _t(a, "dst")
+    addr, nb, al = span(a, "dst")
     return [("nram", addr, nb, "w", al)]
 
 
@@ -356,7 +164,7 @@ def vquant(ctx, a):
     view(ctx, "nram", a["dst"], odt, n)[:] = nx.round_float_to_int(q, odt)
 
 
-def _pool_geom(a):
+def pool_geom(a):
     ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], 1)
     wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], 1)
     return ho, wo
@@ -368,7 +176,7 @@ def check_pool(a):
             return f"{k} must be >= 1"
     if max(a["pt"], a["pb"]) >= a["kh"] or max(a["pl"], a["pr"]) >= a["kw"]:
         return "padding must be smaller than the window"
-    ho, wo = _pool_geom(a)
+    ho, wo = pool_geom(a)
     return None if ho >= 1 and wo >= 1 else "window larger than the padded input"
 
 
@@ -381,7 +189,7 @@ def _pool_out_dt(a) -> str:
 
 def touch_pool(a):
     dt = E(a, "dt")
-    ho, wo = _pool_geom(a)
+    ho, wo = pool_geom(a)
     odt = _pool_out_dt(a)
     return [("nram", a["src"], a["n"] * a["hi"] * a["wi"] * a["c"] * DTYPE_BYTES[dt], "r", DTYPE_BYTES[dt]),
             ("nram", a["dst"], a["n"] * ho * wo * a["c"] * DTYPE_BYTES[odt], "w", DTYPE_BYTES[odt])]
@@ -501,3 +309,138 @@ def vrow(ctx, a):
         b = view(ctx, "nram", a["b"], dt, cols)[None, :]
     out = _combine(x, np.broadcast_to(b, x.shape), op, dt)
     view(ctx, "nram", a["dst"], dt, rows * cols)[:] = out.reshape(-1)
+
+
+def touch_trans(a):
+    esz = DTYPE_BYTES[E(a, "dt")]
+    nb = a["rows"] * a["cols"] * esz
+    return [("nram", a["src"], nb, "r", esz), ("nram", a["dst"], nb, "w", esz)]
+
+
+def vtrans(ctx, a):
+    dt, r, c = E(a, "dt"), a["rows"], a["cols"]
+    src = view(ctx, "nram", a["src"], dt, r * c).reshape(r, c)
+    view(ctx, "nram", a["dst"], dt, r * c)[:] = np.ascontiguousarray(src.T).reshape(-1)
+
+
+def vcmp(ctx, a):
+    dt, n = E(a, "dt"), a["n"]
+    f = (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal)[a["mode"]]
+    r = f(view(ctx, "nram", a["a"], dt, n), view(ctx, "nram", a["b"], dt, n))
+    view(ctx, "nram", a["dst"], dt, n)[:] = r.astype(NP[dt])
+
+
+def touch_poolbp(a):
+    dt = E(a, "dt")
+    esz = DTYPE_BYTES[dt]
+    ho, wo = pool_geom(a)
+    nin = a["n"] * a["hi"] * a["wi"] * a["c"] * esz
+    return [("nram", a["src"], nin, "r", esz), ("nram", a["grad"], a["n"] * ho * wo * a["c"] * esz, "r", esz),
+            ("nram", a["dst"], nin, "w", esz)]
+
+
+def vpoolbp(ctx, a):
+    dt = E(a, "dt")
+    n, hi, wi, c, kh, kw, sh, sw = a["n"], a["hi"], a["wi"], a["c"], a["kh"], a["kw"], a["sh"], a["sw"]
+    pt, pl = a["pt"], a["pl"]
+    ho, wo = pool_geom(a)
+    x = view(ctx, "nram", a["src"], dt, n * hi * wi * c).reshape(n, hi, wi, c)
+    g = view(ctx, "nram", a["grad"], dt, n * ho * wo * c).reshape(n, ho, wo, c)
+    fill = nx.int_range(dt)[0] if dt in nx.INT_DTYPES else -np.inf
+    win = nx.pool_windows(x, kh, kw, sh, sw, (pt, a["pb"], pl, a["pr"]), fill)   # [n, ho, wo, c, kh, kw]
+    first = win.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)                    # first maximum
+    acc = np.zeros((n, hi + pt + a["pb"], wi + pl + a["pr"], c), dtype=np.float64 if dt in nx.FLOAT_DTYPES else np.int64)
+    ii, jj = np.divmod(first, kw)
+    rows = np.arange(ho)[None, :, None, None] * sh + ii
+    cols = np.arange(wo)[None, None, :, None] * sw + jj
+    nn_ = np.broadcast_to(np.arange(n)[:, None, None, None], first.shape)
+    cc = np.broadcast_to(np.arange(c)[None, None, None, :], first.shape)
+    np.add.at(acc, (nn_, rows, cols, cc), g.astype(acc.dtype))
+    out = acc[:, pt:pt + hi, pl:pl + wi, :]
+    view(ctx, "nram", a["dst"], dt, n * hi * wi * c)[:] = (
+        nx.saturate(out, dt) if dt in nx.INT_DTYPES else out.astype(NP[dt])).reshape(-1)
+
+
+def touch_fma(a):
+    return touch_binary(a) + [("nram",) + span(a, "c")[:2] + ("r", span(a, "c")[2])]
+
+
+def fused_multiply_add(x: np.ndarray, y: np.ndarray, z: np.ndarray, dt: str) -> np.ndarray:
+    """x * y + z rounded once to `dt` (IEEE fusedMultiplyAdd), for float32 / float16 operands.
+
+    The product of two float32 values is exact in float64; TwoSum gives the sum's exact error e
+    beside its float64 rounding s. Rounding s to `dt` is then correct unless s sits exactly on a
+    midpoint of two `dt` neighbours with e != 0, where e decides the direction."""
+    p = x.astype(np.float64) * y.astype(np.float64)
+    c = z.astype(np.float64)
+    with np.errstate(all="ignore"):
+        s = p + c
+        bb = s - p
+        e = (p - (s - bb)) + (c - bb)
+        r = s.astype(NP[dt])
+        r64 = r.astype(np.float64)
+        other = np.nextafter(r, np.where(s > r64, np.inf, -np.inf).astype(NP[dt]))
+        mid = (r64 + other.astype(np.float64)) / 2
+        fix = np.isfinite(s) & (r64 != s) & (s == mid) & (e != 0)
+    # at a midpoint the exact value lies on e's side of it: take the neighbour on that side
+    toward_other = np.sign(other.astype(np.float64) - s) == np.sign(e)
+    out = np.where(fix & toward_other, other, r)
+    nan = np.isnan(p) | np.isnan(c) | (np.isinf(p) & np.isinf(c) & (np.sign(p) != np.sign(c)))
+    return np.where(nan, np.array(np.nan, NP[dt]), out).astype(NP[dt])
+
+
+def vfma(ctx, a):
+    dt, n = E(a, "dt"), a["n"]
+    x, y, z = (view(ctx, "nram", a[k], dt, n) for k in ("a", "b", "c"))
+    view(ctx, "nram", a["dst"], dt, n)[:] = fused_multiply_add(x, y, z, dt)
+
+
+# ---- fused shortcut ------------------------------------------------------------------------------------
+check_addrq = check_int_per_channel("vaddrq", "sdt")
+
+
+_CHECK_RQADD = (check_int_per_channel("vrqadd", "sdt"), check_int_per_channel("vrqadd", "odt"))
+
+
+def check_rqadd(a):
+    return _CHECK_RQADD[0](a) or _CHECK_RQADD[1](a)
+
+
+def touch_addrq(a):
+    ssz = DTYPE_BYTES[E(a, "sdt")]
+    n = a["n"]
+    return [("nram", a["a"], n * 4, "r", 4), ("nram", a["src"], n * ssz, "r", ssz),
+            ("nram", a["params"], a["c"] * 12, "r", 4), ("nram", a["dst"], n * 4, "w", 4)]
+
+
+def _joined(ctx, a, params: str) -> np.ndarray:
+    """sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])) with the shortcut's
+    [c, 3] parameters in field `params`, as int32 [n / c, c]: what vaddrq writes and vrqadd
+    requantizes."""
+    c, n = a["c"], a["n"]
+    src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
+    p = view(ctx, "nram", a[params], "i32", c * 3).reshape(c, 3)
+    r = requant_values(src, p, 0, -(1 << 31), (1 << 31) - 1, "i32")
+    acc = view(ctx, "nram", a["a"], "i32", n).reshape(-1, c)
+    return nx.saturate(acc.astype(np.int64) + r, "i32")
+
+
+def vaddrq(ctx, a):
+    """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
+    view(ctx, "nram", a["dst"], "i32", a["n"])[:] = _joined(ctx, a, "params").reshape(-1)
+
+
+def touch_rqadd(a):
+    ssz, osz, n = DTYPE_BYTES[E(a, "sdt")], DTYPE_BYTES[E(a, "odt")], a["n"]
+    return [("nram", a["a"], n * 4, "r", 4), ("nram", a["src"], n * ssz, "r", ssz),
+            ("nram", a["rparams"], a["c"] * 12, "r", 4), ("nram", a["params"], a["c"] * 12, "r", 4),
+            ("nram", a["dst"], n * osz, "w", osz)]
+
+
+def vrqadd(ctx, a):
+    """Exactly vaddrq (shortcut requantized with rparams, added to a) then vrequant (params, zp,
+    lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
+    c, n, odt = a["c"], a["n"], E(a, "odt")
+    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
+    out = requant_values(_joined(ctx, a, "rparams"), params, a["zp"], a["lo"], a["hi"], odt)
+    view(ctx, "nram", a["dst"], odt, n)[:] = out.reshape(-1)

@@ -1,0 +1,78 @@
+"""MAC array semantics: convolution and matrix multiply, exact integer sums cast to the output type."""
+from __future__ import annotations
+
+from mlusim.isa import numerics as nx
+from mlusim.isa.fields import DTYPE_BYTES, OUT_DTYPES
+from mlusim.isa.semantics.base import E, view
+
+
+def conv_shape(a) -> tuple[int, int]:
+    ho = nx.conv_out_size(a["hi"], a["kh"], a["sh"], a["pt"], a["pb"], a["dh"])
+    wo = nx.conv_out_size(a["wi"], a["kw"], a["sw"], a["pl"], a["pr"], a["dw"])
+    return ho, wo
+
+
+def _odt(a) -> str:
+    return OUT_DTYPES[a["odt"]]
+
+
+def check_conv(a):
+    if E(a, "dt") not in ("i8", "i16"):
+        return "conv takes dt=i8 or i16"
+    for k in ("n", "hi", "wi", "ci", "co", "kh", "kw", "sh", "sw", "dh", "dw", "groups"):
+        if a[k] == 0:
+            return f"{k} must be >= 1"
+    if a["ci"] % a["groups"] or a["co"] % a["groups"]:
+        return f"groups={a['groups']} must divide ci={a['ci']} and co={a['co']}"
+    if max(a["pt"], a["pb"]) >= a["dh"] * (a["kh"] - 1) + 1 or max(a["pl"], a["pr"]) >= a["dw"] * (a["kw"] - 1) + 1:
+        return "padding must be smaller than the (dilated) window"
+    ho, wo = conv_shape(a)
+    if ho < 1 or wo < 1:
+        return "window larger than the padded input"
+    return None
+
+
+def touch_conv(a):
+    esz = DTYPE_BYTES[E(a, "dt")]
+    ho, wo = conv_shape(a)
+    osz = DTYPE_BYTES[_odt(a)]
+    return [("nram", a["src"], a["n"] * a["hi"] * a["wi"] * a["ci"] * esz, "r", esz),
+            ("wram", a["wgt"], a["co"] * a["kh"] * a["kw"] * (a["ci"] // a["groups"]) * esz, "r", 64),
+            ("nram", a["dst"], a["n"] * ho * wo * a["co"] * osz, "w", osz)]
+
+
+def conv(ctx, a):
+    dt = E(a, "dt")
+    ho, wo = conv_shape(a)
+    n, hi, wi, ci, co = a["n"], a["hi"], a["wi"], a["ci"], a["co"]
+    x = view(ctx, "nram", a["src"], dt, n * hi * wi * ci).reshape(n, hi, wi, ci)
+    cig = ci // a["groups"]
+    w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
+    acc = nx.conv_nhwc(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"], a["groups"])
+    odt = _odt(a)
+    view(ctx, "nram", a["dst"], odt, acc.size)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
+
+
+def check_matmul(a):
+    if E(a, "dt") not in ("i8", "i16"):
+        return "matmul takes dt=i8 or i16"
+    if min(a["m"], a["k"], a["n"]) == 0:
+        return "m, k and n must be >= 1"
+    return None
+
+
+def touch_matmul(a):
+    esz = DTYPE_BYTES[E(a, "dt")]
+    osz = DTYPE_BYTES[_odt(a)]
+    return [("nram", a["a"], a["m"] * a["k"] * esz, "r", esz), ("wram", a["b"], a["n"] * a["k"] * esz, "r", 64),
+            ("nram", a["dst"], a["m"] * a["n"] * osz, "w", osz)]
+
+
+def matmul(ctx, a):
+    dt = E(a, "dt")
+    m, k, n = a["m"], a["k"], a["n"]
+    x = view(ctx, "nram", a["a"], dt, m * k).reshape(m, k)
+    w = view(ctx, "wram", a["b"], dt, n * k).reshape(n, k)
+    acc = nx.exact_matmul(x, w.T)
+    odt = _odt(a)
+    view(ctx, "nram", a["dst"], odt, m * n)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
