@@ -20,6 +20,7 @@ from mlusim.errors import ModelFileError
 from mlusim.experiments import row_from_summary, scaling_rows
 from mlusim.isa.asm import assemble_program
 from mlusim.report import render, roofline_bounds, summarize
+from mlusim.segment_meta import SegmentMeta, StepEnd
 from mlusim.sim import simulate
 
 from .harness import assert_clean_error, check_outcome, count, fuzz
@@ -35,7 +36,7 @@ SRC = """.tensor x input i8 [64]
 PROGRAM_KEYS = ["batch", "resolution", "name", "model", "macs", "min_traffic_bytes", "layer_traffic_bytes",
                 "weight_bytes", "parameters", "fused", "anything"]
 KERNEL_KEYS = ["layer", "op", "macs", "segment", "tiling"]
-SEGMENT_KEYS = ["layer_names", "stored", "staged", "wide", "groups_per_job", "all_syncs_at", "jobs", "group"]
+SEGMENT_KEYS = ["layer_names", "stored", "staged", "wide", "groups_per_job", "ends", "jobs", "group"]
 HOSTILE = [None, True, False, 0, -1, 1, 2, 3, 10**8, 10**400, 1.5, -0.0, 1e308, "eight", "", "x" * 5000, [],
            [1], ["x"], [["x"]], ["a", "b"], [0, 1, 2], [-1], [10**12], {}, {"a": 1}, {"layer_names": 5},
            "q[/b]", ["q[/b]", "[bold]x"]]      # rich markup in a printed name was a MarkupError
@@ -60,9 +61,10 @@ def _write(path: Path, members: dict, man: dict) -> Path:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     prog = assemble_program(SRC, "seg.s")
-    prog.kernels[0].meta = {"layer": "a..b", "op": "segment", "macs": 10,
-                            "segment": {"layer_names": ["a", "b"], "groups_per_job": 1, "staged": False,
-                                        "wide": 0, "stored": [], "all_syncs_at": []}}
+    seg = SegmentMeta(layers=["a", "b"], layer_names=["a", "b"], group=1, jobs=1, groups_per_job=1, sram_peak=0,
+                      staged=False, wide=0, shared_by=1, input_prefetch=False,
+                      ends=[StepEnd("a", "cluster", 0), StepEnd("b", "end")])
+    prog.kernels[0].meta = {"layer": "a..b", "op": "segment", "macs": 10, "segment": seg.to_dict()}
     prog.meta = {"batch": 2, "model": "toy", "macs": 1000, "min_traffic_bytes": 64, "layer_traffic_bytes": 128}
     path = tmp_path_factory.mktemp("meta") / "seg.mlu"
     mlufile.save(prog, path)
