@@ -54,6 +54,6 @@ class SegmentMeta:
             ends = [StepEnd(str(e["name"]), e["barrier"], int(e["index"])) for e in d.get("ends", [])]
         except (TypeError, KeyError, ValueError):
             return None
-        if any(e.barrier not in BARRIERS for e in ends):
+        if any(e.barrier not in BARRIERS or (e.barrier != "end" and e.index < 0) for e in ends):
             return None
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "ends"}, ends=ends)
