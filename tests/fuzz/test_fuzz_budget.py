@@ -38,7 +38,7 @@ def peak_memory():
         tracemalloc.stop()
 
 
-def refused(fn, *args, error=MlusimError, needle="", limit=64 * MIB, **kw):
+def assert_refused(fn, *args, error=MlusimError, needle="", limit=64 * MIB, **kw):
     """fn(*args) must raise `error` with `needle` in one line, peaking under `limit` bytes."""
     count("budget: hostile sizes")
     with peak_memory() as mem, no_hang(60):
@@ -64,7 +64,7 @@ def test_the_budget_variable_is_a_number_of_gib_or_one_line(text):
 def test_assembler_fills_add_up_against_the_budget(monkeypatch):
     monkeypatch.setenv(budget.ENV, "0.25")
     src = "".join(f".tensor w{i} const i8 [{48 * MIB}] ones\n" for i in range(12)) + ".kernel k block tasks=1\n nop\n"
-    msg = refused(assemble_program, src, "fill.s", error=AssemblyError, needle="const tensors filled so far",
+    msg = assert_refused(assemble_program, src, "fill.s", error=AssemblyError, needle="const tensors filled so far",
                   limit=300 * MIB)
     assert msg.startswith("fill.s:6:")          # the sixth 48 MiB fill passes 256 MiB
 
@@ -87,7 +87,7 @@ def test_model_constants_load_once_and_within_the_budget(tmp_path, monkeypatch):
         prog = mlufile.load(path)
     assert prog.tensors[0].data.nbytes == 24 * MIB and mem["peak"] < 24 * MIB * 1.25, mem["peak"] / MIB
     monkeypatch.setenv(budget.ENV, str(16 / 1024))
-    refused(mlufile.load, path, error=ModelFileError, needle="over the cap of 16.0 MiB")
+    assert_refused(mlufile.load, path, error=ModelFileError, needle="over the cap of 16.0 MiB")
 
 
 def test_zero_filled_constants_are_written_loadable():
@@ -106,7 +106,7 @@ def test_many_kernels_are_refused_before_they_are_built(tmp_path, monkeypatch):
     assert asm.MAX_KERNELS == mlufile.MAX_KERNELS == 16_384
     monkeypatch.setattr(asm, "MAX_KERNELS", 200)       # same code path, a fraction of the time
     src = "".join(f".kernel k{i} block tasks=1\n nop\n" for i in range(100_000))
-    msg = refused(assemble_program, src, "k.s", error=AssemblyError, needle="more than 200 kernels", limit=64 * MIB)
+    msg = assert_refused(assemble_program, src, "k.s", error=AssemblyError, needle="more than 200 kernels", limit=64 * MIB)
     assert msg.startswith("k.s:401:")
     path = tmp_path / "k.mlu"
     mlufile.save(assemble_program(".kernel k block tasks=1\n nop\n", "k.s"), path)
@@ -118,13 +118,13 @@ def test_many_kernels_are_refused_before_they_are_built(tmp_path, monkeypatch):
     with zipfile.ZipFile(path, "w") as zf:
         for n, d in members.items():
             zf.writestr(n, d)
-    refused(mlufile.load, path, error=ModelFileError, needle="20,000 kernels", limit=64 * MIB)
+    assert_refused(mlufile.load, path, error=ModelFileError, needle="20,000 kernels", limit=64 * MIB)
 
 
 def test_trace_events_stop_at_the_budget(monkeypatch):
     monkeypatch.setenv(budget.ENV, str(3 / 1024))
     prog = assemble_program(SPIN, "spin.s")
-    refused(simulate, prog, "mlu270", cores=1, timing_only=True, trace=True, max_instructions=10**8,
+    assert_refused(simulate, prog, "mlu270", cores=1, timing_only=True, trace=True, max_instructions=10**8,
             error=SimulationError, needle="--trace:", limit=12 * MIB)
 
 
@@ -140,11 +140,11 @@ def test_wall_clock_budget_stops_a_loop_the_instruction_budget_allows():
 def test_compiler_inputs_are_sized_before_compiling(kw, needle):
     from mlusim.compiler.driver import compile_model
 
-    refused(compile_model, "resnet18", error=CompileError, needle=needle, limit=256 * MIB, **kw)
+    assert_refused(compile_model, "resnet18", error=CompileError, needle=needle, limit=256 * MIB, **kw)
 
 
 def test_sweeps_are_counted_before_they_are_planned():
     from mlusim.sweep import SweepError, sweep
 
     params = {"dram.bandwidth_gbps": list(range(1, 10_001)), "dram.latency_cycles": list(range(10_000))}
-    refused(sweep, "examples/matmul.s", "mlu270", params, [1], error=SweepError, needle="100,000,000 points")
+    assert_refused(sweep, "examples/matmul.s", "mlu270", params, [1], error=SweepError, needle="100,000,000 points")

@@ -31,7 +31,7 @@ def reports(tmp_path_factory):
     return {k: json.loads((d / f"{k}.json").read_text()) for k in FIGURES}
 
 
-def plot(capsys, path: Path, figure: str, out: Path) -> tuple[int, str]:
+def assert_plot_clean(capsys, path: Path, figure: str, out: Path) -> tuple[int, str]:
     extra = ["--x", "dram.bandwidth_gbps"] if figure == "sweep" else []
     with no_hang(60, f"plot {figure}"):
         code = main(["plot", figure, str(path), "-o", str(out), *extra])
@@ -84,7 +84,7 @@ def test_any_field_of_any_report_any_json(reports, capsys, tmp_path_factory, mon
     d = tmp_path_factory.mktemp("r")
     (d / "r.json").write_text(json.dumps(doc))
     count("reports: mutated fields")
-    plot(capsys, d / "r.json", data.draw(st.sampled_from(FIGURES[kind])), d / "fig")
+    assert_plot_clean(capsys, d / "r.json", data.draw(st.sampled_from(FIGURES[kind])), d / "fig")
 
 
 @pytest.mark.parametrize("text", ["", "{}", "[]", "null", "5", '{"kind": "run"}', '{"kind": "scaling"}',
@@ -95,5 +95,5 @@ def test_any_field_of_any_report_any_json(reports, capsys, tmp_path_factory, mon
 def test_malformed_reports(capsys, tmp_path, text, figure):
     count("reports: malformed files")
     (tmp_path / "r.json").write_text(text)
-    code, _ = plot(capsys, tmp_path / "r.json", figure, tmp_path / "fig")
+    code, _ = assert_plot_clean(capsys, tmp_path / "r.json", figure, tmp_path / "fig")
     assert code == 2 and not (tmp_path / "fig.png").exists()
