@@ -24,12 +24,12 @@ DEFAULT_PRESET = "mlu270"
 
 def _preset_dir() -> Path:
     # Installed: configs/ is the package `mlusim.configs`; from a source tree it sits beside mlusim/.
-    try:
-        import mlusim.configs as pkg
+    from importlib.util import find_spec
 
-        return Path(pkg.__file__).resolve().parent
-    except ImportError:  # pragma: no cover - only when the package layout is broken
+    spec = find_spec("mlusim.configs")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - broken layout
         return PRESET_DIR
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 def spec(unit: str, doc: str, *, minimum: float | None = 0, positive: bool = True,

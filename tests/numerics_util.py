@@ -15,7 +15,7 @@ from mlusim.program import Kernel, Program, TensorDecl, allocate
 from mlusim.sim import simulate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as R
+import isa_reference as R
 
 NP = R.NP
 DT_OF = {np.dtype(v): k for k, v in NP.items()}

@@ -1,5 +1,5 @@
 """Bit-exact tests of the MAC array (conv, matmul), pooling, depthwise convolution and strided DMA,
-run through the simulator and compared with the independent reference in tests/reference.py
+run through the simulator and compared with the independent reference in tests/isa_reference.py
 (written from docs/numerics.md); the vector unit is in test_numerics_vector.py."""
 from __future__ import annotations
 

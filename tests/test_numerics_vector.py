@@ -1,5 +1,5 @@
 """Bit-exact tests of the vector unit (elementwise, conversions, requantization, transcendental,
-reductions, row broadcast) against the independent reference in tests/reference.py."""
+reductions, row broadcast) against the independent reference in tests/isa_reference.py."""
 from __future__ import annotations
 
 import os

@@ -13,9 +13,9 @@ import torch_mlu  # noqa: E402,F401
 import torch_mlu.core.mlu_model as ct  # noqa: E402
 import torch_mlu.core.mlu_quantize as mq  # noqa: E402
 from torch_mlu import models  # noqa: E402
-from torch_mlu.core import training  # noqa: E402
+from torch_mlu.core import adaptive_training as training  # noqa: E402
 
-from mlusim.compiler import training as K  # noqa: E402
+from mlusim.compiler import training_programs as K  # noqa: E402
 from mlusim.compiler.reference import _conv_i  # noqa: E402
 from mlusim.config import load_config  # noqa: E402
 from mlusim.sim import simulate  # noqa: E402

@@ -10,8 +10,6 @@ sends deadlocks and is reported as such.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections import deque
 
 import simpy
@@ -21,10 +19,9 @@ from mlusim.cores.interconnect import Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.queues import InstrQueue, TokenQueue
 from mlusim.cores.stats import QUEUES, CoreCounters
+from mlusim.cores.task import TaskContext
 from mlusim.errors import SimulationError
 
-if TYPE_CHECKING:
-    from mlusim.cores.chip import Chip, TaskContext
 
 QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
@@ -32,7 +29,7 @@ SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
 
 
 class Core:
-    def __init__(self, chip: "Chip", core_id: int, cluster):
+    def __init__(self, chip, core_id: int, cluster):
         cfg = chip.cfg
         self.chip, self.env, self.cfg = chip, chip.env, cfg
         self.id = core_id
@@ -105,7 +102,7 @@ class Core:
 
     # ---- the issue stage -----------------------------------------------------------------------
     def where(self, pc: int, ins) -> str:
-        from mlusim.isa.asm import format_instr
+        from mlusim.isa.encoding import format_instr
 
         t = self.task
         return (f"kernel '{t.kernel.name}' task {t.taskid} on core {self.id}, pc {pc} "
@@ -153,7 +150,7 @@ class Core:
             cache[key] = (ins, prepared)
         return prepared
 
-    def run_task(self, task: "TaskContext"):
+    def run_task(self, task: TaskContext):
         """SimPy process body: issue one task's stream, then wait until everything it issued is done."""
         env, chip = self.env, self.chip
         self.task = task
@@ -220,11 +217,11 @@ class Core:
         yield from self._drain()
         if mnemonic == "sync":
             return
-        barrier = self.task.barrier(mnemonic, self)
+        barrier = self.task.barrier(mnemonic)
         if barrier is None:
             raise SimulationError(f"{self.where(pc, ins)}: sync.cluster is illegal in a BLOCK kernel")
         t0 = self.env.now
-        ev = barrier.arrive(self, pc)
+        ev = barrier.arrive(self.id, pc)
         self.state["issue"] = f"waits at {barrier.describe()} (pc {pc})"
         yield ev
         self.counters.sync_wait += self.env.now - t0

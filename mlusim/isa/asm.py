@@ -18,7 +18,7 @@ import numpy as np
 
 from mlusim import budget
 from mlusim.errors import AssemblyError, EncodingError, MlusimError
-from mlusim.isa.encoding import Instr
+from mlusim.isa.encoding import Instr, format_instr  # noqa: F401  (the assembler's inverse)
 from mlusim.isa.fields import Scope, Target
 from mlusim.isa.table import BY_MNEMONIC
 from mlusim.names import check_name, printable
@@ -34,22 +34,6 @@ def _strip_comment(line: str) -> str:
         if i >= 0:
             line = line[:i]
     return line
-
-
-def format_instr(ins: Instr, pc: int = 0) -> str:
-    op = ins.op
-    parts = []
-    for i, f in enumerate(op.fields):
-        v = ins.args[f.name]
-        if i < op.positional:
-            parts.append(f.format(v, pc))
-        elif f.default is None or v != f.default:
-            parts.append(f"{f.name}={f.format(v, pc)}")
-    if not parts:
-        return op.mnemonic
-    pos = ", ".join(parts[:op.positional])
-    kw = " ".join(parts[op.positional:])
-    return f"{op.mnemonic:<8} " + (pos + (", " if pos and kw else "") + kw)
 
 
 def parse_instr(text: str, labels: Scope | dict[str, int] | None = None, pc: int = 0,

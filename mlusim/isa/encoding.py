@@ -59,8 +59,6 @@ class Instr:
         return hash((self.op.opcode, tuple(sorted(self.args.items()))))
 
     def __repr__(self):
-        from mlusim.isa.asm import format_instr
-
         return f"Instr({format_instr(self)!r})"
 
 
@@ -126,3 +124,20 @@ def decode_stream(data: bytes | memoryview) -> list[Instr]:
         ins, off = decode_one(data, off)
         out.append(ins)
     return out
+
+
+def format_instr(ins: Instr, pc: int = 0) -> str:
+    """One instruction as assembly text; `parse_instr` in asm.py reads it back."""
+    op = ins.op
+    parts = []
+    for i, f in enumerate(op.fields):
+        v = ins.args[f.name]
+        if i < op.positional:
+            parts.append(f.format(v, pc))
+        elif f.default is None or v != f.default:
+            parts.append(f"{f.name}={f.format(v, pc)}")
+    if not parts:
+        return op.mnemonic
+    pos = ", ".join(parts[:op.positional])
+    kw = " ".join(parts[op.positional:])
+    return f"{op.mnemonic:<8} " + (pos + (", " if pos and kw else "") + kw)

@@ -132,7 +132,7 @@ def to(optimizer, device):
         for k, v in list(state.items()):
             if isinstance(v, torch.Tensor):
                 state[k] = v.to(dev)
-    from torch_mlu.core import training
+    from torch_mlu.core import adaptive_training as training
 
     if dev.type == "mlu" and training.STATE.enabled and type(optimizer) is torch.optim.SGD and \
             all(not g.get("nesterov") and not g.get("dampening") and not g.get("maximize") for g in optimizer.param_groups):
@@ -149,7 +149,7 @@ def to(optimizer, device):
 
 def get_training_report() -> list[dict]:
     """mlusim: per optimizer step, simulated cycles of forward, backward and update."""
-    from torch_mlu.core import training
+    from torch_mlu.core import adaptive_training as training
 
     return training.report()
 

@@ -164,7 +164,7 @@ def adaptive_quantize(model, steps_per_epoch, bitwidth=8, inplace=True, quantify
     MAC array with operands quantized to `bitwidth` bits: 8 or 16 (an 8-bit site widens to 16 where it
     loses more than `quantify_rate`, relative L2 error), or 31 (each operand split into int16 digits,
     several MAC passes added in float). Positions follow each tensor's range every step."""
-    from torch_mlu.core import training
+    from torch_mlu.core import adaptive_training as training
 
     if not isinstance(model, torch.nn.Module):
         raise ShimError(f"adaptive_quantize expects an nn.Module, got {type(model).__name__}")

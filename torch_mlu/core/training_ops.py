@@ -1,12 +1,12 @@
 """The vector-unit side of training: activations, pooling, dropout, losses and the SGD update, each a
-small simulator program (see torch_mlu.core.training for the MAC-array side and the bookkeeping)."""
+small simulator program (see torch_mlu.core.adaptive_training for the MAC-array side and the bookkeeping)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from mlusim.compiler import training as K
-from torch_mlu.core.training import STATE, _cfg_cores, _mlu, _np, _sym_pad, run
+from mlusim.compiler import training_programs as K
+from torch_mlu.core.adaptive_training import STATE, _cfg_cores, _mlu, _np, _sym_pad, run
 
 aten = torch.ops.aten
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mlusim.compiler import training as K
+from mlusim.compiler import training_programs as K
 from mlusim.errors import MlusimError, ShimError
 
 aten = torch.ops.aten
