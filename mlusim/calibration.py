@@ -46,6 +46,7 @@ class Row:
     ms: float
     source: str          # "latency" (device latency, logs) or "batch/qps"
     where: str           # commit:path of the published number
+    power_w: float | None = None     # board power averaged over the run (logs only)
 
 
 @dataclass
@@ -58,6 +59,12 @@ class Point:
     @property
     def measured_ms(self) -> float:
         return statistics.median(r.ms for r in self.rows)
+
+    @property
+    def measured_w(self) -> float | None:
+        """Median board power of the point's runs that logged it (None if none did)."""
+        w = [r.power_w for r in self.rows if r.power_w is not None]
+        return statistics.median(w) if w else None
 
     @property
     def spread(self) -> float:
@@ -96,7 +103,8 @@ def _row(r: dict) -> tuple[Row | None, str]:
         ms, source = 1e3 * batch / float(r["qps"]), "batch/qps"
     else:
         return None, "no latency or throughput"
-    return Row(net, board, batch, ms, source, f"{r['commit']}:{r['path']}"), ""
+    power = float(r["power_w_mean"]) if r.get("power_w_mean") else None
+    return Row(net, board, batch, ms, source, f"{r['commit']}:{r['path']}", power), ""
 
 
 def load_points(path: str | Path | None = None, boards=("S4", "X4")) -> tuple[list[Point], list[tuple[str, str]]]:

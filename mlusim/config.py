@@ -145,6 +145,44 @@ class RuntimeConfig:
         "fully connected head over the whole chip) or 'spread' (every layer over every core given)"})
 
 
+MAX_PJ = 1e6        # one event costing a microjoule is a unit slip (nJ or J for pJ)
+MAX_WATTS = 10_000.0
+
+
+@dataclass
+class EnergyConfig:
+    """What each event of a run costs in energy, and what the board draws regardless (docs/energy.md).
+    Optional in a file: a config without it gets these defaults, the MLU270's figures."""
+    mac_int8_pj: float = spec("pJ", "one useful int8 multiply-accumulate on the MAC array (operand delivery "
+                              "from NRAM/WRAM inside the array included)", positive=False, maximum=MAX_PJ,
+                              default=0.1)
+    mac_int16_pj: float = spec("pJ", "one useful int16 multiply-accumulate on the MAC array", positive=False,
+                               maximum=MAX_PJ, default=0.29)
+    vector_pj_per_byte: float = spec("pJ/B", "one byte-lane of one vector (NFU) cycle, its NRAM operand reads "
+                                     "and writes included", positive=False, maximum=MAX_PJ, default=1.6)
+    dram_pj_per_byte: float = spec("pJ/B", "one byte on the DRAM bus (device, I/O and controller)",
+                                   positive=False, maximum=MAX_PJ, default=120.0)
+    sram_pj_per_byte: float = spec("pJ/B", "one byte a DMA reads from or writes to cluster SRAM",
+                                   positive=False, maximum=MAX_PJ, default=3.75)
+    nram_pj_per_byte: float = spec("pJ/B", "one byte a DMA reads from or writes to NRAM", positive=False,
+                                   maximum=MAX_PJ, default=0.75)
+    wram_pj_per_byte: float = spec("pJ/B", "one byte a DMA reads from or writes to WRAM", positive=False,
+                                   maximum=MAX_PJ, default=0.75)
+    dma_pj: float = spec("pJ", "one DMA instruction's descriptor processing, apart from its bytes",
+                         positive=False, maximum=MAX_PJ, default=20.0)
+    onchip_scale: float = spec("x", "multiplier on every on-chip per-event energy above (not DRAM): the clock "
+                               "tree, control and wires that per-operation figures leave out", positive=False,
+                               maximum=1000, default=1.0)
+    board_static_w: float = spec("W", "the board's power whatever runs: DRAM background and refresh, voltage "
+                                 "regulators, host link", positive=False, maximum=MAX_WATTS, default=20.0)
+    chip_static_w: float = spec("W", "the chip's leakage and always-on logic while powered", positive=False,
+                                maximum=MAX_WATTS, default=7.0)
+    cluster_static_w: float = spec("W", "extra power of each cluster a kernel runs on (clocked and not gated), "
+                                   "for as long as the kernel runs", positive=False, maximum=MAX_WATTS, default=2.0)
+    tdp_w: float = spec("W", "the board's rated power (TDP); reports compare the average power with it",
+                        maximum=MAX_WATTS, default=70.0)
+
+
 @dataclass
 class HardwareConfig:
     # Names are printed in every report and error message: one printable line, bounded.
@@ -156,6 +194,7 @@ class HardwareConfig:
     dram: DramConfig = field(default_factory=DramConfig)
     dma: DmaConfig = field(default_factory=DmaConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     source: str = field(default="", compare=False, metadata={"unit": "", "doc": "where it was loaded from"})
 
     # -- derived quantities, in the simulator's units (cycles, bytes) --------------------------
@@ -194,6 +233,9 @@ class HardwareConfig:
 
 # ------------------------------------------------------------------------------------------------
 # Schema walking
+
+
+OPTIONAL_SECTIONS = (RuntimeConfig, EnergyConfig)
 
 
 def _is_section(tp: Any) -> bool:
@@ -275,7 +317,7 @@ def _build(cls: type, data: Any, origin: str, prefix: str) -> Any:
         path = f"{prefix}{f.name}"
         tp = types[f.name]
         if f.name not in data:
-            if _is_section(tp) and tp is RuntimeConfig:     # optional: every leaf has a default
+            if _is_section(tp) and tp in OPTIONAL_SECTIONS:     # optional: every leaf has a default
                 kwargs[f.name] = tp()
                 continue
             if _is_section(tp):

@@ -42,10 +42,18 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("bound_share", "Busiest Resource Share %", 100),
     ("interrupted", "Interrupted", 1),
 ]
+# Energy (mlusim.energy, docs/energy.md): after the time figures, so older columns keep their place.
+ENERGY_COLUMNS: list[tuple[str, str, float]] = [
+    ("energy_j", "Energy (J)", 1),
+    ("power_w", "Average Power (W)", 1),
+    ("energy_per_image_j", "Energy per Image (J)", 1),
+    ("edp_js", "Energy-Delay Product (J*s)", 1),
+]
+METRIC_COLUMNS += ENERGY_COLUMNS
 SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
 LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "Layer", 1), ("op", "Op", 1),
                   ("kernel", "Kernel", 1)]
-                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted")])
+                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted", "energy_per_image_j")])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,6 +159,8 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
         "sram_gbps": _div(sram, secs) / 1e9,
         "bound": s["bound"], "bound_resource": s["bound_resource"], "bound_share": s["bound_share"],
         "interrupted": s["interrupted"],
+        "energy_j": s["energy_j"], "power_w": s["power_w"], "energy_per_image_j": _div(s["energy_j"], batch),
+        "edp_js": s["edp_js"],
     }
 
 
@@ -179,6 +189,7 @@ def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
             "dram_utilization": _div(k["dram_gbps"], s["dram_bandwidth_gbps"]),
             "sram_gbps": _div(k["bytes_read"]["sram"] + k["bytes_written"]["sram"], secs) / 1e9,
             "bound": k["bound"], "bound_resource": k["bound_resource"], "bound_share": k["bound_share"],
+            "energy_j": k["energy_j"], "power_w": k["power_w"], "edp_js": k["energy_j"] * secs,
         })
     return out
 

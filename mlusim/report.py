@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlusim.cores.stats import LEVELS, UNITS
+from mlusim.energy import attach as attach_energy
+from mlusim.energy import energy_line
 from mlusim.segment_meta import SegmentMeta
 from mlusim.sim import RunResult
 
@@ -147,7 +149,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
     written = {lv: sum(k.bytes_written[lv] for k in res.kernels) for lv in LEVELS}
     res_bound, bound_share = program_bound(kernels, res.cycles)
     bound = res_bound if bound_share >= LATENCY_BELOW or not res_bound else "latency"
-    return {
+    return attach_energy({
         "kind": "run",
         "config": cfg.name, "clock_mhz": cfg.chip.clock_mhz, "cores": res.cores, "cycles": cycles,
         "mac_per_cycle_per_core": peak, "dram_bandwidth_gbps": cfg.dram.bandwidth_gbps,
@@ -164,7 +166,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "bytes_read": read, "bytes_written": written,
         "inputs_generated": res.inputs_generated, "kernels": kernels, "per_core": cores,
         "program": res.program_meta,
-    }
+    }, res)
 
 
 def _bytes(n: float) -> str:
@@ -214,6 +216,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
         con.print(f"inputs not given, generated (seed 0): {', '.join(s['inputs_generated'])}")
     con.print(f"MAC utilization {100 * s['mac_utilization']:.1f}% | DRAM {_bytes(s['dram_bus_bytes'])} on the bus, "
               f"{s['dram_gbps']:.2f} GB/s, busy {s['dram_busy_share']:.1f}% of the time")
+    if "energy_j" in s:
+        con.print(energy_line(s))
     bounds = roofline_bounds(s)
     if bounds:
         con.print(f"roofline {bounds['roofline']:,.0f} cycles = max(compute {bounds['compute']:,.0f}, minimum DRAM "
@@ -262,6 +266,7 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
     return con.export_text()
 
 
+ENERGY_HEADS = ("energy mJ", "power W")
 SCALING_LEGEND = """\
 speedup       cycles of the first row's run / cycles of this run (same model and config; a zoo or
               ONNX model is compiled for each core count, a .mlu file is run as compiled)
@@ -270,7 +275,9 @@ MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
 DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth
 bound         the resource with the most work summed over kernels (see the legend of `mlusim run`
               with one core count) and that work as a share of the cycles: near 100% it is the limit;
-              latency when under 50%: no resource is saturated, dependency chains and start-up are"""
+              latency when under 50%: no resource is saturated, dependency chains and start-up are
+energy mJ     the run's (or layer's) energy: every counted event x its energy in the config's energy:
+              section, plus static power x time (docs/energy.md); power W: that / its time"""
 
 
 def _table(title: str, cols: list[str]):
@@ -292,7 +299,8 @@ def _cells(r: dict) -> list[str]:
     sp = r["speedup"]
     return [f"{r['cycles']:,.0f}", f"{r['latency_ms']:.4f}",
             "" if sp is None or math.isnan(sp) else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
-            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), _bound_text(r)]
+            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), _bound_text(r),
+            f"{1e3 * r['energy_j']:.4g}", f"{r['power_w']:.1f}"]
 
 
 def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = False) -> str:
@@ -301,10 +309,10 @@ def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = F
 
     from rich.console import Console
 
-    con = Console(file=io.StringIO(), record=True, width=140, force_terminal=False, color_system=None,
+    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None,
                   markup=False)     # names from files print as they are, never as [markup]
     t = _table(title, ["cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
-                       "DRAM GB/s", "DRAM util", "bound"])
+                       "DRAM GB/s", "DRAM util", "bound", *ENERGY_HEADS])
     for r in rows:
         c = _cells(r)
         t.add_row(str(r["cores"]) + (" (interrupted)" if r.get("interrupted") else ""), c[0], c[1],
@@ -313,7 +321,7 @@ def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = F
     if per_layer:
         lt = _table("per layer (speedup vs the same layer on the first row's cores)",
                     ["layer", "op", "cores", "cycles", "latency ms", "speedup", "efficiency", "MAC util",
-                     "DRAM GB/s", "DRAM util", "bound"])
+                     "DRAM GB/s", "DRAM util", "bound", *ENERGY_HEADS])
         layers: dict[int, list[dict]] = {}
         for r in rows:
             for lr in r.get("layers", []):
@@ -335,14 +343,15 @@ def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
 
     from rich.console import Console
 
-    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None,
+    con = Console(file=io.StringIO(), record=True, width=180, force_terminal=False, color_system=None,
                   markup=False)     # names from files print as they are, never as [markup]
     t = _table(title, [*keys, "cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
-                       "DRAM GB/s", "DRAM util", "bound"])
+                       "DRAM GB/s", "DRAM util", "bound", *ENERGY_HEADS])
     for r in rows:
         vals = [f"{r.get(k)}" for k in keys] + [str(r["cores"])]
         if r.get("error"):
-            t.add_row(*vals, "-", "-", "-", "-", "-", "-", "-", "-", f"did not run (point {r['point']}, see below)")
+            t.add_row(*vals, "-", "-", "-", "-", "-", "-", "-", "-", f"did not run (point {r['point']}, see below)",
+                      "-", "-")
             continue
         c = _cells(r)
         t.add_row(*vals, c[0], c[1], f"{r['throughput_ips']:,.1f}", *c[2:])

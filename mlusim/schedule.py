@@ -162,6 +162,8 @@ def run_per_cluster(plan: ClusterPlan, cfg: HardwareConfig, inputs: dict | None 
             parts.append({k: v[:len(v) - pad] for k, v in r.outputs.items()})
         outs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     trunk = dataclasses.replace(trunk, cycles=side_by_side(trunk, cfg, plan.clusters))
+    for r in trunk.kernels:       # every busy cluster ran them (energy counts each cluster's)
+        r.meta = dict(r.meta, clusters=plan.clusters)
     if plan.head is None:
         res = dataclasses.replace(trunk, config=cfg, program_meta=dict(trunk.program_meta, schedule=plan.describe()))
         if outs is not None:
@@ -187,8 +189,6 @@ def merge(trunk, head, cfg: HardwareConfig, plan: ClusterPlan):
                 for key in ("start", "end"):
                     if key in j:
                         j[key] += trunk.cycles
-    for r in trunk.kernels:
-        r.meta = dict(r.meta, clusters=plan.clusters)
     meta = dict(trunk.program_meta, schedule=plan.describe(), batch=plan.batch)
     return dataclasses.replace(
         head, config=cfg, cycles=trunk.cycles + head.cycles, kernels=trunk.kernels + head.kernels,

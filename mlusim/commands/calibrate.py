@@ -71,6 +71,7 @@ def cmd_calibrate(args) -> int:
     f = fit(points, configs, runner, params, progress)
     doc = document(f, params, skipped)
     print(render(doc))
+    doc["power"] = _power(f, configs, runner, bool(params), show)
     if args.json:
         from mlusim.experiments import write_json
 
@@ -80,6 +81,23 @@ def cmd_calibrate(args) -> int:
         _write_rows(doc, args.csv)
         print(f"wrote {args.csv}")
     return 0
+
+
+def _power(f, configs, runner, refit: bool, show: bool) -> dict | None:
+    """Board power against the points that published it (mlusim.power_calibration); printed."""
+    from mlusim import power_calibration as pc
+
+    def progress(done, total):
+        if show:
+            print(f"\rpower: {done}/{total} points simulated", end="" if done < total else "\n", file=sys.stderr)
+
+    pf = pc.from_time_fit(f, configs, runner, refit, progress)
+    if pf is None:
+        print("board power: no selected point published it (only S4 logs do)")
+        return None
+    doc = pc.document(pf, next(p.board for p in f.points if p.key == pf.keys[0]))
+    print(pc.render(doc))
+    return doc
 
 
 def document(f, params, skipped) -> dict:
@@ -137,10 +155,14 @@ def _write_rows(doc: dict, path: str) -> None:
     from mlusim.experiments import write_csv
 
     rows = []
+    power = {q["point"]: q for q in (doc.get("power") or {}).get("points", [])}
     for p in doc["points"]:
+        w = power.get(f"{p['network']}/{p['board']}/b{p['batch']}", {})
         for r in p["rows"]:
             rows.append({"network": p["network"], "board": p["board"], "batch": p["batch"], "row_ms": r["ms"],
                          "source": r["source"], "measured_ms": p["measured_ms"], "simulated_ms": p["simulated_ms"],
-                         "error": p["error"], "error_left_out": p["error_left_out"], "where": r["where"]})
+                         "error": p["error"], "error_left_out": p["error_left_out"], "where": r["where"],
+                         "measured_w": w.get("measured_w"), "simulated_w": w.get("simulated_w"),
+                         "power_error": w.get("error"), "power_error_left_out": w.get("error_left_out")})
     cols = [(k, k, 1.0) for k in rows[0]]
     write_csv(rows, path, cols)

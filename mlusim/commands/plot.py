@@ -1,4 +1,4 @@
-"""`mlusim plot speedup|roofline|sweep|calibration REPORT.json -o PREFIX`: PNG and SVG figures from reports.
+"""`mlusim plot speedup|roofline|sweep|calibration|energy REPORT.json -o PREFIX`: PNG and SVG figures from reports.
 
 REPORT.json is what `mlusim run --json` (one core count: a run; several: a scaling table) or
 `mlusim sweep --json` wrote. Needs matplotlib (pip install 'mlusim[plot]').
@@ -9,7 +9,7 @@ from mlusim.commands.common import int_arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plot", help="draw speedup, roofline or sweep figures (PNG + SVG) from a JSON report")
+    p = sub.add_parser("plot", help="draw speedup, roofline, sweep, calibration or energy figures (PNG + SVG) from a JSON report")
     ps = p.add_subparsers(dest="figure", metavar="FIGURE", required=True)
     s = ps.add_parser("speedup", help="speedup vs cores with the ideal line (scaling or sweep report)")
     s.add_argument("report")
@@ -33,6 +33,11 @@ def register(sub) -> None:
     c.add_argument("report")
     c.add_argument("-o", "--output", required=True, metavar="PREFIX")
     c.add_argument("--title", default="")
+    e = ps.add_parser("energy", help="joules by part (MAC, vector, DRAM, SRAM, NRAM/WRAM, DMA, static) as stacked "
+                      "bars: the run and its kernels, or each run of a scaling report")
+    e.add_argument("report")
+    e.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    e.add_argument("--title", default="")
     p.set_defaults(func=cmd_plot)
 
 
@@ -60,6 +65,10 @@ def cmd_plot(args) -> int:
         if kind != "calibration":
             raise MlusimError(f"{where}: a calibration plot needs `mlusim calibrate --json`, not {str(kind)[:40]!r}")
         paths = plot.plot_calibration(data, args.output, args.title)
+    elif args.figure == "energy":
+        from mlusim.energy_plot import plot_energy
+
+        paths = plot_energy(data, args.output, args.title, where)
     elif args.figure == "roofline":
         paths = plot.plot_roofline(_summary(data, kind, where, args.cores), args.output, args.title)
     else:

@@ -21,6 +21,7 @@ from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.cores.task import Barrier, TaskContext
 from mlusim.errors import SimulationError
+from mlusim.isa.fields import DTYPES
 from mlusim.program import Kernel
 
 
@@ -32,6 +33,7 @@ class Cluster:
     cores: list[Core] = field(default_factory=list)
 
 
+INT8_DTYPES = (DTYPES.index("i8"), DTYPES.index("u8"))    # MAC operand codes on the int8 lanes
 WALL_CHECK_EVERY = 1 << 14     # instructions between looks at the clock (~0.1 s at ~7 us each)
 
 
@@ -80,7 +82,10 @@ class Chip:
         from mlusim.isa.timing import useful_macs
 
         ctr = core.counters
-        ctr.macs += useful_macs(op.mnemonic, a)
+        macs = useful_macs(op.mnemonic, a)
+        ctr.macs += macs
+        if a["dt"] not in INT8_DTYPES:
+            ctr.macs_int16 += macs
         startup = self.cfg.core.startup_cycles.conv if op.mnemonic == "conv" else self.cfg.core.startup_cycles.matmul
         ctr.mac_slots += int(cycles - startup)
 

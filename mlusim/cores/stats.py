@@ -25,6 +25,7 @@ class CoreCounters:
     tasks: int = 0
     instructions: dict = field(default_factory=lambda: {"scalar": 0, "sync": 0, "dma": 0, "mac": 0, "vec": 0})
     macs: int = 0                  # useful multiply-accumulates (no padding)
+    macs_int16: int = 0            # of which on 16-bit operands (the rest are int8; energy differs)
     mac_slots: int = 0             # array cycles x array size actually occupied
     # cycles each DMA queue's transfers would take with the chip to themselves (fixed costs plus bus
     # bytes at the channel's own cap): busy minus this is time lost to DRAM/SRAM contention
@@ -42,6 +43,7 @@ class CoreCounters:
         self.active += other.active
         self.tasks += other.tasks
         self.macs += other.macs
+        self.macs_int16 += other.macs_int16
         self.mac_slots += other.mac_slots
         for k in self.dma_demand:
             self.dma_demand[k] += other.dma_demand[k]

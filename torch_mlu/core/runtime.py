@@ -35,10 +35,16 @@ class RunReport:
     ops: list[dict] = field(default_factory=list)     # per node/kernel: name, op, cycles, mac_utilization
     host_ops: list[str] = field(default_factory=list)
     summary: dict[str, Any] | None = None
+    energy_j: float = 0.0           # mlusim.energy: events x their energy + static power x time
+
+    @property
+    def power_w(self) -> float:
+        """Average board power over the run."""
+        return self.energy_j / (self.latency_ms / 1e3) if self.latency_ms else 0.0
 
     def __str__(self) -> str:
         lines = [f"MLU {self.mode} run on {self.config}, {self.cores} core(s): {self.cycles:,.0f} cycles = "
-                 f"{self.latency_ms:.4f} ms"]
+                 f"{self.latency_ms:.4f} ms, {1e3 * self.energy_j:.4g} mJ at {self.power_w:.1f} W average"]
         for op in self.ops:
             lines.append(f"  {op['name']:28} {op['op']:12} {op['cycles']:>12,.0f} cycles  MAC util "
                          f"{100 * op['mac_utilization']:5.1f}%")
@@ -144,7 +150,7 @@ def compile_for(model, orig_cls, x) -> CompiledModel:
 
 def _report_ops(summary) -> list[dict]:
     return [{"name": k["name"], "op": k["meta"].get("op", ""), "cycles": k["cycles"],
-             "mac_utilization": k["mac_utilization"]} for k in summary["kernels"]]
+             "mac_utilization": k["mac_utilization"], "energy_j": k["energy_j"]} for k in summary["kernels"]]
 
 
 def run_fused(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
@@ -158,7 +164,8 @@ def run_fused(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
         return run_layers(cm, x_np)
     res = simulate(cm.fused, cm.cfg, cores=cm.cores, inputs={"input": x_np})
     s = summarize(res)
-    st.last_report = RunReport("fused", cm.cfg.name, cm.cores, res.cycles, res.seconds * 1e3, _report_ops(s), [], s)
+    st.last_report = RunReport("fused", cm.cfg.name, cm.cores, res.cycles, res.seconds * 1e3, _report_ops(s), [], s,
+                               s["energy_j"])
     st.maybe_save_offline(cm.fused)
     return [res.outputs[k] for k in output_names(cm.graph)]
 
@@ -183,7 +190,7 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
     g = cm.graph
     lay = layouts(g)
     vals: dict[str, np.ndarray] = {}
-    ops, host, total = [], [], 0.0
+    ops, host, total, joules = [], [], 0.0, 0.0
     out = None
     extra: dict[str, np.ndarray] = {}
     for node in g.nodes:
@@ -203,7 +210,9 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
         feeds = {"input": x_np} if node.op == "input" else {value_name(g.node(i)): vals[i] for i in node.inputs}
         res = simulate(prog, cm.cfg, cores=cm.cores, inputs=feeds)
         total += res.cycles
-        ops += _report_ops(summarize(res))
+        s = summarize(res)
+        joules += s["energy_j"]
+        ops += _report_ops(s)
         if node.name == g.output:
             out = res.outputs["output"]
         else:
@@ -213,7 +222,7 @@ def run_layers(cm: CompiledModel, x_np: np.ndarray) -> list[np.ndarray]:
     if host:
         warnings.warn(f"mlusim: ran on the host (not supported by the MLU): {', '.join(host)}", stacklevel=3)
     st.last_report = RunReport("layer-by-layer", cm.cfg.name, cm.cores, total, cm.cfg.cycles_to_seconds(total) * 1e3,
-                               ops, host)
+                               ops, host, energy_j=joules)
     if cm.fused is not None:
         st.maybe_save_offline(cm.fused)
     elif st.save_name:
