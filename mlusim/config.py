@@ -172,13 +172,13 @@ class EnergyConfig:
                          positive=False, maximum=MAX_PJ, default=20.0)
     onchip_scale: float = spec("x", "multiplier on every on-chip per-event energy above (not DRAM): the clock "
                                "tree, control and wires that per-operation figures leave out", positive=False,
-                               maximum=1000, default=1.0)
+                               maximum=1000, default=6.26)
     board_static_w: float = spec("W", "the board's power whatever runs: DRAM background and refresh, voltage "
-                                 "regulators, host link", positive=False, maximum=MAX_WATTS, default=20.0)
+                                 "regulators, host link", positive=False, maximum=MAX_WATTS, default=16.1)
     chip_static_w: float = spec("W", "the chip's leakage and always-on logic while powered", positive=False,
                                 maximum=MAX_WATTS, default=7.0)
     cluster_static_w: float = spec("W", "extra power of each cluster a kernel runs on (clocked and not gated), "
-                                   "for as long as the kernel runs", positive=False, maximum=MAX_WATTS, default=2.0)
+                                   "for as long as the kernel runs", positive=False, maximum=MAX_WATTS, default=0.0)
     tdp_w: float = spec("W", "the board's rated power (TDP); reports compare the average power with it",
                         maximum=MAX_WATTS, default=70.0)
 

@@ -28,9 +28,9 @@ def _parts(item: dict, where: str) -> list[float]:
     return [sum(b[c] for c in cs) for _, cs in PARTS]
 
 
-def bars_of(data: dict, where: str) -> tuple[list[str], list[list[float]], str]:
-    """Labels, stacked values and a subtitle for a run report (the run, then its kernels) or a
-    scaling report (one bar per run)."""
+def bars_of(data: dict, where: str) -> list[tuple[str, list[str], list[list[float]]]]:
+    """Panels of (heading, labels, stacked values): a run report gives the whole run, then its
+    most energetic kernels; a scaling report one bar per run."""
     kind = data.get("kind")
     if kind == "run":
         kernels = data.get("kernels")
@@ -39,11 +39,12 @@ def bars_of(data: dict, where: str) -> tuple[list[str], list[list[float]], str]:
         rows = [(k.get("name", f"kernel {i}"), _parts(k, f"{where}: kernel {i}")) for i, k in enumerate(kernels)
                 if isinstance(k, dict)]
         rows.sort(key=lambda r: -sum(r[1]))
-        shown = rows[:MAX_BARS - 1]
-        labels = ["whole run"] + [str((k or "?"))[:40] for k, _ in shown]
-        values = [_parts(data, where)] + [v for _, v in shown]
-        more = f"; the {len(shown)} most energetic of {len(rows)} kernels" if len(rows) > len(shown) else ""
-        return labels, values, f"{data.get('config', '?')}, {data.get('cores', '?')} cores{more}"
+        shown = rows[:MAX_BARS]
+        run = (f"{data.get('config', '?')}, {data.get('cores', '?')} cores", ["whole run"], [_parts(data, where)])
+        if not shown:
+            return [run]
+        which = f"the {len(shown)} most energetic of {len(rows)} kernels" if len(rows) > len(shown) else "kernels"
+        return [run, (which, [str(k or "?")[:40] for k, _ in shown], [v for _, v in shown])]
     if kind in ("scaling", "runs"):
         runs = data.get("runs")
         if not isinstance(runs, list) or not runs or len(runs) > MAX_BARS:
@@ -51,17 +52,34 @@ def bars_of(data: dict, where: str) -> tuple[list[str], list[list[float]], str]:
         labels = [f"{r.get('cores', '?')} core{'' if r.get('cores') == 1 else 's'}" if isinstance(r, dict) else "?"
                   for r in runs]
         values = [_parts(r if isinstance(r, dict) else {}, f"{where}: run {i}") for i, r in enumerate(runs)]
-        return labels, values, f"{data.get('program', '')} on {data.get('config', '?')}"
+        return [(f"{data.get('program', '')} on {data.get('config', '?')}", labels, values)]
     raise MlusimError(f"{where}: an energy plot needs a run or scaling report (mlusim run --json), not "
                       f"{str(kind)[:40]!r}")
 
 
 def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "report") -> list[Path]:
-    """Horizontal stacked bars of joules by part; each bar's total and average power labelled."""
-    labels, values, sub = bars_of(data, where)
+    """Horizontal stacked bars of joules by part, each panel on its own scale; each bar's total
+    labelled."""
+    panels = bars_of(data, where)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(labels)))
+    heights = [len(labels) + 1.5 for _, labels, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 0.9 + 0.3 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
     cmap = plt.get_cmap("tab10")
+    for ax, (heading, labels, values) in zip(axes[:, 0], panels):
+        _stack(ax, labels, values, cmap)
+        ax.set_title(heading, fontsize=8, loc="left")
+    head = ""
+    if data.get("kind") == "run" and isinstance(data.get("power_w"), (int, float)):
+        head = f": {data['energy_j'] * 1e3:.4g} mJ, average {data['power_w']:.1f} W"
+    fig.suptitle(title or f"energy by part{head}", fontsize=9)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, ncol=len(PARTS), loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / (0.9 + 0.3 * sum(heights)), 1, 1))
+    return _save(fig, prefix)
+
+
+def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:
     scale, unit = _unit(max(sum(v) for v in values))
     ys = list(range(len(labels)))[::-1]
     left = [0.0] * len(labels)
@@ -72,15 +90,10 @@ def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "r
     for y, total in zip(ys, left):
         ax.annotate(f"{total:.3g} {unit}", (total, y), textcoords="offset points", xytext=(3, -3), fontsize=6)
     ax.set_yticks(ys, labels, fontsize=7)
-    ax.set_xlabel(f"energy ({unit})")
-    head = ""
-    if data.get("kind") == "run" and isinstance(data.get("power_w"), (int, float)):
-        head = f": {data['energy_j'] / scale:.3g} {unit}, average {data['power_w']:.1f} W"
-    ax.set_title(title or f"energy by part{head} ({sub})", fontsize=8)
+    ax.set_xlim(0, max(left) * 1.12)
+    ax.set_xlabel(f"energy ({unit})", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(PARTS), loc="upper center", bbox_to_anchor=(0.5, -0.45 / len(labels) ** 0.5 - 0.12),
-              frameon=False)
-    return _save(fig, prefix)
 
 
 def _unit(j: float) -> tuple[float, str]:

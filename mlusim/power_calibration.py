@@ -101,14 +101,11 @@ class PowerFit:
                 for i, (t, n) in enumerate(zip(self.terms, self.networks))]
 
     def moves_most(self, key: str, top: int = 3) -> list[str]:
-        """The points whose predicted watts owe the largest share to this parameter."""
+        """The points whose predicted watts move most, relative to their measured watts, per unit
+        of this parameter: the rows that fix it (whatever value it takes)."""
         i = [k for k, _ in FITTED].index(key)
-        share = []
-        for k, t in zip(self.keys, self.terms):
-            parts = [self.after["energy.board_static_w"], self.after["energy.cluster_static_w"] * t.clusters,
-                     self.after["energy.onchip_scale"] * t.onchip_w]
-            share.append((parts[i] / max(1e-12, predict(t, self.after, self.chip_static_w)), k))
-        return [k for _, k in sorted(share, reverse=True)[:top]]
+        slope = [(([1.0, t.clusters, t.onchip_w][i]) / m, k) for k, t, m in zip(self.keys, self.terms, self.measured)]
+        return [k for _, k in sorted(slope, reverse=True)[:top]]
 
 
 def fit(keys: list[str], networks: list[str], measured: list[float], terms: list[Terms], chip_static_w: float,

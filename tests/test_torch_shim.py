@@ -95,7 +95,7 @@ def test_layer_by_layer_fused_and_offline_agree_bit_for_bit(tmp_path, monkeypatc
     q(x)
     m, xm = q.to(ct.mlu_device()), x.to(ct.mlu_device())
     eager = m(xm)
-    assert ct.get_last_report().mode == "layer-by-layer"
+    assert ct.get_last_report().mode == "layer-by-layer" and ct.get_last_report().energy_j > 0
     monkeypatch.chdir(tmp_path)
     ct.save_as_cambricon("mnist_off")
     traced = torch.jit.trace(m, xm, check_trace=False)
@@ -138,6 +138,7 @@ def test_report_and_core_number_scaling():
         torch.jit.trace(m, xm, check_trace=False)
         rep = ct.get_last_report()
         assert rep.cores == n and rep.config == "mlu270" and rep.ops and rep.latency_ms > 0
+        assert rep.energy_j == pytest.approx(rep.summary["energy_j"]) and rep.power_w == pytest.approx(rep.summary["power_w"])
         cycles[n] = rep.cycles
         prog = q._mlu_compiled[next(k for k in q._mlu_compiled if k[-1] == n)].fused
         assert simulate(prog, cores=n, timing_only=True).cycles == rep.cycles     # what the scaling report runs
