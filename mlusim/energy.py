@@ -68,6 +68,8 @@ class Energy:
 
 @dataclass
 class RunEnergy:
+    """A run's joules, its kernels' (in order; they add up to the total), its summed events."""
+
     total: Energy
     kernels: list[Energy] = field(default_factory=list)
     events: Events = field(default_factory=Events)
@@ -159,7 +161,7 @@ def energy_fields(res, batch: int = 1) -> dict:
 
 def attach(summary: dict, res) -> dict:
     """Add the energy figures to a `report.summarize` dict: top level, and each kernel's row."""
-    batch = res.program_meta.get("batch", 1) if isinstance(res.program_meta, dict) else 1
+    batch = res.program_meta.get("batch", 1)
     batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else 1
     fields_ = energy_fields(res, batch)
     for row, ke in zip(summary["kernels"], fields_.pop("kernel_energy")):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlusim import plot
 from mlusim.errors import MlusimError
 from mlusim.metacheck import MAX_COUNT, check_fields, number
-from mlusim.plot import _plt, _save
 
 PARTS = (("MAC", ("mac",)), ("vector", ("vector",)), ("DRAM", ("dram",)), ("SRAM", ("sram",)),
          ("NRAM/WRAM", ("nram", "wram")), ("DMA", ("dma",)), ("static", ("static",)))
@@ -40,7 +40,8 @@ def bars_of(data: dict, where: str) -> list[tuple[str, list[str], list[list[floa
                 if isinstance(k, dict)]
         rows.sort(key=lambda r: -sum(r[1]))
         shown = rows[:MAX_BARS]
-        run = (f"{data.get('config', '?')}, {data.get('cores', '?')} cores", ["whole run"], [_parts(data, where)])
+        run = (f"{str(data.get('config', '?'))[:60]}, {str(data.get('cores', '?'))[:12]} cores", ["whole run"],
+               [_parts(data, where)])
         if not shown:
             return [run]
         which = f"the {len(shown)} most energetic of {len(rows)} kernels" if len(rows) > len(shown) else "kernels"
@@ -49,10 +50,10 @@ def bars_of(data: dict, where: str) -> list[tuple[str, list[str], list[list[floa
         runs = data.get("runs")
         if not isinstance(runs, list) or not runs or len(runs) > MAX_BARS:
             raise MlusimError(f"{where}: 'runs' must be a list of 1 to {MAX_BARS} run reports")
-        labels = [f"{r.get('cores', '?')} core{'' if r.get('cores') == 1 else 's'}" if isinstance(r, dict) else "?"
-                  for r in runs]
+        labels = [f"{str(r.get('cores', '?'))[:12]} core{'' if r.get('cores') == 1 else 's'}" if isinstance(r, dict)
+                  else "?" for r in runs]
         values = [_parts(r if isinstance(r, dict) else {}, f"{where}: run {i}") for i, r in enumerate(runs)]
-        return [(f"{data.get('program', '')} on {data.get('config', '?')}", labels, values)]
+        return [(f"{str(data.get('program', ''))[:60]} on {str(data.get('config', '?'))[:60]}", labels, values)]
     raise MlusimError(f"{where}: an energy plot needs a run or scaling report (mlusim run --json), not "
                       f"{str(kind)[:40]!r}")
 
@@ -61,7 +62,7 @@ def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "r
     """Horizontal stacked bars of joules by part, each panel on its own scale; each bar's total
     labelled."""
     panels = bars_of(data, where)
-    plt = _plt()
+    plt = plot._plt()
     heights = [len(labels) + 1.5 for _, labels, _ in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 0.9 + 0.3 * sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
@@ -70,13 +71,15 @@ def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "r
         _stack(ax, labels, values, cmap)
         ax.set_title(heading, fontsize=8, loc="left")
     head = ""
-    if data.get("kind") == "run" and isinstance(data.get("power_w"), (int, float)):
+    if data.get("kind") == "run":
+        check_fields(data, {"energy_j": number(0, MAX_COUNT), "power_w": number(0, MAX_COUNT)}, where, MlusimError,
+                     "report", ("energy_j", "power_w"))
         head = f": {data['energy_j'] * 1e3:.4g} mJ, average {data['power_w']:.1f} W"
     fig.suptitle(title or f"energy by part{head}", fontsize=9)
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, ncol=len(PARTS), loc="lower center", frameon=False)
     fig.tight_layout(rect=(0, 0.45 / (0.9 + 0.3 * sum(heights)), 1, 1))
-    return _save(fig, prefix)
+    return plot._save(fig, prefix)
 
 
 def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:
@@ -90,7 +93,7 @@ def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:
     for y, total in zip(ys, left):
         ax.annotate(f"{total:.3g} {unit}", (total, y), textcoords="offset points", xytext=(3, -3), fontsize=6)
     ax.set_yticks(ys, labels, fontsize=7)
-    ax.set_xlim(0, max(left) * 1.12)
+    ax.set_xlim(0, max(left) * 1.12 or 1.0)
     ax.set_xlabel(f"energy ({unit})", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(True, axis="x", alpha=0.3)

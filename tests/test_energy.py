@@ -86,7 +86,8 @@ def test_a_conv_kernel_splits_into_its_parts():
     cfg = cfg_with()
     e, c = cfg.energy, cfg.core
     hw, ci, co = 8, 64, 64
-    g = tensors(TensorDecl("x", "scratch", "i8", (hw * hw * ci,), -1), TensorDecl("w", "scratch", "i8", (co * 9 * ci,), -1),
+    g = tensors(TensorDecl("x", "scratch", "i8", (hw * hw * ci,), -1),
+                TensorDecl("w", "scratch", "i8", (co * 9 * ci,), -1),
                 TensorDecl("y", "scratch", "i8", (hw * hw * co * 2,), -1))
     x, w, y = (t.addr for t in g)
     out = hw * hw * co * 2           # f16 conv output
@@ -101,7 +102,8 @@ def test_a_conv_kernel_splits_into_its_parts():
     core = res.kernels[0].cores[0]
     assert k.mac == pytest.approx(core.macs * e.mac_int8_pj * e.onchip_scale * PJ)
     vec_bytes = (core.busy["vec"] - c.startup_cycles.vector) * c.vector_bytes_per_cycle
-    assert vec_bytes == pytest.approx(out) and k.vector == pytest.approx(out * e.vector_pj_per_byte * e.onchip_scale * PJ)
+    assert vec_bytes == pytest.approx(out)
+    assert k.vector == pytest.approx(out * e.vector_pj_per_byte * e.onchip_scale * PJ)
     assert k.dram == pytest.approx(res.kernels[0].dram_bus_bytes * e.dram_pj_per_byte * PJ)
     assert k.nram == pytest.approx((hw * hw * ci + out) * e.nram_pj_per_byte * e.onchip_scale * PJ)
     assert k.wram == pytest.approx(co * 9 * ci * e.wram_pj_per_byte * e.onchip_scale * PJ)

@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[2]
 MATMUL = str(ROOT / "examples" / "matmul.s")
-FIGURES = {"run": ["roofline"], "scaling": ["speedup", "roofline"], "sweep": ["speedup", "sweep"]}
+FIGURES = {"run": ["roofline", "energy"], "scaling": ["speedup", "roofline", "energy"], "sweep": ["speedup", "sweep"]}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_any_field_of_any_report_any_json(reports, capsys, tmp_path_factory, mon
                                   '{"kind": "sweep"}', '{"kind": "runs", "runs": []}', '{"kind": ["run"]}',
                                   '{"kind": "sweep", "rows": [null]}', '{"kind": "scaling", "rows": [{}]}',
                                   "[" * 100_000 + "]" * 100_000, '{"kind": "run", "kernels": 5}'])
-@pytest.mark.parametrize("figure", ["speedup", "roofline", "sweep"])
+@pytest.mark.parametrize("figure", ["speedup", "roofline", "sweep", "energy"])
 def test_malformed_reports(capsys, tmp_path, text, figure):
     count("reports: malformed files")
     (tmp_path / "r.json").write_text(text)
