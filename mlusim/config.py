@@ -178,7 +178,7 @@ class EnergyConfig:
                          positive=False, maximum=MAX_PJ, default=20.0)
     onchip_scale: float = spec("x", "multiplier on every on-chip per-event energy above (not DRAM): the clock "
                                "tree, control and wires that per-operation figures leave out", positive=False,
-                               maximum=1000, default=6.26)
+                               maximum=1000, default=5.32)
     board_static_w: float = spec("W", "the board's power whatever runs: DRAM background and refresh, voltage "
                                  "regulators, host link", positive=False, maximum=MAX_WATTS, default=16.1)
     chip_static_w: float = spec("W", "the chip's leakage and always-on logic while powered", positive=False,
