@@ -9,6 +9,11 @@ Each task owns a contiguous run of tiles, ordered so consecutive tiles share an 
     st: tile -> GDRAM (contiguous when the tile spans all channels)
 Dependencies are declared as dataflow; codegen.TaskStream turns them into tokens.
 
+A grouped conv keeps all its groups in one weight block (one conv instruction per tile, contiguous
+input rows). Only when that block cannot fit WRAM (AlexNet's conv4 at int16: 1.3 MB) do blocks
+split the groups (ConvGeometry.sliced): whole groups, or equal parts of one, each tile holding
+just its groups' input channels, picked out of every pixel by a strided DMA.
+
 Input zero points (imported asymmetric models). The MAC array multiplies raw int8 values and its
 padding reads zeros, but the real value of q is (q - zp) * s. Two exact rewrites make it right:
   * bias: sum (x - zp) w = sum x w - zp * sum w, so the requantize bias gets -zp * sum(w) per
