@@ -77,14 +77,17 @@ def _truncated(g, k: int):
 
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
-                     resolution: int | None = None, absmax: dict | None = None, fuse: bool = True) -> ClusterPlan:
+                     resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None) -> ClusterPlan:
     """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
-    a calibration of the network to reuse (scales change values, never cycles)."""
+    a calibration of the network to reuse (scales change values, never cycles); `fuse`: cluster
+    fusion of the trunk (default: the config's `runtime.kernels`)."""
     from mlusim.compiler import passes, quant, zoo
     from mlusim.compiler.driver import calibration_samples, compile_graph
     from mlusim.compiler.lower import lower
 
     cpc = cfg.chip.cores_per_cluster
+    if fuse is None:
+        fuse = cfg.runtime.kernels == "fused"
     if cores % cpc:
         raise SimulationError(f"the per-cluster schedule needs whole clusters: --cores {cores} is not a multiple "
                               f"of {cpc} (or use --schedule spread)")

@@ -134,6 +134,16 @@ class ConvGeometry:
     def rows_in(self, r: int) -> int:
         return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
 
+    def raw_bytes(self, rows: int, space: str) -> int:
+        """NRAM for the unfolded input rows of a folded tile read from GDRAM (0 otherwise): the
+        IO-DMA brings the rows whole (one contiguous segment) and the Move-DMA builds the folded
+        tile from them on chip, where overlapping segments cost `move_segment_cycles`, not the
+        IO-DMA's per-segment DRAM set-up (kernel columns of a stem read straight from GDRAM
+        would be one IO-DMA segment per output pixel)."""
+        if self.fold == 1 or space != "gdram":
+            return 0
+        return min(self.rows_in(rows), self.h) * self.src_w * self.src_ci * self.esz
+
 
 def all_blocks(wspace: str, blocks: int) -> float:
     """How many of a task's weight blocks sit in WRAM together when they are prefetched: all of
@@ -157,7 +167,9 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
-    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    raw = geo.raw_bytes(rows, spaces[0])
+    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + \
+        [params] * DOUBLE + ([raw] * DOUBLE if raw else [])
     if geo.residual:
         sizes += [out] * DOUBLE + [params] * DOUBLE
     if geo.depthwise:
@@ -188,7 +200,8 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
     # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
     share = dram_rate(cfg, 1, ctx.dram_share, tasks)
-    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None)
+    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None) if not raw else \
+        dma_cycles(cfg, raw, 1, xs, rate=share) + dma_cycles(cfg, in_tile, segs_in, "sram")
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None)
     st_bytes = pooled if geo.pool else out
@@ -331,18 +344,24 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
 
 
-def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, ch0: int = 0):
+def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, raw=None, ch0: int = 0):
     """DMAs bringing input rows [a, b) of image n into `buf` (with pt / pb zp rows around them
     when the pads are built in NRAM; of a sliced geometry, channels [ch0, ch0 + ci) of each pixel).
-    Returns their handles."""
+    Returns their handles. `raw`: the NRAM staging buffer of a folded tile read from GDRAM
+    (ConvGeometry.raw_bytes)."""
     esz, row = geo.esz, geo.w * geo.ci * geo.esz
     src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
     ld = load_dir(x)
     if geo.fold > 1:        # output pixel x's row: kw input pixels from x on (overlapping segments)
         srow = geo.src_w * geo.src_ci * esz
-        return [s.dma(ld, buf, x.addr + (n * geo.h + a) * srow, row // geo.wo, deps=deps, count=geo.wo,
-                      sstride=geo.src_sw * geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow,
-                      dstride2=row)]
+        first = x.addr + (n * geo.h + a) * srow
+        staged = []
+        if raw is not None:
+            staged = [s.dma(ld, raw, first, (b - a) * srow, deps=deps)]
+            ld, first, deps = "n2n", raw, staged
+        return staged + [s.dma(ld, buf, first, row // geo.wo, deps=deps, count=geo.wo,
+                               sstride=geo.src_sw * geo.src_ci * esz, dstride=row // geo.wo, count2=b - a,
+                               sstride2=srow, dstride2=row)]
     if geo.row_step > 1:    # every row_step-th input row (skipping_rows)
         src = x.addr + (n * geo.src_h + a * geo.row_step) * row
         return [s.dma(ld, buf, src, row, deps=deps, count=b - a, sstride=geo.row_step * row, dstride=row)]
@@ -414,6 +433,7 @@ class TaskBuffers:
     depthwise conv's vdwconv)."""
 
     inp: list[int]
+    raw: list                # per input buffer: NRAM staging of a folded tile's rows read from GDRAM, or None
     fills: list              # per input buffer: the instruction that filled its pads, or None
     accs: list[int]
     out: list[int]
@@ -441,7 +461,8 @@ class TaskState:
     wslot: int = -1
 
 
-def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblocks: int, zp_row) -> TaskBuffers:
+def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblocks: int, zp_row,
+                  x_space: str) -> TaskBuffers:
     """Allocate a task's buffers (the NRAM order is part of the program) and fill the input
     buffers' pads. Weights: every block of the task at once when resident, else one, or two
     taking turns."""
@@ -450,6 +471,8 @@ def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblo
     wram = Arena("wram", cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     in_tile = geo.tile_bytes(rows)
     inp = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
+    nraw = geo.raw_bytes(rows, x_space)
+    staging = [nram.alloc(nraw, "unfolded input rows") for _ in range(DOUBLE)] if nraw else [None] * DOUBLE
     fills = _fill_pads(s, geo, inp, in_tile, zp_row)
     accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
     out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
@@ -466,7 +489,7 @@ def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblo
         w = [nram.alloc(wsize, "depthwise weights")]
     else:
         w = [wram.alloc(wsize, "weights") for _ in range(nblocks if resident else DOUBLE if nblocks > 1 else 1)]
-    return TaskBuffers(inp, fills, accs, out, pool, par, fs, res, rpar, w, wsize)
+    return TaskBuffers(inp, staging, fills, accs, out, pool, par, fs, res, rpar, w, wsize)
 
 
 def _load_block(s, geo, bufs: TaskBuffers, consts: ConvConsts, st: TaskState, cb: int, c0: int, bc: int,
@@ -561,7 +584,7 @@ def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, n
     requantized (and pooled) and stored, the stages of consecutive tiles overlapping."""
     s = TaskStream()
     st = TaskState(sorted({u[0] for u in units}))
-    bufs = _task_buffers(ctx, geo, s, rows, block, naccs, resident, len(st.blocks), consts.zp_row)
+    bufs = _task_buffers(ctx, geo, s, rows, block, naccs, resident, len(st.blocks), consts.zp_row, x.space)
     for i, (cb, n, rb) in enumerate(units):
         c0 = cb * block
         bc = min(geo.co, c0 + block) - c0
@@ -572,7 +595,8 @@ def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, n
         slot = i % DOUBLE
         acc = bufs.accs[i % len(bufs.accs)]   # two: the next tile's conv runs while this one is requantized
         lds = _load_tile(s, geo, bufs.inp[slot], x, n, a, b, pt, pb, consts.zp_row,
-                         [st.hist_cp[i - DOUBLE] if i >= DOUBLE else None, bufs.fills[slot]], geo.in_channel(c0))
+                         [st.hist_cp[i - DOUBLE] if i >= DOUBLE else None, bufs.fills[slot]], bufs.raw[slot],
+                         geo.in_channel(c0))
         mac = _mac(s, geo, q, bufs, st, slot, acc, lds, bc, pt, pb, b - a)
         last = _requantize(s, geo, q, bufs, st, i, acc, mac, res, n, r0, c0, bc, (r1 - r0) * geo.wo)
         out_buf = bufs.out[slot]
