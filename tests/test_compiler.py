@@ -210,6 +210,31 @@ def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
     assert read - consts == x_bytes // 2 and read_plain > read      # every other row; plain tiles carry rows between
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+@pytest.mark.parametrize("wram_kib, whole_groups", [(16, True), (4, False)])
+def test_grouped_conv_too_big_for_wram_splits_its_groups_exactly(dtype, wram_kib, whole_groups):
+    """A grouped conv keeps all its groups in one block while its weights fit WRAM; when they do not
+    (AlexNet's conv4 at int16), blocks of whole groups, or of part of one group, each load only
+    their groups' input channels. Same bits as the reference, on 1 and 3 cores, every block's
+    weights in WRAM (double-buffered)."""
+    b = Builder("grouped", seed=5)
+    x = b.input((2, 64, 9, 9))
+    g = b.graph(b.unary("relu", b.conv(x, 128, 3, padding=1, groups=4)))      # 4 groups of 16 -> 32 channels
+    esz = 2 if dtype == "int16" else 1
+    cfg = load_config("mlu270", [f"core.wram_kib={wram_kib * esz}"])      # 4 KiB: not even one group's weights
+    assert 128 * 16 * 9 * esz > cfg.wram_bytes                                  # one block of all groups cannot fit
+    xin = np.random.default_rng(3).uniform(0, 1, (2, 64, 9, 9)).astype(np.float32)
+    for cores in (1, 3):
+        comp = compile_graph(g, cfg, dtype=dtype, tasks=cores)
+        res = simulate(comp.program, cfg, cores=cores, inputs={"input": xin})
+        assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"]), (dtype, cores)
+        conv = next(k for k in comp.program.kernels if k.meta.get("op") == "conv2d")
+        block = int(conv.meta["tiling"].split(" x ")[1].split()[0])
+        assert "(groups split)" in conv.meta["tiling"] and 0 < conv.meta["wram_bytes_used"] <= cfg.wram_bytes
+        assert (block >= 32) == whole_groups and (block % 32 == 0 or 32 % block == 0), conv.meta["tiling"]
+        assert f"{max(1, block // 32) * 16} input channels per block" in conv.meta["tiling"]
+
+
 def test_batchnorm_folding_preserves_the_float_model():
     g = zoo.build("resnet18", 1, 32)
     x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)

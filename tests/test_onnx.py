@@ -288,6 +288,27 @@ def test_asymmetric_input_pads_with_its_zero_point(tmp_path):
     assert worst <= 1.0 + 1e-6 and exact >= 0.99
 
 
+def test_asymmetric_grouped_conv_split_between_blocks_pads_with_its_zero_point(tmp_path):
+    """A grouped conv whose weights exceed WRAM runs block by block, each tile holding only its
+    groups' input channels (kernels/conv.py sliced()); with an asymmetric input its pads are built
+    in NRAM around those channels. Same bits as the reference on 1 and 2 cores (the reference's
+    agreement with ONNX Runtime on asymmetric inputs is the test above's business)."""
+    from mlusim.config import load_config
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1, groups=2),
+                              torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 4))
+    q = quantize(export(net, tmp_path / "f.onnx", res=8), tmp_path / "q.onnx", (1, 3, 8, 8), lo=-0.5, hi=1.5)
+    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]))     # the grouped conv's weights: 2304 B
+    conv = [k for k in c.program.kernels if k.meta.get("op") == "conv2d"][1]
+    assert "(groups split)" in conv.meta["tiling"], conv.meta["tiling"]
+    assert c.graph.node(conv.name).q["in_zp"] != 0
+    x = np.random.default_rng(100).uniform(-0.5, 1.5, c.graph.input.shape).astype(np.float32)
+    ref = run_quant(c.graph, x)["__output__"]
+    for cores in (1, 2):
+        out = simulate(c.program, cores=cores, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), cores
+
+
 def test_from_torch_is_exported():
     net = zoo_torch.build("lenet5")
     g = from_torch(net, torch.rand(1, 1, 28, 28))
