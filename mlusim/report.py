@@ -23,7 +23,8 @@ bound         the resource with the most work in the kernel (share = that work /
               and launch costs dominate (the busiest resource is shown in brackets)
 ld/mac/vec/st/mv  share of the core's cycles its load DMA, MAC array, vector unit, store DMA, move
               DMA (SRAM -> NRAM/WRAM) were busy
-cp wait       share of cycles the compute queue's head waited for a dependency token (starved)
+cp wait       share of cycles the compute queue's head waited for a dependency token while the MAC
+              array and the vector unit were both idle (starved; waits behind running work excluded)
 issue stall   share of cycles the issue stage waited for a full queue; sync: waiting at barriers
 bytes moved   DMA payload bytes read from / written to each memory level"""
 
@@ -135,10 +136,11 @@ def summarize(res: RunResult) -> dict[str, Any]:
     for cid, c in sorted(totals.items()):
         cores.append({
             "core": cid, "tasks": c.tasks, "active": c.active,
-            "busy": dict(c.busy), "token_stall": dict(c.token_stall), "issue_stall": c.issue_stall,
+            "busy": dict(c.busy), "token_stall": dict(c.token_stall), "cp_starved": c.cp_starved,
+            "issue_stall": c.issue_stall,
             "sync_wait": c.sync_wait, "instructions": dict(c.instructions), "macs": c.macs,
             "share": {**{u: _pct(c.busy[u], cycles) for u in UNITS},
-                      "cp_wait": _pct(c.token_stall["cp"], cycles),
+                      "cp_wait": _pct(c.cp_starved, cycles),
                       "issue_stall": _pct(c.issue_stall, cycles), "sync": _pct(c.sync_wait, cycles)},
         })
     total_macs = sum(c.macs for c in totals.values())

@@ -19,6 +19,9 @@ class CoreCounters:
     core: int
     busy: dict = field(default_factory=lambda: _zero(UNITS))          # unit executing
     token_stall: dict = field(default_factory=lambda: _zero(QUEUES))  # queue head waiting on a token
+    # the compute queue's token waits while neither the MAC array nor the vector unit runs anything:
+    # the compute queue issues ahead of its units, so most of token_stall["cp"] overlaps their work
+    cp_starved: float = 0.0
     issue_stall: float = 0.0       # issue stage blocked on a full instruction queue
     sync_wait: float = 0.0         # issue stage waiting at barriers for other cores
     active: float = 0.0            # cycles between this core's first task start and last task end
@@ -38,6 +41,7 @@ class CoreCounters:
         for k in self.instructions:
             self.instructions[k] += other.instructions[k]
         self.issue_stall += other.issue_stall
+        self.cp_starved += other.cp_starved
         self.sync_wait += other.sync_wait
         self.active += other.active
         self.tasks += other.tasks
