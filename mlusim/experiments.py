@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlusim.errors import MlusimError, ModelFileError, SimulationError
+from mlusim.errors import MlusimError, SimulationError
+from mlusim.programs import (  # noqa: F401  (re-exported)
+    BuildOptions,
+    compiles_on_the_fly,
+    resolve_program,
+    schedule_for,
+)
 
 # (JSON key, CSV header with unit, CSV scale). Fractions are 0..1 in JSON and percent in CSV, as in
 # SCALE-Sim's COMPUTE_REPORT ("Overall Util %", "Mapping Efficiency %", "Compute Util %").
@@ -41,67 +47,16 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("bound_resource", "Busiest Resource", 1),
     ("bound_share", "Busiest Resource Share %", 100),
     ("interrupted", "Interrupted", 1),
+    ("compiled_for_cores", "Compiled For Cores", 1),
 ]
 SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
 LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "Layer", 1), ("op", "Op", 1),
                   ("kernel", "Kernel", 1)]
-                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted")])
+                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted", "compiled_for_cores")])
 
 
 # ------------------------------------------------------------------------------------------------
-# Programs
-
-
-def compiles_on_the_fly(spec) -> bool:
-    """Whether `spec` names something compiled per run (a zoo model or an .onnx file) rather than a
-    finished program: such a spec is re-tiled for every hardware point and core count."""
-    if not isinstance(spec, str):
-        return False
-    p = Path(spec)
-    if p.suffix.lower() == ".onnx":
-        return True
-    if p.suffix or "/" in spec or p.exists():
-        return False
-    from mlusim.compiler.zoo import ZOO
-
-    return spec.lower() in ZOO
-
-
-def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None):
-    """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
-
-    A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
-    is compiled for `cfg`, `batch` and `cores` parallel tasks (default: every core of `cfg`), so a
-    scaling run or sweep point never times a program tiled for some other machine."""
-    from mlusim import mlufile
-
-    p = Path(spec)
-    if p.suffix.lower() == ".onnx":
-        import sys
-
-        from mlusim.compiler.driver import compile_onnx
-        from mlusim.errors import CompileError
-
-        if resolution is not None:
-            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        c = compile_onnx(spec, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
-        for note in c.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        return c.program
-    if not p.exists() and p.suffix == "" and "/" not in spec:
-        from mlusim.compiler.zoo import ZOO
-
-        if spec.lower() in ZOO:
-            from mlusim.compiler.driver import compile_model
-
-            return compile_model(spec, batch=batch, resolution=resolution, config=cfg, tasks=cores,
-                                 cluster_fusion=True).program
-    if p.suffix in (".s", ".asm"):
-        from mlusim.files import read_text
-        from mlusim.isa.asm import MAX_SOURCE_CHARS, assemble_program
-
-        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
-    return mlufile.load(p)
+# Programs (mlusim.programs turns a spec into a Program; re-exported here for the API's users)
 
 
 def default_config(program, config=None, overrides=None):
@@ -151,6 +106,7 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
         "sram_gbps": _div(sram, secs) / 1e9,
         "bound": s["bound"], "bound_resource": s["bound_resource"], "bound_share": s["bound_share"],
         "interrupted": s["interrupted"],
+        "compiled_for_cores": (s.get("program") or {}).get("compiled_for_cores"),
     }
 
 
@@ -197,36 +153,40 @@ def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False)
     return rows
 
 
-def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None, per_layer: bool = False,
+def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None,
+            options: BuildOptions | None = None, schedule: str | None = None, per_layer: bool = False,
             timing_only: bool = True, inputs=None, on_run: Callable | None = None, **sim_kw) -> list[dict]:
-    """Simulate `program` (a Program or a spec for `resolve_program`) on each core count of
-    `config` and return one row per count (with `layers` when `per_layer`).
+    """Simulate `program` (a Program, or a spec: zoo name, .onnx, .mlu or .s path) on each core
+    count of `config` and return one row per count (with `layers` when `per_layer`).
 
+    This is what `mlusim run` runs: a zoo or ONNX spec is compiled for each core count with
+    `options` (mlusim.programs.BuildOptions, the CLI's defaults) and laid out by `schedule` (default:
+    the config's runtime.schedule); a file runs as compiled, on its recorded config unless `config`
+    is given. `inputs` maps input names to arrays ("" for a program's only input).
     `on_run(result, summary)` sees every RunResult as it finishes (the CLI prints, traces and
     writes outputs from it). A run interrupted by Ctrl-C ends the list early, flagged
     `interrupted`. Extra keywords go to `mlusim.sim.simulate`."""
     from mlusim.report import summarize
-    from mlusim.sim import simulate
+    from mlusim.runs import run_at
 
-    spec = program if compiles_on_the_fly(program) else None
-    if isinstance(program, str):
-        cfg = default_config(None, config, overrides)
-        program = None if spec else resolve_program(program, cfg)
-    else:
-        cfg = default_config(program, config, overrides)
+    if isinstance(program, str) and not compiles_on_the_fly(program):
+        program = resolve_program(program, options=options)
+    cfg = default_config(None if isinstance(program, str) else program, config, overrides)
+    schedule_for(program, cfg, schedule)          # a schedule the program cannot use fails before any run
     counts = list(cores) if cores else [cfg.chip.cores]
-    summaries = []
+    check_counts(counts)
+    summaries, batch = [], 1
     for n in counts:
-        if spec is not None:    # tiled for the cores it runs on
-            program = resolve_program(spec, cfg, cores=n)
-        res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=timing_only, **sim_kw)
+        res = run_at(program, cfg, n, options=options, schedule=schedule, inputs=inputs, timing_only=timing_only,
+                     **sim_kw)
         s = summarize(res)
+        batch = int(res.program_meta.get("batch", 1) or 1)
         summaries.append(s)
         if on_run is not None:
             on_run(res, s)
         if res.interrupted:
             break
-    return scaling_rows(summaries, int(program.meta.get("batch", 1) or 1), per_layer)
+    return scaling_rows(summaries, batch, per_layer)
 
 
 def scaling_document(program: str, config: str, batch: int, rows: list[dict], runs: list[dict]) -> dict:

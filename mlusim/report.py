@@ -165,7 +165,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "dram_busy_share": _pct(res.dram_busy, cycles),
         "bytes_read": read, "bytes_written": written,
         "inputs_generated": res.inputs_generated, "kernels": kernels, "per_core": cores,
-        "program": res.program_meta,
+        "program": res.program_meta, "schedule": res.program_meta.get("schedule", ""),
     }
 
 
@@ -195,6 +195,21 @@ def roofline_bounds(s: dict) -> dict | None:
     return out
 
 
+def program_notes(s: dict) -> list[str]:
+    """What the headline needs said about the program: the schedule a compiled model ran with, and
+    a program compiled for another core count than it runs on (its tiling is not this run's)."""
+    meta = s.get("program") or {}
+    out = []
+    if meta.get("model") and s.get("schedule"):
+        out.append(f"schedule: {s['schedule']}")
+    made_for = meta.get("compiled_for_cores")
+    if isinstance(made_for, int) and made_for != s["cores"]:
+        out.append(f"note: the program was compiled for {made_for} cores and runs on {s['cores']}: its tiling and "
+                   f"split over cores are for {made_for} (compile with --cores {s['cores']}, or run the model by "
+                   f"name, for the {s['cores']}-core program)")
+    return out
+
+
 def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -> str:
     """The human report: headline, kernels, cores, memory, legend."""
     import io
@@ -210,6 +225,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
             f"{s['latency_ms']:.4f} ms simulated; {s['instructions']:,} instructions in "
             f"{s['wall_seconds']:.2f} s wall" + (" (timing only)" if s["timing_only"] else ""))
     con.print(head)
+    for line in program_notes(s):
+        con.print(line)
     if s["interrupted"]:
         con.print("INTERRUPTED: partial report up to the cycle shown")
     if s["inputs_generated"]:
@@ -272,7 +289,10 @@ MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
 DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth
 bound         the resource with the most work summed over kernels (see the legend of `mlusim run`
               with one core count) and that work as a share of the cycles: near 100% it is the limit;
-              latency when under 50%: no resource is saturated, dependency chains and start-up are"""
+              latency when under 50%: no resource is saturated, dependency chains and start-up costs set
+              the time
+compiled for  a .mlu file runs as it was compiled: on other core counts than it was tiled for (the
+              Compiled For Cores column) its rows time that program, not one made for those cores"""
 
 
 def _table(title: str, cols: list[str]):
@@ -350,4 +370,20 @@ def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
         t.add_row(*vals, c[0], c[1], f"{r['throughput_ips']:,.1f}", *c[2:])
     con.print(t)
     con.print("speedup and efficiency: relative to the first core count at the same hardware point")
+    return con.export_text()
+
+
+def render_layers(layers: list[dict], title: str) -> str:
+    """One run's per-layer table (the rows of `experiments.layer_rows`)."""
+    import io
+
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None,
+                  markup=False)
+    t = _table(title, ["layer", "op", "cycles", "latency ms", "MAC util", "DRAM GB/s", "bound"])
+    for lr in layers:
+        c = _cells(lr)
+        t.add_row(lr["layer"], lr["op"], c[0], c[1], c[4], c[5], c[7])
+    con.print(t)
     return con.export_text()

@@ -111,7 +111,8 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
         head.config = cfg.to_dict()
     compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse)
     trunk = compiled.program
-    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full))
+    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
+                      compiled_for_cores=cores)
     return ClusterPlan(batch, per, groups, chip_clusters, trunk, head, scale, zp, cpc)
 
 

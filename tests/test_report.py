@@ -12,6 +12,7 @@ from conftest import I, program, tensors
 from mlusim.cli import main
 from mlusim.experiments import (
     LAYER_COLUMNS,
+    BuildOptions,
     SCALING_COLUMNS,
     flatten_layers,
     resolve_program,
@@ -188,12 +189,10 @@ def test_json_has_no_nan(tmp_path, mlu270):
 def test_ctrl_c_during_run_prints_the_partial_report_and_table(capsys, monkeypatch):
     from mlusim.commands import run as runcmd
 
-    def start(self, label, total):
-        def cb(done, total, cycles):
-            if label.startswith("2 "):     # the 2-core run is interrupted after its first kernel
-                raise KeyboardInterrupt
-        return cb
-    monkeypatch.setattr(runcmd.Progress, "start", start)
+    def progress(self, done, total, cycles):
+        if self.labels[self.run].startswith("2 "):     # the 2-core run is interrupted after its first kernel
+            raise KeyboardInterrupt
+    monkeypatch.setattr(runcmd.Progress, "__call__", progress)
     prog = ROOT / "examples" / "matmul.s"
     code, out, err = cli(capsys, "run", str(prog), "--cores", "1,2,4", "--timing-only")
     assert code == 130
@@ -216,7 +215,7 @@ def test_zoo_model_is_compiled_for_each_core_count(capsys, tmp_path, mlu270):
     assert code == 0, err
     doc = json.loads(j.read_text())
     for n, run in zip((1, 4), doc["runs"]):
-        prog = resolve_program("lenet5", mlu270, cores=n, batch=2)
+        prog = resolve_program("lenet5", mlu270, cores=n, options=BuildOptions(batch=2))
         assert run["cycles"] == simulate(prog, mlu270, cores=n, timing_only=True).cycles
     assert doc["batch"] == 2
 
