@@ -33,6 +33,7 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("cycles", "Total Cycles", 1),
     ("latency_ms", "Latency (ms)", 1),
     ("throughput_ips", "Throughput (images/s)", 1),
+    ("runs_per_s", "Throughput (runs/s)", 1),
     ("speedup", "Speedup (x)", 1),
     ("efficiency", "Parallel Efficiency %", 100),
     ("mac_utilization", "Overall Util %", 100),
@@ -50,9 +51,21 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("compiled_for_cores", "Compiled For Cores", 1),
 ]
 SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
+# per layer: SCALE-Sim's COMPUTE_REPORT (LayerID, Total Cycles, Stall Cycles, Overall / Compute Util
+# %), its DETAILED_ACCESS_REPORT (DRAM IFMAP Reads, DRAM Filter Reads, DRAM OFMAP Writes, and the
+# same for SRAM; here in bytes, reads and writes) and BANDWIDTH_REPORT (Avg IFMAP DRAM BW, ...)
+_OPERAND_LABEL = {"input": "IFMAP", "weights": "Filter", "output": "OFMAP"}
+LAYER_TRAFFIC_COLUMNS = [(f"{lv}_{op}_{rw}", f"{lv.upper()} {_OPERAND_LABEL[op]} {rw.title()}s (B)", 1)
+                         for lv in ("dram", "sram") for op in ("input", "weights", "output") for rw in ("read", "write")]
+LAYER_BANDWIDTH_COLUMNS = [(f"{lv}_{op}_gbps", f"Avg {_OPERAND_LABEL[op].upper()} {lv.upper()} BW (GB/s)", 1)
+                           for lv in ("sram", "dram") for op in ("input", "weights", "output")]
 LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "Layer", 1), ("op", "Op", 1),
-                  ("kernel", "Kernel", 1)]
-                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted", "compiled_for_cores")])
+                  ("kernel", "Kernel", 1), ("fused", "Fused", 1), ("start", "Start Cycle", 1),
+                  ("end", "End Cycle", 1), ("cycles", "Total Cycles", 1), ("stall_cycles", "Stall Cycles", 1),
+                  ("cores_used", "Cores Used", 1), ("cores_ran", "Cores Ran", 1)]
+                 + [c for c in METRIC_COLUMNS
+                    if c[0] not in ("cycles", "throughput_ips", "runs_per_s", "interrupted", "compiled_for_cores")]
+                 + LAYER_TRAFFIC_COLUMNS + LAYER_BANDWIDTH_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,9 +107,10 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
     secs = s["seconds"]
     speedup = _div(base["cycles"], s["cycles"])
     sram = s["bytes_read"]["sram"] + s["bytes_written"]["sram"]
+    images = "batch" in (s.get("program") or {})      # a compiled model: its batch is images
     return {
         "cores": s["cores"], "cycles": s["cycles"], "latency_ms": s["latency_ms"],
-        "throughput_ips": _div(batch, secs), "speedup": speedup,
+        "throughput_ips": _div(batch, secs) if images else None, "runs_per_s": _div(1, secs), "speedup": speedup,
         "efficiency": speedup * base["cores"] / s["cores"],
         "mac_utilization": s["mac_utilization"],
         "mapping_efficiency": _div(s["macs"], s["mac_slots"] * peak),
@@ -111,36 +125,38 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
 
 
 def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
-    """Per-kernel rows of one run (kernels are layers); speedup vs the same kernel in `base`."""
+    """The per-layer rows of one run (report.summarize's `layers`, mlusim.layers), each with its
+    speedup over the layer of the same name in `base` (NaN where `base` has no such layer)."""
     base = base or s
-    peak = s["mac_per_cycle_per_core"]
-    clock = s["clock_mhz"] * 1e6
+    before = {lr["layer"]: lr for lr in base.get("layers", [])}
     out = []
-    for i, k in enumerate(s["kernels"]):
-        b = base["kernels"][i] if i < len(base["kernels"]) else None
-        if b is not None and b["name"] != k["name"]:
-            b = None
-        secs = k["cycles"] / clock
-        speedup = _div(b["cycles"], k["cycles"]) if b else math.nan
-        meta = k.get("meta") or {}
-        out.append({
-            "cores": s["cores"], "layer_id": i, "layer": str(meta.get("layer", k["name"])),
-            "op": str(meta.get("op", "")), "kernel": k["name"], "cycles": k["cycles"],
-            "latency_ms": secs * 1e3, "speedup": speedup,
-            "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
-            "mac_utilization": k["mac_utilization"],
-            "mapping_efficiency": _div(k["macs"], k["mac_slots"] * peak),
-            "compute_utilization": _div(k["macs"], k["mac_busy"] * peak),
-            "macs": k["macs"], "dram_bytes": k["dram_bus_bytes"], "dram_gbps": k["dram_gbps"],
-            "dram_utilization": _div(k["dram_gbps"], s["dram_bandwidth_gbps"]),
-            "sram_gbps": _div(k["bytes_read"]["sram"] + k["bytes_written"]["sram"], secs) / 1e9,
-            "bound": k["bound"], "bound_resource": k["bound_resource"], "bound_share": k["bound_share"],
-        })
+    for lr in s.get("layers", []):
+        b = before.get(lr["layer"])
+        speedup = _div(b["cycles"], lr["cycles"]) if b else math.nan
+        out.append({"cores": s["cores"], **lr, "latency_ms": lr["cycles"] / (s["clock_mhz"] * 1e3),
+                    "speedup": speedup, "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
+                    "dram_utilization": _div(lr["dram_gbps"], s["dram_bandwidth_gbps"])})
     return out
 
 
+def layer_order(runs: list[list[dict]]) -> list[str]:
+    """Layer names of several runs in one order: each run's own, a name first met in a later run
+    placed after the name it follows there (a core count may fuse, split or add steps)."""
+    order: list[str] = []
+    for rows in runs:
+        at = 0      # where a new name goes: after the last name of this run already placed
+        for r in rows:
+            if r["layer"] in order:
+                at = order.index(r["layer"]) + 1
+            else:
+                order.insert(at, r["layer"])
+                at += 1
+    return order
+
+
 def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False) -> list[dict]:
-    """Rows for runs of one program at several core counts, relative to the first run."""
+    """Rows for runs of one program at several core counts, relative to the first run. Layers are
+    matched by name across the runs and numbered (LayerID) in one order for all of them."""
     if not summaries:
         return []
     base = summaries[0]
@@ -150,6 +166,11 @@ def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False)
         if per_layer:
             row["layers"] = layer_rows(s, base)
         rows.append(row)
+    if per_layer:
+        ids = {name: i for i, name in enumerate(layer_order([r["layers"] for r in rows]))}
+        for r in rows:
+            for lr in r["layers"]:
+                lr["layer_id"] = ids[lr["layer"]]
     return rows
 
 
@@ -205,7 +226,12 @@ def flatten_layers(rows: list[dict]) -> list[dict]:
 # Files
 
 
-def _cell(v: Any, scale: float) -> Any:
+# cycle counts are written as whole cycles (the engine's are fractional where transfers share a
+# link; the JSON keeps them exact)
+WHOLE_CYCLES = {"cycles", "stall_cycles", "start", "end"}
+
+
+def _cell(v: Any, scale: float, key: str = "") -> Any:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -213,6 +239,8 @@ def _cell(v: Any, scale: float) -> Any:
     if isinstance(v, (int, float)):
         if isinstance(v, float) and math.isnan(v):
             return ""
+        if key in WHOLE_CYCLES:
+            return round(v)
         v = v * scale if scale != 1 else v
         return f"{v:.10g}" if isinstance(v, float) else v
     return v
@@ -234,7 +262,7 @@ def write_csv(rows: list[dict], path: str | Path, columns: list[tuple[str, str, 
             w = csv.writer(f)
             w.writerow([h for _, h, _ in columns])
             for r in rows:
-                w.writerow([_cell(r.get(k), sc) for k, _, sc in columns])
+                w.writerow([_cell(r.get(k), sc, k) for k, _, sc in columns])
     except OSError as e:
         raise MlusimError(f"{path}: cannot write: {e.strerror}") from None
 

@@ -188,6 +188,8 @@ def merge(trunk, head, cfg: HardwareConfig, plan: ClusterPlan):
                 for key in ("start", "end"):
                     if key in j:
                         j[key] += trunk.cycles
+                for key in ("syncs", "all_syncs"):
+                    j[key] = [t + trunk.cycles for t in j.get(key, [])]
     for r in trunk.kernels:
         r.meta = dict(r.meta, clusters=plan.clusters)
     meta = dict(trunk.program_meta, schedule=plan.describe(), batch=plan.batch)

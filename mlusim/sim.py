@@ -225,6 +225,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace, max_seconds=max_seconds)
+    chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
     if trace:     # bounded: what the budget leaves after the run's own arrays
         chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)

@@ -261,3 +261,61 @@ def test_cp_wait_counts_only_cycles_the_compute_units_starve(mlu270):
     cs = ser.totals()[0]
     assert cs.cp_starved > c.cp_starved and cs.cp_starved + cs.busy["mac"] <= ser.cycles
     assert cs.cp_starved == pytest.approx(ser.cycles - cs.busy["mac"], rel=0.05)
+
+
+def per_layer_lines(out: str) -> dict[tuple[str, int], str]:
+    """(layer, cores) -> the cycles cell of `mlusim run --cores A,B --per-layer`'s per-layer table:
+    a layer's first row is `name [op] cores cycles ...`, the next ones `cores cycles ...`."""
+    import re
+
+    body = out[out.index("per layer"):out.index("speedup       cycles")]
+    got, name = {}, None
+    for line in body.splitlines()[1:]:
+        cells = line.split()
+        if len(cells) < 3:
+            continue
+        if not cells[0].isdigit():
+            name, cells = cells[0], cells[1:] if cells[1].isdigit() else cells[2:]
+        if cells[0].isdigit() and re.fullmatch(r"[0-9,]+", cells[1]):
+            got[(name, int(cells[0]))] = cells[1]
+    return got
+
+
+def test_per_layer_table_csv_and_json_agree_and_align_by_name(capsys, tmp_path):
+    """ResNet-18 fuses its layers into one segment on 4 cores but not on 1: rows still meet under
+    the same layer name and LayerID, in the table, the CSV and the JSON."""
+    j, c = tmp_path / "s.json", tmp_path / "s.csv"
+    code, out, err = cli(capsys, "run", "resnet18", "--resolution", "32", "--cores", "1,4", "--per-layer",
+                         "--timing-only", "--json", str(j), "--csv", str(c))
+    assert code == 0, err
+    doc = json.loads(j.read_text())
+    one, four = ({lr["layer"]: lr for lr in r["layers"]} for r in doc["rows"])
+    assert not any(lr["fused"] for lr in one.values()) and sum(lr["fused"] for lr in four.values()) > 15
+    for name, lr in four.items():
+        if name in one:
+            assert lr["layer_id"] == one[name]["layer_id"]
+            assert lr["speedup"] == pytest.approx(one[name]["cycles"] / lr["cycles"])
+    table = per_layer_lines(out)
+    csv_rows = {(r["Layer"], int(r["Cores"])): r for r in read_csv(tmp_path / "s_layers.csv")}
+    for row in doc["rows"]:
+        for lr in row["layers"]:
+            key = (lr["layer"], row["cores"])
+            assert table[key] == f"{lr['cycles']:,.0f}", key
+            assert int(csv_rows[key]["Total Cycles"]) == round(lr["cycles"])        # whole cycles in CSV
+            assert int(csv_rows[key]["LayerID"]) == lr["layer_id"]
+            assert float(csv_rows[key]["DRAM Filter Reads (B)"]) == lr["dram_weights_read"]
+            assert int(csv_rows[key]["Stall Cycles"]) == round(lr["stall_cycles"])
+    assert table[("stem.conv", 4)] == f"{four['stem.conv']['cycles']:,.0f}"     # not the segment's cycles
+
+
+def test_single_run_per_layer_table_matches_the_json(capsys, tmp_path):
+    j = tmp_path / "r.json"
+    code, out, err = cli(capsys, "run", "resnet18", "--resolution", "32", "--cores", "4", "--per-layer",
+                         "--timing-only", "--json", str(j))
+    assert code == 0, err
+    layers = json.loads(j.read_text())["layers"]
+    body = out[out.index("per layer:"):]
+    for lr in layers:
+        line = next(x for x in body.splitlines() if x.split()[:2] == [str(lr["layer_id"]), lr["layer"]])
+        assert f"{lr['cycles']:,.0f}" in line.split() and f"{lr['stall_cycles']:,.0f}" in line.split()
+    assert "LayerID" not in out and "IFMAP" in out      # the legend names SCALE-Sim's operands

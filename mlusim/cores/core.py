@@ -141,6 +141,7 @@ class Core:
                 raise SimulationError(f"{self.where(pc, ins)}: {fault}")
         if op.unit == "dma":
             plan = dmamod.plan(a, self.cfg)
+            dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
             prepared = (plan.queue, a, plan, touches)
         else:
             prepared = (UNIT_QUEUE[op.unit], a, op.cycles(a, self.cfg), touches)
@@ -275,7 +276,7 @@ class Core:
                     yield chip.fabric.transfer(links, cost.bus_bytes, cap)
                 else:   # on-core move: nothing shared, one event
                     yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
-                chip.account_dma(cost)
+                chip.account_dma(cost, ctr)
                 ctr.dma_demand[qname] += cost.fixed_cycles + cost.bus_bytes / cap
             else:
                 unit = op.unit
