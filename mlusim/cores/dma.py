@@ -75,10 +75,17 @@ def operand(src: str, dst: str, reads_weights: bool) -> str:
 def with_operand(plan: DmaPlan, reads_weights: bool) -> DmaPlan:
     """`plan` with the traffic keys its payload is counted under (reads at the source's level,
     writes at the destination's, for GDRAM and SRAM)."""
-    op = operand(plan.src, plan.dst, reads_weights)
-    plan.read_key = f"{plan.src}.{op}.read" if plan.src in ("gdram", "sram") else None
-    plan.write_key = f"{plan.dst}.{op}.write" if plan.dst in ("gdram", "sram") else None
+    key = (plan.src, plan.dst, reads_weights)
+    keys = _KEYS.get(key)
+    if keys is None:
+        op = operand(*key)
+        keys = _KEYS[key] = (f"{plan.src}.{op}.read" if plan.src in ("gdram", "sram") else None,
+                             f"{plan.dst}.{op}.write" if plan.dst in ("gdram", "sram") else None)
+    plan.read_key, plan.write_key = keys
     return plan
+
+
+_KEYS: dict[tuple[str, str, bool], tuple[str | None, str | None]] = {}
 
 
 def plan(a: dict, cfg) -> DmaPlan:
