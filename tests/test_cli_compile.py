@@ -57,3 +57,11 @@ def test_compile_errors(capsys, tmp_path):
     assert code == 2 and "did you mean 'resnet50'" in err and err.count("\n") == 1
     code, _, err = cli(capsys, "compile", "--model", "mnist", "--resolution", "4", "-o", str(tmp_path / "x.mlu"))
     assert code == 2 and "below the minimum" in err
+
+
+def test_help_names_the_zoo(capsys):
+    for cmd in ("run", "sweep", "compile"):
+        assert main([cmd, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "mlusim models" in out and "mlusim zoo" not in out
+        assert "resnet18, resnet50" in out and "--dtype" in out and "--no-cluster-fusion" in out
