@@ -8,7 +8,6 @@ how many cores, when that differs from the cores it runs on).
 """
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,11 +63,10 @@ def compiles_on_the_fly(spec) -> bool:
 
 
 def unknown_model(name: str) -> CompileError:
-    """'unknown model' with the closest zoo names (a typo should not need the whole list read)."""
-    names = zoo_names()
-    close = difflib.get_close_matches(name.lower(), names, n=2, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return CompileError(f"unknown model '{name}' ({hint}zoo: {', '.join(names)}; see mlusim models)")
+    """'unknown model' with the closest zoo names (compiler/zoo.py says it the same way)."""
+    from mlusim.compiler.zoo import unknown_model as zoo_unknown
+
+    return zoo_unknown(name)
 
 
 def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None):
