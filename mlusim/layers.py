@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from mlusim.cores.stats import DMA_QUEUES, OPERANDS, SHARED_LEVELS, TRAFFIC_KEYS, snapshot
-from mlusim.program import task_type_clusters
 from mlusim.segment_meta import DEQUANTIZE_OUTPUT, SegmentMeta
 
 LEVEL_LABEL = {"gdram": "dram", "sram": "sram"}
