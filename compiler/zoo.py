@@ -143,10 +143,19 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
 )}
 
 
+def unknown_model(name: str) -> CompileError:
+    """'unknown model' with the closest zoo names: a typo should not need the whole list read."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(ZOO), n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return CompileError(f"unknown model '{name}' ({hint}zoo: {', '.join(ZOO)})")
+
+
 def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 0) -> Graph:
     entry = ZOO.get(name.lower())
     if entry is None:
-        raise CompileError(f"unknown model '{name}' (zoo: {', '.join(ZOO)})")
+        raise unknown_model(name)
     if batch < 1:
         raise CompileError(f"--batch must be >= 1, got {batch}")
     res = resolution or entry.resolution

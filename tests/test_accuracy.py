@@ -45,7 +45,7 @@ def test_simulated_output_close_to_float(model, per_channel):
     name, g, x = model
     errs = {}
     for dtype in ("int8", "int16"):
-        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=per_channel, tasks=4)
+        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=per_channel, tasks=4, cluster_fusion=False)
         flt = run_float(c.graph, x)[c.graph.output]
         ref = run_quant(c.graph, x)["__output__"]
         for cores in (1, 4):
@@ -73,7 +73,7 @@ def test_int16_close_to_float_on_the_rest_of_the_zoo(name):
     x = np.random.default_rng(7).uniform(0, 1, g.input.shape).astype(np.float32)
     errs = {}
     for dtype in ("int8", "int16"):
-        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=True, tasks=4)
+        c = compile_graph(g, samples=[x], dtype=dtype, per_channel=True, tasks=4, cluster_fusion=False)
         fv = run_float(c.graph, x)
         refs = program_outputs(c.graph, run_quant(c.graph, x))
         flts = [fv[o] for o in [c.graph.output] + list(c.graph.extra_outputs)]
