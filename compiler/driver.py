@@ -56,11 +56,12 @@ def needs_calibration(g: Graph) -> list[str]:
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = False,
+                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = True,
                   absmax: dict[str, float] | None = None) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
-    model says it pays (True, or a FusionOptions choosing the features); the program then needs
-    whole clusters (`tasks` a multiple of their size).
+    model says it pays (True, the default of every entry: CLI, API, shim; or a FusionOptions
+    choosing the features); the program then needs whole clusters (`tasks` a multiple of their size).
+    tasks: the cores to tile for (default: all of the config's), recorded as `compiled_for_cores`.
     absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
     from mlusim.config import HardwareConfig, load_config
 
@@ -88,7 +89,7 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     prog.config = cfg.to_dict()
     prog.meta.update({k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))})
     prog.meta.update(macs=g.macs(), weight_bytes=wbytes, parameters=g.parameter_count(), quant_dtype=dtype,
-                     per_channel=per_channel, target=cfg.name,
+                     per_channel=per_channel, target=cfg.name, compiled_for_cores=tasks or cfg.chip.cores,
                      min_traffic_bytes=wbytes + inp.nbytes // 4 + out_bytes,
                      layer_traffic_bytes=layer_traffic_bytes(g),
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))

@@ -150,8 +150,8 @@ def energy_fields(res, batch: int = 1) -> dict:
     r = run_energy(res)
     secs = r.seconds
     joules = r.total.total
-    kernels = [{"energy_j": e.total, "power_w": e.total / s if s else 0.0, "energy_breakdown_j": e.as_dict()}
-               for e, s in zip(r.kernels, kernel_seconds(res))]
+    kernels = [{"energy_j": e.total, "power_w": e.total / s if s else 0.0, "edp_js": e.total * s,
+                "energy_breakdown_j": e.as_dict()} for e, s in zip(r.kernels, kernel_seconds(res))]
     return {
         "energy_j": joules, "power_w": joules / secs if secs else 0.0,
         "energy_per_image_j": joules / max(1, batch), "edp_js": joules * secs,
@@ -159,15 +159,15 @@ def energy_fields(res, batch: int = 1) -> dict:
     }
 
 
-def attach(summary: dict, res) -> dict:
-    """Add the energy figures to a `report.summarize` dict: top level, and each kernel's row."""
+def attach(kernels: list[dict], res) -> dict:
+    """Add each kernel's energy to its `report.summarize` entry (in place) and return the run's
+    top-level energy figures."""
     batch = res.program_meta.get("batch", 1)
     batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else 1
     fields_ = energy_fields(res, batch)
-    for row, ke in zip(summary["kernels"], fields_.pop("kernel_energy")):
+    for row, ke in zip(kernels, fields_.pop("kernel_energy")):
         row.update(ke)
-    summary.update(fields_)
-    return summary
+    return fields_
 
 
 def _joules(j: float) -> str:
@@ -187,3 +187,39 @@ def energy_line(s: dict) -> str:
     tdp = f" ({100 * s['power_w'] / s['tdp_w']:.0f}% of the {s['tdp_w']:g} W TDP)" if s.get("tdp_w") else ""
     return (f"energy {_joules(s['energy_j'])} ({_joules(s['energy_per_image_j'])}/image), average power "
             f"{s['power_w']:.1f} W{tdp}, EDP {s['edp_js']:.3g} J*s\nenergy by part: {split}")
+
+
+# The counters a fused segment's steps are told apart by (mlusim.layers) that each part's events
+# follow; parts with no such counter (NRAM/WRAM bytes, DMA instructions) follow all DMA traffic,
+# and static energy follows time.
+SPLIT_BY = {"mac": ("macs",), "vector": ("busy.vec",), "dram": ("dram_bus_bytes",),
+            "sram": ("sram.input.read", "sram.input.write", "sram.weights.read", "sram.weights.write",
+                     "sram.output.read", "sram.output.write")}
+
+
+def split(breakdown: dict[str, float], steps: list[dict[str, float]], times: list[float]) -> list[dict[str, float]]:
+    """A fused kernel's energy over its layers: each part in proportion to the layers' counts of
+    that part's events (`steps`: per layer, counters as mlusim.cores.stats.snapshot keys them),
+    DMA-priced parts by all DMA traffic, static by time. The layers add up to the kernel."""
+    traffic = [sum(v for k, v in c.items() if k.startswith(("gdram.", "sram."))) for c in steps]
+    out: list[dict[str, float]] = [dict.fromkeys(COMPONENTS, 0.0) for _ in steps]
+    for part in COMPONENTS:
+        if part == "static":
+            w = list(times)
+        elif part in SPLIT_BY:
+            w = [sum(c.get(k, 0.0) for k in SPLIT_BY[part]) for c in steps]
+        else:
+            w = traffic
+        total = sum(w)
+        if total <= 0:
+            w, total = list(times), sum(times)
+        for row, x in zip(out, w):
+            row[part] = breakdown[part] * x / total if total > 0 else breakdown[part] / len(steps)
+    return out
+
+
+def layer_fields(breakdown: dict[str, float], seconds: float) -> dict:
+    """The energy columns of a layer row: joules, watts and EDP over the layer's own time."""
+    joules = sum(breakdown.values())
+    return {"energy_j": joules, "power_w": joules / seconds if seconds else 0.0, "edp_js": joules * seconds,
+            "energy_breakdown_j": dict(breakdown)}

@@ -62,7 +62,7 @@ def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "r
     """Horizontal stacked bars of joules by part, each panel on its own scale; each bar's total
     labelled."""
     panels = bars_of(data, where)
-    plt = plot._plt()
+    plt = plot.pyplot()
     heights = [len(labels) + 1.5 for _, labels, _ in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 0.9 + 0.3 * sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
@@ -79,7 +79,7 @@ def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "r
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, ncol=len(PARTS), loc="lower center", frameon=False)
     fig.tight_layout(rect=(0, 0.45 / (0.9 + 0.3 * sum(heights)), 1, 1))
-    return plot._save(fig, prefix)
+    return plot.save(fig, prefix)
 
 
 def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:

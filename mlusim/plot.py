@@ -92,6 +92,16 @@ def _save(fig, prefix: str | Path) -> list[Path]:
     return out
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, for the figure modules beside this one (energy_plot)."""
+    return _plt()
+
+
+def save(fig, prefix: str | Path) -> list[Path]:
+    """Write PREFIX.png and PREFIX.svg reproducibly, as every figure here, and close the figure."""
+    return _save(fig, prefix)
+
+
 def plot_speedup(series: list[dict] | dict[str, list[dict]], prefix: str | Path, title: str = "") -> list[Path]:
     """Speedup vs cores (log-log) with the ideal line; `series` is scaling rows or {label: rows}.
 
@@ -188,7 +198,7 @@ def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[st
             cols = ", ".join(k for k in rows[0] if not isinstance(rows[0][k], (dict, list)))
             raise MlusimError(f"no column '{key}' in the sweep (have: {cols})")
     if by is None:
-        skip = {x, y, "point", "error"} | {k for k, *_ in _metric_keys()}
+        skip = {x, y, "point", "error", "plan", "replanned"} | {k for k, *_ in _metric_keys()}
         by = [k for k in rows[0] if k not in skip]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

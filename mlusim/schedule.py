@@ -114,7 +114,8 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
         head.config = cfg.to_dict()
     compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse)
     trunk = compiled.program
-    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full))
+    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
+                      compiled_for_cores=cores)
     return ClusterPlan(batch, per, groups, chip_clusters, trunk, head, scale, zp, cpc)
 
 
@@ -192,6 +193,8 @@ def merge(trunk, head, cfg: HardwareConfig, plan: ClusterPlan):
                 for key in ("start", "end"):
                     if key in j:
                         j[key] += trunk.cycles
+                for key in ("syncs", "all_syncs"):
+                    j[key] = [t + trunk.cycles for t in j.get(key, [])]
     meta = dict(trunk.program_meta, schedule=plan.describe(), batch=plan.batch)
     return dataclasses.replace(
         head, config=cfg, cycles=trunk.cycles + head.cycles, kernels=trunk.kernels + head.kernels,

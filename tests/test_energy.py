@@ -184,3 +184,26 @@ def test_energy_section_is_optional_with_documented_defaults_and_checked():
         from mlusim.config import _preset_dir
 
         assert "\nenergy:" in (_preset_dir() / f"{name}.yaml").read_text(), name
+
+
+def test_fused_layers_split_their_kernels_energy():
+    """Inside a fused segment each part follows its own events: a layer without MACs gets no MAC
+    energy, static energy follows each layer's time, and the layers add up to the kernel."""
+    from mlusim.compiler.driver import compile_model
+
+    prog = compile_model("resnet18", batch=1, resolution=32, config="mlu270", tasks=4, cluster_fusion=True).program
+    s = summarize(run(prog, cores=4, timing_only=True))
+    fused = [lr for lr in s["layers"] if lr["fused"]]
+    assert len(fused) > 5
+    for k in s["kernels"]:
+        mine = [lr for lr in s["layers"] if lr["kernel"] == k["name"]]
+        assert sum(lr["energy_j"] for lr in mine) == pytest.approx(k["energy_j"])
+    assert sum(lr["energy_j"] for lr in s["layers"]) == pytest.approx(s["energy_j"])
+    pool = next(lr for lr in fused if lr["macs"] == 0)
+    assert pool["energy_breakdown_j"]["mac"] == 0 and pool["energy_breakdown_j"]["static"] > 0
+    per_cycle = {lr["energy_breakdown_j"]["static"] / lr["cycles"] for lr in fused if lr["kernel"] == fused[0]["kernel"]}
+    assert max(per_cycle) == pytest.approx(min(per_cycle))
+    conv = max(fused, key=lambda lr: lr["macs"])
+    k = next(k for k in s["kernels"] if k["name"] == conv["kernel"])
+    assert conv["energy_breakdown_j"]["mac"] == pytest.approx(
+        k["energy_breakdown_j"]["mac"] * conv["macs"] / k["macs"], rel=1e-6)

@@ -121,7 +121,7 @@ def test_zoo_networks_in_torch_equal_the_compiler_path(name, res):
     q = mq.quantize_dynamic_mlu(net, {"per_channel": True, "firstconv": False}, gen_quant=True)
     q(x)
     shim = q.to(ct.mlu_device())(x.to(ct.mlu_device())).cpu().numpy()
-    zoo = compile_model(name, batch=2, resolution=res, samples=[x.numpy()], tasks=4)
+    zoo = compile_model(name, batch=2, resolution=res, samples=[x.numpy()], tasks=4, cluster_fusion=False)
     ref = simulate(zoo.program, cores=4, inputs={"input": x.numpy()}).outputs["output"]
     assert np.array_equal(shim, ref)
 
@@ -396,7 +396,8 @@ def test_from_torch_lists_all_unsupported_ops():
     with pytest.raises(CompileError, match=r"1 unsupported op\(s\): gelu"):
         from_torch(WithGelu(), torch.rand(1, 3, 8, 8))
     g = from_torch(models.build("lenet5"), torch.rand(2, 1, 28, 28))
-    c = compile_graph(g, samples=[np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)])
+    c = compile_graph(g, samples=[np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)],
+                      cluster_fusion=False)
     assert c.program.kernels
 
 

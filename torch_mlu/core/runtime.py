@@ -137,10 +137,12 @@ def compile_for(model, orig_cls, x) -> CompiledModel:
     quantize(g, absmax, dtype=model._mlu_dtype, per_channel=bool(model._mlu_qconfig.get("per_channel", True)),
              mixed=model._mlu_mixed)
     host = [n for n in g.nodes if n.op == "cpu"]
-    fused = None if host else lower(g, cfg, tasks=st.core_number)
+    # cluster fusion as `mlusim run` and compile_model do by default: one model, one answer
+    fused = None if host else lower(g, cfg, tasks=st.core_number, fusion=True)
     if fused is not None:
         fused.config = cfg.to_dict()
-        fused.meta.update(model=type(model).__name__, batch=int(x.shape[0]), target=cfg.name)
+        fused.meta.update(model=type(model).__name__, batch=int(x.shape[0]), target=cfg.name,
+                          compiled_for_cores=st.core_number)
     cm = CompiledModel(g, cfg, st.core_number, fused)
     cm.key = len(_PROGRAMS)
     _PROGRAMS.append(cm)
