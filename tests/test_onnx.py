@@ -206,7 +206,7 @@ def test_float_cnn_from_the_cli(tmp_path, capsys):
     f = export(zoo_torch.build("mobilenetv2", resolution=RES), tmp_path / "mnv2.onnx")
     np.save(tmp_path / "cal.npy", np.random.default_rng(2).uniform(0, 1, (4, 3, RES, RES)).astype(np.float32))
     out = tmp_path / "mnv2.mlu"
-    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "-o", str(out)]) == 0
+    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "--cores", "2", "-o", str(out)]) == 0
     assert out.exists() and "wrote" in capsys.readouterr().out
     x = np.random.default_rng(3).uniform(0, 1, (1, 3, RES, RES)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
