@@ -110,11 +110,11 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     if host_ops and any(n.op == "cpu" for n in g.nodes):
         return Compiled(None, g, absmax, time.perf_counter() - t0, notes)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion)
-    _describe(prog, g, cfg, dtype, per_channel)
+    _describe(prog, g, cfg, dtype, per_channel, tasks)
     return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
 
 
-def _describe(prog: Program, g: Graph, cfg, dtype: str, per_channel: bool) -> None:
+def _describe(prog: Program, g: Graph, cfg, dtype: str, per_channel: bool, tasks: int | None) -> None:
     """The program's config and the facts reports print about it (sizes, traffic bounds, fusions)."""
     inp = prog.tensor("input")
     out_bytes = sum(t.nbytes for t in prog.tensors if t.role == "output")

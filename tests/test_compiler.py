@@ -320,7 +320,7 @@ def test_data_scale_scales_layer_inputs_and_per_channel_weights():
     bit-exact against the reference quantized the same way."""
     x = np.random.default_rng(3).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
     for per_channel in (True, False):
-        one, half = (compile_model("lenet5", batch=2, samples=[x], per_channel=per_channel, data_scale=ds)
+        one, half = (compile_model("lenet5", batch=2, samples=[x], per_channel=per_channel, data_scale=ds, tasks=2)
                      for ds in (1.0, 0.5))
         for name in ("input", "conv1", "conv2", "fc1", "fc2"):
             assert half.graph.node(name).q["scale"] == pytest.approx(one.graph.node(name).q["scale"] / 2), name
