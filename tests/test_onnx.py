@@ -53,8 +53,14 @@ def quantize(src, dst, shape, fmt=QuantFormat.QDQ, lo=0.0, hi=1.0):
 
 
 def ort_run(path, x):
+    """ONNX Runtime's answer with exact integer arithmetic. On x86 CPUs without VNNI (SSE4.1, AVX2,
+    AVX512F) its fast u8s8 GEMM (VPMADDUBSW) adds pairs of uint8 x int8 products in saturating
+    int16, so QLinearConv/QGemm/QLinearMatMul go wrong by tens of output steps once weights leave
+    [-64, 63] (per-channel int8 weights always reach +-127); the answer then depends on the host
+    CPU. session.x64quantprecision (ONNX Runtime PR #12088) switches those to u8u8 on such CPUs."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
