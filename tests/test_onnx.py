@@ -28,6 +28,13 @@ from mlusim.sim import simulate  # noqa: E402
 RES = 32
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every network here is built with torch's default initialisation: seed it so that a failure
+    is repeatable (unseeded, the worst error of one test varied from 19 to 58 steps run to run)."""
+    torch.manual_seed(0)
+
+
 def export(net, path, res=RES, opset=13):
     x = torch.rand(1, 3, res, res)
     with warnings.catch_warnings():
@@ -305,7 +312,7 @@ def test_asymmetric_grouped_conv_split_between_blocks_pads_with_its_zero_point(t
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1, groups=2),
                               torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 4))
     q = quantize(export(net, tmp_path / "f.onnx", res=8), tmp_path / "q.onnx", (1, 3, 8, 8), lo=-0.5, hi=1.5)
-    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]))     # the grouped conv's weights: 2304 B
+    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]), cluster_fusion=False)  # weights 2304 B
     conv = [k for k in c.program.kernels if k.meta.get("op") == "conv2d"][1]
     assert "(groups split)" in conv.meta["tiling"], conv.meta["tiling"]
     assert c.graph.node(conv.name).q["in_zp"] != 0
