@@ -109,9 +109,21 @@ def _size(member) -> int:
 
 def save(program: Program, path: str | Path) -> None:
     """Write `program` to `path` (the target config, if any, is recorded alongside)."""
+    _write(program, path, str(path))
+
+
+def dumps(program: Program, origin: str = "<program>") -> bytes:
+    """The bytes `save` would write (the torch shim keeps a traced program in memory this way)."""
+    buf = io.BytesIO()
+    _write(program, buf, origin)
+    return buf.getvalue()
+
+
+def _write(program: Program, target, origin: str) -> None:
+    """Write the zip to `target`, a path or a binary file object; errors name `origin`."""
     from mlusim.isa.encoding import encode_stream
 
-    _check_savable(program, str(path))
+    _check_savable(program, origin)
     members: dict[str, bytes | tuple[bytes, np.ndarray]] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
@@ -136,15 +148,15 @@ def save(program: Program, path: str | Path) -> None:
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
-        raise ModelFileError(f"{path}: cannot record program metadata: {e}") from None
+        raise ModelFileError(f"{origin}: cannot record program metadata: {e}") from None
     try:
-        with zipfile.ZipFile(path, "w") as zf:
+        with zipfile.ZipFile(target, "w") as zf:
             _member(zf, "mimetype", MIMETYPE, compress=False)
             _member(zf, "manifest.json", text)
             for name, data in members.items():
                 _member(zf, name, data)
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
+        raise ModelFileError(f"{origin}: cannot write model file: {e.strerror or e}") from None
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
@@ -304,11 +316,21 @@ def load(path: str | Path) -> Program:
             head = fh.read(4)
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{origin}: cannot read model file: {getattr(e, 'strerror', None) or e}") from None
+    return _read_zip(p, head, origin)
+
+
+def loads(data: bytes, origin: str = "<bytes>") -> Program:
+    """A program from the bytes of a .mlu file (`dumps`), checked as `load` checks a file."""
+    return _read_zip(io.BytesIO(data), bytes(data[:4]), origin)
+
+
+def _read_zip(source, head: bytes, origin: str) -> Program:
+    """Open the zip at `source` (a path or a binary file object whose first bytes are `head`)."""
     if head != b"PK\x03\x04":
         raise ModelFileError(f"{origin}: not an mlusim model (no zip signature; is it an assembly file? "
                              f"use `mlusim asm`)")
     try:
-        with zipfile.ZipFile(p) as zf:
+        with zipfile.ZipFile(source) as zf:
             return _load(zf, origin)
     except MlusimError:
         raise

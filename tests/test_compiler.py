@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlusim import mlufile
 from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.driver import compile_graph, compile_model
 from mlusim.compiler.graph import Builder, Graph, Node, infer_shapes
@@ -310,6 +311,39 @@ def test_firstconv_is_exact_at_the_borders_of_padded_and_strided_convs(stride, d
     assert err <= 2 * base + 1e-6 * np.abs(want[host.output]).max(), (err, base)
     out = simulate(c.program, cores=2, inputs={"input": x}).outputs["output"]
     assert np.array_equal(out, q)
+
+
+def test_data_scale_scales_layer_inputs_and_per_channel_weights():
+    """Cambricon's data_scale: the range of each conv/linear input (LeNet-5: the image, conv1,
+    conv2 through the flatten, fc1, fc2) and of each per-channel weight channel is multiplied by it;
+    the logits (fc3, read by no layer) and per-tensor weights keep their ranges. The program stays
+    bit-exact against the reference quantized the same way."""
+    x = np.random.default_rng(3).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    for per_channel in (True, False):
+        one, half = (compile_model("lenet5", batch=2, samples=[x], per_channel=per_channel, data_scale=ds, tasks=2)
+                     for ds in (1.0, 0.5))
+        for name in ("input", "conv1", "conv2", "fc1", "fc2"):
+            assert half.graph.node(name).q["scale"] == pytest.approx(one.graph.node(name).q["scale"] / 2), name
+        assert half.graph.node("fc3").q["scale"] == one.graph.node("fc3").q["scale"]
+        for name in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+            ws = (one.graph.node(name).q["w_scale"], half.graph.node(name).q["w_scale"])
+            assert np.allclose(ws[1], ws[0] / 2) if per_channel else np.array_equal(ws[1], ws[0]), name
+        out = simulate(half.program, cores=2, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out, run_quant(half.graph, x)["__output__"])
+    with pytest.raises(CompileError, match="data_scale must be a positive number"):
+        compile_model("lenet5", batch=1, data_scale=0.0)
+
+
+def test_a_calibration_given_in_node_order_is_used_as_it_is():
+    """absmax as one value per node of the prepared graph (how the torch shim saves it) compiles to
+    the same program as the calibration by name; a list of another length is refused."""
+    x = np.random.default_rng(4).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    ref = compile_model("lenet5", batch=2, samples=[x])
+    ordered = [ref.absmax[n.name] for n in ref.graph.nodes]
+    again = compile_graph(zoo.build("lenet5", 2), absmax=ordered)
+    assert mlufile.dumps(again.program) == mlufile.dumps(ref.program)
+    with pytest.raises(CompileError, match="calibration has 6 values but lenet5's prepared graph has 7 nodes"):
+        compile_graph(zoo.build("lenet5", 2), absmax=ordered[:-1])
 
 
 def test_firstconv_rejects_a_mean_of_the_wrong_length():

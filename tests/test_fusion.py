@@ -157,4 +157,5 @@ def test_report_times_each_layer_of_a_segment():
         assert max(jobs) <= k["cycles"]
         assert all(layer["cycles"] > 0 for layer in k["layers"])
     text = render(res, s)
-    assert "indented rows: the layers of a fused segment" in text and f"  {seg['layer_names'][-1]}" in text
+    last = [x["layer"] for x in s["layers"] if x["fused"]][-1]      # (dequantize output) -> <output>.dequantize
+    assert "indented rows: the layers of a fused segment" in text and f"  {last} " in text

@@ -24,13 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TREES = {"mlusim": ROOT / "mlusim", "mlusim.compiler": ROOT / "compiler", "torch_mlu": ROOT / "torch_mlu"}
 MAX_LINES = 100
-# Pending: the shim's torch_mlu/core modules (mlu_model <-> training_ops <-> adaptive_training, and
-# their imports of each other's private state) are being untangled by issue 18's shim work. Delete
-# this exemption, and its two uses below, once that lands.
-PENDING_SHIM = "torch_mlu.core."
-# Pending too: the torch frontend unwraps the shim's mlu tensors with torch_mlu.core.device (an
-# upward import; the shim's compile path is being reworked in issue 18). Delete once it is gone.
-PENDING_FRONTEND = "mlusim.compiler.frontend_torch -> torch_mlu.core.device"
 
 
 def module_files(trees: dict[str, Path]) -> dict[str, Path]:
@@ -180,7 +173,7 @@ def test_the_trees_are_all_read():
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(GRAPH) if not all(m.startswith(PENDING_SHIM) for m in c)]   # PENDING_SHIM
+    found = cycles(GRAPH)
     assert not found, found
 
 
@@ -189,7 +182,7 @@ def test_no_function_over_100_lines():
 
 
 def test_no_imports_of_private_names():
-    found = [f for f in private_imports(MODS) if not f.startswith(PENDING_SHIM)]            # PENDING_SHIM
+    found = private_imports(MODS)
     assert not found, found
 
 
@@ -202,7 +195,6 @@ def test_compiler_points_down_to_isa_and_program():
            for t in deps if t.startswith(engine_or_up)]
     bad += [f"{m} -> {t}" for m, deps in GRAPH.items() if not m.startswith(("mlusim.commands", "mlusim.cli"))
             and m != "mlusim.__main__" for t in deps if t.startswith(("mlusim.commands", "mlusim.cli"))]
-    bad = [b for b in bad if b != PENDING_FRONTEND]                                          # PENDING_FRONTEND
     assert not bad, bad
 
 

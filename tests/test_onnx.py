@@ -28,6 +28,13 @@ from mlusim.sim import simulate  # noqa: E402
 RES = 32
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every network here is built with torch's default initialisation: seed it so that a failure
+    is repeatable (unseeded, the worst error of one test varied from 19 to 58 steps run to run)."""
+    torch.manual_seed(0)
+
+
 def export(net, path, res=RES, opset=13):
     x = torch.rand(1, 3, res, res)
     with warnings.catch_warnings():
@@ -53,8 +60,14 @@ def quantize(src, dst, shape, fmt=QuantFormat.QDQ, lo=0.0, hi=1.0):
 
 
 def ort_run(path, x):
+    """ONNX Runtime's answer with exact integer arithmetic. On x86 CPUs without VNNI (SSE4.1, AVX2,
+    AVX512F) its fast u8s8 GEMM (VPMADDUBSW) adds pairs of uint8 x int8 products in saturating
+    int16, so QLinearConv/QGemm/QLinearMatMul go wrong by tens of output steps once weights leave
+    [-64, 63] (per-channel int8 weights always reach +-127); the answer then depends on the host
+    CPU. session.x64quantprecision (ONNX Runtime PR #12088) switches those to u8u8 on such CPUs."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
@@ -206,7 +219,7 @@ def test_float_cnn_from_the_cli(tmp_path, capsys):
     f = export(zoo_torch.build("mobilenetv2", resolution=RES), tmp_path / "mnv2.onnx")
     np.save(tmp_path / "cal.npy", np.random.default_rng(2).uniform(0, 1, (4, 3, RES, RES)).astype(np.float32))
     out = tmp_path / "mnv2.mlu"
-    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "-o", str(out)]) == 0
+    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "--cores", "2", "-o", str(out)]) == 0
     assert out.exists() and "wrote" in capsys.readouterr().out
     x = np.random.default_rng(3).uniform(0, 1, (1, 3, RES, RES)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -299,7 +312,7 @@ def test_asymmetric_grouped_conv_split_between_blocks_pads_with_its_zero_point(t
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1, groups=2),
                               torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 4))
     q = quantize(export(net, tmp_path / "f.onnx", res=8), tmp_path / "q.onnx", (1, 3, 8, 8), lo=-0.5, hi=1.5)
-    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]))     # the grouped conv's weights: 2304 B
+    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]), cluster_fusion=False)  # weights 2304 B
     conv = [k for k in c.program.kernels if k.meta.get("op") == "conv2d"][1]
     assert "(groups split)" in conv.meta["tiling"], conv.meta["tiling"]
     assert c.graph.node(conv.name).q["in_zp"] != 0
