@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from mlusim.cores.core import Core
+from mlusim.cores.core import Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord
@@ -189,7 +189,7 @@ class Chip:
             busy = {u: s for u, s in c.state.items() if s != "idle"}
             if busy:
                 task = f"task {c.task.taskid} of '{c.task.kernel.name}'" if c.task else "no task"
-                parts = "; ".join(f"{u}: {s}" for u, s in busy.items())
+                parts = "; ".join(f"{u}: {describe_state(s)}" for u, s in busy.items())
                 out.append(f"core {c.id} ({task}): {parts}")
         return out
 

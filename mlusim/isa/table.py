@@ -47,6 +47,8 @@ class OpSpec:
         # (name, offset bits) of every address field: the engine resolves these on each issue
         object.__setattr__(self, "addr_fields", tuple((f.name, f.bits) for f in self.fields
                                                       if isinstance(f, Addr)))
+        # names of its branch-target fields: a program's validation checks each lands in the stream
+        object.__setattr__(self, "target_fields", tuple(f.name for f in self.fields if isinstance(f, Target)))
 
     @property
     def queued(self) -> bool:
