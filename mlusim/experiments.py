@@ -67,35 +67,37 @@ def compiles_on_the_fly(spec) -> bool:
     return spec.lower() in ZOO
 
 
-def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None):
+def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None,
+                    cache: bool = True):
     """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
 
     A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
     is compiled for `cfg`, `batch` and `cores` parallel tasks (default: every core of `cfg`), so a
-    scaling run or sweep point never times a program tiled for some other machine."""
+    scaling run or sweep point never times a program tiled for some other machine; through the
+    compile cache unless `cache` is False (mlusim/compile_cache.py)."""
     from mlusim import mlufile
 
     p = Path(spec)
     if p.suffix.lower() == ".onnx":
-        import sys
-
-        from mlusim.compiler.driver import compile_onnx
+        from mlusim.cached_compile import onnx_program, print_notes
+        from mlusim.config import load_config
         from mlusim.errors import CompileError
 
         if resolution is not None:
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        c = compile_onnx(spec, batch=batch if batch != 1 else None, config=cfg, tasks=cores, cluster_fusion=True)
-        for note in c.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        return c.program
+        prog, extra = onnx_program(spec, cfg or load_config(None), cores, batch=batch if batch != 1 else None,
+                                   cache=cache, cluster_fusion=True)
+        print_notes(extra)
+        return prog
     if not p.exists() and p.suffix == "" and "/" not in spec:
         from mlusim.compiler.zoo import ZOO
 
         if spec.lower() in ZOO:
-            from mlusim.compiler.driver import compile_model
+            from mlusim.cached_compile import zoo_program
+            from mlusim.config import load_config
 
-            return compile_model(spec, batch=batch, resolution=resolution, config=cfg, tasks=cores,
-                                 cluster_fusion=True).program
+            return zoo_program(spec, cfg or load_config(None), cores, batch=batch, resolution=resolution,
+                               cache=cache, cluster_fusion=True)[0]
     if p.suffix in (".s", ".asm"):
         from mlusim.files import read_text
         from mlusim.isa.asm import MAX_SOURCE_CHARS, assemble_program

@@ -107,8 +107,10 @@ def _size(member) -> int:
     return len(member) if isinstance(member, (bytes, bytearray)) else len(member[0]) + member[1].nbytes
 
 
-def save(program: Program, path: str | Path) -> None:
-    """Write `program` to `path` (the target config, if any, is recorded alongside)."""
+def save(program: Program, path: str | Path, compress: bool = True) -> None:
+    """Write `program` to `path` (the target config, if any, is recorded alongside).
+    compress=False stores members as they are: a bigger file, written and read several times
+    faster (the compile cache's entries)."""
     from mlusim.isa.encoding import encode_stream
 
     _check_savable(program, str(path))
@@ -142,7 +144,7 @@ def save(program: Program, path: str | Path) -> None:
             _member(zf, "mimetype", MIMETYPE, compress=False)
             _member(zf, "manifest.json", text)
             for name, data in members.items():
-                _member(zf, name, data)
+                _member(zf, name, data, compress)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
 

@@ -154,7 +154,7 @@ def _program(task: dict, blob):
                 tmp.write_bytes(blob)
                 os.replace(tmp, spec_path)   # atomic: threads of one worker may race here
             spec = str(spec_path)
-        prog = resolve_program(spec, cfg, cores=cores)
+        prog = resolve_program(spec, cfg, cores=cores, cache=task.get("cache", True))
         if len(_PROGRAMS) >= 8:
             _PROGRAMS.clear()
         _PROGRAMS[key] = prog
@@ -190,7 +190,8 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
 
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
          timing_only: bool = True, max_cycles: float | None = None,
-         max_instructions: int = 20_000_000, max_seconds: float | None = None) -> tuple[list[dict], bytes | None]:
+         max_instructions: int = 20_000_000, max_seconds: float | None = None,
+         cache: bool = True) -> tuple[list[dict], bytes | None]:
     """Every task of the sweep, each with its fully resolved config, plus the program file's bytes.
     Raises on the first bad key or value, naming the point."""
     from mlusim.experiments import default_config, resolve_program
@@ -205,7 +206,7 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
     blob = path.read_bytes() if path.is_file() else None
     digest = hashlib.sha256(blob if blob is not None else spec.encode()).hexdigest()[:16]
     base_cfg = default_config(None, base_config) if base_config is not None else None
-    program = resolve_program(spec, base_cfg)
+    program = resolve_program(spec, base_cfg, cache=cache)
     tasks = []
     for values in points(params):
         try:
@@ -217,14 +218,14 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
             tasks.append({"index": len(tasks), "spec": spec, "digest": digest, "suffix": path.suffix,
                           "values": values, "cores": int(n), "config": cfg.to_dict(), "config_origin": cfg.source,
                           "timing_only": timing_only, "max_cycles": max_cycles,
-                          "max_instructions": max_instructions, "max_seconds": max_seconds})
+                          "max_instructions": max_instructions, "max_seconds": max_seconds, "cache": cache})
     return tasks, blob
 
 
 def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
           jobs: int | None = None, cluster=None, cluster_timeout: float = 10.0, timing_only: bool = True,
           max_cycles: float | None = None, max_instructions: int = 20_000_000,
-          progress: Callable | None = None, max_seconds: float | None = None) -> list[dict]:
+          progress: Callable | None = None, max_seconds: float | None = None, cache: bool = True) -> list[dict]:
     """Run the cross product of `params` (config key -> values) x `cores` for program `spec`.
 
     Returns one row per point in cross-product order: the swept values (dotted config keys), `cores`,
@@ -235,7 +236,7 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
-                       max_instructions=max_instructions, max_seconds=max_seconds)
+                       max_instructions=max_instructions, max_seconds=max_seconds, cache=cache)
     if cluster is not None:
         rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
     elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:

@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op, no fusion")
     p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="weight seed")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
+    p.add_argument("--no-cache", action="store_true", help="compile afresh, bypassing the compile cache")
     add_config_args(p)
     p.set_defaults(func=cmd_compile)
 
@@ -39,39 +40,40 @@ def register(sub) -> None:
 
 def cmd_compile(args) -> int:
     from mlusim import mlufile
-    from mlusim.compiler.driver import compile_model, compile_onnx
+    from mlusim.cached_compile import onnx_program, print_notes, zoo_program
     from mlusim.config import load_config
 
     if (args.source is None) == (args.model is None):
         raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
                            "(--model NAME), not " + ("both" if args.source else "neither"))
     cfg = load_config(args.config, args.overrides)
-    kw = dict(config=cfg, tasks=args.cores, dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse,
-              cluster_fusion=args.cluster_fusion)
+    kw = dict(dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse,
+              cluster_fusion=args.cluster_fusion, cache=not args.no_cache)
+    t0 = time.perf_counter()
     if args.source:
         if args.resolution is not None:
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        c = compile_onnx(args.source, batch=args.batch, calibrate=args.calibrate, **kw)
+        program, extra = onnx_program(args.source, cfg, args.cores, batch=args.batch, calibrate=args.calibrate, **kw)
         label = Path(args.source).stem
     else:
         if args.calibrate:
             raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
-        c = compile_model(args.model, batch=1 if args.batch is None else args.batch, resolution=args.resolution, seed=args.seed, **kw)
+        program, extra = zoo_program(args.model, cfg, args.cores, batch=1 if args.batch is None else args.batch,
+                                     resolution=args.resolution, seed=args.seed, **kw)
         label = args.model
-    for note in c.notes:
-        print(f"warning: {note}", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    print_notes(extra)
     out = args.output or f"{label}.mlu"
     t0 = time.perf_counter()
-    mlufile.save(c.program, out)
-    m = c.program.meta
-    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name}, {len(c.program.kernels)} kernels, "
-          f"{c.program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
-          f"{m['weight_bytes'] / 2**20:.1f} MiB ({c.seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
+    mlufile.save(program, out)
+    m = program.meta
+    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name}, {len(program.kernels)} kernels, "
+          f"{program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
+          f"{m['weight_bytes'] / 2**20:.1f} MiB ({seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
     if m.get("cluster_fusion"):
         print(f"  cluster fusion: {m['cluster_fusion']}")
-    for node in c.graph.nodes:
-        if node.fused:
-            print(f"  fused {node.name}: {' + '.join([node.op] + node.fused)}")
+    for name, ops in extra.get("fused", []):
+        print(f"  fused {name}: {' + '.join(ops)}")
     return 0
 
 

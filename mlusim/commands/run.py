@@ -47,6 +47,8 @@ def register(sub) -> None:
                         "spread (every layer tiled over every core, one image over all clusters); default: the "
                         "config's runtime.schedule")
     p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster)")
+    p.add_argument("--no-cache", action="store_true", help="compile a zoo or ONNX model afresh, bypassing the "
+                   "compile cache (~/.cache/mlusim, or $MLUSIM_CACHE_DIR)")
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
@@ -116,7 +118,7 @@ def cmd_run(args) -> int:
         check_counts(counts)
         per_cluster = _schedule(args, cfg) == "per-cluster"
         program = None if per_cluster else resolve_program(args.program, cfg, cores=counts[0], batch=args.batch,
-                                                           resolution=args.resolution)
+                                                           resolution=args.resolution, cache=not args.no_cache)
     else:
         if args.batch != 1:
             raise CompileError(f"--batch applies to zoo and ONNX models; {args.program} is already compiled")
@@ -136,7 +138,8 @@ def cmd_run(args) -> int:
             res = _run_per_cluster(args, cfg, n)
         else:
             if on_the_fly and i:    # re-tiled for the cores it runs on
-                program = resolve_program(args.program, cfg, cores=n, batch=args.batch, resolution=args.resolution)
+                program = resolve_program(args.program, cfg, cores=n, batch=args.batch, resolution=args.resolution,
+                                          cache=not args.no_cache)
             cb = progress.start(f"{n} core(s)", len(program.kernels))
             try:
                 res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=args.timing_only,
@@ -204,7 +207,7 @@ def _run_per_cluster(args, cfg, cores: int):
     """Compile and simulate the vendor runtime's per-cluster schedule on `cores` cores."""
     from mlusim.schedule import plan_per_cluster, run_per_cluster
 
-    plan = plan_per_cluster(args.program.lower(), args.batch, cfg, cores, args.resolution)
+    plan = plan_per_cluster(args.program.lower(), args.batch, cfg, cores, args.resolution, cache=not args.no_cache)
     inputs = parse_inputs(args.input, plan.trunk)
     return run_per_cluster(plan, cfg, inputs=inputs, timing_only=args.timing_only, max_cycles=args.max_cycles,
                            max_instructions=args.max_instructions)

@@ -37,6 +37,8 @@ def register(sub) -> None:
                    help="per point: stop with an error past this much wall time (default 3600)")
     p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument("--no-cache", action="store_true", help="compile zoo and ONNX models afresh, bypassing the "
+                   "compile cache")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -64,7 +66,7 @@ def _options(args) -> dict:
             "timing_only": timing_only,
             "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
             "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000,
-            "max_seconds": args.max_seconds}
+            "max_seconds": args.max_seconds, "cache": not args.no_cache}
 
 
 def cmd_sweep(args) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mlusim.errors import AssemblyError, EncodingError
-from mlusim.isa.fields import NUM_REGS, Addr, as_int, encoded_width
+from mlusim.isa.fields import NUM_REGS, Addr, as_int
 from mlusim.isa.table import BY_MNEMONIC, BY_OPCODE, OpSpec
 
 
@@ -33,9 +33,12 @@ class Instr:
         if op is None:
             raise EncodingError(f"unknown instruction {str(mnemonic)[:40]!r}")
         args: dict[str, int] = {}
-        for f in op.fields:
-            if f.name in kwargs:
-                v = kwargs.pop(f.name)
+        for f, name, _shift, _width, (lo, hi) in op.layout:
+            if name in kwargs:
+                v = kwargs.pop(name)
+                if type(v) is int and lo <= v <= hi:      # the common case: a plain in-range int
+                    args[name] = v
+                    continue
                 if isinstance(f, Addr) and isinstance(v, tuple):
                     v = _addr_pair(f, v, mnemonic)
                 elif isinstance(v, str):
@@ -43,11 +46,11 @@ class Instr:
                         v = f.parse(v, None, 0)
                     except AssemblyError as e:
                         raise EncodingError(f"{mnemonic}: {e}") from None
-                args[f.name] = f.check(v, mnemonic)
+                args[name] = f.check(v, mnemonic)
             elif f.default is not None:
-                args[f.name] = f.default
+                args[name] = f.default
             else:
-                raise EncodingError(f"{mnemonic}: missing field '{f.name}'")
+                raise EncodingError(f"{mnemonic}: missing field '{name}'")
         if kwargs:
             raise EncodingError(f"{mnemonic}: unknown field(s) {', '.join(sorted(kwargs))}")
         return cls(op, args)
@@ -76,11 +79,9 @@ def _addr_pair(f: Addr, pair: tuple, mnemonic: str) -> int:
 def encode(ins: Instr) -> bytes:
     op = ins.op
     word = op.opcode
-    shift = 8
-    for f in op.fields:
-        v = f.check(ins.args[f.name], op.mnemonic)
-        word |= f.pack(v) << shift
-        shift += encoded_width(f)
+    args = ins.args
+    for f, name, shift, _width, _range in op.layout:
+        word |= f.pack(f.check(args[name], op.mnemonic)) << shift
     return word.to_bytes(op.nwords * 4, "little")
 
 
@@ -98,19 +99,16 @@ def decode_one(data: bytes | memoryview, offset: int = 0) -> tuple[Instr, int]:
     end = offset + op.nwords * 4
     if end > len(data):
         raise EncodingError(f"truncated '{op.mnemonic}' at byte {offset}: needs {op.nwords * 4} bytes")
-    word = int.from_bytes(bytes(data[offset:end]), "little")
-    shift = 8
+    word = int.from_bytes(data[offset:end], "little")
     args = {}
-    for f in op.fields:
-        w = encoded_width(f)
-        raw = (word >> shift) & ((1 << w) - 1)
-        shift += w
-        v = f.unpack(raw)
-        lo, hi = f.range()
+    for name, shift, mask, sign, lo, hi in op.decode_layout:
+        v = (word >> shift) & mask
+        if v & sign:                  # a signed field's sign bit: sign-extend (Imm.unpack)
+            v -= sign << 1
         if not lo <= v <= hi:
-            raise EncodingError(f"'{op.mnemonic}' at byte {offset}: field '{f.name}' = {v} is invalid")
-        args[f.name] = v
-    if word >> shift:
+            raise EncodingError(f"'{op.mnemonic}' at byte {offset}: field '{name}' = {v} is invalid")
+        args[name] = v
+    if word >> op.used_bits:
         raise EncodingError(f"'{op.mnemonic}' at byte {offset}: nonzero padding bits")
     return Instr(op, args), end
 
