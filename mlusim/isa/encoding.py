@@ -13,6 +13,11 @@ from mlusim.isa.fields import NUM_REGS, Addr, as_int
 from mlusim.isa.table import BY_MNEMONIC, BY_OPCODE, OpSpec
 
 
+# (id of a table field, text) -> value: Instr.make's enum and dependency names ('g2n', 'ld+st'),
+# parsed once (fields live as long as the table; parsing without labels depends on nothing else)
+_PARSED: dict[tuple[int, str], int] = {}
+
+
 class Instr:
     """One instruction: its table entry and a complete mapping of field name to int value."""
 
@@ -30,23 +35,50 @@ class Instr:
         particular an offset too wide for its field is refused rather than spilling into the
         base-register bits."""
         op = BY_MNEMONIC.get(mnemonic) if isinstance(mnemonic, str) else None
+        if op is not None:   # the compiler's common case: in-range ints and names parsed before
+            ranges, args = op.make_ranges, dict(op.make_template)
+            for k, v in kwargs.items():
+                r = ranges.get(k)
+                if r is None:
+                    break
+                if type(v) is int:
+                    if not r[0] <= v <= r[1]:
+                        break
+                elif type(v) is str:
+                    v = _PARSED.get((r[2], v))
+                    if v is None:
+                        break
+                else:
+                    break
+                args[k] = v
+            else:
+                if op.make_required <= kwargs.keys():
+                    return cls(op, args)
+        return cls._make_checked(op, mnemonic, kwargs)
+
+    @classmethod
+    def _make_checked(cls, op: OpSpec | None, mnemonic, kwargs: dict) -> "Instr":
+        """`make` field by field, with every conversion and a precise error for the first problem."""
         if op is None:
             raise EncodingError(f"unknown instruction {str(mnemonic)[:40]!r}")
         args: dict[str, int] = {}
         for f, name, _shift, _width, (lo, hi) in op.layout:
             if name in kwargs:
                 v = kwargs.pop(name)
-                if type(v) is int and lo <= v <= hi:      # the common case: a plain in-range int
+                if type(v) is int and lo <= v <= hi:      # a plain in-range int
                     args[name] = v
                     continue
+                text = v if isinstance(v, str) else None
                 if isinstance(f, Addr) and isinstance(v, tuple):
                     v = _addr_pair(f, v, mnemonic)
-                elif isinstance(v, str):
+                elif text is not None:
                     try:
                         v = f.parse(v, None, 0)
                     except AssemblyError as e:
                         raise EncodingError(f"{mnemonic}: {e}") from None
                 args[name] = f.check(v, mnemonic)
+                if text is not None and len(_PARSED) < 4096:
+                    _PARSED[(id(f), text)] = args[name]
             elif f.default is not None:
                 args[name] = f.default
             else:

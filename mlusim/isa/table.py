@@ -65,6 +65,11 @@ class OpSpec:
             (name, sh, (1 << w) - 1, (1 << (w - 1)) if isinstance(f, Imm) and f.signed else 0, lo, hi)
             for f, name, sh, w, (lo, hi) in layout))
         object.__setattr__(self, "used_bits", shift)
+        # Instr.make's fast path: every field at its default (required ones filled in by the caller),
+        # each field's (lo, hi, id) for range checks and parsed names, and the required names
+        object.__setattr__(self, "make_template", {f.name: f.default for f in self.fields})
+        object.__setattr__(self, "make_ranges", {f.name: (lo, hi, id(f)) for f, _n, _s, _w, (lo, hi) in layout})
+        object.__setattr__(self, "make_required", frozenset(f.name for f in self.fields if f.default is None))
         object.__setattr__(self, "nwords", (shift + 31) // 32)
 
     @property
