@@ -109,13 +109,13 @@ class CompileCache:
             return None
         progs: list[Program] = []
         try:
-            prog = mlufile.load(first)
+            prog = mlufile.load(first, mapped=True)
             extra = prog.meta.pop(EXTRA_KEY, None)
             if not isinstance(extra, dict) or not isinstance(extra.get("files"), int) or extra["files"] < 1:
                 raise ValueError("entry without its facts")
             progs.append(prog)
             for i in range(1, extra["files"]):
-                progs.append(mlufile.load(self._path(key, i)))
+                progs.append(mlufile.load(self._path(key, i), mapped=True))
         except (MlusimError, OSError, ValueError):
             self._discard(key)
             return None

@@ -150,15 +150,7 @@ def save(program: Program, path: str | Path, compress: bool = True) -> None:
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
-                             f"{MAX_MEMBER_BYTES:,}-byte limit")
-    if expect is not None and info.file_size != expect:
-        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes but the "
-                             f"manifest says {expect:,}")
-    if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
-        raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
-                             f"(a zip bomb?)")
+    _check_member(info, origin, expect)
     data = bytearray(info.file_size)
     got = 0
     with zf.open(info) as fh:      # chunk by chunk into one buffer: the member is held once, not twice
@@ -173,6 +165,35 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int |
         raise ModelFileError(f"{origin}: member '{info.filename}' holds {'more than ' if more else ''}{got:,} bytes, "
                              f"its header says {info.file_size:,}")
     return data
+
+
+def _mapped(mm, info: zipfile.ZipInfo, origin: str, expect: int | None) -> memoryview:
+    """A stored (uncompressed) member as a read-only view of the file mapping, its CRC checked."""
+    from mlusim.mapped import crc32_releasing
+
+    _check_member(info, origin, expect)
+    h = info.header_offset
+    if h + 30 > len(mm) or mm[h:h + 4] != b"PK\x03\x04":
+        raise ModelFileError(f"{origin}: member '{info.filename}': no local header where the directory says")
+    start = h + 30 + int.from_bytes(mm[h + 26:h + 28], "little") + int.from_bytes(mm[h + 28:h + 30], "little")
+    if start + info.file_size > len(mm):
+        raise ModelFileError(f"{origin}: member '{info.filename}' runs past the end of the file")
+    view = memoryview(mm)[start:start + info.file_size]
+    if crc32_releasing(view, mm) != info.CRC:
+        raise ModelFileError(f"{origin}: member '{info.filename}': CRC mismatch (a damaged file)")
+    return view
+
+
+def _check_member(info: zipfile.ZipInfo, origin: str, expect: int | None) -> None:
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
+                             f"{MAX_MEMBER_BYTES:,}-byte limit")
+    if expect is not None and info.file_size != expect:
+        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes but the "
+                             f"manifest says {expect:,}")
+    if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
+        raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
+                             f"(a zip bomb?)")
 
 
 KIND_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a mapping"}
@@ -295,8 +316,11 @@ def _tensor_meta(meta, shape: tuple, where: str) -> dict:
     return meta
 
 
-def load(path: str | Path) -> Program:
-    """Read a .mlu file; any problem with it is a ModelFileError naming the file."""
+def load(path: str | Path, mapped: bool = False) -> Program:
+    """Read a .mlu file; any problem with it is a ModelFileError naming the file.
+    mapped=True: constants of stored (uncompressed) members are read-only views of the file mapped
+    into memory (mlusim/mapped.py), for files mlusim wrote and never rewrites in place (the
+    compile cache's)."""
     origin = str(path)
     p = Path(path)
     try:
@@ -310,8 +334,13 @@ def load(path: str | Path) -> Program:
         raise ModelFileError(f"{origin}: not an mlusim model (no zip signature; is it an assembly file? "
                              f"use `mlusim asm`)")
     try:
-        with zipfile.ZipFile(p) as zf:
-            return _load(zf, origin)
+        with open(p, "rb") as fh, zipfile.ZipFile(fh) as zf:
+            mm = None
+            if mapped:
+                from mlusim.mapped import map_file
+
+                mm = map_file(fh.fileno())
+            return _load(zf, origin, mm)
     except MlusimError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
@@ -389,11 +418,11 @@ def _manifest(zf: zipfile.ZipFile, infos: dict, origin: str) -> dict:
 class _Members:
     """Reads the members the manifest refers to, each at most once and at its declared size."""
 
-    def __init__(self, zf: zipfile.ZipFile, infos: dict, sizes: dict, origin: str):
-        self.zf, self.infos, self.sizes, self.origin = zf, infos, sizes, origin
+    def __init__(self, zf: zipfile.ZipFile, infos: dict, sizes: dict, origin: str, mm=None):
+        self.zf, self.infos, self.sizes, self.origin, self.mm = zf, infos, sizes, origin, mm
         self.used: set[str] = set()
 
-    def read(self, name, what: str, limit: int = MAX_MEMBER_BYTES) -> bytearray:
+    def read(self, name, what: str, limit: int = MAX_MEMBER_BYTES) -> bytearray | memoryview:
         origin = self.origin
         if not isinstance(name, str) or name not in self.sizes:
             raise ModelFileError(f"{origin}: manifest: {what} refers to unlisted member {str(name)[:60]!r}")
@@ -405,7 +434,10 @@ class _Members:
         if self.sizes[name] > limit:
             raise ModelFileError(f"{origin}: member {name!r} ({what}) is {self.sizes[name]:,} bytes, over the "
                                  f"{limit:,}-byte limit")
-        return _read(self.zf, self.infos[name], origin, self.sizes[name])
+        info = self.infos[name]
+        if self.mm is not None and info.compress_type == zipfile.ZIP_STORED and info.file_size:
+            return _mapped(self.mm, info, origin, self.sizes[name])
+        return _read(self.zf, info, origin, self.sizes[name])
 
 
 def _check_host_memory(tensors_raw: list, kernels_raw: list, sizes: dict, origin: str) -> None:
@@ -473,7 +505,7 @@ def _kernel(k, i: int, where: str, members: _Members) -> Kernel:
     return Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta)
 
 
-def _load(zf: zipfile.ZipFile, origin: str) -> Program:
+def _load(zf: zipfile.ZipFile, origin: str, mm=None) -> Program:
     infos = _listing(zf, origin)
     man = _manifest(zf, infos, origin)
     where = f"{origin}: manifest"
@@ -481,7 +513,7 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
     tensors_raw = _need(man, "tensors", list, where)
     kernels_raw = _need(man, "kernels", list, where)
     _check_host_memory(tensors_raw, kernels_raw, sizes, origin)
-    members = _Members(zf, infos, sizes, origin)
+    members = _Members(zf, infos, sizes, origin, mm)
     tensors = [_tensor(t, i, where, members) for i, t in enumerate(tensors_raw)]
     kernels = [_kernel(k, i, where, members) for i, k in enumerate(kernels_raw)]
     config = man.get("config")

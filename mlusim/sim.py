@@ -216,12 +216,14 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
         chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:
+        from mlusim.mapped import copy_releasing
+
         buf = chip.gdram.buf
         for t in program.tensors:
             data = t.data if t.role == "const" else feeds.get(t.name)
-            if data is not None:
+            if data is not None:      # constants mapped from a cached file leave no copy behind
                 raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-                buf[t.addr:t.addr + raw.size] = raw
+                copy_releasing(buf[t.addr:t.addr + raw.size], raw)
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     with _fewer_collections():

@@ -121,9 +121,10 @@ class Core:
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
         cache = self.chip.prepared_cache
-        hit = cache.get(key)
-        if hit is not None and hit[0] is ins:
-            return hit[1]
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None and hit[0] is ins:
+                return hit[1]
         if len(key) == 1:
             a = args
         else:
@@ -147,7 +148,7 @@ class Core:
         if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
                                   f"wait for or signal its own queue")
-        if len(cache) < 200_000:
+        if cache is not None and len(cache) < 200_000:
             cache[key] = (ins, prepared)
         return prepared
 
