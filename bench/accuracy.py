@@ -31,7 +31,8 @@ RES = {name: max(32, e.min_resolution) for name, e in ZOO.items()} | {"mnist": 2
 def rel_err(name: str, dtype: str, per_channel: bool, sim: bool, calibrated: bool) -> tuple[float, bool]:
     g = build(name, batch=2, resolution=RES[name])
     x = np.random.default_rng(7).uniform(0, 1, g.input.shape).astype(np.float32)
-    c = compile_graph(g, samples=[x] if calibrated else None, dtype=dtype, per_channel=per_channel)
+    c = compile_graph(g, samples=[x] if calibrated else None, dtype=dtype, per_channel=per_channel,
+                      cluster_fusion=False)
     flt = run_float(c.graph, x)[c.graph.output]
     if sim:
         from mlusim.sim import simulate

@@ -58,11 +58,11 @@ def build(steps: int, tasks: int = 16) -> Program:
 
 def zoo(spec: str, cfg, cache: bool) -> None:
     """One zoo network, NAME:BATCH:CORES: compile (or load from the cache), then simulate."""
-    from mlusim.cached_compile import zoo_program
+    from mlusim.programs import BuildOptions, compile_cached
 
     name, batch, cores = spec.split(":")
     t0 = time.perf_counter()
-    prog, _ = zoo_program(name, cfg, int(cores), batch=int(batch), cache=cache, cluster_fusion=True)
+    prog, _ = compile_cached(name, cfg, int(cores), BuildOptions(batch=int(batch), cache=cache))
     tc = time.perf_counter() - t0
     macs = prog.meta["macs"]
     for timing_only in (True, False):

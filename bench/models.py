@@ -70,7 +70,7 @@ def table(models, batches, cores_list, cfg, fuse: bool) -> None:
 def big_convs_one_core(cfg) -> None:
     order = None
     for batch in (1, 16):
-        c = compile_model("resnet50", batch=batch, config=cfg, tasks=1)
+        c = compile_model("resnet50", batch=batch, config=cfg, tasks=1, cluster_fusion=False)
         s = summarize(simulate(c.program, cfg, cores=1, timing_only=True))
         convs = {k["name"]: k for k in s["kernels"] if k["meta"].get("op") == "conv2d"}
         order = order or sorted(convs, key=lambda n: -convs[n]["macs"])[:10]

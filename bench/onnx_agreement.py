@@ -65,7 +65,7 @@ def main() -> None:
         for name in args.models.split(","):
             t0 = time.perf_counter()
             path = build(name, args.resolution, Path(tmp))
-            c = compile_onnx(path)
+            c = compile_onnx(path, cluster_fusion=False)
             so = ort.SessionOptions()
             so.log_severity_level = 3
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])

@@ -24,7 +24,7 @@ from mlusim.program import Program
 
 @dataclass
 class Compiled:
-    program: Program
+    program: Program | None          # None only for a graph with host nodes compiled with host_ops=True
     graph: Graph                     # optimized, quantized graph (float params kept for the float reference)
     absmax: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -53,15 +53,42 @@ def needs_calibration(g: Graph) -> list[str]:
             and n.op not in ("softmax", "log_softmax")]
 
 
+def prepare_graph(g: Graph, fuse: bool = True, mean=None, std=None) -> Graph:
+    """The graph as calibration and quantization see it: optimized (batch norm folded, activations,
+    pools and residual adds fused), and, given a mean or std, the input normalisation folded into
+    the first conv (Cambricon's firstconv). Modifies `g` in place and returns it."""
+    g = passes.optimize(g, fuse=fuse)
+    if mean is not None or std is not None:
+        quant.firstconv(g, mean if mean is not None else [0.0], std if std is not None else [1.0])
+    return g
+
+
+def _given_absmax(g: Graph, absmax: dict[str, float] | list[float]) -> dict[str, float]:
+    """A calibration made beforehand: by node name, or one value per node of the prepared graph in
+    order (the torch shim saves it so, in a state_dict buffer)."""
+    if isinstance(absmax, dict):
+        return absmax
+    if len(absmax) != len(g.nodes):
+        raise CompileError(f"the calibration has {len(absmax)} values but {g.name}'s prepared graph has "
+                           f"{len(g.nodes)} nodes: it was made for another model")
+    return {n.name: float(v) for n, v in zip(g.nodes, absmax)}
+
+
 def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None, dtype: str = "int8",
                   per_channel: bool = True, fuse: bool = True, use_avg: bool = False,
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
-                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = False,
-                  absmax: dict[str, float] | None = None) -> Compiled:
+                  warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = True,
+                  absmax: dict[str, float] | list[float] | None = None, data_scale: float = 1.0,
+                  host_ops: bool = False) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
-    model says it pays (True, or a FusionOptions choosing the features); the program then needs
-    whole clusters (`tasks` a multiple of their size).
-    absmax: a calibration already made (of this graph or one it is a prefix of), used as it is."""
+    model says it pays (True, the default of every entry: CLI, API, shim; or a FusionOptions
+    choosing the features); the program then needs whole clusters (`tasks` a multiple of their size).
+    tasks: the cores to tile for (default: all of the config's), recorded as `compiled_for_cores`.
+    absmax: a calibration already made (of this graph or one it is a prefix of), used as it is: by
+    node name, or a list with one value per node of the prepared graph (prepare_graph), in order.
+    data_scale: Cambricon's qconfig key (quant.quantize says what it scales).
+    host_ops: a graph with host (`cpu`) nodes is quantized but not lowered as a whole
+    (Compiled.program is None): the torch shim runs such graphs node by node."""
     from mlusim.config import HardwareConfig, load_config
 
     from mlusim import budget
@@ -71,24 +98,31 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     budget.check(host_bytes_lower_bound(g), f"compiling {g.meta.get('model', 'this model')} at input shape "
                  f"{list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
-    g = passes.optimize(g, fuse=fuse)
-    if mean is not None or std is not None:
-        quant.firstconv(g, mean if mean is not None else [0.0], std if std is not None else [1.0])
+    g = prepare_graph(g, fuse, mean, std)
     todo = needs_calibration(g)
     if todo and not samples and warn_synthetic:
         notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
                      f"random inputs uniform in [0, 1), which may not resemble real data")
     if absmax is None:
         absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
-    quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed)
+    absmax = _given_absmax(g, absmax)
+    quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed, data_scale=data_scale)
+    if host_ops and any(n.op == "cpu" for n in g.nodes):
+        return Compiled(None, g, absmax, time.perf_counter() - t0, notes)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion)
+    _describe(prog, g, cfg, dtype, per_channel, tasks)
+    return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
+
+
+def _describe(prog: Program, g: Graph, cfg, dtype: str, per_channel: bool, tasks: int | None) -> None:
+    """The program's config and the facts reports print about it (sizes, traffic bounds, fusions)."""
     inp = prog.tensor("input")
     out_bytes = sum(t.nbytes for t in prog.tensors if t.role == "output")
     wbytes = quant.weight_bytes(g)
     prog.config = cfg.to_dict()
     prog.meta.update({k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))})
     prog.meta.update(macs=g.macs(), weight_bytes=wbytes, parameters=g.parameter_count(), quant_dtype=dtype,
-                     per_channel=per_channel, target=cfg.name,
+                     per_channel=per_channel, target=cfg.name, compiled_for_cores=tasks or cfg.chip.cores,
                      min_traffic_bytes=wbytes + inp.nbytes // 4 + out_bytes,
                      layer_traffic_bytes=layer_traffic_bytes(g),
                      fused=", ".join(f"{n.name}: {'+'.join([n.op] + n.fused)}" for n in g.nodes if n.fused))
@@ -97,7 +131,6 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     if segs:
         prog.meta["cluster_fusion"] = (f"{len(segs)} segment(s) in cluster SRAM covering "
                                        f"{sum(len(k.meta['fused']) for k in segs)} layers; needs whole clusters")
-    return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
 
 
 def layer_traffic_bytes(g: Graph) -> int:

@@ -8,8 +8,10 @@ host, as Cambricon's stack does for unsupported layers.
 from __future__ import annotations
 
 import contextlib
-
 import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,10 +19,19 @@ from mlusim.compiler.graph import Graph, Node, infer_shapes
 from mlusim.errors import CompileError
 
 
-def _np(t) -> np.ndarray:
-    from torch_mlu.core.device import cpu_of
+@dataclass(frozen=True)
+class DeviceAccess:
+    """How the front end reaches a module whose weights live on a device it cannot compute on by
+    itself (the torch shim's simulated `mlu`, whose float convs are refused): the caller passes one.
+    Weights are read with `.cpu()` either way; shapes are propagated where the weights are, on
+    `to_device(example)` under `run_float()`."""
 
-    return cpu_of(t.detach()).float().numpy().copy()
+    to_device: Callable[[Any], Any]             # a CPU tensor moved to the weights' device
+    run_float: Callable[[], contextlib.AbstractContextManager]   # where its float forward may run there
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().float().numpy().copy()
 
 
 def _pair(v):
@@ -176,12 +187,12 @@ def _value_prop(gm):
     return ValueProp(gm)
 
 
-def from_torch(module, example_input, allow_cpu: bool = False, name: str | None = None) -> Graph:
-    """Trace `module` (eval mode semantics) into the IR; shapes from `example_input`."""
+def from_torch(module, example_input, allow_cpu: bool = False, name: str | None = None,
+               device_access: DeviceAccess | None = None) -> Graph:
+    """Trace `module` (eval mode semantics) into the IR; shapes from `example_input`. A module
+    whose weights are on a device torch's CPU build does not compute on needs `device_access`."""
     import torch
     import torch.fx as fx
-
-    from torch_mlu.core.device import cpu_of
 
     try:
         gm = fx.symbolic_trace(module)
@@ -191,13 +202,10 @@ def from_torch(module, example_input, allow_cpu: bool = False, name: str | None 
     if len(inputs) != 1:
         raise CompileError(f"{type(module).__name__}: forward takes {len(inputs)} inputs ({', '.join(inputs)}); "
                            f"only single-input models are supported")
-    x = cpu_of(example_input).detach().float()
+    x = example_input.detach().cpu().float()
     probe, host = x, contextlib.nullcontext()
-    param = next(iter(module.parameters()), None)
-    if param is not None and param.device.type == "mlu":     # shapes are propagated where the weights are
-        from torch_mlu.core.device import host_float, to_mlu
-
-        probe, host = to_mlu(x), host_float()
+    if device_access is not None:        # shapes are propagated where the weights are
+        probe, host = device_access.to_device(x), device_access.run_float()
     was_training = module.training
     module.eval()
     try:

@@ -116,11 +116,15 @@ def _mults(ratios) -> tuple[np.ndarray, np.ndarray]:
     return np.array([m for m, _ in ms], np.int32), np.array([sh for _, sh in ms], np.int32)
 
 
-def _weights(w: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+def _weights(w: np.ndarray, per_channel: bool, qmax: int, data_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric integer weights and their scales, per output channel or one for the tensor.
+    `data_scale` multiplies per-channel ranges only (see quantize)."""
     flat = w.reshape(w.shape[0], -1)
     amax = np.abs(flat).max(axis=1).astype(np.float64)
     if not per_channel:
         amax[:] = amax.max()
+    elif data_scale != 1.0:
+        amax *= data_scale
     s_w = np.where(amax > 0, amax / qmax, 1.0)
     q = flat / s_w.astype(np.float32)[:, None]
     np.rint(q, out=q)
@@ -195,7 +199,7 @@ def acc_position(wq: np.ndarray, in_qmax: int, acc_scale, bias, res_scale, res_q
 
 
 def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel: bool, fixed: bool,
-                  scale: dict, zps: dict) -> None:
+                  scale: dict, zps: dict, data_scale: float = 1.0) -> None:
     """A conv or linear layer's integer weights, int32 bias, requantize multipliers and clamp, and
     a residual join's shortcut rescale. `fixed`: the model fixes this node's output quantization.
     An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position)."""
@@ -204,9 +208,9 @@ def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel:
     if "qweight" in n.params:
         wq, s_w = n.params["qweight"], n.params["w_scale"].astype(np.float64)
     elif dt == "int16" and _depthwise(n):
-        wq, s_w = _weights(n.params["weight"], per_channel, depthwise_qmax(n, _in_qmax(g, n, qmax)))
+        wq, s_w = _weights(n.params["weight"], per_channel, depthwise_qmax(n, _in_qmax(g, n, qmax)), data_scale)
     else:
-        wq, s_w = _weights(n.params["weight"], per_channel, qmax)
+        wq, s_w = _weights(n.params["weight"], per_channel, qmax, data_scale)
     res_scale = scale[n.inputs[1]] if n.attrs.get("residual") else None
     pos = 0 if dt == "int8" or _depthwise(n) else acc_position(wq, _in_qmax(g, n, qmax), src * s_w,
                                                                n.params.get("bias"), res_scale, QMAX[dt])
@@ -245,12 +249,42 @@ def _activation_params(n: Node, q: dict, src: float, s: float, fixed: bool, scal
         q["lo"], q["hi"] = _act_bounds(None, s, q["qmax"], q["zp"], fixed)
 
 
+def layer_input_sources(g: Graph) -> set[str]:
+    """The nodes whose calibrated range sets the scale a conv or linear layer reads its input at:
+    each such layer's (first) input, followed up through ops that pass their input's scale on."""
+    out = set()
+    for n in g.nodes:
+        if n.op in ("conv2d", "linear"):
+            src = g.node(n.inputs[0])
+            while src.op in PRESERVING and src.inputs:
+                src = g.node(src.inputs[0])
+            out.add(src.name)
+    return out
+
+
+def scaled_ranges(g: Graph, absmax: dict[str, float], data_scale: float) -> dict[str, float]:
+    """Cambricon's `data_scale`: every conv/linear layer input's calibrated range times it (its
+    observers multiply each batch's min and max by it: Cambricon/catch torch_mlu/core/quantized/
+    observer.py, on the input of every quantized Conv/Linear, modules/conv.py and linear.py)."""
+    if data_scale == 1.0:
+        return absmax
+    inputs = layer_input_sources(g)
+    return {k: (v * data_scale if k in inputs else v) for k, v in absmax.items()}
+
+
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
-             mixed: dict[str, str] | None = None) -> Graph:
+             mixed: dict[str, str] | None = None, data_scale: float = 1.0) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
-    Nodes with a model-given quantization (attrs 'quant') keep it; the rest are calibrated."""
+    Nodes with a model-given quantization (attrs 'quant') keep it; the rest are calibrated.
+    `data_scale` (Cambricon's qconfig key, default 1) multiplies the calibrated range of every
+    conv/linear input (scaled_ranges) and, with per_channel, every weight channel's range: Cambricon's
+    per-channel weight observer gets the user's qconfig, its per-tensor one the default (data_scale
+    1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps."""
     if dtype not in QMAX:
         raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
+    if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
+        raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
+    absmax = scaled_ranges(g, absmax, float(data_scale))
     mixed = mixed or {}
     scale: dict[str, float] = {}
     zps: dict[str, int] = {}
@@ -294,7 +328,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
             if fx:
                 q["div_scale"] = float(np.float32(s))
         elif n.op in ("conv2d", "linear"):
-            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps)
+            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps, float(data_scale))
         elif n.op in ("avgpool", "gap"):
             count = (n.attrs["kernel"][0] * n.attrs["kernel"][1]) if n.op == "avgpool" else None
             if count is None:

@@ -13,7 +13,7 @@ from mlusim.errors import CompileError
 from mlusim.compiler import zoo_classify as zc
 from mlusim.compiler import zoo_detect as zd
 from mlusim.compiler.graph import Builder, Graph
-from mlusim.compiler.zoo_layers import conv_bn as _conv_bn
+from mlusim.compiler.zoo_layers import conv_bn
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,18 @@ def lenet5(batch: int, res: int, seed: int) -> Graph:
 
 def _basic(b: Builder, x: str, co: int, stride: int, name: str) -> str:
     ci = b.channels(x)
-    y = _conv_bn(b, x, co, 3, stride, 1, name=f"{name}.1")
-    y = _conv_bn(b, y, co, 3, 1, 1, act=None, name=f"{name}.2")
-    sc = _conv_bn(b, x, co, 1, stride, act=None, name=f"{name}.down") if stride != 1 or ci != co else x
+    y = conv_bn(b, x, co, 3, stride, 1, name=f"{name}.1")
+    y = conv_bn(b, y, co, 3, 1, 1, act=None, name=f"{name}.2")
+    sc = conv_bn(b, x, co, 1, stride, act=None, name=f"{name}.down") if stride != 1 or ci != co else x
     return b.unary("relu", b.binary("add", y, sc, name=f"{name}.add"))
 
 
 def _bottleneck(b: Builder, x: str, width: int, stride: int, name: str) -> str:
     ci, co = b.channels(x), width * 4
-    y = _conv_bn(b, x, width, 1, name=f"{name}.1")
-    y = _conv_bn(b, y, width, 3, stride, 1, name=f"{name}.2")
-    y = _conv_bn(b, y, co, 1, act=None, name=f"{name}.3")
-    sc = _conv_bn(b, x, co, 1, stride, act=None, name=f"{name}.down") if stride != 1 or ci != co else x
+    y = conv_bn(b, x, width, 1, name=f"{name}.1")
+    y = conv_bn(b, y, width, 3, stride, 1, name=f"{name}.2")
+    y = conv_bn(b, y, co, 1, act=None, name=f"{name}.3")
+    sc = conv_bn(b, x, co, 1, stride, act=None, name=f"{name}.down") if stride != 1 or ci != co else x
     return b.unary("relu", b.binary("add", y, sc, name=f"{name}.add"))
 
 
@@ -75,7 +75,7 @@ def _resnet(name: str, block, layers: list[int], expansion: int):
     def build(batch: int, res: int, seed: int) -> Graph:
         b = Builder(name, seed)
         x = b.input((batch, 3, res, res))
-        x = _conv_bn(b, x, 64, 7, 2, 3, name="stem")
+        x = conv_bn(b, x, 64, 7, 2, 3, name="stem")
         x = b.unary("maxpool", x, kernel=3, stride=2, padding=1)
         for i, (n, width) in enumerate(zip(layers, (64, 128, 256, 512))):
             for j in range(n):
@@ -88,17 +88,17 @@ def _resnet(name: str, block, layers: list[int], expansion: int):
 def mobilenetv2(batch: int, res: int, seed: int) -> Graph:
     b = Builder("mobilenetv2", seed)
     x = b.input((batch, 3, res, res))
-    x = _conv_bn(b, x, 32, 3, 2, 1, act="relu6", name="stem")
+    x = conv_bn(b, x, 32, 3, 2, 1, act="relu6", name="stem")
     for i, (t, c, n, s) in enumerate([(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]):
         for j in range(n):
             stride, ci = (s if j == 0 else 1), b.channels(x)
             name = f"block{i}.{j}"
-            y = _conv_bn(b, x, ci * t, 1, act="relu6", name=f"{name}.expand") if t != 1 else x
-            y = _conv_bn(b, y, ci * t, 3, stride, 1, groups=ci * t, act="relu6", name=f"{name}.dw")
-            y = _conv_bn(b, y, c, 1, act=None, name=f"{name}.project")
+            y = conv_bn(b, x, ci * t, 1, act="relu6", name=f"{name}.expand") if t != 1 else x
+            y = conv_bn(b, y, ci * t, 3, stride, 1, groups=ci * t, act="relu6", name=f"{name}.dw")
+            y = conv_bn(b, y, c, 1, act=None, name=f"{name}.project")
             x = b.binary("add", x, y, name=f"{name}.add") if stride == 1 and ci == c else y
-    x = _conv_bn(b, x, 1280, 1, act="relu6", name="head")
+    x = conv_bn(b, x, 1280, 1, act="relu6", name="head")
     x = b.unary("flatten", b.unary("gap", x))
     x = b.unary("dropout", x, p=0.2)
     return b.graph(b.linear(x, 1280, 1000, name="classifier"), batch=batch)
@@ -129,13 +129,13 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
     ZooEntry("mobilenetv2", mobilenetv2, 3, 224, "MobileNetV2 (torchvision, depthwise convs)"),
     ZooEntry("vgg16", vgg16, 3, 224, "VGG-16 (torchvision, without the adaptive pool)"),
     ZooEntry("alexnet_bn", zc.alexnet_bn, 3, 227, "AlexNet with batch norms (cvjena AlexNet_cvgj, Caffe), softmax", 67),
-    ZooEntry("squeezenet1_0", zc._squeezenet("1.0"), 3, 227, "SqueezeNet 1.0 (Caffe; fire modules, concat)", 35),
-    ZooEntry("squeezenet1_1", zc._squeezenet("1.1"), 3, 227, "SqueezeNet 1.1 (Caffe; fire modules, concat)", 35),
+    ZooEntry("squeezenet1_0", zc.squeezenet("1.0"), 3, 227, "SqueezeNet 1.0 (Caffe; fire modules, concat)", 35),
+    ZooEntry("squeezenet1_1", zc.squeezenet("1.1"), 3, 227, "SqueezeNet 1.1 (Caffe; fire modules, concat)", 35),
     ZooEntry("resnext50_32x4d", zc.resnext50_32x4d, 3, 224, "ResNeXt-50 32x4d (Caffe/torchvision; grouped convs)"),
     ZooEntry("se_resnet50", zc.se_resnet50, 3, 224, "SE-ResNet-50 (Caffe SENet; squeeze-excitation, sigmoid)"),
-    ZooEntry("mobilenetv3_large", zc._mobilenetv3("mobilenetv3_large", zc.V3_LARGE, 960, 1280), 3, 224,
+    ZooEntry("mobilenetv3_large", zc.mobilenetv3("mobilenetv3_large", zc.V3_LARGE, 960, 1280), 3, 224,
              "MobileNetV3-Large (torchvision; hardswish, SE with hardsigmoid)"),
-    ZooEntry("mobilenetv3_small", zc._mobilenetv3("mobilenetv3_small", zc.V3_SMALL, 576, 1024), 3, 224,
+    ZooEntry("mobilenetv3_small", zc.mobilenetv3("mobilenetv3_small", zc.V3_SMALL, 576, 1024), 3, 224,
              "MobileNetV3-Small (torchvision; hardswish, SE with hardsigmoid)"),
     ZooEntry("yolov3_tiny", zd.yolov3_tiny, 3, 416, "YOLOv3-tiny (darknet cfg; leaky ReLU, upsample, 2 outputs)", 64),
     ZooEntry("mobilenet_ssd", zd.mobilenet_ssd, 3, 300, "MobileNet-SSD (Caffe, VOC; depthwise, 12 head outputs)"),
@@ -143,10 +143,19 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
 )}
 
 
+def unknown_model(name: str) -> CompileError:
+    """'unknown model' with the closest zoo names: a typo should not need the whole list read."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(ZOO), n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return CompileError(f"unknown model '{name}' ({hint}zoo: {', '.join(ZOO)})")
+
+
 def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 0) -> Graph:
     entry = ZOO.get(name.lower())
     if entry is None:
-        raise CompileError(f"unknown model '{name}' (zoo: {', '.join(ZOO)})")
+        raise unknown_model(name)
     if batch < 1:
         raise CompileError(f"--batch must be >= 1, got {batch}")
     res = resolution or entry.resolution

@@ -38,7 +38,7 @@ def _fire(b: Builder, x: str, squeeze: int, expand: int, name: str) -> str:
     return b.binary("concat", e1, e3, name=f"{name}_concat")
 
 
-def _squeezenet(version: str):
+def squeezenet(version: str):
     """forresti/SqueezeNet v1.0 and v1.1 deploy.prototxt (torchvision's squeezenet1_0/1_1 are the
     same nets): fire modules (1x1 squeeze, 1x1 and 3x3 expands concatenated), Caffe ceil-mode
     pools, a 1x1 conv classifier, global average pool, softmax."""
@@ -138,7 +138,7 @@ V3_SMALL = [(3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24,
             (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1)]
 
 
-def _mobilenetv3(name: str, setting, last_conv: int, last_channel: int):
+def mobilenetv3(name: str, setting, last_conv: int, last_channel: int):
     """torchvision mobilenet_v3_large / _small: inverted residuals with ReLU or hardswish, squeeze-
     excitation (hardsigmoid gate, squeeze to expanded/4 rounded to 8) after the depthwise conv."""
     def build(batch: int, res: int, seed: int) -> Graph:

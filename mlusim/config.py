@@ -134,6 +134,7 @@ class DmaConfig:
 
 
 SCHEDULES = ("per-cluster", "spread")
+KERNELS = ("per-layer", "fused")
 
 
 @dataclass
@@ -143,6 +144,11 @@ class RuntimeConfig:
         "unit": "name", "maxlen": 16, "doc": "how `mlusim run` spreads a zoo/ONNX batch by default: 'per-cluster' "
         "(the MLU370 MagicMind runtime: images split over clusters, each image on one cluster's cores, the "
         "fully connected head over the whole chip) or 'spread' (every layer over every core given)"})
+    kernels: str = field(default="fused", metadata={
+        "unit": "name", "maxlen": 16, "doc": "what one kernel of the per-cluster schedule's trunk is: 'per-layer' "
+        "(the vendor runtime: each layer, with its bias, activation and shortcut fused in, a kernel of its own "
+        "whose input and output cross DRAM) or 'fused' (mlusim's cluster fusion: spans of layers kept in "
+        "cluster SRAM, compiler/fusion.py)"})
 
 
 @dataclass
@@ -316,6 +322,8 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
     if cfg.runtime.schedule not in SCHEDULES:
         raise ConfigError(f"{origin}: runtime.schedule={cfg.runtime.schedule!r} must be one of {', '.join(SCHEDULES)}")
+    if cfg.runtime.kernels not in KERNELS:
+        raise ConfigError(f"{origin}: runtime.kernels={cfg.runtime.kernels!r} must be one of {', '.join(KERNELS)}")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):
         raise ConfigError(f"{origin}: dram.access_bytes={cfg.dram.access_bytes} must be a power of two")
 

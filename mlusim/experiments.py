@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlusim.errors import MlusimError, ModelFileError, SimulationError
+from mlusim.errors import MlusimError, SimulationError
+from mlusim.programs import (  # noqa: F401  (re-exported)
+    BuildOptions,
+    compiles_on_the_fly,
+    resolve_program,
+    schedule_for,
+)
 
 # (JSON key, CSV header with unit, CSV scale). Fractions are 0..1 in JSON and percent in CSV, as in
 # SCALE-Sim's COMPUTE_REPORT ("Overall Util %", "Mapping Efficiency %", "Compute Util %").
@@ -27,6 +33,7 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("cycles", "Total Cycles", 1),
     ("latency_ms", "Latency (ms)", 1),
     ("throughput_ips", "Throughput (images/s)", 1),
+    ("runs_per_s", "Throughput (runs/s)", 1),
     ("speedup", "Speedup (x)", 1),
     ("efficiency", "Parallel Efficiency %", 100),
     ("mac_utilization", "Overall Util %", 100),
@@ -41,69 +48,28 @@ METRIC_COLUMNS: list[tuple[str, str, float]] = [
     ("bound_resource", "Busiest Resource", 1),
     ("bound_share", "Busiest Resource Share %", 100),
     ("interrupted", "Interrupted", 1),
+    ("compiled_for_cores", "Compiled For Cores", 1),
 ]
 SCALING_COLUMNS = [("cores", "Cores", 1)] + METRIC_COLUMNS
+# per layer: SCALE-Sim's COMPUTE_REPORT (LayerID, Total Cycles, Stall Cycles, Overall / Compute Util
+# %), its DETAILED_ACCESS_REPORT (DRAM IFMAP Reads, DRAM Filter Reads, DRAM OFMAP Writes, and the
+# same for SRAM; here in bytes, reads and writes) and BANDWIDTH_REPORT (Avg IFMAP DRAM BW, ...)
+_OPERAND_LABEL = {"input": "IFMAP", "weights": "Filter", "output": "OFMAP"}
+LAYER_TRAFFIC_COLUMNS = [(f"{lv}_{op}_{rw}", f"{lv.upper()} {_OPERAND_LABEL[op]} {rw.title()}s (B)", 1)
+                         for lv in ("dram", "sram") for op in ("input", "weights", "output") for rw in ("read", "write")]
+LAYER_BANDWIDTH_COLUMNS = [(f"{lv}_{op}_gbps", f"Avg {_OPERAND_LABEL[op].upper()} {lv.upper()} BW (GB/s)", 1)
+                           for lv in ("sram", "dram") for op in ("input", "weights", "output")]
 LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "Layer", 1), ("op", "Op", 1),
-                  ("kernel", "Kernel", 1)]
-                 + [c for c in METRIC_COLUMNS if c[0] not in ("throughput_ips", "interrupted")])
+                  ("kernel", "Kernel", 1), ("fused", "Fused", 1), ("start", "Start Cycle", 1),
+                  ("end", "End Cycle", 1), ("cycles", "Total Cycles", 1), ("stall_cycles", "Stall Cycles", 1),
+                  ("cores_used", "Cores Used", 1), ("cores_ran", "Cores Ran", 1)]
+                 + [c for c in METRIC_COLUMNS
+                    if c[0] not in ("cycles", "throughput_ips", "runs_per_s", "interrupted", "compiled_for_cores")]
+                 + LAYER_TRAFFIC_COLUMNS + LAYER_BANDWIDTH_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------
-# Programs
-
-
-def compiles_on_the_fly(spec) -> bool:
-    """Whether `spec` names something compiled per run (a zoo model or an .onnx file) rather than a
-    finished program: such a spec is re-tiled for every hardware point and core count."""
-    if not isinstance(spec, str):
-        return False
-    p = Path(spec)
-    if p.suffix.lower() == ".onnx":
-        return True
-    if p.suffix or "/" in spec or p.exists():
-        return False
-    from mlusim.compiler.zoo import ZOO
-
-    return spec.lower() in ZOO
-
-
-def resolve_program(spec: str, cfg=None, cores: int | None = None, batch: int = 1, resolution: int | None = None,
-                    cache: bool = True):
-    """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
-
-    A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
-    is compiled for `cfg`, `batch` and `cores` parallel tasks (default: every core of `cfg`), so a
-    scaling run or sweep point never times a program tiled for some other machine; through the
-    compile cache unless `cache` is False (mlusim/compile_cache.py)."""
-    from mlusim import mlufile
-
-    p = Path(spec)
-    if p.suffix.lower() == ".onnx":
-        from mlusim.cached_compile import onnx_program, print_notes
-        from mlusim.config import load_config
-        from mlusim.errors import CompileError
-
-        if resolution is not None:
-            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        prog, extra = onnx_program(spec, cfg or load_config(None), cores, batch=batch if batch != 1 else None,
-                                   cache=cache, cluster_fusion=True)
-        print_notes(extra)
-        return prog
-    if not p.exists() and p.suffix == "" and "/" not in spec:
-        from mlusim.compiler.zoo import ZOO
-
-        if spec.lower() in ZOO:
-            from mlusim.cached_compile import zoo_program
-            from mlusim.config import load_config
-
-            return zoo_program(spec, cfg or load_config(None), cores, batch=batch, resolution=resolution,
-                               cache=cache, cluster_fusion=True)[0]
-    if p.suffix in (".s", ".asm"):
-        from mlusim.files import read_text
-        from mlusim.isa.asm import MAX_SOURCE_CHARS, assemble_program
-
-        return assemble_program(read_text(p, "assembly file", ModelFileError, 4 * MAX_SOURCE_CHARS), str(p))
-    return mlufile.load(p)
+# Programs (mlusim.programs turns a spec into a Program; re-exported here for the API's users)
 
 
 def default_config(program, config=None, overrides=None):
@@ -141,9 +107,10 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
     secs = s["seconds"]
     speedup = _div(base["cycles"], s["cycles"])
     sram = s["bytes_read"]["sram"] + s["bytes_written"]["sram"]
+    images = "batch" in (s.get("program") or {})      # a compiled model: its batch is images
     return {
         "cores": s["cores"], "cycles": s["cycles"], "latency_ms": s["latency_ms"],
-        "throughput_ips": _div(batch, secs), "speedup": speedup,
+        "throughput_ips": _div(batch, secs) if images else None, "runs_per_s": _div(1, secs), "speedup": speedup,
         "efficiency": speedup * base["cores"] / s["cores"],
         "mac_utilization": s["mac_utilization"],
         "mapping_efficiency": _div(s["macs"], s["mac_slots"] * peak),
@@ -153,40 +120,43 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
         "sram_gbps": _div(sram, secs) / 1e9,
         "bound": s["bound"], "bound_resource": s["bound_resource"], "bound_share": s["bound_share"],
         "interrupted": s["interrupted"],
+        "compiled_for_cores": (s.get("program") or {}).get("compiled_for_cores"),
     }
 
 
 def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
-    """Per-kernel rows of one run (kernels are layers); speedup vs the same kernel in `base`."""
+    """The per-layer rows of one run (report.summarize's `layers`, mlusim.layers), each with its
+    speedup over the layer of the same name in `base` (NaN where `base` has no such layer)."""
     base = base or s
-    peak = s["mac_per_cycle_per_core"]
-    clock = s["clock_mhz"] * 1e6
+    before = {lr["layer"]: lr for lr in base.get("layers", [])}
     out = []
-    for i, k in enumerate(s["kernels"]):
-        b = base["kernels"][i] if i < len(base["kernels"]) else None
-        if b is not None and b["name"] != k["name"]:
-            b = None
-        secs = k["cycles"] / clock
-        speedup = _div(b["cycles"], k["cycles"]) if b else math.nan
-        meta = k.get("meta") or {}
-        out.append({
-            "cores": s["cores"], "layer_id": i, "layer": str(meta.get("layer", k["name"])),
-            "op": str(meta.get("op", "")), "kernel": k["name"], "cycles": k["cycles"],
-            "latency_ms": secs * 1e3, "speedup": speedup,
-            "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
-            "mac_utilization": k["mac_utilization"],
-            "mapping_efficiency": _div(k["macs"], k["mac_slots"] * peak),
-            "compute_utilization": _div(k["macs"], k["mac_busy"] * peak),
-            "macs": k["macs"], "dram_bytes": k["dram_bus_bytes"], "dram_gbps": k["dram_gbps"],
-            "dram_utilization": _div(k["dram_gbps"], s["dram_bandwidth_gbps"]),
-            "sram_gbps": _div(k["bytes_read"]["sram"] + k["bytes_written"]["sram"], secs) / 1e9,
-            "bound": k["bound"], "bound_resource": k["bound_resource"], "bound_share": k["bound_share"],
-        })
+    for lr in s.get("layers", []):
+        b = before.get(lr["layer"])
+        speedup = _div(b["cycles"], lr["cycles"]) if b else math.nan
+        out.append({"cores": s["cores"], **lr, "latency_ms": lr["cycles"] / (s["clock_mhz"] * 1e3),
+                    "speedup": speedup, "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
+                    "dram_utilization": _div(lr["dram_gbps"], s["dram_bandwidth_gbps"])})
     return out
 
 
+def layer_order(runs: list[list[dict]]) -> list[str]:
+    """Layer names of several runs in one order: each run's own, a name first met in a later run
+    placed after the name it follows there (a core count may fuse, split or add steps)."""
+    order: list[str] = []
+    for rows in runs:
+        at = 0      # where a new name goes: after the last name of this run already placed
+        for r in rows:
+            if r["layer"] in order:
+                at = order.index(r["layer"]) + 1
+            else:
+                order.insert(at, r["layer"])
+                at += 1
+    return order
+
+
 def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False) -> list[dict]:
-    """Rows for runs of one program at several core counts, relative to the first run."""
+    """Rows for runs of one program at several core counts, relative to the first run. Layers are
+    matched by name across the runs and numbered (LayerID) in one order for all of them."""
     if not summaries:
         return []
     base = summaries[0]
@@ -196,39 +166,48 @@ def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False)
         if per_layer:
             row["layers"] = layer_rows(s, base)
         rows.append(row)
+    if per_layer:
+        ids = {name: i for i, name in enumerate(layer_order([r["layers"] for r in rows]))}
+        for r in rows:
+            for lr in r["layers"]:
+                lr["layer_id"] = ids[lr["layer"]]
     return rows
 
 
-def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None, per_layer: bool = False,
+def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None,
+            options: BuildOptions | None = None, schedule: str | None = None, per_layer: bool = False,
             timing_only: bool = True, inputs=None, on_run: Callable | None = None, **sim_kw) -> list[dict]:
-    """Simulate `program` (a Program or a spec for `resolve_program`) on each core count of
-    `config` and return one row per count (with `layers` when `per_layer`).
+    """Simulate `program` (a Program, or a spec: zoo name, .onnx, .mlu or .s path) on each core
+    count of `config` and return one row per count (with `layers` when `per_layer`).
 
+    This is what `mlusim run` runs: a zoo or ONNX spec is compiled for each core count with
+    `options` (mlusim.programs.BuildOptions, the CLI's defaults) and laid out by `schedule` (default:
+    the config's runtime.schedule); a file runs as compiled, on its recorded config unless `config`
+    is given. `inputs` maps input names to arrays ("" for a program's only input).
     `on_run(result, summary)` sees every RunResult as it finishes (the CLI prints, traces and
     writes outputs from it). A run interrupted by Ctrl-C ends the list early, flagged
     `interrupted`. Extra keywords go to `mlusim.sim.simulate`."""
     from mlusim.report import summarize
-    from mlusim.sim import simulate
+    from mlusim.runs import run_at
 
-    spec = program if compiles_on_the_fly(program) else None
-    if isinstance(program, str):
-        cfg = default_config(None, config, overrides)
-        program = None if spec else resolve_program(program, cfg)
-    else:
-        cfg = default_config(program, config, overrides)
+    if isinstance(program, str) and not compiles_on_the_fly(program):
+        program = resolve_program(program, options=options)
+    cfg = default_config(None if isinstance(program, str) else program, config, overrides)
+    schedule_for(program, cfg, schedule)          # a schedule the program cannot use fails before any run
     counts = list(cores) if cores else [cfg.chip.cores]
-    summaries = []
+    check_counts(counts)
+    summaries, batch = [], 1
     for n in counts:
-        if spec is not None:    # tiled for the cores it runs on
-            program = resolve_program(spec, cfg, cores=n)
-        res = simulate(program, cfg, cores=n, inputs=inputs, timing_only=timing_only, **sim_kw)
+        res = run_at(program, cfg, n, options=options, schedule=schedule, inputs=inputs, timing_only=timing_only,
+                     **sim_kw)
         s = summarize(res)
+        batch = int(res.program_meta.get("batch", 1) or 1)
         summaries.append(s)
         if on_run is not None:
             on_run(res, s)
         if res.interrupted:
             break
-    return scaling_rows(summaries, int(program.meta.get("batch", 1) or 1), per_layer)
+    return scaling_rows(summaries, batch, per_layer)
 
 
 def scaling_document(program: str, config: str, batch: int, rows: list[dict], runs: list[dict]) -> dict:
@@ -247,7 +226,12 @@ def flatten_layers(rows: list[dict]) -> list[dict]:
 # Files
 
 
-def _cell(v: Any, scale: float) -> Any:
+# cycle counts are written as whole cycles (the engine's are fractional where transfers share a
+# link; the JSON keeps them exact)
+WHOLE_CYCLES = {"cycles", "stall_cycles", "start", "end"}
+
+
+def _cell(v: Any, scale: float, key: str = "") -> Any:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -255,6 +239,8 @@ def _cell(v: Any, scale: float) -> Any:
     if isinstance(v, (int, float)):
         if isinstance(v, float) and math.isnan(v):
             return ""
+        if key in WHOLE_CYCLES:
+            return round(v)
         v = v * scale if scale != 1 else v
         return f"{v:.10g}" if isinstance(v, float) else v
     return v
@@ -276,7 +262,7 @@ def write_csv(rows: list[dict], path: str | Path, columns: list[tuple[str, str, 
             w = csv.writer(f)
             w.writerow([h for _, h, _ in columns])
             for r in rows:
-                w.writerow([_cell(r.get(k), sc) for k, _, sc in columns])
+                w.writerow([_cell(r.get(k), sc, k) for k, _, sc in columns])
     except OSError as e:
         raise MlusimError(f"{path}: cannot write: {e.strerror}") from None
 

@@ -111,9 +111,21 @@ def save(program: Program, path: str | Path, compress: bool = True) -> None:
     """Write `program` to `path` (the target config, if any, is recorded alongside).
     compress=False stores members as they are: a bigger file, written and read several times
     faster (the compile cache's entries)."""
+    _write(program, path, str(path), compress)
+
+
+def dumps(program: Program, origin: str = "<program>") -> bytes:
+    """The bytes `save` would write (the torch shim keeps a traced program in memory this way)."""
+    buf = io.BytesIO()
+    _write(program, buf, origin)
+    return buf.getvalue()
+
+
+def _write(program: Program, target, origin: str, compress: bool = True) -> None:
+    """Write the zip to `target`, a path or a binary file object; errors name `origin`."""
     from mlusim.isa.encoding import encode_stream
 
-    _check_savable(program, str(path))
+    _check_savable(program, origin)
     members: dict[str, bytes | tuple[bytes, np.ndarray]] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
@@ -138,15 +150,15 @@ def save(program: Program, path: str | Path, compress: bool = True) -> None:
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
-        raise ModelFileError(f"{path}: cannot record program metadata: {e}") from None
+        raise ModelFileError(f"{origin}: cannot record program metadata: {e}") from None
     try:
-        with zipfile.ZipFile(path, "w") as zf:
+        with zipfile.ZipFile(target, "w") as zf:
             _member(zf, "mimetype", MIMETYPE, compress=False)
             _member(zf, "manifest.json", text)
             for name, data in members.items():
                 _member(zf, name, data, compress)
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot write model file: {e.strerror or e}") from None
+        raise ModelFileError(f"{origin}: cannot write model file: {e.strerror or e}") from None
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
@@ -330,17 +342,28 @@ def load(path: str | Path, mapped: bool = False) -> Program:
             head = fh.read(4)
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{origin}: cannot read model file: {getattr(e, 'strerror', None) or e}") from None
+    return _read_zip(p, head, origin, mapped)
+
+
+def loads(data: bytes, origin: str = "<bytes>") -> Program:
+    """A program from the bytes of a .mlu file (`dumps`), checked as `load` checks a file."""
+    return _read_zip(io.BytesIO(data), bytes(data[:4]), origin)
+
+
+def _read_zip(source, head: bytes, origin: str, mapped: bool = False) -> Program:
+    """Open the zip at `source` (a path or a binary file object whose first bytes are `head`);
+    mapped: `source` is a path whose stored constants become views of it mapped read-only."""
     if head != b"PK\x03\x04":
         raise ModelFileError(f"{origin}: not an mlusim model (no zip signature; is it an assembly file? "
                              f"use `mlusim asm`)")
     try:
-        with open(p, "rb") as fh, zipfile.ZipFile(fh) as zf:
-            mm = None
-            if mapped:
-                from mlusim.mapped import map_file
+        if mapped:      # a file mlusim wrote and never rewrites: constants stay in it (mapped.py)
+            from mlusim.mapped import map_file
 
-                mm = map_file(fh.fileno())
-            return _load(zf, origin, mm)
+            with open(source, "rb") as fh, zipfile.ZipFile(fh) as zf:
+                return _load(zf, origin, map_file(fh.fileno()))
+        with zipfile.ZipFile(source) as zf:
+            return _load(zf, origin)
     except MlusimError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,

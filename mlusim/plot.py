@@ -188,7 +188,7 @@ def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[st
             cols = ", ".join(k for k in rows[0] if not isinstance(rows[0][k], (dict, list)))
             raise MlusimError(f"no column '{key}' in the sweep (have: {cols})")
     if by is None:
-        skip = {x, y, "point", "error"} | {k for k, *_ in _metric_keys()}
+        skip = {x, y, "point", "error", "plan", "replanned"} | {k for k, *_ in _metric_keys()}
         by = [k for k in rows[0] if k not in skip]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -8,8 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from mlusim.cores.stats import LEVELS, UNITS
+from mlusim.layers import LATENCY_BELOW, run_layers
 from mlusim.segment_meta import SegmentMeta
 from mlusim.sim import RunResult
+from mlusim.tables import bound_text as _bound_text
+from mlusim.tables import format_bytes as _bytes
+from mlusim.tables import pct as _pct
+from mlusim.tables import render_layers, render_scaling, render_sweep  # noqa: F401  (re-exported)
 
 LEGEND = """\
 cycles        simulated clock cycles of the config; time = cycles / clock
@@ -23,24 +28,10 @@ bound         the resource with the most work in the kernel (share = that work /
               and launch costs dominate (the busiest resource is shown in brackets)
 ld/mac/vec/st/mv  share of the core's cycles its load DMA, MAC array, vector unit, store DMA, move
               DMA (SRAM -> NRAM/WRAM) were busy
-cp wait       share of cycles the compute queue's head waited for a dependency token (starved)
+cp wait       share of cycles the compute queue's head waited for a dependency token while the MAC
+              array and the vector unit were both idle (starved; waits behind running work excluded)
 issue stall   share of cycles the issue stage waited for a full queue; sync: waiting at barriers
 bytes moved   DMA payload bytes read from / written to each memory level"""
-
-
-LATENCY_BELOW = 0.5   # busiest resource's work under this share of the cycles: "latency" bound
-
-
-def _bound_text(r: dict) -> str:
-    """'dram 93%', or 'latency (dma 38%)' when no resource is busy for half the time."""
-    share = f"{100 * r['bound_share']:.0f}%"
-    if r["bound"] == "latency":
-        return f"latency ({r['bound_resource']} {share})"
-    return f"{r['bound']} {share}"
-
-
-def _pct(x: float, total: float) -> float:
-    return 100.0 * x / total if total > 0 else 0.0
 
 
 def kernel_bound(rec, cfg) -> tuple[str, dict[str, float]]:
@@ -79,9 +70,10 @@ def program_bound(kernels: list[dict], cycles: float) -> tuple[str, float]:
 
 
 def segment_layers(rec) -> list[dict]:
-    """Where a fused segment's cycles went, layer by layer: its metadata (mlusim.segment_meta) says at
-    which barrier release each step of a job ends; a layer's cycles are the mean over jobs of its
-    steps' time. Empty for other kernels, and for jobs an interrupted run left incomplete."""
+    """How long a job of a fused segment spends in each layer: its metadata (mlusim.segment_meta)
+    says at which barrier release each step of a job ends; a layer's cycles here are the mean over
+    jobs of its steps' time (the run's per-layer rows, mlusim.layers, scale these shares to the
+    kernel's cycles). Empty for other kernels, and for jobs an interrupted run left incomplete."""
     seg = SegmentMeta.from_dict(rec.meta.get("segment")) if isinstance(rec.meta, dict) else None
     if seg is None or not seg.ends or not rec.jobs:
         return []
@@ -135,10 +127,11 @@ def summarize(res: RunResult) -> dict[str, Any]:
     for cid, c in sorted(totals.items()):
         cores.append({
             "core": cid, "tasks": c.tasks, "active": c.active,
-            "busy": dict(c.busy), "token_stall": dict(c.token_stall), "issue_stall": c.issue_stall,
+            "busy": dict(c.busy), "token_stall": dict(c.token_stall), "cp_starved": c.cp_starved,
+            "issue_stall": c.issue_stall,
             "sync_wait": c.sync_wait, "instructions": dict(c.instructions), "macs": c.macs,
             "share": {**{u: _pct(c.busy[u], cycles) for u in UNITS},
-                      "cp_wait": _pct(c.token_stall["cp"], cycles),
+                      "cp_wait": _pct(c.cp_starved, cycles),
                       "issue_stall": _pct(c.issue_stall, cycles), "sync": _pct(c.sync_wait, cycles)},
         })
     total_macs = sum(c.macs for c in totals.values())
@@ -163,16 +156,9 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "dram_busy_share": _pct(res.dram_busy, cycles),
         "bytes_read": read, "bytes_written": written,
         "inputs_generated": res.inputs_generated, "kernels": kernels, "per_core": cores,
-        "program": res.program_meta,
+        "layers": run_layers(res, kernels),
+        "program": res.program_meta, "schedule": res.program_meta.get("schedule", ""),
     }
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def roofline_bounds(s: dict) -> dict | None:
@@ -193,6 +179,21 @@ def roofline_bounds(s: dict) -> dict | None:
     return out
 
 
+def program_notes(s: dict) -> list[str]:
+    """What the headline needs said about the program: the schedule a compiled model ran with, and
+    a program compiled for another core count than it runs on (its tiling is not this run's)."""
+    meta = s.get("program") or {}
+    out = []
+    if meta.get("model") and s.get("schedule"):
+        out.append(f"schedule: {s['schedule']}")
+    made_for = meta.get("compiled_for_cores")
+    if isinstance(made_for, int) and made_for != s["cores"]:
+        out.append(f"note: the program was compiled for {made_for} cores and runs on {s['cores']}: its tiling and "
+                   f"split over cores are for {made_for} (compile with --cores {s['cores']}, or run the model by "
+                   f"name, for the {s['cores']}-core program)")
+    return out
+
+
 def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -> str:
     """The human report: headline, kernels, cores, memory, legend."""
     import io
@@ -208,6 +209,8 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
             f"{s['latency_ms']:.4f} ms simulated; {s['instructions']:,} instructions in "
             f"{s['wall_seconds']:.2f} s wall" + (" (timing only)" if s["timing_only"] else ""))
     con.print(head)
+    for line in program_notes(s):
+        con.print(line)
     if s["interrupted"]:
         con.print("INTERRUPTED: partial report up to the cycle shown")
     if s["inputs_generated"]:
@@ -227,18 +230,23 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
     for col in ("kernel", "type x tasks", "cycles", "share", "MAC util", "DRAM", "DRAM GB/s", "bound"):
         kt.add_column(col, justify="left" if col in ("kernel", "bound", "type x tasks") else "right")
     ks = s["kernels"]
+    fused: dict[str, list[dict]] = {}
+    for layer in s.get("layers", []):
+        if layer["fused"]:
+            fused.setdefault(layer["kernel"], []).append(layer)
     shown = ks if len(ks) <= max_kernels else sorted(ks, key=lambda k: -k["cycles"])[:max_kernels]
     for k in shown:
         kt.add_row(k["name"], f"{k['task_type']} x {k['tasks']}", f"{k['cycles']:,.0f}",
                    f"{_pct(k['cycles'], s['cycles']):.1f}%", f"{100 * k['mac_utilization']:.1f}%",
                    _bytes(k["dram_bus_bytes"]), f"{k['dram_gbps']:.2f}",
                    _bound_text(k))
-        for layer in k.get("layers", []):     # a fused segment: its layers, timed on each job's clock
-            kt.add_row(f"  {layer['name']}", "", f"{layer['cycles']:,.0f}", f"{100 * layer['share_of_job']:.1f}% *",
-                       "", "", "", "")
-    if any(k.get("layers") for k in shown):
-        kt.caption = ("indented rows: the layers of a fused segment, cycles a job spends in each (mean over "
-                      "jobs, summed over its image groups); * share of a job's time")
+        for layer in fused.get(k["name"], []):     # a fused segment: its layers (mlusim.layers)
+            kt.add_row(f"  {layer['layer']}", "", f"{layer['cycles']:,.0f}", f"{_pct(layer['cycles'], s['cycles']):.1f}%",
+                       f"{100 * layer['mac_utilization']:.1f}%", _bytes(layer["dram_bytes"]),
+                       f"{layer['dram_gbps']:.2f}", _bound_text(layer))
+    if any(k["name"] in fused for k in shown):
+        kt.caption = ("indented rows: the layers of a fused segment, each its share of the segment's job time "
+                      "times the segment's cycles (--per-layer: every layer's figures)")
     if len(ks) > max_kernels:
         kt.caption = f"the {max_kernels} longest of {len(ks)} kernels" + (f"; {kt.caption}" if kt.caption else "")
     con.print(kt)
@@ -259,93 +267,4 @@ def render(res: RunResult, summary: dict | None = None, max_kernels: int = 60) -
         mt.add_row(lv, _bytes(s["bytes_read"][lv]), _bytes(s["bytes_written"][lv]))
     con.print(mt)
     con.print(LEGEND)
-    return con.export_text()
-
-
-SCALING_LEGEND = """\
-speedup       cycles of the first row's run / cycles of this run (same model and config; a zoo or
-              ONNX model is compiled for each core count, a .mlu file is run as compiled)
-efficiency    speedup x first row's cores / cores: 100% is perfect scaling
-MAC util      useful MACs / (cycles x int8 MACs per cycle x cores used)
-DRAM GB/s     DRAM bus bytes / simulated time; DRAM util: that / the config's DRAM bandwidth
-bound         the resource with the most work summed over kernels (see the legend of `mlusim run`
-              with one core count) and that work as a share of the cycles: near 100% it is the limit;
-              latency when under 50%: no resource is saturated, dependency chains and start-up are"""
-
-
-def _table(title: str, cols: list[str]):
-    from rich import box
-    from rich.table import Table
-
-    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("layer", "op", "bound") else "right")
-    return t
-
-
-def _cells(r: dict) -> list[str]:
-    import math
-
-    def pct(x):
-        return "" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
-
-    sp = r["speedup"]
-    return [f"{r['cycles']:,.0f}", f"{r['latency_ms']:.4f}",
-            "" if sp is None or math.isnan(sp) else f"{sp:.2f}x", pct(r["efficiency"]), pct(r["mac_utilization"]),
-            f"{r['dram_gbps']:.2f}", pct(r["dram_utilization"]), _bound_text(r)]
-
-
-def render_scaling(rows: list[dict], title: str = "scaling", per_layer: bool = False) -> str:
-    """The scaling table (one row per core count), optionally per layer, then its legend."""
-    import io
-
-    from rich.console import Console
-
-    con = Console(file=io.StringIO(), record=True, width=140, force_terminal=False, color_system=None,
-                  markup=False)     # names from files print as they are, never as [markup]
-    t = _table(title, ["cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
-                       "DRAM GB/s", "DRAM util", "bound"])
-    for r in rows:
-        c = _cells(r)
-        t.add_row(str(r["cores"]) + (" (interrupted)" if r.get("interrupted") else ""), c[0], c[1],
-                  f"{r['throughput_ips']:,.1f}", *c[2:])
-    con.print(t)
-    if per_layer:
-        lt = _table("per layer (speedup vs the same layer on the first row's cores)",
-                    ["layer", "op", "cores", "cycles", "latency ms", "speedup", "efficiency", "MAC util",
-                     "DRAM GB/s", "DRAM util", "bound"])
-        layers: dict[int, list[dict]] = {}
-        for r in rows:
-            for lr in r.get("layers", []):
-                layers.setdefault(lr["layer_id"], []).append(lr)
-        for i, (_lid, lrs) in enumerate(sorted(layers.items())):
-            if i:
-                lt.add_section()
-            for j, lr in enumerate(lrs):
-                lt.add_row(lr["layer"] if j == 0 else "", lr["op"] if j == 0 else "", str(lr["cores"]),
-                           *_cells(lr))
-        con.print(lt)
-    con.print(SCALING_LEGEND)
-    return con.export_text()
-
-
-def render_sweep(rows: list[dict], keys: list[str], title: str) -> str:
-    """A sweep's table: the swept values, cores, and the headline metrics of each point."""
-    import io
-
-    from rich.console import Console
-
-    con = Console(file=io.StringIO(), record=True, width=160, force_terminal=False, color_system=None,
-                  markup=False)     # names from files print as they are, never as [markup]
-    t = _table(title, [*keys, "cores", "cycles", "latency ms", "images/s", "speedup", "efficiency", "MAC util",
-                       "DRAM GB/s", "DRAM util", "bound"])
-    for r in rows:
-        vals = [f"{r.get(k)}" for k in keys] + [str(r["cores"])]
-        if r.get("error"):
-            t.add_row(*vals, "-", "-", "-", "-", "-", "-", "-", "-", f"did not run (point {r['point']}, see below)")
-            continue
-        c = _cells(r)
-        t.add_row(*vals, c[0], c[1], f"{r['throughput_ips']:,.1f}", *c[2:])
-    con.print(t)
-    con.print("speedup and efficiency: relative to the first core count at the same hardware point")
     return con.export_text()

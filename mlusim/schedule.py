@@ -77,25 +77,28 @@ def _truncated(g, k: int):
 
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
-                     resolution: int | None = None, absmax: dict | None = None, fuse: bool = True,
+                     resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None,
                      cache: bool = True) -> ClusterPlan:
     """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
-    a calibration of the network to reuse (scales change values, never cycles). Trunk and head
-    come from the compile cache unless `cache` is False (mlusim/compile_cache.py)."""
+    a calibration of the network to reuse (scales change values, never cycles); `fuse`: cluster
+    fusion of the trunk (default: the config's `runtime.kernels`). Trunk and head come from the
+    compile cache unless `cache` is False (mlusim/compile_cache.py)."""
     from mlusim.compile_cache import cache_for, cached
 
     cpc = cfg.chip.cores_per_cluster
+    if fuse is None:
+        fuse = cfg.runtime.kernels == "fused"
     if cores % cpc:
         raise SimulationError(f"the per-cluster schedule needs whole clusters: --cores {cores} is not a multiple "
                               f"of {cpc} (or use --schedule spread)")
     chip_clusters = cores // cpc
     per = -(-batch // chip_clusters)
     groups = -(-batch // per)
-    parts = {"kind": "per-cluster", "model": name.lower(), "batch": batch, "resolution": resolution, "cores": cores,
-             "fuse": fuse, "config": cfg.to_dict(),
+    parts = {"per-cluster": name.lower(), "batch": batch, "resolution": resolution, "cores": cores, "fuse": fuse,
+             "config": cfg.to_dict(),
              "absmax": sorted((k, float(v)) for k, v in absmax.items()) if absmax is not None else None}
-    progs, extra = cached(cache_for(cache), parts, lambda: _compile_per_cluster(name, batch, per, cfg, cores,
-                                                                               resolution, absmax, fuse))
+    progs, extra = cached(cache_for(cache), parts,
+                          lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse))
     head = progs[1] if len(progs) > 1 else None
     return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc)
 
@@ -128,7 +131,8 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
         head.config = cfg.to_dict()
     compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse)
     trunk = compiled.program
-    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full))
+    trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
+                      compiled_for_cores=cores)
     return [trunk] + ([head] if head is not None else []), {"scale": scale, "zp": zp}
 
 
@@ -204,6 +208,8 @@ def merge(trunk, head, cfg: HardwareConfig, plan: ClusterPlan):
                 for key in ("start", "end"):
                     if key in j:
                         j[key] += trunk.cycles
+                for key in ("syncs", "all_syncs"):
+                    j[key] = [t + trunk.cycles for t in j.get(key, [])]
     for r in trunk.kernels:
         r.meta = dict(r.meta, clusters=plan.clusters)
     meta = dict(trunk.program_meta, schedule=plan.describe(), batch=plan.batch)

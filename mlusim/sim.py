@@ -172,6 +172,20 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
     return out, generated
 
 
+def check_clusters(program: Program, cfg: HardwareConfig, ncores: int) -> None:
+    """A UNIONn kernel needs n whole clusters: say so before running, naming the core count the
+    program was compiled for (a cluster-fused program made for 16 cores cannot run on 4)."""
+    cpc = cfg.chip.cores_per_cluster
+    need = max((k.clusters_per_job for k in program.kernels), default=0)
+    if need and need > ncores // cpc:
+        made = program.meta.get("compiled_for_cores")
+        hint = f"; the program was compiled for {made} cores: run it on {made}, or compile for {ncores}" \
+            if isinstance(made, int) and made != ncores else ""
+        k = next(k for k in program.kernels if k.clusters_per_job == need)
+        raise SimulationError(f"kernel '{k.name}' is {k.task_type.upper()} and needs {need} whole cluster(s) of "
+                              f"{cpc} cores; {ncores} core(s) give {ncores // cpc}{hint}")
+
+
 def simulate(program: Program, config: HardwareConfig | str | None = None, cores: int | None = None,
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
@@ -191,6 +205,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     if ncores > cfg.chip.cores:
         raise SimulationError(f"--cores {ncores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
     program.validate()
+    check_clusters(program, cfg, ncores)
     if program.gdram_bytes > cfg.dram_bytes:
         raise SimulationError(f"program needs {program.gdram_bytes:,} bytes of GDRAM; {cfg.name} has "
                               f"{cfg.dram_bytes:,}")
@@ -212,6 +227,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace, max_seconds=max_seconds)
+    chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
     if trace:     # bounded: what the budget leaves after the run's own arrays
         chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlusim.errors import ConfigError, MlusimError
+from mlusim.programs import compiles_on_the_fly
 
 SWEEP_FILE_KEYS = ("program", "config", "set", "cores", "timing_only", "max_cycles", "max_instructions")
 
@@ -132,19 +133,22 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
 
 
-def _program(task: dict, blob):
-    """The program for this point, resolved once per (program, config) in each worker."""
+def _program(task: dict, blobs: dict | None):
+    """What this point runs (mlusim.runs.Prepared) and its plan digest, prepared once per
+    (program, config, cores) in each worker."""
     import json
 
     from mlusim.config import config_from_dict
-    from mlusim.experiments import compiles_on_the_fly, resolve_program
+    from mlusim.programs import BuildOptions
+    from mlusim.runs import plan_digest, prepare
 
     cfg = config_from_dict(task["config"], task["config_origin"])
     cores = task["cores"] if compiles_on_the_fly(task["spec"]) else None   # re-tile compiled specs per count
     key = (task["digest"], json.dumps(task["config"], sort_keys=True), cores)
-    prog = _PROGRAMS.get(key)
-    if prog is None:
+    hit = _PROGRAMS.get(key)
+    if hit is None:
         spec = task["spec"]
+        blob = (blobs or {}).get(task["digest"])
         if blob is not None:    # ship the file's bytes: a remote worker need not share our disk
             d = Path(tempfile.gettempdir()) / f"mlusim-sweep-{os.getpid()}"
             d.mkdir(exist_ok=True)
@@ -154,30 +158,33 @@ def _program(task: dict, blob):
                 tmp.write_bytes(blob)
                 os.replace(tmp, spec_path)   # atomic: threads of one worker may race here
             spec = str(spec_path)
-        prog = resolve_program(spec, cfg, cores=cores, cache=task.get("cache", True))
+        options = BuildOptions(**task["options"]) if compiles_on_the_fly(spec) else None
+        prep = prepare(spec, cfg, task["cores"], options)
+        hit = (prep, plan_digest(prep))
         if len(_PROGRAMS) >= 8:
             _PROGRAMS.clear()
-        _PROGRAMS[key] = prog
-    return prog, cfg
+        _PROGRAMS[key] = hit
+    return hit[0], hit[1], cfg
 
 
-def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
-    """Simulate one point; returns its row (the swept values, cores and the metrics) or an error row.
-    `blob` is the program file's content when the worker may not share the caller's disk (Dask)."""
+def run_point(task: dict, blobs: dict | None = None) -> dict[str, Any]:
+    """Simulate one point; returns its row (the swept values, cores, the metrics and `plan`, the
+    digest of the program it ran) or an error row. `blobs` maps a program file's digest to its
+    content when the worker may not share the caller's disk (Dask)."""
     from mlusim.experiments import row_from_summary
     from mlusim.report import summarize
-    from mlusim.sim import simulate
+    from mlusim.runs import execute
 
     row: dict[str, Any] = {"point": task["index"], **task["values"], "cores": task["cores"]}
     try:
-        prog, cfg = _program(task, blob)
-        res = simulate(prog, cfg, cores=task["cores"], timing_only=task["timing_only"],
-                       max_cycles=task["max_cycles"], max_instructions=task["max_instructions"],
-                       max_seconds=task.get("max_seconds"))
+        prep, digest, cfg = _program(task, blobs)
+        res = execute(prep, cfg, task["cores"], timing_only=task["timing_only"], max_cycles=task["max_cycles"],
+                      max_instructions=task["max_instructions"], max_seconds=task.get("max_seconds"))
         if res.interrupted:     # Ctrl-C in this process: stop the sweep, not just this point
             raise KeyboardInterrupt
-        row.update(row_from_summary(summarize(res), None, int(prog.meta.get("batch", 1) or 1)))
+        row.update(row_from_summary(summarize(res), None, int(res.program_meta.get("batch", 1) or 1)))
         row["cores"] = task["cores"]
+        row["plan"] = digest
         row["error"] = None
     except MlusimError as e:
         row["error"] = str(e)
@@ -188,13 +195,33 @@ def run_point(task: dict, blob: bytes | None = None) -> dict[str, Any]:
 # The sweep
 
 
+def _held(spec: str, cfg, counts: list[int], options, workdir: Path) -> dict[int, Path]:
+    """--hold-program: `spec` compiled once per core count for the base config, saved as .mlu files
+    that every hardware point then runs as they are."""
+    from mlusim import mlufile
+    from mlusim.programs import resolve_program, schedule_for
+
+    if schedule_for(spec, cfg) == "per-cluster":
+        raise SweepError(f"--hold-program: {cfg.name} runs {spec} per cluster (a trunk and a head compiled per "
+                         f"point); hold a spread program with --set runtime.schedule=spread")
+    out = {}
+    for n in counts:
+        out[n] = workdir / f"held-{n}cores.mlu"
+        mlufile.save(resolve_program(spec, cfg, n, options), out[n])
+    return out
+
+
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
-         timing_only: bool = True, max_cycles: float | None = None,
-         max_instructions: int = 20_000_000, max_seconds: float | None = None,
-         cache: bool = True) -> tuple[list[dict], bytes | None]:
-    """Every task of the sweep, each with its fully resolved config, plus the program file's bytes.
-    Raises on the first bad key or value, naming the point."""
-    from mlusim.experiments import default_config, resolve_program
+         timing_only: bool = True, max_cycles: float | None = None, max_instructions: int = 20_000_000,
+         max_seconds: float | None = None, options=None, hold_program: Path | None = None
+         ) -> tuple[list[dict], dict[str, bytes]]:
+    """Every task of the sweep, each with its fully resolved config, plus the program files'
+    bytes by digest. Raises on the first bad key or value, naming the point. `hold_program`: a
+    folder to compile a zoo or ONNX spec into once per core count for the base config."""
+    from dataclasses import asdict
+
+    from mlusim.experiments import default_config
+    from mlusim.programs import BuildOptions, resolve_program
 
     params = dict(params or {})
     check_keys(params)
@@ -202,45 +229,70 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
         if not isinstance(vals, (list, tuple)) or not vals:
             raise SweepError(f"sweep parameter {k}: expected a non-empty list of values")
     check_size(params, cores)
-    path = Path(spec)
-    blob = path.read_bytes() if path.is_file() else None
-    digest = hashlib.sha256(blob if blob is not None else spec.encode()).hexdigest()[:16]
-    base_cfg = default_config(None, base_config) if base_config is not None else None
-    program = resolve_program(spec, base_cfg, cache=cache)
-    tasks = []
+    options = options or BuildOptions()
+    program = None if compiles_on_the_fly(spec) else resolve_program(spec, options=options)
+    configs = []
     for values in points(params):
         try:
-            cfg = default_config(program, base_config, values)
+            configs.append((values, default_config(program, base_config, values)))
         except ConfigError as e:
             where = ", ".join(f"{k}={v}" for k, v in values.items())
             raise SweepError(f"sweep point {where}: {e}") from None
+    files: dict[int | None, Path] = {} if program is None else {None: Path(spec)}
+    if hold_program is not None and program is None:
+        counts = sorted({n for _, cfg in configs for n in cores or [cfg.chip.cores]})
+        files = _held(spec, default_config(None, base_config), counts, options, hold_program)
+    blobs, digests = {}, {}
+    for n, path in files.items():
+        blob = path.read_bytes()
+        digests[n] = hashlib.sha256(blob).hexdigest()[:16]
+        blobs[digests[n]] = blob
+    tasks = []
+    for values, cfg in configs:
         for n in cores or [cfg.chip.cores]:
-            tasks.append({"index": len(tasks), "spec": spec, "digest": digest, "suffix": path.suffix,
+            key = n if n in files else None
+            path = files.get(key)
+            tasks.append({"index": len(tasks), "spec": str(path) if path else spec,
+                          "digest": digests[key] if path else hashlib.sha256(spec.encode()).hexdigest()[:16],
+                          "suffix": path.suffix if path else "", "options": asdict(options),
                           "values": values, "cores": int(n), "config": cfg.to_dict(), "config_origin": cfg.source,
                           "timing_only": timing_only, "max_cycles": max_cycles,
-                          "max_instructions": max_instructions, "max_seconds": max_seconds, "cache": cache})
-    return tasks, blob
+                          "max_instructions": max_instructions, "max_seconds": max_seconds})
+    return tasks, blobs
 
 
 def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
           jobs: int | None = None, cluster=None, cluster_timeout: float = 10.0, timing_only: bool = True,
           max_cycles: float | None = None, max_instructions: int = 20_000_000,
-          progress: Callable | None = None, max_seconds: float | None = None, cache: bool = True) -> list[dict]:
+          progress: Callable | None = None, max_seconds: float | None = None, options=None,
+          hold_program: bool = False) -> list[dict]:
     """Run the cross product of `params` (config key -> values) x `cores` for program `spec`.
 
     Returns one row per point in cross-product order: the swept values (dotted config keys), `cores`,
     the scaling metrics of `mlusim.experiments` (speedup and efficiency relative to the first core
-    count of the same hardware point) and `error` (None, or why the point could not run).
-    `progress(done, total, row)` is called as points finish. On Ctrl-C it raises `Interrupted`
-    (a KeyboardInterrupt) whose `.rows` are the points that finished."""
+    count of the same hardware point), `plan` (a digest of the program the point ran), `replanned`
+    (the compiler made a different program than for the point before with the same core count)
+    and `error` (None, or why the point could not run). A zoo or ONNX spec is compiled per point
+    with `options` (mlusim.programs.BuildOptions) unless `hold_program`: then once per core count
+    for the base config, and only the hardware varies. `progress(done, total, row)` is called as
+    points finish. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
+    points that finished."""
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
-    tasks, blob = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
-                       max_instructions=max_instructions, max_seconds=max_seconds, cache=cache)
+    with tempfile.TemporaryDirectory(prefix="mlusim-held-") as held:
+        tasks, blobs = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
+                            max_instructions=max_instructions, max_seconds=max_seconds, options=options,
+                            hold_program=Path(held) if hold_program else None)
+        rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, progress)
+    rows = sorted(rows, key=lambda r: r["point"])
+    return mark_replanned(relative_to_first_core_count(rows, list(params or {})))
+
+
+def _run(tasks: list[dict], blobs: dict, jobs, cluster, cluster_timeout: float, progress) -> list[dict]:
     if cluster is not None:
-        rows = _run_dask(tasks, blob, cluster, progress, cluster_timeout)
-    elif (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:
-        rows = []
+        return _run_dask(tasks, blobs, cluster, progress, cluster_timeout)
+    if (jobs or os.cpu_count() or 1) <= 1 or len(tasks) <= 1:
+        rows: list[dict] = []
         try:
             for t in tasks:
                 rows.append(run_point(t))
@@ -248,9 +300,22 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
                     progress(len(rows), len(tasks), rows[-1])
         except KeyboardInterrupt:
             raise Interrupted(rows) from None
-    else:
-        rows = _run_local(tasks, jobs or os.cpu_count() or 1, progress)
-    return relative_to_first_core_count(sorted(rows, key=lambda r: r["point"]), list(params or {}))
+        return rows
+    return _run_local(tasks, jobs or os.cpu_count() or 1, progress)
+
+
+def mark_replanned(rows: list[dict]) -> list[dict]:
+    """`replanned` on each row that ran: whether its program differs from the one the previous
+    point with the same core count ran (False for the first). A sweep that recompiles per point
+    can change tiling, fusion and the split over cores along with the hardware; this says where."""
+    last: dict[int, str] = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        prev = last.get(r["cores"])
+        r["replanned"] = prev is not None and prev != r["plan"]
+        last[r["cores"]] = r["plan"]
+    return rows
 
 
 def relative_to_first_core_count(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -298,7 +363,7 @@ def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
 CLUSTER_RE = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[A-Za-z0-9_.\-\[\]:]{1,255}(?::[0-9]{1,5})?", re.ASCII)
 
 
-def _run_dask(tasks: list[dict], blob, cluster, progress, timeout: float) -> list[dict]:
+def _run_dask(tasks: list[dict], blobs: dict, cluster, progress, timeout: float) -> list[dict]:
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -313,8 +378,8 @@ def _run_dask(tasks: list[dict], blob, cluster, progress, timeout: float) -> lis
         raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {str(e)[:200]}") from None
     rows: list[dict] = []
     try:
-        shipped = client.scatter(blob, broadcast=True) if blob is not None else None
-        futs = client.map(run_point, tasks, blob=shipped, pure=False)
+        shipped = client.scatter([blobs], broadcast=True)[0] if blobs else None   # one object: every file
+        futs = client.map(run_point, tasks, blobs=shipped, pure=False)
         try:
             for f in as_completed(futs):
                 rows.append(f.result())
@@ -336,11 +401,13 @@ def columns(keys: list[str]) -> list[tuple[str, str, float]]:
 
     units = {p: m.get("unit", "") for p, _, m in iter_leaves()}
     cols = [(k, f"{k} ({units[k]})" if units.get(k) else k, 1) for k in keys]
-    return cols + [("cores", "Cores", 1)] + METRIC_COLUMNS + [("error", "Error", 1)]
+    return cols + [("cores", "Cores", 1)] + METRIC_COLUMNS + [("plan", "Plan", 1), ("replanned", "Replanned", 1),
+                                                               ("error", "Error", 1)]
 
 
 def sweep_document(program: str, config, params: dict, cores, rows: list[dict], timing_only: bool = True,
-                   interrupted: bool = False) -> dict:
+                   interrupted: bool = False, hold_program: bool = False) -> dict:
     """What `mlusim sweep --json` writes and `mlusim plot` reads."""
     return {"kind": "sweep", "program": program, "config": config or "default", "params": params,
-            "cores": cores, "timing_only": timing_only, "interrupted": interrupted, "rows": rows}
+            "cores": cores, "timing_only": timing_only, "interrupted": interrupted, "hold_program": hold_program,
+            "rows": rows}

@@ -25,7 +25,10 @@ def test_models_lists_the_zoo(capsys):
 
 def test_compile_then_run_then_inspect(capsys, tmp_path):
     model = tmp_path / "lenet.mlu"
-    code, out, err = cli(capsys, "compile", "--model", "lenet5", "--batch", "2", "-o", str(model))
+    code, out, err = cli(capsys, "compile", "--model", "lenet5", "--batch", "2", "--cores", "2", "-o", str(model))
+    assert code == 0, err
+    assert "on 2 core(s)" in out and "fused" not in out       # quiet by default
+    code, out, err = cli(capsys, "compile", "--model", "lenet5", "--batch", "2", "--cores", "2", "-o", str(model), "-v")
     assert code == 0, err
     assert "fused conv1: conv2d + relu + maxpool" in out
     prog = mlufile.load(model)
@@ -49,6 +52,16 @@ def test_zoo_name_runs_directly(capsys):
 
 def test_compile_errors(capsys, tmp_path):
     code, _, err = cli(capsys, "compile", "--model", "resnet51", "-o", str(tmp_path / "x.mlu"))
-    assert code == 2 and "unknown model 'resnet51'" in err
+    assert code == 2 and "unknown model 'resnet51' (did you mean 'resnet50'" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, "run", "resnet51", "--timing-only")
+    assert code == 2 and "did you mean 'resnet50'" in err and err.count("\n") == 1
     code, _, err = cli(capsys, "compile", "--model", "mnist", "--resolution", "4", "-o", str(tmp_path / "x.mlu"))
     assert code == 2 and "below the minimum" in err
+
+
+def test_help_names_the_zoo(capsys):
+    for cmd in ("run", "sweep", "compile"):
+        assert main([cmd, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "mlusim models" in out and "mlusim zoo" not in out
+        assert "resnet18, resnet50" in out and "--dtype" in out and "--no-cluster-fusion" in out

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 
 from mlusim import compile_cache
-from mlusim.cached_compile import zoo_program
 from mlusim.cli import main
 from mlusim.compile_cache import CompileCache
 from mlusim.compiler import driver
 from mlusim.config import load_config
 from mlusim.isa.encoding import encode_stream
+from mlusim.programs import BuildOptions, compile_cached
+
+
+def zoo_program(name: str, cfg, cores: int, seed: int = 0, cluster_fusion: bool = True, cache: bool = True):
+    return compile_cached(name, cfg, cores, BuildOptions(seed=seed, cluster_fusion=cluster_fusion, cache=cache))
 
 
 def fingerprint(prog) -> tuple:
@@ -44,9 +48,9 @@ def entries(d) -> list[str]:
 
 def test_miss_then_hit_gives_the_same_program(compile_cache_dir, compiles):
     cfg = load_config("mlu270")
-    first, extra1 = zoo_program("lenet5", cfg, 4, cluster_fusion=True)
+    first, extra1 = zoo_program("lenet5", cfg, 4)
     assert compiles == ["lenet5"] and len(entries(compile_cache_dir)) == 1
-    second, extra2 = zoo_program("lenet5", cfg, 4, cluster_fusion=True)
+    second, extra2 = zoo_program("lenet5", cfg, 4)
     assert compiles == ["lenet5"], "the second compile should come from the cache"
     assert fingerprint(second) == fingerprint(first) and extra2 == extra1
     assert "compile_cache_extra" not in first.meta and "compile_cache_extra" not in second.meta
@@ -56,9 +60,10 @@ def test_cached_program_simulates_identically(compile_cache_dir):
     from mlusim.sim import simulate
 
     cfg = load_config("mlu270")
-    fresh = driver.compile_model("mnist", config=cfg, tasks=4).program
+    fresh = zoo_program("mnist", cfg, 4, cache=False)[0]
     zoo_program("mnist", cfg, 4)
     cached, _ = zoo_program("mnist", cfg, 4)
+    assert all(not t.data.flags.writeable for t in cached.tensors if t.data is not None), "constants mapped"
     a, b = simulate(fresh, cfg, cores=4), simulate(cached, cfg, cores=4)
     assert a.cycles == b.cycles and np.array_equal(a.outputs["output"], b.outputs["output"])
 
@@ -66,13 +71,15 @@ def test_cached_program_simulates_identically(compile_cache_dir):
 def test_key_changes_with_config_options_weights_and_code(monkeypatch):
     cache = CompileCache.from_env()
     cfg = load_config("mlu270")
-    base = {"kind": "zoo", "model": "mnist", "batch": 1, "seed": 0, "tasks": 4, "options": {"cluster_fusion": True},
+    base = {"spec": {"zoo": "mnist"}, "cores": 4, "options": {"batch": 1, "seed": 0, "cluster_fusion": True},
             "config": cfg.to_dict()}
     k = cache.key(base)
     assert cache.key(dict(base)) == k
     other_cfg = load_config("mlu270", ["dram.bandwidth_gbps=51.2"]).to_dict()
-    variants = [dict(base, config=other_cfg), dict(base, options={"cluster_fusion": False}), dict(base, seed=1),
-                dict(base, batch=2), dict(base, tasks=16), dict(base, model="lenet5")]
+    opts = base["options"]
+    variants = [dict(base, config=other_cfg), dict(base, options=dict(opts, cluster_fusion=False)),
+                dict(base, options=dict(opts, seed=1)), dict(base, options=dict(opts, batch=2)), dict(base, cores=16),
+                dict(base, spec={"zoo": "lenet5"})]
     keys = {cache.key(v) for v in variants}
     assert k not in keys and len(keys) == len(variants)
     monkeypatch.setattr(compile_cache, "__version__", "999")
@@ -147,7 +154,7 @@ def test_cli_no_cache_bypasses_it(compile_cache_dir, compiles, capsys):
 def test_compile_command_reports_the_same_from_the_cache(compile_cache_dir, tmp_path, capsys):
     outs = []
     for _ in range(2):
-        assert main(["compile", "--model", "lenet5", "-o", str(tmp_path / "m.mlu")]) == 0
+        assert main(["compile", "--model", "lenet5", "--verbose", "-o", str(tmp_path / "m.mlu")]) == 0
         text = capsys.readouterr().out
         outs.append([line for line in text.splitlines() if line.startswith("  fused")])
     assert outs[0] and outs[0] == outs[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlusim import mlufile
 from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.driver import compile_graph, compile_model
 from mlusim.compiler.graph import Builder, Graph, Node, infer_shapes
@@ -22,7 +23,7 @@ REL_BOUND = {"mnist": 0.2, "lenet5": 0.1, "resnet18": 0.1, "resnet50": 0.1, "mob
 @pytest.fixture(scope="module", params=list(CASES))
 def compiled(request):
     name = request.param
-    c = compile_model(name, batch=2, resolution=CASES[name])
+    c = compile_model(name, batch=2, resolution=CASES[name], cluster_fusion=False)
     x = np.random.default_rng(7).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     return name, c, x
 
@@ -56,8 +57,8 @@ def test_traffic_bounds_hold_for_the_generated_code(compiled):
     assert meta["weight_bytes"] < meta["min_traffic_bytes"] <= meta["layer_traffic_bytes"]
     cfg = load_config("mlu270")
     for n in (1, 4):
-        s = summarize(simulate(compile_model(name, batch=2, resolution=CASES[name], tasks=n).program, cfg,
-                               cores=n, timing_only=True))
+        prog = compile_model(name, batch=2, resolution=CASES[name], tasks=n, cluster_fusion=False).program
+        s = summarize(simulate(prog, cfg, cores=n, timing_only=True))
         assert s["dram_bus_bytes"] >= meta["layer_traffic_bytes"], (name, n)
         b = roofline_bounds(s)
         assert b["compute"] == pytest.approx(meta["macs"] / (n * cfg.core.mac_int8_per_cycle))
@@ -66,7 +67,7 @@ def test_traffic_bounds_hold_for_the_generated_code(compiled):
 
 
 def test_same_output_on_every_core_count():
-    c = compile_model("resnet18", batch=1, resolution=32)
+    c = compile_model("resnet18", batch=1, resolution=32, cluster_fusion=False)
     x = np.random.default_rng(3).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     outs = [simulate(c.program, cores=n, inputs={"input": x}).outputs["output"] for n in (1, 3, 16)]
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
@@ -85,7 +86,7 @@ def _store_ranges(kernel, task):
 
 
 def test_tasks_write_disjoint_regions_covering_each_output():
-    c = compile_model("resnet18", batch=2, resolution=64)
+    c = compile_model("resnet18", batch=2, resolution=64, cluster_fusion=False)
     prog = c.program
     by_addr = {t.addr: t for t in prog.tensors}
     for k in prog.kernels:
@@ -102,7 +103,7 @@ def test_tasks_write_disjoint_regions_covering_each_output():
 @pytest.mark.parametrize("nram_kib", [176, 512])
 def test_tiles_fit_the_scratchpads_and_follow_the_config(nram_kib):
     cfg = load_config("mlu270", [f"core.nram_kib={nram_kib}"])
-    c = compile_model("resnet18", batch=1, resolution=64, config=cfg)
+    c = compile_model("resnet18", batch=1, resolution=64, config=cfg, cluster_fusion=False)
     for k in c.program.kernels:
         for stream in k.streams:
             for ins in stream:
@@ -116,19 +117,19 @@ def test_tiles_fit_the_scratchpads_and_follow_the_config(nram_kib):
 
 
 def test_smaller_nram_changes_the_tiling():
-    small = compile_model("resnet18", config=load_config("mlu270", ["core.nram_kib=256"]))
-    big = compile_model("resnet18")
+    small = compile_model("resnet18", config=load_config("mlu270", ["core.nram_kib=256"]), cluster_fusion=False)
+    big = compile_model("resnet18", cluster_fusion=False)
     tiles = lambda c: [k.meta.get("tiling") for k in c.program.kernels]  # noqa: E731
     assert tiles(small) != tiles(big)
 
 
 def test_fusion_is_recorded_per_kernel():
-    c = compile_model("resnet50", resolution=32)
+    c = compile_model("resnet50", resolution=32, cluster_fusion=False)
     fused = {k.name: k.meta["fused"] for k in c.program.kernels}
     assert fused["stem.conv"] == ["batchnorm", "relu", "space-to-depth"]
     assert "add" in fused["layer1.0.3.conv"] and "relu" in fused["layer1.0.3.conv"]
     assert not any(k.meta["op"] in ("batchnorm", "relu", "add") for k in c.program.kernels)
-    m = compile_model("mnist")
+    m = compile_model("mnist", cluster_fusion=False)
     assert "maxpool" in next(k for k in m.program.kernels if k.name == "conv2").meta["fused"]
 
 
@@ -136,7 +137,7 @@ def test_space_to_depth_stem_is_exact_and_cheaper():
     """The RGB stem regrouped as a 4x4 stride-1 conv over 12 channels: same output bits, fewer cycles."""
     from mlusim.compiler import lower as lowering
 
-    c = compile_model("resnet18", batch=1, resolution=64)
+    c = compile_model("resnet18", batch=1, resolution=64, cluster_fusion=False)
     x = np.random.default_rng(5).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     inp = c.program.tensor("input")
     assert inp.shape == (1, 35, 35, 12) and inp.meta["space_to_depth"] == [2, 3, 3, 3, 3]
@@ -165,7 +166,7 @@ def test_folding_kernel_columns_into_channels_is_exact_and_cheaper(monkeypatch):
     xin = np.random.default_rng(1).uniform(0, 1, (2, 4, 20, 20)).astype(np.float32)
 
     def run(graph):
-        comp = compile_graph(graph, cfg)
+        comp = compile_graph(graph, cfg, cluster_fusion=False)
         res = simulate(comp.program, cfg, cores=2, inputs={"input": xin})
         assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"])
         conv = next(k for k in res.kernels if k.meta.get("op") == "conv2d")
@@ -193,7 +194,7 @@ def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
     xin = np.random.default_rng(2).uniform(0, 1, (2, 32, 16, 16)).astype(np.float32)
 
     def run(graph):
-        comp = compile_graph(graph, cfg, tasks=1)
+        comp = compile_graph(graph, cfg, tasks=1, cluster_fusion=False)
         res = simulate(comp.program, cfg, cores=1, inputs={"input": xin})
         assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"])
         conv = next(k for k in res.kernels if k.meta.get("op") == "conv2d")
@@ -208,6 +209,31 @@ def test_strided_1x1_conv_loads_only_the_rows_it_reads(monkeypatch):
     x_bytes = 2 * 32 * 16 * 16
     consts = 64 * 32 + 64 * 12                                     # int8 weights, int32 (bias, mult, shift) per channel
     assert read - consts == x_bytes // 2 and read_plain > read      # every other row; plain tiles carry rows between
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+@pytest.mark.parametrize("wram_kib, whole_groups", [(16, True), (4, False)])
+def test_grouped_conv_too_big_for_wram_splits_its_groups_exactly(dtype, wram_kib, whole_groups):
+    """A grouped conv keeps all its groups in one block while its weights fit WRAM; when they do not
+    (AlexNet's conv4 at int16), blocks of whole groups, or of part of one group, each load only
+    their groups' input channels. Same bits as the reference, on 1 and 3 cores, every block's
+    weights in WRAM (double-buffered)."""
+    b = Builder("grouped", seed=5)
+    x = b.input((2, 64, 9, 9))
+    g = b.graph(b.unary("relu", b.conv(x, 128, 3, padding=1, groups=4)))      # 4 groups of 16 -> 32 channels
+    esz = 2 if dtype == "int16" else 1
+    cfg = load_config("mlu270", [f"core.wram_kib={wram_kib * esz}"])      # 4 KiB: not even one group's weights
+    assert 128 * 16 * 9 * esz > cfg.wram_bytes                                  # one block of all groups cannot fit
+    xin = np.random.default_rng(3).uniform(0, 1, (2, 64, 9, 9)).astype(np.float32)
+    for cores in (1, 3):
+        comp = compile_graph(g, cfg, dtype=dtype, tasks=cores)
+        res = simulate(comp.program, cfg, cores=cores, inputs={"input": xin})
+        assert np.array_equal(res.outputs["output"], run_quant(comp.graph, xin)["__output__"]), (dtype, cores)
+        conv = next(k for k in comp.program.kernels if k.meta.get("op") == "conv2d")
+        block = int(conv.meta["tiling"].split(" x ")[1].split()[0])
+        assert "(groups split)" in conv.meta["tiling"] and 0 < conv.meta["wram_bytes_used"] <= cfg.wram_bytes
+        assert (block >= 32) == whole_groups and (block % 32 == 0 or 32 % block == 0), conv.meta["tiling"]
+        assert f"{max(1, block // 32) * 16} input channels per block" in conv.meta["tiling"]
 
 
 def test_batchnorm_folding_preserves_the_float_model():
@@ -228,7 +254,7 @@ def test_quantize_multiplier(m):
 
 def test_int16_and_per_tensor_models_are_exact():
     for kw in ({"dtype": "int16"}, {"per_channel": False}):
-        c = compile_model("lenet5", batch=2, **kw)
+        c = compile_model("lenet5", batch=2, **kw, cluster_fusion=False)
         x = np.random.default_rng(1).uniform(0, 1, c.graph.input.shape).astype(np.float32)
         out = simulate(c.program, cores=2, inputs={"input": x}).outputs["output"]
         assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
@@ -238,7 +264,7 @@ def test_int16_reductions_that_overflow_int32_stay_exact():
     """int16 products summed over VGG-16's fully connected layers overflow the int32 accumulator.
     The reference wraps the whole sum once; the linear kernel splits the reduction into chunks whose
     partial sums it adds with vadd, which wraps on i32 as the accumulator does, so they agree."""
-    c = compile_model("vgg16", batch=1, resolution=32, dtype="int16")
+    c = compile_model("vgg16", batch=1, resolution=32, dtype="int16", cluster_fusion=False)
     x = np.random.default_rng(2).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     out = simulate(c.program, cores=4, inputs={"input": x}).outputs["output"]
     assert np.array_equal(out, run_quant(c.graph, x)["__output__"])
@@ -249,7 +275,7 @@ def test_firstconv_folds_mean_and_std():
     g = zoo.build("mnist", 1)
     x = np.random.default_rng(2).uniform(0, 255, g.input.shape).astype(np.float32)
     norm = run_float(passes.optimize(zoo.build("mnist", 1)), (x - 100.0) / 50.0)
-    c = compile_graph(g, mean=[100.0], std=[50.0], samples=[x])
+    c = compile_graph(g, mean=[100.0], std=[50.0], samples=[x], cluster_fusion=False)
     raw = run_float(c.graph, x)
     assert np.allclose(raw[c.graph.output], norm[c.graph.output], rtol=1e-3, atol=1e-2)
     assert "firstconv" in c.graph.node("conv1").fused
@@ -274,12 +300,12 @@ def test_firstconv_is_exact_at_the_borders_of_padded_and_strided_convs(stride, d
     xn = ((x - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)).astype(np.float32)
     host = passes.optimize(_padded_stem(stride))
     want = run_float(host, xn)
-    c = compile_graph(_padded_stem(stride), mean=mean, std=std, samples=[x], dtype=dtype, tasks=2)
+    c = compile_graph(_padded_stem(stride), mean=mean, std=std, samples=[x], dtype=dtype, tasks=2, cluster_fusion=False)
     got = run_float(c.graph, x)
     for name in ("conv1", c.graph.output):         # conv1: every border pixel, before any pooling
         assert np.abs(got[name] - want[name]).max() <= 1e-5 * np.abs(want[name]).max(), name
     q = run_quant(c.graph, x)["__output__"]
-    plain = compile_graph(_padded_stem(stride), samples=[xn], dtype=dtype, tasks=2)
+    plain = compile_graph(_padded_stem(stride), samples=[xn], dtype=dtype, tasks=2, cluster_fusion=False)
     base = np.abs(run_quant(plain.graph, xn)["__output__"] - want[host.output]).max()
     err = np.abs(q - want[host.output]).max()
     assert err <= 2 * base + 1e-6 * np.abs(want[host.output]).max(), (err, base)
@@ -287,9 +313,42 @@ def test_firstconv_is_exact_at_the_borders_of_padded_and_strided_convs(stride, d
     assert np.array_equal(out, q)
 
 
+def test_data_scale_scales_layer_inputs_and_per_channel_weights():
+    """Cambricon's data_scale: the range of each conv/linear input (LeNet-5: the image, conv1,
+    conv2 through the flatten, fc1, fc2) and of each per-channel weight channel is multiplied by it;
+    the logits (fc3, read by no layer) and per-tensor weights keep their ranges. The program stays
+    bit-exact against the reference quantized the same way."""
+    x = np.random.default_rng(3).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    for per_channel in (True, False):
+        one, half = (compile_model("lenet5", batch=2, samples=[x], per_channel=per_channel, data_scale=ds, tasks=2)
+                     for ds in (1.0, 0.5))
+        for name in ("input", "conv1", "conv2", "fc1", "fc2"):
+            assert half.graph.node(name).q["scale"] == pytest.approx(one.graph.node(name).q["scale"] / 2), name
+        assert half.graph.node("fc3").q["scale"] == one.graph.node("fc3").q["scale"]
+        for name in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+            ws = (one.graph.node(name).q["w_scale"], half.graph.node(name).q["w_scale"])
+            assert np.allclose(ws[1], ws[0] / 2) if per_channel else np.array_equal(ws[1], ws[0]), name
+        out = simulate(half.program, cores=2, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out, run_quant(half.graph, x)["__output__"])
+    with pytest.raises(CompileError, match="data_scale must be a positive number"):
+        compile_model("lenet5", batch=1, data_scale=0.0)
+
+
+def test_a_calibration_given_in_node_order_is_used_as_it_is():
+    """absmax as one value per node of the prepared graph (how the torch shim saves it) compiles to
+    the same program as the calibration by name; a list of another length is refused."""
+    x = np.random.default_rng(4).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    ref = compile_model("lenet5", batch=2, samples=[x])
+    ordered = [ref.absmax[n.name] for n in ref.graph.nodes]
+    again = compile_graph(zoo.build("lenet5", 2), absmax=ordered)
+    assert mlufile.dumps(again.program) == mlufile.dumps(ref.program)
+    with pytest.raises(CompileError, match="calibration has 6 values but lenet5's prepared graph has 7 nodes"):
+        compile_graph(zoo.build("lenet5", 2), absmax=ordered[:-1])
+
+
 def test_firstconv_rejects_a_mean_of_the_wrong_length():
     with pytest.raises(CompileError, match="mean has 2 values but the input has 3 channels"):
-        compile_graph(_padded_stem(1), mean=[0.5, 0.5], std=[0.2])
+        compile_graph(_padded_stem(1), mean=[0.5, 0.5], std=[0.2], cluster_fusion=False)
 
 
 def test_unsupported_op_names_op_and_node():
@@ -325,7 +384,7 @@ def test_concat_and_avgpool_lower_exactly():
     y = b.unary("avgpool", y, kernel=2)
     y = b.unary("flatten", b.unary("gap", y))
     g = b.graph(b.unary("softmax", b.linear(y, 16, 5)))
-    comp = compile_graph(g)
+    comp = compile_graph(g, cluster_fusion=False)
     xin = np.random.default_rng(0).uniform(0, 1, (2, 8, 12, 12)).astype(np.float32)
     out = simulate(comp.program, cores=3, inputs={"input": xin}).outputs["output"]
     assert np.array_equal(out, run_quant(comp.graph, xin)["__output__"])

@@ -44,6 +44,20 @@ def test_saving_twice_gives_the_same_bytes(model, tmp_path):
     assert (tmp_path / "again.mlu").read_bytes() == path.read_bytes()
 
 
+def test_bytes_in_memory_are_the_files_bytes_and_checked_alike(model):
+    """dumps/loads (the torch shim keeps a traced program this way) are save/load without a file:
+    the same bytes, the same program back, and damage is a ModelFileError naming the origin."""
+    prog, path = model
+    raw = mlufile.dumps(prog)
+    assert raw == path.read_bytes()
+    back = mlufile.loads(raw, "traced")
+    assert [k.streams for k in back.kernels] == [k.streams for k in prog.kernels]
+    with pytest.raises(ModelFileError, match="^traced: not an mlusim model"):
+        mlufile.loads(b"not a zip", "traced")
+    with pytest.raises(ModelFileError, match="^traced: "):
+        mlufile.loads(raw[: len(raw) // 2], "traced")
+
+
 def test_truncation_at_every_offset_is_a_clean_error(model, tmp_path):
     _, path = model
     data = path.read_bytes()

@@ -28,6 +28,13 @@ from mlusim.sim import simulate  # noqa: E402
 RES = 32
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every network here is built with torch's default initialisation: seed it so that a failure
+    is repeatable (unseeded, the worst error of one test varied from 19 to 58 steps run to run)."""
+    torch.manual_seed(0)
+
+
 def export(net, path, res=RES, opset=13):
     x = torch.rand(1, 3, res, res)
     with warnings.catch_warnings():
@@ -53,8 +60,14 @@ def quantize(src, dst, shape, fmt=QuantFormat.QDQ, lo=0.0, hi=1.0):
 
 
 def ort_run(path, x):
+    """ONNX Runtime's answer with exact integer arithmetic. On x86 CPUs without VNNI (SSE4.1, AVX2,
+    AVX512F) its fast u8s8 GEMM (VPMADDUBSW) adds pairs of uint8 x int8 products in saturating
+    int16, so QLinearConv/QGemm/QLinearMatMul go wrong by tens of output steps once weights leave
+    [-64, 63] (per-channel int8 weights always reach +-127); the answer then depends on the host
+    CPU. session.x64quantprecision (ONNX Runtime PR #12088) switches those to u8u8 on such CPUs."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
@@ -84,7 +97,7 @@ def test_qdq_cnn_matches_onnx_runtime(qdq_model):
     """The acceptance check: every element within one output step of ONNX Runtime (measured: all
     equal, on this machine's x86 kernels), and the simulator equal to the reference."""
     name, path = qdq_model
-    c = compile_onnx(path)
+    c = compile_onnx(path, cluster_fusion=False)
     assert c.notes == []                                     # fully quantized by the model: no calibration
     exact, worst = agreement(path, c, images=2)
     assert worst <= 1.0 + 1e-6, f"{name}: {worst:.2f} steps from ONNX Runtime"
@@ -103,7 +116,7 @@ def test_qdq_keeps_the_models_quantization(qdq_model):
     for conv in convs:                                                                  # the model's int8 weights
         assert np.allclose(conv.params["w_scale"], weights[conv.params["qweight"].tobytes()])
     assert g.input.attrs["quant"]["dtype"] == "uint8"
-    c = compile_onnx(path)
+    c = compile_onnx(path, cluster_fusion=False)
     zps = {n.q["zp"] for n in c.graph.nodes if "model" in n.q}
     assert -128 in zps and len(zps) > 2                     # uint8 zero point 0, and asymmetric tensors
     assert not any("add" in n.fused for n in c.graph.nodes)  # the model rounds conv outputs before adds
@@ -115,7 +128,7 @@ def test_qoperator_format_and_core_counts(tmp_path):
     q = quantize(f, tmp_path / "qop.onnx", (1, 3, RES, RES), fmt=QuantFormat.QOperator)
     ops = {n.op_type for n in onnx.load(q).graph.node}
     assert {"QLinearConv", "QLinearAdd"} <= ops
-    c = compile_onnx(q)
+    c = compile_onnx(q, cluster_fusion=False)
     exact, worst = agreement(q, c, images=1, cores=3)
     assert worst <= 1.0 + 1e-6 and exact >= 0.99
     x = np.random.default_rng(5).uniform(0, 1, c.graph.input.shape).astype(np.float32)
@@ -136,7 +149,7 @@ def test_qlinear_matmul(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "mm.onnx")
     q = quantize(str(tmp_path / "mm.onnx"), tmp_path / "mmq.onnx", (1, 4, 4, 4), fmt=QuantFormat.QOperator)
     assert "QLinearMatMul" in {x.op_type for x in onnx.load(q).graph.node}
-    c = compile_onnx(q)
+    c = compile_onnx(q, cluster_fusion=False)
     assert [n.op for n in c.graph.nodes] == ["input", "flatten", "linear"]
     exact, worst = agreement(q, c, images=3, cores=2)
     assert worst <= 1.0 + 1e-6 and exact >= 0.99
@@ -172,7 +185,7 @@ def test_float_model_with_every_op_and_calibration(tmp_path):
     assert {"Pad", "HardSwish", "Sigmoid", "Concat", "AveragePool", "Clip", "Gemm", "Softmax"} <= types
     samples = np.random.default_rng(1).uniform(0, 1, (6, 3, RES, RES)).astype(np.float32)
     np.save(tmp_path / "cal.npy", samples)
-    c = compile_onnx(f, calibrate=str(tmp_path / "cal.npy"))
+    c = compile_onnx(f, calibrate=str(tmp_path / "cal.npy"), cluster_fusion=False)
     assert c.notes == []
     assert {"sigmoid", "hardswish", "concat", "avgpool"} <= {n.op for n in c.graph.nodes}
     assert any(n.op == "conv2d" and n.attrs["stride"] == (1, 1) and n.attrs["padding"] == (1, 1, 1, 1)
@@ -183,7 +196,8 @@ def test_float_model_with_every_op_and_calibration(tmp_path):
     want = ort_run(f, x)
     assert np.allclose(run_float(c.graph, x)[c.graph.output], want, atol=1e-5)     # the import is the model
     assert np.abs(out - want).max() < 0.05 and out.argmax() == want.argmax()        # and int8 stays close
-    assert compile_onnx(f).notes and "random" in compile_onnx(f).notes[0]           # no data: a warning
+    notes = compile_onnx(f, cluster_fusion=False).notes
+    assert notes and "random" in notes[0]           # no data: a warning
 
 
 def test_quantized_model_with_every_op(tmp_path):
@@ -191,7 +205,7 @@ def test_quantized_model_with_every_op(tmp_path):
     inputs have their own scales (a requant node converts one), softmax left in float."""
     torch.manual_seed(0)
     q = quantize(export(Zoo(), tmp_path / "zoo.onnx", opset=14), tmp_path / "zooq.onnx", (1, 3, RES, RES))
-    c = compile_onnx(q)
+    c = compile_onnx(q, cluster_fusion=False)
     ops = [n.op for n in c.graph.nodes]
     assert c.notes == [] and "requant" in ops and {"sigmoid", "hardswish", "softmax"} <= set(ops)
     for seed in range(2):
@@ -205,7 +219,7 @@ def test_float_cnn_from_the_cli(tmp_path, capsys):
     f = export(zoo_torch.build("mobilenetv2", resolution=RES), tmp_path / "mnv2.onnx")
     np.save(tmp_path / "cal.npy", np.random.default_rng(2).uniform(0, 1, (4, 3, RES, RES)).astype(np.float32))
     out = tmp_path / "mnv2.mlu"
-    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "-o", str(out)]) == 0
+    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "--cores", "2", "-o", str(out)]) == 0
     assert out.exists() and "wrote" in capsys.readouterr().out
     x = np.random.default_rng(3).uniform(0, 1, (1, 3, RES, RES)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -247,7 +261,7 @@ def test_hand_built_graph_with_folding(tmp_path):
                                        "log_softmax"]
     x = rng.uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
     assert np.allclose(run_float(g, x)[g.output], ort_run(path, x), atol=1e-5)
-    c = compile_onnx(path, samples=[x])
+    c = compile_onnx(path, samples=[x], cluster_fusion=False)
     assert "batchnorm" in c.graph.node(c.graph.nodes[1].name).fused
     assert np.array_equal(simulate(c.program, cores=2, inputs={"input": x}).outputs["output"],
                           run_quant(c.graph, x)["__output__"])
@@ -282,16 +296,37 @@ def test_asymmetric_input_pads_with_its_zero_point(tmp_path):
                               torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 10, 4))
     f = export(net, tmp_path / "f.onnx", res=8)
     q = quantize(f, tmp_path / "q.onnx", (1, 3, 8, 8), lo=-0.5, hi=1.5)
-    c = compile_onnx(q)
+    c = compile_onnx(q, cluster_fusion=False)
     assert c.graph.input.q["zp"] not in (0, -128)
     exact, worst = agreement(q, c, images=2, cores=2, lo=-0.5, hi=1.5)
     assert worst <= 1.0 + 1e-6 and exact >= 0.99
 
 
+def test_asymmetric_grouped_conv_split_between_blocks_pads_with_its_zero_point(tmp_path):
+    """A grouped conv whose weights exceed WRAM runs block by block, each tile holding only its
+    groups' input channels (kernels/conv.py sliced()); with an asymmetric input its pads are built
+    in NRAM around those channels. Same bits as the reference on 1 and 2 cores (the reference's
+    agreement with ONNX Runtime on asymmetric inputs is the test above's business)."""
+    from mlusim.config import load_config
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1, groups=2),
+                              torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 4))
+    q = quantize(export(net, tmp_path / "f.onnx", res=8), tmp_path / "q.onnx", (1, 3, 8, 8), lo=-0.5, hi=1.5)
+    c = compile_onnx(q, config=load_config("mlu270", ["core.wram_kib=2"]), cluster_fusion=False)  # weights 2304 B
+    conv = [k for k in c.program.kernels if k.meta.get("op") == "conv2d"][1]
+    assert "(groups split)" in conv.meta["tiling"], conv.meta["tiling"]
+    assert c.graph.node(conv.name).q["in_zp"] != 0
+    x = np.random.default_rng(100).uniform(-0.5, 1.5, c.graph.input.shape).astype(np.float32)
+    ref = run_quant(c.graph, x)["__output__"]
+    for cores in (1, 2):
+        out = simulate(c.program, cores=cores, inputs={"input": x}).outputs["output"]
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), cores
+
+
 def test_from_torch_is_exported():
     net = zoo_torch.build("lenet5")
     g = from_torch(net, torch.rand(1, 1, 28, 28))
-    c = compile_graph(g)
+    c = compile_graph(g, cluster_fusion=False)
     x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)
     assert np.array_equal(simulate(c.program, cores=2, inputs={"input": x}).outputs["output"],
                           run_quant(c.graph, x)["__output__"])

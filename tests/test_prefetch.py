@@ -129,7 +129,8 @@ G2S = DIR_NAMES.index("g2s")
 def streamed():
     """ResNet-18 at 64x64, batch 4 on one cluster, its first layers forced into one segment of four
     one-image groups: the case where the next image's input can stream in."""
-    names = [n.name for n in compile_model("resnet18", batch=4, resolution=64, tasks=4).graph.nodes]
+    g = compile_model("resnet18", batch=4, resolution=64, tasks=4, cluster_fusion=False).graph
+    names = [n.name for n in g.nodes]
     seg = Segment(0, names.index("layer2.0.2.conv") + 1, 1)
     return compile_model("resnet18", batch=4, resolution=64, tasks=4, cluster_fusion=FusionOptions(segments=(seg,)))
 

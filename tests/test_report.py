@@ -12,6 +12,7 @@ from conftest import I, program, tensors
 from mlusim.cli import main
 from mlusim.experiments import (
     LAYER_COLUMNS,
+    BuildOptions,
     SCALING_COLUMNS,
     flatten_layers,
     resolve_program,
@@ -188,12 +189,10 @@ def test_json_has_no_nan(tmp_path, mlu270):
 def test_ctrl_c_during_run_prints_the_partial_report_and_table(capsys, monkeypatch):
     from mlusim.commands import run as runcmd
 
-    def start(self, label, total):
-        def cb(done, total, cycles):
-            if label.startswith("2 "):     # the 2-core run is interrupted after its first kernel
-                raise KeyboardInterrupt
-        return cb
-    monkeypatch.setattr(runcmd.Progress, "start", start)
+    def progress(self, done, total, cycles):
+        if self.labels[self.run].startswith("2 "):     # the 2-core run is interrupted after its first kernel
+            raise KeyboardInterrupt
+    monkeypatch.setattr(runcmd.Progress, "__call__", progress)
     prog = ROOT / "examples" / "matmul.s"
     code, out, err = cli(capsys, "run", str(prog), "--cores", "1,2,4", "--timing-only")
     assert code == 130
@@ -216,7 +215,7 @@ def test_zoo_model_is_compiled_for_each_core_count(capsys, tmp_path, mlu270):
     assert code == 0, err
     doc = json.loads(j.read_text())
     for n, run in zip((1, 4), doc["runs"]):
-        prog = resolve_program("lenet5", mlu270, cores=n, batch=2)
+        prog = resolve_program("lenet5", mlu270, cores=n, options=BuildOptions(batch=2))
         assert run["cycles"] == simulate(prog, mlu270, cores=n, timing_only=True).cycles
     assert doc["batch"] == 2
 
@@ -224,3 +223,99 @@ def test_zoo_model_is_compiled_for_each_core_count(capsys, tmp_path, mlu270):
 def test_batch_on_a_compiled_program_is_a_one_line_error(capsys):
     code, _, err = cli(capsys, "run", MATMUL, "--batch", "4", "--timing-only")
     assert code == 2 and "already compiled" in err and err.count("\n") == 1
+
+
+def conv_pipeline(steps: int = 8, serial: bool = False) -> Program:
+    """64 KiB input tiles double-buffered into NRAM under a conv that takes a little less time
+    than a tile's load; `serial`: each load also waits for the conv before it (no overlap)."""
+    conv = dict(dt="i8", odt="f16", n=1, hi=6, wi=6, ci=256, co=256, kh=3, kw=3, pt=1, pb=1, pl=1, pr=1)
+    tile = 64 * KIB
+    g = tensors(TensorDecl("x", "scratch", "i8", (steps * tile,), -1),
+                TensorDecl("w", "scratch", "i8", (256 * 9 * 256,), -1))
+    x, w = g
+    s = [I("dma", dir="g2w", dst=0, src=w.addr, size=w.nbytes)]
+    for i in range(steps + 1):
+        if i < steps:
+            s.append(I("dma", dir="g2n", dst=(i % 2) * tile, src=x.addr + i * tile, size=tile, sig="cp",
+                       wait="cp" if i >= 2 or (serial and i) else "none"))
+        if i >= 1:
+            j = i - 1
+            s.append(I("conv", dst=2 * tile, src=(j % 2) * tile, wgt=0, **conv, wait="ld", sig="ld"))
+    return program(s, g)
+
+
+def test_cp_wait_counts_only_cycles_the_compute_units_starve(mlu270):
+    """The compute queue issues ahead of its units: the next conv waits for its tile's token while
+    the previous conv still runs. Those waits overlap MAC work; cp wait is only the idle part."""
+    res = simulate(conv_pipeline(), mlu270, cores=1, timing_only=True)
+    c = res.totals()[0]
+    share = summarize(res)["per_core"][0]["share"]
+    raw_wait = 100 * c.token_stall["cp"] / res.cycles
+    assert share["mac"] > 50 and share["mac"] + raw_wait > 110     # the raw waits overlap MAC work
+    assert share["cp_wait"] == pytest.approx(100 * c.cp_starved / res.cycles)
+    # the MAC array is the only compute unit used, so its idle time is starvation, less launch/issue
+    assert share["cp_wait"] <= 100 - share["mac"]
+    assert share["cp_wait"] == pytest.approx(100 - share["mac"], abs=5)
+    # serial: nothing overlaps; the starved time grows by the loads now waited for
+    ser = simulate(conv_pipeline(serial=True), mlu270, cores=1, timing_only=True)
+    cs = ser.totals()[0]
+    assert cs.cp_starved > c.cp_starved and cs.cp_starved + cs.busy["mac"] <= ser.cycles
+    assert cs.cp_starved == pytest.approx(ser.cycles - cs.busy["mac"], rel=0.05)
+
+
+def per_layer_lines(out: str) -> dict[tuple[str, int], str]:
+    """(layer, cores) -> the cycles cell of `mlusim run --cores A,B --per-layer`'s per-layer table:
+    a layer's first row is `name [op] cores cycles ...`, the next ones `cores cycles ...`."""
+    import re
+
+    body = out[out.index("per layer"):out.index("speedup       cycles")]
+    got, name = {}, None
+    for line in body.splitlines()[1:]:
+        cells = line.split()
+        if len(cells) < 3:
+            continue
+        if not cells[0].isdigit():
+            name, cells = cells[0], cells[1:] if cells[1].isdigit() else cells[2:]
+        if cells[0].isdigit() and re.fullmatch(r"[0-9,]+", cells[1]):
+            got[(name, int(cells[0]))] = cells[1]
+    return got
+
+
+def test_per_layer_table_csv_and_json_agree_and_align_by_name(capsys, tmp_path):
+    """ResNet-18 fuses its layers into one segment on 4 cores but not on 1: rows still meet under
+    the same layer name and LayerID, in the table, the CSV and the JSON."""
+    j, c = tmp_path / "s.json", tmp_path / "s.csv"
+    code, out, err = cli(capsys, "run", "resnet18", "--resolution", "32", "--cores", "1,4", "--per-layer",
+                         "--timing-only", "--json", str(j), "--csv", str(c))
+    assert code == 0, err
+    doc = json.loads(j.read_text())
+    one, four = ({lr["layer"]: lr for lr in r["layers"]} for r in doc["rows"])
+    assert not any(lr["fused"] for lr in one.values()) and sum(lr["fused"] for lr in four.values()) > 15
+    for name, lr in four.items():
+        if name in one:
+            assert lr["layer_id"] == one[name]["layer_id"]
+            assert lr["speedup"] == pytest.approx(one[name]["cycles"] / lr["cycles"])
+    table = per_layer_lines(out)
+    csv_rows = {(r["Layer"], int(r["Cores"])): r for r in read_csv(tmp_path / "s_layers.csv")}
+    for row in doc["rows"]:
+        for lr in row["layers"]:
+            key = (lr["layer"], row["cores"])
+            assert table[key] == f"{lr['cycles']:,.0f}", key
+            assert int(csv_rows[key]["Total Cycles"]) == round(lr["cycles"])        # whole cycles in CSV
+            assert int(csv_rows[key]["LayerID"]) == lr["layer_id"]
+            assert float(csv_rows[key]["DRAM Filter Reads (B)"]) == lr["dram_weights_read"]
+            assert int(csv_rows[key]["Stall Cycles"]) == round(lr["stall_cycles"])
+    assert table[("stem.conv", 4)] == f"{four['stem.conv']['cycles']:,.0f}"     # not the segment's cycles
+
+
+def test_single_run_per_layer_table_matches_the_json(capsys, tmp_path):
+    j = tmp_path / "r.json"
+    code, out, err = cli(capsys, "run", "resnet18", "--resolution", "32", "--cores", "4", "--per-layer",
+                         "--timing-only", "--json", str(j))
+    assert code == 0, err
+    layers = json.loads(j.read_text())["layers"]
+    body = out[out.index("per layer:"):]
+    for lr in layers:
+        line = next(x for x in body.splitlines() if x.split()[:2] == [str(lr["layer_id"]), lr["layer"]])
+        assert f"{lr['cycles']:,.0f}" in line.split() and f"{lr['stall_cycles']:,.0f}" in line.split()
+    assert "LayerID" not in out and "IFMAP" in out      # the legend names SCALE-Sim's operands

@@ -102,7 +102,7 @@ def test_cost_model_prices_the_slices_lowering_makes():
     from mlusim.compiler import segments
 
     cfg = load_config("mlu270")
-    names = [n.name for n in compile_model("vgg16", batch=16, tasks=16).graph.nodes]
+    names = [n.name for n in compile_model("vgg16", batch=16, tasks=16, cluster_fusion=False).graph.nodes]
     a, b = names.index("features.11"), names.index("features.12") + 1
     c = compile_model("vgg16", batch=16, tasks=16, cluster_fusion=FusionOptions(segments=(Segment(a, b, 4),)))
     g, lay = c.graph, layouts(c.graph)
@@ -129,7 +129,7 @@ def test_stages_never_touch_live_values_nor_the_stage_before():
     """Replay share.plan on ResNet-50's layer3..gap1 at four images a job: a stage is clear of every
     value alive from the step that fills it to its own step, and one filled two steps ahead is
     clear of the stage of the step before."""
-    g = compile_model("resnet50", batch=16, tasks=16).graph
+    g = compile_model("resnet50", batch=16, tasks=16, cluster_fusion=False).graph
     lay = layouts(g)
     names = [n.name for n in g.nodes]
     nodes = g.nodes[names.index("layer3.0.1.conv"):names.index("gap1") + 1]

@@ -11,6 +11,8 @@ from mlusim.cli import main
 from mlusim.config import load_config
 from mlusim.errors import ConfigError
 from mlusim.experiments import resolve_program
+from mlusim.programs import BuildOptions
+from mlusim.runs import execute, plan_digest, prepare
 from mlusim.sim import simulate
 from mlusim.sweep import SweepError, columns, load_sweep_file, parse_set, points, sweep
 
@@ -175,3 +177,46 @@ def test_zoo_model_points_are_compiled_for_their_config_and_core_count():
         cfg = load_config("mlu270", {"dram.bandwidth_gbps": r["dram.bandwidth_gbps"]})
         prog = resolve_program("lenet5", cfg, cores=r["cores"])
         assert r["cycles"] == simulate(prog, cfg, cores=r["cores"], timing_only=True).cycles
+
+
+R18 = BuildOptions(resolution=32)
+BANDWIDTHS = [25.6, 102.4, 819.2]
+
+
+def test_default_sweep_recompiles_and_marks_where_the_plan_changed():
+    """ResNet-18 is re-planned for each DRAM bandwidth (the cost model picks other tilings and
+    fusions): each row says which program it ran and whether that changed from the row before."""
+    rows = sweep("resnet18", "mlu270", {"dram.bandwidth_gbps": BANDWIDTHS}, [4], jobs=1, options=R18)
+    for r in rows:
+        cfg = load_config("mlu270", {"dram.bandwidth_gbps": r["dram.bandwidth_gbps"]})
+        prep = prepare("resnet18", cfg, 4, R18)
+        assert r["plan"] == plan_digest(prep)
+        assert r["cycles"] == execute(prep, cfg, 4).cycles
+    assert [r["replanned"] for r in rows] == [False] + [a["plan"] != b["plan"] for a, b in zip(rows, rows[1:])]
+    assert any(r["replanned"] for r in rows)
+
+
+def test_hold_program_compiles_once_and_varies_only_the_hardware(capsys, tmp_path):
+    import tempfile
+
+    rows = sweep("resnet18", "mlu270", {"dram.bandwidth_gbps": BANDWIDTHS}, [4], jobs=1, options=R18,
+                 hold_program=True)
+    held = resolve_program("resnet18", load_config("mlu270"), 4, R18)     # the base config's program
+    assert len({r["plan"] for r in rows}) == 1 and not any(r["replanned"] for r in rows)
+    for r in rows:
+        cfg = load_config("mlu270", {"dram.bandwidth_gbps": r["dram.bandwidth_gbps"]})
+        assert r["cycles"] == simulate(held, cfg, cores=4, timing_only=True).cycles
+    cycles = [r["cycles"] for r in rows]
+    assert cycles == sorted(cycles, reverse=True)          # one program: more bandwidth is never slower
+    before = set(Path(tempfile.gettempdir()).glob("mlusim-held-*"))
+    code = main(["sweep", "resnet18", "--resolution", "32", "--hold-program", "--set",
+                 "dram.bandwidth_gbps=25.6,819.2", "--cores", "4", "-j", "1", "--csv", str(tmp_path / "h.csv")])
+    assert code == 0
+    got = list(csv.DictReader(open(tmp_path / "h.csv")))
+    assert [r["Replanned"] for r in got] == ["false", "false"] and got[0]["Plan"] == got[1]["Plan"]
+    assert set(Path(tempfile.gettempdir()).glob("mlusim-held-*")) == before        # held files removed
+
+
+def test_hold_program_refuses_the_per_cluster_schedule():
+    with pytest.raises(SweepError, match="per cluster"):
+        sweep("resnet18", "mlu370-s4", {"dram.bandwidth_gbps": [51.2]}, [4], jobs=1, options=R18, hold_program=True)

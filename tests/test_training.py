@@ -14,6 +14,7 @@ import torch_mlu.core.mlu_model as ct  # noqa: E402
 import torch_mlu.core.mlu_quantize as mq  # noqa: E402
 from torch_mlu import models  # noqa: E402
 from torch_mlu.core import adaptive_training as training  # noqa: E402
+from torch_mlu.core.state import TRAINING  # noqa: E402
 
 from mlusim.compiler import training_programs as K  # noqa: E402
 from mlusim.compiler.reference import _conv_i  # noqa: E402
@@ -27,13 +28,13 @@ CFG = load_config("mlu270")
 def _fresh():
     torch.set_grad_enabled(True)
     ct.set_cnml_enabled(False)          # the training path, as Cambricon's training scripts select it
-    training.STATE.sites.clear()
-    training.STATE.history.clear()
-    training.STATE.step.clear()
-    training.STATE.fallbacks.clear()
+    TRAINING.sites.clear()
+    TRAINING.history.clear()
+    TRAINING.step.clear()
+    TRAINING.fallbacks.clear()
     ct.set_core_number(1)
     yield
-    training.disable()
+    training.disable(TRAINING)
     ct.set_cnml_enabled(True)
 
 
@@ -141,21 +142,21 @@ def test_gradients_within_bounds_of_float_autograd(bits, bound):
     weight gradients) amplify it, hence the bounds."""
     for name, (g, r) in _grads(bits).items():
         assert float((g - r).norm() / r.norm()) < bound, name
-    assert not training.STATE.fallbacks
+    assert not TRAINING.fallbacks
 
 
 def test_31_bit_operands_run_as_several_int16_passes():
     _grads(31)
-    steps = training.STATE.step
+    steps = TRAINING.step
     assert steps["forward_kernels"] >= 4 * 4 + 8      # 4 MAC ops, each >= 4 digit-pair passes, + 8 others
 
 
 def test_adaptive_widening_follows_the_quantify_rate():
     _grads(8, rate=1e-9)
-    assert set(training.STATE.sites.values()) == {16}       # everything loses more than 1e-9 at 8 bits
-    training.STATE.sites.clear()
+    assert set(TRAINING.sites.values()) == {16}       # everything loses more than 1e-9 at 8 bits
+    TRAINING.sites.clear()
     _grads(8, rate=10.0)
-    assert set(training.STATE.sites.values()) == {8}
+    assert set(TRAINING.sites.values()) == {8}
 
 
 def test_short_training_run_tracks_float_pytorch_and_reports_cycles(tmp_path):

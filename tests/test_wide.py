@@ -16,7 +16,7 @@ from mlusim.sim import simulate
 
 
 def test_channel_shares_partition_a_conv():
-    g = compile_model("resnet18", batch=1, resolution=32).graph
+    g = compile_model("resnet18", batch=1, resolution=32, cluster_fusion=False).graph
     conv = next(n for n in g.nodes if n.name == "layer4.0.2.conv")
     parts = [wide.part(conv, c, 4) for c in range(4)]
     co = conv.q["weight"].shape[0]
@@ -29,7 +29,7 @@ def test_channel_shares_partition_a_conv():
 def _forced(first: str, last: str, group: int, clusters: int, staged: bool):
     """ResNet-50 (batch 4, 64x64) on 16 cores with layers first..last forced into one wide segment."""
     cfg = load_config("mlu270")
-    g = compile_model("resnet50", batch=4, resolution=64, tasks=16).graph
+    g = compile_model("resnet50", batch=4, resolution=64, tasks=16, cluster_fusion=False).graph
     names = [n.name for n in g.nodes]
     a, b = names.index(first), names.index(last) + 1
     segs = [s for s in plan_segments(g, cfg, 16) if s.end <= a or s.start >= b]

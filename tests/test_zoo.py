@@ -37,7 +37,7 @@ PUBLISHED = {"alexnet_bn": (60.98, 0.724), "squeezenet1_0": (1.248, 0.833), "squ
 def compiled(request):
     name = request.param
     res, batch = CASES[name]
-    c = compile_model(name, batch=batch, resolution=res, tasks=4)
+    c = compile_model(name, batch=batch, resolution=res, tasks=4, cluster_fusion=False)
     x = np.random.default_rng(11).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     return name, c, x
 
@@ -104,7 +104,7 @@ def test_multi_output_program_through_the_cli(tmp_path):
     from mlusim.cli import main
     from mlusim.compiler.driver import compile_model
 
-    c = compile_model("yolov3_tiny", resolution=64)
+    c = compile_model("yolov3_tiny", resolution=64, cluster_fusion=False)
     x = np.random.default_rng(5).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     refs = program_outputs(c.graph, run_quant(c.graph, x))

@@ -9,10 +9,15 @@ Each task owns a contiguous run of tiles, ordered so consecutive tiles share an 
     st: tile -> GDRAM (contiguous when the tile spans all channels)
 Dependencies are declared as dataflow; codegen.TaskStream turns them into tokens.
 
+A grouped conv keeps all its groups in one weight block (one conv instruction per tile, contiguous
+input rows). Only when that block cannot fit WRAM (AlexNet's conv4 at int16: 1.3 MB) do blocks
+split the groups (ConvGeometry.sliced): whole groups, or equal parts of one, each tile holding
+just its groups' input channels, picked out of every pixel by a strided DMA.
+
 Input zero points (imported asymmetric models). The MAC array multiplies raw int8 values and its
 padding reads zeros, but the real value of q is (q - zp) * s. Two exact rewrites make it right:
   * bias: sum (x - zp) w = sum x w - zp * sum w, so the requantize bias gets -zp * sum(w) per
-    output channel (linear.zero_point_bias), computed at compile time;
+    output channel (requant.zero_point_bias), computed at compile time;
   * padding: a padded position must hold zp (real 0) for that identity to hold everywhere, so the
     input tile is built padded in NRAM: both ping-pong buffers are filled with zp once (vset), the
     rows are DMA'd into the interior with a strided copy, pad rows are DMA'd from a one-row zp
@@ -23,15 +28,15 @@ computes the plain conv of (x - zp) and checks it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from math import ceil
 
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
-from mlusim.compiler.kernels.linear import float_requant, requant_params, zero_point_bias
+from mlusim.compiler.kernels.requant import float_requant, requant_params, zero_point_bias
 from mlusim.compiler.context import KernelCtx, dram_rate
-from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, choose, dma_cycles, row_candidates,
-                                    split, vec_cycles)
+from mlusim.compiler.tiling import DOUBLE, Plan, block_candidates, dma_cycles, row_candidates, split, vec_cycles
 from mlusim.errors import CompileError
 
 
@@ -45,6 +50,8 @@ class ConvGeometry:
         self.pt, self.pb, self.pl, self.pr = node.attrs["padding"]
         self.groups = node.attrs["groups"]
         self.depthwise = self.groups == ci == co and cig == 1
+        self.cog = co // self.groups                                        # output channels per group
+        self.in_slice = False                                               # see sliced()
         conv_shape = node.attrs.get("conv_shape", node.shape)
         self.ho, self.wo = conv_shape[2], conv_shape[3]
         self.pool = node.attrs.get("pool")
@@ -92,6 +99,28 @@ class ConvGeometry:
         g.row_step, g.h, g.sh = self.sh, self.ho, 1
         return g
 
+    def can_slice(self) -> bool:
+        return self.groups > 1 and not self.depthwise and self.fill is None and self.fold == 1 and self.row_step == 1
+
+    def slice_blocks(self, lanes: int) -> list[int]:
+        """Output-channel blocks that never straddle a group: whole groups, or equal parts of one."""
+        return [b for b in block_candidates(self.co, lanes)
+                if b < self.co and self.co % b == 0 and (b % self.cog == 0 or self.cog % b == 0)]
+
+    def sliced(self, block: int) -> "ConvGeometry":
+        """The conv as one block of `block` output channels sees it: its own groups (whole ones, or
+        part of one), whose input channels (ci) are all its tile holds. A strided DMA picks them out
+        of each input pixel (src_ci channels), so a grouped conv whose weights exceed WRAM (AlexNet's
+        conv4 at int16: 1.3 MB) still runs, block by block."""
+        g = copy.copy(self)
+        g.in_slice, g.groups = True, max(1, block // self.cog)
+        g.ci = g.groups * self.cig
+        return g
+
+    def in_channel(self, c0: int) -> int:
+        """The first input channel the block starting at output channel c0 reads."""
+        return (c0 // self.cog) * self.cig if self.in_slice else 0
+
     def tile_bytes(self, rows: int) -> int:
         """NRAM bytes of the input tile for `rows` output rows (padded rows too when zp_pad)."""
         return min(self.rows_in(rows), self.h + self.pt + self.pb) * self.wp * self.ci * self.esz
@@ -104,6 +133,16 @@ class ConvGeometry:
 
     def rows_in(self, r: int) -> int:
         return (r - 1) * self.sh + (self.kh - 1) * self.dh + 1
+
+    def raw_bytes(self, rows: int, space: str) -> int:
+        """NRAM for the unfolded input rows of a folded tile read from GDRAM (0 otherwise): the
+        IO-DMA brings the rows whole (one contiguous segment) and the Move-DMA builds the folded
+        tile from them on chip, where overlapping segments cost `move_segment_cycles`, not the
+        IO-DMA's per-segment DRAM set-up (kernel columns of a stem read straight from GDRAM
+        would be one IO-DMA segment per output pixel)."""
+        if self.fold == 1 or space != "gdram":
+            return 0
+        return min(self.rows_in(rows), self.h) * self.src_w * self.src_ci * self.esz
 
 
 def all_blocks(wspace: str, blocks: int) -> float:
@@ -128,7 +167,9 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
     nblocks = ceil(geo.co / block)
     nram = Arena("nram", cfg.nram_bytes)
-    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE
+    raw = geo.raw_bytes(rows, spaces[0])
+    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + \
+        [params] * DOUBLE + ([raw] * DOUBLE if raw else [])
     if geo.residual:
         sizes += [out] * DOUBLE + [params] * DOUBLE
     if geo.depthwise:
@@ -150,12 +191,17 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
         (vec_cycles(cfg, out) if geo.pool else 0)
     xs, ys, rs = spaces
-    segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo if geo.fold > 1 else \
-        (rows if geo.wp != geo.w or geo.row_step > 1 else 1)
+    if geo.fold > 1:
+        segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo
+    elif geo.in_slice:          # one segment per pixel: its block's channels
+        segs_in = min(geo.rows_in(rows), geo.h) * geo.w
+    else:
+        segs_in = rows if geo.wp != geo.w or geo.row_step > 1 else 1
     # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
     # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
     share = dram_rate(cfg, 1, ctx.dram_share, tasks)
-    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None)
+    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None) if not raw else \
+        dma_cycles(cfg, raw, 1, xs, rate=share) + dma_cycles(cfg, in_tile, segs_in, "sram")
     if geo.residual:
         ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None)
     st_bytes = pooled if geo.pool else out
@@ -211,23 +257,39 @@ def plan_conv(ctx: KernelCtx, node, x_shape, spaces: tuple[str, str, str] = ("gd
 
 def _plan_conv(ctx, node, x_shape, spaces, wspace) -> tuple[ConvGeometry, Plan]:
     geo = ConvGeometry(node, x_shape)
-    mult = geo.pool[0] if geo.pool else 1
-    blocks = [geo.co] if geo.depthwise else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
-    if geo.groups > 1 and not geo.depthwise:
-        blocks = [geo.co]
-    # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
-    # per-task start-up and weight reloads than it gains
-    spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
     lanes = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
+    blocks = [geo.co] if geo.depthwise or geo.groups > 1 else block_candidates(geo.co, ctx.cfg.core.mac_co_lanes)
     geos = [geo] + ([geo.folded()] if geo.can_fold(lanes) else []) + ([geo.skipping_rows()] if geo.can_skip_rows() else [])
-    cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
-             for gi in range(len(geos))]
-    plan = choose(cands, lambda r, b, t, n, gi: _price(ctx, geos[gi], r, b, t, n, spaces, wspace))
-    if plan is None:
+    found = _search(ctx, geo, [(gm, blocks) for gm in geos], spaces, wspace)
+    if found is None and geo.can_slice():
+        # a grouped conv keeps all its groups in one block (one conv per tile, contiguous input
+        # loads); only when no such tiling fits are the groups split between blocks
+        found = _search(ctx, geo, [(geo.sliced(b), [b]) for b in geo.slice_blocks(ctx.cfg.core.mac_co_lanes)],
+                        spaces, wspace)
+    if found is None:
         raise CompileError(f"node '{node.name}' (conv2d): no tiling fits NRAM {ctx.cfg.nram_bytes:,} B / WRAM "
                            f"{ctx.cfg.wram_bytes:,} B of config {ctx.cfg.name} (one output row of "
                            f"{geo.wo} x {geo.co} needs more)")
-    return next(gm for gm in geos if (gm.fold, gm.row_step) == (plan.fold, plan.row_step)), plan
+    return found
+
+
+def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]], spaces, wspace
+            ) -> tuple[ConvGeometry, Plan] | None:
+    """The cheapest plan over tile heights, blocks, task counts and accumulators for each
+    (geometry, its blocks) option, with the geometry it was priced on."""
+    mult = geo.pool[0] if geo.pool else 1
+    blocks = sorted({b for _, bs in options for b in bs}, reverse=True)
+    # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
+    # per-task start-up and weight reloads than it gains
+    spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
+    cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
+             for gi in range(len(options)) if b in options[gi][1]]
+    best, where = None, None
+    for c in cands:
+        p = _price(ctx, options[c[4]][0], *c[:4], spaces, wspace)
+        if p is not None and (best is None or p.cost < best.cost):
+            best, where = p, options[c[4]][0]
+    return None if best is None else (where, best)
 
 
 def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
@@ -268,32 +330,43 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     # has one, or when they come from SRAM and fit beside another layer's (see all_blocks)
     one_block = nblk == 1 or (w_src[0] == "s2w" and ctx.prefetch and not geo.depthwise
                               and nblk * wblock <= (ctx.cfg.wram_bytes - ctx.wram_base) // 2)
+    consts = ConvConsts(w_src[0], w_src[1], p_addr, fs_addr, r_addr, zp_row)
     for t0, t1 in runs:
-        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, w_src, (p_addr, fs_addr), res, r_addr,
-                             zp_row, plan.buffers, resident if one_block else None))
+        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, consts, res, plan.buffers,
+                             resident if one_block else None))
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     kept = "" if not (resident and one_block) else \
         ", weights prefetched during the layer before" if resident.prefetched else ", weights resident in WRAM"
-    ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + kept,
+    sliced = f", {geo.ci} input channels per block (groups split)" if geo.in_slice else ""
+    ctx.kernel(node, streams, macs=macs, tiling=plan.describe() + sliced + kept,
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
 
 
-def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
+def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, raw=None, ch0: int = 0):
     """DMAs bringing input rows [a, b) of image n into `buf` (with pt / pb zp rows around them
-    when the pads are built in NRAM). Returns their handles."""
+    when the pads are built in NRAM; of a sliced geometry, channels [ch0, ch0 + ci) of each pixel).
+    Returns their handles. `raw`: the NRAM staging buffer of a folded tile read from GDRAM
+    (ConvGeometry.raw_bytes)."""
     esz, row = geo.esz, geo.w * geo.ci * geo.esz
     src = x.addr + ((n * geo.h + a) * geo.w) * geo.ci * esz
     ld = load_dir(x)
     if geo.fold > 1:        # output pixel x's row: kw input pixels from x on (overlapping segments)
         srow = geo.src_w * geo.src_ci * esz
-        return [s.dma(ld, buf, x.addr + (n * geo.h + a) * srow, row // geo.wo, deps=deps, count=geo.wo,
-                      sstride=geo.src_sw * geo.src_ci * esz, dstride=row // geo.wo, count2=b - a, sstride2=srow,
-                      dstride2=row)]
+        first = x.addr + (n * geo.h + a) * srow
+        staged = []
+        if raw is not None:
+            staged = [s.dma(ld, raw, first, (b - a) * srow, deps=deps)]
+            ld, first, deps = "n2n", raw, staged
+        return staged + [s.dma(ld, buf, first, row // geo.wo, deps=deps, count=geo.wo,
+                               sstride=geo.src_sw * geo.src_ci * esz, dstride=row // geo.wo, count2=b - a,
+                               sstride2=srow, dstride2=row)]
     if geo.row_step > 1:    # every row_step-th input row (skipping_rows)
         src = x.addr + (n * geo.src_h + a * geo.row_step) * row
         return [s.dma(ld, buf, src, row, deps=deps, count=b - a, sstride=geo.row_step * row, dstride=row)]
+    if geo.in_slice:
+        return _load_slice(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, ch0)
     if not geo.zp_pad:
         return [s.dma(ld, buf, src, (b - a) * row, deps=deps)]
     prow = geo.wp * geo.ci * esz
@@ -302,10 +375,31 @@ def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps):
         dst = buf + (pt * geo.wp + geo.pl) * geo.ci * esz
         out.append(s.dma(ld, dst, src, (b - a) * row, deps=deps) if geo.wp == geo.w else
                    s.dma(ld, dst, src, row, deps=deps, count=b - a, dstride=prow, sstride=row))
+    return out + _pad_rows(s, geo, buf, zp_row, pt, pb, b - a, deps)
+
+
+def _load_slice(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, ch0: int) -> list:
+    """A sliced geometry's tile: of every input pixel in rows [a, b), the ci channels from ch0
+    (one segment per pixel), packed; the pads around them as _load_tile builds them."""
+    esz, pix = geo.esz, geo.ci * geo.esz
+    spix = geo.src_ci * esz
+    out = []
+    if b > a:
+        dst = buf + (pt * geo.wp + geo.pl) * pix if geo.zp_pad else buf
+        out.append(s.dma(load_dir(x), dst, x.addr + ((n * geo.h + a) * geo.w * geo.src_ci + ch0) * esz, pix,
+                         deps=deps, count=geo.w, sstride=spix, dstride=pix, count2=b - a, sstride2=geo.w * spix,
+                         dstride2=geo.wp * pix))
+    return out + (_pad_rows(s, geo, buf, zp_row, pt, pb, b - a, deps) if geo.zp_pad else [])
+
+
+def _pad_rows(s, geo, buf, zp_row, pt: int, pb: int, rows: int, deps) -> list:
+    """The top and bottom pad rows of a tile whose pads are built in NRAM, from the padding row."""
+    prow = geo.wp * geo.ci * geo.esz
+    out = []
     if pt:
         out.append(s.dma("g2n", buf, zp_row, prow, deps=deps, count=pt, dstride=prow, sstride=0))
     if pb:
-        out.append(s.dma("g2n", buf + (pt + b - a) * prow, zp_row, prow, deps=deps, count=pb, dstride=prow,
+        out.append(s.dma("g2n", buf + (pt + rows) * prow, zp_row, prow, deps=deps, count=pb, dstride=prow,
                          sstride=0))
     return out
 
@@ -321,120 +415,197 @@ def _fill_pads(s, geo, bufs, in_tile: int, zp_row) -> list:
     return [s.dma("g2n", b, zp_row, prow, count=in_tile // prow, dstride=prow, sstride=0) for b in bufs]
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, w_src, p_addrs, res=None, r_addr=None, zp_row=None, naccs=2,
-          resident=None):
-    cfg = ctx.cfg
-    w_dir, w_addr = w_src
-    p_addr, fs_addr = p_addrs
-    s = TaskStream()
-    esz = geo.esz
+@dataclass(frozen=True)
+class ConvConsts:
+    """Where a conv's constants sit on the device; every task of the layer reads them."""
+
+    w_dir: str               # g2w: weights from GDRAM; s2w: from their copy staged in SRAM (share.py)
+    w_addr: int
+    p_addr: int              # [co, 3] requantization parameters
+    fs_addr: int | None      # [co] float32 scales (float requantization)
+    r_addr: int | None       # [co, 3] shortcut parameters (a residual conv)
+    zp_row: int | None       # one padded row of the padding value (pads built in NRAM)
+
+
+@dataclass
+class TaskBuffers:
+    """One task's scratchpad buffers: ping/pong pairs in NRAM, weight slots in WRAM (NRAM for a
+    depthwise conv's vdwconv)."""
+
+    inp: list[int]
+    raw: list                # per input buffer: NRAM staging of a folded tile's rows read from GDRAM, or None
+    fills: list              # per input buffer: the instruction that filled its pads, or None
+    accs: list[int]
+    out: list[int]
+    pool: list[int] | None
+    par: list[int]
+    fs: list[int] | None
+    res: list[int] | None
+    rpar: list[int] | None
+    w: list[int]
+    wsize: int
+
+
+@dataclass
+class TaskState:
+    """What a task's tiles need of the tiles before them: the handles their buffers wait for."""
+
+    blocks: list[int]                                        # the weight blocks the task's tiles use, in order
+    hist_cp: list[int] = field(default_factory=list)         # per tile: the compute op reading its input buffer
+    hist_st: list[int] = field(default_factory=list)         # per tile: the store that frees its output buffer
+    res_readers: list[int] = field(default_factory=list)     # per tile: the op reading its shortcut buffer
+    block_last_cp: dict[int, int] = field(default_factory=dict)   # block index -> last op using its params
+    cur_cb: int | None = None
+    w_load: int | None = None
+    p_load: int | None = None
+    wslot: int = -1
+
+
+def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblocks: int, zp_row,
+                  x_space: str) -> TaskBuffers:
+    """Allocate a task's buffers (the NRAM order is part of the program) and fill the input
+    buffers' pads. Weights: every block of the task at once when resident, else one, or two
+    taking turns."""
+    cfg, esz = ctx.cfg, geo.esz
     nram = Arena("nram", cfg.nram_bytes)
     wram = Arena("wram", cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     in_tile = geo.tile_bytes(rows)
-    buf_in = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
-    fills = _fill_pads(s, geo, buf_in, in_tile, zp_row)
+    inp = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
+    nraw = geo.raw_bytes(rows, x_space)
+    staging = [nram.alloc(nraw, "unfolded input rows") for _ in range(DOUBLE)] if nraw else [None] * DOUBLE
+    fills = _fill_pads(s, geo, inp, in_tile, zp_row)
     accs = [nram.alloc(rows * geo.wo * block * 4, "accumulator") for _ in range(naccs)]
-    buf_out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
-    buf_pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
-                for _ in range(DOUBLE)] if geo.pool else None
-    buf_par = [nram.alloc(block * 12, "requant params") for _ in range(DOUBLE)]
-    buf_fs = [nram.alloc(block * 4, "requant scales") for _ in range(DOUBLE)] if geo.fscale else None
+    out = [nram.alloc(rows * geo.wo * block * esz, "output tile") for _ in range(DOUBLE)]
+    pool = [nram.alloc(rows * geo.wo * block * esz // (geo.pool[0] * geo.pool[1]), "pooled tile")
+            for _ in range(DOUBLE)] if geo.pool else None
+    par = [nram.alloc(block * 12, "requant params") for _ in range(DOUBLE)]
+    fs = [nram.alloc(block * 4, "requant scales") for _ in range(DOUBLE)] if geo.fscale else None
+    res = rpar = None
     if geo.residual:
-        buf_res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
-        buf_rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
-    res_readers: list[int] = []
+        res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
+        rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
     wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
-    blocks_here = sorted({u[0] for u in units})
     if geo.depthwise:
-        buf_w = [nram.alloc(wsize, "depthwise weights")]
-    else:       # resident: every block of the task in WRAM at once; else one, or two taking turns
-        buf_w = [wram.alloc(wsize, "weights") for _ in
-                 range(len(blocks_here) if resident else DOUBLE if len(blocks_here) > 1 else 1)]
+        w = [nram.alloc(wsize, "depthwise weights")]
+    else:
+        w = [wram.alloc(wsize, "weights") for _ in range(nblocks if resident else DOUBLE if nblocks > 1 else 1)]
+    return TaskBuffers(inp, staging, fills, accs, out, pool, par, fs, res, rpar, w, wsize)
+
+
+def _load_block(s, geo, bufs: TaskBuffers, consts: ConvConsts, st: TaskState, cb: int, c0: int, bc: int,
+                resident) -> None:
+    """A tile starts a new output-channel block: its weights (unless resident and loaded already)
+    into the next WRAM slot once the tiles of the block that used it last are done, and its
+    requantization (and shortcut) parameters into the next NRAM pair."""
+    esz = geo.esz
+    st.wslot = (st.wslot + 1) % len(bufs.w)
+    bi = st.blocks.index(cb)
+    prev_user = st.block_last_cp.get(bi - len(bufs.w)) if len(bufs.w) > 1 else \
+        (st.hist_cp[-1] if st.hist_cp else None)
+    par_user = st.block_last_cp.get(bi - DOUBLE) if len(st.blocks) > 1 else prev_user
+    if geo.depthwise:
+        st.w_load = s.dma("g2n", bufs.w[0], consts.w_addr, bufs.wsize) if st.cur_cb is None else st.w_load
+    elif resident and resident.loaded:
+        st.w_load = None            # loaded by this task's image group before
+    else:
+        st.w_load = s.dma(consts.w_dir, bufs.w[st.wslot], consts.w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
+                          bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
+    pslot = st.wslot % DOUBLE
+    st.p_load = s.dma("g2n", bufs.par[pslot], consts.p_addr + c0 * 12, bc * 12, deps=[par_user])
+    if geo.fscale:
+        st.p_load = s.dma("g2n", bufs.fs[pslot], consts.fs_addr + c0 * 4, bc * 4, deps=[par_user])
+    if geo.residual:
+        st.p_load = s.dma("g2n", bufs.rpar[pslot], consts.r_addr + c0 * 12, bc * 12, deps=[par_user])
+    st.cur_cb = cb
+
+
+def _mac(s, geo, q, bufs: TaskBuffers, st: TaskState, slot: int, acc: int, lds: list, bc: int,
+         pt: int, pb: int, rows_in: int) -> int:
+    """The tile's products into the int32 accumulator: vdwconv on the vector unit for a depthwise
+    conv, else conv on the MAC array (no padding of its own when the tile carries it)."""
+    if geo.zp_pad:
+        pads = dict(hi=pt + rows_in + pb, wi=geo.wp, pt=0, pb=0, pl=0, pr=0)
+    else:
+        pads = dict(hi=rows_in, wi=geo.w, pt=pt, pb=pb, pl=geo.pl, pr=geo.pr)
+    if geo.depthwise:
+        return s.emit("vdwconv", lds + [st.w_load], dt=geo.dt, dst=acc, src=bufs.inp[slot], wgt=bufs.w[0], n=1,
+                      c=geo.ci, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw, **pads)
+    return s.emit("conv", lds + [st.w_load], dt=geo.dt, odt="i32", dst=acc, src=bufs.inp[slot],
+                  wgt=bufs.w[st.wslot], n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw,
+                  dh=geo.dh, dw=geo.dw, groups=geo.groups, pos=q.get("acc_pos", 0), **pads)
+
+
+def _requantize(s, geo, q, bufs: TaskBuffers, st: TaskState, i: int, acc: int, mac: int, res, n: int, r0: int,
+                c0: int, bc: int, npix: int) -> int:
+    """The accumulator back to int8/int16 in the tile's output buffer: with the shortcut joined
+    first for a residual conv (vrqadd does both in one pass), by vrequant or, for float scales,
+    float_requant. Returns the instruction that writes the output."""
+    slot, pslot, esz = i % DOUBLE, st.wslot % DOUBLE, geo.esz
+    free_out = st.hist_st[i - DOUBLE] if i >= DOUBLE else None
+    if geo.residual:
+        rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + geo.c_off + c0) * esz
+        free_res = st.res_readers[i - DOUBLE] if i >= DOUBLE else None
+        if bc == geo.yc:
+            lr = s.dma(load_dir(res), bufs.res[slot], rsrc, npix * bc * esz, deps=[free_res])
+        else:
+            lr = s.dma(load_dir(res), bufs.res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
+                       dstride=bc * esz, sstride=geo.yc * esz)
+        if not geo.fscale:      # the join and the requantization in one pass
+            rq = s.emit("vrqadd", [lr, st.p_load, mac, free_out], sdt=geo.dt, odt=geo.dt, dst=bufs.out[slot], a=acc,
+                        src=bufs.res[slot], rparams=bufs.rpar[pslot], params=bufs.par[pslot], c=bc, n=npix * bc,
+                        lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
+            st.res_readers.append(rq)
+            return rq
+        st.res_readers.append(s.emit("vaddrq", [lr, st.p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=bufs.res[slot],
+                                     params=bufs.rpar[pslot], c=bc, n=npix * bc))
+    if geo.fscale:
+        return float_requant(s, [st.p_load, free_out], q, acc, bufs.out[slot], bufs.par[pslot], bufs.fs[pslot],
+                             npix, bc, geo.dt)
+    return s.emit("vrequant", [st.p_load, free_out], odt=geo.dt, dst=bufs.out[slot], src=acc, params=bufs.par[pslot],
+                  c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
+
+
+def _store_tile(s, geo, y, last: int, out_buf: int, n: int, r0: int, r1: int, c0: int, bc: int) -> int:
+    """The (pooled) tile to the output tensor: one contiguous DMA when it spans all channels,
+    else one segment per pixel."""
     ph, pw = geo.pool or (1, 1)
-    yo_w = geo.wo // pw
-    hist_cp: list[int] = []      # per tile: the last compute instruction reading its input buffer
-    hist_st: list[int] = []      # per tile: the store that frees its output buffer
-    block_last_cp: dict[int, int] = {}
-    cur_cb, w_load, p_load, wslot = None, None, None, -1
+    yo_w, esz = geo.wo // pw, geo.esz
+    orow0, orow1 = r0 // ph, r1 // ph
+    dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.yc + geo.c_off + c0) * esz
+    npx = (orow1 - orow0) * yo_w
+    if bc == geo.yc:
+        return s.dma(store_dir(y), dst, out_buf, npx * bc * esz, deps=[last])
+    return s.dma(store_dir(y), dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.yc * esz,
+                 sstride=bc * esz)
+
+
+def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, naccs=2, resident=None):
+    """One task's stream: its run of (block, image, row block) tiles, each loaded, multiplied,
+    requantized (and pooled) and stored, the stages of consecutive tiles overlapping."""
+    s = TaskStream()
+    st = TaskState(sorted({u[0] for u in units}))
+    bufs = _task_buffers(ctx, geo, s, rows, block, naccs, resident, len(st.blocks), consts.zp_row, x.space)
     for i, (cb, n, rb) in enumerate(units):
-        c0, c1 = cb * block, min(geo.co, (cb + 1) * block)
-        bc = c1 - c0
-        if cb != cur_cb:
-            wslot = (wslot + 1) % len(buf_w)
-            bi = blocks_here.index(cb)
-            prev_user = block_last_cp.get(bi - len(buf_w)) if len(buf_w) > 1 else \
-                (hist_cp[-1] if hist_cp else None)
-            par_user = block_last_cp.get(bi - DOUBLE) if len(blocks_here) > 1 else prev_user
-            if geo.depthwise:
-                w_load = s.dma("g2n", buf_w[0], w_addr, wsize) if cur_cb is None else w_load
-            elif resident and resident.loaded:
-                w_load = None            # loaded by this task's image group before
-            else:
-                w_load = s.dma(w_dir, buf_w[wslot], w_addr + c0 * geo.kh * geo.kw * geo.cig * esz,
-                               bc * geo.kh * geo.kw * geo.cig * esz, deps=[prev_user])
-            p_load = s.dma("g2n", buf_par[wslot % DOUBLE], p_addr + c0 * 12, bc * 12, deps=[par_user])
-            if geo.fscale:
-                p_load = s.dma("g2n", buf_fs[wslot % DOUBLE], fs_addr + c0 * 4, bc * 4, deps=[par_user])
-            if geo.residual:
-                p_load = s.dma("g2n", buf_rpar[wslot % DOUBLE], r_addr + c0 * 12, bc * 12, deps=[par_user])
-            cur_cb = cb
+        c0 = cb * block
+        bc = min(geo.co, c0 + block) - c0
+        if cb != st.cur_cb:
+            _load_block(s, geo, bufs, consts, st, cb, c0, bc, resident)
         r0, r1 = rb * rows, min(geo.ho, (rb + 1) * rows)
         a, b, pt, pb = geo.in_rows(r0, r1)
         slot = i % DOUBLE
-        acc = accs[i % len(accs)]   # two: the next tile's conv runs while this one is requantized
-        lds = _load_tile(s, geo, buf_in[slot], x, n, a, b, pt, pb, zp_row,
-                         [hist_cp[i - DOUBLE] if i >= DOUBLE else None, fills[slot]])
-        npix = (r1 - r0) * geo.wo
-        if geo.zp_pad:     # the tile carries its padding
-            pads = dict(hi=pt + (b - a) + pb, wi=geo.wp, pt=0, pb=0, pl=0, pr=0)
-        else:
-            pads = dict(hi=b - a, wi=geo.w, pt=pt, pb=pb, pl=geo.pl, pr=geo.pr)
-        if geo.depthwise:
-            mac = s.emit("vdwconv", lds + [w_load], dt=geo.dt, dst=acc, src=buf_in[slot], wgt=buf_w[0], n=1,
-                         c=geo.ci, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw, **pads)
-        else:
-            mac = s.emit("conv", lds + [w_load], dt=geo.dt, odt="i32", dst=acc, src=buf_in[slot], wgt=buf_w[wslot],
-                         n=1, ci=geo.ci, co=bc, kh=geo.kh, kw=geo.kw, sh=geo.sh, sw=geo.sw, dh=geo.dh, dw=geo.dw,
-                         groups=geo.groups, pos=q.get("acc_pos", 0), **pads)
-        free_out = hist_st[i - DOUBLE] if i >= DOUBLE else None
-        rq = None           # the instruction that writes the tile's int8 output
-        if geo.residual:
-            rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + geo.c_off + c0) * esz
-            free_res = res_readers[i - DOUBLE] if i >= DOUBLE else None
-            if bc == geo.yc:
-                lr = s.dma(load_dir(res), buf_res[slot], rsrc, npix * bc * esz, deps=[free_res])
-            else:
-                lr = s.dma(load_dir(res), buf_res[slot], rsrc, bc * esz, deps=[free_res], count=npix,
-                           dstride=bc * esz, sstride=geo.yc * esz)
-            if geo.fscale:
-                rd = s.emit("vaddrq", [lr, p_load, mac], sdt=geo.dt, dst=acc, a=acc, src=buf_res[slot],
-                            params=buf_rpar[wslot % DOUBLE], c=bc, n=npix * bc)
-            else:           # the join and the requantization in one pass
-                rd = rq = s.emit("vrqadd", [lr, p_load, mac, free_out], sdt=geo.dt, odt=geo.dt,
-                                 dst=buf_out[slot], a=acc, src=buf_res[slot], rparams=buf_rpar[wslot % DOUBLE],
-                                 params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"],
-                                 zp=q.get("zp", 0))
-            res_readers.append(rd)
-        if rq is None and geo.fscale:
-            rq = float_requant(s, [p_load, free_out], q, acc, buf_out[slot], buf_par[wslot % DOUBLE],
-                               buf_fs[wslot % DOUBLE], npix, bc, geo.dt)
-        elif rq is None:
-            rq = s.emit("vrequant", [p_load, free_out], odt=geo.dt, dst=buf_out[slot], src=acc,
-                        params=buf_par[wslot % DOUBLE], c=bc, n=npix * bc, lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
-        last, out_buf = rq, buf_out[slot]
+        acc = bufs.accs[i % len(bufs.accs)]   # two: the next tile's conv runs while this one is requantized
+        lds = _load_tile(s, geo, bufs.inp[slot], x, n, a, b, pt, pb, consts.zp_row,
+                         [st.hist_cp[i - DOUBLE] if i >= DOUBLE else None, bufs.fills[slot]], bufs.raw[slot],
+                         geo.in_channel(c0))
+        mac = _mac(s, geo, q, bufs, st, slot, acc, lds, bc, pt, pb, b - a)
+        last = _requantize(s, geo, q, bufs, st, i, acc, mac, res, n, r0, c0, bc, (r1 - r0) * geo.wo)
+        out_buf = bufs.out[slot]
         if geo.pool:
-            last = s.emit("vpool", [], mode="max", dt=geo.dt, dst=buf_pool[slot], src=buf_out[slot], n=1,
+            ph, pw = geo.pool
+            last = s.emit("vpool", [], mode="max", dt=geo.dt, dst=bufs.pool[slot], src=out_buf, n=1,
                           hi=r1 - r0, wi=geo.wo, c=bc, kh=ph, kw=pw, sh=ph, sw=pw)
-            out_buf = buf_pool[slot]
-        hist_cp.append(mac)
-        block_last_cp[blocks_here.index(cb)] = last
-        orow0, orow1 = r0 // ph, r1 // ph
-        dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.yc + geo.c_off + c0) * esz
-        npx = (orow1 - orow0) * yo_w
-        if bc == geo.yc:
-            st = s.dma(store_dir(y), dst, out_buf, npx * bc * esz, deps=[last])
-        else:
-            st = s.dma(store_dir(y), dst, out_buf, bc * esz, deps=[last], count=npx, dstride=geo.yc * esz,
-                       sstride=bc * esz)
-        hist_st.append(st)
+            out_buf = bufs.pool[slot]
+        st.hist_cp.append(mac)
+        st.block_last_cp[st.blocks.index(cb)] = last
+        st.hist_st.append(_store_tile(s, geo, y, last, out_buf, n, r0, r1, c0, bc))
     return s.finish()

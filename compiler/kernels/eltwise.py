@@ -188,14 +188,15 @@ def lower_add(ctx, node, a, b, y) -> None:
     p_addr = ctx.const(f"{node.name}.params", params)
     total = prod(a.shape)
     streams = []
-    for chunks in _chunks(ctx, total, DOUBLE * 3 * esz + 8 + (12 if ort else 0)):
+    for chunks in _chunks(ctx, total, DOUBLE * 3 * esz + (8 + 12 if ort else 4)):
         s = TaskStream()
         nram = Arena("nram", ctx.cfg.nram_bytes)
         cap = max(e - b0 for b0, e in chunks)
         ba = [nram.alloc(cap * esz, "a") for _ in range(DOUBLE)]
         bb = [nram.alloc(cap * esz, "b") for _ in range(DOUBLE)]
         bo = [nram.alloc(cap * esz, "out") for _ in range(DOUBLE)]
-        ta, tb = nram.alloc(cap * 4, "a wide"), nram.alloc(cap * 4, "b wide")
+        ta = nram.alloc(cap * 4, "a wide")
+        tb = None if not ort else nram.alloc(cap * 4, "b wide")
         par = nram.alloc(36, "params")
         pl = s.dma("g2n", par, p_addr, params.nbytes)
         consts = _ort_add_constants(s, nram, cap, par, pl) if ort else None
@@ -210,13 +211,13 @@ def lower_add(ctx, node, a, b, y) -> None:
                 last_read, out = _ort_add_chunk(s, q, dt, ba[slot], bb[slot], bo[slot], ta, tb, n, consts,
                                                 [la, lb, free_out])
             else:
+                # a to int32 at the common scale, then b's rescale, the saturating sum and the
+                # output requantization in one vrqadd pass (the reference's clip(a*ka + b*kb))
                 s.emit("vcast", [la], sdt=dt, ddt="i32", dst=ta, src=ba[slot], n=n)
-                last_read = s.emit("vcast", [lb], sdt=dt, ddt="i32", dst=tb, src=bb[slot], n=n)
                 s.emit("vrequant", [pl], odt="i32", dst=ta, src=ta, params=par, c=1, n=n)
-                s.emit("vrequant", [], odt="i32", dst=tb, src=tb, params=par + 12, c=1, n=n)
-                s.emit("vadd", [], dt="i32", dst=ta, a=ta, b=tb, n=n)
-                out = s.emit("vrequant", [free_out], odt=dt, dst=bo[slot], src=ta, params=par + 24, c=1, n=n,
-                             lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
+                out = last_read = s.emit("vrqadd", [lb, free_out], sdt=dt, odt=dt, dst=bo[slot], a=ta,
+                                         src=bb[slot], rparams=par + 12, params=par + 24, c=1, n=n,
+                                         lo=q["lo"], hi=q["hi"], zp=q.get("zp", 0))
             readers.append(last_read)
             stores.append(s.dma(store_dir(y), y.addr + c0 * esz, bo[slot], n * esz, deps=[out]))
         streams.append(s.finish())

@@ -14,7 +14,7 @@ from math import ceil
 import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
-from mlusim.compiler.kernels.linear import float_requant
+from mlusim.compiler.kernels.requant import float_requant
 from mlusim.compiler.tiling import DOUBLE, Plan, choose, dma_cycles, row_candidates, split, vec_cycles
 from mlusim.errors import CompileError
 

@@ -56,20 +56,65 @@ def resolve_config(args, program=None):
     return config_from_dict(raw, f"config recorded in the model ({program.config.get('name', '?')})")
 
 
-def parse_inputs(specs: list[str], program) -> dict:
+def load_inputs(specs: list[str]) -> dict:
+    """--input [NAME=]FILE.npy as {name: array}; an unnamed file is keyed "" (the program's only
+    input, bound when the program is known: mlusim.runs.bind_inputs)."""
     from mlusim import npyfile
 
-    names = [t.name for t in program.by_role("input")]
     out = {}
     for spec in specs:
         name, eq, path = spec.partition("=")
         if not eq:
-            if len(names) != 1:
-                raise SimulationError(f"--input {spec}: the program has inputs {', '.join(names) or 'none'}; "
-                                      f"write --input NAME=FILE.npy")
-            name, path = names[0], spec
+            name, path = "", spec
+        if name in out:
+            raise SimulationError(f"--input {spec}: " + (f"input '{name}' given twice" if name else
+                                                          "more than one unnamed input; write --input NAME=FILE.npy"))
         out[name] = npyfile.load(path, SimulationError, "input file")
     return out
+
+
+def add_build_args(p: argparse.ArgumentParser, what: str) -> None:
+    """How a zoo or ONNX model is compiled: the same options, with the same defaults, for `run`
+    and `compile` (mlusim.programs.BuildOptions), so both give the same program."""
+    g = p.add_argument_group(f"compiling a zoo or ONNX model ({what})")
+    g.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=None,
+                   help="batch size (default 1; an ONNX model's own if fixed)")
+    g.add_argument("--resolution", type=int_arg(1, 1 << 16), default=None,
+                   help="input height and width of a zoo model (default: the model's)")
+    g.add_argument("--dtype", choices=("int8", "int16"), default="int8", help="quantized data type (default int8)")
+    g.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
+    g.add_argument("--no-fuse", action="store_true", help="one kernel per op, no operator fusion")
+    g.add_argument("--cluster-fusion", action=argparse.BooleanOptionalAction, default=True,
+                   help="run spans of layers in cluster SRAM where the cost model says it pays (default: on); "
+                        "such a program needs whole clusters of cores")
+    g.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="zoo model weight seed (default 0)")
+    g.add_argument("--no-cache", action="store_true", help="compile afresh, bypassing the compile cache "
+                   "($MLUSIM_CACHE_DIR, else ~/.cache/mlusim)")
+    p.epilog = ((p.epilog + "\n") if p.epilog else "") + ZOO_PLACEHOLDER
+
+
+ZOO_PLACEHOLDER = "zoo models (mlusim models): {zoo}"
+
+
+class ZooHelpFormatter(argparse.HelpFormatter):
+    """Fills in the zoo's names when help is printed, so that building the parser (every command)
+    does not import the compiler."""
+
+    def add_text(self, text):
+        if text and "{zoo}" in text:
+            from mlusim.programs import zoo_names
+
+            text = text.replace("{zoo}", ", ".join(zoo_names()))
+        super().add_text(text)
+
+
+def build_options(args, calibrate: str | None = None):
+    from mlusim.programs import BuildOptions
+
+    return BuildOptions(batch=args.batch, resolution=args.resolution, dtype=args.dtype,
+                        per_channel=not args.per_tensor, fuse=not args.no_fuse,
+                        cluster_fusion=args.cluster_fusion, seed=args.seed, calibrate=calibrate,
+                        cache=not args.no_cache)
 
 
 def parse_cores(text: str, max_cores: int) -> list[int]:

@@ -5,32 +5,25 @@ import sys
 import time
 from pathlib import Path
 
-from mlusim.commands.common import MAX_BATCH, add_config_args, int_arg
+from mlusim.commands.common import ZooHelpFormatter, add_build_args, add_config_args, build_options, int_arg
 from mlusim.errors import CompileError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compile", help="compile a zoo model or an ONNX file into a .mlu offline model file")
+    p = sub.add_parser("compile", help="compile a zoo model or an ONNX file into a .mlu offline model file",
+                       formatter_class=ZooHelpFormatter)
     p.add_argument("source", nargs="?", metavar="MODEL.onnx",
                    help="an ONNX model: float (calibrated) or already quantized (QDQ / QLinear*)")
     p.add_argument("--model", metavar="NAME", help="zoo model (mlusim models), instead of an ONNX file")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="ONNX float models: calibration inputs [S, C, H, W] (default: random data, with a warning)")
-    p.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=None, help="batch size (default 1; an ONNX model's own if fixed)")
-    p.add_argument("--resolution", type=int_arg(1, 1 << 16), default=None, help="input height and width (default: the model's)")
     p.add_argument("--cores", type=int_arg(1, 4096), default=None,
-                   help="parallelism to tile for (default: all cores of the config); the file runs on any count "
-                        "unless --cluster-fusion")
-    p.add_argument("--cluster-fusion", action="store_true",
-                   help="run spans of layers in cluster SRAM where the cost model says it pays (what `mlusim run "
-                        "NAME` does); the file then needs whole clusters of cores")
-    p.add_argument("--dtype", choices=("int8", "int16"), default="int8")
-    p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
-    p.add_argument("--no-fuse", action="store_true", help="one kernel per op, no fusion")
-    p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="weight seed")
+                   help="cores to tile for (default: all cores of the config, as `mlusim run`); run the file on "
+                        "that many cores for the figure `mlusim run NAME --cores N` gives")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
-    p.add_argument("--no-cache", action="store_true", help="compile afresh, bypassing the compile cache")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the operators fused into each layer")
     add_config_args(p)
+    add_build_args(p, "the same options and defaults as `mlusim run NAME`")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("models", help="list the built-in model zoo")
@@ -40,40 +33,39 @@ def register(sub) -> None:
 
 def cmd_compile(args) -> int:
     from mlusim import mlufile
-    from mlusim.cached_compile import onnx_program, print_notes, zoo_program
     from mlusim.config import load_config
+    from mlusim.programs import compile_cached
 
     if (args.source is None) == (args.model is None):
         raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
                            "(--model NAME), not " + ("both" if args.source else "neither"))
+    if args.source and Path(args.source).suffix.lower() != ".onnx":
+        raise CompileError(f"{args.source}: compile takes an .onnx file (or --model NAME for a zoo model)")
     cfg = load_config(args.config, args.overrides)
-    kw = dict(dtype=args.dtype, per_channel=not args.per_tensor, fuse=not args.no_fuse,
-              cluster_fusion=args.cluster_fusion, cache=not args.no_cache)
+    cores = args.cores or cfg.chip.cores
+    if cores > cfg.chip.cores:
+        raise CompileError(f"--cores {cores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
     t0 = time.perf_counter()
-    if args.source:
-        if args.resolution is not None:
-            raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
-        program, extra = onnx_program(args.source, cfg, args.cores, batch=args.batch, calibrate=args.calibrate, **kw)
-        label = Path(args.source).stem
-    else:
-        if args.calibrate:
-            raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
-        program, extra = zoo_program(args.model, cfg, args.cores, batch=1 if args.batch is None else args.batch,
-                                     resolution=args.resolution, seed=args.seed, **kw)
-        label = args.model
+    program, extra = compile_cached(args.source or args.model, cfg, cores, build_options(args, args.calibrate))
     seconds = time.perf_counter() - t0
-    print_notes(extra)
+    label = Path(args.source).stem if args.source else args.model
+    for note in extra.get("notes", []):
+        print(f"warning: {note}", file=sys.stderr)
+    if cfg.runtime.schedule == "per-cluster" and args.model:
+        print(f"warning: {cfg.name} runs zoo models per cluster (`mlusim run {args.model}`); a .mlu file holds one "
+              f"program, tiled over all {cores} cores (the spread schedule), so runs of it differ", file=sys.stderr)
     out = args.output or f"{label}.mlu"
     t0 = time.perf_counter()
     mlufile.save(program, out)
     m = program.meta
-    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name}, {len(program.kernels)} kernels, "
-          f"{program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
+    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name} on {cores} core(s), {len(program.kernels)} "
+          f"kernels, {program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
           f"{m['weight_bytes'] / 2**20:.1f} MiB ({seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
     if m.get("cluster_fusion"):
         print(f"  cluster fusion: {m['cluster_fusion']}")
-    for name, ops in extra.get("fused", []):
-        print(f"  fused {name}: {' + '.join(ops)}")
+    if args.verbose:
+        for name, ops in extra.get("fused", []):
+            print(f"  fused {name}: {' + '.join(ops)}")
     return 0
 
 

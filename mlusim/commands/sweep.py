@@ -6,16 +6,26 @@
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
-from mlusim.commands.common import DEFAULT_MAX_SECONDS, float_arg, int_arg
+from mlusim.commands.common import (
+    DEFAULT_MAX_SECONDS,
+    ZooHelpFormatter,
+    add_build_args,
+    build_options,
+    float_arg,
+    int_arg,
+)
 from mlusim.errors import MlusimError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="simulate the cross product of config values x core counts; one table")
-    p.add_argument("program", nargs="?", help="model.mlu or program.s (or `program:` in the sweep file)")
+    p = sub.add_parser("sweep", help="simulate the cross product of config values x core counts; one table",
+                       formatter_class=ZooHelpFormatter)
+    p.add_argument("program", nargs="?", help="model.mlu, program.s, model.onnx or a zoo model name (see `mlusim "
+                   "models`; or `program:` in the sweep file); the last two are compiled for every point")
     p.add_argument("--file", metavar="SWEEP.yaml", help="sweep file: program, config, set: {key: [values]}, "
                    "cores, timing_only (command-line options add to / override it)")
     p.add_argument("--config", metavar="NAME|FILE", help="base hardware config (default: the program's, else mlu270)")
@@ -35,10 +45,13 @@ def register(sub) -> None:
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
     p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
                    help="per point: stop with an error past this much wall time (default 3600)")
-    p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
-    p.add_argument("--no-cache", action="store_true", help="compile zoo and ONNX models afresh, bypassing the "
-                   "compile cache")
+    p.add_argument("--hold-program", action="store_true",
+                   help="compile a zoo or ONNX model once per core count for the base config and run that program "
+                        "at every point, so only the hardware varies (default: recompile per point, as `mlusim run` "
+                        "would, and mark the points where the compiler planned a different program: replanned)")
+    add_build_args(p, "what `mlusim run` and `mlusim compile` take")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -66,7 +79,7 @@ def _options(args) -> dict:
             "timing_only": timing_only,
             "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
             "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000,
-            "max_seconds": args.max_seconds, "cache": not args.no_cache}
+            "max_seconds": args.max_seconds, "options": build_options(args), "hold_program": args.hold_program}
 
 
 def cmd_sweep(args) -> int:
@@ -106,11 +119,13 @@ def cmd_sweep(args) -> int:
     if rows and len(failed) == len(rows):
         raise MlusimError(f"every sweep point failed; the first: {failed[0]['error']}")
     where = f"on {args.cluster}" if args.cluster else f"with {args.jobs or 'one per CPU'} local job(s)"
+    if opts["hold_program"]:
+        where += "; program held: compiled once per core count for the base config"
     print(render_sweep(rows, keys, f"sweep of {opts['spec']}: {len(rows)} point(s) in {wall:.1f} s wall {where}"))
     for r in failed:
         print(f"mlusim: warning: point {r['point']} could not run: {r['error']}", file=sys.stderr)
     doc = sweep_document(opts["spec"], opts["base_config"], opts["params"], opts["cores"], rows,
-                         opts["timing_only"], interrupted)
+                         opts["timing_only"], interrupted, opts["hold_program"])
     if args.json:
         write_json(doc, args.json)
         print(f"wrote {args.json}")

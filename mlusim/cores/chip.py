@@ -10,6 +10,7 @@ left the machine is deadlocked, and we say who waits for what.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import simpy
 from mlusim.cores.core import Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
-from mlusim.cores.stats import CoreCounters, KernelRecord
+from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
 from mlusim.cores.task import Barrier, TaskContext
 from mlusim.errors import SimulationError
 from mlusim.program import Kernel
@@ -60,6 +61,7 @@ class Chip:
         if trace:
             self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
         self.record: KernelRecord | None = None
+        self.set_weights([])
         cpc = cfg.chip.cores_per_cluster
         self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes),
                                  Link(f"cluster{c}.sram", cfg.cluster.sram_bandwidth_bytes_per_cycle))
@@ -72,11 +74,27 @@ class Chip:
             self.cores.append(core)
 
     # ---- accounting (called by cores) ----------------------------------------------------------
-    def account_dma(self, plan) -> None:
+    def set_weights(self, ranges: list[tuple[int, int]]) -> None:
+        """GDRAM [start, end) ranges of the program's constant tensors: DMA reads from them are
+        counted as weights traffic."""
+        self.weight_ranges = sorted(ranges)
+        self.weight_starts = [a for a, _ in self.weight_ranges]
+
+    def is_weights(self, addr: int) -> bool:
+        i = bisect.bisect_right(self.weight_starts, addr) - 1
+        return i >= 0 and addr < self.weight_ranges[i][1]
+
+    def account_dma(self, plan, ctr: CoreCounters) -> None:
         r = self.record
         r.bytes_read[plan.src] += plan.payload
         r.bytes_written[plan.dst] += plan.payload
-        r.dram_bus_bytes += plan.gdram_read + plan.gdram_write
+        bus = plan.gdram_read + plan.gdram_write
+        r.dram_bus_bytes += bus
+        ctr.dram_bus_bytes += bus
+        if plan.read_key:
+            ctr.traffic[plan.read_key] += plan.payload
+        if plan.write_key:
+            ctr.traffic[plan.write_key] += plan.payload
 
     def account_mac(self, core: Core, a: dict, op, cycles: float) -> None:
         from mlusim.isa.timing import useful_macs
@@ -168,12 +186,17 @@ class Chip:
             while nxt[0] < njobs:
                 j = nxt[0]
                 nxt[0] += 1
-                job = {"job": j, "start": env.now, "end": None, "syncs": [], "all_syncs": []}
+                ctrs = [c.counters for cl in group for c in cl.cores]
+                job = {"job": j, "start": env.now, "end": None, "syncs": [], "all_syncs": [],
+                       "start_counts": snapshot(ctrs), "sync_counts": [], "all_sync_counts": []}
                 self.record.jobs.append(job)
                 cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}",
-                                job["syncs"] if ci == 0 else None) for ci, cl in enumerate(group)]
+                                job["syncs"] if ci == 0 else None,
+                                (lambda out=job["sync_counts"], c=ctrs: out.append(snapshot(c))) if ci == 0 else None)
+                        for ci, cl in enumerate(group)]
                 all_b = Barrier(env, job_size, self.cfg.chip.chip_sync_cycles,
-                                f"sync.all of union job {j} of kernel '{k.name}'", job["all_syncs"])
+                                f"sync.all of union job {j} of kernel '{k.name}'", job["all_syncs"],
+                                lambda out=job["all_sync_counts"], c=ctrs: out.append(snapshot(c)))
                 procs = []
                 for ci, cl in enumerate(group):
                     for cj, core in enumerate(cl.cores):
@@ -182,6 +205,7 @@ class Chip:
                         procs.append(env.process(self._task(core, ctx)))
                 yield simpy.AllOf(env, procs)
                 job["end"] = env.now
+                job["end_counts"] = snapshot(ctrs)
 
         return [env.process(group_worker(g)) for g in groups]
 

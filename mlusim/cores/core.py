@@ -48,6 +48,7 @@ class Core:
         self.drain_waiter: simpy.Event | None = None
         self.cp_running: dict = {"mac": None, "vec": None}   # what each compute unit runs now
         self.cp_rob: deque = deque()                          # compute instructions in program order
+        self.cp_busy_until = 0.0       # when the last compute instruction issued so far finishes
         self.regs = [0] * 32
         self.task: TaskContext | None = None
         self.counters = CoreCounters(core_id)
@@ -142,6 +143,7 @@ class Core:
                 raise SimulationError(f"{self.where(pc, ins)}: {self.spaces[space].fault(addr, nbytes, align)}")
         if op.unit == "dma":
             plan = dmamod.plan(a, self.cfg)
+            dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
             prepared = (plan.queue, a, plan, touches)
         else:
             prepared = (UNIT_QUEUE[op.unit], a, op.cycles(a, self.cfg), touches)
@@ -256,6 +258,8 @@ class Core:
                         t0 = env.now
                         yield tq.wait()
                         ctr.token_stall[qname] += env.now - t0
+                        if qname == "cp":     # starved: neither compute unit still running
+                            ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
                         if chip.trace is not None:
                             chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
                                                env.now - t0, f"wait {other} token", task.kernel.name, pc))
@@ -285,7 +289,7 @@ class Core:
                     yield chip.fabric.transfer(links, cost.bus_bytes, cap)
                 else:   # on-core move: nothing shared, one event
                     yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
-                chip.account_dma(cost)
+                chip.account_dma(cost, ctr)
                 ctr.dma_demand[qname] += cost.fixed_cycles + cost.bus_bytes / cap
             else:
                 unit = op.unit
@@ -326,6 +330,8 @@ class Core:
         rec = [unit, touches, pc, None, False, a, ins]
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
+        if env.now + cost > self.cp_busy_until:
+            self.cp_busy_until = env.now + cost
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
         # a plain timeout with a callback, not a process: one event per compute instruction
         env.timeout(cost).callbacks.append(lambda _e, t0=env.now: self._compute_done(rec, cost, task, pc, t0))

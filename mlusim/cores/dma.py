@@ -64,6 +64,36 @@ class DmaPlan:
     dst: str
     gdram_read: int = 0
     gdram_write: int = 0
+    read_key: str | None = None     # stats.TRAFFIC_KEYS entries this transfer's payload counts under
+    write_key: str | None = None
+
+
+def operand(src: str, dst: str, reads_weights: bool) -> str:
+    """Which operand a transfer moves, from where it goes (SCALE-Sim's IFMAP / FILTER / OFMAP):
+    weights when it reads a constant tensor in GDRAM or fills WRAM (which only holds weights);
+    output when it leaves a core's NRAM (results), goes from SRAM back to GDRAM, or copies between
+    clusters' SRAM (a wide segment's output slices); anything else brings a layer its input."""
+    if reads_weights or dst == "wram":
+        return "weights"
+    if src == "nram" and dst != "nram" or src == "sram" and dst in ("gdram", "sram"):
+        return "output"
+    return "input"
+
+
+def with_operand(plan: DmaPlan, reads_weights: bool) -> DmaPlan:
+    """`plan` with the traffic keys its payload is counted under (reads at the source's level,
+    writes at the destination's, for GDRAM and SRAM)."""
+    key = (plan.src, plan.dst, reads_weights)
+    keys = _KEYS.get(key)
+    if keys is None:
+        op = operand(*key)
+        keys = _KEYS[key] = (f"{plan.src}.{op}.read" if plan.src in ("gdram", "sram") else None,
+                             f"{plan.dst}.{op}.write" if plan.dst in ("gdram", "sram") else None)
+    plan.read_key, plan.write_key = keys
+    return plan
+
+
+_KEYS: dict[tuple[str, str, bool], tuple[str | None, str | None]] = {}
 
 
 def plan(a: dict, cfg) -> DmaPlan:

@@ -4,6 +4,7 @@ Kept apart from the chip so that a core can hold its task without knowing the ch
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import simpy
@@ -12,11 +13,13 @@ from mlusim.program import Kernel
 
 
 class Barrier:
-    def __init__(self, env: simpy.Environment, parties: int, cost: float, name: str, releases: list | None = None):
+    def __init__(self, env: simpy.Environment, parties: int, cost: float, name: str, releases: list | None = None,
+                 on_release: Callable[[], None] | None = None):
         self.env, self.parties, self.cost, self.name = env, parties, cost, name
         self.arrived: list[tuple[int, int]] = []
         self.event = env.event()
         self.releases = releases      # when given, each release time is appended
+        self.on_release = on_release  # and this is called (the chip snapshots the job's counters)
 
     def describe(self) -> str:
         return f"{self.name} ({len(self.arrived)}/{self.parties} arrived)"
@@ -24,6 +27,8 @@ class Barrier:
     def _release(self, ev: simpy.Event) -> None:
         if self.releases is not None:
             self.releases.append(self.env.now)
+        if self.on_release is not None:    # after the waiting cores resumed and counted their wait
+            ev.callbacks.append(lambda _e: self.on_release())
         ev.succeed()
 
     def arrive(self, core_id: int, pc: int) -> simpy.Event:

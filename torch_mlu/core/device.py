@@ -13,6 +13,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from mlusim.errors import ShimError
+from torch_mlu.core.state import SETTINGS
 
 _lock = threading.Lock()
 _registered = False
@@ -69,7 +70,56 @@ def _to_cpu_device(x):
 
 
 def _unwrap(x):
-    return x._elem if isinstance(x, MluTensor) else _to_cpu_device(x)
+    if isinstance(x, MluTensor):
+        if x._elem.shape != x.shape and x._elem.numel() == 0:
+            _resync(x)
+        return x._elem
+    return _to_cpu_device(x)
+
+
+# ---- storages: what torch.jit.save / torch.jit.load reach in C++, below the Python layer ----------
+def own_storage(t: "MluTensor") -> "MluTensor":
+    """Record `t`'s data (its `_elem`) on its data-less wrapper storage, so that C++ code handed
+    only that storage finds the data: torch.jit.save serializes a tensor through its storage, and
+    torch.jit.load rebuilds one by pointing a fresh tensor at another's storage. Done for the
+    tensors the device makes (factories, `.to('mlu')`) and for detach/alias results (parameters
+    are made by detaching), not for every op's output (it costs ~5 us, an op ~40 us)."""
+    t.untyped_storage()._mlu_elem = t._elem     # not a weakref to t: swap_tensors refuses those
+    return t
+
+
+_OWNING_OPS = frozenset([torch.ops.aten.detach.default, torch.ops.aten.alias.default])
+
+
+def _owner_elem(storage):
+    return getattr(storage, "_mlu_elem", None)
+
+
+def _resync(x: "MluTensor") -> None:
+    """torch.jit.load sets a tensor's storage, sizes and strides in C++ (no Python op runs), so its
+    `_elem` is still the empty tensor it was made with: view the storage owner's data instead.
+    (torch.jit.save does the opposite, see _set_storage: a wrapper still sized [0] whose `_elem`
+    holds data; that one is left alone.)"""
+    elem = _owner_elem(x.untyped_storage())
+    if elem is not None and elem is not x._elem:
+        x._elem = elem.as_strided(x.shape, x.stride(), x.storage_offset())
+
+
+def _set_storage(func, args, kwargs):
+    """`empty.set_(storage, ...)` on an mlu storage: how torch.jit.save copies a tensor's storage
+    to the host. The storage's owner holds the data."""
+    self, storage = args[0], args[1]
+    if not isinstance(storage, torch.UntypedStorage) or storage.device.type != "mlu":
+        return NotImplemented
+    elem = _owner_elem(storage)
+    if elem is None:
+        raise ShimError("torch.jit.save: an mlu tensor of this module was not made by the shim's device (move "
+                        "the module to the cpu first, or save its state_dict)")
+    offset = args[2] if len(args) > 2 else 0
+    size = args[3] if len(args) > 3 else [storage.nbytes() // elem.element_size()]
+    stride = args[4] if len(args) > 4 else [1]
+    self._elem = torch.empty(0, dtype=self.dtype).set_(elem.untyped_storage(), offset, size, stride)
+    return self
 
 
 class MluTensor(torch.Tensor):
@@ -103,7 +153,10 @@ class MluTensor(torch.Tensor):
         out = func(*uargs, **ukwargs)
         if func is torch.ops.aten._to_copy.default and _target_is_cpu(kwargs):
             return out
-        return _rewrap(out, args, uargs)
+        out = _rewrap(out, args, uargs)
+        if func in _OWNING_OPS:       # how parameters are made (Parameter(t) detaches t), also when loaded
+            own_storage(out)
+        return out
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -160,7 +213,6 @@ class host_float:
 
     def __exit__(self, *exc):
         _HOST_FLOAT.on = self.prev
-ON_FLOAT_REFUSED: list = []     # mlu_model clears its last report here
 
 
 def _float_mac_ops() -> frozenset:
@@ -177,8 +229,7 @@ def _refuse_float(func) -> None:
     """A float model on the mlu: the MLU270 runs quantized convs and matmuls (its MAC array takes int8
     and int16), and running them on the host instead would give a report-less, timing-less answer
     that looks like an MLU run. Say so, and leave no stale report behind."""
-    for hook in ON_FLOAT_REFUSED:
-        hook()
+    SETTINGS.last_report = None
     raise ShimError(f"{func} on mlu tensors of a float model: the MLU runs quantized models; wrap the model with "
                     f"mlu_quantize.quantize_dynamic_mlu(model, ...) (calibrated on CPU batches) before moving it "
                     f"to ct.mlu_device(), or use adaptive_quantize for training")
@@ -230,12 +281,12 @@ def _flat(tree):
 
 # ---- PrivateUse1 kernels: the few ops that run before any MluTensor exists -------------------------
 def _empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
-    return MluTensor(torch.empty_strided(size, stride, dtype=dtype or torch.get_default_dtype()))
+    return own_storage(MluTensor(torch.empty_strided(size, stride, dtype=dtype or torch.get_default_dtype())))
 
 
 def _empty_memory_format(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
-    return MluTensor(torch.empty(size, dtype=dtype or torch.get_default_dtype(),
-                                 memory_format=memory_format or torch.contiguous_format))
+    return own_storage(MluTensor(torch.empty(size, dtype=dtype or torch.get_default_dtype(),
+                                             memory_format=memory_format or torch.contiguous_format)))
 
 
 def _copy_from(src, dst, non_blocking=False):
@@ -266,6 +317,8 @@ def register() -> None:
         _LIB.impl("_copy_from", _copy_from, "PrivateUse1")
         torch.__future__.set_swap_module_params_on_conversion(True)
         torch.autograd.set_multithreading_enabled(False)
+        OP_HANDLERS[torch.ops.aten.set_.source_Storage_storage_offset] = _set_storage
+        OP_HANDLERS[torch.ops.aten.set_.source_Storage] = _set_storage
         _registered = True
 
 

@@ -4,8 +4,9 @@
 whose CPU forward calibrates (min/max of every tensor, over `iteration` batches) and whose
 state_dict carries the calibration (`mlu_absmax`, `mlu_calib_count`). `gen_quant=False` builds the
 same model ready to load those scales. Moved to `ct.mlu_device()`, the model runs quantized on the
-simulator (see runtime.py). The scheme is Cambricon's: symmetric, power-of-two position plus scale,
-int8 or int16, optional per-channel weights, mean/std folded into the first conv (`firstconv`).
+simulator (see runtime.py) under the settings `ct` made (torch_mlu.core.state.SETTINGS). The
+scheme is Cambricon's: symmetric, power-of-two position plus scale, int8 or int16, optional
+per-channel weights, mean/std folded into the first conv (`firstconv`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import copy
 import torch
 
 from mlusim.errors import ShimError
+from torch_mlu.core import adaptive_training, compiled, runtime
+from torch_mlu.core.device import MluTensor
+from torch_mlu.core.state import SETTINGS, TRAINING
 
 DEFAULT_QCONFIG = {"iteration": 1, "use_avg": False, "data_scale": 1.0, "mean": None, "std": None,
                    "firstconv": True, "per_channel": False, "method": "minmax"}
@@ -26,18 +30,15 @@ class MLUQuantizedModel:
     """Mixed into a quantized model's class (ahead of the user's class) by quantize_dynamic_mlu."""
 
     def forward(self, x, *args, **kwargs):
-        from torch_mlu.core import runtime
-        from torch_mlu.core.device import MluTensor
-
         orig = self._mlu_orig_cls
         if isinstance(x, MluTensor):
             if args or kwargs:
                 raise ShimError("MLU models take a single input tensor")
-            return runtime.mlu_forward(self, orig, x)
+            return runtime.mlu_forward(self, orig, x, SETTINGS)
         if self._mlu_gen_quant and not torch.jit.is_tracing() and \
                 int(self.mlu_calib_count.item()) < int(self._mlu_qconfig["iteration"]):
             with torch.no_grad():
-                runtime.calibrate(self, orig, x)
+                compiled.calibrate(self, orig, x)
         return orig.forward(self, self._mlu_normalize(x), *args, **kwargs)
 
     def _mlu_normalize(self, x):
@@ -164,17 +165,13 @@ def adaptive_quantize(model, steps_per_epoch, bitwidth=8, inplace=True, quantify
     MAC array with operands quantized to `bitwidth` bits: 8 or 16 (an 8-bit site widens to 16 where it
     loses more than `quantify_rate`, relative L2 error), or 31 (each operand split into int16 digits,
     several MAC passes added in float). Positions follow each tensor's range every step."""
-    from torch_mlu.core import adaptive_training as training
-
     if not isinstance(model, torch.nn.Module):
         raise ShimError(f"adaptive_quantize expects an nn.Module, got {type(model).__name__}")
     if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
         raise ShimError("adaptive_quantize: steps_per_epoch must be a positive integer")
-    from torch_mlu.core.mlu_model import _STATE
-
-    if _STATE.cnml_enabled:
+    if SETTINGS.cnml_enabled:
         raise ShimError("adaptive_quantize: training runs on Cambricon's CNNL path; call "
                         "ct.set_cnml_enabled(False) first, as the training scripts do")
-    training.enable(int(bitwidth), steps_per_epoch, quantify_rate)
+    adaptive_training.enable(SETTINGS, TRAINING, int(bitwidth), steps_per_epoch, quantify_rate)
     model._mlu_adaptive = {"bitwidth": int(bitwidth), "steps_per_epoch": steps_per_epoch}
     return model
