@@ -1,19 +1,29 @@
 #!/usr/bin/env python3
-"""Engine speed: simulated instructions and cycles per wall second on a 16-core synthetic program.
+"""Engine speed: simulated instructions and cycles per wall second, on a 16-core synthetic program
+and on compiled zoo networks.
 
-Each of 16 tasks runs a double-buffered loop (load a tile, vector ops and a small conv on it, store
-the result) with register-relative addresses, so the issue stage, tokens, DMA fabric and units are
-all exercised. Run: python bench/engine_speed.py [--steps N]
+Synthetic: each of 16 tasks runs a double-buffered loop (load a tile, vector ops and a small conv
+on it, store the result) with register-relative addresses, so the issue stage, tokens, DMA fabric
+and units are all exercised. Zoo: the networks as `mlusim run NAME --batch B --cores N` compiles
+them (through the compile cache, so a second run of this script skips compiling), simulated with
+and without numerics; each line also gives what numpy's float32 GEMM needs for the network's MACs,
+measured beside it (bench/blas_limit.py), and the ratio.
+Run: python bench/engine_speed.py [--steps N] [--zoo resnet50:16:16,resnet50:1:16] [--no-cache]
 """
 from __future__ import annotations
 
-import argparse
-import time
+import os
 
-from mlusim.config import load_config
-from mlusim.isa.encoding import Instr
-from mlusim.program import Kernel, Program, TensorDecl, allocate
-from mlusim.sim import simulate
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")     # as the mlusim CLI runs (before numpy loads)
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+from blas_limit import blas_seconds  # noqa: E402
+from mlusim.config import load_config  # noqa: E402
+from mlusim.isa.encoding import Instr  # noqa: E402
+from mlusim.program import Kernel, Program, TensorDecl, allocate  # noqa: E402
+from mlusim.sim import simulate  # noqa: E402
 
 TILE = 8 * 8 * 64
 
@@ -46,20 +56,46 @@ def build(steps: int, tasks: int = 16) -> Program:
     return Program([Kernel("synthetic", "block", tasks, [s])], t)
 
 
+def zoo(spec: str, cfg, cache: bool) -> None:
+    """One zoo network, NAME:BATCH:CORES: compile (or load from the cache), then simulate."""
+    from mlusim.programs import BuildOptions, compile_cached
+
+    name, batch, cores = spec.split(":")
+    t0 = time.perf_counter()
+    prog, _ = compile_cached(name, cfg, int(cores), BuildOptions(batch=int(batch), cache=cache))
+    tc = time.perf_counter() - t0
+    macs = prog.meta["macs"]
+    for timing_only in (True, False):
+        t0 = time.perf_counter()
+        res = simulate(prog, cfg, cores=int(cores), timing_only=timing_only)
+        wall = time.perf_counter() - t0
+        blas = blas_seconds(macs)
+        mode = "timing-only" if timing_only else "numerics"
+        print(f"{name + ' b' + batch + ' c' + cores:22} {mode:12} {res.instructions:>12,} {res.cycles:>12,.0f} "
+              f"{wall:>8.2f} {res.instructions / wall:>10,.0f} {res.cycles / wall:>12,.0f} {tc:>9.2f} "
+              f"{blas:>7.2f} {(tc + wall) / blas:>7.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--zoo", default="resnet50:16:16,resnet50:1:16,mobilenetv2:16:16",
+                    help="zoo networks as NAME:BATCH:CORES, comma separated ('' for none)")
+    ap.add_argument("--no-cache", action="store_true", help="compile the zoo networks afresh")
     args = ap.parse_args()
     cfg = load_config("mlu270")
     prog = build(args.steps)
-    print(f"{'mode':12} {'instructions':>12} {'cycles':>12} {'wall s':>8} {'instr/s':>10} {'cycles/s':>12}")
+    print(f"{'program':22} {'mode':12} {'instructions':>12} {'cycles':>12} {'wall s':>8} {'instr/s':>10} "
+          f"{'cycles/s':>12} {'compile s':>9} {'BLAS s':>7} {'x BLAS':>7}")
     for timing_only in (True, False):
         t0 = time.perf_counter()
         res = simulate(prog, cfg, cores=16, timing_only=timing_only)
         wall = time.perf_counter() - t0
         mode = "timing-only" if timing_only else "numerics"
-        print(f"{mode:12} {res.instructions:>12,} {res.cycles:>12,.0f} {wall:>8.2f} "
-              f"{res.instructions / wall:>10,.0f} {res.cycles / wall:>12,.0f}")
+        print(f"{'synthetic':22} {mode:12} {res.instructions:>12,} {res.cycles:>12,.0f} {wall:>8.2f} "
+              f"{res.instructions / wall:>10,.0f} {res.cycles / wall:>12,.0f}", flush=True)
+    for spec in filter(None, args.zoo.split(",")):
+        zoo(spec, cfg, not args.no_cache)
 
 
 if __name__ == "__main__":

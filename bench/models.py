@@ -12,30 +12,42 @@ Then the targets of issue 3:
   * ResNet-50 batch 16 on 16 cores against its roofline bound max(compute, minimum traffic), and
     against the DRAM floor of any layer-at-a-time schedule (every layer's inputs, weights and
     output moved once),
-  * ResNet-50 batch 1 on 16 cores: compile + simulate wall time with numerics (< 10 s) and timing
-    only (< 3 s), with identical cycles, and the output bit-exact against the quantized reference.
+  * simulator speed (issue 21), every wall time beside what numpy's float32 GEMM needs for the
+    same MACs measured in the same run (bench/blas_limit.py; the ratio is the figure): ResNet-50
+    batch 16 on 16 cores end to end, compile + simulate, with numerics (target 3x) and timing only
+    (target 2x), its compile alone (target 1 s) and from the compile cache; ResNet-50 batch 1 on
+    16 cores with numerics (target 1 s), cycles identical either way and the output bit-exact
+    against the quantized reference.
 
 Run: python bench/models.py [--models resnet50,mobilenetv2] [--batches 1,16] [--cores 1,4,16]
 """
 from __future__ import annotations
 
-import argparse
-import time
+import os
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")     # as the mlusim CLI runs (before numpy loads)
 
-from mlusim.compiler.driver import compile_model
-from mlusim.compiler.reference import run_quant
-from mlusim.config import load_config
-from mlusim.report import roofline_bounds, summarize
-from mlusim.sim import simulate
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from blas_limit import blas_seconds, threads  # noqa: E402
+
+from mlusim.compile_cache import CompileCache  # noqa: E402
+from mlusim.compiler.driver import compile_model  # noqa: E402
+from mlusim.compiler.reference import run_quant  # noqa: E402
+from mlusim.config import load_config  # noqa: E402
+from mlusim.report import roofline_bounds, summarize  # noqa: E402
+from mlusim.sim import simulate  # noqa: E402
 
 ALL = ["mnist", "lenet5", "resnet18", "resnet50", "mobilenetv2", "vgg16"]
 
 
 def table(models, batches, cores_list, cfg, fuse: bool) -> None:
     print(f"{'model':12} {'batch':>5} {'cores':>5} {'cycles':>12} {'ms':>9} {'img/s':>9} {'MAC util':>8} "
-          f"{'DRAM MiB':>9} {'min MiB':>8} {'x min':>6} {'segs':>4} {'compile s':>9} {'sim s':>6}")
+          f"{'DRAM MiB':>9} {'min MiB':>8} {'x min':>6} {'segs':>4} {'compile s':>9} {'sim s':>6} {'x BLAS':>6}")
     for m in models:
         for b in batches:
             for n in cores_list:
@@ -51,7 +63,8 @@ def table(models, batches, cores_list, cfg, fuse: bool) -> None:
                 print(f"{m:12} {b:>5} {n:>5} {res.cycles:>12,.0f} {s['latency_ms']:>9.3f} "
                       f"{b / res.seconds:>9,.0f} {100 * s['mac_utilization']:>7.1f}% "
                       f"{res.dram_bytes / 2**20:>9.1f} {mn / 2**20:>8.1f} {res.dram_bytes / mn:>6.2f} "
-                      f"{segs:>4} {tc:>9.2f} {ts:>6.2f}", flush=True)
+                      f"{segs:>4} {tc:>9.2f} {ts:>6.2f} {(tc + ts) / blas_seconds(c.program.meta['macs']):>6.1f}",
+                      flush=True)
 
 
 def big_convs_one_core(cfg) -> None:
@@ -86,22 +99,50 @@ def roofline(cfg) -> None:
                       f"DRAM {k['dram_bus_bytes'] / 2**20:6.1f} MiB  ({k['meta']['tiling']})")
 
 
+def timed(f):
+    t0 = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t0
+
+
 def speed(cfg) -> None:
-    t0 = time.perf_counter()
-    c = compile_model("resnet50", batch=1, config=cfg, tasks=16, cluster_fusion=True)
-    tc = time.perf_counter() - t0
+    """Issue 21's targets, each wall time against the BLAS limit measured right beside it."""
+    print(f"\nSimulator speed (wall seconds; BLAS: numpy float32 GEMM of the same MACs, OPENBLAS_NUM_THREADS="
+          f"{threads()}, measured beside each figure)")
+    c, tc = timed(lambda: compile_model("resnet50", batch=16, config=cfg, tasks=16, cluster_fusion=True))
+    macs = c.program.meta["macs"]
+    blas = blas_seconds(macs)
+    exact, tn = timed(lambda: simulate(c.program, cfg, cores=16))
+    fast, tt = timed(lambda: simulate(c.program, cfg, cores=16, timing_only=True))
+    blas2 = blas_seconds(macs)
+    print(f"ResNet-50 batch 16, 16 cores, {macs / 1e9:.1f} GMAC: BLAS {blas:.2f} s (again after: {blas2:.2f} s)")
+    print(f"  compile                 {tc:7.2f} s  {tc / blas:6.1f}x BLAS   (target: under 1 s)")
+    print(f"  simulate, numerics      {tn:7.2f} s  {tn / blas:6.1f}x BLAS")
+    print(f"  simulate, timing only   {tt:7.2f} s  {tt / blas:6.1f}x BLAS   (cycles {exact.cycles:,.0f} vs "
+          f"{fast.cycles:,.0f}: {'same' if exact.cycles == fast.cycles else 'DIFFERENT'})")
+    print(f"  end to end, numerics    {tc + tn:7.2f} s  {(tc + tn) / blas:6.1f}x BLAS   (target: 3x)")
+    print(f"  end to end, timing only {tc + tt:7.2f} s  {(tc + tt) / blas:6.1f}x BLAS   (target: 2x)")
+    with tempfile.TemporaryDirectory() as d:
+        cache = CompileCache(Path(d), 1 << 40)
+        cache.get({"bench": "resnet50 b16"}, lambda: ([c.program], {}))
+        (hit,), _ = cache.get({"bench": "resnet50 b16"}, lambda: 1 / 0)
+        _, tl = timed(lambda: cache.get({"bench": "resnet50 b16"}, lambda: 1 / 0))
+        again, tn2 = timed(lambda: simulate(hit, cfg, cores=16))
+        same = again.cycles == exact.cycles and all(np.array_equal(again.outputs[k], exact.outputs[k])
+                                                    for k in exact.outputs)
+        print(f"  from the compile cache: load {tl:.2f} s, end to end with numerics {tl + tn2:.2f} s = "
+              f"{(tl + tn2) / blas:.1f}x BLAS (results {'identical' if same else 'DIFFERENT'})")
+    del c, exact, fast
+    c, tc = timed(lambda: compile_model("resnet50", batch=1, config=cfg, tasks=16, cluster_fusion=True))
     x = np.random.default_rng(0).uniform(0, 1, c.graph.input.shape).astype(np.float32)
-    t0 = time.perf_counter()
-    full = simulate(c.program, cfg, cores=16, inputs={"input": x})
-    tn = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fast = simulate(c.program, cfg, cores=16, timing_only=True)
-    tt = time.perf_counter() - t0
+    full, tn = timed(lambda: simulate(c.program, cfg, cores=16, inputs={"input": x}))
+    fast, tt = timed(lambda: simulate(c.program, cfg, cores=16, timing_only=True))
+    blas = blas_seconds(c.program.meta["macs"])
     exact = np.array_equal(full.outputs["output"], run_quant(c.graph, x)["__output__"])
-    print(f"\nResNet-50 batch 1, 16 cores: compile {tc:.2f} s; simulate with numerics {tn:.2f} s "
-          f"(total {tc + tn:.2f} s), timing only {tt:.2f} s (total {tc + tt:.2f} s); cycles "
-          f"{full.cycles:,.0f} vs {fast.cycles:,.0f} ({'same' if full.cycles == fast.cycles else 'DIFFERENT'}); "
-          f"output bit-exact vs reference: {exact}")
+    print(f"ResNet-50 batch 1, 16 cores, {c.program.meta['macs'] / 1e9:.1f} GMAC: BLAS {blas:.2f} s; compile "
+          f"{tc:.2f} s; simulate with numerics {tn:.2f} s (end to end {tc + tn:.2f} s = {(tc + tn) / blas:.1f}x BLAS; "
+          f"target: under 1 s), timing only {tt:.2f} s; cycles {full.cycles:,.0f} vs {fast.cycles:,.0f} "
+          f"({'same' if full.cycles == fast.cycles else 'DIFFERENT'}); output bit-exact vs reference: {exact}")
 
 
 def main() -> None:
@@ -112,8 +153,12 @@ def main() -> None:
     ap.add_argument("--config", default="mlu270")
     ap.add_argument("--skip-table", action="store_true")
     ap.add_argument("--no-cluster-fusion", action="store_true", help="layer-at-a-time code in the table")
+    ap.add_argument("--speed-only", action="store_true", help="only the simulator speed figures (issue 21)")
     args = ap.parse_args()
     cfg = load_config(args.config)
+    if args.speed_only:
+        speed(cfg)
+        return
     if not args.skip_table:
         table(args.models.split(","), [int(b) for b in args.batches.split(",")],
               [int(n) for n in args.cores.split(",")], cfg, not args.no_cluster_fusion)

@@ -57,16 +57,31 @@ class Graph:
     output: str                      # the (first) output
     meta: dict[str, Any] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)    # more outputs (a detector's heads)
+    # name -> (position, node) as of the last lookup that scanned the list (see `node`)
+    _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def outputs(self) -> list[str]:
         return [self.output, *self.extra_outputs]
 
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
+        """The first node called `name`. Passes edit `nodes` freely, so the index is only a hint:
+        it is trusted when the same node object still sits at the recorded position under that
+        name, and rebuilt by one scan otherwise (the fusion planner looks nodes up ~10^5 times)."""
+        hit = self._index.get(name)
+        nodes = self.nodes
+        if hit is not None:
+            i, n = hit
+            if i < len(nodes) and nodes[i] is n and n.name == name:
                 return n
-        raise CompileError(f"graph '{self.name}': no node named '{name}'")
+        index: dict = {}
+        for i, n in enumerate(nodes):
+            index.setdefault(n.name, (i, n))
+        self._index = index
+        hit = index.get(name)
+        if hit is None:
+            raise CompileError(f"graph '{self.name}': no node named '{name}'")
+        return hit[1]
 
     @property
     def input(self) -> Node:

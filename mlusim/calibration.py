@@ -159,9 +159,10 @@ class Runner:
     """Compiles each point once (calibrating each network's scales once: they change values, not
     cycles) and simulates it on a config."""
 
-    def __init__(self, resolution: dict[str, int] | None = None):
+    def __init__(self, resolution: dict[str, int] | None = None, cache: bool = True):
         self._absmax: dict[str, dict] = {}
         self._plans: dict[tuple, object] = {}
+        self.cache = cache            # plans through the compile cache (mlusim/compile_cache.py)
 
     def absmax(self, net: str) -> dict:
         from mlusim.compiler import passes, quant, zoo
@@ -177,7 +178,8 @@ class Runner:
 
         key = (p.network, p.board, p.batch, id(cfg))
         if key not in self._plans:
-            self._plans[key] = plan_per_cluster(p.network, p.batch, cfg, cfg.chip.cores, absmax=self.absmax(p.network))
+            self._plans[key] = plan_per_cluster(p.network, p.batch, cfg, cfg.chip.cores, absmax=self.absmax(p.network),
+                                                cache=self.cache)
         return self._plans[key]
 
     def simulate(self, p: Point, cfg, plan=None) -> float:

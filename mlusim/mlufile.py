@@ -107,9 +107,11 @@ def _size(member) -> int:
     return len(member) if isinstance(member, (bytes, bytearray)) else len(member[0]) + member[1].nbytes
 
 
-def save(program: Program, path: str | Path) -> None:
-    """Write `program` to `path` (the target config, if any, is recorded alongside)."""
-    _write(program, path, str(path))
+def save(program: Program, path: str | Path, compress: bool = True) -> None:
+    """Write `program` to `path` (the target config, if any, is recorded alongside).
+    compress=False stores members as they are: a bigger file, written and read several times
+    faster (the compile cache's entries)."""
+    _write(program, path, str(path), compress)
 
 
 def dumps(program: Program, origin: str = "<program>") -> bytes:
@@ -119,7 +121,7 @@ def dumps(program: Program, origin: str = "<program>") -> bytes:
     return buf.getvalue()
 
 
-def _write(program: Program, target, origin: str) -> None:
+def _write(program: Program, target, origin: str, compress: bool = True) -> None:
     """Write the zip to `target`, a path or a binary file object; errors name `origin`."""
     from mlusim.isa.encoding import encode_stream
 
@@ -154,21 +156,13 @@ def _write(program: Program, target, origin: str) -> None:
             _member(zf, "mimetype", MIMETYPE, compress=False)
             _member(zf, "manifest.json", text)
             for name, data in members.items():
-                _member(zf, name, data)
+                _member(zf, name, data, compress)
     except OSError as e:
         raise ModelFileError(f"{origin}: cannot write model file: {e.strerror or e}") from None
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int | None) -> bytearray:
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
-                             f"{MAX_MEMBER_BYTES:,}-byte limit")
-    if expect is not None and info.file_size != expect:
-        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes but the "
-                             f"manifest says {expect:,}")
-    if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
-        raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
-                             f"(a zip bomb?)")
+    _check_member(info, origin, expect)
     data = bytearray(info.file_size)
     got = 0
     with zf.open(info) as fh:      # chunk by chunk into one buffer: the member is held once, not twice
@@ -183,6 +177,35 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str, expect: int |
         raise ModelFileError(f"{origin}: member '{info.filename}' holds {'more than ' if more else ''}{got:,} bytes, "
                              f"its header says {info.file_size:,}")
     return data
+
+
+def _mapped(mm, info: zipfile.ZipInfo, origin: str, expect: int | None) -> memoryview:
+    """A stored (uncompressed) member as a read-only view of the file mapping, its CRC checked."""
+    from mlusim.mapped import crc32_releasing
+
+    _check_member(info, origin, expect)
+    h = info.header_offset
+    if h + 30 > len(mm) or mm[h:h + 4] != b"PK\x03\x04":
+        raise ModelFileError(f"{origin}: member '{info.filename}': no local header where the directory says")
+    start = h + 30 + int.from_bytes(mm[h + 26:h + 28], "little") + int.from_bytes(mm[h + 28:h + 30], "little")
+    if start + info.file_size > len(mm):
+        raise ModelFileError(f"{origin}: member '{info.filename}' runs past the end of the file")
+    view = memoryview(mm)[start:start + info.file_size]
+    if crc32_releasing(view, mm) != info.CRC:
+        raise ModelFileError(f"{origin}: member '{info.filename}': CRC mismatch (a damaged file)")
+    return view
+
+
+def _check_member(info: zipfile.ZipInfo, origin: str, expect: int | None) -> None:
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes, over the "
+                             f"{MAX_MEMBER_BYTES:,}-byte limit")
+    if expect is not None and info.file_size != expect:
+        raise ModelFileError(f"{origin}: member '{info.filename}' is {info.file_size:,} bytes but the "
+                             f"manifest says {expect:,}")
+    if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
+        raise ModelFileError(f"{origin}: member '{info.filename}' expands {info.file_size / info.compress_size:.0f}x "
+                             f"(a zip bomb?)")
 
 
 KIND_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a mapping"}
@@ -305,8 +328,11 @@ def _tensor_meta(meta, shape: tuple, where: str) -> dict:
     return meta
 
 
-def load(path: str | Path) -> Program:
-    """Read a .mlu file; any problem with it is a ModelFileError naming the file."""
+def load(path: str | Path, mapped: bool = False) -> Program:
+    """Read a .mlu file; any problem with it is a ModelFileError naming the file.
+    mapped=True: constants of stored (uncompressed) members are read-only views of the file mapped
+    into memory (mlusim/mapped.py), for files mlusim wrote and never rewrites in place (the
+    compile cache's)."""
     origin = str(path)
     p = Path(path)
     try:
@@ -316,7 +342,7 @@ def load(path: str | Path) -> Program:
             head = fh.read(4)
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{origin}: cannot read model file: {getattr(e, 'strerror', None) or e}") from None
-    return _read_zip(p, head, origin)
+    return _read_zip(p, head, origin, mapped)
 
 
 def loads(data: bytes, origin: str = "<bytes>") -> Program:
@@ -324,12 +350,18 @@ def loads(data: bytes, origin: str = "<bytes>") -> Program:
     return _read_zip(io.BytesIO(data), bytes(data[:4]), origin)
 
 
-def _read_zip(source, head: bytes, origin: str) -> Program:
-    """Open the zip at `source` (a path or a binary file object whose first bytes are `head`)."""
+def _read_zip(source, head: bytes, origin: str, mapped: bool = False) -> Program:
+    """Open the zip at `source` (a path or a binary file object whose first bytes are `head`);
+    mapped: `source` is a path whose stored constants become views of it mapped read-only."""
     if head != b"PK\x03\x04":
         raise ModelFileError(f"{origin}: not an mlusim model (no zip signature; is it an assembly file? "
                              f"use `mlusim asm`)")
     try:
+        if mapped:      # a file mlusim wrote and never rewrites: constants stay in it (mapped.py)
+            from mlusim.mapped import map_file
+
+            with open(source, "rb") as fh, zipfile.ZipFile(fh) as zf:
+                return _load(zf, origin, map_file(fh.fileno()))
         with zipfile.ZipFile(source) as zf:
             return _load(zf, origin)
     except MlusimError:
@@ -409,11 +441,11 @@ def _manifest(zf: zipfile.ZipFile, infos: dict, origin: str) -> dict:
 class _Members:
     """Reads the members the manifest refers to, each at most once and at its declared size."""
 
-    def __init__(self, zf: zipfile.ZipFile, infos: dict, sizes: dict, origin: str):
-        self.zf, self.infos, self.sizes, self.origin = zf, infos, sizes, origin
+    def __init__(self, zf: zipfile.ZipFile, infos: dict, sizes: dict, origin: str, mm=None):
+        self.zf, self.infos, self.sizes, self.origin, self.mm = zf, infos, sizes, origin, mm
         self.used: set[str] = set()
 
-    def read(self, name, what: str, limit: int = MAX_MEMBER_BYTES) -> bytearray:
+    def read(self, name, what: str, limit: int = MAX_MEMBER_BYTES) -> bytearray | memoryview:
         origin = self.origin
         if not isinstance(name, str) or name not in self.sizes:
             raise ModelFileError(f"{origin}: manifest: {what} refers to unlisted member {str(name)[:60]!r}")
@@ -425,7 +457,10 @@ class _Members:
         if self.sizes[name] > limit:
             raise ModelFileError(f"{origin}: member {name!r} ({what}) is {self.sizes[name]:,} bytes, over the "
                                  f"{limit:,}-byte limit")
-        return _read(self.zf, self.infos[name], origin, self.sizes[name])
+        info = self.infos[name]
+        if self.mm is not None and info.compress_type == zipfile.ZIP_STORED and info.file_size:
+            return _mapped(self.mm, info, origin, self.sizes[name])
+        return _read(self.zf, info, origin, self.sizes[name])
 
 
 def _check_host_memory(tensors_raw: list, kernels_raw: list, sizes: dict, origin: str) -> None:
@@ -493,7 +528,7 @@ def _kernel(k, i: int, where: str, members: _Members) -> Kernel:
     return Kernel(kname, _need(k, "task_type", str, kw), task_dim, streams, ts, meta)
 
 
-def _load(zf: zipfile.ZipFile, origin: str) -> Program:
+def _load(zf: zipfile.ZipFile, origin: str, mm=None) -> Program:
     infos = _listing(zf, origin)
     man = _manifest(zf, infos, origin)
     where = f"{origin}: manifest"
@@ -501,7 +536,7 @@ def _load(zf: zipfile.ZipFile, origin: str) -> Program:
     tensors_raw = _need(man, "tensors", list, where)
     kernels_raw = _need(man, "kernels", list, where)
     _check_host_memory(tensors_raw, kernels_raw, sizes, origin)
-    members = _Members(zf, infos, sizes, origin)
+    members = _Members(zf, infos, sizes, origin, mm)
     tensors = [_tensor(t, i, where, members) for i, t in enumerate(tensors_raw)]
     kernels = [_kernel(k, i, where, members) for i, k in enumerate(kernels_raw)]
     config = man.get("config")

@@ -90,14 +90,12 @@ class Kernel:
             bad = [s for s in self.task_stream if not 0 <= s < len(self.streams)]
             if bad:
                 raise ProgramError(f"{where}: task map names stream {bad[0]} of {len(self.streams)}")
-        from mlusim.isa.fields import Target
-
         for si, stream in enumerate(self.streams):
             for pc, ins in enumerate(stream):
-                for f in ins.op.fields:
-                    if isinstance(f, Target) and not 0 <= pc + ins.args[f.name] <= len(stream):
+                for name in ins.op.target_fields:
+                    if not 0 <= pc + ins.args[name] <= len(stream):
                         raise ProgramError(f"{where}: stream {si} instruction {pc} ('{ins.op.mnemonic}') branches "
-                                           f"to {pc + ins.args[f.name]}, outside the stream of {len(stream)}")
+                                           f"to {pc + ins.args[name]}, outside the stream of {len(stream)}")
 
 
 @dataclass

@@ -31,12 +31,15 @@ class BuildOptions:
     cluster_fusion: bool = True       # spans of layers in cluster SRAM where the cost model says it pays
     seed: int = 0                     # zoo models' weight seed
     calibrate: str | None = None      # ONNX float models: calibration samples (.npy)
+    # reuse a program compiled before from the same everything (mlusim/compile_cache.py); False:
+    # compile afresh (--no-cache). Never changes the program, so `changed` leaves it out.
+    cache: bool = True
 
     def changed(self) -> list[str]:
         """The options that differ from the defaults, as `name=value` (for error messages)."""
         base = BuildOptions()
         return [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                if getattr(self, f.name) != getattr(base, f.name)]
+                if f.name != "cache" and getattr(self, f.name) != getattr(base, f.name)]
 
 
 def zoo_names() -> list[str]:
@@ -90,6 +93,42 @@ def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions
     return compile_model(spec, batch=o.batch or 1, resolution=o.resolution, seed=o.seed, **kw)
 
 
+def compile_cached(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None):
+    """`compile_spec` through the compile cache (unless options.cache is False): the program, and
+    what the compile reported ({"notes": warnings, "fused": [[layer, [ops]], ...]})."""
+    from mlusim.compile_cache import cache_for, cached
+    from mlusim.config import HardwareConfig, load_config
+
+    o = options or BuildOptions()
+    cfg = cfg if isinstance(cfg, HardwareConfig) else load_config(cfg)      # what the compiler does too
+
+    def build():
+        c = compile_spec(spec, cfg, cores, o)
+        return [c.program], {"notes": list(c.notes),
+                             "fused": [[n.name, [n.op] + list(n.fused)] for n in c.graph.nodes if n.fused]}
+
+    parts = _cache_parts(spec, cfg, cores, o)
+    (prog,), extra = cached(cache_for(o.cache and parts is not None), parts, build)
+    return prog, extra
+
+
+def _cache_parts(spec: str, cfg, cores: int | None, o: BuildOptions) -> dict | None:
+    """What a compile of `spec` depends on, as the cache key's parts: a zoo model by name (its
+    weights by seed, in the options), an ONNX file and calibration samples by their bytes; None
+    when a file cannot be read (no key: the compiler then says what is wrong with it)."""
+    from dataclasses import asdict
+
+    from mlusim.compile_cache import file_digest
+
+    try:
+        what = {"onnx": file_digest(spec)} if Path(spec).suffix.lower() == ".onnx" else {"zoo": spec.lower()}
+        samples = file_digest(o.calibrate) if o.calibrate else None
+    except OSError:
+        return None
+    options = {k: v for k, v in asdict(o).items() if k not in ("cache", "calibrate")}
+    return {"spec": what, "cores": cores, "options": options, "calibrate": samples, "config": cfg.to_dict()}
+
+
 def load_program(spec: str):
     """A finished program: a .mlu model file or .s assembly. A bare word that is neither a file nor
     a zoo name is most likely a mistyped model name, and is reported as one."""
@@ -117,10 +156,10 @@ def resolve_program(spec: str, cfg=None, cores: int | None = None, options: Buil
             raise CompileError(f"{', '.join(options.changed())}: build options apply to zoo and ONNX models; "
                                f"{spec} is already compiled")
         return load_program(spec)
-    c = compile_spec(spec, cfg, cores, options)
-    for note in c.notes:
+    prog, extra = compile_cached(spec, cfg, cores, options)
+    for note in extra.get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
-    return c.program
+    return prog
 
 
 def schedule_for(spec, cfg, asked: str | None = None) -> str:

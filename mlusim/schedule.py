@@ -77,13 +77,13 @@ def _truncated(g, k: int):
 
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
-                     resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None) -> ClusterPlan:
+                     resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None,
+                     cache: bool = True) -> ClusterPlan:
     """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
     a calibration of the network to reuse (scales change values, never cycles); `fuse`: cluster
-    fusion of the trunk (default: the config's `runtime.kernels`)."""
-    from mlusim.compiler import passes, quant, zoo
-    from mlusim.compiler.driver import calibration_samples, compile_graph
-    from mlusim.compiler.lower import lower
+    fusion of the trunk (default: the config's `runtime.kernels`). Trunk and head come from the
+    compile cache unless `cache` is False (mlusim/compile_cache.py)."""
+    from mlusim.compile_cache import cache_for, cached
 
     cpc = cfg.chip.cores_per_cluster
     if fuse is None:
@@ -94,6 +94,23 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
     chip_clusters = cores // cpc
     per = -(-batch // chip_clusters)
     groups = -(-batch // per)
+    parts = {"per-cluster": name.lower(), "batch": batch, "resolution": resolution, "cores": cores, "fuse": fuse,
+             "config": cfg.to_dict(),
+             "absmax": sorted((k, float(v)) for k, v in absmax.items()) if absmax is not None else None}
+    progs, extra = cached(cache_for(cache), parts,
+                          lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse))
+    head = progs[1] if len(progs) > 1 else None
+    return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc)
+
+
+def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, cores: int,
+                         resolution: int | None, absmax: dict | None, fuse: bool) -> tuple[list[Program], dict]:
+    """[trunk] or [trunk, head], and the quantization of the value crossing between them."""
+    from mlusim.compiler import passes, quant, zoo
+    from mlusim.compiler.driver import calibration_samples, compile_graph
+    from mlusim.compiler.lower import lower
+
+    cpc = cfg.chip.cores_per_cluster
     full = passes.optimize(zoo.build(name, batch, resolution))
     if absmax is None:      # once, for trunk and head alike
         absmax = quant.calibrate(full, calibration_samples(full))
@@ -116,7 +133,7 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
     trunk = compiled.program
     trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
                       compiled_for_cores=cores)
-    return ClusterPlan(batch, per, groups, chip_clusters, trunk, head, scale, zp, cpc)
+    return [trunk] + ([head] if head is not None else []), {"scale": scale, "zp": zp}
 
 
 def side_by_side(trunk, cfg: HardwareConfig, clusters: int) -> float:

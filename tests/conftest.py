@@ -43,3 +43,13 @@ def run(prog: Program, config="mlu270", cores=1, **kw):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def compile_cache_dir(tmp_path_factory, monkeypatch):
+    """Every test gets a compile cache of its own (mlusim/compile_cache.py), so no test sees
+    programs another test (or the user's ~/.cache) compiled."""
+    d = tmp_path_factory.mktemp("compile-cache")
+    monkeypatch.setenv("MLUSIM_CACHE_DIR", str(d))
+    monkeypatch.delenv("MLUSIM_CACHE_MAX_MB", raising=False)
+    return d

@@ -206,3 +206,16 @@ def test_s2s_to_a_cluster_outside_the_job_is_an_error():
         run(bad, cores=1)
     with pytest.raises(SimulationError, match="only for s2s"):
         run(program([I("dma", dir="g2n", dst=0, src=0, size=64, dcl=1)], []), cores=1)
+
+
+def test_prepared_instructions_are_kept_only_when_they_can_repeat():
+    """A kernel keeps prepared instructions when tasks share a stream or a stream loops back; a
+    compiled network's one straight stream per task keeps none (they would only hold memory)."""
+    from mlusim.cores.chip import reuses_instructions
+
+    straight = [I("li", rd=1, imm=3), I("addi", rd=1, rs1=1, imm=1)]
+    loop = [I("li", rd=1, imm=3), I("addi", rd=1, rs1=1, imm=-1), I("bne", rs1=1, rs2=0, target=-1)]
+    assert not reuses_instructions(Kernel("k", "block", 2, [straight, list(straight)], [0, 1]))
+    assert reuses_instructions(Kernel("k", "block", 2, [straight]))
+    assert reuses_instructions(Kernel("k", "block", 2, [straight, straight], [1, 1]))
+    assert reuses_instructions(Kernel("k", "block", 1, [loop]))

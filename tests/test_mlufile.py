@@ -157,3 +157,36 @@ def test_zip_bomb_is_refused_before_decompressing(model, tmp_path):
 def test_not_a_file(tmp_path):
     with pytest.raises(ModelFileError, match="no such model file"):
         mlufile.load(tmp_path / "nope.mlu")
+
+
+def test_mapped_load_of_an_uncompressed_file(model, tmp_path):
+    """compress=False writes stored members; mapped=True reads their constants as read-only views
+    of the file (mlusim/mapped.py) with the same values, and the program runs the same."""
+    from mlusim.mapped import mapping_of
+
+    prog, _ = model
+    path = tmp_path / "stored.mlu"
+    mlufile.save(prog, path, compress=False)
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist() if i.filename != "manifest.json")
+    back = mlufile.load(path, mapped=True)
+    consts = [(a, b) for a, b in zip(prog.tensors, back.tensors) if a.data is not None]
+    assert consts and all(np.array_equal(a.data, b.data) for a, b in consts)
+    assert all(mapping_of(b.data) is not None and not b.data.flags.writeable for _, b in consts)
+    x = np.random.default_rng(1).integers(-128, 128, (256, 256), dtype=np.int8)
+    r1, r2 = simulate(prog, cores=4, inputs={"a": x}), simulate(back, cores=4, inputs={"a": x})
+    assert r1.cycles == r2.cycles and np.array_equal(r1.outputs["c"], r2.outputs["c"])
+    assert all(np.array_equal(a.data, b.data) for a, b in consts), "released pages read back the same"
+
+
+def test_mapped_load_checks_the_crc(model, tmp_path):
+    prog, _ = model
+    path = tmp_path / "stored.mlu"
+    mlufile.save(prog, path, compress=False)
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.startswith("tensors/") and i.file_size > 1024)
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + info.file_size - 1] ^= 0xFF     # its last data byte
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="CRC"):
+        mlufile.load(path, mapped=True)

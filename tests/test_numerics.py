@@ -352,3 +352,52 @@ def test_vadd_wraps_on_i32_and_saturates_narrower_types():
     res = run(program(s, t))
     assert list(res.outputs["o"]) == [-2**31, 2**31 - 1, 12]
     assert list(res.outputs["o8"]) == [127, -128]
+
+
+# ---- the float paths of the exact integer products (mlusim/isa/numerics.py) ------------------------
+@pytest.mark.parametrize("k, hi", [(1024, 128), (1025, 128), (4608, 128), (700, 32767), (3, 2**30)])
+def test_gemm_exact_matches_int64_on_every_path(k, hi):
+    """Whole float32 (every partial sum <= 2**24), float32 slices summed in float64, float64, and
+    int64 past 2**53: each gives the int64 product exactly, extremes of the dtype included."""
+    from mlusim.isa.numerics import gemm_exact
+
+    rng = np.random.default_rng(k)
+    dt = np.int8 if hi == 128 else np.int16 if hi == 32767 else np.int64
+    a = rng.integers(-hi, hi, (37, k), dtype=dt)
+    b = rng.integers(-hi, hi, (19, k), dtype=dt)
+    a[0, :] = -hi                         # products at the bound: -128 * -128
+    b[0, :] = -hi
+    got = gemm_exact(a, b, float(hi) * hi)
+    assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("ci, k, stride, pad", [(128, 3, 1, 1), (512, 3, 2, 1), (2048, 1, 1, 0), (64, 7, 2, 3)])
+def test_conv_sums_im2col_matches_tap_by_tap_int64(ci, k, stride, pad):
+    from mlusim.isa.numerics import conv_sums
+
+    rng = np.random.default_rng(ci + k)
+    x = rng.integers(-128, 128, (2, 9, 9, ci), dtype=np.int8)
+    x[0, 0, 0, :] = -128
+    w = rng.integers(-128, 128, (16, k, k, ci), dtype=np.int8)
+    sums, bound = conv_sums(x, w, stride, stride, (pad,) * 4, 1, 1, 1)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho = (9 + 2 * pad - k) // stride + 1
+    ref = np.zeros((2, ho, ho, 16), np.int64)
+    for i in range(k):
+        for j in range(k):
+            tap = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (ho - 1) + 1:stride, :]
+            ref += tap @ w[:, i, j, :].astype(np.int64).T
+    assert np.array_equal(sums.astype(np.int64), ref)
+    assert np.abs(ref).max() <= bound
+
+
+def test_rne_shift_small_matches_rne_shift():
+    from mlusim.isa.numerics import rne_shift, rne_shift_small
+
+    rng = np.random.default_rng(7)
+    shift = np.arange(63, dtype=np.int64)
+    x = rng.integers(-2**61, 2**61, (300, 63), dtype=np.int64)
+    x[:50] = rng.integers(-5, 5, (50, 63))                        # halves and ties near zero
+    x[50:60] = (np.int64(1) << np.maximum(shift - 1, 0)) * rng.integers(-1, 2, (10, 1))   # exact halves
+    x[60:70] = np.where(shift < 61, (np.int64(3) << np.maximum(shift - 1, 0)), 0) * rng.integers(-1, 2, (10, 1))
+    assert np.array_equal(rne_shift_small(x.copy(), shift), rne_shift(x, shift))

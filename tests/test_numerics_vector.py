@@ -414,3 +414,25 @@ def test_row_int_division(dt):
         assert R.ref_row("div", a, b_col, dt, "col").tolist() == [[3, 3, 0, 127, 42, 0],
                                                                   [3, 3, 0, 127, 42, 0]]
         assert R.ref_row("div", a, b_row, dt, "row")[1].tolist() == [-7, 7, 127, 127, -127, -5]
+
+
+def test_requant_fast_path_equals_the_formula():
+    """requant_values takes an in-place path when (acc + bias) * mult cannot reach 2**62; both
+    paths give rne((acc + bias) * mult / 2**shift) + zp, clamped, then saturated."""
+    from mlusim.isa.numerics import rne_shift
+    from mlusim.isa.semantics.vector import requant_values
+
+    rng = np.random.default_rng(11)
+    for big in (False, True):
+        acc = rng.integers(-2**31, 2**31, (64, 8), dtype=np.int64).astype(np.int32)
+        if not big:
+            acc //= 1 << 12
+        params = np.stack([rng.integers(-2**20, 2**20, 8), rng.integers(2**30, 2**31, 8),
+                           rng.integers(0, 63, 8)], axis=1).astype(np.int32)
+        for zp, lo, hi, odt in ((3, -128, 127, "i8"), (-7, -300, 300, "i8"), (0, 50, -50, "i16"),
+                                (0, -(1 << 31), (1 << 31) - 1, "i32")):
+            got = requant_values(acc, params, zp, lo, hi, odt)
+            p = params.astype(np.int64)
+            q = rne_shift((acc.astype(np.int64) + p[:, 0]) * p[:, 1], np.clip(p[:, 2], 0, 62)) + zp
+            dmin, dmax = np.iinfo(got.dtype).min, np.iinfo(got.dtype).max
+            assert np.array_equal(got, np.clip(np.clip(q, lo, hi), dmin, dmax)), (big, zp, lo, hi, odt)

@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--no-fit", action="store_true", help="only evaluate the presets as they are")
     p.add_argument("--json", metavar="FILE", help="write points, rows, errors and parameters as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one line per published row as CSV")
+    p.add_argument("--no-cache", action="store_true", help="compile every point afresh, bypassing the compile cache")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -54,7 +55,7 @@ def cmd_calibrate(args) -> int:
 
     points, skipped = _select(args)
     configs = {b: load_config(BOARDS[b]) for b in {p.board for p in points}}
-    runner = Runner()
+    runner = Runner(cache=not args.no_cache)
     params = () if args.no_fit else FITTED
     show = sys.stderr.isatty()
 

@@ -88,6 +88,8 @@ def add_build_args(p: argparse.ArgumentParser, what: str) -> None:
                    help="run spans of layers in cluster SRAM where the cost model says it pays (default: on); "
                         "such a program needs whole clusters of cores")
     g.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="zoo model weight seed (default 0)")
+    g.add_argument("--no-cache", action="store_true", help="compile afresh, bypassing the compile cache "
+                   "($MLUSIM_CACHE_DIR, else ~/.cache/mlusim)")
     p.epilog = ((p.epilog + "\n") if p.epilog else "") + ZOO_PLACEHOLDER
 
 
@@ -111,7 +113,8 @@ def build_options(args, calibrate: str | None = None):
 
     return BuildOptions(batch=args.batch, resolution=args.resolution, dtype=args.dtype,
                         per_channel=not args.per_tensor, fuse=not args.no_fuse,
-                        cluster_fusion=args.cluster_fusion, seed=args.seed, calibrate=calibrate)
+                        cluster_fusion=args.cluster_fusion, seed=args.seed, calibrate=calibrate,
+                        cache=not args.no_cache)
 
 
 def parse_cores(text: str, max_cores: int) -> list[int]:

@@ -34,7 +34,7 @@ def register(sub) -> None:
 def cmd_compile(args) -> int:
     from mlusim import mlufile
     from mlusim.config import load_config
-    from mlusim.programs import compile_spec
+    from mlusim.programs import compile_cached
 
     if (args.source is None) == (args.model is None):
         raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
@@ -45,26 +45,27 @@ def cmd_compile(args) -> int:
     cores = args.cores or cfg.chip.cores
     if cores > cfg.chip.cores:
         raise CompileError(f"--cores {cores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
-    c = compile_spec(args.source or args.model, cfg, cores, build_options(args, args.calibrate))
+    t0 = time.perf_counter()
+    program, extra = compile_cached(args.source or args.model, cfg, cores, build_options(args, args.calibrate))
+    seconds = time.perf_counter() - t0
     label = Path(args.source).stem if args.source else args.model
-    for note in c.notes:
+    for note in extra.get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
     if cfg.runtime.schedule == "per-cluster" and args.model:
         print(f"warning: {cfg.name} runs zoo models per cluster (`mlusim run {args.model}`); a .mlu file holds one "
               f"program, tiled over all {cores} cores (the spread schedule), so runs of it differ", file=sys.stderr)
     out = args.output or f"{label}.mlu"
     t0 = time.perf_counter()
-    mlufile.save(c.program, out)
-    m = c.program.meta
-    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name} on {cores} core(s), {len(c.program.kernels)} "
-          f"kernels, {c.program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
-          f"{m['weight_bytes'] / 2**20:.1f} MiB ({c.seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
+    mlufile.save(program, out)
+    m = program.meta
+    print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name} on {cores} core(s), {len(program.kernels)} "
+          f"kernels, {program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
+          f"{m['weight_bytes'] / 2**20:.1f} MiB ({seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
     if m.get("cluster_fusion"):
         print(f"  cluster fusion: {m['cluster_fusion']}")
     if args.verbose:
-        for node in c.graph.nodes:
-            if node.fused:
-                print(f"  fused {node.name}: {' + '.join([node.op] + node.fused)}")
+        for name, ops in extra.get("fused", []):
+            print(f"  fused {name}: {' + '.join(ops)}")
     return 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from mlusim.cores.core import Core
+from mlusim.cores.core import Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
@@ -47,7 +47,9 @@ class Chip:
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
         self.gdram = Memory("gdram", gdram_bytes)
-        self.prepared_cache: dict = {}
+        # prepared instructions (Core._prepare) of the running kernel, kept only when the kernel
+        # can run an instruction twice: a loop, or tasks sharing a stream (see reuses_instructions)
+        self.prepared_cache: dict | None = None
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -133,6 +135,7 @@ class Chip:
             self.record = rec
             for core in active:
                 core.counters = CoreCounters(core.id)
+            self.prepared_cache = {} if reuses_instructions(k) else None
             yield env.timeout(self.cfg.chip.kernel_launch_cycles)
             n = k.clusters_per_job
             if n == 0:
@@ -218,9 +221,21 @@ class Chip:
             busy = {u: s for u, s in c.state.items() if s != "idle"}
             if busy:
                 task = f"task {c.task.taskid} of '{c.task.kernel.name}'" if c.task else "no task"
-                parts = "; ".join(f"{u}: {s}" for u, s in busy.items())
+                parts = "; ".join(f"{u}: {describe_state(s)}" for u, s in busy.items())
                 out.append(f"core {c.id} ({task}): {parts}")
         return out
+
+
+def reuses_instructions(k: Kernel) -> bool:
+    """Whether a kernel can issue one instruction object more than once: tasks sharing a stream, or
+    a branch backwards (a loop). A compiled network does neither (one straight stream per task),
+    and remembering each prepared instruction would only hold memory (~1 KB each)."""
+    runs = [0] * len(k.streams)
+    for s in (k.task_stream if k.task_stream is not None else [0] * k.task_dim):
+        runs[s] += 1
+    if any(r > 1 for r in runs):
+        return True
+    return any(ins.args[name] < 0 for stream in k.streams for ins in stream for name in ins.op.target_fields)
 
 
 def host_bytes_estimate(gdram_bytes: int, cfg, numerics: bool) -> int:

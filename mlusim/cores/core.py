@@ -54,6 +54,7 @@ class Core:
         self.counters = CoreCounters(core_id)
         self.state = {"issue": "idle", **{q: "idle" for q in QUEUES}}
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
+        self.space_sizes = {name: m.size for name, m in self.spaces.items()}
         for q in QUEUES:
             self.env.process(self._unit(q))
 
@@ -121,9 +122,10 @@ class Core:
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
         cache = self.chip.prepared_cache
-        hit = cache.get(key)
-        if hit is not None and hit[0] is ins:
-            return hit[1]
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None and hit[0] is ins:
+                return hit[1]
         if len(key) == 1:
             a = args
         else:
@@ -135,10 +137,10 @@ class Core:
         if msg:
             raise SimulationError(f"{self.where(pc, ins)}: {msg}")
         touches = op.touches(a)
+        sizes = self.space_sizes
         for space, addr, nbytes, _rw, align in touches:
-            fault = self.spaces[space].fault(addr, nbytes, align)
-            if fault:
-                raise SimulationError(f"{self.where(pc, ins)}: {fault}")
+            if addr < 0 or addr + nbytes > sizes[space] or (align > 1 and addr % align):
+                raise SimulationError(f"{self.where(pc, ins)}: {self.spaces[space].fault(addr, nbytes, align)}")
         if op.unit == "dma":
             plan = dmamod.plan(a, self.cfg)
             dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
@@ -148,7 +150,7 @@ class Core:
         if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
                                   f"wait for or signal its own queue")
-        if len(cache) < 200_000:
+        if cache is not None and len(cache) < 200_000:
             cache[key] = (ins, prepared)
         return prepared
 
@@ -234,36 +236,47 @@ class Core:
     def _unit(self, qname: str):
         env, chip = self.env, self.chip
         iq = self.iq[qname]
+        items, state = iq.items, self.state
+        masks = range(1 << len(QUEUES))     # a wait= / sig= field's queue bits -> the token queues
+        waits = [tuple((o, self.tokens[(o, qname)]) for o in QUEUES if o != qname and m >> QIDX[o] & 1)
+                 for m in masks]
+        sigs = [tuple(self.tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
         while True:
-            if not iq.items:
-                self.state[qname] = "idle"
+            if not items:
+                state[qname] = "idle"
                 yield iq.wait_item()
             ins, a, cost, touches, pc, task = iq.pop()
             ctr = self.counters
             wait = a["wait"]
             if wait:
-                for other in QUEUES:
-                    if wait >> QIDX[other] & 1:
-                        tq = self.tokens[(other, qname)]
-                        if tq.count:
-                            tq.count -= 1
-                        else:
-                            self.state[qname] = (f"waits for a token from {other} (pc {pc} "
-                                                 f"`{ins.op.mnemonic}`, task {task.taskid})")
-                            t0 = env.now
-                            yield tq.wait()
-                            ctr.token_stall[qname] += env.now - t0
-                            if qname == "cp":     # starved: neither compute unit still running
-                                ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
-                            if chip.trace is not None:
-                                chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
-                                                   env.now - t0, f"wait {other} token", task.kernel.name, pc))
-            if qname == "cp":
-                yield from self._issue_compute(ins, a, cost, touches, pc, task)
-                continue
-            self.state[qname] = f"executes pc {pc} `{ins.op.mnemonic}`"
-            t0 = env.now
+                for other, tq in waits[wait]:
+                    if tq.count:
+                        tq.count -= 1
+                    else:
+                        state[qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
+                                        ins.op.mnemonic, task.taskid)
+                        t0 = env.now
+                        yield tq.wait()
+                        ctr.token_stall[qname] += env.now - t0
+                        if qname == "cp":     # starved: neither compute unit still running
+                            ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
+                        if chip.trace is not None:
+                            chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
+                                               env.now - t0, f"wait {other} token", task.kernel.name, pc))
             op = ins.op
+            if qname == "cp":
+                unit = op.unit
+                block = self._cp_blocker(unit, touches)
+                while block is not None:
+                    state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, op.mnemonic, block[2], block[0])
+                    if block[3] is None:           # the completion event exists only if someone waits on it
+                        block[3] = env.event()
+                    yield block[3]
+                    block = self._cp_blocker(unit, touches)
+                self._start_compute(ins, a, cost, touches, pc, task)
+                continue
+            state[qname] = ("executes pc {} `{}`", pc, op.mnemonic)
+            t0 = env.now
             if op.unit == "dma":
                 unit = qname
                 links, cap = self.route(cost.src, cost.dst)
@@ -283,49 +296,43 @@ class Core:
                 yield env.timeout(cost)
                 if unit == "mac":
                     chip.account_mac(self, a, op, cost)
-            dur = env.now - t0
-            ctr.busy[unit] += dur
-            chip.last_activity = env.now
+            now = env.now
+            ctr.busy[unit] += now - t0
+            chip.last_activity = now
             if chip.trace is not None:
-                chip.trace.append((self.id, unit, t0, dur, op.mnemonic, task.kernel.name, pc))
+                chip.trace.append((self.id, unit, t0, now - t0, op.mnemonic, task.kernel.name, pc))
             if chip.numerics:
                 op.execute(self, a)
             sig = a["sig"]
             if sig:
-                for other in QUEUES:
-                    if sig >> QIDX[other] & 1:
-                        self.tokens[(qname, other)].push()
+                for tq in sigs[sig]:
+                    tq.push()
             self.inflight -= 1
             if not self.inflight and self.drain_waiter is not None:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
 
     # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
-    def _issue_compute(self, ins, a, cost, touches, pc, task):
-        """Start the queue head on its unit as soon as that unit is free and the instruction has no
-        memory hazard with what the other unit is running (the MAC array and the vector unit are
-        separate pipes, as the WFU and NFU are). Completion is recorded in program order, so tokens
-        and drains behave exactly as for a strictly in-order queue."""
+    def _cp_blocker(self, unit: str, touches):
+        """What keeps the compute queue's head from starting: the record of the instruction running
+        on its own unit, or of one on the other unit whose memory it overlaps with a write; None."""
+        for u, rec in self.cp_running.items():
+            if rec is not None and (u == unit or _hazard(rec[1], touches)):
+                return rec
+        return None
+
+    def _start_compute(self, ins, a, cost, touches, pc, task) -> None:
+        """Start the queue head on its unit (the MAC array and the vector unit are separate pipes,
+        as the WFU and NFU are; _unit waits until _cp_blocker clears). Completion is recorded in
+        program order, so tokens and drains behave exactly as for a strictly in-order queue."""
         env = self.env
         unit = ins.op.unit
-        while True:
-            block = None
-            for u, rec in self.cp_running.items():
-                if rec is not None and (u == unit or _hazard(rec[1], touches)):
-                    block = rec
-                    break
-            if block is None:
-                break
-            self.state["cp"] = f"pc {pc} `{ins.op.mnemonic}` waits for pc {block[2]} on the {block[0]} unit"
-            if block[3] is None:           # the completion event exists only if someone waits on it
-                block[3] = env.event()
-            yield block[3]
         rec = [unit, touches, pc, None, False, a, ins]
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
         if env.now + cost > self.cp_busy_until:
             self.cp_busy_until = env.now + cost
-        self.state["cp"] = f"issued pc {pc} `{ins.op.mnemonic}` to the {unit} unit"
+        self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
         # a plain timeout with a callback, not a process: one event per compute instruction
         env.timeout(cost).callbacks.append(lambda _e, t0=env.now: self._compute_done(rec, cost, task, pc, t0))
 
@@ -357,6 +364,12 @@ class Core:
         if not self.inflight and self.drain_waiter is not None:
             w, self.drain_waiter = self.drain_waiter, None
             w.succeed()
+
+
+def describe_state(s) -> str:
+    """A unit's state as text: the engine stores hot-path states as (format, *values) and formats
+    them only when someone asks (a deadlock report)."""
+    return s if isinstance(s, str) else s[0].format(*s[1:])
 
 
 def _hazard(t1, t2) -> bool:

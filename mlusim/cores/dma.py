@@ -10,6 +10,7 @@ part of a granule costs a read of that granule too (read-modify-write).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
@@ -26,6 +27,13 @@ def gdram_bus_bytes(addr: int, size: int, stride: int, count: int, stride2: int,
             return span
         first, last = off != 0, (off + size) % gran != 0
         return span + gran * ((first or last) if span == gran else (first + last))
+    # only the offsets mod gran matter, so a layer's many tiles share a handful of answers
+    return _strided_bus_bytes(addr % gran, size, stride % gran, count, stride2 % gran, count2, gran, write)
+
+
+@lru_cache(maxsize=1 << 14)
+def _strided_bus_bytes(addr: int, size: int, stride: int, count: int, stride2: int, count2: int,
+                       gran: int, write: bool) -> int:
     p1 = gran // gcd(stride % gran or gran, gran) if count > 1 else 1
     p2 = gran // gcd(stride2 % gran or gran, gran) if count2 > 1 else 1
     k1 = np.arange(min(p1, count))

@@ -8,11 +8,12 @@ event per start and per finish, never one per cycle or per byte.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import simpy
 
 EPS = 1e-9
+RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
 
 
 @dataclass(eq=False)
@@ -25,18 +26,77 @@ class Link:
     _count: int = 0
 
 
-@dataclass(eq=False)
 class Flow:
-    links: tuple[Link, ...]
-    nbytes: float
-    done: simpy.Event
-    cap: float = float("inf")
-    remaining: float = 0.0
-    rate: float = 0.0
-    finish_at: float = 0.0
-    label: str = ""
-    started: float = 0.0
-    meta: dict = field(default_factory=dict)
+    """One transfer in flight. `kind` numbers its (links, cap) pair: flows of the same kind are
+    interchangeable to the rate computation, so a mix of kinds in order determines every rate."""
+
+    __slots__ = ("links", "nbytes", "done", "cap", "remaining", "rate", "finish_at", "label", "started", "kind")
+
+    def __init__(self, links: tuple[Link, ...], nbytes: float, done: simpy.Event, cap: float, kind: int,
+                 label: str = "", started: float = 0.0):
+        self.links, self.nbytes, self.done, self.cap, self.kind = links, nbytes, done, cap, kind
+        self.remaining, self.rate, self.finish_at = nbytes, 0.0, 0.0
+        self.label, self.started = label, started
+
+
+def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
+    """Max-min fair rates of flows given as (links, cap), in order, by progressive filling:
+    repeatedly take the tightest constraint, either the smallest flow cap or the smallest fair
+    share of a link, and freeze the flows it binds. Ties go to the earlier flow or link, so the
+    result depends only on the list; the Fabric remembers it per mix of flows."""
+    first = kinds[0][0]
+    nflows = len(kinds)
+    rate = [-1.0] * nflows
+    order = sorted(range(nflows), key=lambda i: kinds[i][1])      # stable: ties keep flow order
+    if len(first) == 1 and all(lk is first or lk == first for lk, _ in kinds):
+        # the common case, every flow on one link (DRAM): water-filling over the flows' caps
+        room, n = first[0].bytes_per_cycle, nflows
+        for i in order:
+            r = rate[i] = min(kinds[i][1], room / n)
+            room -= r
+            n -= 1
+        return rate
+    index: dict[Link, int] = {}
+    cap: list[float] = []
+    count: list[int] = []
+    users: list[list[int]] = []
+    flow_links: list[list[int]] = []
+    for i, (lks, _c) in enumerate(kinds):
+        mine = []
+        for link in lks:
+            j = index.get(link)
+            if j is None:
+                j = index[link] = len(cap)
+                cap.append(link.bytes_per_cycle)
+                count.append(1)
+                users.append([i])
+            else:
+                count[j] += 1
+                users[j].append(i)
+            mine.append(j)
+        flow_links.append(mine)
+    nlinks = len(cap)
+    nxt, left = 0, nflows
+    while left:
+        best, share = -1, float("inf")
+        for j in range(nlinks):
+            n = count[j]
+            if n and cap[j] < share * n:
+                best, share = j, cap[j] / n
+        while rate[order[nxt]] >= 0:
+            nxt += 1
+        head = order[nxt]
+        if kinds[head][1] <= share:
+            frozen, share = (head,), kinds[head][1]
+        else:
+            frozen = [i for i in users[best] if rate[i] < 0]
+        for i in frozen:
+            rate[i] = share
+            left -= 1
+            for j in flow_links[i]:
+                cap[j] -= share
+                count[j] -= 1
+    return rate
 
 
 class Fabric:
@@ -51,22 +111,36 @@ class Fabric:
         # use, "", -1) record per link whose rate may have changed, appended to the chip's trace.
         self.samples: list | None = None
         self._in_use: dict[str, float] = {}
+        self._kinds: dict[tuple, int] = {}           # (links, cap) -> kind number
+        self._kind_list: list[tuple] = []
+        self._memo: dict[tuple[int, ...], list[float]] = {}
 
     def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf"),
                  label: str = "") -> simpy.Event:
         """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
         channel); the returned event fires when the last byte arrives."""
+        env = self.env
         if not links:   # a private path: no contention, a plain delay
-            return self.env.timeout(nbytes / cap if nbytes > 0 else 0.0)
-        ev = self.env.event()
+            return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
+        ev = env.event()
         if nbytes <= 0:
             ev.succeed()
             return ev
-        self._advance()
-        f = Flow(links, float(nbytes), ev, cap, float(nbytes), label=label, started=self.env.now)
+        now = env.now
+        dt = now - self._last
+        if dt > 0:
+            for f in self.flows:
+                f.remaining -= f.rate * dt
+        self._last = now
+        sig = (links, cap)
+        kind = self._kinds.get(sig)
+        if kind is None:
+            kind = self._kinds[sig] = len(self._kind_list)
+            self._kind_list.append(sig)
+        f = Flow(links, float(nbytes), ev, cap, kind, label, now)
         for link in links:
             if link._count == 0:
-                link._since = self.env.now
+                link._since = now
             link._count += 1
         self.flows.append(f)
         self._reschedule()
@@ -92,51 +166,23 @@ class Fabric:
         f.done.succeed()
 
     def _rates(self) -> None:
-        """Max-min fair rates by progressive filling: repeatedly take the tightest constraint, either
-        the smallest flow cap or the smallest fair share of a link, and freeze the flows it binds."""
+        """Every flow's rate: fair_rates of the current mix, remembered per mix (a mix of the same
+        kinds in the same order always gets the same rates, bit for bit)."""
         flows = self.flows
-        first = flows[0].links
-        if len(first) == 1 and all(f.links is first or f.links == first for f in flows):
-            # the common case, every flow on one link (DRAM): water-filling over the flows' caps
-            room, n = first[0].bytes_per_cycle, len(flows)
-            for f in sorted(flows, key=lambda f: f.cap):
-                f.rate = min(f.cap, room / n)
-                room -= f.rate
-                n -= 1
-            return
-        cap: dict[Link, float] = {}
-        count: dict[Link, int] = {}
-        users: dict[Link, list[Flow]] = {}
-        for f in self.flows:
-            f.rate = -1.0
-            for link in f.links:
-                if link in cap:
-                    count[link] += 1
-                    users[link].append(f)
-                else:
-                    cap[link], count[link], users[link] = link.bytes_per_cycle, 1, [f]
-        pending = sorted(self.flows, key=lambda f: f.cap)
-        nxt, left = 0, len(pending)
-        while left:
-            best, share = None, float("inf")
-            for link, n in count.items():
-                if n and cap[link] < share * n:
-                    best, share = link, cap[link] / n
-            while pending[nxt].rate >= 0:
-                nxt += 1
-            if pending[nxt].cap <= share:
-                frozen, share = (pending[nxt],), pending[nxt].cap
-            else:
-                frozen = [f for f in users[best] if f.rate < 0]
-            for f in frozen:
-                f.rate = share
-                left -= 1
-                for link in f.links:
-                    cap[link] -= share
-                    count[link] -= 1
+        key = tuple([f.kind for f in flows])
+        rates = self._memo.get(key)
+        if rates is None:
+            kinds = self._kind_list
+            rates = fair_rates([kinds[k] for k in key])
+            if len(self._memo) >= RATES_MEMO:
+                self._memo.clear()
+            self._memo[key] = rates
+        for f, r in zip(flows, rates):
+            f.rate = r
 
     def _reschedule(self) -> None:
-        if not self.flows:
+        flows = self.flows
+        if not flows:
             if self.samples is not None:
                 self._sample()
             return
@@ -144,12 +190,15 @@ class Fabric:
         if self.samples is not None:
             self._sample()
         now = self.env.now
-        for f in self.flows:
-            f.finish_at = now + max(f.remaining, 0.0) / f.rate
-        nxt = min(f.finish_at for f in self.flows)
+        nxt = float("inf")
+        for f in flows:
+            rem = f.remaining
+            t = f.finish_at = now + (rem if rem > 0.0 else 0.0) / f.rate
+            if t < nxt:
+                nxt = t
         self._gen += 1
         gen = self._gen
-        t = self.env.timeout(max(nxt - now, 0.0))
+        t = self.env.timeout(nxt - now if nxt > now else 0.0)
         t.callbacks.append(lambda _ev, g=gen: self._wake(g))
 
     def _wake(self, gen: int) -> None:
@@ -157,11 +206,14 @@ class Fabric:
             return   # superseded by a later start or finish
         self._advance()
         now = self.env.now
-        done = [f for f in self.flows if f.finish_at <= now * (1 + EPS) + EPS]
-        for f in done:
-            self.flows.remove(f)
-            f.remaining = 0.0
-            self._finish(f)
+        limit = now * (1 + EPS) + EPS
+        flows = self.flows
+        done = [f for f in flows if f.finish_at <= limit]
+        if done:
+            self.flows = flows = [f for f in flows if f.finish_at > limit]
+            for f in done:
+                f.remaining = 0.0
+                self._finish(f)
         self._reschedule()
 
     def _sample(self) -> None:

@@ -113,12 +113,11 @@ def _stream_lines(lines: list[tuple[int, str]], origin: str, symbols: dict | Non
 
 def check_targets(stream: list[Instr], where: str) -> None:
     for pc, ins in enumerate(stream):
-        for f in ins.op.fields:
-            if isinstance(f, Target):
-                t = pc + ins.args[f.name]
-                if not 0 <= t <= len(stream):
-                    raise AssemblyError(f"{where}: instruction {pc} ('{ins.op.mnemonic}') branches to {t}, "
-                                        f"outside the stream of {len(stream)}")
+        for name in ins.op.target_fields:
+            t = pc + ins.args[name]
+            if not 0 <= t <= len(stream):
+                raise AssemblyError(f"{where}: instruction {pc} ('{ins.op.mnemonic}') branches to {t}, "
+                                    f"outside the stream of {len(stream)}")
 
 
 def assemble_stream(text: str, origin: str = "<asm>") -> list[Instr]:

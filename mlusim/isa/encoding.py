@@ -9,8 +9,13 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mlusim.errors import AssemblyError, EncodingError
-from mlusim.isa.fields import NUM_REGS, Addr, as_int, encoded_width
+from mlusim.isa.fields import NUM_REGS, Addr, as_int
 from mlusim.isa.table import BY_MNEMONIC, BY_OPCODE, OpSpec
+
+
+# (id of a table field, text) -> value: Instr.make's enum and dependency names ('g2n', 'ld+st'),
+# parsed once (fields live as long as the table; parsing without labels depends on nothing else)
+_PARSED: dict[tuple[int, str], int] = {}
 
 
 class Instr:
@@ -30,24 +35,54 @@ class Instr:
         particular an offset too wide for its field is refused rather than spilling into the
         base-register bits."""
         op = BY_MNEMONIC.get(mnemonic) if isinstance(mnemonic, str) else None
+        if op is not None:   # the compiler's common case: in-range ints and names parsed before
+            ranges, args = op.make_ranges, dict(op.make_template)
+            for k, v in kwargs.items():
+                r = ranges.get(k)
+                if r is None:
+                    break
+                if type(v) is int:
+                    if not r[0] <= v <= r[1]:
+                        break
+                elif type(v) is str:
+                    v = _PARSED.get((r[2], v))
+                    if v is None:
+                        break
+                else:
+                    break
+                args[k] = v
+            else:
+                if op.make_required <= kwargs.keys():
+                    return cls(op, args)
+        return cls._make_checked(op, mnemonic, kwargs)
+
+    @classmethod
+    def _make_checked(cls, op: OpSpec | None, mnemonic, kwargs: dict) -> "Instr":
+        """`make` field by field, with every conversion and a precise error for the first problem."""
         if op is None:
             raise EncodingError(f"unknown instruction {str(mnemonic)[:40]!r}")
         args: dict[str, int] = {}
-        for f in op.fields:
-            if f.name in kwargs:
-                v = kwargs.pop(f.name)
+        for f, name, _shift, _width, (lo, hi) in op.layout:
+            if name in kwargs:
+                v = kwargs.pop(name)
+                if type(v) is int and lo <= v <= hi:      # a plain in-range int
+                    args[name] = v
+                    continue
+                text = v if isinstance(v, str) else None
                 if isinstance(f, Addr) and isinstance(v, tuple):
                     v = _addr_pair(f, v, mnemonic)
-                elif isinstance(v, str):
+                elif text is not None:
                     try:
                         v = f.parse(v, None, 0)
                     except AssemblyError as e:
                         raise EncodingError(f"{mnemonic}: {e}") from None
-                args[f.name] = f.check(v, mnemonic)
+                args[name] = f.check(v, mnemonic)
+                if text is not None and len(_PARSED) < 4096:
+                    _PARSED[(id(f), text)] = args[name]
             elif f.default is not None:
-                args[f.name] = f.default
+                args[name] = f.default
             else:
-                raise EncodingError(f"{mnemonic}: missing field '{f.name}'")
+                raise EncodingError(f"{mnemonic}: missing field '{name}'")
         if kwargs:
             raise EncodingError(f"{mnemonic}: unknown field(s) {', '.join(sorted(kwargs))}")
         return cls(op, args)
@@ -76,11 +111,9 @@ def _addr_pair(f: Addr, pair: tuple, mnemonic: str) -> int:
 def encode(ins: Instr) -> bytes:
     op = ins.op
     word = op.opcode
-    shift = 8
-    for f in op.fields:
-        v = f.check(ins.args[f.name], op.mnemonic)
-        word |= f.pack(v) << shift
-        shift += encoded_width(f)
+    args = ins.args
+    for f, name, shift, _width, _range in op.layout:
+        word |= f.pack(f.check(args[name], op.mnemonic)) << shift
     return word.to_bytes(op.nwords * 4, "little")
 
 
@@ -98,19 +131,16 @@ def decode_one(data: bytes | memoryview, offset: int = 0) -> tuple[Instr, int]:
     end = offset + op.nwords * 4
     if end > len(data):
         raise EncodingError(f"truncated '{op.mnemonic}' at byte {offset}: needs {op.nwords * 4} bytes")
-    word = int.from_bytes(bytes(data[offset:end]), "little")
-    shift = 8
+    word = int.from_bytes(data[offset:end], "little")
     args = {}
-    for f in op.fields:
-        w = encoded_width(f)
-        raw = (word >> shift) & ((1 << w) - 1)
-        shift += w
-        v = f.unpack(raw)
-        lo, hi = f.range()
+    for name, shift, mask, sign, lo, hi in op.decode_layout:
+        v = (word >> shift) & mask
+        if v & sign:                  # a signed field's sign bit: sign-extend (Imm.unpack)
+            v -= sign << 1
         if not lo <= v <= hi:
-            raise EncodingError(f"'{op.mnemonic}' at byte {offset}: field '{f.name}' = {v} is invalid")
-        args[f.name] = v
-    if word >> shift:
+            raise EncodingError(f"'{op.mnemonic}' at byte {offset}: field '{name}' = {v} is invalid")
+        args[name] = v
+    if word >> op.used_bits:
         raise EncodingError(f"'{op.mnemonic}' at byte {offset}: nonzero padding bits")
     return Instr(op, args), end
 

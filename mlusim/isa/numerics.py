@@ -1,8 +1,9 @@
 """Bit-exact arithmetic building blocks shared by the instruction semantics (docs/numerics.md).
 
-Integer conv and matmul run through float64 BLAS: every partial sum of int8/int16 products is an
-integer below 2**53, so the float result is the exact integer. Reductions long enough to break
-that bound fall back to int64.
+Integer conv and matmul run through float BLAS: when every partial sum of the int8/int16 products
+is an integer of at most 2**24 (bounded by max|x| * max|w| * reduction length), float32 holds it
+exactly; below 2**53 float64 does; reductions long enough to break that bound fall back to int64.
+The summation order then cannot matter, so the result is the exact integer whatever BLAS does.
 """
 from __future__ import annotations
 
@@ -13,11 +14,34 @@ NP_DTYPES = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32,
 INT_DTYPES = ("i8", "u8", "i16", "i32")
 FLOAT_DTYPES = ("f16", "f32")
 EXACT_F64 = 2.0**53
+EXACT_F32 = 2.0**24
+_INT_RANGES = {dt: (int(np.iinfo(NP_DTYPES[dt]).min), int(np.iinfo(NP_DTYPES[dt]).max)) for dt in INT_DTYPES}
 
 
 def int_range(dt: str) -> tuple[int, int]:
-    info = np.iinfo(NP_DTYPES[dt])
-    return int(info.min), int(info.max)
+    return _INT_RANGES[dt]
+
+
+def abs_max(a: np.ndarray) -> int:
+    """max |a| as a Python int (np.abs would wrap -128 of an int8 to -128)."""
+    return max(-int(a.min()), int(a.max())) if a.size else 0
+
+
+_TYPE_MAX = {np.dtype(NP_DTYPES[dt]): max(-lo, hi) for dt, (lo, hi) in _INT_RANGES.items()}
+
+
+def type_max(a: np.ndarray) -> int:
+    """The largest |value| an integer array's dtype can hold (128 for int8)."""
+    m = _TYPE_MAX.get(a.dtype)
+    if m is None:
+        info = np.iinfo(a.dtype)
+        m = max(-int(info.min), int(info.max))
+    return m
+
+
+def exact_float(bound: float):
+    """The float type whose BLAS sums are exact when no partial sum exceeds `bound`; None: int64."""
+    return np.float32 if bound <= EXACT_F32 else np.float64 if bound < EXACT_F64 else None
 
 
 def saturate(x: np.ndarray, dt: str) -> np.ndarray:
@@ -50,13 +74,25 @@ def round_float_to_int(x: np.ndarray, dt: str) -> np.ndarray:
 
 
 def exact_matmul(a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
-    """Integer a[m, k] @ b_t[k, n] as int64, exact; float64 BLAS when that is exact."""
-    k = a.shape[1]
-    amax = float(np.abs(a).max(initial=0))
-    bmax = float(np.abs(b_t).max(initial=0))
-    if amax * bmax * max(k, 1) < EXACT_F64:
-        return (a.astype(np.float64) @ b_t.astype(np.float64)).astype(np.int64)
+    """Integer a[m, k] @ b_t[k, n] as int64, exact; float BLAS when that is exact."""
+    ftype = exact_float(float(abs_max(a)) * float(abs_max(b_t)) * max(a.shape[1], 1))
+    if ftype is not None:
+        return (a.astype(ftype) @ b_t.astype(ftype)).astype(np.int64)
     return a.astype(np.int64) @ b_t.astype(np.int64)
+
+
+def rne_shift_small(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """rne_shift of an int64 array known to stay below 2**62 in magnitude, with a per-channel
+    shift in [0, 62] along its last axis, in place and in fewer passes: for s >= 1,
+    rne(x / 2**s) = (x + 2**(s-1) - 1 + (floor(x / 2**s) & 1)) >> s (a remainder above half, or
+    at half with an odd quotient, carries into the next multiple); s = 0 leaves x alone."""
+    pos = shift > 0
+    off = np.where(pos, (np.int64(1) << np.maximum(shift - 1, 0)) - 1, 0)
+    parity = (x >> shift) & pos.astype(np.int64)
+    x += off
+    x += parity
+    x >>= shift
+    return x
 
 
 def out_cast(acc: np.ndarray, odt: str, pos: int, dt: str = "i8") -> np.ndarray:
@@ -88,18 +124,41 @@ def conv_out_size(size: int, k: int, stride: int, pad_a: int, pad_b: int, dil: i
 def conv_nhwc(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, int, int, int],
               dh: int, dw: int, groups: int) -> np.ndarray:
     """Exact int64 NHWC conv: x [n, hi, wi, ci] ints, w [co, kh, kw, ci/groups]."""
+    sums, _bound = conv_sums(x, w, sh, sw, pads, dh, dw, groups)
+    return sums if sums.dtype == np.int64 else sums.astype(np.int64)
+
+
+def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, int, int, int],
+              dh: int, dw: int, groups: int) -> tuple[np.ndarray, float]:
+    """The conv's exact integer sums [n, ho, wo, co] in whatever type computed them exactly
+    (float32, float64 or int64: see gemm_exact), and the bound on their magnitude."""
     n, hi, wi, ci = x.shape
     co, kh, kw, cig = w.shape
     pt, pb, pl, pr = pads
     ho = conv_out_size(hi, kh, sh, pt, pb, dh)
     wo = conv_out_size(wi, kw, sw, pl, pr, dw)
     cog = co // groups
-    big = float(np.abs(x).max(initial=0)) * float(np.abs(w).max(initial=0)) * cig * kh * kw >= EXACT_F64
-    ftype = np.int64 if big else np.float64
+    each = float(type_max(x)) * float(type_max(w))       # bound on one product
+    if each * cig * kh * kw > EXACT_F32:       # the values may be smaller than their type allows
+        each = float(abs_max(x)) * float(abs_max(w))
+    bound = each * cig * kh * kw
     if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
-        return (x.reshape(-1, ci).astype(ftype) @ w.reshape(co, ci).T.astype(ftype)).astype(np.int64).reshape(n, ho, wo, co)
-    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=ftype)
+        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each).reshape(n, ho, wo, co), bound
+    stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
+    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=stage)
     xp[:, pt:pt + hi, pl:pl + wi, :] = x
+    if groups == 1:
+        # every tap's window side by side (im2col), then one product over kh * kw * ci: the same
+        # exact sums as tap by tap, with one pass over the result instead of kh * kw
+        cols = np.empty((n, ho, wo, kh, kw, ci), dtype=stage)
+        for i in range(kh):
+            for j in range(kw):
+                r0, c0 = i * dh, j * dw
+                cols[:, :, :, i, j, :] = xp[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, :]
+        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each)
+        return out.reshape(n, ho, wo, co), bound
+    ftype = exact_float(bound) or np.int64
+    xp = xp.astype(ftype, copy=False)
     wf = w.astype(ftype)
     acc = np.zeros((n * ho * wo, co), dtype=ftype)
     for i in range(kh):
@@ -107,14 +166,35 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
             r0, c0 = i * dh, j * dw
             tap = xp[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, :]
             tap = tap.reshape(n * ho * wo, ci)
-            if groups == 1:
-                acc += tap @ wf[:, i, j, :].T
-            elif cig == 1 and cog == 1:
+            if cig == 1 and cog == 1:
                 acc += tap * wf[:, i, j, 0]
             else:
                 for g in range(groups):
                     acc[:, g * cog:(g + 1) * cog] += tap[:, g * cig:(g + 1) * cig] @ wf[g * cog:(g + 1) * cog, i, j, :].T
-    return acc.astype(np.int64).reshape(n, ho, wo, co)
+    return acc.reshape(n, ho, wo, co), bound
+
+
+MIN_SLICE = 64      # below this many columns per float32 slice, one float64 product is faster
+
+
+def gemm_exact(a: np.ndarray, b: np.ndarray, each: float) -> np.ndarray:
+    """a [m, k] @ b [n, k].T of integers whose products are at most `each` in magnitude, exactly:
+    in float32 when every partial sum stays within 2**24; else in slices of k that do, each slice
+    in float32 and the slices summed in float64 (exact below 2**53); else int64."""
+    k = a.shape[1]
+    bound = each * k
+    if bound <= EXACT_F32:
+        return a.astype(np.float32, copy=False) @ b.astype(np.float32).T
+    if bound >= EXACT_F64:
+        return a.astype(np.int64, copy=False) @ b.astype(np.int64).T
+    kc = int(EXACT_F32 // each) if each >= 1 else k
+    if kc < MIN_SLICE:
+        return a.astype(np.float64) @ b.astype(np.float64).T
+    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
+    out = (af[:, :kc] @ bf[:, :kc].T).astype(np.float64)
+    for k0 in range(kc, k, kc):
+        out += af[:, k0:k0 + kc] @ bf[:, k0:k0 + kc].T
+    return out
 
 
 def pool_windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, pads, fill) -> np.ndarray:

@@ -47,6 +47,30 @@ class OpSpec:
         # (name, offset bits) of every address field: the engine resolves these on each issue
         object.__setattr__(self, "addr_fields", tuple((f.name, f.bits) for f in self.fields
                                                       if isinstance(f, Addr)))
+        # names of its branch-target fields: a program's validation checks each lands in the stream
+        object.__setattr__(self, "target_fields", tuple(f.name for f in self.fields if isinstance(f, Target)))
+        # (field, name, bit shift, width, valid range) in encoding order: encoding, decoding and
+        # Instr.make walk this instead of recomputing widths and ranges per instruction
+        layout, shift = [], 8
+        for f in self.fields:
+            w = encoded_width(f)
+            layout.append((f, f.name, shift, w, f.range()))
+            shift += w
+        object.__setattr__(self, "layout", tuple(layout))
+        # decoding's view of the layout: (name, shift, mask, sign bit or 0, valid range); Field.unpack
+        # is the identity and Imm.unpack sign-extends, so these two cases cover every field kind
+        for f in self.fields:
+            assert type(f).unpack in (Field.unpack, Imm.unpack), f"{self.mnemonic}: field {f.name} decodes its own way"
+        object.__setattr__(self, "decode_layout", tuple(
+            (name, sh, (1 << w) - 1, (1 << (w - 1)) if isinstance(f, Imm) and f.signed else 0, lo, hi)
+            for f, name, sh, w, (lo, hi) in layout))
+        object.__setattr__(self, "used_bits", shift)
+        # Instr.make's fast path: every field at its default (required ones filled in by the caller),
+        # each field's (lo, hi, id) for range checks and parsed names, and the required names
+        object.__setattr__(self, "make_template", {f.name: f.default for f in self.fields})
+        object.__setattr__(self, "make_ranges", {f.name: (lo, hi, id(f)) for f, _n, _s, _w, (lo, hi) in layout})
+        object.__setattr__(self, "make_required", frozenset(f.name for f in self.fields if f.default is None))
+        object.__setattr__(self, "nwords", (shift + 31) // 32)
 
     @property
     def queued(self) -> bool:
@@ -56,9 +80,6 @@ class OpSpec:
     def nbits(self) -> int:
         return 8 + sum(encoded_width(f) for f in self.fields)
 
-    @property
-    def nwords(self) -> int:
-        return (self.nbits + 31) // 32
 
 
 # --- field constructors, so the table reads as a table -------------------------------------------

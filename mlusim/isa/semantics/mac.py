@@ -1,6 +1,8 @@
 """MAC array semantics: convolution and matrix multiply, exact integer sums cast to the output type."""
 from __future__ import annotations
 
+import numpy as np
+
 from mlusim.isa import numerics as nx
 from mlusim.isa.fields import DTYPE_BYTES, OUT_DTYPES
 from mlusim.isa.semantics.base import E, view
@@ -48,9 +50,14 @@ def conv(ctx, a):
     x = view(ctx, "nram", a["src"], dt, n * hi * wi * ci).reshape(n, hi, wi, ci)
     cig = ci // a["groups"]
     w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
-    acc = nx.conv_nhwc(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"], a["groups"])
+    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"],
+                               a["groups"])
     odt = _odt(a)
-    view(ctx, "nram", a["dst"], odt, acc.size)[:] = nx.out_cast(acc, odt, a["pos"], dt).reshape(-1)
+    dst = view(ctx, "nram", a["dst"], odt, sums.size)
+    if odt == "i32" and dt != "i16" and bound < 2**31:
+        dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply
+    else:
+        dst[:] = nx.out_cast(sums.astype(np.int64), odt, a["pos"], dt).reshape(-1)
 
 
 def check_matmul(a):
