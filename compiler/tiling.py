@@ -7,6 +7,7 @@ both come from the target config.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import ceil
 
 DOUBLE = 2     # ping-pong buffers for anything loaded or stored per tile
@@ -35,6 +36,14 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
         out.append((start, start + size))
         start += size
     return out
+
+
+@lru_cache(maxsize=1 << 14)
+def block_loads(units: int, tasks: int, per_block: int) -> tuple[int, int]:
+    """(most, total) weight blocks the tasks load when `units` tiles, `per_block` to a block and
+    block-major, are cut into `tasks` contiguous runs (split): a run loads each block it touches."""
+    loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
+    return max(loads), sum(loads)
 
 
 def row_candidates(rows: int, multiple: int = 1, limit: int = 48) -> list[int]:

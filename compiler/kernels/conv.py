@@ -36,7 +36,8 @@ import numpy as np
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.kernels.requant import float_requant, requant_params, zero_point_bias
 from mlusim.compiler.context import KernelCtx, dram_rate
-from mlusim.compiler.tiling import DOUBLE, Plan, block_candidates, dma_cycles, row_candidates, split, vec_cycles
+from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, block_loads, dma_cycles, row_candidates, split,
+                                    vec_cycles)
 from mlusim.errors import CompileError
 
 
@@ -209,10 +210,9 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     st = dma_cycles(cfg, st_bytes, segs, ys, rate=share if ys == "gdram" else None)
     # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
     # weight block its run touches once
-    per_block = units // nblocks
-    loads = [(b1 - 1) // per_block - b0 // per_block + 1 for b0, b1 in split(units, tasks)]
+    most, loads = block_loads(units, tasks, units // nblocks)
     room = cfg.wram_bytes - ctx.wram_base
-    if not geo.depthwise and wblock * (DOUBLE if max(loads) > 1 else 1) > room or wspace == "wram" and max(loads) > 1:
+    if not geo.depthwise and wblock * (DOUBLE if most > 1 else 1) > room or wspace == "wram" and most > 1:
         return None          # a task with one weight block needs no second WRAM buffer
     # every task fetches its first weight block at once, sharing the DRAM it can count on; later
     # blocks load behind the compute of the one before
@@ -220,14 +220,14 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else \
         dma_cycles(cfg, wblock, space="sram") if wspace == "sram" else 0.0
     if ctx.prefetch and not geo.depthwise and \
-            wblock * (1 if max(loads) == 1 else all_blocks(wspace, max(loads))) <= room // 2:
+            wblock * (1 if most == 1 else all_blocks(wspace, most)) <= room // 2:
         # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
         # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
         w1 = 0.0
     cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
-    task = w1 + max(per_task * ld + w1 * (max(loads) - 1), per_task * cp, per_task * st) + ld + c_mac + st
+    task = w1 + max(per_task * ld + w1 * (most - 1), per_task * cp, per_task * st) + ld + c_mac + st
     total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
-                           + (out if geo.residual and rs == "gdram" else 0)) + (wblock * sum(loads) if wspace == "gdram" else 0)
+                           + (out if geo.residual and rs == "gdram" else 0)) + (wblock * loads if wspace == "gdram" else 0)
     dram = total_bytes / dram_rate(cfg, None, ctx.dram_share)
     return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold, geo.row_step)
 
@@ -239,10 +239,14 @@ def plan_conv(ctx: KernelCtx, node, x_shape, spaces: tuple[str, str, str] = ("gd
               ) -> tuple[ConvGeometry, Plan]:
     """The cheapest tiling; memoized, since a fused segment emits a layer once per job and image
     group and the segment planner prices the same layers again and again. The key holds, by value,
-    everything the search reads: the config, the conv's geometry, and the context's fields."""
+    everything the search reads: the config, the conv's geometry (all ConvGeometry takes from the
+    node), and the context's fields; not the node's name, so a network's repeated blocks (ResNet-50:
+    691 searches -> 326 at batch 16) share one search, as they share its answer."""
     q = node.q
     wspace = "sram" if node.name in ctx.weight_home else "wram" if node.name in ctx.weights_ready else "gdram"
-    key = (repr(ctx.cfg), node.name, q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
+    fill = q.get("pad_fill")
+    key = (repr(ctx.cfg), q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
+           None if fill is None else tuple(int(v) for v in fill),
            tuple(node.shape), tuple(x_shape), spaces, wspace, ctx.tasks, ctx.dram_share, ctx.prefetch, ctx.wram_base,
            repr(sorted(node.attrs.items(), key=str)))
     hit = _PLANS.get(key)
