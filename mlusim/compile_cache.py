@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,7 @@ from mlusim.errors import MlusimError
 from mlusim.program import Program
 
 DEFAULT_MAX_MB = 2048
+STALE_SECONDS = 3600        # a temporary file this old belongs to a writer that died
 EXTRA_KEY = "compile_cache_extra"     # program meta key carrying an entry's extra facts (first file only)
 SUFFIX = ".mlu"
 
@@ -151,32 +153,30 @@ class CompileCache:
         self.evict()
 
     def evict(self) -> None:
-        """Delete least recently used files until the cache fits its cap."""
+        """Delete least recently used files until the cache fits its cap, and temporary files a
+        crashed writer left (older than STALE_SECONDS: a live writer's are fresh)."""
         entries = []
+        now = time.time()
         try:
             with os.scandir(self.directory) as it:
                 for e in it:
                     if e.name.endswith(SUFFIX) and e.is_file():
                         st = e.stat()
                         entries.append((st.st_mtime, e.name, st.st_size))
+                    elif e.name.startswith(".") and e.name.endswith(".tmp") and e.stat().st_mtime < now - STALE_SECONDS:
+                        _unlink(Path(e.path))
         except OSError:
             return
         total = sum(size for _t, _n, size in entries)
         for _mtime, name, size in sorted(entries):
             if total <= self.max_bytes:
                 break
-            try:
-                os.unlink(self.directory / name)
-            except OSError:
-                pass
+            _unlink(self.directory / name)
             total -= size
 
     def _discard(self, key: str) -> None:
         for p in self.directory.glob(f"{key}-*{SUFFIX}"):
-            try:
-                p.unlink()
-            except OSError:
-                pass
+            _unlink(p)
 
     # ---- the one call sites use ------------------------------------------------------------------
     def get(self, parts: dict, build: Callable[[], tuple[list[Program], dict]]) -> tuple[list[Program], dict]:
@@ -199,6 +199,13 @@ def cached(cache: CompileCache | None, parts: dict,
            build: Callable[[], tuple[list[Program], dict]]) -> tuple[list[Program], dict]:
     """`cache.get(parts, build)`, or just `build()` without a cache."""
     return build() if cache is None else cache.get(parts, build)
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:       # gone already (another process evicted it) or not ours to delete
+        pass
 
 
 def _touch(p: Path) -> None:

@@ -158,3 +158,14 @@ def test_compile_command_reports_the_same_from_the_cache(compile_cache_dir, tmp_
         text = capsys.readouterr().out
         outs.append([line for line in text.splitlines() if line.startswith("  fused")])
     assert outs[0] and outs[0] == outs[1]
+
+
+def test_a_crashed_writers_temporary_file_is_cleaned_up(compile_cache_dir):
+    stale = compile_cache_dir / ".abc-0.x1.tmp"
+    fresh = compile_cache_dir / ".abc-0.x2.tmp"
+    for p in (stale, fresh):
+        p.write_bytes(b"half a file")
+    old = stale.stat().st_mtime - compile_cache.STALE_SECONDS - 10
+    os.utime(stale, (old, old))
+    zoo_program("mnist", load_config("mlu270"), 1)        # a store runs the eviction
+    assert not stale.exists() and fresh.exists(), "only a writer long gone loses its file"
