@@ -230,10 +230,10 @@ def reuses_instructions(k: Kernel) -> bool:
     """Whether a kernel can issue one instruction object more than once: tasks sharing a stream, or
     a branch backwards (a loop). A compiled network does neither (one straight stream per task),
     and remembering each prepared instruction would only hold memory (~1 KB each)."""
-    runs = [0] * len(k.streams)
-    for s in (k.task_stream if k.task_stream is not None else [0] * k.task_dim):
-        runs[s] += 1
-    if any(r > 1 for r in runs):
+    if k.task_stream is None:       # every task runs stream 0 (task_dim may be huge: never expand it)
+        if k.task_dim > 1:
+            return True
+    elif len(set(k.task_stream)) < len(k.task_stream):
         return True
     return any(ins.args[name] < 0 for stream in k.streams for ins in stream for name in ins.op.target_fields)
 
