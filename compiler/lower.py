@@ -155,14 +155,15 @@ def _lower_node_as(ctx, node, ins, y, x):
 
 
 def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None,
-          fusion: bool | FusionOptions = False) -> Program:
+          fusion: bool | FusionOptions = False, dram_share: float = 1.0) -> Program:
     """The whole graph as one program, or only `nodes` (in graph order): then values produced
     outside the set are program inputs named after their producer, and the set's last node's
     value is the output (dequantized to float32 if it is the graph's output). `fusion` (True for
     the default FusionOptions) lets segments.plan_segments run spans of layers in cluster SRAM
-    (whole graphs only)."""
+    (whole graphs only). `dram_share`: the part of the chip's DRAM bandwidth the program gets (copies
+    of it running side by side on other clusters take the rest), which the tilers price traffic at."""
     opts = FusionOptions() if fusion is True else fusion or None
-    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g)
+    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g, dram_share=dram_share)
     subset = None if nodes is None else set(nodes)
     dev: dict[str, DevTensor] = {}
     segments = plan_segments(g, cfg, ctx.tasks, opts) if opts and subset is None else []

@@ -133,7 +133,9 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
         scale, zp = float(src.q["scale"]), int(src.q.get("zp", 0))
         head = lower(full, cfg, cores, nodes=head_nodes)
         head.config = cfg.to_dict()
-    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, mixed=mixed)
+    # the trunk runs on ceil(batch / per) clusters at once: its tiles are priced at their share of DRAM
+    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, mixed=mixed,
+                             dram_share=1.0 / -(-batch // per))
     trunk = compiled.program
     trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
                       compiled_for_cores=cores)
