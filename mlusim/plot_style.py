@@ -135,9 +135,11 @@ def _save(fig, out: str | Path, formats: Sequence[str] | None = None) -> list[Pa
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
         with plt.rc_context(STYLE):
+            fig.canvas.draw()             # once: the tight box every format is cropped to
+            box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.05)
             for fmt in fmts:
                 p = stem.with_name(f"{stem.name}.{fmt}")
-                fig.savefig(p, format=fmt, bbox_inches="tight", metadata=_META[fmt])
+                fig.savefig(p, format=fmt, bbox_inches=box, metadata=_META[fmt])
                 paths.append(p)
     except OSError as e:
         raise MlusimError(f"{stem}: cannot write plot: {e.strerror}") from None
