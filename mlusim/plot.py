@@ -110,6 +110,7 @@ def key_label(key: str) -> str:
 
 def value_label(key: str, v) -> str:
     """One line's label: '4 cores', 'DRAM bandwidth 51.2 GB/s'."""
+    v = _plain(v)
     if key == "cores":
         return f"{v} core{'' if v == 1 else 's'}"
     label = key_label(key)
@@ -370,9 +371,10 @@ def calibration_figure(doc: dict, title: str = ""):
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        from matplotlib.ticker import FormatStrFormatter
+        from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-        for axis in (ax.xaxis, ax.yaxis):
+        for axis in (ax.xaxis, ax.yaxis):     # 0.2, 0.5, 1, 2, 5: a span of a decade or two reads
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_formatter(_null())
         ax.set_xlabel("published device latency (ms)")

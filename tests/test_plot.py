@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.lines import Line2D
 from matplotlib.text import Annotation, Text
 
 from mlusim.cli import main

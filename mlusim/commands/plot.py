@@ -69,7 +69,7 @@ def cmd_plot(args) -> int:
             keys = list(_params(data, where))
             series: dict[str, list] = {}
             for row in plot.check_rows(data.get("rows"), where, plot.ROW):
-                label = ", ".join(plot.value_label(k, plot._plain(row.get(k))) for k in keys) or "simulated"
+                label = ", ".join(plot.value_label(k, row.get(k)) for k in keys) or "simulated"
                 series.setdefault(label, []).append(row)
             paths = plot.plot_speedup(series, out, args.title, plot.subject_of_report(data), fmts)
         else:
