@@ -320,11 +320,11 @@ def sweep_figure(rows: list[dict], x: str, y: str, by: list[str] | None = None, 
             rs = sorted(rs, key=lambda r: r[x])
             st = series_style(i)
             label = ", ".join(value_label(k, v) for k, v in zip(by, key)) or metric_label(y)
-            ax.plot([r[x] for r in rs], [scale * r[y] for r in rs], label=label, ms=5, **st)
+            ax.plot([r[x] for r in rs], [_scaled(r[y], scale) for r in rs], label=label, ms=5, **st)
             re = [r for r in rs if r.get("replanned")]
             if re:
                 hollow = True
-                ax.plot([r[x] for r in re], [scale * r[y] for r in re], linestyle="none", marker=st["marker"], ms=5,
+                ax.plot([r[x] for r in re], [_scaled(r[y], scale) for r in re], linestyle="none", marker=st["marker"], ms=5,
                         markerfacecolor="white", markeredgecolor=st["color"])
         if hollow:
             ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3",
@@ -338,6 +338,11 @@ def sweep_figure(rows: list[dict], x: str, y: str, by: list[str] | None = None, 
         _legend_below(ax, ncol=2 if len(groups) > 1 else 1)
         fig.subplots_adjust(bottom=0.25)
     return fig
+
+
+def _scaled(v, scale: float) -> float:
+    """A metric as drawn: scaled (fractions to %), a gap where a row has none (None)."""
+    return v * scale if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def plot_sweep(rows: list[dict], x: str, y: str, prefix: str | Path, by: list[str] | None = None,
