@@ -14,7 +14,7 @@ from matplotlib.text import Annotation, Text
 
 from mlusim.cli import main
 from mlusim.energy_plot import energy_figure
-from mlusim.experiments import resolve_program, scaling
+from mlusim.experiments import resolve_program
 from mlusim.plot import (
     key_label,
     plot_speedup,
@@ -188,8 +188,8 @@ def test_human_axis_labels_for_config_keys():
     assert key_label("energy.dram_pj_per_byte") == "energy dram (pJ/B)"
 
 
-def test_speedup_plot_and_reproducible_svg(tmp_path):
-    rows = scaling(MATMUL, "mlu270", [1, 2, 4])
+def test_speedup_plot_and_reproducible_svg(reports, tmp_path):
+    rows = reports["s"]["rows"]
     paths = plot_speedup(rows, tmp_path / "a", formats=["svg"])
     plot_speedup(rows, tmp_path / "b.svg")
     assert [p.name for p in paths] == ["a.svg"] and not (tmp_path / "b.png").exists()
