@@ -190,9 +190,12 @@ def speedup_figure(series: list[dict] | dict[str, list[dict]], title: str = "", 
         ax.plot(allc, [c / base for c in allc], color="0.45", lw=1, linestyle=(0, (4, 2)), marker="none",
                 label="ideal (linear)")
         if log2_axis(ax, "x", allc):
-            ys = [c / base for c in allc]
+            got = [r["speedup"] for rows in series.values() for r in rows if r["speedup"] > 0]
+            lo, hi = min([c / base for c in allc] + got), max([allc[-1] / base] + got)
+            ys = [2.0 ** k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
             ax.set_yscale("log", base=2)
-            ax.set_yticks(ys, [f"{y:g}" for y in ys])
+            if len(ys) <= 16:             # powers of two; a wider span keeps matplotlib's ticks
+                ax.set_yticks(ys, [f"{y:g}" for y in ys])
             ax.yaxis.set_minor_formatter(_null())
         ax.set_xlabel("cores")
         ax.set_ylabel(f"speedup vs {base} core{'' if base == 1 else 's'} (x)")
@@ -324,8 +327,8 @@ def sweep_figure(rows: list[dict], x: str, y: str, by: list[str] | None = None, 
             re = [r for r in rs if r.get("replanned")]
             if re:
                 hollow = True
-                ax.plot([r[x] for r in re], [_scaled(r[y], scale) for r in re], linestyle="none", marker=st["marker"], ms=5,
-                        markerfacecolor="white", markeredgecolor=st["color"])
+                ax.plot([r[x] for r in re], [_scaled(r[y], scale) for r in re], linestyle="none",
+                        marker=st["marker"], ms=5, markerfacecolor="white", markeredgecolor=st["color"])
         if hollow:
             ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3",
                     label="hollow: compiler replanned")
