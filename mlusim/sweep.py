@@ -276,7 +276,7 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     with `options` (mlusim.programs.BuildOptions) unless `hold_program`: then once per core count
     for the base config, and only the hardware varies. `progress(done, total, row)` is called as
     points finish. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
-    points that finished."""
+    points that finished. The list has `to_dataframe()` (`sweep_table`)."""
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     with tempfile.TemporaryDirectory(prefix="mlusim-held-") as held:
@@ -285,7 +285,16 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
                             hold_program=Path(held) if hold_program else None)
         rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, progress)
     rows = sorted(rows, key=lambda r: r["point"])
-    return mark_replanned(relative_to_first_core_count(rows, list(params or {})))
+    return sweep_table(mark_replanned(relative_to_first_core_count(rows, list(params or {}))), list(params or {}))
+
+
+def sweep_table(rows: list[dict], keys: list[str]):
+    """A sweep's rows (those of `sweep`, or a report's `rows` with `list(report["params"])`) as a
+    list with `to_dataframe()`: the CSV's columns, one row per point, indexed by point."""
+    from mlusim.experiments import COLUMN_KINDS
+    from mlusim.frames import Rows
+
+    return Rows(rows, columns(keys), COLUMN_KINDS, ["point"])
 
 
 def _run(tasks: list[dict], blobs: dict, jobs, cluster, cluster_timeout: float, progress) -> list[dict]:
