@@ -145,6 +145,22 @@ def load_program(spec: str):
     return mlufile.load(p)
 
 
+def program_from_bytes(data: bytes, name: str):
+    """A finished program from its file's bytes, as `load_program` reads the file `name`: what a
+    sweep worker that does not share the caller's disk runs, with no temporary file to leave behind."""
+    from mlusim import mlufile
+
+    if Path(name).suffix in (".s", ".asm"):
+        from mlusim.isa.asm import assemble_program
+
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{name}: assembly file is not UTF-8 text (bad byte at offset {e.start})") from None
+        return assemble_program(text, name)
+    return mlufile.loads(data, name)
+
+
 def resolve_program(spec: str, cfg=None, cores: int | None = None, options: BuildOptions | None = None):
     """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
 

@@ -85,7 +85,7 @@ def _options(args) -> dict:
 def cmd_sweep(args) -> int:
     from mlusim.experiments import write_csv, write_json
     from mlusim.report import render_sweep
-    from mlusim.sweep import Interrupted, columns, sweep, sweep_document
+    from mlusim.sweep import Interrupted, SweepFailed, columns, sweep, sweep_document
 
     opts = _options(args)
     show = sys.stderr.isatty() if args.progress is None else args.progress
@@ -104,19 +104,23 @@ def cmd_sweep(args) -> int:
             bar.update(task, completed=done, total=total)
 
     t0 = time.perf_counter()
-    interrupted = False
+    interrupted, failure = False, None
+    if args.cluster:
+        quiet_dask_logs()
     try:
         rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, cluster_timeout=args.cluster_timeout,
                      progress=progress)
     except Interrupted as e:
-        rows, interrupted = sorted(e.rows, key=lambda r: r["point"]), True
+        rows, interrupted = e.rows, True
+    except SweepFailed as e:        # the finished rows are written, then the one-line error
+        rows, failure = e.rows, e
     finally:
         if bar is not None:
             bar.stop()
     wall = time.perf_counter() - t0
     keys = list(opts["params"])
     failed = [r for r in rows if r.get("error")]
-    if rows and len(failed) == len(rows):
+    if failure is None and rows and len(failed) == len(rows):
         raise MlusimError(f"every sweep point failed; the first: {failed[0]['error']}")
     where = f"on {args.cluster}" if args.cluster else f"with {args.jobs or 'one per CPU'} local job(s)"
     if opts["hold_program"]:
@@ -125,14 +129,24 @@ def cmd_sweep(args) -> int:
     for r in failed:
         print(f"mlusim: warning: point {r['point']} could not run: {r['error']}", file=sys.stderr)
     doc = sweep_document(opts["spec"], opts["base_config"], opts["params"], opts["cores"], rows,
-                         opts["timing_only"], interrupted, opts["hold_program"])
+                         opts["timing_only"], interrupted, opts["hold_program"], str(failure) if failure else None)
     if args.json:
         write_json(doc, args.json)
         print(f"wrote {args.json}")
     if args.csv:
         write_csv(rows, args.csv, columns(keys))
         print(f"wrote {args.csv}")
+    if failure is not None:
+        raise failure
     if interrupted:
         print("mlusim: interrupted; the table holds the points that finished", file=sys.stderr)
         return 130
     return 0
+
+
+def quiet_dask_logs() -> None:
+    """Dask's own log lines (a lost worker, a closing comm) would follow our one-line error on
+    stderr; mlusim.cluster says what went wrong itself."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
