@@ -112,13 +112,18 @@ def _collect(client, pending, task_of: dict, address: str, timeout: float, rows:
             watch.check(len(rows), total)
             time.sleep(POLL_SECONDS)
             continue
+        failed = None
         for f, result in batch:       # results come with the futures: a worker that dies keeps none
-            if f.status != "finished" or isinstance(result, BaseException):
-                raise ClusterError(f"sweep {describe(task_of[f.key])} failed on {address}: {_why(f, result)}; "
-                                   f"{len(rows)} of {total} point(s) finished")
+            if f.status != "finished":
+                failed = failed or (f, result)
+                continue
             rows.append(result)
             if progress:
                 progress(len(rows), total, rows[-1])
+        if failed:
+            f, result = failed
+            raise ClusterError(f"sweep {describe(task_of[f.key])} failed on {address}: {_why(f, result)}; "
+                               f"{len(rows)} of {total} point(s) finished")
 
 
 class _Watch:
@@ -150,8 +155,10 @@ class _Watch:
                                f"{done} of {total} point(s) finished")
 
 
-def _why(fut, e) -> str:
-    """Why a future did not finish (`e`: what it raised), in a few words a user can act on."""
+def _why(fut, result) -> str:
+    """Why a future did not finish, in a few words a user can act on. `result` is what
+    as_completed(with_results=True) gave for it: the exception, or (type, exception, traceback)."""
+    e = result[1] if isinstance(result, tuple) and len(result) == 3 else result
     name = type(e).__name__
     if fut.status == "cancelled" or "Cancelled" in name:
         return "the scheduler dropped it (a lost connection, or the scheduler restarted)"

@@ -72,7 +72,7 @@ def test_killed_worker_writes_finished_rows_one_line_exit_2_no_temp_left(capsys,
             killer.join()
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("mlusim: error: sweep point "), err
-    assert "KilledWorker" in err and cluster.scheduler_address in err
+    assert "every worker that ran it died (KilledWorker)" in err and cluster.scheduler_address in err
     with open(tmp_path / "s.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert 1 <= len(rows) < 4 and f"{len(rows)} of 4 point(s) finished" in err
