@@ -187,9 +187,10 @@ def run_point(task: dict, blobs: dict | None = None) -> dict[str, Any]:
 # The sweep
 
 
-def _held(spec: str, cfg, counts: list[int], options, workdir: Path) -> dict[int, Path]:
+def _held(spec: str, cfg, counts: list[int], options, workdir: Path, progress: Callable | None = None,
+          steps: int = 0) -> dict[int, Path]:
     """--hold-program: `spec` compiled once per core count for the base config, saved as .mlu files
-    that every hardware point then runs as they are."""
+    that every hardware point then runs as they are; `progress(i, steps, None)` after the i-th."""
     from mlusim import mlufile
     from mlusim.programs import resolve_program, schedule_for
 
@@ -200,16 +201,19 @@ def _held(spec: str, cfg, counts: list[int], options, workdir: Path) -> dict[int
     for n in counts:
         out[n] = workdir / f"held-{n}cores.mlu"
         mlufile.save(resolve_program(spec, cfg, n, options), out[n])
+        if progress:
+            progress(len(out), steps, None)
     return out
 
 
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
          timing_only: bool = True, max_cycles: float | None = None, max_instructions: int = 20_000_000,
-         max_seconds: float | None = None, options=None, hold_program: Path | None = None
-         ) -> tuple[list[dict], dict[str, bytes]]:
+         max_seconds: float | None = None, options=None, hold_program: Path | None = None,
+         progress: Callable | None = None) -> tuple[list[dict], dict[str, bytes]]:
     """Every task of the sweep, each with its fully resolved config, plus the program files'
     bytes by digest. Raises on the first bad key or value, naming the point. `hold_program`: a
-    folder to compile a zoo or ONNX spec into once per core count for the base config."""
+    folder to compile a zoo or ONNX spec into once per core count for the base config; each
+    compile is a step of the sweep: `progress(done, compiles + points, None)`."""
     from dataclasses import asdict
 
     from mlusim.experiments import default_config
@@ -233,7 +237,11 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
     files: dict[int | None, Path] = {} if program is None else {None: Path(spec)}
     if hold_program is not None and program is None:
         counts = sorted({n for _, cfg in configs for n in cores or [cfg.chip.cores]})
-        files = _held(spec, default_config(None, base_config), counts, options, hold_program)
+        points_n = sum(len(cores or [cfg.chip.cores]) for _, cfg in configs)
+        if progress:
+            progress(0, len(counts) + points_n, None)
+        files = _held(spec, default_config(None, base_config), counts, options, hold_program, progress,
+                      len(counts) + points_n)
     blobs, digests = {}, {}
     for n, path in files.items():
         blob = path.read_bytes()
@@ -266,8 +274,9 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     (the compiler made a different program than for the point before with the same core count)
     and `error` (None, or why the point could not run). A zoo or ONNX spec is compiled per point
     with `options` (mlusim.programs.BuildOptions) unless `hold_program`: then once per core count
-    for the base config, and only the hardware varies. `progress(done, total, row)` is called as
-    points finish. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
+    for the base config, and only the hardware varies. `progress(done, total, row)` is called once
+    the points are planned (done 0, row None) and as points finish; with `hold_program` each
+    compile is a step too (row None). On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
     points that finished; a Dask cluster that fails raises `SweepFailed` (an MlusimError), whose
     `.rows` are likewise the points that finished."""
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
@@ -275,9 +284,15 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     with tempfile.TemporaryDirectory(prefix="mlusim-held-") as held:
         tasks, blobs = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
                             max_instructions=max_instructions, max_seconds=max_seconds, options=options,
-                            hold_program=Path(held) if hold_program else None)
+                            hold_program=Path(held) if hold_program else None, progress=progress)
+        compiled = len(blobs) if hold_program and compiles_on_the_fly(spec) else 0   # steps done in `plan`
+        if progress:
+            progress(compiled, compiled + len(tasks), None)
+
+        def point_done(done: int, total: int, row: dict) -> None:
+            progress(compiled + done, compiled + total, row)
         try:
-            rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, progress)
+            rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, point_done if progress else None)
         except (Interrupted, SweepFailed) as e:
             e.rows = _finish(e.rows, params)
             raise

@@ -19,6 +19,7 @@ from mlusim.commands.common import (
     int_arg,
 )
 from mlusim.errors import MlusimError
+from mlusim.progress import command_progress
 
 
 def register(sub) -> None:
@@ -45,8 +46,9 @@ def register(sub) -> None:
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
     p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
                    help="per point: stop with an error past this much wall time (default 3600)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="points done on stderr: a bar on a terminal, else a line every $MLUSIM_PROGRESS_SECONDS "
+                        "(default 5) s of a long sweep (default: on)")
     p.add_argument("--hold-program", action="store_true",
                    help="compile a zoo or ONNX model once per core count for the base config and run that program "
                         "at every point, so only the hardware varies (default: recompile per point, as `mlusim run` "
@@ -88,20 +90,11 @@ def cmd_sweep(args) -> int:
     from mlusim.sweep import Interrupted, SweepFailed, columns, sweep, sweep_document
 
     opts = _options(args)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-    bar = task = None
-    if show:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
-                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-        bar.start()
-        task = bar.add_task("sweep", total=None)
+    bar = command_progress(args.progress)
+    unit = "steps (compiles, then points)" if opts["hold_program"] else "points"
 
     def progress(done, total, _row):
-        if bar is not None:
-            bar.update(task, completed=done, total=total)
+        bar.update(f"sweep of {opts['spec']}", done, total, unit)
 
     t0 = time.perf_counter()
     interrupted, failure = False, None
@@ -115,8 +108,7 @@ def cmd_sweep(args) -> int:
     except SweepFailed as e:        # the finished rows are written, then the one-line error
         rows, failure = e.rows, e
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     wall = time.perf_counter() - t0
     keys = list(opts["params"])
     failed = [r for r in rows if r.get("error")]
