@@ -26,6 +26,22 @@ class ClusterError(MlusimError):
     """The cluster could not run the sweep: unreachable, no workers, a point it could not finish."""
 
 
+def quiet_logs() -> None:
+    """Silence Dask's own log lines in this process (the command line's): a lost scheduler logs a
+    traceback from the client's reconnect loop before the one-line error this module raises says
+    the same. Dask sets levels per logger (distributed.client, ...) when it is imported, so every
+    logger of its tree is set, after the import."""
+    import logging
+
+    try:
+        import distributed  # noqa: F401 - its import configures the loggers we then quiet
+    except ImportError:
+        return
+    names = [n for n in logging.Logger.manager.loggerDict if n == "distributed" or n.startswith("distributed.")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def check_address(address: object) -> str:
     """`address` if it has the form of a Dask scheduler address ([PROTOCOL://]HOST[:PORT]); else
     a ClusterError at once (Dask would otherwise wait for the timeout, or raise from deep inside)."""
@@ -122,8 +138,11 @@ def _collect(client, pending, task_of: dict, address: str, timeout: float, rows:
                 progress(len(rows), total, rows[-1])
         if failed:
             f, result = failed
-            raise ClusterError(f"sweep {describe(task_of[f.key])} failed on {address}: {_why(f, result)}; "
-                               f"{len(rows)} of {total} point(s) finished")
+            done = f"{len(rows)} of {total} point(s) finished"
+            if f.status == "cancelled" or "Cancelled" in type(result).__name__:    # not this point's doing
+                raise ClusterError(f"lost the Dask scheduler at {address}: it dropped the points still to run "
+                                   f"(a lost connection, or the scheduler restarted); {done}")
+            raise ClusterError(f"sweep {describe(task_of[f.key])} failed on {address}: {_why(result)}; {done}")
 
 
 class _Watch:
@@ -155,13 +174,11 @@ class _Watch:
                                f"{done} of {total} point(s) finished")
 
 
-def _why(fut, result) -> str:
-    """Why a future did not finish, in a few words a user can act on. `result` is what
+def _why(result) -> str:
+    """Why a point failed, in a few words a user can act on. `result` is what
     as_completed(with_results=True) gave for it: the exception, or (type, exception, traceback)."""
     e = result[1] if isinstance(result, tuple) and len(result) == 3 else result
     name = type(e).__name__
-    if fut.status == "cancelled" or "Cancelled" in name:
-        return "the scheduler dropped it (a lost connection, or the scheduler restarted)"
     if name == "KilledWorker":
         return ("every worker that ran it died (KilledWorker): out of memory, killed, or crashed; the workers' "
                 "logs say which")

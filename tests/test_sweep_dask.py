@@ -126,3 +126,24 @@ def test_malformed_address_is_one_line_exit_2_before_any_network(capsys, address
     code, out, err = cli(capsys, "sweep", "mnist", "--cores", "1", "--cluster", address, "--cluster-timeout", "30")
     assert code == 2 and err.count("\n") == 1 and err.startswith("mlusim: error: --cluster ")
     assert needle in err
+
+
+def test_scheduler_lost_mid_sweep_fails_with_the_finished_rows():
+    from mlusim.sweep import SweepFailed, sweep
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
+                                       protocol="tcp", dashboard_address=None)
+    address = cluster.scheduler_address
+
+    def close_after_first(done, total, row):
+        if done == 1:
+            cluster.close()
+    try:
+        with pytest.raises(SweepFailed) as e:
+            sweep("mnist", "mlu270", {"dram.bandwidth_gbps": [25.6, 51.2, 102.4, 204.8, 409.6]}, [1],
+                  cluster=address, cluster_timeout=0.5, progress=close_after_first)
+    finally:
+        cluster.close()
+    msg = str(e.value)
+    assert (f"lost the Dask scheduler at {address}" in msg or f"no connection to the scheduler at {address}" in msg), msg
+    assert 1 <= len(e.value.rows) < 5 and f"{len(e.value.rows)} of 5 point(s) finished" in msg

@@ -99,7 +99,9 @@ def cmd_sweep(args) -> int:
     t0 = time.perf_counter()
     interrupted, failure = False, None
     if args.cluster:
-        quiet_dask_logs()
+        from mlusim.cluster import quiet_logs
+
+        quiet_logs()
     try:
         rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, cluster_timeout=args.cluster_timeout,
                      progress=progress)
@@ -134,11 +136,3 @@ def cmd_sweep(args) -> int:
         print("mlusim: interrupted; the table holds the points that finished", file=sys.stderr)
         return 130
     return 0
-
-
-def quiet_dask_logs() -> None:
-    """Dask's own log lines (a lost worker, a closing comm) would follow our one-line error on
-    stderr; mlusim.cluster says what went wrong itself."""
-    import logging
-
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
