@@ -103,8 +103,8 @@ def run(client, fn: Callable, tasks: list[dict], blobs, *, address: str, timeout
     try:
         shipped = client.scatter([blobs], broadcast=True)[0] if blobs else None   # one object: every file
         futs = client.map(fn, tasks, blobs=shipped, pure=False)
-        _collect(client, as_completed(futs, loop=client.loop, with_results=True), {f.key: t for f, t in zip(futs, tasks)}, address,
-                 timeout, rows, describe, progress)
+        pending = as_completed(futs, loop=client.loop, with_results=True)
+        _collect(client, pending, {f.key: t for f, t in zip(futs, tasks)}, address, timeout, rows, describe, progress)
     except ClusterError:
         raise
     except Exception as e:     # noqa: BLE001 - Dask's comm errors vary by version; all mean the same here

@@ -276,9 +276,9 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     with `options` (mlusim.programs.BuildOptions) unless `hold_program`: then once per core count
     for the base config, and only the hardware varies. `progress(done, total, row)` is called once
     the points are planned (done 0, row None) and as points finish; with `hold_program` each
-    compile is a step too (row None). On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
-    points that finished; a Dask cluster that fails raises `SweepFailed` (an MlusimError), whose
-    `.rows` are likewise the points that finished."""
+    compile is a step too (row None). On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt)
+    whose `.rows` are the points that finished; a Dask cluster that fails raises `SweepFailed` (an
+    MlusimError), whose `.rows` are likewise the points that finished."""
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     with tempfile.TemporaryDirectory(prefix="mlusim-held-") as held:

@@ -86,7 +86,8 @@ def test_killed_worker_writes_finished_rows_one_line_exit_2_no_temp_left(capsys,
 
 
 def test_no_workers_fails_after_the_cluster_timeout(capsys):
-    with distributed.LocalCluster(n_workers=0, processes=False, host="127.0.0.1", protocol="tcp", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=0, processes=False, host="127.0.0.1", protocol="tcp",
+                                  dashboard_address=None) as cluster:
         t0 = time.monotonic()
         code, out, err = cli(capsys, "sweep", "mnist", "--cores", "1", "--cluster", cluster.scheduler_address,
                              "--cluster-timeout", "0.5")
@@ -145,5 +146,5 @@ def test_scheduler_lost_mid_sweep_fails_with_the_finished_rows():
     finally:
         cluster.close()
     msg = str(e.value)
-    assert (f"lost the Dask scheduler at {address}" in msg or f"no connection to the scheduler at {address}" in msg), msg
+    assert f"lost the Dask scheduler at {address}" in msg or f"no connection to the scheduler at {address}" in msg
     assert 1 <= len(e.value.rows) < 5 and f"{len(e.value.rows)} of 5 point(s) finished" in msg
