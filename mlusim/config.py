@@ -115,6 +115,10 @@ class DramConfig:
                                 maximum=MAX_CYCLES)
     # At most 1 KiB: the DMA cost model tabulates offsets modulo the granule, granule^2 entries.
     access_bytes: int = spec("bytes", "access granularity; segments are rounded out to it", maximum=1024)
+    # 0 (the default, for configs that predate it): every segment of a strided DMA is a new page.
+    page_bytes: int = spec("bytes", "DRAM page (open row) span: a strided DMA's next segment starting less "
+                           "than this past the previous one's end needs no new row", positive=False,
+                           maximum=1 << 20, default=0)
 
 
 @dataclass
@@ -207,6 +211,15 @@ class HardwareConfig:
     @property
     def clock_hz(self) -> float:
         return self.chip.clock_mhz * 1e6
+
+    def segment_cycles(self, gap: int | None) -> int:
+        """Descriptor cost of one extra segment of a strided DMA whose GDRAM side jumps `gap` bytes
+        from one segment's end to the next one's start (None: unknown, priced as a new page). A
+        jump inside the open DRAM page costs what an on-chip segment does; a jump past it opens a
+        row (`dma.segment_cycles`)."""
+        if gap is not None and abs(gap) < self.dram.page_bytes:
+            return self.dma.move_segment_cycles
+        return self.dma.segment_cycles
 
     @property
     def dram_bytes_per_cycle(self) -> float:

@@ -50,11 +50,14 @@ class ClusterPlan:
     boundary_scale: float = 1.0   # quantization of the value crossing from trunk to head
     boundary_zp: int = 0
     cores_per_cluster: int = 4
+    fused: bool = False           # the trunk's layers in cluster-fused spans, not a kernel each
 
     def describe(self) -> str:
         head = "; fully connected head over all cores, whole batch" if self.head is not None else ""
+        kernels = "cluster-fused spans of layers" if self.fused else "a kernel per layer"
         return (f"per-cluster (vendor runtime): batch {self.batch} on {self.clusters} of {self.chip_clusters} "
-                f"clusters, {self.per_cluster} image(s) each on its {self.cores_per_cluster} cores{head}")
+                f"clusters, {self.per_cluster} image(s) each on its {self.cores_per_cluster} cores, "
+                f"{kernels}{head}")
 
 
 def head_start(g) -> int | None:
@@ -102,7 +105,7 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
                           lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse,
                                                        progress))
     head = progs[1] if len(progs) > 1 else None
-    return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc)
+    return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc, fuse)
 
 
 def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, cores: int,

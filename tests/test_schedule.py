@@ -59,3 +59,17 @@ def test_clusters_side_by_side_share_dram(s4):
     bw = s4.dram_bytes_per_cycle
     assert side_by_side(Trunk, s4, 1) == 1000.0
     assert side_by_side(Trunk, s4, 6) == pytest.approx(max(1000.0, 6 * 200_000 / bw))
+
+
+def test_run_defaults_follow_the_configs_kernels(s4):
+    """`mlusim run NAME --config mlu370-s4` with no flags runs what `mlusim calibrate` calibrated:
+    the config's runtime.kernels (per-layer on the MLU370 presets); --cluster-fusion overrides it,
+    and the report's schedule line says which ran."""
+    from mlusim.programs import BuildOptions
+    from mlusim.runs import prepare
+
+    default = prepare("resnet18", s4, 24, BuildOptions(resolution=32)).plan
+    fused = prepare("resnet18", s4, 24, BuildOptions(resolution=32, cluster_fusion=True)).plan
+    assert s4.runtime.kernels == "per-layer" and not default.fused and fused.fused
+    assert "a kernel per layer" in default.describe() and "cluster-fused" in fused.describe()
+    assert len(default.trunk.kernels) > len(fused.trunk.kernels)
