@@ -176,7 +176,10 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
         if progress:
             progress("lowering", k, len(chosen))
         if k in starts:
-            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts)
+            span = starts[k].end - starts[k].start
+            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts,
+                          (lambda f, k=k, span=span: progress("lowering", k + int(f * span), len(chosen)))
+                          if progress else None)
         if k in inside or node.op == "concat" and node.name in dev:
             continue
         ins = []
