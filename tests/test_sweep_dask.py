@@ -16,6 +16,7 @@ import time
 import pytest
 
 from mlusim.cli import main
+from mlusim.progress import Progress
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -27,18 +28,17 @@ def cli(capsys, *args):
     return code, out, err
 
 
-def _kill_during_second_point(scheduler, pid: int, done: threading.Event) -> None:
-    """SIGKILL the worker while it runs a point, once the first point's row has had time to reach
-    the client (a point simulates for ~0.3 s here; its row is fetched within milliseconds)."""
+def _kill_during_a_point(scheduler, pid: int, first_row: threading.Event, done: threading.Event) -> None:
+    """SIGKILL the worker while it runs a point, once the client holds the first point's row."""
+    first_row.wait(60)
     deadline, since = time.monotonic() + 60, None
     while not done.is_set() and time.monotonic() < deadline:
         try:
             states = [ts.state for ts in list(scheduler.tasks.values()) if str(ts.key).startswith("run_point")]
         except RuntimeError:       # the scheduler's loop changed the dict under us; look again
             continue
-        running = "memory" in states and "processing" in states
-        since = (since or time.monotonic()) if running else None
-        if since is not None and time.monotonic() - since > 0.1:
+        since = (since or time.monotonic()) if "processing" in states else None
+        if since is not None and time.monotonic() - since > 0.05:      # a point takes ~0.3 s here
             os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.005)
@@ -52,16 +52,23 @@ def test_killed_worker_writes_finished_rows_one_line_exit_2_no_temp_left(capsys,
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     capsys.readouterr()
+    first_row, done = threading.Event(), threading.Event()
+    update = Progress.update
+
+    def update_seen(self, what, n, *args, **kw):        # the sweep's progress: rows the client holds
+        if n >= 1:
+            first_row.set()
+        return update(self, what, n, *args, **kw)
+    monkeypatch.setattr(Progress, "update", update_seen)
     # no retries: the first death of a worker under a point fails it, as the third does by default;
     # workers forked rather than spawned start in 0.4 s instead of 4 (nothing to import again)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                           "distributed.worker.multiprocessing-method": "fork"}), \
             distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                     dashboard_address=None, local_directory=str(tmp_path / "dask")) as cluster:
+                                     dashboard_address=":0", local_directory=str(tmp_path / "dask")) as cluster:
         with distributed.Client(cluster) as c:
             pid = next(iter(c.run(os.getpid).values()))
-        done = threading.Event()
-        killer = threading.Thread(target=_kill_during_second_point, args=(cluster.scheduler, pid, done))
+        killer = threading.Thread(target=_kill_during_a_point, args=(cluster.scheduler, pid, first_row, done))
         killer.start()
         try:
             code, out, err = cli(capsys, "sweep", str(model), "--set", "dram.bandwidth_gbps=25.6,51.2,102.4,204.8",
@@ -87,7 +94,7 @@ def test_killed_worker_writes_finished_rows_one_line_exit_2_no_temp_left(capsys,
 
 def test_no_workers_fails_after_the_cluster_timeout(capsys):
     with distributed.LocalCluster(n_workers=0, processes=False, host="127.0.0.1", protocol="tcp",
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         t0 = time.monotonic()
         code, out, err = cli(capsys, "sweep", "mnist", "--cores", "1", "--cluster", cluster.scheduler_address,
                              "--cluster-timeout", "0.5")
@@ -103,7 +110,7 @@ def test_workers_leaving_mid_sweep_fail_after_the_timeout_with_the_finished_rows
     from mlusim.sweep import SweepFailed, sweep
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1", protocol="tcp",
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         def retire_after_first(done, total, row):
             if done == 1:
                 cluster.scale(0)
@@ -133,7 +140,7 @@ def test_scheduler_lost_mid_sweep_fails_with_the_finished_rows():
     from mlusim.sweep import SweepFailed, sweep
 
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
-                                       protocol="tcp", dashboard_address=None)
+                                       protocol="tcp", dashboard_address=":0")
     address = cluster.scheduler_address
 
     def close_after_first(done, total, row):
