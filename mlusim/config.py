@@ -139,6 +139,7 @@ class DmaConfig:
 
 SCHEDULES = ("per-cluster", "spread")
 KERNELS = ("per-layer", "fused")
+LINEAR_DTYPES = ("int8", "int16")
 
 
 @dataclass
@@ -153,6 +154,10 @@ class RuntimeConfig:
         "(the vendor runtime: each layer, with its bias, activation and shortcut fused in, a kernel of its own "
         "whose input and output cross DRAM) or 'fused' (mlusim's cluster fusion: spans of layers kept in "
         "cluster SRAM, compiler/fusion.py)"})
+    linear_dtype: str = field(default="int8", metadata={
+        "unit": "name", "maxlen": 8, "doc": "the per-cluster schedule's fully connected (linear) layers: 'int8' "
+        "like the convs, or 'int16': 16-bit weights and MACs, mlusim's stand-in for the vendor runtime's fp16 "
+        "fully connected layers (the same 2-byte weights and half-rate MAC; mlusim has no fp16 MAC path)"})
 
 
 MAX_PJ = 1e6        # one event costing a microjoule is a unit slip (nJ or J for pJ)
@@ -377,6 +382,9 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
     if cfg.runtime.schedule not in SCHEDULES:
         raise ConfigError(f"{origin}: runtime.schedule={cfg.runtime.schedule!r} must be one of {', '.join(SCHEDULES)}")
+    if cfg.runtime.linear_dtype not in LINEAR_DTYPES:
+        raise ConfigError(f"{origin}: runtime.linear_dtype={cfg.runtime.linear_dtype!r} must be one of "
+                          f"{', '.join(LINEAR_DTYPES)}")
     if cfg.runtime.kernels not in KERNELS:
         raise ConfigError(f"{origin}: runtime.kernels={cfg.runtime.kernels!r} must be one of {', '.join(KERNELS)}")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):

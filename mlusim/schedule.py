@@ -120,13 +120,14 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
     full = passes.optimize(zoo.build(name, batch, resolution))
     if absmax is None:      # once, for trunk and head alike
         absmax = quant.calibrate(full, calibration_samples(full), progress=progress)
+    mixed = {n.name: cfg.runtime.linear_dtype for n in full.nodes if n.op == "linear"}
     trunk_graph = zoo.build(name, per, resolution)
     k = head_start(trunk_graph)
     head, scale, zp = None, 1.0, 0
     if k is not None:
         names = {n.name for n in trunk_graph.nodes[k:]}
         trunk_graph = _truncated(trunk_graph, k)
-        quant.quantize(full, absmax)
+        quant.quantize(full, absmax, mixed=mixed)
         head_nodes = [n.name for n in full.nodes if n.name in names]
         feeds = {i for n in head_nodes for i in full.node(n).inputs if i not in set(head_nodes)}
         if len(feeds) != 1:
@@ -135,7 +136,8 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
         scale, zp = float(src.q["scale"]), int(src.q.get("zp", 0))
         head = lower(full, cfg, cores, nodes=head_nodes)
         head.config = cfg.to_dict()
-    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, progress=progress)
+    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, mixed=mixed,
+                             progress=progress)
     trunk = compiled.program
     trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
                       compiled_for_cores=cores)
