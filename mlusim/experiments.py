@@ -226,7 +226,8 @@ def run_table(result, per_layer: bool = True) -> ScalingTable:
 
 def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None,
             options: BuildOptions | None = None, schedule: str | None = None, per_layer: bool = False,
-            timing_only: bool = True, inputs=None, on_run: Callable | None = None, **sim_kw) -> ScalingTable:
+            timing_only: bool = True, inputs=None, on_run: Callable | None = None,
+            compile_progress: Callable | None = None, **sim_kw) -> ScalingTable:
     """Simulate `program` (a Program, or a spec: zoo name, .onnx, .mlu or .s path) on each core
     count of `config` and return one row per count (with `layers` when `per_layer`): a list of
     dicts with `to_dataframe()` and `layers().to_dataframe()` (ScalingTable).
@@ -237,7 +238,8 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     is given. `inputs` maps input names to arrays ("" for a program's only input).
     `on_run(result, summary)` sees every RunResult as it finishes (the CLI prints, traces and
     writes outputs from it). A run interrupted by Ctrl-C ends the list early, flagged
-    `interrupted`. Extra keywords go to `mlusim.sim.simulate`."""
+    `interrupted`. `compile_progress(core_count)` gives the compiler's progress callback for the
+    compile of that run (mlusim.progress). Extra keywords go to `mlusim.sim.simulate`."""
     from mlusim.report import summarize
     from mlusim.runs import run_at
 
@@ -250,7 +252,7 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     summaries, batch = [], 1
     for n in counts:
         res = run_at(program, cfg, n, options=options, schedule=schedule, inputs=inputs, timing_only=timing_only,
-                     **sim_kw)
+                     compile_progress=compile_progress(n) if compile_progress else None, **sim_kw)
         s = summarize(res)
         batch = int(res.program_meta.get("batch", 1) or 1)
         summaries.append(s)
