@@ -39,8 +39,8 @@ def register(sub) -> None:
                    "--per-layer also FILE_layers.csv")
     p.add_argument("--per-layer", action="store_true", help="a table of figures per layer (layers inside fused "
                    "kernels too), matched by layer name across core counts")
-    p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev); "
-                   "with several core counts one file per count, FILE.<N>cores.json")
+    p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev; "
+                   "FILE.json.gz: gzip); with several core counts one file per count, FILE.<N>cores.json")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show kernels done and simulated cycles while running (default: when stderr is a terminal)")
     p.add_argument("--schedule", choices=("per-cluster", "spread"), default=None,
@@ -125,7 +125,7 @@ class RunOutput:
 
     def on_run(self, res, summary: dict) -> None:
         from mlusim.report import render
-        from mlusim.trace import write_trace
+        from mlusim.trace import trace_path, write_trace
 
         self.progress.stop()
         args = self.args
@@ -137,9 +137,7 @@ class RunOutput:
         if args.trace and res.trace is None:
             print("--trace: not written for the per-cluster schedule (use --schedule spread)")
         elif args.trace:
-            path = Path(args.trace)
-            if self.several:
-                path = path.with_name(f"{path.stem}.{res.cores}cores{path.suffix or '.json'}")
+            path = trace_path(args.trace, res.cores if self.several else None)
             nev = write_trace(res, path)
             print(f"wrote {path} ({nev:,} events; open in ui.perfetto.dev)")
 
