@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from operator import itemgetter
 from pathlib import Path
+
+import numpy as np
 
 from mlusim.cores.tracelog import FLOW
 from mlusim.errors import MlusimError
@@ -65,7 +66,7 @@ def _arg(v):
 
 
 class _Clock:
-    """Cycles -> integer nanoseconds, and nanoseconds -> the JSON microsecond text."""
+    """Cycles -> integer nanoseconds, one formula for every event (so nesting survives rounding)."""
 
     def __init__(self, mhz: float):
         self.k = 1000.0 / mhz
@@ -73,29 +74,47 @@ class _Clock:
     def ns(self, cycles: float) -> int:
         return round(cycles * self.k)
 
+    def ns_array(self, cycles: list) -> np.ndarray:
+        return np.rint(np.array(cycles, dtype=np.float64) * self.k).astype(np.int64)
+
 
 def _us(ns: int) -> str:
     return repr(ns / 1000)
 
 
-def _kernel_events(res, clock: _Clock, out: list) -> None:
+class _Texts:
+    """The few events formatted as they are made (kernels, layers, counters), each with its sort
+    key: start nanosecond and, for a slice, minus 1 minus its duration (longer slices first)."""
+
+    def __init__(self):
+        self.ts: list[int] = []
+        self.order: list[int] = []
+        self.text: list[str] = []
+
+    def add(self, ts: int, order: int, text: str) -> None:
+        self.ts.append(ts)
+        self.order.append(order)
+        self.text.append(text)
+
+    def slice(self, pid: int, tid: int, a: int, b: int, name: str, cat: str, args: dict) -> None:
+        self.add(a, -1 - (b - a), f'{{"ph":"X","pid":{pid},"tid":{tid},"ts":{_us(a)},"dur":{_us(b - a)},'
+                                  f'"name":{json.dumps(name)},"cat":"{cat}","args":{json.dumps(args, separators=SEP)}}}')
+
+
+def _kernel_events(res, clock: _Clock, out: _Texts) -> None:
     for k in res.kernels:
-        t0, t1 = clock.ns(k.start), clock.ns(k.end)
         args = {"task_type": k.task_type, "tasks": k.task_dim, "cycles": round(k.cycles, 3)}
         args.update((str(a), v) for a, b in k.meta.items() if (v := _arg(b)) is not None)
-        out.append((t0, -1 - (t1 - t0), f'{{"ph":"X","pid":0,"tid":0,"ts":{_us(t0)},"dur":{_us(t1 - t0)},'
-                                         f'"name":{json.dumps(k.name)},"cat":"kernel","args":{json.dumps(args, separators=SEP)}}}'))
+        out.slice(0, 0, clock.ns(k.start), clock.ns(k.end), k.name, "kernel", args)
 
 
-def _layer_events(res, clock: _Clock, out: list) -> set[int]:
+def _layer_events(res, clock: _Clock, out: _Texts) -> set[int]:
     """Layer slices per cluster (a job's steps nested in the job); returns the clusters used."""
     cpc = res.config.chip.cores_per_cluster
     used: set[int] = set()
 
     def slice_(cl: int, name: str, t0: float, t1: float, cat: str, args: dict) -> None:
-        a, b = clock.ns(t0), clock.ns(t1)
-        out.append((a, -1 - (b - a), f'{{"ph":"X","pid":0,"tid":{LAYERS_TID + cl},"ts":{_us(a)},"dur":{_us(b - a)},'
-                                     f'"name":{json.dumps(name)},"cat":"{cat}","args":{json.dumps(args, separators=SEP)}}}'))
+        out.slice(0, LAYERS_TID + cl, clock.ns(t0), clock.ns(t1), name, cat, args)
         used.add(cl)
 
     for rec in res.kernels:
@@ -113,7 +132,7 @@ def _layer_events(res, clock: _Clock, out: list) -> set[int]:
     return used
 
 
-def _counter_events(samples: list, clock: _Clock, gbps: float, out: list) -> None:
+def _counter_events(samples: list, clock: _Clock, gbps: float, out: _Texts) -> None:
     """One counter per link; samples at the same nanosecond keep the last value and unchanged
     values are dropped, so each counter's timestamps strictly increase."""
     series: dict[str, list] = {}
@@ -130,72 +149,81 @@ def _counter_events(samples: list, clock: _Clock, gbps: float, out: list) -> Non
         last = None
         for ns, v in s:
             if v != last:
-                out.append((ns, 0, f'{{"ph":"C","pid":0,"tid":0,"ts":{_us(ns)},"name":{label},"args":{{"GB/s":{v!r}}}}}'))
+                out.add(ns, 0, f'{{"ph":"C","pid":0,"tid":0,"ts":{_us(ns)},"name":{label},"args":{{"GB/s":{v!r}}}}}')
                 last = v
 
 
-def _flow_events(flows: list, clock: _Clock, out: list) -> None:
-    """Each arrow as a flow start inside the sending slice (its last nanosecond) and a flow end
-    bound to the enclosing receiving slice; ids number the arrows."""
-    for i, (_, t_out, c_out, tr_out, t_in, c_in, tr_in, at_end) in enumerate(flows):
-        a = max(0, clock.ns(t_out) - 1)
-        b = clock.ns(t_in) - (1 if at_end else 0)
-        name = '"barrier"' if tr_out == "issue" else '"token"'
-        out.append((a, 0, f'{{"ph":"s","id":{i},"pid":{c_out + 1},"tid":{TID[tr_out]},"ts":{_us(a)},'
-                          f'"name":{name}}}'))
-        out.append((max(0, b), 0, f'{{"ph":"f","bp":"e","id":{i},"pid":{c_in + 1},"tid":{TID[tr_in]},'
-                                  f'"ts":{_us(max(0, b))},"name":{name}}}'))
+class _Timeline:
+    """Every event's sort key in numpy arrays, and what to format it from: the engine's slice and
+    arrow records themselves (most events; kept as references, so a trace being written holds
+    little beyond its records) or the text of the rest. Event numbers: slices [0, S), arrow starts
+    [S, S + F), arrow ends [S + F, S + 2F), texts after."""
 
+    def __init__(self, res, clock: _Clock):
+        slices, samples, flows = [], [], []
+        for r in res.trace:
+            core = r[0]
+            (samples if core is None else flows if core == FLOW else slices).append(r)
+        self.slices, self.flows = slices, flows
+        self.cores = {r[0] for r in slices}
+        a = clock.ns_array([r[2] for r in slices])
+        b = clock.ns_array([r[3] for r in slices])
+        f_out = np.maximum(clock.ns_array([r[1] for r in flows]) - 1, 0)      # the sender's last ns
+        f_in = np.maximum(clock.ns_array([r[4] for r in flows]) - np.array([r[7] for r in flows], dtype=np.int64), 0)
+        self.texts = _Texts()
+        _counter_events(samples, clock, res.config.clock_hz / 1e9, self.texts)
+        _kernel_events(res, clock, self.texts)
+        self.clusters = _layer_events(res, clock, self.texts)
+        t = self.texts
+        self.ts = np.concatenate([a, f_out, f_in, np.array(t.ts, dtype=np.int64)])
+        self.key = np.concatenate([a - b - 1, np.zeros(2 * len(flows), dtype=np.int64),
+                                   np.array(t.order, dtype=np.int64)])
 
-def _slice_events(res, clock: _Clock, out: list) -> tuple[set[int], list, list]:
-    """Instruction and wait slices; returns the cores seen, the link samples and the arrows."""
-    cores: set[int] = set()
-    samples, flows = [], []
-    names: dict[str, str] = {}
-    k = clock.k
-    for r in res.trace:
-        core = r[0]
-        if core is None:
-            samples.append(r)
-            continue
-        if core == FLOW:
-            flows.append(r)
-            continue
-        cores.add(core)
-        _, track, t0, t1, name, _kernel, pc = r
-        a, b = round(t0 * k), round(t1 * k)
-        jn = names.get(name)
-        if jn is None:
-            jn = names[name] = json.dumps(name) + (',"cat":"stall"' if track == "issue" or
-                                                   name.startswith("wait ") else "")
-        out.append((a, -1 - (b - a), f'{{"ph":"X","pid":{core + 1},"tid":{TID[track]},"ts":{_us(a)},'
-                                     f'"dur":{_us(b - a)},"name":{jn},"args":{{"pc":{pc}}}}}'))
-    return cores, samples, flows
+    def lines(self):
+        """The event texts in timestamp order (ties: longer slices first, then as made)."""
+        order = np.lexsort((self.key, self.ts))
+        n_s, n_f = len(self.slices), len(self.flows)
+        slices, flows, texts = self.slices, self.flows, self.texts.text
+        names: dict[str, str] = {}
+        for lo in range(0, len(order), CHUNK):
+            idx = order[lo:lo + CHUNK]
+            for j, ts, key in zip(idx.tolist(), self.ts[idx].tolist(), self.key[idx].tolist()):
+                if j < n_s:
+                    r = slices[j]
+                    jn = names.get(r[4])
+                    if jn is None:
+                        jn = names[r[4]] = json.dumps(r[4]) + (',"cat":"stall"' if r[1] == "issue" or
+                                                               r[4].startswith("wait ") else "")
+                    yield (f'{{"ph":"X","pid":{r[0] + 1},"tid":{TID[r[1]]},"ts":{ts / 1000!r},'
+                           f'"dur":{(-1 - key) / 1000!r},"name":{jn},"args":{{"pc":{r[6]}}}}}')
+                elif j < n_s + 2 * n_f:
+                    i = j - n_s if j < n_s + n_f else j - n_s - n_f
+                    r = flows[i]
+                    name = '"barrier"' if r[3] == "issue" else '"token"'
+                    if j < n_s + n_f:
+                        yield f'{{"ph":"s","id":{i},"pid":{r[2] + 1},"tid":{TID[r[3]]},"ts":{ts / 1000!r},"name":{name}}}'
+                    else:
+                        yield (f'{{"ph":"f","bp":"e","id":{i},"pid":{r[5] + 1},"tid":{TID[r[6]]},"ts":{ts / 1000!r},'
+                               f'"name":{name}}}')
+                else:
+                    yield texts[j - n_s - 2 * n_f]
 
 
 def _lines(res):
     """The run's timeline as JSON event texts, metadata first, then sorted by timestamp."""
     cfg = res.config
     mhz = cfg.chip.clock_mhz
-    clock = _Clock(mhz)
     cpc = cfg.chip.cores_per_cluster
-    out: list = []
-    cores, samples, flows = _slice_events(res, clock, out)
-    _counter_events(samples, clock, cfg.clock_hz / 1e9, out)
-    _flow_events(flows, clock, out)
-    _kernel_events(res, clock, out)
-    clusters = _layer_events(res, clock, out)
-    out.sort(key=itemgetter(0, 1))    # stable: a job before its first layer of the same span
+    tl = _Timeline(res, _Clock(mhz))
     yield from _meta("process_name", 0, 0, f"chip ({cfg.name} @ {mhz:g} MHz)", 0)
     yield from _meta("thread_name", 0, 0, "kernels", 0)
-    for cl in sorted(clusters):
+    for cl in sorted(tl.clusters):
         yield from _meta("thread_name", 0, LAYERS_TID + cl, f"layers, cluster {cl}", LAYERS_TID + cl)
-    for core in sorted(cores):
+    for core in sorted(tl.cores):
         yield from _meta("process_name", core + 1, 0, f"core {core} (cluster {core // cpc})", core + 1)
         for unit, label in TRACKS:
             yield from _meta("thread_name", core + 1, TID[unit], label, TID[unit])
-    for e in out:
-        yield e[2]
+    yield from tl.lines()
 
 
 def _other(res) -> str:
@@ -237,7 +265,7 @@ def write_trace(res, path: str | Path) -> int:
     n = 0
     try:
         gz = str(path).endswith(".gz")
-        with (gzip.open(path, "wt", encoding="utf-8", compresslevel=6) if gz else
+        with (gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if gz else
               open(path, "w", encoding="utf-8")) as f:
             f.write('{"traceEvents":[\n')
             chunk: list[str] = []
