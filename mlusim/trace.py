@@ -135,22 +135,19 @@ def _layer_events(res, clock: _Clock, out: _Texts) -> set[int]:
 def _counter_events(samples: list, clock: _Clock, gbps: float, out: _Texts) -> None:
     """One counter per link; samples at the same nanosecond keep the last value and unchanged
     values are dropped, so each counter's timestamps strictly increase."""
-    series: dict[str, list] = {}
-    for _, link, t, _z, rate, _k, _pc in samples:
-        s = series.setdefault(link, [])
-        ns = clock.ns(t)
-        v = round(rate * gbps, 3)
-        if s and s[-1][0] == ns:
-            s[-1][1] = v
-        else:
-            s.append([ns, v])
-    for link, s in series.items():
-        label = json.dumps(_link_label(link))
-        last = None
-        for ns, v in s:
-            if v != last:
-                out.add(ns, 0, f'{{"ph":"C","pid":0,"tid":0,"ts":{_us(ns)},"name":{label},"args":{{"GB/s":{v!r}}}}}')
-                last = v
+    codes: dict[str, int] = {}
+    link = np.array([codes.setdefault(r[1], len(codes)) for r in samples], dtype=np.int64)
+    ns = clock.ns_array([r[2] for r in samples])
+    gb = np.round(np.array([r[4] for r in samples], dtype=np.float64) * gbps, 3)
+    for name, code in codes.items():
+        sel = link == code
+        t, v = ns[sel], gb[sel]
+        last = np.append(t[1:] != t[:-1], True)          # the last sample of each nanosecond
+        t, v = t[last], v[last]
+        changed = np.insert(v[1:] != v[:-1], 0, True)
+        label = json.dumps(_link_label(name))
+        for tt, vv in zip(t[changed].tolist(), v[changed].tolist()):
+            out.add(tt, 0, f'{{"ph":"C","pid":0,"tid":0,"ts":{_us(tt)},"name":{label},"args":{{"GB/s":{vv!r}}}}}')
 
 
 class _Timeline:
@@ -179,14 +176,17 @@ class _Timeline:
         self.key = np.concatenate([a - b - 1, np.zeros(2 * len(flows), dtype=np.int64),
                                    np.array(t.order, dtype=np.int64)])
 
-    def lines(self):
-        """The event texts in timestamp order (ties: longer slices first, then as made)."""
+    def chunks(self):
+        """The event texts in timestamp order (ties: longer slices first, then as made), in lists
+        of up to CHUNK."""
         order = np.lexsort((self.key, self.ts))
         n_s, n_f = len(self.slices), len(self.flows)
         slices, flows, texts = self.slices, self.flows, self.texts.text
         names: dict[str, str] = {}
         for lo in range(0, len(order), CHUNK):
             idx = order[lo:lo + CHUNK]
+            chunk: list[str] = []
+            add = chunk.append
             for j, ts, key in zip(idx.tolist(), self.ts[idx].tolist(), self.key[idx].tolist()):
                 if j < n_s:
                     r = slices[j]
@@ -194,36 +194,38 @@ class _Timeline:
                     if jn is None:
                         jn = names[r[4]] = json.dumps(r[4]) + (',"cat":"stall"' if r[1] == "issue" or
                                                                r[4].startswith("wait ") else "")
-                    yield (f'{{"ph":"X","pid":{r[0] + 1},"tid":{TID[r[1]]},"ts":{ts / 1000!r},'
-                           f'"dur":{(-1 - key) / 1000!r},"name":{jn},"args":{{"pc":{r[6]}}}}}')
+                    add(f'{{"ph":"X","pid":{r[0] + 1},"tid":{TID[r[1]]},"ts":{ts / 1000!r},'
+                        f'"dur":{(-1 - key) / 1000!r},"name":{jn},"args":{{"pc":{r[6]}}}}}')
                 elif j < n_s + 2 * n_f:
                     i = j - n_s if j < n_s + n_f else j - n_s - n_f
                     r = flows[i]
                     name = '"barrier"' if r[3] == "issue" else '"token"'
                     if j < n_s + n_f:
-                        yield f'{{"ph":"s","id":{i},"pid":{r[2] + 1},"tid":{TID[r[3]]},"ts":{ts / 1000!r},"name":{name}}}'
+                        add(f'{{"ph":"s","id":{i},"pid":{r[2] + 1},"tid":{TID[r[3]]},"ts":{ts / 1000!r},'
+                            f'"name":{name}}}')
                     else:
-                        yield (f'{{"ph":"f","bp":"e","id":{i},"pid":{r[5] + 1},"tid":{TID[r[6]]},"ts":{ts / 1000!r},'
-                               f'"name":{name}}}')
+                        add(f'{{"ph":"f","bp":"e","id":{i},"pid":{r[5] + 1},"tid":{TID[r[6]]},'
+                            f'"ts":{ts / 1000!r},"name":{name}}}')
                 else:
-                    yield texts[j - n_s - 2 * n_f]
+                    add(texts[j - n_s - 2 * n_f])
+            yield chunk
 
 
-def _lines(res):
-    """The run's timeline as JSON event texts, metadata first, then sorted by timestamp."""
+def _chunks(res):
+    """The run's timeline as lists of JSON event texts, metadata first, then sorted by timestamp."""
     cfg = res.config
     mhz = cfg.chip.clock_mhz
     cpc = cfg.chip.cores_per_cluster
     tl = _Timeline(res, _Clock(mhz))
-    yield from _meta("process_name", 0, 0, f"chip ({cfg.name} @ {mhz:g} MHz)", 0)
-    yield from _meta("thread_name", 0, 0, "kernels", 0)
+    meta = _meta("process_name", 0, 0, f"chip ({cfg.name} @ {mhz:g} MHz)", 0) + _meta("thread_name", 0, 0, "kernels", 0)
     for cl in sorted(tl.clusters):
-        yield from _meta("thread_name", 0, LAYERS_TID + cl, f"layers, cluster {cl}", LAYERS_TID + cl)
+        meta += _meta("thread_name", 0, LAYERS_TID + cl, f"layers, cluster {cl}", LAYERS_TID + cl)
     for core in sorted(tl.cores):
-        yield from _meta("process_name", core + 1, 0, f"core {core} (cluster {core // cpc})", core + 1)
+        meta += _meta("process_name", core + 1, 0, f"core {core} (cluster {core // cpc})", core + 1)
         for unit, label in TRACKS:
-            yield from _meta("thread_name", core + 1, TID[unit], label, TID[unit])
-    yield from tl.lines()
+            meta += _meta("thread_name", core + 1, TID[unit], label, TID[unit])
+    yield meta
+    yield from tl.chunks()
 
 
 def _other(res) -> str:
@@ -242,8 +244,8 @@ def chrome_trace(res) -> dict:
     """The run's timeline as a Chrome trace dict ({"traceEvents": [...], ...}), parsed from the
     very text write_trace writes."""
     _check(res)
-    return json.loads('{"traceEvents":[' + ",".join(_lines(res)) + '],"displayTimeUnit":"ns","otherData":'
-                      + _other(res) + "}")
+    return json.loads('{"traceEvents":[' + ",".join(",".join(c) for c in _chunks(res) if c)
+                      + '],"displayTimeUnit":"ns","otherData":' + _other(res) + "}")
 
 
 def trace_path(path: str | Path, cores: int | None = None) -> Path:
@@ -268,16 +270,10 @@ def write_trace(res, path: str | Path) -> int:
         with (gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if gz else
               open(path, "w", encoding="utf-8")) as f:
             f.write('{"traceEvents":[\n')
-            chunk: list[str] = []
-            for line in _lines(res):
-                chunk.append(line)
-                if len(chunk) == CHUNK:
-                    f.write(("," if n else "") + ",\n".join(chunk))
+            for chunk in _chunks(res):
+                if chunk:
+                    f.write((",\n" if n else "") + ",\n".join(chunk))
                     n += len(chunk)
-                    chunk = []
-            if chunk:
-                f.write(("," if n else "") + ",\n".join(chunk))
-                n += len(chunk)
             f.write('\n],"displayTimeUnit":"ns","otherData":' + _other(res) + "}\n")
     except OSError as e:
         raise MlusimError(f"{path}: cannot write trace: {e.strerror}") from None

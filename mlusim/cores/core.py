@@ -272,7 +272,10 @@ class Core:
                         if trace is not None:
                             trace.append((self.id, qname, t0, env.now, f"wait {other} token", task.kernel.name, pc))
                     if trace is not None:
-                        got = (got or []) + [tq.sent.popleft()]
+                        if got is None:
+                            got = [tq.sent.popleft()]
+                        else:
+                            got.append(tq.sent.popleft())
             op = ins.op
             if qname == "cp":
                 unit = op.unit
