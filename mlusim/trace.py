@@ -97,8 +97,8 @@ class _Texts:
         self.text.append(text)
 
     def slice(self, pid: int, tid: int, a: int, b: int, name: str, cat: str, args: dict) -> None:
-        self.add(a, -1 - (b - a), f'{{"ph":"X","pid":{pid},"tid":{tid},"ts":{_us(a)},"dur":{_us(b - a)},'
-                                  f'"name":{json.dumps(name)},"cat":"{cat}","args":{json.dumps(args, separators=SEP)}}}')
+        self.add(a, -1 - (b - a), f'{{"ph":"X","pid":{pid},"tid":{tid},"ts":{_us(a)},"dur":{_us(b - a)},"name":'
+                                  f'{json.dumps(name)},"cat":"{cat}","args":{json.dumps(args, separators=SEP)}}}')
 
 
 def _kernel_events(res, clock: _Clock, out: _Texts) -> None:
@@ -125,7 +125,7 @@ def _layer_events(res, clock: _Clock, out: _Texts) -> set[int]:
                 slice_(cl, name, rec.start, rec.end, "layer", {"kernel": rec.name})
             continue
         for job, steps in jobs:
-            for cl in job.get("clusters", [0]):
+            for cl in job["clusters"]:
                 slice_(cl, f"job {job['job']}", job["start"], job["end"], "job", {"kernel": rec.name})
                 for name, t0, t1 in steps:
                     slice_(cl, name, t0, t1, "layer", {"kernel": rec.name, "job": job["job"]})
