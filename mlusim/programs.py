@@ -21,14 +21,16 @@ SPREAD = "spread: every layer over every core"
 class BuildOptions:
     """How a zoo or ONNX model is compiled. The defaults are the CLI's (`run` and `compile` share
     them): batch 1 (an ONNX model's own when fixed), the model's resolution, int8 per-channel
-    weights, operator fusion and cluster fusion on, weight seed 0."""
+    weights, operator fusion on, cluster fusion as the config says, weight seed 0."""
 
     batch: int | None = None          # None: 1 for a zoo model, an ONNX model's own batch if fixed
     resolution: int | None = None     # zoo models only; None: the model's
     dtype: str = "int8"
     per_channel: bool = True
     fuse: bool = True                 # operator fusion (conv + BN + activation + ...)
-    cluster_fusion: bool = True       # spans of layers in cluster SRAM where the cost model says it pays
+    # spans of layers in cluster SRAM where the cost model says it pays; None: the config's choice
+    # (the per-cluster schedule's `runtime.kernels`, on for spread programs)
+    cluster_fusion: bool | None = None
     seed: int = 0                     # zoo models' weight seed
     calibrate: str | None = None      # ONNX float models: calibration samples (.npy)
     # reuse a program compiled before from the same everything (mlusim/compile_cache.py); False:
@@ -79,7 +81,7 @@ def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions
 
     o = options or BuildOptions()
     kw = dict(config=cfg, tasks=cores, dtype=o.dtype, per_channel=o.per_channel, fuse=o.fuse,
-              cluster_fusion=o.cluster_fusion)
+              cluster_fusion=True if o.cluster_fusion is None else o.cluster_fusion)
     if Path(spec).suffix.lower() == ".onnx":
         if o.resolution is not None:
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
