@@ -3,8 +3,9 @@
 trace, its size, and how many slices partly overlap the slice before on their track (Chrome and
 Perfetto tracks must nest; a partial overlap draws wrongly).
 
-The untraced and traced runs alternate (`--repeat` pairs) and the best of each is kept, in wall
-and in CPU seconds (the steadier on a machine other jobs share).
+The untraced and traced runs alternate (`--repeat` pairs); the ratio is the median over the pairs
+of traced / untraced, in wall and in CPU seconds (on a machine other jobs share, a pair's two runs
+see about the same load, and CPU time is the steadier).
 Run: python bench/trace_cost.py [--zoo resnet50:16:16] [--repeat 2] [--out /tmp/trace.json.gz]
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")     # as the mlusim CLI runs 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 
 from mlusim.config import load_config  # noqa: E402
@@ -72,9 +74,11 @@ def main() -> None:
     events = load(args.out)["traceEvents"]
     print(f"{args.zoo}: {res.instructions:,} instructions, {len(res.trace):,} records")
     for i, clock in enumerate(("wall", "cpu")):
-        p, t = min(x[i] for x in plain), min(x[i] for x in traced)
-        print(f"{clock}: sim untraced {p:.2f} s, traced {t:.2f} s: x{t / p:.2f}; write {wt[i]:.2f} s; "
-              f"traced + write x{(t + wt[i]) / p:.2f}")
+        p, t = statistics.median(x[i] for x in plain), statistics.median(x[i] for x in traced)
+        sim = statistics.median(b[i] / a[i] for a, b in zip(plain, traced))
+        whole = statistics.median((b[i] + wt[i]) / a[i] for a, b in zip(plain, traced))
+        print(f"{clock}: sim untraced {p:.2f} s, traced {t:.2f} s (medians); traced / untraced x{sim:.2f}; "
+              f"write {wt[i]:.2f} s; traced + write x{whole:.2f}")
     print(f"{len(events):,} events, {size / 1e6:.1f} MB ({args.out}); {partial_overlaps(events):,} partial overlaps")
 
 

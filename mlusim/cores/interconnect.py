@@ -166,9 +166,9 @@ class Fabric:
                 link._since = None
         f.done.succeed()
 
-    def _rates(self) -> None:
+    def _rates(self) -> tuple[int, ...]:
         """Every flow's rate: fair_rates of the current mix, remembered per mix (a mix of the same
-        kinds in the same order always gets the same rates, bit for bit)."""
+        kinds in the same order always gets the same rates, bit for bit). Returns the mix."""
         flows = self.flows
         key = tuple([f.kind for f in flows])
         rates = self._memo.get(key)
@@ -180,16 +180,17 @@ class Fabric:
             self._memo[key] = rates
         for f, r in zip(flows, rates):
             f.rate = r
+        return key
 
     def _reschedule(self) -> None:
         flows = self.flows
         if not flows:
             if self.samples is not None:
-                self._sample()
+                self._sample(())
             return
-        self._rates()
+        key = self._rates()
         if self.samples is not None:
-            self._sample()
+            self._sample(key)
         now = self.env.now
         nxt = float("inf")
         for f in flows:
@@ -217,11 +218,11 @@ class Fabric:
                 self._finish(f)
         self._reschedule()
 
-    def _sample(self) -> None:
+    def _sample(self, key: tuple[int, ...]) -> None:
         """Record each link's aggregate rate right after a rate change (tracing only). A mix of
-        flow kinds always gets the same rates (_rates), so its per-link sums are remembered too."""
+        flow kinds (`key`) always gets the same rates (_rates), so its per-link sums are
+        remembered too."""
         flows = self.flows
-        key = tuple([f.kind for f in flows])
         use = self._use_memo.get(key)
         if use is None:
             use = {}
