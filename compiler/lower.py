@@ -155,17 +155,19 @@ def _lower_node_as(ctx, node, ins, y, x):
 
 
 def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None,
-          fusion: bool | FusionOptions = False) -> Program:
+          fusion: bool | FusionOptions = False, dram_share: float = 1.0, progress=None) -> Program:
     """The whole graph as one program, or only `nodes` (in graph order): then values produced
     outside the set are program inputs named after their producer, and the set's last node's
     value is the output (dequantized to float32 if it is the graph's output). `fusion` (True for
     the default FusionOptions) lets segments.plan_segments run spans of layers in cluster SRAM
-    (whole graphs only)."""
+    (whole graphs only). `dram_share`: the part of the chip's DRAM bandwidth the program gets (copies
+    of it running side by side on other clusters take the rest), which the tilers price traffic at.
+    `progress(phase, layers_done, layers_total)` as it goes."""
     opts = FusionOptions() if fusion is True else fusion or None
-    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g)
+    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g, dram_share=dram_share)
     subset = None if nodes is None else set(nodes)
     dev: dict[str, DevTensor] = {}
-    segments = plan_segments(g, cfg, ctx.tasks, opts) if opts and subset is None else []
+    segments = plan_segments(g, cfg, ctx.tasks, opts, progress) if opts and subset is None else []
     lay = layouts(g) if subset is not None or segments else {}
     starts = {s.start: s for s in segments}
     inside = {k for s in segments for k in range(s.start, s.end)}
@@ -173,8 +175,13 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
     last = chosen[-1].name if chosen else None
     sliced = elided_concats(g, inside) if subset is None else {}
     for k, node in enumerate(chosen):
+        if progress:
+            progress("lowering", k, len(chosen))
         if k in starts:
-            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts)
+            span = starts[k].end - starts[k].start
+            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts,
+                          (lambda f, k=k, span=span: progress("lowering", k + int(f * span), len(chosen)))
+                          if progress else None)
         if k in inside or node.op == "concat" and node.name in dev:
             continue
         ins = []
