@@ -131,8 +131,8 @@ def test_args_are_json_values(traced):
 
 
 def test_flow_events_are_paired_and_bound_to_slices(traced):
-    """Every arrow has one start and one end with the same id and name, each inside a slice on its
-    own track (the start in the sending slice, the end in the receiving one)."""
+    """Every arrow has one start and one end with the same id and name, each inside one slice on
+    its own track (the start in the sending slice, the end in the receiving one)."""
     _res, tr = traced
     by_track = tracks(tr)
     ends: dict = {"s": {}, "f": {}}
@@ -141,8 +141,10 @@ def test_flow_events_are_paired_and_bound_to_slices(traced):
             assert e["id"] not in ends[e["ph"]], e
             ends[e["ph"]][e["id"]] = e
             t = ns(e["ts"])
-            spans = by_track[(e["pid"], e["tid"])]
-            assert any(a <= t < b for a, b, _ in spans), e
+            holder = [x for a, b, x in by_track[(e["pid"], e["tid"])] if a <= t < b]
+            assert len(holder) == 1, (e, holder)
+            # a token joins instructions, a barrier arrow the barrier waits
+            assert (holder[0].get("cat") == "stall") == (e["name"] == "barrier"), (e, holder)
             if e["ph"] == "f":
                 assert e["bp"] == "e"
     assert ends["s"] and ends["s"].keys() == ends["f"].keys()

@@ -288,12 +288,10 @@ class Core:
                     block = self._cp_blocker(unit, touches)
                 self._start_compute(ins, a, cost, touches, pc, task)
                 if got:
-                    self._flows_in(got, env.now, unit)
+                    self.cp_rob[-1][8] = got       # arrows drawn when it completes
                 continue
             state[qname] = ("executes pc {} `{}`", pc, op.mnemonic)
             t0 = env.now
-            if got:
-                self._flows_in(got, t0, qname)
             if op.unit == "dma":
                 unit = qname
                 links, cap = self.route(cost.src, cost.dst)
@@ -318,6 +316,8 @@ class Core:
             chip.last_activity = now
             if trace is not None:
                 trace.append((self.id, unit, t0, now, op.mnemonic, task.kernel.name, pc))
+                if got:
+                    self._flows_in(got, now, unit)
             if chip.numerics:
                 op.execute(self, a)
             sig = a["sig"]
@@ -332,10 +332,11 @@ class Core:
                 w.succeed()
 
     def _flows_in(self, got: list, t: float, track: str) -> None:
-        """Tracing: arrows from the slices whose tokens the instruction starting now on `track` took."""
+        """Tracing: arrows from the slices whose tokens the instruction ending at `t` on `track`
+        took (bound by its end: a viewer ties an arrow to the slice open at the arrow's time)."""
         trace = self.chip.trace
         for t_out, track_out in got:
-            trace.append((FLOW, t_out, self.id, track_out, t, self.id, track, False))
+            trace.append((FLOW, t_out, self.id, track_out, t, self.id, track, True))
 
     # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
     def _cp_blocker(self, unit: str, touches):
@@ -352,7 +353,8 @@ class Core:
         program order, so tokens and drains behave exactly as for a strictly in-order queue."""
         env = self.env
         unit = ins.op.unit
-        rec = [unit, touches, pc, None, False, a, ins, 0.0]     # [7]: when it completed (tracing)
+        # tracing: [7] when it completed, [8] (end, track) of the slices whose tokens it took
+        rec = [unit, touches, pc, None, False, a, ins, 0.0, None]
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
         if env.now + cost > self.cp_busy_until:
@@ -373,6 +375,8 @@ class Core:
         if trace is not None:
             trace.append((self.id, unit, t0, env.now, op.mnemonic, task.kernel.name, pc))
             rec[7] = env.now
+            if rec[8]:
+                self._flows_in(rec[8], env.now, unit)
         if chip.numerics:
             op.execute(self, a)
         rec[4] = True
