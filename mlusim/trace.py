@@ -182,7 +182,7 @@ class _Timeline:
         order = np.lexsort((self.key, self.ts))
         n_s, n_f = len(self.slices), len(self.flows)
         slices, flows, texts = self.slices, self.flows, self.texts.text
-        names: dict[str, str] = {}
+        heads: dict[tuple, str] = {}     # (core, track, name) -> the start of its slices' text
         for lo in range(0, len(order), CHUNK):
             idx = order[lo:lo + CHUNK]
             chunk: list[str] = []
@@ -190,12 +190,12 @@ class _Timeline:
             for j, ts, key in zip(idx.tolist(), self.ts[idx].tolist(), self.key[idx].tolist()):
                 if j < n_s:
                     r = slices[j]
-                    jn = names.get(r[4])
-                    if jn is None:
-                        jn = names[r[4]] = json.dumps(r[4]) + (',"cat":"stall"' if r[1] == "issue" or
-                                                               r[4].startswith("wait ") else "")
-                    add(f'{{"ph":"X","pid":{r[0] + 1},"tid":{TID[r[1]]},"ts":{ts / 1000!r},'
-                        f'"dur":{(-1 - key) / 1000!r},"name":{jn},"args":{{"pc":{r[6]}}}}}')
+                    head = heads.get((r[0], r[1], r[4]))
+                    if head is None:
+                        head = heads[(r[0], r[1], r[4])] = (
+                            f'{{"ph":"X","pid":{r[0] + 1},"tid":{TID[r[1]]},"name":{json.dumps(r[4])}'
+                            + (',"cat":"stall"' if r[1] == "issue" or r[4].startswith("wait ") else ""))
+                    add(f'{head},"ts":{ts / 1000!r},"dur":{(-1 - key) / 1000!r},"args":{{"pc":{r[6]}}}}}')
                 elif j < n_s + 2 * n_f:
                     i = j - n_s if j < n_s + n_f else j - n_s - n_f
                     r = flows[i]
