@@ -91,6 +91,21 @@ def segment_steps(rec) -> dict[str, dict] | None:
     return steps or None
 
 
+def job_steps(rec) -> list[tuple[dict, list[tuple[str, float, float]]]]:
+    """A fused kernel's completed jobs, each with its steps in order as (layer name, start, end):
+    the pieces segment_steps adds up, for a timeline. Empty for other kernels."""
+    seg = SegmentMeta.from_dict(rec.meta.get("segment")) if isinstance(rec.meta, dict) else None
+    if seg is None or not seg.ends or not rec.jobs:
+        return []
+    names = step_names(seg, rec.name)
+    out = []
+    for job in rec.jobs:
+        marks = _marks(job, seg)
+        if marks is not None:
+            out.append((job, [(n, t0, t1) for n, (t0, _), (t1, _) in zip(names, marks, marks[1:])]))
+    return out
+
+
 def _figures(counts: dict, cycles: float, cores: int, ran: int, cfg) -> dict[str, Any]:
     """Utilisation, stall and traffic figures from a layer's counters over `cores` for `cycles`;
     `ran`: how many of those cores ran tasks of the kernel (the stall is a mean over them)."""

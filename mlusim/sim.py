@@ -14,7 +14,7 @@ from mlusim.cores.chip import Chip, host_bytes_estimate
 from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.errors import MlusimError, SimulationError
 from mlusim.program import Program
-from mlusim.trace import EVENT_HOST_BYTES, TraceLog
+from mlusim.cores.tracelog import EVENT_HOST_BYTES
 
 RECORD_HOST_BYTES = 1100      # one kernel's counters of one core in the run's records (measured ~1,040)
 
@@ -226,10 +226,10 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                  hint="or run with --timing-only" if not timing_only else "", cap=cap)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
-                max_instructions=max_instructions, trace=trace, max_seconds=max_seconds)
+                max_instructions=max_instructions, trace=trace, max_seconds=max_seconds,
+                # a trace is bounded by what the budget leaves after the run's own arrays
+                trace_limit=max(1, int(cap - need) // EVENT_HOST_BYTES))
     chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
-    if trace:     # bounded: what the budget leaves after the run's own arrays
-        chip.trace = chip.fabric.samples = TraceLog(max(1, int(cap - need) // EVENT_HOST_BYTES))
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     if not timing_only:
         from mlusim.mapped import copy_releasing

@@ -40,8 +40,8 @@ def register(sub) -> None:
                    "--per-layer also FILE_layers.csv")
     p.add_argument("--per-layer", action="store_true", help="a table of figures per layer (layers inside fused "
                    "kernels too), matched by layer name across core counts")
-    p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev); "
-                   "with several core counts one file per count, FILE.<N>cores.json")
+    p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev; "
+                   "FILE.json.gz: gzip); with several core counts one file per count, FILE.<N>cores.json")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="compile and simulation progress on stderr: a bar on a terminal, else a line every "
                         "$MLUSIM_PROGRESS_SECONDS (default 5) s of a long run (default: on)")
@@ -117,7 +117,7 @@ class RunOutput:
 
     def on_run(self, res, summary: dict) -> None:
         from mlusim.report import render
-        from mlusim.trace import write_trace
+        from mlusim.trace import trace_path, write_trace
 
         self.progress.stop()
         args = self.args
@@ -129,9 +129,7 @@ class RunOutput:
         if args.trace and res.trace is None:
             print("--trace: not written for the per-cluster schedule (use --schedule spread)")
         elif args.trace:
-            path = Path(args.trace)
-            if self.several:
-                path = path.with_name(f"{path.stem}.{res.cores}cores{path.suffix or '.json'}")
+            path = trace_path(args.trace, res.cores if self.several else None)
             nev = write_trace(res, path)
             print(f"wrote {path} ({nev:,} events; open in ui.perfetto.dev)")
 

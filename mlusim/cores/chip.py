@@ -21,6 +21,7 @@ from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
 from mlusim.cores.task import Barrier, TaskContext
+from mlusim.cores.tracelog import TraceLog
 from mlusim.errors import SimulationError
 from mlusim.isa.fields import DTYPES
 from mlusim.program import Kernel
@@ -40,7 +41,8 @@ WALL_CHECK_EVERY = 1 << 14     # instructions between looks at the clock (~0.1 s
 
 class Chip:
     def __init__(self, cfg, gdram_bytes: int, numerics: bool = True, max_instructions: int = 20_000_000,
-                 trace: bool = False, ncores: int | None = None, max_seconds: float | None = None):
+                 trace: bool = False, ncores: int | None = None, max_seconds: float | None = None,
+                 trace_limit: int = 1 << 62):
         self.cfg = cfg
         self.env = simpy.Environment()
         self.numerics = numerics
@@ -58,8 +60,10 @@ class Chip:
         self.instruction_limit = max_instructions
         self.max_seconds = max_seconds
         self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        self.max_instructions = max_instructions if max_seconds is None else min(max_instructions, WALL_CHECK_EVERY)
-        self.trace: list | None = [] if trace else None
+        # the wall clock and a trace's length are looked at every WALL_CHECK_EVERY instructions
+        self.max_instructions = max_instructions if max_seconds is None and not trace \
+            else min(max_instructions, WALL_CHECK_EVERY)
+        self.trace: TraceLog | None = TraceLog(trace_limit) if trace else None
         if trace:
             self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
         self.record: KernelRecord | None = None
@@ -116,13 +120,16 @@ class Chip:
 
     def over_budget(self, where: str) -> None:
         """`executed` passed `max_instructions`: the instruction budget is spent, or it is time to
-        look at the wall clock (every WALL_CHECK_EVERY instructions, off the per-instruction path)."""
+        look at the wall clock and the trace's length (every WALL_CHECK_EVERY instructions, off the
+        per-instruction path)."""
         if self.executed > self.instruction_limit:
             raise SimulationError(f"{where}: instruction budget of {self.instruction_limit:,} "
                                   f"executed instructions exhausted (a runaway loop? raise --max-instructions)")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise SimulationError(f"{where}: wall-clock budget of {self.max_seconds:g} s exhausted after "
                                   f"{self.executed:,} instructions (raise --max-seconds)")
+        if self.trace is not None:
+            self.trace.check()
         if self.progress is not None:       # inside a kernel: how far, by instructions issued
             done, total, start, expect = self.kernel_at
             self.progress(done + min(0.99, (self.executed - start) / expect), total, self.env.now)
@@ -202,7 +209,8 @@ class Chip:
                 j = nxt[0]
                 nxt[0] += 1
                 ctrs = [c.counters for cl in group for c in cl.cores]
-                job = {"job": j, "start": env.now, "end": None, "syncs": [], "all_syncs": [],
+                job = {"job": j, "clusters": [cl.id for cl in group], "start": env.now, "end": None,
+                       "syncs": [], "all_syncs": [],
                        "start_counts": snapshot(ctrs), "sync_counts": [], "all_sync_counts": []}
                 self.record.jobs.append(job)
                 cl_b = [Barrier(env, cpc, self.cfg.cluster.sync_cycles, f"sync.cluster of cluster {cl.id}",

@@ -20,6 +20,7 @@ from mlusim.cores.memory import Memory
 from mlusim.cores.queues import InstrQueue, TokenQueue
 from mlusim.cores.stats import QUEUES, CoreCounters
 from mlusim.cores.task import TaskContext
+from mlusim.cores.tracelog import FLOW
 from mlusim.errors import SimulationError
 
 
@@ -161,6 +162,7 @@ class Core:
         self.regs = [0] * 32
         for tq in self.tokens.values():   # each task starts with empty dependency queues
             tq.count = 0
+            tq.sent.clear()
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
         scalar_cost = self.cfg.core.startup_cycles.scalar
@@ -199,8 +201,7 @@ class Core:
                 yield iq.wait_space()
                 ctr.issue_stall += env.now - t0
                 if chip.trace is not None:
-                    chip.trace.append((self.id, "issue", t0, env.now - t0, f"{qname} queue full",
-                                       task.kernel.name, pc))
+                    chip.trace.append((self.id, "issue", t0, env.now, f"{qname} queue full", task.kernel.name, pc))
             self.inflight += 1
             iq.put((ins, a, cost, touches, pc, task))
             pc += 1
@@ -225,12 +226,18 @@ class Core:
         if barrier is None:
             raise SimulationError(f"{self.where(pc, ins)}: sync.cluster is illegal in a BLOCK kernel")
         t0 = self.env.now
+        waiting = [c for c, _ in barrier.arrived] if self.chip.trace is not None else ()  # whom I may release
         ev = barrier.arrive(self.id, pc)
         self.state["issue"] = f"waits at {barrier.describe()} (pc {pc})"
         yield ev
-        self.counters.sync_wait += self.env.now - t0
-        if self.chip.trace is not None:
-            self.chip.trace.append((self.id, "issue", t0, self.env.now - t0, mnemonic, self.task.kernel.name, pc))
+        now = self.env.now
+        self.counters.sync_wait += now - t0
+        trace = self.chip.trace
+        if trace is not None:
+            trace.append((self.id, "issue", t0, now, mnemonic, self.task.kernel.name, pc))
+            if len(waiting) + 1 == barrier.parties:      # the last to arrive released the others
+                for c in waiting:
+                    trace.append((FLOW, now, self.id, "issue", now, c, "issue", True))
 
     # ---- the three units -----------------------------------------------------------------------
     def _unit(self, qname: str):
@@ -247,6 +254,8 @@ class Core:
                 yield iq.wait_item()
             ins, a, cost, touches, pc, task = iq.pop()
             ctr = self.counters
+            trace = chip.trace
+            got = None          # tracing: (end, track) of the slices whose tokens this one takes
             wait = a["wait"]
             if wait:
                 for other, tq in waits[wait]:
@@ -260,9 +269,13 @@ class Core:
                         ctr.token_stall[qname] += env.now - t0
                         if qname == "cp":     # starved: neither compute unit still running
                             ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
-                        if chip.trace is not None:
-                            chip.trace.append((self.id, qname if ins.op.unit == "dma" else ins.op.unit, t0,
-                                               env.now - t0, f"wait {other} token", task.kernel.name, pc))
+                        if trace is not None:
+                            trace.append((self.id, qname, t0, env.now, f"wait {other} token", task.kernel.name, pc))
+                    if trace is not None:
+                        if got is None:
+                            got = [tq.sent.popleft()]
+                        else:
+                            got.append(tq.sent.popleft())
             op = ins.op
             if qname == "cp":
                 unit = op.unit
@@ -274,6 +287,8 @@ class Core:
                     yield block[3]
                     block = self._cp_blocker(unit, touches)
                 self._start_compute(ins, a, cost, touches, pc, task)
+                if got:
+                    self.cp_rob[-1][8] = got       # arrows drawn when it completes
                 continue
             state[qname] = ("executes pc {} `{}`", pc, op.mnemonic)
             t0 = env.now
@@ -299,18 +314,29 @@ class Core:
             now = env.now
             ctr.busy[unit] += now - t0
             chip.last_activity = now
-            if chip.trace is not None:
-                chip.trace.append((self.id, unit, t0, now - t0, op.mnemonic, task.kernel.name, pc))
+            if trace is not None:
+                trace.append((self.id, unit, t0, now, op.mnemonic, task.kernel.name, pc))
+                if got:
+                    self._flows_in(got, now, unit)
             if chip.numerics:
                 op.execute(self, a)
             sig = a["sig"]
             if sig:
                 for tq in sigs[sig]:
                     tq.push()
+                    if trace is not None:
+                        tq.sent.append((now, unit))
             self.inflight -= 1
             if not self.inflight and self.drain_waiter is not None:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
+
+    def _flows_in(self, got: list, t: float, track: str) -> None:
+        """Tracing: arrows from the slices whose tokens the instruction ending at `t` on `track`
+        took (bound by its end: a viewer ties an arrow to the slice open at the arrow's time)."""
+        trace = self.chip.trace
+        for t_out, track_out in got:
+            trace.append((FLOW, t_out, self.id, track_out, t, self.id, track, True))
 
     # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
     def _cp_blocker(self, unit: str, touches):
@@ -327,7 +353,8 @@ class Core:
         program order, so tokens and drains behave exactly as for a strictly in-order queue."""
         env = self.env
         unit = ins.op.unit
-        rec = [unit, touches, pc, None, False, a, ins]
+        # tracing: [7] when it completed, [8] (end, track) of the slices whose tokens it took
+        rec = [unit, touches, pc, None, False, a, ins, 0.0, None]
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
         if env.now + cost > self.cp_busy_until:
@@ -344,8 +371,12 @@ class Core:
             chip.account_mac(self, a, op, cost)
         self.counters.busy[unit] += cost
         chip.last_activity = env.now
-        if chip.trace is not None:
-            chip.trace.append((self.id, unit, t0, env.now - t0, op.mnemonic, task.kernel.name, pc))
+        trace = chip.trace
+        if trace is not None:
+            trace.append((self.id, unit, t0, env.now, op.mnemonic, task.kernel.name, pc))
+            rec[7] = env.now
+            if rec[8]:
+                self._flows_in(rec[8], env.now, unit)
         if chip.numerics:
             op.execute(self, a)
         rec[4] = True
@@ -359,7 +390,10 @@ class Core:
             if sig:
                 for other in QUEUES:
                     if sig >> QIDX[other] & 1:
-                        self.tokens[("cp", other)].push()
+                        tq = self.tokens[("cp", other)]
+                        tq.push()
+                        if trace is not None:
+                            tq.sent.append((done[7], done[0]))
             self.inflight -= 1
         if not self.inflight and self.drain_waiter is not None:
             w, self.drain_waiter = self.drain_waiter, None

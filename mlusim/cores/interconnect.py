@@ -114,6 +114,7 @@ class Fabric:
         self._kinds: dict[tuple, int] = {}           # (links, cap) -> kind number
         self._kind_list: list[tuple] = []
         self._memo: dict[tuple[int, ...], list[float]] = {}
+        self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
 
     def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf"),
                  label: str = "") -> simpy.Event:
@@ -165,9 +166,9 @@ class Fabric:
                 link._since = None
         f.done.succeed()
 
-    def _rates(self) -> None:
+    def _rates(self) -> tuple[int, ...]:
         """Every flow's rate: fair_rates of the current mix, remembered per mix (a mix of the same
-        kinds in the same order always gets the same rates, bit for bit)."""
+        kinds in the same order always gets the same rates, bit for bit). Returns the mix."""
         flows = self.flows
         key = tuple([f.kind for f in flows])
         rates = self._memo.get(key)
@@ -179,16 +180,17 @@ class Fabric:
             self._memo[key] = rates
         for f, r in zip(flows, rates):
             f.rate = r
+        return key
 
     def _reschedule(self) -> None:
         flows = self.flows
         if not flows:
             if self.samples is not None:
-                self._sample()
+                self._sample(())
             return
-        self._rates()
+        key = self._rates()
         if self.samples is not None:
-            self._sample()
+            self._sample(key)
         now = self.env.now
         nxt = float("inf")
         for f in flows:
@@ -216,15 +218,28 @@ class Fabric:
                 self._finish(f)
         self._reschedule()
 
-    def _sample(self) -> None:
-        """Record each link's aggregate rate right after a rate change (tracing only)."""
-        use: dict[str, float] = {}
-        for f in self.flows:
-            for link in f.links:
-                use[link.name] = use.get(link.name, 0.0) + f.rate
+    def _sample(self, key: tuple[int, ...]) -> None:
+        """Record each link's aggregate rate right after a rate change (tracing only). A mix of
+        flow kinds (`key`) always gets the same rates (_rates), so its per-link sums are
+        remembered too."""
+        flows = self.flows
+        use = self._use_memo.get(key)
+        if use is None:
+            use = {}
+            for f in flows:
+                for link in f.links:
+                    use[link.name] = use.get(link.name, 0.0) + f.rate
+            if len(self._use_memo) >= RATES_MEMO:
+                self._use_memo.clear()
+            self._use_memo[key] = use
+        old = self._in_use
+        if use == old:
+            return
         now = self.env.now
-        for name in sorted(use.keys() | self._in_use.keys()):
-            rate = use.get(name, 0.0)
-            if self._in_use.get(name, 0.0) != rate:
+        for name, rate in use.items():
+            if old.get(name, 0.0) != rate:
                 self.samples.append((None, name, now, 0.0, rate, "", -1))
+        for name, rate in old.items():
+            if name not in use and rate:
+                self.samples.append((None, name, now, 0.0, 0.0, "", -1))
         self._in_use = use

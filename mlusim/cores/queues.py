@@ -13,13 +13,15 @@ import simpy
 class TokenQueue:
     """Dependency tokens from one unit queue to another (TVM VTA's dependence queues)."""
 
-    __slots__ = ("env", "count", "waiter", "name")
+    __slots__ = ("env", "count", "waiter", "name", "sent")
 
     def __init__(self, env: simpy.Environment, name: str):
         self.env = env
         self.count = 0
         self.waiter: simpy.Event | None = None
         self.name = name
+        # tracing only: (end, track) of each token's sender, oldest first, for the trace's arrows
+        self.sent: deque = deque()
 
     def push(self) -> None:
         if self.waiter is not None:
