@@ -224,7 +224,8 @@ class SegmentEmitter:
         xs = DevTensor("", sp.addrs[base_value(self.g, gath.inputs[0])], (sp.group,) + tuple(x.shape[1:]), x.dtype,
                        None, "sram")
         try:
-            meta = self.gathered_fc(Group(self.job_ctx(dry=True), 0, None, {}, self.base, True, True, {}, Run({})), gath, xs)
+            dry = Group(self.job_ctx(dry=True), 0, None, {}, self.base, True, True, {}, Run({}))
+            meta = self.gathered_fc(dry, gath, xs)
         except CompileError:
             sp.gathered, meta = None, {}
             if not sp.steps_of:

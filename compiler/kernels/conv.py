@@ -367,7 +367,9 @@ def _streams(ctx, geo, plan, q, units, runs, x, y, res, consts: ConvConsts, resi
 
 def _placed(t) -> tuple | None:
     """A tensor as a StreamMemo key sees it: its GDRAM address is relocatable, an SRAM one is not."""
-    return None if t is None else (t.space, None if t.space == "gdram" else t.addr, tuple(t.shape), t.dtype, t.flat_from)
+    if t is None:
+        return None
+    return t.space, None if t.space == "gdram" else t.addr, tuple(t.shape), t.dtype, t.flat_from
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, raw=None, ch0: int = 0):
