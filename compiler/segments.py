@@ -270,7 +270,7 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions()) -> 
                     all(n.op != "input" or k == 0 for k, n in enumerate(span)):
                 for gr in groups:
                     for stage in ((True, False) if span[0].op != "input" else (False,)):
-                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
+                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache)
                         if plan is not None:
                             cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
                             choices.append((cost, Segment(a, b, gr, stage)))
@@ -279,7 +279,8 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions()) -> 
                 for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
                     for gr in groups:
                         plan = next(((stage, p) for stage in (True, False)
-                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True))), None)
+                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True,
+                                                        memo=cache))), None)
                         if plan is not None:
                             cost = wide_cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache, opts)
                             choices.append((cost, Segment(a, b, gr, plan[0], n)))
