@@ -79,7 +79,7 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
                   warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = True,
                   absmax: dict[str, float] | list[float] | None = None, data_scale: float = 1.0,
-                  host_ops: bool = False) -> Compiled:
+                  host_ops: bool = False, dram_share: float = 1.0, progress=None) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
     model says it pays (True, the default of every entry: CLI, API, shim; or a FusionOptions
     choosing the features); the program then needs whole clusters (`tasks` a multiple of their size).
@@ -88,7 +88,9 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     node name, or a list with one value per node of the prepared graph (prepare_graph), in order.
     data_scale: Cambricon's qconfig key (quant.quantize says what it scales).
     host_ops: a graph with host (`cpu`) nodes is quantized but not lowered as a whole
-    (Compiled.program is None): the torch shim runs such graphs node by node."""
+    (Compiled.program is None): the torch shim runs such graphs node by node.
+    dram_share: the part of the DRAM bandwidth the program will have (compiler/lower.py).
+    progress: `progress(phase, layers_done, layers_total)` while calibrating and lowering."""
     from mlusim.config import HardwareConfig, load_config
 
     from mlusim import budget
@@ -104,12 +106,13 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
         notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
                      f"random inputs uniform in [0, 1), which may not resemble real data")
     if absmax is None:
-        absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg) if todo else {}
+        absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg, progress=progress) \
+            if todo else {}
     absmax = _given_absmax(g, absmax)
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed, data_scale=data_scale)
     if host_ops and any(n.op == "cpu" for n in g.nodes):
         return Compiled(None, g, absmax, time.perf_counter() - t0, notes)
-    prog = lower(g, cfg, tasks, fusion=cluster_fusion)
+    prog = lower(g, cfg, tasks, fusion=cluster_fusion, dram_share=dram_share, progress=progress)
     _describe(prog, g, cfg, dtype, per_channel, tasks)
     return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
 

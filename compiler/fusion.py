@@ -123,9 +123,10 @@ class Group:
         return self.tasks is not None
 
 
-def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit, opts: FusionOptions) -> None:
+def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit, opts: FusionOptions, on_job=None) -> None:
     """Emit `seg` as one UNION1 kernel (UNIONn when wide); `dev` gains the GDRAM tensors of its escaping
-    values. `emit(ctx, node, ins, y, x)` is lower._lower_node."""
+    values. `emit(ctx, node, ins, y, x)` is lower._lower_node. `on_job(fraction)` after each job's
+    code (a compile's progress: a big segment takes seconds)."""
     sp = place_segment(ctx.graph, ctx.cfg, ctx.tasks, seg, lay, opts)
     em = SegmentEmitter(ctx, sp, dev, lay, emit, opts)
     em.plan_wram()
@@ -139,6 +140,8 @@ def lower_segment(ctx, seg: Segment, dev: dict, lay: dict, emit, opts: FusionOpt
                 layers = [f"{n.name}: {m.get('tiling', m.get('unit', ''))}".rstrip(": ") for n, m in metas[-1]]
                 ends = step_ends(tasks[0], run.ends)
             macs += sum(m.get("macs", 0) for ms in metas for _n, m in ms)
+            if on_job is not None:
+                on_job((j * sp.per_job + cl + 1) / (sp.jobs * sp.per_job))
     em.finish_dev()
     ctx.kernels.append(em.kernel(streams, layers, macs, ends))
 

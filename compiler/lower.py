@@ -8,6 +8,7 @@ weight columns permuted from torch's NCHW order at compile time instead.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,31 +116,75 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: D
     return y
 
 
+def elided_concats(g: Graph, skip: set[int]) -> dict[str, tuple[Node, int]]:
+    """Concats whose every input is a conv written only for it: each such conv stores straight
+    into its channel slice of the concat's tensor (conv -> (concat, channel offset)) and the concat
+    costs nothing, as vendor runtimes place branch outputs (SqueezeNet's fire expands, a
+    channel-strided store within the open DRAM page). `skip`: node indices inside fused segments."""
+    idx = {n.name: k for k, n in enumerate(g.nodes)}
+    s2d = space_to_depth(g)
+    out: dict[str, tuple[Node, int]] = {}
+    for k, c in enumerate(g.nodes):
+        if c.op != "concat" or k in skip or len(set(c.inputs)) != len(c.inputs):
+            continue
+        convs = [g.node(i) for i in c.inputs]
+        if not all(n.op == "conv2d" and idx[n.name] not in skip and "out_slice" not in n.attrs
+                   and n.name not in g.outputs and (not s2d or n.name != s2d["conv"])
+                   and [u.name for u in g.consumers(n.name)] == [c.name]
+                   and n.q.get("dtype") == c.q.get("dtype") for n in convs):
+            continue
+        at = 0
+        for n in convs:
+            out[n.name] = (c, at)
+            at += n.shape[1]
+    return out
+
+
+def _lower_sliced(ctx, node: Node, concat: Node, at: int, ins: list[DevTensor], dev: dict) -> DevTensor:
+    """A conv of an elided concat: its output is channels [at, at + co) of the concat's tensor
+    (placed by the first of its convs)."""
+    if concat.name not in dev:
+        shape, dt, _ = device_layout(concat, [], None)
+        dev[concat.name] = ctx.activation(concat, shape, dt)
+    y = dev[concat.name]
+    sliced = dataclasses.replace(node, attrs=dict(node.attrs, out_slice=(at, y.shape[3])))
+    kconv.lower_conv(ctx, sliced, ins[0], y, ins[1] if node.attrs.get("residual") else None)
+    return y
+
+
 def _lower_node_as(ctx, node, ins, y, x):
     return _lower_node(ctx, node, ins, "scratch", y=y, x=x)
 
 
 def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = None,
-          fusion: bool | FusionOptions = False) -> Program:
+          fusion: bool | FusionOptions = False, dram_share: float = 1.0, progress=None) -> Program:
     """The whole graph as one program, or only `nodes` (in graph order): then values produced
     outside the set are program inputs named after their producer, and the set's last node's
     value is the output (dequantized to float32 if it is the graph's output). `fusion` (True for
     the default FusionOptions) lets segments.plan_segments run spans of layers in cluster SRAM
-    (whole graphs only)."""
+    (whole graphs only). `dram_share`: the part of the chip's DRAM bandwidth the program gets (copies
+    of it running side by side on other clusters take the rest), which the tilers price traffic at.
+    `progress(phase, layers_done, layers_total)` as it goes."""
     opts = FusionOptions() if fusion is True else fusion or None
-    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g)
+    ctx = LowerCtx(cfg=cfg, tasks=tasks or cfg.chip.cores, graph=g, dram_share=dram_share)
     subset = None if nodes is None else set(nodes)
     dev: dict[str, DevTensor] = {}
-    segments = plan_segments(g, cfg, ctx.tasks, opts) if opts and subset is None else []
+    segments = plan_segments(g, cfg, ctx.tasks, opts, progress) if opts and subset is None else []
     lay = layouts(g) if subset is not None or segments else {}
     starts = {s.start: s for s in segments}
     inside = {k for s in segments for k in range(s.start, s.end)}
     chosen = [n for n in g.nodes if subset is None or n.name in subset]
     last = chosen[-1].name if chosen else None
+    sliced = elided_concats(g, inside) if subset is None else {}
     for k, node in enumerate(chosen):
+        if progress:
+            progress("lowering", k, len(chosen))
         if k in starts:
-            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts)
-        if k in inside:
+            span = starts[k].end - starts[k].start
+            lower_segment(ctx, starts[k], dev, lay, _lower_node_as, opts,
+                          (lambda f, k=k, span=span: progress("lowering", k + int(f * span), len(chosen)))
+                          if progress else None)
+        if k in inside or node.op == "concat" and node.name in dev:
             continue
         ins = []
         for i in node.inputs:
@@ -151,6 +196,9 @@ def lower(g: Graph, cfg, tasks: int | None = None, nodes: list[str] | None = Non
         final = node.name == g.output
         role = "output" if (subset is not None and node.name == last and not final) or \
             (final and node.op in ("softmax", "log_softmax")) else "scratch"
+        if node.name in sliced:
+            dev[node.name] = _lower_sliced(ctx, node, *sliced[node.name], ins, dev)
+            continue
         dev[node.name] = _lower_node(ctx, node, ins, role)
     if subset is None or last == g.output:
         # a one-node program (the shim's layer-by-layer mode) ending at the first output makes only it

@@ -57,13 +57,17 @@ def cambricon_form(s: float) -> dict[str, Any]:
     return {"position": pos, "cambricon_scale": 2.0**pos / s if s > 0 else 1.0}
 
 
-def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False) -> dict[str, float]:
-    """Absolute maximum of every node's output over the samples (min/max method)."""
+def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False, progress=None) -> dict[str, float]:
+    """Absolute maximum of every node's output over the samples (min/max method);
+    `progress("calibrating", layers_done, layers_total)` as the float reference runs."""
     from mlusim.compiler.reference import run_float
 
     per: dict[str, list[float]] = {}
-    for x in samples:
-        for name, v in run_float(g, x).items():
+    total = len(g.nodes) * len(samples)
+    for s, x in enumerate(samples):
+        def step(k: int, base: int = s * len(g.nodes)) -> None:
+            progress("calibrating", base + k, total)
+        for name, v in run_float(g, x, step if progress else None).items():
             per.setdefault(name, []).append(float(np.max(np.abs(v))) if v.size else 0.0)
     return {k: (float(np.mean(v)) if use_avg else max(v)) for k, v in per.items()}
 

@@ -107,10 +107,11 @@ def _linear_f(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return y + b
 
 
-def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every node's float32 output (fused activations and pools applied)."""
+def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
+    """Every node's float32 output (fused activations and pools applied); `on_node(k)` after the
+    k-th node (a compile's progress: calibration is its longest phase)."""
     v: dict[str, np.ndarray] = {}
-    for n in g.nodes:
+    for k, n in enumerate(g.nodes):
         a = [v[i] for i in n.inputs]
         op = n.op
         if op == "input":
@@ -166,6 +167,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         else:  # pragma: no cover - infer_shapes rejects unknown ops first
             raise NotImplementedError(op)
         v[n.name] = np.asarray(y, dtype=np.float32)
+        if on_node is not None:
+            on_node(k + 1)
     return v
 
 

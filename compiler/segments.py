@@ -241,9 +241,10 @@ def _cut_points(g) -> list[int]:
     return cuts
 
 
-def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions()) -> list[Segment]:
+def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions(), progress=None) -> list[Segment]:
     """The fused segments (possibly none) that minimise the estimated time of the whole graph
-    (or `opts.segments`, when the caller fixes them)."""
+    (or `opts.segments`, when the caller fixes them). `progress("planning fusion", layers, total)`
+    as the search passes each cut point (it is a long phase of a big network's compile)."""
     if opts.segments is not None:
         return list(opts.segments)
     cpc = cfg.chip.cores_per_cluster
@@ -259,6 +260,8 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions()) -> 
     groups = [d for d in range(1, batch + 1) if batch % d == 0]
     best: dict[int, tuple[float, list[Segment]]] = {0: (0.0, [])}
     for bi, b in enumerate(cuts[1:], 1):
+        if progress:
+            progress("planning fusion", cuts[bi - 1], len(nodes))
         cand = None
         for a in cuts[:bi]:
             if a not in best:

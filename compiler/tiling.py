@@ -13,13 +13,15 @@ from math import ceil
 DOUBLE = 2     # ping-pong buffers for anything loaded or stored per tile
 
 
-def dma_cycles(cfg, nbytes: int, segments: int = 1, space: str = "gdram", rate: float | None = None) -> float:
+def dma_cycles(cfg, nbytes: int, segments: int = 1, space: str = "gdram", rate: float | None = None,
+               gap: int | None = None) -> float:
     """One DMA between NRAM/WRAM and `space` (gdram or the cluster's sram), as the engine prices it
-    without contention, or at `rate` bytes per cycle when the caller knows its share."""
+    without contention, or at `rate` bytes per cycle when the caller knows its share; `gap`: bytes
+    from one GDRAM segment's end to the next one's start, when known (HardwareConfig.segment_cycles)."""
     d = cfg.dma
     if space == "sram":
         return d.startup_cycles + (segments - 1) * d.move_segment_cycles + nbytes / (rate or d.sram_bandwidth_bytes_per_cycle)
-    fixed = d.startup_cycles + (segments - 1) * d.segment_cycles + cfg.dram.latency_cycles
+    fixed = d.startup_cycles + (segments - 1) * cfg.segment_cycles(gap) + cfg.dram.latency_cycles
     return fixed + nbytes / (rate or d.core_bandwidth_bytes_per_cycle)
 
 

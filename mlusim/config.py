@@ -115,6 +115,10 @@ class DramConfig:
                                 maximum=MAX_CYCLES)
     # At most 1 KiB: the DMA cost model tabulates offsets modulo the granule, granule^2 entries.
     access_bytes: int = spec("bytes", "access granularity; segments are rounded out to it", maximum=1024)
+    # 0 (the default, for configs that predate it): every segment of a strided DMA is a new page.
+    page_bytes: int = spec("bytes", "DRAM page (open row) span: a strided DMA's next segment starting less "
+                           "than this past the previous one's end needs no new row", positive=False,
+                           maximum=1 << 20, default=0)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class DmaConfig:
 
 SCHEDULES = ("per-cluster", "spread")
 KERNELS = ("per-layer", "fused")
+LINEAR_DTYPES = ("int8", "int16")
 
 
 @dataclass
@@ -149,6 +154,10 @@ class RuntimeConfig:
         "(the vendor runtime: each layer, with its bias, activation and shortcut fused in, a kernel of its own "
         "whose input and output cross DRAM) or 'fused' (mlusim's cluster fusion: spans of layers kept in "
         "cluster SRAM, compiler/fusion.py)"})
+    linear_dtype: str = field(default="int8", metadata={
+        "unit": "name", "maxlen": 8, "doc": "the per-cluster schedule's fully connected (linear) layers: 'int8' "
+        "like the convs, or 'int16': 16-bit weights and MACs, mlusim's stand-in for the vendor runtime's fp16 "
+        "fully connected layers (the same 2-byte weights and half-rate MAC; mlusim has no fp16 MAC path)"})
 
 
 MAX_PJ = 1e6        # one event costing a microjoule is a unit slip (nJ or J for pJ)
@@ -207,6 +216,15 @@ class HardwareConfig:
     @property
     def clock_hz(self) -> float:
         return self.chip.clock_mhz * 1e6
+
+    def segment_cycles(self, gap: int | None) -> int:
+        """Descriptor cost of one extra segment of a strided DMA whose GDRAM side jumps `gap` bytes
+        from one segment's end to the next one's start (None: unknown, priced as a new page). A
+        jump inside the open DRAM page costs what an on-chip segment does; a jump past it opens a
+        row (`dma.segment_cycles`)."""
+        if gap is not None and abs(gap) < self.dram.page_bytes:
+            return self.dma.move_segment_cycles
+        return self.dma.segment_cycles
 
     @property
     def dram_bytes_per_cycle(self) -> float:
@@ -364,6 +382,9 @@ def _validate(cfg: HardwareConfig, origin: str) -> None:
                           f"core.mac_co_lanes={k.mac_co_lanes} and at most core.mac_int8_per_cycle")
     if cfg.runtime.schedule not in SCHEDULES:
         raise ConfigError(f"{origin}: runtime.schedule={cfg.runtime.schedule!r} must be one of {', '.join(SCHEDULES)}")
+    if cfg.runtime.linear_dtype not in LINEAR_DTYPES:
+        raise ConfigError(f"{origin}: runtime.linear_dtype={cfg.runtime.linear_dtype!r} must be one of "
+                          f"{', '.join(LINEAR_DTYPES)}")
     if cfg.runtime.kernels not in KERNELS:
         raise ConfigError(f"{origin}: runtime.kernels={cfg.runtime.kernels!r} must be one of {', '.join(KERNELS)}")
     if cfg.dram.access_bytes & (cfg.dram.access_bytes - 1):

@@ -6,11 +6,13 @@ unit, DRAM, cluster SRAM, NRAM and WRAM together, DMA instructions, and static p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlusim import plot
 from mlusim.errors import MlusimError
 from mlusim.metacheck import MAX_COUNT, check_fields, number
+from mlusim.plot_style import HATCHES, save, style, title as style_title
 
 PARTS = (("MAC", ("mac",)), ("vector", ("vector",)), ("DRAM", ("dram",)), ("SRAM", ("sram",)),
          ("NRAM/WRAM", ("nram", "wram")), ("DMA", ("dma",)), ("static", ("static",)))
@@ -40,7 +42,8 @@ def bars_of(data: dict, where: str) -> list[tuple[str, list[str], list[list[floa
                 if isinstance(k, dict)]
         rows.sort(key=lambda r: -sum(r[1]))
         shown = rows[:MAX_BARS]
-        run = (f"{str(data.get('config', '?'))[:60]}, {str(data.get('cores', '?'))[:12]} cores", ["whole run"],
+        cores = data.get("cores", "?")
+        run = (f"{str(data.get('config', '?'))[:60]}, {str(cores)[:12]} core{'' if cores == 1 else 's'}", ["whole run"],
                [_parts(data, where)])
         if not shown:
             return [run]
@@ -58,28 +61,35 @@ def bars_of(data: dict, where: str) -> list[tuple[str, list[str], list[list[floa
                       f"{str(kind)[:40]!r}")
 
 
-def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "report") -> list[Path]:
+def energy_figure(data: dict, title: str = "", where: str = "report"):
     """Horizontal stacked bars of joules by part, each panel on its own scale; each bar's total
-    labelled."""
+    labelled; parts told apart by hatching as well as colour."""
     panels = bars_of(data, where)
-    plt = plot.pyplot()
-    heights = [len(labels) + 1.5 for _, labels, _ in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 0.9 + 0.3 * sum(heights)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, (heading, labels, values) in zip(axes[:, 0], panels):
-        _stack(ax, labels, values, cmap)
-        ax.set_title(heading, fontsize=8, loc="left")
     head = ""
     if data.get("kind") == "run":
         check_fields(data, {"energy_j": number(0, MAX_COUNT), "power_w": number(0, MAX_COUNT)}, where, MlusimError,
                      "report", ("energy_j", "power_w"))
-        head = f": {data['energy_j'] * 1e3:.4g} mJ, average {data['power_w']:.1f} W"
-    fig.suptitle(title or f"energy by part{head}", fontsize=9)
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=7, ncol=len(PARTS), loc="lower center", frameon=False)
-    fig.tight_layout(rect=(0, 0.45 / (0.9 + 0.3 * sum(heights)), 1, 1))
-    return plot.save(fig, prefix)
+        head = f"\n{data['energy_j'] * 1e3:.4g} mJ, average {data['power_w']:.1f} W"
+    heights = [len(labels) + 1.5 for _, labels, _ in panels]
+    tall = 1.3 + 0.32 * sum(heights)
+    with style() as plt:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, tall), gridspec_kw={"height_ratios": heights},
+                                 squeeze=False)
+        cmap = plt.get_cmap("tab10")
+        for ax, (heading, labels, values) in zip(axes[:, 0], panels):
+            _stack(ax, labels, values, cmap)
+            ax.set_title(heading, loc="left")
+        fig.suptitle(title or style_title("Energy by part", plot.subject_of_report(data)) + head)
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, ncol=len(PARTS), loc="lower center", frameon=False, handlelength=2.4)
+        fig.tight_layout(rect=(0, 0.5 / tall, 1, 1))
+    return fig
+
+
+def plot_energy(data: dict, prefix: str | Path, title: str = "", where: str = "report",
+                formats: Sequence[str] | None = None) -> list[Path]:
+    """Write the energy figure (see `energy_figure`) as PNG, SVG and PDF (or `formats`)."""
+    return save(energy_figure(data, title, where), prefix, formats)
 
 
 def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:
@@ -88,14 +98,14 @@ def _stack(ax, labels: list[str], values: list[list[float]], cmap) -> None:
     left = [0.0] * len(labels)
     for j, (name, _) in enumerate(PARTS):
         widths = [v[j] / scale for v in values]
-        ax.barh(ys, widths, left=left, color=cmap(j), label=name, height=0.7)
+        ax.barh(ys, widths, left=left, color=cmap(j), label=name, height=0.7, hatch=HATCHES[j % len(HATCHES)],
+                edgecolor="white", linewidth=0.3)
         left = [a + b for a, b in zip(left, widths)]
     for y, total in zip(ys, left):
-        ax.annotate(f"{total:.3g} {unit}", (total, y), textcoords="offset points", xytext=(3, -3), fontsize=6)
-    ax.set_yticks(ys, labels, fontsize=7)
-    ax.set_xlim(0, max(left) * 1.12 or 1.0)
-    ax.set_xlabel(f"energy ({unit})", fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
+        ax.annotate(f"{total:.3g} {unit}", (total, y), textcoords="offset points", xytext=(3, 0), va="center")
+    ax.set_yticks(ys, labels)
+    ax.set_xlim(0, max(left) * 1.15 or 1.0)
+    ax.set_xlabel(f"energy ({unit})")
     ax.grid(True, axis="x", alpha=0.3)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlusim.errors import MlusimError, SimulationError
+from mlusim.frames import Rows, all_columns
 from mlusim.programs import (  # noqa: F401  (re-exported)
     BuildOptions,
     compiles_on_the_fly,
@@ -75,6 +76,36 @@ LAYER_COLUMNS = ([("cores", "Cores", 1), ("layer_id", "LayerID", 1), ("layer", "
                     if c[0] not in ("cycles", "throughput_ips", "runs_per_s", "interrupted", "compiled_for_cores",
                                     "energy_per_image_j")]
                  + LAYER_TRAFFIC_COLUMNS + LAYER_BANDWIDTH_COLUMNS)
+
+# cycle counts are written as whole cycles (the engine's are fractional where transfers share a
+# link; the JSON keeps them exact)
+WHOLE_CYCLES = {"cycles", "stall_cycles", "start", "end"}
+# the type of each column in a DataFrame (mlusim.frames); the rest are floats, swept keys inferred
+COLUMN_KINDS: dict[str, str] = {
+    **{k: "float" for k, _, _ in METRIC_COLUMNS + LAYER_COLUMNS},
+    **{k: "int" for k in (*WHOLE_CYCLES, "cores", "layer_id", "macs", "cores_used", "cores_ran",
+                          "compiled_for_cores", "point")},
+    **{k: "bool" for k in ("interrupted", "fused", "replanned")},
+    **{k: "str" for k in ("layer", "op", "kernel", "bound", "bound_resource", "plan", "error")},
+}
+
+
+class ScalingTable(Rows):
+    """What `scaling` returns: one row per run (core count), a list of dicts as ever; with
+    `to_dataframe()` (indexed by Cores) and, for `per_layer` runs, `layers()`."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows, SCALING_COLUMNS, COLUMN_KINDS, ["cores"])
+
+    def layers(self) -> Rows:
+        """Every run's layer rows, grouped by layer as the per-layer table prints them (LayerID
+        order, then the runs' order); their DataFrame is indexed by (Layer, Cores)."""
+        return layer_table(sorted(flatten_layers(self), key=lambda lr: lr["layer_id"]), ["layer", "cores"])
+
+
+def layer_table(rows: list[dict], index: list[str]) -> Rows:
+    """Per-layer rows with the per-layer CSV's columns (LAYER_COLUMNS)."""
+    return Rows(rows, LAYER_COLUMNS, COLUMN_KINDS, index)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +166,7 @@ def row_from_summary(s: dict, base: dict | None = None, batch: int = 1) -> dict[
     }
 
 
-def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
+def layer_rows(s: dict, base: dict | None = None) -> Rows:
     """The per-layer rows of one run (report.summarize's `layers`, mlusim.layers), each with its
     speedup over the layer of the same name in `base` (NaN where `base` has no such layer)."""
     base = base or s
@@ -147,7 +178,7 @@ def layer_rows(s: dict, base: dict | None = None) -> list[dict[str, Any]]:
         out.append({"cores": s["cores"], **lr, "latency_ms": lr["cycles"] / (s["clock_mhz"] * 1e3),
                     "speedup": speedup, "efficiency": speedup * base["cores"] / s["cores"] if b else math.nan,
                     "dram_utilization": _div(lr["dram_gbps"], s["dram_bandwidth_gbps"])})
-    return out
+    return layer_table(out, ["layer"])
 
 
 def layer_order(runs: list[list[dict]]) -> list[str]:
@@ -165,11 +196,11 @@ def layer_order(runs: list[list[dict]]) -> list[str]:
     return order
 
 
-def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False) -> list[dict]:
+def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False) -> ScalingTable:
     """Rows for runs of one program at several core counts, relative to the first run. Layers are
     matched by name across the runs and numbered (LayerID) in one order for all of them."""
     if not summaries:
-        return []
+        return ScalingTable()
     base = summaries[0]
     rows = []
     for s in summaries:
@@ -182,14 +213,24 @@ def scaling_rows(summaries: list[dict], batch: int = 1, per_layer: bool = False)
         for r in rows:
             for lr in r["layers"]:
                 lr["layer_id"] = ids[lr["layer"]]
-    return rows
+    return ScalingTable(rows)
+
+
+def run_table(result, per_layer: bool = True) -> ScalingTable:
+    """One RunResult (of `mlusim.sim.simulate` or `mlusim.runs.run_at`) as a one-row scaling
+    table, with its layers: `run_table(res).to_dataframe()`, `run_table(res).layers().to_dataframe()`."""
+    from mlusim.report import summarize
+
+    return scaling_rows([summarize(result)], int(result.program_meta.get("batch", 1) or 1), per_layer)
 
 
 def scaling(program, config=None, cores: list[int] | None = None, *, overrides=None,
             options: BuildOptions | None = None, schedule: str | None = None, per_layer: bool = False,
-            timing_only: bool = True, inputs=None, on_run: Callable | None = None, **sim_kw) -> list[dict]:
+            timing_only: bool = True, inputs=None, on_run: Callable | None = None,
+            compile_progress: Callable | None = None, **sim_kw) -> ScalingTable:
     """Simulate `program` (a Program, or a spec: zoo name, .onnx, .mlu or .s path) on each core
-    count of `config` and return one row per count (with `layers` when `per_layer`).
+    count of `config` and return one row per count (with `layers` when `per_layer`): a list of
+    dicts with `to_dataframe()` and `layers().to_dataframe()` (ScalingTable).
 
     This is what `mlusim run` runs: a zoo or ONNX spec is compiled for each core count with
     `options` (mlusim.programs.BuildOptions, the CLI's defaults) and laid out by `schedule` (default:
@@ -197,7 +238,8 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     is given. `inputs` maps input names to arrays ("" for a program's only input).
     `on_run(result, summary)` sees every RunResult as it finishes (the CLI prints, traces and
     writes outputs from it). A run interrupted by Ctrl-C ends the list early, flagged
-    `interrupted`. Extra keywords go to `mlusim.sim.simulate`."""
+    `interrupted`. `compile_progress(core_count)` gives the compiler's progress callback for the
+    compile of that run (mlusim.progress). Extra keywords go to `mlusim.sim.simulate`."""
     from mlusim.report import summarize
     from mlusim.runs import run_at
 
@@ -210,7 +252,7 @@ def scaling(program, config=None, cores: list[int] | None = None, *, overrides=N
     summaries, batch = [], 1
     for n in counts:
         res = run_at(program, cfg, n, options=options, schedule=schedule, inputs=inputs, timing_only=timing_only,
-                     **sim_kw)
+                     compile_progress=compile_progress(n) if compile_progress else None, **sim_kw)
         s = summarize(res)
         batch = int(res.program_meta.get("batch", 1) or 1)
         summaries.append(s)
@@ -237,11 +279,6 @@ def flatten_layers(rows: list[dict]) -> list[dict]:
 # Files
 
 
-# cycle counts are written as whole cycles (the engine's are fractional where transfers share a
-# link; the JSON keeps them exact)
-WHOLE_CYCLES = {"cycles", "stall_cycles", "start", "end"}
-
-
 def _cell(v: Any, scale: float, key: str = "") -> Any:
     if v is None:
         return ""
@@ -261,13 +298,7 @@ def write_csv(rows: list[dict], path: str | Path, columns: list[tuple[str, str, 
     """Rows as CSV with unit-labelled headers; `columns` defaults to SCALING_COLUMNS.
 
     Keys of the rows not among the columns are appended as extra columns (headers = keys)."""
-    columns = list(columns or SCALING_COLUMNS)
-    known = {c[0] for c in columns}
-    for r in rows:
-        for k, v in r.items():
-            if k not in known and not isinstance(v, (list, dict)):
-                columns.append((k, k, 1))
-                known.add(k)
+    columns = all_columns(rows, columns or SCALING_COLUMNS)
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

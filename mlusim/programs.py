@@ -21,14 +21,16 @@ SPREAD = "spread: every layer over every core"
 class BuildOptions:
     """How a zoo or ONNX model is compiled. The defaults are the CLI's (`run` and `compile` share
     them): batch 1 (an ONNX model's own when fixed), the model's resolution, int8 per-channel
-    weights, operator fusion and cluster fusion on, weight seed 0."""
+    weights, operator fusion on, cluster fusion as the config says, weight seed 0."""
 
     batch: int | None = None          # None: 1 for a zoo model, an ONNX model's own batch if fixed
     resolution: int | None = None     # zoo models only; None: the model's
     dtype: str = "int8"
     per_channel: bool = True
     fuse: bool = True                 # operator fusion (conv + BN + activation + ...)
-    cluster_fusion: bool = True       # spans of layers in cluster SRAM where the cost model says it pays
+    # spans of layers in cluster SRAM where the cost model says it pays; None: the config's choice
+    # (the per-cluster schedule's `runtime.kernels`, on for spread programs)
+    cluster_fusion: bool | None = None
     seed: int = 0                     # zoo models' weight seed
     calibrate: str | None = None      # ONNX float models: calibration samples (.npy)
     # reuse a program compiled before from the same everything (mlusim/compile_cache.py); False:
@@ -72,14 +74,15 @@ def unknown_model(name: str) -> CompileError:
     return zoo_unknown(name)
 
 
-def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None):
+def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None, progress=None):
     """Compile zoo model or .onnx file `spec` for `cores` parallel tasks (default: every core of
-    `cfg`) with `options`; returns the compiler's Compiled (program, graph, notes)."""
+    `cfg`) with `options`; returns the compiler's Compiled (program, graph, notes). `progress`:
+    the compiler's `progress(phase, layers_done, layers_total)` (mlusim.progress)."""
     from mlusim.compiler.driver import compile_model, compile_onnx
 
     o = options or BuildOptions()
     kw = dict(config=cfg, tasks=cores, dtype=o.dtype, per_channel=o.per_channel, fuse=o.fuse,
-              cluster_fusion=o.cluster_fusion)
+              cluster_fusion=True if o.cluster_fusion is None else o.cluster_fusion, progress=progress)
     if Path(spec).suffix.lower() == ".onnx":
         if o.resolution is not None:
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
@@ -93,9 +96,10 @@ def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions
     return compile_model(spec, batch=o.batch or 1, resolution=o.resolution, seed=o.seed, **kw)
 
 
-def compile_cached(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None):
+def compile_cached(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None, progress=None):
     """`compile_spec` through the compile cache (unless options.cache is False): the program, and
-    what the compile reported ({"notes": warnings, "fused": [[layer, [ops]], ...]})."""
+    what the compile reported ({"notes": warnings, "fused": [[layer, [ops]], ...]}). `progress`
+    hears of a compile that runs (a cache hit has none)."""
     from mlusim.compile_cache import cache_for, cached
     from mlusim.config import HardwareConfig, load_config
 
@@ -103,7 +107,7 @@ def compile_cached(spec: str, cfg, cores: int | None = None, options: BuildOptio
     cfg = cfg if isinstance(cfg, HardwareConfig) else load_config(cfg)      # what the compiler does too
 
     def build():
-        c = compile_spec(spec, cfg, cores, o)
+        c = compile_spec(spec, cfg, cores, o, progress)
         return [c.program], {"notes": list(c.notes),
                              "fused": [[n.name, [n.op] + list(n.fused)] for n in c.graph.nodes if n.fused]}
 
@@ -145,18 +149,36 @@ def load_program(spec: str):
     return mlufile.load(p)
 
 
-def resolve_program(spec: str, cfg=None, cores: int | None = None, options: BuildOptions | None = None):
+def program_from_bytes(data: bytes, name: str):
+    """A finished program from its file's bytes, as `load_program` reads the file `name`: what a
+    sweep worker that does not share the caller's disk runs, with no temporary file to leave behind."""
+    from mlusim import mlufile
+
+    if Path(name).suffix in (".s", ".asm"):
+        from mlusim.isa.asm import assemble_program
+
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{name}: assembly file is not UTF-8 text (bad byte at offset {e.start})") from None
+        return assemble_program(text, name)
+    return mlufile.loads(data, name)
+
+
+def resolve_program(spec: str, cfg=None, cores: int | None = None, options: BuildOptions | None = None,
+                    compile_progress=None):
     """The Program to simulate for `spec` on hardware `cfg` with `cores` cores.
 
     A .mlu model or .s assembly file is what it is, whatever `cfg`. A zoo model name or .onnx file
     is compiled for `cfg` and `cores` parallel tasks (default: every core of `cfg`) with `options`,
-    so a scaling run or sweep point never times a program tiled for some other machine."""
+    so a scaling run or sweep point never times a program tiled for some other machine.
+    `compile_progress`: as compile_spec's `progress`."""
     if not compiles_on_the_fly(spec):
         if options is not None and options.changed():
             raise CompileError(f"{', '.join(options.changed())}: build options apply to zoo and ONNX models; "
                                f"{spec} is already compiled")
         return load_program(spec)
-    prog, extra = compile_cached(spec, cfg, cores, options)
+    prog, extra = compile_cached(spec, cfg, cores, options, compile_progress)
     for note in extra.get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
     return prog

@@ -43,11 +43,13 @@ def bind_inputs(given: dict | None, program) -> dict | None:
     return out
 
 
-def prepare(program, cfg, cores: int, options: BuildOptions | None = None, schedule: str | None = None) -> Prepared:
+def prepare(program, cfg, cores: int, options: BuildOptions | None = None, schedule: str | None = None,
+            compile_progress=None) -> Prepared:
     """`program` (a Program, or a spec for mlusim.programs) made ready to run on `cores` cores of
     `cfg`: a zoo or ONNX spec compiled for `cores` with `options`; a zoo model under the
     per-cluster schedule (`schedule`, else the config's) split into a trunk per cluster and a head
-    over the chip (mlusim.schedule)."""
+    over the chip (mlusim.schedule). `compile_progress`: the compiler's progress callback
+    (mlusim.programs.compile_spec)."""
     if isinstance(program, str) and schedule_for(program, cfg, schedule) == "per-cluster":
         from mlusim.schedule import plan_per_cluster
 
@@ -57,9 +59,10 @@ def prepare(program, cfg, cores: int, options: BuildOptions | None = None, sched
             raise SimulationError(f"the per-cluster schedule compiles with the default options; "
                                   f"{', '.join(other)} needs --schedule spread")
         return Prepared(plan=plan_per_cluster(program.lower(), o.batch or 1, cfg, cores, o.resolution,
-                                              fuse=o.cluster_fusion, cache=o.cache))
+                                              fuse=o.cluster_fusion, cache=o.cache, progress=compile_progress))
     if isinstance(program, str):
-        program = resolve_program(program, cfg, cores if compiles_on_the_fly(program) else None, options)
+        program = resolve_program(program, cfg, cores if compiles_on_the_fly(program) else None, options,
+                                  compile_progress)
     return Prepared(program=program)
 
 
@@ -82,9 +85,9 @@ def execute(prep: Prepared, cfg, cores: int, *, inputs: dict[str, np.ndarray] | 
 
 
 def run_at(program, cfg, cores: int, *, options: BuildOptions | None = None, schedule: str | None = None,
-           inputs: dict[str, np.ndarray] | None = None, timing_only: bool = True, **sim_kw):
+           inputs: dict[str, np.ndarray] | None = None, timing_only: bool = True, compile_progress=None, **sim_kw):
     """Prepare and simulate `program` on `cores` cores of `cfg` (see `prepare` and `execute`)."""
-    return execute(prepare(program, cfg, cores, options, schedule), cfg, cores, inputs=inputs,
+    return execute(prepare(program, cfg, cores, options, schedule, compile_progress), cfg, cores, inputs=inputs,
                    timing_only=timing_only, **sim_kw)
 
 

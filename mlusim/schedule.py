@@ -50,11 +50,14 @@ class ClusterPlan:
     boundary_scale: float = 1.0   # quantization of the value crossing from trunk to head
     boundary_zp: int = 0
     cores_per_cluster: int = 4
+    fused: bool = False           # the trunk's layers in cluster-fused spans, not a kernel each
 
     def describe(self) -> str:
         head = "; fully connected head over all cores, whole batch" if self.head is not None else ""
+        kernels = "cluster-fused spans of layers" if self.fused else "a kernel per layer"
         return (f"per-cluster (vendor runtime): batch {self.batch} on {self.clusters} of {self.chip_clusters} "
-                f"clusters, {self.per_cluster} image(s) each on its {self.cores_per_cluster} cores{head}")
+                f"clusters, {self.per_cluster} image(s) each on its {self.cores_per_cluster} cores, "
+                f"{kernels}{head}")
 
 
 def head_start(g) -> int | None:
@@ -78,11 +81,12 @@ def _truncated(g, k: int):
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
                      resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None,
-                     cache: bool = True) -> ClusterPlan:
+                     cache: bool = True, progress=None) -> ClusterPlan:
     """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
     a calibration of the network to reuse (scales change values, never cycles); `fuse`: cluster
     fusion of the trunk (default: the config's `runtime.kernels`). Trunk and head come from the
-    compile cache unless `cache` is False (mlusim/compile_cache.py)."""
+    compile cache unless `cache` is False (mlusim/compile_cache.py). `progress`: the compiler's
+    `progress(phase, layers_done, layers_total)` (mlusim.progress)."""
     from mlusim.compile_cache import cache_for, cached
 
     cpc = cfg.chip.cores_per_cluster
@@ -98,13 +102,15 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
              "config": cfg.to_dict(),
              "absmax": sorted((k, float(v)) for k, v in absmax.items()) if absmax is not None else None}
     progs, extra = cached(cache_for(cache), parts,
-                          lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse))
+                          lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse,
+                                                       progress))
     head = progs[1] if len(progs) > 1 else None
-    return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc)
+    return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc, fuse)
 
 
 def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, cores: int,
-                         resolution: int | None, absmax: dict | None, fuse: bool) -> tuple[list[Program], dict]:
+                         resolution: int | None, absmax: dict | None, fuse: bool,
+                         progress=None) -> tuple[list[Program], dict]:
     """[trunk] or [trunk, head], and the quantization of the value crossing between them."""
     from mlusim.compiler import passes, quant, zoo
     from mlusim.compiler.driver import calibration_samples, compile_graph
@@ -113,14 +119,15 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
     cpc = cfg.chip.cores_per_cluster
     full = passes.optimize(zoo.build(name, batch, resolution))
     if absmax is None:      # once, for trunk and head alike
-        absmax = quant.calibrate(full, calibration_samples(full))
+        absmax = quant.calibrate(full, calibration_samples(full), progress=progress)
+    mixed = {n.name: cfg.runtime.linear_dtype for n in full.nodes if n.op == "linear"}
     trunk_graph = zoo.build(name, per, resolution)
     k = head_start(trunk_graph)
     head, scale, zp = None, 1.0, 0
     if k is not None:
         names = {n.name for n in trunk_graph.nodes[k:]}
         trunk_graph = _truncated(trunk_graph, k)
-        quant.quantize(full, absmax)
+        quant.quantize(full, absmax, mixed=mixed)
         head_nodes = [n.name for n in full.nodes if n.name in names]
         feeds = {i for n in head_nodes for i in full.node(n).inputs if i not in set(head_nodes)}
         if len(feeds) != 1:
@@ -129,7 +136,9 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
         scale, zp = float(src.q["scale"]), int(src.q.get("zp", 0))
         head = lower(full, cfg, cores, nodes=head_nodes)
         head.config = cfg.to_dict()
-    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse)
+    # the trunk runs on ceil(batch / per) clusters at once: its tiles are priced at their share of DRAM
+    compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, mixed=mixed,
+                             dram_share=1.0 / -(-batch // per), progress=progress)
     trunk = compiled.program
     trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
                       compiled_for_cores=cores)

@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import math
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -139,7 +138,7 @@ def _program(task: dict, blobs: dict | None):
     import json
 
     from mlusim.config import config_from_dict
-    from mlusim.programs import BuildOptions
+    from mlusim.programs import BuildOptions, program_from_bytes
     from mlusim.runs import plan_digest, prepare
 
     cfg = config_from_dict(task["config"], task["config_origin"])
@@ -147,19 +146,12 @@ def _program(task: dict, blobs: dict | None):
     key = (task["digest"], json.dumps(task["config"], sort_keys=True), cores)
     hit = _PROGRAMS.get(key)
     if hit is None:
-        spec = task["spec"]
         blob = (blobs or {}).get(task["digest"])
-        if blob is not None:    # ship the file's bytes: a remote worker need not share our disk
-            d = Path(tempfile.gettempdir()) / f"mlusim-sweep-{os.getpid()}"
-            d.mkdir(exist_ok=True)
-            spec_path = d / f"{task['digest']}{task['suffix']}"
-            if not spec_path.exists():
-                tmp = d / f"{task['digest']}.{os.getpid()}.{id(task)}.part"
-                tmp.write_bytes(blob)
-                os.replace(tmp, spec_path)   # atomic: threads of one worker may race here
-            spec = str(spec_path)
-        options = BuildOptions(**task["options"]) if compiles_on_the_fly(spec) else None
-        prep = prepare(spec, cfg, task["cores"], options)
+        if blob is not None:     # the file's bytes were shipped: a remote worker need not share our disk
+            prep = prepare(program_from_bytes(blob, task["spec"]), cfg, task["cores"])
+        else:
+            options = BuildOptions(**task["options"]) if compiles_on_the_fly(task["spec"]) else None
+            prep = prepare(task["spec"], cfg, task["cores"], options)
         hit = (prep, plan_digest(prep))
         if len(_PROGRAMS) >= 8:
             _PROGRAMS.clear()
@@ -195,9 +187,10 @@ def run_point(task: dict, blobs: dict | None = None) -> dict[str, Any]:
 # The sweep
 
 
-def _held(spec: str, cfg, counts: list[int], options, workdir: Path) -> dict[int, Path]:
+def _held(spec: str, cfg, counts: list[int], options, workdir: Path, progress: Callable | None = None,
+          steps: int = 0) -> dict[int, Path]:
     """--hold-program: `spec` compiled once per core count for the base config, saved as .mlu files
-    that every hardware point then runs as they are."""
+    that every hardware point then runs as they are; `progress(i, steps, None)` after the i-th."""
     from mlusim import mlufile
     from mlusim.programs import resolve_program, schedule_for
 
@@ -208,16 +201,19 @@ def _held(spec: str, cfg, counts: list[int], options, workdir: Path) -> dict[int
     for n in counts:
         out[n] = workdir / f"held-{n}cores.mlu"
         mlufile.save(resolve_program(spec, cfg, n, options), out[n])
+        if progress:
+            progress(len(out), steps, None)
     return out
 
 
 def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cores: list[int] | None = None, *,
          timing_only: bool = True, max_cycles: float | None = None, max_instructions: int = 20_000_000,
-         max_seconds: float | None = None, options=None, hold_program: Path | None = None
-         ) -> tuple[list[dict], dict[str, bytes]]:
+         max_seconds: float | None = None, options=None, hold_program: Path | None = None,
+         progress: Callable | None = None) -> tuple[list[dict], dict[str, bytes]]:
     """Every task of the sweep, each with its fully resolved config, plus the program files'
     bytes by digest. Raises on the first bad key or value, naming the point. `hold_program`: a
-    folder to compile a zoo or ONNX spec into once per core count for the base config."""
+    folder to compile a zoo or ONNX spec into once per core count for the base config; each
+    compile is a step of the sweep: `progress(done, compiles + points, None)`."""
     from dataclasses import asdict
 
     from mlusim.experiments import default_config
@@ -241,7 +237,11 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
     files: dict[int | None, Path] = {} if program is None else {None: Path(spec)}
     if hold_program is not None and program is None:
         counts = sorted({n for _, cfg in configs for n in cores or [cfg.chip.cores]})
-        files = _held(spec, default_config(None, base_config), counts, options, hold_program)
+        points_n = sum(len(cores or [cfg.chip.cores]) for _, cfg in configs)
+        if progress:
+            progress(0, len(counts) + points_n, None)
+        files = _held(spec, default_config(None, base_config), counts, options, hold_program, progress,
+                      len(counts) + points_n)
     blobs, digests = {}, {}
     for n, path in files.items():
         blob = path.read_bytes()
@@ -254,7 +254,7 @@ def plan(spec: str, base_config=None, params: dict[str, list] | None = None, cor
             path = files.get(key)
             tasks.append({"index": len(tasks), "spec": str(path) if path else spec,
                           "digest": digests[key] if path else hashlib.sha256(spec.encode()).hexdigest()[:16],
-                          "suffix": path.suffix if path else "", "options": asdict(options),
+                          "options": asdict(options),
                           "values": values, "cores": int(n), "config": cfg.to_dict(), "config_origin": cfg.source,
                           "timing_only": timing_only, "max_cycles": max_cycles,
                           "max_instructions": max_instructions, "max_seconds": max_seconds})
@@ -274,18 +274,44 @@ def sweep(spec: str, base_config=None, params: dict[str, list] | None = None, co
     (the compiler made a different program than for the point before with the same core count)
     and `error` (None, or why the point could not run). A zoo or ONNX spec is compiled per point
     with `options` (mlusim.programs.BuildOptions) unless `hold_program`: then once per core count
-    for the base config, and only the hardware varies. `progress(done, total, row)` is called as
-    points finish. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) whose `.rows` are the
-    points that finished."""
+    for the base config, and only the hardware varies. `progress(done, total, row)` is called once
+    the points are planned (done 0, row None) and as points finish; with `hold_program` each
+    compile is a step too (row None). On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt)
+    whose `.rows` are the points that finished; a Dask cluster that fails raises `SweepFailed` (an
+    MlusimError), whose `.rows` are likewise the points that finished. The list has
+    `to_dataframe()` (`sweep_table`)."""
     if not (isinstance(cluster_timeout, (int, float)) and math.isfinite(cluster_timeout) and cluster_timeout > 0):
         raise SweepError(f"--cluster-timeout must be a positive number of seconds, got {cluster_timeout!r}")
     with tempfile.TemporaryDirectory(prefix="mlusim-held-") as held:
         tasks, blobs = plan(spec, base_config, params, cores, timing_only=timing_only, max_cycles=max_cycles,
                             max_instructions=max_instructions, max_seconds=max_seconds, options=options,
-                            hold_program=Path(held) if hold_program else None)
-        rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, progress)
+                            hold_program=Path(held) if hold_program else None, progress=progress)
+        compiled = len(blobs) if hold_program and compiles_on_the_fly(spec) else 0   # steps done in `plan`
+        if progress:
+            progress(compiled, compiled + len(tasks), None)
+
+        def point_done(done: int, total: int, row: dict) -> None:
+            progress(compiled + done, compiled + total, row)
+        try:
+            rows = _run(tasks, blobs, jobs, cluster, cluster_timeout, point_done if progress else None)
+        except (Interrupted, SweepFailed) as e:
+            e.rows = _finish(e.rows, params)
+            raise
+    return _finish(rows, params)
+
+
+def _finish(rows: list[dict], params: dict | None) -> list[dict]:
     rows = sorted(rows, key=lambda r: r["point"])
-    return mark_replanned(relative_to_first_core_count(rows, list(params or {})))
+    return sweep_table(mark_replanned(relative_to_first_core_count(rows, list(params or {}))), list(params or {}))
+
+
+def sweep_table(rows: list[dict], keys: list[str]):
+    """A sweep's rows (those of `sweep`, or a report's `rows` with `list(report["params"])`) as a
+    list with `to_dataframe()`: the CSV's columns, one row per point, indexed by point."""
+    from mlusim.experiments import COLUMN_KINDS
+    from mlusim.frames import Rows
+
+    return Rows(rows, columns(keys), COLUMN_KINDS, ["point"])
 
 
 def _run(tasks: list[dict], blobs: dict, jobs, cluster, cluster_timeout: float, progress) -> list[dict]:
@@ -339,6 +365,15 @@ class Interrupted(KeyboardInterrupt):
         self.rows = rows
 
 
+class SweepFailed(MlusimError):
+    """The sweep could not finish (its Dask cluster failed: mlusim.cluster); `.rows` holds the
+    points that finished, so they can still be written."""
+
+    def __init__(self, message: str, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
 def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -360,38 +395,32 @@ def _run_local(tasks: list[dict], jobs: int, progress) -> list[dict]:
     return rows
 
 
-CLUSTER_RE = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[A-Za-z0-9_.\-\[\]:]{1,255}(?::[0-9]{1,5})?", re.ASCII)
-
-
 def _run_dask(tasks: list[dict], blobs: dict, cluster, progress, timeout: float) -> list[dict]:
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise MlusimError("--cluster needs Dask: pip install 'mlusim[cluster]'") from None
-    own = not isinstance(cluster, Client)
-    if own and not (isinstance(cluster, str) and CLUSTER_RE.fullmatch(cluster)):
-        raise MlusimError(f"--cluster {str(cluster)[:80]!r}: expected a scheduler address such as "
-                          f"tcp://10.0.0.5:8786")
-    try:
-        client = Client(cluster, timeout=f"{timeout}s") if own else cluster
-    except (OSError, TimeoutError, ValueError, TypeError) as e:
-        raise MlusimError(f"cannot reach the Dask scheduler at {cluster}: {str(e)[:200]}") from None
+    """The points on a Dask cluster (an address, or a distributed.Client the caller owns). Ctrl-C
+    raises Interrupted, a cluster failure SweepFailed; both carry the rows that finished."""
+    from mlusim import cluster as dask_cluster
+
+    own = not dask_cluster.is_client(cluster)
+    client = dask_cluster.connect(cluster, timeout) if own else cluster
+    address = cluster if own else client.scheduler.address
     rows: list[dict] = []
     try:
-        shipped = client.scatter([blobs], broadcast=True)[0] if blobs else None   # one object: every file
-        futs = client.map(run_point, tasks, blobs=shipped, pure=False)
-        try:
-            for f in as_completed(futs):
-                rows.append(f.result())
-                if progress:
-                    progress(len(rows), len(tasks), rows[-1])
-        except KeyboardInterrupt:
-            client.cancel(futs)
-            raise Interrupted(rows) from None
+        dask_cluster.run(client, run_point, tasks, blobs, address=str(address), timeout=timeout, rows=rows,
+                         describe=describe_point, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(rows) from None
+    except dask_cluster.ClusterError as e:
+        raise SweepFailed(str(e), rows) from None
     finally:
         if own:
-            client.close()
+            dask_cluster.close(client, timeout)
     return rows
+
+
+def describe_point(task: dict) -> str:
+    """'point 3 (dram.bandwidth_gbps=51.2, cores=4)': how an error names the point."""
+    values = ", ".join(f"{k}={v}" for k, v in [*task["values"].items(), ("cores", task["cores"])])
+    return f"point {task['index']} ({values})"
 
 
 def columns(keys: list[str]) -> list[tuple[str, str, float]]:
@@ -406,8 +435,9 @@ def columns(keys: list[str]) -> list[tuple[str, str, float]]:
 
 
 def sweep_document(program: str, config, params: dict, cores, rows: list[dict], timing_only: bool = True,
-                   interrupted: bool = False, hold_program: bool = False) -> dict:
-    """What `mlusim sweep --json` writes and `mlusim plot` reads."""
+                   interrupted: bool = False, hold_program: bool = False, failed: str | None = None) -> dict:
+    """What `mlusim sweep --json` writes and `mlusim plot` reads; `failed` says why a sweep that
+    stopped early (its cluster failed) holds only some of its points."""
     return {"kind": "sweep", "program": program, "config": config or "default", "params": params,
             "cores": cores, "timing_only": timing_only, "interrupted": interrupted, "hold_program": hold_program,
-            "rows": rows}
+            "failed": failed, "rows": rows}

@@ -46,6 +46,12 @@ def rng():
 
 
 @pytest.fixture(autouse=True)
+def no_progress_lines(monkeypatch):
+    """Progress lines (mlusim/progress.py) depend on wall time: off, unless a test turns them on."""
+    monkeypatch.setenv("MLUSIM_PROGRESS_SECONDS", "off")
+
+
+@pytest.fixture(autouse=True)
 def compile_cache_dir(tmp_path_factory, monkeypatch):
     """Every test gets a compile cache of its own (mlusim/compile_cache.py), so no test sees
     programs another test (or the user's ~/.cache) compiled."""

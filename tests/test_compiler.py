@@ -389,3 +389,19 @@ def test_concat_and_avgpool_lower_exactly():
     out = simulate(comp.program, cores=3, inputs={"input": xin}).outputs["output"]
     assert np.array_equal(out, run_quant(comp.graph, xin)["__output__"])
     assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_concat_of_convs_is_elided():
+    """SqueezeNet's fire expands store straight into their channel slices of the concat's tensor:
+    no concat kernel, both convs' stores land in one tensor, and the result stays exact."""
+    from mlusim.compiler.lower import elided_concats
+
+    c = compile_model("squeezenet1_1", resolution=48, tasks=4, cluster_fusion=False)
+    sliced = elided_concats(c.graph, set())
+    assert {cc.name for cc, _ in sliced.values()} == {n.name for n in c.graph.nodes if n.op == "concat"}
+    names = [k.name for k in c.program.kernels]
+    assert not any(n.endswith("_concat") for n in names) and "fire2_expand3x3" in names
+    assert sliced["fire2_expand3x3"][1] == c.graph.node("fire2_expand1x1").shape[1]
+    x = np.random.default_rng(1).uniform(0, 1, c.graph.input.shape).astype(np.float32)
+    out = simulate(c.program, cores=4, inputs={"input": x}).outputs["output"]
+    assert np.array_equal(out.view(np.uint32), run_quant(c.graph, x)["__output__"].view(np.uint32))

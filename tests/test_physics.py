@@ -32,13 +32,19 @@ def test_dma_costs_latency_plus_bytes_over_bandwidth(mlu270, nbytes, direction):
     assert res.kernels[0].dram_bus_bytes == nbytes
 
 
-def test_strided_dma_pays_segments_and_granules(mlu270):
-    g = tensors(TensorDecl("g", "scratch", "i8", (16 * 256,), -1))
-    ins = I("dma", dir="g2n", dst=0, src=g[0].addr, size=100, count=16, sstride=256, dstride=100)
+@pytest.mark.parametrize("sstride", [256, 4096])
+def test_strided_dma_pays_segments_and_granules(mlu270, sstride):
+    """Each extra segment costs a row change (dma.segment_cycles) when it starts a page or more
+    past the previous one's end (4096 - 100 >= 2048), else what an on-chip segment costs."""
+    g = tensors(TensorDecl("g", "scratch", "i8", (16 * sstride,), -1))
+    ins = I("dma", dir="g2n", dst=0, src=g[0].addr, size=100, count=16, sstride=sstride, dstride=100)
     res = run(program([ins], g), timing_only=True)
     c = mlu270
     bus = 16 * 128      # each 100-byte segment at a 64-aligned offset touches two 64-byte granules
-    expect = c.dma.startup_cycles + 15 * c.dma.segment_cycles + c.dram.latency_cycles + bus / c.dma.core_bandwidth_bytes_per_cycle
+    far = sstride - 100 >= c.dram.page_bytes
+    assert far == (sstride == 4096)
+    seg = c.dma.segment_cycles if far else c.dma.move_segment_cycles
+    expect = c.dma.startup_cycles + 15 * seg + c.dram.latency_cycles + bus / c.dma.core_bandwidth_bytes_per_cycle
     assert dma_busy(res) == pytest.approx(expect, rel=1e-6)
     assert res.kernels[0].dram_bus_bytes == bus
     assert res.kernels[0].bytes_read["gdram"] == 1600

@@ -190,9 +190,9 @@ def test_ctrl_c_during_run_prints_the_partial_report_and_table(capsys, monkeypat
     from mlusim.commands import run as runcmd
 
     def progress(self, done, total, cycles):
-        if self.labels[self.run].startswith("2 "):     # the 2-core run is interrupted after its first kernel
+        if self.counts[self.run] == 2:     # the 2-core run is interrupted in its first kernel
             raise KeyboardInterrupt
-    monkeypatch.setattr(runcmd.Progress, "__call__", progress)
+    monkeypatch.setattr(runcmd.RunProgress, "__call__", progress)
     prog = ROOT / "examples" / "matmul.s"
     code, out, err = cli(capsys, "run", str(prog), "--cores", "1,2,4", "--timing-only")
     assert code == 130

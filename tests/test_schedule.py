@@ -16,6 +16,13 @@ def s4():
     return load_config("mlu370-s4")
 
 
+@pytest.fixture(scope="module")
+def s4_int8():
+    """The S4 with int8 fully connected layers: LeNet's and MNIST's heads then weigh what their
+    trunks' tests assume (the preset's 2-byte head weights would dominate their DRAM bytes)."""
+    return load_config("mlu370-s4", ["runtime.linear_dtype=int8"])
+
+
 def test_head_is_the_per_image_vector_suffix():
     g = zoo.build("vgg16", 1, 32)
     k = head_start(g)
@@ -31,11 +38,12 @@ def test_batch_split_over_clusters(s4, batch, per, clusters):
     assert plan.head is not None and plan.trunk.tensor("input").shape[0] == per
 
 
-def test_per_cluster_outputs_equal_the_spread_schedule(s4):
+def test_per_cluster_outputs_equal_the_spread_schedule(s4_int8):
     """Same quantization, exact integer arithmetic: splitting the batch changes time, not results
     (batch 7 on 6 clusters: groups of 2, the last padded)."""
     from mlusim.compiler.driver import compile_model
 
+    s4 = s4_int8
     plan = plan_per_cluster("mnist", 7, s4, s4.chip.cores)
     got = run_per_cluster(plan, s4).outputs["output"]
     spread = compile_model("mnist", batch=7, config=s4, tasks=s4.chip.cores, cluster_fusion=True).program
@@ -44,18 +52,49 @@ def test_per_cluster_outputs_equal_the_spread_schedule(s4):
     np.testing.assert_array_equal(got, want)
 
 
-def test_clusters_side_by_side_share_dram(s4):
+def test_clusters_side_by_side_share_dram(s4_int8):
     """Batch 6 runs six trunks at once: each as long as batch 1's, unless their DRAM bytes
     together need longer at the chip's bandwidth; never shorter than one trunk."""
     from mlusim.schedule import side_by_side
 
-    one = run_per_cluster(plan_per_cluster("lenet5", 1, s4, 24), s4, timing_only=True)
+    s4 = s4_int8
+    plan1 = plan_per_cluster("lenet5", 1, s4, 24)
+    one = run_per_cluster(plan1, s4, timing_only=True)
     six = run_per_cluster(plan_per_cluster("lenet5", 6, s4, 24), s4, timing_only=True)
     assert one.cycles <= six.cycles < 6 * one.cycles
-    assert six.dram_bytes > 5 * one.dram_bytes
+    trunk = simulate(plan1.trunk, s4, cores=4, timing_only=True).dram_bytes
+    assert six.dram_bytes - one.dram_bytes >= 5 * trunk > 0     # five more trunks; the head's weights once
 
     class Trunk:
         cycles, dram_bytes = 1000.0, 200_000.0
     bw = s4.dram_bytes_per_cycle
     assert side_by_side(Trunk, s4, 1) == 1000.0
     assert side_by_side(Trunk, s4, 6) == pytest.approx(max(1000.0, 6 * 200_000 / bw))
+
+
+def test_run_defaults_follow_the_configs_kernels(s4):
+    """`mlusim run NAME --config mlu370-s4` with no flags runs what `mlusim calibrate` calibrated:
+    the config's runtime.kernels (per-layer on the MLU370 presets); --cluster-fusion overrides it,
+    and the report's schedule line says which ran."""
+    from mlusim.programs import BuildOptions
+    from mlusim.runs import prepare
+
+    default = prepare("resnet18", s4, 24, BuildOptions(resolution=32)).plan
+    fused = prepare("resnet18", s4, 24, BuildOptions(resolution=32, cluster_fusion=True)).plan
+    assert s4.runtime.kernels == "per-layer" and not default.fused and fused.fused
+    assert "a kernel per layer" in default.describe() and "cluster-fused" in fused.describe()
+    assert len(default.trunk.kernels) > len(fused.trunk.kernels)
+
+
+def test_fully_connected_layers_take_the_runtimes_dtype(s4, s4_int8):
+    """runtime.linear_dtype int16 (the MLU370 presets: MagicMind's fp16 fully connected layers)
+    doubles the head's weight bytes and DRAM traffic; the convs stay int8."""
+    wide = plan_per_cluster("lenet5", 1, s4, 24)
+    narrow = plan_per_cluster("lenet5", 1, s4_int8, 24)
+    wbytes = lambda p: sum(t.nbytes for t in p.tensors if t.role == "const" and t.name.endswith(".weight"))
+    assert s4.runtime.linear_dtype == "int16"
+    assert wbytes(wide.head) == 2 * wbytes(narrow.head) > 0
+    assert wbytes(wide.trunk) == wbytes(narrow.trunk) > 0
+    t16 = run_per_cluster(wide, s4, timing_only=True)
+    t8 = run_per_cluster(narrow, s4_int8, timing_only=True)
+    assert t16.dram_bytes > t8.dram_bytes

@@ -63,7 +63,7 @@ def test_dask_cluster_gives_the_same_rows(local_rows):
         rows = sweep(MATMUL, "mlu270", PARAMS, [1, 4], cluster=cluster.scheduler_address,
                      progress=lambda done, total, row: seen.append((done, total)))
     assert rows == local_rows
-    assert seen[-1] == (8, 8) and len(seen) == 8
+    assert seen[0] == (0, 8) and seen[-1] == (8, 8) and len(seen) == 9    # the total is known before any point
 
 
 def test_parse_set_types_values_and_cross_product():

@@ -203,11 +203,13 @@ def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: 
     share = dram_rate(cfg, 1, ctx.dram_share, tasks)
     ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None) if not raw else \
         dma_cycles(cfg, raw, 1, xs, rate=share) + dma_cycles(cfg, in_tile, segs_in, "sram")
+    gap = (geo.yc - block) * esz        # a channel slice's segments: one per pixel, this far apart
     if geo.residual:
-        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None)
+        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None,
+                         gap=gap)
     st_bytes = pooled if geo.pool else out
     segs = 1 if block == geo.yc else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-    st = dma_cycles(cfg, st_bytes, segs, ys, rate=share if ys == "gdram" else None)
+    st = dma_cycles(cfg, st_bytes, segs, ys, rate=share if ys == "gdram" else None, gap=gap)
     # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
     # weight block its run touches once
     most, loads = block_loads(units, tasks, units // nblocks)

@@ -50,6 +50,13 @@ def _candidates(n: int, lanes: int) -> list[int]:
     return sorted(out, reverse=True)
 
 
+def resident_input(k: int, kc: int, m: int, mc: int) -> bool:
+    """One tile of input rows holding the whole reduction: a task loads it once and keeps it for
+    every block of features (one buffer, not two), so a 2-byte layer with a whole-reduction sum
+    still takes the batch's rows in one pass over its weights."""
+    return kc == k and mc >= m
+
+
 def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
     cfg = ctx.cfg
     lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
@@ -57,14 +64,17 @@ def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
 
     def price(bo, kc, mc):
         chunks = ceil(k / kc)
-        nram = [mc * kc * esz] * DOUBLE + [mc * bo * 4] * (2 if chunks > 1 else 1) + [mc * bo * esz] * DOUBLE + [bo * 16]
+        kept = resident_input(k, kc, m, mc)
+        nram = [mc * kc * esz] * (1 if kept else DOUBLE) + [mc * bo * 4] * (2 if chunks > 1 else 1) + \
+            [mc * bo * esz] * DOUBLE + [bo * 16]
         if not Arena("nram", cfg.nram_bytes).fits(*nram) or \
                 DOUBLE * bo * kc * esz > cfg.wram_bytes - ctx.wram_base:
             return None
         units = ceil(m / mc) * ceil(o / bo)
         tasks = min(units, ctx.tasks)
         per = ceil(units / tasks)
-        ld = chunks * (dma_cycles(cfg, mc * kc * esz, mc if kc < k else 1) + dma_cycles(cfg, bo * kc * esz))
+        ld = chunks * (0 if kept else dma_cycles(cfg, mc * kc * esz, mc if kc < k else 1)) + \
+            chunks * dma_cycles(cfg, bo * kc * esz)
         cp = chunks * (cfg.core.startup_cycles.matmul + mc * ceil(kc / lanes_ci) * ceil(bo / lanes_co)) + \
             (chunks - 1) * vec_cycles(cfg, mc * bo * 4) + vec_cycles(cfg, mc * bo * 4)
         st = dma_cycles(cfg, mc * bo * esz, mc if bo < o else 1)
@@ -119,7 +129,10 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
         s = TaskStream()
         nram = Arena("nram", ctx.cfg.nram_bytes)
         wram = Arena("wram", ctx.cfg.wram_bytes, base=ctx.wram_base)
-        bx = [nram.alloc(mc * kc * esz, "input chunk") for _ in range(DOUBLE)]
+        kept = resident_input(k, kc, m, mc)
+        bx = [nram.alloc(mc * kc * esz, "input chunk")] * DOUBLE if kept else \
+            [nram.alloc(mc * kc * esz, "input chunk") for _ in range(DOUBLE)]
+        lx_kept = None
         bw = [wram.alloc(bo * kc * esz, "weight chunk") for _ in range(DOUBLE)]
         acc = nram.alloc(mc * bo * 4, "accumulator")
         tmp = nram.alloc(mc * bo * 4, "partial") if nk > 1 else None
@@ -141,12 +154,18 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
                 slot = j % DOUBLE
                 free = readers[j - DOUBLE] if j >= DOUBLE else None
                 src = x.addr + (m0 * k + k0) * esz
-                if nkc == k:
+                if kept:
+                    if lx_kept is None:
+                        lx_kept = s.dma(load_dir(x), bx[slot], src, nm * k * esz)
+                    lx = lx_kept
+                    lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
+                elif nkc == k:
                     lx = s.dma(load_dir(x), bx[slot], src, nm * k * esz, deps=[free])
                 else:
                     lx = s.dma(load_dir(x), bx[slot], src, nkc * esz, deps=[free], count=nm, dstride=nkc * esz,
                                sstride=k * esz)
-                lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
+                if not kept:
+                    lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
                 mm = s.emit("matmul", [lx, lw], dt=dt, odt="i32", dst=acc if kb == 0 else tmp, a=bx[slot],
                             b=bw[slot], m=nm, k=nkc, n=nb, pos=q.get("acc_pos", 0))
                 readers.append(mm)

@@ -19,6 +19,7 @@ CONFIG = "mlu270"
 CORES = [1, 2, 4, 8, 16]
 DRAM_GBPS = [25.6, 51.2, 102.4, 204.8, 409.6]
 SWEEP_CORES = [1, 4, 16]
+FIGS = ["png", "svg"]    # the committed results keep these two; `mlusim plot` also writes PDF
 
 
 def program_spec(tmp: Path) -> str:
@@ -62,10 +63,10 @@ def main() -> int:
         for s in runs.values():
             s.pop("wall_seconds")    # the one non-deterministic figure; keep committed files stable
         write_json(scaling_document(name, CONFIG, batch, rows, list(runs.values())), out / "scaling.json")
-        plot_speedup(rows, out / "speedup", f"{name}, batch {batch}, on {CONFIG}: speedup vs cores")
+        plot_speedup(rows, out / "speedup", f"{name}, batch {batch}, on {CONFIG}: speedup vs cores", formats=FIGS)
         for n in (1, CORES[-1]):
             plot_roofline(runs[n], out / f"roofline_{n}core{'s' if n > 1 else ''}",
-                          f"{name} on {CONFIG}, {n} core(s): each layer")
+                          f"{name} on {CONFIG}, {n} core(s): each layer", formats=FIGS)
 
         # 2. Hardware experiment: DRAM bandwidth x cores, points in parallel.
         params = {"dram.bandwidth_gbps": DRAM_GBPS}
@@ -74,9 +75,9 @@ def main() -> int:
         write_csv(sw, out / "dram_sweep.csv", columns(list(params)))
         write_json(sweep_document(name, CONFIG, params, SWEEP_CORES, sw), out / "dram_sweep.json")
         plot_sweep(sw, "dram.bandwidth_gbps", "throughput_ips", out / "dram_sweep_throughput",
-                   title=f"{name} on {CONFIG}: throughput vs DRAM bandwidth")
+                   title=f"{name} on {CONFIG}: throughput vs DRAM bandwidth", formats=FIGS)
         plot_sweep(sw, "dram.bandwidth_gbps", "mac_utilization", out / "dram_sweep_mac_util",
-                   title=f"{name} on {CONFIG}: MAC utilization vs DRAM bandwidth")
+                   title=f"{name} on {CONFIG}: MAC utilization vs DRAM bandwidth", formats=FIGS)
     print(f"wrote tables and figures to {out}/")
     return 0
 

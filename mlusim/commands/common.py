@@ -84,8 +84,9 @@ def add_build_args(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--dtype", choices=("int8", "int16"), default="int8", help="quantized data type (default int8)")
     g.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
     g.add_argument("--no-fuse", action="store_true", help="one kernel per op, no operator fusion")
-    g.add_argument("--cluster-fusion", action=argparse.BooleanOptionalAction, default=True,
-                   help="run spans of layers in cluster SRAM where the cost model says it pays (default: on); "
+    g.add_argument("--cluster-fusion", action=argparse.BooleanOptionalAction, default=None,
+                   help="run spans of layers in cluster SRAM where the cost model says it pays (default: the "
+                        "config's choice: runtime.kernels under the per-cluster schedule, on otherwise); "
                         "such a program needs whole clusters of cores")
     g.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0, help="zoo model weight seed (default 0)")
     g.add_argument("--no-cache", action="store_true", help="compile afresh, bypassing the compile cache "

@@ -1,6 +1,7 @@
 """`mlusim compile` and `mlusim models`: the model zoo and the compiler from the command line."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ def register(sub) -> None:
                         "that many cores for the figure `mlusim run NAME --cores N` gives")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the operators fused into each layer")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="layers calibrated and lowered on stderr: a bar on a terminal, else a line every "
+                        "$MLUSIM_PROGRESS_SECONDS (default 5) s of a long compile (default: on)")
     add_config_args(p)
     add_build_args(p, "the same options and defaults as `mlusim run NAME`")
     p.set_defaults(func=cmd_compile)
@@ -35,6 +39,7 @@ def cmd_compile(args) -> int:
     from mlusim import mlufile
     from mlusim.config import load_config
     from mlusim.programs import compile_cached
+    from mlusim.progress import command_progress
 
     if (args.source is None) == (args.model is None):
         raise CompileError("compile needs either an ONNX file (mlusim compile model.onnx) or a zoo model "
@@ -45,10 +50,15 @@ def cmd_compile(args) -> int:
     cores = args.cores or cfg.chip.cores
     if cores > cfg.chip.cores:
         raise CompileError(f"--cores {cores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
-    t0 = time.perf_counter()
-    program, extra = compile_cached(args.source or args.model, cfg, cores, build_options(args, args.calibrate))
-    seconds = time.perf_counter() - t0
     label = Path(args.source).stem if args.source else args.model
+    progress = command_progress(args.progress)
+    t0 = time.perf_counter()
+    try:
+        program, extra = compile_cached(args.source or args.model, cfg, cores, build_options(args, args.calibrate),
+                                        progress.compiling(f"compile {label} for {cores} core(s)"))
+    finally:
+        progress.stop()
+    seconds = time.perf_counter() - t0
     for note in extra.get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
     if cfg.runtime.schedule == "per-cluster" and args.model:

@@ -22,6 +22,7 @@ from mlusim.commands.common import (
     resolve_config,
 )
 from mlusim.errors import MlusimError
+from mlusim.progress import Progress, command_progress
 
 
 def register(sub) -> None:
@@ -41,8 +42,9 @@ def register(sub) -> None:
                    "kernels too), matched by layer name across core counts")
     p.add_argument("--trace", metavar="FILE.json", help="write a Chrome/Perfetto timeline (ui.perfetto.dev); "
                    "with several core counts one file per count, FILE.<N>cores.json")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show kernels done and simulated cycles while running (default: when stderr is a terminal)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile and simulation progress on stderr: a bar on a terminal, else a line every "
+                        "$MLUSIM_PROGRESS_SECONDS (default 5) s of a long run (default: on)")
     p.add_argument("--schedule", choices=("per-cluster", "spread"), default=None,
                    help="how a zoo model's batch is laid over the chip: per-cluster (the MLU370 vendor runtime: "
                         "images split over clusters, one cluster's cores per image, fc head over the chip) or "
@@ -58,32 +60,22 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-class Progress:
-    """Kernels done and simulated cycles on stderr, as simulate's progress callback: one bar per
-    run, labelled with its core count, started by the run's first kernel and ended by `stop`."""
+class RunProgress:
+    """`mlusim run`'s progress (mlusim.progress): each run's compile and simulation, labelled with
+    the run's core count; `stop` ends a run's bar and moves to the next count."""
 
-    def __init__(self, enabled: bool, labels: list[str]):
-        self.enabled, self.labels, self.run, self.bar, self.task = enabled, labels, 0, None, None
+    def __init__(self, progress: Progress, name: str, counts: list[int]):
+        self.progress, self.name, self.counts, self.run = progress, name, counts, 0
 
-    def __call__(self, done: int, total: int, cycles: float) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
+    def __call__(self, done: float, total: int, cycles: float) -> None:
+        n = self.counts[min(self.run, len(self.counts) - 1)]
+        self.progress.simulated(f"run {self.name} on {n} core(s)", done, total, cycles)
 
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("kernels, {task.fields[cycles]:,.0f} cycles"), TimeElapsedColumn(),
-                                    console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.labels[min(self.run, len(self.labels) - 1)], total=total, cycles=0.0)
-        self.bar.update(self.task, completed=done, total=total, cycles=cycles)
+    def compiling(self, cores: int):
+        return self.progress.compiling(f"compile {self.name} for {cores} core(s)")
 
     def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.progress.stop()
         self.run += 1
 
 
@@ -99,14 +91,14 @@ def cmd_run(args) -> int:
         cfg = resolve_config(args, program)
     counts = parse_cores(args.cores, cfg.chip.cores) if args.cores else [cfg.chip.cores]
     inputs = load_inputs(args.input)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-    progress = Progress(show, [f"{n} core(s)" for n in counts])
+    progress = RunProgress(command_progress(args.progress), Path(args.program).name, counts)
     out = RunOutput(args, len(counts) > 1, progress)
     try:
         rows = scaling(program, cfg, counts, options=options, schedule=args.schedule, per_layer=args.per_layer,
                        timing_only=args.timing_only, inputs=inputs or None, on_run=out.on_run,
                        max_cycles=args.max_cycles, max_instructions=args.max_instructions, trace=bool(args.trace),
-                       progress=progress, max_seconds=args.max_seconds)
+                       progress=progress, compile_progress=progress.compiling,
+                       max_seconds=args.max_seconds)
     except MlusimError as e:      # say which program faulted (a script runs many)
         raise type(e)(f"{args.program}: {e}" if not str(e).startswith(args.program) else e) from None
     finally:
@@ -117,7 +109,7 @@ def cmd_run(args) -> int:
 class RunOutput:
     """What `mlusim run` prints and writes as each run finishes, then for the whole set."""
 
-    def __init__(self, args, several: bool, progress: Progress):
+    def __init__(self, args, several: bool, progress: RunProgress):
         self.args, self.several, self.progress = args, several, progress
         self.summaries: list[dict] = []
         self.last = None

@@ -19,6 +19,7 @@ from mlusim.commands.common import (
     int_arg,
 )
 from mlusim.errors import MlusimError
+from mlusim.progress import command_progress
 
 
 def register(sub) -> None:
@@ -45,8 +46,9 @@ def register(sub) -> None:
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
     p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
                    help="per point: stop with an error past this much wall time (default 3600)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="points done on stderr: a bar on a terminal, else a line every $MLUSIM_PROGRESS_SECONDS "
+                        "(default 5) s of a long sweep (default: on)")
     p.add_argument("--hold-program", action="store_true",
                    help="compile a zoo or ONNX model once per core count for the base config and run that program "
                         "at every point, so only the hardware varies (default: recompile per point, as `mlusim run` "
@@ -85,38 +87,34 @@ def _options(args) -> dict:
 def cmd_sweep(args) -> int:
     from mlusim.experiments import write_csv, write_json
     from mlusim.report import render_sweep
-    from mlusim.sweep import Interrupted, columns, sweep, sweep_document
+    from mlusim.sweep import Interrupted, SweepFailed, columns, sweep, sweep_document
 
     opts = _options(args)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-    bar = task = None
-    if show:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
-                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-        bar.start()
-        task = bar.add_task("sweep", total=None)
+    bar = command_progress(args.progress)
+    unit = "steps (compiles, then points)" if opts["hold_program"] else "points"
 
     def progress(done, total, _row):
-        if bar is not None:
-            bar.update(task, completed=done, total=total)
+        bar.update(f"sweep of {opts['spec']}", done, total, unit)
 
     t0 = time.perf_counter()
-    interrupted = False
+    interrupted, failure = False, None
+    if args.cluster:
+        from mlusim.cluster import quiet_logs
+
+        quiet_logs()
     try:
         rows = sweep(**opts, jobs=args.jobs, cluster=args.cluster, cluster_timeout=args.cluster_timeout,
                      progress=progress)
     except Interrupted as e:
-        rows, interrupted = sorted(e.rows, key=lambda r: r["point"]), True
+        rows, interrupted = e.rows, True
+    except SweepFailed as e:        # the finished rows are written, then the one-line error
+        rows, failure = e.rows, e
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     wall = time.perf_counter() - t0
     keys = list(opts["params"])
     failed = [r for r in rows if r.get("error")]
-    if rows and len(failed) == len(rows):
+    if failure is None and rows and len(failed) == len(rows):
         raise MlusimError(f"every sweep point failed; the first: {failed[0]['error']}")
     where = f"on {args.cluster}" if args.cluster else f"with {args.jobs or 'one per CPU'} local job(s)"
     if opts["hold_program"]:
@@ -125,13 +123,15 @@ def cmd_sweep(args) -> int:
     for r in failed:
         print(f"mlusim: warning: point {r['point']} could not run: {r['error']}", file=sys.stderr)
     doc = sweep_document(opts["spec"], opts["base_config"], opts["params"], opts["cores"], rows,
-                         opts["timing_only"], interrupted, opts["hold_program"])
+                         opts["timing_only"], interrupted, opts["hold_program"], str(failure) if failure else None)
     if args.json:
         write_json(doc, args.json)
         print(f"wrote {args.json}")
     if args.csv:
         write_csv(rows, args.csv, columns(keys))
         print(f"wrote {args.csv}")
+    if failure is not None:
+        raise failure
     if interrupted:
         print("mlusim: interrupted; the table holds the points that finished", file=sys.stderr)
         return 130

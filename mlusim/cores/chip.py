@@ -63,6 +63,8 @@ class Chip:
         if trace:
             self.fabric.samples = self.trace    # link bandwidth samples go into the same trace
         self.record: KernelRecord | None = None
+        self.progress = None            # run_kernels' callback, also called at each checkpoint
+        self.kernel_at = (0, 1, 0, 1)   # (kernels done, kernels, `executed` at its start, its expected count)
         self.set_weights([])
         cpc = cfg.chip.cores_per_cluster
         self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes),
@@ -121,15 +123,23 @@ class Chip:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise SimulationError(f"{where}: wall-clock budget of {self.max_seconds:g} s exhausted after "
                                   f"{self.executed:,} instructions (raise --max-seconds)")
+        if self.progress is not None:       # inside a kernel: how far, by instructions issued
+            done, total, start, expect = self.kernel_at
+            self.progress(done + min(0.99, (self.executed - start) / expect), total, self.env.now)
         self.max_instructions = min(self.instruction_limit, self.executed + WALL_CHECK_EVERY)
 
     # ---- dispatch ------------------------------------------------------------------------------
     def run_kernels(self, kernels: list[Kernel], ncores: int, records: list[KernelRecord], progress=None):
         """SimPy process: every kernel in order on cores 0..ncores-1; `progress(done, total, cycles)`
-        is called after each kernel."""
+        is called after each kernel, and every WALL_CHECK_EVERY instructions inside one with a
+        fractional `done` (a fused network is one kernel: it would sit at 0/1 until the end)."""
         env = self.env
         active = self.cores[:ncores]
+        self.progress = progress
+        if progress is not None:
+            self.max_instructions = min(self.max_instructions, self.executed + WALL_CHECK_EVERY)
         for idx, k in enumerate(kernels):
+            self.kernel_at = (idx, len(kernels), self.executed, expected_instructions(k))
             rec = KernelRecord(k.name, k.task_type, k.task_dim, env.now, meta=dict(k.meta))
             records.append(rec)
             self.record = rec
@@ -224,6 +234,14 @@ class Chip:
                 parts = "; ".join(f"{u}: {describe_state(s)}" for u, s in busy.items())
                 out.append(f"core {c.id} ({task}): {parts}")
         return out
+
+
+def expected_instructions(k: Kernel) -> int:
+    """What `executed` grows by over the kernel if no instruction runs twice: every task's stream
+    and its dispatch (a loop runs more; progress then stops short of the kernel's end)."""
+    if k.task_stream is None:
+        return max(1, k.task_dim * (len(k.streams[0]) + 1))
+    return max(1, k.task_dim + sum(len(k.streams[s]) for s in k.task_stream))
 
 
 def reuses_instructions(k: Kernel) -> bool:

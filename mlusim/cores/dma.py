@@ -3,7 +3,9 @@
 A DMA instruction takes   startup + (segments - 1) * segment_cycles   of descriptor processing, plus
 the DRAM first-byte latency when GDRAM is involved, then streams its bus bytes through the Fabric.
 A strided transfer that stays on chip (SRAM, NRAM, WRAM: the Move-DMA rather than the IO-DMA) pays
-`move_segment_cycles` per extra segment instead: no DRAM bursts or row changes to set up.
+`move_segment_cycles` per extra segment instead: no DRAM bursts or row changes to set up. So does a
+GDRAM segment that starts within `dram.page_bytes` of the previous one's end (the open row: a
+channel slice of an NHWC tensor, a row band of a padded tile); a jump past it opens a new row.
 GDRAM bus bytes are each segment rounded out to the access granularity; a write that covers only
 part of a granule costs a read of that granule too (read-modify-write).
 """
@@ -96,6 +98,15 @@ def with_operand(plan: DmaPlan, reads_weights: bool) -> DmaPlan:
 _KEYS: dict[tuple[str, str, bool], tuple[str | None, str | None]] = {}
 
 
+def segment_costs(cfg, size: int, stride: int, count: int, stride2: int, count2: int) -> int:
+    """Descriptor cycles of a strided transfer's extra segments on its GDRAM side: each jump from
+    a segment's end to the next one's start is priced by cfg.segment_cycles (inside the open DRAM
+    page, or a new row)."""
+    inner = (count - 1) * count2 * cfg.segment_cycles(stride - size) if count > 1 else 0
+    outer = (count2 - 1) * cfg.segment_cycles(stride2 - (count - 1) * stride - size) if count2 > 1 else 0
+    return inner + outer
+
+
 def plan(a: dict, cfg) -> DmaPlan:
     d = DIR_NAMES[a["dir"]]
     src, dst = DIRECTIONS[d]
@@ -103,7 +114,11 @@ def plan(a: dict, cfg) -> DmaPlan:
     segs = cnt * cnt2
     payload = size * segs
     onchip = src != "gdram" and dst != "gdram"
-    fixed = cfg.dma.startup_cycles + (segs - 1) * (cfg.dma.move_segment_cycles if onchip else cfg.dma.segment_cycles)
+    if onchip:
+        fixed = cfg.dma.startup_cycles + (segs - 1) * cfg.dma.move_segment_cycles
+    else:
+        ends = [(a["sstride"], a["sstride2"])] * (src == "gdram") + [(a["dstride"], a["dstride2"])] * (dst == "gdram")
+        fixed = cfg.dma.startup_cycles + max(segment_costs(cfg, size, st, cnt, st2, cnt2) for st, st2 in ends)
     rd = wr = 0
     g = cfg.dram.access_bytes
     if src == "gdram":

@@ -55,8 +55,8 @@ def _paths(node, prefix=()):
 HOSTILE = [None, True, 0, -1, 1e308, "x", "", [], [1], {}, {"a": 1}, [{}], [None], 10**30]
 
 
-def _draw_only(fig, prefix):
-    """Render the figure (where bad values would fail) without encoding PNG and SVG files."""
+def _draw_only(fig, prefix, formats=None):
+    """Render the figure (where bad values would fail) without encoding PNG, SVG and PDF files."""
     import matplotlib.pyplot as plt
 
     fig.set_dpi(20)
@@ -68,9 +68,9 @@ def _draw_only(fig, prefix):
 @fuzz(ci=30)
 @given(st.data())
 def test_any_field_of_any_report_any_json(reports, capsys, tmp_path_factory, monkeypatch, data):
-    from mlusim import plot as plotmod
+    from mlusim import plot_style
 
-    monkeypatch.setattr(plotmod, "_save", _draw_only)
+    monkeypatch.setattr(plot_style, "_save", _draw_only)
     kind = data.draw(st.sampled_from(sorted(FIGURES)))
     doc = json.loads(json.dumps(reports[kind]))
     path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
