@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlusim.compiler.relocate import StreamMemo
+
 
 @dataclass
 class DevTensor:
@@ -48,6 +50,9 @@ class KernelCtx:
     wram_slots: dict[str, WramSlot] = field(default_factory=dict)   # node -> its resident weight block
     weight_home: dict[str, int] = field(default_factory=dict)       # node -> SRAM address of its staged weights
     weights_ready: set[str] = field(default_factory=set)            # nodes whose weights are in their slot already
+    streams_memo: StreamMemo | None = None     # the compile's emitted task streams (relocate.py); None: not kept
+    dry: bool = False                # only the kernel's metadata is wanted (a fused segment's dry run):
+                                     # a generator may pass no streams
 
     def const(self, name: str, arr) -> int:
         raise NotImplementedError("this context only prices tilings")

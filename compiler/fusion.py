@@ -184,13 +184,14 @@ class SegmentEmitter:
                 t.flat_from = full.flat_from
                 dev[n.name] = t
 
-    def job_ctx(self) -> JobCtx:
+    def job_ctx(self, dry: bool = False) -> JobCtx:
+        """dry: for a Group without tasks (only its layers' metadata is read)."""
         return JobCtx(cfg=self.cfg, tasks=self.cpc, dram_share=self.sp.dram_share, prefetch=self.opts.prefetch,
-                      parent=self.ctx, consts=self.consts)
+                      parent=self.ctx, consts=self.consts, streams_memo=self.ctx.streams_memo, dry=dry)
 
     def dry(self, slots: dict, base: int, cluster: int = 0) -> list:
         """One image group emitted without streams: every layer's kernel metadata."""
-        return self.image_group(Group(self.job_ctx(), 0, None, slots, base, True, True, {}, Run({}), cluster))
+        return self.image_group(Group(self.job_ctx(dry=True), 0, None, slots, base, True, True, {}, Run({}), cluster))
 
     # ---- WRAM placement: resident weights, the gathered fc's slot, prefetch, the input prefetch -----
     def plan_wram(self) -> None:
@@ -226,7 +227,8 @@ class SegmentEmitter:
         xs = DevTensor("", sp.addrs[base_value(self.g, gath.inputs[0])], (sp.group,) + tuple(x.shape[1:]), x.dtype,
                        None, "sram")
         try:
-            meta = self.gathered_fc(Group(self.job_ctx(), 0, None, {}, self.base, True, True, {}, Run({})), gath, xs)
+            dry = Group(self.job_ctx(dry=True), 0, None, {}, self.base, True, True, {}, Run({}))
+            meta = self.gathered_fc(dry, gath, xs)
         except CompileError:
             sp.gathered, meta = None, {}
             if not sp.steps_of:

@@ -116,7 +116,8 @@ def lowest_fit(busy, size: int, capacity: int) -> int | None:
 
 
 def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = False, keep: bool | frozenset = False,
-              extra: dict[str, tuple[int, int, int]] | None = None) -> tuple[dict[str, int], int] | None:
+              extra: dict[str, tuple[int, int, int]] | None = None, memo: dict | None = None
+              ) -> tuple[dict[str, int], int] | None:
     """SRAM addresses for the span's internal values and, when `stage`, for its external inputs too
     (copied in once at the start, so the layers that read them, often two, read SRAM instead of
     DRAM); the peak; None if they do not fit.
@@ -126,12 +127,13 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     time. A value lives from the layer that writes it (staged inputs: from the start) to the last
     layer that reads it; a layer's output never shares bytes with its inputs. `keep`: values used
     after the span get SRAM too (a wide segment stores them from there), or those named. `extra`:
-    other buffers to place, name -> (bytes, first layer, last layer)."""
+    other buffers to place, name -> (bytes, first layer, last layer). `memo`: a dict the caller keeps
+    while neither the graph nor `lay` changes (segments.plan_segments asks about the same span for
+    several group sizes), for the spans' lifetimes and sizes."""
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and base_value(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
-    life = lifetimes(g, nodes, stage, keep)
-    size = {v: group_bytes(lay[v], group) for v in life}
+    life, size = _life_and_size(g, nodes, group, lay, stage, keep, memo)
     for v, (nbytes, f, l_) in (extra or {}).items():     # buffers that are not values (share.py's stages)
         life[v], size[v] = (f, l_), aligned(nbytes)
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
@@ -144,6 +146,21 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
         addrs[v] = at
         placed.append((at, at + size[v], f, l_))
     return addrs, max((p[1] for p in placed), default=0)
+
+
+def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None) -> tuple[dict, dict]:
+    """sram_plan's lifetimes and sizes of the span's values, fresh dicts (it adds to them)."""
+    if memo is None or not nodes:
+        life = lifetimes(g, nodes, stage, keep)
+        return life, {v: group_bytes(lay[v], group) for v in life}
+    span = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep)
+    life = memo.get(span)
+    if life is None:
+        life = memo[span] = lifetimes(g, nodes, stage, keep)
+    size = memo.get(span + (group,))
+    if size is None:
+        size = memo[span + (group,)] = {v: group_bytes(lay[v], group) for v in life}
+    return dict(life), dict(size)
 
 
 def split_bytes(n: int, parts: int) -> list[tuple[int, int]]:

@@ -20,6 +20,7 @@ from mlusim.compiler.kernels import broadcast, eltwise, linear, pool
 from mlusim.compiler.kernels import conv as kconv
 from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_columns, s2d_conv, space_to_depth, value_name
 from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.relocate import StreamMemo
 from mlusim.compiler.segments import plan_segments
 from mlusim.errors import CompileError
 from mlusim.program import GDRAM_ALIGN, Kernel, Program, TensorDecl
@@ -36,6 +37,7 @@ class LowerCtx(KernelCtx):
     tensors: list[TensorDecl] = field(default_factory=list)
     kernels: list[Kernel] = field(default_factory=list)
     top: int = 0
+    streams_memo: StreamMemo | None = field(default_factory=StreamMemo)
 
     def _place(self, nbytes: int) -> int:
         addr = -(-self.top // GDRAM_ALIGN) * GDRAM_ALIGN

@@ -87,6 +87,26 @@ def _act_f(y, act):
     return y
 
 
+CHUNK_BYTES = 64 << 20     # the most float64 weight _linear_f converts at once
+
+
+def _linear_f(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x @ w.T + b in float64. A big weight is converted a block of output rows at a time (VGG-16's
+    fc6 whole in float64 would be 822 MB, more than all its float32 weights together): each block
+    is the same float64 BLAS product over the full reduction, one output column per weight row,
+    with blocks of at least 64 rows so the product never takes the matrix-vector path."""
+    x64 = x.astype(np.float64)
+    o = w.shape[0]
+    blocks = -(-o // max(64, CHUNK_BYTES // (8 * w.shape[1])))
+    if blocks == 1:
+        return x64 @ w.T.astype(np.float64) + b
+    y = np.empty((x.shape[0], o), np.float64)
+    cuts = [o * i // blocks for i in range(blocks + 1)]          # equal blocks: none of a few rows
+    for j0, j1 in zip(cuts, cuts[1:]):
+        y[:, j0:j1] = x64 @ w[j0:j1].T.astype(np.float64)
+    return y + b
+
+
 def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
     """Every node's float32 output (fused activations and pools applied); `on_node(k)` after the
     k-th node (a compile's progress: calibration is its longest phase)."""
@@ -105,8 +125,7 @@ def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
             if "pool" in n.attrs:
                 y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
         elif op == "linear":
-            y = a[0].astype(np.float64) @ n.params["weight"].T.astype(np.float64) + n.params["bias"]
-            y = _act_f(y.astype(np.float32), n.attrs.get("act"))
+            y = _act_f(_linear_f(a[0], n.params["weight"], n.params["bias"]).astype(np.float32), n.attrs.get("act"))
         elif op == "batchnorm":
             p = n.params
             k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))

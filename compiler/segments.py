@@ -122,8 +122,8 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     shared = shares_weights(jobs_run, groups, clusters, 1, opts)
     esc = escaping(g, nodes)
     inside = {n.name for n in nodes}
-    gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts) if shared else \
-        (None, {}, {}, set())
+    gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts, cache) \
+        if shared else (None, {}, {}, set())
 
     def space(v: str) -> str:
         return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
@@ -159,20 +159,21 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     return max(compute, dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
 
 
-def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict, opts: FusionOptions):
+def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict, opts: FusionOptions,
+                  memo: dict | None = None):
     """What share.schedule makes of a segment whose clusters share weights, for pricing: the
     gathered fc (or None), the sliced layers (name -> the slice nodes: each reads all the layer's
     input again), the weight bytes copied at a step's start (lead 1), and the layers left per
     cluster (big ones with no room for a stage: each cluster reads them from DRAM)."""
     gath = nodes[-1] if sh.gathers(g, nodes[-1], escaping(g, nodes), peers, 1) else None
     extra = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
-    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra)
+    plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra, memo=memo)
     if plan is None and gath:       # no room for the gather: the fc stays per cluster (as fusion.py does)
         gath, extra = None, {}
-        plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged)
+        plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, memo=memo)
     if plan is None:
         return gath, {}, {}, set()
-    _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, opts.share_min_bytes)
+    _plan, steps, _kept = sh.schedule(g, nodes, group, lay, cfg, staged, 1, plan, extra, opts.share_min_bytes, memo)
     sliced: dict = {}
     lead1: dict = {}
     for s in steps:
@@ -273,7 +274,7 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions(), pro
                     all(n.op != "input" or k == 0 for k, n in enumerate(span)):
                 for gr in groups:
                     for stage in ((True, False) if span[0].op != "input" else (False,)):
-                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage)
+                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache)
                         if plan is not None:
                             cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
                             choices.append((cost, Segment(a, b, gr, stage)))
@@ -282,7 +283,8 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions(), pro
                 for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
                     for gr in groups:
                         plan = next(((stage, p) for stage in (True, False)
-                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True))), None)
+                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True,
+                                                        memo=cache))), None)
                         if plan is not None:
                             cost = wide_cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache, opts)
                             choices.append((cost, Segment(a, b, gr, plan[0], n)))

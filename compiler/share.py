@@ -124,24 +124,26 @@ def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, 
 
 
 def schedule(g, nodes, group: int, lay: dict, cfg, staged: bool, parts: int, sram: tuple, extra: dict,
-             min_bytes: int) -> tuple[tuple, list[Step], frozenset]:
+             min_bytes: int, memo: dict | None = None) -> tuple[tuple, list[Step], frozenset]:
     """The steps of a segment whose clusters share weights and the SRAM plan they go with, as
     lowering builds them: plan() in the gaps of `sram` (sram_plan's result, with the `extra`
     buffers); a sliced last layer's output kept in SRAM when it escapes (it then leaves in one
     contiguous copy); then pin_stages. Returns (SRAM plan, steps, kept). fusion.py lowers what this
-    says and segments.py prices it, so the planner sees the slices the code will have."""
+    says and segments.py prices it, so the planner sees the slices the code will have. `memo`:
+    sram_plan's (the planner's cache)."""
     real = [n for n in nodes if n.op not in VIEWS]
     cap, lanes = cfg.sram_bytes, cfg.core.mac_co_lanes
     steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, stage=staged)
     kept: frozenset = frozenset()
     if parts == 1 and real[-1].name in escaping(g, nodes) and sum(s.node == real[-1].name for s in steps) > 1:
-        again = sram_plan(g, nodes, group, cap, lay, staged, keep=frozenset({real[-1].name}), extra=extra)
+        again = sram_plan(g, nodes, group, cap, lay, staged, keep=frozenset({real[-1].name}), extra=extra, memo=memo)
         if again is not None:
             sram, kept = again, frozenset({real[-1].name})
             steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, keep=kept, stage=staged)
     if steps:   # fewer slices where their stage fits beside the values when planned with them
         pins, _bufs, again = pin_stages(g, nodes, steps, parts, lambda more: sram_plan(
-            g, nodes, group, cap, lay, staged, keep=kept or parts > 1, extra={**extra, **more}), more=min_bytes // 2)
+            g, nodes, group, cap, lay, staged, keep=kept or parts > 1, extra={**extra, **more}, memo=memo),
+            more=min_bytes // 2)
         if again is not None:
             sram = again
             steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, keep=kept, stage=staged,

@@ -28,7 +28,7 @@ computes the plain conv of (x - zp) and checks it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil
 
 import numpy as np
@@ -325,7 +325,6 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     nblocks = ceil(geo.co / block)
     rblocks = ceil(geo.ho / rows)
     units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
-    streams = []
     # a fused segment may keep this layer's weights in WRAM across the image groups of a job:
     # (a WramSlot) when every task holds a single weight block
     resident = ctx.wram_slots.get(node.name)
@@ -337,9 +336,8 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     one_block = nblk == 1 or (w_src[0] == "s2w" and ctx.prefetch and not geo.depthwise
                               and nblk * wblock <= (ctx.cfg.wram_bytes - ctx.wram_base) // 2)
     consts = ConvConsts(w_src[0], w_src[1], p_addr, fs_addr, r_addr, zp_row)
-    for t0, t1 in runs:
-        streams.append(_task(ctx, geo, q, units[t0:t1], rows, block, x, y, consts, res, plan.buffers,
-                             resident if one_block else None))
+    streams = [] if ctx.dry else _streams(ctx, geo, plan, q, units, runs, x, y, res, consts,
+                                          resident if one_block else None)
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     kept = "" if not (resident and one_block) else \
         ", weights prefetched during the layer before" if resident.prefetched else ", weights resident in WRAM"
@@ -348,6 +346,32 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
+
+
+def _streams(ctx, geo, plan, q, units, runs, x, y, res, consts: ConvConsts, resident) -> list[list]:
+    """Every task's stream; from the compile's StreamMemo when this layer was emitted before with
+    its activations elsewhere in GDRAM (a fused segment's other jobs and image groups)."""
+    def build(bases: dict, new_stream) -> list[list]:
+        xb, yb, rb = (t if t is None or tag not in bases else replace(t, addr=bases[tag])
+                      for tag, t in (("x", x), ("y", y), ("res", res)))
+        return [_task(ctx, geo, q, units[t0:t1], plan.rows, plan.block, xb, yb, consts, rb, plan.buffers, resident,
+                      new_stream()) for t0, t1 in runs]
+
+    bases = {tag: t.addr for tag, t in (("x", x), ("y", y), ("res", res)) if t is not None and t.space == "gdram"}
+    if ctx.streams_memo is None:
+        return build(bases, TaskStream)
+    # everything _task reads but those base addresses (geo and cfg by identity: kept alive below)
+    key = ("conv", id(geo), id(ctx.cfg), ctx.wram_base, plan.rows, plan.block, plan.tasks, plan.buffers,
+           q["lo"], q["hi"], q.get("zp", 0), q.get("acc_pos", 0), q.get("qmax"), _placed(x), _placed(y), _placed(res),
+           consts, resident)
+    return ctx.streams_memo.streams(key, bases, build, keep=(geo, ctx.cfg))
+
+
+def _placed(t) -> tuple | None:
+    """A tensor as a StreamMemo key sees it: its GDRAM address is relocatable, an SRAM one is not."""
+    if t is None:
+        return None
+    return t.space, None if t.space == "gdram" else t.addr, tuple(t.shape), t.dtype, t.flat_from
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, raw=None, ch0: int = 0):
@@ -585,10 +609,12 @@ def _store_tile(s, geo, y, last: int, out_buf: int, n: int, r0: int, r1: int, c0
                  sstride=bc * esz)
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, naccs=2, resident=None):
-    """One task's stream: its run of (block, image, row block) tiles, each loaded, multiplied,
-    requantized (and pooled) and stored, the stages of consecutive tiles overlapping."""
-    s = TaskStream()
+def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, naccs=2, resident=None,
+          s: TaskStream | None = None):
+    """One task's stream (into `s`, a fresh TaskStream by default): its run of (block, image, row
+    block) tiles, each loaded, multiplied, requantized (and pooled) and stored, the stages of
+    consecutive tiles overlapping."""
+    s = TaskStream() if s is None else s
     st = TaskState(sorted({u[0] for u in units}))
     bufs = _task_buffers(ctx, geo, s, rows, block, naccs, resident, len(st.blocks), consts.zp_row, x.space)
     for i, (cb, n, rb) in enumerate(units):
