@@ -59,3 +59,20 @@ def compile_cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLUSIM_CACHE_DIR", str(d))
     monkeypatch.delenv("MLUSIM_CACHE_MAX_MB", raising=False)
     return d
+
+
+# The few tests that take minutes run first, so that `pytest -n 2` (.ci/run) starts them while the
+# other worker works through the short ones, instead of one of them starting last and keeping the
+# suite waiting (longest job first). Substrings of node ids; measured with --durations.
+LONGEST_FIRST = ("test_training.py::test_short_training_run_tracks_float_pytorch_and_reports_cycles",
+                 "test_share.py::test_resnet50_batch16_on_16_cores_is_bit_exact",
+                 "test_fuzz_engine.py::test_random_streams_run_or_fail_cleanly")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+
+    def key(item):
+        hits = [k for name, k in rank.items() if name in item.nodeid]
+        return hits[0] if hits else len(rank)
+    items.sort(key=key)      # stable: every other test keeps its collection order
