@@ -95,16 +95,22 @@ def plan_digest(prep: Prepared) -> str:
     """A short hash of what the compiler planned: tensors (names, shapes, addresses, constants)
     and kernels (task shapes, encoded instruction streams); metadata left out. Two points with the
     same digest run the same program, so their differences come from the hardware alone."""
-    from mlusim.isa.encoding import encode_stream
-
     h = hashlib.sha256()
     for prog in prep.programs():
-        for t in prog.tensors:
-            h.update(repr((t.name, t.role, t.dtype, tuple(int(d) for d in t.shape), t.addr)).encode())
-            if t.data is not None:
-                h.update(np.ascontiguousarray(t.data).tobytes())
-        for k in prog.kernels:
-            h.update(repr((k.name, k.task_type, k.task_dim, k.task_stream)).encode())
-            for s in k.streams:
-                h.update(encode_stream(s))
+        hash_program(h, prog)
     return h.hexdigest()[:12]
+
+
+def hash_program(h, prog) -> None:
+    """Feed a program's tensors (names, shapes, addresses, constants) and kernels (task shapes,
+    encoded instruction streams) to hashlib object `h`; metadata left out."""
+    from mlusim.isa.encoding import encode_stream
+
+    for t in prog.tensors:
+        h.update(repr((t.name, t.role, t.dtype, tuple(int(d) for d in t.shape), t.addr)).encode())
+        if t.data is not None:
+            h.update(np.ascontiguousarray(t.data).tobytes())
+    for k in prog.kernels:
+        h.update(repr((k.name, k.task_type, k.task_dim, k.task_stream)).encode())
+        for s in k.streams:
+            h.update(encode_stream(s))

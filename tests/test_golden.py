@@ -32,7 +32,7 @@ import pytest
 from mlusim.compiler.driver import compile_model
 from mlusim.compiler.zoo import ZOO
 from mlusim.config import load_config
-from mlusim.isa.encoding import encode_stream
+from mlusim.runs import hash_program
 from mlusim.sim import simulate
 
 GOLDEN = Path(__file__).parent / "golden" / "zoo.json"
@@ -51,14 +51,7 @@ FEATURES = ("staged", "wram_resident", "prefetched", "wide", "input_prefetch", "
 
 def program_hash(prog) -> str:
     h = hashlib.sha256()
-    for t in prog.tensors:
-        h.update(repr((t.name, t.role, t.dtype, tuple(int(d) for d in t.shape), t.addr)).encode())
-        if t.data is not None:
-            h.update(np.ascontiguousarray(t.data).tobytes())
-    for k in prog.kernels:
-        h.update(repr((k.name, k.task_type, k.task_dim, k.task_stream)).encode())
-        for s in k.streams:
-            h.update(encode_stream(s))
+    hash_program(h, prog)
     return h.hexdigest()
 
 
