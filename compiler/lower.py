@@ -147,9 +147,8 @@ def _lower_sliced(ctx, node: Node, concat: Node, at: int, ins: list[DevTensor], 
         shape, dt, _ = device_layout(concat, [], None)
         dev[concat.name] = ctx.activation(concat, shape, dt)
     y = dev[concat.name]
-    sliced = dataclasses.replace(node, attrs=dict(node.attrs, out_slice=(at, y.shape[3])))
-    kconv.lower_conv(ctx, sliced, ins[0], y, ins[1] if node.attrs.get("residual") else None)
-    return y
+    return _lower_node(ctx, dataclasses.replace(node, attrs=dict(node.attrs, out_slice=(at, y.shape[3]))), ins,
+                       "scratch", y=y)
 
 
 def _lower_node_as(ctx, node, ins, y, x):

@@ -158,14 +158,12 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
                     if lx_kept is None:
                         lx_kept = s.dma(load_dir(x), bx[slot], src, nm * k * esz)
                     lx = lx_kept
-                    lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
                 elif nkc == k:
                     lx = s.dma(load_dir(x), bx[slot], src, nm * k * esz, deps=[free])
                 else:
                     lx = s.dma(load_dir(x), bx[slot], src, nkc * esz, deps=[free], count=nm, dstride=nkc * esz,
                                sstride=k * esz)
-                if not kept:
-                    lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
+                lw = s.dma("g2w", bw[slot], w_addr + offsets[(ob, kb)], nb * nkc * esz, deps=[free])
                 mm = s.emit("matmul", [lx, lw], dt=dt, odt="i32", dst=acc if kb == 0 else tmp, a=bx[slot],
                             b=bw[slot], m=nm, k=nkc, n=nb, pos=q.get("acc_pos", 0))
                 readers.append(mm)

@@ -113,18 +113,16 @@ def plan(a: dict, cfg) -> DmaPlan:
     size, cnt, cnt2 = a["size"], a["count"], a["count2"]
     segs = cnt * cnt2
     payload = size * segs
-    onchip = src != "gdram" and dst != "gdram"
-    if onchip:
-        fixed = cfg.dma.startup_cycles + (segs - 1) * cfg.dma.move_segment_cycles
-    else:
-        ends = [(a["sstride"], a["sstride2"])] * (src == "gdram") + [(a["dstride"], a["dstride2"])] * (dst == "gdram")
-        fixed = cfg.dma.startup_cycles + max(segment_costs(cfg, size, st, cnt, st2, cnt2) for st, st2 in ends)
     rd = wr = 0
+    seg = (segs - 1) * cfg.dma.move_segment_cycles if src != "gdram" and dst != "gdram" else 0
     g = cfg.dram.access_bytes
     if src == "gdram":
         rd = gdram_bus_bytes(a["src"], size, a["sstride"], cnt, a["sstride2"], cnt2, g, False)
+        seg = segment_costs(cfg, size, a["sstride"], cnt, a["sstride2"], cnt2)
     if dst == "gdram":
         wr = gdram_bus_bytes(a["dst"], size, a["dstride"], cnt, a["dstride2"], cnt2, g, True)
+        seg = max(seg, segment_costs(cfg, size, a["dstride"], cnt, a["dstride2"], cnt2))
+    fixed = cfg.dma.startup_cycles + seg
     if rd or wr:
         fixed += cfg.dram.latency_cycles
     bus = max(rd + wr, payload)
