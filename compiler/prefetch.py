@@ -13,7 +13,7 @@ It works on finished instruction streams. A layer whose tasks each hold one weig
 are cut into chunks and spread through the instructions of the layer before on the same core. They
 run on the load queue (the IO-DMA) while that layer's tiles arrive from SRAM on the move queue, so
 they overlap its compute; the sync that ends it drains them. The tiler prices a layer that can be
-prefetched without its first weight load (conv `_price`, `ctx.prefetch`).
+prefetched without its first weight load (conv `_Pricer`, `ctx.prefetch`).
 
 The address is the top of WRAM, or the bottom of the free region when the running layer's
 buffers sit at the top; a layer with no room either way loads as before.

@@ -153,85 +153,132 @@ def all_blocks(wspace: str, blocks: int) -> float:
     return blocks if wspace == "sram" else float("inf")
 
 
-def _price(ctx: KernelCtx, geo: ConvGeometry, rows: int, block: int, max_tasks: int | None = None,
-           accs: int = 2, spaces: tuple[str, str, str] = ("gdram",) * 3, wspace: str = "gdram") -> Plan | None:
-    """spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment);
+@dataclass
+class _Tile:
+    """A tile's facts that hold for any task count (see _Pricer)."""
+    rows: int
+    block: int
+    fits: tuple[bool, bool]       # NRAM holds it with one accumulator, with two
+    units: int
+    nblocks: int
+    in_tile: int
+    out: int
+    st_bytes: int
+    wblock: int
+    raw: int
+    c_mac: float
+    c_vec: float
+    segs_in: int
+    segs: int
+
+
+@dataclass
+class _Run:
+    """A tile's facts once the task count is known (see _Pricer)."""
+    tasks: int
+    per_task: int
+    most: int
+    ld: float
+    st: float
+    w1: float
+    dram: float
+
+
+class _Pricer:
+    """The cost of a conv tiling on one geometry, split by what each part depends on: the tile
+    (rows, block), the task count, the accumulators, so a search works each out once.
+    spaces: where the input, output and shortcut live (gdram, or sram inside a fused segment);
     wspace: where the weights come from (sram when staged there, compiler/share.py; wram when
     loaded ahead into a slot of their own, one block per task: fusion.py's gathered fc)."""
-    cfg = ctx.cfg
-    wo, esz = geo.wo, geo.esz
-    in_tile = geo.tile_bytes(rows)
-    acc = rows * wo * block * 4
-    out = rows * wo * block * esz
-    pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
-    params = block * 16
-    wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
-    nblocks = ceil(geo.co / block)
-    nram = Arena("nram", cfg.nram_bytes)
-    raw = geo.raw_bytes(rows, spaces[0])
-    sizes = [in_tile] * DOUBLE + [acc] * accs + [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + \
-        [params] * DOUBLE + ([raw] * DOUBLE if raw else [])
-    if geo.residual:
-        sizes += [out] * DOUBLE + [params] * DOUBLE
-    if geo.depthwise:
-        sizes.append(wblock)
-    if not nram.fits(*sizes):
-        return None
-    rblocks = ceil(geo.ho / rows)
-    units = geo.n * rblocks * nblocks
-    tasks = min(units, max_tasks or ctx.tasks)
-    per_task = ceil(units / tasks)
-    # per tile costs on each queue
-    lanes_ci = cfg.core.mac_ci_lanes_int8 if esz == 1 else cfg.core.mac_ci_lanes_int16
-    if geo.depthwise:
-        c_mac = vec_cycles(cfg, rows * wo * block * geo.kh * geo.kw * 4)
-    else:
-        cog = block // geo.groups
-        c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci) * \
-            ceil(cog / cfg.core.mac_co_lanes) * geo.groups
-    c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
-        (vec_cycles(cfg, out) if geo.pool else 0)
-    xs, ys, rs = spaces
-    if geo.fold > 1:
-        segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo
-    elif geo.in_slice:          # one segment per pixel: its block's channels
-        segs_in = min(geo.rows_in(rows), geo.h) * geo.w
-    else:
-        segs_in = rows if geo.wp != geo.w or geo.row_step > 1 else 1
-    # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
-    # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
-    share = dram_rate(cfg, 1, ctx.dram_share, tasks)
-    ld = dma_cycles(cfg, in_tile, segs_in, xs, rate=share if xs == "gdram" else None) if not raw else \
-        dma_cycles(cfg, raw, 1, xs, rate=share) + dma_cycles(cfg, in_tile, segs_in, "sram")
-    gap = (geo.yc - block) * esz        # a channel slice's segments: one per pixel, this far apart
-    if geo.residual:
-        ld += dma_cycles(cfg, out, 1 if block == geo.yc else rows * wo, rs, rate=share if rs == "gdram" else None,
-                         gap=gap)
-    st_bytes = pooled if geo.pool else out
-    segs = 1 if block == geo.yc else (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-    st = dma_cycles(cfg, st_bytes, segs, ys, rate=share if ys == "gdram" else None, gap=gap)
-    # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
-    # weight block its run touches once
-    most, loads = block_loads(units, tasks, units // nblocks)
-    room = cfg.wram_bytes - ctx.wram_base
-    if not geo.depthwise and wblock * (DOUBLE if most > 1 else 1) > room or wspace == "wram" and most > 1:
-        return None          # a task with one weight block needs no second WRAM buffer
-    # every task fetches its first weight block at once, sharing the DRAM it can count on; later
-    # blocks load behind the compute of the one before
-    w_rate = share
-    w1 = dma_cycles(cfg, wblock, rate=w_rate) if wspace == "gdram" else \
-        dma_cycles(cfg, wblock, space="sram") if wspace == "sram" else 0.0
-    if ctx.prefetch and not geo.depthwise and \
-            wblock * (1 if most == 1 else all_blocks(wspace, most)) <= room // 2:
-        # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
-        # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
-        w1 = 0.0
-    cp = max(c_mac, c_vec) if accs == 2 else c_mac + c_vec      # two accumulators: the units overlap
-    task = w1 + max(per_task * ld + w1 * (most - 1), per_task * cp, per_task * st) + ld + c_mac + st
-    total_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
-                           + (out if geo.residual and rs == "gdram" else 0)) + (wblock * loads if wspace == "gdram" else 0)
-    dram = total_bytes / dram_rate(cfg, None, ctx.dram_share)
-    return Plan(rows, block, tasks, max(task, dram), units, accs, geo.fold, geo.row_step)
+
+    def __init__(self, ctx: KernelCtx, geo: ConvGeometry, spaces: tuple[str, str, str], wspace: str):
+        self.ctx, self.cfg, self.geo, self.spaces, self.wspace = ctx, ctx.cfg, geo, spaces, wspace
+        self.nram = Arena("nram", ctx.cfg.nram_bytes)
+        self.room = ctx.cfg.wram_bytes - ctx.wram_base
+        self.lanes_ci = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
+        self.dram_all = dram_rate(ctx.cfg, None, ctx.dram_share)
+
+    def tile(self, rows: int, block: int) -> _Tile | None:
+        """None when not even one accumulator fits NRAM."""
+        cfg, geo = self.cfg, self.geo
+        wo, esz = geo.wo, geo.esz
+        in_tile = geo.tile_bytes(rows)
+        acc = rows * wo * block * 4
+        out = rows * wo * block * esz
+        pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
+        params = block * 16
+        wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
+        raw = geo.raw_bytes(rows, self.spaces[0])
+        rest = [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE + \
+            ([raw] * DOUBLE if raw else []) + ([out] * DOUBLE + [params] * DOUBLE if geo.residual else []) + \
+            ([wblock] if geo.depthwise else [])
+        fits = (self.nram.fits(*([in_tile] * DOUBLE + [acc] + rest)),
+                self.nram.fits(*([in_tile] * DOUBLE + [acc] * 2 + rest)))
+        if not fits[0]:
+            return None
+        nblocks = ceil(geo.co / block)
+        units = geo.n * ceil(geo.ho / rows) * nblocks
+        if geo.depthwise:
+            c_mac = vec_cycles(cfg, rows * wo * block * geo.kh * geo.kw * 4)
+        else:
+            c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / self.lanes_ci) * \
+                ceil(block // geo.groups / cfg.core.mac_co_lanes) * geo.groups
+        c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
+            (vec_cycles(cfg, out) if geo.pool else 0)
+        if geo.fold > 1:
+            segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo
+        elif geo.in_slice:          # one segment per pixel: its block's channels
+            segs_in = min(geo.rows_in(rows), geo.h) * geo.w
+        else:
+            segs_in = rows if geo.wp != geo.w or geo.row_step > 1 else 1
+        segs = 1 if block == geo.yc else \
+            (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
+        return _Tile(rows, block, fits, units, nblocks, in_tile, out, pooled if geo.pool else out, wblock, raw,
+                     c_mac, c_vec, segs_in, segs)
+
+    def run(self, tile: _Tile, max_tasks: int) -> _Run | None:
+        """None when a task's weight blocks do not fit WRAM."""
+        cfg, ctx, geo, wspace, (xs, ys, rs) = self.cfg, self.ctx, self.geo, self.wspace, self.spaces
+        units, wblock = tile.units, tile.wblock
+        tasks = min(units, max_tasks)
+        # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
+        # weight block its run touches once
+        most, loads = block_loads(units, tasks, units // tile.nblocks)
+        if not geo.depthwise and wblock * (DOUBLE if most > 1 else 1) > self.room or wspace == "wram" and most > 1:
+            return None          # a task with one weight block needs no second WRAM buffer
+        # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
+        # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
+        share = dram_rate(cfg, 1, ctx.dram_share, tasks)
+        ld = dma_cycles(cfg, tile.in_tile, tile.segs_in, xs, rate=share if xs == "gdram" else None) if not tile.raw \
+            else dma_cycles(cfg, tile.raw, 1, xs, rate=share) + dma_cycles(cfg, tile.in_tile, tile.segs_in, "sram")
+        gap = (geo.yc - tile.block) * geo.esz     # a channel slice's segments: one per pixel, this far apart
+        if geo.residual:
+            ld += dma_cycles(cfg, tile.out, 1 if tile.block == geo.yc else tile.rows * geo.wo, rs,
+                             rate=share if rs == "gdram" else None, gap=gap)
+        st = dma_cycles(cfg, tile.st_bytes, tile.segs, ys, rate=share if ys == "gdram" else None, gap=gap)
+        # every task fetches its first weight block at once, sharing the DRAM it can count on; later
+        # blocks load behind the compute of the one before
+        w1 = dma_cycles(cfg, wblock, rate=share) if wspace == "gdram" else \
+            dma_cycles(cfg, wblock, space="sram") if wspace == "sram" else 0.0
+        if ctx.prefetch and not geo.depthwise and \
+                wblock * (1 if most == 1 else all_blocks(wspace, most)) <= self.room // 2:
+            # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
+            # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
+            w1 = 0.0
+        total_bytes = units * ((tile.in_tile if xs == "gdram" else 0) + (tile.st_bytes if ys == "gdram" else 0)
+                               + (tile.out if geo.residual and rs == "gdram" else 0)) + \
+            (wblock * loads if wspace == "gdram" else 0)
+        return _Run(tasks, ceil(units / tasks), most, ld, st, w1, total_bytes / self.dram_all)
+
+    @staticmethod
+    def cost(tile: _Tile, run: _Run, accs: int) -> float | None:
+        """Cycles of the slowest task or of the DRAM traffic; None when the accumulators do not fit."""
+        if not tile.fits[accs - 1]:
+            return None
+        c_mac, per_task, ld, st, w1 = tile.c_mac, run.per_task, run.ld, run.st, run.w1
+        cp = max(c_mac, tile.c_vec) if accs == 2 else c_mac + tile.c_vec      # two accumulators: the units overlap
+        task = w1 + max(per_task * ld + w1 * (run.most - 1), per_task * cp, per_task * st) + ld + c_mac + st
+        return max(task, run.dram)
 
 
 _PLANS: dict = {}
@@ -282,20 +329,29 @@ def _plan_conv(ctx, node, x_shape, spaces, wspace) -> tuple[ConvGeometry, Plan]:
 def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]], spaces, wspace
             ) -> tuple[ConvGeometry, Plan] | None:
     """The cheapest plan over tile heights, blocks, task counts and accumulators for each
-    (geometry, its blocks) option, with the geometry it was priced on."""
+    (geometry, its blocks) option, with the geometry it was priced on: the first of the cheapest
+    in the order (rows, block, tasks, accumulators, option)."""
     mult = geo.pool[0] if geo.pool else 1
     blocks = sorted({b for _, bs in options for b in bs}, reverse=True)
     # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
     # per-task start-up and weight reloads than it gains
     spread = sorted({max(1, ctx.tasks // d) for d in (1, 2, 4)}, reverse=True)
-    cands = [(r, b, t, n, gi) for r in row_candidates(geo.ho, mult) for b in blocks for t in spread for n in (2, 1)
-             for gi in range(len(options)) if b in options[gi][1]]
-    best, where = None, None
-    for c in cands:
-        p = _price(ctx, options[c[4]][0], *c[:4], spaces, wspace)
-        if p is not None and (best is None or p.cost < best.cost):
-            best, where = p, options[c[4]][0]
-    return None if best is None else (where, best)
+    pricers = [(_Pricer(ctx, gm, spaces, wspace), set(bs)) for gm, bs in options]
+    best, best_cost = None, None
+    for r in row_candidates(geo.ho, mult):
+        for b in blocks:
+            tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b)) is not None]
+            for t in spread:
+                runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t)) is not None]
+                for accs in (2, 1):
+                    for p, tile, run in runs:
+                        cost = p.cost(tile, run, accs)
+                        if cost is not None and (best is None or cost < best_cost):
+                            best, best_cost = (p.geo, tile, run, accs), cost
+    if best is None:
+        return None
+    where, tile, run, accs = best
+    return where, Plan(tile.rows, tile.block, run.tasks, best_cost, tile.units, accs, where.fold, where.row_step)
 
 
 def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
