@@ -170,6 +170,8 @@ class _Tile:
     c_vec: float
     segs_in: int
     segs: int
+    io_bytes: int                 # DRAM bytes of its activations over all units
+    bound: float                  # no task count or accumulator count prices it lower
 
 
 @dataclass
@@ -233,8 +235,15 @@ class _Pricer:
             segs_in = rows if geo.wp != geo.w or geo.row_step > 1 else 1
         segs = 1 if block == geo.yc else \
             (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-        return _Tile(rows, block, fits, units, nblocks, in_tile, out, pooled if geo.pool else out, wblock, raw,
-                     c_mac, c_vec, segs_in, segs)
+        st_bytes = pooled if geo.pool else out
+        xs, ys, rs = self.spaces
+        io_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
+                            + (out if geo.residual and rs == "gdram" else 0))
+        # the slowest task computes at least this many tiles, and the DRAM moves at least the
+        # activations (every term `cost` adds to either is positive, so float rounding keeps the order)
+        bound = max(ceil(units / min(units, self.ctx.tasks)) * c_mac, io_bytes / self.dram_all)
+        return _Tile(rows, block, fits, units, nblocks, in_tile, out, st_bytes, wblock, raw, c_mac, c_vec,
+                     segs_in, segs, io_bytes, bound)
 
     def run(self, tile: _Tile, max_tasks: int) -> _Run | None:
         """None when a task's weight blocks do not fit WRAM."""
@@ -265,9 +274,7 @@ class _Pricer:
             # its blocks can stream in beside the layer before's (compiler/prefetch.py): one block, or
             # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
             w1 = 0.0
-        total_bytes = units * ((tile.in_tile if xs == "gdram" else 0) + (tile.st_bytes if ys == "gdram" else 0)
-                               + (tile.out if geo.residual and rs == "gdram" else 0)) + \
-            (wblock * loads if wspace == "gdram" else 0)
+        total_bytes = tile.io_bytes + (wblock * loads if wspace == "gdram" else 0)
         return _Run(tasks, ceil(units / tasks), most, ld, st, w1, total_bytes / self.dram_all)
 
     @staticmethod
@@ -330,7 +337,8 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
             ) -> tuple[ConvGeometry, Plan] | None:
     """The cheapest plan over tile heights, blocks, task counts and accumulators for each
     (geometry, its blocks) option, with the geometry it was priced on: the first of the cheapest
-    in the order (rows, block, tasks, accumulators, option)."""
+    in the order (rows, block, tasks, accumulators, option). A tile that cannot beat the best so far
+    (its bound) is not priced further."""
     mult = geo.pool[0] if geo.pool else 1
     blocks = sorted({b for _, bs in options for b in bs}, reverse=True)
     # fewer tasks than cores is a candidate too: splitting a small layer finely can cost more in
@@ -340,7 +348,8 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
     best, best_cost = None, None
     for r in row_candidates(geo.ho, mult):
         for b in blocks:
-            tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b)) is not None]
+            tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b)) is not None
+                     and (best is None or tile.bound < best_cost)]
             for t in spread:
                 runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t)) is not None]
                 for accs in (2, 1):
