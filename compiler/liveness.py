@@ -129,7 +129,20 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     after the span get SRAM too (a wide segment stores them from there), or those named. `extra`:
     other buffers to place, name -> (bytes, first layer, last layer). `memo`: a dict the caller keeps
     while neither the graph nor `lay` changes (segments.plan_segments asks about the same span for
-    several group sizes), for the spans' lifetimes and sizes."""
+    several group sizes), for the spans' lifetimes and sizes and for whole answers."""
+    if memo is None or not nodes:
+        return _place(g, nodes, group, capacity, lay, stage, keep, extra, memo)
+    key = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, group, capacity,
+           tuple(sorted((extra or {}).items())))
+    if key not in memo:     # the planner asks again for each wide segment's cluster count
+        memo[key] = _place(g, nodes, group, capacity, lay, stage, keep, extra, memo)
+    hit = memo[key]
+    return None if hit is None else (dict(hit[0]), hit[1])
+
+
+def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
+           ) -> tuple[dict[str, int], int] | None:
+    """sram_plan without its memo of whole answers."""
     inside = {n.name for n in nodes}
     if stage and any(i not in inside and base_value(g, i) != i for n in nodes for i in n.inputs):
         return None          # a view made outside the span: read it where it is
