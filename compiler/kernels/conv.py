@@ -171,7 +171,6 @@ class _Tile:
     segs_in: int
     segs: int
     io_bytes: int                 # DRAM bytes of its activations over all units
-    bound: float                  # no task count or accumulator count prices it lower
 
 
 @dataclass
@@ -200,24 +199,18 @@ class _Pricer:
         self.lanes_ci = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
         self.dram_all = dram_rate(ctx.cfg, None, ctx.dram_share)
 
-    def tile(self, rows: int, block: int) -> _Tile | None:
-        """None when not even one accumulator fits NRAM."""
-        cfg, geo = self.cfg, self.geo
+    def tile(self, rows: int, block: int, limit: float | None = None) -> _Tile | None:
+        """None when not even one accumulator fits NRAM, its weight block alone overflows WRAM, or
+        no task count could price it below `limit` (the best cost so far)."""
+        cfg, geo, (xs, ys, rs) = self.cfg, self.geo, self.spaces
         wo, esz = geo.wo, geo.esz
+        wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
+        if not geo.depthwise and wblock > self.room:
+            return None
         in_tile = geo.tile_bytes(rows)
-        acc = rows * wo * block * 4
         out = rows * wo * block * esz
         pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
-        params = block * 16
-        wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
-        raw = geo.raw_bytes(rows, self.spaces[0])
-        rest = [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE + \
-            ([raw] * DOUBLE if raw else []) + ([out] * DOUBLE + [params] * DOUBLE if geo.residual else []) + \
-            ([wblock] if geo.depthwise else [])
-        fits = (self.nram.fits(*([in_tile] * DOUBLE + [acc] + rest)),
-                self.nram.fits(*([in_tile] * DOUBLE + [acc] * 2 + rest)))
-        if not fits[0]:
-            return None
+        st_bytes = pooled if geo.pool else out
         nblocks = ceil(geo.co / block)
         units = geo.n * ceil(geo.ho / rows) * nblocks
         if geo.depthwise:
@@ -225,6 +218,21 @@ class _Pricer:
         else:
             c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / self.lanes_ci) * \
                 ceil(block // geo.groups / cfg.core.mac_co_lanes) * geo.groups
+        io_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
+                            + (out if geo.residual and rs == "gdram" else 0))
+        # the slowest task computes at least this many tiles, and the DRAM moves at least the
+        # activations (every term `cost` adds to either is positive, so float rounding keeps the order)
+        bound = max(ceil(units / min(units, self.ctx.tasks)) * c_mac, io_bytes / self.dram_all)
+        if limit is not None and bound >= limit:
+            return None
+        acc, params, raw = rows * wo * block * 4, block * 16, geo.raw_bytes(rows, xs)
+        rest = [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE + \
+            ([raw] * DOUBLE if raw else []) + ([out] * DOUBLE + [params] * DOUBLE if geo.residual else []) + \
+            ([wblock] if geo.depthwise else [])
+        fits = (self.nram.fits(*([in_tile] * DOUBLE + [acc] + rest)),
+                self.nram.fits(*([in_tile] * DOUBLE + [acc] * 2 + rest)))
+        if not fits[0]:
+            return None
         c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
             (vec_cycles(cfg, out) if geo.pool else 0)
         if geo.fold > 1:
@@ -235,15 +243,8 @@ class _Pricer:
             segs_in = rows if geo.wp != geo.w or geo.row_step > 1 else 1
         segs = 1 if block == geo.yc else \
             (rows // (geo.pool[0] if geo.pool else 1)) * (wo // (geo.pool[1] if geo.pool else 1))
-        st_bytes = pooled if geo.pool else out
-        xs, ys, rs = self.spaces
-        io_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
-                            + (out if geo.residual and rs == "gdram" else 0))
-        # the slowest task computes at least this many tiles, and the DRAM moves at least the
-        # activations (every term `cost` adds to either is positive, so float rounding keeps the order)
-        bound = max(ceil(units / min(units, self.ctx.tasks)) * c_mac, io_bytes / self.dram_all)
         return _Tile(rows, block, fits, units, nblocks, in_tile, out, st_bytes, wblock, raw, c_mac, c_vec,
-                     segs_in, segs, io_bytes, bound)
+                     segs_in, segs, io_bytes)
 
     def run(self, tile: _Tile, max_tasks: int) -> _Run | None:
         """None when a task's weight blocks do not fit WRAM."""
@@ -348,8 +349,7 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
     best, best_cost = None, None
     for r in row_candidates(geo.ho, mult):
         for b in blocks:
-            tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b)) is not None
-                     and (best is None or tile.bound < best_cost)]
+            tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b, best_cost)) is not None]
             for t in spread:
                 runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t)) is not None]
                 for accs in (2, 1):
