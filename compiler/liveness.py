@@ -172,7 +172,11 @@ def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dic
         life = memo[span] = lifetimes(g, nodes, stage, keep)
     size = memo.get(span + (group,))
     if size is None:
-        size = memo[span + (group,)] = {v: group_bytes(lay[v], group) for v in life}
+        per_image = memo.setdefault("device_image_bytes", {})
+        for v in life:
+            if v not in per_image:
+                per_image[v] = device_image_bytes(lay[v])
+        size = memo[span + (group,)] = {v: aligned(per_image[v] * group) for v in life}
     return dict(life), dict(size)
 
 

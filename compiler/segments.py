@@ -178,12 +178,24 @@ def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict
     lead1: dict = {}
     for s in steps:
         if s.slice:
-            sliced.setdefault(s.node, []).append(wide.slice_node(g.node(s.node), *s.slice))
+            sliced.setdefault(s.node, []).append(_slice(g.node(s.node), *s.slice, memo))
         if s.stage is not None and s.lead == 1:
             lead1[s.node] = lead1.get(s.node, 0) + s.nbytes
     staged_ = {s.node for s in steps if s.stage is not None}
     alone = {n.name for n in nodes if sh.eligible(n, g) and n.name not in staged_}
     return gath, sliced, lead1, alone
+
+
+def _slice(node, c0: int, c1: int, memo: dict | None):
+    """wide.slice_node, made once per planner run (`memo`: its cache): the planner prices the same
+    slices for many spans and group sizes."""
+    if memo is None:
+        return wide.slice_node(node, c0, c1)
+    key = ("slice", node.name, c0, c1)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = wide.slice_node(node, c0, c1)
+    return hit
 
 
 def shares_weights(jobs: int, groups: int, clusters: int, per_job: int, opts: FusionOptions) -> bool:
@@ -209,7 +221,8 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         ins = [base_value(g, i) for i in x.inputs]
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
-        per_group += tiler_cost(cfg, g, wide.part(x, 0, n), lay, group, cpc, 1.0 / active, spaces, cache,
+        per_group += tiler_cost(cfg, g, _slice(x, 0, x.q["weight"].shape[0] // n, cache), lay, group, cpc,
+                                1.0 / active, spaces, cache,
                                 prefetch=opts.prefetch, staged=shared)
         pixels = group * int(np.prod(x.shape[2:]))
         per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
