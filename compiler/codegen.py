@@ -32,12 +32,16 @@ class TaskStream:
 
     def emit(self, mnemonic: str, deps=(), **fields) -> int:
         """Append an instruction; `deps` are handles of earlier ones it must wait for. Returns its handle."""
-        self.ops.append(Instr.make(mnemonic, **fields))
+        return self.append(mnemonic, deps, fields)
+
+    def append(self, mnemonic: str, deps, fields: dict) -> int:
+        """`emit` with the fields in a dict (the stream may change it: relocate.RecordingStream)."""
+        self.ops.append(Instr.from_fields(mnemonic, fields))
         self.deps.append([d for d in deps if d is not None])
         return len(self.ops) - 1
 
     def dma(self, direction: str, dst: int, src: int, size: int, deps=(), **kw) -> int:
-        return self.emit("dma", deps, dir=direction, dst=dst, src=src, size=size, **kw)
+        return self.append("dma", deps, {"dir": direction, "dst": dst, "src": src, "size": size, **kw})
 
     def finish(self) -> list[Instr]:
         """Set every instruction's wait/sig bits from the dependencies."""

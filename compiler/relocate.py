@@ -67,12 +67,12 @@ class RecordingStream(TaskStream):
         super().__init__()
         self.relocs: list[tuple[int, str, str]] = []
 
-    def emit(self, mnemonic: str, deps=(), **fields) -> int:
+    def append(self, mnemonic: str, deps, fields: dict) -> int:
         for name, v in fields.items():
             if type(v) is Reloc:
                 self.relocs.append((len(self.ops), name, v.tag))
                 fields[name] = int(v)
-        return super().emit(mnemonic, deps, **fields)
+        return super().append(mnemonic, deps, fields)
 
 
 class Template:

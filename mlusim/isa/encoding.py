@@ -34,6 +34,12 @@ class Instr:
         Every field is range-checked here, so an Instr that exists can always be encoded; in
         particular an offset too wide for its field is refused rather than spilling into the
         base-register bits."""
+        return cls.from_fields(mnemonic, kwargs)
+
+    @classmethod
+    def from_fields(cls, mnemonic: str, kwargs: dict[str, Any]) -> "Instr":
+        """`make` with the fields in a dict (left as it is): the compiler's emitters build tens of
+        thousands of instructions, and passing the dict on spares re-packing it as keywords."""
         op = BY_MNEMONIC.get(mnemonic) if isinstance(mnemonic, str) else None
         if op is not None:   # the compiler's common case: in-range ints and names parsed before
             ranges, args = op.make_ranges, dict(op.make_template)
@@ -54,7 +60,7 @@ class Instr:
             else:
                 if op.make_required <= kwargs.keys():
                     return cls(op, args)
-        return cls._make_checked(op, mnemonic, kwargs)
+        return cls._make_checked(op, mnemonic, dict(kwargs))
 
     @classmethod
     def _make_checked(cls, op: OpSpec | None, mnemonic, kwargs: dict) -> "Instr":
