@@ -143,12 +143,15 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
 def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
            ) -> tuple[dict[str, int], int] | None:
     """sram_plan without its memo of whole answers."""
-    inside = {n.name for n in nodes}
-    if stage and any(i not in inside and base_value(g, i) != i for n in nodes for i in n.inputs):
+    if stage and _outside_view(g, nodes, memo):
         return None          # a view made outside the span: read it where it is
     life, size = _life_and_size(g, nodes, group, lay, stage, keep, memo)
-    for v, (nbytes, f, l_) in (extra or {}).items():     # buffers that are not values (share.py's stages)
-        life[v], size[v] = (f, l_), aligned(nbytes)
+    if extra:           # buffers that are not values (share.py's stages)
+        life, size = dict(life), dict(size)
+        for v, (nbytes, f, l_) in extra.items():
+            life[v], size[v] = (f, l_), aligned(nbytes)
+    if _peak_live(life, size) > capacity:
+        return None          # what is alive at one layer alone overflows: no placement fits
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
     addrs: dict[str, int] = {}
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
@@ -161,8 +164,35 @@ def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, ex
     return addrs, max((p[1] for p in placed), default=0)
 
 
+def _outside_view(g, nodes, memo: dict | None) -> bool:
+    """Whether the span reads a view made before it."""
+    key = ("outside_view", id(nodes[0]), id(nodes[-1]), len(nodes))
+    hit = memo.get(key) if memo is not None else None
+    if hit is None:
+        inside = {n.name for n in nodes}
+        hit = any(i not in inside and base_value(g, i) != i for n in nodes for i in n.inputs)
+        if memo is not None:
+            memo[key] = hit
+    return hit
+
+
+def _peak_live(life: dict, size: dict) -> int:
+    """The most bytes alive at any one layer (values whose (first, last) layers include it). A
+    placement keeps those apart, so none fits in less: the greedy placement fails on such spans
+    anyway, and the planner asks about many (long spans, big image groups)."""
+    delta: dict[int, int] = {}
+    for v, (f, l_) in life.items():
+        delta[f] = delta.get(f, 0) + size[v]
+        delta[l_ + 1] = delta.get(l_ + 1, 0) - size[v]
+    top = live = 0
+    for k in sorted(delta):
+        live += delta[k]
+        top = max(top, live)
+    return top
+
+
 def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None) -> tuple[dict, dict]:
-    """sram_plan's lifetimes and sizes of the span's values, fresh dicts (it adds to them)."""
+    """sram_plan's lifetimes and sizes of the span's values (the memo's own dicts: not to be changed)."""
     if memo is None or not nodes:
         life = lifetimes(g, nodes, stage, keep)
         return life, {v: group_bytes(lay[v], group) for v in life}
@@ -177,7 +207,7 @@ def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dic
             if v not in per_image:
                 per_image[v] = device_image_bytes(lay[v])
         size = memo[span + (group,)] = {v: aligned(per_image[v] * group) for v in life}
-    return dict(life), dict(size)
+    return life, size
 
 
 def split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
