@@ -145,12 +145,13 @@ def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, ex
     """sram_plan without its memo of whole answers."""
     if stage and _outside_view(g, nodes, memo):
         return None          # a view made outside the span: read it where it is
-    life, size = _life_and_size(g, nodes, group, lay, stage, keep, memo)
+    life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo)
     if extra:           # buffers that are not values (share.py's stages)
         life, size = dict(life), dict(size)
         for v, (nbytes, f, l_) in extra.items():
             life[v], size[v] = (f, l_), aligned(nbytes)
-    if _peak_live(life, size) > capacity:
+        peak = _peak_live(life, size)
+    if peak > capacity:
         return None          # what is alive at one layer alone overflows: no placement fits
     placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
     addrs: dict[str, int] = {}
@@ -191,23 +192,27 @@ def _peak_live(life: dict, size: dict) -> int:
     return top
 
 
-def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None) -> tuple[dict, dict]:
-    """sram_plan's lifetimes and sizes of the span's values (the memo's own dicts: not to be changed)."""
+def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None
+                   ) -> tuple[dict, dict, int]:
+    """sram_plan's lifetimes and sizes of the span's values (the memo's own dicts: not to be
+    changed), and the most bytes alive at one layer (_peak_live)."""
     if memo is None or not nodes:
         life = lifetimes(g, nodes, stage, keep)
-        return life, {v: group_bytes(lay[v], group) for v in life}
+        size = {v: group_bytes(lay[v], group) for v in life}
+        return life, size, _peak_live(life, size)
     span = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep)
     life = memo.get(span)
     if life is None:
         life = memo[span] = lifetimes(g, nodes, stage, keep)
-    size = memo.get(span + (group,))
-    if size is None:
+    hit = memo.get(span + (group,))
+    if hit is None:
         per_image = memo.setdefault("device_image_bytes", {})
         for v in life:
             if v not in per_image:
                 per_image[v] = device_image_bytes(lay[v])
-        size = memo[span + (group,)] = {v: aligned(per_image[v] * group) for v in life}
-    return life, size
+        size = {v: aligned(per_image[v] * group) for v in life}
+        hit = memo[span + (group,)] = size, _peak_live(life, size)
+    return life, hit[0], hit[1]
 
 
 def split_bytes(n: int, parts: int) -> list[tuple[int, int]]:
