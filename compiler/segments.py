@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import ceil, prod
 
-import numpy as np
-
 from mlusim.compiler import share as sh
 from mlusim.compiler import wide
 from mlusim.compiler.context import KernelCtx, dram_rate
@@ -110,6 +108,28 @@ def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
     return max(comp, io / dram_rate(cfg, tasks)) + KERNEL_OVERHEAD
 
 
+def _bases(g, node, memo: dict | None) -> tuple[str, ...]:
+    """base_value of each of the node's inputs, once per planner run (`memo`: its cache)."""
+    if memo is None:
+        return tuple(base_value(g, i) for i in node.inputs)
+    key = ("bases", node.name)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = tuple(base_value(g, i) for i in node.inputs)
+    return hit
+
+
+def _escaping(g, nodes, memo: dict | None) -> set[str]:
+    """liveness.escaping, once per span and planner run (`memo`: its cache; not to be changed)."""
+    if memo is None:
+        return escaping(g, nodes)
+    key = ("escaping", id(nodes[0]), id(nodes[-1]), len(nodes))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = escaping(g, nodes)
+    return hit
+
+
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
                  cache: dict | None = None, opts: FusionOptions = FusionOptions()) -> float:
     """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
@@ -120,7 +140,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     jobs_run, groups = job_shape(batch, group, clusters)
     dram_share = 1.0 / min(jobs_run, clusters)
     shared = shares_weights(jobs_run, groups, clusters, 1, opts)
-    esc = escaping(g, nodes)
+    esc = _escaping(g, nodes, cache)
     inside = {n.name for n in nodes}
     gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts, cache) \
         if shared else (None, {}, {}, set())
@@ -133,7 +153,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in VIEWS:
             continue
         if n.op in TILED:
-            ins = [base_value(g, i) for i in n.inputs]
+            ins = _bases(g, n, cache)
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
             cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch,
                                   staged=shared and n.op == "conv2d" and n.name not in alone,
@@ -143,7 +163,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
-    reads = [base_value(g, i) for n in nodes for i in n.inputs if i not in inside]
+    reads = [b for n in nodes for i, b in zip(n.inputs, _bases(g, n, cache)) if i not in inside]
     io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
         sum(image_bytes(g.node(v)) for v in esc)
     if staged:
@@ -165,7 +185,7 @@ def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict
     gathered fc (or None), the sliced layers (name -> the slice nodes: each reads all the layer's
     input again), the weight bytes copied at a step's start (lead 1), and the layers left per
     cluster (big ones with no room for a stage: each cluster reads them from DRAM)."""
-    gath = nodes[-1] if sh.gathers(g, nodes[-1], escaping(g, nodes), peers, 1) else None
+    gath = nodes[-1] if sh.gathers(g, nodes[-1], _escaping(g, nodes, memo), peers, 1) else None
     extra = sh.gather_buffer(g, nodes, lay, group, peers, gath) if gath else {}
     plan = sram_plan(g, nodes, group, cfg.sram_bytes, lay, staged, extra=extra, memo=memo)
     if plan is None and gath:       # no room for the gather: the fc stays per cluster (as fusion.py does)
@@ -213,22 +233,22 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
     slots = max(1, clusters // n)
     jobs, rounds = job_shape(batch, group, slots)
     active = min(jobs, slots) * n
-    esc = escaping(g, nodes)
+    esc = _escaping(g, nodes, cache)
     inside = {x.name for x in nodes}
     shared = shares_weights(jobs, rounds, clusters, n, opts)
     per_group = 0.0
     for x in nodes:
-        ins = [base_value(g, i) for i in x.inputs]
+        ins = _bases(g, x, cache)
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
         per_group += tiler_cost(cfg, g, _slice(x, 0, x.q["weight"].shape[0] // n, cache), lay, group, cpc,
                                 1.0 / active, spaces, cache,
                                 prefetch=opts.prefetch, staged=shared)
-        pixels = group * int(np.prod(x.shape[2:]))
+        pixels = group * int(prod(x.shape[2:]))
         per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
         if x.name in esc:
             per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
-    ext = [base_value(g, i) for x in nodes for i in x.inputs if base_value(g, i) not in inside]
+    ext = [b for x in nodes for b in _bases(g, x, cache) if b not in inside]
     reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
     if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
         per_group += group * reads / n / dram_rate(cfg, cpc, 1.0, active)
