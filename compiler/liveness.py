@@ -145,7 +145,13 @@ def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, ex
     """sram_plan without its memo of whole answers."""
     if stage and _outside_view(g, nodes, memo):
         return None          # a view made outside the span: read it where it is
+    over = ("overflows from", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, capacity) \
+        if memo is not None else None
+    if over is not None and group >= memo.get(over, group + 1):
+        return None          # a smaller group's values alone overflowed (their bytes grow with the group)
     life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo)
+    if peak > capacity and over is not None:
+        memo[over] = min(group, memo.get(over, group))
     if extra:           # buffers that are not values (share.py's stages)
         life, size = dict(life), dict(size)
         for v, (nbytes, f, l_) in extra.items():
