@@ -6,6 +6,7 @@ inside it dies, and where each lives in the cluster's SRAM.
 """
 from __future__ import annotations
 
+from itertools import accumulate
 from math import prod
 
 VIEWS = ("flatten", "reshape")
@@ -187,15 +188,14 @@ def _peak_live(life: dict, size: dict) -> int:
     """The most bytes alive at any one layer (values whose (first, last) layers include it). A
     placement keeps those apart, so none fits in less: the greedy placement fails on such spans
     anyway, and the planner asks about many (long spans, big image groups)."""
-    delta: dict[int, int] = {}
+    if not life:
+        return 0
+    first = min(f for f, _l in life.values())
+    delta = [0] * (max(l_ for _f, l_ in life.values()) - first + 2)
     for v, (f, l_) in life.items():
-        delta[f] = delta.get(f, 0) + size[v]
-        delta[l_ + 1] = delta.get(l_ + 1, 0) - size[v]
-    top = live = 0
-    for k in sorted(delta):
-        live += delta[k]
-        top = max(top, live)
-    return top
+        delta[f - first] += size[v]
+        delta[l_ + 1 - first] -= size[v]
+    return max(0, max(accumulate(delta)))
 
 
 def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None
