@@ -246,11 +246,15 @@ class _Pricer:
         return _Tile(rows, block, fits, units, nblocks, in_tile, out, st_bytes, wblock, raw, c_mac, c_vec,
                      segs_in, segs, io_bytes)
 
-    def run(self, tile: _Tile, max_tasks: int) -> _Run | None:
-        """None when a task's weight blocks do not fit WRAM."""
+    def run(self, tile: _Tile, max_tasks: int, limit: float | None = None) -> _Run | None:
+        """None when a task's weight blocks do not fit WRAM, or when its tiles per task alone cost
+        `limit` (the best so far) or more (see tile())."""
         cfg, ctx, geo, wspace, (xs, ys, rs) = self.cfg, self.ctx, self.geo, self.wspace, self.spaces
         units, wblock = tile.units, tile.wblock
         tasks = min(units, max_tasks)
+        per_task = ceil(units / tasks)
+        if limit is not None and per_task * tile.c_mac >= limit:
+            return None
         # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
         # weight block its run touches once
         most, loads = block_loads(units, tasks, units // tile.nblocks)
@@ -276,7 +280,7 @@ class _Pricer:
             # all of a task's when staged in SRAM (compiler/share.py: no extra DRAM reads)
             w1 = 0.0
         total_bytes = tile.io_bytes + (wblock * loads if wspace == "gdram" else 0)
-        return _Run(tasks, ceil(units / tasks), most, ld, st, w1, total_bytes / self.dram_all)
+        return _Run(tasks, per_task, most, ld, st, w1, total_bytes / self.dram_all)
 
     @staticmethod
     def cost(tile: _Tile, run: _Run, accs: int) -> float | None:
@@ -351,7 +355,7 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
         for b in blocks:
             tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b, best_cost)) is not None]
             for t in spread:
-                runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t)) is not None]
+                runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t, best_cost)) is not None]
                 for accs in (2, 1):
                     for p, tile, run in runs:
                         cost = p.cost(tile, run, accs)
