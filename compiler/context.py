@@ -57,6 +57,11 @@ class KernelCtx:
     def const(self, name: str, arr) -> int:
         raise NotImplementedError("this context only prices tilings")
 
+    def const_of(self, name: str, make) -> int:
+        """const(name, make()); a context that holds `name` already need not call `make` (a fused
+        segment's job context: it emits each layer once per job and image group)."""
+        return self.const(name, make())
+
     def kernel(self, node, streams: list, **meta) -> None:
         raise NotImplementedError("this context only prices tilings")
 

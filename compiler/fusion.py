@@ -78,8 +78,11 @@ class JobCtx(KernelCtx):
         return self.parent.graph
 
     def const(self, name, arr) -> int:
+        return self.const_of(name, lambda: arr)
+
+    def const_of(self, name, make) -> int:
         if name not in self.consts:
-            self.consts[name] = self.parent.const(name, arr)
+            self.consts[name] = self.parent.const(name, make())
         return self.consts[name]
 
     def tensor(self, *a, **kw):

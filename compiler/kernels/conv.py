@@ -371,25 +371,11 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
     geo, plan = plan_conv(ctx, node, x.shape, (x.space, y.space, res.space if res is not None else "gdram"))
     q = node.q
-    w_dev = np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
-    if geo.depthwise:
-        w_dev = np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
-    w_addr = ctx.const(f"{node.name}.weight", w_dev)
+    w_addr, p_addr, fs_addr, zp_row, r_addr = _constants(ctx, node, geo)
     # a fused segment may stage this layer's weights in cluster SRAM (compiler/share.py): the
     # blocks then come SRAM -> WRAM on the Move-DMA instead of from GDRAM
     home = ctx.weight_home.get(node.name)
     w_src = ("g2w", w_addr) if home is None or geo.depthwise else ("s2w", home)
-    params = requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in))
-    p_addr = ctx.const(f"{node.name}.params", params)
-    fs_addr = ctx.const(f"{node.name}.scales", q["fscale"]) if geo.fscale else None
-    pad_px = np.asarray(geo.fill if geo.fill is not None else [geo.zp_in] * geo.ci)      # one pixel of padding
-    zp_row = ctx.const(f"{node.name}.zp_row", np.tile(pad_px, geo.wp).astype(np.int16 if geo.esz == 2 else np.int8)) \
-        if geo.zp_pad else None
-    r_addr = None
-    if geo.residual:
-        rparams = np.stack([np.full_like(q["res_mult"], -q.get("res_zp", 0)), q["res_mult"], q["res_shift"]],
-                           axis=1).astype(np.int32)
-        r_addr = ctx.const(f"{node.name}.residual_params", rparams)
     rows, block = plan.rows, plan.block
     nblocks = ceil(geo.co / block)
     rblocks = ceil(geo.ho / rows)
@@ -415,6 +401,35 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
+
+
+def _constants(ctx: KernelCtx, node, geo: ConvGeometry) -> tuple[int, int, int | None, int | None, int | None]:
+    """GDRAM addresses of the layer's constants: weights, requantization parameters, float scales,
+    the padding row, the shortcut's parameters (in that order: the order places them). Each is
+    made only when the context does not hold it yet (const_of): a fused segment emits a layer
+    once per job and image group."""
+    q = node.q
+
+    def weights():
+        if geo.depthwise:
+            return np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
+        return np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
+
+    def pad_row():
+        pad_px = np.asarray(geo.fill if geo.fill is not None else [geo.zp_in] * geo.ci)   # one pixel of padding
+        return np.tile(pad_px, geo.wp).astype(np.int16 if geo.esz == 2 else np.int8)
+
+    def residual_params():
+        return np.stack([np.full_like(q["res_mult"], -q.get("res_zp", 0)), q["res_mult"], q["res_shift"]],
+                        axis=1).astype(np.int32)
+
+    w_addr = ctx.const_of(f"{node.name}.weight", weights)
+    p_addr = ctx.const_of(f"{node.name}.params",
+                          lambda: requant_params(q, zero_point_bias(node, q["bias"], q["weight"], geo.zp_in)))
+    fs_addr = ctx.const_of(f"{node.name}.scales", lambda: q["fscale"]) if geo.fscale else None
+    zp_row = ctx.const_of(f"{node.name}.zp_row", pad_row) if geo.zp_pad else None
+    r_addr = ctx.const_of(f"{node.name}.residual_params", residual_params) if geo.residual else None
+    return w_addr, p_addr, fs_addr, zp_row, r_addr
 
 
 def _streams(ctx, geo, plan, q, units, runs, x, y, res, consts: ConvConsts, resident) -> list[list]:
