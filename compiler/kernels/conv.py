@@ -194,38 +194,44 @@ class _Pricer:
 
     def __init__(self, ctx: KernelCtx, geo: ConvGeometry, spaces: tuple[str, str, str], wspace: str):
         self.ctx, self.cfg, self.geo, self.spaces, self.wspace = ctx, ctx.cfg, geo, spaces, wspace
-        self.nram = Arena("nram", ctx.cfg.nram_bytes)
-        self.room = ctx.cfg.wram_bytes - ctx.wram_base
-        self.lanes_ci = ctx.cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else ctx.cfg.core.mac_ci_lanes_int16
-        self.dram_all = dram_rate(ctx.cfg, None, ctx.dram_share)
+        cfg = ctx.cfg
+        self.nram = Arena("nram", cfg.nram_bytes)
+        self.room = cfg.wram_bytes - ctx.wram_base
+        self.dram_all = dram_rate(cfg, None, ctx.dram_share)
+        # what tile() needs of the geometry, once (integer products: any grouping is exact)
+        lanes_ci = cfg.core.mac_ci_lanes_int8 if geo.esz == 1 else cfg.core.mac_ci_lanes_int16
+        self.w_per_channel = geo.kh * geo.kw * geo.esz * (1 if geo.depthwise else geo.cig)
+        self.mac_per_row = geo.wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci)
+        self.pool_area = geo.pool[0] * geo.pool[1] if geo.pool else 0
+        self.io_gdram = tuple(sp == "gdram" for sp in spaces)
 
     def tile(self, rows: int, block: int, limit: float | None = None) -> _Tile | None:
         """None when not even one accumulator fits NRAM, its weight block alone overflows WRAM, or
         no task count could price it below `limit` (the best cost so far)."""
-        cfg, geo, (xs, ys, rs) = self.cfg, self.geo, self.spaces
+        cfg, geo = self.cfg, self.geo
         wo, esz = geo.wo, geo.esz
-        wblock = (geo.kh * geo.kw * block) * esz if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
+        wblock = block * self.w_per_channel
         if not geo.depthwise and wblock > self.room:
             return None
         in_tile = geo.tile_bytes(rows)
         out = rows * wo * block * esz
-        pooled = out // (geo.pool[0] * geo.pool[1]) if geo.pool else 0
+        pooled = out // self.pool_area if geo.pool else 0
         st_bytes = pooled if geo.pool else out
         nblocks = ceil(geo.co / block)
         units = geo.n * ceil(geo.ho / rows) * nblocks
         if geo.depthwise:
             c_mac = vec_cycles(cfg, rows * wo * block * geo.kh * geo.kw * 4)
         else:
-            c_mac = cfg.core.startup_cycles.conv + rows * wo * geo.kh * geo.kw * ceil(geo.cig / self.lanes_ci) * \
+            c_mac = cfg.core.startup_cycles.conv + rows * self.mac_per_row * \
                 ceil(block // geo.groups / cfg.core.mac_co_lanes) * geo.groups
-        io_bytes = units * ((in_tile if xs == "gdram" else 0) + (st_bytes if ys == "gdram" else 0)
-                            + (out if geo.residual and rs == "gdram" else 0))
+        xg, yg, rg = self.io_gdram
+        io_bytes = units * ((in_tile if xg else 0) + (st_bytes if yg else 0) + (out if geo.residual and rg else 0))
         # the slowest task computes at least this many tiles, and the DRAM moves at least the
         # activations (every term `cost` adds to either is positive, so float rounding keeps the order)
         bound = max(ceil(units / min(units, self.ctx.tasks)) * c_mac, io_bytes / self.dram_all)
         if limit is not None and bound >= limit:
             return None
-        acc, params, raw = rows * wo * block * 4, block * 16, geo.raw_bytes(rows, xs)
+        acc, params, raw = rows * wo * block * 4, block * 16, geo.raw_bytes(rows, self.spaces[0])
         rest = [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE + \
             ([raw] * DOUBLE if raw else []) + ([out] * DOUBLE + [params] * DOUBLE if geo.residual else []) + \
             ([wblock] if geo.depthwise else [])
