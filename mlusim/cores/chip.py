@@ -49,9 +49,8 @@ class Chip:
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
         self.gdram = Memory("gdram", gdram_bytes)
-        # prepared instructions (Core._prepare) of the running kernel, kept only when the kernel
-        # can run an instruction twice: a loop, or tasks sharing a stream (see reuses_instructions)
-        self.prepared_cache: dict | None = None
+        # prepared instructions (Core._prepare) by content, shared by every core and kernel
+        self.prepared: dict = {}
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -152,7 +151,6 @@ class Chip:
             self.record = rec
             for core in active:
                 core.counters = CoreCounters(core.id)
-            self.prepared_cache = {} if reuses_instructions(k) else None
             yield env.timeout(self.cfg.chip.kernel_launch_cycles)
             n = k.clusters_per_job
             if n == 0:
@@ -250,18 +248,6 @@ def expected_instructions(k: Kernel) -> int:
     if k.task_stream is None:
         return max(1, k.task_dim * (len(k.streams[0]) + 1))
     return max(1, k.task_dim + sum(len(k.streams[s]) for s in k.task_stream))
-
-
-def reuses_instructions(k: Kernel) -> bool:
-    """Whether a kernel can issue one instruction object more than once: tasks sharing a stream, or
-    a branch backwards (a loop). A compiled network does neither (one straight stream per task),
-    and remembering each prepared instruction would only hold memory (~1 KB each)."""
-    if k.task_stream is None:       # every task runs stream 0 (task_dim may be huge: never expand it)
-        if k.task_dim > 1:
-            return True
-    elif len(set(k.task_stream)) < len(k.task_stream):
-        return True
-    return any(ins.args[name] < 0 for stream in k.streams for ins in stream for name in ins.op.target_fields)
 
 
 def host_bytes_estimate(gdram_bytes: int, cfg, numerics: bool) -> int:

@@ -11,6 +11,7 @@ sends deadlocks and is reported as such.
 from __future__ import annotations
 
 from collections import deque
+from operator import itemgetter
 
 import simpy
 
@@ -27,6 +28,17 @@ from mlusim.errors import SimulationError
 QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
+PREPARED_MAX = 1 << 16  # prepared instructions a chip remembers (a ResNet-50 issues ~7,000 distinct)
+_VALUES: dict = {}      # opcode -> its fields' values in table order, as one tuple (a cache key)
+
+
+def _values_getter(op):
+    """A function giving an instruction's field values in the table's order: two instructions of
+    one opcode are the same instruction exactly when these tuples are equal."""
+    names = [f.name for f in op.fields]
+    if len(names) == 1:
+        return lambda args, n=names[0]: (args[n],)
+    return itemgetter(*names) if names else (lambda args: ())
 
 
 class Core:
@@ -113,21 +125,25 @@ class Core:
 
     def _prepare(self, ins, pc: int):
         """Resolve register-relative addresses, check every access, price the instruction.
-        The result depends only on the instruction and its resolved addresses, so it is cached."""
+        The result depends only on the instruction's fields and its resolved addresses (every core
+        has memories of the same sizes), so the chip remembers it by content: a network's tasks
+        and cores issue the same few thousand instructions over and over."""
         op = ins.op
         args = ins.args
         regs = self.regs
-        key: tuple = (id(ins),)
+        values = _VALUES.get(op.opcode)
+        if values is None:
+            values = _VALUES[op.opcode] = _values_getter(op)
+        key: tuple = (op.opcode, values(args))
         for name, bits in op.addr_fields:
             v = args[name]
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
-        cache = self.chip.prepared_cache
-        if cache is not None:
-            hit = cache.get(key)
-            if hit is not None and hit[0] is ins:
-                return hit[1]
-        if len(key) == 1:
+        cache = self.chip.prepared
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        if len(key) == 2:
             a = args
         else:
             a = dict(args)
@@ -151,8 +167,9 @@ class Core:
         if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
                                   f"wait for or signal its own queue")
-        if cache is not None and len(cache) < 200_000:
-            cache[key] = (ins, prepared)
+        if len(cache) >= PREPARED_MAX:
+            cache.clear()
+        cache[key] = prepared
         return prepared
 
     def run_task(self, task: TaskContext):
