@@ -317,8 +317,7 @@ class Core:
                     links = (self.cluster.sram_link,) + ((far,) if far is not self.cluster.sram_link else ())
                     cap = self.port_caps["sram"]
                 if links:
-                    yield env.timeout(cost.fixed_cycles)
-                    yield chip.fabric.transfer(links, cost.bus_bytes, cap)
+                    yield chip.fabric.transfer_after(cost.fixed_cycles, links, cost.bus_bytes, cap)
                 else:   # on-core move: nothing shared, one event
                     yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
                 chip.account_dma(cost, ctr)
