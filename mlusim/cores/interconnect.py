@@ -9,6 +9,8 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
+from operator import mul, sub, truediv
 
 import simpy
 
@@ -96,11 +98,16 @@ def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
     return rate
 
 
+def _finish_times(t: float, remaining: list[float], rates: list[float]) -> list[float]:
+    """When each flow ends, moving its remaining bytes (none if it is already done) from cycle t."""
+    return [t + (r if r > 0.0 else 0.0) / q for r, q in zip(remaining, rates)]
+
+
 class Fabric:
     """All the links of a chip and the flows on them. The flows in flight are kept in start order
-    as parallel lists (each flow's kind, bytes remaining and finish time, with the rates of the
-    current mix), since every start and finish walks all of them: list comprehensions over
-    plain floats, the same operations in the same order as one flow at a time."""
+    as parallel lists (each flow's kind and bytes remaining, with the rates of the current mix),
+    since every start and finish walks all of them: the walks are C-level maps over plain floats,
+    the same operations in the same order as one flow at a time."""
 
     def __init__(self, env: simpy.Environment):
         self.env = env
@@ -108,9 +115,12 @@ class Fabric:
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
         self.rates: list[float] = []             # bytes/cycle of each flow (the memo's list: never mutated)
-        self.finish: list[float] = []            # when each flow ends at these rates
         self._last = 0.0
         self._pending: simpy.Event | None = None  # the wake-up that is still current
+        # (cycle, remaining, rates) when the current wake-up was set: its flows' finish times, which
+        # it works out only when it fires (most wake-ups are superseded by another start first).
+        # The lists are replaced, never changed in place, so holding them is a snapshot.
+        self._planned: tuple[float, list[float], list[float]] = (0.0, [], [])
         # Only when tracing: after every rate change, one (None, link name, cycle, 0.0, bytes/cycle in
         # use, "", -1) record per link whose rate may have changed, appended to the chip's trace.
         self.samples: list | None = None
@@ -156,14 +166,15 @@ class Fabric:
             link._count += 1
         self.flows.append(Flow(links, float(nbytes), ev))
         self.kinds.append(kind)
-        self.remaining.append(float(nbytes))
+        self.remaining = [*self.remaining, float(nbytes)]      # a new list: see _planned
         self._reschedule()
 
     def _advance(self, now: float) -> None:
-        """Every flow's remaining bytes, moved on to `now` at the current rates."""
+        """Every flow's remaining bytes, moved on to `now` at the current rates (r - rate * dt,
+        flow by flow, as a new list)."""
         dt = now - self._last
         if dt > 0:
-            self.remaining = [r - q * dt for r, q in zip(self.remaining, self.rates)]
+            self.remaining = list(map(sub, self.remaining, map(mul, self.rates, repeat(dt))))
         self._last = now
 
     def _finish(self, f: Flow) -> None:
@@ -192,7 +203,7 @@ class Fabric:
 
     def _reschedule(self) -> None:
         if not self.flows:
-            self.rates = self.finish = []
+            self.rates = []
             if self.samples is not None:
                 self._sample(())
             return
@@ -201,8 +212,14 @@ class Fabric:
             self._sample(key)
         env = self.env
         now = env.now
-        fin = self.finish = [now + (r if r > 0.0 else 0.0) / q for r, q in zip(self.remaining, self.rates)]
-        nxt = min(fin)
+        rem, rates = self.remaining, self.rates
+        # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so
+        # now + the least quotient is exactly the least of the sums
+        if min(rem) > 0.0:
+            nxt = now + min(map(truediv, rem, rates))
+        else:
+            nxt = min(_finish_times(now, rem, rates))
+        self._planned = (now, rem, rates)
         t = self._pending = env.timeout(nxt - now if nxt > now else 0.0)
         t.callbacks.append(self._wake)
 
@@ -212,7 +229,7 @@ class Fabric:
         now = self.env.now
         self._advance(now)
         limit = now * (1 + EPS) + EPS
-        fin = self.finish
+        fin = _finish_times(*self._planned)
         flows = self.flows
         done = [i for i, t in enumerate(fin) if t <= limit]
         if done:
