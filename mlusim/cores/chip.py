@@ -51,6 +51,7 @@ class Chip:
         self.gdram = Memory("gdram", gdram_bytes)
         # prepared instructions (Core._prepare) by content, shared by every core and kernel
         self.prepared: dict = {}
+        self.hazards: dict = {}        # Core._hazard's memo: pairs of prepared touches -> overlap?
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -103,16 +104,14 @@ class Chip:
         if plan.write_key:
             ctr.traffic[plan.write_key] += plan.payload
 
-    def account_mac(self, core: Core, a: dict, op, cycles: float) -> None:
+    def mac_counts(self, a: dict, op, cycles: float) -> tuple[int, int, int]:
+        """What a MAC instruction adds to its core's counters when it completes: useful MACs, of
+        which on 16-bit operands, and MAC slots (array cycles past start-up)."""
         from mlusim.isa.timing import useful_macs
 
-        ctr = core.counters
         macs = useful_macs(op.mnemonic, a)
-        ctr.macs += macs
-        if a["dt"] not in INT8_DTYPES:
-            ctr.macs_int16 += macs
         startup = self.cfg.core.startup_cycles.conv if op.mnemonic == "conv" else self.cfg.core.startup_cycles.matmul
-        ctr.mac_slots += int(cycles - startup)
+        return macs, 0 if a["dt"] in INT8_DTYPES else macs, int(cycles - startup)
 
     def check_budget(self, core: Core, pc: int, ins) -> None:
         self.over_budget(core.where(pc, ins))
