@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from mlusim.cores.clock import Clock
 from mlusim.cores.core import Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
@@ -44,7 +45,7 @@ class Chip:
                  trace: bool = False, ncores: int | None = None, max_seconds: float | None = None,
                  trace_limit: int = 1 << 62):
         self.cfg = cfg
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.numerics = numerics
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)

@@ -14,6 +14,8 @@ from operator import mul, sub, truediv
 
 import simpy
 
+from mlusim.cores.clock import Clock
+
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
 
@@ -109,14 +111,13 @@ class Fabric:
     since every start and finish walks all of them: the walks are C-level maps over plain floats,
     the same operations in the same order as one flow at a time."""
 
-    def __init__(self, env: simpy.Environment):
+    def __init__(self, env: Clock):
         self.env = env
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
         self.rates: list[float] = []             # bytes/cycle of each flow (the memo's list: never mutated)
         self._last = 0.0
-        self._pending: simpy.Event | None = None  # the wake-up that is still current
         # (cycle, remaining, rates) when the current wake-up was set: its flows' finish times, which
         # it works out only when it fires (most wake-ups are superseded by another start first).
         # The lists are replaced, never changed in place, so holding them is a snapshot.
@@ -220,12 +221,9 @@ class Fabric:
         else:
             nxt = min(_finish_times(now, rem, rates))
         self._planned = (now, rem, rates)
-        t = self._pending = env.timeout(nxt - now if nxt > now else 0.0)
-        t.callbacks.append(self._wake)
+        env.set_alarm(nxt - now if nxt > now else 0.0, self._wake)    # replaces the plan before
 
-    def _wake(self, ev: simpy.Event) -> None:
-        if ev is not self._pending:
-            return   # superseded by a later start or finish
+    def _wake(self) -> None:
         now = self.env.now
         self._advance(now)
         limit = now * (1 + EPS) + EPS
