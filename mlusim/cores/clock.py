@@ -16,13 +16,18 @@ from __future__ import annotations
 from heapq import heappop
 
 import simpy
-from simpy.core import EmptySchedule, StopSimulation
+from simpy.core import BoundClass, EmptySchedule, StopSimulation
 from simpy.events import NORMAL, URGENT, EventPriority
 
 
 class Clock(simpy.Environment):
     def __init__(self) -> None:
         super().__init__()
+        # SimPy binds env.timeout, env.event, ... once per environment, but only those its own class
+        # declares: bind the inherited ones too, or each use goes through a descriptor
+        for name, obj in vars(simpy.Environment).items():
+            if isinstance(obj, BoundClass):
+                setattr(self, name, getattr(self, name))
         self._alarm: tuple | None = None     # (time, event id, callback) of the current plan
         self._stale = 0.0                     # latest time of a superseded plan
 
