@@ -82,6 +82,12 @@ class Chip:
             cl.cores.append(core)
             self.cores.append(core)
 
+    def forget_prepared(self) -> None:
+        """Drop the prepared-instruction and hazard memos (thousands of small objects a finished
+        run no longer needs, which the cyclic collector would otherwise walk once more)."""
+        self.prepared.clear()
+        self.hazards.clear()
+
     # ---- accounting (called by cores) ----------------------------------------------------------
     def set_weights(self, ranges: list[tuple[int, int]]) -> None:
         """GDRAM [start, end) ranges of the program's constant tensors: DMA reads from them are
