@@ -213,14 +213,12 @@ class Fabric:
             self._sample(key)
         env = self.env
         now = env.now
-        rem, rates = self.remaining, self.rates
-        # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so
-        # now + the least quotient is exactly the least of the sums
-        if min(rem) > 0.0:
-            nxt = now + min(map(truediv, rem, rates))
-        else:
-            nxt = min(_finish_times(now, rem, rates))
-        self._planned = (now, rem, rates)
+        rem = self.remaining
+        # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so it
+        # is now + the least quotient, or now itself if a flow has nothing left (quotient <= 0)
+        q = min(map(truediv, rem, self.rates))
+        nxt = now + q if q > 0.0 else now
+        self._planned = (now, rem, self.rates)
         env.set_alarm(nxt - now if nxt > now else 0.0, self._wake)    # replaces the plan before
 
     def _wake(self) -> None:
