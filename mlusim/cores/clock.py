@@ -37,15 +37,9 @@ class Clock(simpy.Environment):
         old = self._alarm
         if old is not None and old[0] > self._stale:
             self._stale = old[0]
-        self._alarm = (self._now + delay, next(self._eid), callback)
-
-    def _alarm_first(self) -> bool:
-        """Is the alarm due before the heap's first event (SimPy's order: time, priority, id)?"""
-        alarm, queue = self._alarm, self._queue
-        if not queue:
-            return True
-        t, prio, eid, _ = queue[0]
-        return alarm[0] < t or (alarm[0] == t and (NORMAL < prio or (NORMAL == prio and alarm[1] < eid)))
+        # shaped like a heap entry (time, priority, id, ...): ids are unique, so comparing it with
+        # the heap's first entry decides by SimPy's order and never looks at the callback
+        self._alarm = (self._now + delay, NORMAL, next(self._eid), callback)
 
     def peek(self) -> float:
         t = super().peek()
@@ -57,18 +51,19 @@ class Clock(simpy.Environment):
 
     def step(self) -> None:
         """SimPy's step, with the alarm taking its turn."""
-        if self._alarm is not None and self._alarm_first():
-            self._ring()
+        alarm = self._alarm
+        if alarm is not None and (not self._queue or alarm < self._queue[0]):
+            self._ring(alarm)
             return
         if not self._queue and self._stale > self._now:
             self._now = self._stale           # what popping the superseded timeouts would leave
             return
         super().step()
 
-    def _ring(self) -> None:
-        alarm, self._alarm = self._alarm, None
+    def _ring(self, alarm: tuple) -> None:
+        self._alarm = None
         self._now = alarm[0]
-        alarm[2]()
+        alarm[3]()
 
     def run(self, until=None):
         """SimPy's run; until an event, as one loop with SimPy's step inlined (the engine's
@@ -86,8 +81,9 @@ class Clock(simpy.Environment):
     def _loop(self) -> None:
         queue = self._queue
         while True:
-            if self._alarm is not None and self._alarm_first():
-                self._ring()
+            alarm = self._alarm
+            if alarm is not None and (not queue or alarm < queue[0]):
+                self._ring(alarm)
                 continue
             try:
                 self._now, _, _, event = heappop(queue)
