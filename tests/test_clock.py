@@ -89,3 +89,20 @@ def test_step_and_peek_see_the_alarm():
     assert clock.peek() == 13      # only the superseded plan's time is left: a drained run ends there
     clock.step()
     assert clock.now == 13 and clock.peek() == float("inf")
+
+
+def test_call_later_runs_where_a_timeout_callback_would():
+    def order(env, later):
+        log = []
+        for i, d in enumerate([2, 0, 2, 1, 0, 2]):
+            if i % 2:
+                later(env, d, lambda _e, i=i: log.append((i, env.now)))
+            else:
+                env.timeout(d).callbacks.append(lambda _e, i=i: log.append((i, env.now)))
+        env.run()
+        return log
+
+    clock = Clock()
+    plain = simpy.Environment()
+    expect = order(plain, lambda env, d, cb: env.timeout(d).callbacks.append(cb))
+    assert order(clock, lambda env, d, cb: env.call_later(d, cb)) == expect

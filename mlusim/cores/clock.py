@@ -13,11 +13,21 @@ such time, so a drained run ends at the same cycle as with real timeouts.
 """
 from __future__ import annotations
 
-from heapq import heappop
+from heapq import heappop, heappush
 
 import simpy
 from simpy.core import BoundClass, EmptySchedule, StopSimulation
 from simpy.events import NORMAL, URGENT, EventPriority
+
+
+class _Call:
+    """What the event loop reads of a succeeded event: its callbacks, and that it is ok."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+
+    def __init__(self, callbacks: list):
+        self.callbacks = callbacks
 
 
 class Clock(simpy.Environment):
@@ -40,6 +50,11 @@ class Clock(simpy.Environment):
         # shaped like a heap entry (time, priority, id, ...): ids are unique, so comparing it with
         # the heap's first entry decides by SimPy's order and never looks at the callback
         self._alarm = (self._now + delay, NORMAL, next(self._eid), callback)
+
+    def call_later(self, delay: float, callback) -> None:
+        """`callback(event)` `delay` from now, exactly where Timeout(delay) with that callback
+        would run: the same heap entry, with a bare event in place of the Timeout object."""
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), _Call([callback])))
 
     def peek(self) -> float:
         t = super().peek()

@@ -407,8 +407,8 @@ class Core:
         if now + cost > self.cp_busy_until:
             self.cp_busy_until = now + cost
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        # a plain timeout with a callback, not a process: one event per compute instruction
-        env.timeout(cost).callbacks.append(partial(self._compute_done, rec))
+        # a callback at its end, not a process: one event per compute instruction
+        env.call_later(cost, partial(self._compute_done, rec))
 
     def _compute_done(self, rec, _event=None) -> None:
         env, chip = self.env, self.chip

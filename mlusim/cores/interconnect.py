@@ -143,10 +143,10 @@ class Fabric:
 
     def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> simpy.Event:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency): a timeout whose callback starts the flow, so the DMA queue's process sleeps once
+        latency): a call at that time starts the flow, so the DMA queue's process sleeps once
         per transfer. The flow starts exactly where the process would have resumed to start it."""
         ev = self.env.event()
-        self.env.timeout(delay).callbacks.append(lambda _e: self._start(links, nbytes, cap, ev))
+        self.env.call_later(delay, lambda _e: self._start(links, nbytes, cap, ev))
         return ev
 
     # -- internals -------------------------------------------------------------------------------
