@@ -120,7 +120,8 @@ class Fabric:
         self._last = 0.0
         # (cycle, remaining, rates) when the current wake-up was set: its flows' finish times, which
         # it works out only when it fires (most wake-ups are superseded by another start first).
-        # The lists are replaced, never changed in place, so holding them is a snapshot.
+        # Holding the lists is a snapshot: advancing and finishing replace `remaining`, and the
+        # only change in place, a start's append, comes with a new plan that supersedes this one.
         self._planned: tuple[float, list[float], list[float]] = (0.0, [], [])
         # Only when tracing: after every rate change, one (None, link name, cycle, 0.0, bytes/cycle in
         # use, "", -1) record per link whose rate may have changed, appended to the chip's trace.
@@ -155,7 +156,8 @@ class Fabric:
             ev.succeed()
             return
         now = self.env.now
-        self._advance(now)
+        if now != self._last:
+            self._advance(now)
         sig = (links, cap)
         kind = self._kinds.get(sig)
         if kind is None:
@@ -165,9 +167,10 @@ class Fabric:
             if link._count == 0:
                 link._since = now
             link._count += 1
-        self.flows.append(Flow(links, float(nbytes), ev))
+        nbytes = float(nbytes)
+        self.flows.append(Flow(links, nbytes, ev))
         self.kinds.append(kind)
-        self.remaining = [*self.remaining, float(nbytes)]      # a new list: see _planned
+        self.remaining.append(nbytes)          # see _planned
         self._reschedule()
 
     def _advance(self, now: float) -> None:
@@ -188,19 +191,15 @@ class Fabric:
                 link._since = None
         f.done.succeed()
 
-    def _rates(self) -> tuple[int, ...]:
-        """Every flow's rate: fair_rates of the current mix, remembered per mix (a mix of the same
-        kinds in the same order always gets the same rates, bit for bit). Returns the mix."""
-        key = tuple(self.kinds)
-        rates = self._memo.get(key)
-        if rates is None:
-            kinds = self._kind_list
-            rates = fair_rates([kinds[k] for k in key])
-            if len(self._memo) >= RATES_MEMO:
-                self._memo.clear()
-            self._memo[key] = rates
-        self.rates = rates
-        return key
+    def _new_rates(self, key: tuple[int, ...]) -> list[float]:
+        """fair_rates of a mix of flow kinds, remembered (a mix of the same kinds in the same order
+        always gets the same rates, bit for bit)."""
+        kinds = self._kind_list
+        rates = fair_rates([kinds[k] for k in key])
+        if len(self._memo) >= RATES_MEMO:
+            self._memo.clear()
+        self._memo[key] = rates
+        return rates
 
     def _reschedule(self) -> None:
         if not self.flows:
@@ -208,7 +207,11 @@ class Fabric:
             if self.samples is not None:
                 self._sample(())
             return
-        key = self._rates()
+        key = tuple(self.kinds)
+        rates = self._memo.get(key)
+        if rates is None:
+            rates = self._new_rates(key)
+        self.rates = rates
         if self.samples is not None:
             self._sample(key)
         env = self.env
@@ -216,9 +219,9 @@ class Fabric:
         rem = self.remaining
         # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so it
         # is now + the least quotient, or now itself if a flow has nothing left (quotient <= 0)
-        q = min(map(truediv, rem, self.rates))
+        q = min(map(truediv, rem, rates))
         nxt = now + q if q > 0.0 else now
-        self._planned = (now, rem, self.rates)
+        self._planned = (now, rem, rates)
         env.set_alarm(nxt - now if nxt > now else 0.0, self._wake)    # replaces the plan before
 
     def _wake(self) -> None:
