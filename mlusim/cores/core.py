@@ -30,7 +30,7 @@ QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
 PREPARED_MAX = 1 << 16  # prepared instructions a chip remembers (a ResNet-50 issues ~7,000 distinct)
-_VALUES: dict = {}      # opcode -> its fields' values in table order, as one tuple (a cache key)
+_VALUES: dict = {}      # opcode (unique: table.py asserts it) -> its fields' values in table order
 
 
 def _values_getter(op):
@@ -307,8 +307,9 @@ class Core:
                         else:
                             got.append(tq.sent.popleft())
             if compute:
-                if self._cp_blocker(ins.op.unit, prep[3]) is not None:
-                    yield from self._wait_for_units(ins, prep[3], pc)
+                block = self._cp_blocker(ins.op.unit, prep[3])
+                if block is not None:
+                    yield from self._wait_for_units(ins, prep[3], pc, block)
                 self._start_compute(ins, prep, pc, task)
                 if got:
                     self.cp_rob[-1][8] = got       # arrows drawn when it completes
@@ -347,11 +348,10 @@ class Core:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
 
-    def _wait_for_units(self, ins, touches, pc):
+    def _wait_for_units(self, ins, touches, pc, block):
         """The compute queue's head waits until its unit is free and no instruction running on the
-        other unit conflicts with it."""
+        other unit conflicts with it (`block`, the first _cp_blocker found)."""
         unit = ins.op.unit
-        block = self._cp_blocker(unit, touches)
         while block is not None:
             self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block[2], block[0])
             if block[3] is None:           # the completion event exists only if someone waits on it
