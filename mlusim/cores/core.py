@@ -29,7 +29,7 @@ from mlusim.errors import SimulationError
 QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
-PREPARED_MAX = 1 << 16  # prepared instructions a chip remembers (a ResNet-50 issues ~7,000 distinct)
+PREPARED_MAX = 1 << 15  # prepared instructions a chip remembers (~0.7 KB each; ResNet-50 b16 issues 7,352 distinct)
 _VALUES: dict = {}      # opcode (unique: table.py asserts it) -> its fields' values in table order
 
 
