@@ -244,6 +244,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     with _fewer_collections():
         interrupted = _run(chip, main, max_cycles)
+        chip.forget_prepared()      # before the collector looks at what the run left behind
     outputs = {}
     if not timing_only and not interrupted:
         buf = chip.gdram.buf

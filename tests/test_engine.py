@@ -208,14 +208,18 @@ def test_s2s_to_a_cluster_outside_the_job_is_an_error():
         run(program([I("dma", dir="g2n", dst=0, src=0, size=64, dcl=1)], []), cores=1)
 
 
-def test_prepared_instructions_are_kept_only_when_they_can_repeat():
-    """A kernel keeps prepared instructions when tasks share a stream or a stream loops back; a
-    compiled network's one straight stream per task keeps none (they would only hold memory)."""
-    from mlusim.cores.chip import reuses_instructions
+def test_prepared_instructions_are_shared_by_content():
+    """Instructions equal in every field are prepared once per chip, whichever core, task or
+    kernel issues them; one differing field, or a different register base, is another entry."""
+    from mlusim.config import load_config
+    from mlusim.cores.chip import Chip
 
-    straight = [I("li", rd=1, imm=3), I("addi", rd=1, rs1=1, imm=1)]
-    loop = [I("li", rd=1, imm=3), I("addi", rd=1, rs1=1, imm=-1), I("bne", rs1=1, rs2=0, target=-1)]
-    assert not reuses_instructions(Kernel("k", "block", 2, [straight, list(straight)], [0, 1]))
-    assert reuses_instructions(Kernel("k", "block", 2, [straight]))
-    assert reuses_instructions(Kernel("k", "block", 2, [straight, straight], [1, 1]))
-    assert reuses_instructions(Kernel("k", "block", 1, [loop]))
+    chip = Chip(load_config("mlu270"), 1 << 20, numerics=False, ncores=2)
+    a, b = chip.cores
+    ld = I("dma", dir="g2n", dst=0, src=64, size=64)
+    assert a._prepare(ld, 0) is b._prepare(I("dma", dir="g2n", dst=0, src=64, size=64), 3)
+    assert a._prepare(I("dma", dir="g2n", dst=0, src=128, size=64), 0) is not a._prepare(ld, 0)
+    rel = I("dma", dir="g2n", dst=0, src=(1, 64), size=64)
+    a.regs[1], b.regs[1] = 0, 64
+    assert a._prepare(rel, 0)[1]["src"] == 64 and b._prepare(rel, 0)[1]["src"] == 128
+    assert len(chip.prepared) == 4

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from mlusim.cores.clock import Clock
 from mlusim.cores.core import Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
@@ -44,14 +45,14 @@ class Chip:
                  trace: bool = False, ncores: int | None = None, max_seconds: float | None = None,
                  trace_limit: int = 1 << 62):
         self.cfg = cfg
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.numerics = numerics
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
         self.gdram = Memory("gdram", gdram_bytes)
-        # prepared instructions (Core._prepare) of the running kernel, kept only when the kernel
-        # can run an instruction twice: a loop, or tasks sharing a stream (see reuses_instructions)
-        self.prepared_cache: dict | None = None
+        # prepared instructions (Core._prepare) by content, shared by every core and kernel
+        self.prepared: dict = {}
+        self.hazards: dict = {}        # Core._hazard's memo: pairs of prepared touches -> overlap?
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -81,6 +82,12 @@ class Chip:
             cl.cores.append(core)
             self.cores.append(core)
 
+    def forget_prepared(self) -> None:
+        """Drop the prepared-instruction and hazard memos (thousands of small objects a finished
+        run no longer needs, which the cyclic collector would otherwise walk once more)."""
+        self.prepared.clear()
+        self.hazards.clear()
+
     # ---- accounting (called by cores) ----------------------------------------------------------
     def set_weights(self, ranges: list[tuple[int, int]]) -> None:
         """GDRAM [start, end) ranges of the program's constant tensors: DMA reads from them are
@@ -104,16 +111,14 @@ class Chip:
         if plan.write_key:
             ctr.traffic[plan.write_key] += plan.payload
 
-    def account_mac(self, core: Core, a: dict, op, cycles: float) -> None:
+    def mac_counts(self, a: dict, op, cycles: float) -> tuple[int, int, int]:
+        """What a MAC instruction adds to its core's counters when it completes: useful MACs, of
+        which on 16-bit operands, and MAC slots (array cycles past start-up)."""
         from mlusim.isa.timing import useful_macs
 
-        ctr = core.counters
         macs = useful_macs(op.mnemonic, a)
-        ctr.macs += macs
-        if a["dt"] not in INT8_DTYPES:
-            ctr.macs_int16 += macs
         startup = self.cfg.core.startup_cycles.conv if op.mnemonic == "conv" else self.cfg.core.startup_cycles.matmul
-        ctr.mac_slots += int(cycles - startup)
+        return macs, 0 if a["dt"] in INT8_DTYPES else macs, int(cycles - startup)
 
     def check_budget(self, core: Core, pc: int, ins) -> None:
         self.over_budget(core.where(pc, ins))
@@ -152,7 +157,6 @@ class Chip:
             self.record = rec
             for core in active:
                 core.counters = CoreCounters(core.id)
-            self.prepared_cache = {} if reuses_instructions(k) else None
             yield env.timeout(self.cfg.chip.kernel_launch_cycles)
             n = k.clusters_per_job
             if n == 0:
@@ -250,18 +254,6 @@ def expected_instructions(k: Kernel) -> int:
     if k.task_stream is None:
         return max(1, k.task_dim * (len(k.streams[0]) + 1))
     return max(1, k.task_dim + sum(len(k.streams[s]) for s in k.task_stream))
-
-
-def reuses_instructions(k: Kernel) -> bool:
-    """Whether a kernel can issue one instruction object more than once: tasks sharing a stream, or
-    a branch backwards (a loop). A compiled network does neither (one straight stream per task),
-    and remembering each prepared instruction would only hold memory (~1 KB each)."""
-    if k.task_stream is None:       # every task runs stream 0 (task_dim may be huge: never expand it)
-        if k.task_dim > 1:
-            return True
-    elif len(set(k.task_stream)) < len(k.task_stream):
-        return True
-    return any(ins.args[name] < 0 for stream in k.streams for ins in stream for name in ins.op.target_fields)
 
 
 def host_bytes_estimate(gdram_bytes: int, cfg, numerics: bool) -> int:

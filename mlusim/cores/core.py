@@ -11,6 +11,8 @@ sends deadlocks and is reported as such.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
+from operator import itemgetter
 
 import simpy
 
@@ -27,6 +29,17 @@ from mlusim.errors import SimulationError
 QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
+PREPARED_MAX = 1 << 15  # prepared instructions a chip remembers (~0.7 KB each; ResNet-50 b16 issues 7,352 distinct)
+_VALUES: dict = {}      # opcode (unique: table.py asserts it) -> its fields' values in table order
+
+
+def _values_getter(op):
+    """A function giving an instruction's field values in the table's order: two instructions of
+    one opcode are the same instruction exactly when these tuples are equal."""
+    names = [f.name for f in op.fields]
+    if len(names) == 1:
+        return lambda args, n=names[0]: (args[n],)
+    return itemgetter(*names) if names else (lambda args: ())
 
 
 class Core:
@@ -56,6 +69,7 @@ class Core:
         self.state = {"issue": "idle", **{q: "idle" for q in QUEUES}}
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
+        self._cp_sigs = self._token_tables("cp")[1]     # the token queues a compute sig= field signals
         for q in QUEUES:
             self.env.process(self._unit(q))
 
@@ -113,21 +127,25 @@ class Core:
 
     def _prepare(self, ins, pc: int):
         """Resolve register-relative addresses, check every access, price the instruction.
-        The result depends only on the instruction and its resolved addresses, so it is cached."""
+        The result depends only on the instruction's fields and its resolved addresses (every core
+        has memories of the same sizes), so the chip remembers it by content: a network's tasks
+        and cores issue the same few thousand instructions over and over."""
         op = ins.op
         args = ins.args
         regs = self.regs
-        key: tuple = (id(ins),)
+        values = _VALUES.get(op.opcode)
+        if values is None:
+            values = _VALUES[op.opcode] = _values_getter(op)
+        key: tuple = (op.opcode, values(args))
         for name, bits in op.addr_fields:
             v = args[name]
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
-        cache = self.chip.prepared_cache
-        if cache is not None:
-            hit = cache.get(key)
-            if hit is not None and hit[0] is ins:
-                return hit[1]
-        if len(key) == 1:
+        cache = self.chip.prepared
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        if len(key) == 2:
             a = args
         else:
             a = dict(args)
@@ -145,14 +163,17 @@ class Core:
         if op.unit == "dma":
             plan = dmamod.plan(a, self.cfg)
             dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
-            prepared = (plan.queue, a, plan, touches)
+            prepared = (plan.queue, a, plan, touches, None)
         else:
-            prepared = (UNIT_QUEUE[op.unit], a, op.cycles(a, self.cfg), touches)
+            cycles = op.cycles(a, self.cfg)
+            prepared = (UNIT_QUEUE[op.unit], a, cycles, touches,
+                        self.chip.mac_counts(a, op, cycles) if op.unit == "mac" else None)
         if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
                                   f"wait for or signal its own queue")
-        if cache is not None and len(cache) < 200_000:
-            cache[key] = (ins, prepared)
+        if len(cache) >= PREPARED_MAX:
+            cache.clear()
+        cache[key] = prepared
         return prepared
 
     def run_task(self, task: TaskContext):
@@ -191,19 +212,20 @@ class Core:
                 yield from self._sync(op.mnemonic, pc, ins)
                 pc += 1
                 continue
-            qname, a, cost, touches = self._prepare(ins, pc)
-            if unit == "dma" and a["dcl"]:
-                self._check_remote(a["dcl"] - 1, pc, ins)
+            prep = self._prepare(ins, pc)
+            qname = prep[0]
+            if unit == "dma" and prep[1]["dcl"]:
+                self._check_remote(prep[1]["dcl"] - 1, pc, ins)
             iq = self.iq[qname]
-            if iq.full:
-                self.state["issue"] = f"waits for a free {qname} queue slot (pc {pc})"
+            if len(iq.items) >= iq.depth:
+                self.state["issue"] = ("waits for a free {} queue slot (pc {})", qname, pc)
                 t0 = env.now
                 yield iq.wait_space()
                 ctr.issue_stall += env.now - t0
                 if chip.trace is not None:
                     chip.trace.append((self.id, "issue", t0, env.now, f"{qname} queue full", task.kernel.name, pc))
             self.inflight += 1
-            iq.put((ins, a, cost, touches, pc, task))
+            iq.put((ins, prep, pc, task))
             pc += 1
         if pending:
             yield env.timeout(pending)
@@ -240,19 +262,27 @@ class Core:
                     trace.append((FLOW, now, self.id, "issue", now, c, "issue", True))
 
     # ---- the three units -----------------------------------------------------------------------
+    def _token_tables(self, qname: str) -> tuple[list, list]:
+        """For each value of a wait= / sig= field: the (other queue, token queue) pairs a unit on
+        `qname` takes tokens from, and the token queues it signals."""
+        masks = range(1 << len(QUEUES))
+        waits = [tuple((o, self.tokens[(o, qname)]) for o in QUEUES if o != qname and m >> QIDX[o] & 1)
+                 for m in masks]
+        sigs = [tuple(self.tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
+        return waits, sigs
+
     def _unit(self, qname: str):
         env, chip = self.env, self.chip
         iq = self.iq[qname]
         items, state = iq.items, self.state
-        masks = range(1 << len(QUEUES))     # a wait= / sig= field's queue bits -> the token queues
-        waits = [tuple((o, self.tokens[(o, qname)]) for o in QUEUES if o != qname and m >> QIDX[o] & 1)
-                 for m in masks]
-        sigs = [tuple(self.tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
+        waits, sigs = self._token_tables(qname)
+        compute = qname == "cp"
         while True:
             if not items:
                 state[qname] = "idle"
                 yield iq.wait_item()
-            ins, a, cost, touches, pc, task = iq.pop()
+            ins, prep, pc, task = iq.pop()
+            a = prep[1]
             ctr = self.counters
             trace = chip.trace
             got = None          # tracing: (end, track) of the slices whose tokens this one takes
@@ -267,7 +297,7 @@ class Core:
                         t0 = env.now
                         yield tq.wait()
                         ctr.token_stall[qname] += env.now - t0
-                        if qname == "cp":     # starved: neither compute unit still running
+                        if compute:     # starved: neither compute unit still running
                             ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
                         if trace is not None:
                             trace.append((self.id, qname, t0, env.now, f"wait {other} token", task.kernel.name, pc))
@@ -276,60 +306,58 @@ class Core:
                             got = [tq.sent.popleft()]
                         else:
                             got.append(tq.sent.popleft())
-            op = ins.op
-            if qname == "cp":
-                unit = op.unit
-                block = self._cp_blocker(unit, touches)
-                while block is not None:
-                    state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, op.mnemonic, block[2], block[0])
-                    if block[3] is None:           # the completion event exists only if someone waits on it
-                        block[3] = env.event()
-                    yield block[3]
-                    block = self._cp_blocker(unit, touches)
-                self._start_compute(ins, a, cost, touches, pc, task)
+            if compute:
+                block = self._cp_blocker(ins.op.unit, prep[3])
+                if block is not None:
+                    yield from self._wait_for_units(ins, prep[3], pc, block)
+                self._start_compute(ins, prep, pc, task)
                 if got:
                     self.cp_rob[-1][8] = got       # arrows drawn when it completes
                 continue
-            state[qname] = ("executes pc {} `{}`", pc, op.mnemonic)
+            plan = prep[2]
+            state[qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
             t0 = env.now
-            if op.unit == "dma":
-                unit = qname
-                links, cap = self.route(cost.src, cost.dst)
-                if a["dcl"]:         # to another cluster's SRAM: through both clusters' SRAM ports
-                    far = task.clusters[a["dcl"] - 1].sram_link
-                    links = (self.cluster.sram_link,) + ((far,) if far is not self.cluster.sram_link else ())
-                    cap = self.port_caps["sram"]
-                if links:
-                    yield env.timeout(cost.fixed_cycles)
-                    yield chip.fabric.transfer(links, cost.bus_bytes, cap)
-                else:   # on-core move: nothing shared, one event
-                    yield env.timeout(cost.fixed_cycles + cost.bus_bytes / cap)
-                chip.account_dma(cost, ctr)
-                ctr.dma_demand[qname] += cost.fixed_cycles + cost.bus_bytes / cap
-            else:
-                unit = op.unit
-                yield env.timeout(cost)
-                if unit == "mac":
-                    chip.account_mac(self, a, op, cost)
+            links, cap = self.route(plan.src, plan.dst)
+            if a["dcl"]:         # to another cluster's SRAM: through both clusters' SRAM ports
+                far = task.clusters[a["dcl"] - 1].sram_link
+                links = (self.cluster.sram_link,) + ((far,) if far is not self.cluster.sram_link else ())
+                cap = self.port_caps["sram"]
+            if links:
+                yield chip.fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap)
+            else:   # on-core move: nothing shared, one event
+                yield env.timeout(plan.fixed_cycles + plan.bus_bytes / cap)
+            chip.account_dma(plan, ctr)
+            ctr.dma_demand[qname] += plan.fixed_cycles + plan.bus_bytes / cap
             now = env.now
-            ctr.busy[unit] += now - t0
+            ctr.busy[qname] += now - t0
             chip.last_activity = now
             if trace is not None:
-                trace.append((self.id, unit, t0, now, op.mnemonic, task.kernel.name, pc))
+                trace.append((self.id, qname, t0, now, ins.op.mnemonic, task.kernel.name, pc))
                 if got:
-                    self._flows_in(got, now, unit)
+                    self._flows_in(got, now, qname)
             if chip.numerics:
-                op.execute(self, a)
+                ins.op.execute(self, a)
             sig = a["sig"]
             if sig:
                 for tq in sigs[sig]:
                     tq.push()
                     if trace is not None:
-                        tq.sent.append((now, unit))
+                        tq.sent.append((now, qname))
             self.inflight -= 1
             if not self.inflight and self.drain_waiter is not None:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
+
+    def _wait_for_units(self, ins, touches, pc, block):
+        """The compute queue's head waits until its unit is free and no instruction running on the
+        other unit conflicts with it (`block`, the first _cp_blocker found)."""
+        unit = ins.op.unit
+        while block is not None:
+            self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block[2], block[0])
+            if block[3] is None:           # the completion event exists only if someone waits on it
+                block[3] = self.env.event()
+            yield block[3]
+            block = self._cp_blocker(unit, touches)
 
     def _flows_in(self, got: list, t: float, track: str) -> None:
         """Tracing: arrows from the slices whose tokens the instruction ending at `t` on `track`
@@ -341,59 +369,82 @@ class Core:
     # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
     def _cp_blocker(self, unit: str, touches):
         """What keeps the compute queue's head from starting: the record of the instruction running
-        on its own unit, or of one on the other unit whose memory it overlaps with a write; None."""
-        for u, rec in self.cp_running.items():
-            if rec is not None and (u == unit or _hazard(rec[1], touches)):
-                return rec
+        on its own unit, or of one on the other unit whose memory it overlaps with a write; None.
+        The MAC array is looked at first, then the vector unit."""
+        running = self.cp_running
+        mac, vec = running["mac"], running["vec"]
+        if mac is not None and (unit == "mac" or self._hazard(mac[1], touches)):
+            return mac
+        if vec is not None and (unit == "vec" or self._hazard(vec[1], touches)):
+            return vec
         return None
 
-    def _start_compute(self, ins, a, cost, touches, pc, task) -> None:
+    def _hazard(self, t1, t2) -> bool:
+        """_hazard of two prepared instructions' touches, remembered per pair (the memo holds the
+        tuples, so their ids stay theirs while remembered)."""
+        memo = self.chip.hazards
+        key = (id(t1), id(t2))
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= PREPARED_MAX:
+                memo.clear()
+            hit = memo[key] = (t1, t2, _hazard(t1, t2))
+        return hit[2]
+
+    def _start_compute(self, ins, prep, pc, task) -> None:
         """Start the queue head on its unit (the MAC array and the vector unit are separate pipes,
         as the WFU and NFU are; _unit waits until _cp_blocker clears). Completion is recorded in
         program order, so tokens and drains behave exactly as for a strictly in-order queue."""
         env = self.env
         unit = ins.op.unit
-        # tracing: [7] when it completed, [8] (end, track) of the slices whose tokens it took
-        rec = [unit, touches, pc, None, False, a, ins, 0.0, None]
+        cost = prep[2]
+        now = env.now
+        # [7] when it completed (tracing), [8] (end, track) of the slices whose tokens it took
+        # (tracing), [9] prepared instruction, [10] task, [11] when it started
+        rec = [unit, prep[3], pc, None, False, prep[1], ins, 0.0, None, prep, task, now]
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
-        if env.now + cost > self.cp_busy_until:
-            self.cp_busy_until = env.now + cost
+        if now + cost > self.cp_busy_until:
+            self.cp_busy_until = now + cost
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        # a plain timeout with a callback, not a process: one event per compute instruction
-        env.timeout(cost).callbacks.append(lambda _e, t0=env.now: self._compute_done(rec, cost, task, pc, t0))
+        # a callback at its end, not a process: one event per compute instruction
+        env.call_later(cost, partial(self._compute_done, rec))
 
-    def _compute_done(self, rec, cost, task, pc, t0) -> None:
+    def _compute_done(self, rec, _event=None) -> None:
         env, chip = self.env, self.chip
-        unit, a, ins = rec[0], rec[5], rec[6]
-        op = ins.op
+        unit, a, ins, prep = rec[0], rec[5], rec[6], rec[9]
+        ctr = self.counters
         if unit == "mac":
-            chip.account_mac(self, a, op, cost)
-        self.counters.busy[unit] += cost
-        chip.last_activity = env.now
+            macs, macs_int16, slots = prep[4]
+            ctr.macs += macs
+            ctr.macs_int16 += macs_int16
+            ctr.mac_slots += slots
+        ctr.busy[unit] += prep[2]
+        now = env.now
+        chip.last_activity = now
         trace = chip.trace
         if trace is not None:
-            trace.append((self.id, unit, t0, env.now, op.mnemonic, task.kernel.name, pc))
-            rec[7] = env.now
+            trace.append((self.id, unit, rec[11], now, ins.op.mnemonic, rec[10].kernel.name, rec[2]))
+            rec[7] = now
             if rec[8]:
-                self._flows_in(rec[8], env.now, unit)
+                self._flows_in(rec[8], now, unit)
         if chip.numerics:
-            op.execute(self, a)
+            ins.op.execute(self, a)
         rec[4] = True
-        if self.cp_running.get(unit) is rec:
+        if self.cp_running[unit] is rec:
             self.cp_running[unit] = None
         if rec[3] is not None:
             rec[3].succeed()
-        while self.cp_rob and self.cp_rob[0][4]:          # retire in program order
-            done = self.cp_rob.popleft()
+        rob = self.cp_rob
+        sigs = self._cp_sigs
+        while rob and rob[0][4]:          # retire in program order
+            done = rob.popleft()
             sig = done[5]["sig"]
             if sig:
-                for other in QUEUES:
-                    if sig >> QIDX[other] & 1:
-                        tq = self.tokens[("cp", other)]
-                        tq.push()
-                        if trace is not None:
-                            tq.sent.append((done[7], done[0]))
+                for tq in sigs[sig]:
+                    tq.push()
+                    if trace is not None:
+                        tq.sent.append((done[7], done[0]))
             self.inflight -= 1
         if not self.inflight and self.drain_waiter is not None:
             w, self.drain_waiter = self.drain_waiter, None

@@ -9,8 +9,12 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
+from operator import mul, sub, truediv
 
 import simpy
+
+from mlusim.cores.clock import Clock
 
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
@@ -27,16 +31,13 @@ class Link:
 
 
 class Flow:
-    """One transfer in flight. `kind` numbers its (links, cap) pair: flows of the same kind are
-    interchangeable to the rate computation, so a mix of kinds in order determines every rate."""
+    """One transfer in flight: what it crosses and moves, and the event its end fires. Its
+    changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists."""
 
-    __slots__ = ("links", "nbytes", "done", "cap", "remaining", "rate", "finish_at", "label", "started", "kind")
+    __slots__ = ("links", "nbytes", "done")
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, done: simpy.Event, cap: float, kind: int,
-                 label: str = "", started: float = 0.0):
-        self.links, self.nbytes, self.done, self.cap, self.kind = links, nbytes, done, cap, kind
-        self.remaining, self.rate, self.finish_at = nbytes, 0.0, 0.0
-        self.label, self.started = label, started
+    def __init__(self, links: tuple[Link, ...], nbytes: float, done: simpy.Event):
+        self.links, self.nbytes, self.done = links, nbytes, done
 
 
 def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
@@ -99,14 +100,29 @@ def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
     return rate
 
 
-class Fabric:
-    """All the links of a chip and the flows on them."""
+def _finish_times(t: float, remaining: list[float], rates: list[float]) -> list[float]:
+    """When each flow ends, moving its remaining bytes (none if it is already done) from cycle t."""
+    return [t + (r if r > 0.0 else 0.0) / q for r, q in zip(remaining, rates)]
 
-    def __init__(self, env: simpy.Environment):
+
+class Fabric:
+    """All the links of a chip and the flows on them. The flows in flight are kept in start order
+    as parallel lists (each flow's kind and bytes remaining, with the rates of the current mix),
+    since every start and finish walks all of them: the walks are C-level maps over plain floats,
+    the same operations in the same order as one flow at a time."""
+
+    def __init__(self, env: Clock):
         self.env = env
         self.flows: list[Flow] = []
+        self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
+        self.remaining: list[float] = []         # bytes still to move, as of `_last`
+        self.rates: list[float] = []             # bytes/cycle of each flow (the memo's list: never mutated)
         self._last = 0.0
-        self._gen = 0
+        # (cycle, remaining, rates) when the current wake-up was set: its flows' finish times, which
+        # it works out only when it fires (most wake-ups are superseded by another start first).
+        # Holding the lists is a snapshot: advancing and finishing replace `remaining`, and the
+        # only change in place, a start's append, comes with a new plan that supersedes this one.
+        self._planned: tuple[float, list[float], list[float]] = (0.0, [], [])
         # Only when tracing: after every rate change, one (None, link name, cycle, 0.0, bytes/cycle in
         # use, "", -1) record per link whose rate may have changed, appended to the chip's trace.
         self.samples: list | None = None
@@ -116,44 +132,53 @@ class Fabric:
         self._memo: dict[tuple[int, ...], list[float]] = {}
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
 
-    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf"),
-                 label: str = "") -> simpy.Event:
+    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> simpy.Event:
         """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
         channel); the returned event fires when the last byte arrives."""
         env = self.env
         if not links:   # a private path: no contention, a plain delay
             return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
         ev = env.event()
+        self._start(links, nbytes, cap, ev)
+        return ev
+
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> simpy.Event:
+        """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
+        latency): a call at that time starts the flow, so the DMA queue's process sleeps once
+        per transfer. The flow starts exactly where the process would have resumed to start it."""
+        ev = self.env.event()
+        self.env.call_later(delay, lambda _e: self._start(links, nbytes, cap, ev))
+        return ev
+
+    # -- internals -------------------------------------------------------------------------------
+    def _start(self, links: tuple[Link, ...], nbytes: float, cap: float, ev: simpy.Event) -> None:
         if nbytes <= 0:
             ev.succeed()
-            return ev
-        now = env.now
-        dt = now - self._last
-        if dt > 0:
-            for f in self.flows:
-                f.remaining -= f.rate * dt
-        self._last = now
+            return
+        now = self.env.now
+        if now != self._last:
+            self._advance(now)
         sig = (links, cap)
         kind = self._kinds.get(sig)
         if kind is None:
             kind = self._kinds[sig] = len(self._kind_list)
             self._kind_list.append(sig)
-        f = Flow(links, float(nbytes), ev, cap, kind, label, now)
         for link in links:
             if link._count == 0:
                 link._since = now
             link._count += 1
-        self.flows.append(f)
+        nbytes = float(nbytes)
+        self.flows.append(Flow(links, nbytes, ev))
+        self.kinds.append(kind)
+        self.remaining.append(nbytes)          # see _planned
         self._reschedule()
-        return ev
 
-    # -- internals -------------------------------------------------------------------------------
-    def _advance(self) -> None:
-        now = self.env.now
+    def _advance(self, now: float) -> None:
+        """Every flow's remaining bytes, moved on to `now` at the current rates (r - rate * dt,
+        flow by flow, as a new list)."""
         dt = now - self._last
         if dt > 0:
-            for f in self.flows:
-                f.remaining -= f.rate * dt
+            self.remaining = list(map(sub, self.remaining, map(mul, self.rates, repeat(dt))))
         self._last = now
 
     def _finish(self, f: Flow) -> None:
@@ -166,69 +191,69 @@ class Fabric:
                 link._since = None
         f.done.succeed()
 
-    def _rates(self) -> tuple[int, ...]:
-        """Every flow's rate: fair_rates of the current mix, remembered per mix (a mix of the same
-        kinds in the same order always gets the same rates, bit for bit). Returns the mix."""
-        flows = self.flows
-        key = tuple([f.kind for f in flows])
-        rates = self._memo.get(key)
-        if rates is None:
-            kinds = self._kind_list
-            rates = fair_rates([kinds[k] for k in key])
-            if len(self._memo) >= RATES_MEMO:
-                self._memo.clear()
-            self._memo[key] = rates
-        for f, r in zip(flows, rates):
-            f.rate = r
-        return key
+    def _new_rates(self, key: tuple[int, ...]) -> list[float]:
+        """fair_rates of a mix of flow kinds, remembered (a mix of the same kinds in the same order
+        always gets the same rates, bit for bit)."""
+        kinds = self._kind_list
+        rates = fair_rates([kinds[k] for k in key])
+        if len(self._memo) >= RATES_MEMO:
+            self._memo.clear()
+        self._memo[key] = rates
+        return rates
 
     def _reschedule(self) -> None:
-        flows = self.flows
-        if not flows:
+        if not self.flows:
+            self.rates = []
             if self.samples is not None:
                 self._sample(())
             return
-        key = self._rates()
+        key = tuple(self.kinds)
+        rates = self._memo.get(key)
+        if rates is None:
+            rates = self._new_rates(key)
+        self.rates = rates
         if self.samples is not None:
             self._sample(key)
-        now = self.env.now
-        nxt = float("inf")
-        for f in flows:
-            rem = f.remaining
-            t = f.finish_at = now + (rem if rem > 0.0 else 0.0) / f.rate
-            if t < nxt:
-                nxt = t
-        self._gen += 1
-        gen = self._gen
-        t = self.env.timeout(nxt - now if nxt > now else 0.0)
-        t.callbacks.append(lambda _ev, g=gen: self._wake(g))
+        env = self.env
+        now = env.now
+        rem = self.remaining
+        # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so it
+        # is now + the least quotient, or now itself if a flow has nothing left (quotient <= 0)
+        q = min(map(truediv, rem, rates))
+        nxt = now + q if q > 0.0 else now
+        self._planned = (now, rem, rates)
+        env.set_alarm(nxt - now if nxt > now else 0.0, self._wake)    # replaces the plan before
 
-    def _wake(self, gen: int) -> None:
-        if gen != self._gen:
-            return   # superseded by a later start or finish
-        self._advance()
+    def _wake(self) -> None:
         now = self.env.now
+        self._advance(now)
         limit = now * (1 + EPS) + EPS
+        fin = _finish_times(*self._planned)
         flows = self.flows
-        done = [f for f in flows if f.finish_at <= limit]
+        done = [i for i, t in enumerate(fin) if t <= limit]
         if done:
-            self.flows = flows = [f for f in flows if f.finish_at > limit]
-            for f in done:
-                f.remaining = 0.0
-                self._finish(f)
+            if len(done) == len(flows):
+                self.flows, self.kinds, self.remaining = [], [], []
+            else:
+                keep = [i for i, t in enumerate(fin) if t > limit]
+                kinds, rem = self.kinds, self.remaining
+                self.flows = [flows[i] for i in keep]
+                self.kinds = [kinds[i] for i in keep]
+                self.remaining = [rem[i] for i in keep]
+            for i in done:
+                self._finish(flows[i])
         self._reschedule()
 
     def _sample(self, key: tuple[int, ...]) -> None:
         """Record each link's aggregate rate right after a rate change (tracing only). A mix of
         flow kinds (`key`) always gets the same rates (_rates), so its per-link sums are
         remembered too."""
-        flows = self.flows
         use = self._use_memo.get(key)
         if use is None:
             use = {}
-            for f in flows:
+            for f, rate in zip(self.flows, self.rates):
                 for link in f.links:
-                    use[link.name] = use.get(link.name, 0.0) + f.rate
+                    use[link.name] = use.get(link.name, 0.0) + rate
             if len(self._use_memo) >= RATES_MEMO:
                 self._use_memo.clear()
             self._use_memo[key] = use

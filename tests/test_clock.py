@@ -1,0 +1,108 @@
+"""The clock's alarm fires exactly where a SimPy timeout set at the same moment would."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import simpy
+
+from mlusim.cores.clock import Clock
+
+
+class TimeoutPlans:
+    """The plain SimPy way: every plan is a timeout; superseded ones fire and do nothing."""
+
+    def __init__(self, env):
+        self.env, self.current = env, None
+
+    def plan(self, delay, callback):
+        t = self.current = self.env.timeout(delay)
+        t.callbacks.append(lambda ev: ev is self.current and callback())
+
+
+class AlarmPlans:
+    def __init__(self, env):
+        self.env = env
+
+    def plan(self, delay, callback):
+        self.env.set_alarm(delay, callback)
+
+
+def scenario(env, plans, seed: int, stuck: bool = False) -> list:
+    """Workers sleeping on coinciding integer times, re-planning one shared wake-up as they go."""
+    rng = random.Random(seed)
+    log = []
+
+    def wake():
+        log.append(("wake", env.now))
+        if rng.random() < 0.5:
+            plans.plan(rng.choice([0, 1, 2, 3]), wake)
+
+    def worker(i):
+        for _ in range(30):
+            yield env.timeout(rng.choice([0, 1, 2]))
+            log.append((i, env.now))
+            if rng.random() < 0.4:
+                plans.plan(rng.choice([0, 1, 2, 5]), wake)
+        if stuck:
+            yield env.event()       # never fires: the run drains
+
+    procs = [env.process(worker(i)) for i in range(4)]
+    main = simpy.AllOf(env, procs)
+    try:
+        env.run(until=main)
+    except RuntimeError as e:
+        assert "No scheduled events left" in str(e)
+        log.append(("drained", env.now))
+    return log
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_alarm_keeps_simpy_order(seed):
+    plain = simpy.Environment()
+    clock = Clock()
+    assert scenario(clock, AlarmPlans(clock), seed) == scenario(plain, TimeoutPlans(plain), seed)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_drained_run_ends_where_superseded_timeouts_would_leave_it(seed):
+    plain = simpy.Environment()
+    clock = Clock()
+    expect = scenario(plain, TimeoutPlans(plain), seed, stuck=True)
+    assert expect[-1][0] == "drained"
+    assert scenario(clock, AlarmPlans(clock), seed, stuck=True) == expect
+
+
+def test_step_and_peek_see_the_alarm():
+    clock = Clock()
+    rang = []
+    clock.timeout(5)
+    clock.set_alarm(3, lambda: rang.append(clock.now))
+    assert clock.peek() == 3
+    clock.step()
+    assert rang == [3] and clock.now == 3 and clock.peek() == 5
+    clock.set_alarm(10, lambda: rang.append(clock.now))
+    clock.set_alarm(1, lambda: rang.append(clock.now))     # replaces the one at 13
+    clock.step()
+    clock.step()
+    assert rang == [3, 4] and clock.now == 5
+    assert clock.peek() == 13      # only the superseded plan's time is left: a drained run ends there
+    clock.step()
+    assert clock.now == 13 and clock.peek() == float("inf")
+
+
+def test_call_later_runs_where_a_timeout_callback_would():
+    def order(env, later):
+        log = []
+        for i, d in enumerate([2, 0, 2, 1, 0, 2]):
+            if i % 2:
+                later(env, d, lambda _e, i=i: log.append((i, env.now)))
+            else:
+                env.timeout(d).callbacks.append(lambda _e, i=i: log.append((i, env.now)))
+        env.run()
+        return log
+
+    clock = Clock()
+    plain = simpy.Environment()
+    expect = order(plain, lambda env, d, cb: env.timeout(d).callbacks.append(cb))
+    assert order(clock, lambda env, d, cb: env.call_later(d, cb)) == expect
