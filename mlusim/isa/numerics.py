@@ -7,9 +7,6 @@ The summation order then cannot matter, so the result is the exact integer whate
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 import numpy as np
 
 NP_DTYPES = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32,
@@ -142,13 +139,13 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     wo = conv_out_size(wi, kw, sw, pl, pr, dw)
     cog = co // groups
     each = float(type_max(x)) * float(type_max(w))       # bound on one product
-    x_max = None
+    w_max = None
     if each * cig * kh * kw > EXACT_F32:       # the values may be smaller than their type allows
-        x_max = abs_max(x)                     # also max|a| of the im2col rows below (pads are 0)
-        each = float(x_max) * float(abs_max(w))
+        w_max = abs_max(w)
+        each = float(abs_max(x)) * float(w_max)
     bound = each * cig * kh * kw
     if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
-        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, x_max).reshape(n, ho, wo, co), bound
+        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, w_max).reshape(n, ho, wo, co), bound
     stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
     xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=stage)
     xp[:, pt:pt + hi, pl:pl + wi, :] = x
@@ -160,7 +157,7 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
             for j in range(kw):
                 r0, c0 = i * dh, j * dw
                 cols[:, :, :, i, j, :] = xp[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, :]
-        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, x_max)
+        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, w_max)
         return out.reshape(n, ho, wo, co), bound
     ftype = exact_float(bound) or np.int64
     xp = xp.astype(ftype, copy=False)
@@ -182,85 +179,42 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
 MIN_SLICE = 64      # below this many columns per float32 slice, one float64 product is faster
 
 
-@dataclass(frozen=True)
-class Weights:
-    """An integer operand b [n, k] made ready for float BLAS: its float32 copy (exact: |b| < 2**24),
-    max|b| and the largest row sum max_j sum_k |b[j, k]|, which bound every partial sum of a
-    product row by row (gemm_exact)."""
-    raw: bytes
-    f32: np.ndarray
-    abs_max: int
-    row_l1: float
-
-
-class WeightCache:
-    """The last few Weights by where they live: a layer's weight tile sits in WRAM while the core
-    runs conv after conv over it, and converting it to float32 each time costs a pass over n * k.
-    An entry is used only when the bytes there are still the ones it was made from (one memcmp),
-    so a reused address or a rewritten tile can never return stale values."""
-
-    def __init__(self, max_bytes: int = 32 << 20):
-        self.max_bytes = max_bytes
-        self.held = 0
-        self.entries: OrderedDict[tuple, Weights] = OrderedDict()
-
-    def get(self, b: np.ndarray) -> Weights:
-        key = (b.__array_interface__["data"][0], b.shape, b.dtype.str)
-        raw = b.tobytes()
-        hit = self.entries.get(key)
-        if hit is not None and hit.raw == raw:
-            self.entries.move_to_end(key)
-            return hit
-        if hit is not None:
-            self._drop(key)
-        f32 = b.astype(np.float32)
-        row_l1 = float(np.add.reduce(np.abs(f32), axis=1, dtype=np.float64).max()) if b.size else 0.0
-        w = Weights(raw, f32, abs_max(b), row_l1)
-        if f32.nbytes <= self.max_bytes:
-            self.entries[key] = w
-            self.held += f32.nbytes + len(raw)
-            while self.held > self.max_bytes:
-                self._drop(next(iter(self.entries)))
-        return w
-
-    def _drop(self, key: tuple) -> None:
-        w = self.entries.pop(key)
-        self.held -= w.f32.nbytes + len(w.raw)
-
-
-WEIGHTS = WeightCache()
-
-
-def gemm_exact(a: np.ndarray, b: np.ndarray, each: float, a_max: int | None = None) -> np.ndarray:
+def gemm_exact(a: np.ndarray, b: np.ndarray, each: float, b_max: int | None = None) -> np.ndarray:
     """a [m, k] @ b [n, k].T of integers whose products are at most `each` in magnitude, exactly:
     in float32 when every partial sum stays within 2**24; else in slices of k that do, each slice
     in float32 and the slices summed in float64 (exact below 2**53); else int64.
 
     Every partial sum of out[i, j], in whatever order BLAS adds, is at most
-    sum_k |a[i, k]| * |b[j, k]|, itself at most max|a| * (largest row sum of |b|) and
-    (largest row sum of |a|) * max|b|: real activations and weights are far from their type's
-    extremes, so these data bounds keep most long reductions in one float32 product.
-    `a_max` is max|a| when the caller knows it (else computed)."""
+    sum_k |a[i, k]| * |b[j, k]| <= (row sum of |a[i]|) * max|b|: real activations are far from
+    their type's extremes, so this data bound keeps most long reductions in one float32 product.
+    It costs one pass over a, the small operand of a tile's product (m is a few output rows).
+    `b_max` is max|b| when the caller knows it."""
     k = a.shape[1]
     bound = each * k
     if bound >= EXACT_F64:
         return a.astype(np.int64, copy=False) @ b.astype(np.int64).T
-    w = WEIGHTS.get(b)
-    if bound > EXACT_F32:
-        bound = min(bound, w.row_l1 * (abs_max(a) if a_max is None else a_max))
-    af = a.astype(np.float32, copy=False)
-    if bound > EXACT_F32:
-        bound = min(bound, float(np.add.reduce(np.abs(af), axis=1, dtype=np.float64).max()) * w.abs_max)
+    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
+    if bound > EXACT_F32 and _rows_within_f32(af, abs_max(b) if b_max is None else b_max):
+        bound = EXACT_F32
     if bound <= EXACT_F32:
-        return af @ w.f32.T
+        return af @ bf.T
     kc = int(EXACT_F32 // each) if each >= 1 else k
     if kc < MIN_SLICE:
         return a.astype(np.float64) @ b.astype(np.float64).T
-    bf = w.f32
     out = (af[:, :kc] @ bf[:, :kc].T).astype(np.float64)
     for k0 in range(kc, k, kc):
         out += af[:, k0:k0 + kc] @ bf[:, k0:k0 + kc].T
     return out
+
+
+def _rows_within_f32(af: np.ndarray, b_max: int) -> bool:
+    """Whether (largest row sum of |af|) * b_max <= 2**24, af float32 integers. The row sums are
+    taken in float32: a computed sum is at least min(true sum, 2**24) (rounding is monotone and
+    2**24 is representable), so one below 2**24 is the exact sum."""
+    if af.size == 0:
+        return True
+    l1 = float(np.abs(af).sum(axis=1).max())
+    return l1 < EXACT_F32 and l1 * b_max <= EXACT_F32
 
 
 def pool_windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, pads, fill) -> np.ndarray:
