@@ -146,19 +146,14 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     bound = each * cig * kh * kw
     if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
         return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, w_max).reshape(n, ho, wo, co), bound
-    stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
-    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=stage)
-    xp[:, pt:pt + hi, pl:pl + wi, :] = x
     if groups == 1:
         # every tap's window side by side (im2col), then one product over kh * kw * ci: the same
         # exact sums as tap by tap, with one pass over the result instead of kh * kw
-        cols = np.empty((n, ho, wo, kh, kw, ci), dtype=stage)
-        for i in range(kh):
-            for j in range(kw):
-                r0, c0 = i * dh, j * dw
-                cols[:, :, :, i, j, :] = xp[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, :]
+        stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
+        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
         out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, w_max)
         return out.reshape(n, ho, wo, co), bound
+    xp = _padded(x, pads)
     ftype = exact_float(bound) or np.int64
     xp = xp.astype(ftype, copy=False)
     wf = w.astype(ftype)
@@ -174,6 +169,26 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
                 for g in range(groups):
                     acc[:, g * cog:(g + 1) * cog] += tap[:, g * cig:(g + 1) * cig] @ wf[g * cog:(g + 1) * cog, i, j, :].T
     return acc.reshape(n, ho, wo, co), bound
+
+
+def _padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """x [n, h, w, c] with zero rows and columns around it (x itself when there are none)."""
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return np.ascontiguousarray(x)
+    n, hi, wi, ci = x.shape
+    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=x.dtype)
+    xp[:, pt:pt + hi, pl:pl + wi, :] = x
+    return xp
+
+
+def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> np.ndarray:
+    """The [n, ho, wo, kh, kw, c] view of a contiguous padded input's conv windows: one strided
+    view, so the caller's single astype gathers and converts every tap in one pass (the ndarray
+    constructor on the buffer, quicker than as_strided)."""
+    s0, s1, s2, s3 = xp.strides
+    return np.ndarray((xp.shape[0], ho, wo, kh, kw, xp.shape[3]), xp.dtype, xp, 0,
+                      (s0, sh * s1, sw * s2, dh * s1, dw * s2, s3))
 
 
 MIN_SLICE = 64      # below this many columns per float32 slice, one float64 product is faster
