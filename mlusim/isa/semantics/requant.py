@@ -63,6 +63,14 @@ def scaled(acc: np.ndarray, rp: RequantParams) -> np.ndarray | None:
     return t
 
 
+def clamp(t: np.ndarray, low: int, high: int) -> np.ndarray:
+    """t clamped to [low, high] in place (low <= high): the two ufuncs np.clip calls, without its
+    Python-level wrapper, which costs more than the work on a tile of a few thousand values."""
+    np.maximum(t, low, out=t)
+    return np.minimum(t, high, out=t)
+
+
+@lru_cache(maxsize=1024)
 def clamp_bounds(lo: int, hi: int, odt: str) -> tuple[int, int]:
     """(L, H) with min(max(min(max(q, lo), hi), dlo), dhi) == min(max(q, L), H) for every q, where
     [dlo, dhi] is odt's range: a clamp of a clamp is a clamp, to the images of -inf and +inf."""
@@ -79,7 +87,7 @@ def store_values(t: np.ndarray, zp: int, lo: int, hi: int, odt: str) -> np.ndarr
     """Rounded float64 values t -> clamp(t + zp, lo, hi) saturated to odt, in place in t (float64
     integers within odt's range, ready for an exact cast)."""
     low, high = clamp_bounds(lo, hi, odt)
-    np.clip(t, low - zp, high - zp, out=t)       # = clamp(t + zp) - zp, exact for integers
+    clamp(t, low - zp, high - zp)                # = clamp(t + zp) - zp, exact for integers
     if zp:
         t += zp
     return t
@@ -99,7 +107,7 @@ def requant_int64(acc: np.ndarray, rp: RequantParams, zp: int, lo: int, hi: int,
         q = nx.rne_shift((acc.astype(np.int64) + rp.bias) * rp.mult, rp.shift)
     q += zp
     low, high = clamp_bounds(lo, hi, odt)
-    np.clip(q, low, high, out=q)
+    clamp(q, low, high)
     return q.astype(nx.NP_DTYPES[odt])
 
 

@@ -424,9 +424,9 @@ def _joined(ctx, a, params: str) -> np.ndarray:
     if t is None:
         r = rq.requant_int64(src, rp, 0, *rq.I32, "i32")
         return nx.saturate(acc.astype(np.int64) + r, "i32")
-    np.clip(t, *rq.I32, out=t)              # the requant to i32 with full clamps
+    rq.clamp(t, *rq.I32)                    # the requant to i32 with full clamps
     t += acc                                # exact: both below 2**31
-    return np.clip(t, *rq.I32, out=t)       # saturated to i32
+    return rq.clamp(t, *rq.I32)             # saturated to i32
 
 
 def vaddrq(ctx, a):
