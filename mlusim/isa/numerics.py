@@ -138,9 +138,12 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     ho = conv_out_size(hi, kh, sh, pt, pb, dh)
     wo = conv_out_size(wi, kw, sw, pl, pr, dw)
     cog = co // groups
-    each = float(type_max(x)) * float(type_max(w))       # bound on one product
-    w_max = None
-    if each * cig * kh * kw > EXACT_F32:       # the values may be smaller than their type allows
+    # bound on one product: int8's from the types alone (its sums stay far below 2**53, and
+    # gemm_exact's row-sum bound is what keeps long reductions in float32); int16's from the
+    # values, which may be smaller than their type allows
+    w_max = type_max(w)
+    each = float(type_max(x)) * float(w_max)
+    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
         w_max = abs_max(w)
         each = float(abs_max(x)) * float(w_max)
     bound = each * cig * kh * kw
