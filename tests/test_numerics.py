@@ -320,6 +320,34 @@ def test_dma_stride_zero_repeats_rows():
     assert_bits(got.view(np.int16).reshape(tile.shape), tile)
 
 
+@pytest.mark.parametrize("dst, sstride, dstride, sstride2", [(3, 8, 6, 24), (0, 6, 9, 24), (30, 4, 4, 12),
+                                                       (5, 4, 4, 12)])
+def test_dma_within_nram_reads_its_whole_source_first(dst, sstride, dstride, sstride2):
+    """A strided n2n copy whose source and destination overlap (or not) in NRAM: as if the
+    whole source were read before any byte is written."""
+    size, count, count2 = 4, 3, 2
+    dstride2 = dstride * count
+    g = np.arange(64, dtype=np.uint8) * 3 + 1
+    src = TensorDecl("g", "const", "u8", (64,), -1, data=g)
+    y = TensorDecl("y", "output", "u8", (64,), -1)
+    allocate([src, y])
+    stream = [
+        Instr.make("dma", dir="g2n", dst=0, src=src.addr, size=64, sig="st"),
+        Instr.make("dma", dir="n2g", dst=y.addr, src=0, size=1, wait="ld", sig="ld"),   # a hop: n2n is on ld too
+        Instr.make("dma", dir="n2n", dst=dst, src=0, size=size, sstride=sstride, count=count,
+                   sstride2=sstride2, count2=count2, dstride=dstride, dstride2=dstride2, wait="st", sig="st"),
+        Instr.make("dma", dir="n2g", dst=y.addr, src=0, size=64, wait="ld"),
+    ]
+    res = simulate(Program([Kernel("k", "block", 1, [stream])], [src, y]), "mlu270", cores=1)
+    expect = bytearray(g.tobytes())
+    before = bytes(expect)
+    for b in range(count2):
+        for i in range(count):
+            s0, d0 = b * sstride2 + i * sstride, dst + b * dstride2 + i * dstride
+            expect[d0:d0 + size] = before[s0:s0 + size]
+    assert_bits(res.outputs["y"], np.frombuffer(bytes(expect), np.uint8))
+
+
 @pytest.mark.parametrize("size,dstride,count,dstride2,count2", [
     (8, 4, 2, 16, 1),          # segments of a block overlap
     (8, 8, 2, 8, 2),           # blocks overlap
