@@ -30,6 +30,7 @@ class RequantParams:
     scale: np.ndarray
     bias_max: int
     mult_max: int
+    scale_max: float
 
 
 @lru_cache(maxsize=4096)
@@ -41,7 +42,8 @@ def _decode(raw: bytes) -> RequantParams:
     arrays = (bias, mult, shift, bias.astype(np.float64), scale)
     for a in arrays:
         a.flags.writeable = False          # shared by every tile with these parameters
-    return RequantParams(*arrays, nx.abs_max(bias), nx.abs_max(mult))
+    scale_max = float(np.abs(scale).max()) if scale.size else 0.0
+    return RequantParams(*arrays, nx.abs_max(bias), nx.abs_max(mult), scale_max)
 
 
 def decode(params: np.ndarray) -> RequantParams:
@@ -54,13 +56,25 @@ def scaled(acc: np.ndarray, rp: RequantParams) -> np.ndarray | None:
 
     acc + bias is an integer below 2**34, exact in float64; while |acc + bias| * |mult| < 2**53
     the product with scale is the exact quotient (its integer numerator fits the significand), and
-    np.rint rounds it half to even as rne does. The check uses the sums themselves."""
+    np.rint rounds it half to even as rne does. The check uses acc's type when that suffices (an
+    int8 shortcut), else the sums themselves."""
     t = np.add(acc, rp.bias_f, dtype=np.float64)
-    if t.size and int(max(-t.min(), t.max())) * rp.mult_max >= EXACT_F64:
+    if (input_max(acc) + rp.bias_max) * rp.mult_max >= EXACT_F64 and t.size \
+            and int(max(-t.min(), t.max())) * rp.mult_max >= EXACT_F64:
         return None
     t *= rp.scale
     np.rint(t, out=t)
     return t
+
+
+def input_max(acc: np.ndarray) -> int:
+    """The largest |value| acc's type allows (2**53 for float64 integers: no help)."""
+    return nx.type_max(acc) if acc.dtype.kind in "iu" else 1 << 53
+
+
+def within_i32(src: np.ndarray, rp: RequantParams) -> bool:
+    """Whether every rne((src + bias) * scale) fits int32 whatever src's values, by its type."""
+    return (input_max(src) + rp.bias_max) * rp.scale_max < I32[1]
 
 
 def clamp(t: np.ndarray, low: int, high: int) -> np.ndarray:

@@ -424,7 +424,8 @@ def _joined(ctx, a, params: str) -> np.ndarray:
     if t is None:
         r = rq.requant_int64(src, rp, 0, *rq.I32, "i32")
         return nx.saturate(acc.astype(np.int64) + r, "i32")
-    rq.clamp(t, *rq.I32)                    # the requant to i32 with full clamps
+    if not rq.within_i32(src, rp):
+        rq.clamp(t, *rq.I32)                # the requant to i32 with full clamps
     t += acc                                # exact: both below 2**31
     return rq.clamp(t, *rq.I32)             # saturated to i32
 
