@@ -320,6 +320,34 @@ def test_dma_stride_zero_repeats_rows():
     assert_bits(got.view(np.int16).reshape(tile.shape), tile)
 
 
+@pytest.mark.parametrize("dst, sstride, dstride, sstride2", [(3, 8, 6, 24), (0, 6, 9, 24), (30, 4, 4, 12),
+                                                       (5, 4, 4, 12)])
+def test_dma_within_nram_reads_its_whole_source_first(dst, sstride, dstride, sstride2):
+    """A strided n2n copy whose source and destination overlap (or not) in NRAM: as if the
+    whole source were read before any byte is written."""
+    size, count, count2 = 4, 3, 2
+    dstride2 = dstride * count
+    g = np.arange(64, dtype=np.uint8) * 3 + 1
+    src = TensorDecl("g", "const", "u8", (64,), -1, data=g)
+    y = TensorDecl("y", "output", "u8", (64,), -1)
+    allocate([src, y])
+    stream = [
+        Instr.make("dma", dir="g2n", dst=0, src=src.addr, size=64, sig="st"),
+        Instr.make("dma", dir="n2g", dst=y.addr, src=0, size=1, wait="ld", sig="ld"),   # a hop: n2n is on ld too
+        Instr.make("dma", dir="n2n", dst=dst, src=0, size=size, sstride=sstride, count=count,
+                   sstride2=sstride2, count2=count2, dstride=dstride, dstride2=dstride2, wait="st", sig="st"),
+        Instr.make("dma", dir="n2g", dst=y.addr, src=0, size=64, wait="ld"),
+    ]
+    res = simulate(Program([Kernel("k", "block", 1, [stream])], [src, y]), "mlu270", cores=1)
+    expect = bytearray(g.tobytes())
+    before = bytes(expect)
+    for b in range(count2):
+        for i in range(count):
+            s0, d0 = b * sstride2 + i * sstride, dst + b * dstride2 + i * dstride
+            expect[d0:d0 + size] = before[s0:s0 + size]
+    assert_bits(res.outputs["y"], np.frombuffer(bytes(expect), np.uint8))
+
+
 @pytest.mark.parametrize("size,dstride,count,dstride2,count2", [
     (8, 4, 2, 16, 1),          # segments of a block overlap
     (8, 8, 2, 8, 2),           # blocks overlap
@@ -368,6 +396,30 @@ def test_gemm_exact_matches_int64_on_every_path(k, hi):
     a[0, :] = -hi                         # products at the bound: -128 * -128
     b[0, :] = -hi
     got = gemm_exact(a, b, float(hi) * hi)
+    assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("top, extreme, one_product", [(8, False, True), (64, False, True), (65, False, False),
+                                                     (127, False, False), (64, True, True), (127, True, True)])
+def test_gemm_exact_data_bound(top, extreme, one_product):
+    """K = 4096 int8 fails the type bound (128 * 128 * K > 2**24). The data bound (the largest
+    row sum of |a| times max|b|) runs one float32 product when the values allow it, up to a sum
+    of exactly 2**24 (64 * 64 * 4096), and float32 slices past it; the result is the exact int64
+    product either way."""
+    from mlusim.isa.numerics import gemm_exact
+
+    rng = np.random.default_rng(top)
+    k = 4096
+    a = rng.integers(-8, 9, (23, k)).astype(np.int8)
+    b = rng.integers(-8, 9, (17, k)).astype(np.int8)
+    a[0, :] = top
+    b[0, :] = -top
+    if extreme:                             # -128s, in rows of a whose sums stay small
+        b[1, 5] = -128
+        a[0, :] = 0
+        a[0, 5] = -128
+    got = gemm_exact(a, b, 128.0 * 128.0)
+    assert (got.dtype == np.float32) == one_product
     assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
 
 

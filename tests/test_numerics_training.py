@@ -118,16 +118,19 @@ def _rne_requant(v: int, bias: int, mult: int, shift: int) -> int:
 
 @pytest.mark.parametrize("sdt", ["i8", "i16"])
 @pytest.mark.parametrize("c", [1, 3, 64])
-def test_vrqadd_is_the_join_then_the_requantization(sdt, c, rng):
+@pytest.mark.parametrize("big", [False, True])
+def test_vrqadd_is_the_join_then_the_requantization(sdt, c, big, rng):
     """vrqadd (a residual conv's epilogue in one pass) against a loop written from its docs/isa.md line,
-    and against the two instructions it fuses."""
+    and against the two instructions it fuses. `big` multipliers and biases push both
+    requantizations past float64's exact range (the int64 paths)."""
     n = c * 6
     acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64)
     acc[:3] = [(1 << 31) - 1, -(1 << 31), (1 << 31) - 2]       # the join saturates at both ends
     lim = 127 if sdt == "i8" else 32767
     src = rng.integers(-lim - 1, lim + 1, n)
-    rpar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 20, c), rng.integers(0, 40, c)], 1).reshape(-1)
-    opar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 16, c), rng.integers(16, 40, c)], 1).reshape(-1)
+    rb, rm, om = (1 << 30, 1 << 31, 1 << 31) if big else (300, 1 << 20, 1 << 16)
+    rpar = np.stack([rng.integers(-rb, rb, c), rng.integers(1, rm, c), rng.integers(0, 40, c)], 1).reshape(-1)
+    opar = np.stack([rng.integers(-300, 300, c), rng.integers(1, om, c), rng.integers(16, 40, c)], 1).reshape(-1)
     lo, hi, zp = 0, lim, 3                                    # a relu clamp and a zero point
     data = {"acc": ("i32", acc), "x": (sdt, src), "rp": ("i32", rpar), "op": ("i32", opar)}
     out = one(lambda a, d: I("vrqadd", sdt=sdt, odt=sdt, dst=d, a=a["acc"], src=a["x"], rparams=a["rp"],

@@ -436,3 +436,17 @@ def test_requant_fast_path_equals_the_formula():
             q = rne_shift((acc.astype(np.int64) + p[:, 0]) * p[:, 1], np.clip(p[:, 2], 0, 62)) + zp
             dmin, dmax = np.iinfo(got.dtype).min, np.iinfo(got.dtype).max
             assert np.array_equal(got, np.clip(np.clip(q, lo, hi), dmin, dmax)), (big, zp, lo, hi, odt)
+
+
+def test_requant_clamp_bounds_equal_the_clamp_chain():
+    """The requantization folds clamp(q, lo, hi) then saturation to odt into one clip: the same
+    value for every q, lo > hi (np.clip's min(max(q, lo), hi)) and bounds past odt included."""
+    from mlusim.isa.semantics.requant import clamp_bounds
+
+    for odt, (dlo, dhi) in (("i8", (-128, 127)), ("u8", (0, 255))):
+        edges = (-300, -129, -128, -5, 0, 3, 127, 128, 255, 256, 400)
+        for lo in edges:
+            for hi in edges:
+                low, high = clamp_bounds(lo, hi, odt)
+                for q in range(-310, 410, 7):
+                    assert min(max(q, low), high) == min(max(min(max(q, lo), hi), dlo), dhi), (odt, lo, hi, q)

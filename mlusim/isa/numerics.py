@@ -138,25 +138,25 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     ho = conv_out_size(hi, kh, sh, pt, pb, dh)
     wo = conv_out_size(wi, kw, sw, pl, pr, dw)
     cog = co // groups
-    each = float(type_max(x)) * float(type_max(w))       # bound on one product
-    if each * cig * kh * kw > EXACT_F32:       # the values may be smaller than their type allows
-        each = float(abs_max(x)) * float(abs_max(w))
+    # bound on one product: int8's from the types alone (its sums stay far below 2**53, and
+    # gemm_exact's row-sum bound is what keeps long reductions in float32); int16's from the
+    # values, which may be smaller than their type allows
+    w_max = type_max(w)
+    each = float(type_max(x)) * float(w_max)
+    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
+        w_max = abs_max(w)
+        each = float(abs_max(x)) * float(w_max)
     bound = each * cig * kh * kw
     if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
-        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each).reshape(n, ho, wo, co), bound
-    stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
-    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=stage)
-    xp[:, pt:pt + hi, pl:pl + wi, :] = x
+        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, w_max).reshape(n, ho, wo, co), bound
     if groups == 1:
         # every tap's window side by side (im2col), then one product over kh * kw * ci: the same
         # exact sums as tap by tap, with one pass over the result instead of kh * kw
-        cols = np.empty((n, ho, wo, kh, kw, ci), dtype=stage)
-        for i in range(kh):
-            for j in range(kw):
-                r0, c0 = i * dh, j * dw
-                cols[:, :, :, i, j, :] = xp[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, :]
-        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each)
+        stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
+        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
+        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, w_max)
         return out.reshape(n, ho, wo, co), bound
+    xp = _padded(x, pads)
     ftype = exact_float(bound) or np.int64
     xp = xp.astype(ftype, copy=False)
     wf = w.astype(ftype)
@@ -174,27 +174,65 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     return acc.reshape(n, ho, wo, co), bound
 
 
+def _padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """x [n, h, w, c] with zero rows and columns around it (x itself when there are none)."""
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return np.ascontiguousarray(x)
+    n, hi, wi, ci = x.shape
+    xp = np.zeros((n, hi + pt + pb, wi + pl + pr, ci), dtype=x.dtype)
+    xp[:, pt:pt + hi, pl:pl + wi, :] = x
+    return xp
+
+
+def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> np.ndarray:
+    """The [n, ho, wo, kh, kw, c] view of a contiguous padded input's conv windows: one strided
+    view, so the caller's single astype gathers and converts every tap in one pass (the ndarray
+    constructor on the buffer, quicker than as_strided)."""
+    s0, s1, s2, s3 = xp.strides
+    return np.ndarray((xp.shape[0], ho, wo, kh, kw, xp.shape[3]), xp.dtype, xp, 0,
+                      (s0, sh * s1, sw * s2, dh * s1, dw * s2, s3))
+
+
 MIN_SLICE = 64      # below this many columns per float32 slice, one float64 product is faster
 
 
-def gemm_exact(a: np.ndarray, b: np.ndarray, each: float) -> np.ndarray:
+def gemm_exact(a: np.ndarray, b: np.ndarray, each: float, b_max: int | None = None) -> np.ndarray:
     """a [m, k] @ b [n, k].T of integers whose products are at most `each` in magnitude, exactly:
     in float32 when every partial sum stays within 2**24; else in slices of k that do, each slice
-    in float32 and the slices summed in float64 (exact below 2**53); else int64."""
+    in float32 and the slices summed in float64 (exact below 2**53); else int64.
+
+    Every partial sum of out[i, j], in whatever order BLAS adds, is at most
+    sum_k |a[i, k]| * |b[j, k]| <= (row sum of |a[i]|) * max|b|: real activations are far from
+    their type's extremes, so this data bound keeps most long reductions in one float32 product.
+    It costs one pass over a, the small operand of a tile's product (m is a few output rows).
+    `b_max` is max|b| when the caller knows it."""
     k = a.shape[1]
     bound = each * k
-    if bound <= EXACT_F32:
-        return a.astype(np.float32, copy=False) @ b.astype(np.float32).T
     if bound >= EXACT_F64:
         return a.astype(np.int64, copy=False) @ b.astype(np.int64).T
+    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
+    if bound > EXACT_F32 and _rows_within_f32(af, abs_max(b) if b_max is None else b_max):
+        bound = EXACT_F32
+    if bound <= EXACT_F32:
+        return af @ bf.T
     kc = int(EXACT_F32 // each) if each >= 1 else k
     if kc < MIN_SLICE:
         return a.astype(np.float64) @ b.astype(np.float64).T
-    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
     out = (af[:, :kc] @ bf[:, :kc].T).astype(np.float64)
     for k0 in range(kc, k, kc):
         out += af[:, k0:k0 + kc] @ bf[:, k0:k0 + kc].T
     return out
+
+
+def _rows_within_f32(af: np.ndarray, b_max: int) -> bool:
+    """Whether (largest row sum of |af|) * b_max <= 2**24, af float32 integers. The row sums are
+    taken in float32: a computed sum is at least min(true sum, 2**24) (rounding is monotone and
+    2**24 is representable), so one below 2**24 is the exact sum."""
+    if af.size == 0:
+        return True
+    l1 = float(np.abs(af).sum(axis=1).max())
+    return l1 < EXACT_F32 and l1 * b_max <= EXACT_F32
 
 
 def pool_windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, pads, fill) -> np.ndarray:

@@ -40,12 +40,25 @@ def _strided(buf: np.ndarray, addr: int, size: int, stride: int, count: int, str
 
 
 def dma(ctx, a):
-    src_space, dst_space = dma_spaces(a)
+    src_space, dst_space = _SPACES[a["dir"]]
     dbuf = ctx.remote_sram(a["dcl"] - 1) if a["dcl"] else ctx.mem(dst_space)
+    sbuf = ctx.mem(src_space)
+    s, d, size = a["src"], a["dst"], a["size"]
     if a["count"] == 1 and a["count2"] == 1:
-        n, s, d = a["size"], a["src"], a["dst"]
-        dbuf[d:d + n] = ctx.mem(src_space)[s:s + n]
+        dbuf[d:d + size] = sbuf[s:s + size]
         return
-    src = _strided(ctx.mem(src_space), a["src"], a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"])
-    dst = _strided(dbuf, a["dst"], a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
-    dst[...] = src.copy() if src_space == dst_space else src
+    src = _strided(sbuf, s, size, a["sstride"], a["count"], a["sstride2"], a["count2"])
+    dst = _strided(dbuf, d, size, a["dstride"], a["count"], a["dstride2"], a["count2"])
+    if dbuf is sbuf and _overlap(a):
+        src = src.copy()        # the transfer reads its whole source before it writes
+    dst[...] = src
+
+
+_SPACES = tuple(DIRECTIONS[d] for d in DIR_NAMES)      # by the dir field's value
+
+
+def _overlap(a) -> bool:
+    """Whether a strided copy's source and destination extents share a byte (one buffer)."""
+    s_end = a["src"] + dma_extent(a["size"], a["sstride"], a["count"], a["sstride2"], a["count2"])
+    d_end = a["dst"] + dma_extent(a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"])
+    return a["src"] < d_end and a["dst"] < s_end

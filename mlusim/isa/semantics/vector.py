@@ -6,7 +6,9 @@ import numpy as np
 
 from mlusim.isa import numerics as nx
 from mlusim.isa.fields import DTYPE_BYTES, bits_f32
+from mlusim.isa.semantics import requant as rq
 from mlusim.isa.semantics.base import NP, E, span, view
+from mlusim.isa.semantics.requant import requant_values  # noqa: F401  (tests and callers import it here)
 
 
 def _combine(x: np.ndarray, y: np.ndarray, op: str, dt: str) -> np.ndarray:
@@ -118,57 +120,17 @@ def touch_requant(a):
             ("nram", a["dst"], a["n"] * osz, "w", osz)]
 
 
-def requant_values(acc: np.ndarray, params: np.ndarray, zp: int, lo: int, hi: int, odt: str) -> np.ndarray:
-    """acc int32 [..., c] with params int32 [c, 3] -> odt. Shared with the compiler's reference."""
-    bias, mult, shift = (params[:, i].astype(np.int64) for i in range(3))
-    shift = np.minimum(np.maximum(shift, 0), 62)
-    top = (nx.abs_max(acc) + nx.abs_max(bias)) * nx.abs_max(mult)
-    if top < 2**53:
-        return _requant_f64(acc, bias, mult, shift, zp, lo, hi, odt)
-    # (acc + bias) * mult stays below 2**62 for every real layer: then the product cannot wrap and
-    # the rounding shift can add its half without overflow, in place (same values, fewer passes)
-    if top < 2**62:
-        q = acc.astype(np.int64)
-        q += bias
-        q *= mult
-        q = nx.rne_shift_small(q, shift)
-        q += zp
-        dlo, dhi = nx.int_range(odt)
-        np.maximum(q, lo, out=q)
-        np.minimum(q, hi, out=q)
-        if not (dlo <= min(lo, hi) and hi <= dhi):     # the clamps may leave odt's range: saturate
-            np.maximum(q, dlo, out=q)
-            np.minimum(q, dhi, out=q)
-        return q.astype(NP[odt])
-    prod = (acc.astype(np.int64) + bias) * mult
-    q = nx.rne_shift(prod, shift) + zp
-    return nx.saturate(np.clip(q, lo, hi), odt)
-
-
-def _requant_f64(acc, bias, mult, shift, zp: int, lo: int, hi: int, odt: str) -> np.ndarray:
-    """requant_values when |acc + bias| * mult < 2**53, in float64 and exactly so: acc + bias is
-    an integer below 2**32, mult * 2**-shift is exact (a 31-bit integer times a power of two), so
-    their product is the exact quotient (acc + bias) * mult / 2**shift (its integer numerator fits
-    the 53-bit significand), np.rint rounds it half to even as rne_shift does, and every value
-    after that is an integer below 2**53. About half the passes of the int64 path."""
-    t = acc.astype(np.float64)
-    t += bias.astype(np.float64)
-    t *= np.ldexp(mult.astype(np.float64), (-shift).astype(np.int32))
-    np.rint(t, out=t)
-    if zp:
-        t += zp
-    np.clip(t, lo, hi, out=t)                      # = np.minimum(np.maximum(t, lo), hi)
-    dlo, dhi = nx.int_range(odt)
-    if not (dlo <= min(lo, hi) and hi <= dhi):     # the clamps may leave odt's range: saturate
-        np.clip(t, dlo, dhi, out=t)
-    return t.astype(NP[odt])
-
-
 def vrequant(ctx, a):
     c, n, odt = a["c"], a["n"], E(a, "odt")
     acc = view(ctx, "nram", a["src"], "i32", n).reshape(-1, c)
     params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
-    view(ctx, "nram", a["dst"], odt, n)[:] = requant_values(acc, params, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    rp = rq.decode(params)
+    dst = view(ctx, "nram", a["dst"], odt, n)
+    t = rq.scaled(acc, rp)
+    if t is None:
+        dst[:] = rq.requant_int64(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    else:       # float64 integers within odt's range: the store's cast is exact
+        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
 
 
 def check_dequant(a):
@@ -452,14 +414,20 @@ def touch_addrq(a):
 
 def _joined(ctx, a, params: str) -> np.ndarray:
     """sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])) with the shortcut's
-    [c, 3] parameters in field `params`, as int32 [n / c, c]: what vaddrq writes and vrqadd
-    requantizes."""
+    [c, 3] parameters in field `params`, as [n / c, c] integers (int32, or float64 holding them
+    exactly): what vaddrq writes and vrqadd requantizes."""
     c, n = a["c"], a["n"]
     src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
-    p = view(ctx, "nram", a[params], "i32", c * 3).reshape(c, 3)
-    r = requant_values(src, p, 0, -(1 << 31), (1 << 31) - 1, "i32")
+    rp = rq.decode(view(ctx, "nram", a[params], "i32", c * 3).reshape(c, 3))
     acc = view(ctx, "nram", a["a"], "i32", n).reshape(-1, c)
-    return nx.saturate(acc.astype(np.int64) + r, "i32")
+    t = rq.scaled(src, rp)
+    if t is None:
+        r = rq.requant_int64(src, rp, 0, *rq.I32, "i32")
+        return nx.saturate(acc.astype(np.int64) + r, "i32")
+    if not rq.within_i32(src, rp):
+        rq.clamp(t, *rq.I32)                # the requant to i32 with full clamps
+    t += acc                                # exact: both below 2**31
+    return rq.clamp(t, *rq.I32)             # saturated to i32
 
 
 def vaddrq(ctx, a):
@@ -478,6 +446,11 @@ def vrqadd(ctx, a):
     """Exactly vaddrq (shortcut requantized with rparams, added to a) then vrequant (params, zp,
     lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
     c, n, odt = a["c"], a["n"], E(a, "odt")
-    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
-    out = requant_values(_joined(ctx, a, "rparams"), params, a["zp"], a["lo"], a["hi"], odt)
-    view(ctx, "nram", a["dst"], odt, n)[:] = out.reshape(-1)
+    rp = rq.decode(view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3))
+    joined = _joined(ctx, a, "rparams")
+    dst = view(ctx, "nram", a["dst"], odt, n)
+    t = rq.scaled(joined, rp)
+    if t is None:
+        dst[:] = rq.requant_int64(joined, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    else:
+        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
