@@ -505,7 +505,7 @@ def _tensor(t, i: int, where: str, members: _Members) -> TensorDecl:
     return decl
 
 
-def _kernel(k, i: int, where: str, members: _Members) -> Kernel:
+def _kernel(k, i: int, where: str, members: _Members, decoded: dict) -> Kernel:
     from mlusim.isa.encoding import decode_stream
 
     kw = f"{where}: kernel {i}"
@@ -516,7 +516,7 @@ def _kernel(k, i: int, where: str, members: _Members) -> Kernel:
     for s in _need(k, "streams", list, kw):
         raw = members.read(s, f"kernel '{kname}'", MAX_STREAM_BYTES)
         try:
-            streams.append(decode_stream(raw))
+            streams.append(decode_stream(raw, decoded))
         except MlusimError as e:
             raise ModelFileError(f"{members.origin}: member {s!r} (kernel '{kname}'): {e}") from None
     ts = k.get("task_stream")
@@ -538,7 +538,8 @@ def _load(zf: zipfile.ZipFile, origin: str, mm=None) -> Program:
     _check_host_memory(tensors_raw, kernels_raw, sizes, origin)
     members = _Members(zf, infos, sizes, origin, mm)
     tensors = [_tensor(t, i, where, members) for i, t in enumerate(tensors_raw)]
-    kernels = [_kernel(k, i, where, members) for i, k in enumerate(kernels_raw)]
+    decoded: dict = {}     # instruction bytes -> Instr, shared by all kernels' streams
+    kernels = [_kernel(k, i, where, members, decoded) for i, k in enumerate(kernels_raw)]
     config = man.get("config")
     if config is not None:
         if not isinstance(config, dict):
