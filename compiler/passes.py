@@ -60,7 +60,7 @@ def fold_batchnorm(g: Graph) -> Graph:
                                f"linear with no other consumer can be folded (input '{prod.name}' is {prod.op})")
         p = bn.params
         k = (p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + bn.attrs.get("eps", 1e-5)))
-        w = prod.params["weight"].astype(np.float64)
+        w = np.asarray(prod.params["weight"], np.float64)      # a seeded weight is drawn here
         w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
         b = prod.params.get("bias", np.zeros(len(k), np.float32)).astype(np.float64)
         prod.params["weight"] = w.astype(np.float32)

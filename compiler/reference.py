@@ -11,9 +11,12 @@ that lowering, not a restatement of it.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from mlusim.compiler.graph import Graph, output_names
+from mlusim.compiler.weights import row_blocks
 
 
 # ---- float ---------------------------------------------------------------------------------------
@@ -35,7 +38,7 @@ def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     co, cig, kh, kw = w.shape
     cog = co // groups
     out = None
-    wd = w.astype(dtype)
+    wd = np.asarray(w).astype(dtype)
     for i, j, tap in _taps(x.astype(dtype), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
         if out is None:
@@ -94,82 +97,105 @@ def _linear_f(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x @ w.T + b in float64. A big weight is converted a block of output rows at a time (VGG-16's
     fc6 whole in float64 would be 822 MB, more than all its float32 weights together): each block
     is the same float64 BLAS product over the full reduction, one output column per weight row,
-    with blocks of at least 64 rows so the product never takes the matrix-vector path."""
+    with blocks of at least 64 rows so the product never takes the matrix-vector path. A seeded
+    weight (compiler/weights.py) is drawn block by block, never whole."""
     x64 = x.astype(np.float64)
     o = w.shape[0]
     blocks = -(-o // max(64, CHUNK_BYTES // (8 * w.shape[1])))
     if blocks == 1:
-        return x64 @ w.T.astype(np.float64) + b
+        return x64 @ np.asarray(w).T.astype(np.float64) + b
     y = np.empty((x.shape[0], o), np.float64)
     cuts = [o * i // blocks for i in range(blocks + 1)]          # equal blocks: none of a few rows
-    for j0, j1 in zip(cuts, cuts[1:]):
-        y[:, j0:j1] = x64 @ w[j0:j1].T.astype(np.float64)
+    for j0, j1, wb in zip(cuts, cuts[1:], row_blocks(w, cuts)):
+        y[:, j0:j1] = x64 @ wb.T.astype(np.float64)
     return y + b
 
 
 def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
     """Every node's float32 output (fused activations and pools applied); `on_node(k)` after the
     k-th node (a compile's progress: calibration is its longest phase)."""
+    return dict(float_values(g, x, on_node, keep=True))
+
+
+def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """(node name, float32 output) for each node in graph order, as run_float computes them. Unless
+    `keep`, a value is dropped once its last consumer has run: calibration only needs each
+    tensor's range, and holding every activation of a batch (plus a big layer's temporaries) is
+    what set the peak memory of a compile."""
+    last: dict[str, int] = {}
+    for k, n in enumerate(g.nodes):
+        for i in n.inputs:
+            last[i] = k
     v: dict[str, np.ndarray] = {}
     for k, n in enumerate(g.nodes):
-        a = [v[i] for i in n.inputs]
-        op = n.op
-        if op == "input":
-            y = x.astype(np.float32)
-        elif op == "conv2d":
-            y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
-                        n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
-            if n.attrs.get("residual"):
-                y = y + a[1]
-            y = _act_f(y, n.attrs.get("act"))
-            if "pool" in n.attrs:
-                y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
-        elif op == "linear":
-            y = _act_f(_linear_f(a[0], n.params["weight"], n.params["bias"]).astype(np.float32), n.attrs.get("act"))
-        elif op == "batchnorm":
-            p = n.params
-            k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
-            shape = (1, -1) + (1,) * (a[0].ndim - 2)
-            y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
-        elif op in ("relu", "relu6"):
-            y = _act_f(a[0], op)
-        elif op in ("dropout", "requant"):
-            y = a[0]
-        elif op == "sigmoid":
-            y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
-        elif op == "hardswish":
-            y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
-        elif op == "hardsigmoid":
-            y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
-        elif op == "leaky_relu":
-            y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
-        elif op == "upsample":
-            f = n.attrs["scale"]
-            y = a[0].repeat(f, axis=2).repeat(f, axis=3)
-        elif op == "mul":
-            y = a[0] * a[1]
-        elif op in ("maxpool", "avgpool"):
-            y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
-        elif op == "gap":
-            y = a[0].mean(axis=(2, 3), keepdims=True)
-        elif op == "add":
-            y = _act_f(a[0] + a[1], n.attrs.get("act"))
-        elif op == "concat":
-            y = np.concatenate(a, axis=1)
-        elif op in ("flatten", "reshape"):
-            y = a[0].reshape(a[0].shape[0], -1)
-        elif op == "cpu":
-            y = host_call(n, a)
-        elif op in ("softmax", "log_softmax"):
-            z = a[0] - a[0].max(axis=1, keepdims=True)
-            e = np.exp(z)
-            y = e / e.sum(axis=1, keepdims=True) if op == "softmax" else z - np.log(e.sum(axis=1, keepdims=True))
-        else:  # pragma: no cover - infer_shapes rejects unknown ops first
-            raise NotImplementedError(op)
-        v[n.name] = np.asarray(y, dtype=np.float32)
+        y = np.asarray(_float_node(n, [v[i] for i in n.inputs], x), dtype=np.float32)
+        v[n.name] = y
+        del y
+        yield n.name, v[n.name]
+        if not keep:
+            for name in {*n.inputs, n.name}:
+                if last.get(name, -1) <= k:
+                    v.pop(name, None)
         if on_node is not None:
             on_node(k + 1)
-    return v
+
+
+def _float_node(n, a: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Node n's float output from its inputs' (the graph input is x)."""
+    op = n.op
+    if op == "input":
+        y = x.astype(np.float32)
+    elif op == "conv2d":
+        y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
+                    n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
+        if n.attrs.get("residual"):
+            y = y + a[1]
+        y = _act_f(y, n.attrs.get("act"))
+        if "pool" in n.attrs:
+            y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
+    elif op == "linear":
+        y = _act_f(_linear_f(a[0], n.params["weight"], n.params["bias"]).astype(np.float32), n.attrs.get("act"))
+    elif op == "batchnorm":
+        p = n.params
+        k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
+        shape = (1, -1) + (1,) * (a[0].ndim - 2)
+        y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
+    elif op in ("relu", "relu6"):
+        y = _act_f(a[0], op)
+    elif op in ("dropout", "requant"):
+        y = a[0]
+    elif op == "sigmoid":
+        y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
+    elif op == "hardswish":
+        y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+    elif op == "hardsigmoid":
+        y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+    elif op == "leaky_relu":
+        y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
+    elif op == "upsample":
+        f = n.attrs["scale"]
+        y = a[0].repeat(f, axis=2).repeat(f, axis=3)
+    elif op == "mul":
+        y = a[0] * a[1]
+    elif op in ("maxpool", "avgpool"):
+        y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
+    elif op == "gap":
+        y = a[0].mean(axis=(2, 3), keepdims=True)
+    elif op == "add":
+        y = _act_f(a[0] + a[1], n.attrs.get("act"))
+    elif op == "concat":
+        y = np.concatenate(a, axis=1)
+    elif op in ("flatten", "reshape"):
+        y = a[0].reshape(a[0].shape[0], -1)
+    elif op == "cpu":
+        y = host_call(n, a)
+    elif op in ("softmax", "log_softmax"):
+        z = a[0] - a[0].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        y = e / e.sum(axis=1, keepdims=True) if op == "softmax" else z - np.log(e.sum(axis=1, keepdims=True))
+    else:  # pragma: no cover - infer_shapes rejects unknown ops first
+        raise NotImplementedError(op)
+    return y
 
 
 # ---- quantized -----------------------------------------------------------------------------------
