@@ -1,18 +1,20 @@
-"""Seeded float32 weights, drawn when they are used instead of held.
+"""Seeded float32 weights: drawn when they are used instead of held.
 
-The zoo draws every weight from one seeded generator, in model order. A few models have fully
-connected layers far bigger than all the rest (VGG-16's fc6 is 411 MB of its 553 MB of float32
-weights), and a compile only ever needs one layer's floats at a time: its calibration reads them
-once, its quantization once more, both a block of rows at a time. So a weight above LAZY_BYTES is
-kept as a recipe (the generator's state before its draw, its shape and scale) and drawn again for
-each use; the model's generator skips past it in small chunks. A normal draw of n rows followed
-by m rows is the draw of n + m rows (numpy's generators consume their bits sample by sample), so
-every block holds exactly the values one whole draw would.
+The zoo draws every weight from one seeded generator, in model order. A compile only ever needs
+one layer's floats at a time (its calibration reads them once, its quantization once more, both a
+block of rows at a time), and a few models have fully connected layers far bigger than all the
+rest (VGG-16's fc6 is 411 MB of its 553 MB of float32 weights). So every drawn weight remembers
+its recipe (the generator's state before its draw, its shape and scale): one above LAZY_BYTES is
+kept as only that, and drawn again for each use while the model's generator skips past it in
+small chunks; the others hold their values until the compile has quantized them and lets them go
+(`released`). A normal draw of n rows followed by m rows is the draw of n + m rows (numpy's
+generators consume their bits sample by sample), so every block holds exactly the values one
+whole draw would.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Iterator
 
 import numpy as np
@@ -23,13 +25,14 @@ SKIP_CHUNK = 1 << 20         # samples per draw while skipping a generator past 
 
 @dataclass(frozen=True, eq=False)
 class SeededWeight:
-    """standard_normal(shape) * factor in float32, from a PCG64 generator in state `state`.
-    Stands where an array of the weight would (shape, size, dtype, np.asarray); code that can
-    work on row blocks reads it with `row_blocks` and never holds it whole."""
+    """standard_normal(shape) * factor in float32, from a PCG64 generator in state `state`, and
+    the drawn `values` while they are held. Stands where an array of the weight would (shape,
+    size, dtype, np.asarray); code that can work on row blocks reads it with `row_blocks`."""
 
     shape: tuple[int, ...]
     state: dict
     factor: np.float32
+    values: np.ndarray | None = None
     dtype: ClassVar[np.dtype] = np.dtype(np.float32)
 
     @property
@@ -44,8 +47,16 @@ class SeededWeight:
     def nbytes(self) -> int:
         return 4 * self.size
 
+    def released(self) -> "SeededWeight":
+        """The recipe alone: its values are drawn again when next used."""
+        return replace(self, values=None)
+
     def blocks(self, cuts: list[int]) -> Iterator[np.ndarray]:
         """Rows cuts[i]:cuts[i + 1] for each i, in order (cuts rising from 0)."""
+        if self.values is not None:
+            for r0, r1 in zip(cuts, cuts[1:]):
+                yield self.values[r0:r1]
+            return
         if cuts and cuts[0] != 0:
             raise ValueError("a seeded weight is drawn from its first row")
         rng = np.random.default_rng(0)
@@ -56,8 +67,10 @@ class SeededWeight:
             yield w
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if self.values is not None:
+            return np.array(self.values, dtype, copy=copy)
         if copy is False:
-            raise ValueError("a seeded weight is drawn anew on each use: there is no array to view")
+            raise ValueError("a released seeded weight is drawn anew on each use: there is no array to view")
         w = next(self.blocks([0, self.shape[0]]))
         return w if dtype is None else w.astype(dtype, copy=False)
 
@@ -65,22 +78,22 @@ class SeededWeight:
 Weight = np.ndarray | SeededWeight
 
 
-def draw(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32) -> Weight:
-    """standard_normal(shape) * factor in float32 from `rng`: the array, or for a weight above
-    LAZY_BYTES its recipe (rng then stands where it would after the draw)."""
+def draw(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32) -> SeededWeight:
+    """standard_normal(shape) * factor in float32 from `rng`, with its values unless it is bigger
+    than LAZY_BYTES (rng then stands where it would after the draw either way)."""
     shape = tuple(int(d) for d in shape)
+    state = rng.bit_generator.state
     if 4 * math.prod(shape) <= LAZY_BYTES:
         w = rng.standard_normal(shape, dtype=np.float32)
         w *= factor
-        return w
-    seeded = SeededWeight(shape, rng.bit_generator.state, np.float32(factor))
+        return SeededWeight(shape, state, np.float32(factor), w)
     buf = np.empty(SKIP_CHUNK, np.float32)
-    left = seeded.size
+    left = math.prod(shape)
     while left:
         k = min(left, SKIP_CHUNK)
         rng.standard_normal(dtype=np.float32, out=buf[:k])
         left -= k
-    return seeded
+    return SeededWeight(shape, state, np.float32(factor))
 
 
 def row_blocks(w: Weight, cuts: list[int]) -> Iterator[np.ndarray]:
