@@ -20,10 +20,29 @@ from mlusim.compiler.weights import row_blocks
 
 
 # ---- float ---------------------------------------------------------------------------------------
+def _padded(x: np.ndarray, pads, fill=0) -> np.ndarray:
+    """np.pad of x's last two axes with `fill`, in the memory order np.pad picks (F for an array
+    only F-contiguous, else C: the taps' strides, and so the BLAS calls over them, are the ones
+    np.pad's copy gave), without its generic overhead; x itself when it has nothing to add and is
+    laid out so already."""
+    pt, pb, pl, pr = pads
+    order = "F" if x.flags.fnc else "C"
+    if not any(pads) and x.flags["F_CONTIGUOUS" if order == "F" else "C_CONTIGUOUS"]:
+        return x
+    n, c, h, w = x.shape
+    xp = np.empty((n, c, h + pt + pb, w + pl + pr), x.dtype, order=order)
+    xp[:, :, :pt] = fill
+    xp[:, :, pt + h:] = fill
+    xp[:, :, pt:pt + h, :pl] = fill
+    xp[:, :, pt:pt + h, pl + w:] = fill
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    return xp
+
+
 def _taps(x, kh, kw, stride, pads, dil, fill=0):
     """Yield (i, j, tap) with tap[n, c, ho, wo] = padded x at output position times stride plus the tap offset."""
     pt, pb, pl, pr = pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    xp = _padded(x, pads, fill)
     ho = (x.shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (x.shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
     for i in range(kh):
@@ -33,24 +52,36 @@ def _taps(x, kh, kw, stride, pads, dil, fill=0):
 
 
 def _conv_acc(x, w, stride, pads, dil, groups, dtype):
-    """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly)."""
+    """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly).
+    Calibration's scales are maxima of these float sums, so their BLAS calls stay what
+    `tap @ w[:, :, i, j].T` makes them: for each tap (and group) a batch of [wo, ci] x [ci, co]
+    products, added to the sum in tap order. Only what is around them is saved: numpy's matmul
+    copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major order for every
+    matrix of the batch, so each tap's is laid out so once here; where a dimension is 1 it takes
+    other paths that read the operands as given, and gets them as given. The products land in one
+    reused buffer."""
     n = x.shape[0]
     co, cig, kh, kw = w.shape
     cog = co // groups
-    out = None
-    wd = np.asarray(w).astype(dtype)
-    for i, j, tap in _taps(x.astype(dtype), kh, kw, stride, pads, dil):
+    out = part = wt = None
+    wd = np.asarray(w).astype(dtype, copy=False)
+    for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
         if out is None:
             out = np.zeros((n, ho, wo, co), dtype)
+            part = np.empty((n, ho, wo, co if groups == 1 or cig == cog == 1 else cog), dtype)
+            wt = wd.transpose(2, 3, 0, 1)                      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
+            if 1 not in (wo, cig, cog):                        # numpy's matrix x matrix path
+                wt = np.ascontiguousarray(wt)
         t = tap.transpose(0, 2, 3, 1)
         if groups == 1:
-            out += t @ wd[:, :, i, j].T
+            out += np.matmul(t, wt[i, j].T, out=part)
         elif cig == 1 and cog == 1:
-            out += t * wd[:, 0, i, j]
+            out += np.multiply(t, wt[i, j, :, 0], out=part)
         else:
             for g in range(groups):
-                out[..., g * cog:(g + 1) * cog] += t[..., g * cig:(g + 1) * cig] @ wd[g * cog:(g + 1) * cog, :, i, j].T
+                out[..., g * cog:(g + 1) * cog] += np.matmul(t[..., g * cig:(g + 1) * cig],
+                                                             wt[i, j, g * cog:(g + 1) * cog].T, out=part)
     return out.transpose(0, 3, 1, 2)
 
 
@@ -69,8 +100,8 @@ def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None):
         x, pads = pad_channels(x, pads, pad_value)
     out = _conv_acc(x, w, stride, pads, dil, groups, np.float32)
     if b is not None:
-        out = out + b.reshape(1, -1, 1, 1)
-    return out.astype(np.float32)
+        out += b.reshape(1, -1, 1, 1)     # in place: the sum is ours; float32 (a float64 b rounds once)
+    return out
 
 
 def _pool_f(x, kernel, stride, pads, mode):
