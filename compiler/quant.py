@@ -71,10 +71,17 @@ def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False, progre
             progress("calibrating", base + k, total)
         ranges: dict[str, float] = {}       # by name: a name given twice keeps its last value
         for name, v in float_values(g, x, step if progress else None):
-            ranges[name] = float(np.max(np.abs(v))) if v.size else 0.0
+            ranges[name] = abs_max(v)
         for name, r in ranges.items():
             per.setdefault(name, []).append(r)
     return {k: (float(np.mean(v)) if use_avg else max(v)) for k, v in per.items()}
+
+
+def abs_max(v: np.ndarray) -> float:
+    """max |v| (0 for an empty v, NaN if v holds one), without the |v| copy np.abs would make."""
+    if not v.size:
+        return 0.0
+    return abs(float(np.maximum(v.max(), -v.min())))
 
 
 def _act_bounds(act: str | None, s_out: float, qmax: int, zp: int = 0, full: bool = False) -> tuple[int, int]:
@@ -121,8 +128,22 @@ def ort_add_constants(sa: float, za: int, sb: float, zb: int, sc: float, zc: int
 
 
 def _mults(ratios) -> tuple[np.ndarray, np.ndarray]:
-    ms = [quantize_multiplier(float(r)) for r in np.atleast_1d(ratios)]
-    return np.array([m for m, _ in ms], np.int32), np.array([sh for _, sh in ms], np.int32)
+    """quantize_multiplier of each ratio (per channel: 10^4 and more a model), as int32 arrays.
+    Worked on whole arrays where the exponent floor(log2 m) is beyond doubt: m = f * 2**x with
+    f in [0.5, 1) has it x - 1 unless f lies within 2**-40 of either end, where a log2 that is a
+    few ulps off could round across the integer. Those (and the non-positive, the non-finite and
+    any that would not fit 31 bits) go through quantize_multiplier itself, so every pair is the
+    one it gives."""
+    m = np.atleast_1d(np.asarray(ratios, np.float64))
+    frac, x = np.frexp(m)
+    shift = np.clip(31 - x, 0, 62)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mult = np.rint(np.ldexp(m, shift))
+        sure = (m > 0) & np.isfinite(m) & (frac > 0.5 + 2.0**-40) & (frac < 1 - 2.0**-40) & (mult < 2**31)
+    mult = np.where(sure, np.maximum(mult, 1), 0).astype(np.int64)
+    for k in np.flatnonzero(~sure):
+        mult[k], shift[k] = quantize_multiplier(float(m[k]))
+    return mult.astype(np.int32), shift.astype(np.int32)
 
 
 def _weights(w: Weight, per_channel: bool, qmax: int, data_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

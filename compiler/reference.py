@@ -113,11 +113,11 @@ def _pool_f(x, kernel, stride, pads, mode):
     return (win.max(axis=(-2, -1)) if mode == "max" else win.mean(axis=(-2, -1))).astype(np.float32)
 
 
-def _act_f(y, act):
+def _act_f(y, act, out=None):
     if act == "relu":
-        return np.maximum(y, 0)
+        return np.maximum(y, 0, out=out)
     if act == "relu6":
-        return np.clip(y, 0, 6)
+        return np.clip(y, 0, 6, out=out)
     return y
 
 
@@ -176,12 +176,12 @@ def _float_node(n, a: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     op = n.op
     if op == "input":
         y = x.astype(np.float32)
-    elif op == "conv2d":
+    elif op == "conv2d":          # y is the conv's own sum: shortcut and activation go in place
         y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
                     n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
         if n.attrs.get("residual"):
-            y = y + a[1]
-        y = _act_f(y, n.attrs.get("act"))
+            y += a[1]
+        y = _act_f(y, n.attrs.get("act"), out=y)
         if "pool" in n.attrs:
             y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
     elif op == "linear":

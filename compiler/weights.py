@@ -78,12 +78,13 @@ class SeededWeight:
 Weight = np.ndarray | SeededWeight
 
 
-def draw(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32) -> SeededWeight:
+def draw(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32,
+         lazy_bytes: int = LAZY_BYTES) -> SeededWeight:
     """standard_normal(shape) * factor in float32 from `rng`, with its values unless it is bigger
-    than LAZY_BYTES (rng then stands where it would after the draw either way)."""
+    than `lazy_bytes` (rng then stands where it would after the draw either way)."""
     shape = tuple(int(d) for d in shape)
     state = rng.bit_generator.state
-    if 4 * math.prod(shape) <= LAZY_BYTES:
+    if 4 * math.prod(shape) <= lazy_bytes:
         w = rng.standard_normal(shape, dtype=np.float32)
         w *= factor
         return SeededWeight(shape, state, np.float32(factor), w)
