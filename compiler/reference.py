@@ -67,13 +67,16 @@ def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     wd = np.asarray(w).astype(dtype, copy=False)
     for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
+        t = tap.transpose(0, 2, 3, 1)
         if out is None:
-            out = np.zeros((n, ho, wo, co), dtype)
-            part = np.empty((n, ho, wo, co if groups == 1 or cig == cog == 1 else cog), dtype)
             wt = wd.transpose(2, 3, 0, 1)                      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
             if 1 not in (wo, cig, cog):                        # numpy's matrix x matrix path
                 wt = np.ascontiguousarray(wt)
-        t = tap.transpose(0, 2, 3, 1)
+            part = np.empty((n, ho, wo, co if groups == 1 or cig == cog == 1 else cog), dtype)
+            if groups == 1:     # the first product is the sum so far (0 + p: a product is never -0.0)
+                out = np.matmul(t, wt[i, j].T)
+                continue
+            out = np.zeros((n, ho, wo, co), dtype)
         if groups == 1:
             out += np.matmul(t, wt[i, j].T, out=part)
         elif cig == 1 and cog == 1:
