@@ -18,6 +18,7 @@ from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
 from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.weights import SeededWeight
 from mlusim.errors import CompileError
 from mlusim.program import Program
 
@@ -25,7 +26,8 @@ from mlusim.program import Program
 @dataclass
 class Compiled:
     program: Program | None          # None only for a graph with host nodes compiled with host_ops=True
-    graph: Graph                     # optimized, quantized graph (float params kept for the float reference)
+    graph: Graph                     # optimized, quantized graph (float params kept for the float reference,
+                                     # seeded zoo weights as their recipe: weights.SeededWeight)
     absmax: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)     # warnings for the user (the CLI prints them)
@@ -110,11 +112,23 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
             if todo else {}
     absmax = _given_absmax(g, absmax)
     quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed, data_scale=data_scale)
+    release_float_weights(g)
     if host_ops and any(n.op == "cpu" for n in g.nodes):
         return Compiled(None, g, absmax, time.perf_counter() - t0, notes)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion, dram_share=dram_share, progress=progress)
     _describe(prog, g, cfg, dtype, per_channel, tasks)
     return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
+
+
+def release_float_weights(g: Graph) -> None:
+    """Once quantized, a weight the zoo drew from its seed keeps only its recipe: lowering reads
+    the integer weights, and the float reference draws the floats again if it runs. (Lowering
+    copies the integer weights into the program, so holding the floats too set a VGG-16 compile's
+    peak memory.) A weight a pass rewrote (batch norm folded in) is an array and stays."""
+    for n in g.nodes:
+        w = n.params.get("weight")
+        if isinstance(w, SeededWeight) and w.values is not None:
+            n.params["weight"] = w.released()
 
 
 def _describe(prog: Program, g: Graph, cfg, dtype: str, per_channel: bool, tasks: int | None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mlusim.compiler.weights import draw
 from mlusim.errors import CompileError
 
 OPS = {
@@ -244,7 +245,9 @@ def infer_shapes(g: Graph) -> Graph:
 
 
 class Builder:
-    """Small helper to write models as straight-line code: `x = b.conv(x, 64, 3, padding=1)`."""
+    """Small helper to write models as straight-line code: `x = b.conv(x, 64, 3, padding=1)`.
+    Weights are He-initialised from the seed; the biggest are kept as their seeded draw
+    (compiler/weights.py), not as arrays."""
 
     def __init__(self, name: str, seed: int = 0):
         self.name = name
@@ -280,8 +283,7 @@ class Builder:
         ci = self._channels[x]
         kh, kw = _pair(k)
         fan_in = ci // groups * kh * kw
-        w = self.rng.standard_normal((co, ci // groups, kh, kw), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-        params = {"weight": w}
+        params = {"weight": draw(self.rng, (co, ci // groups, kh, kw), np.float32(np.sqrt(2.0 / fan_in)))}
         if bias:
             params["bias"] = (self.rng.standard_normal(co) * 0.05).astype(np.float32)
         out = self.add("conv2d", [x], name, params, stride=stride, padding=padding, groups=groups,
@@ -306,7 +308,7 @@ class Builder:
         return out
 
     def linear(self, x: str, fin: int, fout: int, name: str | None = None) -> str:
-        w = self.rng.standard_normal((fout, fin), dtype=np.float32) * np.float32(np.sqrt(2.0 / fin))
+        w = draw(self.rng, (fout, fin), np.float32(np.sqrt(2.0 / fin)))
         b = (self.rng.standard_normal(fout) * 0.05).astype(np.float32)
         out = self.add("linear", [x], name, {"weight": w, "bias": b})
         self._channels[out] = fout

@@ -60,10 +60,12 @@ def fold_batchnorm(g: Graph) -> Graph:
                                f"linear with no other consumer can be folded (input '{prod.name}' is {prod.op})")
         p = bn.params
         k = (p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + bn.attrs.get("eps", 1e-5)))
-        w = prod.params["weight"].astype(np.float64)
-        w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+        w = np.asarray(prod.params["weight"])          # a seeded weight is drawn here if it was released
+        folded = np.empty(w.shape, np.float32)
+        # w * k in float64 rounded once to float32, as float32(float64(w) * k), a buffer at a time
+        np.multiply(w, k.reshape((-1,) + (1,) * (w.ndim - 1)), out=folded)
         b = prod.params.get("bias", np.zeros(len(k), np.float32)).astype(np.float64)
-        prod.params["weight"] = w.astype(np.float32)
+        prod.params["weight"] = folded
         prod.params["bias"] = ((b - p["mean"]) * k + p["beta"]).astype(np.float32)
         prod.fused.append("batchnorm")
         _drop(g, bn)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlusim.compiler.graph import Graph, Node
+from mlusim.compiler.weights import Weight, even_cuts, row_blocks
 from mlusim.errors import CompileError
 
 QMAX = {"int8": 127, "int16": 32767}
@@ -59,17 +60,28 @@ def cambricon_form(s: float) -> dict[str, Any]:
 
 def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False, progress=None) -> dict[str, float]:
     """Absolute maximum of every node's output over the samples (min/max method);
-    `progress("calibrating", layers_done, layers_total)` as the float reference runs."""
-    from mlusim.compiler.reference import run_float
+    `progress("calibrating", layers_done, layers_total)` as the float reference runs. Each
+    activation is measured as it is made and dropped after its last use (reference.float_values)."""
+    from mlusim.compiler.reference import float_values
 
     per: dict[str, list[float]] = {}
     total = len(g.nodes) * len(samples)
     for s, x in enumerate(samples):
         def step(k: int, base: int = s * len(g.nodes)) -> None:
             progress("calibrating", base + k, total)
-        for name, v in run_float(g, x, step if progress else None).items():
-            per.setdefault(name, []).append(float(np.max(np.abs(v))) if v.size else 0.0)
+        ranges: dict[str, float] = {}       # by name: a name given twice keeps its last value
+        for name, v in float_values(g, x, step if progress else None):
+            ranges[name] = abs_max(v)
+        for name, r in ranges.items():
+            per.setdefault(name, []).append(r)
     return {k: (float(np.mean(v)) if use_avg else max(v)) for k, v in per.items()}
+
+
+def abs_max(v: np.ndarray) -> float:
+    """max |v| (0 for an empty v, NaN if v holds one), without the |v| copy np.abs would make."""
+    if not v.size:
+        return 0.0
+    return abs(float(np.maximum(v.max(), -v.min())))
 
 
 def _act_bounds(act: str | None, s_out: float, qmax: int, zp: int = 0, full: bool = False) -> tuple[int, int]:
@@ -116,32 +128,56 @@ def ort_add_constants(sa: float, za: int, sb: float, zb: int, sc: float, zc: int
 
 
 def _mults(ratios) -> tuple[np.ndarray, np.ndarray]:
-    ms = [quantize_multiplier(float(r)) for r in np.atleast_1d(ratios)]
-    return np.array([m for m, _ in ms], np.int32), np.array([sh for _, sh in ms], np.int32)
+    """quantize_multiplier of each ratio (per channel: 10^4 and more a model), as int32 arrays.
+    Worked on whole arrays where the exponent floor(log2 m) is beyond doubt: m = f * 2**x with
+    f in [0.5, 1) has it x - 1 unless f lies within 2**-40 of either end, where a log2 that is a
+    few ulps off could round across the integer. Those (and the non-positive, the non-finite and
+    any that would not fit 31 bits) go through quantize_multiplier itself, so every pair is the
+    one it gives."""
+    m = np.atleast_1d(np.asarray(ratios, np.float64))
+    frac, x = np.frexp(m)
+    shift = np.clip(31 - x, 0, 62)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mult = np.rint(np.ldexp(m, shift))
+        sure = (m > 0) & np.isfinite(m) & (frac > 0.5 + 2.0**-40) & (frac < 1 - 2.0**-40) & (mult < 2**31)
+    mult = np.where(sure, np.maximum(mult, 1), 0).astype(np.int64)
+    for k in np.flatnonzero(~sure):
+        mult[k], shift[k] = quantize_multiplier(float(m[k]))
+    return mult.astype(np.int32), shift.astype(np.int32)
 
 
-def _weights(w: np.ndarray, per_channel: bool, qmax: int, data_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _weights(w: Weight, per_channel: bool, qmax: int, data_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric integer weights and their scales, per output channel or one for the tensor.
-    `data_scale` multiplies per-channel ranges only (see quantize)."""
-    flat = w.reshape(w.shape[0], -1)
-    # max |w| per row without an |w| copy, and the rounding a block of rows at a time: elementwise,
-    # so the same values, with temporaries of a block instead of the whole weight (VGG-16's fc6: 411 MB)
-    amax = np.maximum(flat.max(axis=1), -flat.min(axis=1)).astype(np.float64) if flat.size else \
-        np.zeros(flat.shape[0])
+    `data_scale` multiplies per-channel ranges only (see quantize). Elementwise and per row, so
+    done a block of rows at a time: the same values, with temporaries of a block instead of the
+    whole weight (VGG-16's fc6: 411 MB), and a seeded weight is drawn block by block (twice for
+    one scale per tensor: its range first)."""
+    rows = w.shape[0]
+    cols = w.size // rows if rows else 0
+    cuts = even_cuts(rows, (16 << 20) // max(1, 4 * cols))
+    top = None
     if not per_channel:
-        amax[:] = amax.max()
-    elif data_scale != 1.0:
-        amax *= data_scale
-    s_w = np.where(amax > 0, amax / qmax, 1.0)
-    s32 = s_w.astype(np.float32)[:, None]
-    out = np.empty(flat.shape, np.int16 if qmax > 127 else np.int8)
-    rows = max(1, (16 << 20) // max(1, 4 * flat.shape[1]))
-    for r in range(0, flat.shape[0], rows):
-        q = flat[r:r + rows] / s32[r:r + rows]
+        top = max((float(_row_absmax(b).max()) for b in row_blocks(w, cuts) if b.size), default=0.0)
+    out = np.empty((rows, cols), np.int16 if qmax > 127 else np.int8)
+    s_w = np.empty(rows, np.float64)
+    for r0, r1, block in zip(cuts, cuts[1:], row_blocks(w, cuts)):
+        amax = _row_absmax(block) if top is None else np.full(r1 - r0, top)
+        if top is None and data_scale != 1.0:
+            amax *= data_scale
+        s_w[r0:r1] = np.where(amax > 0, amax / qmax, 1.0)
+        q = block.reshape(r1 - r0, cols) / s_w[r0:r1].astype(np.float32)[:, None]
         np.rint(q, out=q)
         np.clip(q, -qmax, qmax, out=q)
-        out[r:r + rows] = q
+        out[r0:r1] = q
     return out.reshape(w.shape), s_w
+
+
+def _row_absmax(block: np.ndarray) -> np.ndarray:
+    """max |w| of each row (in float64), without an |w| copy."""
+    flat = block.reshape(block.shape[0], -1)
+    if not flat.size:
+        return np.zeros(flat.shape[0])
+    return np.maximum(flat.max(axis=1), -flat.min(axis=1)).astype(np.float64)
 
 
 def _concat_scales(g: Graph, absmax: dict[str, float]) -> dict[str, float]:
@@ -403,7 +439,7 @@ def firstconv(g: Graph, mean: list[float], std: list[float]) -> Graph:
     std_a = np.broadcast_to(np.asarray(std, np.float64), (c,))
     if conv.attrs.get("groups", 1) != 1:
         raise CompileError("firstconv does not support a grouped first conv")
-    w = conv.params["weight"].astype(np.float64)
+    w = np.asarray(conv.params["weight"], np.float64)
     conv.params["weight"] = (w / std_a[None, :, None, None]).astype(np.float32)
     b = conv.params.get("bias", np.zeros(w.shape[0], np.float32)).astype(np.float64)
     conv.params["bias"] = (b - (w * (mean_a / std_a)[None, :, None, None]).sum(axis=(1, 2, 3))).astype(np.float32)

@@ -11,16 +11,38 @@ that lowering, not a restatement of it.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from mlusim.compiler.graph import Graph, output_names
+from mlusim.compiler.weights import row_blocks
 
 
 # ---- float ---------------------------------------------------------------------------------------
+def _padded(x: np.ndarray, pads, fill=0) -> np.ndarray:
+    """np.pad of x's last two axes with `fill`, in the memory order np.pad picks (F for an array
+    only F-contiguous, else C: the taps' strides, and so the BLAS calls over them, are the ones
+    np.pad's copy gave), without its generic overhead; x itself when it has nothing to add and is
+    laid out so already."""
+    pt, pb, pl, pr = pads
+    order = "F" if x.flags.fnc else "C"
+    if not any(pads) and x.flags["F_CONTIGUOUS" if order == "F" else "C_CONTIGUOUS"]:
+        return x
+    n, c, h, w = x.shape
+    xp = np.empty((n, c, h + pt + pb, w + pl + pr), x.dtype, order=order)
+    xp[:, :, :pt] = fill
+    xp[:, :, pt + h:] = fill
+    xp[:, :, pt:pt + h, :pl] = fill
+    xp[:, :, pt:pt + h, pl + w:] = fill
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    return xp
+
+
 def _taps(x, kh, kw, stride, pads, dil, fill=0):
     """Yield (i, j, tap) with tap[n, c, ho, wo] = padded x at output position times stride plus the tap offset."""
     pt, pb, pl, pr = pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    xp = _padded(x, pads, fill)
     ho = (x.shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (x.shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
     for i in range(kh):
@@ -30,24 +52,39 @@ def _taps(x, kh, kw, stride, pads, dil, fill=0):
 
 
 def _conv_acc(x, w, stride, pads, dil, groups, dtype):
-    """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly)."""
+    """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly).
+    Calibration's scales are maxima of these float sums, so their BLAS calls stay what
+    `tap @ w[:, :, i, j].T` makes them: for each tap (and group) a batch of [wo, ci] x [ci, co]
+    products, added to the sum in tap order. Only what is around them is saved: numpy's matmul
+    copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major order for every
+    matrix of the batch, so each tap's is laid out so once here; where a dimension is 1 it takes
+    other paths that read the operands as given, and gets them as given. The products land in one
+    reused buffer."""
     n = x.shape[0]
     co, cig, kh, kw = w.shape
     cog = co // groups
-    out = None
-    wd = w.astype(dtype)
-    for i, j, tap in _taps(x.astype(dtype), kh, kw, stride, pads, dil):
+    out = part = wt = None
+    wd = np.asarray(w).astype(dtype, copy=False)
+    for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
-        if out is None:
-            out = np.zeros((n, ho, wo, co), dtype)
         t = tap.transpose(0, 2, 3, 1)
+        if out is None:
+            wt = wd.transpose(2, 3, 0, 1)                      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
+            if 1 not in (wo, cig, cog):                        # numpy's matrix x matrix path
+                wt = np.ascontiguousarray(wt)
+            part = np.empty((n, ho, wo, co if groups == 1 or cig == cog == 1 else cog), dtype)
+            if groups == 1:     # the first product is the sum so far (0 + p: a product is never -0.0)
+                out = np.matmul(t, wt[i, j].T)
+                continue
+            out = np.zeros((n, ho, wo, co), dtype)
         if groups == 1:
-            out += t @ wd[:, :, i, j].T
+            out += np.matmul(t, wt[i, j].T, out=part)
         elif cig == 1 and cog == 1:
-            out += t * wd[:, 0, i, j]
+            out += np.multiply(t, wt[i, j, :, 0], out=part)
         else:
             for g in range(groups):
-                out[..., g * cog:(g + 1) * cog] += t[..., g * cig:(g + 1) * cig] @ wd[g * cog:(g + 1) * cog, :, i, j].T
+                out[..., g * cog:(g + 1) * cog] += np.matmul(t[..., g * cig:(g + 1) * cig],
+                                                             wt[i, j, g * cog:(g + 1) * cog].T, out=part)
     return out.transpose(0, 3, 1, 2)
 
 
@@ -66,8 +103,8 @@ def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None):
         x, pads = pad_channels(x, pads, pad_value)
     out = _conv_acc(x, w, stride, pads, dil, groups, np.float32)
     if b is not None:
-        out = out + b.reshape(1, -1, 1, 1)
-    return out.astype(np.float32)
+        out += b.reshape(1, -1, 1, 1)     # in place: the sum is ours; float32 (a float64 b rounds once)
+    return out
 
 
 def _pool_f(x, kernel, stride, pads, mode):
@@ -79,11 +116,11 @@ def _pool_f(x, kernel, stride, pads, mode):
     return (win.max(axis=(-2, -1)) if mode == "max" else win.mean(axis=(-2, -1))).astype(np.float32)
 
 
-def _act_f(y, act):
+def _act_f(y, act, out=None):
     if act == "relu":
-        return np.maximum(y, 0)
+        return np.maximum(y, 0, out=out)
     if act == "relu6":
-        return np.clip(y, 0, 6)
+        return np.clip(y, 0, 6, out=out)
     return y
 
 
@@ -94,82 +131,105 @@ def _linear_f(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x @ w.T + b in float64. A big weight is converted a block of output rows at a time (VGG-16's
     fc6 whole in float64 would be 822 MB, more than all its float32 weights together): each block
     is the same float64 BLAS product over the full reduction, one output column per weight row,
-    with blocks of at least 64 rows so the product never takes the matrix-vector path."""
+    with blocks of at least 64 rows so the product never takes the matrix-vector path. A seeded
+    weight (compiler/weights.py) is drawn block by block, never whole."""
     x64 = x.astype(np.float64)
     o = w.shape[0]
     blocks = -(-o // max(64, CHUNK_BYTES // (8 * w.shape[1])))
     if blocks == 1:
-        return x64 @ w.T.astype(np.float64) + b
+        return x64 @ np.asarray(w).T.astype(np.float64) + b
     y = np.empty((x.shape[0], o), np.float64)
     cuts = [o * i // blocks for i in range(blocks + 1)]          # equal blocks: none of a few rows
-    for j0, j1 in zip(cuts, cuts[1:]):
-        y[:, j0:j1] = x64 @ w[j0:j1].T.astype(np.float64)
+    for j0, j1, wb in zip(cuts, cuts[1:], row_blocks(w, cuts)):
+        y[:, j0:j1] = x64 @ wb.T.astype(np.float64)
     return y + b
 
 
 def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
     """Every node's float32 output (fused activations and pools applied); `on_node(k)` after the
     k-th node (a compile's progress: calibration is its longest phase)."""
+    return dict(float_values(g, x, on_node, keep=True))
+
+
+def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """(node name, float32 output) for each node in graph order, as run_float computes them. Unless
+    `keep`, a value is dropped once its last consumer has run: calibration only needs each
+    tensor's range, and holding every activation of a batch (plus a big layer's temporaries) is
+    what set the peak memory of a compile."""
+    last: dict[str, int] = {}
+    for k, n in enumerate(g.nodes):
+        for i in n.inputs:
+            last[i] = k
     v: dict[str, np.ndarray] = {}
     for k, n in enumerate(g.nodes):
-        a = [v[i] for i in n.inputs]
-        op = n.op
-        if op == "input":
-            y = x.astype(np.float32)
-        elif op == "conv2d":
-            y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
-                        n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
-            if n.attrs.get("residual"):
-                y = y + a[1]
-            y = _act_f(y, n.attrs.get("act"))
-            if "pool" in n.attrs:
-                y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
-        elif op == "linear":
-            y = _act_f(_linear_f(a[0], n.params["weight"], n.params["bias"]).astype(np.float32), n.attrs.get("act"))
-        elif op == "batchnorm":
-            p = n.params
-            k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
-            shape = (1, -1) + (1,) * (a[0].ndim - 2)
-            y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
-        elif op in ("relu", "relu6"):
-            y = _act_f(a[0], op)
-        elif op in ("dropout", "requant"):
-            y = a[0]
-        elif op == "sigmoid":
-            y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
-        elif op == "hardswish":
-            y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
-        elif op == "hardsigmoid":
-            y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
-        elif op == "leaky_relu":
-            y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
-        elif op == "upsample":
-            f = n.attrs["scale"]
-            y = a[0].repeat(f, axis=2).repeat(f, axis=3)
-        elif op == "mul":
-            y = a[0] * a[1]
-        elif op in ("maxpool", "avgpool"):
-            y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
-        elif op == "gap":
-            y = a[0].mean(axis=(2, 3), keepdims=True)
-        elif op == "add":
-            y = _act_f(a[0] + a[1], n.attrs.get("act"))
-        elif op == "concat":
-            y = np.concatenate(a, axis=1)
-        elif op in ("flatten", "reshape"):
-            y = a[0].reshape(a[0].shape[0], -1)
-        elif op == "cpu":
-            y = host_call(n, a)
-        elif op in ("softmax", "log_softmax"):
-            z = a[0] - a[0].max(axis=1, keepdims=True)
-            e = np.exp(z)
-            y = e / e.sum(axis=1, keepdims=True) if op == "softmax" else z - np.log(e.sum(axis=1, keepdims=True))
-        else:  # pragma: no cover - infer_shapes rejects unknown ops first
-            raise NotImplementedError(op)
-        v[n.name] = np.asarray(y, dtype=np.float32)
+        y = np.asarray(_float_node(n, [v[i] for i in n.inputs], x), dtype=np.float32)
+        v[n.name] = y
+        del y
+        yield n.name, v[n.name]
+        if not keep:
+            for name in {*n.inputs, n.name}:
+                if last.get(name, -1) <= k:
+                    v.pop(name, None)
         if on_node is not None:
             on_node(k + 1)
-    return v
+
+
+def _float_node(n, a: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Node n's float output from its inputs' (the graph input is x)."""
+    op = n.op
+    if op == "input":
+        y = x.astype(np.float32)
+    elif op == "conv2d":          # y is the conv's own sum: shortcut and activation go in place
+        y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
+                    n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
+        if n.attrs.get("residual"):
+            y += a[1]
+        y = _act_f(y, n.attrs.get("act"), out=y)
+        if "pool" in n.attrs:
+            y = _pool_f(y, n.attrs["pool"], n.attrs["pool"], (0, 0, 0, 0), "max")
+    elif op == "linear":
+        y = _act_f(_linear_f(a[0], n.params["weight"], n.params["bias"]).astype(np.float32), n.attrs.get("act"))
+    elif op == "batchnorm":
+        p = n.params
+        k = p["gamma"] / np.sqrt(p["var"] + n.attrs.get("eps", 1e-5))
+        shape = (1, -1) + (1,) * (a[0].ndim - 2)
+        y = (a[0] - p["mean"].reshape(shape)) * k.reshape(shape) + p["beta"].reshape(shape)
+    elif op in ("relu", "relu6"):
+        y = _act_f(a[0], op)
+    elif op in ("dropout", "requant"):
+        y = a[0]
+    elif op == "sigmoid":
+        y = 1.0 / (1.0 + np.exp(-a[0].astype(np.float64)))
+    elif op == "hardswish":
+        y = a[0] * np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+    elif op == "hardsigmoid":
+        y = np.clip(a[0] + 3.0, 0.0, 6.0) / 6.0
+    elif op == "leaky_relu":
+        y = np.where(a[0] >= 0, a[0], a[0] * np.float32(n.attrs.get("slope", 0.01)))
+    elif op == "upsample":
+        f = n.attrs["scale"]
+        y = a[0].repeat(f, axis=2).repeat(f, axis=3)
+    elif op == "mul":
+        y = a[0] * a[1]
+    elif op in ("maxpool", "avgpool"):
+        y = _pool_f(a[0], n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"], op[:3])
+    elif op == "gap":
+        y = a[0].mean(axis=(2, 3), keepdims=True)
+    elif op == "add":
+        y = _act_f(a[0] + a[1], n.attrs.get("act"))
+    elif op == "concat":
+        y = np.concatenate(a, axis=1)
+    elif op in ("flatten", "reshape"):
+        y = a[0].reshape(a[0].shape[0], -1)
+    elif op == "cpu":
+        y = host_call(n, a)
+    elif op in ("softmax", "log_softmax"):
+        z = a[0] - a[0].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        y = e / e.sum(axis=1, keepdims=True) if op == "softmax" else z - np.log(e.sum(axis=1, keepdims=True))
+    else:  # pragma: no cover - infer_shapes rejects unknown ops first
+        raise NotImplementedError(op)
+    return y
 
 
 # ---- quantized -----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 close to the float model; tiles fit; tasks write disjoint regions; bad graphs get clear errors."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -250,6 +252,20 @@ def test_quantize_multiplier(m):
     mult, shift = quant.quantize_multiplier(m)
     assert 0 < mult < 2**31 and 0 <= shift <= 62
     assert abs(mult * 2.0**-shift - m) <= m * 2**-29 + 2.0**-shift
+
+
+def test_per_channel_multipliers_are_quantize_multipliers():
+    """quant._mults works on whole arrays; every pair must be the scalar function's, also where
+    log2 rounds across an integer (just below and above powers of two) and at the 31-bit edge."""
+    rng = np.random.default_rng(0)
+    vals = list(np.exp(rng.uniform(-60, 21, 20000)))
+    for k in range(-70, 31):
+        p = 2.0 ** k
+        vals += [p + d * math.ulp(p) for d in range(-8, 9)] + [p * (1 + d * 2.0**-41) for d in range(-8, 9)]
+    mult, shift = quant._mults(np.array(vals))
+    assert [(int(a), int(b)) for a, b in zip(mult, shift)] == [quant.quantize_multiplier(v) for v in vals]
+    with pytest.raises(CompileError):
+        quant._mults(np.array([0.5, 2.0**31 - 0.01]))
 
 
 def test_int16_and_per_tensor_models_are_exact():

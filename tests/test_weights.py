@@ -1,0 +1,63 @@
+"""Seeded weights (compiler/weights.py): a weight kept as its recipe is drawn with exactly the
+values an eager draw gives, whole or block by block, and leaves the model's generator where the
+eager draw would; quantization and the float reference read it without holding it whole."""
+import numpy as np
+import pytest
+
+from mlusim.compiler import quant, zoo
+from mlusim.compiler.reference import float_values, run_float
+from mlusim.compiler.weights import SeededWeight, draw, row_blocks
+
+SHAPE = (37, 5, 3, 3)
+FACTOR = np.float32(0.25)
+
+
+def _eager(seed: int = 3):
+    rng = np.random.default_rng(seed)
+    rng.standard_normal(11)                       # the weight starts mid-stream
+    w = rng.standard_normal(SHAPE, dtype=np.float32) * FACTOR
+    return w, rng.bit_generator.state
+
+
+def test_a_lazy_draw_has_the_eager_values_and_leaves_the_generator_in_step():
+    want, after = _eager()
+    rng = np.random.default_rng(3)
+    rng.standard_normal(11)
+    w = draw(rng, SHAPE, FACTOR, lazy_bytes=0)
+    assert isinstance(w, SeededWeight) and w.values is None
+    assert rng.bit_generator.state == after
+    assert w.shape == SHAPE and w.size == want.size and w.dtype == np.float32
+    assert np.array_equal(np.asarray(w), want)
+    cuts = [0, 1, 9, 10, 37]
+    assert np.array_equal(np.concatenate(list(row_blocks(w, cuts))), want)
+
+
+def test_an_eager_draw_keeps_its_recipe_and_a_released_one_draws_the_same():
+    want, after = _eager()
+    rng = np.random.default_rng(3)
+    rng.standard_normal(11)
+    w = draw(rng, SHAPE, FACTOR)
+    assert rng.bit_generator.state == after and np.array_equal(w.values, want)
+    assert np.asarray(w) is w.values
+    again = w.released()
+    assert again.values is None and np.array_equal(np.asarray(again), want)
+    with pytest.raises(ValueError):
+        np.asarray(again, copy=False)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantized_weights_of_a_lazy_weight_equal_the_arrays(per_channel):
+    rng = np.random.default_rng(5)
+    w = draw(rng, (300, 70), np.float32(0.1), lazy_bytes=0)
+    assert all(np.array_equal(a, b) for a, b in zip(quant._weights(w, per_channel, 127, 0.9),
+                                                     quant._weights(np.asarray(w), per_channel, 127, 0.9)))
+
+
+def test_calibration_ranges_are_those_of_the_float_model():
+    g = zoo.build("resnet18", 2, 32)
+    x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)
+    full = run_float(g, x)
+    ranges = quant.calibrate(g, [x])
+    assert ranges == {k: float(np.max(np.abs(v))) for k, v in full.items()}
+    streamed = dict(float_values(g, x))
+    assert all(np.array_equal(streamed[k], v) for k, v in full.items())
