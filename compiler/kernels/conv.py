@@ -442,6 +442,7 @@ def weight_loads(ctx: KernelCtx, node, x, y, res=None) -> list[list[Instr]]:
     geo, block, consts, resident = lay.geo, lay.plan.block, lay.consts, lay.resident
     if ctx.dry:
         return []
+    per_channel = geo.kh * geo.kw * geo.cig * geo.esz      # weight bytes of one output channel
     out = []
     for t0, t1 in lay.runs:
         units = lay.units[t0:t1]
@@ -455,9 +456,8 @@ def weight_loads(ctx: KernelCtx, node, x, y, res=None) -> list[list[Instr]]:
             if cb != cur:       # as _load_block
                 wslot, cur = (wslot + 1) % len(slots), cb
                 c0 = cb * block
-                k = geo.kh * geo.kw * geo.cig * geo.esz
-                mine.append(Instr.make("dma", dir=consts.w_dir, dst=slots[wslot], src=consts.w_addr + c0 * k,
-                                       size=(min(geo.co, c0 + block) - c0) * k))
+                mine.append(Instr.make("dma", dir=consts.w_dir, dst=slots[wslot], src=consts.w_addr + c0 * per_channel,
+                                       size=(min(geo.co, c0 + block) - c0) * per_channel))
     return out
 
 
