@@ -44,8 +44,9 @@ import numpy as np
 
 from mlusim.compiler import share, wide
 from mlusim.compiler.context import DevTensor, KernelCtx, WramSlot
+from mlusim.compiler.kernels.conv import weight_loads as conv_weight_loads
 from mlusim.compiler.kernels.linear import as_conv
-from mlusim.compiler.layout import input_tensor
+from mlusim.compiler.layout import input_tensor, space_to_depth
 from mlusim.compiler.liveness import VIEWS, aligned, base_value, device_image_bytes, external_inputs, split_bytes
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.prefetch import (chunked, input_loads, insert_between_loads, load_back, plan_input, plan_prefetch,
@@ -338,6 +339,11 @@ class SegmentEmitter:
         taken from a dry emit, for run.loads (to be placed in earlier layers' streams)."""
         if u.name not in gr.run.loads:
             gr.jctx.wram_slots = {u.name: WramSlot(at, False)}
+            s2d = space_to_depth(self.g)
+            if u.op == "conv2d" and not (s2d and s2d["conv"] == u.name):     # without emitting the rest
+                res = ins[1] if u.attrs.get("residual") else None
+                gr.run.loads[u.name] = conv_weight_loads(gr.jctx, u, ins[0], y, res)
+                return
             self.emit(gr.jctx, u, ins, y, None)
             gr.run.loads[u.name] = weight_loads(gr.jctx.captured.pop()[1])
 

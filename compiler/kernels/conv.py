@@ -35,10 +35,11 @@ import numpy as np
 
 from mlusim.compiler.codegen import Arena, TaskStream, load_dir, store_dir
 from mlusim.compiler.kernels.requant import float_requant, requant_params, zero_point_bias
-from mlusim.compiler.context import KernelCtx, dram_rate
+from mlusim.compiler.context import KernelCtx, WramSlot, dram_rate
 from mlusim.compiler.tiling import (DOUBLE, Plan, block_candidates, block_loads, dma_cycles, row_candidates, split,
                                     vec_cycles)
 from mlusim.errors import CompileError
+from mlusim.isa.encoding import Instr
 
 
 class ConvGeometry:
@@ -373,10 +374,25 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
     return where, Plan(tile.rows, tile.block, run.tasks, best_cost, tile.units, accs, where.fold, where.row_step)
 
 
-def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
-    """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
+@dataclass
+class ConvLayout:
+    """What lower_conv settles before emitting anything: the tiling, the constants' addresses, the
+    (block, image, row block) units and each task's run of them, and the WRAM slot its weights
+    may keep (None: loaded block by block)."""
+
+    geo: ConvGeometry
+    plan: Plan
+    consts: ConvConsts
+    units: list[tuple[int, int, int]]
+    runs: list[tuple[int, int]]
+    resident: WramSlot | None
+    nblk: int                # most weight blocks in one task
+    wblock: int              # bytes of one weight block
+    one_block: bool
+
+
+def _layout(ctx: KernelCtx, node, x, y, res) -> ConvLayout:
     geo, plan = plan_conv(ctx, node, x.shape, (x.space, y.space, res.space if res is not None else "gdram"))
-    q = node.q
     w_addr, p_addr, fs_addr, zp_row, r_addr = _constants(ctx, node, geo)
     # a fused segment may stage this layer's weights in cluster SRAM (compiler/share.py): the
     # blocks then come SRAM -> WRAM on the Move-DMA instead of from GDRAM
@@ -397,8 +413,16 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     one_block = nblk == 1 or (w_src[0] == "s2w" and ctx.prefetch and not geo.depthwise
                               and nblk * wblock <= (ctx.cfg.wram_bytes - ctx.wram_base) // 2)
     consts = ConvConsts(w_src[0], w_src[1], p_addr, fs_addr, r_addr, zp_row)
-    streams = [] if ctx.dry else _streams(ctx, geo, plan, q, units, runs, x, y, res, consts,
-                                          resident if one_block else None)
+    return ConvLayout(geo, plan, consts, units, runs, resident if one_block else None, nblk, wblock, one_block)
+
+
+def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
+    """x, y: device tensors (addr, NHWC shape) of the input and output; res: the fused shortcut."""
+    lay = _layout(ctx, node, x, y, res)
+    geo, plan, q = lay.geo, lay.plan, node.q
+    resident, nblk, wblock, one_block = ctx.wram_slots.get(node.name), lay.nblk, lay.wblock, lay.one_block
+    streams = [] if ctx.dry else _streams(ctx, geo, plan, q, lay.units, lay.runs, x, y, res, lay.consts,
+                                          lay.resident)
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     kept = "" if not (resident and one_block) else \
         ", weights prefetched during the layer before" if resident.prefetched else ", weights resident in WRAM"
@@ -407,6 +431,34 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
+
+
+def weight_loads(ctx: KernelCtx, node, x, y, res=None) -> list[list[Instr]]:
+    """Each task's loads of weight blocks into WRAM, as lower_conv emits them (the same constants
+    made in the same order), as prefetch.weight_loads takes them from its streams, without
+    emitting the rest: a fused segment only wants these, to place in the layer before's streams
+    (fusion.capture_loads), and building whole streams for that doubled a layer's emission."""
+    lay = _layout(ctx, node, x, y, res)
+    geo, block, consts, resident = lay.geo, lay.plan.block, lay.consts, lay.resident
+    if ctx.dry:
+        return []
+    per_channel = geo.kh * geo.kw * geo.cig * geo.esz      # weight bytes of one output channel
+    out = []
+    for t0, t1 in lay.runs:
+        units = lay.units[t0:t1]
+        mine: list[Instr] = []
+        out.append(mine)
+        if geo.depthwise or (resident and resident.loaded):
+            continue        # depthwise weights go to NRAM; loaded ones are not loaded again
+        slots = _weight_slots(ctx, geo, block, resident, len({u[0] for u in units}))
+        cur, wslot = None, -1
+        for cb, _n, _rb in units:
+            if cb != cur:       # as _load_block
+                wslot, cur = (wslot + 1) % len(slots), cb
+                c0 = cb * block
+                mine.append(Instr.make("dma", dir=consts.w_dir, dst=slots[wslot], src=consts.w_addr + c0 * per_channel,
+                                       size=(min(geo.co, c0 + block) - c0) * per_channel))
+    return out
 
 
 def _constants(ctx: KernelCtx, node, geo: ConvGeometry) -> tuple[int, int, int | None, int | None, int | None]:
@@ -588,7 +640,6 @@ def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblo
     taking turns."""
     cfg, esz = ctx.cfg, geo.esz
     nram = Arena("nram", cfg.nram_bytes)
-    wram = Arena("wram", cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     in_tile = geo.tile_bytes(rows)
     inp = [nram.alloc(in_tile, "input tile") for _ in range(DOUBLE)]
     nraw = geo.raw_bytes(rows, x_space)
@@ -605,11 +656,16 @@ def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblo
         res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
         rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
     wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
-    if geo.depthwise:
-        w = [nram.alloc(wsize, "depthwise weights")]
-    else:
-        w = [wram.alloc(wsize, "weights") for _ in range(nblocks if resident else DOUBLE if nblocks > 1 else 1)]
+    w = [nram.alloc(wsize, "depthwise weights")] if geo.depthwise else _weight_slots(ctx, geo, block, resident, nblocks)
     return TaskBuffers(inp, staging, fills, accs, out, pool, par, fs, res, rpar, w, wsize)
+
+
+def _weight_slots(ctx, geo, block: int, resident, nblocks: int) -> list[int]:
+    """WRAM addresses of a task's weight blocks: all of them when resident, else one, or two
+    taking turns."""
+    wram = Arena("wram", ctx.cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
+    wsize = block * geo.kh * geo.kw * geo.cig * geo.esz
+    return [wram.alloc(wsize, "weights") for _ in range(nblocks if resident else DOUBLE if nblocks > 1 else 1)]
 
 
 def _load_block(s, geo, bufs: TaskBuffers, consts: ConvConsts, st: TaskState, cb: int, c0: int, bc: int,
