@@ -61,3 +61,22 @@ def test_calibration_ranges_are_those_of_the_float_model():
     assert ranges == {k: float(np.max(np.abs(v))) for k, v in full.items()}
     streamed = dict(float_values(g, x))
     assert all(np.array_equal(streamed[k], v) for k, v in full.items())
+
+
+def test_calibration_runs_on_one_blas_thread_whatever_the_caller_allows():
+    """More BLAS threads change OpenBLAS's summation order, so the scales (and the program) would
+    depend on the host; calibrate pins one thread and gives the caller's setting back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    g = zoo.build("resnet18", 2, 32)
+    x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)
+    seen: set[int] = set()
+    with threadpool_limits(limits=2, user_api="blas"):
+        ranges = quant.calibrate(g, [x], progress=lambda *_: seen.update(blas_threads()))
+        after = blas_threads()
+    assert seen == {1}
+    assert after == {2}
+    assert ranges == quant.calibrate(g, [x])
