@@ -1,6 +1,7 @@
 """Run a Program on a simulated chip and collect its outputs and counters."""
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -242,7 +243,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                 copy_releasing(buf[t.addr:t.addr + raw.size], raw)
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
-    with _fewer_collections():
+    with _fewer_collections(), _one_blas_thread(not timing_only):
         interrupted = _run(chip, main, max_cycles)
         chip.forget_prepared()      # before the collector looks at what the run left behind
     outputs = {}
@@ -271,6 +272,28 @@ def _fewer_collections():
         yield
     finally:
         gc.set_threshold(*old)
+
+
+@contextmanager
+def _one_blas_thread(numerics: bool):
+    """The numerics' products are small (a conv tile is 7 to 56 rows), where BLAS threads only
+    cost: with two threads on a busy 2-core host a ResNet-50 run took 231 s instead of 13. The CLI
+    sets OPENBLAS_NUM_THREADS=1 before numpy loads; a Python caller gets the same here (exact
+    integer results do not depend on it), and its own setting back afterwards."""
+    if not numerics:
+        yield
+        return
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        yield
+
+
+@functools.cache
+def _blas_pools():
+    """numpy's thread pools, found once per process: finding them reads the loaded libraries
+    (1 ms with torch loaded, and the shim simulates per step); limiting a found pool is 35 us."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _step_until(env, main, limit: float) -> None:
