@@ -22,10 +22,13 @@ def nhwc(shape) -> tuple[int, ...]:
     return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
 
 
-def nhwc_columns(w: np.ndarray, c: int, h: int, wd: int) -> np.ndarray:
-    """A linear layer's weight [o, c*h*w] over a torch (NCHW) flatten, reordered for an NHWC
-    flatten of the same image: column (y*w + x)*c + ch takes column ch*h*w + y*w + x."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+def nhwc_column_order(c: int, h: int, wd: int) -> np.ndarray:
+    """For a linear layer's weight [o, c*h*w] over a torch (NCHW) flatten, the weight column each
+    column of an NHWC flatten of the same image takes: column (y*w + x)*c + ch takes column
+    ch*h*w + y*w + x. An index, not a reordered copy: the kernel gathers it block by block
+    (VGG-16's fc6 weight is 103 MB, a whole reordered copy would add that to the compile's peak)."""
+    j = np.arange(c * h * wd)
+    return (j % c) * (h * wd) + j // c
 
 
 def space_to_depth(g: Graph) -> dict | None:

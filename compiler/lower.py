@@ -18,7 +18,7 @@ from mlusim.compiler.fusion import lower_segment
 from mlusim.compiler.graph import Graph, Node, output_names
 from mlusim.compiler.kernels import broadcast, eltwise, linear, pool
 from mlusim.compiler.kernels import conv as kconv
-from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_columns, s2d_conv, space_to_depth, value_name
+from mlusim.compiler.layout import device_layout, input_tensor, layouts, nhwc_column_order, s2d_conv, space_to_depth, value_name
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.relocate import StreamMemo
 from mlusim.compiler.segments import plan_segments
@@ -84,10 +84,9 @@ def _lower_node(ctx: LowerCtx, node: Node, ins: list[DevTensor], role: str, y: D
     elif op == "conv2d":
         kconv.lower_conv(ctx, node, ins[0], y, ins[1] if node.attrs.get("residual") else None)
     elif op == "linear":
-        w = node.q["weight"]
-        if ins[0].flat_from is not None:
-            w = nhwc_columns(w, *ins[0].flat_from)
-        linear.lower_linear(ctx, node, ins[0], y, w)
+        flat = ins[0].flat_from
+        columns = nhwc_column_order(*flat) if flat is not None else None
+        linear.lower_linear(ctx, node, ins[0], y, node.q["weight"], columns)
     elif op in ("maxpool", "avgpool"):
         pool.lower_pool(ctx, node, ins[0], y)
     elif op == "gap":

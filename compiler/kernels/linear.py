@@ -100,7 +100,31 @@ def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
     return best
 
 
-def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
+def blocked_weight(weight: np.ndarray, bo: int, kc: int, columns: np.ndarray | None) -> tuple[np.ndarray, dict]:
+    """The weight pre-blocked for GDRAM, and each block's byte offset: block (ob, kb) is rows
+    [o0, o1) x cols [k0, k1), contiguous. Every block is copied (or, with `columns`, gathered:
+    input column j takes weight column columns[j]) straight into place, so no other whole copy
+    of the weight ever exists (VGG-16's fc6 is 103 MB)."""
+    o, k = weight.shape
+    blocked = np.empty(weight.size, weight.dtype)
+    offsets, at = {}, 0
+    for ob in range(ceil(o / bo)):
+        rows = weight[ob * bo:(ob + 1) * bo]
+        for kb in range(ceil(k / kc)):
+            k0, k1 = kb * kc, min(k, (kb + 1) * kc)
+            dst = blocked[at:at + rows.shape[0] * (k1 - k0)].reshape(rows.shape[0], k1 - k0)
+            if columns is None:
+                dst[:] = rows[:, k0:k1]
+            else:       # mode "clip": an unbuffered gather into dst (the indices are in range)
+                np.take(rows, columns[k0:k1], axis=1, out=dst, mode="clip")
+            offsets[(ob, kb)] = at * weight.itemsize
+            at += dst.size
+    return blocked, offsets
+
+
+def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray, columns: np.ndarray | None = None) -> None:
+    """`columns`: the weight column each input column takes, when the input is flattened in
+    another order than the weight's (see blocked_weight)."""
     q = node.q
     m, k = x.shape
     o = weight.shape[0]
@@ -108,16 +132,7 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray) -> None:
     dt = "i16" if esz == 2 else "i8"
     plan, kc = plan_linear(ctx, node, m, k, o, esz)
     mc, bo = plan.rows, plan.block
-    # pre-blocked weights: block (ob, kc) is rows [o0, o1) x cols [k0, k1), contiguous (copied
-    # straight into place: VGG-16's fc6 is 103 MB)
-    blocked = np.empty(weight.size, weight.dtype)
-    offsets, off = {}, 0
-    for ob in range(ceil(o / bo)):
-        for kb in range(ceil(k / kc)):
-            blk = weight[ob * bo:(ob + 1) * bo, kb * kc:(kb + 1) * kc]
-            offsets[(ob, kb)] = off
-            blocked[off // weight.itemsize:off // weight.itemsize + blk.size].reshape(blk.shape)[:] = blk
-            off += blk.nbytes
+    blocked, offsets = blocked_weight(weight, bo, kc, columns)
     w_addr = ctx.const(f"{node.name}.weight", blocked)
     params = requant_params(q, zero_point_bias(node, q["bias"], weight, q.get("in_zp", 0)))
     p_addr = ctx.const(f"{node.name}.params", params)
