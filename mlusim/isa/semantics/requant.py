@@ -14,8 +14,7 @@ import numpy as np
 
 from mlusim.isa import numerics as nx
 
-EXACT_F64 = 2**53
-I32 = (-(1 << 31), (1 << 31) - 1)
+I32 = nx.int_range("i32")
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ def scaled(acc: np.ndarray, rp: RequantParams) -> np.ndarray | None:
     np.rint rounds it half to even as rne does. The check uses acc's type when that suffices (an
     int8 shortcut), else the sums themselves."""
     t = np.add(acc, rp.bias_f, dtype=np.float64)
-    if (input_max(acc) + rp.bias_max) * rp.mult_max >= EXACT_F64 and t.size \
-            and int(max(-t.min(), t.max())) * rp.mult_max >= EXACT_F64:
+    if (input_max(acc) + rp.bias_max) * rp.mult_max >= nx.EXACT_F64 and t.size \
+            and int(max(-t.min(), t.max())) * rp.mult_max >= nx.EXACT_F64:
         return None
     t *= rp.scale
     np.rint(t, out=t)
