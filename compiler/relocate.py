@@ -1,17 +1,18 @@
-"""Task streams emitted once and reused wherever only the GDRAM addresses of their tensors differ.
+"""Task streams emitted once and reused wherever only the base addresses of their tensors differ.
 
 A fused segment emits each layer once per job and image group (and again in its dry runs): at
-ResNet-50 batch 16 on 16 cores, 689 conv emissions of 70 distinct layer placements. Those
-emissions differ only in where the group's images sit in GDRAM, so the instructions are the same
-but for the address fields computed from those tensors' base addresses. `StreamMemo` emits a
-placement once with each relocatable base address wrapped in a `Reloc`, an int that remembers
-which tensor it came from through `+` and `-` with plain ints and refuses every other use
-(`Untracked`). The emission records which instruction fields hold such addresses; a later
-emission with the same key copies the streams and moves those fields by the bases' differences.
-A field is either base + a value the key fixes, or independent of every base, so the copy is the
-instruction stream a fresh emission would produce (tests/test_golden.py compares program bytes).
-An emission that uses a base any other way (a product, a comparison, a branch) is emitted plainly
-and never templated.
+ResNet-50 batch 16 on 16 cores, 689 conv emissions of 53 distinct layer shapes and plans. Those
+emissions differ only in where their tensors sit: the group's images in GDRAM, the activations in
+SRAM, and the layer's weights and parameters (a network's repeated blocks: ResNet-50's bottlenecks
+of one stage share shapes), so the instructions are the same but for the address fields computed
+from those base addresses. `StreamMemo` emits a placement once with each relocatable base address
+wrapped in a `Reloc`, an int that remembers which tensor it came from through `+` and `-` with
+plain ints and refuses every other use (`Untracked`). The emission records which instruction fields
+hold such addresses; a later emission with the same key copies the streams and moves those fields
+by the bases' differences. A field is either base + a value the key fixes, or independent of every
+base, so the copy is the instruction stream a fresh emission would produce (tests/test_golden.py
+compares program bytes). An emission that uses a base any other way (a product, a comparison, a
+branch) is emitted plainly and never templated.
 """
 from __future__ import annotations
 

@@ -491,29 +491,36 @@ def _constants(ctx: KernelCtx, node, geo: ConvGeometry) -> tuple[int, int, int |
 
 
 def _streams(ctx, geo, plan, q, units, runs, x, y, res, consts: ConvConsts, resident) -> list[list]:
-    """Every task's stream; from the compile's StreamMemo when this layer was emitted before with
-    its activations elsewhere in GDRAM (a fused segment's other jobs and image groups)."""
+    """Every task's stream; from the compile's StreamMemo when a layer of the same shape and plan
+    was emitted before with its activations and constants elsewhere (a fused segment's other jobs
+    and image groups, and ResNet's repeated bottleneck blocks: their weights, parameters and SRAM
+    activations sit at other addresses, the instructions are the same)."""
+    tensors = (("x", x), ("y", y), ("res", res))
+    addrs = (("w", consts.w_addr), ("p", consts.p_addr), ("fs", consts.fs_addr), ("rp", consts.r_addr),
+             ("zp", consts.zp_row))
+
     def build(bases: dict, new_stream) -> list[list]:
-        xb, yb, rb = (t if t is None or tag not in bases else replace(t, addr=bases[tag])
-                      for tag, t in (("x", x), ("y", y), ("res", res)))
-        return [_task(ctx, geo, q, units[t0:t1], plan.rows, plan.block, xb, yb, consts, rb, plan.buffers, resident,
+        xb, yb, rb = (t if t is None else replace(t, addr=bases[tag]) for tag, t in tensors)
+        cb = ConvConsts(consts.w_dir, *(None if a is None else bases[tag] for tag, a in addrs))
+        return [_task(ctx, geo, q, units[t0:t1], plan.rows, plan.block, xb, yb, cb, rb, plan.buffers, resident,
                       new_stream()) for t0, t1 in runs]
 
-    bases = {tag: t.addr for tag, t in (("x", x), ("y", y), ("res", res)) if t is not None and t.space == "gdram"}
+    bases = {tag: t.addr for tag, t in tensors if t is not None}
+    bases.update((tag, a) for tag, a in addrs if a is not None)
     if ctx.streams_memo is None:
         return build(bases, TaskStream)
     # everything _task reads but those base addresses (geo and cfg by identity: kept alive below)
     key = ("conv", id(geo), id(ctx.cfg), ctx.wram_base, plan.rows, plan.block, plan.tasks, plan.buffers,
            q["lo"], q["hi"], q.get("zp", 0), q.get("acc_pos", 0), q.get("qmax"), _placed(x), _placed(y), _placed(res),
-           consts, resident)
+           consts.w_dir, tuple(tag for tag, a in addrs if a is not None), resident)
     return ctx.streams_memo.streams(key, bases, build, keep=(geo, ctx.cfg))
 
 
 def _placed(t) -> tuple | None:
-    """A tensor as a StreamMemo key sees it: its GDRAM address is relocatable, an SRAM one is not."""
+    """A tensor as a StreamMemo key sees it: all but its address (relocatable, GDRAM or SRAM)."""
     if t is None:
         return None
-    return t.space, None if t.space == "gdram" else t.addr, tuple(t.shape), t.dtype, t.flat_from
+    return t.space, tuple(t.shape), t.dtype, t.flat_from
 
 
 def _load_tile(s, geo, buf, x, n, a, b, pt, pb, zp_row, deps, raw=None, ch0: int = 0):
