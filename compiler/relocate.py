@@ -77,30 +77,35 @@ class RecordingStream(TaskStream):
 
 
 class Template:
-    """Streams emitted for some base addresses, and which fields hold addresses off which base."""
+    """Streams emitted for some base addresses, and which fields hold addresses off which base:
+    per stream, per base, the (instruction index, field, the field's lowest and highest value)."""
 
     __slots__ = ("streams", "relocs", "bases", "keep")
 
-    def __init__(self, streams, relocs, bases, keep):
+    def __init__(self, streams, relocs: list[dict[str, list[tuple[int, str, int, int]]]], bases, keep):
         self.streams, self.relocs, self.bases, self.keep = streams, relocs, bases, keep
 
     def at(self, bases: dict[str, int]) -> list[list[Instr]] | None:
-        """The streams for other base addresses; None when a moved field would leave its range."""
-        delta = {t: bases[t] - b for t, b in self.bases.items()}
+        """The streams for other base addresses; None when a moved field would leave its range.
+        Only the fields of bases that moved are rewritten (a layer's other image groups move its
+        GDRAM tensors, not its SRAM ones or its constants); the rest share the template's Instrs,
+        which nothing changes once a stream is finished."""
+        moved = [(t, bases[t] - b) for t, b in self.bases.items() if bases[t] != b]
         out = []
         for stream, relocs in zip(self.streams, self.relocs):
             new = list(stream)
-            for idx, fields in relocs.items():
-                ins = stream[idx]
-                args = dict(ins.args)
-                ranges = ins.op.make_ranges
-                for name, tag in fields:
-                    v = args[name] + delta[tag]
-                    lo, hi = ranges[name][:2]
+            args_of: dict[int, dict] = {}
+            for tag, delta in moved:
+                for idx, name, lo, hi in relocs.get(tag, ()):
+                    args = args_of.get(idx)
+                    if args is None:
+                        args = args_of[idx] = dict(stream[idx].args)
+                    v = args[name] + delta
                     if not lo <= v <= hi:
                         return None
                     args[name] = v
-                new[idx] = Instr(ins.op, args)
+            for idx, args in args_of.items():
+                new[idx] = Instr(stream[idx].op, args)
             out.append(new)
         return out
 
@@ -150,9 +155,10 @@ class StreamMemo:
             rec = by_ops.get(id(stream))
             if rec is None:
                 return None
-            fields: dict[int, list[tuple[str, str]]] = {}
+            fields: dict[str, list[tuple[int, str, int, int]]] = {}
             for idx, name, tag in rec.relocs:
-                fields.setdefault(idx, []).append((name, tag))
+                lo, hi = stream[idx].op.make_ranges[name][:2]
+                fields.setdefault(tag, []).append((idx, name, lo, hi))
             relocs.append(fields)
         # (a Reloc reaching Instr.make some other way than emit raises Untracked: the field check
         # compares it with the field's range)
