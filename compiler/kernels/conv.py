@@ -69,8 +69,9 @@ class ConvGeometry:
         self.fold, self.src_ci, self.src_w, self.src_sw = 1, ci, w, self.sw   # see folded()
         self.row_step, self.src_h = 1, h                                    # see skipping_rows()
         # channels [c_off, c_off + co) of output / shortcut tensors that have yc channels (a
-        # cluster's share of a layer split across clusters, compiler/wide.py)
-        self.c_off, self.yc = node.attrs.get("out_slice", (0, co))
+        # cluster's share of a layer split across clusters, compiler/wide.py); c_off only moves
+        # where those tensors start (`channel_slice`), so the geometry and its plan leave it out
+        self.yc = node.attrs.get("out_slice", (0, co))[1]
 
     def can_fold(self, lanes: int) -> bool:
         return (self.kw > 1 and self.dw == 1 and self.pl == self.pr == 0 and self.groups == 1
@@ -309,14 +310,15 @@ def plan_conv(ctx: KernelCtx, node, x_shape, spaces: tuple[str, str, str] = ("gd
     group and the segment planner prices the same layers again and again. The key holds, by value,
     everything the search reads: the config, the conv's geometry (all ConvGeometry takes from the
     node), and the context's fields; not the node's name, so a network's repeated blocks (ResNet-50:
-    691 searches -> 326 at batch 16) share one search, as they share its answer."""
+    691 searches -> 326 at batch 16) share one search, as they share its answer; nor where a
+    channel slice starts (out_slice: a wide layer's parts differ only there, see channel_slice)."""
     q = node.q
     wspace = "sram" if node.name in ctx.weight_home else "wram" if node.name in ctx.weights_ready else "gdram"
     fill = q.get("pad_fill")
     key = (repr(ctx.cfg), q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
            None if fill is None else tuple(int(v) for v in fill),
            tuple(node.shape), tuple(x_shape), spaces, wspace, ctx.tasks, ctx.dram_share, ctx.prefetch, ctx.wram_base,
-           repr(sorted(node.attrs.items(), key=str)))
+           repr(sorted(((k, v[1] if k == "out_slice" else v) for k, v in node.attrs.items()), key=str)))
     hit = _PLANS.get(key)
     if hit is not None:
         return hit
@@ -421,6 +423,8 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     lay = _layout(ctx, node, x, y, res)
     geo, plan, q = lay.geo, lay.plan, node.q
     resident, nblk, wblock, one_block = ctx.wram_slots.get(node.name), lay.nblk, lay.wblock, lay.one_block
+    if not ctx.dry:
+        y, res = channel_slice(node, geo, y), channel_slice(node, geo, res)
     streams = [] if ctx.dry else _streams(ctx, geo, plan, q, lay.units, lay.runs, x, y, res, lay.consts,
                                           lay.resident)
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
@@ -431,6 +435,13 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
                unit="vector" if geo.depthwise else "mac",
                wram_resident_bytes=nblk * wblock if one_block and not geo.depthwise else 0,
                wram_bytes_used=0 if geo.depthwise else (nblk if one_block else DOUBLE) * (-(-wblock // 64) * 64))
+
+
+def channel_slice(node, geo: ConvGeometry, t):
+    """Output or shortcut tensor `t` as the conv's channel slice sees it: starting at its first
+    channel (out_slice), so a wide layer's slices differ only in base addresses (relocate.py)."""
+    c_off = node.attrs.get("out_slice", (0,))[0]
+    return t if t is None or not c_off else replace(t, addr=t.addr + c_off * geo.esz)
 
 
 def weight_loads(ctx: KernelCtx, node, x, y, res=None) -> list[list[Instr]]:
@@ -726,7 +737,7 @@ def _requantize(s, geo, q, bufs: TaskBuffers, st: TaskState, i: int, acc: int, m
     slot, pslot, esz = i % DOUBLE, st.wslot % DOUBLE, geo.esz
     free_out = st.hist_st[i - DOUBLE] if i >= DOUBLE else None
     if geo.residual:
-        rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + geo.c_off + c0) * esz
+        rsrc = res.addr + ((n * geo.ho + r0) * geo.wo * geo.yc + c0) * esz
         free_res = st.res_readers[i - DOUBLE] if i >= DOUBLE else None
         if bc == geo.yc:
             lr = s.dma(load_dir(res), bufs.res[slot], rsrc, npix * bc * esz, deps=[free_res])
@@ -754,7 +765,7 @@ def _store_tile(s, geo, y, last: int, out_buf: int, n: int, r0: int, r1: int, c0
     ph, pw = geo.pool or (1, 1)
     yo_w, esz = geo.wo // pw, geo.esz
     orow0, orow1 = r0 // ph, r1 // ph
-    dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.yc + geo.c_off + c0) * esz
+    dst = y.addr + ((n * (geo.ho // ph) + orow0) * yo_w * geo.yc + c0) * esz
     npx = (orow1 - orow0) * yo_w
     if bc == geo.yc:
         return s.dma(store_dir(y), dst, out_buf, npx * bc * esz, deps=[last])
