@@ -425,8 +425,7 @@ def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
     resident, nblk, wblock, one_block = ctx.wram_slots.get(node.name), lay.nblk, lay.wblock, lay.one_block
     if not ctx.dry:
         y, res = channel_slice(node, geo, y), channel_slice(node, geo, res)
-    streams = [] if ctx.dry else _streams(ctx, geo, plan, q, lay.units, lay.runs, x, y, res, lay.consts,
-                                          lay.resident)
+    streams = [] if ctx.dry else _streams(ctx, lay, q, x, y, res)
     macs = node.attrs.get("macs", geo.n * geo.ho * geo.wo * geo.co * geo.kh * geo.kw * geo.cig)
     kept = "" if not (resident and one_block) else \
         ", weights prefetched during the layer before" if resident.prefetched else ", weights resident in WRAM"
@@ -501,29 +500,35 @@ def _constants(ctx: KernelCtx, node, geo: ConvGeometry) -> tuple[int, int, int |
     return w_addr, p_addr, fs_addr, zp_row, r_addr
 
 
-def _streams(ctx, geo, plan, q, units, runs, x, y, res, consts: ConvConsts, resident) -> list[list]:
+def _streams(ctx, lay: ConvLayout, q, x, y, res) -> list[list]:
     """Every task's stream; from the compile's StreamMemo when a layer of the same shape and plan
-    was emitted before with its activations and constants elsewhere (a fused segment's other jobs
-    and image groups, and ResNet's repeated bottleneck blocks: their weights, parameters and SRAM
-    activations sit at other addresses, the instructions are the same)."""
+    was emitted before with its activations, constants and WRAM slots elsewhere (a fused segment's
+    other jobs and image groups, and ResNet's repeated bottleneck blocks: their weights, parameters,
+    SRAM activations and resident weights sit at other addresses, the instructions are the same)."""
+    geo, plan, consts, resident = lay.geo, lay.plan, lay.consts, lay.resident
     tensors = (("x", x), ("y", y), ("res", res))
     addrs = (("w", consts.w_addr), ("p", consts.p_addr), ("fs", consts.fs_addr), ("rp", consts.r_addr),
              ("zp", consts.zp_row))
+    # the WRAM slots of the task with the most weight blocks (each task's are the first of them),
+    # placed here, where their addresses can be checked against WRAM's size
+    wslots = [] if geo.depthwise else _weight_slots(ctx, geo, plan.block, resident, lay.nblk)
 
     def build(bases: dict, new_stream) -> list[list]:
         xb, yb, rb = (t if t is None else replace(t, addr=bases[tag]) for tag, t in tensors)
         cb = ConvConsts(consts.w_dir, *(None if a is None else bases[tag] for tag, a in addrs))
-        return [_task(ctx, geo, q, units[t0:t1], plan.rows, plan.block, xb, yb, cb, rb, plan.buffers, resident,
-                      new_stream()) for t0, t1 in runs]
+        wb = [bases["wram"] + (a - wslots[0]) for a in wslots]
+        return [_task(ctx, geo, q, lay.units[t0:t1], plan.rows, plan.block, xb, yb, cb, rb, plan.buffers, resident,
+                      new_stream(), wb) for t0, t1 in lay.runs]
 
     bases = {tag: t.addr for tag, t in tensors if t is not None}
     bases.update((tag, a) for tag, a in addrs if a is not None)
+    bases.update({"wram": wslots[0]} if wslots else {})
     if ctx.streams_memo is None:
         return build(bases, TaskStream)
     # everything _task reads but those base addresses (geo and cfg by identity: kept alive below)
-    key = ("conv", id(geo), id(ctx.cfg), ctx.wram_base, plan.rows, plan.block, plan.tasks, plan.buffers,
+    key = ("conv", id(geo), id(ctx.cfg), plan.rows, plan.block, plan.tasks, plan.buffers,
            q["lo"], q["hi"], q.get("zp", 0), q.get("acc_pos", 0), q.get("qmax"), _placed(x), _placed(y), _placed(res),
-           consts.w_dir, tuple(tag for tag, a in addrs if a is not None), resident)
+           consts.w_dir, tuple(bases), None if resident is None else resident.loaded)
     return ctx.streams_memo.streams(key, bases, build, keep=(geo, ctx.cfg))
 
 
@@ -651,11 +656,10 @@ class TaskState:
     wslot: int = -1
 
 
-def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblocks: int, zp_row,
+def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, wslots: list[int], zp_row,
                   x_space: str) -> TaskBuffers:
-    """Allocate a task's buffers (the NRAM order is part of the program) and fill the input
-    buffers' pads. Weights: every block of the task at once when resident, else one, or two
-    taking turns."""
+    """Allocate a task's NRAM buffers (their order is part of the program) and fill the input
+    buffers' pads; `wslots`: its weight blocks' WRAM slots (_weight_slots)."""
     cfg, esz = ctx.cfg, geo.esz
     nram = Arena("nram", cfg.nram_bytes)
     in_tile = geo.tile_bytes(rows)
@@ -674,16 +678,21 @@ def _task_buffers(ctx, geo, s, rows: int, block: int, naccs: int, resident, nblo
         res = [nram.alloc(rows * geo.wo * block * esz, "shortcut tile") for _ in range(DOUBLE)]
         rpar = [nram.alloc(block * 12, "shortcut params") for _ in range(DOUBLE)]
     wsize = (geo.kh * geo.kw * geo.co * esz) if geo.depthwise else block * geo.kh * geo.kw * geo.cig * esz
-    w = [nram.alloc(wsize, "depthwise weights")] if geo.depthwise else _weight_slots(ctx, geo, block, resident, nblocks)
+    w = [nram.alloc(wsize, "depthwise weights")] if geo.depthwise else wslots
     return TaskBuffers(inp, staging, fills, accs, out, pool, par, fs, res, rpar, w, wsize)
 
 
 def _weight_slots(ctx, geo, block: int, resident, nblocks: int) -> list[int]:
-    """WRAM addresses of a task's weight blocks: all of them when resident, else one, or two
-    taking turns."""
+    """WRAM addresses of the weight blocks of a task with `nblocks` of them (a task with fewer
+    uses the first `_slot_count` of these)."""
     wram = Arena("wram", ctx.cfg.wram_bytes, base=resident.addr if resident else ctx.wram_base)
     wsize = block * geo.kh * geo.kw * geo.cig * geo.esz
-    return [wram.alloc(wsize, "weights") for _ in range(nblocks if resident else DOUBLE if nblocks > 1 else 1)]
+    return [wram.alloc(wsize, "weights") for _ in range(_slot_count(resident, nblocks))]
+
+
+def _slot_count(resident, nblocks: int) -> int:
+    """WRAM slots of a task's weight blocks: all of them when resident, else one, or two taking turns."""
+    return nblocks if resident else DOUBLE if nblocks > 1 else 1
 
 
 def _load_block(s, geo, bufs: TaskBuffers, consts: ConvConsts, st: TaskState, cb: int, c0: int, bc: int,
@@ -773,14 +782,14 @@ def _store_tile(s, geo, y, last: int, out_buf: int, n: int, r0: int, r1: int, c0
                  sstride=bc * esz)
 
 
-def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res=None, naccs=2, resident=None,
-          s: TaskStream | None = None):
-    """One task's stream (into `s`, a fresh TaskStream by default): its run of (block, image, row
-    block) tiles, each loaded, multiplied, requantized (and pooled) and stored, the stages of
-    consecutive tiles overlapping."""
-    s = TaskStream() if s is None else s
+def _task(ctx, geo, q, units, rows, block, x, y, consts: ConvConsts, res, naccs, resident, s: TaskStream,
+          wslots: list[int]):
+    """One task's stream (into `s`): its run of (block, image, row block) tiles, each loaded,
+    multiplied, requantized (and pooled) and stored, the stages of consecutive tiles overlapping.
+    `wslots`: the layer's WRAM slots for weight blocks (its first ones are the task's)."""
     st = TaskState(sorted({u[0] for u in units}))
-    bufs = _task_buffers(ctx, geo, s, rows, block, naccs, resident, len(st.blocks), consts.zp_row, x.space)
+    bufs = _task_buffers(ctx, geo, s, rows, block, naccs, wslots[:_slot_count(resident, len(st.blocks))],
+                         consts.zp_row, x.space)
     for i, (cb, n, rb) in enumerate(units):
         c0 = cb * block
         bc = min(geo.co, c0 + block) - c0
