@@ -109,31 +109,46 @@ class Template:
             out.append(new)
         return out
 
+    def moved(self, streams: list[list[Instr]], bases: dict[str, int]) -> "Template":
+        """This template's copy for `bases`, whose streams `at(bases)` gave."""
+        return Template([list(s) for s in streams], self.relocs, dict(bases), self.keep)
+
 
 BuildFn = Callable[[dict[str, int], Callable[[], TaskStream]], list[list[Instr]]]
 
 
 class StreamMemo:
     """Per compile: templates of task streams by a key holding everything that shapes the streams
-    except the relocatable base addresses (the caller's duty; see the module docstring)."""
+    except the relocatable base addresses (the caller's duty; see the module docstring).
+
+    A template moved to a layer's own bases (`fixed`: its constants, SRAM tensors, WRAM slots) is
+    kept as that layer's copy: its other jobs and image groups, which only move its GDRAM tensors,
+    then rewrite just the instructions that touch those, not every DMA of the layer."""
 
     def __init__(self):
         self.templates: dict = {}
+        self.copies: dict = {}      # (key, the fixed bases' values) -> Template at those bases
         self.hits = 0
 
-    def streams(self, key, bases: dict[str, int], build: BuildFn, keep=()) -> list[list[Instr]]:
+    def streams(self, key, bases: dict[str, int], build: BuildFn, keep=(), fixed=()) -> list[list[Instr]]:
         """build(bases, new_stream) emits the streams with the given base addresses, each stream
-        from new_stream(). `keep`: objects whose ids the key holds (kept alive with the template)."""
+        from new_stream(). `keep`: objects whose ids the key holds (kept alive with the template).
+        `fixed`: the tags of bases that stay put across a layer's emissions."""
         tpl = self.templates.get(key, False)
         if tpl:
-            out = tpl.at(bases)
+            at = (key, tuple(bases[t] for t in fixed))
+            mine = self.copies.get(at)
+            out = (mine or tpl).at(bases)
             if out is not None:
                 self.hits += 1
+                if mine is None:
+                    self.copies[at] = tpl.moved(out, bases)
                 return out
         if tpl is False:
             tpl = self._record(bases, build, keep)
             self.templates[key] = tpl
             if tpl is not None:
+                self.copies[(key, tuple(bases[t] for t in fixed))] = tpl
                 return [list(s) for s in tpl.streams]
         return build(bases, TaskStream)
 

@@ -529,7 +529,8 @@ def _streams(ctx, lay: ConvLayout, q, x, y, res) -> list[list]:
     key = ("conv", id(geo), id(ctx.cfg), plan.rows, plan.block, plan.tasks, plan.buffers,
            q["lo"], q["hi"], q.get("zp", 0), q.get("acc_pos", 0), q.get("qmax"), _placed(x), _placed(y), _placed(res),
            consts.w_dir, tuple(bases), None if resident is None else resident.loaded)
-    return ctx.streams_memo.streams(key, bases, build, keep=(geo, ctx.cfg))
+    fixed = [tag for tag in bases if tag not in ("x", "y", "res") or dict(tensors)[tag].space != "gdram"]
+    return ctx.streams_memo.streams(key, bases, build, keep=(geo, ctx.cfg), fixed=fixed)
 
 
 def _placed(t) -> tuple | None:
