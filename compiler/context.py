@@ -53,6 +53,14 @@ class KernelCtx:
     streams_memo: StreamMemo | None = None     # the compile's emitted task streams (relocate.py); None: not kept
     dry: bool = False                # only the kernel's metadata is wanted (a fused segment's dry run):
                                      # a generator may pass no streams
+    _cfg_key: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def cfg_key(self) -> str:
+        """The config as the tilers' memo keys hold it (by value: its repr), worked out once per
+        context (a repr is ~13 us, and a fused segment's job looks a plan up per layer emission)."""
+        if self._cfg_key is None:
+            self._cfg_key = repr(self.cfg)
+        return self._cfg_key
 
     def const(self, name: str, arr) -> int:
         raise NotImplementedError("this context only prices tilings")

@@ -42,14 +42,14 @@ class Reloc(int):
         return obj
 
     def __add__(self, other):
-        if isinstance(other, (int, np.integer)) and not isinstance(other, Reloc):
+        if type(other) is int or isinstance(other, np.integer):
             return Reloc(int(self) + int(other), self.tag)
         raise Untracked
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        if isinstance(other, (int, np.integer)) and not isinstance(other, Reloc):
+        if type(other) is int or isinstance(other, np.integer):
             return Reloc(int(self) - int(other), self.tag)
         raise Untracked
 
@@ -69,10 +69,9 @@ class RecordingStream(TaskStream):
         self.relocs: list[tuple[int, str, str]] = []
 
     def append(self, mnemonic: str, deps, fields: dict) -> int:
-        for name, v in fields.items():
-            if type(v) is Reloc:
-                self.relocs.append((len(self.ops), name, v.tag))
-                fields[name] = int(v)
+        for name in [name for name, v in fields.items() if type(v) is Reloc]:
+            self.relocs.append((len(self.ops), name, fields[name].tag))
+            fields[name] = int(fields[name])
         return super().append(mnemonic, deps, fields)
 
 

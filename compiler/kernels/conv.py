@@ -315,7 +315,7 @@ def plan_conv(ctx: KernelCtx, node, x_shape, spaces: tuple[str, str, str] = ("gd
     q = node.q
     wspace = "sram" if node.name in ctx.weight_home else "wram" if node.name in ctx.weights_ready else "gdram"
     fill = q.get("pad_fill")
-    key = (repr(ctx.cfg), q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
+    key = (ctx.cfg_key(), q["weight"].shape, q["dtype"], int(q.get("in_zp", 0)), "fscale" in q,
            None if fill is None else tuple(int(v) for v in fill),
            tuple(node.shape), tuple(x_shape), spaces, wspace, ctx.tasks, ctx.dram_share, ctx.prefetch, ctx.wram_base,
            repr(sorted(((k, v[1] if k == "out_slice" else v) for k, v in node.attrs.items()), key=str)))
