@@ -57,3 +57,15 @@ def test_a_base_used_otherwise_is_emitted_plainly_every_time():
         got = memo.streams("k", {"x": x, "y": 2 << 20}, build)
         assert _bytes(got) == _bytes(_emit({"x": x, "y": 2 << 20}, TaskStream, scale_x=True))
     assert memo.hits == 0 and memo.templates["k"] is None
+
+
+def test_a_layers_copy_moves_only_what_its_other_groups_move():
+    """Two layers share a template; each gets its own copy at its fixed bases (here y), from
+    which its later emissions relocate only x: the bytes are a fresh emission's either way."""
+    memo = StreamMemo()
+    for x, y in ((1 << 20, 2 << 20), (3 << 20, 6 << 20), (4 << 20, 2 << 20), (5 << 20, 6 << 20)):
+        got = memo.streams("k", {"x": x, "y": y}, _emit, fixed=("y",))
+        assert _bytes(got) == _bytes(_emit({"x": x, "y": y}, TaskStream))
+    assert memo.hits == 3 and len(memo.copies) == 2
+    mine = memo.copies[("k", (6 << 20,))]
+    assert mine.bases == {"x": 3 << 20, "y": 6 << 20}
