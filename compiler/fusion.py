@@ -178,6 +178,7 @@ class SegmentEmitter:
         self.base = 0                             # where other layers' WRAM buffers start
         self.pre: dict[str, int] = {}             # layer (or slice) -> WRAM address it is prefetched to
         self.fin = None     # (indices of the layers it rides along with, SRAM address) of the input prefetch
+        self.chunks: dict[str, tuple[list, list]] = {}   # layer -> (its run.loads, those chunked)
         self.x_float = None
         for n in sp.nodes:
             if n.op == "input":
@@ -347,6 +348,17 @@ class SegmentEmitter:
             self.emit(gr.jctx, u, ins, y, None)
             gr.run.loads[u.name] = weight_loads(gr.jctx.captured.pop()[1])
 
+    def pieces(self, gr: Group, name: str) -> list[list[Instr]]:
+        """Each core's weight loads of layer `name` (run.loads) cut into prefetch-sized DMAs, cut
+        once: every job and image group places the same pieces (an Instr is never changed once
+        made, so streams may share it)."""
+        loads = gr.run.loads.get(name)
+        if loads is None:
+            return []
+        if name not in self.chunks or self.chunks[name][0] is not loads:
+            self.chunks[name] = (loads, chunked(loads))
+        return self.chunks[name][1]
+
     # ---- input staging ----------------------------------------------------------------------------------
     def stage_inputs(self, gr: Group) -> None:
         """Copy the span's inputs into SRAM, a share per core, then meet. A wide job's clusters each
@@ -428,7 +440,7 @@ class SegmentEmitter:
         if not gr.emitting:
             return
         if early:           # during the step before, on the Move-DMA
-            for c, loads in enumerate(chunked(gr.run.loads[u.name])):
+            for c, loads in enumerate(self.pieces(gr, u.name)):
                 insert_between_loads(gr.tasks[c], *gr.run.spans[c], loads)
             st, cut = [list(st[c]) if c < len(st) else [] for c in range(cpc)], [0] * cpc
         else:               # at its start, then a barrier before the stage is reused
@@ -518,7 +530,7 @@ class SegmentEmitter:
         gr.metas.append((n, meta))
         if not gr.emitting:
             return
-        pieces = chunked(gr.run.loads.get(node.name, []))
+        pieces = self.pieces(gr, node.name)
         if warm:            # opts.warm_depth layers ahead
             load_back(gr.tasks, gr.hist, pieces, self.opts.warm_depth)
         elif early:         # stream them in during the layer before
