@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from math import ceil
 
 import numpy as np
@@ -400,15 +401,11 @@ def _layout(ctx: KernelCtx, node, x, y, res) -> ConvLayout:
     # blocks then come SRAM -> WRAM on the Move-DMA instead of from GDRAM
     home = ctx.weight_home.get(node.name)
     w_src = ("g2w", w_addr) if home is None or geo.depthwise else ("s2w", home)
-    rows, block = plan.rows, plan.block
-    nblocks = ceil(geo.co / block)
-    rblocks = ceil(geo.ho / rows)
-    units = [(cb, n, rb) for cb in range(nblocks) for n in range(geo.n) for rb in range(rblocks)]
+    block = plan.block
+    units, runs, nblk = _units(ceil(geo.co / block), geo.n, ceil(geo.ho / plan.rows), plan.tasks)
     # a fused segment may keep this layer's weights in WRAM across the image groups of a job:
     # (a WramSlot) when every task holds a single weight block
     resident = ctx.wram_slots.get(node.name)
-    runs = split(len(units), plan.tasks)
-    nblk = max((len({u[0] for u in units[t0:t1]}) for t0, t1 in runs if t1 > t0), default=1)
     wblock = block * geo.kh * geo.kw * geo.cig * geo.esz
     # a task's weight blocks can all sit in WRAM (prefetched, or kept across image groups) when it
     # has one, or when they come from SRAM and fit beside another layer's (see all_blocks)
@@ -416,6 +413,18 @@ def _layout(ctx: KernelCtx, node, x, y, res) -> ConvLayout:
                               and nblk * wblock <= (ctx.cfg.wram_bytes - ctx.wram_base) // 2)
     consts = ConvConsts(w_src[0], w_src[1], p_addr, fs_addr, r_addr, zp_row)
     return ConvLayout(geo, plan, consts, units, runs, resident if one_block else None, nblk, wblock, one_block)
+
+
+@lru_cache(maxsize=4096)
+def _units(nblocks: int, images: int, rblocks: int, tasks: int
+           ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]], int]:
+    """The (block, image, row block) tiles in order, each task's run of them (split), and the
+    most weight blocks one run touches; the same for every layer of that tiling (shared lists:
+    nothing changes them)."""
+    units = [(cb, n, rb) for cb in range(nblocks) for n in range(images) for rb in range(rblocks)]
+    runs = split(len(units), tasks)
+    nblk = max((len({u[0] for u in units[t0:t1]}) for t0, t1 in runs if t1 > t0), default=1)
+    return units, runs, nblk
 
 
 def lower_conv(ctx: KernelCtx, node, x, y, res=None) -> None:
