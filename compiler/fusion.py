@@ -179,6 +179,7 @@ class SegmentEmitter:
         self.pre: dict[str, int] = {}             # layer (or slice) -> WRAM address it is prefetched to
         self.fin = None     # (indices of the layers it rides along with, SRAM address) of the input prefetch
         self.chunks: dict[str, tuple[list, list]] = {}   # layer -> (its run.loads, those chunked)
+        self.copied: dict[tuple[int, int, int], list | None] = {}   # (step, peer, cluster) -> copies()
         self.x_float = None
         for n in sp.nodes:
             if n.op == "input":
@@ -391,7 +392,14 @@ class SegmentEmitter:
 
     # ---- weights shared between clusters (share.py) -----------------------------------------------------
     def copies(self, gr: Group, i: int):
-        """Each core's (g2s, s2s) of step i's weights, if it shares them."""
+        """Each core's (g2s, s2s) of step i's weights, if it shares them; made once per step and
+        cluster (every image group places the same copies, which nothing changes)."""
+        key = (i, gr.peer, gr.cluster)
+        if key not in self.copied:
+            self.copied[key] = self.make_copies(gr, i)
+        return self.copied[key]
+
+    def make_copies(self, gr: Group, i: int):
         steps, seg, sp = self.sp.steps, self.seg, self.sp
         if not 0 <= i < len(steps) or steps[i].stage is None:
             return None
