@@ -23,6 +23,12 @@ def queue_of(ins: Instr) -> str:
     return QUEUE_OF_DIR[ins.args["dir"]] if ins.op.unit == "dma" else "cp"
 
 
+def queues_of(instrs: list[Instr]) -> list[str]:
+    """queue_of of each instruction, in one pass (fused segments scan a layer's stream for where
+    to slot weight loads in: hundreds of instructions, hundreds of times per segment)."""
+    return [QUEUE_OF_DIR[i.args["dir"]] if i.op.unit == "dma" else "cp" for i in instrs]
+
+
 @dataclass
 class TaskStream:
     """One task's instructions in issue order, with their dataflow dependencies."""

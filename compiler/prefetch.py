@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from math import ceil
 
-from mlusim.compiler.codegen import queue_of
+from mlusim.compiler.codegen import queues_of
 from mlusim.compiler.liveness import ALIGN, aligned, free_region, lifetimes
 from mlusim.isa.encoding import Instr
 from mlusim.isa.fields import DIR_NAMES
@@ -104,9 +104,10 @@ def insert_between_loads(stream: list[Instr], start: int, end: int, loads: list[
     instructions they all go at its end, before its sync."""
     if not loads:
         return
-    pos = [i for i in range(start, end) if queue_of(stream[i]) in ("ld", "mv")][1:]
+    queues = queues_of(stream[start:end])
+    pos = [start + k for k, q in enumerate(queues) if q in ("ld", "mv")][1:]
     if behind_ld:      # nothing of the layer may queue behind them on ld
-        lds = [i for i in range(start, end) if queue_of(stream[i]) == "ld"]
+        lds = [start + k for k, q in enumerate(queues) if q == "ld"]
         pos = [i for i in pos if not lds or i >= lds[-1]]
     at: dict[int, list[Instr]] = {}
     if pos:

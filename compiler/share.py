@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from mlusim.compiler.liveness import (VIEWS, aligned, device_image_bytes, escaping, group_bytes, lifetimes, lowest_fit,
                                       split_bytes, sram_plan)
-from mlusim.compiler.codegen import QBIT, queue_of
+from mlusim.compiler.codegen import QBIT, queues_of
 from mlusim.compiler.kernels.linear import one_pixel
 from mlusim.compiler.layout import space_to_depth
 from mlusim.compiler.prefetch import CHUNK     # bytes per g2s, as per prefetch DMA
@@ -156,8 +156,8 @@ def barrier_after_weights(stream: list[Instr]) -> tuple[list[Instr], int]:
     index just after it: from there on the stage may be refilled (the next layer's g2s here, the
     other clusters' s2s after this layer), since every core of every cluster has read it."""
     s2w = DIR_NAMES.index("s2w")
-    last = max((i for i, ins in enumerate(stream) if ins.op.mnemonic == "dma" and ins.args["dir"] == s2w),
-               default=-1)
+    last = next((i for i in range(len(stream) - 1, -1, -1)
+                 if stream[i].op.mnemonic == "dma" and stream[i].args["dir"] == s2w), -1)
     return stream[:last + 1] + [Instr.make("sync.all")] + stream[last + 1:], last + 2
 
 
@@ -243,9 +243,10 @@ def ahead(stream: list[Instr], start: int, g2s: list[Instr], s2s: list[Instr]) -
     landed, so the passes hardly hold the store queue up. The tokens pair up in order with any
     other load -> store tokens, so a step that has its own gets the passes at its end instead,
     behind a drain of the core."""
-    pos = [i for i in range(start, len(stream)) if queue_of(stream[i]) in ("ld", "mv")]
-    own = any((queue_of(i) == "ld" and i.args["sig"] & QBIT["st"]) or (queue_of(i) == "st" and i.args["wait"] & QBIT["ld"])
-              for i in stream[start:])
+    queues = queues_of(stream[start:])
+    pos = [start + k for k, q in enumerate(queues) if q in ("ld", "mv")]
+    own = any((q == "ld" and i.args["sig"] & QBIT["st"]) or (q == "st" and i.args["wait"] & QBIT["ld"])
+              for q, i in zip(queues, stream[start:]))
     first = pos[0] + 1 if pos else start
     if own:
         stream[first:first] = untokened(g2s)
