@@ -51,24 +51,27 @@ class TaskStream:
 
     def finish(self) -> list[Instr]:
         """Set every instruction's wait/sig bits from the dependencies."""
-        queues = [queue_of(i) for i in self.ops]
+        ops = self.ops
+        queues = queues_of(ops)
         covered: dict[tuple[str, str], int] = {}      # (src queue, dst queue) -> latest handle waited for
-        for idx, ins in enumerate(self.ops):
+        for idx, deps in enumerate(self.deps):
+            if not deps:
+                continue
             p = queues[idx]
             latest: dict[str, int] = {}
-            for d in self.deps[idx]:
+            for d in deps:
                 if d >= idx:
                     raise CompileError(f"instruction {idx} depends on a later instruction {d}")
                 q = queues[d]
-                if q != p:
-                    latest[q] = max(latest.get(q, -1), d)
+                if q != p and d > latest.get(q, -1):
+                    latest[q] = d
             for q, d in latest.items():
                 if covered.get((q, p), -1) >= d:
                     continue
                 covered[(q, p)] = d
-                ins.args["wait"] |= QBIT[q]
-                self.ops[d].args["sig"] |= QBIT[p]
-        return self.ops
+                ops[idx].args["wait"] |= QBIT[q]
+                ops[d].args["sig"] |= QBIT[p]
+        return ops
 
 
 def load_dir(t) -> str:
