@@ -1,18 +1,18 @@
 """Task streams emitted once and reused wherever only the base addresses of their tensors differ.
 
 A fused segment emits each layer once per job and image group (and again in its dry runs): at
-ResNet-50 batch 16 on 16 cores, 689 conv emissions of 53 distinct layer shapes and plans. Those
+ResNet-50 batch 16 on 16 cores, 689 conv emissions of 27 distinct layer shapes and plans. Those
 emissions differ only in where their tensors sit: the group's images in GDRAM, the activations in
-SRAM, and the layer's weights and parameters (a network's repeated blocks: ResNet-50's bottlenecks
-of one stage share shapes), so the instructions are the same but for the address fields computed
-from those base addresses. `StreamMemo` emits a placement once with each relocatable base address
-wrapped in a `Reloc`, an int that remembers which tensor it came from through `+` and `-` with
-plain ints and refuses every other use (`Untracked`). The emission records which instruction fields
-hold such addresses; a later emission with the same key copies the streams and moves those fields
-by the bases' differences. A field is either base + a value the key fixes, or independent of every
-base, so the copy is the instruction stream a fresh emission would produce (tests/test_golden.py
-compares program bytes). An emission that uses a base any other way (a product, a comparison, a
-branch) is emitted plainly and never templated.
+SRAM, the layer's weights, parameters and WRAM weight slots (a network's repeated blocks: the
+bottlenecks of one ResNet-50 stage share shapes), so the instructions are the same but for the
+address fields computed from those base addresses. `StreamMemo` emits a placement once with each
+relocatable base address wrapped in a `Reloc`, an int that remembers which tensor it came from
+through `+` and `-` with plain ints and refuses every other use (`Untracked`). The emission
+records which instruction fields hold such addresses; a later emission with the same key copies
+the streams and moves those fields by the bases' differences. A field is either base + a value
+the key fixes, or independent of every base, so the copy is the instruction stream a fresh
+emission would produce (tests/test_golden.py compares program bytes). An emission that uses a
+base any other way (a product, a comparison, a branch) is emitted plainly and never templated.
 """
 from __future__ import annotations
 
@@ -89,12 +89,12 @@ class Template:
         Only the fields of bases that moved are rewritten (a layer's other image groups move its
         GDRAM tensors, not its SRAM ones or its constants); the rest share the template's Instrs,
         which nothing changes once a stream is finished."""
-        moved = [(t, bases[t] - b) for t, b in self.bases.items() if bases[t] != b]
+        shifts = [(t, bases[t] - b) for t, b in self.bases.items() if bases[t] != b]
         out = []
         for stream, relocs in zip(self.streams, self.relocs):
             new = list(stream)
             args_of: dict[int, dict] = {}
-            for tag, delta in moved:
+            for tag, delta in shifts:
                 for idx, name, lo, hi in relocs.get(tag, ()):
                     args = args_of.get(idx)
                     if args is None:
