@@ -7,6 +7,8 @@ The summation order then cannot matter, so the result is the exact integer whate
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 NP_DTYPES = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32,
@@ -134,28 +136,14 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     (float32, float64 or int64: see gemm_exact), and the bound on their magnitude."""
     n, hi, wi, ci = x.shape
     co, kh, kw, cig = w.shape
-    pt, pb, pl, pr = pads
-    ho = conv_out_size(hi, kh, sh, pt, pb, dh)
-    wo = conv_out_size(wi, kw, sw, pl, pr, dw)
-    cog = co // groups
-    # bound on one product: int8's from the types alone (its sums stay far below 2**53, and
-    # gemm_exact's row-sum bound is what keeps long reductions in float32); int16's from the
-    # values, which may be smaller than their type allows
-    w_max = type_max(w)
-    each = float(type_max(x)) * float(w_max)
-    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
-        w_max = abs_max(w)
-        each = float(abs_max(x)) * float(w_max)
-    bound = each * cig * kh * kw
-    if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
-        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, w_max).reshape(n, ho, wo, co), bound
+    ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
+    wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
     if groups == 1:
-        # every tap's window side by side (im2col), then one product over kh * kw * ci: the same
-        # exact sums as tap by tap, with one pass over the result instead of kh * kw
-        stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
-        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
-        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, w_max)
-        return out.reshape(n, ho, wo, co), bound
+        g = conv_gemm(x, w, sh, sw, pads, dh, dw)
+        return gemm_exact(g.rows, g.weights, g.each, g.w_max).reshape(n, ho, wo, co), g.bound
+    each, _w_max = _product_bound(x, w)
+    bound = each * cig * kh * kw
+    cog = co // groups
     xp = _padded(x, pads)
     ftype = exact_float(bound) or np.int64
     xp = xp.astype(ftype, copy=False)
@@ -172,6 +160,51 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
                 for g in range(groups):
                     acc[:, g * cog:(g + 1) * cog] += tap[:, g * cig:(g + 1) * cig] @ wf[g * cog:(g + 1) * cog, i, j, :].T
     return acc.reshape(n, ho, wo, co), bound
+
+
+@dataclass(frozen=True)
+class ConvGemm:
+    """A groups=1 conv as one product: out[n * ho * wo, co] = rows @ weights.T, exactly by
+    gemm_exact(rows, weights, each, w_max); |out| <= bound."""
+    rows: np.ndarray        # [n * ho * wo, kh * kw * ci], a fresh array (never a view of x)
+    weights: np.ndarray     # [co, kh * kw * ci], a view of w
+    each: float             # bound on one product
+    w_max: int              # bound on |weights|
+    bound: float
+
+
+def conv_gemm(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, int, int, int],
+              dh: int, dw: int) -> ConvGemm:
+    """x [n, hi, wi, ci], w [co, kh, kw, ci] as a GEMM: every tap's window side by side (im2col),
+    one product over kh * kw * ci gives the same exact sums as tap by tap, in one pass over the
+    result. The rows are float32 when that holds every product's operand exactly (any int8 or
+    int16 value) and the sums stay below 2**53, else int64."""
+    n, hi, wi, ci = x.shape
+    co, kh, kw, _ = w.shape
+    each, w_max = _product_bound(x, w)
+    bound = each * ci * kh * kw
+    stage = np.float32 if bound < EXACT_F64 else np.int64
+    if kh == kw == sh == sw == 1 and not any(pads):
+        rows = x.reshape(-1, ci).astype(stage)
+    else:
+        ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
+        wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
+        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
+        rows = cols.reshape(n * ho * wo, kh * kw * ci)
+    return ConvGemm(rows, w.reshape(co, kh * kw * ci), each, w_max, bound)
+
+
+def _product_bound(x: np.ndarray, w: np.ndarray) -> tuple[float, int]:
+    """(bound on one product |x * w|, bound on |w|): int8's from the types alone (its sums stay
+    far below 2**53, and gemm_exact's row-sum bound is what keeps long reductions in float32);
+    int16's from the values, which may be smaller than their type allows."""
+    co, kh, kw, cig = w.shape
+    w_max = type_max(w)
+    each = float(type_max(x)) * float(w_max)
+    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
+        w_max = abs_max(w)
+        each = float(abs_max(x)) * float(w_max)
+    return each, w_max
 
 
 def _padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
@@ -211,7 +244,7 @@ def gemm_exact(a: np.ndarray, b: np.ndarray, each: float, b_max: int | None = No
     bound = each * k
     if bound >= EXACT_F64:
         return a.astype(np.int64, copy=False) @ b.astype(np.int64).T
-    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
+    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     if bound > EXACT_F32 and _rows_within_f32(af, abs_max(b) if b_max is None else b_max):
         bound = EXACT_F32
     if bound <= EXACT_F32:
