@@ -140,7 +140,7 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
     if groups == 1:
         g = conv_gemm(x, w, sh, sw, pads, dh, dw)
-        return gemm_exact(g.rows, g.weights, g.each, g.w_max).reshape(n, ho, wo, co), g.bound
+        return gemm_exact(g.rows(), g.weights, g.each, g.w_max).reshape(n, ho, wo, co), g.bound
     each, _w_max = _product_bound(x, w)
     bound = each * cig * kh * kw
     cog = co // groups
@@ -164,34 +164,49 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
 
 @dataclass(frozen=True)
 class ConvGemm:
-    """A groups=1 conv as one product: out[n * ho * wo, co] = rows @ weights.T, exactly by
-    gemm_exact(rows, weights, each, w_max); |out| <= bound."""
-    rows: np.ndarray        # [n * ho * wo, kh * kw * ci], a fresh array (never a view of x)
+    """A groups=1 conv as one product: out[m, co] = rows() @ weights.T (m = n * ho * wo), exactly
+    by gemm_exact(rows, weights, each, w_max); |out| <= bound. Every tap's window side by side
+    (im2col), one product over kh * kw * ci gives the same exact sums as tap by tap."""
+    x: np.ndarray           # [n, hi, wi, ci]
+    window: tuple           # (kh, kw, sh, sw, pads, dh, dw, ho, wo)
     weights: np.ndarray     # [co, kh * kw * ci], a view of w
     each: float             # bound on one product
     w_max: int              # bound on |weights|
     bound: float
+    stage: type             # the rows' type: float32 when it holds every operand and the sums
+    # stay below 2**53 (float64's exact range, which gemm_exact then needs), else int64
+
+    @property
+    def m(self) -> int:
+        return self.x.shape[0] * self.window[7] * self.window[8]
+
+    def rows(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The im2col rows [m, kh * kw * ci] as `stage`, written into `out` when given (a fresh
+        array otherwise: never a view of x)."""
+        kh, kw, sh, sw, pads, dh, dw, ho, wo = self.window
+        x = self.x
+        n, ci = x.shape[0], x.shape[3]
+        if out is None:
+            out = np.empty((self.m, kh * kw * ci), self.stage)
+        if kh == kw == sh == sw == 1 and not any(pads):
+            np.copyto(out, x.reshape(-1, ci), casting="unsafe")
+        else:
+            win = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo)
+            np.copyto(out.reshape(n, ho, wo, kh, kw, ci), win, casting="unsafe")
+        return out
 
 
 def conv_gemm(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, int, int, int],
               dh: int, dw: int) -> ConvGemm:
-    """x [n, hi, wi, ci], w [co, kh, kw, ci] as a GEMM: every tap's window side by side (im2col),
-    one product over kh * kw * ci gives the same exact sums as tap by tap, in one pass over the
-    result. The rows are float32 when that holds every product's operand exactly (any int8 or
-    int16 value) and the sums stay below 2**53, else int64."""
+    """x [n, hi, wi, ci] ints, w [co, kh, kw, ci] as a GEMM (its rows made when asked for)."""
     n, hi, wi, ci = x.shape
     co, kh, kw, _ = w.shape
     each, w_max = _product_bound(x, w)
     bound = each * ci * kh * kw
-    stage = np.float32 if bound < EXACT_F64 else np.int64
-    if kh == kw == sh == sw == 1 and not any(pads):
-        rows = x.reshape(-1, ci).astype(stage)
-    else:
-        ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
-        wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
-        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
-        rows = cols.reshape(n * ho * wo, kh * kw * ci)
-    return ConvGemm(rows, w.reshape(co, kh * kw * ci), each, w_max, bound)
+    ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
+    wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
+    return ConvGemm(x, (kh, kw, sh, sw, pads, dh, dw, ho, wo), w.reshape(co, kh * kw * ci), each, w_max, bound,
+                    np.float32 if bound < EXACT_F64 else np.int64)
 
 
 def _product_bound(x: np.ndarray, w: np.ndarray) -> tuple[float, int]:

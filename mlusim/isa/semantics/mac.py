@@ -60,11 +60,10 @@ def conv(ctx, a):
     if a["groups"] == 1:
         g = nx.conv_gemm(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"])
         store = partial(_store, dst, odt, a["pos"], dt, g.bound)
-        if g.rows.dtype == np.float32:
-            block = ctx.gemms.block(ctx.id, a["wgt"], g.weights)
-            ctx.gemms.defer(ctx.id, a["dst"], a["dst"] + dst.nbytes, block, g.rows, g.each, g.w_max, store)
+        if g.stage is np.float32:
+            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store)
         else:
-            store(nx.gemm_exact(g.rows, g.weights, g.each, g.w_max))
+            store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
         return
     sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"], a["groups"])
     _store(dst, odt, a["pos"], dt, bound, sums)
