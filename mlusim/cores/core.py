@@ -337,8 +337,7 @@ class Core:
                 if got:
                     self._flows_in(got, now, qname)
             if chip.numerics:
-                chip.gemms.before(self.id, prep[3])
-                ins.op.execute(self, a)
+                chip.gemms.execute(self, ins.op, a, prep[3])
             sig = a["sig"]
             if sig:
                 for tq in sigs[sig]:
@@ -431,8 +430,7 @@ class Core:
             if rec[8]:
                 self._flows_in(rec[8], now, unit)
         if chip.numerics:
-            chip.gemms.before(self.id, rec[1])
-            ins.op.execute(self, a)
+            chip.gemms.execute(self, ins.op, a, rec[1])
         rec[4] = True
         if self.cp_running[unit] is rec:
             self.cp_running[unit] = None

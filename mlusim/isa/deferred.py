@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlusim.isa import numerics as nx
+from mlusim.isa.fields import DTYPE_BYTES, DTYPES
+from mlusim.isa.semantics import requant as rq
 
 
 class WeightBlock:
@@ -60,10 +62,25 @@ class Group:
         return self.buf[r0:r0 + m]
 
 
+@dataclass(frozen=True)
+class Requant:
+    """A vrequant of a pending tile's whole output, waiting with it: its parameters decoded when
+    it ran (rq.decode snapshots them), and NRAM bytes [lo, hi) its `dst` view covers."""
+    rp: rq.RequantParams
+    zp: int
+    low: int
+    high: int
+    odt: str
+    dst: np.ndarray
+    lo: int
+    hi: int
+
+
 @dataclass(eq=False)
 class Tile:
     """One conv's pending product, rows [r0, r1) of its group's stack: `store(sums)` writes NRAM
-    bytes [lo, hi) of core `owner`."""
+    bytes [lo, hi) of core `owner`; `plain` when those bytes are the sums themselves as int32
+    (a vrequant reading them may then wait too: `then`)."""
     owner: int
     lo: int
     hi: int
@@ -71,6 +88,13 @@ class Tile:
     r1: int
     store: Callable[[np.ndarray], None]
     group: Group
+    plain: bool
+    then: Requant | None = None
+
+    def touches(self, lo: int, hi: int) -> bool:
+        """Whether NRAM [lo, hi) overlaps bytes this tile (or its waiting vrequant) will write."""
+        t = self.then
+        return (lo < self.hi and self.lo < hi) or (t is not None and lo < t.hi and t.lo < hi)
 
 
 class DeferredGemms:
@@ -98,9 +122,10 @@ class DeferredGemms:
         return b
 
     def defer(self, owner: int, wgt: int, lo: int, hi: int, gemm: nx.ConvGemm,
-              store: Callable[[np.ndarray], None]) -> None:
+              store: Callable[[np.ndarray], None], plain: bool) -> None:
         """Compute `gemm` (float32 rows; its weights a view of core `owner`'s WRAM at `wgt`)
-        before NRAM [lo, hi) of that core is next touched, and pass the sums to `store`."""
+        before NRAM [lo, hi) of that core is next touched, and pass the sums to `store` (`plain`:
+        which writes them there as they are, int32)."""
         block = self.block(owner, wgt, gemm.weights)
         key = (gemm.each, gemm.w_max)
         g = block.waiting.get(key)
@@ -108,9 +133,42 @@ class DeferredGemms:
             g = block.waiting[key] = Group(block, *key)
         r0 = g.used
         gemm.rows(g.slot(gemm.m))
-        t = Tile(owner, lo, hi, r0, g.used, store, g)
+        t = Tile(owner, lo, hi, r0, g.used, store, g, plain)
         g.tiles.append(t)
         self._pending.setdefault(owner, []).append(t)
+
+    def execute(self, core, op, a: dict, touches) -> None:
+        """Run an instruction's semantics on `core` (its prepared touches given): a vrequant of a
+        pending tile's whole output waits with the tile, anything else first has the pending
+        tiles whose bytes it touches stored."""
+        if op.mnemonic == "vrequant" and self._pending.get(core.id) and self._requant_later(core, a, touches):
+            return
+        self.before(core.id, touches)
+        op.execute(core, a)
+
+    def _requant_later(self, core, a: dict, touches) -> bool:
+        """Attach a vrequant to the pending tile it reads whole (c = the tile's channels, its
+        sums stored plain), when its other operands touch no pending bytes."""
+        pend = self._pending[core.id]
+        src, n, c = a["src"], a["n"], a["c"]
+        end = src + 4 * n
+        t = next((t for t in pend if t.lo == src and t.hi == end), None)
+        if t is None or not t.plain or t.then is not None or t.group.block.bf.shape[0] != c:
+            return False
+        hit = self._touches.get(id(touches))
+        if hit is None or hit[0] is not touches:
+            hit = self._summary(touches)
+        for lo, hi in hit[1]:
+            if any(u.touches(lo, hi) for u in pend if u is not t or (lo, hi) != (src, end)):
+                return False
+        odt = DTYPES[a["odt"]]
+        nram = core.mem("nram")
+        p = a["params"]
+        rp = rq.decode(nram[p:p + 12 * c].view(np.int32).reshape(c, 3))
+        d = a["dst"]
+        dhi = d + n * DTYPE_BYTES[odt]
+        t.then = Requant(rp, a["zp"], a["lo"], a["hi"], odt, nram[d:dhi].view(nx.NP_DTYPES[odt]), d, dhi)
+        return True
 
     def before(self, owner: int, touches) -> None:
         """Core `owner` is about to execute an instruction with these touches (space, addr,
@@ -123,7 +181,7 @@ class DeferredGemms:
         pend = self._pending.get(owner)
         if pend:
             for lo, hi in nram:
-                for t in [t for t in pend if lo < t.hi and t.lo < hi]:
+                for t in [t for t in pend if t.touches(lo, hi)]:
                     if t.group.tiles:           # not stored already with an earlier one's group
                         self._run(t.group)
         if wram_writes:
@@ -156,4 +214,28 @@ class DeferredGemms:
         for t in g.tiles:
             t.store(sums[t.r0:t.r1])
             pending[t.owner].remove(t)
+        _requant_runs(g.tiles, sums)
         g.tiles = []
+
+
+def _requant_runs(tiles: list[Tile], sums: np.ndarray) -> None:
+    """The waiting vrequants of a group's tiles, each run of neighbours with the same parameters
+    requantized together from the stacked sums (the same values the int32 store holds)."""
+    i = 0
+    while i < len(tiles):
+        q = tiles[i].then
+        if q is None:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(tiles) and _same(tiles[j].then, q):
+            j += 1
+        base = tiles[i].r0
+        vals = rq.requantized(sums[base:tiles[j - 1].r1], q.rp, q.zp, q.low, q.high, q.odt)
+        for t in tiles[i:j]:
+            t.then.dst[:] = vals[t.r0 - base:t.r1 - base].reshape(-1)
+        i = j
+
+
+def _same(p: Requant | None, q: Requant) -> bool:
+    return p is not None and p.rp is q.rp and (p.zp, p.low, p.high, p.odt) == (q.zp, q.low, q.high, q.odt)

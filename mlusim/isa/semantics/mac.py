@@ -61,7 +61,8 @@ def conv(ctx, a):
         g = nx.conv_gemm(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"])
         store = partial(_store, dst, odt, a["pos"], dt, g.bound)
         if g.stage is np.float32:
-            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store)
+            plain = odt == "i32" and dt != "i16" and g.bound < 2**31
+            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store, plain)
         else:
             store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
         return
@@ -72,7 +73,7 @@ def conv(ctx, a):
 def _store(dst: np.ndarray, odt: str, pos: int, dt: str, bound: float, sums: np.ndarray) -> None:
     """A conv's exact sums (any shape, float or int type) into its destination as `odt`."""
     if odt == "i32" and dt != "i16" and bound < 2**31:
-        dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply
+        dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply (plain)
     else:
         dst[:] = nx.out_cast(sums.astype(np.int64), odt, pos, dt).reshape(-1)
 

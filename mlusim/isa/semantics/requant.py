@@ -124,6 +124,15 @@ def requant_int64(acc: np.ndarray, rp: RequantParams, zp: int, lo: int, hi: int,
     return q.astype(nx.NP_DTYPES[odt])
 
 
+def requantized(acc: np.ndarray, rp: RequantParams, zp: int, lo: int, hi: int, odt: str) -> np.ndarray:
+    """acc [..., c] (integers of any type) requantized with rp, zp, lo, hi to odt's values: float64
+    integers within odt's range or an odt array, so a store into odt casts them exactly."""
+    t = scaled(acc, rp)
+    if t is None:
+        return requant_int64(acc, rp, zp, lo, hi, odt)
+    return store_values(t, zp, lo, hi, odt)
+
+
 def requant_values(acc: np.ndarray, params: np.ndarray, zp: int, lo: int, hi: int, odt: str) -> np.ndarray:
     """acc int32 [..., c] with params int32 [c, 3] -> odt."""
     rp = decode(params)

@@ -125,12 +125,7 @@ def vrequant(ctx, a):
     acc = view(ctx, "nram", a["src"], "i32", n).reshape(-1, c)
     params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
     rp = rq.decode(params)
-    dst = view(ctx, "nram", a["dst"], odt, n)
-    t = rq.scaled(acc, rp)
-    if t is None:
-        dst[:] = rq.requant_int64(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
-    else:       # float64 integers within odt's range: the store's cast is exact
-        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
 
 
 def check_dequant(a):
@@ -448,9 +443,4 @@ def vrqadd(ctx, a):
     c, n, odt = a["c"], a["n"], E(a, "odt")
     rp = rq.decode(view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3))
     joined = _joined(ctx, a, "rparams")
-    dst = view(ctx, "nram", a["dst"], odt, n)
-    t = rq.scaled(joined, rp)
-    if t is None:
-        dst[:] = rq.requant_int64(joined, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
-    else:
-        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(joined, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
