@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class Group:
         return self.buf[r0:r0 + m]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Requant:
     """A vrequant of a pending tile's whole output, waiting with it: its parameters decoded when
     it ran (rq.decode snapshots them), and NRAM bytes [lo, hi) its `dst` view covers."""
@@ -76,7 +76,7 @@ class Requant:
     hi: int
 
 
-@dataclass(eq=False)
+@dataclass(slots=True, eq=False)
 class Tile:
     """One conv's pending product, rows [r0, r1) of its group's stack: `store(sums)` writes NRAM
     bytes [lo, hi) of core `owner`; `plain` when those bytes are the sums themselves as int32

@@ -162,7 +162,7 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     return acc.reshape(n, ho, wo, co), bound
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class ConvGemm:
     """A groups=1 conv as one product: out[m, co] = rows() @ weights.T (m = n * ho * wo), exactly
     by gemm_exact(rows, weights, each, w_max); |out| <= bound. Every tap's window side by side
