@@ -110,11 +110,11 @@ class DeferredGemms:
     def block(self, owner: int, addr: int, w: np.ndarray) -> WeightBlock:
         """The block for weights `w` [n, k], a view of core `owner`'s WRAM at `addr`."""
         held = self._held.setdefault(owner, {})
-        key = (addr, w.shape, w.dtype.str)
+        key = (addr, w.shape, w.dtype)
         hit = held.get(key)
         if hit is not None:
             return hit[1]
-        content = (w.shape, w.dtype.str, w.tobytes())
+        content = (w.shape, w.dtype, w.tobytes())
         b = self._shared.get(content)
         if b is None:
             b = self._shared[content] = WeightBlock(w)
@@ -139,56 +139,55 @@ class DeferredGemms:
 
     def execute(self, core, op, a: dict, touches) -> None:
         """Run an instruction's semantics on `core` (its prepared touches given): a vrequant of a
-        pending tile's whole output waits with the tile, anything else first has the pending
-        tiles whose bytes it touches stored."""
-        if op.mnemonic == "vrequant" and self._pending.get(core.id) and self._requant_later(core, a, touches):
-            return
-        self.before(core.id, touches)
-        op.execute(core, a)
-
-    def _requant_later(self, core, a: dict, touches) -> bool:
-        """Attach a vrequant to the pending tile it reads whole (c = the tile's channels, its
-        sums stored plain), when its other operands touch no pending bytes."""
-        pend = self._pending[core.id]
-        src, n, c = a["src"], a["n"], a["c"]
-        end = src + 4 * n
-        t = next((t for t in pend if t.lo == src and t.hi == end), None)
-        if t is None or not t.plain or t.then is not None or t.group.block.bf.shape[0] != c:
-            return False
+        pending tile's whole output waits with the tile; anything else first has the pending tiles
+        whose bytes it touches stored, and a write into WRAM drops the blocks it overlaps."""
         hit = self._touches.get(id(touches))
         if hit is None or hit[0] is not touches:
             hit = self._summary(touches)
-        for lo, hi in hit[1]:
-            if any(u.touches(lo, hi) for u in pend if u is not t or (lo, hi) != (src, end)):
-                return False
-        odt = DTYPES[a["odt"]]
-        nram = core.mem("nram")
-        p = a["params"]
-        rp = rq.decode(nram[p:p + 12 * c].view(np.int32).reshape(c, 3))
-        d = a["dst"]
-        dhi = d + n * DTYPE_BYTES[odt]
-        t.then = Requant(rp, a["zp"], a["lo"], a["hi"], odt, nram[d:dhi].view(nx.NP_DTYPES[odt]), d, dhi)
-        return True
-
-    def before(self, owner: int, touches) -> None:
-        """Core `owner` is about to execute an instruction with these touches (space, addr,
-        nbytes, 'r'/'w', align): store the pending tiles whose bytes it touches, and forget the
-        weight blocks a write into WRAM changes."""
-        hit = self._touches.get(id(touches))
-        if hit is None or hit[0] is not touches:
-            hit = self._summary(touches)
-        nram, wram_writes = hit[1], hit[2]
-        pend = self._pending.get(owner)
+        if hit[2]:
+            self._forget(core.id, hit[2])
+        pend = self._pending.get(core.id)
         if pend:
-            for lo, hi in nram:
+            if op.mnemonic == "vrequant" and self._requant_later(core, a, hit[1], pend):
+                return
+            for lo, hi in hit[1]:
                 for t in [t for t in pend if t.touches(lo, hi)]:
                     if t.group.tiles:           # not stored already with an earlier one's group
                         self._run(t.group)
-        if wram_writes:
-            held = self._held.get(owner)
-            for lo, hi in wram_writes if held else ():
-                for key in [k for k, (end, _) in held.items() if lo < end and k[0] < hi]:
-                    del held[key]
+        op.execute(core, a)
+
+    def _requant_later(self, core, a: dict, nram: tuple, pend: list[Tile]) -> bool:
+        """Attach a vrequant to the pending tile it reads whole (c = the tile's channels, its
+        sums stored plain), when its other operands (`nram`: every NRAM range it touches) touch
+        no pending bytes."""
+        src, n, c = a["src"], a["n"], a["c"]
+        end = src + 4 * n
+        for t in pend:
+            if t.lo == src and t.hi == end:
+                break
+        else:
+            return False
+        if not t.plain or t.then is not None or t.group.block.bf.shape[0] != c:
+            return False
+        for lo, hi in nram:
+            for u in pend:
+                if u.touches(lo, hi) and (u is not t or lo != src or hi != end):
+                    return False
+        odt = DTYPES[a["odt"]]
+        buf = core.mem("nram")
+        p = a["params"]
+        rp = rq.decode(buf[p:p + 12 * c].view(np.int32))
+        d = a["dst"]
+        dhi = d + n * DTYPE_BYTES[odt]
+        t.then = Requant(rp, a["zp"], a["lo"], a["hi"], odt, buf[d:dhi].view(nx.NP_DTYPES[odt]), d, dhi)
+        return True
+
+    def _forget(self, owner: int, writes: tuple) -> None:
+        """Drop the weight blocks of core `owner` that WRAM writes [lo, hi) change."""
+        held = self._held.get(owner)
+        for lo, hi in writes if held else ():
+            for key in [k for k, (end, _) in held.items() if lo < end and k[0] < hi]:
+                del held[key]
 
     def _summary(self, touches) -> tuple:
         """(touches, NRAM ranges, WRAM ranges written), remembered by the touches' id (the entry
