@@ -24,6 +24,7 @@ from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
 from mlusim.cores.task import Barrier, TaskContext
 from mlusim.cores.tracelog import TraceLog
 from mlusim.errors import SimulationError
+from mlusim.isa.deferred import DeferredGemms
 from mlusim.isa.fields import DTYPES
 from mlusim.program import Kernel
 
@@ -47,6 +48,7 @@ class Chip:
         self.cfg = cfg
         self.env = Clock()
         self.numerics = numerics
+        self.gemms = DeferredGemms()    # conv products computed when first touched, stacked
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
         self.gdram = Memory("gdram", gdram_bytes)
@@ -168,6 +170,7 @@ class Chip:
             rec.cores = {c.id: c.counters for c in active}
             if progress is not None:
                 progress(idx + 1, len(kernels), env.now)
+        self.gemms.settle()         # memory holds every result at the end
 
     def _task(self, core: Core, ctx: TaskContext):
         self.executed += 1          # a task dispatch counts, so kernels of empty tasks meet the budget too

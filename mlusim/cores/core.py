@@ -67,6 +67,7 @@ class Core:
         self.task: TaskContext | None = None
         self.counters = CoreCounters(core_id)
         self.state = {"issue": "idle", **{q: "idle" for q in QUEUES}}
+        self.gemms = chip.gemms         # conv products stored when first touched (isa/deferred.py)
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
         self._cp_sigs = self._token_tables("cp")[1]     # the token queues a compute sig= field signals
@@ -336,7 +337,7 @@ class Core:
                 if got:
                     self._flows_in(got, now, qname)
             if chip.numerics:
-                ins.op.execute(self, a)
+                chip.gemms.execute(self, ins.op, a, prep[3])
             sig = a["sig"]
             if sig:
                 for tq in sigs[sig]:
@@ -429,7 +430,7 @@ class Core:
             if rec[8]:
                 self._flows_in(rec[8], now, unit)
         if chip.numerics:
-            ins.op.execute(self, a)
+            chip.gemms.execute(self, ins.op, a, rec[1])
         rec[4] = True
         if self.cp_running[unit] is rec:
             self.cp_running[unit] = None

@@ -7,6 +7,8 @@ The summation order then cannot matter, so the result is the exact integer whate
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 NP_DTYPES = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32,
@@ -134,28 +136,14 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
     (float32, float64 or int64: see gemm_exact), and the bound on their magnitude."""
     n, hi, wi, ci = x.shape
     co, kh, kw, cig = w.shape
-    pt, pb, pl, pr = pads
-    ho = conv_out_size(hi, kh, sh, pt, pb, dh)
-    wo = conv_out_size(wi, kw, sw, pl, pr, dw)
-    cog = co // groups
-    # bound on one product: int8's from the types alone (its sums stay far below 2**53, and
-    # gemm_exact's row-sum bound is what keeps long reductions in float32); int16's from the
-    # values, which may be smaller than their type allows
-    w_max = type_max(w)
-    each = float(type_max(x)) * float(w_max)
-    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
-        w_max = abs_max(w)
-        each = float(abs_max(x)) * float(w_max)
-    bound = each * cig * kh * kw
-    if kh == kw == sh == sw == 1 and groups == 1 and not any(pads):
-        return gemm_exact(x.reshape(-1, ci), w.reshape(co, ci), each, w_max).reshape(n, ho, wo, co), bound
+    ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
+    wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
     if groups == 1:
-        # every tap's window side by side (im2col), then one product over kh * kw * ci: the same
-        # exact sums as tap by tap, with one pass over the result instead of kh * kw
-        stage = np.float32 if bound < EXACT_F64 else np.int64         # holds every input value exactly
-        cols = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo).astype(stage, order="C")
-        out = gemm_exact(cols.reshape(n * ho * wo, kh * kw * ci), w.reshape(co, kh * kw * ci), each, w_max)
-        return out.reshape(n, ho, wo, co), bound
+        g = conv_gemm(x, w, sh, sw, pads, dh, dw)
+        return gemm_exact(g.rows(), g.weights, g.each, g.w_max).reshape(n, ho, wo, co), g.bound
+    each, _w_max = _product_bound(x, w)
+    bound = each * cig * kh * kw
+    cog = co // groups
     xp = _padded(x, pads)
     ftype = exact_float(bound) or np.int64
     xp = xp.astype(ftype, copy=False)
@@ -172,6 +160,66 @@ def conv_sums(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, i
                 for g in range(groups):
                     acc[:, g * cog:(g + 1) * cog] += tap[:, g * cig:(g + 1) * cig] @ wf[g * cog:(g + 1) * cog, i, j, :].T
     return acc.reshape(n, ho, wo, co), bound
+
+
+@dataclass(slots=True, eq=False)
+class ConvGemm:
+    """A groups=1 conv as one product: out[m, co] = rows() @ weights.T (m = n * ho * wo), exactly
+    by gemm_exact(rows, weights, each, w_max); |out| <= bound. Every tap's window side by side
+    (im2col), one product over kh * kw * ci gives the same exact sums as tap by tap."""
+    x: np.ndarray           # [n, hi, wi, ci]
+    window: tuple           # (kh, kw, sh, sw, pads, dh, dw, ho, wo)
+    weights: np.ndarray     # [co, kh * kw * ci], a view of w
+    each: float             # bound on one product
+    w_max: int              # bound on |weights|
+    bound: float
+    stage: type             # the rows' type: float32 when it holds every operand and the sums
+    # stay below 2**53 (float64's exact range, which gemm_exact then needs), else int64
+
+    @property
+    def m(self) -> int:
+        return self.x.shape[0] * self.window[7] * self.window[8]
+
+    def rows(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The im2col rows [m, kh * kw * ci] as `stage`, written into `out` when given (a fresh
+        array otherwise: never a view of x)."""
+        kh, kw, sh, sw, pads, dh, dw, ho, wo = self.window
+        x = self.x
+        n, ci = x.shape[0], x.shape[3]
+        if out is None:
+            out = np.empty((self.m, kh * kw * ci), self.stage)
+        if kh == kw == sh == sw == 1 and not any(pads):
+            np.copyto(out, x.reshape(-1, ci), casting="unsafe")
+        else:
+            win = _im2col(_padded(x, pads), kh, kw, sh, sw, dh, dw, ho, wo)
+            np.copyto(out.reshape(n, ho, wo, kh, kw, ci), win, casting="unsafe")
+        return out
+
+
+def conv_gemm(x: np.ndarray, w: np.ndarray, sh: int, sw: int, pads: tuple[int, int, int, int],
+              dh: int, dw: int) -> ConvGemm:
+    """x [n, hi, wi, ci] ints, w [co, kh, kw, ci] as a GEMM (its rows made when asked for)."""
+    n, hi, wi, ci = x.shape
+    co, kh, kw, _ = w.shape
+    each, w_max = _product_bound(x, w)
+    bound = each * ci * kh * kw
+    ho = conv_out_size(hi, kh, sh, pads[0], pads[1], dh)
+    wo = conv_out_size(wi, kw, sw, pads[2], pads[3], dw)
+    return ConvGemm(x, (kh, kw, sh, sw, pads, dh, dw, ho, wo), w.reshape(co, kh * kw * ci), each, w_max, bound,
+                    np.float32 if bound < EXACT_F64 else np.int64)
+
+
+def _product_bound(x: np.ndarray, w: np.ndarray) -> tuple[float, int]:
+    """(bound on one product |x * w|, bound on |w|): int8's from the types alone (its sums stay
+    far below 2**53, and gemm_exact's row-sum bound is what keeps long reductions in float32);
+    int16's from the values, which may be smaller than their type allows."""
+    co, kh, kw, cig = w.shape
+    w_max = type_max(w)
+    each = float(type_max(x)) * float(w_max)
+    if each * cig * kh * kw > EXACT_F32 and x.dtype != np.int8:
+        w_max = abs_max(w)
+        each = float(abs_max(x)) * float(w_max)
+    return each, w_max
 
 
 def _padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
@@ -211,7 +259,7 @@ def gemm_exact(a: np.ndarray, b: np.ndarray, each: float, b_max: int | None = No
     bound = each * k
     if bound >= EXACT_F64:
         return a.astype(np.int64, copy=False) @ b.astype(np.int64).T
-    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32)
+    af, bf = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     if bound > EXACT_F32 and _rows_within_f32(af, abs_max(b) if b_max is None else b_max):
         bound = EXACT_F32
     if bound <= EXACT_F32:

@@ -1,6 +1,8 @@
 """MAC array semantics: convolution and matrix multiply, exact integer sums cast to the output type."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from mlusim.isa import numerics as nx
@@ -44,20 +46,36 @@ def touch_conv(a):
 
 
 def conv(ctx, a):
+    """groups=1 convs of float32-exact rows go to ctx.gemms, computed when their output is first
+    touched, stacked with other tiles of the same weights (mlusim/isa/deferred.py); the rest now."""
     dt = E(a, "dt")
-    ho, wo = conv_shape(a)
     n, hi, wi, ci, co = a["n"], a["hi"], a["wi"], a["ci"], a["co"]
     x = view(ctx, "nram", a["src"], dt, n * hi * wi * ci).reshape(n, hi, wi, ci)
     cig = ci // a["groups"]
     w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
-    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], (a["pt"], a["pb"], a["pl"], a["pr"]), a["dh"], a["dw"],
-                               a["groups"])
+    pads = (a["pt"], a["pb"], a["pl"], a["pr"])
+    ho, wo = conv_shape(a)
     odt = _odt(a)
-    dst = view(ctx, "nram", a["dst"], odt, sums.size)
+    dst = view(ctx, "nram", a["dst"], odt, n * ho * wo * co)
+    if a["groups"] == 1:
+        g = nx.conv_gemm(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"])
+        store = partial(_store, dst, odt, a["pos"], dt, g.bound)
+        if g.stage is np.float32:
+            plain = odt == "i32" and dt != "i16" and g.bound < 2**31
+            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store, plain)
+        else:
+            store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
+        return
+    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"], a["groups"])
+    _store(dst, odt, a["pos"], dt, bound, sums)
+
+
+def _store(dst: np.ndarray, odt: str, pos: int, dt: str, bound: float, sums: np.ndarray) -> None:
+    """A conv's exact sums (any shape, float or int type) into its destination as `odt`."""
     if odt == "i32" and dt != "i16" and bound < 2**31:
-        dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply
+        dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply (plain)
     else:
-        dst[:] = nx.out_cast(sums.astype(np.int64), odt, a["pos"], dt).reshape(-1)
+        dst[:] = nx.out_cast(sums.astype(np.int64), odt, pos, dt).reshape(-1)
 
 
 def check_matmul(a):

@@ -50,15 +50,16 @@ def decode(params: np.ndarray) -> RequantParams:
     return _decode(params.tobytes())
 
 
-def scaled(acc: np.ndarray, rp: RequantParams) -> np.ndarray | None:
+def scaled(acc: np.ndarray, rp: RequantParams, acc_max: int | None = None) -> np.ndarray | None:
     """rne((acc + bias) * mult / 2**shift) as float64 [..., c], or None when that is not exact.
 
     acc + bias is an integer below 2**34, exact in float64; while |acc + bias| * |mult| < 2**53
     the product with scale is the exact quotient (its integer numerator fits the significand), and
-    np.rint rounds it half to even as rne does. The check uses acc's type when that suffices (an
-    int8 shortcut), else the sums themselves."""
+    np.rint rounds it half to even as rne does. The check uses `acc_max` (a bound on |acc| the
+    caller knows) or acc's type when that suffices (an int8 shortcut), else the sums themselves."""
     t = np.add(acc, rp.bias_f, dtype=np.float64)
-    if (input_max(acc) + rp.bias_max) * rp.mult_max >= nx.EXACT_F64 and t.size \
+    top = input_max(acc) if acc_max is None else acc_max
+    if (top + rp.bias_max) * rp.mult_max >= nx.EXACT_F64 and t.size \
             and int(max(-t.min(), t.max())) * rp.mult_max >= nx.EXACT_F64:
         return None
     t *= rp.scale
@@ -122,6 +123,17 @@ def requant_int64(acc: np.ndarray, rp: RequantParams, zp: int, lo: int, hi: int,
     low, high = clamp_bounds(lo, hi, odt)
     clamp(q, low, high)
     return q.astype(nx.NP_DTYPES[odt])
+
+
+def requantized(acc: np.ndarray, rp: RequantParams, zp: int, lo: int, hi: int, odt: str,
+                acc_max: int | None = None) -> np.ndarray:
+    """acc [..., c] (integers of any type, |acc| <= acc_max when given) requantized with rp, zp,
+    lo, hi to odt's values: float64 integers within odt's range or an odt array, so a store into
+    odt casts them exactly."""
+    t = scaled(acc, rp, acc_max)
+    if t is None:
+        return requant_int64(acc, rp, zp, lo, hi, odt)
+    return store_values(t, zp, lo, hi, odt)
 
 
 def requant_values(acc: np.ndarray, params: np.ndarray, zp: int, lo: int, hi: int, odt: str) -> np.ndarray:

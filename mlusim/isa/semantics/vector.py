@@ -125,12 +125,7 @@ def vrequant(ctx, a):
     acc = view(ctx, "nram", a["src"], "i32", n).reshape(-1, c)
     params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
     rp = rq.decode(params)
-    dst = view(ctx, "nram", a["dst"], odt, n)
-    t = rq.scaled(acc, rp)
-    if t is None:
-        dst[:] = rq.requant_int64(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
-    else:       # float64 integers within odt's range: the store's cast is exact
-        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
 
 
 def check_dequant(a):
@@ -412,10 +407,12 @@ def touch_addrq(a):
             ("nram", a["params"], a["c"] * 12, "r", 4), ("nram", a["dst"], n * 4, "w", 4)]
 
 
-def _joined(ctx, a, params: str) -> np.ndarray:
+def _joined(ctx, a, params: str) -> tuple[np.ndarray, int]:
     """sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])) with the shortcut's
     [c, 3] parameters in field `params`, as [n / c, c] integers (int32, or float64 holding them
-    exactly): what vaddrq writes and vrqadd requantizes."""
+    exactly): what vaddrq writes and vrqadd requantizes; and a bound on their magnitude. The bound
+    comes from the sums' own extremes, which also say whether the saturation can change anything,
+    so the requantization that follows needs no second look at the data."""
     c, n = a["c"], a["n"]
     src = view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c)
     rp = rq.decode(view(ctx, "nram", a[params], "i32", c * 3).reshape(c, 3))
@@ -423,16 +420,21 @@ def _joined(ctx, a, params: str) -> np.ndarray:
     t = rq.scaled(src, rp)
     if t is None:
         r = rq.requant_int64(src, rp, 0, *rq.I32, "i32")
-        return nx.saturate(acc.astype(np.int64) + r, "i32")
+        return nx.saturate(acc.astype(np.int64) + r, "i32"), 1 << 31
     if not rq.within_i32(src, rp):
         rq.clamp(t, *rq.I32)                # the requant to i32 with full clamps
     t += acc                                # exact: both below 2**31
-    return rq.clamp(t, *rq.I32)             # saturated to i32
+    if not t.size:
+        return t, 0
+    lo, hi = t.min(), t.max()
+    if lo < rq.I32[0] or hi > rq.I32[1]:
+        return rq.clamp(t, *rq.I32), 1 << 31     # saturated to i32
+    return t, int(max(-lo, hi))
 
 
 def vaddrq(ctx, a):
     """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
-    view(ctx, "nram", a["dst"], "i32", a["n"])[:] = _joined(ctx, a, "params").reshape(-1)
+    view(ctx, "nram", a["dst"], "i32", a["n"])[:] = _joined(ctx, a, "params")[0].reshape(-1)
 
 
 def touch_rqadd(a):
@@ -447,10 +449,6 @@ def vrqadd(ctx, a):
     lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
     c, n, odt = a["c"], a["n"], E(a, "odt")
     rp = rq.decode(view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3))
-    joined = _joined(ctx, a, "rparams")
-    dst = view(ctx, "nram", a["dst"], odt, n)
-    t = rq.scaled(joined, rp)
-    if t is None:
-        dst[:] = rq.requant_int64(joined, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
-    else:
-        dst[:] = rq.store_values(t, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
+    joined, top = _joined(ctx, a, "rparams")
+    view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(joined, rp, a["zp"], a["lo"], a["hi"], odt,
+                                                            top).reshape(-1)

@@ -1,0 +1,240 @@
+"""Conv products computed when first needed, the tiles of one weight block in one GEMM.
+
+Why: a conv instruction is one output row's tile, 7 to 56 im2col rows against a whole weight block
+(up to 4,608 x 512), a shape BLAS runs at 10-20 GMAC/s against ~45 for tall products. Its sums are
+exact integers however BLAS adds them (numerics.gemm_exact; its float32 data bound is per row, so
+it holds row by row for rows stacked from many tiles), so a tile's product may run later without
+changing a bit. `conv` hands its tile here (the im2col rows are a fresh copy anyway) and leaves its
+destination unwritten; before any instruction of that core touches those NRAM bytes, every pending
+tile of the same weight block, on any core, is computed in one stacked GEMM and stored. Cores
+running one layer side by side have typically all issued their tile by then.
+
+The weight block's float32 form is made once per load into WRAM and shared by every core whose
+WRAM holds the same bytes (found by content); a write into WRAM drops the blocks it overlaps.
+Timing is untouched: this only moves when the host computes values nobody has read yet.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlusim.isa import numerics as nx
+from mlusim.isa.fields import DTYPE_BYTES, DTYPES
+from mlusim.isa.semantics import requant as rq
+
+
+class WeightBlock:
+    """A weight block [n, k] as float32 (exact for int8 and int16 values) and its waiting groups of
+    tiles, by gemm_exact's bounds (each, w_max), which must be the same for every stacked row."""
+    __slots__ = ("bf", "waiting", "__weakref__")
+
+    def __init__(self, w: np.ndarray):
+        self.bf = w.astype(np.float32)
+        self.waiting: dict[tuple[float, int], Group] = {}
+
+
+TOUCH_MEMO = 1 << 15    # instructions' touch summaries remembered (ResNet-50 b16 has 7,352)
+STACK_ROWS = 1024       # a group's first row buffer; it doubles when more tiles come
+
+
+class Group:
+    """Tiles waiting for one product with `block` under the bounds (each, w_max), their rows
+    stacked in one buffer as they come (no copy to gather them at the product)."""
+    __slots__ = ("block", "each", "w_max", "buf", "used", "tiles")
+
+    def __init__(self, block: WeightBlock, each: float, w_max: int):
+        self.block, self.each, self.w_max = block, each, w_max
+        self.buf = np.empty((0, block.bf.shape[1]), np.float32)
+        self.used = 0
+        self.tiles: list[Tile] = []
+
+    def slot(self, m: int) -> np.ndarray:
+        """The next m rows of the stack, to be filled by the caller."""
+        r0 = self.used
+        if r0 + m > len(self.buf):
+            grown = np.empty((max(2 * len(self.buf), r0 + m, STACK_ROWS), self.buf.shape[1]), np.float32)
+            grown[:r0] = self.buf[:r0]
+            self.buf = grown
+        self.used = r0 + m
+        return self.buf[r0:r0 + m]
+
+
+@dataclass(slots=True, eq=False)
+class Requant:
+    """A vrequant of a pending tile's whole output, waiting with it: its parameters decoded when
+    it ran (rq.decode snapshots them), and NRAM bytes [lo, hi) its `dst` view covers."""
+    rp: rq.RequantParams
+    zp: int
+    low: int
+    high: int
+    odt: str
+    dst: np.ndarray
+    lo: int
+    hi: int
+
+
+@dataclass(slots=True, eq=False)
+class Tile:
+    """One conv's pending product, rows [r0, r1) of its group's stack: `store(sums)` writes NRAM
+    bytes [lo, hi) of core `owner`; `plain` when those bytes are the sums themselves as int32
+    (a vrequant reading them may then wait too: `then`)."""
+    owner: int
+    lo: int
+    hi: int
+    r0: int
+    r1: int
+    store: Callable[[np.ndarray], None]
+    group: Group
+    plain: bool
+    then: Requant | None = None
+
+    def touches(self, lo: int, hi: int) -> bool:
+        """Whether NRAM [lo, hi) overlaps bytes this tile (or its waiting vrequant) will write."""
+        t = self.then
+        return (lo < self.hi and self.lo < hi) or (t is not None and lo < t.hi and t.lo < hi)
+
+
+class DeferredGemms:
+    """The chip's pending conv products (one per chip: tiles of several cores share a GEMM)."""
+
+    def __init__(self):
+        # core -> {(WRAM addr, shape, dtype): (end addr, block)}: the blocks its WRAM holds
+        self._held: dict[int, dict[tuple, tuple[int, WeightBlock]]] = {}
+        self._pending: dict[int, list[Tile]] = {}       # core -> its tiles not stored yet
+        self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # content -> block
+        self._touches: dict[int, tuple] = {}            # id(touches) -> _summary
+
+    def block(self, owner: int, addr: int, w: np.ndarray) -> WeightBlock:
+        """The block for weights `w` [n, k], a view of core `owner`'s WRAM at `addr`."""
+        held = self._held.setdefault(owner, {})
+        key = (addr, w.shape, w.dtype)
+        hit = held.get(key)
+        if hit is not None:
+            return hit[1]
+        content = (w.shape, w.dtype, w.tobytes())
+        b = self._shared.get(content)
+        if b is None:
+            b = self._shared[content] = WeightBlock(w)
+        held[key] = (addr + w.nbytes, b)
+        return b
+
+    def defer(self, owner: int, wgt: int, lo: int, hi: int, gemm: nx.ConvGemm,
+              store: Callable[[np.ndarray], None], plain: bool) -> None:
+        """Compute `gemm` (float32 rows; its weights a view of core `owner`'s WRAM at `wgt`)
+        before NRAM [lo, hi) of that core is next touched, and pass the sums to `store` (`plain`:
+        which writes them there as they are, int32)."""
+        block = self.block(owner, wgt, gemm.weights)
+        key = (gemm.each, gemm.w_max)
+        g = block.waiting.get(key)
+        if g is None:
+            g = block.waiting[key] = Group(block, *key)
+        r0 = g.used
+        gemm.rows(g.slot(gemm.m))
+        t = Tile(owner, lo, hi, r0, g.used, store, g, plain)
+        g.tiles.append(t)
+        self._pending.setdefault(owner, []).append(t)
+
+    def execute(self, core, op, a: dict, touches) -> None:
+        """Run an instruction's semantics on `core` (its prepared touches given): a vrequant of a
+        pending tile's whole output waits with the tile; anything else first has the pending tiles
+        whose bytes it touches stored, and a write into WRAM drops the blocks it overlaps."""
+        hit = self._touches.get(id(touches))
+        if hit is None or hit[0] is not touches:
+            hit = self._summary(touches)
+        if hit[2]:
+            self._forget(core.id, hit[2])
+        pend = self._pending.get(core.id)
+        if pend:
+            if op.mnemonic == "vrequant" and self._requant_later(core, a, hit[1], pend):
+                return
+            for lo, hi in hit[1]:
+                for t in [t for t in pend if t.touches(lo, hi)]:
+                    if t.group.tiles:           # not stored already with an earlier one's group
+                        self._run(t.group)
+        op.execute(core, a)
+
+    def _requant_later(self, core, a: dict, nram: tuple, pend: list[Tile]) -> bool:
+        """Attach a vrequant to the pending tile it reads whole (c = the tile's channels, its
+        sums stored plain), when its other operands (`nram`: every NRAM range it touches) touch
+        no pending bytes."""
+        src, n, c = a["src"], a["n"], a["c"]
+        end = src + 4 * n
+        for t in pend:
+            if t.lo == src and t.hi == end:
+                break
+        else:
+            return False
+        if not t.plain or t.then is not None or t.group.block.bf.shape[0] != c:
+            return False
+        for lo, hi in nram:
+            for u in pend:
+                if u.touches(lo, hi) and (u is not t or lo != src or hi != end):
+                    return False
+        odt = DTYPES[a["odt"]]
+        buf = core.mem("nram")
+        p = a["params"]
+        rp = rq.decode(buf[p:p + 12 * c].view(np.int32))
+        d = a["dst"]
+        dhi = d + n * DTYPE_BYTES[odt]
+        t.then = Requant(rp, a["zp"], a["lo"], a["hi"], odt, buf[d:dhi].view(nx.NP_DTYPES[odt]), d, dhi)
+        return True
+
+    def _forget(self, owner: int, writes: tuple) -> None:
+        """Drop the weight blocks of core `owner` that WRAM writes [lo, hi) change."""
+        held = self._held.get(owner)
+        for lo, hi in writes if held else ():
+            for key in [k for k, (end, _) in held.items() if lo < end and k[0] < hi]:
+                del held[key]
+
+    def _summary(self, touches) -> tuple:
+        """(touches, NRAM ranges, WRAM ranges written), remembered by the touches' id (the entry
+        holds them, so the id stays theirs): the engine passes the same few thousand lists."""
+        if len(self._touches) >= TOUCH_MEMO:
+            self._touches.clear()
+        nram = tuple((a, a + n) for space, a, n, _, _ in touches if space == "nram")
+        wram = tuple((a, a + n) for space, a, n, rw, _ in touches if space == "wram" and rw == "w")
+        hit = self._touches[id(touches)] = (touches, nram, wram)
+        return hit
+
+    def settle(self) -> None:
+        """Store every pending tile (the end of a run)."""
+        for pend in list(self._pending.values()):
+            while pend:
+                self._run(pend[0].group)
+
+    def _run(self, g: Group) -> None:
+        """One stacked product for a group's tiles, each tile's rows then stored."""
+        del g.block.waiting[(g.each, g.w_max)]
+        sums = nx.gemm_exact(g.buf[:g.used], g.block.bf, g.each, g.w_max)
+        pending = self._pending
+        for t in g.tiles:
+            t.store(sums[t.r0:t.r1])
+            pending[t.owner].remove(t)
+        _requant_runs(g.tiles, sums)
+        g.tiles = []
+
+
+def _requant_runs(tiles: list[Tile], sums: np.ndarray) -> None:
+    """The waiting vrequants of a group's tiles, each run of neighbours with the same parameters
+    requantized together from the stacked sums (the same values the int32 store holds)."""
+    i = 0
+    while i < len(tiles):
+        q = tiles[i].then
+        if q is None:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(tiles) and _same(tiles[j].then, q):
+            j += 1
+        base = tiles[i].r0
+        vals = rq.requantized(sums[base:tiles[j - 1].r1], q.rp, q.zp, q.low, q.high, q.odt)
+        for t in tiles[i:j]:
+            t.then.dst[:] = vals[t.r0 - base:t.r1 - base].reshape(-1)
+        i = j
+
+
+def _same(p: Requant | None, q: Requant) -> bool:
+    return p is not None and p.rp is q.rp and (p.zp, p.low, p.high, p.odt) == (q.zp, q.low, q.high, q.odt)

@@ -1,0 +1,56 @@
+"""Deferred conv products (mlusim/isa/deferred.py) give the bits an immediate computation would:
+a conv output read whole by a vrequant, overwritten while pending, requantized in place, and
+weights reloaded at the same WRAM address between convs, against the independent reference."""
+from __future__ import annotations
+
+import numpy as np
+
+from mlusim.isa.encoding import Instr
+from mlusim.program import Kernel, Program, TensorDecl, allocate
+from mlusim.sim import simulate
+from numerics_util import R, assert_bits
+
+X_AT, P_AT, D1, D2, Q1 = 0, 4096, 8192, 16384, 24576      # NRAM addresses
+GEOM = dict(dt="i8", odt="i32", n=1, hi=4, wi=5, ci=8, co=16, kh=3, kw=3, sh=1, sw=1, pt=1, pb=1, pl=1, pr=1,
+            dh=1, dw=1, groups=1, pos=0)
+
+
+def _const(name, arr):
+    arr = np.ascontiguousarray(arr)
+    return TensorDecl(name, "const", {np.int8: "i8", np.int32: "i32"}[arr.dtype.type], (arr.size,), -1,
+                      data=arr.reshape(-1))
+
+
+def test_deferred_convs_and_requants_match_the_reference():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, (1, 4, 5, 8)).astype(np.int8)
+    w1 = rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8)
+    w2 = rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8)
+    params = np.stack([rng.integers(-1000, 1000, 16), rng.integers(1 << 29, 1 << 31, 16),
+                       np.full(16, 36)], 1).astype(np.int32)
+    n = 4 * 5 * 16
+    ins = {k: _const(k, v) for k, v in (("x", x), ("w1", w1), ("w2", w2), ("params", params))}
+    outs = {k: TensorDecl(k, "output", dt, (n,), -1) for k, dt in (("d1", "i32"), ("d2", "i32"), ("q1", "i8"))}
+    tensors = list(ins.values()) + list(outs.values())
+    allocate(tensors)
+    conv = dict(src=X_AT, wgt=0, **GEOM)
+    rq = dict(c=16, n=n, params=P_AT, zp=3, lo=-100, hi=100)
+    stream = [
+        Instr.make("dma", dir="g2n", dst=X_AT, src=ins["x"].addr, size=x.nbytes),
+        Instr.make("dma", dir="g2n", dst=P_AT, src=ins["params"].addr, size=params.nbytes),
+        Instr.make("dma", dir="g2w", dst=0, src=ins["w1"].addr, size=w1.nbytes, sig="cp"),
+        Instr.make("conv", dst=D1, wait="ld", **conv),                      # pending
+        Instr.make("vrequant", dst=Q1, src=D1, odt="i8", sig="ld", **rq),   # waits with it
+        Instr.make("dma", dir="g2w", dst=0, src=ins["w2"].addr, size=w2.nbytes, wait="cp", sig="cp"),
+        Instr.make("conv", dst=D2, wait="ld", **conv),                      # the new weights
+        Instr.make("conv", dst=D1, **conv),                                 # overwrites a pending tile
+        Instr.make("vrequant", dst=D2, src=D2, odt="i32", sig="st", **rq),  # in place
+    ] + [Instr.make("dma", dir="n2g", dst=outs[k].addr, src=a, size=outs[k].nbytes, **({"wait": "cp"} if i == 0 else {}))
+         for i, (k, a) in enumerate((("d1", D1), ("d2", D2), ("q1", Q1)))]
+    res = simulate(Program([Kernel("k", "block", 1, [stream])], tensors), "mlu270", cores=1)
+    pads = (1, 1, 1, 1)
+    c1 = R.ref_conv(x, w1, 1, 1, pads, 1, 1, 1, "i32", 0).reshape(-1)
+    c2 = R.ref_conv(x, w2, 1, 1, pads, 1, 1, 1, "i32", 0).reshape(-1)
+    assert_bits(res.outputs["d1"].reshape(-1), c2)
+    assert_bits(res.outputs["q1"].reshape(-1), R.ref_requant(c1, params, 16, "i8", 3, -100, 100))
+    assert_bits(res.outputs["d2"].reshape(-1), R.ref_requant(c2, params, 16, "i32", 3, -100, 100))
