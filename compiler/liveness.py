@@ -46,8 +46,20 @@ def base_value(g, name: str) -> str:
     return node.name
 
 
-def escaping(g, nodes) -> set[str]:
-    """Values of the span that are used after it (or are the graph's output): they go to GDRAM."""
+def escaping(g, nodes, memo: dict | None = None) -> set[str]:
+    """Values of the span that are used after it (or are the graph's output): they go to GDRAM.
+    `memo`: the planner's cache (see sram_plan), where the answer is kept (not to be changed)."""
+    if memo is not None and nodes:
+        key = ("escaping", id(nodes[0]), id(nodes[-1]), len(nodes))
+        hit = memo.get(key)
+        if hit is None:
+            span = _span(g, nodes, memo)
+            hit = memo[key] = _escaping(g, nodes) if span is None else _escaping_span(g, nodes, span, memo)
+        return hit
+    return _escaping(g, nodes)
+
+
+def _escaping(g, nodes) -> set[str]:
     inside = {n.name for n in nodes}
     out = set()
     for n in g.nodes:
@@ -62,33 +74,90 @@ def escaping(g, nodes) -> set[str]:
     return out
 
 
-def last_use(g, nodes) -> dict[str, int]:
+def _span(g, nodes, memo: dict) -> tuple[int, int] | None:
+    """[a, b): where `nodes` sits in the graph's node list, when it is a run of it (a planner's span)."""
+    pos = _graph_facts(g, memo)["position"]
+    a = pos.get(nodes[0].name)
+    if a is None or g.nodes[a] is not nodes[0] or a + len(nodes) > len(g.nodes) or \
+            g.nodes[a + len(nodes) - 1] is not nodes[-1]:
+        return None
+    return a, a + len(nodes)
+
+
+def _graph_facts(g, memo: dict) -> dict:
+    """Once per planner run (memo): each node's position, the first and last positions reading
+    each value, and base_value of every name (views resolved)."""
+    facts = memo.get("graph facts")
+    if facts is None:
+        position: dict[str, int] = {}
+        readers: dict[str, tuple[int, int]] = {}
+        for k, n in enumerate(g.nodes):
+            position.setdefault(n.name, k)
+            for i in n.inputs:
+                lo, _hi = readers.get(i, (k, k))
+                readers[i] = (lo, k)
+        base = {n.name: base_value(g, n.name) for n in g.nodes}
+        facts = memo["graph facts"] = {"position": position, "readers": readers, "base": base}
+    return facts
+
+
+def _escaping_span(g, nodes, span: tuple[int, int], memo: dict) -> set[str]:
+    """_escaping of the run [a, b) of the graph's nodes: a value read at a position outside it."""
+    a, b = span
+    facts = _graph_facts(g, memo)
+    readers, base = facts["readers"], facts["base"]
+    out = set()
+    for n in nodes:
+        r = readers.get(n.name)
+        if r is not None and (r[0] < a or r[1] >= b):
+            out.add(base[n.name])
+    inside = {n.name for n in nodes}
+    for o in g.outputs:
+        if o in inside:
+            out.add(base[o])
+    return out
+
+
+def _base_of(g, memo: dict | None):
+    """base_value(g, name) as a function of the name; from the planner's table when it has one."""
+    if memo is None:
+        return lambda name: base_value(g, name)
+    base = _graph_facts(g, memo)["base"]
+    return lambda name: base[name] if name in base else base_value(g, name)
+
+
+def last_use(g, nodes, memo: dict | None = None) -> dict[str, int]:
     """Index in `nodes` of the last node reading each value (views resolved to their base)."""
+    base = _base_of(g, memo)
     last: dict[str, int] = {}
     for k, n in enumerate(nodes):
         for i in n.inputs:
-            last[base_value(g, i)] = k
+            last[base(i)] = k
     return last
 
 
-def external_inputs(g, nodes) -> list[str]:
+def external_inputs(g, nodes, memo: dict | None = None) -> list[str]:
     """Values the span reads that are computed before it (by base name, in first-use order)."""
+    base = _base_of(g, memo)
     inside = {n.name for n in nodes}
     out: list[str] = []
     for n in nodes:
         for i in n.inputs:
-            b = base_value(g, i)
+            b = base(i)
             if b not in inside and b not in out:
                 out.append(b)
     return out
 
 
-def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False) -> dict[str, tuple[int, int]]:
+def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False, memo: dict | None = None
+              ) -> dict[str, tuple[int, int]]:
     """(first, last) layer index of each value sram_plan places: from the layer that writes it
-    (staged inputs: -1, before the first) to the last that reads it."""
-    esc = escaping(g, nodes)
-    last = last_use(g, nodes)
-    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in (external_inputs(g, nodes) if stage else [])}
+    (staged inputs: -1, before the first) to the last that reads it. `memo`: the planner's cache
+    (sram_plan)."""
+    esc = escaping(g, nodes, memo)
+    last = last_use(g, nodes, memo)
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1))
+                                        for v in (external_inputs(g, nodes, memo) if stage else [])}
     for k, n in enumerate(nodes):
         if n.op not in VIEWS and (keep is True or n.name in (keep or ()) or n.name not in esc):
             life[n.name] = (k, max(k, last.get(n.name, k)))
@@ -209,7 +278,7 @@ def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dic
     span = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep)
     life = memo.get(span)
     if life is None:
-        life = memo[span] = lifetimes(g, nodes, stage, keep)
+        life = memo[span] = lifetimes(g, nodes, stage, keep, memo)
     hit = memo.get(span + (group,))
     if hit is None:
         per_image = memo.setdefault("device_image_bytes", {})

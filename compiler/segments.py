@@ -121,13 +121,7 @@ def _bases(g, node, memo: dict | None) -> tuple[str, ...]:
 
 def _escaping(g, nodes, memo: dict | None) -> set[str]:
     """liveness.escaping, once per span and planner run (`memo`: its cache; not to be changed)."""
-    if memo is None:
-        return escaping(g, nodes)
-    key = ("escaping", id(nodes[0]), id(nodes[-1]), len(nodes))
-    hit = memo.get(key)
-    if hit is None:
-        hit = memo[key] = escaping(g, nodes)
-    return hit
+    return escaping(g, nodes, memo)
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
