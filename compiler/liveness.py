@@ -6,6 +6,7 @@ inside it dies, and where each lives in the cluster's SRAM.
 """
 from __future__ import annotations
 
+from bisect import insort
 from itertools import accumulate
 from math import prod
 
@@ -219,26 +220,42 @@ def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, ex
         if memo is not None else None
     if over is not None and group >= memo.get(over, group + 1):
         return None          # a smaller group's values alone overflowed (their bytes grow with the group)
-    life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo)
-    if peak > capacity and over is not None:
-        memo[over] = min(group, memo.get(over, group))
+    life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo, capacity)
+    if peak > capacity:     # what is alive at one layer alone overflows: no placement fits
+        if over is not None:
+            memo[over] = min(group, memo.get(over, group))
+        return None
     if extra:           # buffers that are not values (share.py's stages)
         life, size = dict(life), dict(size)
         for v, (nbytes, f, l_) in extra.items():
             life[v], size[v] = (f, l_), aligned(nbytes)
-        peak = _peak_live(life, size)
-    if peak > capacity:
-        return None          # what is alive at one layer alone overflows: no placement fits
-    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
+        if _peak_live(life, size) > capacity:
+            return None
+    return _greedy(life, size, capacity)
+
+
+def _greedy(life: dict, size: dict, capacity: int) -> tuple[dict[str, int], int] | None:
+    """Largest first, each at the lowest offset clear of the placed values alive with it (lowest_fit,
+    walking the placed values in address order instead of sorting the ones in the way each time)."""
+    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last), in address order
     addrs: dict[str, int] = {}
+    top = 0
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
         f, l_ = life[v]
-        at = lowest_fit([(a, b) for a, b, f2, l2 in placed if f2 <= l_ and f <= l2], size[v], capacity)
-        if at is None:
+        nbytes = size[v]
+        at = 0
+        for a, b, f2, l2 in placed:
+            if f2 <= l_ and f <= l2:
+                if at + nbytes <= a:
+                    break
+                if b > at:
+                    at = b
+        if at + nbytes > capacity:
             return None
         addrs[v] = at
-        placed.append((at, at + size[v], f, l_))
-    return addrs, max((p[1] for p in placed), default=0)
+        insort(placed, (at, at + nbytes, f, l_))
+        top = max(top, at + nbytes)
+    return addrs, top
 
 
 def _outside_view(g, nodes, memo: dict | None) -> bool:
@@ -267,26 +284,34 @@ def _peak_live(life: dict, size: dict) -> int:
     return max(0, max(accumulate(delta)))
 
 
-def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None
-                   ) -> tuple[dict, dict, int]:
+def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None, capacity: int
+                   ) -> tuple[dict, dict | None, int]:
     """sram_plan's lifetimes and sizes of the span's values (the memo's own dicts: not to be
-    changed), and the most bytes alive at one layer (_peak_live)."""
+    changed), and the most bytes alive at one layer (_peak_live). With a memo, a group whose
+    unaligned bytes alone exceed `capacity` gets no sizes (None) and that lower bound as its peak:
+    the planner asks about many such (long spans, big image groups)."""
     if memo is None or not nodes:
         life = lifetimes(g, nodes, stage, keep)
         size = {v: group_bytes(lay[v], group) for v in life}
         return life, size, _peak_live(life, size)
     span = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep)
-    life = memo.get(span)
-    if life is None:
-        life = memo[span] = lifetimes(g, nodes, stage, keep, memo)
-    hit = memo.get(span + (group,))
-    if hit is None:
-        per_image = memo.setdefault("device_image_bytes", {})
+    per_image = memo.setdefault("device_image_bytes", {})
+    facts = memo.get(span)
+    if facts is None:
+        life = lifetimes(g, nodes, stage, keep, memo)
         for v in life:
             if v not in per_image:
                 per_image[v] = device_image_bytes(lay[v])
-        size = {v: aligned(per_image[v] * group) for v in life}
-        hit = memo[span + (group,)] = size, _peak_live(life, size)
+        facts = memo[span] = life, _peak_live(life, per_image)
+    life, one = facts
+    hit = memo.get(span + (group,))
+    if hit is None or (hit[0] is None and hit[1] <= capacity):
+        if group * one > capacity:         # aligning only adds bytes
+            hit = None, group * one
+        else:
+            size = {v: aligned(per_image[v] * group) for v in life}
+            hit = size, _peak_live(life, size)
+        memo[span + (group,)] = hit
     return life, hit[0], hit[1]
 
 
