@@ -94,6 +94,25 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: flo
     return cost
 
 
+def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache: dict | None) -> float:
+    """At most tiler_cost: its price when `key` (tiler_cost's cache key) is priced already, else the
+    conv's multiply-accumulates spread evenly over `tasks` cores' MAC arrays with every lane busy
+    (each tiling, its kernel columns folded into channels or not, costs at least that); 0 for what
+    is not a plain conv (depthwise, grouped, the space-to-depth stem, fully connected)."""
+    if key is not None and cache is not None and key in cache:
+        return cache[key]
+    if node.op != "conv2d" or node.attrs.get("groups", 1) != 1:
+        return 0.0
+    s2d = space_to_depth(g)
+    if s2d and s2d["conv"] == node.name:
+        return 0.0
+    co, cig, kh, kw = node.q["weight"].shape
+    core = cfg.core
+    lanes = core.mac_ci_lanes_int16 if node.q.get("dtype") == "int16" else core.mac_ci_lanes_int8
+    ho, wo = node.attrs.get("conv_shape", node.shape)[2:4]
+    return images * ho * wo * kh * ceil(kw * cig / lanes) * co / core.mac_co_lanes / tasks
+
+
 def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
     """Layer-at-a-time estimate: a conv or linear layer's own tiling plan (priced with the engine's
     formulas) plus a kernel launch; other layers the slower of vector work and DRAM traffic."""
@@ -125,10 +144,12 @@ def _escaping(g, nodes, memo: dict | None) -> set[str]:
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
-                 cache: dict | None = None, opts: FusionOptions = FusionOptions()) -> float:
+                 cache: dict | None = None, opts: FusionOptions = FusionOptions(), bound: bool = False) -> float:
     """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
     cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
-    bytes, whichever is slower. Unstaged external inputs are read once per reader."""
+    bytes, whichever is slower. Unstaged external inputs are read once per reader. `bound`: a lower
+    bound of that instead, without tile searches or a weight-sharing schedule (_tiler_bound for each
+    layer; no layer left out of sharing, so the fewest weight reads)."""
     cpc = cfg.chip.cores_per_cluster
     n_groups = batch // group
     jobs_run, groups = job_shape(batch, group, clusters)
@@ -137,7 +158,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     esc = _escaping(g, nodes, cache)
     inside = {n.name for n in nodes}
     gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts, cache) \
-        if shared else (None, {}, {}, set())
+        if shared and not bound else (None, {}, {}, set())
 
     def space(v: str) -> str:
         return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
@@ -149,6 +170,11 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = _bases(g, n, cache)
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
+            if bound:       # (shared: which layers stay per cluster, and so the search's key, is unknown)
+                per_group += _tiler_bound(cfg, g, n, group, cpc, (n.name, group, cpc, dram_share, spaces, opts.prefetch,
+                                                                  False, 0) if not shared else None, cache) \
+                    + cfg.cluster.sync_cycles
+                continue
             cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch,
                                   staged=shared and n.op == "conv2d" and n.name not in alone,
                                   gathered=jobs_run if n is gath else 0) for u in sliced.get(n.name, [n]))
@@ -219,10 +245,11 @@ def shares_weights(jobs: int, groups: int, clusters: int, per_job: int, opts: Fu
 
 
 def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None,
-              opts: FusionOptions = FusionOptions()) -> float:
+              opts: FusionOptions = FusionOptions(), bound: bool = False) -> float:
     """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
     slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
-    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
+    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower.
+    `bound`: a lower bound of that instead, without tile searches (_tiler_bound)."""
     cpc = cfg.chip.cores_per_cluster
     slots = max(1, clusters // n)
     jobs, rounds = job_shape(batch, group, slots)
@@ -235,9 +262,10 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         ins = _bases(g, x, cache)
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
-        per_group += tiler_cost(cfg, g, _slice(x, 0, x.q["weight"].shape[0] // n, cache), lay, group, cpc,
-                                1.0 / active, spaces, cache,
-                                prefetch=opts.prefetch, staged=shared)
+        part = _slice(x, 0, x.q["weight"].shape[0] // n, cache)
+        per_group += _tiler_bound(cfg, g, part, group, cpc, (part.name, group, cpc, 1.0 / active, spaces, opts.prefetch,
+                                                             shared, 0), cache) if bound else \
+            tiler_cost(cfg, g, part, lay, group, cpc, 1.0 / active, spaces, cache, prefetch=opts.prefetch, staged=shared)
         pixels = group * int(prod(x.shape[2:]))
         per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
         if x.name in esc:
@@ -292,35 +320,56 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions(), pro
             progress("planning fusion", cuts[bi - 1], len(nodes))
         cand = None
         for a in cuts[:bi]:
-            if a not in best:
-                continue
             base, segs = best[a]
-            span = nodes[a:b]
-            choices = [(sum(layer[a:b]), None)]
-            if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
-                    all(n.op != "input" or k == 0 for k, n in enumerate(span)):
-                for gr in groups:
-                    for stage in ((True, False) if span[0].op != "input" else (False,)):
-                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache)
-                        if plan is not None:
-                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
-                            choices.append((cost, Segment(a, b, gr, stage)))
-                            break
-            if opts.wide and clusters > 1 and wide.eligible(span, g):
-                for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
-                    for gr in groups:
-                        plan = next(((stage, p) for stage in (True, False)
-                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True,
-                                                        memo=cache))), None)
-                        if plan is not None:
-                            cost = wide_cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache, opts)
-                            choices.append((cost, Segment(a, b, gr, plan[0], n)))
-            cost, seg = min(choices, key=lambda o: o[0])
+            cost, seg = _span_choice(g, cfg, a, b, sum(layer[a:b]), base, cand[0] if cand else None, groups, clusters,
+                                     lay, cache, opts)
             total = base + cost
             if cand is None or total < cand[0]:
                 cand = (total, segs + ([seg] if seg else []))
         best[b] = cand
     return best[len(nodes)][1]
+
+
+SLACK = 1 - 1e-9        # a lower bound, scaled by this, stays one whatever its own float rounding
+
+
+def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float | None, groups: list[int],
+                 clusters: int, lay: dict, cache: dict, opts: FusionOptions) -> tuple[float, Segment | None]:
+    """The first of the cheapest ways to run nodes [a, b): layer at a time (`layers` cycles, seg
+    None), as a segment of each group size that fits SRAM, as a wide segment of each cluster
+    count and group size, in that order. A fused choice whose lower bound (segment_cost and
+    wide_cost with `bound`) is no cheaper than the best so far, or that would not bring `base` +
+    its cycles below `beat` (the plan_segments candidate to beat), is not priced: it could not
+    change what the planner picks, so only answers the planner throws away differ."""
+    span = g.nodes[a:b]
+    batch = g.input.shape[0]
+    best: tuple[float, Segment | None] = (layers, None)
+
+    def futile(lower: float) -> bool:
+        lower *= SLACK
+        return lower >= best[0] or (beat is not None and base + lower >= beat)
+
+    if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and all(n.op != "input" or k == 0 for k, n in enumerate(span)):
+        for gr in groups:
+            for stage in ((True, False) if span[0].op != "input" else (False,)):
+                if sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache) is not None:
+                    if not futile(segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts, bound=True)):
+                        cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
+                        if cost < best[0]:
+                            best = (cost, Segment(a, b, gr, stage))
+                    break
+    if opts.wide and clusters > 1 and wide.eligible(span, g):
+        for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
+            for gr in groups:
+                stage = next((st for st in (True, False)
+                              if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=True, memo=cache)), None)
+                if stage is None or futile(wide_cost(cfg, g, span, gr, batch, clusters, n, stage, lay, cache, opts,
+                                                     bound=True)):
+                    continue
+                cost = wide_cost(cfg, g, span, gr, batch, clusters, n, stage, lay, cache, opts)
+                if cost < best[0]:
+                    best = (cost, Segment(a, b, gr, stage, n))
+    return best
 
 
 # ---- one segment's placement: what the emitter (fusion.py) follows ---------------------------------
