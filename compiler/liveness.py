@@ -211,9 +211,21 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     return None if hit is None else (dict(hit[0]), hit[1])
 
 
-def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
-           ) -> tuple[dict[str, int], int] | None:
-    """sram_plan without its memo of whole answers."""
+def sram_may_fit(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep: bool | frozenset,
+                 memo: dict) -> bool:
+    """False when sram_plan (without `extra`) would answer None for a reason found without placing
+    anything (a view made outside a staged span, too many bytes alive at one layer); True when its
+    answer could be a plan. The planner asks this first and places only where it must."""
+    key = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, group, capacity, ())
+    if key in memo:
+        return memo[key] is not None
+    return _too_full(g, nodes, group, capacity, lay, stage, keep, memo) is not None
+
+
+def _too_full(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, memo
+              ) -> tuple[dict, dict] | None:
+    """None when the span's values cannot fit `capacity` whatever the placement (as _place finds
+    out first), else their lifetimes and sizes (_life_and_size)."""
     if stage and _outside_view(g, nodes, memo):
         return None          # a view made outside the span: read it where it is
     over = ("overflows from", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, capacity) \
@@ -225,6 +237,16 @@ def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, ex
         if over is not None:
             memo[over] = min(group, memo.get(over, group))
         return None
+    return life, size
+
+
+def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
+           ) -> tuple[dict[str, int], int] | None:
+    """sram_plan without its memo of whole answers."""
+    fits = _too_full(g, nodes, group, capacity, lay, stage, keep, memo)
+    if fits is None:
+        return None
+    life, size = fits
     if extra:           # buffers that are not values (share.py's stages)
         life, size = dict(life), dict(size)
         for v, (nbytes, f, l_) in extra.items():

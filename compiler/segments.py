@@ -17,7 +17,8 @@ from mlusim.compiler.context import KernelCtx, dram_rate
 from mlusim.compiler.kernels.conv import plan_conv
 from mlusim.compiler.kernels.linear import as_conv, plan_linear
 from mlusim.compiler.layout import layouts, s2d_conv, space_to_depth
-from mlusim.compiler.liveness import VIEWS, base_value, element_bytes, escaping, image_bytes, last_use, sram_plan
+from mlusim.compiler.liveness import (VIEWS, base_value, element_bytes, escaping, image_bytes, last_use, sram_may_fit,
+                                      sram_plan)
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.tiling import dma_cycles
 from mlusim.errors import CompileError
@@ -94,13 +95,22 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: flo
     return cost
 
 
-def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache: dict | None) -> float:
+def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache: dict) -> float:
     """At most tiler_cost: its price when `key` (tiler_cost's cache key) is priced already, else the
-    conv's multiply-accumulates spread evenly over `tasks` cores' MAC arrays with every lane busy
-    (each tiling, its kernel columns folded into channels or not, costs at least that); 0 for what
-    is not a plain conv (depthwise, grouped, the space-to-depth stem, fully connected)."""
-    if key is not None and cache is not None and key in cache:
-        return cache[key]
+    conv's multiply-accumulates spread evenly over `tasks` cores' MAC arrays (_mac_cycles)."""
+    hit = cache.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    per_image = cache.get(("mac cycles", node.name))
+    if per_image is None:
+        per_image = cache[("mac cycles", node.name)] = _mac_cycles(cfg, g, node)
+    return images * per_image / tasks
+
+
+def _mac_cycles(cfg, g, node) -> float:
+    """MAC-array cycles of one image of a plain conv with every lane busy: each tiling, its kernel
+    columns folded into channels or not, takes at least that; 0 for what is not a plain conv
+    (depthwise, grouped, the space-to-depth stem, fully connected)."""
     if node.op != "conv2d" or node.attrs.get("groups", 1) != 1:
         return 0.0
     s2d = space_to_depth(g)
@@ -110,7 +120,33 @@ def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache
     core = cfg.core
     lanes = core.mac_ci_lanes_int16 if node.q.get("dtype") == "int16" else core.mac_ci_lanes_int8
     ho, wo = node.attrs.get("conv_shape", node.shape)[2:4]
-    return images * ho * wo * kh * ceil(kw * cig / lanes) * co / core.mac_co_lanes / tasks
+    return ho * wo * kh * ceil(kw * cig / lanes) * co / core.mac_co_lanes
+
+
+@dataclass
+class _SpanBytes:
+    """What segment_cost and wide_cost add up over a span whatever the group, once per span."""
+    read_bytes: int           # bytes of an image of the external inputs, once per reader
+    input_bytes: int          # ... once each (staged: copied in once)
+    wide_read_bytes: int      # the same, for wide_cost: inputs whose base value is external
+    wide_input_bytes: int
+    out_bytes: int            # bytes of an image of the values that escape
+    weights: int              # weight bytes of its layers
+
+
+def _span_bytes(g, nodes, cache: dict | None) -> _SpanBytes:
+    key = ("span bytes", id(nodes[0]), id(nodes[-1]), len(nodes))
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        inside = {n.name for n in nodes}
+        reads = [b for n in nodes for i, b in zip(n.inputs, _bases(g, n, cache)) if i not in inside]
+        ext = [b for n in nodes for b in _bases(g, n, cache) if b not in inside]
+        hit = _SpanBytes(*(sum(image_bytes(g.node(v)) for v in vs) for vs in (reads, set(reads), ext, set(ext))),
+                         sum(image_bytes(g.node(v)) for v in _escaping(g, nodes, cache)),
+                         sum(node_weight_bytes(n) for n in nodes))
+        if cache is not None:
+            cache[key] = hit
+    return hit
 
 
 def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
@@ -151,6 +187,8 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     bound of that instead, without tile searches or a weight-sharing schedule (_tiler_bound for each
     layer; no layer left out of sharing, so the fewest weight reads)."""
     cpc = cfg.chip.cores_per_cluster
+    if bound and cache is None:
+        cache = {}
     n_groups = batch // group
     jobs_run, groups = job_shape(batch, group, clusters)
     dram_share = 1.0 / min(jobs_run, clusters)
@@ -183,14 +221,13 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
-    reads = [b for n in nodes for i, b in zip(n.inputs, _bases(g, n, cache)) if i not in inside]
-    io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
-        sum(image_bytes(g.node(v)) for v in esc)
+    sb = _span_bytes(g, nodes, cache)
+    io = (sb.input_bytes if staged else sb.read_bytes) + sb.out_bytes
     if staged:
-        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / dram_rate(cfg, cpc, dram_share)
+        per_group += group * sb.input_bytes / dram_rate(cfg, cpc, dram_share)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
-    weights = sum(node_weight_bytes(n) for n in nodes)
+    weights = sb.weights
     kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
     alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
     loads = 1 if shared else jobs_run     # share.py: once for the chip, but for the layers it leaves alone
@@ -251,6 +288,8 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
     bytes (weights once per group, inputs once per cluster or per reader), whichever is slower.
     `bound`: a lower bound of that instead, without tile searches (_tiler_bound)."""
     cpc = cfg.chip.cores_per_cluster
+    if bound and cache is None:
+        cache = {}
     slots = max(1, clusters // n)
     jobs, rounds = job_shape(batch, group, slots)
     active = min(jobs, slots) * n
@@ -270,16 +309,15 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
         if x.name in esc:
             per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
-    ext = [b for x in nodes for b in _bases(g, x, cache) if b not in inside]
-    reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
+    sb = _span_bytes(g, nodes, cache)
+    reads = sb.wide_input_bytes if staged else sb.wide_read_bytes
     if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
         per_group += group * reads / n / dram_rate(cfg, cpc, 1.0, active)
         per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
-    weights = sum(node_weight_bytes(x) for x in nodes)
+    weights = sb.weights
     kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
     loads = 1 if shared else jobs     # share.py: once for the chip
-    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
-                                                                         + sum(image_bytes(g.node(v)) for v in esc))
+    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads + sb.out_bytes)
     compute = ceil(jobs / slots) * rounds * per_group
     return max(compute, dram / dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD
 
@@ -349,26 +387,33 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
         lower *= SLACK
         return lower >= best[0] or (beat is not None and base + lower >= beat)
 
+    def placed(gr: int, stages, keep: bool, lower) -> tuple[bool, bool] | None:
+        """(staged, futile) of the first of `stages` whose values sram_plan places, or None: no
+        stage fits, or each that might is futile (then which one fits does not matter)."""
+        maybe = [st for st in stages if sram_may_fit(g, span, gr, cfg.sram_bytes, lay, st, keep, cache)]
+        hopeless = {st: futile(lower(st)) for st in maybe}
+        if all(hopeless.values()):
+            return None
+        st = next((st for st in maybe if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=keep, memo=cache)), None)
+        return None if st is None else (st, hopeless[st])
+
     if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and all(n.op != "input" or k == 0 for k, n in enumerate(span)):
         for gr in groups:
-            for stage in ((True, False) if span[0].op != "input" else (False,)):
-                if sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache) is not None:
-                    if not futile(segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts, bound=True)):
-                        cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
-                        if cost < best[0]:
-                            best = (cost, Segment(a, b, gr, stage))
-                    break
+            got = placed(gr, (True, False) if span[0].op != "input" else (False,), False, lambda st: segment_cost(
+                cfg, g, span, gr, batch, clusters, st, lay, cache, opts, bound=True))
+            if got is not None and not got[1]:
+                cost = segment_cost(cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts)
+                if cost < best[0]:
+                    best = (cost, Segment(a, b, gr, got[0]))
     if opts.wide and clusters > 1 and wide.eligible(span, g):
         for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
             for gr in groups:
-                stage = next((st for st in (True, False)
-                              if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=True, memo=cache)), None)
-                if stage is None or futile(wide_cost(cfg, g, span, gr, batch, clusters, n, stage, lay, cache, opts,
-                                                     bound=True)):
-                    continue
-                cost = wide_cost(cfg, g, span, gr, batch, clusters, n, stage, lay, cache, opts)
-                if cost < best[0]:
-                    best = (cost, Segment(a, b, gr, stage, n))
+                got = placed(gr, (True, False), True, lambda st: wide_cost(
+                    cfg, g, span, gr, batch, clusters, n, st, lay, cache, opts, bound=True))
+                if got is not None and not got[1]:
+                    cost = wide_cost(cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts)
+                    if cost < best[0]:
+                        best = (cost, Segment(a, b, gr, got[0], n))
     return best
 
 
