@@ -324,15 +324,22 @@ def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dic
         for v in life:
             if v not in per_image:
                 per_image[v] = device_image_bytes(lay[v])
-        facts = memo[span] = life, _peak_live(life, per_image)
-    life, one = facts
+        first = min((f for f, _l in life.values()), default=0)
+        # (value, first, last + 1) from the first layer: _peak_live's walk, laid out once per span
+        items = [(v, f - first, l_ + 1 - first) for v, (f, l_) in life.items()]
+        facts = memo[span] = life, _peak_live(life, per_image), items, max((i[2] for i in items), default=0) + 1
+    life, one, items, width = facts
     hit = memo.get(span + (group,))
     if hit is None or (hit[0] is None and hit[1] <= capacity):
         if group * one > capacity:         # aligning only adds bytes
             hit = None, group * one
         else:
             size = {v: aligned(per_image[v] * group) for v in life}
-            hit = size, _peak_live(life, size)
+            delta = [0] * width
+            for v, f, end in items:
+                delta[f] += size[v]
+                delta[end] -= size[v]
+            hit = size, max(0, max(accumulate(delta))) if items else 0
         memo[span + (group,)] = hit
     return life, hit[0], hit[1]
 

@@ -305,8 +305,7 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         per_group += _tiler_bound(cfg, g, part, group, cpc, (part.name, group, cpc, 1.0 / active, spaces, opts.prefetch,
                                                              shared, 0), cache) if bound else \
             tiler_cost(cfg, g, part, lay, group, cpc, 1.0 / active, spaces, cache, prefetch=opts.prefetch, staged=shared)
-        pixels = group * int(prod(x.shape[2:]))
-        per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
+        per_group += _exchange(cfg, x, n, group, cache)
         if x.name in esc:
             per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
     sb = _span_bytes(g, nodes, cache)
@@ -320,6 +319,17 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
     dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads + sb.out_bytes)
     compute = ceil(jobs / slots) * rounds * per_group
     return max(compute, dram / dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD
+
+
+def _exchange(cfg, x, n: int, group: int, cache: dict | None) -> float:
+    """wide.exchange_cycles of layer x's output over n clusters, once per planner run (`cache`)."""
+    key = ("exchange", x.name, n, group)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        hit = wide.exchange_cycles(cfg, n, group * image_bytes(x), group * int(prod(x.shape[2:])))
+        if cache is not None:
+            cache[key] = hit
+    return hit
 
 
 def _cut_points(g) -> list[int]:
