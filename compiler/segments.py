@@ -221,19 +221,31 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
+    if staged:
+        per_group += group * _span_bytes(g, nodes, cache).input_bytes / dram_rate(cfg, cpc, dram_share)
+    alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
+    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
+    return max(compute, segment_dram(cfg, g, nodes, group, batch, clusters, staged, cache, opts, alone_w)) + \
+        KERNEL_OVERHEAD
+
+
+def segment_dram(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, cache: dict | None,
+                 opts: FusionOptions, alone_w: int = 0) -> float:
+    """segment_cost's DRAM time: weights (once for the chip when shared, but the `alone_w` bytes of
+    the layers sharing leaves per cluster; else per job, less what stays in WRAM between its
+    groups), inputs and escaping values. With alone_w 0 a lower bound of it, needing no schedule."""
+    cpc = cfg.chip.cores_per_cluster
+    jobs_run, groups = job_shape(batch, group, clusters)
+    shared = shares_weights(jobs_run, groups, clusters, 1, opts)
     sb = _span_bytes(g, nodes, cache)
     io = (sb.input_bytes if staged else sb.read_bytes) + sb.out_bytes
-    if staged:
-        per_group += group * sb.input_bytes / dram_rate(cfg, cpc, dram_share)
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
     weights = sb.weights
     kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
-    alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
     loads = 1 if shared else jobs_run     # share.py: once for the chip, but for the layers it leaves alone
     dram = loads * (weights - alone_w + (groups - 1) * (weights - kept)) + jobs_run * alone_w + batch * io
-    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
-    return max(compute, dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+    return dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)
 
 
 def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict, opts: FusionOptions,
@@ -313,12 +325,26 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
     if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
         per_group += group * reads / n / dram_rate(cfg, cpc, 1.0, active)
         per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
+    compute = ceil(jobs / slots) * rounds * per_group
+    return max(compute, wide_dram(cfg, g, nodes, group, batch, clusters, n, staged, cache, opts)) + KERNEL_OVERHEAD
+
+
+def wide_dram(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, cache: dict | None,
+              opts: FusionOptions) -> float:
+    """wide_cost's DRAM time: weights once per group (for the chip when shared), inputs once per
+    cluster or per reader, escaping values."""
+    cpc = cfg.chip.cores_per_cluster
+    slots = max(1, clusters // n)
+    jobs, rounds = job_shape(batch, group, slots)
+    active = min(jobs, slots) * n
+    shared = shares_weights(jobs, rounds, clusters, n, opts)
+    sb = _span_bytes(g, nodes, cache)
+    reads = sb.wide_input_bytes if staged else sb.wide_read_bytes
     weights = sb.weights
     kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
     loads = 1 if shared else jobs     # share.py: once for the chip
     dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads + sb.out_bytes)
-    compute = ceil(jobs / slots) * rounds * per_group
-    return max(compute, dram / dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD
+    return dram / dram_rate(cfg, active * cpc)
 
 
 def _exchange(cfg, x, n: int, group: int, cache: dict | None) -> float:
@@ -397,11 +423,14 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
         lower *= SLACK
         return lower >= best[0] or (beat is not None and base + lower >= beat)
 
-    def placed(gr: int, stages, keep: bool, lower) -> tuple[bool, bool] | None:
+    def placed(gr: int, stages, keep: bool, dram, lower) -> tuple[bool, bool] | None:
         """(staged, futile) of the first of `stages` whose values sram_plan places, or None: no
-        stage fits, or each that might is futile (then which one fits does not matter)."""
+        stage fits, or each that might is futile (then which one fits does not matter). dram(st),
+        the choice's DRAM time, bounds it from below at once (lower(st): the whole bound)."""
+        if all(futile(dram(st) + KERNEL_OVERHEAD) for st in stages):
+            return None
         maybe = [st for st in stages if sram_may_fit(g, span, gr, cfg.sram_bytes, lay, st, keep, cache)]
-        hopeless = {st: futile(lower(st)) for st in maybe}
+        hopeless = {st: futile(dram(st) + KERNEL_OVERHEAD) or futile(lower(st)) for st in maybe}
         if all(hopeless.values()):
             return None
         st = next((st for st in maybe if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=keep, memo=cache)), None)
@@ -409,8 +438,9 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
 
     if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and all(n.op != "input" or k == 0 for k, n in enumerate(span)):
         for gr in groups:
-            got = placed(gr, (True, False) if span[0].op != "input" else (False,), False, lambda st: segment_cost(
-                cfg, g, span, gr, batch, clusters, st, lay, cache, opts, bound=True))
+            got = placed(gr, (True, False) if span[0].op != "input" else (False,), False,
+                         lambda st: segment_dram(cfg, g, span, gr, batch, clusters, st, cache, opts),
+                         lambda st: segment_cost(cfg, g, span, gr, batch, clusters, st, lay, cache, opts, bound=True))
             if got is not None and not got[1]:
                 cost = segment_cost(cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts)
                 if cost < best[0]:
@@ -418,8 +448,9 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
     if opts.wide and clusters > 1 and wide.eligible(span, g):
         for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
             for gr in groups:
-                got = placed(gr, (True, False), True, lambda st: wide_cost(
-                    cfg, g, span, gr, batch, clusters, n, st, lay, cache, opts, bound=True))
+                got = placed(gr, (True, False), True,
+                             lambda st: wide_dram(cfg, g, span, gr, batch, clusters, n, st, cache, opts),
+                             lambda st: wide_cost(cfg, g, span, gr, batch, clusters, n, st, lay, cache, opts, bound=True))
                 if got is not None and not got[1]:
                     cost = wide_cost(cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts)
                     if cost < best[0]:
