@@ -180,12 +180,14 @@ def _escaping(g, nodes, memo: dict | None) -> set[str]:
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
-                 cache: dict | None = None, opts: FusionOptions = FusionOptions(), bound: bool = False) -> float:
+                 cache: dict | None = None, opts: FusionOptions = FusionOptions(), bound: bool = False,
+                 searches: int = 0) -> float:
     """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
     cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
     bytes, whichever is slower. Unstaged external inputs are read once per reader. `bound`: a lower
-    bound of that instead, without tile searches or a weight-sharing schedule (_tiler_bound for each
-    layer; no layer left out of sharing, so the fewest weight reads)."""
+    bound of that instead, without a weight-sharing schedule (_tiler_bound for each layer; no layer
+    left out of sharing, so the fewest weight reads), searching the tilings of at most `searches`
+    layers not priced yet (the bound then holds their prices: _span_choice tightens it so)."""
     cpc = cfg.chip.cores_per_cluster
     if bound and cache is None:
         cache = {}
@@ -209,9 +211,11 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
             ins = _bases(g, n, cache)
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
             if bound:       # (shared: which layers stay per cluster, and so the search's key, is unknown)
-                per_group += _tiler_bound(cfg, g, n, group, cpc, (n.name, group, cpc, dram_share, spaces, opts.prefetch,
-                                                                  False, 0) if not shared else None, cache) \
-                    + cfg.cluster.sync_cycles
+                key = (n.name, group, cpc, dram_share, spaces, opts.prefetch, False, 0) if not shared else None
+                if searches and key is not None and key not in cache:
+                    searches -= 1
+                    tiler_cost(cfg, g, n, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch)
+                per_group += _tiler_bound(cfg, g, n, group, cpc, key, cache) + cfg.cluster.sync_cycles
                 continue
             cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch,
                                   staged=shared and n.op == "conv2d" and n.name not in alone,
@@ -294,11 +298,12 @@ def shares_weights(jobs: int, groups: int, clusters: int, per_job: int, opts: Fu
 
 
 def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None,
-              opts: FusionOptions = FusionOptions(), bound: bool = False) -> float:
+              opts: FusionOptions = FusionOptions(), bound: bool = False, searches: int = 0) -> float:
     """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
     slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
     bytes (weights once per group, inputs once per cluster or per reader), whichever is slower.
-    `bound`: a lower bound of that instead, without tile searches (_tiler_bound)."""
+    `bound`: a lower bound of that instead (_tiler_bound), searching the tilings of at most
+    `searches` layers not priced yet (segment_cost)."""
     cpc = cfg.chip.cores_per_cluster
     if bound and cache is None:
         cache = {}
@@ -314,9 +319,12 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
         part = _slice(x, 0, x.q["weight"].shape[0] // n, cache)
-        per_group += _tiler_bound(cfg, g, part, group, cpc, (part.name, group, cpc, 1.0 / active, spaces, opts.prefetch,
-                                                             shared, 0), cache) if bound else \
-            tiler_cost(cfg, g, part, lay, group, cpc, 1.0 / active, spaces, cache, prefetch=opts.prefetch, staged=shared)
+        key = (part.name, group, cpc, 1.0 / active, spaces, opts.prefetch, shared, 0)
+        if not bound or searches and key not in cache:
+            searches -= bound
+            price = tiler_cost(cfg, g, part, lay, group, cpc, 1.0 / active, spaces, cache, prefetch=opts.prefetch,
+                               staged=shared)
+        per_group += _tiler_bound(cfg, g, part, group, cpc, key, cache) if bound else price
         per_group += _exchange(cfg, x, n, group, cache)
         if x.name in esc:
             per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
@@ -423,6 +431,16 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
         lower *= SLACK
         return lower >= best[0] or (beat is not None and base + lower >= beat)
 
+    def hopeless(bound) -> bool:
+        """Whether bound(searches) turns futile as the layers' prices come in one search at a time
+        (a choice ruled out by its first layers' tilings needs none of the rest)."""
+        while True:
+            known = len(cache)
+            if futile(bound(1)):
+                return True
+            if len(cache) == known:
+                return False
+
     def placed(gr: int, stages, keep: bool, dram, lower) -> tuple[bool, bool] | None:
         """(staged, futile) of the first of `stages` whose values sram_plan places, or None: no
         stage fits, or each that might is futile (then which one fits does not matter). dram(st),
@@ -441,7 +459,8 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
             got = placed(gr, (True, False) if span[0].op != "input" else (False,), False,
                          lambda st: segment_dram(cfg, g, span, gr, batch, clusters, st, cache, opts),
                          lambda st: segment_cost(cfg, g, span, gr, batch, clusters, st, lay, cache, opts, bound=True))
-            if got is not None and not got[1]:
+            if got is not None and not got[1] and not hopeless(lambda k: segment_cost(
+                    cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts, bound=True, searches=k)):
                 cost = segment_cost(cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts)
                 if cost < best[0]:
                     best = (cost, Segment(a, b, gr, got[0]))
@@ -451,7 +470,8 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
                 got = placed(gr, (True, False), True,
                              lambda st: wide_dram(cfg, g, span, gr, batch, clusters, n, st, cache, opts),
                              lambda st: wide_cost(cfg, g, span, gr, batch, clusters, n, st, lay, cache, opts, bound=True))
-                if got is not None and not got[1]:
+                if got is not None and not got[1] and not hopeless(lambda k: wide_cost(
+                        cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts, bound=True, searches=k)):
                     cost = wide_cost(cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts)
                     if cost < best[0]:
                         best = (cost, Segment(a, b, gr, got[0], n))
