@@ -447,12 +447,21 @@ def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float
         the choice's DRAM time, bounds it from below at once (lower(st): the whole bound)."""
         if all(futile(dram(st) + KERNEL_OVERHEAD) for st in stages):
             return None
-        maybe = [st for st in stages if sram_may_fit(g, span, gr, cfg.sram_bytes, lay, st, keep, cache)]
-        hopeless = {st: futile(dram(st) + KERNEL_OVERHEAD) or futile(lower(st)) for st in maybe}
-        if all(hopeless.values()):
-            return None
-        st = next((st for st in maybe if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=keep, memo=cache)), None)
-        return None if st is None else (st, hopeless[st])
+        passed: list = []         # stages that might fit but are futile, in order
+        for st in stages:
+            if not sram_may_fit(g, span, gr, cfg.sram_bytes, lay, st, keep, cache):
+                continue
+            if futile(dram(st) + KERNEL_OVERHEAD) or futile(lower(st)):
+                passed.append(st)
+                continue
+            # worth pricing if the stages before it do not fit after all
+            for before in passed:
+                if sram_plan(g, span, gr, cfg.sram_bytes, lay, before, keep=keep, memo=cache) is not None:
+                    return before, True
+            passed = []
+            if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=keep, memo=cache) is not None:
+                return st, False
+        return None
 
     if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and all(n.op != "input" or k == 0 for k, n in enumerate(span)):
         for gr in groups:
