@@ -6,6 +6,7 @@ inside it dies, and where each lives in the cluster's SRAM.
 """
 from __future__ import annotations
 
+from bisect import insort
 from itertools import accumulate
 from math import prod
 
@@ -46,8 +47,20 @@ def base_value(g, name: str) -> str:
     return node.name
 
 
-def escaping(g, nodes) -> set[str]:
-    """Values of the span that are used after it (or are the graph's output): they go to GDRAM."""
+def escaping(g, nodes, memo: dict | None = None) -> set[str]:
+    """Values of the span that are used after it (or are the graph's output): they go to GDRAM.
+    `memo`: the planner's cache (see sram_plan), where the answer is kept (not to be changed)."""
+    if memo is not None and nodes:
+        key = ("escaping", id(nodes[0]), id(nodes[-1]), len(nodes))
+        hit = memo.get(key)
+        if hit is None:
+            span = _span(g, nodes, memo)
+            hit = memo[key] = _escaping(g, nodes) if span is None else _escaping_span(g, nodes, span, memo)
+        return hit
+    return _escaping(g, nodes)
+
+
+def _escaping(g, nodes) -> set[str]:
     inside = {n.name for n in nodes}
     out = set()
     for n in g.nodes:
@@ -62,33 +75,90 @@ def escaping(g, nodes) -> set[str]:
     return out
 
 
-def last_use(g, nodes) -> dict[str, int]:
+def _span(g, nodes, memo: dict) -> tuple[int, int] | None:
+    """[a, b): where `nodes` sits in the graph's node list, when it is a run of it (a planner's span)."""
+    pos = _graph_facts(g, memo)["position"]
+    a = pos.get(nodes[0].name)
+    if a is None or g.nodes[a] is not nodes[0] or a + len(nodes) > len(g.nodes) or \
+            g.nodes[a + len(nodes) - 1] is not nodes[-1]:
+        return None
+    return a, a + len(nodes)
+
+
+def _graph_facts(g, memo: dict) -> dict:
+    """Once per planner run (memo): each node's position, the first and last positions reading
+    each value, and base_value of every name (views resolved)."""
+    facts = memo.get("graph facts")
+    if facts is None:
+        position: dict[str, int] = {}
+        readers: dict[str, tuple[int, int]] = {}
+        for k, n in enumerate(g.nodes):
+            position.setdefault(n.name, k)
+            for i in n.inputs:
+                lo, _hi = readers.get(i, (k, k))
+                readers[i] = (lo, k)
+        base = {n.name: base_value(g, n.name) for n in g.nodes}
+        facts = memo["graph facts"] = {"position": position, "readers": readers, "base": base}
+    return facts
+
+
+def _escaping_span(g, nodes, span: tuple[int, int], memo: dict) -> set[str]:
+    """_escaping of the run [a, b) of the graph's nodes: a value read at a position outside it."""
+    a, b = span
+    facts = _graph_facts(g, memo)
+    readers, base = facts["readers"], facts["base"]
+    out = set()
+    for n in nodes:
+        r = readers.get(n.name)
+        if r is not None and (r[0] < a or r[1] >= b):
+            out.add(base[n.name])
+    inside = {n.name for n in nodes}
+    for o in g.outputs:
+        if o in inside:
+            out.add(base[o])
+    return out
+
+
+def _base_of(g, memo: dict | None):
+    """base_value(g, name) as a function of the name; from the planner's table when it has one."""
+    if memo is None:
+        return lambda name: base_value(g, name)
+    base = _graph_facts(g, memo)["base"]
+    return lambda name: base[name] if name in base else base_value(g, name)
+
+
+def last_use(g, nodes, memo: dict | None = None) -> dict[str, int]:
     """Index in `nodes` of the last node reading each value (views resolved to their base)."""
+    base = _base_of(g, memo)
     last: dict[str, int] = {}
     for k, n in enumerate(nodes):
         for i in n.inputs:
-            last[base_value(g, i)] = k
+            last[base(i)] = k
     return last
 
 
-def external_inputs(g, nodes) -> list[str]:
+def external_inputs(g, nodes, memo: dict | None = None) -> list[str]:
     """Values the span reads that are computed before it (by base name, in first-use order)."""
+    base = _base_of(g, memo)
     inside = {n.name for n in nodes}
     out: list[str] = []
     for n in nodes:
         for i in n.inputs:
-            b = base_value(g, i)
+            b = base(i)
             if b not in inside and b not in out:
                 out.append(b)
     return out
 
 
-def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False) -> dict[str, tuple[int, int]]:
+def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False, memo: dict | None = None
+              ) -> dict[str, tuple[int, int]]:
     """(first, last) layer index of each value sram_plan places: from the layer that writes it
-    (staged inputs: -1, before the first) to the last that reads it."""
-    esc = escaping(g, nodes)
-    last = last_use(g, nodes)
-    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in (external_inputs(g, nodes) if stage else [])}
+    (staged inputs: -1, before the first) to the last that reads it. `memo`: the planner's cache
+    (sram_plan)."""
+    esc = escaping(g, nodes, memo)
+    last = last_use(g, nodes, memo)
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1))
+                                        for v in (external_inputs(g, nodes, memo) if stage else [])}
     for k, n in enumerate(nodes):
         if n.op not in VIEWS and (keep is True or n.name in (keep or ()) or n.name not in esc):
             life[n.name] = (k, max(k, last.get(n.name, k)))
@@ -141,35 +211,73 @@ def sram_plan(g, nodes, group: int, capacity: int, lay: dict, stage: bool = Fals
     return None if hit is None else (dict(hit[0]), hit[1])
 
 
-def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
-           ) -> tuple[dict[str, int], int] | None:
-    """sram_plan without its memo of whole answers."""
+def sram_may_fit(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep: bool | frozenset,
+                 memo: dict) -> bool:
+    """False when sram_plan (without `extra`) would answer None for a reason found without placing
+    anything (a view made outside a staged span, too many bytes alive at one layer); True when its
+    answer could be a plan. The planner asks this first and places only where it must."""
+    key = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, group, capacity, ())
+    if key in memo:
+        return memo[key] is not None
+    return _too_full(g, nodes, group, capacity, lay, stage, keep, memo) is not None
+
+
+def _too_full(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, memo
+              ) -> tuple[dict, dict] | None:
+    """None when the span's values cannot fit `capacity` whatever the placement (as _place finds
+    out first), else their lifetimes and sizes (_life_and_size)."""
     if stage and _outside_view(g, nodes, memo):
         return None          # a view made outside the span: read it where it is
     over = ("overflows from", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep, capacity) \
         if memo is not None else None
     if over is not None and group >= memo.get(over, group + 1):
         return None          # a smaller group's values alone overflowed (their bytes grow with the group)
-    life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo)
-    if peak > capacity and over is not None:
-        memo[over] = min(group, memo.get(over, group))
+    life, size, peak = _life_and_size(g, nodes, group, lay, stage, keep, memo, capacity)
+    if peak > capacity:     # what is alive at one layer alone overflows: no placement fits
+        if over is not None:
+            memo[over] = min(group, memo.get(over, group))
+        return None
+    return life, size
+
+
+def _place(g, nodes, group: int, capacity: int, lay: dict, stage: bool, keep, extra, memo
+           ) -> tuple[dict[str, int], int] | None:
+    """sram_plan without its memo of whole answers."""
+    fits = _too_full(g, nodes, group, capacity, lay, stage, keep, memo)
+    if fits is None:
+        return None
+    life, size = fits
     if extra:           # buffers that are not values (share.py's stages)
         life, size = dict(life), dict(size)
         for v, (nbytes, f, l_) in extra.items():
             life[v], size[v] = (f, l_), aligned(nbytes)
-        peak = _peak_live(life, size)
-    if peak > capacity:
-        return None          # what is alive at one layer alone overflows: no placement fits
-    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last)
+        if _peak_live(life, size) > capacity:
+            return None
+    return _greedy(life, size, capacity)
+
+
+def _greedy(life: dict, size: dict, capacity: int) -> tuple[dict[str, int], int] | None:
+    """Largest first, each at the lowest offset clear of the placed values alive with it (lowest_fit,
+    walking the placed values in address order instead of sorting the ones in the way each time)."""
+    placed: list[tuple[int, int, int, int]] = []        # (start, end, first, last), in address order
     addrs: dict[str, int] = {}
+    top = 0
     for v in sorted(life, key=lambda v: (-size[v], life[v])):
         f, l_ = life[v]
-        at = lowest_fit([(a, b) for a, b, f2, l2 in placed if f2 <= l_ and f <= l2], size[v], capacity)
-        if at is None:
+        nbytes = size[v]
+        at = 0
+        for a, b, f2, l2 in placed:
+            if f2 <= l_ and f <= l2:
+                if at + nbytes <= a:
+                    break
+                if b > at:
+                    at = b
+        if at + nbytes > capacity:
             return None
         addrs[v] = at
-        placed.append((at, at + size[v], f, l_))
-    return addrs, max((p[1] for p in placed), default=0)
+        insort(placed, (at, at + nbytes, f, l_))
+        top = max(top, at + nbytes)
+    return addrs, top
 
 
 def _outside_view(g, nodes, memo: dict | None) -> bool:
@@ -198,26 +306,41 @@ def _peak_live(life: dict, size: dict) -> int:
     return max(0, max(accumulate(delta)))
 
 
-def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None
-                   ) -> tuple[dict, dict, int]:
+def _life_and_size(g, nodes, group: int, lay: dict, stage: bool, keep, memo: dict | None, capacity: int
+                   ) -> tuple[dict, dict | None, int]:
     """sram_plan's lifetimes and sizes of the span's values (the memo's own dicts: not to be
-    changed), and the most bytes alive at one layer (_peak_live)."""
+    changed), and the most bytes alive at one layer (_peak_live). With a memo, a group whose
+    unaligned bytes alone exceed `capacity` gets no sizes (None) and that lower bound as its peak:
+    the planner asks about many such (long spans, big image groups)."""
     if memo is None or not nodes:
         life = lifetimes(g, nodes, stage, keep)
         size = {v: group_bytes(lay[v], group) for v in life}
         return life, size, _peak_live(life, size)
     span = ("sram_plan", id(nodes[0]), id(nodes[-1]), len(nodes), stage, keep)
-    life = memo.get(span)
-    if life is None:
-        life = memo[span] = lifetimes(g, nodes, stage, keep)
-    hit = memo.get(span + (group,))
-    if hit is None:
-        per_image = memo.setdefault("device_image_bytes", {})
+    per_image = memo.setdefault("device_image_bytes", {})
+    facts = memo.get(span)
+    if facts is None:
+        life = lifetimes(g, nodes, stage, keep, memo)
         for v in life:
             if v not in per_image:
                 per_image[v] = device_image_bytes(lay[v])
-        size = {v: aligned(per_image[v] * group) for v in life}
-        hit = memo[span + (group,)] = size, _peak_live(life, size)
+        first = min((f for f, _l in life.values()), default=0)
+        # (value, first, last + 1) from the first layer: _peak_live's walk, laid out once per span
+        items = [(v, f - first, l_ + 1 - first) for v, (f, l_) in life.items()]
+        facts = memo[span] = life, _peak_live(life, per_image), items, max((i[2] for i in items), default=0) + 1
+    life, one, items, width = facts
+    hit = memo.get(span + (group,))
+    if hit is None or (hit[0] is None and hit[1] <= capacity):
+        if group * one > capacity:         # aligning only adds bytes
+            hit = None, group * one
+        else:
+            size = {v: aligned(per_image[v] * group) for v in life}
+            delta = [0] * width
+            for v, f, end in items:
+                delta[f] += size[v]
+                delta[end] -= size[v]
+            hit = size, max(0, max(accumulate(delta))) if items else 0
+        memo[span + (group,)] = hit
     return life, hit[0], hit[1]
 
 

@@ -77,22 +77,32 @@ def _calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool, progress) -> 
 
     per: dict[str, list[float]] = {}
     total = len(g.nodes) * len(samples)
+    clamped = {n.name for n in g.nodes if _clamped_at_zero(n)} - {n.name for n in g.nodes if not _clamped_at_zero(n)}
     for s, x in enumerate(samples):
         def step(k: int, base: int = s * len(g.nodes)) -> None:
             progress("calibrating", base + k, total)
         ranges: dict[str, float] = {}       # by name: a name given twice keeps its last value
         for name, v in float_values(g, x, step if progress else None):
-            ranges[name] = abs_max(v)
+            ranges[name] = abs_max(v, name in clamped)
         for name, r in ranges.items():
             per.setdefault(name, []).append(r)
     return {k: (float(np.mean(v)) if use_avg else max(v)) for k, v in per.items()}
 
 
-def abs_max(v: np.ndarray) -> float:
-    """max |v| (0 for an empty v, NaN if v holds one), without the |v| copy np.abs would make."""
+def abs_max(v: np.ndarray, nonnegative: bool = False) -> float:
+    """max |v| (0 for an empty v, NaN if v holds one), without the |v| copy np.abs would make;
+    `nonnegative`: v has no value below 0 (a ReLU's output), so its maximum is that, in one pass."""
     if not v.size:
         return 0.0
+    if nonnegative:
+        return abs(float(v.max()))
     return abs(float(np.maximum(v.max(), -v.min())))
+
+
+def _clamped_at_zero(n: Node) -> bool:
+    """Whether the float reference's output of n has no value below 0 (reference._float_node: a
+    ReLU or ReLU6, or a layer with one fused, then at most a max pool)."""
+    return n.op in ("relu", "relu6") or n.op in ("conv2d", "linear", "add") and n.attrs.get("act") in ("relu", "relu6")
 
 
 def _act_bounds(act: str | None, s_out: float, qmax: int, zp: int = 0, full: bool = False) -> tuple[int, int]:

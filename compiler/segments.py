@@ -17,7 +17,8 @@ from mlusim.compiler.context import KernelCtx, dram_rate
 from mlusim.compiler.kernels.conv import plan_conv
 from mlusim.compiler.kernels.linear import as_conv, plan_linear
 from mlusim.compiler.layout import layouts, s2d_conv, space_to_depth
-from mlusim.compiler.liveness import VIEWS, base_value, element_bytes, escaping, image_bytes, last_use, sram_plan
+from mlusim.compiler.liveness import (VIEWS, base_value, element_bytes, escaping, image_bytes, last_use, sram_may_fit,
+                                      sram_plan)
 from mlusim.compiler.options import FusionOptions
 from mlusim.compiler.tiling import dma_cycles
 from mlusim.errors import CompileError
@@ -94,6 +95,60 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: flo
     return cost
 
 
+def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache: dict) -> float:
+    """At most tiler_cost: its price when `key` (tiler_cost's cache key) is priced already, else the
+    conv's multiply-accumulates spread evenly over `tasks` cores' MAC arrays (_mac_cycles)."""
+    hit = cache.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    per_image = cache.get(("mac cycles", node.name))
+    if per_image is None:
+        per_image = cache[("mac cycles", node.name)] = _mac_cycles(cfg, g, node)
+    return images * per_image / tasks
+
+
+def _mac_cycles(cfg, g, node) -> float:
+    """MAC-array cycles of one image of a plain conv with every lane busy: each tiling, its kernel
+    columns folded into channels or not, takes at least that; 0 for what is not a plain conv
+    (depthwise, grouped, the space-to-depth stem, fully connected)."""
+    if node.op != "conv2d" or node.attrs.get("groups", 1) != 1:
+        return 0.0
+    s2d = space_to_depth(g)
+    if s2d and s2d["conv"] == node.name:
+        return 0.0
+    co, cig, kh, kw = node.q["weight"].shape
+    core = cfg.core
+    lanes = core.mac_ci_lanes_int16 if node.q.get("dtype") == "int16" else core.mac_ci_lanes_int8
+    ho, wo = node.attrs.get("conv_shape", node.shape)[2:4]
+    return ho * wo * kh * ceil(kw * cig / lanes) * co / core.mac_co_lanes
+
+
+@dataclass
+class _SpanBytes:
+    """What segment_cost and wide_cost add up over a span whatever the group, once per span."""
+    read_bytes: int           # bytes of an image of the external inputs, once per reader
+    input_bytes: int          # ... once each (staged: copied in once)
+    wide_read_bytes: int      # the same, for wide_cost: inputs whose base value is external
+    wide_input_bytes: int
+    out_bytes: int            # bytes of an image of the values that escape
+    weights: int              # weight bytes of its layers
+
+
+def _span_bytes(g, nodes, cache: dict | None) -> _SpanBytes:
+    key = ("span bytes", id(nodes[0]), id(nodes[-1]), len(nodes))
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        inside = {n.name for n in nodes}
+        reads = [b for n in nodes for i, b in zip(n.inputs, _bases(g, n, cache)) if i not in inside]
+        ext = [b for n in nodes for b in _bases(g, n, cache) if b not in inside]
+        hit = _SpanBytes(*(sum(image_bytes(g.node(v)) for v in vs) for vs in (reads, set(reads), ext, set(ext))),
+                         sum(image_bytes(g.node(v)) for v in _escaping(g, nodes, cache)),
+                         sum(node_weight_bytes(n) for n in nodes))
+        if cache is not None:
+            cache[key] = hit
+    return hit
+
+
 def layer_cost(cfg, g, node, tasks: int, batch: int, lay: dict) -> float:
     """Layer-at-a-time estimate: a conv or linear layer's own tiling plan (priced with the engine's
     formulas) plus a kernel launch; other layers the slower of vector work and DRAM traffic."""
@@ -121,21 +176,21 @@ def _bases(g, node, memo: dict | None) -> tuple[str, ...]:
 
 def _escaping(g, nodes, memo: dict | None) -> set[str]:
     """liveness.escaping, once per span and planner run (`memo`: its cache; not to be changed)."""
-    if memo is None:
-        return escaping(g, nodes)
-    key = ("escaping", id(nodes[0]), id(nodes[-1]), len(nodes))
-    hit = memo.get(key)
-    if hit is None:
-        hit = memo[key] = escaping(g, nodes)
-    return hit
+    return escaping(g, nodes, memo)
 
 
 def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, lay: dict,
-                 cache: dict | None = None, opts: FusionOptions = FusionOptions()) -> float:
+                 cache: dict | None = None, opts: FusionOptions = FusionOptions(), bound: bool = False,
+                 searches: int = 0) -> float:
     """Estimated cycles of a segment: per image group, each conv or linear layer's tiling plan on one
     cluster (other layers: a vector estimate) plus a barrier, times the groups a cluster takes; or its DRAM
-    bytes, whichever is slower. Unstaged external inputs are read once per reader."""
+    bytes, whichever is slower. Unstaged external inputs are read once per reader. `bound`: a lower
+    bound of that instead, without a weight-sharing schedule (_tiler_bound for each layer; no layer
+    left out of sharing, so the fewest weight reads), searching the tilings of at most `searches`
+    layers not priced yet (the bound then holds their prices: _span_choice tightens it so)."""
     cpc = cfg.chip.cores_per_cluster
+    if bound and cache is None:
+        cache = {}
     n_groups = batch // group
     jobs_run, groups = job_shape(batch, group, clusters)
     dram_share = 1.0 / min(jobs_run, clusters)
@@ -143,7 +198,7 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
     esc = _escaping(g, nodes, cache)
     inside = {n.name for n in nodes}
     gath, sliced, lead1, alone = _shared_steps(cfg, g, nodes, group, jobs_run, staged, lay, opts, cache) \
-        if shared else (None, {}, {}, set())
+        if shared and not bound else (None, {}, {}, set())
 
     def space(v: str) -> str:
         return "sram" if (v in inside and v not in esc) or (staged and v not in inside) else "gdram"
@@ -155,6 +210,13 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         if n.op in TILED:
             ins = _bases(g, n, cache)
             spaces = (space(ins[0]), "gdram" if n.name in esc else "sram", space(ins[1]) if len(ins) > 1 else "gdram")
+            if bound:       # (shared: which layers stay per cluster, and so the search's key, is unknown)
+                key = (n.name, group, cpc, dram_share, spaces, opts.prefetch, False, 0) if not shared else None
+                if searches and key is not None and key not in cache:
+                    searches -= 1
+                    tiler_cost(cfg, g, n, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch)
+                per_group += _tiler_bound(cfg, g, n, group, cpc, key, cache) + cfg.cluster.sync_cycles
+                continue
             cost = sum(tiler_cost(cfg, g, u, lay, group, cpc, dram_share, spaces, cache, prefetch=opts.prefetch,
                                   staged=shared and n.op == "conv2d" and n.name not in alone,
                                   gathered=jobs_run if n is gath else 0) for u in sliced.get(n.name, [n]))
@@ -163,20 +225,31 @@ def segment_cost(cfg, g, nodes, group: int, batch: int, clusters: int, staged: b
         else:
             cost = group * _vec_cycles_per_image(cfg, g, n) / cpc + JOB_LAYER_OVERHEAD
         per_group += cost + cfg.cluster.sync_cycles
-    reads = [b for n in nodes for i, b in zip(n.inputs, _bases(g, n, cache)) if i not in inside]
-    io = sum(image_bytes(g.node(v)) for v in (set(reads) if staged else reads)) + \
-        sum(image_bytes(g.node(v)) for v in esc)
     if staged:
-        per_group += group * sum(image_bytes(g.node(v)) for v in set(reads)) / dram_rate(cfg, cpc, dram_share)
+        per_group += group * _span_bytes(g, nodes, cache).input_bytes / dram_rate(cfg, cpc, dram_share)
+    alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
+    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
+    return max(compute, segment_dram(cfg, g, nodes, group, batch, clusters, staged, cache, opts, alone_w)) + \
+        KERNEL_OVERHEAD
+
+
+def segment_dram(cfg, g, nodes, group: int, batch: int, clusters: int, staged: bool, cache: dict | None,
+                 opts: FusionOptions, alone_w: int = 0) -> float:
+    """segment_cost's DRAM time: weights (once for the chip when shared, but the `alone_w` bytes of
+    the layers sharing leaves per cluster; else per job, less what stays in WRAM between its
+    groups), inputs and escaping values. With alone_w 0 a lower bound of it, needing no schedule."""
+    cpc = cfg.chip.cores_per_cluster
+    jobs_run, groups = job_shape(batch, group, clusters)
+    shared = shares_weights(jobs_run, groups, clusters, 1, opts)
+    sb = _span_bytes(g, nodes, cache)
+    io = (sb.input_bytes if staged else sb.read_bytes) + sb.out_bytes
     if nodes[0].op == "input":
         io += prod(nodes[0].shape[1:]) * 4
-    weights = sum(node_weight_bytes(n) for n in nodes)
+    weights = sb.weights
     kept = min(weights, cfg.wram_bytes * 3 // 4)   # roughly what stays in WRAM between a job's groups
-    alone_w = sum(node_weight_bytes(n) for n in nodes if n.name in alone)
     loads = 1 if shared else jobs_run     # share.py: once for the chip, but for the layers it leaves alone
     dram = loads * (weights - alone_w + (groups - 1) * (weights - kept)) + jobs_run * alone_w + batch * io
-    compute = ceil(n_groups / min(n_groups, clusters)) * per_group
-    return max(compute, dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)) + KERNEL_OVERHEAD
+    return dram / dram_rate(cfg, min(jobs_run, clusters) * cpc)
 
 
 def _shared_steps(cfg, g, nodes, group: int, peers: int, staged: bool, lay: dict, opts: FusionOptions,
@@ -225,11 +298,15 @@ def shares_weights(jobs: int, groups: int, clusters: int, per_job: int, opts: Fu
 
 
 def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, lay: dict, cache=None,
-              opts: FusionOptions = FusionOptions()) -> float:
+              opts: FusionOptions = FusionOptions(), bound: bool = False, searches: int = 0) -> float:
     """Estimated cycles of a wide segment with n clusters per job: per image group, each layer's
     slice as its tiler plans it on one cluster (its share of DRAM) plus the exchange; or the DRAM
-    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower."""
+    bytes (weights once per group, inputs once per cluster or per reader), whichever is slower.
+    `bound`: a lower bound of that instead (_tiler_bound), searching the tilings of at most
+    `searches` layers not priced yet (segment_cost)."""
     cpc = cfg.chip.cores_per_cluster
+    if bound and cache is None:
+        cache = {}
     slots = max(1, clusters // n)
     jobs, rounds = job_shape(batch, group, slots)
     active = min(jobs, slots) * n
@@ -241,25 +318,52 @@ def wide_cost(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, stag
         ins = _bases(g, x, cache)
         sp = ["sram" if (i in inside or staged) else "gdram" for i in ins]
         spaces = (sp[0], "sram", sp[1] if len(sp) > 1 else "gdram")
-        per_group += tiler_cost(cfg, g, _slice(x, 0, x.q["weight"].shape[0] // n, cache), lay, group, cpc,
-                                1.0 / active, spaces, cache,
-                                prefetch=opts.prefetch, staged=shared)
-        pixels = group * int(prod(x.shape[2:]))
-        per_group += wide.exchange_cycles(cfg, n, group * image_bytes(x), pixels)
+        part = _slice(x, 0, x.q["weight"].shape[0] // n, cache)
+        key = (part.name, group, cpc, 1.0 / active, spaces, opts.prefetch, shared, 0)
+        if not bound or searches and key not in cache:
+            searches -= bound
+            price = tiler_cost(cfg, g, part, lay, group, cpc, 1.0 / active, spaces, cache, prefetch=opts.prefetch,
+                               staged=shared)
+        per_group += _tiler_bound(cfg, g, part, group, cpc, key, cache) if bound else price
+        per_group += _exchange(cfg, x, n, group, cache)
         if x.name in esc:
             per_group += group * image_bytes(x) / (n * cpc) / dram_rate(cfg, 1, 1.0, active * cpc)
-    ext = [b for x in nodes for b in _bases(g, x, cache) if b not in inside]
-    reads = sum(image_bytes(g.node(v)) for v in (set(ext) if staged else ext))
+    sb = _span_bytes(g, nodes, cache)
+    reads = sb.wide_input_bytes if staged else sb.wide_read_bytes
     if staged:          # each cluster reads 1/n of the inputs and copies it to the n - 1 others
         per_group += group * reads / n / dram_rate(cfg, cpc, 1.0, active)
         per_group += (n - 1) * dma_cycles(cfg, group * reads / n / cpc, 1, "sram") + cfg.cluster.sync_cycles
-    weights = sum(node_weight_bytes(x) for x in nodes)
+    compute = ceil(jobs / slots) * rounds * per_group
+    return max(compute, wide_dram(cfg, g, nodes, group, batch, clusters, n, staged, cache, opts)) + KERNEL_OVERHEAD
+
+
+def wide_dram(cfg, g, nodes, group: int, batch: int, clusters: int, n: int, staged: bool, cache: dict | None,
+              opts: FusionOptions) -> float:
+    """wide_cost's DRAM time: weights once per group (for the chip when shared), inputs once per
+    cluster or per reader, escaping values."""
+    cpc = cfg.chip.cores_per_cluster
+    slots = max(1, clusters // n)
+    jobs, rounds = job_shape(batch, group, slots)
+    active = min(jobs, slots) * n
+    shared = shares_weights(jobs, rounds, clusters, n, opts)
+    sb = _span_bytes(g, nodes, cache)
+    reads = sb.wide_input_bytes if staged else sb.wide_read_bytes
+    weights = sb.weights
     kept = min(weights, n * cpc * cfg.wram_bytes * 3 // 4) if rounds > 1 else 0
     loads = 1 if shared else jobs     # share.py: once for the chip
-    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads
-                                                                         + sum(image_bytes(g.node(v)) for v in esc))
-    compute = ceil(jobs / slots) * rounds * per_group
-    return max(compute, dram / dram_rate(cfg, active * cpc)) + KERNEL_OVERHEAD
+    dram = loads * (weights + (rounds - 1) * (weights - kept)) + batch * ((1 if staged else n) * reads + sb.out_bytes)
+    return dram / dram_rate(cfg, active * cpc)
+
+
+def _exchange(cfg, x, n: int, group: int, cache: dict | None) -> float:
+    """wide.exchange_cycles of layer x's output over n clusters, once per planner run (`cache`)."""
+    key = ("exchange", x.name, n, group)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        hit = wide.exchange_cycles(cfg, n, group * image_bytes(x), group * int(prod(x.shape[2:])))
+        if cache is not None:
+            cache[key] = hit
+    return hit
 
 
 def _cut_points(g) -> list[int]:
@@ -298,35 +402,89 @@ def plan_segments(g, cfg, tasks: int, opts: FusionOptions = FusionOptions(), pro
             progress("planning fusion", cuts[bi - 1], len(nodes))
         cand = None
         for a in cuts[:bi]:
-            if a not in best:
-                continue
             base, segs = best[a]
-            span = nodes[a:b]
-            choices = [(sum(layer[a:b]), None)]
-            if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and \
-                    all(n.op != "input" or k == 0 for k, n in enumerate(span)):
-                for gr in groups:
-                    for stage in ((True, False) if span[0].op != "input" else (False,)):
-                        plan = sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, memo=cache)
-                        if plan is not None:
-                            cost = segment_cost(cfg, g, span, gr, batch, clusters, stage, lay, cache, opts)
-                            choices.append((cost, Segment(a, b, gr, stage)))
-                            break
-            if opts.wide and clusters > 1 and wide.eligible(span, g):
-                for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
-                    for gr in groups:
-                        plan = next(((stage, p) for stage in (True, False)
-                                     if (p := sram_plan(g, span, gr, cfg.sram_bytes, lay, stage, keep=True,
-                                                        memo=cache))), None)
-                        if plan is not None:
-                            cost = wide_cost(cfg, g, span, gr, batch, clusters, n, plan[0], lay, cache, opts)
-                            choices.append((cost, Segment(a, b, gr, plan[0], n)))
-            cost, seg = min(choices, key=lambda o: o[0])
+            cost, seg = _span_choice(g, cfg, a, b, sum(layer[a:b]), base, cand[0] if cand else None, groups, clusters,
+                                     lay, cache, opts)
             total = base + cost
             if cand is None or total < cand[0]:
                 cand = (total, segs + ([seg] if seg else []))
         best[b] = cand
     return best[len(nodes)][1]
+
+
+SLACK = 1 - 1e-9        # a lower bound, scaled by this, stays one whatever its own float rounding
+
+
+def _span_choice(g, cfg, a: int, b: int, layers: float, base: float, beat: float | None, groups: list[int],
+                 clusters: int, lay: dict, cache: dict, opts: FusionOptions) -> tuple[float, Segment | None]:
+    """The first of the cheapest ways to run nodes [a, b): layer at a time (`layers` cycles, seg
+    None), as a segment of each group size that fits SRAM, as a wide segment of each cluster
+    count and group size, in that order. A fused choice whose lower bound (segment_cost and
+    wide_cost with `bound`) is no cheaper than the best so far, or that would not bring `base` +
+    its cycles below `beat` (the plan_segments candidate to beat), is not priced: it could not
+    change what the planner picks, so only answers the planner throws away differ."""
+    span = g.nodes[a:b]
+    batch = g.input.shape[0]
+    best: tuple[float, Segment | None] = (layers, None)
+
+    def futile(lower: float) -> bool:
+        lower *= SLACK
+        return lower >= best[0] or (beat is not None and base + lower >= beat)
+
+    def hopeless(bound) -> bool:
+        """Whether bound(searches) turns futile as the layers' prices come in one search at a time
+        (a choice ruled out by its first layers' tilings needs none of the rest)."""
+        while True:
+            known = len(cache)
+            if futile(bound(1)):
+                return True
+            if len(cache) == known:
+                return False
+
+    def placed(gr: int, stages, keep: bool, dram, lower) -> tuple[bool, bool] | None:
+        """(staged, futile) of the first of `stages` whose values sram_plan places, or None: no
+        stage fits, or each that might is futile (then which one fits does not matter). dram(st),
+        the choice's DRAM time, bounds it from below at once (lower(st): the whole bound)."""
+        if all(futile(dram(st) + KERNEL_OVERHEAD) for st in stages):
+            return None
+        passed: list = []         # stages that might fit but are futile, in order
+        for st in stages:
+            if not sram_may_fit(g, span, gr, cfg.sram_bytes, lay, st, keep, cache):
+                continue
+            if futile(dram(st) + KERNEL_OVERHEAD) or futile(lower(st)):
+                passed.append(st)
+                continue
+            # worth pricing if the stages before it do not fit after all
+            for before in passed:
+                if sram_plan(g, span, gr, cfg.sram_bytes, lay, before, keep=keep, memo=cache) is not None:
+                    return before, True
+            passed = []
+            if sram_plan(g, span, gr, cfg.sram_bytes, lay, st, keep=keep, memo=cache) is not None:
+                return st, False
+        return None
+
+    if len(span) > 1 and all(n.op in ELIGIBLE for n in span) and all(n.op != "input" or k == 0 for k, n in enumerate(span)):
+        for gr in groups:
+            got = placed(gr, (True, False) if span[0].op != "input" else (False,), False,
+                         lambda st: segment_dram(cfg, g, span, gr, batch, clusters, st, cache, opts),
+                         lambda st: segment_cost(cfg, g, span, gr, batch, clusters, st, lay, cache, opts, bound=True))
+            if got is not None and not got[1] and not hopeless(lambda k: segment_cost(
+                    cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts, bound=True, searches=k)):
+                cost = segment_cost(cfg, g, span, gr, batch, clusters, got[0], lay, cache, opts)
+                if cost < best[0]:
+                    best = (cost, Segment(a, b, gr, got[0]))
+    if opts.wide and clusters > 1 and wide.eligible(span, g):
+        for n in (w for w in (2, 4, 8, 16) if w <= clusters and clusters % w == 0 and wide.divides(span, w)):
+            for gr in groups:
+                got = placed(gr, (True, False), True,
+                             lambda st: wide_dram(cfg, g, span, gr, batch, clusters, n, st, cache, opts),
+                             lambda st: wide_cost(cfg, g, span, gr, batch, clusters, n, st, lay, cache, opts, bound=True))
+                if got is not None and not got[1] and not hopeless(lambda k: wide_cost(
+                        cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts, bound=True, searches=k)):
+                    cost = wide_cost(cfg, g, span, gr, batch, clusters, n, got[0], lay, cache, opts)
+                    if cost < best[0]:
+                        best = (cost, Segment(a, b, gr, got[0], n))
+    return best
 
 
 # ---- one segment's placement: what the emitter (fusion.py) follows ---------------------------------

@@ -149,6 +149,13 @@ class ConvGeometry:
         return min(self.rows_in(rows), self.h) * self.src_w * self.src_ci * self.esz
 
 
+def _stacked(top: int, sizes: list[int], align: int) -> int:
+    """Arena.fits's bump allocation: the top after `sizes`, each aligned, placed from `top` on."""
+    for s in sizes:
+        top = -(-top // align) * align + s
+    return top
+
+
 def all_blocks(wspace: str, blocks: int) -> float:
     """How many of a task's weight blocks sit in WRAM together when they are prefetched: all of
     them when they come from SRAM (staged there once for the chip, compiler/share.py), else the
@@ -207,6 +214,9 @@ class _Pricer:
         self.mac_per_row = geo.wo * geo.kh * geo.kw * ceil(geo.cig / lanes_ci)
         self.pool_area = geo.pool[0] * geo.pool[1] if geo.pool else 0
         self.io_gdram = tuple(sp == "gdram" for sp in spaces)
+        self.in_rows_most = geo.h + geo.pt + geo.pb          # geo.tile_bytes, inlined: tile() runs ~50 times a search
+        self.in_row_bytes = geo.wp * geo.ci * geo.esz
+        self.shares: dict[int, float] = {}                    # task count -> its DRAM rate (run())
 
     def tile(self, rows: int, block: int, limit: float | None = None) -> _Tile | None:
         """None when not even one accumulator fits NRAM, its weight block alone overflows WRAM, or
@@ -216,7 +226,7 @@ class _Pricer:
         wblock = block * self.w_per_channel
         if not geo.depthwise and wblock > self.room:
             return None
-        in_tile = geo.tile_bytes(rows)
+        in_tile = min((rows - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1, self.in_rows_most) * self.in_row_bytes
         out = rows * wo * block * esz
         pooled = out // self.pool_area if geo.pool else 0
         st_bytes = pooled if geo.pool else out
@@ -227,23 +237,29 @@ class _Pricer:
         else:
             c_mac = cfg.core.startup_cycles.conv + rows * self.mac_per_row * \
                 ceil(block // geo.groups / cfg.core.mac_co_lanes) * geo.groups
+        c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
+            (vec_cycles(cfg, out) if geo.pool else 0)
         xg, yg, rg = self.io_gdram
         io_bytes = units * ((in_tile if xg else 0) + (st_bytes if yg else 0) + (out if geo.residual and rg else 0))
-        # the slowest task computes at least this many tiles, and the DRAM moves at least the
-        # activations (every term `cost` adds to either is positive, so float rounding keeps the order)
-        bound = max(ceil(units / min(units, self.ctx.tasks)) * c_mac, io_bytes / self.dram_all)
+        # the slowest task computes at least this many tiles (each at least the slower of its units'
+        # work) and drains its last, and the DRAM moves at least the activations (every term `cost`
+        # adds to either is positive, so float rounding keeps the order)
+        bound = max(ceil(units / min(units, self.ctx.tasks)) * max(c_mac, c_vec) + c_mac, io_bytes / self.dram_all)
         if limit is not None and bound >= limit:
             return None
         acc, params, raw = rows * wo * block * 4, block * 16, geo.raw_bytes(rows, self.spaces[0])
         rest = [out] * DOUBLE + [pooled] * (DOUBLE if geo.pool else 0) + [params] * DOUBLE + \
             ([raw] * DOUBLE if raw else []) + ([out] * DOUBLE + [params] * DOUBLE if geo.residual else []) + \
             ([wblock] if geo.depthwise else [])
-        fits = (self.nram.fits(*([in_tile] * DOUBLE + [acc] + rest)),
-                self.nram.fits(*([in_tile] * DOUBLE + [acc] * 2 + rest)))
-        if not fits[0]:
+        # NRAM's bump allocator (Arena.fits) over [in_tile] * DOUBLE + [acc] * accumulators + rest
+        align, top = self.nram.align, 0
+        for _ in range(DOUBLE):
+            top = -(-top // align) * align + in_tile
+        one = -(-top // align) * align + acc
+        fits1 = _stacked(one, rest, align) <= self.nram.size
+        if not fits1:
             return None
-        c_vec = vec_cycles(cfg, rows * wo * block * 4) * (4 if geo.fscale else 1) + \
-            (vec_cycles(cfg, out) if geo.pool else 0)
+        fits = (fits1, _stacked(-(-one // align) * align + acc, rest, align) <= self.nram.size)
         if geo.fold > 1:
             segs_in = min(geo.rows_in(rows), geo.h + geo.pt + geo.pb) * geo.wo
         elif geo.in_slice:          # one segment per pixel: its block's channels
@@ -262,8 +278,8 @@ class _Pricer:
         units, wblock = tile.units, tile.wblock
         tasks = min(units, max_tasks)
         per_task = ceil(units / tasks)
-        if limit is not None and per_task * tile.c_mac >= limit:
-            return None
+        if limit is not None and per_task * max(tile.c_mac, tile.c_vec) + tile.c_mac >= limit:
+            return None          # (tile())
         # units are ordered block-major and cut into contiguous runs, one per task: a task loads each
         # weight block its run touches once
         most, loads = block_loads(units, tasks, units // tile.nblocks)
@@ -271,7 +287,9 @@ class _Pricer:
             return None          # a task with one weight block needs no second WRAM buffer
         # a queue moves one DMA at a time, so a tile's fixed costs (start-up, DRAM latency) do not hide
         # behind other tiles of the same task; from GDRAM its bytes flow at its share of the DRAM
-        share = dram_rate(cfg, 1, ctx.dram_share, tasks)
+        share = self.shares.get(tasks)
+        if share is None:
+            share = self.shares[tasks] = dram_rate(cfg, 1, ctx.dram_share, tasks)
         ld = dma_cycles(cfg, tile.in_tile, tile.segs_in, xs, rate=share if xs == "gdram" else None) if not tile.raw \
             else dma_cycles(cfg, tile.raw, 1, xs, rate=share) + dma_cycles(cfg, tile.in_tile, tile.segs_in, "sram")
         gap = (geo.yc - tile.block) * geo.esz     # a channel slice's segments: one per pixel, this far apart
@@ -365,9 +383,14 @@ def _search(ctx, geo: ConvGeometry, options: list[tuple[ConvGeometry, list[int]]
         for b in blocks:
             tiles = [(p, tile) for p, bs in pricers if b in bs and (tile := p.tile(r, b, best_cost)) is not None]
             for t in spread:
-                runs = [(p, tile, run) for p, tile in tiles if (run := p.run(tile, t, best_cost)) is not None]
+                # a tile of fewer units than t runs on as many tasks as at the t before: the same
+                # price, which cannot beat itself
+                runs = [(p, tile, run) for p, tile in tiles
+                        if (t < tile.units or t == spread[0]) and (run := p.run(tile, t, best_cost)) is not None]
                 for accs in (2, 1):
                     for p, tile, run in runs:
+                        if accs == 1 and tile.fits[1]:
+                            continue    # one accumulator costs no less than two (cost()) where two fit
                         cost = p.cost(tile, run, accs)
                         if cost is not None and (best is None or cost < best_cost):
                             best, best_cost = (p.geo, tile, run, accs), cost
