@@ -106,3 +106,47 @@ def test_call_later_runs_where_a_timeout_callback_would():
     plain = simpy.Environment()
     expect = order(plain, lambda env, d, cb: env.timeout(d).callbacks.append(cb))
     assert order(clock, lambda env, d, cb: env.call_later(d, cb)) == expect
+
+
+def relay(env, make, seed: int) -> list:
+    """Workers hand signals to each other at coinciding times, beside timeouts of 0 and more and
+    processes started mid-run (URGENT initialisations): the due-now FIFO keeps SimPy's order."""
+    rng = random.Random(seed)
+    log, waiting = [], []
+
+    def worker(i):
+        for _ in range(25):
+            r = rng.random()
+            if r < 0.3 and waiting:
+                waiting.pop(rng.randrange(len(waiting))).succeed()
+            elif r < 0.5:
+                ev = make(env)
+                waiting.append(ev)
+                yield ev
+            elif r < 0.55:
+                env.process(child(i))
+            else:
+                yield env.timeout(rng.choice([0, 0, 1, 2]))
+            log.append((i, env.now))
+
+    def child(i):
+        log.append(("child", i, env.now))
+        yield env.timeout(0)
+        log.append(("child done", i, env.now))
+
+    procs = [env.process(worker(i)) for i in range(5)]
+    for _ in range(40):      # release whoever still waits, one by one, until everyone is done
+        env.run(until=env.timeout(3) if not all(p.triggered for p in procs) else None)
+        for ev in waiting:
+            ev.succeed()
+        waiting.clear()
+    return log
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_signals_and_due_now_events_keep_simpy_order(seed):
+    from mlusim.cores.clock import Signal
+
+    plain = simpy.Environment()
+    clock = Clock()
+    assert relay(clock, Signal, seed) == relay(plain, lambda env: env.event(), seed)

@@ -10,9 +10,16 @@ every other event keeps its place, and a superseded plan costs nothing.
 The only trace a superseded timeout would have left is the clock: popping it sets `now`, which
 shows once the heap has run dry (a deadlock is dated by the last event). `_stale` keeps the latest
 such time, so a drained run ends at the same cycle as with real timeouts.
+
+Most events are due at once (an event succeeds: a token arrives, a transfer ends) and are drawn
+in id order at the current time, so they wait in a plain FIFO beside the heap (`_soon`); the
+heap holds only what is due later or is URGENT. The loop takes the least of the FIFO's head, the
+heap's first entry and the alarm, all in SimPy's (time, priority, id) order: the same order as
+one heap, without its sifting for three quarters of the events.
 """
 from __future__ import annotations
 
+from collections import deque
 from heapq import heappop, heappush
 
 import simpy
@@ -30,6 +37,24 @@ class _Call:
         self.callbacks = callbacks
 
 
+class Signal:
+    """An event that succeeds once, with no value, and never fails: what a unit or the issue
+    stage sleeps on (a token, a queue slot, a transfer's end). SimPy's Event without the checks
+    and attributes nothing here reads; its succeed is SimPy's schedule at the current time."""
+
+    __slots__ = ("env", "callbacks")
+    _ok = True
+    _value = None
+
+    def __init__(self, env: "Clock"):
+        self.env = env
+        self.callbacks: list = []
+
+    def succeed(self) -> None:
+        env = self.env
+        env._soon.append((env._now, NORMAL, next(env._eid), self))
+
+
 class Clock(simpy.Environment):
     def __init__(self) -> None:
         super().__init__()
@@ -40,6 +65,18 @@ class Clock(simpy.Environment):
                 setattr(self, name, getattr(self, name))
         self._alarm: tuple | None = None     # (time, event id, callback) of the current plan
         self._stale = 0.0                     # latest time of a superseded plan
+        self._soon: deque = deque()           # heap entries due now at NORMAL priority, in id order
+
+    def schedule(self, event, priority=NORMAL, delay=0) -> None:
+        """SimPy's schedule: an entry due now at NORMAL priority goes to the FIFO (its id is the
+        largest drawn so far, so it is the FIFO's last in SimPy's order too)."""
+        if delay == 0 and priority == NORMAL:
+            self._soon.append((self._now, NORMAL, next(self._eid), event))
+        else:
+            heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
+
+    def signal(self) -> Signal:
+        return Signal(self)
 
     def set_alarm(self, delay: float, callback) -> None:
         """Call `callback()` `delay` from now, where a Timeout(delay) made now would fire;
@@ -57,23 +94,47 @@ class Clock(simpy.Environment):
         heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), _Call([callback])))
 
     def peek(self) -> float:
-        t = super().peek()
+        t = self._now if self._soon else super().peek()
         if self._alarm is not None:
             return min(t, self._alarm[0])
         if t == float("inf") and self._stale > self._now:
             return self._stale
         return t
 
-    def step(self) -> None:
-        """SimPy's step, with the alarm taking its turn."""
-        alarm = self._alarm
-        if alarm is not None and (not self._queue or alarm < self._queue[0]):
+    def _next(self):
+        """Take the next entry in SimPy's order: ring the alarm and return None, or return the
+        event popped from the FIFO or the heap; EmptySchedule when nothing is left."""
+        queue, soon, alarm = self._queue, self._soon, self._alarm
+        if soon and not (queue and queue[0] < soon[0]):
+            if alarm is not None and alarm < soon[0]:
+                self._ring(alarm)
+                return None
+            return soon.popleft()[3]
+        if alarm is not None and (not queue or alarm < queue[0]):
             self._ring(alarm)
-            return
-        if not self._queue and self._stale > self._now:
+            return None
+        if not queue:
+            if self._stale > self._now:
+                self._now = self._stale     # what popping the superseded timeouts would leave
+            raise EmptySchedule
+        self._now, _, _, event = heappop(queue)
+        return event
+
+    def step(self) -> None:
+        """SimPy's step, with the FIFO and the alarm taking their turns."""
+        if not self._queue and not self._soon and self._alarm is None and self._stale > self._now:
             self._now = self._stale           # what popping the superseded timeouts would leave
             return
-        super().step()
+        event = self._next()
+        if event is None:
+            return
+        callbacks, event.callbacks = event.callbacks, None
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
 
     def _ring(self, alarm: tuple) -> None:
         self._alarm = None
@@ -94,18 +155,25 @@ class Clock(simpy.Environment):
             raise RuntimeError(f'No scheduled events left but "until" event was not triggered: {until}') from None
 
     def _loop(self) -> None:
-        queue = self._queue
+        queue, soon = self._queue, self._soon
+        popleft = soon.popleft
         while True:
             alarm = self._alarm
-            if alarm is not None and (not queue or alarm < queue[0]):
+            if soon and not (queue and queue[0] < soon[0]):
+                if alarm is not None and alarm < soon[0]:
+                    self._ring(alarm)
+                    continue
+                event = popleft()[3]
+            elif alarm is not None and (not queue or alarm < queue[0]):
                 self._ring(alarm)
                 continue
-            try:
-                self._now, _, _, event = heappop(queue)
-            except IndexError:
-                if self._stale > self._now:
-                    self._now = self._stale
-                raise EmptySchedule from None
+            else:
+                try:
+                    self._now, _, _, event = heappop(queue)
+                except IndexError:
+                    if self._stale > self._now:
+                        self._now = self._stale
+                    raise EmptySchedule from None
             callbacks, event.callbacks = event.callbacks, None
             try:
                 for callback in callbacks:

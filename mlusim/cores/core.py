@@ -14,9 +14,8 @@ from collections import deque
 from functools import partial
 from operator import itemgetter
 
-import simpy
-
 from mlusim.cores import dma as dmamod
+from mlusim.cores.clock import Signal
 from mlusim.cores.interconnect import Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.queues import InstrQueue, TokenQueue
@@ -59,7 +58,7 @@ class Core:
         self.iq = {q: InstrQueue(self.env, cfg.core.queue_depth) for q in QUEUES}
         self.tokens = {(a, b): TokenQueue(self.env, f"{a}->{b}") for a in QUEUES for b in QUEUES if a != b}
         self.inflight = 0
-        self.drain_waiter: simpy.Event | None = None
+        self.drain_waiter: Signal | None = None
         self.cp_running: dict = {"mac": None, "vec": None}   # what each compute unit runs now
         self.cp_rob: deque = deque()                          # compute instructions in program order
         self.cp_busy_until = 0.0       # when the last compute instruction issued so far finishes
@@ -236,7 +235,7 @@ class Core:
     def _drain(self):
         """Wait until every issued instruction has completed (its time is the units' busy time)."""
         if self.inflight:
-            self.drain_waiter = self.env.event()
+            self.drain_waiter = Signal(self.env)
             yield self.drain_waiter
 
     def _sync(self, mnemonic: str, pc: int, ins):
@@ -355,7 +354,7 @@ class Core:
         while block is not None:
             self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block[2], block[0])
             if block[3] is None:           # the completion event exists only if someone waits on it
-                block[3] = self.env.event()
+                block[3] = Signal(self.env)
             yield block[3]
             block = self._cp_blocker(unit, touches)
 

@@ -14,7 +14,7 @@ from operator import mul, sub, truediv
 
 import simpy
 
-from mlusim.cores.clock import Clock
+from mlusim.cores.clock import Clock, Signal
 
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
@@ -36,7 +36,7 @@ class Flow:
 
     __slots__ = ("links", "nbytes", "done")
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, done: simpy.Event):
+    def __init__(self, links: tuple[Link, ...], nbytes: float, done: Signal):
         self.links, self.nbytes, self.done = links, nbytes, done
 
 
@@ -132,26 +132,26 @@ class Fabric:
         self._memo: dict[tuple[int, ...], list[float]] = {}
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
 
-    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> simpy.Event:
+    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> Signal:
         """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
         channel); the returned event fires when the last byte arrives."""
         env = self.env
         if not links:   # a private path: no contention, a plain delay
             return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
-        ev = env.event()
+        ev = Signal(env)
         self._start(links, nbytes, cap, ev)
         return ev
 
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> simpy.Event:
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> Signal:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
         latency): a call at that time starts the flow, so the DMA queue's process sleeps once
         per transfer. The flow starts exactly where the process would have resumed to start it."""
-        ev = self.env.event()
+        ev = Signal(self.env)
         self.env.call_later(delay, lambda _e: self._start(links, nbytes, cap, ev))
         return ev
 
     # -- internals -------------------------------------------------------------------------------
-    def _start(self, links: tuple[Link, ...], nbytes: float, cap: float, ev: simpy.Event) -> None:
+    def _start(self, links: tuple[Link, ...], nbytes: float, cap: float, ev: Signal) -> None:
         if nbytes <= 0:
             ev.succeed()
             return
