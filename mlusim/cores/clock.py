@@ -16,15 +16,25 @@ in id order at the current time, so they wait in a plain FIFO beside the heap (`
 heap holds only what is due later or is URGENT. The loop takes the least of the FIFO's head, the
 heap's first entry and the alarm, all in SimPy's (time, priority, id) order: the same order as
 one heap, without its sifting for three quarters of the events.
+
+An alarm may also be set with its time left open between two bounds (`set_alarm_between`): the
+fabric's plan after a transfer starts, which the next start at the same cycle (nine starts in ten)
+supersedes. The loop orders it by its lower bound and works the time out only when that bound
+would put it first; a superseded open plan is kept until the clock passes its upper bound, and
+worked out only if the run drains while it might still be the latest (`_stale`).
 """
 from __future__ import annotations
 
 from collections import deque
 from heapq import heappop, heappush
+from math import inf
 
 import simpy
 from simpy.core import BoundClass, EmptySchedule, StopSimulation
 from simpy.events import NORMAL, URGENT, EventPriority
+
+
+OPEN_MAX = 256          # superseded open plans kept before dropping those the clock has passed
 
 
 class _Call:
@@ -63,8 +73,12 @@ class Clock(simpy.Environment):
         for name, obj in vars(simpy.Environment).items():
             if isinstance(obj, BoundClass):
                 setattr(self, name, getattr(self, name))
-        self._alarm: tuple | None = None     # (time, event id, callback) of the current plan
+        # the current plan: (time, NORMAL, event id, callback), or while its time is open
+        # (lower bound, NORMAL, event id, callback, resolve, plan, upper bound)
+        self._alarm: tuple | None = None
         self._stale = 0.0                     # latest time of a superseded plan
+        self._open: list[tuple] = []          # superseded open plans that may still be the latest
+        self._open_low = 0.0                  # the highest lower bound among them, once kept
         self._soon: deque = deque()           # heap entries due now at NORMAL priority, in id order
 
     def schedule(self, event, priority=NORMAL, delay=0) -> None:
@@ -81,12 +95,51 @@ class Clock(simpy.Environment):
     def set_alarm(self, delay: float, callback) -> None:
         """Call `callback()` `delay` from now, where a Timeout(delay) made now would fire;
         replaces the alarm set before, if it has not fired."""
-        old = self._alarm
-        if old is not None and old[0] > self._stale:
-            self._stale = old[0]
+        if self._alarm is not None:
+            self._supersede(self._alarm)
         # shaped like a heap entry (time, priority, id, ...): ids are unique, so comparing it with
         # the heap's first entry decides by SimPy's order and never looks at the callback
         self._alarm = (self._now + delay, NORMAL, next(self._eid), callback)
+
+    def set_alarm_between(self, low: float, high: float, callback, resolve, plan) -> None:
+        """`set_alarm` for a time known to lie in [low, high] (absolute cycles) that `resolve(plan)`
+        works out exactly, as the delay passed to set_alarm now would have given it; `plan` must
+        keep its value after the alarm is replaced."""
+        if self._alarm is not None:
+            self._supersede(self._alarm)
+        self._alarm = (low, NORMAL, next(self._eid), callback, resolve, plan, high)
+
+    def _supersede(self, old: tuple) -> None:
+        """Remember what a replaced plan leaves: its time, if later than any before (a drained run
+        ends there). An open plan is kept unresolved, unless it cannot be the latest: its upper
+        bound is at most the stale time or a lower bound kept before (that plan ends later)."""
+        if len(old) == 4:
+            if old[0] > self._stale:
+                self._stale = old[0]
+            return
+        if old[6] <= self._stale or old[6] <= self._open_low:
+            return
+        self._open.append(old)
+        if old[0] > self._open_low:
+            self._open_low = old[0]
+        if len(self._open) >= OPEN_MAX:
+            self._prune_open()
+
+    def _prune_open(self) -> None:
+        """Drop kept open plans the clock has passed (they cannot date a drained run), and
+        resolve the rest if many remain."""
+        now = self._now
+        self._open = [p for p in self._open if p[6] > now]
+        if len(self._open) >= OPEN_MAX // 2:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Work out every kept open plan's time into `_stale` (the run drained, or too many)."""
+        for p in self._open:
+            t = p[4](p[5])
+            if t > self._stale:
+                self._stale = t
+        self._open.clear()
 
     def call_later(self, delay: float, callback) -> None:
         """`callback(event)` `delay` from now, exactly where Timeout(delay) with that callback
@@ -95,10 +148,15 @@ class Clock(simpy.Environment):
 
     def peek(self) -> float:
         t = self._now if self._soon else super().peek()
-        if self._alarm is not None:
-            return min(t, self._alarm[0])
-        if t == float("inf") and self._stale > self._now:
-            return self._stale
+        alarm = self._alarm
+        if alarm is not None:
+            if len(alarm) > 4:
+                alarm = self._resolve(alarm)
+            return min(t, alarm[0])
+        if t == inf:
+            self._settle()
+            if self._stale > self._now:
+                return self._stale
         return t
 
     def _next(self):
@@ -114,17 +172,18 @@ class Clock(simpy.Environment):
             self._ring(alarm)
             return None
         if not queue:
-            if self._stale > self._now:
-                self._now = self._stale     # what popping the superseded timeouts would leave
+            self._drained()
             raise EmptySchedule
         self._now, _, _, event = heappop(queue)
         return event
 
     def step(self) -> None:
         """SimPy's step, with the FIFO and the alarm taking their turns."""
-        if not self._queue and not self._soon and self._alarm is None and self._stale > self._now:
-            self._now = self._stale           # what popping the superseded timeouts would leave
-            return
+        if not self._queue and not self._soon and self._alarm is None:
+            self._settle()
+            if self._stale > self._now:
+                self._now = self._stale       # what popping the superseded timeouts would leave
+                return
         event = self._next()
         if event is None:
             return
@@ -137,9 +196,24 @@ class Clock(simpy.Environment):
             raise exc
 
     def _ring(self, alarm: tuple) -> None:
+        """The alarm's turn by its time: call it, or if its time is open, work that out first (the
+        loop then compares it again)."""
+        if len(alarm) > 4:
+            self._resolve(alarm)
+            return
         self._alarm = None
         self._now = alarm[0]
         alarm[3]()
+
+    def _resolve(self, alarm: tuple) -> tuple:
+        exact = self._alarm = (alarm[4](alarm[5]), NORMAL, alarm[2], alarm[3])
+        return exact
+
+    def _drained(self) -> None:
+        """Nothing is left to run: the clock stops where popping the superseded timeouts would."""
+        self._settle()
+        if self._stale > self._now:
+            self._now = self._stale
 
     def run(self, until=None):
         """SimPy's run; until an event, as one loop with SimPy's step inlined (the engine's
@@ -171,8 +245,7 @@ class Clock(simpy.Environment):
                 try:
                     self._now, _, _, event = heappop(queue)
                 except IndexError:
-                    if self._stale > self._now:
-                        self._now = self._stale
+                    self._drained()
                     raise EmptySchedule from None
             callbacks, event.callbacks = event.callbacks, None
             try:
