@@ -128,7 +128,9 @@ class Core:
         """Resolve register-relative addresses, check every access, price the instruction.
         The result depends only on the instruction's fields and its resolved addresses (every core
         has memories of the same sizes), so the chip remembers it by content: a network's tasks
-        and cores issue the same few thousand instructions over and over."""
+        and cores issue the same few thousand instructions over and over. One that uses no base
+        register is also remembered by the Instr itself (`chip.prepared_ins`, which run_task looks
+        at first), sparing its content key the next time."""
         op = ins.op
         args = ins.args
         regs = self.regs
@@ -140,9 +142,12 @@ class Core:
             v = args[name]
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
-        cache = self.chip.prepared
+        chip = self.chip
+        cache = chip.prepared
         hit = cache.get(key)
         if hit is not None:
+            if len(key) == 2:
+                chip.remember(ins, hit)
             return hit
         if len(key) == 2:
             a = args
@@ -173,6 +178,8 @@ class Core:
         if len(cache) >= PREPARED_MAX:
             cache.clear()
         cache[key] = prepared
+        if len(key) == 2:
+            chip.remember(ins, prepared)
         return prepared
 
     def run_task(self, task: TaskContext):
@@ -185,6 +192,7 @@ class Core:
             tq.sent.clear()
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
+        prepared_ins = chip.prepared_ins
         scalar_cost = self.cfg.core.startup_cycles.scalar
         pc, n, pending = 0, len(stream), 0.0
         ctr.tasks += 1
@@ -211,7 +219,8 @@ class Core:
                 yield from self._sync(op.mnemonic, pc, ins)
                 pc += 1
                 continue
-            prep = self._prepare(ins, pc)
+            hit = prepared_ins.get(id(ins))
+            prep = hit[1] if hit is not None and hit[0] is ins else self._prepare(ins, pc)
             qname = prep[0]
             if unit == "dma" and prep[1]["dcl"]:
                 self._check_remote(prep[1]["dcl"] - 1, pc, ins)
