@@ -32,13 +32,15 @@ class Link:
 
 
 class Flow:
-    """One transfer in flight: what it crosses and moves, and the event its end fires. Its
-    changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists."""
+    """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
+    changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
+    A transfer that starts later is also the event of its start (`callbacks`, as Clock.later)."""
 
-    __slots__ = ("links", "nbytes", "done")
+    __slots__ = ("links", "nbytes", "cap", "done", "callbacks")
+    _ok = True
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, done: Signal):
-        self.links, self.nbytes, self.done = links, nbytes, done
+    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal, callbacks=None):
+        self.links, self.nbytes, self.cap, self.done, self.callbacks = links, nbytes, cap, done, callbacks
 
 
 def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
@@ -166,27 +168,28 @@ class Fabric:
         if not links:   # a private path: no contention, a plain delay
             return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
         ev = Signal(env)
-        self._start(links, nbytes, cap, ev)
+        self._start(Flow(links, nbytes, cap, ev))
         return ev
 
     def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> Signal:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency): a call at that time starts the flow, so the DMA queue's process sleeps once
+        latency): the flow is the event of its own start, so the DMA queue's process sleeps once
         per transfer. The flow starts exactly where the process would have resumed to start it."""
         ev = Signal(self.env)
-        self.env.call_later(delay, lambda _e: self._start(links, nbytes, cap, ev))
+        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start]))
         return ev
 
     # -- internals -------------------------------------------------------------------------------
-    def _start(self, links: tuple[Link, ...], nbytes: float, cap: float, ev: Signal) -> None:
+    def _start(self, flow: Flow) -> None:
+        links, nbytes = flow.links, flow.nbytes
         if nbytes <= 0:
-            ev.succeed()
+            flow.done.succeed()
             return
         env = self.env
         now = env._now
         if now != self._last:
             self._advance(now)
-        sig = (links, cap)
+        sig = (links, flow.cap)
         kind = self._kinds.get(sig)
         if kind is None:
             kind = self._kinds[sig] = len(self._kind_list)
@@ -195,13 +198,13 @@ class Fabric:
             if link._count == 0:
                 link._since = now
             link._count += 1
-        nbytes = float(nbytes)
+        nbytes = flow.nbytes = float(nbytes)
         rem = self.remaining
         least = self._min_rem
         if least is None:
             least = min(rem) if rem else inf
         self._min_rem = nbytes if nbytes < least else least
-        self.flows.append(Flow(links, nbytes, ev))
+        self.flows.append(flow)
         self.kinds.append(kind)
         rem.append(nbytes)          # see _planned
         mix = self._grown.get((self.mix, kind))
