@@ -31,7 +31,7 @@ from math import inf
 
 import simpy
 from simpy.core import BoundClass, EmptySchedule, StopSimulation
-from simpy.events import NORMAL, URGENT, EventPriority
+from simpy.events import NORMAL, URGENT, EventPriority, _describe_frame
 
 
 OPEN_MAX = 256          # superseded open plans kept before dropping those the clock has passed
@@ -65,6 +65,53 @@ class Signal:
         env._soon.append((env._now, NORMAL, next(env._eid), self))
 
 
+class Process(simpy.Process):
+    """SimPy's Process with its resume pared down for the engine's hot path: the generator's
+    send and the resume callback are bound once, and a failed event (which no engine process
+    waits on) is handed to SimPy's own resume. Ending, failing and bad yields behave as SimPy's."""
+
+    def __init__(self, env: "Clock", generator):
+        super().__init__(env, generator)
+        self._send = generator.send
+        self._callback = self._resume
+
+    def _resume(self, event) -> None:
+        if not event._ok:
+            return simpy.Process._resume(self, event)
+        env = self.env
+        env._active_proc = self
+        while True:
+            try:
+                event = self._send(event._value)
+            except StopIteration as e:
+                self._ok = True
+                self._value = e.args[0] if len(e.args) else None
+                env.schedule(self)
+                event = None
+                break
+            except BaseException as e:
+                self._ok = False
+                e.__traceback__ = e.__traceback__.tb_next
+                self._value = e
+                env.schedule(self)
+                event = None
+                break
+            try:
+                callbacks = event.callbacks
+            except AttributeError:      # as SimPy
+                if hasattr(event, "callbacks"):
+                    raise
+                descr = _describe_frame(self._generator.gi_frame)
+                raise RuntimeError(f'\n{descr}Invalid yield value "{event}"') from None
+            if callbacks is not None:
+                callbacks.append(self._callback)
+                break
+            if not event._ok:        # already processed, and failed: SimPy's handling from here
+                return simpy.Process._resume(self, event)
+        self._target = event
+        env._active_proc = None
+
+
 class Clock(simpy.Environment):
     def __init__(self) -> None:
         super().__init__()
@@ -73,6 +120,7 @@ class Clock(simpy.Environment):
         for name, obj in vars(simpy.Environment).items():
             if isinstance(obj, BoundClass):
                 setattr(self, name, getattr(self, name))
+        self.process = lambda generator: Process(self, generator)
         # the current plan: (time, NORMAL, event id, callback), or while its time is open
         # (lower bound, NORMAL, event id, callback, resolve, plan, upper bound)
         self._alarm: tuple | None = None

@@ -109,6 +109,7 @@ class Core:
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
         self._cp_sigs = self._token_tables("cp")[1]     # the token queues a compute sig= field signals
+        self._done_callback = self._compute_done         # bound once, not per instruction
         for q in QUEUES:
             self.env.process(self._compute_unit() if q == "cp" else self._dma_unit(q))
 
@@ -359,7 +360,12 @@ class Core:
             ctr = self.counters
             got = None
             if prep.wait:
-                got = yield from self._take_tokens(qname, waits[prep.wait], ins, pc, task)
+                pairs = waits[prep.wait]
+                tq = pairs[0][1]
+                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
+                    tq.count -= 1
+                else:
+                    got = yield from self._take_tokens(qname, pairs, ins, pc, task)
             plan = prep.plan
             state[qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
             t0 = env._now
@@ -404,7 +410,7 @@ class Core:
     def _compute_unit(self):
         """SimPy process: the compute queue, handing its head to the MAC array or the vector unit
         once that unit is free and nothing running on the other one conflicts with it."""
-        env = self.env
+        env, chip = self.env, self.chip
         iq = self.iq["cp"]
         items, state = iq.items, self.state
         waits = self._token_tables("cp")[0]
@@ -415,7 +421,12 @@ class Core:
             ins, prep, pc, task = iq.pop()
             got = None
             if prep.wait:
-                got = yield from self._take_tokens("cp", waits[prep.wait], ins, pc, task)
+                pairs = waits[prep.wait]
+                tq = pairs[0][1]
+                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
+                    tq.count -= 1
+                else:
+                    got = yield from self._take_tokens("cp", pairs, ins, pc, task)
             unit, touches = prep.unit, prep.touches
             block = self._cp_blocker(unit, touches)
             while block is not None:
@@ -467,7 +478,7 @@ class Core:
         env = self.env
         unit = prep.unit
         now = env._now
-        rec = Running(unit, ins, prep, pc, task, now, [self._compute_done], got=got or None)
+        rec = Running(unit, ins, prep, pc, task, now, [self._done_callback], got=got or None)
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
         end = now + prep.cost

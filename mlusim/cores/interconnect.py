@@ -136,6 +136,7 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
+        self._start_callback = self._start       # bound once, not per transfer
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -176,7 +177,7 @@ class Fabric:
         latency): the flow is the event of its own start, so the DMA queue's process sleeps once
         per transfer. The flow starts exactly where the process would have resumed to start it."""
         ev = Signal(self.env)
-        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start]))
+        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start_callback]))
         return ev
 
     # -- internals -------------------------------------------------------------------------------
