@@ -153,8 +153,9 @@ class Clock(simpy.Environment):
         """`set_alarm` for a time known to lie in [low, high] (absolute cycles) that `resolve(plan)`
         works out exactly, as the delay passed to set_alarm now would have given it; `plan` must
         keep its value after the alarm is replaced."""
-        if self._alarm is not None:
-            self._supersede(self._alarm)
+        old = self._alarm
+        if old is not None and (len(old) == 4 or old[6] > self._stale and old[6] > self._open_low):
+            self._supersede(old)        # (an open plan that cannot be the latest leaves nothing)
         self._alarm = (low, NORMAL, next(self._eid), callback, resolve, plan, high)
 
     def _supersede(self, old: tuple) -> None:

@@ -111,8 +111,10 @@ def _delay(t: float, q: float) -> float:
 
 
 def _due(t: float, q: float) -> float:
-    """Where that wake-up lands, t + _delay(t, q): monotone in q, as every rounding step is."""
-    return t + _delay(t, q)
+    """Where that wake-up lands, t + _delay(t, q) (written out: a start computes two of these):
+    monotone in q, as every rounding step is."""
+    nxt = t + q if q > 0.0 else t
+    return t + (nxt - t if nxt > t else 0.0)
 
 
 def _first_finish(plan: tuple[float, list[float], list[float]]) -> float:
