@@ -28,6 +28,20 @@ class AlarmPlans:
         self.env.set_alarm(delay, callback)
 
 
+class OpenPlans:
+    """Plans set with their time open between bounds, worked out only when the loop needs it."""
+
+    def __init__(self, env, seed):
+        self.env, self.rng = env, random.Random(seed + 1000)
+
+    def plan(self, delay, callback):
+        env, rng = self.env, self.rng
+        due = env.now + delay
+        low = max(env.now, due - rng.choice([0, 0.5, 1, delay]))
+        high = due + rng.choice([0, 1, 4])
+        env.set_alarm_between(low, high, callback, lambda t: t, due)
+
+
 def scenario(env, plans, seed: int, stuck: bool = False) -> list:
     """Workers sleeping on coinciding integer times, re-planning one shared wake-up as they go."""
     rng = random.Random(seed)
@@ -64,13 +78,24 @@ def test_alarm_keeps_simpy_order(seed):
     assert scenario(clock, AlarmPlans(clock), seed) == scenario(plain, TimeoutPlans(plain), seed)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_drained_run_ends_where_superseded_timeouts_would_leave_it(seed):
+@pytest.mark.parametrize("seed", range(20))
+def test_open_alarm_keeps_simpy_order(seed):
     plain = simpy.Environment()
     clock = Clock()
+    assert scenario(clock, OpenPlans(clock, seed), seed) == scenario(plain, TimeoutPlans(plain), seed)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_drained_run_ends_where_superseded_timeouts_would_leave_it(seed, monkeypatch):
+    plain = simpy.Environment()
     expect = scenario(plain, TimeoutPlans(plain), seed, stuck=True)
     assert expect[-1][0] == "drained"
+    clock = Clock()
     assert scenario(clock, AlarmPlans(clock), seed, stuck=True) == expect
+    for keep in (256, 2):       # superseded open plans kept, and pruned or resolved early
+        clock = Clock()
+        monkeypatch.setattr("mlusim.cores.clock.OPEN_MAX", keep)
+        assert scenario(clock, OpenPlans(clock, seed), seed, stuck=True) == expect
 
 
 def test_step_and_peek_see_the_alarm():
@@ -106,3 +131,47 @@ def test_call_later_runs_where_a_timeout_callback_would():
     plain = simpy.Environment()
     expect = order(plain, lambda env, d, cb: env.timeout(d).callbacks.append(cb))
     assert order(clock, lambda env, d, cb: env.call_later(d, cb)) == expect
+
+
+def relay(env, make, seed: int) -> list:
+    """Workers hand signals to each other at coinciding times, beside timeouts of 0 and more and
+    processes started mid-run (URGENT initialisations): the due-now FIFO keeps SimPy's order."""
+    rng = random.Random(seed)
+    log, waiting = [], []
+
+    def worker(i):
+        for _ in range(25):
+            r = rng.random()
+            if r < 0.3 and waiting:
+                waiting.pop(rng.randrange(len(waiting))).succeed()
+            elif r < 0.5:
+                ev = make(env)
+                waiting.append(ev)
+                yield ev
+            elif r < 0.55:
+                env.process(child(i))
+            else:
+                yield env.timeout(rng.choice([0, 0, 1, 2]))
+            log.append((i, env.now))
+
+    def child(i):
+        log.append(("child", i, env.now))
+        yield env.timeout(0)
+        log.append(("child done", i, env.now))
+
+    procs = [env.process(worker(i)) for i in range(5)]
+    for _ in range(40):      # release whoever still waits, one by one, until everyone is done
+        env.run(until=env.timeout(3) if not all(p.triggered for p in procs) else None)
+        for ev in waiting:
+            ev.succeed()
+        waiting.clear()
+    return log
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_signals_and_due_now_events_keep_simpy_order(seed):
+    from mlusim.cores.clock import Signal
+
+    plain = simpy.Environment()
+    clock = Clock()
+    assert relay(clock, Signal, seed) == relay(plain, lambda env: env.event(), seed)

@@ -221,5 +221,5 @@ def test_prepared_instructions_are_shared_by_content():
     assert a._prepare(I("dma", dir="g2n", dst=0, src=128, size=64), 0) is not a._prepare(ld, 0)
     rel = I("dma", dir="g2n", dst=0, src=(1, 64), size=64)
     a.regs[1], b.regs[1] = 0, 64
-    assert a._prepare(rel, 0)[1]["src"] == 64 and b._prepare(rel, 0)[1]["src"] == 128
+    assert a._prepare(rel, 0).args["src"] == 64 and b._prepare(rel, 0).args["src"] == 128
     assert len(chip.prepared) == 4

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from mlusim.cores.clock import Clock
-from mlusim.cores.core import Core, describe_state
+from mlusim.cores.core import PREPARED_MAX, Core, describe_state
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
@@ -54,6 +54,7 @@ class Chip:
         self.gdram = Memory("gdram", gdram_bytes)
         # prepared instructions (Core._prepare) by content, shared by every core and kernel
         self.prepared: dict = {}
+        self.prepared_ins: dict = {}   # id(Instr) -> (Instr, the same), for those with no base register
         self.hazards: dict = {}        # Core._hazard's memo: pairs of prepared touches -> overlap?
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
@@ -88,7 +89,16 @@ class Chip:
         """Drop the prepared-instruction and hazard memos (thousands of small objects a finished
         run no longer needs, which the cyclic collector would otherwise walk once more)."""
         self.prepared.clear()
+        self.prepared_ins.clear()
         self.hazards.clear()
+
+    def remember(self, ins, prepared) -> None:
+        """Remember a prepared instruction by its Instr object's identity (Instr hashes by content,
+        which costs more than the content key; the entry holds the Instr, so no other object can
+        take its id while remembered)."""
+        if len(self.prepared_ins) >= PREPARED_MAX:
+            self.prepared_ins.clear()
+        self.prepared_ins[id(ins)] = (ins, prepared)
 
     # ---- accounting (called by cores) ----------------------------------------------------------
     def set_weights(self, ranges: list[tuple[int, int]]) -> None:

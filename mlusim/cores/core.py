@@ -11,12 +11,11 @@ sends deadlocks and is reported as such.
 from __future__ import annotations
 
 from collections import deque
-from functools import partial
+from dataclasses import dataclass
 from operator import itemgetter
 
-import simpy
-
 from mlusim.cores import dma as dmamod
+from mlusim.cores.clock import Signal
 from mlusim.cores.interconnect import Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.queues import InstrQueue, TokenQueue
@@ -31,6 +30,46 @@ UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
 PREPARED_MAX = 1 << 15  # prepared instructions a chip remembers (~0.7 KB each; ResNet-50 b16 issues 7,352 distinct)
 _VALUES: dict = {}      # opcode (unique: table.py asserts it) -> its fields' values in table order
+
+
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """An instruction made ready to issue, remembered chip-wide by content: where it goes, what
+    it touches, and what it costs (a compute unit's cycles, or a DMA's plan and the cycles it
+    would take with the chip to itself)."""
+
+    queue: str
+    args: dict                  # its fields, addresses resolved
+    touches: tuple
+    unit: str                   # "dma", "mac" or "vec"
+    wait: int                   # wait= and sig= masks
+    sig: int
+    cost: float = 0.0           # compute cycles
+    macs: tuple | None = None   # a MAC instruction's counts (Chip.mac_counts)
+    plan: dmamod.DmaPlan | None = None
+    ends: tuple[str, str] = ("", "")   # a DMA's (source, destination) spaces: its route
+    demand: float = 0.0         # a DMA's fixed cycles plus bus bytes at its channel's cap
+    dcl: int = 0                # a DMA's far cluster + 1 (s2s to another cluster's SRAM), or 0
+
+
+@dataclass(slots=True, eq=False)
+class Running:
+    """A compute instruction started on its unit. It is also the event of its end: the clock
+    calls `callbacks` (Core._compute_done) then."""
+
+    unit: str
+    ins: object
+    prep: Prepared
+    pc: int
+    task: TaskContext
+    start: float
+    callbacks: list
+    done: Signal | None = None     # its end, made only if the compute queue's head waits for it
+    finished: bool = False
+    end: float = 0.0               # tracing: when it completed
+    got: list | None = None        # tracing: (end, track) of the slices whose tokens it took
+
+    _ok = True                     # read by the event loop, as of a succeeded event
 
 
 def _values_getter(op):
@@ -59,7 +98,7 @@ class Core:
         self.iq = {q: InstrQueue(self.env, cfg.core.queue_depth) for q in QUEUES}
         self.tokens = {(a, b): TokenQueue(self.env, f"{a}->{b}") for a in QUEUES for b in QUEUES if a != b}
         self.inflight = 0
-        self.drain_waiter: simpy.Event | None = None
+        self.drain_waiter: Signal | None = None
         self.cp_running: dict = {"mac": None, "vec": None}   # what each compute unit runs now
         self.cp_rob: deque = deque()                          # compute instructions in program order
         self.cp_busy_until = 0.0       # when the last compute instruction issued so far finishes
@@ -71,8 +110,9 @@ class Core:
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
         self._cp_sigs = self._token_tables("cp")[1]     # the token queues a compute sig= field signals
+        self._done_callback = self._compute_done         # bound once, not per instruction
         for q in QUEUES:
-            self.env.process(self._unit(q))
+            self.env.process(self._compute_unit() if q == "cp" else self._dma_unit(q))
 
     # ---- what semantics see ------------------------------------------------------------------
     def mem(self, space: str):
@@ -130,7 +170,9 @@ class Core:
         """Resolve register-relative addresses, check every access, price the instruction.
         The result depends only on the instruction's fields and its resolved addresses (every core
         has memories of the same sizes), so the chip remembers it by content: a network's tasks
-        and cores issue the same few thousand instructions over and over."""
+        and cores issue the same few thousand instructions over and over. One that uses no base
+        register is also remembered by the Instr itself (`chip.prepared_ins`, which run_task looks
+        at first), sparing its content key the next time."""
         op = ins.op
         args = ins.args
         regs = self.regs
@@ -142,9 +184,12 @@ class Core:
             v = args[name]
             if v >> bits:
                 key += (regs[v >> bits] + (v & ((1 << bits) - 1)),)
-        cache = self.chip.prepared
+        chip = self.chip
+        cache = chip.prepared
         hit = cache.get(key)
         if hit is not None:
+            if len(key) == 2:
+                chip.remember(ins, hit)
             return hit
         if len(key) == 2:
             a = args
@@ -164,17 +209,22 @@ class Core:
         if op.unit == "dma":
             plan = dmamod.plan(a, self.cfg)
             dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
-            prepared = (plan.queue, a, plan, touches, None)
+            cap = self.route(plan.src, plan.dst)[1]     # the same for every core: ports are per core
+            prepared = Prepared(plan.queue, a, touches, "dma", a["wait"], a["sig"], plan=plan,
+                                ends=(plan.src, plan.dst), demand=plan.fixed_cycles + plan.bus_bytes / cap,
+                                dcl=a["dcl"])
         else:
             cycles = op.cycles(a, self.cfg)
-            prepared = (UNIT_QUEUE[op.unit], a, cycles, touches,
-                        self.chip.mac_counts(a, op, cycles) if op.unit == "mac" else None)
-        if (a["wait"] | a["sig"]) >> QIDX[prepared[0]] & 1:
-            raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared[0]} queue and cannot "
+            prepared = Prepared(UNIT_QUEUE[op.unit], a, touches, op.unit, a["wait"], a["sig"], cost=cycles,
+                                macs=self.chip.mac_counts(a, op, cycles) if op.unit == "mac" else None)
+        if (a["wait"] | a["sig"]) >> QIDX[prepared.queue] & 1:
+            raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared.queue} queue and cannot "
                                   f"wait for or signal its own queue")
         if len(cache) >= PREPARED_MAX:
             cache.clear()
         cache[key] = prepared
+        if len(key) == 2:
+            chip.remember(ins, prepared)
         return prepared
 
     def run_task(self, task: TaskContext):
@@ -187,6 +237,7 @@ class Core:
             tq.sent.clear()
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
+        prepared_ins = chip.prepared_ins
         scalar_cost = self.cfg.core.startup_cycles.scalar
         pc, n, pending = 0, len(stream), 0.0
         ctr.tasks += 1
@@ -213,10 +264,11 @@ class Core:
                 yield from self._sync(op.mnemonic, pc, ins)
                 pc += 1
                 continue
-            prep = self._prepare(ins, pc)
-            qname = prep[0]
-            if unit == "dma" and prep[1]["dcl"]:
-                self._check_remote(prep[1]["dcl"] - 1, pc, ins)
+            hit = prepared_ins.get(id(ins))
+            prep = hit[1] if hit is not None and hit[0] is ins else self._prepare(ins, pc)
+            qname = prep.queue
+            if prep.dcl:
+                self._check_remote(prep.dcl - 1, pc, ins)
             iq = self.iq[qname]
             if len(iq.items) >= iq.depth:
                 self.state["issue"] = ("waits for a free {} queue slot (pc {})", qname, pc)
@@ -237,7 +289,7 @@ class Core:
     def _drain(self):
         """Wait until every issued instruction has completed (its time is the units' busy time)."""
         if self.inflight:
-            self.drain_waiter = self.env.event()
+            self.drain_waiter = Signal(self.env)
             yield self.drain_waiter
 
     def _sync(self, mnemonic: str, pc: int, ins):
@@ -272,75 +324,77 @@ class Core:
         sigs = [tuple(self.tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
         return waits, sigs
 
-    def _unit(self, qname: str):
-        env, chip = self.env, self.chip
+    def _take_tokens(self, qname: str, waits: tuple, ins, pc: int, task):
+        """Take one token from each queue in `waits` (in order), waiting for those not sent yet;
+        returns, when tracing, the (end, track) of the slices that sent them."""
+        env, ctr, trace = self.env, self.counters, self.chip.trace
+        got = [] if trace is not None else None
+        for other, tq in waits:
+            if tq.count:
+                tq.count -= 1
+            else:
+                self.state[qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
+                                     ins.op.mnemonic, task.taskid)
+                t0 = env._now
+                yield tq.wait()
+                now = env._now
+                ctr.token_stall[qname] += now - t0
+                if qname == "cp":     # starved: neither compute unit still running
+                    ctr.cp_starved += max(0.0, now - max(t0, self.cp_busy_until))
+                if trace is not None:
+                    trace.append((self.id, qname, t0, now, f"wait {other} token", task.kernel.name, pc))
+            if trace is not None:
+                got.append(tq.sent.popleft())
+        return got
+
+    def _dma_unit(self, qname: str):
+        """SimPy process: a DMA queue's engine, one transfer at a time in program order."""
+        env, chip, fabric = self.env, self.chip, self.chip.fabric
         iq = self.iq[qname]
-        items, state = iq.items, self.state
+        items, state, routes = iq.items, self.state, self._routes
         waits, sigs = self._token_tables(qname)
-        compute = qname == "cp"
         while True:
             if not items:
                 state[qname] = "idle"
                 yield iq.wait_item()
             ins, prep, pc, task = iq.pop()
-            a = prep[1]
             ctr = self.counters
-            trace = chip.trace
-            got = None          # tracing: (end, track) of the slices whose tokens this one takes
-            wait = a["wait"]
-            if wait:
-                for other, tq in waits[wait]:
-                    if tq.count:
-                        tq.count -= 1
-                    else:
-                        state[qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                        ins.op.mnemonic, task.taskid)
-                        t0 = env.now
-                        yield tq.wait()
-                        ctr.token_stall[qname] += env.now - t0
-                        if compute:     # starved: neither compute unit still running
-                            ctr.cp_starved += max(0.0, env.now - max(t0, self.cp_busy_until))
-                        if trace is not None:
-                            trace.append((self.id, qname, t0, env.now, f"wait {other} token", task.kernel.name, pc))
-                    if trace is not None:
-                        if got is None:
-                            got = [tq.sent.popleft()]
-                        else:
-                            got.append(tq.sent.popleft())
-            if compute:
-                block = self._cp_blocker(ins.op.unit, prep[3])
-                if block is not None:
-                    yield from self._wait_for_units(ins, prep[3], pc, block)
-                self._start_compute(ins, prep, pc, task)
-                if got:
-                    self.cp_rob[-1][8] = got       # arrows drawn when it completes
-                continue
-            plan = prep[2]
+            got = None
+            if prep.wait:
+                pairs = waits[prep.wait]
+                tq = pairs[0][1]
+                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
+                    tq.count -= 1
+                else:
+                    got = yield from self._take_tokens(qname, pairs, ins, pc, task)
+            plan = prep.plan
             state[qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
-            t0 = env.now
-            links, cap = self.route(plan.src, plan.dst)
-            if a["dcl"]:         # to another cluster's SRAM: through both clusters' SRAM ports
-                far = task.clusters[a["dcl"] - 1].sram_link
-                links = (self.cluster.sram_link,) + ((far,) if far is not self.cluster.sram_link else ())
-                cap = self.port_caps["sram"]
+            t0 = env._now
+            route = routes.get(prep.ends) or self.route(plan.src, plan.dst)
+            links, demand = route[0], prep.demand
+            if prep.dcl:         # to another cluster's SRAM: through both clusters' SRAM ports
+                links, cap = self._far_route(task.clusters[prep.dcl - 1])
+                demand = plan.fixed_cycles + plan.bus_bytes / cap
+            else:
+                cap = route[1]
             if links:
-                yield chip.fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap)
+                yield fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap)
             else:   # on-core move: nothing shared, one event
-                yield env.timeout(plan.fixed_cycles + plan.bus_bytes / cap)
+                yield env.timeout(demand)
             chip.account_dma(plan, ctr)
-            ctr.dma_demand[qname] += plan.fixed_cycles + plan.bus_bytes / cap
-            now = env.now
+            ctr.dma_demand[qname] += demand
+            now = env._now
             ctr.busy[qname] += now - t0
             chip.last_activity = now
+            trace = chip.trace
             if trace is not None:
                 trace.append((self.id, qname, t0, now, ins.op.mnemonic, task.kernel.name, pc))
                 if got:
                     self._flows_in(got, now, qname)
             if chip.numerics:
-                chip.gemms.execute(self, ins.op, a, prep[3])
-            sig = a["sig"]
-            if sig:
-                for tq in sigs[sig]:
+                chip.gemms.execute(self, ins.op, prep.args, prep.touches)
+            if prep.sig:
+                for tq in sigs[prep.sig]:
                     tq.push()
                     if trace is not None:
                         tq.sent.append((now, qname))
@@ -349,16 +403,41 @@ class Core:
                 w, self.drain_waiter = self.drain_waiter, None
                 w.succeed()
 
-    def _wait_for_units(self, ins, touches, pc, block):
-        """The compute queue's head waits until its unit is free and no instruction running on the
-        other unit conflicts with it (`block`, the first _cp_blocker found)."""
-        unit = ins.op.unit
-        while block is not None:
-            self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block[2], block[0])
-            if block[3] is None:           # the completion event exists only if someone waits on it
-                block[3] = self.env.event()
-            yield block[3]
+    def _far_route(self, far) -> tuple[tuple[Link, ...], float]:
+        """Links and cap of an s2s to another cluster's SRAM: both clusters' SRAM ports."""
+        mine = self.cluster.sram_link
+        return (mine,) + ((far.sram_link,) if far.sram_link is not mine else ()), self.port_caps["sram"]
+
+    def _compute_unit(self):
+        """SimPy process: the compute queue, handing its head to the MAC array or the vector unit
+        once that unit is free and nothing running on the other one conflicts with it."""
+        env, chip = self.env, self.chip
+        iq = self.iq["cp"]
+        items, state = iq.items, self.state
+        waits = self._token_tables("cp")[0]
+        while True:
+            if not items:
+                state["cp"] = "idle"
+                yield iq.wait_item()
+            ins, prep, pc, task = iq.pop()
+            got = None
+            if prep.wait:
+                pairs = waits[prep.wait]
+                tq = pairs[0][1]
+                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
+                    tq.count -= 1
+                else:
+                    got = yield from self._take_tokens("cp", pairs, ins, pc, task)
+            unit, touches = prep.unit, prep.touches
             block = self._cp_blocker(unit, touches)
+            while block is not None:
+                state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block.pc,
+                               block.unit)
+                if block.done is None:           # made only when someone waits on it
+                    block.done = Signal(env)
+                yield block.done
+                block = self._cp_blocker(unit, touches)
+            self._start_compute(ins, prep, pc, task, got)
 
     def _flows_in(self, got: list, t: float, track: str) -> None:
         """Tracing: arrows from the slices whose tokens the instruction ending at `t` on `track`
@@ -368,15 +447,15 @@ class Core:
             trace.append((FLOW, t_out, self.id, track_out, t, self.id, track, True))
 
     # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
-    def _cp_blocker(self, unit: str, touches):
-        """What keeps the compute queue's head from starting: the record of the instruction running
-        on its own unit, or of one on the other unit whose memory it overlaps with a write; None.
-        The MAC array is looked at first, then the vector unit."""
+    def _cp_blocker(self, unit: str, touches) -> Running | None:
+        """What keeps the compute queue's head from starting: the instruction running on its own
+        unit, or one on the other unit whose memory it overlaps with a write; None. The MAC
+        array is looked at first, then the vector unit."""
         running = self.cp_running
         mac, vec = running["mac"], running["vec"]
-        if mac is not None and (unit == "mac" or self._hazard(mac[1], touches)):
+        if mac is not None and (unit == "mac" or self._hazard(mac.prep.touches, touches)):
             return mac
-        if vec is not None and (unit == "vec" or self._hazard(vec[1], touches)):
+        if vec is not None and (unit == "vec" or self._hazard(vec.prep.touches, touches)):
             return vec
         return None
 
@@ -392,60 +471,58 @@ class Core:
             hit = memo[key] = (t1, t2, _hazard(t1, t2))
         return hit[2]
 
-    def _start_compute(self, ins, prep, pc, task) -> None:
+    def _start_compute(self, ins, prep: Prepared, pc: int, task, got) -> None:
         """Start the queue head on its unit (the MAC array and the vector unit are separate pipes,
-        as the WFU and NFU are; _unit waits until _cp_blocker clears). Completion is recorded in
-        program order, so tokens and drains behave exactly as for a strictly in-order queue."""
+        as the WFU and NFU are; _compute_unit waits until _cp_blocker clears). Completion is
+        recorded in program order, so tokens and drains behave exactly as for a strictly in-order
+        queue."""
         env = self.env
-        unit = ins.op.unit
-        cost = prep[2]
-        now = env.now
-        # [7] when it completed (tracing), [8] (end, track) of the slices whose tokens it took
-        # (tracing), [9] prepared instruction, [10] task, [11] when it started
-        rec = [unit, prep[3], pc, None, False, prep[1], ins, 0.0, None, prep, task, now]
+        unit = prep.unit
+        now = env._now
+        rec = Running(unit, ins, prep, pc, task, now, [self._done_callback], got=got or None)
         self.cp_running[unit] = rec
         self.cp_rob.append(rec)
-        if now + cost > self.cp_busy_until:
-            self.cp_busy_until = now + cost
+        end = now + prep.cost
+        if end > self.cp_busy_until:
+            self.cp_busy_until = end
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        # a callback at its end, not a process: one event per compute instruction
-        env.call_later(cost, partial(self._compute_done, rec))
+        env.later(prep.cost, rec)     # the record is the event of its end: one event per instruction
 
-    def _compute_done(self, rec, _event=None) -> None:
+    def _compute_done(self, rec: Running) -> None:
         env, chip = self.env, self.chip
-        unit, a, ins, prep = rec[0], rec[5], rec[6], rec[9]
+        unit, prep = rec.unit, rec.prep
         ctr = self.counters
         if unit == "mac":
-            macs, macs_int16, slots = prep[4]
+            macs, macs_int16, slots = prep.macs
             ctr.macs += macs
             ctr.macs_int16 += macs_int16
             ctr.mac_slots += slots
-        ctr.busy[unit] += prep[2]
-        now = env.now
+        ctr.busy[unit] += prep.cost
+        now = env._now
         chip.last_activity = now
         trace = chip.trace
         if trace is not None:
-            trace.append((self.id, unit, rec[11], now, ins.op.mnemonic, rec[10].kernel.name, rec[2]))
-            rec[7] = now
-            if rec[8]:
-                self._flows_in(rec[8], now, unit)
+            trace.append((self.id, unit, rec.start, now, rec.ins.op.mnemonic, rec.task.kernel.name, rec.pc))
+            rec.end = now
+            if rec.got:
+                self._flows_in(rec.got, now, unit)
         if chip.numerics:
-            chip.gemms.execute(self, ins.op, a, rec[1])
-        rec[4] = True
+            chip.gemms.execute(self, rec.ins.op, prep.args, prep.touches)
+        rec.finished = True
         if self.cp_running[unit] is rec:
             self.cp_running[unit] = None
-        if rec[3] is not None:
-            rec[3].succeed()
+        if rec.done is not None:
+            rec.done.succeed()
         rob = self.cp_rob
         sigs = self._cp_sigs
-        while rob and rob[0][4]:          # retire in program order
+        while rob and rob[0].finished:          # retire in program order
             done = rob.popleft()
-            sig = done[5]["sig"]
+            sig = done.prep.sig
             if sig:
                 for tq in sigs[sig]:
                     tq.push()
                     if trace is not None:
-                        tq.sent.append((done[7], done[0]))
+                        tq.sent.append((done.end, done.unit))
             self.inflight -= 1
         if not self.inflight and self.drain_waiter is not None:
             w, self.drain_waiter = self.drain_waiter, None

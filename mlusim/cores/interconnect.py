@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
+from math import inf
 from operator import mul, sub, truediv
 
 import simpy
 
-from mlusim.cores.clock import Clock
+from mlusim.cores.clock import Clock, Signal
 
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
@@ -31,13 +32,15 @@ class Link:
 
 
 class Flow:
-    """One transfer in flight: what it crosses and moves, and the event its end fires. Its
-    changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists."""
+    """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
+    changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
+    A transfer that starts later is also the event of its start (`callbacks`, as Clock.later)."""
 
-    __slots__ = ("links", "nbytes", "done")
+    __slots__ = ("links", "nbytes", "cap", "done", "callbacks")
+    _ok = True
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, done: simpy.Event):
-        self.links, self.nbytes, self.done = links, nbytes, done
+    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal, callbacks=None):
+        self.links, self.nbytes, self.cap, self.done, self.callbacks = links, nbytes, cap, done, callbacks
 
 
 def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
@@ -100,6 +103,28 @@ def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
     return rate
 
 
+def _delay(t: float, q: float) -> float:
+    """The delay of a wake-up set at cycle t for a first finish q cycles away: (t + q) - t, or 0
+    if q <= 0 (the finish cycle rounded, then taken back to a delay as it always was)."""
+    nxt = t + q if q > 0.0 else t
+    return nxt - t if nxt > t else 0.0
+
+
+def _due(t: float, q: float) -> float:
+    """Where that wake-up lands, t + _delay(t, q) (written out: a start computes two of these):
+    monotone in q, as every rounding step is."""
+    nxt = t + q if q > 0.0 else t
+    return t + (nxt - t if nxt > t else 0.0)
+
+
+def _first_finish(plan: tuple[float, list[float], list[float]]) -> float:
+    """When the first flow of a plan (cycle, remaining, rates) ends: the least quotient, as
+    rounding is monotone (or the cycle itself, if a flow has nothing left). The rates list is the
+    plan's mix, so flows appended to `remaining` after it are not looked at."""
+    t, rem, rates = plan
+    return _due(t, min(map(truediv, rem, rates)))
+
+
 def _finish_times(t: float, remaining: list[float], rates: list[float]) -> list[float]:
     """When each flow ends, moving its remaining bytes (none if it is already done) from cycle t."""
     return [t + (r if r > 0.0 else 0.0) / q for r, q in zip(remaining, rates)]
@@ -113,6 +138,7 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
+        self._start_callback = self._start       # bound once, not per transfer
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -129,36 +155,44 @@ class Fabric:
         self._in_use: dict[str, float] = {}
         self._kinds: dict[tuple, int] = {}           # (links, cap) -> kind number
         self._kind_list: list[tuple] = []
-        self._memo: dict[tuple[int, ...], list[float]] = {}
+        # mixes of flow kinds in start order, numbered: (kinds, rates, largest rate) by number, the
+        # number of each mix, and of the mix one more start of a kind makes (a start's O(1) look-up)
+        self._mixes: list[tuple[tuple[int, ...], list[float], float]] = []
+        self._mix_ids: dict[tuple[int, ...], int] = {}
+        self._grown: dict[tuple[int, int], int] = {}
+        self.mix = self._mix_id(())
+        self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
 
-    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> simpy.Event:
+    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> Signal:
         """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
         channel); the returned event fires when the last byte arrives."""
         env = self.env
         if not links:   # a private path: no contention, a plain delay
             return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
-        ev = env.event()
-        self._start(links, nbytes, cap, ev)
+        ev = Signal(env)
+        self._start(Flow(links, nbytes, cap, ev))
         return ev
 
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> simpy.Event:
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> Signal:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency): a call at that time starts the flow, so the DMA queue's process sleeps once
+        latency): the flow is the event of its own start, so the DMA queue's process sleeps once
         per transfer. The flow starts exactly where the process would have resumed to start it."""
-        ev = self.env.event()
-        self.env.call_later(delay, lambda _e: self._start(links, nbytes, cap, ev))
+        ev = Signal(self.env)
+        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start_callback]))
         return ev
 
     # -- internals -------------------------------------------------------------------------------
-    def _start(self, links: tuple[Link, ...], nbytes: float, cap: float, ev: simpy.Event) -> None:
+    def _start(self, flow: Flow) -> None:
+        links, nbytes = flow.links, flow.nbytes
         if nbytes <= 0:
-            ev.succeed()
+            flow.done.succeed()
             return
-        now = self.env.now
+        env = self.env
+        now = env._now
         if now != self._last:
             self._advance(now)
-        sig = (links, cap)
+        sig = (links, flow.cap)
         kind = self._kinds.get(sig)
         if kind is None:
             kind = self._kinds[sig] = len(self._kind_list)
@@ -167,11 +201,28 @@ class Fabric:
             if link._count == 0:
                 link._since = now
             link._count += 1
-        nbytes = float(nbytes)
-        self.flows.append(Flow(links, nbytes, ev))
+        nbytes = flow.nbytes = float(nbytes)
+        rem = self.remaining
+        least = self._min_rem
+        if least is None:
+            least = min(rem) if rem else inf
+        self._min_rem = nbytes if nbytes < least else least
+        self.flows.append(flow)
         self.kinds.append(kind)
-        self.remaining.append(nbytes)          # see _planned
-        self._reschedule()
+        rem.append(nbytes)          # see _planned
+        mix = self._grown.get((self.mix, kind))
+        if mix is None:
+            mix = self._grow(kind)
+        self.mix = mix
+        _, rates, top = self._mixes[mix]
+        self.rates = rates
+        if self.samples is not None:
+            self._sample(self._mixes[mix][0])
+        # the first finish lies between where the least remaining bytes at the largest rate and
+        # where the new flow alone would put it; worked out only if the event loop needs it first
+        plan = self._planned = (now, rem, rates)
+        env.set_alarm_between(_due(now, self._min_rem / top), _due(now, nbytes / rates[-1]),
+                              self._wake, _first_finish, plan)
 
     def _advance(self, now: float) -> None:
         """Every flow's remaining bytes, moved on to `now` at the current rates (r - rate * dt,
@@ -179,10 +230,11 @@ class Fabric:
         dt = now - self._last
         if dt > 0:
             self.remaining = list(map(sub, self.remaining, map(mul, self.rates, repeat(dt))))
+            self._min_rem = None
         self._last = now
 
     def _finish(self, f: Flow) -> None:
-        now = self.env.now
+        now = self.env._now
         for link in f.links:
             link.bytes += f.nbytes
             link._count -= 1
@@ -191,41 +243,46 @@ class Fabric:
                 link._since = None
         f.done.succeed()
 
-    def _new_rates(self, key: tuple[int, ...]) -> list[float]:
-        """fair_rates of a mix of flow kinds, remembered (a mix of the same kinds in the same order
-        always gets the same rates, bit for bit)."""
-        kinds = self._kind_list
-        rates = fair_rates([kinds[k] for k in key])
-        if len(self._memo) >= RATES_MEMO:
-            self._memo.clear()
-        self._memo[key] = rates
-        return rates
+    def _mix_id(self, key: tuple[int, ...]) -> int:
+        """The number of a mix of flow kinds, its fair_rates worked out the first time (a mix of
+        the same kinds in the same order always gets the same rates, bit for bit)."""
+        m = self._mix_ids.get(key)
+        if m is None:
+            if len(self._mixes) >= RATES_MEMO:
+                self._mixes.clear()
+                self._mix_ids.clear()
+                self._grown.clear()
+            kinds = self._kind_list
+            rates = fair_rates([kinds[k] for k in key]) if key else []
+            m = self._mix_ids[key] = len(self._mixes)
+            self._mixes.append((key, rates, max(rates, default=0.0)))
+        return m
+
+    def _grow(self, kind: int) -> int:
+        """The mix after a start of `kind` (self.mix is the mix before it)."""
+        key = self._mixes[self.mix][0] + (kind,)
+        n = len(self._mixes)
+        mix = self._mix_id(key)
+        if len(self._mixes) >= n:      # the numbers were not reset: remember the step
+            self._grown[(self.mix, kind)] = mix
+        return mix
 
     def _reschedule(self) -> None:
-        if not self.flows:
-            self.rates = []
-            if self.samples is not None:
-                self._sample(())
-            return
-        key = tuple(self.kinds)
-        rates = self._memo.get(key)
-        if rates is None:
-            rates = self._new_rates(key)
+        """New rates after flows finished, and the next wake-up, worked out at once."""
+        mix = self.mix = self._mix_id(tuple(self.kinds))
+        key, rates, _ = self._mixes[mix]
         self.rates = rates
+        self._min_rem = None
         if self.samples is not None:
             self._sample(key)
-        env = self.env
-        now = env.now
-        rem = self.remaining
-        # the first finish, min over flows of now + max(rem, 0) / rate: rounding is monotone, so it
-        # is now + the least quotient, or now itself if a flow has nothing left (quotient <= 0)
-        q = min(map(truediv, rem, rates))
-        nxt = now + q if q > 0.0 else now
-        self._planned = (now, rem, rates)
-        env.set_alarm(nxt - now if nxt > now else 0.0, self._wake)    # replaces the plan before
+        if not self.flows:
+            return
+        now = self.env._now
+        self._planned = (now, self.remaining, rates)
+        self.env.set_alarm(_delay(now, min(map(truediv, self.remaining, rates))), self._wake)
 
     def _wake(self) -> None:
-        now = self.env.now
+        now = self.env._now
         self._advance(now)
         limit = now * (1 + EPS) + EPS
         fin = _finish_times(*self._planned)

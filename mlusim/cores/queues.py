@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import simpy
+from mlusim.cores.clock import Clock, Signal
 
 
 class TokenQueue:
@@ -15,10 +15,10 @@ class TokenQueue:
 
     __slots__ = ("env", "count", "waiter", "name", "sent")
 
-    def __init__(self, env: simpy.Environment, name: str):
+    def __init__(self, env: Clock, name: str):
         self.env = env
         self.count = 0
-        self.waiter: simpy.Event | None = None
+        self.waiter: Signal | None = None
         self.name = name
         # tracing only: (end, track) of each token's sender, oldest first, for the trace's arrows
         self.sent: deque = deque()
@@ -30,9 +30,9 @@ class TokenQueue:
         else:
             self.count += 1
 
-    def wait(self) -> simpy.Event:
+    def wait(self) -> Signal:
         """Only called when count == 0; the push that satisfies it consumes the token."""
-        self.waiter = self.env.event()
+        self.waiter = Signal(self.env)
         return self.waiter
 
 
@@ -41,12 +41,12 @@ class InstrQueue:
 
     __slots__ = ("env", "depth", "items", "item_waiter", "space_waiter")
 
-    def __init__(self, env: simpy.Environment, depth: int):
+    def __init__(self, env: Clock, depth: int):
         self.env = env
         self.depth = depth
         self.items: deque = deque()
-        self.item_waiter: simpy.Event | None = None
-        self.space_waiter: simpy.Event | None = None
+        self.item_waiter: Signal | None = None
+        self.space_waiter: Signal | None = None
 
     @property
     def full(self) -> bool:
@@ -58,12 +58,12 @@ class InstrQueue:
             w, self.item_waiter = self.item_waiter, None
             w.succeed()
 
-    def wait_item(self) -> simpy.Event:
-        self.item_waiter = self.env.event()
+    def wait_item(self) -> Signal:
+        self.item_waiter = Signal(self.env)
         return self.item_waiter
 
-    def wait_space(self) -> simpy.Event:
-        self.space_waiter = self.env.event()
+    def wait_space(self) -> Signal:
+        self.space_waiter = Signal(self.env)
         return self.space_waiter
 
     def pop(self):
