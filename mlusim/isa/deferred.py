@@ -35,17 +35,18 @@ class WeightBlock:
     from the first group on: ResNet-50 on 16 cores, batch 1 and 16, never has a one-tile group
     followed by a bigger one), and a tile computed at once skips the waiting's bookkeeping and
     finds its rows and weights still in cache: at batch 1, three quarters of the groups are one
-    tile. A reload into WRAM is a new block, observed afresh."""
-    __slots__ = ("bf", "waiting", "solo", "__weakref__")
+    tile. A reload into WRAM is a new block, observed afresh. `rows`: how many rows its last group
+    stacked, the size of its next group's buffer (0: no group yet)."""
+    __slots__ = ("bf", "waiting", "solo", "rows", "__weakref__")
 
     def __init__(self, w: np.ndarray):
         self.bf = w.astype(np.float32)
         self.waiting: dict[tuple[float, int], Group] = {}
         self.solo = False
+        self.rows = 0
 
 
 TOUCH_MEMO = 1 << 15    # instructions' touch summaries remembered (ResNet-50 b16 has 7,352)
-STACK_ROWS = 1024       # a group's first row buffer; it doubles when more tiles come
 
 
 class Group:
@@ -60,13 +61,13 @@ class Group:
         self.tiles: list[Tile] = []
 
     def slot(self, m: int) -> np.ndarray:
-        """The next m rows of the stack, to be filled by the caller. The first tile's rows are an
-        array of their own size: most groups at batch 1 never get a second tile, and a fresh
-        STACK_ROWS buffer (megabytes, which numpy asks the kernel to back with huge pages) costs
-        more to fault in than the tile's whole product. A second tile grows it to STACK_ROWS."""
+        """The next m rows of the stack, to be filled by the caller. The buffer is sized by the
+        block's last group (they keep one size), else by the first tile, then doubled: a buffer
+        far bigger than needed (megabytes, which numpy asks the kernel to back with huge pages)
+        costs more to fault in than a small group's whole product."""
         r0 = self.used
         if r0 + m > len(self.buf):
-            rows = m if r0 == 0 else max(2 * len(self.buf), r0 + m, STACK_ROWS)
+            rows = max(2 * len(self.buf), r0 + m, self.block.rows)
             grown = np.empty((rows, self.buf.shape[1]), np.float32)
             grown[:r0] = self.buf[:r0]
             self.buf = grown
@@ -224,7 +225,7 @@ class DeferredGemms:
     def _run(self, g: Group) -> None:
         """One stacked product for a group's tiles, each tile's rows then stored."""
         del g.block.waiting[(g.each, g.w_max)]
-        g.block.solo = len(g.tiles) == 1
+        g.block.solo, g.block.rows = len(g.tiles) == 1, g.used
         sums = nx.gemm_exact(g.buf[:g.used], g.block.bf, g.each, g.w_max)
         pending = self._pending
         for t in g.tiles:
