@@ -53,14 +53,15 @@ class KernelCtx:
     streams_memo: StreamMemo | None = None     # the compile's emitted task streams (relocate.py); None: not kept
     dry: bool = False                # only the kernel's metadata is wanted (a fused segment's dry run):
                                      # a generator may pass no streams
-    _cfg_key: str | None = field(default=None, init=False, repr=False, compare=False)
+    cfg_repr: str | None = field(default=None, repr=False, compare=False)   # repr(cfg), if the caller has it
 
     def cfg_key(self) -> str:
         """The config as the tilers' memo keys hold it (by value: its repr), worked out once per
-        context (a repr is ~13 us, and a fused segment's job looks a plan up per layer emission)."""
-        if self._cfg_key is None:
-            self._cfg_key = repr(self.cfg)
-        return self._cfg_key
+        context (a repr is ~13 us, and a fused segment's job looks a plan up per layer emission),
+        or given (`cfg_repr`: the segment planner makes a context per price it asks for)."""
+        if self.cfg_repr is None:
+            self.cfg_repr = repr(self.cfg)
+        return self.cfg_repr
 
     def const(self, name: str, arr) -> int:
         raise NotImplementedError("this context only prices tilings")

@@ -150,15 +150,27 @@ def external_inputs(g, nodes, memo: dict | None = None) -> list[str]:
     return out
 
 
+def _span_memo(memo: dict | None, what: str, nodes, make):
+    """make(), once per span and planner run (`memo`; the answer is not to be changed): the planner
+    asks for a span's lifetimes with and without staging and keeping, per group size."""
+    if memo is None or not nodes:
+        return make()
+    key = (what, id(nodes[0]), id(nodes[-1]), len(nodes))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = make()
+    return hit
+
+
 def lifetimes(g, nodes, stage: bool = False, keep: bool | frozenset = False, memo: dict | None = None
               ) -> dict[str, tuple[int, int]]:
     """(first, last) layer index of each value sram_plan places: from the layer that writes it
     (staged inputs: -1, before the first) to the last that reads it. `memo`: the planner's cache
     (sram_plan)."""
     esc = escaping(g, nodes, memo)
-    last = last_use(g, nodes, memo)
-    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1))
-                                        for v in (external_inputs(g, nodes, memo) if stage else [])}
+    last = _span_memo(memo, "last use", nodes, lambda: last_use(g, nodes, memo))
+    life: dict[str, tuple[int, int]] = {v: (-1, last.get(v, -1)) for v in (
+        _span_memo(memo, "external inputs", nodes, lambda: external_inputs(g, nodes, memo)) if stage else [])}
     for k, n in enumerate(nodes):
         if n.op not in VIEWS and (keep is True or n.name in (keep or ()) or n.name not in esc):
             life[n.name] = (k, max(k, last.get(n.name, k)))

@@ -75,7 +75,8 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: flo
     key = (node.name, images, tasks, dram_share, spaces, prefetch, staged, gathered)
     if cache is not None and key in cache:
         return cache[key]
-    ctx = KernelCtx(cfg, tasks, dram_share=dram_share, prefetch=prefetch, weight_home={node.name: 0} if staged else {})
+    ctx = KernelCtx(cfg, tasks, dram_share=dram_share, prefetch=prefetch, weight_home={node.name: 0} if staged else {},
+                    cfg_repr=_cfg_repr(cfg, cache))
     try:
         if node.op == "linear" and gathered:
             u = as_conv(wide.part(node, 0, gathered), row=True)
@@ -93,6 +94,16 @@ def tiler_cost(cfg, g, node, lay: dict, images: int, tasks: int, dram_share: flo
     if cache is not None:
         cache[key] = cost
     return cost
+
+
+def _cfg_repr(cfg, cache: dict | None) -> str | None:
+    """repr(cfg) (the tilers' memo key), once per planner run (`cache`); None without one."""
+    if cache is None:
+        return None
+    hit = cache.get(("cfg repr", id(cfg)))
+    if hit is None:
+        hit = cache[("cfg repr", id(cfg))] = repr(cfg)
+    return hit
 
 
 def _tiler_bound(cfg, g, node, images: int, tasks: int, key: tuple | None, cache: dict) -> float:

@@ -63,18 +63,19 @@ def eligible(node, g) -> bool:
 
 def plan(g, nodes, group: int, lay: dict, addrs: dict[str, int], capacity: int, lanes: int,
          min_bytes: int = 0, max_slices: int = 16, parts: int = 1, keep: frozenset = frozenset(),
-         stage: bool = False, pinned: dict | None = None) -> list[Step]:
+         stage: bool = False, pinned: dict | None = None, memo: dict | None = None) -> list[Step]:
     """The span's steps: which layers share their weights, in how many slices, staged where.
     parts: a wide segment's clusters per job, each staging its channel share (wide.py); keep:
     values used after the span that sram_plan placed in SRAM all the same; stage: the span's
     inputs were copied into SRAM before its first layer (sram_plan's `stage`); pinned: layers whose
-    slices and stages sram_plan placed (pin_stages), name -> (slices, addresses, lead)."""
-    life = lifetimes(g, nodes, stage, keep=keep or parts > 1)
-    size = {v: group_bytes(lay[v], group) for v in life if v in addrs}
+    slices and stages sram_plan placed (pin_stages), name -> (slices, addresses, lead); memo:
+    the planner's cache (lifetimes)."""
+    life = lifetimes(g, nodes, stage, keep=keep or parts > 1, memo=memo)
+    # each placed value's (start, end, first layer, last layer), laid out once: fit asks per slice
+    placed = [(addrs[v], addrs[v] + group_bytes(lay[v], group), f, l_) for v, (f, l_) in life.items() if v in addrs]
 
     def busy(k0: int, k1: int) -> list[tuple[int, int]]:
-        return [(addrs[v], addrs[v] + size[v]) for v, (f, l_) in life.items()
-                if v in size and f <= k1 and l_ >= k0]
+        return [(a, e) for a, e, f, l_ in placed if f <= k1 and l_ >= k0]
 
     def fit(n, k: int, before: list[Step], r: int, lead: int) -> list[Step] | None:
         """Its steps as r slices filled `lead` steps ahead, if every stage finds room."""
@@ -133,13 +134,14 @@ def schedule(g, nodes, group: int, lay: dict, cfg, staged: bool, parts: int, sra
     sram_plan's (the planner's cache)."""
     real = [n for n in nodes if n.op not in VIEWS]
     cap, lanes = cfg.sram_bytes, cfg.core.mac_co_lanes
-    steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, stage=staged)
+    steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, stage=staged, memo=memo)
     kept: frozenset = frozenset()
     if parts == 1 and real[-1].name in escaping(g, nodes) and sum(s.node == real[-1].name for s in steps) > 1:
         again = sram_plan(g, nodes, group, cap, lay, staged, keep=frozenset({real[-1].name}), extra=extra, memo=memo)
         if again is not None:
             sram, kept = again, frozenset({real[-1].name})
-            steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, keep=kept, stage=staged)
+            steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, keep=kept, stage=staged,
+                         memo=memo)
     if steps:   # fewer slices where their stage fits beside the values when planned with them
         pins, _bufs, again = pin_stages(g, nodes, steps, parts, lambda more: sram_plan(
             g, nodes, group, cap, lay, staged, keep=kept or parts > 1, extra={**extra, **more}, memo=memo),
@@ -147,7 +149,7 @@ def schedule(g, nodes, group: int, lay: dict, cfg, staged: bool, parts: int, sra
         if again is not None:
             sram = again
             steps = plan(g, nodes, group, lay, sram[0], cap, lanes, min_bytes, parts=parts, keep=kept, stage=staged,
-                         pinned=pins)
+                         pinned=pins, memo=memo)
     return sram, steps, kept
 
 
