@@ -61,8 +61,7 @@ def conv(ctx, a):
         g = nx.conv_gemm(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"])
         store = partial(_store, dst, odt, a["pos"], dt, g.bound)
         if g.stage is np.float32:
-            plain = odt == "i32" and dt != "i16" and g.bound < 2**31
-            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store, plain)
+            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store, _plain(odt, dt, g.bound))
         else:
             store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
         return
@@ -70,9 +69,14 @@ def conv(ctx, a):
     _store(dst, odt, a["pos"], dt, bound, sums)
 
 
+def _plain(odt: str, dt: str, bound: float) -> bool:
+    """Whether a conv's sums are stored as they are: int32 output of sums that fit, no wrap."""
+    return odt == "i32" and dt != "i16" and bound < 2**31
+
+
 def _store(dst: np.ndarray, odt: str, pos: int, dt: str, bound: float, sums: np.ndarray) -> None:
     """A conv's exact sums (any shape, float or int type) into its destination as `odt`."""
-    if odt == "i32" and dt != "i16" and bound < 2**31:
+    if _plain(odt, dt, bound):
         dst[:] = sums.reshape(-1)          # exact integers that fit: no 32-bit wrap to apply (plain)
     else:
         dst[:] = nx.out_cast(sums.astype(np.int64), odt, pos, dt).reshape(-1)
