@@ -16,7 +16,16 @@ SRAM), so FULL adds a few larger points that exercise them, timing-only (cycles,
 numerics never change timing). Each golden entry records which fusion features its program uses,
 and a test checks that every feature is covered by some entry.
 
-Intentional changes (timing calibration, numerics fixes, new zoo models) regenerate the file
+Calibration is the one step whose results depend on the host: its ranges are maxima of float32
+sums, and OpenBLAS orders those sums by its CPU kernel and cache blocking (an AMD EPYC host gave
+other last bits than the Intel host the file was first recorded on, so 91 of 115 programs differed
+while every cycle count agreed). The ranges are therefore recorded too (tests/golden/ranges.json,
+exact as float.hex, per model, resolution and calibration image count) and the points compile with
+them, so programs, cycles and outputs pin the compiler and the simulator alone, on any host;
+test_calibration_matches_recorded_ranges checks this host's calibration against them to a relative
+tolerance that covers reordered float32 sums (CALIBRATION_RTOL).
+
+Intentional changes (timing calibration, numerics fixes, new zoo models) regenerate the files
 explicitly:  MLUSIM_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
 """
 from __future__ import annotations
@@ -29,13 +38,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlusim.compiler.driver import compile_model
+from mlusim.compiler import quant, zoo
+from mlusim.compiler.driver import calibration_samples, compile_model, prepare_graph
 from mlusim.compiler.zoo import ZOO
 from mlusim.config import load_config
 from mlusim.runs import hash_program
 from mlusim.sim import simulate
 
 GOLDEN = Path(__file__).parent / "golden" / "zoo.json"
+RANGES = Path(__file__).parent / "golden" / "ranges.json"
 UPDATE = os.environ.get("MLUSIM_UPDATE_GOLDEN") == "1"
 CORES, BATCHES, FUSION = (1, 4, 16), (1, 16), (False, True)
 SMALL = {"mnist": 28, "lenet5": 28, "resnet18": 32, "resnet50": 32, "mobilenetv2": 32, "vgg16": 32}
@@ -83,9 +94,33 @@ def features(prog) -> list[str]:
     return sorted(out)
 
 
+def ranges_key(model: str, res: int, batch: int) -> str:
+    """Calibration runs on min(2, batch) images (driver.calibration_samples): its ranges depend on
+    the model, the resolution and that count, never on cores or fusion."""
+    return f"{model}/r{res}/s{min(2, batch)}"
+
+
+def calibrate(model: str, res: int, batch: int) -> dict[str, float]:
+    """This host's calibration ranges of a golden point's model, as compile_model makes them."""
+    g = prepare_graph(zoo.build(model, batch, res))
+    return quant.calibrate(g, calibration_samples(g))
+
+
+def recorded_ranges(model: str, res: int, batch: int) -> dict[str, float]:
+    """The recorded ranges of a point (calibrated and recorded first when updating)."""
+    data = json.loads(RANGES.read_text()) if RANGES.exists() else {}
+    k = ranges_key(model, res, batch)
+    if k not in data:
+        assert UPDATE, f"no recorded calibration ranges for {k}: run MLUSIM_UPDATE_GOLDEN=1 pytest {__file__}"
+        data[k] = {name: float(v).hex() for name, v in calibrate(model, res, batch).items()}
+        RANGES.write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+    return {name: float.fromhex(v) for name, v in data[k].items()}
+
+
 def measure(model: str, res: int, cores: int, batch: int, fusion: bool, numerics: bool) -> dict:
     cfg = load_config("mlu270")
-    prog = compile_model(model, batch=batch, resolution=res, config=cfg, tasks=cores, cluster_fusion=fusion).program
+    prog = compile_model(model, batch=batch, resolution=res, config=cfg, tasks=cores, cluster_fusion=fusion,
+                         absmax=recorded_ranges(model, res, batch)).program
     run = simulate(prog, cfg, cores=cores, timing_only=not numerics)
     return {"program": program_hash(prog), "cycles": run.cycles,
             "outputs": outputs_hash(run.outputs) if numerics else None, "features": features(prog)}
@@ -131,3 +166,22 @@ def test_golden_covers_every_fusion_feature():
     """The golden points exercise each feature of the fusion backend at least once."""
     seen = set().union(*(set(v["features"]) for v in _load().values()))
     assert seen >= {"segment", "shared", "gathered_fc", "kept_output", "gathered_output", *FEATURES}, sorted(seen)
+
+
+# Reordered float32 sums differ in their last bits, and those differences grow through a deep
+# network's layers: across OpenBLAS's kernels on one host (OPENBLAS_CORETYPE=Haswell and Zen against
+# SkylakeX, which recorded the file) the largest relative difference of any of the 1,187 ranges was
+# 1.1e-6 (mobilenetv3_large's features.13.project.conv). 1e-4 leaves room for other blockings; a
+# real change to calibration (a layer, a sample, a fused op) moves ranges by percents.
+CALIBRATION_RTOL = 1e-4
+
+
+@pytest.mark.parametrize("key", sorted(json.loads(RANGES.read_text())) if RANGES.exists() else [])
+def test_calibration_matches_recorded_ranges(key):
+    """This host's calibration agrees with the recorded ranges the golden points compile with."""
+    model, res, samples = key.split("/")
+    got = calibrate(model, int(res[1:]), int(samples[1:]))
+    want = recorded_ranges(model, int(res[1:]), int(samples[1:]))
+    assert got.keys() == want.keys()
+    far = {k: (got[k], want[k]) for k in got if not np.isclose(got[k], want[k], rtol=CALIBRATION_RTOL, atol=0)}
+    assert not far, f"calibration ranges of {key} moved beyond float32 reordering: {far}"
