@@ -1,0 +1,89 @@
+"""The float reference's convolution (compiler/reference.py): calibration's scales are maxima of
+its float32 sums, so a faster formula must give every sum bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from mlusim.compiler import reference
+
+
+def per_matrix_conv(x, w, stride, pads, groups, dtype=np.float32):
+    """The formula `_conv_acc` keeps: per tap (in order) and group, numpy's batched
+    `tap @ w[:, :, i, j].T` (one BLAS product per image row), added to the sum; a depthwise conv's
+    products are elementwise."""
+    pt, pb, pl, pr = pads
+    xp = np.pad(x.astype(dtype), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    co, cig, kh, kw = w.shape
+    cog = co // groups
+    ho = (xp.shape[2] - kh) // stride[0] + 1
+    wo = (xp.shape[3] - kw) // stride[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            t = xp[:, :, i:i + stride[0] * (ho - 1) + 1:stride[0], j:j + stride[1] * (wo - 1) + 1:stride[1]]
+            t = t.transpose(0, 2, 3, 1)
+            wij = w[:, :, i, j].astype(dtype)
+            if cig == cog == 1:
+                p = t * wij[:, 0]
+            else:
+                p = np.concatenate([t[..., g * cig:(g + 1) * cig] @ wij[g * cog:(g + 1) * cog].T
+                                    for g in range(groups)], axis=-1)
+            if out is None:
+                out = p if groups == 1 else np.zeros_like(p) + p
+            else:
+                out += p
+    return out.transpose(0, 3, 1, 2)
+
+
+# (n, ci, h, w, co, k, stride, pad, groups)
+SHAPES = [
+    (2, 64, 14, 14, 64, 1, 1, 0, 1),        # 1x1
+    (1, 64, 14, 14, 128, 1, 2, 0, 1),       # 1x1 stride 2, batch 1
+    (2, 32, 15, 13, 48, 3, 1, 1, 1),        # 3x3, odd sides
+    (2, 16, 17, 17, 24, 3, 2, 1, 1),        # 3x3 stride 2
+    (2, 3, 32, 32, 16, 7, 2, 3, 1),         # 7x7 stem
+    (1, 512, 7, 7, 512, 3, 1, 1, 1),        # a long reduction past the small-matrix bound: one GEMM
+    (2, 512, 4, 4, 64, 3, 1, 1, 1),         # a long reduction under it: numpy's per-matrix calls
+    (2, 1024, 14, 14, 256, 1, 1, 0, 1),
+    (2, 32, 9, 9, 32, 3, 1, 1, 32),         # depthwise
+    (2, 32, 9, 9, 64, 3, 2, 1, 4),          # grouped
+    (2, 8, 6, 1, 16, 1, 1, 0, 1),           # a width of 1: numpy's matrix-vector path
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_sums_are_the_per_matrix_products_bit_for_bit(shape, threads, rng):
+    n, ci, h, w_, co, k, s, p, groups = shape
+    x = rng.standard_normal((n, ci, h, w_)).astype(np.float32)
+    w = rng.standard_normal((co, ci // groups, k, k)).astype(np.float32)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        got = reference._conv_acc(x, w, (s, s), (p,) * 4, (1, 1), groups, np.float32)
+        want = per_matrix_conv(x, w, (s, s), (p,) * 4, groups)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.array_equal(got, want)
+
+
+def test_one_gemm_per_tap_where_numpy_would_make_transposed_gemms(rng, monkeypatch):
+    calls = []
+    product = reference._tap_product
+    monkeypatch.setattr(reference, "_tap_product", lambda *a: calls.append(a[0].shape) or product(*a))
+    x = rng.standard_normal((2, 64, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
+    reference._conv_acc(x, w, (1, 1), (1,) * 4, (1, 1), 1, np.float32)
+    assert calls == [(2, 64, 8, 8)] * 9
+    calls.clear()
+    reference._conv_acc(np.asfortranarray(x), w[:, :, :1, :1], (1, 1), (0,) * 4, (1, 1), 1, np.float32)
+    assert calls == []           # its taps are row-major matrices: numpy's calls kept
+    reference._conv_acc(x, w[:, :32], (1, 1), (1,) * 4, (1, 1), 2, np.float32)
+    assert calls == []           # grouped
+
+
+def test_exact_integer_convolution_through_the_same_path(rng):
+    x = rng.integers(-128, 128, (2, 40, 9, 9))
+    w = rng.integers(-128, 128, (24, 40, 3, 3))
+    got = reference._conv_i(x, w, (2, 2), (1,) * 4, (1, 1), 1)
+    want = per_matrix_conv(x.astype(np.int64), w.astype(np.int64), (2, 2), (1,) * 4, 1, np.int64)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
