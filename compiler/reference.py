@@ -39,12 +39,17 @@ def _padded(x: np.ndarray, pads, fill=0) -> np.ndarray:
     return xp
 
 
+def _out_size(x_shape, kh: int, kw: int, stride, pads, dil) -> tuple[int, int]:
+    """A conv's output height and width."""
+    pt, pb, pl, pr = pads
+    return ((x_shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1,
+            (x_shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
 def _taps(x, kh, kw, stride, pads, dil, fill=0):
     """Yield (i, j, tap) with tap[n, c, ho, wo] = padded x at output position times stride plus the tap offset."""
-    pt, pb, pl, pr = pads
     xp = _padded(x, pads, fill)
-    ho = (x.shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (x.shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    ho, wo = _out_size(x.shape, kh, kw, stride, pads, dil)
     for i in range(kh):
         for j in range(kw):
             yield i, j, xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
@@ -57,6 +62,7 @@ def _taps(x, kh, kw, stride, pads, dil, fill=0):
 # Either way each element's sum depends on the reduction only, not on the number of rows.
 SMALL_GEMM_MNK = 100 ** 3
 ONE_BLOCK_K = 256
+TRANSPOSE_FLOATS = 8192      # a cache-sized block (32 KB of float32) of a channels-last transpose
 
 
 def _rows_merge(wo: int, ci: int, co: int) -> bool:
@@ -66,49 +72,90 @@ def _rows_merge(wo: int, ci: int, co: int) -> bool:
     return wo * ci * co > SMALL_GEMM_MNK or ci <= ONE_BLOCK_K
 
 
-def _tap_transposed(tap: np.ndarray) -> bool:
-    """Whether numpy's matmul hands BLAS each [wo, ci] matrix of `tap.transpose(0, 2, 3, 1)` as a
-    transposed (column-major) operand: read in place when wo is its unit-stride axis, else copied
-    so (numpy 2's matmul copies an operand BLAS cannot take, transposed when its first axis has the
-    smaller stride). A row-major operand (an F-ordered input's taps) keeps the per-matrix path."""
-    sz = tap.itemsize
-    s_m, s_n = tap.strides[3], tap.strides[1]             # wo (rows), ci (reduction)
-    c_ok = s_n == sz and s_m % sz == 0 and s_m // sz >= tap.shape[1]
-    f_ok = s_m == sz and s_n % sz == 0 and s_n // sz >= tap.shape[3]
-    return f_ok or not c_ok and abs(s_m) < abs(s_n)
+def _one_gemm_per_tap(x, wo: int, ci: int, co: int, groups: int) -> bool:
+    """Whether a conv's taps may each run as one GEMM (`_conv_rows`) with the sums numpy's batched
+    matmul gives (one [wo, ci] x [ci, co] BLAS product per image row): no dimension of 1 (numpy
+    takes other paths then) and no groups; the padded input `_padded` makes C-ordered (unless x
+    is F-contiguous only), so that numpy hands every tap matrix to BLAS transposed, in place at
+    stride 1, copied so otherwise (numpy 2 copies an operand BLAS cannot take, transposed when its
+    first axis has the smaller stride); and `_rows_merge`. A row-major operand would not do: the
+    small-matrix kernels then sum otherwise."""
+    return groups == 1 and 1 not in (wo, ci, co) and not x.flags.fnc and _rows_merge(wo, ci, co)
 
 
-def _tap_product(tap: np.ndarray, wij: np.ndarray, buf: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """tap . wij^T ([n, ci, ho, wo] by [co, ci]) as [n, ho, wo, co], in one GEMM over all n * ho * wo
-    output positions, each the BLAS product matmul makes per [wo, ci] matrix: the tap is laid out
-    column-major ([ci, n, ho, wo] in `buf`), so BLAS gets the same transposes, reduction length
-    and weight operand, only more rows; OpenBLAS blocks and sums each element's reduction the same
-    whatever the row count (tests/test_reference.py holds the two formulas equal)."""
-    n, ci, ho, wo = tap.shape
-    buf[...] = tap.transpose(1, 0, 2, 3)
+def _channels_first(x: np.ndarray, pads, dtype) -> np.ndarray:
+    """x [n, c, h, w] as a C-contiguous [c, n, h + pt + pb, w + pl + pr], zero-padded, in `dtype`.
+    A conv's output is channels-last in memory ([n, h, w, c] transposed); numpy's strided copy of
+    it gathers one float per channel stride, 2-3x slower than a copy in cache-sized blocks."""
+    n, c, h, w = x.shape
+    pt, pb, pl, pr = pads
+    xp = np.empty((c, n, h + pt + pb, w + pl + pr), dtype)
+    if any(pads):
+        xp[:, :, :pt] = 0
+        xp[:, :, pt + h:] = 0
+        xp[:, :, pt:pt + h, :pl] = 0
+        xp[:, :, pt:pt + h, pl + w:] = 0
+    inner = xp[:, :, pt:pt + h, pl:pl + w]
+    last = x.transpose(0, 2, 3, 1)
+    if not last.flags.c_contiguous or c == 1:
+        inner[...] = x.transpose(1, 0, 2, 3)
+    elif not any(pads):
+        src, dst, step = last.reshape(-1, c), xp.reshape(c, -1), max(1, TRANSPOSE_FLOATS // c)
+        for r0 in range(0, src.shape[0], step):
+            dst[:, r0:r0 + step] = src[r0:r0 + step].T
+    else:
+        step = max(1, TRANSPOSE_FLOATS // (w * c))
+        for k in range(n):
+            for y0 in range(0, h, step):
+                inner[:, k, y0:y0 + step] = last[k, y0:y0 + step].transpose(2, 0, 1)
+    return xp
+
+
+def _conv_rows(x, w, stride, pads, dil, dtype) -> np.ndarray:
+    """An ungrouped conv as `_conv_acc` sums it, each tap's n * ho matrices in one GEMM over all
+    n * ho * wo output positions: the tap is laid out column-major ([ci, n, ho, wo], copied from
+    the padded input laid out so once), so BLAS gets the transposes, reduction and weight operand
+    numpy gives it per matrix, only more rows, and OpenBLAS sums each element's reduction the
+    same whatever the row count (tests/test_reference.py holds the two formulas equal). 3-4x
+    faster on 7x7 and 14x14 layers."""
+    n, ci = x.shape[:2]
+    co, _, kh, kw = w.shape
+    ho, wo = _out_size(x.shape, kh, kw, stride, pads, dil)
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1))      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
+    xp = _channels_first(x, pads, dtype)
+    whole = xp.shape[2:] == (ho, wo)                        # a 1x1 tap of stride 1 is all of xp
+    buf = xp if whole else np.empty((ci, n, ho, wo), dtype)
     a = buf.reshape(ci, n * ho * wo).T
-    if out is None:
-        return np.matmul(a, wij.T).reshape(n, ho, wo, -1)
-    np.matmul(a, wij.T, out=out.reshape(n * ho * wo, -1))
-    return out
+    out, part = None, np.empty((n * ho * wo, co), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            if not whole:
+                buf[...] = xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
+                              j * dil[1]:j * dil[1] + stride[1] * (wo - 1) + 1:stride[1]]
+            if out is None:     # the first product is the sum so far (0 + p: a product is never -0.0)
+                out = np.matmul(a, wt[i, j].T)
+            else:
+                out += np.matmul(a, wt[i, j].T, out=part)
+    return out.reshape(n, ho, wo, co).transpose(0, 3, 1, 2)
 
 
 def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly).
     Calibration's scales are maxima of these float sums, so each tap's BLAS products stay what
-    `tap @ w[:, :, i, j].T` makes them: for each tap (and group) [wo, ci] x [ci, co] products,
-    added to the sum in tap order. Where numpy passes those to BLAS as transposed GEMMs (an
-    ungrouped conv without a dimension of 1, its tap column-major: `_tap_transposed`), the
-    n * ho matrices of a tap run as one GEMM (`_tap_product`, 3-4x faster on 7x7 and 14x14
-    layers), which gives every element the same sum. Elsewhere numpy's own calls remain: a
-    weight matrix it cannot hand to BLAS (a k x k tap's) is laid out column-major once here
-    rather than by matmul for every matrix; where a dimension is 1 it takes other paths that
-    read the operands as given, and gets them as given. The products land in one reused buffer."""
+    `tap @ w[:, :, i, j].T` makes them: for each tap (and group) a batch of [wo, ci] x [ci, co]
+    products, added to the sum in tap order; where the same sums come from one GEMM per tap,
+    they are made so (`_one_gemm_per_tap`). Elsewhere only what is around numpy's calls is saved:
+    its matmul copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major
+    order for every matrix of the batch, so each tap's is laid out so once here; where a
+    dimension is 1 it takes other paths that read the operands as given, and gets them as given.
+    The products land in one reused buffer."""
     n = x.shape[0]
     co, cig, kh, kw = w.shape
     cog = co // groups
-    out = part = wt = buf = None
+    out = part = wt = None
     wd = np.asarray(w).astype(dtype, copy=False)
+    if _one_gemm_per_tap(x, _out_size(x.shape, kh, kw, stride, pads, dil)[1], cig, co, groups):
+        return _conv_rows(x, wd, stride, pads, dil, dtype)
     for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
         t = tap.transpose(0, 2, 3, 1)
@@ -116,16 +163,12 @@ def _conv_acc(x, w, stride, pads, dil, groups, dtype):
             wt = wd.transpose(2, 3, 0, 1)                      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
             if 1 not in (wo, cig, cog):                        # numpy's matrix x matrix path
                 wt = np.ascontiguousarray(wt)
-                if groups == 1 and _tap_transposed(tap) and _rows_merge(wo, cig, co):
-                    buf = np.empty((cig, n, ho, wo), dtype)
             part = np.empty((n, ho, wo, co if groups == 1 or cig == cog == 1 else cog), dtype)
             if groups == 1:     # the first product is the sum so far (0 + p: a product is never -0.0)
-                out = np.matmul(t, wt[i, j].T) if buf is None else _tap_product(tap, wt[i, j], buf, None)
+                out = np.matmul(t, wt[i, j].T)
                 continue
             out = np.zeros((n, ho, wo, co), dtype)
-        if buf is not None:
-            out += _tap_product(tap, wt[i, j], buf, part)
-        elif groups == 1:
+        if groups == 1:
             out += np.matmul(t, wt[i, j].T, out=part)
         elif cig == 1 and cog == 1:
             out += np.multiply(t, wt[i, j, :, 0], out=part)

@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 from mlusim.compiler import reference
 
 
-def per_matrix_conv(x, w, stride, pads, groups, dtype=np.float32):
+def per_matrix_conv(x, w, stride, pads, groups, dtype=np.float32, dil=(1, 1)):
     """The formula `_conv_acc` keeps: per tap (in order) and group, numpy's batched
     `tap @ w[:, :, i, j].T` (one BLAS product per image row), added to the sum; a depthwise conv's
     products are elementwise."""
@@ -17,12 +17,13 @@ def per_matrix_conv(x, w, stride, pads, groups, dtype=np.float32):
     xp = np.pad(x.astype(dtype), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     co, cig, kh, kw = w.shape
     cog = co // groups
-    ho = (xp.shape[2] - kh) // stride[0] + 1
-    wo = (xp.shape[3] - kw) // stride[1] + 1
+    ho = (xp.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (xp.shape[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
     out = None
     for i in range(kh):
         for j in range(kw):
-            t = xp[:, :, i:i + stride[0] * (ho - 1) + 1:stride[0], j:j + stride[1] * (wo - 1) + 1:stride[1]]
+            y0, x0 = i * dil[0], j * dil[1]
+            t = xp[:, :, y0:y0 + stride[0] * (ho - 1) + 1:stride[0], x0:x0 + stride[1] * (wo - 1) + 1:stride[1]]
             t = t.transpose(0, 2, 3, 1)
             wij = w[:, :, i, j].astype(dtype)
             if cig == cog == 1:
@@ -50,14 +51,24 @@ SHAPES = [
     (2, 32, 9, 9, 32, 3, 1, 1, 32),         # depthwise
     (2, 32, 9, 9, 64, 3, 2, 1, 4),          # grouped
     (2, 8, 6, 1, 16, 1, 1, 0, 1),           # a width of 1: numpy's matrix-vector path
+    (2, 16, 3, 3, 16, 5, 1, 2, 1),          # taps reading mostly padding
+    (2, 16, 6, 6, 16, 3, 3, 2, 1),          # a stride past the padding
+    (2, 200, 11, 9, 64, 3, 1, 1, 1),        # channels-last copies in uneven blocks
+    (3, 200, 13, 7, 40, 1, 1, 0, 1),
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """x [n, c, h, w] laid out [n, h, w, c] in memory, as a conv's output is."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("threads,layout", [(1, "first"), (1, "last"), (2, "last")])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_conv_sums_are_the_per_matrix_products_bit_for_bit(shape, threads, rng):
+def test_conv_sums_are_the_per_matrix_products_bit_for_bit(shape, threads, layout, rng):
     n, ci, h, w_, co, k, s, p, groups = shape
     x = rng.standard_normal((n, ci, h, w_)).astype(np.float32)
+    x = channels_last(x) if layout == "last" else x
     w = rng.standard_normal((co, ci // groups, k, k)).astype(np.float32)
     with threadpool_limits(limits=threads, user_api="blas"):
         got = reference._conv_acc(x, w, (s, s), (p,) * 4, (1, 1), groups, np.float32)
@@ -66,14 +77,24 @@ def test_conv_sums_are_the_per_matrix_products_bit_for_bit(shape, threads, rng):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("pads,dil", [((0, 1, 1, 0), (1, 1)), ((2, 2, 2, 2), (2, 2)), ((1, 0, 3, 2), (2, 1))])
+def test_asymmetric_padding_and_dilation(pads, dil, rng):
+    x = channels_last(rng.standard_normal((2, 24, 9, 10)).astype(np.float32))
+    w = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        got = reference._conv_acc(x, w, (2, 1), pads, dil, 1, np.float32)
+        want = per_matrix_conv(x, w, (2, 1), pads, 1, dil=dil)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
 def test_one_gemm_per_tap_where_numpy_would_make_transposed_gemms(rng, monkeypatch):
     calls = []
-    product = reference._tap_product
-    monkeypatch.setattr(reference, "_tap_product", lambda *a: calls.append(a[0].shape) or product(*a))
+    rows = reference._conv_rows
+    monkeypatch.setattr(reference, "_conv_rows", lambda x, *a: calls.append(x.shape) or rows(x, *a))
     x = rng.standard_normal((2, 64, 8, 8)).astype(np.float32)
     w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
     reference._conv_acc(x, w, (1, 1), (1,) * 4, (1, 1), 1, np.float32)
-    assert calls == [(2, 64, 8, 8)] * 9
+    assert calls == [(2, 64, 8, 8)]
     calls.clear()
     reference._conv_acc(np.asfortranarray(x), w[:, :, :1, :1], (1, 1), (0,) * 4, (1, 1), 1, np.float32)
     assert calls == []           # its taps are row-major matrices: numpy's calls kept
