@@ -11,6 +11,7 @@ that lowering, not a restatement of it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -60,9 +61,24 @@ def _taps(x, kh, kw, stride, pads, dil, fill=0):
 # small-matrix kernel, one pass over the reduction; a larger one in its blocked driver, which cuts
 # a reduction longer than its GEMM_Q (448 here, at least 256 on x86) into blocks added in turn.
 # Either way each element's sum depends on the reduction only, not on the number of rows.
+# That holds for OpenBLAS's SkylakeX-family sgemm kernels (AVX-512) only: its Haswell and Zen
+# kernels compute the rows of a 12-row tile's tail otherwise, so elsewhere numpy's calls stay.
 SMALL_GEMM_MNK = 100 ** 3
 ONE_BLOCK_K = 256
+ROW_INDEPENDENT_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
 TRANSPOSE_FLOATS = 8192      # a cache-sized block (32 KB of float32) of a channels-last transpose
+
+
+@functools.cache
+def _rows_independent_blas() -> bool:
+    """Whether every BLAS numpy may call is OpenBLAS on one of ROW_INDEPENDENT_CORES, whose GEMM
+    gives a row the same sums whatever rows come with it (found once per process: reading the
+    loaded libraries takes about a millisecond)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return bool(blas) and all(i["internal_api"] == "openblas" and i.get("architecture") in ROW_INDEPENDENT_CORES
+                              for i in blas)
 
 
 def _rows_merge(wo: int, ci: int, co: int) -> bool:
@@ -78,9 +94,11 @@ def _one_gemm_per_tap(x, wo: int, ci: int, co: int, groups: int) -> bool:
     takes other paths then) and no groups; the padded input `_padded` makes C-ordered (unless x
     is F-contiguous only), so that numpy hands every tap matrix to BLAS transposed, in place at
     stride 1, copied so otherwise (numpy 2 copies an operand BLAS cannot take, transposed when its
-    first axis has the smaller stride); and `_rows_merge`. A row-major operand would not do: the
-    small-matrix kernels then sum otherwise."""
-    return groups == 1 and 1 not in (wo, ci, co) and not x.flags.fnc and _rows_merge(wo, ci, co)
+    first axis has the smaller stride); `_rows_merge`; and a BLAS whose rows do not depend on
+    each other (`_rows_independent_blas`). A row-major operand would not do: the small-matrix
+    kernels then sum otherwise."""
+    return groups == 1 and 1 not in (wo, ci, co) and not x.flags.fnc and _rows_merge(wo, ci, co) \
+        and _rows_independent_blas()
 
 
 def _channels_first(x: np.ndarray, pads, dtype) -> np.ndarray:

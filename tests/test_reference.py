@@ -2,6 +2,10 @@
 its float32 sums, so a faster formula must give every sum bit for bit."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -91,6 +95,7 @@ def test_one_gemm_per_tap_where_numpy_would_make_transposed_gemms(rng, monkeypat
     calls = []
     rows = reference._conv_rows
     monkeypatch.setattr(reference, "_conv_rows", lambda x, *a: calls.append(x.shape) or rows(x, *a))
+    monkeypatch.setattr(reference, "_rows_independent_blas", lambda: True)      # whatever the host's
     x = rng.standard_normal((2, 64, 8, 8)).astype(np.float32)
     w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
     reference._conv_acc(x, w, (1, 1), (1,) * 4, (1, 1), 1, np.float32)
@@ -108,3 +113,20 @@ def test_exact_integer_convolution_through_the_same_path(rng):
     got = reference._conv_i(x, w, (2, 2), (1,) * 4, (1, 1), 1)
     want = per_matrix_conv(x.astype(np.int64), w.astype(np.int64), (2, 2), (1,) * 4, 1, np.int64)
     assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+def test_other_blas_cores_keep_numpys_per_matrix_calls():
+    """OpenBLAS's Haswell kernels give the rows of a tile's tail other sums than a full tile's, so
+    one GEMM per tap would change the scales there: the reference sees the core and keeps numpy's
+    calls (a fresh process: the core is chosen when the library loads)."""
+    code = (
+        "import numpy as np\n"
+        "from mlusim.compiler import reference as r\n"
+        "x = np.random.default_rng(0).standard_normal((2, 64, 14, 14)).astype(np.float32)\n"
+        "w = np.random.default_rng(1).standard_normal((64, 64, 1, 1)).astype(np.float32)\n"
+        "want = np.matmul(x.transpose(0, 2, 3, 1), w[:, :, 0, 0].T).transpose(0, 3, 1, 2)\n"
+        "got = r._conv_acc(x, w, (1, 1), (0,) * 4, (1, 1), 1, np.float32)\n"
+        "print(r._rows_independent_blas(), np.array_equal(got, want))\n")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
