@@ -11,6 +11,7 @@ that lowering, not a restatement of it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -39,32 +40,140 @@ def _padded(x: np.ndarray, pads, fill=0) -> np.ndarray:
     return xp
 
 
+def _out_size(x_shape, kh: int, kw: int, stride, pads, dil) -> tuple[int, int]:
+    """A conv's output height and width."""
+    pt, pb, pl, pr = pads
+    return ((x_shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1,
+            (x_shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
 def _taps(x, kh, kw, stride, pads, dil, fill=0):
     """Yield (i, j, tap) with tap[n, c, ho, wo] = padded x at output position times stride plus the tap offset."""
-    pt, pb, pl, pr = pads
     xp = _padded(x, pads, fill)
-    ho = (x.shape[2] + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (x.shape[3] + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    ho, wo = _out_size(x.shape, kh, kw, stride, pads, dil)
     for i in range(kh):
         for j in range(kw):
             yield i, j, xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
                            j * dil[1]:j * dil[1] + stride[1] * (wo - 1) + 1:stride[1]]
 
 
+# OpenBLAS (SkylakeX kernels, 0.3.x) computes a GEMM of at most SMALL_GEMM_MNK multiply-adds in its
+# small-matrix kernel, one pass over the reduction; a larger one in its blocked driver, which cuts
+# a reduction longer than its GEMM_Q (448 here, at least 256 on x86) into blocks added in turn.
+# Either way each element's sum depends on the reduction only, not on the number of rows.
+# That holds for OpenBLAS's SkylakeX-family sgemm kernels (AVX-512) only: its Haswell and Zen
+# kernels compute the rows of a 12-row tile's tail otherwise, so elsewhere numpy's calls stay.
+SMALL_GEMM_MNK = 100 ** 3
+ONE_BLOCK_K = 256
+ROW_INDEPENDENT_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
+TRANSPOSE_FLOATS = 8192      # a cache-sized block (32 KB of float32) of a channels-last transpose
+
+
+@functools.cache
+def _rows_independent_blas() -> bool:
+    """Whether every BLAS numpy may call is OpenBLAS on one of ROW_INDEPENDENT_CORES, whose GEMM
+    gives a row the same sums whatever rows come with it (found once per process: reading the
+    loaded libraries takes about a millisecond)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return bool(blas) and all(i["internal_api"] == "openblas" and i.get("architecture") in ROW_INDEPENDENT_CORES
+                              for i in blas)
+
+
+def _rows_merge(wo: int, ci: int, co: int) -> bool:
+    """Whether a tap's [wo, ci] x [ci, co] products may run as one GEMM of more rows with the same
+    sums: both calls then take the blocked driver (the per-matrix one is past the small-matrix
+    bound already), or the reduction is one block for either kernel."""
+    return wo * ci * co > SMALL_GEMM_MNK or ci <= ONE_BLOCK_K
+
+
+def _one_gemm_per_tap(x, wo: int, ci: int, co: int, groups: int) -> bool:
+    """Whether a conv's taps may each run as one GEMM (`_conv_rows`) with the sums numpy's batched
+    matmul gives (one [wo, ci] x [ci, co] BLAS product per image row): no dimension of 1 (numpy
+    takes other paths then) and no groups; the padded input `_padded` makes C-ordered (unless x
+    is F-contiguous only), so that numpy hands every tap matrix to BLAS transposed, in place at
+    stride 1, copied so otherwise (numpy 2 copies an operand BLAS cannot take, transposed when its
+    first axis has the smaller stride); `_rows_merge`; and a BLAS whose rows do not depend on
+    each other (`_rows_independent_blas`). A row-major operand would not do: the small-matrix
+    kernels then sum otherwise."""
+    return groups == 1 and 1 not in (wo, ci, co) and not x.flags.fnc and _rows_merge(wo, ci, co) \
+        and _rows_independent_blas()
+
+
+def _channels_first(x: np.ndarray, pads, dtype) -> np.ndarray:
+    """x [n, c, h, w] as a C-contiguous [c, n, h + pt + pb, w + pl + pr], zero-padded, in `dtype`.
+    A conv's output is channels-last in memory ([n, h, w, c] transposed); numpy's strided copy of
+    it gathers one float per channel stride, 2-3x slower than a copy in cache-sized blocks."""
+    n, c, h, w = x.shape
+    pt, pb, pl, pr = pads
+    xp = np.empty((c, n, h + pt + pb, w + pl + pr), dtype)
+    if any(pads):
+        xp[:, :, :pt] = 0
+        xp[:, :, pt + h:] = 0
+        xp[:, :, pt:pt + h, :pl] = 0
+        xp[:, :, pt:pt + h, pl + w:] = 0
+    inner = xp[:, :, pt:pt + h, pl:pl + w]
+    last = x.transpose(0, 2, 3, 1)
+    if not last.flags.c_contiguous or c == 1:
+        inner[...] = x.transpose(1, 0, 2, 3)
+    elif not any(pads):
+        src, dst, step = last.reshape(-1, c), xp.reshape(c, -1), max(1, TRANSPOSE_FLOATS // c)
+        for r0 in range(0, src.shape[0], step):
+            dst[:, r0:r0 + step] = src[r0:r0 + step].T
+    else:
+        step = max(1, TRANSPOSE_FLOATS // (w * c))
+        for k in range(n):
+            for y0 in range(0, h, step):
+                inner[:, k, y0:y0 + step] = last[k, y0:y0 + step].transpose(2, 0, 1)
+    return xp
+
+
+def _conv_rows(x, w, stride, pads, dil, dtype) -> np.ndarray:
+    """An ungrouped conv as `_conv_acc` sums it, each tap's n * ho matrices in one GEMM over all
+    n * ho * wo output positions: the tap is laid out column-major ([ci, n, ho, wo], copied from
+    the padded input laid out so once), so BLAS gets the transposes, reduction and weight operand
+    numpy gives it per matrix, only more rows, and OpenBLAS sums each element's reduction the
+    same whatever the row count (tests/test_reference.py holds the two formulas equal). 3-4x
+    faster on 7x7 and 14x14 layers."""
+    n, ci = x.shape[:2]
+    co, _, kh, kw = w.shape
+    ho, wo = _out_size(x.shape, kh, kw, stride, pads, dil)
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1))      # [kh, kw, co, ci]: tap (i, j) is wt[i, j]
+    xp = _channels_first(x, pads, dtype)
+    whole = xp.shape[2:] == (ho, wo)                        # a 1x1 tap of stride 1 is all of xp
+    buf = xp if whole else np.empty((ci, n, ho, wo), dtype)
+    a = buf.reshape(ci, n * ho * wo).T
+    out, part = None, np.empty((n * ho * wo, co), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            if not whole:
+                buf[...] = xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
+                              j * dil[1]:j * dil[1] + stride[1] * (wo - 1) + 1:stride[1]]
+            if out is None:     # the first product is the sum so far (0 + p: a product is never -0.0)
+                out = np.matmul(a, wt[i, j].T)
+            else:
+                out += np.matmul(a, wt[i, j].T, out=part)
+    return out.reshape(n, ho, wo, co).transpose(0, 3, 1, 2)
+
+
 def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly).
-    Calibration's scales are maxima of these float sums, so their BLAS calls stay what
+    Calibration's scales are maxima of these float sums, so each tap's BLAS products stay what
     `tap @ w[:, :, i, j].T` makes them: for each tap (and group) a batch of [wo, ci] x [ci, co]
-    products, added to the sum in tap order. Only what is around them is saved: numpy's matmul
-    copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major order for every
-    matrix of the batch, so each tap's is laid out so once here; where a dimension is 1 it takes
-    other paths that read the operands as given, and gets them as given. The products land in one
-    reused buffer."""
+    products, added to the sum in tap order; where the same sums come from one GEMM per tap,
+    they are made so (`_one_gemm_per_tap`). Elsewhere only what is around numpy's calls is saved:
+    its matmul copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major
+    order for every matrix of the batch, so each tap's is laid out so once here; where a
+    dimension is 1 it takes other paths that read the operands as given, and gets them as given.
+    The products land in one reused buffer."""
     n = x.shape[0]
     co, cig, kh, kw = w.shape
     cog = co // groups
     out = part = wt = None
     wd = np.asarray(w).astype(dtype, copy=False)
+    if _one_gemm_per_tap(x, _out_size(x.shape, kh, kw, stride, pads, dil)[1], cig, co, groups):
+        return _conv_rows(x, wd, stride, pads, dil, dtype)
     for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
         t = tap.transpose(0, 2, 3, 1)
