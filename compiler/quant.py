@@ -268,23 +268,28 @@ def acc_position(wq: np.ndarray, in_qmax: int, acc_scale, bias, res_scale, res_q
 
 
 def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel: bool, fixed: bool,
-                  scale: dict, zps: dict, data_scale: float = 1.0) -> None:
+                  scale: dict, zps: dict, data_scale: float = 1.0, shape_only: bool = False) -> None:
     """A conv or linear layer's integer weights, int32 bias, requantize multipliers and clamp, and
     a residual join's shortcut rescale. `fixed`: the model fixes this node's output quantization.
-    An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position)."""
+    An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position).
+    `shape_only`: zero weights and bias of their shapes and types, weight scales 1 (placeholders)."""
     dt, qmax, zp = q["dtype"], q["qmax"], q["zp"]
     imported = fixed or "qweight" in n.params
+    bias = n.params.get("bias")
     if "qweight" in n.params:
         wq, s_w = n.params["qweight"], n.params["w_scale"].astype(np.float64)
+    elif shape_only:
+        wq, s_w = np.zeros(n.params["weight"].shape, np.int8), np.ones(n.params["weight"].shape[0])
+        bias = None
     elif dt == "int16" and _depthwise(n):
         wq, s_w = _weights(n.params["weight"], per_channel, depthwise_qmax(n, _in_qmax(g, n, qmax)), data_scale)
     else:
         wq, s_w = _weights(n.params["weight"], per_channel, qmax, data_scale)
     res_scale = scale[n.inputs[1]] if n.attrs.get("residual") else None
     pos = 0 if dt == "int8" or _depthwise(n) else acc_position(wq, _in_qmax(g, n, qmax), src * s_w,
-                                                               n.params.get("bias"), res_scale, QMAX[dt])
+                                                               bias, res_scale, QMAX[dt])
     acc_scale = src * s_w * 2.0**-pos
-    bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(n.params.get("bias"), acc_scale)
+    bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(bias, acc_scale)
     q["weight"] = wq
     q["w_scale"] = s_w
     if pos:
@@ -342,15 +347,24 @@ def scaled_ranges(g: Graph, absmax: dict[str, float], data_scale: float) -> dict
 
 
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
-             mixed: dict[str, str] | None = None, data_scale: float = 1.0) -> Graph:
+             mixed: dict[str, str] | None = None, data_scale: float = 1.0, shape_only: bool = False) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
     Nodes with a model-given quantization (attrs 'quant') keep it; the rest are calibrated.
     `data_scale` (Cambricon's qconfig key, default 1) multiplies the calibrated range of every
     conv/linear input (scaled_ranges) and, with per_channel, every weight channel's range: Cambricon's
     per-channel weight observer gets the user's qconfig, its per-tensor one the default (data_scale
-    1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps."""
+    1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps.
+
+    shape_only: every key, shape and type the quantization would have, for a program that is only
+    timed (driver.compile_graph): layers get zero weights and biases (np.zeros: no memory until
+    touched) and unit weight scales, and calibrated tensors their scales from `absmax` as ever
+    (the caller gives none: all 1). Only for int8: an int16 layer's accumulator position (acc_position)
+    depends on its weights, and lowering reads it."""
     if dtype not in QMAX:
         raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
+    if shape_only and (dtype != "int8" or "int16" in (mixed or {}).values()):
+        raise CompileError("a shape-only (timing-only) compile needs int8 layers: an int16 layer's accumulator "
+                           "position depends on its weights")
     if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
         raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
     absmax = scaled_ranges(g, absmax, float(data_scale))
@@ -397,7 +411,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
             if fx:
                 q["div_scale"] = float(np.float32(s))
         elif n.op in ("conv2d", "linear"):
-            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps, float(data_scale))
+            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps, float(data_scale), shape_only)
         elif n.op in ("avgpool", "gap"):
             count = (n.attrs["kernel"][0] * n.attrs["kernel"][1]) if n.op == "avgpool" else None
             if count is None:
