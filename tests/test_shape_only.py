@@ -134,3 +134,13 @@ def test_compile_timing_only_refuses_what_it_cannot_do(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"")
     assert main(["compile", str(tmp_path / "m.onnx"), "--timing-only", "-o", str(tmp_path / "b.mlu")]) == 2
     assert "zoo models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shape_only", [(["lenet5"], True), (["lenet5", "--numerics"], False),
+                                              (["lenet5", "--dtype", "int16"], False)])
+def test_a_timing_only_sweep_of_a_zoo_model_compiles_from_shapes(argv, shape_only):
+    from mlusim.cli import build_parser
+    from mlusim.commands.sweep import _options
+
+    args = build_parser().parse_args(["sweep", *argv, "--set", "dram.bandwidth_gbps=[25.6,51.2]"])
+    assert _options(args)["options"].shape_only is shape_only
