@@ -156,6 +156,11 @@ def _mults(ratios) -> tuple[np.ndarray, np.ndarray]:
     any that would not fit 31 bits) go through quantize_multiplier itself, so every pair is the
     one it gives."""
     m = np.atleast_1d(np.asarray(ratios, np.float64))
+    if m.size > 1 and (m == m[0]).all():
+        # one ratio for every channel (one weight scale per tensor, a shape-only compile's unit
+        # scales, whose ratios 1.0 all sit on the unsure edge below): its pair, once
+        mult, shift = quantize_multiplier(float(m[0]))
+        return np.full(m.shape, mult, np.int32), np.full(m.shape, shift, np.int32)
     frac, x = np.frexp(m)
     shift = np.clip(31 - x, 0, 62)
     with np.errstate(invalid="ignore", over="ignore"):
