@@ -189,6 +189,8 @@ class CompileCache:
             return hit
         programs, extra = build()
         self.store(key, programs, extra)
+        if all(p.meta.get("shape_only") for p in programs):
+            return programs, extra       # runs only timing only, which copies no constant: nothing to map
         stored = self.load(key)
         # the stored file, mapped, rather than the built arrays: a run then copies constants into
         # its DRAM image page by page, giving the file's pages back (mlusim.mapped), as a hit does,

@@ -144,3 +144,12 @@ def test_a_timing_only_sweep_of_a_zoo_model_compiles_from_shapes(argv, shape_onl
 
     args = build_parser().parse_args(["sweep", *argv, "--set", "dram.bandwidth_gbps=[25.6,51.2]"])
     assert _options(args)["options"].shape_only is shape_only
+
+
+def test_a_shape_only_miss_returns_the_built_program(compile_cache_dir, mlu270):
+    """The stored file of a timing-only entry is not read back on a miss (a numerics run maps it to
+    copy its constants page by page; a timing-only run copies none), and a hit reads the same."""
+    built, _ = compile_cached("lenet5", mlu270, 4, BuildOptions(shape_only=True))
+    assert all(t.data.flags.writeable for t in built.tensors if t.data is not None), "not mapped"
+    hit, _ = compile_cached("lenet5", mlu270, 4, BuildOptions(shape_only=True))
+    assert layout(hit) == layout(built) and hit.meta["shape_only"]
