@@ -205,7 +205,7 @@ def compile_onnx(model, batch: int | None = None, config=None, calibrate: str | 
     from mlusim.compiler.frontend_onnx import from_onnx
 
     g = from_onnx(model, batch)
-    if calibrate:
+    if calibrate and not kw.get("shape_only"):
         samples = load_samples(calibrate, g)
     return compile_graph(g, config, samples=samples, warn_synthetic=True, **kw)
 

@@ -36,7 +36,7 @@ class BuildOptions:
     # reuse a program compiled before from the same everything (mlusim/compile_cache.py); False:
     # compile afresh (--no-cache). Never changes the program, so `changed` leaves it out.
     cache: bool = True
-    # zoo models at int8: compile from shapes alone, for a timing-only run (compiler/driver.py:
+    # zoo and ONNX models at int8: compile from shapes alone, for a timing-only run (compiler/driver.py:
     # no weights drawn, no calibration; the same kernels and cycles, and a program that refuses
     # numerics). A mode of the run rather than a build choice, so `changed` leaves it out too.
     shape_only: bool = False
@@ -48,10 +48,10 @@ class BuildOptions:
                 if f.name not in ("cache", "shape_only") and getattr(self, f.name) != getattr(base, f.name)]
 
     def for_timing(self, spec) -> "BuildOptions":
-        """These options for a run that only times `spec`: a zoo model at int8 compiled from
-        shapes alone (shape_only), anything else as it is (an ONNX model's weights come with it,
-        an int16 layer's accumulator position depends on its weights)."""
-        if compiles_on_the_fly(spec) and is_zoo_name(spec) and self.dtype == "int8":
+        """These options for a run that only times `spec`: a zoo or ONNX model at int8 compiled
+        from shapes alone (shape_only: no weights drawn, no calibration), anything else as it is
+        (a finished program; an int16 layer's accumulator position depends on its weights)."""
+        if compiles_on_the_fly(spec) and self.dtype == "int8":
             return replace(self, shape_only=True)
         return self
 
@@ -100,9 +100,7 @@ def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
         if o.seed:
             raise CompileError("--seed applies to zoo models; an ONNX model's weights are in the file")
-        if o.shape_only:
-            raise CompileError("a timing-only compile takes a zoo model; an ONNX model compiles with its weights")
-        return compile_onnx(spec, batch=o.batch, calibrate=o.calibrate, **kw)
+        return compile_onnx(spec, batch=o.batch, calibrate=o.calibrate, shape_only=o.shape_only, **kw)
     if o.calibrate:
         raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
     if not is_zoo_name(spec):

@@ -128,12 +128,41 @@ def test_run_timing_only_compiles_from_shapes(compile_cache_dir, capsys):
     assert shaped.split(" cycles")[0] == full.split(" cycles")[0]
 
 
-def test_compile_timing_only_refuses_what_it_cannot_do(tmp_path, capsys):
+def test_compile_timing_only_refuses_int16(tmp_path, capsys):
     assert main(["compile", "--model", "lenet5", "--dtype", "int16", "--timing-only", "-o", str(tmp_path / "a.mlu")]) == 2
     assert "int8" in capsys.readouterr().err
-    (tmp_path / "m.onnx").write_bytes(b"")
-    assert main(["compile", str(tmp_path / "m.onnx"), "--timing-only", "-o", str(tmp_path / "b.mlu")]) == 2
-    assert "zoo models" in capsys.readouterr().err
+
+
+def test_onnx_models_float_and_quantized(tmp_path, mlu270):
+    """A float ONNX model (calibrated in full, not at all shape-only) and its QDQ quantization
+    (the model's own scales and int8 weights, kept) compile from shapes to the same layout and cycles."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    qz = pytest.importorskip("onnxruntime.quantization")
+    import numpy as np
+
+    import torch_mlu.models as zoo_torch
+    from mlusim.compiler.driver import compile_onnx
+
+    torch.manual_seed(0)
+    net, f = zoo_torch.build("resnet18", resolution=32).eval(), tmp_path / "f.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(f), dynamo=False, opset_version=13,
+                          input_names=["input"], output_names=["output"])
+    images = iter([{"input": np.random.default_rng(i).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)} for i in range(2)])
+    reader = type("Images", (qz.CalibrationDataReader,), {"get_next": lambda self: next(images, None)})()
+    qz.quantize_static(str(f), str(tmp_path / "q.onnx"), reader, quant_format=qz.QuantFormat.QDQ, per_channel=True,
+                       activation_type=qz.QuantType.QUInt8, weight_type=qz.QuantType.QInt8)
+    for path in (f, tmp_path / "q.onnx"):
+        for cores, fusion in ((4, False), (16, True)):
+            kw = dict(config=mlu270, tasks=cores, cluster_fusion=fusion)
+            full, shaped = compile_onnx(str(path), **kw).program, compile_onnx(str(path), shape_only=True, **kw).program
+            assert shaped.meta["shape_only"] and layout(shaped) == layout(full), (path.name, cores)
+            assert simulate(shaped, mlu270, cores, timing_only=True).cycles == \
+                simulate(full, mlu270, cores, timing_only=True).cycles
 
 
 @pytest.mark.parametrize("argv, shape_only", [(["lenet5"], True), (["lenet5", "--numerics"], False),
@@ -153,3 +182,10 @@ def test_a_shape_only_miss_returns_the_built_program(compile_cache_dir, mlu270):
     assert all(t.data.flags.writeable for t in built.tensors if t.data is not None), "not mapped"
     hit, _ = compile_cached("lenet5", mlu270, 4, BuildOptions(shape_only=True))
     assert layout(hit) == layout(built) and hit.meta["shape_only"]
+
+
+@pytest.mark.parametrize("spec, dtype, shape_only", [("resnet50", "int8", True), ("model.onnx", "int8", True),
+                                                     ("model.mlu", "int8", False), ("resnet50", "int16", False)])
+def test_which_timing_runs_compile_from_shapes(spec, dtype, shape_only):
+    o = BuildOptions(dtype=dtype).for_timing(spec)
+    assert o.shape_only is shape_only and o.changed() == BuildOptions(dtype=dtype).changed()

@@ -24,7 +24,7 @@ def register(sub) -> None:
                         "that many cores for the figure `mlusim run NAME --cores N` gives")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
     p.add_argument("--timing-only", action="store_true",
-                   help="zoo models (int8): compile from shapes alone, for timing: no weights drawn, no calibration; "
+                   help="int8 models: compile from shapes alone, for timing: no weights drawn, no calibration; "
                         "the file gives the model's cycles and runs only with `mlusim run --timing-only`")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the operators fused into each layer")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -86,12 +86,10 @@ def cmd_compile(args) -> int:
 
 def _options(args):
     """The build options of `mlusim compile`; --timing-only asks for a shape-only compile, which
-    only a zoo model at int8 has (mlusim.programs.BuildOptions.shape_only)."""
+    only an int8 model has (mlusim.programs.BuildOptions.shape_only)."""
     options = build_options(args, args.calibrate)
     if not args.timing_only:
         return options
-    if args.source:
-        raise CompileError("--timing-only compiles zoo models (--model NAME); an ONNX model compiles with its weights")
     if args.dtype != "int8":
         raise CompileError("--timing-only compiles int8 models: an int16 layer's accumulator position depends on its "
                            "weights")
