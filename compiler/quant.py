@@ -351,6 +351,18 @@ def scaled_ranges(g: Graph, absmax: dict[str, float], data_scale: float) -> dict
     return {k: (v * data_scale if k in inputs else v) for k, v in absmax.items()}
 
 
+def _check_arguments(dtype: str, mixed: dict[str, str] | None, data_scale: float, shape_only: bool) -> None:
+    """quantize's arguments. A shape-only quantization is int8 only: an int16 layer's accumulator
+    position (acc_position) depends on its weights, and lowering reads it."""
+    if dtype not in QMAX:
+        raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
+    if shape_only and (dtype != "int8" or "int16" in (mixed or {}).values()):
+        raise CompileError("a shape-only (timing-only) compile needs int8 layers: an int16 layer's accumulator "
+                           "position depends on its weights")
+    if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
+        raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
+
+
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
              mixed: dict[str, str] | None = None, data_scale: float = 1.0, shape_only: bool = False) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
@@ -359,19 +371,9 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
     conv/linear input (scaled_ranges) and, with per_channel, every weight channel's range: Cambricon's
     per-channel weight observer gets the user's qconfig, its per-tensor one the default (data_scale
     1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps.
-
-    shape_only: every key, shape and type the quantization would have, for a program that is only
-    timed (driver.compile_graph): layers get zero weights and biases (np.zeros: no memory until
-    touched) and unit weight scales, and calibrated tensors their scales from `absmax` as ever
-    (the caller gives none: all 1). Only for int8: an int16 layer's accumulator position (acc_position)
-    depends on its weights, and lowering reads it."""
-    if dtype not in QMAX:
-        raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
-    if shape_only and (dtype != "int8" or "int16" in (mixed or {}).values()):
-        raise CompileError("a shape-only (timing-only) compile needs int8 layers: an int16 layer's accumulator "
-                           "position depends on its weights")
-    if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
-        raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
+    shape_only: every key, shape and type, with placeholders (zero weights and biases, unit weight
+    scales; `absmax` as ever), for a program that is only timed (driver.compile_graph)."""
+    _check_arguments(dtype, mixed, data_scale, shape_only)
     absmax = scaled_ranges(g, absmax, float(data_scale))
     mixed = mixed or {}
     scale: dict[str, float] = {}
