@@ -109,8 +109,8 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     t0 = time.perf_counter()
     notes = []
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
-    budget.check(host_bytes_lower_bound(g, not shape_only), f"compiling {g.meta.get('model', 'this model')} at input shape "
-                 f"{list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
+    budget.check(host_bytes_lower_bound(g, not shape_only), f"compiling {g.meta.get('model', 'this model')} at "
+                 f"input shape {list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
     g = prepare_graph(g, fuse, mean, std)
     if not shape_only and any(isinstance(n.params.get("weight"), Placeholder) for n in g.nodes):
         raise CompileError(f"{g.name} has placeholder weights (built without values): it can only be compiled "

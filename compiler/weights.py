@@ -118,7 +118,8 @@ class Placeholder:
 Weight = np.ndarray | SeededWeight | Placeholder
 
 
-def weight(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32, seed: Seed) -> SeededWeight | Placeholder:
+def weight(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32,
+           seed: Seed) -> SeededWeight | Placeholder:
     """The zoo's weight of `shape`: drawn from `rng` (draw), or a Placeholder when `seed` has no values."""
     if not seed.values:
         return Placeholder(tuple(int(d) for d in shape))
