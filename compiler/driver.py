@@ -18,7 +18,7 @@ from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
 from mlusim.compiler.options import FusionOptions
-from mlusim.compiler.weights import SeededWeight
+from mlusim.compiler.weights import Placeholder, SeededWeight
 from mlusim.errors import CompileError
 from mlusim.program import Program
 
@@ -40,13 +40,14 @@ def calibration_samples(g: Graph, count: int = 2, seed: int = 0) -> list[np.ndar
     return [rng.uniform(0.0, 1.0, shape).astype(np.float32)]
 
 
-def host_bytes_lower_bound(g: Graph) -> int:
+def host_bytes_lower_bound(g: Graph, calibrating: bool = True) -> int:
     """Host memory compiling `g` needs at least: every activation once at one byte (the program's
-    GDRAM image), the float activations of the calibration images (up to two) and the weights.
-    Checked against the memory budget before anything batch- or resolution-sized is allocated."""
+    GDRAM image), the float activations of the calibration images (up to two) if it is calibrated,
+    and the weights. Checked against the memory budget before anything batch- or resolution-sized
+    is allocated."""
     acts = sum(math.prod(n.shape) for n in g.nodes)
     per_image = acts // max(1, g.input.shape[0])
-    return acts + 4 * min(2, g.input.shape[0]) * per_image + g.parameter_count()
+    return acts + (4 * min(2, g.input.shape[0]) * per_image if calibrating else 0) + g.parameter_count()
 
 
 def needs_calibration(g: Graph) -> list[str]:
@@ -81,7 +82,8 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
                   mixed: dict[str, str] | None = None, mean=None, std=None, tasks: int | None = None,
                   warn_synthetic: bool = False, cluster_fusion: bool | FusionOptions = True,
                   absmax: dict[str, float] | list[float] | None = None, data_scale: float = 1.0,
-                  host_ops: bool = False, dram_share: float = 1.0, progress=None) -> Compiled:
+                  host_ops: bool = False, dram_share: float = 1.0, progress=None,
+                  shape_only: bool = False) -> Compiled:
     """cluster_fusion: let spans of layers run in cluster SRAM (compiler/fusion.py) where the cost
     model says it pays (True, the default of every entry: CLI, API, shim; or a FusionOptions
     choosing the features); the program then needs whole clusters (`tasks` a multiple of their size).
@@ -92,7 +94,14 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     host_ops: a graph with host (`cpu`) nodes is quantized but not lowered as a whole
     (Compiled.program is None): the torch shim runs such graphs node by node.
     dram_share: the part of the DRAM bandwidth the program will have (compiler/lower.py).
-    progress: `progress(phase, layers_done, layers_total)` while calibrating and lowering."""
+    progress: `progress(phase, layers_done, layers_total)` while calibrating and lowering.
+    shape_only: compile for timing alone, from shapes (int8 only): no calibration (every calibrated
+    scale a placeholder, unless `absmax` gives them), zero weights and biases (quant.quantize), so a
+    graph with placeholder weights (zoo.build(values=False)) compiles without a weight drawn. Timing
+    never depends on values and the planner and lowering read only shapes, types and which
+    quantization keys exist: the program has the full compile's kernels, tensor layout and cycles
+    (tests/test_shape_only.py), but zero constants and placeholder scale immediates, so it is
+    marked (meta `shape_only`) and mlusim.sim.simulate refuses to run it with numerics."""
     from mlusim.config import HardwareConfig, load_config
 
     from mlusim import budget
@@ -100,10 +109,13 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
     t0 = time.perf_counter()
     notes = []
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
-    budget.check(host_bytes_lower_bound(g), f"compiling {g.meta.get('model', 'this model')} at input shape "
-                 f"{list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
+    budget.check(host_bytes_lower_bound(g, not shape_only), f"compiling {g.meta.get('model', 'this model')} at "
+                 f"input shape {list(g.input.shape)}", CompileError, "or a smaller --batch / --resolution")
     g = prepare_graph(g, fuse, mean, std)
-    todo = needs_calibration(g)
+    if not shape_only and any(isinstance(n.params.get("weight"), Placeholder) for n in g.nodes):
+        raise CompileError(f"{g.name} has placeholder weights (built without values): it can only be compiled "
+                           f"shape_only, for timing")
+    todo = [] if shape_only else needs_calibration(g)
     if todo and not samples and warn_synthetic:
         notes.append(f"no calibration data given (--calibrate samples.npy): {len(todo)} tensor scale(s) come from "
                      f"random inputs uniform in [0, 1), which may not resemble real data")
@@ -111,12 +123,15 @@ def compile_graph(g: Graph, config=None, samples: list[np.ndarray] | None = None
         absmax = quant.calibrate(g, samples or calibration_samples(g), use_avg=use_avg, progress=progress) \
             if todo else {}
     absmax = _given_absmax(g, absmax)
-    quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed, data_scale=data_scale)
+    quant.quantize(g, absmax, dtype=dtype, per_channel=per_channel, mixed=mixed, data_scale=data_scale,
+                   shape_only=shape_only)
     release_float_weights(g)
     if host_ops and any(n.op == "cpu" for n in g.nodes):
         return Compiled(None, g, absmax, time.perf_counter() - t0, notes)
     prog = lower(g, cfg, tasks, fusion=cluster_fusion, dram_share=dram_share, progress=progress)
     _describe(prog, g, cfg, dtype, per_channel, tasks)
+    if shape_only:
+        prog.meta["shape_only"] = True
     return Compiled(prog, g, absmax, time.perf_counter() - t0, notes)
 
 
@@ -190,11 +205,14 @@ def compile_onnx(model, batch: int | None = None, config=None, calibrate: str | 
     from mlusim.compiler.frontend_onnx import from_onnx
 
     g = from_onnx(model, batch)
-    if calibrate:
+    if calibrate and not kw.get("shape_only"):
         samples = load_samples(calibrate, g)
     return compile_graph(g, config, samples=samples, warn_synthetic=True, **kw)
 
 
 def compile_model(name: str, batch: int = 1, resolution: int | None = None, config=None, seed: int = 0,
-                  **kw) -> Compiled:
-    return compile_graph(zoo.build(name, batch, resolution, seed), config, **kw)
+                  shape_only: bool = False, **kw) -> Compiled:
+    """Zoo model `name` compiled (compile_graph's keywords); shape_only: for timing alone, built
+    without drawing a weight (see compile_graph)."""
+    return compile_graph(zoo.build(name, batch, resolution, seed, values=not shape_only), config,
+                         shape_only=shape_only, **kw)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mlusim.compiler.weights import draw
+from mlusim.compiler.weights import Seed, weight
 from mlusim.errors import CompileError
 
 OPS = {
@@ -247,12 +247,13 @@ def infer_shapes(g: Graph) -> Graph:
 class Builder:
     """Small helper to write models as straight-line code: `x = b.conv(x, 64, 3, padding=1)`.
     Weights are He-initialised from the seed; the biggest are kept as their seeded draw
-    (compiler/weights.py), not as arrays."""
+    (compiler/weights.py), not as arrays; a Seed without values gives placeholders of their shapes."""
 
-    def __init__(self, name: str, seed: int = 0):
+    def __init__(self, name: str, seed: int | Seed = 0):
         self.name = name
         self.nodes: list[Node] = []
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed if isinstance(seed, Seed) else Seed(seed)
+        self.rng = np.random.default_rng(self.seed.value)
         self._count: dict[str, int] = {}
         self._channels: dict[str, int] = {}
 
@@ -283,7 +284,7 @@ class Builder:
         ci = self._channels[x]
         kh, kw = _pair(k)
         fan_in = ci // groups * kh * kw
-        params = {"weight": draw(self.rng, (co, ci // groups, kh, kw), np.float32(np.sqrt(2.0 / fan_in)))}
+        params = {"weight": weight(self.rng, (co, ci // groups, kh, kw), np.float32(np.sqrt(2.0 / fan_in)), self.seed)}
         if bias:
             params["bias"] = (self.rng.standard_normal(co) * 0.05).astype(np.float32)
         out = self.add("conv2d", [x], name, params, stride=stride, padding=padding, groups=groups,
@@ -308,7 +309,7 @@ class Builder:
         return out
 
     def linear(self, x: str, fin: int, fout: int, name: str | None = None) -> str:
-        w = draw(self.rng, (fout, fin), np.float32(np.sqrt(2.0 / fin)))
+        w = weight(self.rng, (fout, fin), np.float32(np.sqrt(2.0 / fin)), self.seed)
         b = (self.rng.standard_normal(fout) * 0.05).astype(np.float32)
         out = self.add("linear", [x], name, {"weight": w, "bias": b})
         self._channels[out] = fout

@@ -156,6 +156,11 @@ def _mults(ratios) -> tuple[np.ndarray, np.ndarray]:
     any that would not fit 31 bits) go through quantize_multiplier itself, so every pair is the
     one it gives."""
     m = np.atleast_1d(np.asarray(ratios, np.float64))
+    if m.size > 1 and (m == m[0]).all():
+        # one ratio for every channel (one weight scale per tensor, a shape-only compile's unit
+        # scales, whose ratios 1.0 all sit on the unsure edge below): its pair, once
+        mult, shift = quantize_multiplier(float(m[0]))
+        return np.full(m.shape, mult, np.int32), np.full(m.shape, shift, np.int32)
     frac, x = np.frexp(m)
     shift = np.clip(31 - x, 0, 62)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -268,23 +273,28 @@ def acc_position(wq: np.ndarray, in_qmax: int, acc_scale, bias, res_scale, res_q
 
 
 def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel: bool, fixed: bool,
-                  scale: dict, zps: dict, data_scale: float = 1.0) -> None:
+                  scale: dict, zps: dict, data_scale: float = 1.0, shape_only: bool = False) -> None:
     """A conv or linear layer's integer weights, int32 bias, requantize multipliers and clamp, and
     a residual join's shortcut rescale. `fixed`: the model fixes this node's output quantization.
-    An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position)."""
+    An int16 layer keeps its exact sum in 32 bits at position `acc_pos` (acc_position).
+    `shape_only`: zero weights and bias of their shapes and types, weight scales 1 (placeholders)."""
     dt, qmax, zp = q["dtype"], q["qmax"], q["zp"]
     imported = fixed or "qweight" in n.params
+    bias = n.params.get("bias")
     if "qweight" in n.params:
         wq, s_w = n.params["qweight"], n.params["w_scale"].astype(np.float64)
+    elif shape_only:
+        wq, s_w = np.zeros(n.params["weight"].shape, np.int8), np.ones(n.params["weight"].shape[0])
+        bias = None
     elif dt == "int16" and _depthwise(n):
         wq, s_w = _weights(n.params["weight"], per_channel, depthwise_qmax(n, _in_qmax(g, n, qmax)), data_scale)
     else:
         wq, s_w = _weights(n.params["weight"], per_channel, qmax, data_scale)
     res_scale = scale[n.inputs[1]] if n.attrs.get("residual") else None
     pos = 0 if dt == "int8" or _depthwise(n) else acc_position(wq, _in_qmax(g, n, qmax), src * s_w,
-                                                               n.params.get("bias"), res_scale, QMAX[dt])
+                                                               bias, res_scale, QMAX[dt])
     acc_scale = src * s_w * 2.0**-pos
-    bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(n.params.get("bias"), acc_scale)
+    bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(bias, acc_scale)
     q["weight"] = wq
     q["w_scale"] = s_w
     if pos:
@@ -341,18 +351,29 @@ def scaled_ranges(g: Graph, absmax: dict[str, float], data_scale: float) -> dict
     return {k: (v * data_scale if k in inputs else v) for k, v in absmax.items()}
 
 
+def _check_arguments(dtype: str, mixed: dict[str, str] | None, data_scale: float, shape_only: bool) -> None:
+    """quantize's arguments. A shape-only quantization is int8 only: an int16 layer's accumulator
+    position (acc_position) depends on its weights, and lowering reads it."""
+    if dtype not in QMAX:
+        raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
+    if shape_only and (dtype != "int8" or "int16" in (mixed or {}).values()):
+        raise CompileError("a shape-only (timing-only) compile needs int8 layers: an int16 layer's accumulator "
+                           "position depends on its weights")
+    if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
+        raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
+
+
 def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channel: bool = True,
-             mixed: dict[str, str] | None = None, data_scale: float = 1.0) -> Graph:
+             mixed: dict[str, str] | None = None, data_scale: float = 1.0, shape_only: bool = False) -> Graph:
     """Attach integer parameters to every node (node.q). `mixed` maps node names to 'int16'.
     Nodes with a model-given quantization (attrs 'quant') keep it; the rest are calibrated.
     `data_scale` (Cambricon's qconfig key, default 1) multiplies the calibrated range of every
     conv/linear input (scaled_ranges) and, with per_channel, every weight channel's range: Cambricon's
     per-channel weight observer gets the user's qconfig, its per-tensor one the default (data_scale
-    1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps."""
-    if dtype not in QMAX:
-        raise CompileError(f"quantization dtype must be int8 or int16, got {dtype!r}")
-    if not (isinstance(data_scale, (int, float)) and 0 < data_scale < float("inf")):
-        raise CompileError(f"data_scale must be a positive number, got {data_scale!r}")
+    1), in torch_mlu/core/mlu_quantize.py. Below 1 the largest values clip and the rest get finer steps.
+    shape_only: every key, shape and type, with placeholders (zero weights and biases, unit weight
+    scales; `absmax` as ever), for a program that is only timed (driver.compile_graph)."""
+    _check_arguments(dtype, mixed, data_scale, shape_only)
     absmax = scaled_ranges(g, absmax, float(data_scale))
     mixed = mixed or {}
     scale: dict[str, float] = {}
@@ -397,7 +418,7 @@ def quantize(g: Graph, absmax: dict[str, float], dtype: str = "int8", per_channe
             if fx:
                 q["div_scale"] = float(np.float32(s))
         elif n.op in ("conv2d", "linear"):
-            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps, float(data_scale))
+            _layer_params(g, n, q, src, s, per_channel, fx is not None, scale, zps, float(data_scale), shape_only)
         elif n.op in ("avgpool", "gap"):
             count = (n.attrs["kernel"][0] * n.attrs["kernel"][1]) if n.op == "avgpool" else None
             if count is None:

@@ -10,6 +10,9 @@ small chunks; the others hold their values until the compile has quantized them 
 (`released`). A normal draw of n rows followed by m rows is the draw of n + m rows (numpy's
 generators consume their bits sample by sample), so every block holds exactly the values one
 whole draw would.
+
+A timing-only compile needs no values at all (timing never depends on them): a model built from
+a `Seed` with values=False has a `Placeholder` of each weight's shape instead, and nothing is drawn.
 """
 from __future__ import annotations
 
@@ -75,7 +78,52 @@ class SeededWeight:
         return w if dtype is None else w.astype(dtype, copy=False)
 
 
-Weight = np.ndarray | SeededWeight
+@dataclass(frozen=True)
+class Seed:
+    """Where a zoo model's weights come from: the generator seeded with `value` (SeededWeight), or,
+    with values=False, nowhere: each weight a Placeholder of its shape, for a compile that only
+    times its program (compiler/driver.py, shape_only). Small parameters (biases, batch-norm
+    statistics) are drawn either way (microseconds), their values meaningless without the weights'
+    draws before them, and a shape-only compile's quantization puts zeros in their place."""
+
+    value: int = 0
+    values: bool = True
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A float32 weight known by its shape alone. Stands where an array would for what reads only
+    shapes (shape inference, MAC and parameter counts, the shape-only quantization); read as an
+    array it is zeros (np.zeros: pages the kernel maps on first touch, so no memory until used)."""
+
+    shape: tuple[int, ...]
+    dtype: ClassVar[np.dtype] = np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.size
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.zeros(self.shape, dtype or self.dtype)
+
+
+Weight = np.ndarray | SeededWeight | Placeholder
+
+
+def weight(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32,
+           seed: Seed) -> SeededWeight | Placeholder:
+    """The zoo's weight of `shape`: drawn from `rng` (draw), or a Placeholder when `seed` has no values."""
+    if not seed.values:
+        return Placeholder(tuple(int(d) for d in shape))
+    return draw(rng, shape, factor)
 
 
 def draw(rng: np.random.Generator, shape: tuple[int, ...], factor: np.float32,
@@ -103,6 +151,7 @@ def row_blocks(w: Weight, cuts: list[int]) -> Iterator[np.ndarray]:
     if isinstance(w, SeededWeight):
         yield from w.blocks(cuts)
         return
+    w = np.asarray(w)
     for r0, r1 in zip(cuts, cuts[1:]):
         yield w[r0:r1]
 

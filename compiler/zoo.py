@@ -13,20 +13,21 @@ from mlusim.errors import CompileError
 from mlusim.compiler import zoo_classify as zc
 from mlusim.compiler import zoo_detect as zd
 from mlusim.compiler.graph import Builder, Graph
+from mlusim.compiler.weights import Seed
 from mlusim.compiler.zoo_layers import conv_bn
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    build: Callable[[int, int, int], Graph]
+    build: Callable[[int, int, Seed], Graph]
     channels: int
     resolution: int
     description: str
     min_resolution: int = 32
 
 
-def mnist(batch: int, res: int, seed: int) -> Graph:
+def mnist(batch: int, res: int, seed: Seed) -> Graph:
     """The seed document's MNIST net (conv-conv-pool-fc-fc, log_softmax)."""
     b = Builder("mnist", seed)
     x = b.input((batch, 1, res, res))
@@ -42,7 +43,7 @@ def mnist(batch: int, res: int, seed: int) -> Graph:
     return b.graph(b.unary("log_softmax", x, dim=1), batch=batch)
 
 
-def lenet5(batch: int, res: int, seed: int) -> Graph:
+def lenet5(batch: int, res: int, seed: Seed) -> Graph:
     b = Builder("lenet5", seed)
     x = b.input((batch, 1, res, res))
     x = b.unary("maxpool", b.unary("relu", b.conv(x, 6, 5, padding=2, name="conv1")), kernel=2)
@@ -72,7 +73,7 @@ def _bottleneck(b: Builder, x: str, width: int, stride: int, name: str) -> str:
 
 
 def _resnet(name: str, block, layers: list[int], expansion: int):
-    def build(batch: int, res: int, seed: int) -> Graph:
+    def build(batch: int, res: int, seed: Seed) -> Graph:
         b = Builder(name, seed)
         x = b.input((batch, 3, res, res))
         x = conv_bn(b, x, 64, 7, 2, 3, name="stem")
@@ -85,7 +86,7 @@ def _resnet(name: str, block, layers: list[int], expansion: int):
     return build
 
 
-def mobilenetv2(batch: int, res: int, seed: int) -> Graph:
+def mobilenetv2(batch: int, res: int, seed: Seed) -> Graph:
     b = Builder("mobilenetv2", seed)
     x = b.input((batch, 3, res, res))
     x = conv_bn(b, x, 32, 3, 2, 1, act="relu6", name="stem")
@@ -104,7 +105,7 @@ def mobilenetv2(batch: int, res: int, seed: int) -> Graph:
     return b.graph(b.linear(x, 1280, 1000, name="classifier"), batch=batch)
 
 
-def vgg16(batch: int, res: int, seed: int) -> Graph:
+def vgg16(batch: int, res: int, seed: Seed) -> Graph:
     b = Builder("vgg16", seed)
     x = b.input((batch, 3, res, res))
     side = res
@@ -152,7 +153,9 @@ def unknown_model(name: str) -> CompileError:
     return CompileError(f"unknown model '{name}' ({hint}zoo: {', '.join(ZOO)})")
 
 
-def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 0) -> Graph:
+def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 0, values: bool = True) -> Graph:
+    """Zoo model `name` at `batch` and `resolution` (default: the model's) with weights drawn from
+    `seed`; values=False: no weights drawn, each a Placeholder of its shape (a shape-only compile)."""
     entry = ZOO.get(name.lower())
     if entry is None:
         raise unknown_model(name)
@@ -162,6 +165,6 @@ def build(name: str, batch: int = 1, resolution: int | None = None, seed: int = 
     min_res = entry.min_resolution
     if res < min_res:
         raise CompileError(f"{name}: resolution {res} is below the minimum of {min_res}")
-    g = entry.build(batch, res, seed)
+    g = entry.build(batch, res, Seed(seed, values))
     g.meta.update(model=entry.name, batch=batch, resolution=res, seed=seed)
     return g

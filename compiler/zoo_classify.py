@@ -6,10 +6,11 @@ Pooling keeps each framework's output-size rule (Caffe rounds up; see zoo_layers
 from __future__ import annotations
 
 from mlusim.compiler.graph import Builder, Graph
+from mlusim.compiler.weights import Seed
 from mlusim.compiler.zoo_layers import caffe_maxpool, conv_bn, side_of
 
 
-def alexnet_bn(batch: int, res: int, seed: int) -> Graph:
+def alexnet_bn(batch: int, res: int, seed: Seed) -> Graph:
     """cvjena cnn-models AlexNet_cvgj deploy.prototxt: AlexNet with a batch norm after every conv
     and fc (no LRN), conv2/4/5 in two groups, Caffe ceil-mode 3x3/2 pools, softmax. Its input
     BatchNorm+Scale ('data/bn') is a per-channel affine map ahead of the unpadded conv1, so it
@@ -46,7 +47,7 @@ def squeezenet(version: str):
     fires = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
     pool_after = {1: "pool1", 4: "pool4", 8: "pool8"} if v10 else {1: "pool1", 3: "pool3", 5: "pool5"}
 
-    def build(batch: int, res: int, seed: int) -> Graph:
+    def build(batch: int, res: int, seed: Seed) -> Graph:
         b = Builder(f"squeezenet{version.replace('.', '_')}", seed)
         x = b.input((batch, 3, res, res))
         x = b.unary("relu", b.conv(x, 96, 7, 2, name="conv1") if v10 else b.conv(x, 64, 3, 2, name="conv1"))
@@ -70,7 +71,7 @@ def _resnext_block(b: Builder, x: str, width: int, out: int, stride: int, name: 
     return b.unary("relu", b.binary("add", sc, y, name=f"{name}_elewise"))
 
 
-def resnext50_32x4d(batch: int, res: int, seed: int) -> Graph:
+def resnext50_32x4d(batch: int, res: int, seed: Seed) -> Graph:
     """soeaver/caffe-model deploy_resnext50_32x4d.prototxt (= torchvision resnext50_32x4d): ResNet-50
     whose 3x3 convs have 32 groups and twice the width (128..1024), stride in the grouped conv."""
     b = Builder("resnext50_32x4d", seed)
@@ -108,7 +109,7 @@ def _se_bottleneck(b: Builder, x: str, width: int, stride: int, name: str) -> st
     return b.unary("relu", b.binary("add", y, sc, name=f"{name}_sum"))
 
 
-def se_resnet50(batch: int, res: int, seed: int) -> Graph:
+def se_resnet50(batch: int, res: int, seed: Seed) -> Graph:
     b = Builder("se_resnet50", seed)
     x = b.input((batch, 3, res, res))
     x = conv_bn(b, x, 64, 7, 2, 3, name="conv1_7x7_s2")
@@ -141,7 +142,7 @@ V3_SMALL = [(3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24,
 def mobilenetv3(name: str, setting, last_conv: int, last_channel: int):
     """torchvision mobilenet_v3_large / _small: inverted residuals with ReLU or hardswish, squeeze-
     excitation (hardsigmoid gate, squeeze to expanded/4 rounded to 8) after the depthwise conv."""
-    def build(batch: int, res: int, seed: int) -> Graph:
+    def build(batch: int, res: int, seed: Seed) -> Graph:
         b = Builder(name, seed)
         x = b.input((batch, 3, res, res))
         x = conv_bn(b, x, 16, 3, 2, 1, act="hardswish", name="features.0")

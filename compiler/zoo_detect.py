@@ -4,6 +4,7 @@ A detector has several outputs (one per detection scale); the graph lists them a
 from __future__ import annotations
 
 from mlusim.compiler.graph import Builder, Graph
+from mlusim.compiler.weights import Seed
 
 LEAKY = 0.1     # darknet's leaky activation
 
@@ -22,7 +23,7 @@ def _darknet_maxpool(b: Builder, x: str, size: int, stride: int, i: int) -> str:
     return b.unary("maxpool", x, name=f"pool{i}", kernel=size, stride=stride, padding=(lo, pad - lo, lo, pad - lo))
 
 
-def yolov3_tiny(batch: int, res: int, seed: int) -> Graph:
+def yolov3_tiny(batch: int, res: int, seed: Seed) -> Graph:
     """pjreddie/darknet cfg/yolov3-tiny.cfg: layers 0-22 (conv / maxpool / route / upsample), the two
     1x1 detection convs (255 = 3 anchors x (80 classes + 5), linear, with bias) feeding [yolo]
     layers 16 and 23, which are the outputs `yolo16` (stride 32) and `yolo23` (stride 16). The
@@ -57,7 +58,7 @@ def _head(b: Builder, x: str, width: int, first: int) -> tuple[str, str]:
     return route, b.conv(x, 255, 1, name=f"yolo{first + 7}")
 
 
-def yolov3(batch: int, res: int, seed: int) -> Graph:
+def yolov3(batch: int, res: int, seed: Seed) -> Graph:
     """pjreddie/darknet cfg/yolov3.cfg: the Darknet-53 backbone (stride-2 3x3 convs, residual
     [shortcut] blocks of 1x1 + 3x3, linear sum) and three detection scales joined by route +
     upsample; outputs `yolo82` (stride 32), `yolo94` (16) and `yolo106` (8)."""
@@ -81,7 +82,7 @@ def yolov3(batch: int, res: int, seed: int) -> Graph:
     return b.graph(out1, out2, out3, batch=batch)
 
 
-def mobilenet_ssd(batch: int, res: int, seed: int) -> Graph:
+def mobilenet_ssd(batch: int, res: int, seed: Seed) -> Graph:
     """chuanqi305/MobileNet-SSD deploy.prototxt (VOC, 21 classes, 300x300): MobileNet v1 (conv +
     depthwise/pointwise pairs, BN, ReLU), four extra stride-2 stages (conv14..17), and 1x1 loc/conf
     convs on conv11, conv13 and conv14_2..17_2 (3 priors on conv11, 6 elsewhere). The outputs are

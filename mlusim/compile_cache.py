@@ -2,8 +2,10 @@
 
 An entry is one or more .mlu files (mlusim/mlufile.py: never a pickle) named by the SHA-256 of
 everything the compile depends on: what was compiled (a zoo model's name, batch, resolution and
-weight seed, or an ONNX file's bytes), the target config, the compile options, and mlusim's version
-with a digest of its own source code, so that a changed compiler never meets an old program.
+weight seed, or an ONNX file's bytes), the target config, the compile options (the mode among them:
+a timing-only compile from shapes alone, BuildOptions.shape_only, is an entry of its own, so a run
+with numerics never meets its placeholder weights), and mlusim's version with a digest of its own
+source code, so that a changed compiler never meets an old program.
 
 Where: $MLUSIM_CACHE_DIR, else $XDG_CACHE_HOME/mlusim, else ~/.cache/mlusim. Size: at most
 $MLUSIM_CACHE_MAX_MB megabytes (default 2048); after each store the least recently used entries
@@ -187,6 +189,8 @@ class CompileCache:
             return hit
         programs, extra = build()
         self.store(key, programs, extra)
+        if all(p.meta.get("shape_only") for p in programs):
+            return programs, extra       # runs only timing only, which copies no constant: nothing to map
         stored = self.load(key)
         # the stored file, mapped, rather than the built arrays: a run then copies constants into
         # its DRAM image page by page, giving the file's pages back (mlusim.mapped), as a hit does,

@@ -70,7 +70,7 @@ PROGRAM_META: dict[str, Check] = {
     "batch": integer(1, 1 << 24), "resolution": integer(1, 1 << 16), "name": text(256), "model": text(256),
     "macs": number(0, MAX_COUNT), "min_traffic_bytes": number(0, MAX_COUNT),
     "layer_traffic_bytes": number(0, MAX_COUNT), "weight_bytes": number(0, MAX_COUNT),
-    "parameters": number(0, MAX_COUNT),
+    "parameters": number(0, MAX_COUNT), "shape_only": flag,
 }
 def step_end(v) -> str | None:
     """One entry of a segment's `ends` (mlusim.segment_meta.StepEnd as JSON)."""

@@ -121,11 +121,36 @@ def dumps(program: Program, origin: str = "<program>") -> bytes:
     return buf.getvalue()
 
 
+def _encoder():
+    """encode_stream, with each distinct instruction encoded once per file: the encoder checks
+    every field (~10 us an instruction), and a compiled model repeats its instructions (ResNet-50
+    b16: 141,592, 20,016 distinct objects, 7,355 distinct contents), which made encoding most of a
+    compile-cache store. Known by object first (the program holds them all while it is written,
+    so no id is reused), then by content."""
+    from mlusim.isa.encoding import encode
+
+    by_object: dict[int, bytes] = {}
+    by_content: dict[tuple, bytes] = {}
+
+    def encoded(stream) -> bytes:
+        parts = []
+        for ins in stream:
+            b = by_object.get(id(ins))
+            if b is None:
+                key = (ins.op.opcode, *ins.args.items())
+                b = by_content.get(key)
+                if b is None:
+                    b = by_content[key] = encode(ins)
+                by_object[id(ins)] = b
+            parts.append(b)
+        return b"".join(parts)
+    return encoded
+
+
 def _write(program: Program, target, origin: str, compress: bool = True) -> None:
     """Write the zip to `target`, a path or a binary file object; errors name `origin`."""
-    from mlusim.isa.encoding import encode_stream
-
     _check_savable(program, origin)
+    encoded = _encoder()
     members: dict[str, bytes | tuple[bytes, np.ndarray]] = {}
     tensors = []
     for i, t in enumerate(program.tensors):
@@ -140,7 +165,7 @@ def _write(program: Program, target, origin: str, compress: bool = True) -> None
         names = []
         for si, stream in enumerate(k.streams):
             name = f"kernels/{ki}/{si}.bin"
-            members[name] = encode_stream(stream)
+            members[name] = encoded(stream)
             names.append(name)
         kernels.append({"name": k.name, "task_type": k.task_type, "task_dim": k.task_dim, "streams": names,
                         "task_stream": k.task_stream, "meta": k.meta})

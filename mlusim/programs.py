@@ -9,7 +9,7 @@ how many cores, when that differs from the cores it runs on).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from mlusim.errors import CompileError, ModelFileError
@@ -36,12 +36,24 @@ class BuildOptions:
     # reuse a program compiled before from the same everything (mlusim/compile_cache.py); False:
     # compile afresh (--no-cache). Never changes the program, so `changed` leaves it out.
     cache: bool = True
+    # zoo and ONNX models at int8: compile from shapes alone, for a timing-only run (compiler/driver.py:
+    # no weights drawn, no calibration; the same kernels and cycles, and a program that refuses
+    # numerics). A mode of the run rather than a build choice, so `changed` leaves it out too.
+    shape_only: bool = False
 
     def changed(self) -> list[str]:
         """The options that differ from the defaults, as `name=value` (for error messages)."""
         base = BuildOptions()
         return [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                if f.name != "cache" and getattr(self, f.name) != getattr(base, f.name)]
+                if f.name not in ("cache", "shape_only") and getattr(self, f.name) != getattr(base, f.name)]
+
+    def for_timing(self, spec) -> "BuildOptions":
+        """These options for a run that only times `spec`: a zoo or ONNX model at int8 compiled
+        from shapes alone (shape_only: no weights drawn, no calibration), anything else as it is
+        (a finished program; an int16 layer's accumulator position depends on its weights)."""
+        if compiles_on_the_fly(spec) and self.dtype == "int8":
+            return replace(self, shape_only=True)
+        return self
 
 
 def zoo_names() -> list[str]:
@@ -88,12 +100,12 @@ def compile_spec(spec: str, cfg, cores: int | None = None, options: BuildOptions
             raise CompileError("--resolution applies to zoo models; an ONNX model's input shape is in the file")
         if o.seed:
             raise CompileError("--seed applies to zoo models; an ONNX model's weights are in the file")
-        return compile_onnx(spec, batch=o.batch, calibrate=o.calibrate, **kw)
+        return compile_onnx(spec, batch=o.batch, calibrate=o.calibrate, shape_only=o.shape_only, **kw)
     if o.calibrate:
         raise CompileError("--calibrate applies to ONNX float models; zoo models calibrate on seeded data")
     if not is_zoo_name(spec):
         raise unknown_model(spec)
-    return compile_model(spec, batch=o.batch or 1, resolution=o.resolution, seed=o.seed, **kw)
+    return compile_model(spec, batch=o.batch or 1, resolution=o.resolution, seed=o.seed, shape_only=o.shape_only, **kw)
 
 
 def compile_cached(spec: str, cfg, cores: int | None = None, options: BuildOptions | None = None, progress=None):

@@ -187,6 +187,12 @@ def check_clusters(program: Program, cfg: HardwareConfig, ncores: int) -> None:
                               f"{cpc} cores; {ncores} core(s) give {ncores // cpc}{hint}")
 
 
+# a program compiled from shapes alone (compiler/driver.py, shape_only) has zero weights and
+# placeholder scales: its cycles are the real model's, its numbers would be meaningless
+SHAPE_ONLY = ("the program was compiled for timing only (no weights, no calibration): run it with --timing-only, "
+              "or compile it without --timing-only")
+
+
 def simulate(program: Program, config: HardwareConfig | str | None = None, cores: int | None = None,
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
@@ -206,6 +212,8 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     if ncores > cfg.chip.cores:
         raise SimulationError(f"--cores {ncores} exceeds the {cfg.chip.cores} cores of {cfg.name}")
     program.validate()
+    if not timing_only and program.meta.get("shape_only"):
+        raise SimulationError(SHAPE_ONLY)
     check_clusters(program, cfg, ncores)
     if program.gdram_bytes > cfg.dram_bytes:
         raise SimulationError(f"program needs {program.gdram_bytes:,} bytes of GDRAM; {cfg.name} has "

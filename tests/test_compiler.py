@@ -266,6 +266,12 @@ def test_per_channel_multipliers_are_quantize_multipliers():
     assert [(int(a), int(b)) for a, b in zip(mult, shift)] == [quant.quantize_multiplier(v) for v in vals]
     with pytest.raises(CompileError):
         quant._mults(np.array([0.5, 2.0**31 - 0.01]))
+    for v in (1.0, 2.0**-20, 0.75, 3e-5):         # one ratio for every channel: the same pairs, as int32
+        mult, shift = quant._mults(np.full(5, v))
+        assert mult.dtype == shift.dtype == np.int32 and {(int(a), int(b)) for a, b in zip(mult, shift)} == \
+            {quant.quantize_multiplier(v)} and len(mult) == 5
+    with pytest.raises(CompileError):
+        quant._mults(np.full(3, 2.0**31))
 
 
 def test_int16_and_per_tensor_models_are_exact():

@@ -38,6 +38,27 @@ def test_roundtrip_is_identical_and_runs_the_same(model):
     assert r1.cycles == r2.cycles and np.array_equal(r1.outputs["c"], r2.outputs["c"])
 
 
+def test_repeated_instructions_are_encoded_as_written(model):
+    """The writer encodes each distinct instruction once (by object, then content): a stream that
+    repeats objects, holds equal copies and differs in one field reads back as it was."""
+    from mlusim.isa.encoding import Instr, encode_stream
+
+    prog, _ = model
+    stream = prog.kernels[0].streams[0]
+    first = stream[0]
+    changed = Instr(first.op, dict(first.args))
+    field = next(f for f, v in changed.args.items() if isinstance(v, int) and v < 2)
+    changed.args[field] += 1
+    mixed = [first, first, Instr(first.op, dict(first.args)), changed, *stream, first]
+    prog.kernels[0].streams[0] = mixed
+    try:
+        back = mlufile.loads(mlufile.dumps(prog))
+    finally:
+        prog.kernels[0].streams[0] = stream
+    assert encode_stream(back.kernels[0].streams[0]) == encode_stream(mixed)
+    assert back.kernels[0].streams[0][3].args[field] == first.args[field] + 1
+
+
 def test_saving_twice_gives_the_same_bytes(model, tmp_path):
     prog, path = model
     mlufile.save(prog, tmp_path / "again.mlu")

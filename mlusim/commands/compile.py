@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mlusim.commands.common import ZooHelpFormatter, add_build_args, add_config_args, build_options, int_arg
@@ -22,6 +23,9 @@ def register(sub) -> None:
                    help="cores to tile for (default: all cores of the config, as `mlusim run`); run the file on "
                         "that many cores for the figure `mlusim run NAME --cores N` gives")
     p.add_argument("-o", "--output", metavar="FILE.mlu")
+    p.add_argument("--timing-only", action="store_true",
+                   help="int8 models: compile from shapes alone, for timing: no weights drawn, no calibration; "
+                        "the file gives the model's cycles and runs only with `mlusim run --timing-only`")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the operators fused into each layer")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="layers calibrated and lowered on stderr: a bar on a terminal, else a line every "
@@ -54,7 +58,7 @@ def cmd_compile(args) -> int:
     progress = command_progress(args.progress)
     t0 = time.perf_counter()
     try:
-        program, extra = compile_cached(args.source or args.model, cfg, cores, build_options(args, args.calibrate),
+        program, extra = compile_cached(args.source or args.model, cfg, cores, _options(args),
                                         progress.compiling(f"compile {label} for {cores} core(s)"))
     finally:
         progress.stop()
@@ -68,15 +72,28 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     mlufile.save(program, out)
     m = program.meta
+    weights = "no weights (timing only)" if m.get("shape_only") else f"weights {m['weight_bytes'] / 2**20:.1f} MiB"
     print(f"wrote {out}: {label} batch {m['batch']} for {cfg.name} on {cores} core(s), {len(program.kernels)} "
-          f"kernels, {program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, weights "
-          f"{m['weight_bytes'] / 2**20:.1f} MiB ({seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
+          f"kernels, {program.instruction_count:,} instructions, {m['macs'] / 1e9:.2f} GMAC, {weights} "
+          f"({seconds:.2f} s compile, {time.perf_counter() - t0:.2f} s write)")
     if m.get("cluster_fusion"):
         print(f"  cluster fusion: {m['cluster_fusion']}")
     if args.verbose:
         for name, ops in extra.get("fused", []):
             print(f"  fused {name}: {' + '.join(ops)}")
     return 0
+
+
+def _options(args):
+    """The build options of `mlusim compile`; --timing-only asks for a shape-only compile, which
+    only an int8 model has (mlusim.programs.BuildOptions.shape_only)."""
+    options = build_options(args, args.calibrate)
+    if not args.timing_only:
+        return options
+    if args.dtype != "int8":
+        raise CompileError("--timing-only compiles int8 models: an int16 layer's accumulator position depends on its "
+                           "weights")
+    return replace(options, shape_only=True)
 
 
 def cmd_models(args) -> int:
@@ -90,7 +107,7 @@ def cmd_models(args) -> int:
     for col in ("model", "input", "parameters", "GMAC", "int8 weights", "description"):
         t.add_column(col, justify="right" if col in ("parameters", "GMAC", "int8 weights") else "left")
     for name, e in ZOO.items():
-        g = build(name, args.batch)
+        g = build(name, args.batch, values=False)      # counts and shapes: no weight drawn
         params = g.parameter_count()
         weights = sum(n.params["weight"].size for n in g.nodes if "weight" in n.params)
         t.add_row(name, "x".join(str(d) for d in g.input.shape), f"{params / 1e6:.2f} M", f"{g.macs() / 1e9:.3f}",

@@ -50,7 +50,8 @@ def register(sub) -> None:
                         "images split over clusters, one cluster's cores per image, fc head over the chip) or "
                         "spread (every layer tiled over every core, one image over all clusters); default: the "
                         "config's runtime.schedule")
-    p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster)")
+    p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster); a zoo or ONNX "
+                   "model (int8) is then compiled from its shapes alone: no weights drawn, no calibration")
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
@@ -84,6 +85,8 @@ def cmd_run(args) -> int:
 
     on_the_fly = compiles_on_the_fly(args.program)
     options = build_options(args)
+    if args.timing_only:        # a zoo or ONNX model is then compiled from shapes alone (no weights, no calibration)
+        options = options.for_timing(args.program)
     if on_the_fly:
         program, cfg = args.program, resolve_config(args, None)
     else:

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV (units in the headers)")
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.add_argument("--numerics", action="store_true", help="also compute values (default: timing only, "
-                   "which gives the same cycles faster)")
+                   "which gives the same cycles faster, a zoo or ONNX model (int8) compiled from its shapes alone)")
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="per point: stop with an error past this")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=None, help="per point instruction budget (default 20M)")
     p.add_argument("--max-seconds", type=float_arg(0, 1e7), default=DEFAULT_MAX_SECONDS,
@@ -77,11 +77,14 @@ def _options(args) -> dict:
         else:
             cores = parse_cores(args.cores, 4096)
     timing_only = not args.numerics and bool(spec.get("timing_only", True))
+    options = build_options(args)
+    if timing_only:          # a zoo or ONNX model is then compiled from shapes alone (no weights, no calibration)
+        options = options.for_timing(str(program))
     return {"spec": str(program), "base_config": config, "params": params, "cores": cores,
             "timing_only": timing_only,
             "max_cycles": args.max_cycles if args.max_cycles is not None else spec.get("max_cycles"),
             "max_instructions": args.max_instructions or spec.get("max_instructions") or 20_000_000,
-            "max_seconds": args.max_seconds, "options": build_options(args), "hold_program": args.hold_program}
+            "max_seconds": args.max_seconds, "options": options, "hold_program": args.hold_program}
 
 
 def cmd_sweep(args) -> int:
