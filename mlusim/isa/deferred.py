@@ -123,6 +123,16 @@ class DeferredGemms:
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # content -> block
         self._touches: dict[int, tuple] = {}            # id(touches) -> _summary
         self._plans: dict[int, tuple] = {}              # id(args) -> (args, plan): see memo
+        self._scratch: dict[tuple, np.ndarray] = {}     # (shape, pads, dtype) -> zeroed buffer
+
+    def scratch(self, key: tuple) -> np.ndarray:
+        """A zeroed buffer of shape key[0] and dtype key[2], one per key on this chip: the padded
+        inputs of convs whose padding (key[1]) puts their data at the same place, so writers of
+        its interior only (nx.ConvGemm.rows) leave its border zero for the next."""
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.zeros(key[0], key[2])
+        return buf
 
     def memo(self, args: dict, make: Callable):
         """make(args), remembered by the args' id (the entry holds them, so the id stays theirs):

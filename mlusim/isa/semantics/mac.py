@@ -62,7 +62,8 @@ class ConvPlan:
     odt: str
     window: tuple                   # ConvGemm.window
     bounds: tuple[float, int, float] | None    # (each, w_max, bound) when fixed by the types
-    pad: np.ndarray | None          # the padded input's buffer, its border zero (None: no padding)
+    pad: tuple | None               # the padded input's layout (shape, pads, dtype): the key of
+    # its scratch buffer (DeferredGemms.scratch), border zero; None: no padding
 
 
 PLAN_MEMO = 1 << 15     # distinct conv instructions remembered
@@ -85,7 +86,7 @@ def conv_plan(a) -> ConvPlan:
         bounds = (each, w_max, each * cig * kh * kw)
     pad = None
     if any(pads):
-        pad = np.zeros((n, hi + pads[0] + pads[1], wi + pads[2] + pads[3], ci), np_dt)
+        pad = ((n, hi + pads[0] + pads[1], wi + pads[2] + pads[3], ci), pads, np_dt)
     return ConvPlan(dt, np_dt, x_at, (n, hi, wi, ci), w_at, (co, kh, kw, cig), dst_at, odt,
                     (kh, kw, a["sh"], a["sw"], pads, a["dh"], a["dw"], ho, wo), bounds, pad)
 
@@ -100,7 +101,8 @@ def conv(ctx, a):
     odt, dt = plan.odt, plan.dt
     dst = nram[plan.dst_at[0]:plan.dst_at[1]].view(nx.NP_DTYPES[odt])
     if a["groups"] == 1:
-        g = nx.conv_gemm_planned(x, w, plan.window, plan.bounds, plan.pad)
+        pad = None if plan.pad is None else ctx.gemms.scratch(plan.pad)
+        g = nx.conv_gemm_planned(x, w, plan.window, plan.bounds, pad)
         plain = _plain(odt, dt, g.bound)
         store = partial(_store_plain, dst) if plain else partial(_store, dst, odt, a["pos"], dt, g.bound)
         if g.stage is np.float32:
