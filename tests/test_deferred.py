@@ -54,3 +54,40 @@ def test_deferred_convs_and_requants_match_the_reference():
     assert_bits(res.outputs["d1"].reshape(-1), c2)
     assert_bits(res.outputs["q1"].reshape(-1), R.ref_requant(c1, params, 16, "i8", 3, -100, 100))
     assert_bits(res.outputs["d2"].reshape(-1), R.ref_requant(c2, params, 16, "i32", 3, -100, 100))
+
+
+def test_one_conv_instruction_issued_over_new_inputs_reads_each():
+    """mac.conv keeps one plan per distinct instruction, with a padded-input buffer reused across
+    issues: the same conv issued again after its input changed sees the new input (its
+    padding still zero) and the first result is not disturbed."""
+    rng = np.random.default_rng(5)
+    xa, xb = (rng.integers(-128, 128, (1, 4, 5, 8)).astype(np.int8) for _ in range(2))
+    w = rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8)
+    n = 4 * 5 * 16
+    ins = {k: _const(k, v) for k, v in (("xa", xa), ("xb", xb), ("w", w))}
+    outs = {k: TensorDecl(k, "output", "i32", (n,), -1) for k in ("d1", "d2")}
+    tensors = list(ins.values()) + list(outs.values())
+    allocate(tensors)
+    conv = dict(src=X_AT, wgt=0, **GEOM)
+    stream = [
+        Instr.make("dma", dir="g2n", dst=X_AT, src=ins["xa"].addr, size=xa.nbytes),
+        Instr.make("dma", dir="g2w", dst=0, src=ins["w"].addr, size=w.nbytes, sig="cp"),
+        Instr.make("conv", dst=D1, wait="ld", sig="ld", **conv),
+        Instr.make("dma", dir="g2n", dst=X_AT, src=ins["xb"].addr, size=xb.nbytes, wait="cp", sig="cp"),
+        Instr.make("conv", dst=D2, wait="ld", sig="st", **conv),
+        Instr.make("dma", dir="n2g", dst=outs["d1"].addr, src=D1, size=4 * n, wait="cp"),
+        Instr.make("dma", dir="n2g", dst=outs["d2"].addr, src=D2, size=4 * n),
+    ]
+    res = simulate(Program([Kernel("k", "block", 1, [stream])], tensors), "mlu270", cores=1)
+    for k, x in (("d1", xa), ("d2", xb)):
+        assert_bits(res.outputs[k].reshape(-1), R.ref_conv(x, w, 1, 1, (1, 1, 1, 1), 1, 1, 1, "i32", 0).reshape(-1))
+
+
+def test_weight_block_is_the_weights_laid_out_k_major():
+    """WeightBlock.bf is w [n, k] as float32, stored [k, n] row-major (BLAS's quicker layout for
+    rows @ bf.T): the same values, its transpose C-contiguous."""
+    from mlusim.isa.deferred import WeightBlock
+    w = np.random.default_rng(3).integers(-128, 128, (6, 10)).astype(np.int8)
+    bf = WeightBlock(w).bf
+    assert bf.dtype == np.float32 and bf.shape == (6, 10) and bf.T.flags.c_contiguous
+    assert_bits(bf, w.astype(np.float32))

@@ -320,6 +320,19 @@ def test_dma_stride_zero_repeats_rows():
     assert_bits(got.view(np.int16).reshape(tile.shape), tile)
 
 
+@pytest.mark.parametrize("fields, nbytes, shape", [
+    (dict(size=4, count=3, sstride=4, dstride=4, count2=2, sstride2=12, dstride2=12), 24, None),   # one range
+    (dict(size=4, count=3, sstride=4, dstride=4, count2=2, sstride2=16, dstride2=12), 12, (2, 1, 12)),
+    (dict(size=4, count=3, sstride=8, dstride=4, count2=1, sstride2=0, dstride2=0), 4, (1, 3, 4)),
+    (dict(size=5, count=1, sstride=0, dstride=0, count2=1, sstride2=0, dstride2=0), 5, None)])
+def test_dma_plan_joins_segments_laid_end_to_end_on_both_sides(fields, nbytes, shape):
+    from mlusim.isa.fields import DIR_NAMES
+    from mlusim.isa.semantics.dma import dma_plan
+    p = dma_plan(dict(dir=DIR_NAMES.index("n2n"), dcl=0, src=7, dst=100, **fields))
+    assert (p.nbytes, p.shape) == (nbytes, shape)
+    assert p.overlap is False
+
+
 @pytest.mark.parametrize("dst, sstride, dstride, sstride2", [(3, 8, 6, 24), (0, 6, 9, 24), (30, 4, 4, 12),
                                                        (5, 4, 4, 12)])
 def test_dma_within_nram_reads_its_whole_source_first(dst, sstride, dstride, sstride2):

@@ -40,7 +40,10 @@ class WeightBlock:
     __slots__ = ("bf", "waiting", "solo", "rows", "__weakref__")
 
     def __init__(self, w: np.ndarray):
-        self.bf = w.astype(np.float32)
+        # [n, k] as a view of a [k, n] C-contiguous array: BLAS multiplies rows @ bf.T 1.2-1.8x
+        # faster with its right operand laid out row-major (ResNet-50's stacks of 28-112 rows
+        # against k of 1,024-4,608) than transposed
+        self.bf = np.ascontiguousarray(w.T, dtype=np.float32).T
         self.waiting: dict[tuple[float, int], Group] = {}
         self.solo = False
         self.rows = 0
@@ -119,6 +122,28 @@ class DeferredGemms:
         self._pending: dict[int, list[Tile]] = {}       # core -> its tiles not stored yet
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # content -> block
         self._touches: dict[int, tuple] = {}            # id(touches) -> _summary
+        self._plans: dict[int, tuple] = {}              # id(args) -> (args, plan): see memo
+        self._scratch: dict[tuple, np.ndarray] = {}     # (shape, pads, dtype) -> zeroed buffer
+
+    def scratch(self, key: tuple) -> np.ndarray:
+        """A zeroed buffer of shape key[0] and dtype key[2], one per key on this chip: the padded
+        inputs of convs whose padding (key[1]) puts their data at the same place, so writers of
+        its interior only (nx.ConvGemm.rows) leave its border zero for the next."""
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.zeros(key[0], key[2])
+        return buf
+
+    def memo(self, args: dict, make: Callable):
+        """make(args), remembered by the args' id (the entry holds them, so the id stays theirs):
+        the engine passes one dict per distinct instruction, chip-wide, so what an instruction's
+        semantics work out from its fields alone is worked out once."""
+        hit = self._plans.get(id(args))
+        if hit is None or hit[0] is not args:
+            if len(self._plans) >= TOUCH_MEMO:
+                self._plans.clear()
+            hit = self._plans[id(args)] = (args, make(args))
+        return hit[1]
 
     def block(self, owner: int, addr: int, w: np.ndarray) -> WeightBlock:
         """The block for weights `w` [n, k], a view of core `owner`'s WRAM at `addr`."""

@@ -1,6 +1,7 @@
 """MAC array semantics: convolution and matrix multiply, exact integer sums cast to the output type."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -45,33 +46,82 @@ def touch_conv(a):
             ("nram", a["dst"], a["n"] * ho * wo * a["co"] * osz, "w", osz)]
 
 
-def conv(ctx, a):
-    """groups=1 convs of float32-exact rows go to ctx.gemms, computed when their output is first
-    touched, stacked with other tiles of the same weights (mlusim/isa/deferred.py); the rest now."""
+@dataclass(slots=True, eq=False)
+class ConvPlan:
+    """What a conv instruction's fields fix, worked out once per distinct instruction (the engine
+    passes the same args dict for every issue of the same content, ResNet-50 b16 issuing 30,696
+    convs of a few hundred distinct ones): byte ranges, shapes, the window, and for int8 inputs
+    the product bounds, which come from the types alone (None: from the data, per issue)."""
+    dt: str
+    np_dt: type
+    x_at: tuple[int, int]           # NRAM bytes of the input
+    x_shape: tuple[int, ...]
+    w_at: tuple[int, int]           # WRAM bytes of the weights
+    w_shape: tuple[int, ...]        # [co, kh, kw, ci / groups]
+    dst_at: tuple[int, int]         # NRAM bytes of the output
+    odt: str
+    window: tuple                   # ConvGemm.window
+    bounds: tuple[float, int, float] | None    # (each, w_max, bound) when fixed by the types
+    pad: tuple | None               # the padded input's layout (shape, pads, dtype): the key of
+    # its scratch buffer (DeferredGemms.scratch), border zero; None: no padding
+
+
+PLAN_MEMO = 1 << 15     # distinct conv instructions remembered
+
+
+def conv_plan(a) -> ConvPlan:
     dt = E(a, "dt")
-    n, hi, wi, ci, co = a["n"], a["hi"], a["wi"], a["ci"], a["co"]
-    x = view(ctx, "nram", a["src"], dt, n * hi * wi * ci).reshape(n, hi, wi, ci)
+    esz, np_dt = DTYPE_BYTES[dt], nx.NP_DTYPES[dt]
+    n, hi, wi, ci, co, kh, kw = a["n"], a["hi"], a["wi"], a["ci"], a["co"], a["kh"], a["kw"]
     cig = ci // a["groups"]
-    w = view(ctx, "wram", a["wgt"], dt, co * a["kh"] * a["kw"] * cig).reshape(co, a["kh"], a["kw"], cig)
     pads = (a["pt"], a["pb"], a["pl"], a["pr"])
     ho, wo = conv_shape(a)
     odt = _odt(a)
-    dst = view(ctx, "nram", a["dst"], odt, n * ho * wo * co)
+    x_at = (a["src"], a["src"] + n * hi * wi * ci * esz)
+    w_at = (a["wgt"], a["wgt"] + co * kh * kw * cig * esz)
+    dst_at = (a["dst"], a["dst"] + n * ho * wo * co * DTYPE_BYTES[odt])
+    bounds = None
+    if dt == "i8":
+        each, w_max = nx.product_bound(np.empty(0, np_dt), np.empty((co, kh, kw, cig), np_dt))
+        bounds = (each, w_max, each * cig * kh * kw)
+    pad = None
+    if any(pads):
+        pad = ((n, hi + pads[0] + pads[1], wi + pads[2] + pads[3], ci), pads, np_dt)
+    return ConvPlan(dt, np_dt, x_at, (n, hi, wi, ci), w_at, (co, kh, kw, cig), dst_at, odt,
+                    (kh, kw, a["sh"], a["sw"], pads, a["dh"], a["dw"], ho, wo), bounds, pad)
+
+
+def conv(ctx, a):
+    """groups=1 convs of float32-exact rows go to ctx.gemms, computed when their output is first
+    touched, stacked with other tiles of the same weights (mlusim/isa/deferred.py); the rest now."""
+    plan = ctx.gemms.memo(a, conv_plan)
+    nram = ctx.mem("nram")
+    x = nram[plan.x_at[0]:plan.x_at[1]].view(plan.np_dt).reshape(plan.x_shape)
+    w = ctx.mem("wram")[plan.w_at[0]:plan.w_at[1]].view(plan.np_dt).reshape(plan.w_shape)
+    odt, dt = plan.odt, plan.dt
+    dst = nram[plan.dst_at[0]:plan.dst_at[1]].view(nx.NP_DTYPES[odt])
     if a["groups"] == 1:
-        g = nx.conv_gemm(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"])
-        store = partial(_store, dst, odt, a["pos"], dt, g.bound)
+        pad = None if plan.pad is None else ctx.gemms.scratch(plan.pad)
+        g = nx.conv_gemm_planned(x, w, plan.window, plan.bounds, pad)
+        plain = _plain(odt, dt, g.bound)
+        store = partial(_store_plain, dst) if plain else partial(_store, dst, odt, a["pos"], dt, g.bound)
         if g.stage is np.float32:
-            ctx.gemms.defer(ctx.id, a["wgt"], a["dst"], a["dst"] + dst.nbytes, g, store, _plain(odt, dt, g.bound))
+            ctx.gemms.defer(ctx.id, plan.w_at[0], plan.dst_at[0], plan.dst_at[1], g, store, plain)
         else:
             store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
         return
-    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], pads, a["dh"], a["dw"], a["groups"])
+    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], plan.window[4], a["dh"], a["dw"], a["groups"])
     _store(dst, odt, a["pos"], dt, bound, sums)
 
 
 def _plain(odt: str, dt: str, bound: float) -> bool:
     """Whether a conv's sums are stored as they are: int32 output of sums that fit, no wrap."""
     return odt == "i32" and dt != "i16" and bound < 2**31
+
+
+def _store_plain(dst: np.ndarray, sums: np.ndarray) -> None:
+    """Exact sums that fit int32 (_plain) stored as they are."""
+    dst[:] = sums.reshape(-1)
 
 
 def _store(dst: np.ndarray, odt: str, pos: int, dt: str, bound: float, sums: np.ndarray) -> None:
