@@ -15,7 +15,7 @@ from operator import mul, sub, truediv
 
 import simpy
 
-from mlusim.cores.clock import Clock, Signal
+from mlusim.cores.clock import Clock, Signal, Wake
 
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
@@ -39,7 +39,7 @@ class Flow:
     __slots__ = ("links", "nbytes", "cap", "done", "callbacks")
     _ok = True
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal, callbacks=None):
+    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal | Wake, callbacks=None):
         self.links, self.nbytes, self.cap, self.done, self.callbacks = links, nbytes, cap, done, callbacks
 
 
@@ -138,7 +138,7 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
-        self._start_callback = self._start       # bound once, not per transfer
+        self._start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -174,13 +174,12 @@ class Fabric:
         self._start(Flow(links, nbytes, cap, ev))
         return ev
 
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> Signal:
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake) -> None:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency): the flow is the event of its own start, so the DMA queue's process sleeps once
-        per transfer. The flow starts exactly where the process would have resumed to start it."""
-        ev = Signal(self.env)
-        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start_callback]))
-        return ev
+        latency) and fires `done` when it ends: the flow is the event of its own start, so the
+        DMA queue sleeps once per transfer. The flow starts exactly where a process would have
+        resumed to start it."""
+        self.env.later(delay, Flow(links, nbytes, cap, done, self._start_cbs))
 
     # -- internals -------------------------------------------------------------------------------
     def _start(self, flow: Flow) -> None:
