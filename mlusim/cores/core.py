@@ -213,6 +213,7 @@ class Core:
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
         prepared_ins = chip.prepared_ins
+        iqs = self.iq
         scalar_cost = self.cfg.core.startup_cycles.scalar
         pc, n, pending = 0, len(stream), 0.0
         ctr.tasks += 1
@@ -244,8 +245,9 @@ class Core:
             qname = prep.queue
             if prep.dcl:
                 self._check_remote(prep.dcl - 1, pc, ins)
-            iq = self.iq[qname]
-            if len(iq.items) >= iq.depth:
+            iq = iqs[qname]
+            items = iq.items
+            if len(items) >= iq.depth:
                 self.state["issue"] = ("waits for a free {} queue slot (pc {})", qname, pc)
                 t0 = env.now
                 yield iq.wait_space()
@@ -253,7 +255,11 @@ class Core:
                 if chip.trace is not None:
                     chip.trace.append((self.id, "issue", t0, env.now, f"{qname} queue full", task.kernel.name, pc))
             self.inflight += 1
-            iq.put((ins, prep, pc, task))
+            items.append((ins, prep, pc, task))     # InstrQueue.put, inline
+            w = iq.item_waiter
+            if w is not None:
+                iq.item_waiter = None
+                w.succeed()
             pc += 1
         if pending:
             yield env.timeout(pending)

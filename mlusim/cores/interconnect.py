@@ -9,11 +9,13 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heappush
 from itertools import repeat
 from math import inf
 from operator import mul, sub, truediv
 
 import simpy
+from simpy.events import NORMAL
 
 from mlusim.cores.clock import Clock, Signal, Wake
 
@@ -179,7 +181,8 @@ class Fabric:
         latency) and fires `done` when it ends: the flow is the event of its own start, so the
         DMA queue sleeps once per transfer. The flow starts exactly where a process would have
         resumed to start it."""
-        self.env.later(delay, Flow(links, nbytes, cap, done, self._start_cbs))
+        env = self.env          # Clock.later, inline
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Flow(links, nbytes, cap, done, self._start_cbs)))
 
     # -- internals -------------------------------------------------------------------------------
     def _start(self, flow: Flow) -> None:

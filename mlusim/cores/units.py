@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from heapq import heappush
+
+from simpy.events import NORMAL
 
 from mlusim.cores.clock import Wake
 from mlusim.cores.stats import QUEUES
@@ -213,7 +216,12 @@ class DmaUnit(Unit):
             chip.gemms.execute(core, ins.op, prep.args, prep.touches)
         if prep.sig:
             for tq in self.sigs[prep.sig]:
-                tq.push()
+                w = tq.waiter           # TokenQueue.push, inline
+                if w is not None:
+                    tq.waiter = None
+                    w.succeed()
+                else:
+                    tq.count += 1
                 if trace is not None:
                     tq.sent.append((now, q))
         core.inflight -= 1
@@ -295,14 +303,15 @@ class ComputeUnit(Unit):
     def _start(self, ins, prep, pc: int, task, unit: str) -> None:
         env = self.env
         now = env._now
-        rec = Running(unit, ins, prep, pc, task, now, self._finished_cbs, got=self.got or None)
+        rec = Running(unit, ins, prep, pc, task, now, self._finished_cbs, None, False, 0.0, self.got or None)
         self.running[unit] = rec
         self.rob.append(rec)
         end = now + prep.cost
         if end > self.busy_until:
             self.busy_until = end
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        env.later(prep.cost, rec)     # the record is the event of its end: one event per instruction
+        # the record is the event of its end, one per instruction (Clock.later, inline)
+        heappush(env._queue, (end, NORMAL, next(env._eid), rec))
 
     def _finished(self, rec: Running) -> None:
         core, env, chip = self.core, self.env, self.chip
@@ -336,7 +345,12 @@ class ComputeUnit(Unit):
             sig = done.prep.sig
             if sig:
                 for tq in sigs[sig]:
-                    tq.push()
+                    w = tq.waiter       # TokenQueue.push, inline
+                    if w is not None:
+                        tq.waiter = None
+                        w.succeed()
+                    else:
+                        tq.count += 1
                     if trace is not None:
                         tq.sent.append((done.end, done.unit))
             core.inflight -= 1
