@@ -38,11 +38,13 @@ class Flow:
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
     A transfer that starts later is also the event of its start (`callbacks`, as Clock.later)."""
 
-    __slots__ = ("links", "nbytes", "cap", "done", "callbacks")
+    __slots__ = ("links", "nbytes", "cap", "done", "callbacks", "kind")
     _ok = True
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal | Wake, callbacks=None):
+    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal | Wake, callbacks=None,
+                 kind: int | None = None):
         self.links, self.nbytes, self.cap, self.done, self.callbacks = links, nbytes, cap, done, callbacks
+        self.kind = kind        # Fabric.kind_of(links, cap), if the caller knows it
 
 
 def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
@@ -161,7 +163,7 @@ class Fabric:
         # number of each mix, and of the mix one more start of a kind makes (a start's O(1) look-up)
         self._mixes: list[tuple[tuple[int, ...], list[float], float]] = []
         self._mix_ids: dict[tuple[int, ...], int] = {}
-        self._grown: dict[tuple[int, int], int] = {}
+        self._grown: list[dict[int, int]] = []      # by mix number: a kind started -> the mix it makes
         self.mix = self._mix_id(())
         self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
@@ -176,13 +178,24 @@ class Fabric:
         self._start(Flow(links, nbytes, cap, ev))
         return ev
 
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake) -> None:
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake,
+                       kind: int) -> None:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
         latency) and fires `done` when it ends: the flow is the event of its own start, so the
         DMA queue sleeps once per transfer. The flow starts exactly where a process would have
-        resumed to start it."""
+        resumed to start it. `kind` is kind_of(links, cap), which the caller keeps per route."""
         env = self.env          # Clock.later, inline
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Flow(links, nbytes, cap, done, self._start_cbs)))
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid),
+                              Flow(links, nbytes, cap, done, self._start_cbs, kind)))
+
+    def kind_of(self, links: tuple[Link, ...], cap: float) -> int:
+        """The number of a kind of flow (its links and cap): mixes of flows are numbered by these."""
+        sig = (links, cap)
+        kind = self._kinds.get(sig)
+        if kind is None:
+            kind = self._kinds[sig] = len(self._kind_list)
+            self._kind_list.append(sig)
+        return kind
 
     # -- internals -------------------------------------------------------------------------------
     def _start(self, flow: Flow) -> None:
@@ -194,11 +207,9 @@ class Fabric:
         now = env._now
         if now != self._last:
             self._advance(now)
-        sig = (links, flow.cap)
-        kind = self._kinds.get(sig)
+        kind = flow.kind
         if kind is None:
-            kind = self._kinds[sig] = len(self._kind_list)
-            self._kind_list.append(sig)
+            kind = self.kind_of(links, flow.cap)
         for link in links:
             if link._count == 0:
                 link._since = now
@@ -212,7 +223,7 @@ class Fabric:
         self.flows.append(flow)
         self.kinds.append(kind)
         rem.append(nbytes)          # see _planned
-        mix = self._grown.get((self.mix, kind))
+        mix = self._grown[self.mix].get(kind)
         if mix is None:
             mix = self._grow(kind)
         self.mix = mix
@@ -223,7 +234,11 @@ class Fabric:
         # the first finish lies between where the least remaining bytes at the largest rate and
         # where the new flow alone would put it; worked out only if the event loop needs it first
         plan = self._planned = (now, rem, rates)
-        env.set_alarm_between(_due(now, self._min_rem / top), _due(now, nbytes / rates[-1]),
+        q = self._min_rem / top         # _due(now, q) for both bounds, inline
+        low = now + q if q > 0.0 else now
+        q = nbytes / rates[-1]
+        high = now + q if q > 0.0 else now
+        env.set_alarm_between(now + (low - now if low > now else 0.0), now + (high - now if high > now else 0.0),
                               self._wake, _first_finish, plan)
 
     def _advance(self, now: float) -> None:
@@ -253,11 +268,12 @@ class Fabric:
             if len(self._mixes) >= RATES_MEMO:
                 self._mixes.clear()
                 self._mix_ids.clear()
-                self._grown.clear()
+                self._grown.clear()         # (the mix numbers change: see _grow)
             kinds = self._kind_list
             rates = fair_rates([kinds[k] for k in key]) if key else []
             m = self._mix_ids[key] = len(self._mixes)
             self._mixes.append((key, rates, max(rates, default=0.0)))
+            self._grown.append({})
         return m
 
     def _grow(self, kind: int) -> int:
@@ -266,7 +282,7 @@ class Fabric:
         n = len(self._mixes)
         mix = self._mix_id(key)
         if len(self._mixes) >= n:      # the numbers were not reset: remember the step
-            self._grown[(self.mix, kind)] = mix
+            self._grown[self.mix][kind] = mix
         return mix
 
     def _reschedule(self) -> None:

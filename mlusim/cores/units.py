@@ -43,12 +43,18 @@ class Running:
     _ok = True                     # read by the event loop, as of a succeeded event
 
 
+# for each queue and each value of a wait= / sig= field: the other queues it names, in QUEUES order
+_OTHERS = {q: [tuple(o for o in QUEUES if o != q and m >> QIDX[o] & 1) for m in range(1 << len(QUEUES))]
+           for q in QUEUES}
+
+
 def token_tables(tokens: dict, qname: str) -> tuple[list, list]:
     """For each value of a wait= / sig= field: the (other queue, token queue) pairs a unit on
     `qname` takes tokens from, and the token queues it signals."""
-    masks = range(1 << len(QUEUES))
-    waits = [tuple((o, tokens[(o, qname)]) for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
-    sigs = [tuple(tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
+    waits, sigs = [], []
+    for others in _OTHERS[qname]:
+        waits.append(tuple([(o, tokens[o, qname]) for o in others]))
+        sigs.append(tuple([tokens[qname, o] for o in others]))
     return waits, sigs
 
 
@@ -140,7 +146,7 @@ class DmaUnit(Unit):
     def __init__(self, core, qname: str):
         super().__init__(core, qname)
         self.fabric = core.chip.fabric
-        self.routes = core._routes
+        self.routes: dict = {}      # (source, destination) -> links, cap and flow kind
         self.done = Wake(self.env, self._done)      # the transfer's end
         self.t0, self.demand = 0.0, 0.0
 
@@ -175,16 +181,19 @@ class DmaUnit(Unit):
         plan = prep.plan
         self.state[self.qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
         self.t0 = self.env._now
-        route = self.routes.get(prep.ends) or self.core.route(plan.src, plan.dst)
-        links, demand = route[0], prep.demand
+        route = self.routes.get(prep.ends)
+        if route is None:
+            links, cap = self.core.route(plan.src, plan.dst)
+            route = self.routes[prep.ends] = (links, cap, self.fabric.kind_of(links, cap) if links else None)
+        links, cap, kind = route
+        demand = prep.demand
         if prep.dcl:         # to another cluster's SRAM: through both clusters' SRAM ports
             links, cap = self.core._far_route(task.clusters[prep.dcl - 1])
             demand = plan.fixed_cycles + plan.bus_bytes / cap
-        else:
-            cap = route[1]
+            kind = self.fabric.kind_of(links, cap)
         self.demand = demand
         if links:
-            self.fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap, self.done)
+            self.fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap, self.done, kind)
         else:   # on-core move: nothing shared, one event
             self.done.later(demand)
 
