@@ -87,12 +87,18 @@ class Unit:
         wait = item[1].wait
         self.got = None
         if wait:
-            pairs = self.waits[wait]
-            tq = pairs[0][1]
-            if tq.count and len(pairs) == 1 and self.chip.trace is None:    # the common case, inline
-                tq.count -= 1
-                return True
-            self.pairs = pairs
+            pairs = self.pairs = self.waits[wait]
+            if len(pairs) == 1 and self.chip.trace is None:    # the common case, _take inline
+                other, tq = pairs[0]
+                if tq.count:
+                    tq.count -= 1
+                    return True
+                ins, _, pc, task = item
+                self.state[self.qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
+                                          ins.op.mnemonic, task.taskid)
+                self.at, self.since = 0, self.env._now
+                tq.waiter = self.token
+                return False
             if self.chip.trace is not None:
                 self.got = []
             return self._take(0)
@@ -130,7 +136,7 @@ class Unit:
             _, _, pc, task = self.cur
             trace.append((self.core.id, q, t0, now, f"wait {other} token", task.kernel.name, pc))
             self.got.append(tq.sent.popleft())
-        if self._take(self.at + 1):
+        if self.at + 1 == len(self.pairs) or self._take(self.at + 1):
             self._proceed()
 
     def _next(self, _event=None) -> None:
