@@ -111,18 +111,6 @@ class Chip:
         i = bisect.bisect_right(self.weight_starts, addr) - 1
         return i >= 0 and addr < self.weight_ranges[i][1]
 
-    def account_dma(self, plan, ctr: CoreCounters) -> None:
-        r = self.record
-        r.bytes_read[plan.src] += plan.payload
-        r.bytes_written[plan.dst] += plan.payload
-        bus = plan.gdram_read + plan.gdram_write
-        r.dram_bus_bytes += bus
-        ctr.dram_bus_bytes += bus
-        if plan.read_key:
-            ctr.traffic[plan.read_key] += plan.payload
-        if plan.write_key:
-            ctr.traffic[plan.write_key] += plan.payload
-
     def mac_counts(self, a: dict, op, cycles: float) -> tuple[int, int, int]:
         """What a MAC instruction adds to its core's counters when it completes: useful MACs, of
         which on 16-bit operands, and MAC slots (array cycles past start-up)."""

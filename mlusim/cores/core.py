@@ -255,7 +255,7 @@ class Core:
                 if chip.trace is not None:
                     chip.trace.append((self.id, "issue", t0, env.now, f"{qname} queue full", task.kernel.name, pc))
             self.inflight += 1
-            items.append((ins, prep, pc, task))     # InstrQueue.put, inline
+            items.append((ins, prep, pc, task))     # put: wake the unit if it waits
             w = iq.item_waiter
             if w is not None:
                 iq.item_waiter = None

@@ -18,7 +18,6 @@ from simpy.events import NORMAL
 
 from mlusim.cores.clock import Wake
 from mlusim.cores.stats import QUEUES
-from mlusim.cores.tracelog import FLOW
 
 QIDX = {q: i for i, q in enumerate(QUEUES)}
 
@@ -208,7 +207,7 @@ class DmaUnit(Unit):
         core, chip, q = self.core, self.chip, self.qname
         ins, prep, pc, task = self.cur
         plan, ctr = prep.plan, core.counters
-        r = chip.record                 # Chip.account_dma, inline
+        r = chip.record                 # its bytes: the kernel's and the core's
         r.bytes_read[plan.src] += plan.payload
         r.bytes_written[plan.dst] += plan.payload
         bus = plan.gdram_read + plan.gdram_write
@@ -231,7 +230,7 @@ class DmaUnit(Unit):
             chip.gemms.execute(core, ins.op, prep.args, prep.touches)
         if prep.sig:
             for tq in self.sigs[prep.sig]:
-                w = tq.waiter           # TokenQueue.push, inline
+                w = tq.waiter           # a token: to its waiter, or counted
                 if w is not None:
                     tq.waiter = None
                     w.succeed()
@@ -360,7 +359,7 @@ class ComputeUnit(Unit):
             sig = done.prep.sig
             if sig:
                 for tq in sigs[sig]:
-                    w = tq.waiter       # TokenQueue.push, inline
+                    w = tq.waiter       # a token: to its waiter, or counted
                     if w is not None:
                         tq.waiter = None
                         w.succeed()
