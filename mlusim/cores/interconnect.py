@@ -250,16 +250,6 @@ class Fabric:
             self._min_rem = None
         self._last = now
 
-    def _finish(self, f: Flow) -> None:
-        now = self.env._now
-        for link in f.links:
-            link.bytes += f.nbytes
-            link._count -= 1
-            if link._count == 0:
-                link.busy += now - link._since
-                link._since = None
-        f.done.succeed()
-
     def _mix_id(self, key: tuple[int, ...]) -> int:
         """The number of a mix of flow kinds, its fair_rates worked out the first time (a mix of
         the same kinds in the same order always gets the same rates, bit for bit)."""
@@ -315,8 +305,15 @@ class Fabric:
                 self.flows = [flows[i] for i in keep]
                 self.kinds = [kinds[i] for i in keep]
                 self.remaining = [rem[i] for i in keep]
-            for i in done:
-                self._finish(flows[i])
+            for i in done:          # each finished flow, in start order
+                f = flows[i]
+                for link in f.links:
+                    link.bytes += f.nbytes
+                    link._count -= 1
+                    if link._count == 0:
+                        link.busy += now - link._since
+                        link._since = None
+                f.done.succeed()
         self._reschedule()
 
     def _sample(self, key: tuple[int, ...]) -> None:
