@@ -56,6 +56,7 @@ class Chip:
         self.prepared: dict = {}
         self.prepared_ins: dict = {}   # id(Instr) -> (Instr, the same), for those with no base register
         self.hazards: dict = {}        # Core._hazard's memo: pairs of prepared touches -> overlap?
+        self.dma_plans: dict = {}      # dma.plan_cached's memo
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -91,6 +92,7 @@ class Chip:
         self.prepared.clear()
         self.prepared_ins.clear()
         self.hazards.clear()
+        self.dma_plans.clear()
 
     def remember(self, ins, prepared) -> None:
         """Remember a prepared instruction by its Instr object's identity (Instr hashes by content,

@@ -182,8 +182,10 @@ class Core:
             if addr < 0 or addr + nbytes > sizes[space] or (align > 1 and addr % align):
                 raise SimulationError(f"{self.where(pc, ins)}: {self.spaces[space].fault(addr, nbytes, align)}")
         if op.unit == "dma":
-            plan = dmamod.plan(a, self.cfg)
-            dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
+            plans = chip.dma_plans
+            if len(plans) >= PREPARED_MAX:
+                plans.clear()
+            plan = dmamod.plan_cached(a, self.cfg, plans, chip.is_weights)
             cap = self.route(plan.src, plan.dst)[1]     # the same for every core: ports are per core
             prepared = Prepared(plan.queue, a, touches, "dma", a["wait"], a["sig"], plan=plan,
                                 ends=(plan.src, plan.dst), demand=plan.fixed_cycles + plan.bus_bytes / cap,
