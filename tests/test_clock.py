@@ -175,3 +175,62 @@ def test_signals_and_due_now_events_keep_simpy_order(seed):
     plain = simpy.Environment()
     clock = Clock()
     assert relay(clock, Signal, seed) == relay(plain, lambda env: env.event(), seed)
+
+
+def wake_relay(env, seed: int, callbacks: bool) -> list:
+    """Units that log a step, then poke a waiting unit, wait to be poked, or sleep: as SimPy
+    processes on Signals and Timeouts, or as callbacks on `Wake`s started by `Clock.start`. One
+    random stream drawn in execution order, so any change in the order changes the log."""
+    from mlusim.cores.clock import Wake
+
+    rng = random.Random(seed)
+    log, waiting = [], []
+
+    def decide():
+        r = rng.random()
+        if r < 0.3 and waiting:
+            waiting.pop(rng.randrange(len(waiting))).succeed()
+            return "sleep", 0
+        if r < 0.55:
+            return "wait", None
+        return "sleep", rng.choice([0, 0, 1, 2])
+
+    def process(i):
+        for step in range(25):
+            log.append((i, step, env.now))
+            kind, delay = decide()
+            if kind == "wait":
+                ev = env.event()
+                waiting.append(ev)
+                yield ev
+            else:
+                yield env.timeout(delay)
+
+    class Unit:
+        def __init__(self, i):
+            self.i, self.step, self.wake = i, 0, Wake(env, self.resume)
+            env.start(self.resume)
+
+        def resume(self, _event):
+            if self.step == 25:
+                return
+            log.append((self.i, self.step, env.now))
+            self.step += 1
+            kind, delay = decide()
+            if kind == "wait":
+                waiting.append(self.wake)
+            else:
+                self.wake.later(delay)
+
+    for i in range(6):
+        if callbacks and i % 3:
+            Unit(i)
+        else:
+            env.process(process(i))
+    env.run()
+    return log
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_callback_units_on_wakes_keep_simpy_order(seed):
+    assert wake_relay(Clock(), seed, True) == wake_relay(simpy.Environment(), seed, False)

@@ -223,3 +223,34 @@ def test_prepared_instructions_are_shared_by_content():
     a.regs[1], b.regs[1] = 0, 64
     assert a._prepare(rel, 0).args["src"] == 64 and b._prepare(rel, 0).args["src"] == 128
     assert len(chip.prepared) == 4
+
+
+def test_dma_plans_remembered_across_addresses_equal_a_fresh_plan():
+    """A chip prices a DMA by its fields with GDRAM addresses taken modulo the access granule:
+    for transfers differing in address, stride and direction, the remembered plan is field for
+    field what plan() and with_operand() give for that transfer itself."""
+    import dataclasses
+    import random
+
+    from mlusim.config import load_config
+    from mlusim.cores import dma as dmamod
+
+    cfg = load_config("mlu270")
+    rng = random.Random(7)
+    weights = (4096, 8192)
+    is_weights = lambda addr: weights[0] <= addr < weights[1]     # noqa: E731
+    memo, hits = {}, 0
+    for _ in range(400):
+        d = rng.choice(["g2n", "n2g", "g2s", "s2g", "g2w", "n2n", "s2n"])
+        size, count, count2 = rng.choice([16, 48, 64]), rng.choice([1, 3]), rng.choice([1, 2])
+        stride = size + rng.choice([0, 16, 100])
+        a = I("dma", dir=d, dst=rng.randrange(0, 16384, 8), src=rng.randrange(0, 16384, 8), size=size,
+              count=count, sstride=stride, dstride=stride, count2=count2, sstride2=stride * count + 64,
+              dstride2=stride * count + 64).args
+        before = len(memo)
+        got = dmamod.plan_cached(a, cfg, memo, is_weights)
+        hits += len(memo) == before
+        want = dmamod.plan(a, cfg)
+        dmamod.with_operand(want, want.src == "gdram" and is_weights(a["src"]))
+        assert dataclasses.asdict(got) == dataclasses.asdict(want)
+    assert hits > 50          # (71 of 400 transfers found their plan remembered)

@@ -56,6 +56,7 @@ class Chip:
         self.prepared: dict = {}
         self.prepared_ins: dict = {}   # id(Instr) -> (Instr, the same), for those with no base register
         self.hazards: dict = {}        # Core._hazard's memo: pairs of prepared touches -> overlap?
+        self.dma_plans: dict = {}      # dma.plan_cached's memo
         self.executed = 0
         self.last_activity = 0.0       # when an instruction last completed (dates a deadlock)
         # `max_instructions` is the next count at which the engine calls `over_budget`: the budget
@@ -91,6 +92,7 @@ class Chip:
         self.prepared.clear()
         self.prepared_ins.clear()
         self.hazards.clear()
+        self.dma_plans.clear()
 
     def remember(self, ins, prepared) -> None:
         """Remember a prepared instruction by its Instr object's identity (Instr hashes by content,
@@ -110,18 +112,6 @@ class Chip:
     def is_weights(self, addr: int) -> bool:
         i = bisect.bisect_right(self.weight_starts, addr) - 1
         return i >= 0 and addr < self.weight_ranges[i][1]
-
-    def account_dma(self, plan, ctr: CoreCounters) -> None:
-        r = self.record
-        r.bytes_read[plan.src] += plan.payload
-        r.bytes_written[plan.dst] += plan.payload
-        bus = plan.gdram_read + plan.gdram_write
-        r.dram_bus_bytes += bus
-        ctr.dram_bus_bytes += bus
-        if plan.read_key:
-            ctr.traffic[plan.read_key] += plan.payload
-        if plan.write_key:
-            ctr.traffic[plan.write_key] += plan.payload
 
     def mac_counts(self, a: dict, op, cycles: float) -> tuple[int, int, int]:
         """What a MAC instruction adds to its core's counters when it completes: useful MACs, of

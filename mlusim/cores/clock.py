@@ -65,6 +65,34 @@ class Signal:
         env._soon.append((env._now, NORMAL, next(env._eid), self))
 
 
+class Wake:
+    """A Signal for a plain callback, made once and fired again and again: what a unit run as
+    callbacks (cores/units.py) sleeps on, in place of a process waiting on a fresh Signal. Firing
+    it takes the place in SimPy's order that the Signal's succeed (or a Timeout, `later`) would
+    have, and the loop calls `callback(self)` there, as it would have resumed the process. Only
+    its owner arms it, and only while it is not pending, so one object serves every wait."""
+
+    __slots__ = ("env", "callbacks", "_once")
+    _ok = True
+    _value = None
+
+    def __init__(self, env: "Clock", callback):
+        self.env = env
+        self._once = [callback]     # the loop empties `callbacks` when it runs them: set anew each time
+        self.callbacks: list | None = None
+
+    def succeed(self) -> None:
+        env = self.env
+        self.callbacks = self._once
+        env._soon.append((env._now, NORMAL, next(env._eid), self))
+
+    def later(self, delay: float) -> None:
+        """Fire `delay` from now, where Timeout(delay) made now would (the same heap entry)."""
+        env = self.env
+        self.callbacks = self._once
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), self))
+
+
 class Process(simpy.Process):
     """SimPy's Process with its resume pared down for the engine's hot path: the generator's
     send and the resume callback are bound once, and a failed event (which no engine process
@@ -139,6 +167,11 @@ class Clock(simpy.Environment):
 
     def signal(self) -> Signal:
         return Signal(self)
+
+    def start(self, callback) -> None:
+        """Call `callback(event)` where env.process would first resume a generator made now: its
+        Initialize event, an URGENT entry at the current time."""
+        heappush(self._queue, (self._now, URGENT, next(self._eid), _Call([callback])))
 
     def set_alarm(self, delay: float, callback) -> None:
         """Call `callback()` `delay` from now, where a Timeout(delay) made now would fire;

@@ -6,11 +6,11 @@
                                                      +--> st queue --> DMA out
 The queues synchronise only through explicit dependency tokens (`wait=`/`sig=` on each
 instruction), as in TVM's VTA; a program that forgets one races, one that waits for a token nobody
-sends deadlocks and is reported as such.
+sends deadlocks and is reported as such. The issue stage is a process; the units are callbacks
+on the clock (cores/units.py).
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -22,10 +22,10 @@ from mlusim.cores.queues import InstrQueue, TokenQueue
 from mlusim.cores.stats import QUEUES, CoreCounters
 from mlusim.cores.task import TaskContext
 from mlusim.cores.tracelog import FLOW
+from mlusim.cores.units import QIDX, ComputeUnit, DmaUnit
 from mlusim.errors import SimulationError
 
 
-QIDX = {q: i for i, q in enumerate(QUEUES)}
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
 SCALAR_FLUSH = 1024     # issue-stage cycles batched into one timeout
 PREPARED_MAX = 1 << 15  # prepared instructions a chip remembers (~0.7 KB each; ResNet-50 b16 issues 7,352 distinct)
@@ -50,26 +50,6 @@ class Prepared:
     ends: tuple[str, str] = ("", "")   # a DMA's (source, destination) spaces: its route
     demand: float = 0.0         # a DMA's fixed cycles plus bus bytes at its channel's cap
     dcl: int = 0                # a DMA's far cluster + 1 (s2s to another cluster's SRAM), or 0
-
-
-@dataclass(slots=True, eq=False)
-class Running:
-    """A compute instruction started on its unit. It is also the event of its end: the clock
-    calls `callbacks` (Core._compute_done) then."""
-
-    unit: str
-    ins: object
-    prep: Prepared
-    pc: int
-    task: TaskContext
-    start: float
-    callbacks: list
-    done: Signal | None = None     # its end, made only if the compute queue's head waits for it
-    finished: bool = False
-    end: float = 0.0               # tracing: when it completed
-    got: list | None = None        # tracing: (end, track) of the slices whose tokens it took
-
-    _ok = True                     # read by the event loop, as of a succeeded event
 
 
 def _values_getter(op):
@@ -99,9 +79,6 @@ class Core:
         self.tokens = {(a, b): TokenQueue(self.env, f"{a}->{b}") for a in QUEUES for b in QUEUES if a != b}
         self.inflight = 0
         self.drain_waiter: Signal | None = None
-        self.cp_running: dict = {"mac": None, "vec": None}   # what each compute unit runs now
-        self.cp_rob: deque = deque()                          # compute instructions in program order
-        self.cp_busy_until = 0.0       # when the last compute instruction issued so far finishes
         self.regs = [0] * 32
         self.task: TaskContext | None = None
         self.counters = CoreCounters(core_id)
@@ -109,10 +86,8 @@ class Core:
         self.gemms = chip.gemms         # conv products stored when first touched (isa/deferred.py)
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
-        self._cp_sigs = self._token_tables("cp")[1]     # the token queues a compute sig= field signals
-        self._done_callback = self._compute_done         # bound once, not per instruction
-        for q in QUEUES:
-            self.env.process(self._compute_unit() if q == "cp" else self._dma_unit(q))
+        # the units, started in this order as their processes were (cores/units.py)
+        self.units = [ComputeUnit(self) if q == "cp" else DmaUnit(self, q) for q in QUEUES]
 
     # ---- what semantics see ------------------------------------------------------------------
     def mem(self, space: str):
@@ -207,8 +182,10 @@ class Core:
             if addr < 0 or addr + nbytes > sizes[space] or (align > 1 and addr % align):
                 raise SimulationError(f"{self.where(pc, ins)}: {self.spaces[space].fault(addr, nbytes, align)}")
         if op.unit == "dma":
-            plan = dmamod.plan(a, self.cfg)
-            dmamod.with_operand(plan, plan.src == "gdram" and self.chip.is_weights(a["src"]))
+            plans = chip.dma_plans
+            if len(plans) >= PREPARED_MAX:
+                plans.clear()
+            plan = dmamod.plan_cached(a, self.cfg, plans, chip.is_weights)
             cap = self.route(plan.src, plan.dst)[1]     # the same for every core: ports are per core
             prepared = Prepared(plan.queue, a, touches, "dma", a["wait"], a["sig"], plan=plan,
                                 ends=(plan.src, plan.dst), demand=plan.fixed_cycles + plan.bus_bytes / cap,
@@ -238,6 +215,7 @@ class Core:
         stream = task.kernel.stream_of(task.taskid)
         ctr = self.counters
         prepared_ins = chip.prepared_ins
+        iqs = self.iq
         scalar_cost = self.cfg.core.startup_cycles.scalar
         pc, n, pending = 0, len(stream), 0.0
         ctr.tasks += 1
@@ -269,8 +247,9 @@ class Core:
             qname = prep.queue
             if prep.dcl:
                 self._check_remote(prep.dcl - 1, pc, ins)
-            iq = self.iq[qname]
-            if len(iq.items) >= iq.depth:
+            iq = iqs[qname]
+            items = iq.items
+            if len(items) >= iq.depth:
                 self.state["issue"] = ("waits for a free {} queue slot (pc {})", qname, pc)
                 t0 = env.now
                 yield iq.wait_space()
@@ -278,7 +257,11 @@ class Core:
                 if chip.trace is not None:
                     chip.trace.append((self.id, "issue", t0, env.now, f"{qname} queue full", task.kernel.name, pc))
             self.inflight += 1
-            iq.put((ins, prep, pc, task))
+            items.append((ins, prep, pc, task))     # put: wake the unit if it waits
+            w = iq.item_waiter
+            if w is not None:
+                iq.item_waiter = None
+                w.succeed()
             pc += 1
         if pending:
             yield env.timeout(pending)
@@ -314,131 +297,6 @@ class Core:
                 for c in waiting:
                     trace.append((FLOW, now, self.id, "issue", now, c, "issue", True))
 
-    # ---- the three units -----------------------------------------------------------------------
-    def _token_tables(self, qname: str) -> tuple[list, list]:
-        """For each value of a wait= / sig= field: the (other queue, token queue) pairs a unit on
-        `qname` takes tokens from, and the token queues it signals."""
-        masks = range(1 << len(QUEUES))
-        waits = [tuple((o, self.tokens[(o, qname)]) for o in QUEUES if o != qname and m >> QIDX[o] & 1)
-                 for m in masks]
-        sigs = [tuple(self.tokens[(qname, o)] for o in QUEUES if o != qname and m >> QIDX[o] & 1) for m in masks]
-        return waits, sigs
-
-    def _take_tokens(self, qname: str, waits: tuple, ins, pc: int, task):
-        """Take one token from each queue in `waits` (in order), waiting for those not sent yet;
-        returns, when tracing, the (end, track) of the slices that sent them."""
-        env, ctr, trace = self.env, self.counters, self.chip.trace
-        got = [] if trace is not None else None
-        for other, tq in waits:
-            if tq.count:
-                tq.count -= 1
-            else:
-                self.state[qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                     ins.op.mnemonic, task.taskid)
-                t0 = env._now
-                yield tq.wait()
-                now = env._now
-                ctr.token_stall[qname] += now - t0
-                if qname == "cp":     # starved: neither compute unit still running
-                    ctr.cp_starved += max(0.0, now - max(t0, self.cp_busy_until))
-                if trace is not None:
-                    trace.append((self.id, qname, t0, now, f"wait {other} token", task.kernel.name, pc))
-            if trace is not None:
-                got.append(tq.sent.popleft())
-        return got
-
-    def _dma_unit(self, qname: str):
-        """SimPy process: a DMA queue's engine, one transfer at a time in program order."""
-        env, chip, fabric = self.env, self.chip, self.chip.fabric
-        iq = self.iq[qname]
-        items, state, routes = iq.items, self.state, self._routes
-        waits, sigs = self._token_tables(qname)
-        while True:
-            if not items:
-                state[qname] = "idle"
-                yield iq.wait_item()
-            ins, prep, pc, task = iq.pop()
-            ctr = self.counters
-            got = None
-            if prep.wait:
-                pairs = waits[prep.wait]
-                tq = pairs[0][1]
-                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
-                    tq.count -= 1
-                else:
-                    got = yield from self._take_tokens(qname, pairs, ins, pc, task)
-            plan = prep.plan
-            state[qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
-            t0 = env._now
-            route = routes.get(prep.ends) or self.route(plan.src, plan.dst)
-            links, demand = route[0], prep.demand
-            if prep.dcl:         # to another cluster's SRAM: through both clusters' SRAM ports
-                links, cap = self._far_route(task.clusters[prep.dcl - 1])
-                demand = plan.fixed_cycles + plan.bus_bytes / cap
-            else:
-                cap = route[1]
-            if links:
-                yield fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap)
-            else:   # on-core move: nothing shared, one event
-                yield env.timeout(demand)
-            chip.account_dma(plan, ctr)
-            ctr.dma_demand[qname] += demand
-            now = env._now
-            ctr.busy[qname] += now - t0
-            chip.last_activity = now
-            trace = chip.trace
-            if trace is not None:
-                trace.append((self.id, qname, t0, now, ins.op.mnemonic, task.kernel.name, pc))
-                if got:
-                    self._flows_in(got, now, qname)
-            if chip.numerics:
-                chip.gemms.execute(self, ins.op, prep.args, prep.touches)
-            if prep.sig:
-                for tq in sigs[prep.sig]:
-                    tq.push()
-                    if trace is not None:
-                        tq.sent.append((now, qname))
-            self.inflight -= 1
-            if not self.inflight and self.drain_waiter is not None:
-                w, self.drain_waiter = self.drain_waiter, None
-                w.succeed()
-
-    def _far_route(self, far) -> tuple[tuple[Link, ...], float]:
-        """Links and cap of an s2s to another cluster's SRAM: both clusters' SRAM ports."""
-        mine = self.cluster.sram_link
-        return (mine,) + ((far.sram_link,) if far.sram_link is not mine else ()), self.port_caps["sram"]
-
-    def _compute_unit(self):
-        """SimPy process: the compute queue, handing its head to the MAC array or the vector unit
-        once that unit is free and nothing running on the other one conflicts with it."""
-        env, chip = self.env, self.chip
-        iq = self.iq["cp"]
-        items, state = iq.items, self.state
-        waits = self._token_tables("cp")[0]
-        while True:
-            if not items:
-                state["cp"] = "idle"
-                yield iq.wait_item()
-            ins, prep, pc, task = iq.pop()
-            got = None
-            if prep.wait:
-                pairs = waits[prep.wait]
-                tq = pairs[0][1]
-                if tq.count and len(pairs) == 1 and chip.trace is None:    # the common case, inline
-                    tq.count -= 1
-                else:
-                    got = yield from self._take_tokens("cp", pairs, ins, pc, task)
-            unit, touches = prep.unit, prep.touches
-            block = self._cp_blocker(unit, touches)
-            while block is not None:
-                state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block.pc,
-                               block.unit)
-                if block.done is None:           # made only when someone waits on it
-                    block.done = Signal(env)
-                yield block.done
-                block = self._cp_blocker(unit, touches)
-            self._start_compute(ins, prep, pc, task, got)
-
     def _flows_in(self, got: list, t: float, track: str) -> None:
         """Tracing: arrows from the slices whose tokens the instruction ending at `t` on `track`
         took (bound by its end: a viewer ties an arrow to the slice open at the arrow's time)."""
@@ -446,18 +304,10 @@ class Core:
         for t_out, track_out in got:
             trace.append((FLOW, t_out, self.id, track_out, t, self.id, track, True))
 
-    # ---- the compute queue: MAC array and vector unit side by side ---------------------------------
-    def _cp_blocker(self, unit: str, touches) -> Running | None:
-        """What keeps the compute queue's head from starting: the instruction running on its own
-        unit, or one on the other unit whose memory it overlaps with a write; None. The MAC
-        array is looked at first, then the vector unit."""
-        running = self.cp_running
-        mac, vec = running["mac"], running["vec"]
-        if mac is not None and (unit == "mac" or self._hazard(mac.prep.touches, touches)):
-            return mac
-        if vec is not None and (unit == "vec" or self._hazard(vec.prep.touches, touches)):
-            return vec
-        return None
+    def _far_route(self, far) -> tuple[tuple[Link, ...], float]:
+        """Links and cap of an s2s to another cluster's SRAM: both clusters' SRAM ports."""
+        mine = self.cluster.sram_link
+        return (mine,) + ((far.sram_link,) if far.sram_link is not mine else ()), self.port_caps["sram"]
 
     def _hazard(self, t1, t2) -> bool:
         """_hazard of two prepared instructions' touches, remembered per pair (the memo holds the
@@ -470,63 +320,6 @@ class Core:
                 memo.clear()
             hit = memo[key] = (t1, t2, _hazard(t1, t2))
         return hit[2]
-
-    def _start_compute(self, ins, prep: Prepared, pc: int, task, got) -> None:
-        """Start the queue head on its unit (the MAC array and the vector unit are separate pipes,
-        as the WFU and NFU are; _compute_unit waits until _cp_blocker clears). Completion is
-        recorded in program order, so tokens and drains behave exactly as for a strictly in-order
-        queue."""
-        env = self.env
-        unit = prep.unit
-        now = env._now
-        rec = Running(unit, ins, prep, pc, task, now, [self._done_callback], got=got or None)
-        self.cp_running[unit] = rec
-        self.cp_rob.append(rec)
-        end = now + prep.cost
-        if end > self.cp_busy_until:
-            self.cp_busy_until = end
-        self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        env.later(prep.cost, rec)     # the record is the event of its end: one event per instruction
-
-    def _compute_done(self, rec: Running) -> None:
-        env, chip = self.env, self.chip
-        unit, prep = rec.unit, rec.prep
-        ctr = self.counters
-        if unit == "mac":
-            macs, macs_int16, slots = prep.macs
-            ctr.macs += macs
-            ctr.macs_int16 += macs_int16
-            ctr.mac_slots += slots
-        ctr.busy[unit] += prep.cost
-        now = env._now
-        chip.last_activity = now
-        trace = chip.trace
-        if trace is not None:
-            trace.append((self.id, unit, rec.start, now, rec.ins.op.mnemonic, rec.task.kernel.name, rec.pc))
-            rec.end = now
-            if rec.got:
-                self._flows_in(rec.got, now, unit)
-        if chip.numerics:
-            chip.gemms.execute(self, rec.ins.op, prep.args, prep.touches)
-        rec.finished = True
-        if self.cp_running[unit] is rec:
-            self.cp_running[unit] = None
-        if rec.done is not None:
-            rec.done.succeed()
-        rob = self.cp_rob
-        sigs = self._cp_sigs
-        while rob and rob[0].finished:          # retire in program order
-            done = rob.popleft()
-            sig = done.prep.sig
-            if sig:
-                for tq in sigs[sig]:
-                    tq.push()
-                    if trace is not None:
-                        tq.sent.append((done.end, done.unit))
-            self.inflight -= 1
-        if not self.inflight and self.drain_waiter is not None:
-            w, self.drain_waiter = self.drain_waiter, None
-            w.succeed()
 
 
 def describe_state(s) -> str:

@@ -107,6 +107,24 @@ def segment_costs(cfg, size: int, stride: int, count: int, stride2: int, count2:
     return inner + outer
 
 
+def plan_cached(a: dict, cfg, memo: dict, is_weights) -> DmaPlan:
+    """`plan` with its traffic keys (`with_operand`), remembered in `memo` (one per chip, so one
+    cfg) by what they depend on: the fields other than addresses, a GDRAM address's offset in
+    its access granule, and whether the source is a constant tensor. A layer's tiles differ in
+    their addresses only, so at batch 1 most of its transfers share a plan. The plan is shared:
+    nothing changes it once made."""
+    d = a["dir"]
+    src, dst = DIRECTIONS[DIR_NAMES[d]]
+    g = cfg.dram.access_bytes
+    key = (d, a["size"], a["count"], a["count2"], a["sstride"], a["sstride2"], a["dstride"], a["dstride2"],
+           a["src"] % g if src == "gdram" else -1, a["dst"] % g if dst == "gdram" else -1,
+           src == "gdram" and is_weights(a["src"]))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = with_operand(plan(a, cfg), key[-1])
+    return hit
+
+
 def plan(a: dict, cfg) -> DmaPlan:
     d = DIR_NAMES[a["dir"]]
     src, dst = DIRECTIONS[d]

@@ -9,13 +9,15 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heappush
 from itertools import repeat
 from math import inf
 from operator import mul, sub, truediv
 
 import simpy
+from simpy.events import NORMAL
 
-from mlusim.cores.clock import Clock, Signal
+from mlusim.cores.clock import Clock, Signal, Wake
 
 EPS = 1e-9
 RATES_MEMO = 1 << 14      # flow mixes remembered with their rates (a network repeats a few hundred)
@@ -36,11 +38,13 @@ class Flow:
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
     A transfer that starts later is also the event of its start (`callbacks`, as Clock.later)."""
 
-    __slots__ = ("links", "nbytes", "cap", "done", "callbacks")
+    __slots__ = ("links", "nbytes", "cap", "done", "callbacks", "kind")
     _ok = True
 
-    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal, callbacks=None):
+    def __init__(self, links: tuple[Link, ...], nbytes: float, cap: float, done: Signal | Wake, callbacks=None,
+                 kind: int | None = None):
         self.links, self.nbytes, self.cap, self.done, self.callbacks = links, nbytes, cap, done, callbacks
+        self.kind = kind        # Fabric.kind_of(links, cap), if the caller knows it
 
 
 def fair_rates(kinds: list[tuple[tuple[Link, ...], float]]) -> list[float]:
@@ -138,7 +142,7 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
-        self._start_callback = self._start       # bound once, not per transfer
+        self._start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -159,7 +163,7 @@ class Fabric:
         # number of each mix, and of the mix one more start of a kind makes (a start's O(1) look-up)
         self._mixes: list[tuple[tuple[int, ...], list[float], float]] = []
         self._mix_ids: dict[tuple[int, ...], int] = {}
-        self._grown: dict[tuple[int, int], int] = {}
+        self._grown: list[dict[int, int]] = []      # by mix number: a kind started -> the mix it makes
         self.mix = self._mix_id(())
         self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
@@ -174,13 +178,24 @@ class Fabric:
         self._start(Flow(links, nbytes, cap, ev))
         return ev
 
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float) -> Signal:
+    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake,
+                       kind: int) -> None:
         """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency): the flow is the event of its own start, so the DMA queue's process sleeps once
-        per transfer. The flow starts exactly where the process would have resumed to start it."""
-        ev = Signal(self.env)
-        self.env.later(delay, Flow(links, nbytes, cap, ev, [self._start_callback]))
-        return ev
+        latency) and fires `done` when it ends: the flow is the event of its own start, so the
+        DMA queue sleeps once per transfer. The flow starts exactly where a process would have
+        resumed to start it. `kind` is kind_of(links, cap), which the caller keeps per route."""
+        env = self.env          # Clock.later, inline
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid),
+                              Flow(links, nbytes, cap, done, self._start_cbs, kind)))
+
+    def kind_of(self, links: tuple[Link, ...], cap: float) -> int:
+        """The number of a kind of flow (its links and cap): mixes of flows are numbered by these."""
+        sig = (links, cap)
+        kind = self._kinds.get(sig)
+        if kind is None:
+            kind = self._kinds[sig] = len(self._kind_list)
+            self._kind_list.append(sig)
+        return kind
 
     # -- internals -------------------------------------------------------------------------------
     def _start(self, flow: Flow) -> None:
@@ -192,11 +207,9 @@ class Fabric:
         now = env._now
         if now != self._last:
             self._advance(now)
-        sig = (links, flow.cap)
-        kind = self._kinds.get(sig)
+        kind = flow.kind
         if kind is None:
-            kind = self._kinds[sig] = len(self._kind_list)
-            self._kind_list.append(sig)
+            kind = self.kind_of(links, flow.cap)
         for link in links:
             if link._count == 0:
                 link._since = now
@@ -210,7 +223,7 @@ class Fabric:
         self.flows.append(flow)
         self.kinds.append(kind)
         rem.append(nbytes)          # see _planned
-        mix = self._grown.get((self.mix, kind))
+        mix = self._grown[self.mix].get(kind)
         if mix is None:
             mix = self._grow(kind)
         self.mix = mix
@@ -221,7 +234,11 @@ class Fabric:
         # the first finish lies between where the least remaining bytes at the largest rate and
         # where the new flow alone would put it; worked out only if the event loop needs it first
         plan = self._planned = (now, rem, rates)
-        env.set_alarm_between(_due(now, self._min_rem / top), _due(now, nbytes / rates[-1]),
+        q = self._min_rem / top         # _due(now, q) for both bounds, inline
+        low = now + q if q > 0.0 else now
+        q = nbytes / rates[-1]
+        high = now + q if q > 0.0 else now
+        env.set_alarm_between(now + (low - now if low > now else 0.0), now + (high - now if high > now else 0.0),
                               self._wake, _first_finish, plan)
 
     def _advance(self, now: float) -> None:
@@ -233,16 +250,6 @@ class Fabric:
             self._min_rem = None
         self._last = now
 
-    def _finish(self, f: Flow) -> None:
-        now = self.env._now
-        for link in f.links:
-            link.bytes += f.nbytes
-            link._count -= 1
-            if link._count == 0:
-                link.busy += now - link._since
-                link._since = None
-        f.done.succeed()
-
     def _mix_id(self, key: tuple[int, ...]) -> int:
         """The number of a mix of flow kinds, its fair_rates worked out the first time (a mix of
         the same kinds in the same order always gets the same rates, bit for bit)."""
@@ -251,11 +258,12 @@ class Fabric:
             if len(self._mixes) >= RATES_MEMO:
                 self._mixes.clear()
                 self._mix_ids.clear()
-                self._grown.clear()
+                self._grown.clear()         # (the mix numbers change: see _grow)
             kinds = self._kind_list
             rates = fair_rates([kinds[k] for k in key]) if key else []
             m = self._mix_ids[key] = len(self._mixes)
             self._mixes.append((key, rates, max(rates, default=0.0)))
+            self._grown.append({})
         return m
 
     def _grow(self, kind: int) -> int:
@@ -264,7 +272,7 @@ class Fabric:
         n = len(self._mixes)
         mix = self._mix_id(key)
         if len(self._mixes) >= n:      # the numbers were not reset: remember the step
-            self._grown[(self.mix, kind)] = mix
+            self._grown[self.mix][kind] = mix
         return mix
 
     def _reschedule(self) -> None:
@@ -297,8 +305,15 @@ class Fabric:
                 self.flows = [flows[i] for i in keep]
                 self.kinds = [kinds[i] for i in keep]
                 self.remaining = [rem[i] for i in keep]
-            for i in done:
-                self._finish(flows[i])
+            for i in done:          # each finished flow, in start order
+                f = flows[i]
+                for link in f.links:
+                    link.bytes += f.nbytes
+                    link._count -= 1
+                    if link._count == 0:
+                        link.busy += now - link._since
+                        link._since = None
+                f.done.succeed()
         self._reschedule()
 
     def _sample(self, key: tuple[int, ...]) -> None:

@@ -1,13 +1,15 @@
 """The small synchronisation parts of a core: instruction queues and dependency-token queues.
 
-Both are plain counters/deques that create a SimPy event only when someone actually has to wait,
-so an instruction that finds its token ready or its queue slot free costs no event at all.
+Both are plain counters/deques with a slot for whoever waits, so an instruction that finds its
+token ready or its queue slot free costs no event at all. The issue stage and the units
+(cores/units.py) work on them inline: a token pushed goes to the waiter if there is one (and is
+consumed by it), else it is counted; an item put wakes the unit waiting for one.
 """
 from __future__ import annotations
 
 from collections import deque
 
-from mlusim.cores.clock import Clock, Signal
+from mlusim.cores.clock import Clock, Signal, Wake
 
 
 class TokenQueue:
@@ -18,22 +20,10 @@ class TokenQueue:
     def __init__(self, env: Clock, name: str):
         self.env = env
         self.count = 0
-        self.waiter: Signal | None = None
+        self.waiter: Wake | None = None     # the unit waiting for a token (only while count == 0)
         self.name = name
         # tracing only: (end, track) of each token's sender, oldest first, for the trace's arrows
         self.sent: deque = deque()
-
-    def push(self) -> None:
-        if self.waiter is not None:
-            w, self.waiter = self.waiter, None
-            w.succeed()
-        else:
-            self.count += 1
-
-    def wait(self) -> Signal:
-        """Only called when count == 0; the push that satisfies it consumes the token."""
-        self.waiter = Signal(self.env)
-        return self.waiter
 
 
 class InstrQueue:
@@ -45,30 +35,9 @@ class InstrQueue:
         self.env = env
         self.depth = depth
         self.items: deque = deque()
-        self.item_waiter: Signal | None = None
-        self.space_waiter: Signal | None = None
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= self.depth
-
-    def put(self, item) -> None:
-        self.items.append(item)
-        if self.item_waiter is not None:
-            w, self.item_waiter = self.item_waiter, None
-            w.succeed()
-
-    def wait_item(self) -> Signal:
-        self.item_waiter = Signal(self.env)
-        return self.item_waiter
+        self.item_waiter: Wake | None = None        # the unit, while the queue is empty
+        self.space_waiter: Signal | None = None     # the issue stage, while the queue is full
 
     def wait_space(self) -> Signal:
         self.space_waiter = Signal(self.env)
         return self.space_waiter
-
-    def pop(self):
-        item = self.items.popleft()
-        if self.space_waiter is not None:
-            w, self.space_waiter = self.space_waiter, None
-            w.succeed()
-        return item

@@ -74,16 +74,19 @@ def snapshot(counters) -> dict[str, float]:
         out["cp_starved"] += ctr.cp_starved
         out["sync_wait"] += ctr.sync_wait
         out["dram_bus_bytes"] += ctr.dram_bus_bytes
-        for u in UNITS:
-            out[f"busy.{u}"] += ctr.busy[u]
-        for q in DMA_QUEUES:
-            out[f"dma_demand.{q}"] += ctr.dma_demand[q]
+        for key, u in _BUSY_KEYS:       # the keys made once, not per core and snapshot
+            out[key] += ctr.busy[u]
+        for key, q in _DEMAND_KEYS:
+            out[key] += ctr.dma_demand[q]
+        traffic = ctr.traffic
         for k in TRAFFIC_KEYS:
-            out[k] += ctr.traffic[k]
+            out[k] += traffic[k]
     return out
 
 
 DMA_QUEUES = ("ld", "st", "mv")
+_BUSY_KEYS = tuple((f"busy.{u}", u) for u in UNITS)
+_DEMAND_KEYS = tuple((f"dma_demand.{q}", q) for q in DMA_QUEUES)
 SNAPSHOT_KEYS = (("macs", "mac_slots", "cp_starved", "sync_wait", "dram_bus_bytes")
                  + tuple(f"busy.{u}" for u in UNITS) + tuple(f"dma_demand.{q}" for q in DMA_QUEUES)
                  + TRAFFIC_KEYS)
