@@ -86,11 +86,16 @@ def cli(capsys, monkeypatch, seconds, *args):
 
 
 def test_run_and_compile_print_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch, tmp_path):
-    code, out, err = cli(capsys, monkeypatch, "0.000001", "run", "mnist", "--cores", "1", "--timing-only")
+    code, out, err = cli(capsys, monkeypatch, "0.000001", "run", "mnist", "--cores", "1", "--no-cache")
     assert code == 0 and "cycles" in out and "mlusim:" not in out
     lines = err.splitlines()
     assert any(re.fullmatch(r"mlusim: compile mnist for 1 core\(s\) \(calibrating\): \d+/\d+ layers \[\d+ s\]", x)
                for x in lines)
+    assert any(x.startswith("mlusim: compile mnist for 1 core(s) (lowering): ") for x in lines)
+    # timing only compiles from shapes: nothing to calibrate
+    code, out, err = cli(capsys, monkeypatch, "0.000001", "run", "mnist", "--cores", "1", "--timing-only")
+    assert code == 0 and "cycles" in out and "(calibrating)" not in err
+    lines = err.splitlines()
     assert any(x.startswith("mlusim: compile mnist for 1 core(s) (lowering): ") for x in lines)
     assert any(re.fullmatch(r"mlusim: run mnist on 1 core\(s\): \d+/\d+ kernels, [\d,]+ cycles \[\d+ s\]", x)
                for x in lines)

@@ -93,6 +93,7 @@ class Chip:
         self.prepared_ins.clear()
         self.hazards.clear()
         self.dma_plans.clear()
+        self.gemms.forget()
 
     def remember(self, ins, prepared) -> None:
         """Remember a prepared instruction by its Instr object's identity (Instr hashes by content,

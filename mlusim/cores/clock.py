@@ -228,11 +228,6 @@ class Clock(simpy.Environment):
         would run: the same heap entry, with a bare event in place of the Timeout object."""
         heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), _Call([callback])))
 
-    def later(self, delay: float, event) -> None:
-        """`call_later` for an object that is its own event: it has `callbacks` (each called with
-        it) and `_ok` true, as a succeeded event, and is passed to them as the event."""
-        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), event))
-
     def peek(self) -> float:
         t = self._now if self._soon else super().peek()
         alarm = self._alarm

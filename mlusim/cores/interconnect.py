@@ -36,7 +36,7 @@ class Link:
 class Flow:
     """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
-    A transfer that starts later is also the event of its start (`callbacks`, as Clock.later)."""
+    A transfer that starts later is also the event of its start (`callbacks`: its own heap entry)."""
 
     __slots__ = ("links", "nbytes", "cap", "done", "callbacks", "kind")
     _ok = True
@@ -168,23 +168,14 @@ class Fabric:
         self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
 
-    def transfer(self, links: tuple[Link, ...], nbytes: float, cap: float = float("inf")) -> Signal:
-        """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
-        channel); the returned event fires when the last byte arrives."""
-        env = self.env
-        if not links:   # a private path: no contention, a plain delay
-            return env.timeout(nbytes / cap if nbytes > 0 else 0.0)
-        ev = Signal(env)
-        self._start(Flow(links, nbytes, cap, ev))
-        return ev
-
     def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake,
                        kind: int) -> None:
-        """`transfer` that starts `delay` cycles from now (a DMA's descriptor set-up and DRAM
+        """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
+        channel), starting `delay` cycles from now (a DMA's descriptor set-up and DRAM
         latency) and fires `done` when it ends: the flow is the event of its own start, so the
         DMA queue sleeps once per transfer. The flow starts exactly where a process would have
         resumed to start it. `kind` is kind_of(links, cap), which the caller keeps per route."""
-        env = self.env          # Clock.later, inline
+        env = self.env          # the flow's start is a heap entry of its own
         heappush(env._queue, (env._now + delay, NORMAL, next(env._eid),
                               Flow(links, nbytes, cap, done, self._start_cbs, kind)))
 

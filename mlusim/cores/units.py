@@ -324,7 +324,7 @@ class ComputeUnit(Unit):
         if end > self.busy_until:
             self.busy_until = end
         self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        # the record is the event of its end, one per instruction (Clock.later, inline)
+        # the record is the event of its end, one per instruction (its own heap entry)
         heappush(env._queue, (end, NORMAL, next(env._eid), rec))
 
     def _finished(self, rec: Running) -> None:

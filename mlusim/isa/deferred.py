@@ -122,7 +122,7 @@ class DeferredGemms:
         self._pending: dict[int, list[Tile]] = {}       # core -> its tiles not stored yet
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # content -> block
         self._touches: dict[int, tuple] = {}            # id(touches) -> _summary
-        self._plans: dict[int, tuple] = {}              # id(args) -> (args, plan): see memo
+        self._plans: dict[tuple, tuple] = {}            # (id(args), make) -> (args, plan): see memo
         self._scratch: dict[tuple, np.ndarray] = {}     # (shape, pads, dtype) -> zeroed buffer
 
     def scratch(self, key: tuple) -> np.ndarray:
@@ -135,15 +135,22 @@ class DeferredGemms:
         return buf
 
     def memo(self, args: dict, make: Callable):
-        """make(args), remembered by the args' id (the entry holds them, so the id stays theirs):
-        the engine passes one dict per distinct instruction, chip-wide, so what an instruction's
-        semantics work out from its fields alone is worked out once."""
-        hit = self._plans.get(id(args))
+        """make(args), remembered by the args' id and `make` (the entry holds the args, so the id
+        stays theirs): the engine passes one dict per distinct instruction, chip-wide, so what an
+        instruction's semantics work out from its fields alone is worked out once per kind of plan."""
+        key = (id(args), make)
+        hit = self._plans.get(key)
         if hit is None or hit[0] is not args:
             if len(self._plans) >= TOUCH_MEMO:
                 self._plans.clear()
-            hit = self._plans[id(args)] = (args, make(args))
+            hit = self._plans[key] = (args, make(args))
         return hit[1]
+
+    def forget(self) -> None:
+        """Drop the per-instruction plans and scratch buffers (a finished run's: see
+        Chip.forget_prepared)."""
+        self._plans.clear()
+        self._scratch.clear()
 
     def block(self, owner: int, addr: int, w: np.ndarray) -> WeightBlock:
         """The block for weights `w` [n, k], a view of core `owner`'s WRAM at `addr`."""

@@ -66,9 +66,6 @@ class ConvPlan:
     # its scratch buffer (DeferredGemms.scratch), border zero; None: no padding
 
 
-PLAN_MEMO = 1 << 15     # distinct conv instructions remembered
-
-
 def conv_plan(a) -> ConvPlan:
     dt = E(a, "dt")
     esz, np_dt = DTYPE_BYTES[dt], nx.NP_DTYPES[dt]
