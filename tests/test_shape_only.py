@@ -219,14 +219,19 @@ def test_a_per_cluster_timing_only_run_compiles_from_shapes(compile_cache_dir, m
         execute(shaped, s4, s4.chip.cores, timing_only=False)
 
 
-def test_int16_fully_connected_layers_keep_the_per_cluster_compile_full(compile_cache_dir):
-    """The MLU370 presets' int16 fc layers need their weights (their accumulator position tiles the
-    kernel): a shape-only plan there is the full compile, which runs with numerics."""
+def test_an_int16_head_compiles_in_full_and_the_trunk_from_shapes(compile_cache_dir):
+    """The MLU370 presets' int16 fc layers need their weights and calibration (their accumulator
+    position tiles the kernel): a shape-only plan there has the full head and a trunk from
+    shapes, the full plan's cycles, and refuses numerics."""
     from mlusim.config import load_config
     from mlusim.runs import execute, prepare
 
     s4 = load_config("mlu370-s4")
     assert s4.runtime.linear_dtype == "int16"
-    prep = prepare("mnist", s4, s4.chip.cores, BuildOptions(shape_only=True), "per-cluster")
-    assert not any(p.meta.get("shape_only") for p in prep.programs())
-    assert execute(prep, s4, s4.chip.cores, timing_only=False).outputs["output"].shape == (1, 10)
+    full = prepare("mnist", s4, s4.chip.cores, BuildOptions(batch=3), "per-cluster")
+    prep = prepare("mnist", s4, s4.chip.cores, BuildOptions(batch=3, shape_only=True), "per-cluster")
+    assert prep.plan.trunk.meta.get("shape_only") and not prep.plan.head.meta.get("shape_only")
+    assert prep.plan.boundary_scale == full.plan.boundary_scale       # calibrated, as the head needs
+    assert execute(prep, s4, s4.chip.cores).cycles == execute(full, s4, s4.chip.cores).cycles
+    with pytest.raises(SimulationError, match="compiled for timing only"):
+        execute(prep, s4, s4.chip.cores, timing_only=False)
