@@ -87,7 +87,8 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
     fusion of the trunk (default: the config's `runtime.kernels`). Trunk and head come from the
     compile cache unless `cache` is False (mlusim/compile_cache.py). `progress`: the compiler's
     `progress(phase, layers_done, layers_total)` (mlusim.progress). `shape_only`: a plan for a
-    timing-only run, compiled from shapes alone where that is exact (`from_shapes`)."""
+    timing-only run: its trunk compiled from shapes alone, its head too where `from_shapes` says
+    so; the mode is part of the cache key."""
     from mlusim.compile_cache import cache_for, cached
 
     cpc = cfg.chip.cores_per_cluster
