@@ -59,7 +59,8 @@ def prepare(program, cfg, cores: int, options: BuildOptions | None = None, sched
             raise SimulationError(f"the per-cluster schedule compiles with the default options; "
                                   f"{', '.join(other)} needs --schedule spread")
         return Prepared(plan=plan_per_cluster(program.lower(), o.batch or 1, cfg, cores, o.resolution,
-                                              fuse=o.cluster_fusion, cache=o.cache, progress=compile_progress))
+                                              fuse=o.cluster_fusion, cache=o.cache, progress=compile_progress,
+                                              shape_only=o.shape_only))
     if isinstance(program, str):
         program = resolve_program(program, cfg, cores if compiles_on_the_fly(program) else None, options,
                                   compile_progress)

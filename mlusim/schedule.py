@@ -81,12 +81,14 @@ def _truncated(g, k: int):
 
 def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
                      resolution: int | None = None, absmax: dict | None = None, fuse: bool | None = None,
-                     cache: bool = True, progress=None) -> ClusterPlan:
+                     cache: bool = True, progress=None, shape_only: bool = False) -> ClusterPlan:
     """Compile zoo model `name` for the per-cluster schedule on `cores` cores of `cfg`; `absmax`:
     a calibration of the network to reuse (scales change values, never cycles); `fuse`: cluster
     fusion of the trunk (default: the config's `runtime.kernels`). Trunk and head come from the
     compile cache unless `cache` is False (mlusim/compile_cache.py). `progress`: the compiler's
-    `progress(phase, layers_done, layers_total)` (mlusim.progress)."""
+    `progress(phase, layers_done, layers_total)` (mlusim.progress). `shape_only`: a plan for a
+    timing-only run: its trunk compiled from shapes alone, its head too where `from_shapes` says
+    so; the mode is part of the cache key."""
     from mlusim.compile_cache import cache_for, cached
 
     cpc = cfg.chip.cores_per_cluster
@@ -99,35 +101,49 @@ def plan_per_cluster(name: str, batch: int, cfg: HardwareConfig, cores: int,
     per = -(-batch // chip_clusters)
     groups = -(-batch // per)
     parts = {"per-cluster": name.lower(), "batch": batch, "resolution": resolution, "cores": cores, "fuse": fuse,
-             "config": cfg.to_dict(),
+             "config": cfg.to_dict(), "shape_only": shape_only,
              "absmax": sorted((k, float(v)) for k, v in absmax.items()) if absmax is not None else None}
     progs, extra = cached(cache_for(cache), parts,
                           lambda: _compile_per_cluster(name, batch, per, cfg, cores, resolution, absmax, fuse,
-                                                       progress))
+                                                       progress, shape_only))
     head = progs[1] if len(progs) > 1 else None
     return ClusterPlan(batch, per, groups, chip_clusters, progs[0], head, extra["scale"], extra["zp"], cpc, fuse)
 
 
+def from_shapes(cfg: HardwareConfig, shape_only: bool) -> bool:
+    """Whether a plan asked for `shape_only` compiles its head from shapes too, so that nothing is
+    drawn or calibrated. Not with int16 fully connected layers (runtime.linear_dtype: int16, the
+    MLU370 presets'): an int16 layer's accumulator position depends on its weights and calibrated
+    scales, and decides how its kernel is tiled (compiler/kernels/linear.py), so such a head
+    compiles in full, from the calibrated network, and only the trunk's weights are left undrawn."""
+    return shape_only and cfg.runtime.linear_dtype == "int8"
+
+
 def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, cores: int,
                          resolution: int | None, absmax: dict | None, fuse: bool,
-                         progress=None) -> tuple[list[Program], dict]:
-    """[trunk] or [trunk, head], and the quantization of the value crossing between them."""
+                         progress=None, shape_only: bool = False) -> tuple[list[Program], dict]:
+    """[trunk] or [trunk, head], and the quantization of the value crossing between them;
+    `shape_only`: the trunk from shapes alone, the head too where `from_shapes` says so; each
+    program so compiled is marked (zero weights, and placeholder scales where not calibrated)."""
     from mlusim.compiler import passes, quant, zoo
     from mlusim.compiler.driver import calibration_samples, compile_graph
     from mlusim.compiler.lower import lower
 
     cpc = cfg.chip.cores_per_cluster
-    full = passes.optimize(zoo.build(name, batch, resolution))
-    if absmax is None:      # once, for trunk and head alike
+    whole = from_shapes(cfg, shape_only)        # nothing drawn or calibrated
+    full = passes.optimize(zoo.build(name, batch, resolution, values=not whole))
+    if whole:
+        absmax = absmax or {}
+    elif absmax is None:      # once, for trunk and head alike
         absmax = quant.calibrate(full, calibration_samples(full), progress=progress)
     mixed = {n.name: cfg.runtime.linear_dtype for n in full.nodes if n.op == "linear"}
-    trunk_graph = zoo.build(name, per, resolution)
+    trunk_graph = zoo.build(name, per, resolution, values=not shape_only)
     k = head_start(trunk_graph)
     head, scale, zp = None, 1.0, 0
     if k is not None:
         names = {n.name for n in trunk_graph.nodes[k:]}
         trunk_graph = _truncated(trunk_graph, k)
-        quant.quantize(full, absmax, mixed=mixed)
+        quant.quantize(full, absmax, mixed=mixed, shape_only=whole)
         head_nodes = [n.name for n in full.nodes if n.name in names]
         feeds = {i for n in head_nodes for i in full.node(n).inputs if i not in set(head_nodes)}
         if len(feeds) != 1:
@@ -136,9 +152,14 @@ def _compile_per_cluster(name: str, batch: int, per: int, cfg: HardwareConfig, c
         scale, zp = float(src.q["scale"]), int(src.q.get("zp", 0))
         head = lower(full, cfg, cores, nodes=head_nodes)
         head.config = cfg.to_dict()
+        if whole:
+            head.meta["shape_only"] = True
+    mixed = {n.name: mixed[n.name] for n in trunk_graph.nodes if n.name in mixed}
+    if shape_only and "int16" in mixed.values():       # int16 layers in the trunk: it needs its weights
+        shape_only, trunk_graph = False, zoo.build(name, per, resolution)
     # the trunk runs on ceil(batch / per) clusters at once: its tiles are priced at their share of DRAM
     compiled = compile_graph(trunk_graph, cfg, absmax=absmax, tasks=cpc, cluster_fusion=fuse, mixed=mixed,
-                             dram_share=1.0 / -(-batch // per), progress=progress)
+                             dram_share=1.0 / -(-batch // per), progress=progress, shape_only=shape_only)
     trunk = compiled.program
     trunk.meta.update(macs=full.macs(), batch=batch, per_cluster=per, weight_bytes=quant.weight_bytes(full),
                       compiled_for_cores=cores)

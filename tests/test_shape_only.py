@@ -189,3 +189,49 @@ def test_a_shape_only_miss_returns_the_built_program(compile_cache_dir, mlu270):
 def test_which_timing_runs_compile_from_shapes(spec, dtype, shape_only):
     o = BuildOptions(dtype=dtype).for_timing(spec)
     assert o.shape_only is shape_only and o.changed() == BuildOptions(dtype=dtype).changed()
+
+
+def test_a_per_cluster_timing_only_run_compiles_from_shapes(compile_cache_dir, monkeypatch):
+    """The per-cluster schedule (trunk per cluster, fc head over the chip) compiles trunk and head
+    from shapes for a timing-only run: the same cycles as its full compile, nothing drawn or
+    calibrated, both programs marked, numerics refused, and the compile cache keeps the modes apart."""
+    from mlusim.config import load_config
+    from mlusim.runs import execute, prepare
+
+    s4 = load_config("mlu370-s4", ["runtime.linear_dtype=int8"])
+    opts = BuildOptions(batch=8, resolution=32)
+    full = prepare("resnet18", s4, s4.chip.cores, opts, "per-cluster")
+    want = execute(full, s4, s4.chip.cores).cycles
+
+    def refuse(*a, **kw):
+        raise AssertionError("a shape-only per-cluster compile drew a weight or calibrated")
+
+    monkeypatch.setattr(weights, "draw", refuse)
+    monkeypatch.setattr(quant, "calibrate", refuse)
+    shaped = prepare("resnet18", s4, s4.chip.cores, BuildOptions(batch=8, resolution=32, shape_only=True),
+                     "per-cluster")
+    assert shaped.plan is not None and shaped.plan.head is not None
+    assert all(p.meta.get("shape_only") for p in shaped.programs())
+    assert not any(p.meta.get("shape_only") for p in full.programs())
+    assert execute(shaped, s4, s4.chip.cores).cycles == want
+    assert len({f.name.split("-")[0] for f in compile_cache_dir.glob("*.mlu")}) == 2     # a key per mode
+    with pytest.raises(SimulationError, match="compiled for timing only"):
+        execute(shaped, s4, s4.chip.cores, timing_only=False)
+
+
+def test_an_int16_head_compiles_in_full_and_the_trunk_from_shapes(compile_cache_dir):
+    """The MLU370 presets' int16 fc layers need their weights and calibration (their accumulator
+    position tiles the kernel): a shape-only plan there has the full head and a trunk from
+    shapes, the full plan's cycles, and refuses numerics."""
+    from mlusim.config import load_config
+    from mlusim.runs import execute, prepare
+
+    s4 = load_config("mlu370-s4")
+    assert s4.runtime.linear_dtype == "int16"
+    full = prepare("mnist", s4, s4.chip.cores, BuildOptions(batch=3), "per-cluster")
+    prep = prepare("mnist", s4, s4.chip.cores, BuildOptions(batch=3, shape_only=True), "per-cluster")
+    assert prep.plan.trunk.meta.get("shape_only") and not prep.plan.head.meta.get("shape_only")
+    assert prep.plan.boundary_scale == full.plan.boundary_scale       # calibrated, as the head needs
+    assert execute(prep, s4, s4.chip.cores).cycles == execute(full, s4, s4.chip.cores).cycles
+    with pytest.raises(SimulationError, match="compiled for timing only"):
+        execute(prep, s4, s4.chip.cores, timing_only=False)

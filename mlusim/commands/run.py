@@ -51,8 +51,8 @@ def register(sub) -> None:
                         "spread (every layer tiled over every core, one image over all clusters); default: the "
                         "config's runtime.schedule")
     p.add_argument("--timing-only", action="store_true", help="skip numerics (same cycles, faster); a zoo or ONNX "
-                   "model (int8) is then compiled from its shapes alone: no weights drawn, no calibration (the spread "
-                   "schedule; per-cluster runs still compile with weights)")
+                   "model (int8) is then compiled from its shapes alone: no weights drawn, no calibration (per-cluster: "
+                   "the trunk; an int16 fc head, the MLU370 presets', is compiled and calibrated in full)")
     p.add_argument("--max-cycles", type=float_arg(0, 1e18), default=None, help="stop with an error past this many cycles")
     p.add_argument("--max-instructions", type=int_arg(1, 10**12), default=20_000_000,
                    help="stop with an error past this many executed instructions (default 20M)")
