@@ -130,7 +130,9 @@ def _collect(client, pending, task_of: dict, address: str, timeout: float, rows:
             continue
         failed = None
         for f, result in batch:       # results come with the futures: a worker that dies keeps none
-            if f.status != "finished":
+            # a row in hand is a finished point, even if its worker has retired since and the
+            # future's status moved on ("lost"): only an exception is a failure
+            if f.status != "finished" and not isinstance(result, dict):
                 failed = failed or (f, result)
                 continue
             rows.append(result)

@@ -196,9 +196,12 @@ def test_default_sweep_recompiles_and_marks_where_the_plan_changed():
     assert any(r["replanned"] for r in rows)
 
 
-def test_hold_program_compiles_once_and_varies_only_the_hardware(capsys, tmp_path):
+def test_hold_program_compiles_once_and_varies_only_the_hardware(capsys, tmp_path, monkeypatch):
     import tempfile
 
+    private = tmp_path / "tmp"      # held files of tests running beside this one stay out of the count
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     rows = sweep("resnet18", "mlu270", {"dram.bandwidth_gbps": BANDWIDTHS}, [4], jobs=1, options=R18,
                  hold_program=True)
     held = resolve_program("resnet18", load_config("mlu270"), 4, R18)     # the base config's program
@@ -209,6 +212,7 @@ def test_hold_program_compiles_once_and_varies_only_the_hardware(capsys, tmp_pat
     cycles = [r["cycles"] for r in rows]
     assert cycles == sorted(cycles, reverse=True)          # one program: more bandwidth is never slower
     before = set(Path(tempfile.gettempdir()).glob("mlusim-held-*"))
+    assert tempfile.gettempdir() == str(private)
     code = main(["sweep", "resnet18", "--resolution", "32", "--hold-program", "--set",
                  "dram.bandwidth_gbps=25.6,819.2", "--cores", "4", "-j", "1", "--csv", str(tmp_path / "h.csv")])
     assert code == 0
