@@ -26,16 +26,11 @@ LAZY_BYTES = 32 << 20        # a float32 weight bigger than this is drawn on use
 SKIP_CHUNK = 1 << 20         # samples per draw while skipping a generator past a weight
 
 
-@dataclass(frozen=True, eq=False)
-class SeededWeight:
-    """standard_normal(shape) * factor in float32, from a PCG64 generator in state `state`, and
-    the drawn `values` while they are held. Stands where an array of the weight would (shape,
-    size, dtype, np.asarray); code that can work on row blocks reads it with `row_blocks`."""
+class Float32Shape:
+    """What a float32 weight that is not (yet) an array tells about itself: its dimensions, sizes
+    and type, from its `shape` (SeededWeight and Placeholder both stand where an array would)."""
 
     shape: tuple[int, ...]
-    state: dict
-    factor: np.float32
-    values: np.ndarray | None = None
     dtype: ClassVar[np.dtype] = np.dtype(np.float32)
 
     @property
@@ -49,6 +44,18 @@ class SeededWeight:
     @property
     def nbytes(self) -> int:
         return 4 * self.size
+
+
+@dataclass(frozen=True, eq=False)
+class SeededWeight(Float32Shape):
+    """standard_normal(shape) * factor in float32, from a PCG64 generator in state `state`, and
+    the drawn `values` while they are held. Stands where an array of the weight would (shape,
+    size, dtype, np.asarray); code that can work on row blocks reads it with `row_blocks`."""
+
+    shape: tuple[int, ...]
+    state: dict
+    factor: np.float32
+    values: np.ndarray | None = None
 
     def released(self) -> "SeededWeight":
         """The recipe alone: its values are drawn again when next used."""
@@ -91,25 +98,12 @@ class Seed:
 
 
 @dataclass(frozen=True)
-class Placeholder:
+class Placeholder(Float32Shape):
     """A float32 weight known by its shape alone. Stands where an array would for what reads only
     shapes (shape inference, MAC and parameter counts, the shape-only quantization); read as an
     array it is zeros (np.zeros: pages the kernel maps on first touch, so no memory until used)."""
 
     shape: tuple[int, ...]
-    dtype: ClassVar[np.dtype] = np.dtype(np.float32)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return 4 * self.size
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.zeros(self.shape, dtype or self.dtype)

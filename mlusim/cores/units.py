@@ -57,6 +57,20 @@ def token_tables(tokens: dict, qname: str) -> tuple[list, list]:
     return waits, sigs
 
 
+def send_tokens(queues: list, trace, stamp: tuple) -> None:
+    """A finished instruction's tokens, one per queue: to the queue's waiter, or counted; traced
+    with `stamp` (cycle, unit) when the run is."""
+    for tq in queues:
+        w = tq.waiter
+        if w is not None:
+            tq.waiter = None
+            w.succeed()
+        else:
+            tq.count += 1
+        if trace is not None:
+            tq.sent.append(stamp)
+
+
 class Unit:
     """What both kinds of unit do: wait for an item, take its tokens (waiting for those not sent
     yet), then `_proceed` with it."""
@@ -229,15 +243,7 @@ class DmaUnit(Unit):
         if chip.numerics:
             chip.gemms.execute(core, ins.op, prep.args, prep.touches)
         if prep.sig:
-            for tq in self.sigs[prep.sig]:
-                w = tq.waiter           # a token: to its waiter, or counted
-                if w is not None:
-                    tq.waiter = None
-                    w.succeed()
-                else:
-                    tq.count += 1
-                if trace is not None:
-                    tq.sent.append((now, q))
+            send_tokens(self.sigs[prep.sig], trace, (now, q))
         core.inflight -= 1
         if not core.inflight and core.drain_waiter is not None:
             w, core.drain_waiter = core.drain_waiter, None
@@ -358,15 +364,7 @@ class ComputeUnit(Unit):
             done = rob.popleft()
             sig = done.prep.sig
             if sig:
-                for tq in sigs[sig]:
-                    w = tq.waiter       # a token: to its waiter, or counted
-                    if w is not None:
-                        tq.waiter = None
-                        w.succeed()
-                    else:
-                        tq.count += 1
-                    if trace is not None:
-                        tq.sent.append((done.end, done.unit))
+                send_tokens(sigs[sig], trace, (done.end, done.unit))
             core.inflight -= 1
         if not core.inflight and core.drain_waiter is not None:
             w, core.drain_waiter = core.drain_waiter, None
