@@ -53,7 +53,8 @@ class ClusterPlan:
     fused: bool = False           # the trunk's layers in cluster-fused spans, not a kernel each
 
     def describe(self) -> str:
-        head = "; fully connected head over all cores, whole batch" if self.head is not None else ""
+        cores = self.chip_clusters * self.cores_per_cluster
+        head = f"; fully connected head over all {cores} cores, whole batch" if self.head is not None else ""
         kernels = "cluster-fused spans of layers" if self.fused else "a kernel per layer"
         return (f"per-cluster (vendor runtime): batch {self.batch} on {self.clusters} of {self.chip_clusters} "
                 f"clusters, {self.per_cluster} image(s) each on its {self.cores_per_cluster} cores, "
@@ -225,7 +226,8 @@ def run_per_cluster(plan: ClusterPlan, cfg: HardwareConfig, inputs: dict | None 
         q = np.clip(np.rint(outs["output"] / plan.boundary_scale) + plan.boundary_zp, -128, 127).astype(np.int8)
         t = plan.head.by_role("input")[0]
         head_in = {t.name: (q.transpose(0, 2, 3, 1) if q.ndim == 4 else q).reshape(t.shape)}
-    head = simulate(plan.head, cfg, inputs=head_in, timing_only=timing_only, **kw)
+    # the head is tiled for the run's clusters, not the chip's: it runs on those cores alone
+    head = simulate(plan.head, cfg, cores=plan.chip_clusters * cpc, inputs=head_in, timing_only=timing_only, **kw)
     return merge(trunk, head, cfg, plan)
 
 

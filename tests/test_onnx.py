@@ -231,6 +231,9 @@ def test_float_cnn_from_the_cli(tmp_path, capsys):
     assert "random inputs" in capsys.readouterr().err
     assert main(["run", f, "--cores", "1", "--timing-only"]) == 0      # from shapes: nothing calibrated, no warning
     assert "random inputs" not in capsys.readouterr().err
+    assert main(["compile", f, "--calibrate", str(tmp_path / "cal.npy"), "--cores", "2", "--timing-only",
+                 "-o", str(tmp_path / "t.mlu")]) == 0
+    assert "cal.npy: calibration samples not read" in capsys.readouterr().err     # said, not silently dropped
     assert main(["compile", f, "--model", "resnet18"]) == 2
 
 

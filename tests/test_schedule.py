@@ -72,6 +72,18 @@ def test_clusters_side_by_side_share_dram(s4_int8):
     assert side_by_side(Trunk, s4, 6) == pytest.approx(max(1000.0, 6 * 200_000 / bw))
 
 
+def test_fewer_cores_run_the_head_on_those_cores(s4_int8):
+    """`--cores 8`: two clusters' trunks, and the head tiled for 8 cores runs on those 8, not on
+    the chip's 24 (the run and its report are of 8 cores; its outputs equal the 24-core run's)."""
+    plan8 = plan_per_cluster("lenet5", 2, s4_int8, 8)
+    res = run_per_cluster(plan8, s4_int8)
+    assert plan8.chip_clusters == 2 and max(k.task_dim for k in plan8.head.kernels) <= 8
+    assert res.cores == 8
+    full = run_per_cluster(plan_per_cluster("lenet5", 2, s4_int8, 24), s4_int8)
+    assert full.cores == 24
+    np.testing.assert_array_equal(res.outputs["output"], full.outputs["output"])
+
+
 def test_run_defaults_follow_the_configs_kernels(s4):
     """`mlusim run NAME --config mlu370-s4` with no flags runs what `mlusim calibrate` calibrated:
     the config's runtime.kernels (per-layer on the MLU370 presets); --cluster-fusion overrides it,
