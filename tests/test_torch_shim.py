@@ -95,7 +95,10 @@ def test_layer_by_layer_fused_and_offline_agree_bit_for_bit(tmp_path, monkeypatc
     q(x)
     m, xm = q.to(ct.mlu_device()), x.to(ct.mlu_device())
     eager = m(xm)
-    assert ct.get_last_report().mode == "layer-by-layer" and ct.get_last_report().energy_j > 0
+    rep = ct.get_last_report()
+    assert rep.mode == "layer-by-layer" and rep.energy_j > 0
+    df = rep.to_dataframe()            # pandas: a test extra
+    assert list(df.index) == [op["name"] for op in rep.ops] and df["cycles"].sum() == pytest.approx(rep.cycles)
     monkeypatch.chdir(tmp_path)
     ct.save_as_cambricon("mnist_off")
     traced = torch.jit.trace(m, xm, check_trace=False)

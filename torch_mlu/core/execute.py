@@ -35,6 +35,14 @@ class RunReport:
         """Average board power over the run."""
         return self.energy_j / (self.latency_ms / 1e3) if self.latency_ms else 0.0
 
+    def to_dataframe(self):
+        """The kernels as a pandas DataFrame indexed by name, as mlusim's experiment rows give
+        theirs (mlusim.frames), to sort, plot or set beside another run's."""
+        from mlusim.frames import pandas
+
+        cols = ["name", "op", "cycles", "mac_utilization", "energy_j"]
+        return pandas().DataFrame(self.ops, columns=cols).set_index("name")
+
     def __str__(self) -> str:
         lines = [f"MLU {self.mode} run on {self.config}, {self.cores} core(s): {self.cycles:,.0f} cycles = "
                  f"{self.latency_ms:.4f} ms, {1e3 * self.energy_j:.4g} mJ at {self.power_w:.1f} W average"]
