@@ -173,18 +173,20 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
     return out, generated
 
 
-def load_gdram(buf: np.ndarray, program: Program, feeds: dict[str, np.ndarray], hand_over: bool) -> None:
-    """Copy the program's constants and the input `feeds` into GDRAM image `buf`. Constants
-    mapped from a cached model file leave no copy behind (mlusim.mapped); with `hand_over`, each
-    constant's data is dropped from the program once copied (see `simulate`)."""
+def load_gdram(buf: np.ndarray | None, program: Program, feeds: dict[str, np.ndarray], hand_over: bool) -> None:
+    """Copy the program's constants and the input `feeds` into GDRAM image `buf` (None: a
+    timing-only run, which reads no values: nothing is copied). Constants mapped from a cached
+    model file leave no copy behind (mlusim.mapped); with `hand_over`, each constant's data is
+    dropped from the program once copied, or at once without `buf` (see `simulate`)."""
     from mlusim.mapped import copy_releasing
 
     for t in program.tensors:
         data = t.data if t.role == "const" else feeds.get(t.name)
         if data is None:
             continue
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        copy_releasing(buf[t.addr:t.addr + raw.size], raw)
+        if buf is not None:
+            raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            copy_releasing(buf[t.addr:t.addr + raw.size], raw)
         if hand_over and t.role == "const":
             t.data = data = raw = None
 
@@ -223,8 +225,8 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     of wall time (checked every few thousand instructions), host memory (MLUSIM_HOST_MEM_GIB).
     `hand_over`: the caller gives `program` up (it compiled it for this run alone), so each
     constant's data is dropped from it once copied into the GDRAM image: a network's weights are
-    then held once, not twice, while it runs (VGG-16's are 132 MB). The program cannot be run
-    again."""
+    then held once, not twice, while it runs (VGG-16's are 132 MB), and a timing-only run, which
+    reads none, holds none. The program cannot be run again."""
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     ncores = cfg.chip.cores if cores is None else cores
     if not isinstance(ncores, int) or ncores < 1:
@@ -260,8 +262,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                 trace_limit=max(1, int(cap - need) // EVENT_HOST_BYTES))
     chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
-    if not timing_only:
-        load_gdram(chip.gdram.buf, program, feeds, hand_over)
+    load_gdram(None if timing_only else chip.gdram.buf, program, feeds, hand_over)
     del feeds
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
