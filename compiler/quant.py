@@ -296,6 +296,9 @@ def _layer_params(g: Graph, n: Node, q: dict, src: float, s: float, per_channel:
     acc_scale = src * s_w * 2.0**-pos
     bq = n.params["qbias"].astype(np.int64) if "qbias" in n.params else _bias(bias, acc_scale)
     q["weight"] = wq
+    # shape-only placeholders: their lowered layouts are zeros too, made as fresh zeros whose pages
+    # are never touched (VGG-16's would be 132 MB written for a program whose values nobody reads)
+    q["zero_weights"] = shape_only and "qweight" not in n.params
     q["w_scale"] = s_w
     if pos:
         q["acc_pos"] = pos

@@ -87,9 +87,13 @@ def execute(prep: Prepared, cfg, cores: int, *, inputs: dict[str, np.ndarray] | 
 
 def run_at(program, cfg, cores: int, *, options: BuildOptions | None = None, schedule: str | None = None,
            inputs: dict[str, np.ndarray] | None = None, timing_only: bool = True, compile_progress=None, **sim_kw):
-    """Prepare and simulate `program` on `cores` cores of `cfg` (see `prepare` and `execute`)."""
-    return execute(prepare(program, cfg, cores, options, schedule, compile_progress), cfg, cores, inputs=inputs,
-                   timing_only=timing_only, **sim_kw)
+    """Prepare and simulate `program` on `cores` cores of `cfg` (see `prepare` and `execute`). A
+    spec's program is made for this run alone, so the simulator may drop its constants as it
+    loads them (`simulate`'s hand_over)."""
+    prep = prepare(program, cfg, cores, options, schedule, compile_progress)
+    if isinstance(program, str) and prep.program is not None:
+        sim_kw["hand_over"] = True
+    return execute(prep, cfg, cores, inputs=inputs, timing_only=timing_only, **sim_kw)
 
 
 def plan_digest(prep: Prepared) -> str:

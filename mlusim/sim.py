@@ -173,6 +173,24 @@ def make_inputs(program: Program, given: dict[str, np.ndarray] | None, seed: int
     return out, generated
 
 
+def load_gdram(buf: np.ndarray | None, program: Program, feeds: dict[str, np.ndarray], hand_over: bool) -> None:
+    """Copy the program's constants and the input `feeds` into GDRAM image `buf` (None: a
+    timing-only run, which reads no values: nothing is copied). Constants mapped from a cached
+    model file leave no copy behind (mlusim.mapped); with `hand_over`, each constant's data is
+    dropped from the program once copied, or at once without `buf` (see `simulate`)."""
+    from mlusim.mapped import copy_releasing
+
+    for t in program.tensors:
+        data = t.data if t.role == "const" else feeds.get(t.name)
+        if data is None:
+            continue
+        if buf is not None:
+            raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            copy_releasing(buf[t.addr:t.addr + raw.size], raw)
+        if hand_over and t.role == "const":
+            t.data = data = raw = None
+
+
 def check_clusters(program: Program, cfg: HardwareConfig, ncores: int) -> None:
     """A UNIONn kernel needs n whole clusters: say so before running, naming the core count the
     program was compiled for (a cluster-fused program made for 16 cores cannot run on 4)."""
@@ -197,14 +215,18 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
              trace: bool = False, host_cap_gib: float | None = None, progress=None,
-             max_seconds: float | None = None) -> RunResult:
+             max_seconds: float | None = None, hand_over: bool = False) -> RunResult:
     """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270).
 
     Inputs are given in each tensor's host layout (meta `host_layout`, e.g. NCHW for images) and
     outputs come back in it; the device layout is the tensor's declared shape (e.g. NHWC).
     `progress(kernels_done, kernels_total, cycles)` is called after every kernel. Budgets stop a
     run with a SimulationError: `max_instructions` executed, `max_cycles` simulated, `max_seconds`
-    of wall time (checked every few thousand instructions), host memory (MLUSIM_HOST_MEM_GIB)."""
+    of wall time (checked every few thousand instructions), host memory (MLUSIM_HOST_MEM_GIB).
+    `hand_over`: the caller gives `program` up (it compiled it for this run alone), so each
+    constant's data is dropped from it once copied into the GDRAM image: a network's weights are
+    then held once, not twice, while it runs (VGG-16's are 132 MB), and a timing-only run, which
+    reads none, holds none. The program cannot be run again."""
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     ncores = cfg.chip.cores if cores is None else cores
     if not isinstance(ncores, int) or ncores < 1:
@@ -240,15 +262,8 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                 trace_limit=max(1, int(cap - need) // EVENT_HOST_BYTES))
     chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
-    if not timing_only:
-        from mlusim.mapped import copy_releasing
-
-        buf = chip.gdram.buf
-        for t in program.tensors:
-            data = t.data if t.role == "const" else feeds.get(t.name)
-            if data is not None:      # constants mapped from a cached file leave no copy behind
-                raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-                copy_releasing(buf[t.addr:t.addr + raw.size], raw)
+    load_gdram(None if timing_only else chip.gdram.buf, program, feeds, hand_over)
+    del feeds
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     with _fewer_collections(), _one_blas_thread(not timing_only):

@@ -3,6 +3,9 @@ alone has the full compile's kernels, tensor layout and cycles, draws no weight,
 nothing, and refuses to run with numerics, from memory, from a file or from the compile cache."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from mlusim.cli import main
@@ -83,6 +86,20 @@ def test_nothing_is_drawn_or_calibrated(monkeypatch, mlu270):
     assert c.absmax == {} and c.program.meta["shape_only"]
     consts = [t for t in c.program.tensors if t.role == "const" and t.name.endswith(".weight")]
     assert consts and all(not t.data.any() for t in consts), "placeholder weights are zeros"
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+def test_the_placeholder_constants_are_never_written(mlu270):
+    """Zeros laid out are zeros: VGG-16's 132 MB of weight constants stay untouched pages (they
+    were copies, written whole, before)."""
+    def resident() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    prog = compile_model("vgg16", config=mlu270, tasks=4, shape_only=True).program
+    grew = resident() - before
+    consts = sum(t.data.nbytes for t in prog.by_role("const"))
+    assert consts > 128 << 20 and grew < consts // 4
 
 
 def test_a_placeholder_graph_compiles_only_shape_only(mlu270):

@@ -512,8 +512,10 @@ def _constants(ctx: KernelCtx, node, geo: ConvGeometry) -> tuple[int, int, int |
 
     def weights():
         if geo.depthwise:
-            return np.ascontiguousarray(q["weight"][:, 0].transpose(1, 2, 0))    # [kh, kw, c] for vdwconv
-        return np.ascontiguousarray(q["weight"].transpose(0, 2, 3, 1))          # [co, kh, kw, ci/g]
+            w = q["weight"][:, 0].transpose(1, 2, 0)    # [kh, kw, c] for vdwconv
+        else:
+            w = q["weight"].transpose(0, 2, 3, 1)       # [co, kh, kw, ci/g]
+        return np.zeros(w.shape, w.dtype) if q["zero_weights"] else np.ascontiguousarray(w)
 
     def pad_row():
         pad_px = np.asarray(geo.fill if geo.fill is not None else [geo.zp_in] * geo.ci)   # one pixel of padding

@@ -100,20 +100,24 @@ def plan_linear(ctx: KernelCtx, node, m: int, k: int, o: int, esz: int):
     return best
 
 
-def blocked_weight(weight: np.ndarray, bo: int, kc: int, columns: np.ndarray | None) -> tuple[np.ndarray, dict]:
+def blocked_weight(weight: np.ndarray, bo: int, kc: int, columns: np.ndarray | None,
+                   zeros: bool = False) -> tuple[np.ndarray, dict]:
     """The weight pre-blocked for GDRAM, and each block's byte offset: block (ob, kb) is rows
     [o0, o1) x cols [k0, k1), contiguous. Every block is copied (or, with `columns`, gathered:
     input column j takes weight column columns[j]) straight into place, so no other whole copy
-    of the weight ever exists (VGG-16's fc6 is 103 MB)."""
+    of the weight ever exists (VGG-16's fc6 is 103 MB). `zeros`: the weight is all zeros (shape-only
+    placeholders), and so is the blocked one, left untouched."""
     o, k = weight.shape
-    blocked = np.empty(weight.size, weight.dtype)
+    blocked = (np.zeros if zeros else np.empty)(weight.size, weight.dtype)
     offsets, at = {}, 0
     for ob in range(ceil(o / bo)):
         rows = weight[ob * bo:(ob + 1) * bo]
         for kb in range(ceil(k / kc)):
             k0, k1 = kb * kc, min(k, (kb + 1) * kc)
             dst = blocked[at:at + rows.shape[0] * (k1 - k0)].reshape(rows.shape[0], k1 - k0)
-            if columns is None:
+            if zeros:       # zeros already, and no page written
+                pass
+            elif columns is None:
                 dst[:] = rows[:, k0:k1]
             else:       # mode "clip": an unbuffered gather into dst (the indices are in range)
                 np.take(rows, columns[k0:k1], axis=1, out=dst, mode="clip")
@@ -132,7 +136,7 @@ def lower_linear(ctx: KernelCtx, node, x, y, weight: np.ndarray, columns: np.nda
     dt = "i16" if esz == 2 else "i8"
     plan, kc = plan_linear(ctx, node, m, k, o, esz)
     mc, bo = plan.rows, plan.block
-    blocked, offsets = blocked_weight(weight, bo, kc, columns)
+    blocked, offsets = blocked_weight(weight, bo, kc, columns, q["zero_weights"])
     w_addr = ctx.const(f"{node.name}.weight", blocked)
     params = requant_params(q, zero_point_bias(node, q["bias"], weight, q.get("in_zp", 0)))
     p_addr = ctx.const(f"{node.name}.params", params)
