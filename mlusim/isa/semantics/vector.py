@@ -423,7 +423,7 @@ def _joined(ctx, a, params: str) -> tuple[np.ndarray, int]:
         return nx.saturate(acc.astype(np.int64) + r, "i32"), 1 << 31
     if not rq.within_i32(src, rp):
         rq.clamp(t, *rq.I32)                # the requant to i32 with full clamps
-    t += acc                                # exact: both below 2**31
+    t += acc.astype(np.float64)             # exact: both below 2**31 (converted first: see rq)
     if not t.size:
         return t, 0
     lo, hi = t.min(), t.max()
@@ -449,6 +449,6 @@ def vrqadd(ctx, a):
     lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
     c, n, odt = a["c"], a["n"], E(a, "odt")
     rp = rq.decode(view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3))
-    joined, top = _joined(ctx, a, "rparams")
+    joined, top = _joined(ctx, a, "rparams")            # a fresh array: requantized in place
     view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(joined, rp, a["zp"], a["lo"], a["hi"], odt,
-                                                            top).reshape(-1)
+                                                            top, own=True).reshape(-1)
