@@ -436,6 +436,28 @@ def test_gemm_exact_data_bound(top, extreme, one_product):
     assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
 
 
+@pytest.mark.parametrize("signs, one_product", [("none negative", True), ("one -1", True),
+                                                ("cancelling", False), ("cancelling, one -1", False)])
+def test_gemm_exact_data_bound_takes_absolute_row_sums(signs, one_product):
+    """The row-sum bound is over |a|: rows of ReLU outputs (none negative) are summed as they are,
+    a row whose signed sum cancels (+-65 alternating: sum 0, but 65 * 4096 * 64 > 2**24 with
+    max|b| = 64) is not; a single negative value anywhere switches to |a| for all rows."""
+    from mlusim.isa.numerics import gemm_exact
+
+    k = 4096
+    rng = np.random.default_rng(len(signs))
+    a = rng.integers(0, 3, (9, k)).astype(np.int8)
+    b = rng.integers(-64, 65, (5, k)).astype(np.int8)
+    b[0, 0] = 64
+    if "cancelling" in signs:
+        a[3, :] = np.resize(np.array([65, -65], np.int8), k)
+    if "-1" in signs:
+        a[7, 11] = -1
+    got = gemm_exact(a, b, 128.0 * 128.0)
+    assert (got.dtype == np.float32) == one_product
+    assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
+
+
 @pytest.mark.parametrize("ci, k, stride, pad", [(128, 3, 1, 1), (512, 3, 2, 1), (2048, 1, 1, 0), (64, 7, 2, 3)])
 def test_conv_sums_im2col_matches_tap_by_tap_int64(ci, k, stride, pad):
     from mlusim.isa.numerics import conv_sums

@@ -147,3 +147,41 @@ def test_vrqadd_is_the_join_then_the_requantization(sdt, c, big, rng):
     two = one(lambda a, d: I("vrequant", odt=sdt, dst=d, src=a["j"], params=a["op"], c=c, n=n, zp=zp, lo=lo, hi=hi),
               {"j": ("i32", joined), "op": ("i32", opar)}, sdt, n)
     assert np.array_equal(out, two)
+
+
+def test_one_vrqadd_issued_again_reads_its_operands_anew(rng):
+    """vrqadd keeps its NRAM views per instruction and core (vector.JoinViews): the same
+    instruction issued twice, every operand (sums, shortcut, both parameter blocks) reloaded in
+    place between the issues, gives each issue's own result."""
+    c, n = 4, 24
+    sets = []
+    for k in range(2):
+        acc = rng.integers(-(1 << 20), 1 << 20, n)
+        src = rng.integers(-128, 128, n)
+        rpar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 20, c), rng.integers(0, 30, c)], 1).reshape(-1)
+        opar = np.stack([rng.integers(-300, 300, c), rng.integers(1, 1 << 16, c), rng.integers(16, 30, c)], 1).reshape(-1)
+        sets.append({f"acc{k}": ("i32", acc), f"x{k}": ("i8", src), f"rp{k}": ("i32", rpar), f"op{k}": ("i32", opar)})
+    decls = [TensorDecl(name, "const", dt, (len(v),), -1, data=v.astype(NP[dt]))
+             for d in sets for name, (dt, v) in d.items()]
+    decls += [TensorDecl(f"y{k}", "output", "i8", (n,), -1) for k in range(2)]
+    t = {d.name: d for d in tensors(*decls)}
+    at = {"acc": 0, "x": 256, "rp": 512, "op": 768}
+    dst = 1024
+    ins = I("vrqadd", sdt="i8", odt="i8", dst=dst, a=at["acc"], src=at["x"], rparams=at["rp"], params=at["op"],
+            c=c, n=n, zp=0, lo=-128, hi=127, wait="ld", sig="st")
+    s = []
+    for k in range(2):
+        sync = {"acc": {"wait": "st"} if k else {}, "op": {"sig": "cp"}}
+        loads = [I("dma", dir="g2n", dst=at[f], src=t[f"{f}{k}"].addr, size=t[f"{f}{k}"].nbytes, **sync.get(f, {}))
+                 for f in at]
+        s += loads + [ins, I("dma", dir="n2g", dst=t[f"y{k}"].addr, src=dst, size=n, wait="cp",
+                                **({} if k else {"sig": "ld"}))]
+    out = run(program(s, list(t.values()))).outputs
+    for k, d in enumerate(sets):
+        acc, src, rpar, opar = (d[f"{f}{k}"][1] for f in ("acc", "x", "rp", "op"))
+        ref = []
+        for i in range(n):
+            ch = i % c
+            j = int(acc[i]) + _rne_requant(int(src[i]), *map(int, rpar[ch * 3:ch * 3 + 3]))
+            ref.append(max(-128, min(127, _rne_requant(j, *map(int, opar[ch * 3:ch * 3 + 3])))))
+        assert out[f"y{k}"].astype(np.int64).tolist() == ref, k

@@ -438,6 +438,38 @@ def test_requant_fast_path_equals_the_formula():
             assert np.array_equal(got, np.clip(np.clip(q, lo, hi), dmin, dmax)), (big, zp, lo, hi, odt)
 
 
+def test_requantized_in_place_equals_the_formula_and_keeps_a_refused_input():
+    """requantized(..., own=True) works on a float64 input in place: the same values as the int64
+    formula (zero and nonzero biases, int32 extremes, 31-bit multipliers, ties), and when float64
+    is not exact (the int64 path then runs on the input) the input is left as it came."""
+    from mlusim.isa.numerics import rne_shift
+    from mlusim.isa.semantics import requant as rq
+
+    rng = np.random.default_rng(12)
+    ends = np.array([-(1 << 31), (1 << 31) - 1, 0, 1, -1, 3 << 20, -(3 << 20)], np.int64)
+    for big, zero_bias in ((False, False), (False, True), (True, False), (True, True)):
+        acc = rng.integers(-2**31, 2**31, (64, 8), dtype=np.int64)
+        if not big:
+            acc //= 1 << 12
+        acc[:, 0] = np.resize(ends if big else ends // (1 << 12), 64)
+        bias = np.zeros(8, np.int64) if zero_bias else rng.integers(-2**31, 2**31, 8) >> (0 if big else 11)
+        mult = np.where(np.arange(8) < 4, (1 << 31) - 1, rng.integers(2**30, 2**31, 8))
+        shift = np.array([1, 2, 20, 31, 40, 62, 0, 33])           # shift 1, 2: ties at .5
+        params = np.stack([bias, mult, shift], axis=1).astype(np.int32)
+        rp = rq.decode(params)
+        p = params.astype(np.int64)
+        want = np.clip(rne_shift((acc + p[:, 0]) * p[:, 1], p[:, 2]), -(1 << 31), (1 << 31) - 1)
+        t = acc.astype(np.float64)
+        top = int(np.abs(acc).max())
+        got = rq.requantized(t, rp, 0, -(1 << 31), (1 << 31) - 1, "i32", top, own=True)
+        assert np.array_equal(np.asarray(got).astype(np.int64), want), (big, zero_bias)
+        if big:                        # 2**31 * 2**31 >= 2**53: refused by the check, t untouched
+            assert rq.scaled(t, rp, top, own=True) is None
+            assert np.array_equal(t, acc.astype(np.float64))
+        else:                          # exact in float64: worked in place
+            assert got is t
+
+
 def test_requant_clamp_bounds_equal_the_clamp_chain():
     """The requantization folds clamp(q, lo, hi) then saturation to odt into one clip: the same
     value for every q, lo > hi (np.clip's min(max(q, lo), hi)) and bounds past odt included."""
