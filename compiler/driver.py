@@ -233,8 +233,9 @@ def compile_model(name: str, batch: int = 1, resolution: int | None = None, conf
 
 # compile_graph keywords under which a zoo model's segment plan is what its shapes give: the
 # quantization is the default int8 one (no mixed int16 layers, whose accumulator positions depend
-# on values; tests/test_shape_only.py holds full and shape-only programs equal there)
-SHAPE_PLANNED = {"config", "tasks", "cluster_fusion", "dram_share", "progress", "warn_synthetic"}
+# on values; tests/test_shape_only.py holds full and shape-only programs equal there), its ranges
+# calibrated or given (they set scales only: tests/test_golden.py compiles with recorded ones)
+SHAPE_PLANNED = {"config", "tasks", "cluster_fusion", "dram_share", "progress", "warn_synthetic", "absmax"}
 
 
 def plans_from_shapes(kw: dict) -> bool:
