@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
 from mlusim.compiler.options import FusionOptions
-from mlusim.compiler.segments import plan_segments
+from mlusim.compiler.segments import Segment, plan_segments
 from mlusim.compiler.weights import Placeholder, SeededWeight
 from mlusim.errors import CompileError
 from mlusim.program import Program
@@ -231,6 +232,9 @@ def compile_model(name: str, batch: int = 1, resolution: int | None = None, conf
     return compile_graph(g, cfg, **dict(kw, cluster_fusion=replace(opts, segments=tuple(segments))))
 
 
+Drawn = TypeVar("Drawn")
+Worked = TypeVar("Worked")
+
 # compile_graph keywords under which a zoo model's segment plan is what its shapes give: the
 # quantization is the default int8 one (no mixed int16 layers, whose accumulator positions depend
 # on values; tests/test_shape_only.py holds full and shape-only programs equal there), its ranges
@@ -246,7 +250,7 @@ def plans_from_shapes(kw: dict) -> bool:
                                          and fusion.segments is None)
 
 
-def _shape_plan(g: Graph, cfg, tasks: int, opts: FusionOptions, progress) -> list:
+def _shape_plan(g: Graph, cfg, tasks: int, opts: FusionOptions, progress) -> list[Segment]:
     """The segment plan of `g` (a zoo model built without values) as lower() would make it for
     the drawn model: the same graph optimized and quantized from shapes (the planner reads only
     shapes, types and which quantization keys exist)."""
@@ -255,7 +259,7 @@ def _shape_plan(g: Graph, cfg, tasks: int, opts: FusionOptions, progress) -> lis
     return plan_segments(g, cfg, tasks, opts, progress)
 
 
-def draw_beside(draw, work):
+def draw_beside(draw: Callable[[], Drawn], work: Callable[[], Worked]) -> tuple[Drawn, Worked]:
     """(draw(), work()), draw() in a thread while this one runs work(). Meant for a zoo build,
     whose time is the random generator's fill (numpy releases the GIL there), beside the segment
     planner (pure Python): what overlaps is the fill alone. Each of the build's few hundred numpy
