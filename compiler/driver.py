@@ -274,18 +274,39 @@ def draw_beside(draw: Callable[[], Drawn], work: Callable[[], Worked]) -> tuple[
         except BaseException as e:      # re-raised in the caller's thread
             box["error"] = e
 
-    was = sys.getswitchinterval()
     thread = threading.Thread(target=run, name="mlusim-draw", daemon=True)
-    sys.setswitchinterval(DRAW_SWITCH_SECONDS)
-    try:
+    with _SHORT_SWITCH:
         thread.start()
-        got = work()
-    finally:
-        thread.join()
-        sys.setswitchinterval(was)
+        try:
+            got = work()
+        finally:
+            thread.join()
     if "error" in box:
         raise box["error"]
     return box["value"], got
 
 
+class _ShortSwitch:
+    """The GIL switch interval at DRAW_SWITCH_SECONDS while any draw_beside runs (compiles in
+    several threads at once, as a threaded sweep may run, nest: the first in sets it, the last
+    out puts back what it found)."""
+
+    def __init__(self):
+        self.lock, self.depth, self.was = threading.Lock(), 0, 0.0
+
+    def __enter__(self):
+        with self.lock:
+            if self.depth == 0:
+                self.was = sys.getswitchinterval()
+                sys.setswitchinterval(DRAW_SWITCH_SECONDS)
+            self.depth += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                sys.setswitchinterval(self.was)
+
+
 DRAW_SWITCH_SECONDS = 2e-4      # the GIL switch interval while a draw runs beside (draw_beside)
+_SHORT_SWITCH = _ShortSwitch()

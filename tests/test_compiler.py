@@ -278,6 +278,23 @@ def test_draw_beside_runs_both_and_restores_the_switch_interval():
     with pytest.raises(CompileError, match="no such weight"):
         draw_beside(fails, lambda: 2)
     assert sys.getswitchinterval() == was
+    # compiles in two threads at once, the first to start ending first: the interval stays short
+    # until the last ends, and is then what it was before the first
+    import threading
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def first():
+        draw_beside(lambda: None, lambda: (first_in.set(), second_in.wait()))
+        first_out.set()
+
+    other = threading.Thread(target=first)
+    other.start()
+    first_in.wait()
+    draw_beside(lambda: None, lambda: (second_in.set(), first_out.wait(), inside.append(sys.getswitchinterval())))
+    other.join()
+    assert inside == [pytest.approx(2e-4)] and sys.getswitchinterval() == was
 
 
 def test_a_zoo_compile_planned_beside_its_draw_is_the_plain_one(mlu270):
