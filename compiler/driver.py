@@ -9,8 +9,11 @@ imported QDQ model usually fixes all of them and is never calibrated).
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.graph import Graph
 from mlusim.compiler.lower import lower
 from mlusim.compiler.options import FusionOptions
+from mlusim.compiler.segments import Segment, plan_segments
 from mlusim.compiler.weights import Placeholder, SeededWeight
 from mlusim.errors import CompileError
 from mlusim.program import Program
@@ -218,6 +222,96 @@ def compile_onnx(model, batch: int | None = None, config=None, calibrate: str | 
 def compile_model(name: str, batch: int = 1, resolution: int | None = None, config=None, seed: int = 0,
                   shape_only: bool = False, **kw) -> Compiled:
     """Zoo model `name` compiled (compile_graph's keywords); shape_only: for timing alone, built
-    without drawing a weight (see compile_graph)."""
-    return compile_graph(zoo.build(name, batch, resolution, seed, values=not shape_only), config,
-                         shape_only=shape_only, **kw)
+    without drawing a weight (see compile_graph). A full compile whose segment plan its shapes
+    fix (plans_from_shapes) plans them while a thread draws the weights (draw_beside)."""
+    if shape_only or not plans_from_shapes(kw):
+        return compile_graph(zoo.build(name, batch, resolution, seed, values=not shape_only), config,
+                             shape_only=shape_only, **kw)
+    from mlusim.config import HardwareConfig, load_config
+
+    cfg = config if isinstance(config, HardwareConfig) else load_config(config)
+    opts = FusionOptions() if kw.get("cluster_fusion", True) is True else kw["cluster_fusion"]
+    g, segments = draw_beside(lambda: zoo.build(name, batch, resolution, seed),
+                              lambda: _shape_plan(zoo.build(name, batch, resolution, seed, values=False), cfg,
+                                                  kw.get("tasks") or cfg.chip.cores, opts, kw.get("progress")))
+    return compile_graph(g, cfg, **dict(kw, cluster_fusion=replace(opts, segments=tuple(segments))))
+
+
+Drawn = TypeVar("Drawn")
+Worked = TypeVar("Worked")
+
+# compile_graph keywords under which a zoo model's segment plan is what its shapes give: the
+# quantization is the default int8 one (no mixed int16 layers, whose accumulator positions depend
+# on values; tests/test_shape_only.py holds full and shape-only programs equal there), its ranges
+# calibrated or given (they set scales only: tests/test_golden.py compiles with recorded ones)
+SHAPE_PLANNED = {"config", "tasks", "cluster_fusion", "dram_share", "progress", "warn_synthetic", "absmax"}
+
+
+def plans_from_shapes(kw: dict) -> bool:
+    """Whether compile_model may plan its segments from the model's shapes (SHAPE_PLANNED): only
+    the keywords above, and fusion on with no plan given."""
+    fusion = kw.get("cluster_fusion", True)
+    return set(kw) <= SHAPE_PLANNED and (fusion is True or isinstance(fusion, FusionOptions)
+                                         and fusion.segments is None)
+
+
+def _shape_plan(g: Graph, cfg, tasks: int, opts: FusionOptions, progress) -> list[Segment]:
+    """The segment plan of `g` (a zoo model built without values) as lower() would make it for
+    the drawn model: the same graph optimized and quantized from shapes (the planner reads only
+    shapes, types and which quantization keys exist)."""
+    g = prepare_graph(g)
+    quant.quantize(g, {}, shape_only=True)
+    return plan_segments(g, cfg, tasks, opts, progress)
+
+
+def draw_beside(draw: Callable[[], Drawn], work: Callable[[], Worked]) -> tuple[Drawn, Worked]:
+    """(draw(), work()), draw() in a thread while this one runs work(). Meant for a zoo build,
+    whose time is the random generator's fill (numpy releases the GIL there), beside the segment
+    planner (pure Python): what overlaps is the fill alone. Each of the build's few hundred numpy
+    calls hands the GIL back and forth; the switch interval is cut for the while (from Python's
+    5 ms, which a thread waiting for the GIL may sit out each time) so that those waits do not add
+    up to more than the fill."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = draw()
+        except BaseException as e:      # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="mlusim-draw", daemon=True)
+    with _SHORT_SWITCH:
+        thread.start()
+        try:
+            got = work()
+        finally:
+            thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"], got
+
+
+class _ShortSwitch:
+    """The GIL switch interval at DRAW_SWITCH_SECONDS while any draw_beside runs (compiles in
+    several threads at once, as a threaded sweep may run, nest: the first in sets it, the last
+    out puts back what it found)."""
+
+    def __init__(self):
+        self.lock, self.depth, self.was = threading.Lock(), 0, 0.0
+
+    def __enter__(self):
+        with self.lock:
+            if self.depth == 0:
+                self.was = sys.getswitchinterval()
+                sys.setswitchinterval(DRAW_SWITCH_SECONDS)
+            self.depth += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                sys.setswitchinterval(self.was)
+
+
+DRAW_SWITCH_SECONDS = 2e-4      # the GIL switch interval while a draw runs beside (draw_beside)
+_SHORT_SWITCH = _ShortSwitch()

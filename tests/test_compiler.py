@@ -247,6 +247,71 @@ def test_batchnorm_folding_preserves_the_float_model():
     assert np.allclose(before, after, rtol=1e-3, atol=1e-3 * np.abs(before).max())
 
 
+def test_batchnorm_folds_a_drawn_weight_in_place_and_a_given_array_into_a_new_one():
+    """The zoo's own draw is scaled where it lies (no fresh copy); an array the caller passed (the
+    torch shim's views of a model's tensors) is left as it was; both get the same bits as the
+    float64 product rounded once."""
+    g = zoo.build("resnet18", 1, 32)
+    drawn = next(n for n in g.nodes if n.op == "conv2d").params["weight"]
+    first = np.array(drawn.values)
+    given = np.array(first)
+    k = np.linspace(0.5, 1.5, first.shape[0])
+    want = (first.astype(np.float64) * k.reshape(-1, 1, 1, 1)).astype(np.float32)
+    folded = passes._scaled_rows(drawn, k)
+    assert folded is drawn.values and np.array_equal(folded.view(np.uint32), want.view(np.uint32))
+    other = passes._scaled_rows(given, k)
+    assert other is not given and np.array_equal(given, first) and np.array_equal(other, want)
+
+
+def test_draw_beside_runs_both_and_restores_the_switch_interval():
+    import sys
+
+    from mlusim.compiler.driver import draw_beside
+
+    was = sys.getswitchinterval()
+    assert draw_beside(lambda: 1, lambda: 2) == (1, 2)
+    assert sys.getswitchinterval() == was
+
+    def fails():
+        raise CompileError("no such weight")
+
+    with pytest.raises(CompileError, match="no such weight"):
+        draw_beside(fails, lambda: 2)
+    assert sys.getswitchinterval() == was
+    # compiles in two threads at once, the first to start ending first: the interval stays short
+    # until the last ends, and is then what it was before the first
+    import threading
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def first():
+        draw_beside(lambda: None, lambda: (first_in.set(), second_in.wait()))
+        first_out.set()
+
+    other = threading.Thread(target=first)
+    other.start()
+    first_in.wait()
+    draw_beside(lambda: None, lambda: (second_in.set(), first_out.wait(), inside.append(sys.getswitchinterval())))
+    other.join()
+    assert inside == [pytest.approx(2e-4)] and sys.getswitchinterval() == was
+
+
+def test_a_zoo_compile_planned_beside_its_draw_is_the_plain_one(mlu270):
+    """compile_model plans from shapes while the weights are drawn (plans_from_shapes): the same
+    program, byte for byte, as planning the drawn, calibrated model."""
+    from mlusim.compiler.driver import plans_from_shapes
+    from mlusim.compiler.options import FusionOptions
+
+    assert plans_from_shapes({"tasks": 16}) and plans_from_shapes({"cluster_fusion": FusionOptions(share=False)})
+    assert not plans_from_shapes({"dtype": "int16"}) and not plans_from_shapes({"cluster_fusion": False})
+    assert not plans_from_shapes({"cluster_fusion": FusionOptions(segments=())})
+    beside = compile_model("resnet18", batch=2, resolution=32, config=mlu270, tasks=16)
+    plain = compile_graph(zoo.build("resnet18", 2, 32), mlu270, tasks=16)
+    assert any(k.meta.get("op") == "segment" for k in beside.program.kernels)
+    assert mlufile.dumps(beside.program) == mlufile.dumps(plain.program) and beside.absmax == plain.absmax
+
+
 @pytest.mark.parametrize("m", [1e-9, 3e-5, 0.0123, 0.5, 0.99999, 1.0, 7.3, 1234.5])
 def test_quantize_multiplier(m):
     mult, shift = quant.quantize_multiplier(m)

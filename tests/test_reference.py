@@ -130,3 +130,29 @@ def test_other_blas_cores_keep_numpys_per_matrix_calls():
     env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def window_max(x, kernel, stride, pads):
+    """The max pool `_pool_f` keeps: numpy's max over a sliding window view's last two axes."""
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
+    return win.max(axis=(-2, -1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("values", ["signed zeros", "relu", "nan"])
+@pytest.mark.parametrize("kernel, stride, pads", [((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)),
+                                                  ((3, 2), (1, 2), (0, 2, 1, 0)), ((1, 1), (3, 1), (0, 0, 0, 0))])
+def test_max_pool_is_the_window_max_bit_for_bit(values, kernel, stride, pads, rng):
+    """Down to the sign of a zero and a NaN, on NCHW and channels-last inputs."""
+    x = rng.standard_normal((2, 5, 9, 11)).astype(np.float32)
+    if values == "signed zeros":
+        x = rng.choice(np.array([-0.0, 0.0, 0.5], np.float32), x.shape)
+    elif values == "relu":
+        x = np.maximum(x, 0)
+    else:
+        x[rng.random(x.shape) < 0.1] = np.nan
+    for xin in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        got = reference._pool_f(xin, kernel, stride, pads, "max")
+        want = window_max(xin, kernel, stride, pads)
+        assert got.shape == want.shape and np.array_equal(got.view(np.uint32), want.view(np.uint32))
