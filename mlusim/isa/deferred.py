@@ -211,17 +211,17 @@ class DeferredGemms:
         g.tiles.append(t)
         self._pending.setdefault(owner, []).append(t)
 
-    def execute(self, core, op, a: dict, t: Touched) -> None:
+    def execute(self, core, op, a: dict, used: Touched) -> None:
         """Run an instruction's semantics on `core` (what it touches given): a vrequant of a
         pending tile's whole output waits with the tile; anything else first has the pending tiles
         whose bytes it touches stored, and a write into WRAM drops the blocks it overlaps."""
-        if t.wram_writes:
-            self._forget(core.id, t.wram_writes)
+        if used.wram_writes:
+            self._forget(core.id, used.wram_writes)
         pend = self._pending.get(core.id)
         if pend:
-            if op.mnemonic == "vrequant" and self._requant_later(core, a, t.nram, pend):
+            if op.mnemonic == "vrequant" and self._requant_later(core, a, used.nram, pend):
                 return
-            for lo, hi in t.nram:
+            for lo, hi in used.nram:
                 for t in [t for t in pend if t.touches(lo, hi)]:
                     if t.group.tiles:           # not stored already with an earlier one's group
                         self._run(t.group)
