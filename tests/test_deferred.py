@@ -125,3 +125,16 @@ def test_touched_keeps_nram_ranges_and_wram_writes():
                  ("wram", 512, 8, "w", 64), ("gdram", 0, 4, "w", 1)])
     assert t.nram == ((0, 64), (256, 272))
     assert t.wram_writes == ((512, 520),)
+
+
+def test_weight_blocks_are_shared_by_equal_bytes_not_by_fingerprint():
+    """Cores holding equal weights share one block; weights whose 8-byte words are the same words
+    in another order (the same fingerprint: DeferredGemms.block) get their own."""
+    from mlusim.isa.deferred import DeferredGemms, _fingerprint
+    w1 = np.arange(32, dtype=np.int8).reshape(2, 16)
+    w2 = np.concatenate([w1[:, 8:], w1[:, :8]], axis=1)      # each row's two words swapped
+    assert _fingerprint(w1) == _fingerprint(w2) and w1.tobytes() != w2.tobytes()
+    g = DeferredGemms()
+    b1, b2, b3 = g.block(0, 0, w1), g.block(1, 0, w2), g.block(2, 64, w1.copy())
+    assert b1 is not b2 and b1 is b3
+    assert_bits(b2.bf, w2.astype(np.float32))
