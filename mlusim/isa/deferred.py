@@ -54,7 +54,7 @@ class WeightBlock:
 PLAN_MEMO = 1 << 15     # per-instruction plans remembered (ResNet-50 b16 has 7,352 distinct)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class Touched:
     """What `execute` reads of an instruction's touches: the NRAM ranges [lo, hi) it touches and
     the WRAM ranges it writes. Worked out once per prepared instruction (the engine keeps it

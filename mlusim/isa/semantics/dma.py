@@ -35,7 +35,7 @@ def touch_dma(a):
             (dst_space, a["dst"], dma_extent(a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"]), "w", 1)]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class DmaPlan:
     """What a DMA's fields fix, worked out once per distinct instruction (ResNet-50 b16 issues
     76k DMAs of a few thousand distinct ones): its spaces, and either one contiguous byte range
