@@ -94,9 +94,9 @@ def test_weight_block_is_the_weights_laid_out_k_major():
 
 
 def test_one_conv_instruction_on_two_cores_reads_each_cores_memory():
-    """mac.conv keeps its views of NRAM and WRAM per core and distinct instruction
-    (DeferredGemms.local): the same conv, issued by two tasks on two cores over different inputs
-    and weights, gives each core's own product."""
+    """The same conv instruction (one args dict, prepared once chip-wide), issued by two tasks on
+    two cores over different inputs and weights, gives each core's own product: whatever its
+    semantics remember per instruction must not carry one core's memory views to another."""
     rng = np.random.default_rng(11)
     xs = [rng.integers(-128, 128, (1, 4, 5, 8)).astype(np.int8) for _ in range(2)]
     ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]

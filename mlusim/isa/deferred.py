@@ -162,17 +162,6 @@ class DeferredGemms:
             hit = self._plans[key] = (args, make(args))
         return hit[1]
 
-    def local(self, ctx, args: dict, make: Callable):
-        """make(ctx, args), remembered like memo but per core (ctx.id): for what also depends on
-        the core, such as views of its memories, which stay its bytes for the whole run."""
-        key = (id(args), make, ctx.id)
-        hit = self._plans.get(key)
-        if hit is None or hit[0] is not args:
-            if len(self._plans) >= PLAN_MEMO:
-                self._plans.clear()
-            hit = self._plans[key] = (args, make(ctx, args))
-        return hit[1]
-
     def forget(self) -> None:
         """Drop the per-instruction plans and scratch buffers (a finished run's: see
         Chip.forget_prepared)."""

@@ -1,7 +1,6 @@
 """MAC array semantics: convolution and matrix multiply, exact integer sums cast to the output type."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -89,59 +88,27 @@ def conv_plan(a) -> ConvPlan:
                     (kh, kw, a["sh"], a["sw"], pads, a["dh"], a["dw"], ho, wo), bounds, pad)
 
 
-@dataclass(slots=True, eq=False)
-class ConvIssue:
-    """A conv instruction as issued on one core, kept per core and distinct instruction (ResNet-50
-    b16 issues 30,696 convs, 3,140 distinct per core): its plan, views of that core's input,
-    weights and output, and for int8 (bounds fixed by the types) its GEMM and store; rows() and
-    the weight block read the memories' bytes when they run, so the same objects serve every
-    issue."""
-    plan: ConvPlan
-    x: np.ndarray
-    w: np.ndarray
-    dst: np.ndarray
-    gemm: nx.ConvGemm | None = None
-    store: Callable | None = None
-    plain: bool = False
-
-
-def conv_issue(ctx, a) -> ConvIssue:
+def conv(ctx, a):
+    """groups=1 convs of float32-exact rows go to ctx.gemms, computed when their output is first
+    touched, stacked with other tiles of the same weights (mlusim/isa/deferred.py); the rest now."""
     plan = ctx.gemms.memo(a, conv_plan)
     nram = ctx.mem("nram")
     x = nram[plan.x_at[0]:plan.x_at[1]].view(plan.np_dt).reshape(plan.x_shape)
     w = ctx.mem("wram")[plan.w_at[0]:plan.w_at[1]].view(plan.np_dt).reshape(plan.w_shape)
-    dst = nram[plan.dst_at[0]:plan.dst_at[1]].view(nx.NP_DTYPES[plan.odt])
-    c = ConvIssue(plan, x, w, dst)
-    if a["groups"] == 1 and plan.bounds is not None:
-        c.gemm, c.store, c.plain = _gemm_and_store(ctx, a, c)
-    return c
-
-
-def _gemm_and_store(ctx, a, c: ConvIssue) -> tuple[nx.ConvGemm, Callable, bool]:
-    """A groups=1 conv's GEMM (its bounds from the plan, or from the data: int16) and how its
-    sums are stored."""
-    plan = c.plan
-    pad = None if plan.pad is None else ctx.gemms.scratch(plan.pad)
-    g = nx.conv_gemm_planned(c.x, c.w, plan.window, plan.bounds, pad)
-    plain = _plain(plan.odt, plan.dt, g.bound)
-    store = partial(_store_plain, c.dst) if plain else partial(_store, c.dst, plan.odt, a["pos"], plan.dt, g.bound)
-    return g, store, plain
-
-
-def conv(ctx, a):
-    """groups=1 convs of float32-exact rows go to ctx.gemms, computed when their output is first
-    touched, stacked with other tiles of the same weights (mlusim/isa/deferred.py); the rest now."""
-    c = ctx.gemms.local(ctx, a, conv_issue)
-    plan = c.plan
+    odt, dt = plan.odt, plan.dt
+    dst = nram[plan.dst_at[0]:plan.dst_at[1]].view(nx.NP_DTYPES[odt])
     if a["groups"] == 1:
-        g, store, plain = (c.gemm, c.store, c.plain) if c.gemm is not None else _gemm_and_store(ctx, a, c)
+        pad = None if plan.pad is None else ctx.gemms.scratch(plan.pad)
+        g = nx.conv_gemm_planned(x, w, plan.window, plan.bounds, pad)
+        plain = _plain(odt, dt, g.bound)
+        store = partial(_store_plain, dst) if plain else partial(_store, dst, odt, a["pos"], dt, g.bound)
         if g.stage is np.float32:
             ctx.gemms.defer(ctx.id, plan.w_at[0], plan.dst_at[0], plan.dst_at[1], g, store, plain)
         else:
             store(nx.gemm_exact(g.rows(), g.weights, g.each, g.w_max))
         return
-    sums, bound = nx.conv_sums(c.x, c.w, a["sh"], a["sw"], plan.window[4], a["dh"], a["dw"], a["groups"])
-    _store(c.dst, plan.odt, a["pos"], plan.dt, bound, sums)
+    sums, bound = nx.conv_sums(x, w, a["sh"], a["sw"], plan.window[4], a["dh"], a["dw"], a["groups"])
+    _store(dst, odt, a["pos"], dt, bound, sums)
 
 
 def _plain(odt: str, dt: str, bound: float) -> bool:
