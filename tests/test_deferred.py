@@ -91,3 +91,50 @@ def test_weight_block_is_the_weights_laid_out_k_major():
     bf = WeightBlock(w).bf
     assert bf.dtype == np.float32 and bf.shape == (6, 10) and bf.T.flags.c_contiguous
     assert_bits(bf, w.astype(np.float32))
+
+
+def test_one_conv_instruction_on_two_cores_reads_each_cores_memory():
+    """The same conv instruction (one args dict, prepared once chip-wide), issued by two tasks on
+    two cores over different inputs and weights, gives each core's own product: whatever its
+    semantics remember per instruction must not carry one core's memory views to another."""
+    rng = np.random.default_rng(11)
+    xs = [rng.integers(-128, 128, (1, 4, 5, 8)).astype(np.int8) for _ in range(2)]
+    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    n = 4 * 5 * 16
+    ins = {f"{k}{i}": _const(f"{k}{i}", v) for k, vs in (("x", xs), ("w", ws)) for i, v in enumerate(vs)}
+    outs = {f"d{i}": TensorDecl(f"d{i}", "output", "i32", (n,), -1) for i in range(2)}
+    tensors = list(ins.values()) + list(outs.values())
+    allocate(tensors)
+    conv = Instr.make("conv", dst=D1, src=X_AT, wgt=0, wait="ld", sig="st", **GEOM)     # one object, both streams
+    streams = [[
+        Instr.make("dma", dir="g2n", dst=X_AT, src=ins[f"x{i}"].addr, size=xs[i].nbytes),
+        Instr.make("dma", dir="g2w", dst=0, src=ins[f"w{i}"].addr, size=ws[i].nbytes, sig="cp"),
+        conv,
+        Instr.make("dma", dir="n2g", dst=outs[f"d{i}"].addr, src=D1, size=4 * n, wait="cp"),
+    ] for i in range(2)]
+    res = simulate(Program([Kernel("k", "block", 2, streams, task_stream=[0, 1])], tensors), "mlu270", cores=2)
+    for i in range(2):
+        assert_bits(res.outputs[f"d{i}"].reshape(-1),
+                    R.ref_conv(xs[i], ws[i], 1, 1, (1, 1, 1, 1), 1, 1, 1, "i32", 0).reshape(-1))
+
+
+def test_touched_keeps_nram_ranges_and_wram_writes():
+    """execute's summary of a touch list: every NRAM range, and only the WRAM ranges written."""
+    from mlusim.isa.deferred import touched
+    t = touched([("nram", 0, 64, "r", 1), ("wram", 128, 32, "r", 64), ("nram", 256, 16, "w", 4),
+                 ("wram", 512, 8, "w", 64), ("gdram", 0, 4, "w", 1)])
+    assert t.nram == ((0, 64), (256, 272))
+    assert t.wram_writes == ((512, 520),)
+
+
+def test_weight_blocks_are_shared_by_equal_bytes_not_by_fingerprint():
+    """Cores holding equal weights share one block; weights whose 8-byte words are the same words
+    in another order (the same fingerprint: DeferredGemms.block) get their own."""
+    from mlusim.isa.deferred import DeferredGemms, _fingerprint
+    w1 = np.arange(32, dtype=np.int8).reshape(2, 16)
+    w2 = np.concatenate([w1[:, 8:], w1[:, :8]], axis=1)      # each row's two words swapped
+    assert _fingerprint(w1) == _fingerprint(w2) and w1.tobytes() != w2.tobytes()
+    g = DeferredGemms()
+    b1, b2, b3 = g.block(0, 0, w1), g.block(1, 0, w2), g.block(2, 64, w1.copy())
+    assert b1 is not b2 and b1 is b3
+    assert_bits(b2.bf, w2.astype(np.float32))

@@ -24,6 +24,7 @@ from mlusim.cores.task import TaskContext
 from mlusim.cores.tracelog import FLOW
 from mlusim.cores.units import QIDX, ComputeUnit, DmaUnit
 from mlusim.errors import SimulationError
+from mlusim.isa.deferred import Touched, touched
 
 
 UNIT_QUEUE = {"mac": "cp", "vec": "cp"}
@@ -50,6 +51,7 @@ class Prepared:
     ends: tuple[str, str] = ("", "")   # a DMA's (source, destination) spaces: its route
     demand: float = 0.0         # a DMA's fixed cycles plus bus bytes at its channel's cap
     dcl: int = 0                # a DMA's far cluster + 1 (s2s to another cluster's SRAM), or 0
+    touched: Touched | None = None     # with numerics: what DeferredGemms.execute reads of touches
 
 
 def _values_getter(op):
@@ -86,12 +88,27 @@ class Core:
         self.gemms = chip.gemms         # conv products stored when first touched (isa/deferred.py)
         self.spaces = {"nram": self.nram, "wram": self.wram, "sram": cluster.sram, "gdram": chip.gdram}
         self.space_sizes = {name: m.size for name, m in self.spaces.items()}
+        self._bufs: dict = {}           # space -> its bytes, once asked for (mem)
+        self._raw: dict = {}            # space -> a memoryview of them (raw)
         # the units, started in this order as their processes were (cores/units.py)
         self.units = [ComputeUnit(self) if q == "cp" else DmaUnit(self, q) for q in QUEUES]
 
     # ---- what semantics see ------------------------------------------------------------------
     def mem(self, space: str):
-        return self.spaces[space].buf
+        """A space's bytes (allocated on first use: Memory.buf), remembered: semantics ask
+        280k times at ResNet-50 b16."""
+        buf = self._bufs.get(space)
+        if buf is None:
+            buf = self._bufs[space] = self.spaces[space].buf
+        return buf
+
+    def raw(self, space: str) -> memoryview:
+        """mem(space) as a memoryview: a slice copy between two (memmove where they overlap) costs
+        half what one between ndarray slices does, for DMAs of a few hundred bytes to a few KB."""
+        view = self._raw.get(space)
+        if view is None:
+            view = self._raw[space] = memoryview(self.mem(space))
+        return view
 
     def remote_sram(self, k: int):
         """SRAM of the union job's k-th cluster (an s2s with `dcl`)."""
@@ -194,6 +211,8 @@ class Core:
             cycles = op.cycles(a, self.cfg)
             prepared = Prepared(UNIT_QUEUE[op.unit], a, touches, op.unit, a["wait"], a["sig"], cost=cycles,
                                 macs=self.chip.mac_counts(a, op, cycles) if op.unit == "mac" else None)
+        if chip.numerics:
+            prepared.touched = touched(touches)
         if (a["wait"] | a["sig"]) >> QIDX[prepared.queue] & 1:
             raise SimulationError(f"{self.where(pc, ins)}: runs on the {prepared.queue} queue and cannot "
                                   f"wait for or signal its own queue")

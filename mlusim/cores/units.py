@@ -241,7 +241,7 @@ class DmaUnit(Unit):
             if self.got:
                 core._flows_in(self.got, now, q)
         if chip.numerics:
-            chip.gemms.execute(core, ins.op, prep.args, prep.touches)
+            chip.gemms.execute(core, ins.op, prep.args, prep.touched)
         if prep.sig:
             send_tokens(self.sigs[prep.sig], trace, (now, q))
         core.inflight -= 1
@@ -352,7 +352,7 @@ class ComputeUnit(Unit):
             if rec.got:
                 core._flows_in(rec.got, now, unit)
         if chip.numerics:
-            chip.gemms.execute(core, rec.ins.op, prep.args, prep.touches)
+            chip.gemms.execute(core, rec.ins.op, prep.args, prep.touched)
         rec.finished = True
         if self.running[unit] is rec:
             self.running[unit] = None

@@ -35,7 +35,7 @@ def touch_dma(a):
             (dst_space, a["dst"], dma_extent(a["size"], a["dstride"], a["count"], a["dstride2"], a["count2"]), "w", 1)]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class DmaPlan:
     """What a DMA's fields fix, worked out once per distinct instruction (ResNet-50 b16 issues
     76k DMAs of a few thousand distinct ones): its spaces, and either one contiguous byte range
@@ -68,9 +68,12 @@ def dma_plan(a) -> DmaPlan:
 
 def dma(ctx, a):
     p = ctx.gemms.memo(a, dma_plan)
+    s, d = p.src, p.dst
+    if p.shape is None and not p.dcl:    # one range: memoryviews copy it (memmove where it overlaps)
+        ctx.raw(p.dst_space)[d:d + p.nbytes] = ctx.raw(p.src_space)[s:s + p.nbytes]
+        return
     dbuf = ctx.remote_sram(p.dcl - 1) if p.dcl else ctx.mem(p.dst_space)
     sbuf = ctx.mem(p.src_space)
-    s, d = p.src, p.dst
     if p.shape is None:
         dbuf[d:d + p.nbytes] = sbuf[s:s + p.nbytes]
         return
