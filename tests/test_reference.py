@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -80,42 +79,6 @@ def test_conv_sums_are_the_per_matrix_products_bit_for_bit(shape, threads, layou
         want = per_matrix_conv(x, w, (s, s), (p,) * 4, groups)
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.array_equal(got, want)
-
-
-class CountingExecutor(ThreadPoolExecutor):
-    """A one-thread executor that counts what it is given (each a part of a tap's GEMM rows)."""
-
-    def __init__(self):
-        super().__init__(1)
-        self.parts = 0
-
-    def submit(self, fn, *args, **kwargs):
-        self.parts += 1
-        return super().submit(fn, *args, **kwargs)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_rows_split_beside_give_the_same_sums(shape, rng, monkeypatch):
-    """Calibration's second thread takes the later half of each tap's image rows
-    (_conv_rows): every sum the same, bit for bit, as one thread's (and numpy's per matrix)."""
-    monkeypatch.setattr(reference, "SPLIT_MACS", 0)         # split even these small convs
-    n, ci, h, w_, co, k, s, p, groups = shape
-    x = channels_last(rng.standard_normal((n, ci, h, w_)).astype(np.float32))
-    w = rng.standard_normal((co, ci // groups, k, k)).astype(np.float32)
-    with threadpool_limits(limits=1, user_api="blas"), CountingExecutor() as beside:
-        got = reference._conv_acc(x, w, (s, s), (p,) * 4, (1, 1), groups, np.float32, beside)
-        alone = reference._conv_acc(x, w, (s, s), (p,) * 4, (1, 1), groups, np.float32)
-        want = per_matrix_conv(x, w, (s, s), (p,) * 4, groups)
-    assert got.tobytes() == alone.tobytes() == want.tobytes()
-    one_gemm = reference._one_gemm_per_tap(x, want.shape[3], ci // groups, co, groups)
-    assert beside.parts == (k * k if one_gemm and n * want.shape[2] > 1 else 0)
-
-
-def test_row_cut_keeps_whole_image_rows_and_small_gemms_whole():
-    assert reference._row_cut(2 * 56, 56, 64 * 64) == 56 * 56            # half the image rows
-    assert reference._row_cut(7, 7, 512 * 512) == 3 * 7                  # an odd count: fewer here
-    assert reference._row_cut(1, 7, 512 * 512) == 7                       # one image row: all here
-    assert reference._row_cut(4, 4, 16 * 16) == 16                        # too small to hand over
 
 
 @pytest.mark.parametrize("pads,dil", [((0, 1, 1, 0), (1, 1)), ((2, 2, 2, 2), (2, 2)), ((1, 0, 3, 2), (2, 1))])
