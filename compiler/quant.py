@@ -65,19 +65,14 @@ def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False, progre
 
     The float convolutions run on one BLAS thread whatever the host allows: OpenBLAS splits a
     product's sums differently with more threads, and the last bit of 38 of ResNet-50's 58 ranges
-    (so its scales and program) then depended on the machine and OPENBLAS_NUM_THREADS. A second
-    Python thread takes half the rows of each big conv's GEMMs instead (reference._conv_rows:
-    whole image rows, so the same sums; 2 cores: ResNet-50 b16 0.36 -> 0.2x s)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    (so its scales and program) then depended on the machine and OPENBLAS_NUM_THREADS."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"), \
-            ThreadPoolExecutor(1, thread_name_prefix="mlusim-calibrate") as beside:
-        return _calibrate(g, samples, use_avg, progress, beside)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _calibrate(g, samples, use_avg, progress)
 
 
-def _calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool, progress, beside) -> dict[str, float]:
+def _calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool, progress) -> dict[str, float]:
     from mlusim.compiler.reference import float_values
 
     per: dict[str, list[float]] = {}
@@ -87,7 +82,7 @@ def _calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool, progress, bes
         def step(k: int, base: int = s * len(g.nodes)) -> None:
             progress("calibrating", base + k, total)
         ranges: dict[str, float] = {}       # by name: a name given twice keeps its last value
-        for name, v in float_values(g, x, step if progress else None, beside=beside):
+        for name, v in float_values(g, x, step if progress else None):
             ranges[name] = abs_max(v, name in clamped)
         for name, r in ranges.items():
             per.setdefault(name, []).append(r)

@@ -12,7 +12,6 @@ that lowering, not a restatement of it.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import Executor
 from typing import Iterator
 
 import numpy as np
@@ -68,7 +67,6 @@ SMALL_GEMM_MNK = 100 ** 3
 ONE_BLOCK_K = 256
 ROW_INDEPENDENT_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
 TRANSPOSE_FLOATS = 8192      # a cache-sized block (32 KB of float32) of a channels-last transpose
-SPLIT_MACS = 1 << 21         # the fewest multiply-adds of a tap's part worth a GEMM beside (_row_cut)
 
 
 @functools.cache
@@ -131,15 +129,13 @@ def _channels_first(x: np.ndarray, pads, dtype) -> np.ndarray:
     return xp
 
 
-def _conv_rows(x, w, stride, pads, dil, dtype, beside: Executor | None = None) -> np.ndarray:
+def _conv_rows(x, w, stride, pads, dil, dtype) -> np.ndarray:
     """An ungrouped conv as `_conv_acc` sums it, each tap's n * ho matrices in one GEMM over all
     n * ho * wo output positions: the tap is laid out column-major ([ci, n, ho, wo], copied from
     the padded input laid out so once), so BLAS gets the transposes, reduction and weight operand
     numpy gives it per matrix, only more rows, and OpenBLAS sums each element's reduction the
     same whatever the row count (tests/test_reference.py holds the two formulas equal). 3-4x
-    faster on 7x7 and 14x14 layers. With an executor `beside`, the rows from `_row_cut` on are
-    multiplied (and summed) there while this thread does the rows before: each part a GEMM of
-    whole image rows, so of the same sums, and BLAS runs without the GIL, so on a second core."""
+    faster on 7x7 and 14x14 layers."""
     n, ci = x.shape[:2]
     co, _, kh, kw = w.shape
     ho, wo = _out_size(x.shape, kh, kw, stride, pads, dil)
@@ -148,42 +144,20 @@ def _conv_rows(x, w, stride, pads, dil, dtype, beside: Executor | None = None) -
     whole = xp.shape[2:] == (ho, wo)                        # a 1x1 tap of stride 1 is all of xp
     buf = xp if whole else np.empty((ci, n, ho, wo), dtype)
     a = buf.reshape(ci, n * ho * wo).T
-    cut = _row_cut(n * ho, wo, ci * co) if beside is not None else n * ho * wo
-    out, part = np.empty((n * ho * wo, co), dtype), np.empty((n * ho * wo, co), dtype)
+    out, part = None, np.empty((n * ho * wo, co), dtype)
     for i in range(kh):
         for j in range(kw):
             if not whole:
                 buf[...] = xp[:, :, i * dil[0]:i * dil[0] + stride[0] * (ho - 1) + 1:stride[0],
                               j * dil[1]:j * dil[1] + stride[1] * (wo - 1) + 1:stride[1]]
-            first = i == 0 and j == 0
-            there = beside.submit(_tap_product, a[cut:], wt[i, j].T, out[cut:], part[cut:], first) \
-                if cut < len(out) else None
-            _tap_product(a[:cut], wt[i, j].T, out[:cut], part[:cut], first)
-            if there is not None:
-                there.result()
+            if out is None:     # the first product is the sum so far (0 + p: a product is never -0.0)
+                out = np.matmul(a, wt[i, j].T)
+            else:
+                out += np.matmul(a, wt[i, j].T, out=part)
     return out.reshape(n, ho, wo, co).transpose(0, 3, 1, 2)
 
 
-def _tap_product(a: np.ndarray, wt: np.ndarray, out: np.ndarray, part: np.ndarray, first: bool) -> None:
-    """out = a @ wt for the first tap (the sum so far: 0 + p, and a product is never -0.0), else
-    out += a @ wt through `part`, as _conv_rows sums its taps (in place: out and part are rows
-    of its whole buffers)."""
-    if first:
-        np.matmul(a, wt, out=out)
-    else:
-        out += np.matmul(a, wt, out=part)
-
-
-def _row_cut(image_rows: int, wo: int, ci_co: int) -> int:
-    """Where _conv_rows splits a tap's n * ho * wo rows between its thread and the one beside: half
-    its image rows, in whole image rows (a part has at least wo rows, so `_rows_merge` holds for
-    it as for the whole), or all of them here when a part's GEMM would be too small to pay for
-    the hand-over (SPLIT_MACS)."""
-    half = image_rows // 2
-    return image_rows * wo if half == 0 or half * wo * ci_co < SPLIT_MACS else half * wo
-
-
-def _conv_acc(x, w, stride, pads, dil, groups, dtype, beside: Executor | None = None):
+def _conv_acc(x, w, stride, pads, dil, groups, dtype):
     """Sum over taps and groups of tap . w, as [n, co, ho, wo] in `dtype` (BLAS-friendly).
     Calibration's scales are maxima of these float sums, so each tap's BLAS products stay what
     `tap @ w[:, :, i, j].T` makes them: for each tap (and group) a batch of [wo, ci] x [ci, co]
@@ -192,14 +166,14 @@ def _conv_acc(x, w, stride, pads, dil, groups, dtype, beside: Executor | None = 
     its matmul copies a weight matrix it cannot hand to BLAS (a k x k tap's) into column-major
     order for every matrix of the batch, so each tap's is laid out so once here; where a
     dimension is 1 it takes other paths that read the operands as given, and gets them as given.
-    The products land in one reused buffer. `beside`: see _conv_rows."""
+    The products land in one reused buffer."""
     n = x.shape[0]
     co, cig, kh, kw = w.shape
     cog = co // groups
     out = part = wt = None
     wd = np.asarray(w).astype(dtype, copy=False)
     if _one_gemm_per_tap(x, _out_size(x.shape, kh, kw, stride, pads, dil)[1], cig, co, groups):
-        return _conv_rows(x, wd, stride, pads, dil, dtype, beside)
+        return _conv_rows(x, wd, stride, pads, dil, dtype)
     for i, j, tap in _taps(x.astype(dtype, copy=False), kh, kw, stride, pads, dil):
         ho, wo = tap.shape[2], tap.shape[3]
         t = tap.transpose(0, 2, 3, 1)
@@ -233,10 +207,10 @@ def pad_channels(x: np.ndarray, pads, values) -> tuple[np.ndarray, tuple]:
     return out, (0, 0, 0, 0)
 
 
-def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None, beside: Executor | None = None):
+def _conv_f(x, w, b, stride, pads, dil, groups, pad_value=None):
     if pad_value is not None:
         x, pads = pad_channels(x, pads, pad_value)
-    out = _conv_acc(x, w, stride, pads, dil, groups, np.float32, beside)
+    out = _conv_acc(x, w, stride, pads, dil, groups, np.float32)
     if b is not None:
         out += b.reshape(1, -1, 1, 1)     # in place: the sum is ours; float32 (a float64 b rounds once)
     return out
@@ -302,20 +276,18 @@ def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
     return dict(float_values(g, x, on_node, keep=True))
 
 
-def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False,
-                 beside: Executor | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """(node name, float32 output) for each node in graph order, as run_float computes them. Unless
     `keep`, a value is dropped once its last consumer has run: calibration only needs each
     tensor's range, and holding every activation of a batch (plus a big layer's temporaries) is
-    what set the peak memory of a compile. `beside`: an executor that computes part of each big
-    conv's GEMMs (_conv_rows), the same values sooner where a second core is free."""
+    what set the peak memory of a compile."""
     last: dict[str, int] = {}
     for k, n in enumerate(g.nodes):
         for i in n.inputs:
             last[i] = k
     v: dict[str, np.ndarray] = {}
     for k, n in enumerate(g.nodes):
-        y = np.asarray(_float_node(n, [v[i] for i in n.inputs], x, beside), dtype=np.float32)
+        y = np.asarray(_float_node(n, [v[i] for i in n.inputs], x), dtype=np.float32)
         v[n.name] = y
         del y
         yield n.name, v[n.name]
@@ -327,14 +299,14 @@ def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False,
             on_node(k + 1)
 
 
-def _float_node(n, a: list[np.ndarray], x: np.ndarray, beside: Executor | None = None) -> np.ndarray:
-    """Node n's float output from its inputs' (the graph input is x); `beside`: float_values."""
+def _float_node(n, a: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Node n's float output from its inputs' (the graph input is x)."""
     op = n.op
     if op == "input":
         y = x.astype(np.float32)
     elif op == "conv2d":          # y is the conv's own sum: shortcut and activation go in place
         y = _conv_f(a[0], n.params["weight"], n.params.get("bias"), n.attrs["stride"],
-                    n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"), beside)
+                    n.attrs["padding"], n.attrs["dilation"], n.attrs["groups"], n.attrs.get("pad_value"))
         if n.attrs.get("residual"):
             y += a[1]
         y = _act_f(y, n.attrs.get("act"), out=y)
