@@ -276,17 +276,21 @@ def run_float(g: Graph, x: np.ndarray, on_node=None) -> dict[str, np.ndarray]:
     return dict(float_values(g, x, on_node, keep=True))
 
 
-def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False, start: int = 0, stop: int | None = None,
+                 live: dict[str, np.ndarray] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(node name, float32 output) for each node in graph order, as run_float computes them. Unless
     `keep`, a value is dropped once its last consumer has run: calibration only needs each
     tensor's range, and holding every activation of a batch (plus a big layer's temporaries) is
-    what set the peak memory of a compile."""
+    what set the peak memory of a compile. start, stop, live: nodes start to stop - 1 only, from
+    the values made before `start` that `live` holds; `live` is the run's own dict, so it holds
+    the values used after `stop` when the run is over."""
     last: dict[str, int] = {}
     for k, n in enumerate(g.nodes):
         for i in n.inputs:
             last[i] = k
-    v: dict[str, np.ndarray] = {}
-    for k, n in enumerate(g.nodes):
+    v: dict[str, np.ndarray] = {} if live is None else live
+    for k in range(start, len(g.nodes) if stop is None else stop):
+        n = g.nodes[k]
         y = np.asarray(_float_node(n, [v[i] for i in n.inputs], x), dtype=np.float32)
         v[n.name] = y
         del y
@@ -297,6 +301,29 @@ def float_values(g: Graph, x: np.ndarray, on_node=None, keep: bool = False) -> I
                     v.pop(name, None)
         if on_node is not None:
             on_node(k + 1)
+
+
+# ops whose float output of each image is made from that image alone, by the same sums whatever
+# the batch: elementwise ops, windows and means within an image, and convolutions (one GEMM row
+# per output pixel, _conv_rows, or numpy's products per image row). Not linear: one image is a
+# matrix-vector product, with other sums than a matrix's row.
+PER_IMAGE = frozenset({"input", "conv2d", "batchnorm", "relu", "relu6", "dropout", "requant", "sigmoid", "hardswish",
+                       "hardsigmoid", "leaky_relu", "upsample", "mul", "maxpool", "avgpool", "gap", "add", "concat",
+                       "flatten", "reshape"})
+
+
+def per_image_prefix(g: Graph) -> int:
+    """How many of g's first nodes are PER_IMAGE ops: run on parts of a batch, they give each
+    image's values bit for bit as on the whole batch."""
+    return next((k for k, n in enumerate(g.nodes) if n.op not in PER_IMAGE), len(g.nodes))
+
+
+def joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """first and second stacked along the batch, laid out in memory as first is (channels-last
+    stays so), as the value made on the whole batch would be."""
+    out = np.empty_like(first, shape=(first.shape[0] + second.shape[0],) + first.shape[1:])
+    out[:first.shape[0]], out[first.shape[0]:] = first, second
+    return out
 
 
 def _float_node(n, a: list[np.ndarray], x: np.ndarray) -> np.ndarray:

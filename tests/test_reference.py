@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from mlusim.compiler import reference
+from mlusim.compiler import passes, reference, zoo
 
 
 def per_matrix_conv(x, w, stride, pads, groups, dtype=np.float32, dil=(1, 1)):
@@ -156,3 +156,16 @@ def test_max_pool_is_the_window_max_bit_for_bit(values, kernel, stride, pads, rn
         got = reference._pool_f(xin, kernel, stride, pads, "max")
         want = window_max(xin, kernel, stride, pads)
         assert got.shape == want.shape and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_the_per_image_prefix_ends_at_the_first_linear():
+    g = passes.optimize(zoo.build("resnet18", 2, 32))
+    k = reference.per_image_prefix(g)
+    assert g.nodes[k].op == "linear" and all(n.op in reference.PER_IMAGE for n in g.nodes[:k])
+
+
+def test_halves_joined_keep_the_channels_last_layout():
+    rng = np.random.default_rng(1)
+    whole = rng.standard_normal((3, 5, 4, 6), dtype=np.float32).transpose(0, 3, 1, 2).copy(order="K")
+    got = reference.joined(whole[:1], whole[1:])
+    assert got.strides == whole.strides and np.array_equal(got, whole)

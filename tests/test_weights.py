@@ -1,10 +1,12 @@
 """Seeded weights (compiler/weights.py): a weight kept as its recipe is drawn with exactly the
 values an eager draw gives, whole or block by block, and leaves the model's generator where the
 eager draw would; quantization and the float reference read it without holding it whole."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
-from mlusim.compiler import quant, zoo
+from mlusim.compiler import passes, quant, zoo
 from mlusim.compiler.reference import float_values, run_float
 from mlusim.compiler.weights import SeededWeight, draw, row_blocks
 
@@ -80,3 +82,38 @@ def test_calibration_runs_on_one_blas_thread_whatever_the_caller_allows():
     assert seen == {1}
     assert after == {2}
     assert ranges == quant.calibrate(g, [x])
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A one-thread executor that counts the jobs it is given."""
+
+    def __init__(self):
+        super().__init__(1)
+        self.jobs = 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("images,nan", [(2, False), (3, False), (4, True)])
+def test_calibration_halves_beside_give_the_whole_batchs_ranges(images, nan):
+    """A sample's later images run the per-image prefix in a second thread (quant._sample_ranges):
+    every range, its order and the progress the same bit for bit as one thread over the batch,
+    a NaN in either half included."""
+    from threadpoolctl import threadpool_limits
+
+    g = passes.optimize(zoo.build("resnet18", images, 32))
+    x = np.random.default_rng(0).uniform(0, 1, g.input.shape).astype(np.float32)
+    if nan:
+        x[-1, 0, 3, 3] = np.nan
+    steps: dict[str, list] = {"alone": [], "beside": []}
+    with threadpool_limits(limits=1, user_api="blas"), CountingExecutor() as beside:
+        alone = quant._calibrate(g, [x, x[:1]], False, lambda *a: steps["alone"].append(a))
+        split = quant._calibrate(g, [x, x[:1]], False, lambda *a: steps["beside"].append(a), beside)
+    assert beside.jobs == 1                     # the batch of one is not split
+    assert list(split) == list(alone)
+    assert [float(v).hex() for v in split.values()] == [float(v).hex() for v in alone.values()]
+    assert any(np.isnan(v) for v in alone.values()) == nan
+    assert steps["beside"] == steps["alone"]
+
