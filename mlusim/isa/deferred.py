@@ -140,6 +140,7 @@ class DeferredGemms:
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # content -> block
         self._plans: dict[tuple, tuple] = {}            # (id(args), make) -> (args, plan): see memo
         self._scratch: dict[tuple, np.ndarray] = {}     # (shape, pads, dtype) -> zeroed buffer
+        self._params: dict[tuple, tuple[bytes, rq.RequantParams]] = {}   # see requant_params
 
     def scratch(self, key: tuple) -> np.ndarray:
         """A zeroed buffer of shape key[0] and dtype key[2], one per key on this chip: the padded
@@ -167,6 +168,18 @@ class DeferredGemms:
         Chip.forget_prepared)."""
         self._plans.clear()
         self._scratch.clear()
+        self._params.clear()
+
+    def requant_params(self, core: int, buf: np.ndarray, p: int, c: int) -> rq.RequantParams:
+        """The decoded [c, 3] parameter block at NRAM byte p of `core` (buf), remembered by its
+        place and checked against its bytes: a compare of the bytes skips rq.decode's hash of
+        them (1-10 us for 64-2,048 channels; 0.2-1.2 us), ~22k vrequants at ResNet-50 b16."""
+        raw = buf[p:p + 12 * c].tobytes()
+        key = (core, p, c)
+        hit = self._params.get(key)
+        if hit is None or hit[0] != raw:
+            hit = self._params[key] = (raw, rq.decode(buf[p:p + 12 * c].view(np.int32)))
+        return hit[1]
 
     def block(self, owner: int, addr: int, w: np.ndarray) -> WeightBlock:
         """The block for weights `w` [n, k], a view of core `owner`'s WRAM at `addr`."""
@@ -240,8 +253,7 @@ class DeferredGemms:
                     return False
         odt = DTYPES[a["odt"]]
         buf = core.mem("nram")
-        p = a["params"]
-        rp = rq.decode(buf[p:p + 12 * c].view(np.int32))
+        rp = self.requant_params(core.id, buf, a["params"], c)
         d = a["dst"]
         dhi = d + n * DTYPE_BYTES[odt]
         t.then = Requant(rp, a["zp"], a["lo"], a["hi"], odt, buf[d:dhi].view(nx.NP_DTYPES[odt]), d, dhi)
