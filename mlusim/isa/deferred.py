@@ -52,6 +52,7 @@ class WeightBlock:
 
 
 STACKS = 8         # recent stacks of one window searched for a new group's first tile
+PROBE = 32          # tiles of a window looked up before its inputs, never found shared, are not
 PLAN_MEMO = 1 << 15     # per-instruction plans remembered (ResNet-50 b16 has 7,352 distinct)
 
 
@@ -83,8 +84,11 @@ class Stack:
         self.pieces: list[tuple[tuple, bytes]] = []
         self.spans: list[tuple[int, int]] = []
 
-    def find(self, piece: tuple, guess: int) -> tuple[int, int] | None:
-        """The rows of a tile equal to `piece`; `guess`: where one issued in order would be."""
+    def find(self, piece: tuple | None, guess: int) -> tuple[int, int] | None:
+        """The rows of a tile equal to `piece` (None: equal to none); `guess`: where one issued
+        in order would be."""
+        if piece is None:
+            return None
         pieces = self.pieces
         if guess < len(pieces) and pieces[guess] == piece:
             return self.spans[guess]
@@ -189,6 +193,7 @@ class DeferredGemms:
         self._scratch: dict[tuple, np.ndarray] = {}     # (shape, pads, dtype) -> zeroed buffer
         self._params: dict[tuple, tuple[bytes, rq.RequantParams]] = {}   # see requant_params
         self._stacks: dict[tuple, list] = {}            # window signature -> recent stacks (refs)
+        self._seen: dict[tuple, list[int]] = {}         # window signature -> [tiles, found in a stack]
 
     def scratch(self, key: tuple) -> np.ndarray:
         """A zeroed buffer of shape key[0] and dtype key[2], one per key on this chip: the padded
@@ -218,6 +223,7 @@ class DeferredGemms:
         self._scratch.clear()
         self._params.clear()
         self._stacks.clear()
+        self._seen.clear()
 
     def requant_params(self, core: int, buf: np.ndarray, p: int, c: int) -> rq.RequantParams:
         """The decoded [c, 3] parameter block at NRAM byte p of `core` (buf), remembered by its
@@ -258,11 +264,19 @@ class DeferredGemms:
             store(nx.gemm_exact(gemm.rows(), block.bf, gemm.each, gemm.w_max))
             return
         key = (gemm.each, gemm.w_max)
-        piece = ((gemm.window, gemm.x.shape, gemm.x.dtype, key), gemm.x.tobytes())
+        sig = (gemm.window, gemm.x.shape, gemm.x.dtype, key)
+        seen = self._seen.get(sig)
+        if seen is None:
+            seen = self._seen[sig] = [0, 0]
+        piece = (sig, gemm.x.tobytes()) if seen[1] or seen[0] < PROBE else None
         g = block.waiting.get(key)
         if g is None:
             g = block.waiting[key] = self._group(block, key, piece)
-        r0, r1 = g.stack.add(gemm, piece, len(g.tiles))
+        st = g.stack
+        written = st.used
+        r0, r1 = st.add(gemm, piece, len(g.tiles))
+        seen[0] += 1
+        seen[1] += st.used == written
         g.used += r1 - r0
         t = Tile(owner, lo, hi, r0, r1, store, g, plain)
         g.tiles.append(t)
@@ -271,7 +285,10 @@ class DeferredGemms:
     def _group(self, block: WeightBlock, key: tuple, piece: tuple) -> Group:
         """A new group for `block` whose first tile is `piece`: on a recent stack of that window
         that holds the tile's rows already (another block's group wrote them), else on a new one.
-        The STACKS latest stacks of a window are kept while a waiting group holds them."""
+        The STACKS latest stacks of a window are kept while a waiting group holds them. `piece`
+        None: a window whose inputs are not compared (PROBE), a stack of the group's own."""
+        if piece is None:
+            return Group(block, *key, stack=Stack(block.bf.shape[1], block.rows))
         recent = self._stacks.get(piece[0])
         if recent is None:
             recent = self._stacks[piece[0]] = []
