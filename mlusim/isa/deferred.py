@@ -7,7 +7,9 @@ it holds row by row for rows stacked from many tiles), so a tile's product may r
 changing a bit. `conv` hands its tile here (the im2col rows are a fresh copy anyway) and leaves its
 destination unwritten; before any instruction of that core touches those NRAM bytes, every pending
 tile of the same weight block, on any core, is computed in one stacked GEMM and stored. Cores
-running one layer side by side have typically all issued their tile by then.
+running one layer side by side have typically all issued their tile by then. Cores splitting a
+layer's output channels issue equal rows against their own blocks: those rows are written once,
+into a Stack the blocks' groups share.
 
 The weight block's float32 form is made once per load into WRAM and shared by every core whose
 WRAM holds the same bytes (found by content); a write into WRAM drops the blocks it overlaps.
