@@ -193,3 +193,17 @@ def test_equal_inputs_under_another_window_are_not_shared(monkeypatch):
     got = _deferred_tiles(order, xs, ws)
     assert written == [15, 5]
     _check(got, order, xs, ws)
+
+
+def test_a_group_with_a_gap_or_a_repeat_in_its_stack_gathers_its_rows(monkeypatch):
+    """Block w0's tiles are rows 0-15 and 30-45 of the shared stack (w1 wrote x1 between them),
+    and block w0 issues x0 twice (one span, two tiles): each still gets its own exact product."""
+    rng = np.random.default_rng(8)
+    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(3)]
+    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    written = _rows_written(monkeypatch)
+    p = (1, 1, 1, 1)
+    order = [(0, 0, 0, p), (1, 0, 1, p), (1, 1, 1, p), (0, 2, 0, p), (2, 0, 0, p)]
+    got = _deferred_tiles(order, xs, ws)
+    assert sum(written) == 3 * 15
+    _check(got, order, xs, ws)
