@@ -138,3 +138,72 @@ def test_weight_blocks_are_shared_by_equal_bytes_not_by_fingerprint():
     b1, b2, b3 = g.block(0, 0, w1), g.block(1, 0, w2), g.block(2, 64, w1.copy())
     assert b1 is not b2 and b1 is b3
     assert_bits(b2.bf, w2.astype(np.float32))
+
+
+def _deferred_tiles(order, xs, ws):
+    """Defer a conv tile per (core, input, weights, pads) in `order` (each core's weights at
+    WRAM 0), settle, and return {(core, position): sums}."""
+    from mlusim.isa import numerics as nx
+    from mlusim.isa.deferred import DeferredGemms
+    g, got = DeferredGemms(), {}
+    for lo, (core, xi, wi, pads) in enumerate(order):
+        gemm = nx.conv_gemm(xs[xi], ws[wi], 1, 1, pads, 1, 1)
+        g.defer(core, 0, 64 * lo, 64 * lo + 64, gemm, lambda s, k=(core, lo): got.__setitem__(k, s.copy()), True)
+    g.settle()
+    return got
+
+
+def _rows_written(monkeypatch) -> list[int]:
+    """The row counts of every im2col written from now on."""
+    from mlusim.isa import numerics as nx
+    written = []
+    rows = nx.ConvGemm.rows
+    monkeypatch.setattr(nx.ConvGemm, "rows", lambda self, out=None: (written.append(self.m), rows(self, out))[1])
+    return written
+
+
+def _check(got, order, xs, ws):
+    for lo, (core, xi, wi, pads) in enumerate(order):
+        assert_bits(got[(core, lo)].astype(np.int32).reshape(-1),
+                    R.ref_conv(xs[xi], ws[wi], 1, 1, pads, 1, 1, 1, "i32", 0).reshape(-1))
+
+
+def test_tiles_of_equal_inputs_share_one_stack_across_weight_blocks(monkeypatch):
+    """Cores splitting output channels (blocks w0 and w1) issue the same inputs in different
+    orders, and one input the other block never sees: each input's rows are written once, and
+    every tile still gets its own exact product."""
+    rng = np.random.default_rng(5)
+    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(3)]
+    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    written = _rows_written(monkeypatch)
+    p = (1, 1, 1, 1)
+    order = [(0, 0, 0, p), (2, 1, 0, p), (3, 1, 1, p), (1, 0, 1, p), (3, 2, 1, p)]
+    got = _deferred_tiles(order, xs, ws)
+    assert sum(written) == 3 * 15                   # x0, x1 and x2 once each, not five tiles
+    _check(got, order, xs, ws)
+
+
+def test_equal_inputs_under_another_window_are_not_shared(monkeypatch):
+    """The same input bytes under other padding are other rows: written again."""
+    rng = np.random.default_rng(6)
+    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8)]
+    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    written = _rows_written(monkeypatch)
+    order = [(0, 0, 0, (1, 1, 1, 1)), (1, 0, 1, (0, 0, 1, 1))]
+    got = _deferred_tiles(order, xs, ws)
+    assert written == [15, 5]
+    _check(got, order, xs, ws)
+
+
+def test_a_group_with_a_gap_or_a_repeat_in_its_stack_gathers_its_rows(monkeypatch):
+    """Block w0's tiles are rows 0-15 and 30-45 of the shared stack (w1 wrote x1 between them),
+    and block w0 issues x0 twice (one span, two tiles): each still gets its own exact product."""
+    rng = np.random.default_rng(8)
+    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(3)]
+    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    written = _rows_written(monkeypatch)
+    p = (1, 1, 1, 1)
+    order = [(0, 0, 0, p), (1, 0, 1, p), (1, 1, 1, p), (0, 2, 0, p), (2, 0, 0, p)]
+    got = _deferred_tiles(order, xs, ws)
+    assert sum(written) == 3 * 15
+    _check(got, order, xs, ws)

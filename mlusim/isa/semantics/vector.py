@@ -125,8 +125,7 @@ def touch_requant(a):
 def vrequant(ctx, a):
     c, n, odt = a["c"], a["n"], E(a, "odt")
     acc = view(ctx, "nram", a["src"], "i32", n).reshape(-1, c)
-    params = view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3)
-    rp = rq.decode(params)
+    rp = ctx.gemms.requant_params(ctx.id, ctx.mem("nram"), a["params"], c)
     view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
 
 
