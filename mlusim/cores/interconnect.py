@@ -9,13 +9,9 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from heapq import heappush
 from itertools import repeat
 from math import inf
 from operator import mul, sub, truediv
-
-import simpy
-from simpy.events import NORMAL
 
 from mlusim.cores.clock import Clock, Signal, Wake
 
@@ -36,7 +32,10 @@ class Link:
 class Flow:
     """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
-    A transfer that starts later is also the event of its start (`callbacks`: its own heap entry)."""
+    It is also the event of its start, `delay` after the DMA queue takes it (a descriptor's set-up
+    and DRAM latency): its own heap entry, with `callbacks` the fabric's `_start_cbs`, so the
+    queue sleeps once per transfer. A DMA queue keeps one Flow and refills it for each transfer
+    (cores/units.py); `kind` is Fabric.kind_of(links, cap), which the queue keeps per route."""
 
     __slots__ = ("links", "nbytes", "cap", "done", "callbacks", "kind")
     _ok = True
@@ -167,17 +166,6 @@ class Fabric:
         self.mix = self._mix_id(())
         self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
-
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake,
-                       kind: int) -> None:
-        """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
-        channel), starting `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency) and fires `done` when it ends: the flow is the event of its own start, so the
-        DMA queue sleeps once per transfer. The flow starts exactly where a process would have
-        resumed to start it. `kind` is kind_of(links, cap), which the caller keeps per route."""
-        env = self.env          # the flow's start is a heap entry of its own
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid),
-                              Flow(links, nbytes, cap, done, self._start_cbs, kind)))
 
     def kind_of(self, links: tuple[Link, ...], cap: float) -> int:
         """The number of a kind of flow (its links and cap): mixes of flows are numbered by these."""
