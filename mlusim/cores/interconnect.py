@@ -9,9 +9,9 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
 from math import inf
-from operator import mul, sub, truediv
+from operator import mul, not_, sub, truediv
 
 from mlusim.cores.clock import Clock, Signal, Wake
 
@@ -126,11 +126,6 @@ def _first_finish(plan: tuple[float, list[float], list[float]]) -> float:
     plan's mix, so flows appended to `remaining` after it are not looked at."""
     t, rem, rates = plan
     return _due(t, min(map(truediv, rem, rates)))
-
-
-def _finish_times(t: float, remaining: list[float], rates: list[float]) -> list[float]:
-    """When each flow ends, moving its remaining bytes (none if it is already done) from cycle t."""
-    return [t + (r if r > 0.0 else 0.0) / q for r, q in zip(remaining, rates)]
 
 
 class Fabric:
@@ -272,20 +267,19 @@ class Fabric:
         now = self.env._now
         self._advance(now)
         limit = now * (1 + EPS) + EPS
-        fin = _finish_times(*self._planned)
+        t, rem, rates = self._planned
+        # which flows go on: each one's finish time (moving what it had left at the plan's cycle at
+        # its rate) past the limit, worked out in one pass
+        going = [t + (r if r > 0.0 else 0.0) / q > limit for r, q in zip(rem, rates)]
         flows = self.flows
-        done = [i for i, t in enumerate(fin) if t <= limit]
-        if done:
-            if len(done) == len(flows):
-                self.flows, self.kinds, self.remaining = [], [], []
+        if not all(going):
+            if any(going):
+                self.flows = list(compress(flows, going))
+                self.kinds = list(compress(self.kinds, going))
+                self.remaining = list(compress(self.remaining, going))
             else:
-                keep = [i for i, t in enumerate(fin) if t > limit]
-                kinds, rem = self.kinds, self.remaining
-                self.flows = [flows[i] for i in keep]
-                self.kinds = [kinds[i] for i in keep]
-                self.remaining = [rem[i] for i in keep]
-            for i in done:          # each finished flow, in start order
-                f = flows[i]
+                self.flows, self.kinds, self.remaining = [], [], []
+            for f in compress(flows, map(not_, going)):     # each finished flow, in start order
                 for link in f.links:
                     link.bytes += f.nbytes
                     link._count -= 1

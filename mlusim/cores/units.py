@@ -21,6 +21,11 @@ from mlusim.cores.interconnect import Flow
 from mlusim.cores.stats import QUEUES
 
 QIDX = {q: i for i, q in enumerate(QUEUES)}
+# a unit's state while it waits for a token, as (TOKEN_WAIT, other queue, (ins, prep, pc, task)):
+# formatted only for a deadlock report (core.describe_state)
+TOKEN_WAIT = "waits for a token from {0} (pc {1[2]} `{1[0].op.mnemonic}`, task {1[3].taskid})"
+# the compute queue's state while its head waits for a running instruction, as (BLOCKED, head, Running)
+BLOCKED = "pc {0[2]} `{0[0].op.mnemonic}` waits for pc {1.pc} on the {1.unit} unit"
 
 
 @dataclass(slots=True, eq=False)
@@ -111,9 +116,7 @@ class Unit:
                 if tq.count:
                     tq.count -= 1
                     return True
-                ins, _, pc, task = item
-                self.state[self.qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                          ins.op.mnemonic, task.taskid)
+                self.state[self.qname] = (TOKEN_WAIT, other, item)
                 self.at, self.since = 0, self.env._now
                 tq.waiter = self.token
                 return False
@@ -131,9 +134,7 @@ class Unit:
             if tq.count:
                 tq.count -= 1
             else:
-                ins, _, pc, task = self.cur
-                self.state[self.qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                          ins.op.mnemonic, task.taskid)
+                self.state[self.qname] = (TOKEN_WAIT, other, self.cur)
                 self.at, self.since = i, self.env._now
                 tq.waiter = self.token     # the push that fires it consumes the token
                 return False
@@ -329,7 +330,7 @@ class ComputeUnit(Unit):
         else:
             self._start(ins, prep, pc, task, unit)
             return True
-        self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block.pc, block.unit)
+        self.state["cp"] = (BLOCKED, self.cur, block)
         block.done = self.unblocked
         return False
 
