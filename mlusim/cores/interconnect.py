@@ -33,7 +33,7 @@ class Flow:
     """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
     It is also the event of its start, `delay` after the DMA queue takes it (a descriptor's set-up
-    and DRAM latency): its own heap entry, with `callbacks` the fabric's `_start_cbs`, so the
+    and DRAM latency): its own heap entry, with `callbacks` the fabric's `start_cbs`, so the
     queue sleeps once per transfer. A DMA queue keeps one Flow and refills it for each transfer
     (cores/units.py); `kind` is Fabric.kind_of(links, cap), which the queue keeps per route."""
 
@@ -136,7 +136,8 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
-        self._start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
+        self.start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
+        self._wake_cb = self._wake               # the alarm's callback, bound once (set 80k times)
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -213,7 +214,7 @@ class Fabric:
         q = nbytes / rates[-1]
         high = now + q if q > 0.0 else now
         env.set_alarm_between(now + (low - now if low > now else 0.0), now + (high - now if high > now else 0.0),
-                              self._wake, _first_finish, plan)
+                              self._wake_cb, _first_finish, plan)
 
     def _advance(self, now: float) -> None:
         """Every flow's remaining bytes, moved on to `now` at the current rates (r - rate * dt,
@@ -261,7 +262,7 @@ class Fabric:
             return
         now = self.env._now
         self._planned = (now, self.remaining, rates)
-        self.env.set_alarm(_delay(now, min(map(truediv, self.remaining, rates))), self._wake)
+        self.env.set_alarm(_delay(now, min(map(truediv, self.remaining, rates))), self._wake_cb)
 
     def _wake(self) -> None:
         now = self.env._now

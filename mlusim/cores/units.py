@@ -176,6 +176,7 @@ class DmaUnit(Unit):
         # the transfer at hand, as the fabric's flow and the event of its start: one transfer runs
         # at a time and its flow has left the fabric before `_done` starts the next, so one serves all
         self.flow = Flow((), 0.0, 0.0, self.done, None, None)
+        self.start_cbs = self.fabric.start_cbs
         self.t0, self.demand = 0.0, 0.0
 
     def _next(self, _event=None) -> None:
@@ -223,7 +224,7 @@ class DmaUnit(Unit):
         if links:       # Fabric.transfer_after, inline: the flow is the event of its start
             flow = self.flow
             flow.links, flow.nbytes, flow.cap, flow.kind = links, plan.bus_bytes, cap, kind
-            flow.callbacks = self.fabric._start_cbs
+            flow.callbacks = self.start_cbs
             heappush(env._queue, (now + plan.fixed_cycles, NORMAL, next(env._eid), flow))
         else:   # on-core move: nothing shared, one event
             self.done.later(demand)
@@ -327,24 +328,20 @@ class ComputeUnit(Unit):
             block = mac
         elif vec is not None and (unit == "vec" or self.core._hazard(vec.prep.touches, prep.touches)):
             block = vec
-        else:
-            self._start(ins, prep, pc, task, unit)
+        else:       # start it: the record is the event of its end, one per instruction (its own heap entry)
+            env = self.env
+            now = env._now
+            rec = running[unit] = Running(unit, ins, prep, pc, task, now, self._finished_cbs, None, False, 0.0,
+                                          self.got or None)
+            self.rob.append(rec)
+            end = now + prep.cost
+            if end > self.busy_until:
+                self.busy_until = end
+            heappush(env._queue, (end, NORMAL, next(env._eid), rec))
             return True
         self.state["cp"] = (BLOCKED, self.cur, block)
         block.done = self.unblocked
         return False
-
-    def _start(self, ins, prep, pc: int, task, unit: str) -> None:
-        env = self.env
-        now = env._now
-        rec = Running(unit, ins, prep, pc, task, now, self._finished_cbs, None, False, 0.0, self.got or None)
-        self.running[unit] = rec
-        self.rob.append(rec)
-        end = now + prep.cost
-        if end > self.busy_until:
-            self.busy_until = end
-        # the record is the event of its end, one per instruction (its own heap entry)
-        heappush(env._queue, (end, NORMAL, next(env._eid), rec))
 
     def _finished(self, rec: Running) -> None:
         core, env, chip = self.core, self.env, self.chip
