@@ -72,7 +72,7 @@ class Wake:
     have, and the loop calls `callback(self)` there, as it would have resumed the process. Only
     its owner arms it, and only while it is not pending, so one object serves every wait."""
 
-    __slots__ = ("env", "callbacks", "_once")
+    __slots__ = ("env", "callbacks", "_once", "_push", "_eid")
     _ok = True
     _value = None
 
@@ -80,11 +80,11 @@ class Wake:
         self.env = env
         self._once = [callback]     # the loop empties `callbacks` when it runs them: set anew each time
         self.callbacks: list | None = None
+        self._push, self._eid = env._soon.append, env._eid     # (fired 180k times at ResNet-50 b16)
 
     def succeed(self) -> None:
-        env = self.env
         self.callbacks = self._once
-        env._soon.append((env._now, NORMAL, next(env._eid), self))
+        self._push((self.env._now, NORMAL, next(self._eid), self))
 
     def later(self, delay: float) -> None:
         """Fire `delay` from now, where Timeout(delay) made now would (the same heap entry)."""

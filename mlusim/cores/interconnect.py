@@ -9,13 +9,9 @@ event per start and per finish, never one per cycle or per byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from heapq import heappush
-from itertools import repeat
+from itertools import compress, repeat
 from math import inf
-from operator import mul, sub, truediv
-
-import simpy
-from simpy.events import NORMAL
+from operator import mul, not_, sub, truediv
 
 from mlusim.cores.clock import Clock, Signal, Wake
 
@@ -36,7 +32,10 @@ class Link:
 class Flow:
     """One transfer: what it crosses and moves at most how fast, and the event its end fires. Its
     changing numbers (remaining bytes, rate, finish time) live in the Fabric's parallel lists.
-    A transfer that starts later is also the event of its start (`callbacks`: its own heap entry)."""
+    It is also the event of its start, `delay` after the DMA queue takes it (a descriptor's set-up
+    and DRAM latency): its own heap entry, with `callbacks` the fabric's `start_cbs`, so the
+    queue sleeps once per transfer. A DMA queue keeps one Flow and refills it for each transfer
+    (cores/units.py); `kind` is Fabric.kind_of(links, cap), which the queue keeps per route."""
 
     __slots__ = ("links", "nbytes", "cap", "done", "callbacks", "kind")
     _ok = True
@@ -129,11 +128,6 @@ def _first_finish(plan: tuple[float, list[float], list[float]]) -> float:
     return _due(t, min(map(truediv, rem, rates)))
 
 
-def _finish_times(t: float, remaining: list[float], rates: list[float]) -> list[float]:
-    """When each flow ends, moving its remaining bytes (none if it is already done) from cycle t."""
-    return [t + (r if r > 0.0 else 0.0) / q for r, q in zip(remaining, rates)]
-
-
 class Fabric:
     """All the links of a chip and the flows on them. The flows in flight are kept in start order
     as parallel lists (each flow's kind and bytes remaining, with the rates of the current mix),
@@ -142,7 +136,8 @@ class Fabric:
 
     def __init__(self, env: Clock):
         self.env = env
-        self._start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
+        self.start_cbs = [self._start]          # every delayed flow's callbacks (the loop only reads them)
+        self._wake_cb = self._wake               # the alarm's callback, bound once (set 80k times)
         self.flows: list[Flow] = []
         self.kinds: list[int] = []               # each flow's kind (its (links, cap) pair)
         self.remaining: list[float] = []         # bytes still to move, as of `_last`
@@ -167,17 +162,6 @@ class Fabric:
         self.mix = self._mix_id(())
         self._min_rem: float | None = inf       # least of `remaining` (None: not worked out yet)
         self._use_memo: dict[tuple[int, ...], dict[str, float]] = {}    # tracing: mix -> each link's rate
-
-    def transfer_after(self, delay: float, links: tuple[Link, ...], nbytes: float, cap: float, done: Wake,
-                       kind: int) -> None:
-        """Move nbytes across shared links at no more than `cap` bytes/cycle (the flow's own
-        channel), starting `delay` cycles from now (a DMA's descriptor set-up and DRAM
-        latency) and fires `done` when it ends: the flow is the event of its own start, so the
-        DMA queue sleeps once per transfer. The flow starts exactly where a process would have
-        resumed to start it. `kind` is kind_of(links, cap), which the caller keeps per route."""
-        env = self.env          # the flow's start is a heap entry of its own
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid),
-                              Flow(links, nbytes, cap, done, self._start_cbs, kind)))
 
     def kind_of(self, links: tuple[Link, ...], cap: float) -> int:
         """The number of a kind of flow (its links and cap): mixes of flows are numbered by these."""
@@ -230,7 +214,7 @@ class Fabric:
         q = nbytes / rates[-1]
         high = now + q if q > 0.0 else now
         env.set_alarm_between(now + (low - now if low > now else 0.0), now + (high - now if high > now else 0.0),
-                              self._wake, _first_finish, plan)
+                              self._wake_cb, _first_finish, plan)
 
     def _advance(self, now: float) -> None:
         """Every flow's remaining bytes, moved on to `now` at the current rates (r - rate * dt,
@@ -278,26 +262,25 @@ class Fabric:
             return
         now = self.env._now
         self._planned = (now, self.remaining, rates)
-        self.env.set_alarm(_delay(now, min(map(truediv, self.remaining, rates))), self._wake)
+        self.env.set_alarm(_delay(now, min(map(truediv, self.remaining, rates))), self._wake_cb)
 
     def _wake(self) -> None:
         now = self.env._now
         self._advance(now)
         limit = now * (1 + EPS) + EPS
-        fin = _finish_times(*self._planned)
+        t, rem, rates = self._planned
+        # which flows go on: each one's finish time (moving what it had left at the plan's cycle at
+        # its rate) past the limit, worked out in one pass
+        going = [t + (r if r > 0.0 else 0.0) / q > limit for r, q in zip(rem, rates)]
         flows = self.flows
-        done = [i for i, t in enumerate(fin) if t <= limit]
-        if done:
-            if len(done) == len(flows):
-                self.flows, self.kinds, self.remaining = [], [], []
+        if not all(going):
+            if any(going):
+                self.flows = list(compress(flows, going))
+                self.kinds = list(compress(self.kinds, going))
+                self.remaining = list(compress(self.remaining, going))
             else:
-                keep = [i for i, t in enumerate(fin) if t > limit]
-                kinds, rem = self.kinds, self.remaining
-                self.flows = [flows[i] for i in keep]
-                self.kinds = [kinds[i] for i in keep]
-                self.remaining = [rem[i] for i in keep]
-            for i in done:          # each finished flow, in start order
-                f = flows[i]
+                self.flows, self.kinds, self.remaining = [], [], []
+            for f in compress(flows, map(not_, going)):     # each finished flow, in start order
                 for link in f.links:
                     link.bytes += f.nbytes
                     link._count -= 1

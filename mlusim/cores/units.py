@@ -17,9 +17,15 @@ from heapq import heappush
 from simpy.events import NORMAL
 
 from mlusim.cores.clock import Wake
+from mlusim.cores.interconnect import Flow
 from mlusim.cores.stats import QUEUES
 
 QIDX = {q: i for i, q in enumerate(QUEUES)}
+# a unit's state while it waits for a token, as (TOKEN_WAIT, other queue, (ins, prep, pc, task)):
+# formatted only for a deadlock report (core.describe_state)
+TOKEN_WAIT = "waits for a token from {0} (pc {1[2]} `{1[0].op.mnemonic}`, task {1[3].taskid})"
+# the compute queue's state while its head waits for a running instruction, as (BLOCKED, head, Running)
+BLOCKED = "pc {0[2]} `{0[0].op.mnemonic}` waits for pc {1.pc} on the {1.unit} unit"
 
 
 @dataclass(slots=True, eq=False)
@@ -57,18 +63,22 @@ def token_tables(tokens: dict, qname: str) -> tuple[list, list]:
     return waits, sigs
 
 
-def send_tokens(queues: list, trace, stamp: tuple) -> None:
-    """A finished instruction's tokens, one per queue: to the queue's waiter, or counted; traced
-    with `stamp` (cycle, unit) when the run is."""
+def send_tokens(queues: tuple) -> None:
+    """A finished instruction's tokens, one per queue: to the queue's waiter, or counted."""
     for tq in queues:
         w = tq.waiter
-        if w is not None:
+        if w is None:
+            tq.count += 1
+        else:
             tq.waiter = None
             w.succeed()
-        else:
-            tq.count += 1
-        if trace is not None:
-            tq.sent.append(stamp)
+
+
+def stamp_tokens(queues: tuple, stamp: tuple) -> None:
+    """Tracing: where the tokens just sent came from, (cycle, unit), for the trace's arrows (a
+    waiter woken by send_tokens runs later, so it finds its stamp there)."""
+    for tq in queues:
+        tq.sent.append(stamp)
 
 
 class Unit:
@@ -106,9 +116,7 @@ class Unit:
                 if tq.count:
                     tq.count -= 1
                     return True
-                ins, _, pc, task = item
-                self.state[self.qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                          ins.op.mnemonic, task.taskid)
+                self.state[self.qname] = (TOKEN_WAIT, other, item)
                 self.at, self.since = 0, self.env._now
                 tq.waiter = self.token
                 return False
@@ -126,9 +134,7 @@ class Unit:
             if tq.count:
                 tq.count -= 1
             else:
-                ins, _, pc, task = self.cur
-                self.state[self.qname] = ("waits for a token from {} (pc {} `{}`, task {})", other, pc,
-                                          ins.op.mnemonic, task.taskid)
+                self.state[self.qname] = (TOKEN_WAIT, other, self.cur)
                 self.at, self.since = i, self.env._now
                 tq.waiter = self.token     # the push that fires it consumes the token
                 return False
@@ -167,6 +173,10 @@ class DmaUnit(Unit):
         self.fabric = core.chip.fabric
         self.routes: dict = {}      # (source, destination) -> links, cap and flow kind
         self.done = Wake(self.env, self._done)      # the transfer's end
+        # the transfer at hand, as the fabric's flow and the event of its start: one transfer runs
+        # at a time and its flow has left the fabric before `_done` starts the next, so one serves all
+        self.flow = Flow((), 0.0, 0.0, self.done, None, None)
+        self.start_cbs = self.fabric.start_cbs
         self.t0, self.demand = 0.0, 0.0
 
     def _next(self, _event=None) -> None:
@@ -196,10 +206,10 @@ class DmaUnit(Unit):
 
     def _proceed(self) -> None:
         """Start the transfer at hand: through the fabric, or on-core as a plain delay."""
-        ins, prep, pc, task = self.cur
+        prep = self.cur[1]
         plan = prep.plan
-        self.state[self.qname] = ("executes pc {} `{}`", pc, ins.op.mnemonic)
-        self.t0 = self.env._now
+        env = self.env
+        now = self.t0 = env._now
         route = self.routes.get(prep.ends)
         if route is None:
             links, cap = self.core.route(plan.src, plan.dst)
@@ -207,12 +217,15 @@ class DmaUnit(Unit):
         links, cap, kind = route
         demand = prep.demand
         if prep.dcl:         # to another cluster's SRAM: through both clusters' SRAM ports
-            links, cap = self.core._far_route(task.clusters[prep.dcl - 1])
+            links, cap = self.core._far_route(self.cur[3].clusters[prep.dcl - 1])
             demand = plan.fixed_cycles + plan.bus_bytes / cap
             kind = self.fabric.kind_of(links, cap)
         self.demand = demand
-        if links:
-            self.fabric.transfer_after(plan.fixed_cycles, links, plan.bus_bytes, cap, self.done, kind)
+        if links:       # Fabric.transfer_after, inline: the flow is the event of its start
+            flow = self.flow
+            flow.links, flow.nbytes, flow.cap, flow.kind = links, plan.bus_bytes, cap, kind
+            flow.callbacks = self.start_cbs
+            heappush(env._queue, (now + plan.fixed_cycles, NORMAL, next(env._eid), flow))
         else:   # on-core move: nothing shared, one event
             self.done.later(demand)
 
@@ -243,7 +256,9 @@ class DmaUnit(Unit):
         if chip.numerics:
             chip.gemms.execute(core, ins.op, prep.args, prep.touched)
         if prep.sig:
-            send_tokens(self.sigs[prep.sig], trace, (now, q))
+            send_tokens(self.sigs[prep.sig])
+            if trace is not None:
+                stamp_tokens(self.sigs[prep.sig], (now, q))
         core.inflight -= 1
         if not core.inflight and core.drain_waiter is not None:
             w, core.drain_waiter = core.drain_waiter, None
@@ -313,25 +328,20 @@ class ComputeUnit(Unit):
             block = mac
         elif vec is not None and (unit == "vec" or self.core._hazard(vec.prep.touches, prep.touches)):
             block = vec
-        else:
-            self._start(ins, prep, pc, task, unit)
+        else:       # start it: the record is the event of its end, one per instruction (its own heap entry)
+            env = self.env
+            now = env._now
+            rec = running[unit] = Running(unit, ins, prep, pc, task, now, self._finished_cbs, None, False, 0.0,
+                                          self.got or None)
+            self.rob.append(rec)
+            end = now + prep.cost
+            if end > self.busy_until:
+                self.busy_until = end
+            heappush(env._queue, (end, NORMAL, next(env._eid), rec))
             return True
-        self.state["cp"] = ("pc {} `{}` waits for pc {} on the {} unit", pc, ins.op.mnemonic, block.pc, block.unit)
+        self.state["cp"] = (BLOCKED, self.cur, block)
         block.done = self.unblocked
         return False
-
-    def _start(self, ins, prep, pc: int, task, unit: str) -> None:
-        env = self.env
-        now = env._now
-        rec = Running(unit, ins, prep, pc, task, now, self._finished_cbs, None, False, 0.0, self.got or None)
-        self.running[unit] = rec
-        self.rob.append(rec)
-        end = now + prep.cost
-        if end > self.busy_until:
-            self.busy_until = end
-        self.state["cp"] = ("issued pc {} `{}` to the {} unit", pc, ins.op.mnemonic, unit)
-        # the record is the event of its end, one per instruction (its own heap entry)
-        heappush(env._queue, (end, NORMAL, next(env._eid), rec))
 
     def _finished(self, rec: Running) -> None:
         core, env, chip = self.core, self.env, self.chip
@@ -364,7 +374,9 @@ class ComputeUnit(Unit):
             done = rob.popleft()
             sig = done.prep.sig
             if sig:
-                send_tokens(sigs[sig], trace, (done.end, done.unit))
+                send_tokens(sigs[sig])
+                if trace is not None:
+                    stamp_tokens(sigs[sig], (done.end, done.unit))
             core.inflight -= 1
         if not core.inflight and core.drain_waiter is not None:
             w, core.drain_waiter = core.drain_waiter, None
