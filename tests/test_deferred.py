@@ -168,13 +168,18 @@ def _check(got, order, xs, ws):
                     R.ref_conv(xs[xi], ws[wi], 1, 1, pads, 1, 1, 1, "i32", 0).reshape(-1))
 
 
+def _operands(seed: int, inputs: int):
+    """`inputs` int8 inputs of 1x3x5x8 and two 16x3x3x8 weight blocks (cores splitting output channels)."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(inputs)]
+    return xs, [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+
+
 def test_tiles_of_equal_inputs_share_one_stack_across_weight_blocks(monkeypatch):
     """Cores splitting output channels (blocks w0 and w1) issue the same inputs in different
     orders, and one input the other block never sees: each input's rows are written once, and
     every tile still gets its own exact product."""
-    rng = np.random.default_rng(5)
-    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(3)]
-    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    xs, ws = _operands(5, 3)
     written = _rows_written(monkeypatch)
     p = (1, 1, 1, 1)
     order = [(0, 0, 0, p), (2, 1, 0, p), (3, 1, 1, p), (1, 0, 1, p), (3, 2, 1, p)]
@@ -185,9 +190,7 @@ def test_tiles_of_equal_inputs_share_one_stack_across_weight_blocks(monkeypatch)
 
 def test_equal_inputs_under_another_window_are_not_shared(monkeypatch):
     """The same input bytes under other padding are other rows: written again."""
-    rng = np.random.default_rng(6)
-    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8)]
-    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    xs, ws = _operands(6, 1)
     written = _rows_written(monkeypatch)
     order = [(0, 0, 0, (1, 1, 1, 1)), (1, 0, 1, (0, 0, 1, 1))]
     got = _deferred_tiles(order, xs, ws)
@@ -198,9 +201,7 @@ def test_equal_inputs_under_another_window_are_not_shared(monkeypatch):
 def test_a_group_with_a_gap_or_a_repeat_in_its_stack_gathers_its_rows(monkeypatch):
     """Block w0's tiles are rows 0-15 and 30-45 of the shared stack (w1 wrote x1 between them),
     and block w0 issues x0 twice (one span, two tiles): each still gets its own exact product."""
-    rng = np.random.default_rng(8)
-    xs = [rng.integers(-128, 128, (1, 3, 5, 8)).astype(np.int8) for _ in range(3)]
-    ws = [rng.integers(-128, 128, (16, 3, 3, 8)).astype(np.int8) for _ in range(2)]
+    xs, ws = _operands(8, 3)
     written = _rows_written(monkeypatch)
     p = (1, 1, 1, 1)
     order = [(0, 0, 0, p), (1, 0, 1, p), (1, 1, 1, p), (0, 2, 0, p), (2, 0, 0, p)]
