@@ -223,8 +223,9 @@ def compile_model(name: str, batch: int = 1, resolution: int | None = None, conf
                   shape_only: bool = False, **kw) -> Compiled:
     """Zoo model `name` compiled (compile_graph's keywords); shape_only: for timing alone, built
     without drawing a weight (see compile_graph). A full compile whose segment plan its shapes
-    fix (plans_from_shapes) plans them while a thread draws the weights (draw_beside)."""
-    if shape_only or not plans_from_shapes(kw):
+    fix (plans_from_shapes) plans them while a thread draws the weights (draw_beside), given a
+    second CPU (quant.usable_cpus)."""
+    if shape_only or not plans_from_shapes(kw) or quant.usable_cpus() < 2:
         return compile_graph(zoo.build(name, batch, resolution, seed, values=not shape_only), config,
                              shape_only=shape_only, **kw)
     from mlusim.config import HardwareConfig, load_config

@@ -20,6 +20,8 @@ the model fixes a scale, multipliers are computed as ONNX Runtime does, in float
 from __future__ import annotations
 
 import math
+import os
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -71,9 +73,20 @@ def calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool = False, progre
 
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"), \
-            ThreadPoolExecutor(1, thread_name_prefix="mlusim-calibrate") as beside:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mlusim-calibrate") if usable_cpus() > 1 else nullcontext()
+    with threadpool_limits(limits=1, user_api="blas"), pool as beside:
         return _calibrate(g, samples, use_avg, progress, beside)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as `taskset` or a container sets it). The
+    compile works beside itself (the weight draw beside the planner, half of the calibration
+    images beside the other half) only with two or more: on one, the halves wait for each other
+    and the compile is slower than done in turn."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
 
 
 def _calibrate(g: Graph, samples: list[np.ndarray], use_avg: bool, progress, beside=None) -> dict[str, float]:

@@ -312,6 +312,24 @@ def test_a_zoo_compile_planned_beside_its_draw_is_the_plain_one(mlu270):
     assert mlufile.dumps(beside.program) == mlufile.dumps(plain.program) and beside.absmax == plain.absmax
 
 
+def test_on_one_cpu_the_compile_runs_in_turn(mlu270, monkeypatch):
+    """A process allowed one CPU (taskset, a container) draws, plans and calibrates in one
+    thread, and compiles the same program."""
+    import os
+    import threading
+
+    from mlusim.compiler import quant
+
+    two = compile_model("resnet18", batch=2, resolution=32, config=mlu270, tasks=16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert quant.usable_cpus() == 1
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self.name))
+    one = compile_model("resnet18", batch=2, resolution=32, config=mlu270, tasks=16)
+    assert started == []
+    assert mlufile.dumps(one.program) == mlufile.dumps(two.program) and one.absmax == two.absmax
+
+
 @pytest.mark.parametrize("m", [1e-9, 3e-5, 0.0123, 0.5, 0.99999, 1.0, 7.3, 1234.5])
 def test_quantize_multiplier(m):
     mult, shift = quant.quantize_multiplier(m)
