@@ -122,10 +122,16 @@ def touch_requant(a):
             ("nram", a["dst"], a["n"] * osz, "w", osz)]
 
 
+def _params(ctx, a, key: str) -> rq.RequantParams:
+    """The [c, 3] requantization parameters at NRAM address a[key] of ctx's core, decoded
+    (remembered by place, checked by their bytes: DeferredGemms.requant_params)."""
+    return ctx.gemms.requant_params(ctx.id, ctx.mem("nram"), a[key], a["c"])
+
+
 def vrequant(ctx, a):
     c, n, odt = a["c"], a["n"], E(a, "odt")
     acc = view(ctx, "nram", a["src"], "i32", n).reshape(-1, c)
-    rp = ctx.gemms.requant_params(ctx.id, ctx.mem("nram"), a["params"], c)
+    rp = _params(ctx, a, "params")
     view(ctx, "nram", a["dst"], odt, n)[:] = rq.requantized(acc, rp, a["zp"], a["lo"], a["hi"], odt).reshape(-1)
 
 
@@ -416,8 +422,6 @@ class JoinViews:
     nram: np.ndarray
     src: np.ndarray                 # [n / c, c] of sdt: the shortcut
     acc: np.ndarray                 # [n / c, c] int32: the conv's sums
-    rparams: np.ndarray             # [c, 3] int32: the shortcut's requantization
-    params: np.ndarray              # [c, 3] int32: vrqadd's output requantization (vaddrq: rparams)
     dst: np.ndarray                 # [n] of the output type
 
 
@@ -425,29 +429,26 @@ def _by_core(a) -> dict:
     return {}
 
 
-def _join_views(ctx, a, rparams: str, odt: str) -> JoinViews:
-    """The views of vaddrq (rparams="params", odt="i32") or vrqadd on ctx's core."""
+def _join_views(ctx, a, odt: str) -> JoinViews:
+    """The views of vaddrq (odt="i32") or vrqadd on ctx's core."""
     per = ctx.gemms.memo(a, _by_core)
     nram = ctx.mem("nram")
     v = per.get(ctx.id)
     if v is None or v.nram is not nram:
         c, n = a["c"], a["n"]
-        rp = view(ctx, "nram", a[rparams], "i32", c * 3).reshape(c, 3)
         v = per[ctx.id] = JoinViews(nram, view(ctx, "nram", a["src"], E(a, "sdt"), n).reshape(-1, c),
-                                    view(ctx, "nram", a["a"], "i32", n).reshape(-1, c), rp,
-                                    view(ctx, "nram", a["params"], "i32", c * 3).reshape(c, 3),
+                                    view(ctx, "nram", a["a"], "i32", n).reshape(-1, c),
                                     view(ctx, "nram", a["dst"], odt, n))
     return v
 
 
-def _joined(v: JoinViews) -> tuple[np.ndarray, int]:
+def _joined(v: JoinViews, rp: rq.RequantParams) -> tuple[np.ndarray, int]:
     """sat32(a[i] + rne((src[i] + bias[ch]) * mult[ch] / 2**shift[ch])) with the shortcut's
-    [c, 3] parameters `v.rparams`, as [n / c, c] integers (int32, or float64 holding them
+    parameters `rp`, as [n / c, c] integers (int32, or float64 holding them
     exactly): what vaddrq writes and vrqadd requantizes; and a bound on their magnitude. The bound
     comes from the sums' own extremes, which also say whether the saturation can change anything,
     so the requantization that follows needs no second look at the data."""
     src, acc = v.src, v.acc
-    rp = rq.decode(v.rparams)
     t = rq.scaled(src, rp)
     if t is None:
         r = rq.requant_int64(src, rp, 0, *rq.I32, "i32")
@@ -465,8 +466,8 @@ def _joined(v: JoinViews) -> tuple[np.ndarray, int]:
 
 def vaddrq(ctx, a):
     """Exactly vcast(src -> i32), vrequant(odt=i32, zp=0, full clamps), vadd(i32): one pass."""
-    v = _join_views(ctx, a, "params", "i32")
-    v.dst[:] = _joined(v)[0].reshape(-1)
+    v = _join_views(ctx, a, "i32")
+    v.dst[:] = _joined(v, _params(ctx, a, "params"))[0].reshape(-1)
 
 
 def touch_rqadd(a):
@@ -480,7 +481,7 @@ def vrqadd(ctx, a):
     """Exactly vaddrq (shortcut requantized with rparams, added to a) then vrequant (params, zp,
     lo, hi) of that int32 sum: the residual join and the conv's output requantization in one pass."""
     odt = E(a, "odt")
-    v = _join_views(ctx, a, "rparams", odt)
-    rp = rq.decode(v.params)
-    joined, top = _joined(v)                            # a fresh array: requantized in place
+    v = _join_views(ctx, a, odt)
+    rp = _params(ctx, a, "params")
+    joined, top = _joined(v, _params(ctx, a, "rparams"))   # a fresh array: requantized in place
     v.dst[:] = rq.requantized(joined, rp, a["zp"], a["lo"], a["hi"], odt, top, own=True).reshape(-1)
