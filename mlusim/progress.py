@@ -54,6 +54,9 @@ def command_progress(wanted: bool) -> "Progress":
     return Progress(choose_mode(wanted), interval())
 
 
+BAR_SECONDS = 0.1   # between redraws of the bar
+
+
 class Progress:
     """One command's progress: `update(what, done, total, unit, detail)` as often as the work
     likes; `what` names the current piece ("run mnist on 4 core(s)", "sweep"); a new `what` starts
@@ -94,13 +97,21 @@ class Progress:
 
             self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                                    console=Console(file=self.stream), transient=True)
+                                    console=Console(file=self.stream), transient=True,
+                                    # drawn on our updates, by no thread of its own: a run forks its
+                                    # numerics only from a single-threaded process (cores/datapath.py)
+                                    auto_refresh=False)
             self.bar.start()
         if what != self.what:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task, self.what = self.bar.add_task(what, total=total, unit=unit), what
-        self.bar.update(self.task, completed=done, total=total, unit=f"{unit}, {detail}" if detail else unit)
+        now = self.clock()
+        draw = now - self.last >= BAR_SECONDS      # as often as rich's own refresh thread would
+        if draw:
+            self.last = now
+        self.bar.update(self.task, completed=done, total=total, unit=f"{unit}, {detail}" if detail else unit,
+                        refresh=draw)
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import gc
 import math
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlusim.config import HardwareConfig, load_config
-from mlusim.cores.chip import Chip, host_bytes_estimate
+from mlusim.cores.chip import Chip, expected_instructions, host_bytes_estimate
+from mlusim.cores.datapath import FORK_MIN, Forked, can_fork
 from mlusim.cores.stats import CoreCounters, KernelRecord
 from mlusim.errors import MlusimError, SimulationError
 from mlusim.program import Program
@@ -215,7 +218,8 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
              inputs: dict[str, np.ndarray] | None = None, timing_only: bool = False,
              max_cycles: float | None = None, max_instructions: int = 20_000_000,
              trace: bool = False, host_cap_gib: float | None = None, progress=None,
-             max_seconds: float | None = None, hand_over: bool = False) -> RunResult:
+             max_seconds: float | None = None, hand_over: bool = False,
+             numerics_process: bool | None = None) -> RunResult:
     """Simulate `program` on `cores` cores (default: all) of `config` (default: MLU270).
 
     Inputs are given in each tensor's host layout (meta `host_layout`, e.g. NCHW for images) and
@@ -226,7 +230,11 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     `hand_over`: the caller gives `program` up (it compiled it for this run alone), so each
     constant's data is dropped from it once copied into the GDRAM image: a network's weights are
     then held once, not twice, while it runs (VGG-16's are 132 MB), and a timing-only run, which
-    reads none, holds none. The program cannot be run again."""
+    reads none, holds none. The program cannot be run again.
+    `numerics_process`: compute the values in a forked child fed by the engine (cores/datapath.py;
+    same results, the engine's time hidden behind the numerics'): None = when the platform allows
+    it and the program is long enough to gain (FORK_MIN instructions), True = always (an error
+    where it cannot), False = never."""
     cfg = config if isinstance(config, HardwareConfig) else load_config(config)
     ncores = cfg.chip.cores if cores is None else cores
     if not isinstance(ncores, int) or ncores < 1:
@@ -255,11 +263,12 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
         len(program.kernels) * ncores * RECORD_HOST_BYTES
     budget.check(need, "simulating this program with numerics" if not timing_only else "simulating this program",
                  hint="or run with --timing-only" if not timing_only else "", cap=cap)
+    forked = not timing_only and _numerics_process(numerics_process, program)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace, max_seconds=max_seconds,
                 # a trace is bounded by what the budget leaves after the run's own arrays
-                trace_limit=max(1, int(cap - need) // EVENT_HOST_BYTES))
+                trace_limit=max(1, int(cap - need) // EVENT_HOST_BYTES), shared_memory=forked)
     chip.set_weights([(t.addr, t.addr + t.nbytes) for t in program.tensors if t.role == "const"])
     feeds, generated = make_inputs(program, inputs, generate=not timing_only)
     load_gdram(None if timing_only else chip.gdram.buf, program, feeds, hand_over)
@@ -267,7 +276,12 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     records: list[KernelRecord] = []
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     with _fewer_collections(), _one_blas_thread(not timing_only):
-        interrupted = _run(chip, main, max_cycles)
+        if forked:
+            chip.datapath = Forked(chip)    # after the loads: the child starts with them
+        try:
+            interrupted = _run(chip, main, max_cycles)
+        finally:
+            chip.datapath.close()
         chip.forget_prepared()      # before the collector looks at what the run left behind
     outputs = {}
     if not timing_only and not interrupted:
@@ -281,6 +295,16 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     return RunResult(cfg, ncores, chip.env.now, records, outputs, chip.executed,
                      time.perf_counter() - wall0, timing_only, chip.dram.bytes, chip.dram.busy, generated,
                      chip.trace, dict(program.meta), interrupted)
+
+
+def _numerics_process(asked: bool | None, program: Program) -> bool:
+    """Whether a run's numerics go to a forked child (simulate's `numerics_process`)."""
+    if asked is None:
+        return can_fork() and sum(expected_instructions(k) for k in program.kernels) >= FORK_MIN
+    if asked and not can_fork():
+        raise SimulationError("numerics in a child process need Linux and a process with no other thread "
+                              f"(this one: {sys.platform}, {threading.active_count()} threads)")
+    return asked
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import simpy
 
 from mlusim.cores.clock import Clock
 from mlusim.cores.core import PREPARED_MAX, Core, describe_state
+from mlusim.cores.datapath import Forked, Inline
 from mlusim.cores.interconnect import Fabric, Link
 from mlusim.cores.memory import Memory
 from mlusim.cores.stats import CoreCounters, KernelRecord, snapshot
@@ -44,14 +45,18 @@ WALL_CHECK_EVERY = 1 << 14     # instructions between looks at the clock (~0.1 s
 class Chip:
     def __init__(self, cfg, gdram_bytes: int, numerics: bool = True, max_instructions: int = 20_000_000,
                  trace: bool = False, ncores: int | None = None, max_seconds: float | None = None,
-                 trace_limit: int = 1 << 62):
+                 trace_limit: int = 1 << 62, shared_memory: bool = False):
         self.cfg = cfg
         self.env = Clock()
         self.numerics = numerics
         self.gemms = DeferredGemms()    # conv products computed when first touched, stacked
+        # where completed instructions' semantics run (cores/datapath.py): here unless a forked
+        # child is given them (`shared_memory`: memories it can write for us)
+        self.datapath: Inline | Forked = Inline(self.gemms)
+        self.shared_memory = shared_memory
         self.fabric = Fabric(self.env)
         self.dram = Link("dram", cfg.dram_bytes_per_cycle)
-        self.gdram = Memory("gdram", gdram_bytes)
+        self.gdram = Memory("gdram", gdram_bytes, shared_memory)
         # prepared instructions (Core._prepare) by content, shared by every core and kernel
         self.prepared: dict = {}
         self.prepared_ins: dict = {}   # id(Instr) -> (Instr, the same), for those with no base register
@@ -76,7 +81,7 @@ class Chip:
         self.kernel_at = (0, 1, 0, 1)   # (kernels done, kernels, `executed` at its start, its expected count)
         self.set_weights([])
         cpc = cfg.chip.cores_per_cluster
-        self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes),
+        self.clusters = [Cluster(c, Memory("sram", cfg.sram_bytes, shared_memory),
                                  Link(f"cluster{c}.sram", cfg.cluster.sram_bandwidth_bytes_per_cycle))
                          for c in range(cfg.chip.clusters)]
         self.cores: list[Core] = []
@@ -85,6 +90,9 @@ class Chip:
             core = Core(self, i, cl)
             cl.cores.append(core)
             self.cores.append(core)
+
+    def memories(self) -> list[Memory]:
+        return [self.gdram] + [c.sram for c in self.clusters] + [m for c in self.cores for m in (c.nram, c.wram)]
 
     def forget_prepared(self) -> None:
         """Drop the prepared-instruction and hazard memos (thousands of small objects a finished
@@ -171,7 +179,7 @@ class Chip:
             rec.cores = {c.id: c.counters for c in active}
             if progress is not None:
                 progress(idx + 1, len(kernels), env.now)
-        self.gemms.settle()         # memory holds every result at the end
+        self.datapath.finish(self.deadline)     # memory holds every result at the end
 
     def _task(self, core: Core, ctx: TaskContext):
         self.executed += 1          # a task dispatch counts, so kernels of empty tasks meet the budget too

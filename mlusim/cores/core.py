@@ -69,8 +69,8 @@ class Core:
         self.chip, self.env, self.cfg = chip, chip.env, cfg
         self.id = core_id
         self.cluster = cluster
-        self.nram = Memory("nram", cfg.nram_bytes)
-        self.wram = Memory("wram", cfg.wram_bytes)
+        self.nram = Memory("nram", cfg.nram_bytes, chip.shared_memory)
+        self.wram = Memory("wram", cfg.wram_bytes, chip.shared_memory)
         # Each DMA queue has its own channel (read and write channels are separate, as in AXI), so a
         # channel's port limits are caps on that one flow; only DRAM and cluster SRAM are contended.
         d = cfg.dma

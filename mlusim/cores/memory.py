@@ -5,22 +5,29 @@ program that faults with numerics on faults identically without them.
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 
 class Memory:
     """One address space: NRAM or WRAM of a core, SRAM of a cluster, or the chip's GDRAM."""
 
-    def __init__(self, name: str, size: int):
+    def __init__(self, name: str, size: int, shared: bool = False):
         self.name = name
         self.size = size
+        self.shared = shared        # in pages a forked child writes for us (cores/datapath.py)
         self._buf: np.ndarray | None = None
 
     @property
     def buf(self) -> np.ndarray:
         if self._buf is None:
             # Allocated on first touch: a 16-core chip has 32 scratchpads, most programs use few.
-            self._buf = np.zeros(self.size, dtype=np.uint8)
+            # Either way the pages are the kernel's zero page until written.
+            if self.shared:
+                self._buf = np.frombuffer(mmap.mmap(-1, max(self.size, 1)), np.uint8)[:self.size]
+            else:
+                self._buf = np.zeros(self.size, dtype=np.uint8)
         return self._buf
 
     def fault(self, addr: int, nbytes: int, align: int) -> str | None:

@@ -254,7 +254,7 @@ class DmaUnit(Unit):
             if self.got:
                 core._flows_in(self.got, now, q)
         if chip.numerics:
-            chip.gemms.execute(core, ins.op, prep.args, prep.touched)
+            chip.datapath.run(core, ins.op, prep)
         if prep.sig:
             send_tokens(self.sigs[prep.sig])
             if trace is not None:
@@ -362,7 +362,7 @@ class ComputeUnit(Unit):
             if rec.got:
                 core._flows_in(rec.got, now, unit)
         if chip.numerics:
-            chip.gemms.execute(core, rec.ins.op, prep.args, prep.touched)
+            chip.datapath.run(core, rec.ins.op, prep)
         rec.finished = True
         if self.running[unit] is rec:
             self.running[unit] = None
