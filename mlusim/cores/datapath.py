@@ -13,6 +13,7 @@ have left there. Golden outputs are the same either way (tests/test_datapath.py 
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import gc
 import os
@@ -70,6 +71,7 @@ class Forked:
     def __init__(self, chip):
         for m in chip.memories():
             m.buf                                   # allocate every space before the fork: shared
+        _trim_heap()
         stream_r, stream_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
@@ -156,6 +158,17 @@ class Forked:
                 pass
 
     status_code = 0
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back before the fork: a free page both processes later reuse
+    would be copied for one of them. VGG-16 b16/16 peak, both processes' PSS summed: 550 -> 464 MB
+    (the run's own, one process: 443 MB)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):       # not glibc: its heap keeps them
+        pass
 
 
 def _death(status: int) -> str:
