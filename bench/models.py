@@ -43,7 +43,7 @@ from mlusim.compiler.driver import compile_model  # noqa: E402
 from mlusim.compiler.reference import run_quant  # noqa: E402
 from mlusim.config import load_config  # noqa: E402
 from mlusim.report import roofline_bounds, summarize  # noqa: E402
-from mlusim.sim import simulate  # noqa: E402
+from mlusim.sim import forks_numerics, simulate  # noqa: E402
 
 ALL = ["mnist", "lenet5", "resnet18", "resnet50", "mobilenetv2", "vgg16"]
 
@@ -118,6 +118,16 @@ def fresh_compile_seconds(config: str, batch: int, cores: int, shape_only: bool)
     return float(out.stdout.split()[-1])
 
 
+def mode(program) -> str:
+    """Where simulate's numerics ran by default for `program` (cores/datapath.py)."""
+    return "numerics in a forked child" if forks_numerics(None, program) else "numerics in the engine's thread"
+
+
+def same_outputs(a, b) -> bool:
+    return a.cycles == b.cycles and a.outputs.keys() == b.outputs.keys() and \
+        all(np.array_equal(a.outputs[k], b.outputs[k]) for k in a.outputs)
+
+
 def speed(cfg, config: str) -> None:
     """Issue 21's targets, each wall time against the BLAS limit measured right beside it. A
     timing-only run compiles from shapes alone (no weights drawn, no calibration: compiler/driver.py,
@@ -131,12 +141,15 @@ def speed(cfg, config: str) -> None:
     macs = c.program.meta["macs"]
     blas = blas_seconds(macs)
     exact, tn = timed(lambda: simulate(c.program, cfg, cores=16))
+    inline, ti = timed(lambda: simulate(c.program, cfg, cores=16, numerics_process=False))
     fast, tt = timed(lambda: simulate(shaped.program, cfg, cores=16, timing_only=True))
     blas2 = blas_seconds(macs)
     print(f"ResNet-50 batch 16, 16 cores, {macs / 1e9:.1f} GMAC: BLAS {blas:.2f} s (again after: {blas2:.2f} s)")
     print(f"  compile                 {tc:7.2f} s  {tc / blas:6.1f}x BLAS   (target: under 1 s)")
     print(f"  compile, shape only     {ts:7.2f} s  {ts / blas:6.1f}x BLAS   (for timing only; first in a fresh process)")
-    print(f"  simulate, numerics      {tn:7.2f} s  {tn / blas:6.1f}x BLAS")
+    print(f"  simulate, numerics      {tn:7.2f} s  {tn / blas:6.1f}x BLAS   ({mode(c.program)})")
+    print(f"  same, in one process    {ti:7.2f} s  {ti / blas:6.1f}x BLAS   (outputs "
+          f"{'identical' if same_outputs(inline, exact) else 'DIFFERENT'})")
     print(f"  simulate, timing only   {tt:7.2f} s  {tt / blas:6.1f}x BLAS   (shape-only program; cycles "
           f"{exact.cycles:,.0f} vs {fast.cycles:,.0f}: {'same' if exact.cycles == fast.cycles else 'DIFFERENT'})")
     print(f"  end to end, numerics    {tc + tn:7.2f} s  {(tc + tn) / blas:6.1f}x BLAS   (target: 3x)")
@@ -148,11 +161,10 @@ def speed(cfg, config: str) -> None:
         (hit,), _ = cache.get({"bench": "resnet50 b16"}, lambda: 1 / 0)
         _, tl = timed(lambda: cache.get({"bench": "resnet50 b16"}, lambda: 1 / 0))
         again, tn2 = timed(lambda: simulate(hit, cfg, cores=16))
-        same = again.cycles == exact.cycles and all(np.array_equal(again.outputs[k], exact.outputs[k])
-                                                    for k in exact.outputs)
+        same = again.cycles == exact.cycles and same_outputs(again, exact)
         print(f"  from the compile cache: load {tl:.2f} s, end to end with numerics {tl + tn2:.2f} s = "
               f"{(tl + tn2) / blas:.1f}x BLAS (results {'identical' if same else 'DIFFERENT'})")
-    del c, exact, fast, shaped
+    del c, exact, inline, fast, shaped
     c, tc = timed(lambda: compile_model("resnet50", batch=1, config=cfg, tasks=16, cluster_fusion=True))
     x = np.random.default_rng(0).uniform(0, 1, c.graph.input.shape).astype(np.float32)
     full, tn = timed(lambda: simulate(c.program, cfg, cores=16, inputs={"input": x}))
@@ -160,7 +172,7 @@ def speed(cfg, config: str) -> None:
     blas = blas_seconds(c.program.meta["macs"])
     exact = np.array_equal(full.outputs["output"], run_quant(c.graph, x)["__output__"])
     print(f"ResNet-50 batch 1, 16 cores, {c.program.meta['macs'] / 1e9:.1f} GMAC: BLAS {blas:.2f} s; compile "
-          f"{tc:.2f} s; simulate with numerics {tn:.2f} s (end to end {tc + tn:.2f} s = {(tc + tn) / blas:.1f}x BLAS; "
+          f"{tc:.2f} s; simulate with numerics {tn:.2f} s ({mode(c.program)}; end to end {tc + tn:.2f} s = {(tc + tn) / blas:.1f}x BLAS; "
           f"target: under 1 s), timing only {tt:.2f} s; cycles {full.cycles:,.0f} vs {fast.cycles:,.0f} "
           f"({'same' if full.cycles == fast.cycles else 'DIFFERENT'}); output bit-exact vs reference: {exact}")
 

@@ -263,7 +263,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
         len(program.kernels) * ncores * RECORD_HOST_BYTES
     budget.check(need, "simulating this program with numerics" if not timing_only else "simulating this program",
                  hint="or run with --timing-only" if not timing_only else "", cap=cap)
-    forked = not timing_only and _numerics_process(numerics_process, program)
+    forked = not timing_only and forks_numerics(numerics_process, program)
     wall0 = time.perf_counter()
     chip = Chip(cfg, max(program.gdram_bytes, 64), numerics=not timing_only, ncores=ncores,
                 max_instructions=max_instructions, trace=trace, max_seconds=max_seconds,
@@ -297,7 +297,7 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
                      chip.trace, dict(program.meta), interrupted)
 
 
-def _numerics_process(asked: bool | None, program: Program) -> bool:
+def forks_numerics(asked: bool | None, program: Program) -> bool:
     """Whether a run's numerics go to a forked child (simulate's `numerics_process`)."""
     if asked is None:
         return can_fork() and sum(expected_instructions(k) for k in program.kernels) >= FORK_MIN

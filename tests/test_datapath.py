@@ -11,7 +11,7 @@ import pytest
 from mlusim.cores import datapath
 from mlusim.errors import SimulationError
 from mlusim.isa.deferred import DeferredGemms
-from mlusim.sim import _numerics_process, simulate
+from mlusim.sim import forks_numerics, simulate
 
 pytestmark = pytest.mark.skipif(not datapath.can_fork(), reason="forks only on Linux, single-threaded")
 
@@ -98,7 +98,7 @@ def test_asked_for_where_it_cannot_fork_is_an_error(resnet18_16):
     try:
         with pytest.raises(SimulationError, match="no other thread"):
             simulate(c.program, "mlu270", cores=16, numerics_process=True)
-        assert _numerics_process(None, c.program) is False       # left to choose: in this thread
+        assert forks_numerics(None, c.program) is False       # left to choose: in this thread
     finally:
         stop.set()
         other.join()
@@ -106,7 +106,7 @@ def test_asked_for_where_it_cannot_fork_is_an_error(resnet18_16):
 
 def test_only_long_runs_fork_unasked(resnet18_16, monkeypatch):
     c, _ = resnet18_16
-    assert _numerics_process(None, c.program) is False           # ~5k instructions: not worth a fork
+    assert forks_numerics(None, c.program) is False           # ~5k instructions: not worth a fork
     monkeypatch.setattr("mlusim.sim.FORK_MIN", 1000)
-    assert _numerics_process(None, c.program) is True
-    assert _numerics_process(False, c.program) is False
+    assert forks_numerics(None, c.program) is True
+    assert forks_numerics(False, c.program) is False
