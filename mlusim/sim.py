@@ -277,7 +277,11 @@ def simulate(program: Program, config: HardwareConfig | str | None = None, cores
     main = chip.env.process(chip.run_kernels(program.kernels, ncores, records, progress))
     with _fewer_collections(), _one_blas_thread(not timing_only):
         if forked:
-            chip.datapath = Forked(chip)    # after the loads: the child starts with them
+            try:
+                chip.datapath = Forked(chip)    # after the loads: the child starts with them
+            except OSError as e:                # no fork to be had: the engine's thread does them
+                if numerics_process:
+                    raise SimulationError(f"cannot fork the numerics process: {e.strerror}") from None
         try:
             interrupted = _run(chip, main, max_cycles)
         finally:

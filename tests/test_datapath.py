@@ -110,3 +110,21 @@ def test_only_long_runs_fork_unasked(resnet18_16, monkeypatch):
     monkeypatch.setattr("mlusim.sim.FORK_MIN", 1000)
     assert forks_numerics(None, c.program) is True
     assert forks_numerics(False, c.program) is False
+
+
+@pytest.mark.parametrize("asked", [None, True])
+def test_a_fork_refused_leaves_the_numerics_to_the_engine_thread_unless_asked(resnet18_16, monkeypatch, asked):
+    c, x = resnet18_16
+    ref = simulate(c.program, "mlu270", cores=16, inputs={"input": x}, numerics_process=False)
+    monkeypatch.setattr("mlusim.sim.FORK_MIN", 1000)
+
+    def refuse():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    if asked:
+        with pytest.raises(SimulationError, match="cannot fork the numerics process: Resource temporarily"):
+            simulate(c.program, "mlu270", cores=16, inputs={"input": x}, numerics_process=asked)
+    else:
+        res = simulate(c.program, "mlu270", cores=16, inputs={"input": x}, numerics_process=asked)
+        assert np.array_equal(res.outputs["output"], ref.outputs["output"])

@@ -78,7 +78,12 @@ class Forked:
             fcntl.fcntl(stream_w, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:                             # a smaller pipe only means shorter strides
             pass
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for fd in (stream_r, stream_w, status_r, status_w):
+                os.close(fd)
+            raise
         if self.pid == 0:                           # pragma: no cover - the child (coverage runs in the parent)
             os.close(stream_w)
             os.close(status_r)
